@@ -488,6 +488,20 @@ def test_a_windows_sites_journal_with_backslash_paths_is_its_site_and_keeps_its_
     assert counts["renamed"] == 0 and counts["unchanged"] == len(tree("v2", schema=schema)), counts
 
 
+# A Windows site's folder spelled two ways in one update's SRC_PATHS (a drive letter in either case, '/' or '\\'): it
+# was the site's root and, beside it, an Images root naming the same folder.
+def test_a_windows_site_folder_spelled_two_ways_is_one_root(tmp_path):
+    roots = """'{"OMOP": "d:/Chorus\\\\Site", "Images": "D:\\\\Chorus\\\\Site\\\\", "Waveforms": "D:\\\\Chorus\\\\Site"}'"""
+    journal = edited_journal(tmp_path, "A", r"UPDATE srcpaths SET SRC_PATH = replace(SRC_PATH, '/', '\') WHERE id % 2 = 0; "
+                                            f"UPDATE command_history_v2 SET SRC_PATHS = {roots} WHERE COMMAND = 'journal update';")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    (location, modality), = query(db, "SELECT location, modality FROM roots")
+    assert location.casefold() == "d:/chorus/site" and modality is None
+    assert files_as_of(db, V2) == tree("v2", schema="A")
+
+
 # A row's path from a drive letter (C:\data\site\OMOP\person.csv) was imported as a file of that name under the root.
 def test_a_row_path_with_a_drive_letter_is_no_site_path_and_is_said_so(tmp_path):
     journal = edited_journal(tmp_path, "B", r"UPDATE journal SET FILEPATH = 'C:\data\site\' || FILEPATH "
