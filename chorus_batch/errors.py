@@ -300,8 +300,15 @@ def salvage_command(damaged: str) -> str:
     the copy's rows with "UNIQUE constraint failed" / "NOT NULL constraint failed", and the command's exit status 1)."""
     import shlex
 
-    return (f"sqlite3 {shlex.quote(damaged)} .dump | sed -e 's/^INSERT INTO /INSERT OR IGNORE INTO /' "
-            f"-e 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {shlex.quote(damaged + '.salvaged')}")
+    # Into a new file only: into one left by an earlier salvage (of another copy, or before more pages were lost) the
+    # copy's CREATEs failed ("table ... already exists") and its rows were merged into the old ones, INSERT OR IGNORE
+    # keeping whichever came first: a mix of two histories, exit 1.
+    copy = shlex.quote(damaged + ".salvaged")
+    exists = shlex.quote(f"{damaged}.salvaged exists (an earlier salvage?): move it away (or import it, if it is "
+                         "from this same damaged file), then run this command again")
+    return (f"if [ -e {copy} ]; then echo {exists} >&2; false; else "
+            f"sqlite3 {shlex.quote(damaged)} .dump | sed -e 's/^INSERT INTO /INSERT OR IGNORE INTO /' "
+            f"-e 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {copy}; fi")
 
 
 FILE_SIZE_FIX = ("raise or remove the limit (`ulimit -f unlimited` in the job's script, or ask the batch system's "

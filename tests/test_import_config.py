@@ -763,10 +763,34 @@ path = "/data/site"
 
 
 
+def test_a_central_url_on_an_unknown_host_says_what_to_write_if_it_is_the_account(tmp_path):
+    """An https:// central_path.path on a custom domain chorus-upload did not sign in to (no azure_account_url) was
+    "not an Azure container ... set [central] to": it now says the [central] to and [azure] account_url it would be."""
+    source = _config(tmp_path, """
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "https://storage.example-hospital.org/central/site1"
+[site_path.default]
+path = "/data/site"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    (warning,) = _warnings(out.stderr)
+    assert "not an Azure container" not in warning and "custom domain" in warning
+    assert '[central] to = "az://central/site1/"' in warning
+    assert '[azure] account_url = "https://storage.example-hospital.org"' in warning
+    assert tomllib.loads(out.stdout)["central"] == {}
+    load_config(_converted(tmp_path, out))
+
+
 @pytest.mark.parametrize("path,to,account", [
     ("https://acct.blob.core.windows.net/central/site1", "az://central/site1/", "https://acct.blob.core.windows.net"),
     ("https://acct.dfs.core.windows.net/central/", "az://central/", "https://acct.blob.core.windows.net"),
     ("https://upload.chorus4ai.org/mgh/site1", "az://mgh/site1/", "https://upload.chorus4ai.org"),
+    # its private endpoint, as a site inside the hospital's network reaches it (was "not an Azure container")
+    ("https://acct.privatelink.blob.core.windows.net/central/site1", "az://central/site1/",
+     "https://acct.privatelink.blob.core.windows.net"),
 ])
 @pytest.mark.parametrize("sas", [False, True], ids=["plain", "sas"])
 def test_a_central_path_given_as_a_container_url_becomes_central_to_and_the_account(tmp_path, path, to, account, sas):
@@ -810,7 +834,7 @@ path = "/data/site"
 """)))
     assert out.returncode == 1, out.stderr
     (warning,) = _warnings(out.stderr)
-    assert "is not an Azure container" in warning
+    assert "is not on a host known as Azure Storage's: [central] to not set" in warning
     assert "to" not in tomllib.loads(out.stdout)["central"]
 
 

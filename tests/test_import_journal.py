@@ -488,6 +488,20 @@ def test_a_windows_sites_journal_with_backslash_paths_is_its_site_and_keeps_its_
     assert counts["renamed"] == 0 and counts["unchanged"] == len(tree("v2", schema=schema)), counts
 
 
+# A Windows site's folder spelled two ways in one update's SRC_PATHS (a drive letter in either case, '/' or '\\'): it
+# was the site's root and, beside it, an Images root naming the same folder.
+def test_a_windows_site_folder_spelled_two_ways_is_one_root(tmp_path):
+    roots = """'{"OMOP": "d:/Chorus\\\\Site", "Images": "D:\\\\Chorus\\\\Site\\\\", "Waveforms": "D:\\\\Chorus\\\\Site"}'"""
+    journal = edited_journal(tmp_path, "A", r"UPDATE srcpaths SET SRC_PATH = replace(SRC_PATH, '/', '\') WHERE id % 2 = 0; "
+                                            f"UPDATE command_history_v2 SET SRC_PATHS = {roots} WHERE COMMAND = 'journal update';")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    (location, modality), = query(db, "SELECT location, modality FROM roots")
+    assert location.casefold() == "d:/chorus/site" and modality is None
+    assert files_as_of(db, V2) == tree("v2", schema="A")
+
+
 # A row's path from a drive letter (C:\data\site\OMOP\person.csv) was imported as a file of that name under the root.
 def test_a_row_path_with_a_drive_letter_is_no_site_path_and_is_said_so(tmp_path):
     journal = edited_journal(tmp_path, "B", r"UPDATE journal SET FILEPATH = 'C:\data\site\' || FILEPATH "
@@ -972,6 +986,46 @@ def test_the_salvage_told_for_a_cut_journal_copies_what_is_left_without_errors(t
     imported = import_journal(copy, tmp_path / "s.sqlite", "--to", "az://central/")
     assert "Traceback" not in imported.stderr
     assert imported.returncode == (1 if rows else 2), imported.stderr
+
+
+# Damage the queries of the import never meet: a journal_v2 leaf read as empty (its rows lost), the history's page
+# (the site's roots lost), sqlite_sequence's, the last page cut short. Each was imported, exit 1 as any import of
+# journal A, with a shorter history and no word of damage; `PRAGMA quick_check` finds each.
+@pytest.mark.parametrize("page, fill", [(17, b"\x00"), (2, b"\x00"), (3, b"\xff"), (18, None)])
+def test_a_journal_with_a_damaged_page_the_import_does_not_read_is_said_to_be_damaged(page, fill, tmp_path):
+    journal = tmp_path / "journal.db"
+    data = bytearray(JOURNALS["A"].read_bytes())
+    page_size = 4096
+    if fill is None:  # cut short inside its last page
+        data = data[:(page - 1) * page_size + 2000]
+    else:  # the page's cells overwritten (its header kept)
+        data[(page - 1) * page_size + 8:page * page_size - 8] = fill * (page_size - 16)
+    journal.write_bytes(bytes(data))
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "is damaged" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "history that can still be imported): " in out.stderr and not db.exists()
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the sqlite3 command-line shell")
+def test_the_salvage_told_never_mixes_its_copy_into_a_file_already_there(tmp_path):
+    """A .salvaged left by an earlier salvage (here of another journal): the command told ran the copy into it, its
+    CREATEs failing and its rows merged INSERT OR IGNORE with the old ones (a mix of two histories, exit 1). It now
+    leaves that file as it is and says to move it away."""
+    journal = tmp_path / "journal.db"
+    journal.write_bytes(JOURNALS["A"].read_bytes()[:66000])
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/")
+    assert out.returncode == 2 and "is damaged" in out.stderr, out.stderr
+    command = out.stderr.split("history that can still be imported): ")[1].splitlines()[0]
+    earlier = Path(f"{journal}.salvaged")
+    shutil.copy(JOURNALS["B"], earlier)
+    salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert salvaged.returncode != 0 and f"{earlier} exists" in salvaged.stderr, salvaged.stderr
+    assert earlier.read_bytes() == JOURNALS["B"].read_bytes()
+    earlier.unlink()  # moved away: the same command copies
+    salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert salvaged.returncode == 0 and salvaged.stderr == "", salvaged.stderr
+    assert query(earlier, "SELECT count(*) FROM journal_v2") == [(4,)]
 
 
 def test_a_journal_a_stopped_chorus_upload_left_mid_write_says_how_to_roll_it_back(tmp_path):

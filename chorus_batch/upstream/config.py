@@ -280,6 +280,12 @@ def pattern_regex(pattern: str, modality: str) -> str:
     return "".join(out) + ("" if ends else "$")
 
 
+# An account's private endpoint name (ACCOUNT.privatelink.blob.core.windows.net, or a national cloud's), as a site
+# inside the hospital's network reaches it: its central_path.path was "not an Azure container".
+_PRIVATE_ENDPOINT = re.compile(r"(?i)^[a-z0-9]+\.privatelink\.(?:blob|dfs)\.(?:core\.windows\.net|"
+                               r"core\.usgovcloudapi\.net|core\.chinacloudapi\.cn)$")
+
+
 class _Converter:
     def __init__(self, path: Path, data: dict):
         self.path = path
@@ -699,6 +705,19 @@ class _Converter:
                               "# to = \"az://<container>/\""]
             shown = self.text(central, "path", "central_path.path")
             return to, [f"# from central_path.path = {_q(shown or path)}"]
+        if path.lower().startswith(("https://", "http://")):
+            # A host not known as Azure Storage's, with no azure_account_url naming it: perhaps the account under
+            # its own domain. Say what to write if it is (the message said only "not an Azure container").
+            from urllib.parse import urlsplit
+            parts = urlsplit(path)
+            container, _, prefix = parts.path.strip("/").partition("/")
+            if container:
+                self.warn(f"central_path.path = {_q(path)} is not on a host known as Azure Storage's: [central] to not "
+                          "set; if it is the storage account under a custom domain or a private endpoint, set "
+                          f"[central] to = \"az://{container}/{prefix + '/' if prefix else ''}\" and [azure] account_url "
+                          f"= \"{parts.scheme}://{parts.netloc.rpartition('@')[2]}\"; else pass --to")
+                return None, [f"# chorus-upload's central_path.path is {_q(path)}, on a host not known as Azure's:",
+                              "# to = \"az://<container>/\""]
         self.warn(f"central_path.path = {_q(path)} is not an Azure container: `chorus-batch upload` sends to one "
                   "(az://<container>/); set [central] to, or pass --to")
         return None, [f"# chorus-upload's central_path.path is {_q(path)}, not an Azure container; `upload` sends",
@@ -725,6 +744,8 @@ class _Converter:
         found = _AZURE_HOST.match(host)
         if found:
             account = f"{parts.scheme.lower()}://{found.group(1)}.blob.{found.group(2)}{port}"
+        elif _PRIVATE_ENDPOINT.match(host):  # the account reached through its private endpoint: kept as reached
+            account = f"{parts.scheme.lower()}://{host}{port}"
         else:
             signed_in = [self.text({"v": value}, "v", dotted) for _, dotted, key, value in self.auth_entries(
                 central, {}, {}) if key == "azure_account_url"]

@@ -283,9 +283,18 @@ def _roots(settings, site: str | None, last: VersionTree, where: str) -> list[tu
         raise UsageError(f"the journal records the site by a relative path ({', '.join(map(repr, relative))}): relative "
                          "to the folder chorus-upload ran in, which it does not record", where=where,
                          fix="pass --site DIR (the site's root folder as it is now)")
-    default = max(set(paths.values()), key=list(paths.values()).count)
-    return [(default.replace("\\", "/"), None),
-            *((path.replace("\\", "/"), modality) for modality, path in sorted(paths.items()) if path != default)]
+    # One folder spelled two ways by a Windows site (D:\\Site and d:/Site; its names ignore case): one root, not a
+    # modality root beside the site's root naming the same folder.
+    def folder(path: str) -> str:
+        posix = path.replace("\\", "/")
+        posix = posix if posix in ("/", "") or posix.endswith(":/") else posix.rstrip("/")
+        return posix.casefold() if PureWindowsPath(path).drive else posix
+
+    spelled = [folder(path) for path in paths.values()]
+    default = max(set(spelled), key=spelled.count)
+    shown = next(path.replace("\\", "/") for path in paths.values() if folder(path) == default)
+    return [(shown, None),
+            *((path.replace("\\", "/"), modality) for modality, path in sorted(paths.items()) if folder(path) != default)]
 
 
 def _dt(us: int) -> datetime:

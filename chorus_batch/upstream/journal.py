@@ -235,6 +235,10 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             if "malformed" in str(exc):
                 raise _unreadable(shown, exc, path) from None
             raise _not_a_journal(shown, f"it is not an SQLite database ({exc})") from None
+        # A page damaged or cut off (a copy stopped midway, a bad disk) is not always met by the queries below: a
+        # lookup table's or the history's page read as empty, or a leaf of journal_v2 lost, imported a shorter history
+        # with no word of damage. SQLite's own check of every page says so up front.
+        _check_pages(con, shown, path)
         if "journal_v2" in tables:
             schema, sql, history = 2, _V2_ROWS, "command_history_v2"
             missing = {"srcpaths", "modalities", "versions", "uploads"} - tables
@@ -282,6 +286,19 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
         con.close()
     return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
                    history=history, times=times, unread_columns=unread)
+
+
+def _check_pages(con: sqlite3.Connection, shown: str, file: str) -> None:
+    """A UsageError (damaged, with the salvage) when `PRAGMA quick_check` finds a page that is not sound."""
+    try:
+        problems = [line for (line,) in con.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:  # (a page it cannot even walk: "malformed")
+        raise _unreadable(shown, exc, file) from None
+    if problems != ["ok"]:
+        lines = [line.strip() for text in problems for line in text.splitlines()
+                 if line.strip() and not line.startswith("*** in database")]
+        said = "; ".join(lines[:2]) + (" and more" if len(lines) > 2 else "")
+        raise _unreadable(shown, sqlite3.DatabaseError(f"database disk image is malformed: {said}"), file)
 
 
 def _check_columns(con: sqlite3.Connection, shown: str, tables: list[str]) -> None:
