@@ -71,9 +71,10 @@ from chorus_batch.review import (PLAUSIBLE_FROM, open_manifest, other_rules_advi
 from chorus_batch.units import plural, shown_name
 
 m = open_manifest(manifest)
-# The manifest as `chorus-batch --db` takes it: the file read (absolute: the commands paste in any folder),
-# or the az:// URL of a manifest in Azure, whose local copy this reads.
-db = manifest_name or str(m.path)
+# The manifest as `chorus-batch --db` takes it: the file read (absolute: the commands paste in any folder; the
+# home folder as '~', which --db reads back: a shared copy need not name it), or the az:// URL of a manifest in
+# Azure, whose local copy this reads.
+db = manifest_name or home_relative(str(m.path))
 # Tables show names escaped, as `chorus-batch files` and the HTML report do: a line break, a right-to-left
 # override or a trailing space in a file name would show another name (the frames' values stay exact).
 if get_ipython() is not None:

@@ -1124,8 +1124,37 @@ def test_a_file_of_a_parquet_snapshot_folder_as_db_names_the_folder(site, tmp_pa
         out = cli("files", "--db", str(part))
         assert out.returncode == 3 and f"a file of the Parquet snapshot folder {snaps}" in out.stderr, out.stderr
         assert "start a new manifest" not in out.stderr
-    (tmp_path / "other.bin").write_bytes(b"x" * 200)  # any other file: as before
-    assert "move this one aside" in cli("files", "--db", str(tmp_path / "other.bin")).stderr
+    (tmp_path / "other.bin").write_bytes(b"x" * 200)  # any other file: the manifest file is asked for
+    assert "give the manifest file `chorus-batch run` writes" in cli("files", "--db", str(tmp_path / "other.bin")).stderr
+
+
+def test_another_file_given_to_a_reading_command_is_not_said_to_start_a_new_manifest(site, tmp_path):
+    """`versions --db notes.csv` (or another program's SQLite database) was told "move this one aside to start a new
+    manifest" ("or a new file name to start one"): what `run` does with it. A command that only reads, or a notebook's
+    open_manifest, starts none: the reviewer who followed it was told "no manifest at" the new name. They are asked
+    for the manifest file (or its --parquet folder); `run` still says how it starts a new one."""
+    import contextlib
+    import sqlite3
+
+    from chorus_batch.errors import ManifestError
+    from chorus_batch.review import open_manifest
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    csv, other = tmp_path / "notes.csv", tmp_path / "other.sqlite"
+    csv.write_text("person_id,notes\n000001,x\n" * 50)
+    with contextlib.closing(sqlite3.connect(other)) as con, con:
+        con.execute("CREATE TABLE t (x)")
+    for db, what in ((csv, "is not a readable SQLite database"), (other, "is not a chorus-batch manifest")):
+        before = db.read_bytes()
+        for args in (["versions"], ["files"], ["history", "OMOP/person.csv"], ["report", "--out", str(tmp_path / "r.html")]):
+            out = cli(*args, "--db", str(db))
+            assert out.returncode == 3 and what in out.stderr, (args, out.stderr)
+            assert "give the manifest file `chorus-batch run` writes (its --db), or its --parquet folder" in out.stderr
+            assert "start one" not in out.stderr and "start a new manifest" not in out.stderr, out.stderr
+        with pytest.raises(ManifestError, match="starts no new manifest"):
+            open_manifest(db)
+        assert "to start" in cli("run", "--site", str(site), "--db", str(db), "-q").stderr  # run: as before
+        assert db.read_bytes() == before
 
 
 def test_a_count_too_large_is_a_usage_error_not_an_internal_one(site, tmp_path):

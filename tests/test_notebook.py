@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -429,3 +430,32 @@ def test_a_manifest_in_azure_given_to_the_notebook_is_said_without_its_signature
     shown = json.dumps(outputs(nbformat.read(out, as_version=4)))  # (the parameters cell holds what was typed)
     assert "SECRETSIGNATURE" not in shown and "not one in Azure" in shown
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb"]
+
+
+def test_a_manifest_under_the_home_folder_is_not_named_by_the_review_it_shares(manifests, tmp_path):
+    """`chorus-batch review --db ~/m.sqlite` wrote "/home/alice/m.sqlite" into the executed notebook four times (its
+    parameters cell, the papermill metadata, the "manifest" line and the commands it suggests), though the kernel's own
+    prefix is written '~': the copy a reviewer attaches named their home folder. The manifest is written '~/m.sqlite',
+    which open_manifest and --db read back: the command the notebook suggests still works as pasted."""
+    home = tmp_path / "alice"
+    home.mkdir()
+    db = home / "m.sqlite"
+    with sqlite3.connect(manifests["single"]) as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    runtime = {name: str(tmp_path / name.lower()) for name in
+               ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR")}
+    env = {**os.environ, **runtime, "HOME": str(home)}  # (the kernel writes nothing of its own into that home)
+    out = tmp_path / "review.ipynb"
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(db), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    nb = nbformat.read(out, as_version=4)
+    said = check_run(nb, PLOTS)
+    assert str(home) not in out.read_text(), [line for line in out.read_text().splitlines() if str(home) in line]
+    assert "manifest   ~/m.sqlite\n" in said and nb.metadata["papermill"]["parameters"]["manifest"] == "~/m.sqlite"
+    # the version is not validated: the notebook suggests the command that checks it, which reads the same manifest
+    command = re.search(r"chorus-batch validate --db \S+", said).group(0)
+    assert command == "chorus-batch validate --db '~/m.sqlite'", said
+    versions = subprocess.run([sys.executable, "-m", "chorus_batch", "versions", *shlex.split(command)[2:4]],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert versions.returncode == 0 and versions.stdout.count("\n") == 3, versions.stderr

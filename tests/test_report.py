@@ -673,3 +673,22 @@ def test_the_versions_after_a_hand_label_are_told_apart_in_the_change_plot():
     assert _tick_labels(["20261201020000", "20261202020000"], one_line=False) == ["2026-12-01", "2026-12-02"]
     assert _crowded(_tick_labels(labels, one_line=False), len(labels))
     assert not _crowded(_tick_labels(["20261201020000", "20261202020000"], one_line=False), 2)
+
+
+def test_a_manifest_under_the_home_folder_is_not_named_by_the_page(tmp_path, monkeypatch):
+    """The page named the manifest "/home/alice/m.sqlite" (its "manifest" line, the `python -c` commands that write a
+    table as CSV, the command that validates the version): a report a reviewer passes on named their home folder. It
+    is written '~/m.sqlite', which open_manifest and --db read back."""
+    home = tmp_path / "alice"
+    home.mkdir()
+    site, db = tmp_path / "site", home / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/1001/1001.hea", b"1001 1 250 2500\n1001.dat 16 200 16 0 0 0 0 II\n")
+    run_site(site, db, validate_site=False)
+    monkeypatch.setenv("HOME", str(home))
+    info = write_report(db, tmp_path / "r.html")
+    text = " ".join(html.unescape(info.path.read_text(encoding="utf-8")).split())
+    assert str(home) not in text, re.findall(f".{{80}}{re.escape(str(home))}.{{40}}", text)
+    assert "chorus-batch validate --db '~/m.sqlite' checks it" in text, re.findall(r".{80}m.sqlite.{40}", text)
+    assert 'open_manifest("~/m.sqlite")' in text
+    assert open_manifest("~/m.sqlite").latest() == info.version  # what the page's commands open is this manifest

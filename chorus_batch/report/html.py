@@ -40,7 +40,7 @@ from ..fsutil import check_not_manifest, check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
                       open_manifest, other_rules_advice, size_flags, unvalidated_advice)
 from ..times import iso, utc_now
-from ..units import human_bytes, plural, shown_name, shown_text
+from ..units import home_relative, human_bytes, plural, shown_name, shown_text
 from . import plots
 
 # Stable element ids of the sections, in page order, and their titles.
@@ -185,7 +185,8 @@ class _Report:
         self.row = self.versions.row(len(labels) - 1, named=True)
         # The manifest the `python -c` commands open (open_manifest reads a local file or folder), and the one the
         # page names and its `chorus-batch` commands take: the same, unless the file read is a copy (of az://...)
-        self.local = str(Path(reader.path).absolute())
+        # (the home folder as '~', which open_manifest and --db read back: a shared page need not name it)
+        self.local = home_relative(str(Path(reader.path).absolute()))
         self.remote = named is not None
         self.db = named or self.local
         # The version's files in DuckDB, not a polars frame: a frame of every file grew with the manifest.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ChorusError, UsageError
 from ..fsutil import check_not_manifest, check_target, write_private
+from ..units import home_relative
 
 
 def review_notebook() -> Path:
@@ -64,7 +65,9 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     try:
         # The versions resolved here, by label: the notebook resolved "latest" (and a time) again, and a run that
         # committed in between had the checks made on one version and the command's checks on another.
-        parameters = {"manifest": str(Path(manifest).resolve()), "version": label, "compare_to": base,
+        # The manifest with the home folder as '~' (open_manifest and --db read it back): the executed copy is shared,
+        # and named the reviewer's home folder in its parameters cell, its printout and its commands
+        parameters = {"manifest": home_relative(str(Path(manifest).resolve())), "version": label, "compare_to": base,
                       "manifest_name": named}
         # No output path: papermill would write the copy with the umask's mode, once per cell.
         nb = papermill.execute_notebook(str(notebook), None, parameters=parameters, kernel_name="python3",

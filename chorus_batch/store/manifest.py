@@ -42,8 +42,8 @@ from ..times import iso, utc_now
 from ..units import shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
-from .schema import (SCHEMA_VERSION, SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new,
-                     upgrade)
+from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
+                     SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new, upgrade)
 
 
 def _place(location: str) -> str:
@@ -578,7 +578,7 @@ class Manifest:
             fix = (f"it is a file of the Parquet snapshot folder {folder}, not a manifest: to read the snapshots, "
                    "pass that folder as --db (every version is read from there); `run` and the commands that write "
                    "take the manifest file" if folder is not None else
-                   "pass --db with the right file, or move this one aside to start a new manifest")
+                   NOT_SQLITE_FIX)
             other = ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where, fix=fix)
             other.outcome = "nothing was written to it: the file is as it was"  # (it holds no versions to speak of)
             return other
@@ -750,9 +750,17 @@ class Manifest:
     def require(self) -> None:
         """For read-only commands: the manifest exists and has the schema this release reads."""
         self.require_file()
-        with self._open() as con:
-            version = schema_version(con, str(self.path))
-            lacking = missing_indexes(con) if version == SCHEMA_VERSION else []
+        try:
+            with self._open() as con:
+                version = schema_version(con, str(self.path))
+                lacking = missing_indexes(con) if version == SCHEMA_VERSION else []
+        except ManifestError as exc:
+            # Another file given as the manifest: "move this one aside to start a new manifest" (or "a new file name
+            # to start one") is what `run` does with it; a command that only reads, or a notebook, then said "no
+            # manifest at ..." of the new name
+            if exc.fix in (NOT_SQLITE_FIX, NOT_A_MANIFEST_FIX):
+                exc.fix = READ_ONLY_WRONG_FILE_FIX
+            raise
         if lacking:
             _say_missing_indexes(self.path, lacking)
         if version is None:

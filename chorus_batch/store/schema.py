@@ -239,6 +239,12 @@ assert max(MIGRATIONS) == SCHEMA_VERSION
 # release's mark): the command's own word on a failure ("run the same command again", registry's "the proc_ids given
 # so far stay recorded") was said of a refusal that no rerun of this release ends, and of proc_ids never given.
 LEFT_AS_IT_WAS = "nothing was written to it: the manifest is as it was"
+# What to do with a --db that is another program's database, or no SQLite database at all, where the command (`run`)
+# would start a new manifest in a new file; a command that only reads says READ_ONLY_WRONG_FILE_FIX instead
+NOT_A_MANIFEST_FIX = "pass --db with the manifest's path, or a new file name to start one"
+NOT_SQLITE_FIX = "pass --db with the right file, or move this one aside to start a new manifest"
+READ_ONLY_WRONG_FILE_FIX = ("give the manifest file `chorus-batch run` writes (its --db), or its --parquet folder; this "
+                            "command only reads, and starts no new manifest")
 
 
 def _refused(exc: ManifestError) -> ManifestError:
@@ -259,7 +265,7 @@ def schema_version(con: sqlite3.Connection, where: str) -> int | None:
     if row is None and not {"meta", "source_files", "versions"} <= tables:
         other = ManifestError("this SQLite database is not a chorus-batch manifest (it has no meta.schema_version); "
                               "nothing was changed", where=where,
-                              fix="pass --db with the manifest's path, or a new file name to start one")
+                              fix=NOT_A_MANIFEST_FIX)
         # (as for a file that is no SQLite database: "the manifest holds what it held before" of no manifest is untrue)
         other.outcome = "nothing was written to it: the file is as it was"
         raise other
