@@ -4,13 +4,14 @@ Ctrl-C while Python still loads the command line (argparse, the package's module
 shared file system) printed a KeyboardInterrupt traceback: an interrupt before the command line can catch it
 itself (cli.main) is said here in one line, with the interrupt's exit code."""
 
-from .errors import interrupted_at_start
 
 
 def entry() -> None:
     try:
         from .cli import entry as command_line
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # (the errors module too is loaded in here: a Ctrl-C may land in its import)
+        from .errors import interrupted_at_start
+
         interrupted_at_start()
     command_line()
 

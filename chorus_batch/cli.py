@@ -2491,10 +2491,10 @@ def entry() -> None:
     """Console-script and `python -m` entry: run, flush, and leave without the
     interpreter's teardown. Every resource is closed by then (pools, SQLite, DuckDB,
     the lock); tearing down a heap of a million-row run only costs 0.2-0.3 s."""
-    from .fsutil import standard_streams_open
-
-    standard_streams_open()  # first: before any file or pipe can take descriptor 0, 1 or 2
     try:  # Ctrl-C before main's own handling begins (arguments read, handlers installed): one line, exit 130
+        from .fsutil import standard_streams_open  # (its imports take a while: tempfile, shutil)
+
+        standard_streams_open()  # first: before any file or pipe can take descriptor 0, 1 or 2
         in_utf8_mode()
         if sys.stderr is not None:
             sys.stderr = _Messages(sys.stderr)  # type: ignore[assignment]

@@ -182,7 +182,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     junction = windows and is_junction(entry)
                     if entry.is_dir(follow_symlinks=False) and not junction:
                         if loops and rel in loops:
-                            add_error((printable(rel), "mount_loop", loops[rel]))
+                            add_error((printable(rel), *loops[rel]))
                             continue
                         push_dir(rel, os.path.join(real_dir, entry.name) if follow_symlinks else "", link_dir)
                         continue
@@ -281,16 +281,17 @@ def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tupl
     return kept, errors
 
 
-def mount_loops(root: str) -> dict[str, str]:
+def mount_loops(root: str) -> dict[str, tuple[str, str]]:
     # Read at most once a minute per root in each process: walk_local is called per batch of folders (403 times in a
     # 20k-file first run), and an HPC node's table holds hundreds of mounts
     return _mount_loops(root, int(time.monotonic() // 60))
 
 
 @functools.lru_cache(maxsize=8)
-def _mount_loops(root: str, _minute: int) -> dict[str, str]:
+def _mount_loops(root: str, _minute: int) -> dict[str, tuple[str, str]]:
     """The folders of the site (site-relative, '/'-separated) on which the site root or a folder above them is mounted
-    again (a bind mount: `mount --bind /data/site /data/site/Metadata/x`), each with its message. Walked, such a folder
+    again (a bind mount: `mount --bind /data/site /data/site/Metadata/x`), or another folder of the site, each with
+    its kind (`mount_loop`, `mount_inside`) and message. Walked, such a folder
     listed the site a second time under its path, and no link shows it (realpath does not see through a mount), so
     it is found from the system's table of mounts (/proc/self/mountinfo: no cost per folder walked); {} where there is
     none."""
@@ -300,13 +301,12 @@ def _mount_loops(root: str, _minute: int) -> dict[str, str]:
     except OSError:
         return {}
     real_root = os.path.realpath(root)
-    found: dict[str, str] = {}
-    for line in table.splitlines():
-        fields = line.split(b" ")
-        if len(fields) < 5:
-            continue
-        # (the mount point, with space, tab, newline and backslash written as octal escapes)
-        point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+    found: dict[str, tuple[str, str]] = {}
+    # (device, the folder of its file system mounted, where): the mount point, with space, tab, newline and backslash
+    # written as octal escapes
+    mounts = [(fields[2], _unescaped(fields[3]), _unescaped(fields[4]))
+              for fields in (line.split(b" ") for line in table.splitlines()) if len(fields) >= 5]
+    for device, source_root, point in mounts:
         if point == real_root or not _within(point, real_root):
             continue
         parts = os.path.relpath(point, real_root).split(os.sep)
@@ -316,12 +316,40 @@ def _mount_loops(root: str, _minute: int) -> dict[str, str]:
                 here = os.path.join(real_root, *parts[:k])
                 if os.path.samestat(os.stat(here), mounted):
                     where = "the site root" if k == 0 else f"the folder {'/'.join(parts[:k])}/ that holds it"
-                    found["/".join(parts)] = (f"a mount of {where} ({here}) inside itself: a loop, not walked (its files "
-                                              "are listed under their own path); unmount it, or mount it outside the site")
+                    found["/".join(parts)] = ("mount_loop", f"a mount of {where} ({here}) inside itself: a loop, not "
+                                              "walked (its files are listed under their own path); unmount it, or "
+                                              "mount it outside the site")
                     break
+            else:  # another folder of the site mounted here (`mount --bind /data/site/OMOP /data/site/Metadata/x`)
+                inside = _site_folder_mounted(mounts, device, source_root, point, mounted, real_root)
+                if inside is not None:
+                    found["/".join(parts)] = ("mount_inside", f"a mount of {inside}/, a folder of the site: not walked "
+                                              "(its files are listed under their own path, not twice); unmount it, or "
+                                              "mount it outside the site")
         except OSError:
             continue
     return found
+
+
+def _unescaped(field: bytes) -> str:
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def _site_folder_mounted(mounts: list[tuple[bytes, str, str]], device: bytes, source_root: str, point: str,
+                         mounted: os.stat_result, real_root: str) -> str | None:
+    """The site-relative folder that the mount at `point` shows again, where another mount of its file system puts
+    that folder inside the site; else None."""
+    for other_device, other_root, other_point in mounts:
+        if other_device != device or other_point == point or not _within(source_root, other_root):
+            continue
+        source = os.path.normpath(os.path.join(other_point, os.path.relpath(source_root, other_root)))
+        if source != real_root and _within(source, real_root) and not _within(point, source):
+            try:
+                if os.path.samestat(os.stat(source), mounted):
+                    return os.path.relpath(source, real_root).replace(os.sep, "/")
+            except OSError:
+                continue
+    return None
 
 
 def _within(path: str, folder: str) -> bool:

@@ -509,6 +509,34 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(tmp_path, 
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+# Ctrl-C the moment Python imports `module` on the way to the command line: the package itself (which `python -m`
+# and the console script import before their entry code runs) and the first module the command line's entry loads.
+_CTRL_C_AT_IMPORT = """
+import os, runpy, signal, sys
+module, sent = sys.argv[1], []
+def hook(event, args):
+    if event == "import" and args[0] == module and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+sys.addaudithook(hook)
+sys.argv = ["chorus-batch", "versions", "--db", "m.sqlite"]
+runpy.run_module("chorus_batch", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["chorus_batch.errors", "tempfile"])
+def test_ctrl_c_while_the_package_or_the_entry_loads_is_one_line_and_exit_130(tmp_path, module):
+    """SIGINT at random times in a run's first half second printed a KeyboardInterrupt traceback (exit -2) when it
+    landed in the package's own import (chorus_batch/__init__ loaded its errors module and typing before any entry
+    code could catch it) or in the first import of cli.entry, which lay before its try."""
+    out = subprocess.run([sys.executable, "-c", _CTRL_C_AT_IMPORT, module], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 130, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        "chorus-batch: interrupted (Ctrl-C) while starting, before the command began; nothing was done"], out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_readme_section_a_message_names_is_there():
     """A message that sends the user to the README names a section it has: a failed S3 access said
     "see README: cloud roots", which no section is called."""

@@ -1417,6 +1417,28 @@ def test_a_bind_mount_of_the_site_or_a_folder_above_inside_it_is_a_loop_not_walk
     }, said
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bind_mount_of_another_folder_of_the_site_inside_it_is_not_walked_twice(site, db, workers):
+    """`mount --bind /data/site/OMOP /data/site/Metadata/omop` (no loop: not the site, not a folder above) was walked
+    like any folder: every OMOP table recorded (and uploaded) a second time under Metadata/omop, with no word. Its
+    files are listed once, under their own path, as a symbolic link to a folder of the site is (`symlink_inside`)."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    point = site / "Metadata/omop copy"
+    point.mkdir(parents=True)
+    done = subprocess.run(["mount", "--bind", str(site / "OMOP"), str(point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+    try:
+        out = run(site, db, "--workers", workers)
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert query(db, "SELECT srcfile FROM source_files ORDER BY srcfile") == [("OMOP/person.csv",)]
+    assert query(db, "SELECT srcfile, kind, message FROM scan_errors") == [(
+        "Metadata/omop copy", "mount_inside", "a mount of OMOP/, a folder of the site: not walked (its files are "
+        "listed under their own path, not twice); unmount it, or mount it outside the site")]
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])  # hashed in a thread; in a worker process
 def test_the_progress_line_moves_while_one_huge_sparse_file_is_read(site, db, workers):
     """A huge sparse file (`truncate -s 200G`) is read whole: its MD5 is of its bytes, holes read as zeros. The

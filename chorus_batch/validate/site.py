@@ -242,7 +242,7 @@ FactsOf = Callable[[pl.DataFrame], pl.DataFrame]  # (kind, md5) rows wanted -> t
 # that looks for that path (or one below it) among the version's files says so, never "add it" (a vanished file is
 # gone: not among them).
 UNTAKEN_KINDS = ("unreadable", "changed_while_hashing", "special_file", "symlink", "symlink_inside", "broken_symlink",
-                 "unreadable_link", "unreadable_dir", "mount_loop")
+                 "unreadable_link", "unreadable_dir", "mount_loop", "mount_inside")
 
 
 def untaken(errors: pl.DataFrame) -> dict[str, str]:
