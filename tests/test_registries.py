@@ -905,6 +905,36 @@ def test_omop_into_the_sites_own_omop_folder_never_replaces_its_procedure_occurr
         assert "the site's own OMOP/procedure_occurrence.csv" in refused.stderr and "nothing was written" in refused.stderr
         assert table.read_bytes() == before
         assert not (site / "OMOP" / "waveform_registry.csv").exists()
+    for name in ("waveform_registry.csv", "image_registry.csv"):  # (the site's own: see the test below)
+        (site / name).rename(site / "Metadata" / f"old_{name}")
     shipped = cli("registry", "--db", str(db), "--out", str(site), "--omop")
     assert shipped.returncode == 0 and (site / "waveform_registry.csv").is_file(), shipped.stderr
     assert table.read_bytes() == before
+
+
+def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwise(released, tmp_path):
+    """A site that ships its own registries (proc_ids its procedure_occurrence.csv has rows of) and ran `registry
+    --out <site>` had them replaced by this tool's, numbered from other ranges, exit 0, without a word: the site's
+    procedure rows then named proc_ids no registry lists, and the centre's joins broke. Refused (exit 2, nothing
+    written), naming the file and an id; a registry this manifest wrote there before is written again."""
+    site, db, out = released
+    shipped = {name: (site / name).read_bytes() for name in ("waveform_registry.csv", "image_registry.csv")}
+    own_id = read_csv(site / "waveform_registry.csv")[0]["proc_id"]
+    assert own_id not in {r["proc_id"] for r in read_csv(out / "waveform_registry.csv")}
+    refused = cli("registry", "--db", str(db), "--out", str(site))
+    assert refused.returncode == 2, refused.stderr
+    assert "waveform_registry.csv" in refused.stderr and own_id in refused.stderr and "nothing was written" in refused.stderr
+    assert {name: (site / name).read_bytes() for name in shipped} == shipped
+    # a copy of it in a release folder is the site's too; this tool's own registries there are rewritten
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "image_registry.csv").write_bytes(shipped["image_registry.csv"])
+    assert cli("registry", "--db", str(db), "--out", str(copy)).returncode == 2
+    assert (copy / "image_registry.csv").read_bytes() == shipped["image_registry.csv"]
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+    for name in shipped:
+        (site / name).unlink()
+    for _ in range(2):
+        again = cli("registry", "--db", str(db), "--out", str(site))
+        assert again.returncode == 0, again.stderr
+        assert read_csv(site / "waveform_registry.csv") == read_csv(out / "waveform_registry.csv")
