@@ -254,6 +254,29 @@ def test_visits_whose_dates_are_written_otherwise_are_read_or_told(tmp_path, for
         assert not any(given), given
 
 
+def test_visit_datetimes_written_to_the_minute_are_read_as_that_minute(tmp_path):
+    """visit_occurrence.csv with its datetimes to the minute (2024-01-01 13:00, as a spreadsheet saves them): each was
+    read as no datetime and its visit as the whole day, so a file captured at 14:00 took the morning visit (00:00 to
+    12:00, the smaller id of two whole days) and one captured between the visits took one too, exit 0, without a
+    word. The Multimodal-Linkage procedure asks for the visit that overlaps the capture time: read to the minute."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    with_seconds = visits.read_text()
+    to_minute = "\n".join(",".join(cell[:16] if len(cell) == 19 and cell[10] == " " else cell for cell in line.split(","))
+                           for line in with_seconds.splitlines()) + "\n"
+    assert "13:00," in to_minute and "13:00:00" not in to_minute
+    visits.write_text(to_minute)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    visits.write_text(with_seconds)  # (the expected visits, computed from the table with its seconds)
+    written = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert written and any(r["visit_id"] for r in written) and any(not r["visit_id"] for r in written)
+    for r in written:
+        assert r["visit_id"] == expected_visit(site, r["person_id"], datetime.fromisoformat(r["datetime"])), r
+
+
 def test_ids_the_omop_tables_write_as_decimals_are_read_as_integers(tmp_path):
     """visit_occurrence.csv and procedure_occurrence.csv written by pandas from id columns with empty cells (1.0 for
     1): no visit matched a person (every visit_id empty, exit 0, without a word), and a procedure_occurrence_id
