@@ -341,7 +341,12 @@ def visit_moment(exact: pl.Expr, day: pl.Expr, *, end: bool) -> pl.Expr:
     """A visit's start (or end) as a Datetime: `exact` (visit_*_datetime) where it reads as one, else `day`
     (visit_*_date) as the whole day: its first second, or its last for an end. A DATE column a database export wrote
     with its midnight time (2020-01-01 00:00:00) is that day. Null where neither reads."""
-    exact_at = exact.str.slice(0, 19).str.replace("T", " ").str.strptime(pl.Datetime, STAMP, strict=False)
+    # (a datetime written to the minute, 2020-01-01 13:00 as a spreadsheet saves it, is that minute: read as not a
+    # datetime, its visit became the whole day, and a file captured in the afternoon took the morning's visit)
+    text = exact.str.strip_chars().str.replace("T", " ")
+    exact_at = pl.coalesce(text.str.slice(0, 19).str.strptime(pl.Datetime, STAMP, strict=False),
+                           text.str.extract(r"^(\d{4}-\d{2}-\d{2} \d{1,2}:\d{2})(?:$|[^0-9:])")
+                           .str.strptime(pl.Datetime, "%Y-%m-%d %H:%M", strict=False))
     whole = (day.str.strip_chars().str.extract(r"^(\d{4}-\d{2}-\d{2})(?:[ T][0-9:.]*)?$")
              .str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime))
     return pl.coalesce(exact_at, whole + pl.duration(days=1) - pl.duration(seconds=1) if end else whole)

@@ -549,6 +549,36 @@ def _refuse_site_table(manifest: Manifest, target: Path) -> None:
                                                         "then add its rows to the site's procedure_occurrence.csv")
 
 
+def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
+    """A UsageError when `out` holds a waveform or image registry with proc_ids this manifest never gave: the site's
+    own registry (shipped at its root, or copied to a release folder), whose proc_ids its PROCEDURE_OCCURRENCE rows
+    and the centre's joins use. `--out <site>` replaced it by one numbered otherwise, exit 0, without a word, and the
+    site's procedure rows then named proc_ids no registry lists (validate: registry.no_procedure)."""
+    given = manifest.query_frame("SELECT proc_id FROM registry WHERE proc_id IS NOT NULL",
+                                 schema={"proc_id": pl.Int64})["proc_id"]
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            written = pl.read_csv(path, infer_schema=False, columns=["proc_id"])["proc_id"]
+        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError):
+            continue  # (no proc_id column to read: no ids anyone joins on are lost by replacing it)
+        ids = pl.select(_norm(pl.lit(written))).to_series()
+        foreign = ids.filter(ids.is_not_null() & (ids != "")
+                             & ~ids.cast(pl.Int64, strict=False).is_in(given.implode()).fill_null(False))
+        if foreign.len() == 0:
+            continue
+        foreign = foreign.unique(maintain_order=True)
+        what = f"{plural(foreign.len(), 'proc_id')} this manifest never gave (e.g. {', '.join(foreign.head(3).to_list())})"
+        raise UsageError(f"--out {out} holds a {name} with {what}: a registry the site made itself, whose ids its "
+                         "procedure_occurrence.csv and the centre's joins use, which `registry` would replace by one "
+                         "numbered otherwise; nothing was written", where=str(path),
+                         fix="give an --out folder without it (e.g. --out release/) and compare the two; to ship this "
+                             "tool's registries instead, move the site's away first and make the site's procedure rows "
+                             "from the new ones (`chorus-batch registry --omop`)")
+
+
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
                     overrides: Mapping[str | None, str] | None = None,
                     ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
@@ -586,6 +616,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
     if omop:
         _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
+    _refuse_foreign_registries(manifest, Path(out))
     made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     try:

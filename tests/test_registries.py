@@ -254,6 +254,29 @@ def test_visits_whose_dates_are_written_otherwise_are_read_or_told(tmp_path, for
         assert not any(given), given
 
 
+def test_visit_datetimes_written_to_the_minute_are_read_as_that_minute(tmp_path):
+    """visit_occurrence.csv with its datetimes to the minute (2024-01-01 13:00, as a spreadsheet saves them): each was
+    read as no datetime and its visit as the whole day, so a file captured at 14:00 took the morning visit (00:00 to
+    12:00, the smaller id of two whole days) and one captured between the visits took one too, exit 0, without a
+    word. The Multimodal-Linkage procedure asks for the visit that overlaps the capture time: read to the minute."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    with_seconds = visits.read_text()
+    to_minute = "\n".join(",".join(cell[:16] if len(cell) == 19 and cell[10] == " " else cell for cell in line.split(","))
+                           for line in with_seconds.splitlines()) + "\n"
+    assert "13:00," in to_minute and "13:00:00" not in to_minute
+    visits.write_text(to_minute)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    visits.write_text(with_seconds)  # (the expected visits, computed from the table with its seconds)
+    written = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert written and any(r["visit_id"] for r in written) and any(not r["visit_id"] for r in written)
+    for r in written:
+        assert r["visit_id"] == expected_visit(site, r["person_id"], datetime.fromisoformat(r["datetime"])), r
+
+
 def test_ids_the_omop_tables_write_as_decimals_are_read_as_integers(tmp_path):
     """visit_occurrence.csv and procedure_occurrence.csv written by pandas from id columns with empty cells (1.0 for
     1): no visit matched a person (every visit_id empty, exit 0, without a word), and a procedure_occurrence_id
@@ -905,6 +928,36 @@ def test_omop_into_the_sites_own_omop_folder_never_replaces_its_procedure_occurr
         assert "the site's own OMOP/procedure_occurrence.csv" in refused.stderr and "nothing was written" in refused.stderr
         assert table.read_bytes() == before
         assert not (site / "OMOP" / "waveform_registry.csv").exists()
+    for name in ("waveform_registry.csv", "image_registry.csv"):  # (the site's own: see the test below)
+        (site / name).rename(site / "Metadata" / f"old_{name}")
     shipped = cli("registry", "--db", str(db), "--out", str(site), "--omop")
     assert shipped.returncode == 0 and (site / "waveform_registry.csv").is_file(), shipped.stderr
     assert table.read_bytes() == before
+
+
+def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwise(released, tmp_path):
+    """A site that ships its own registries (proc_ids its procedure_occurrence.csv has rows of) and ran `registry
+    --out <site>` had them replaced by this tool's, numbered from other ranges, exit 0, without a word: the site's
+    procedure rows then named proc_ids no registry lists, and the centre's joins broke. Refused (exit 2, nothing
+    written), naming the file and an id; a registry this manifest wrote there before is written again."""
+    site, db, out = released
+    shipped = {name: (site / name).read_bytes() for name in ("waveform_registry.csv", "image_registry.csv")}
+    own_id = read_csv(site / "waveform_registry.csv")[0]["proc_id"]
+    assert own_id not in {r["proc_id"] for r in read_csv(out / "waveform_registry.csv")}
+    refused = cli("registry", "--db", str(db), "--out", str(site))
+    assert refused.returncode == 2, refused.stderr
+    assert "waveform_registry.csv" in refused.stderr and own_id in refused.stderr and "nothing was written" in refused.stderr
+    assert {name: (site / name).read_bytes() for name in shipped} == shipped
+    # a copy of it in a release folder is the site's too; this tool's own registries there are rewritten
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "image_registry.csv").write_bytes(shipped["image_registry.csv"])
+    assert cli("registry", "--db", str(db), "--out", str(copy)).returncode == 2
+    assert (copy / "image_registry.csv").read_bytes() == shipped["image_registry.csv"]
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+    for name in shipped:
+        (site / name).unlink()
+    for _ in range(2):
+        again = cli("registry", "--db", str(db), "--out", str(site))
+        assert again.returncode == 0, again.stderr
+        assert read_csv(site / "waveform_registry.csv") == read_csv(out / "waveform_registry.csv")
