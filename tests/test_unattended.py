@@ -3,6 +3,7 @@ truthful about what was committed, odd file systems survived."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -882,6 +883,49 @@ def test_a_command_turned_away_by_the_lock_is_named_as_itself(site, db, command)
     assert f"pid {os.getpid()} " in out.stderr and "`chorus-batch run`" in out.stderr, out.stderr
     this = "this run" if command[0] == "run" else f"this `chorus-batch {command[0]}`"
     assert f"fix:   {this} did nothing; run it again once that run has finished" in out.stderr, out.stderr
+
+
+@contextlib.contextmanager
+def _held_without_details(db: Path):
+    """The run lock held by this process as a run holds it in its first instant: taken, its details not written yet."""
+    from filelock import FileLock
+
+    with FileLock(f"{db}.lock", timeout=0):
+        yield
+
+
+def test_details_left_by_a_killed_holder_are_not_named_as_the_holder(site, db):
+    """A run killed with SIGKILL leaves its details beside the lock; a run refused by the next holder before that one
+    had written its own was told "locked by pid N ... (if that process is gone, its lock went with it)" of the killed
+    pid, which `ps` shows gone."""
+    write(site, "OMOP/a.csv", b"x" * 1000)
+    assert run(site, db, "-q").returncode == 0
+    killed = paused("run", "--site", str(site), "--db", str(db), "--rehash", at="hashing")
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert f'"pid": {killed.pid}' in Path(f"{db}.lock.json").read_text()  # (SIGKILL: nothing removed them)
+    with _held_without_details(db):
+        out = run(site, db)
+    assert out.returncode == 4, out.stderr
+    assert f"pid {killed.pid} on host" not in out.stderr, out.stderr
+    assert (f"locked by another run: a process that has not written its details yet (those there, of pid {killed.pid}"
+            in out.stderr and "were left by a holder that is gone" in out.stderr), out.stderr
+
+
+@pytest.mark.parametrize("details, said", [(b"", "it has not written its details yet"),
+                                           (b'{"pid": 12', "are cut short or damaged"),
+                                           (b"\xff\xfe{\x00", "are cut short or damaged"),
+                                           (b"[]", "are cut short or damaged")])
+def test_holder_details_that_cannot_be_read_are_said_to_be_so(site, db, details, said):
+    """Details cut short (a holder whose disk filled as it wrote them), or not UTF-8, were said "not written yet"."""
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    with _held_without_details(db):
+        Path(f"{db}.lock.json").write_bytes(details)
+        out = run(site, db)
+    assert out.returncode == 4, out.stderr
+    assert "locked by another run: an unknown process (" in out.stderr and said in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives the lock file to another user")

@@ -223,6 +223,31 @@ def holder_named(holder_path: Path) -> str | None:
         return None
 
 
+def _holder_now(holder_path: Path) -> tuple[str, dict]:
+    """Who holds a lock this process was refused, as its details beside it say, and those details ({} when they name
+    no holder). Details of a process of this host that is gone are a killed holder's, left behind (SIGKILL runs no
+    clean-up): the holder that took the lock since has not written its own yet. Naming the dead one, the refusal
+    said "locked by pid N ... (if that process is gone, its lock went with it)" of a pid `ps` shows gone."""
+    unknown = "an unknown process (it has not written its details yet)"
+    try:
+        text = holder_path.read_bytes()
+    except FileNotFoundError:
+        return unknown, {}
+    except OSError as exc:
+        return f"an unknown process (its details, {holder_path.name}, cannot be read: {exc.strerror or exc})", {}
+    try:
+        info = json.loads(text.decode("utf-8"))
+        holder = _holder_of(info)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # (empty or cut: being written this instant, or by a holder whose disk filled as it wrote them)
+        return (unknown if not text.strip() else
+                f"an unknown process (its details, {holder_path.name}, are cut short or damaged)"), {}
+    if _gone(info):
+        return (f"a process that has not written its details yet (those there, of pid {info['pid']} started "
+                f"{info['started_at']}, were left by a holder that is gone)"), {}
+    return holder, info
+
+
 @contextlib.contextmanager
 def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
     """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
@@ -243,22 +268,18 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY))
         lock.acquire()
     except Timeout:
-        holder = "an unknown process (it has not written its details yet)"
-        info: dict = {}
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
-            info = json.loads(holder_path.read_text(encoding="utf-8"))
-            holder = _holder_of(info)
+        holder, info = _holder_now(holder_path)
         # The command turned away, by name when it is not `kind` itself: `upgrade`, `validate --force`, `registry`
         # or `import-journal` were told "this run did nothing".
         own = command_of(argv)
         this = f"this `chorus-batch {own}`" if own is not None and own != kind else f"this {kind}"
-        array = (_same_array(info.get("slurm_task") if isinstance(info, dict) else None)
-                 if kind == "run" and own == "run" else None)
+        task, held = (value if isinstance(value, str) else None  # (hand-edited details: a number, a list)
+                      for value in (info.get("slurm_task"), info.get("command")))
+        array = _same_array(task) if kind == "run" and own == "run" else None
         if array is not None:
             raise ManifestLocked(f"the manifest is locked by {array[0]} of this Slurm job array: {holder}; {array[1]}",
                                  where=str(lock_path), fix=f"{this} did nothing; {ARRAY_FIX}") from None
         # the holder as what it is: a `validate --force` or `registry` holding the run lock is no "other run"
-        held = info.get("command") if isinstance(info, dict) else None
         other = kind if held in (None, kind) or held not in _command_names() else "command"
         raise ManifestLocked(
             f"the manifest is locked by another {other}: {holder}",
