@@ -153,6 +153,13 @@ def _absolute(path: str | os.PathLike) -> str:
     return text if _is_url(text) else os.path.abspath(expand_home(text, f"the path {text}"))
 
 
+def _one_name(db: str) -> str:
+    """The manifest as its submission lock and its jobs' --comment name it: its real path (symbolic links resolved),
+    as the manifest's own lock is named, so that a `run --slurm` through a linked --db and one through the real path
+    exclude each other (each had its own <db>.slurm.lock, and neither found the other's jobs)."""
+    return db if _is_url(db) else os.path.realpath(db)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -183,8 +190,8 @@ def _guard_lines(db: str) -> str:
     and refuses (exit 4) when another holds it, or when jobs of another submission for the manifest (their --comment,
     JOB_COMMENT) are still queued or running: naming them, with their scancel. squeue failing (the controller down)
     is left to sbatch, which then fails too. It ends before any other step: nothing was submitted or changed."""
-    lock = shlex.quote(db + ".slurm.lock")
-    want = shlex.quote(JOB_COMMENT + db)
+    lock = shlex.quote(_one_name(db) + ".slurm.lock")
+    want = shlex.quote(JOB_COMMENT + _one_name(db))
     return f"""# One submission per manifest at a time: `run --slurm` holds its lock while it submits and follows; this script
 # holds it while it submits, and is refused while another submission's jobs for this manifest are queued or running
 db={shlex.quote(db)}
@@ -318,7 +325,7 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     placement += [f"--account={account}"] if account else []
     sbatch = ["sbatch", "--parsable", "--export=ALL", "--nodes=1", "--ntasks=1", *limits, *placement]
     # (each job names its manifest, so that a later submission for it finds them in squeue: see `guard` below)
-    comment = f"--comment={shlex.quote(JOB_COMMENT + db)}"
+    comment = f"--comment={shlex.quote(JOB_COMMENT + _one_name(db))}"
 
     # The default staging folder, one per submission, held every night's shard lists (each file's path, person ids in
     # them) beside the manifest for ever. Once the merge committed (exit 0, or 1: findings), its shards are of no more
@@ -995,7 +1002,7 @@ def submission_lock(db: str, argv: list[str]):
     from .store.lock import command_of, holder_named, write_holder
     from .fsutil import write_private
 
-    db = os.path.abspath(db)  # (the same manifest by a relative path from another folder)
+    db = _one_name(os.path.abspath(db))  # (the same manifest by a relative path from another folder, or a link)
     path, holder_path = Path(db + ".slurm.lock"), Path(db + ".slurm.lock.json")
 
     def busy(_fd: int) -> Exception:
@@ -1086,7 +1093,7 @@ def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str
     if db is not None:
         with submission_lock(db, argv or ["run"]) as submitted:
             return submit_and_follow(script_text, poll_s=poll_s, out=out, on_submitted=submitted,
-                                     _locked=os.path.abspath(db) + ".slurm.lock")
+                                     _locked=_one_name(os.path.abspath(db)) + ".slurm.lock")
     out = _Lines(out)
     job = submit(script_text, locked=_locked)
     try:  # (from the jobs' ids on: a stop while the holder's record names them cancels them too)

@@ -1315,6 +1315,33 @@ def test_a_second_run_slurm_on_the_same_manifest_submits_nothing(tmp_path):
     assert after.returncode == 2 and called.exists(), after.stderr
 
 
+def test_a_run_slurm_through_a_linked_manifest_path_is_the_same_manifests(tmp_path):
+    """`run --slurm --db link/m.sqlite` (a folder linked to the manifest's, as automount and project links make) beside
+    one given the real path: each took its own `<db>.slurm.lock` and its jobs' --comment named another path, so neither
+    was refused and the site was hashed twice. Both name the manifest by its real path now: `run --slurm` and the
+    script submitted by hand are refused (exit 4) while the other holds it."""
+    from chorus_batch.slurm import submission_lock
+
+    site, real, bin_dir, called = tmp_path / "site", tmp_path / "real", tmp_path / "bin", tmp_path / "sbatch-called"
+    for folder in (site, real, bin_dir):
+        folder.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    for tool in ("sbatch", "squeue", "scancel"):  # (a stand-in that says it was called and refuses: nothing queued)
+        _executable(bin_dir / tool, f"#!/bin/sh\necho {tool} >> '{called}'\nexit 1\n")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    linked = tmp_path / "link" / "m.sqlite"
+    script = tmp_path / "nightly.sbatch"
+    script.write_text(slurm_script(site=str(site), db=str(linked), shards=2, cpus_per_task=1, python=sys.executable))
+    assert f"--comment='chorus-batch manifest {real / 'm.sqlite'}'" in script.read_text()
+    with submission_lock(str(real / "m.sqlite"), ["run", "--slurm"]):
+        proc = cli("run", "--slurm", "--site", str(site), "--db", str(linked), "--shards", "2", env=env, timeout=30)
+        by_hand = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, **env})
+    assert proc.returncode == 4 and f"for the manifest {real / 'm.sqlite'}" in proc.stderr, proc.stderr
+    assert by_hand.returncode == 4 and "another submission for the manifest" in by_hand.stderr, by_hand.stderr
+    assert not called.exists() and not (tmp_path / "link" / "m.sqlite.slurm.lock").exists()
+
+
 def test_a_submission_into_a_staging_folder_a_merge_is_reading_removes_nothing(slurm, stand_in, tmp_path):
     """The script removes the completion records (scan.json) an earlier submission's shards left in a --staging
     folder; it did so without the folder's lock, beside a merge reading those shards (the first of two submissions
