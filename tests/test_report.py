@@ -673,3 +673,22 @@ def test_the_versions_after_a_hand_label_are_told_apart_in_the_change_plot():
     assert _tick_labels(["20261201020000", "20261202020000"], one_line=False) == ["2026-12-01", "2026-12-02"]
     assert _crowded(_tick_labels(labels, one_line=False), len(labels))
     assert not _crowded(_tick_labels(["20261201020000", "20261202020000"], one_line=False), 2)
+
+
+def test_person_ids_that_look_alike_are_told_apart_as_files_shows_them(tmp_path):
+    """Person ids are folder names: '000001 ' (a trailing space) and '\\u200b000001' (a zero-width space) are other
+    persons than 000001, and `files` and the validation messages quote them. The persons table and the implausible
+    sessions table wrote them raw, so the browser showed three rows of 000001. They are shown as names now."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    persons = ["000001", "000001 ", "\u200b000001"]
+    for person in persons:  # each one session of 1970: an implausible start, listed in the sessions table
+        write(site, f"{person}/Waveforms/{person}_19700101_000100_3600.dat", person.encode())
+    run_site(site, db)
+    info = write_report(db, tmp_path / "r.html")
+    text = info.path.read_text(encoding="utf-8")
+    for section in ("persons", "sessions"):
+        body = re.search(rf'<section id="{section}">(.*?)</section>', text, re.DOTALL).group(1)
+        cells = {html.unescape(cell) for cell in re.findall(r"<td[^>]*>([^<]*)</td>", body)}
+        assert {"000001", "'000001 '", "'\\u200b000001'"} <= cells, (section, sorted(cells))
+    assert "\u200b" not in text
