@@ -692,3 +692,51 @@ def test_a_manifest_under_the_home_folder_is_not_named_by_the_page(tmp_path, mon
     assert "chorus-batch validate --db '~/m.sqlite' checks it" in text, re.findall(r".{80}m.sqlite.{40}", text)
     assert 'open_manifest("~/m.sqlite")' in text
     assert open_manifest("~/m.sqlite").latest() == info.version  # what the page's commands open is this manifest
+
+
+def test_person_ids_that_look_alike_are_told_apart_as_files_shows_them(tmp_path):
+    """Person ids are folder names: '000001 ' (a trailing space) and '\\u200b000001' (a zero-width space) are other
+    persons than 000001, and `files` and the validation messages quote them. The persons table and the implausible
+    sessions table wrote them raw, so the browser showed three rows of 000001. They are shown as names now."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    persons = ["000001", "000001 ", "\u200b000001"]
+    for person in persons:  # each one session of 1970: an implausible start, listed in the sessions table
+        write(site, f"{person}/Waveforms/{person}_19700101_000100_3600.dat", person.encode())
+    run_site(site, db)
+    info = write_report(db, tmp_path / "r.html")
+    text = info.path.read_text(encoding="utf-8")
+    for section in ("persons", "sessions"):
+        body = re.search(rf'<section id="{section}">(.*?)</section>', text, re.DOTALL).group(1)
+        cells = {html.unescape(cell) for cell in re.findall(r"<td[^>]*>([^<]*)</td>", body)}
+        assert {"000001", "'000001 '", "'\\u200b000001'"} <= cells, (section, sorted(cells))
+    assert "\u200b" not in text
+
+
+def test_only_the_unparseable_reasons_the_table_shows_are_given_examples(tmp_path, monkeypatch):
+    """Each folder outside the layout is its own reason: a site with a stray copy of a million folders had a million
+    reasons, and examples were built for each of them (16 s of a 50 s report) though the table shows MAX_ROWS. The
+    most frequent MAX_ROWS reasons are ranked and given examples; the others are counted for "Showing N of M"."""
+    from chorus_batch.report import html as report_html
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    for folder in range(1, 6):  # junk1/ holds 1 file ... junk5/ 5: five reasons, junk5/ the most frequent
+        for i in range(folder):
+            write(site, f"junk{folder}/f{i}.txt", b"x")
+    run_site(site, db, validate_site=False)
+    monkeypatch.setattr(report_html, "MAX_ROWS", 2)
+    report_html._environment.cache_clear()
+    try:
+        with report_html._Report(open_manifest(db), open_manifest(db).latest()) as report:
+            errors = report.scan_errors()
+        text = write_report(db, tmp_path / "r.html").path.read_text(encoding="utf-8")
+    finally:
+        monkeypatch.undo()
+        report_html._environment.cache_clear()
+    assert [(reason.split()[1], n) for reason, n, _ in errors["by_reason"]] == [("junk5/", 5), ("junk4/", 4)]
+    assert [examples.shown for _, _, examples in errors["by_reason"]] == [
+        [f"junk5/f{i}.txt" for i in range(3)], [f"junk4/f{i}.txt" for i in range(3)]]
+    assert [examples.more for _, _, examples in errors["by_reason"]] == [2, 1]
+    section = re.search(r'<section id="scan-errors">(.*?)</section>', text, re.DOTALL).group(1)
+    assert re.search(r"Unparseable paths by reason</h3>.*Showing 2 of 5 rows", section, re.DOTALL), section

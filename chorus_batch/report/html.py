@@ -435,11 +435,18 @@ class _Report:
                                                 msg=pl.col("message").head(EXAMPLES))
                    .sort(["n", "kind"], descending=[True, False]))
         unparseable = errors.filter(pl.col("kind") == "unparseable")
-        by_reason = (unparseable.group_by("message").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES))
-                     .sort(["n", "message"], descending=[True, False]))
+        # Each folder outside the layout is its own reason: a site with a stray copy had a million of them, and
+        # their examples, built for every reason, took most of the report's time. The table shows MAX_ROWS
+        # reasons: those are ranked (a top-k) and given examples; the others are only counted.
+        shown = (unparseable.lazy().group_by("message").agg(n=pl.len())
+                 .sort(["n", "message"], descending=[True, False]).head(MAX_ROWS).collect())
+        examples = (unparseable.join(shown.select("message"), on="message", how="semi")
+                    .group_by("message").agg(ex=pl.col("srcfile").head(EXAMPLES)))
+        by_reason = shown.join(examples, on="message", how="left", maintain_order="left")
         return {
             "by_kind": [(kind, n, Examples(list(zip(ex, msg)), n)) for kind, n, ex, msg in by_kind.iter_rows()],
             "by_reason": [(reason, n, Examples(ex, n)) for reason, n, ex in by_reason.iter_rows()],
+            "reasons": unparseable["message"].n_unique(),
             "command": self.py(f"m.scan_errors({json.dumps(self.label)})", "scan_errors.csv"),
         }
 
