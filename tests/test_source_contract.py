@@ -474,3 +474,7 @@ def test_stored_md5_reads_azure_content_md5():
     assert stored_md5({"content_settings": {"content_md5": None}}) is None
     assert stored_md5({"content_settings": {"content_md5": "not base64!"}}) is None
     assert stored_md5({"content_settings": {"content_md5": base64.b64encode(b"short").decode()}}) is None
+    # an append or page blob's Content-MD5 is not kept up to date by its writes: never taken as its MD5
+    assert stored_md5({"content_settings": {"content_md5": b64}, "blob_type": "BlockBlob"}) == digest.hex()
+    assert stored_md5({"content_settings": {"content_md5": b64}, "blob_type": "AppendBlob"}) is None
+    assert stored_md5({"content_settings": {"content_md5": b64}, "blob_type": "PageBlob"}) is None

@@ -50,11 +50,23 @@ def etag_of(info: dict) -> str | None:
     return str(value).strip().strip('"') or None if value else None
 
 
+def holds_its_md5(blob_type: Any) -> bool:
+    """An Azure blob of this type (BlobType, or its name; None: not said) may hold the MD5 of its bytes as Content-MD5.
+    An append or page blob does not: its Content-MD5 is whatever was set when it was created (or by Set Blob
+    Properties), and Append Block / Put Page never update it, so after a write it is the MD5 of other bytes."""
+    if blob_type is None:
+        return True
+    return str(getattr(blob_type, "value", blob_type)).lower() == "blockblob"
+
+
 def stored_md5(info: dict) -> str | None:
-    """The MD5 a storage holds for an object, as hex: Azure's Content-MD5 (raw or base64), or an S3
+    """The MD5 a storage holds for an object, as hex: Azure's Content-MD5 (raw or base64) of a block blob, or an S3
     ETag that is a plain MD5. A multipart upload's ETag ("<hex>-<parts>") is an MD5 of MD5s, not of
-    the bytes: None. (An S3 object encrypted with SSE-KMS or SSE-C also has an ETag that is not its
-    MD5; the listing cannot tell, so such buckets need --cloud-md5 download.)"""
+    the bytes: None; so is an append or page blob's Content-MD5 (holds_its_md5). (An S3 object encrypted with
+    SSE-KMS or SSE-C also has an ETag that is not its MD5; the listing cannot tell, so such buckets need
+    --cloud-md5 download.)"""
+    if not holds_its_md5(info.get("blob_type")):
+        return None
     settings = info.get("content_settings")
     if settings is None:
         etag = etag_of(info) if ("ETag" in info or "e_tag" in info) else None
@@ -206,7 +218,8 @@ class FsspecSource:
             paths.append(blob.name[skip:])
             sizes.append(int(blob.size or 0))
             mtimes.append(clamp_ns(int(blob.last_modified.timestamp() * 1_000_000_000)) if blob.last_modified else 0)
-            raw = blob.content_settings.content_md5 if blob.content_settings else None
+            # (an append or page blob's Content-MD5 is not kept up to date by its writes: downloaded, as one without)
+            raw = blob.content_settings.content_md5 if blob.content_settings and holds_its_md5(blob.blob_type) else None
             md5s.append(bytes(raw).hex() if raw and len(raw) == 16 else None)
             etags.append(str(blob.etag).strip('"') if blob.etag else None)
         return columns, markers
