@@ -247,6 +247,12 @@ class FsspecSource:
         return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read",
                                     endpoint=cloud_access.endpoint_of(self.fs))
 
+    def _not_an_object(self, srcfile: str) -> OSError:
+        """A listed file whose path is now a folder. In a bucket or container that is an object deleted while keys under
+        its name are there (`x.dat/part`): it is gone, as the Azure source says of it (its Blob service has no
+        folders); a file system's folder is one (IsADirectoryError)."""
+        return _gone(srcfile) if self.server_md5 else IsADirectoryError(errno.EISDIR, "not a file", srcfile)
+
     def _blob(self, srcfile: str) -> Any:
         container, _, name = self._path(srcfile).partition("/")
         return self._blob_service().get_blob_client(container, name)
@@ -269,7 +275,7 @@ class FsspecSource:
         except cloud_access.storage_errors() as exc:
             raise self._storage_failure(exc, srcfile) from None
         if info.get("type") == "directory":
-            raise IsADirectoryError(f"not a file: {srcfile}")
+            raise self._not_an_object(srcfile)
         return FileStat(int(info.get("size") or 0), _mtime_ns(info), etag_of(info) if self.server_md5 else None)
 
     def open(self, srcfile: str) -> BinaryIO:
@@ -333,6 +339,8 @@ class FsspecSource:
             return self._hash_blob(srcfile, parse)
         path = self._path(srcfile)
         info = self.fs.info(path)
+        if info.get("type") == "directory":  # (read, it gave no bytes: an empty file, MD5 d41d8cd9..., of 1970)
+            raise self._not_an_object(srcfile)
         size = int(info.get("size") or 0)
         digest = hashlib.md5(usedforsecurity=False)
         total, facts = 0, None
