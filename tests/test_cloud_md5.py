@@ -533,3 +533,63 @@ def test_an_object_written_between_its_listing_and_its_read_is_recorded_with_the
     # the next run finds the object as recorded: nothing read, nothing changed
     again = cli("run", "--site", f"s3://{bucket}/site", "--db", str(db), "--no-validate", "--json", "--verify-sample", "0")
     assert again.returncode == 0 and '"files_hashed": 0' in again.stdout and '"unchanged": 2' in again.stdout, again.stdout
+
+
+def test_an_append_or_page_blob_is_hashed_not_taken_at_a_content_md5_its_writes_never_updated(az_env, tmp_path):
+    """Append Block and Put Page leave a blob's Content-MD5 as it was set at its creation: an append blob created
+    with the MD5 of its first block and appended to since was recorded with that MD5 ('stored'), the MD5 of bytes it
+    no longer holds (equal to another file's, which held just those bytes)."""
+    from azure.storage.blob import ContentSettings
+
+    first, later = b"person_id\n1\n", b"2\n3\n"
+    container, client = az_env.new_container(), az_env.service_client()
+    blobs = client.get_container_client(container)
+    blobs.upload_blob("OMOP/person.csv", first)  # a block blob: its Content-MD5 is its bytes' (the service's own)
+    claimed = ContentSettings(content_md5=bytearray(hashlib.md5(first).digest()))
+    appended = blobs.get_blob_client("OMOP/death.csv")
+    appended.create_append_blob(content_settings=claimed)
+    appended.append_block(first)
+    appended.append_block(later)
+    page = bytes(range(256)) * 2
+    paged = blobs.get_blob_client("000001/Waveforms/S1/S1.dat")
+    paged.create_page_blob(size=len(page), content_settings=ContentSettings(
+        content_md5=bytearray(hashlib.md5(bytes(len(page))).digest())))  # the MD5 of the zeros it was made with
+    paged.upload_page(page, offset=0, length=len(page))
+    db = tmp_path / "m.sqlite"
+    result = run_site(f"az://{container}", db, validate_site=False)
+    got = rows(db)
+    assert got["OMOP/person.csv"][:2] == (hashlib.md5(first).hexdigest(), "stored")
+    assert got["OMOP/death.csv"][:2] == (hashlib.md5(first + later).hexdigest(), "computed")
+    assert got["000001/Waveforms/S1/S1.dat"][:2] == (hashlib.md5(page).hexdigest(), "computed")
+    assert result.md5_sources == {"computed": 2, "stored": 1, "reused": 0, "unverifiable": 0}
+
+
+@pytest.mark.parametrize("store", ["s3", "az"])
+def test_an_object_replaced_by_a_folder_of_that_name_before_its_read_is_gone_not_an_empty_file(
+        store, az_env, s3_env, tmp_path):
+    """An object deleted after the listing while keys under its name are there (`x.dat/part`: a folder to fsspec) was
+    "read" by the S3 source as the folder: recorded as an empty file, MD5 d41d8cd9..., last-modified 1970. It is gone,
+    as the Azure source says of it."""
+    db = tmp_path / "m.sqlite"
+    if store == "s3":
+        bucket, client = s3_env.new_bucket("folder"), s3_env.client()
+        put = lambda key, body: client.put_object(Bucket=bucket, Key=f"site/{key}", Body=body)  # noqa: E731
+        delete = lambda key: client.delete_object(Bucket=bucket, Key=f"site/{key}")  # noqa: E731
+        url = f"s3://{bucket}/site"
+    else:
+        container = az_env.new_container()
+        blobs = az_env.service_client().get_container_client(container)
+        put = lambda key, body: blobs.upload_blob(f"site/{key}", body, overwrite=True)  # noqa: E731
+        delete = lambda key: blobs.delete_blob(f"site/{key}")  # noqa: E731
+        url = f"az://{container}/site"
+    put("OMOP/person.csv", b"person_id\n1\n")
+    put("000001/Waveforms/S1/S1.dat", bytes(range(256)) * 4)
+    proc = paused("run", "--site", url, "--db", str(db), "--no-validate", "--cloud-md5", "download", "--json",
+                  at="hashing+2")
+    delete("000001/Waveforms/S1/S1.dat")
+    put("000001/Waveforms/S1/S1.dat/part.dat", b"now a folder")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "000001/Waveforms/S1/S1.dat" not in rows(db), rows(db)
+    said = query(db, "SELECT kind FROM scan_errors WHERE srcfile = '000001/Waveforms/S1/S1.dat'")
+    assert said == [("vanished",)], said

@@ -385,6 +385,19 @@ def test_a_missing_file_is_said_to_be_missing_where_a_read_is_reported(built):
     assert said["retry"] is True and "no such" in said["error"].lower(), said
 
 
+def test_a_path_that_is_a_folder_is_no_file_to_stat_or_hash(built):
+    """A listed file whose path is a folder by the time it is read (a local file replaced by a folder; an object deleted
+    while keys under its name are there) raises OSError; the S3 source hashed it as an empty file, MD5 d41d8cd9... of
+    1970. Where the storage has no folders (server_md5: a bucket, a container) the object is gone: FileNotFoundError."""
+    for call in (built.source.stat, lambda rel: built.source.hash_file(rel, bytearray(BUFFER))):
+        for folder in ("OMOP", "000001/Waveforms"):
+            with pytest.raises(OSError) as caught:
+                call(folder)
+            if built.source.server_md5:
+                assert isinstance(caught.value, FileNotFoundError), repr(caught.value)
+    assert hash_one(built.source, "OMOP", bytearray(BUFFER))[0] in ("vanished", "unreadable")
+
+
 def test_hash_one_reports_a_missing_file_as_vanished(built):
     out = hash_one(built.source, "OMOP/no_such_file.csv", bytearray(BUFFER))
     assert isinstance(out, tuple) and out[0] == "vanished"
@@ -474,3 +487,7 @@ def test_stored_md5_reads_azure_content_md5():
     assert stored_md5({"content_settings": {"content_md5": None}}) is None
     assert stored_md5({"content_settings": {"content_md5": "not base64!"}}) is None
     assert stored_md5({"content_settings": {"content_md5": base64.b64encode(b"short").decode()}}) is None
+    # an append or page blob's Content-MD5 is not kept up to date by its writes: never taken as its MD5
+    assert stored_md5({"content_settings": {"content_md5": b64}, "blob_type": "BlockBlob"}) == digest.hex()
+    assert stored_md5({"content_settings": {"content_md5": b64}, "blob_type": "AppendBlob"}) is None
+    assert stored_md5({"content_settings": {"content_md5": b64}, "blob_type": "PageBlob"}) is None

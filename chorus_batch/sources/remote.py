@@ -50,11 +50,23 @@ def etag_of(info: dict) -> str | None:
     return str(value).strip().strip('"') or None if value else None
 
 
+def holds_its_md5(blob_type: Any) -> bool:
+    """An Azure blob of this type (BlobType, or its name; None: not said) may hold the MD5 of its bytes as Content-MD5.
+    An append or page blob does not: its Content-MD5 is whatever was set when it was created (or by Set Blob
+    Properties), and Append Block / Put Page never update it, so after a write it is the MD5 of other bytes."""
+    if blob_type is None:
+        return True
+    return str(getattr(blob_type, "value", blob_type)).lower() == "blockblob"
+
+
 def stored_md5(info: dict) -> str | None:
-    """The MD5 a storage holds for an object, as hex: Azure's Content-MD5 (raw or base64), or an S3
+    """The MD5 a storage holds for an object, as hex: Azure's Content-MD5 (raw or base64) of a block blob, or an S3
     ETag that is a plain MD5. A multipart upload's ETag ("<hex>-<parts>") is an MD5 of MD5s, not of
-    the bytes: None. (An S3 object encrypted with SSE-KMS or SSE-C also has an ETag that is not its
-    MD5; the listing cannot tell, so such buckets need --cloud-md5 download.)"""
+    the bytes: None; so is an append or page blob's Content-MD5 (holds_its_md5). (An S3 object encrypted with
+    SSE-KMS or SSE-C also has an ETag that is not its MD5; the listing cannot tell, so such buckets need
+    --cloud-md5 download.)"""
+    if not holds_its_md5(info.get("blob_type")):
+        return None
     settings = info.get("content_settings")
     if settings is None:
         etag = etag_of(info) if ("ETag" in info or "e_tag" in info) else None
@@ -233,7 +245,8 @@ class FsspecSource:
             paths.append(blob.name[skip:])
             sizes.append(int(blob.size or 0))
             mtimes.append(clamp_ns(int(blob.last_modified.timestamp() * 1_000_000_000)) if blob.last_modified else 0)
-            raw = blob.content_settings.content_md5 if blob.content_settings else None
+            # (an append or page blob's Content-MD5 is not kept up to date by its writes: downloaded, as one without)
+            raw = blob.content_settings.content_md5 if blob.content_settings and holds_its_md5(blob.blob_type) else None
             md5s.append(bytes(raw).hex() if raw and len(raw) == 16 else None)
             etags.append(str(blob.etag).strip('"') if blob.etag else None)
         return columns, markers
@@ -261,6 +274,12 @@ class FsspecSource:
         return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read",
                                     endpoint=cloud_access.endpoint_of(self.fs))
 
+    def _not_an_object(self, srcfile: str) -> OSError:
+        """A listed file whose path is now a folder. In a bucket or container that is an object deleted while keys under
+        its name are there (`x.dat/part`): it is gone, as the Azure source says of it (its Blob service has no
+        folders); a file system's folder is one (IsADirectoryError)."""
+        return _gone(srcfile) if self.server_md5 else IsADirectoryError(errno.EISDIR, "not a file", srcfile)
+
     def _blob(self, srcfile: str) -> Any:
         container, _, name = self._path(srcfile).partition("/")
         return self._blob_service().get_blob_client(container, name)
@@ -283,7 +302,7 @@ class FsspecSource:
         except cloud_access.storage_errors() as exc:
             raise self._storage_failure(exc, srcfile) from None
         if info.get("type") == "directory":
-            raise IsADirectoryError(f"not a file: {srcfile}")
+            raise self._not_an_object(srcfile)
         return FileStat(int(info.get("size") or 0), _mtime_ns(info), etag_of(info) if self.server_md5 else None)
 
     def open(self, srcfile: str) -> BinaryIO:
@@ -347,6 +366,8 @@ class FsspecSource:
             return self._hash_blob(srcfile, parse)
         path = self._path(srcfile)
         info = self.fs.info(path)
+        if info.get("type") == "directory":  # (read, it gave no bytes: an empty file, MD5 d41d8cd9..., of 1970)
+            raise self._not_an_object(srcfile)
         size = int(info.get("size") or 0)
         digest = hashlib.md5(usedforsecurity=False)
         total, facts = 0, None
