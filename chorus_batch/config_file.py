@@ -29,12 +29,18 @@ _TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is a
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
+    return read_toml_text(path)[0]
+
+
+def read_toml_text(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """read_toml's dict, and the text it was read from (to name the line of a setting in a message: a pipe cannot
+    be read twice)."""
     path = Path(path)
     _warn_if_anyone_may_write(path)
     text = ""
     try:
         text = _text(path)  # (read once: a pipe, --config <(envsubst < chorus.toml.in), is read to its end)
-        return tomllib.loads(text)
+        return tomllib.loads(text), text
     except FileNotFoundError:
         if path.is_symlink():  # (the link is there, what it leads to is not)
             raise ConfigError(f"config file {path} is a symbolic link to {os.readlink(path)}, which is not there",
@@ -72,6 +78,44 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                           fix="keep one of the two and remove the other" if said else
                               f"a text value is written in quotes in TOML: {unquoted}" if unquoted else
                               "fix the TOML syntax at the position given") from None
+
+
+def setting_line(text: str, loc: tuple[str, ...]) -> int | None:
+    """The line of a TOML text on which the setting `loc` (("run", "workers")) is written, or the [section] header
+    `loc` names (("site", "roots"): [site.roots]); else that of the nearest enclosing one written (an item of a list:
+    its setting's line; a setting given in an inline table: the table's line). None where nothing of it is written
+    line by line. Valid TOML only (the text loaded): a key is read with tomllib itself, so quoted and dotted keys
+    count as the file writes them."""
+    table: tuple[str, ...] = ()
+    written: dict[tuple[str, ...], int] = {}
+    key_line = re.compile(r"\s*((?:[A-Za-z0-9_-]+|\"[^\"\n]*\"|'[^'\n]*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"\n]*\"|'[^'\n]*'))*)\s*=")
+    in_string = False  # (a line within a multi-line string is no key: `"""` ... `"""`)
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_string:
+            in_string = (line.count('"""') + line.count("'''")) % 2 == 0
+            continue
+        header = re.match(r"\s*\[(?!\[)", line)
+        found = None if header else key_line.match(line)
+        if header or found:
+            try:
+                parsed = tomllib.loads(line if header else f"{found.group(1)} = 0")  # type: ignore[union-attr]
+            except tomllib.TOMLDecodeError:
+                parsed = None
+            names: tuple[str, ...] = ()
+            while isinstance(parsed, dict) and len(parsed) == 1:
+                name, parsed = next(iter(parsed.items()))
+                names = (*names, name)
+            if header:
+                table = names
+                written.setdefault(table, number)
+            elif names:
+                written.setdefault((*table, *names), number)
+                rest = line[found.end():]  # type: ignore[union-attr]
+                in_string = (rest.count('"""') + rest.count("'''")) % 2 == 1
+    for end in range(len(loc), 0, -1):
+        if tuple(loc[:end]) in written:
+            return written[tuple(loc[:end])]
+    return None
 
 
 def _unquoted_text(text: str, number: int) -> str | None:

@@ -461,6 +461,32 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]  # nothing written
 
 
+_HEAD = '# chorus.toml of site A\n\n[site]\nroot = "x"   # the tree\nname = "a"\n\n[run]\n# nightly\nmode = "full"\n'
+
+
+@pytest.mark.parametrize("body, line, where", [
+    ('workers = "8"\n', 10, "[run] workers"),  # invalid
+    ("workrs = 8\n", 10, "[run] workrs"),  # unknown, misspelt
+    ('exclude = [\n  "*.tmp",\n  3,\n]\n', 10, "[run] exclude"),  # an entry of a list over lines: its setting's line
+    ('note = """\nworkers = 1\n"""\n[manifest]\nworkers = 2\n', 14, "[manifest] workers"),  # not within a text
+    ("[azure]\naccount_key = 'x'\n", 11, "[azure] account_key"),  # a secret, its value not shown
+    ("[central]\nto = ''\n", 11, "[central] to"),  # empty
+    ("[colour]\nx = 1\n", 10, "[colour]"),  # an unknown section: its header
+])
+@pytest.mark.parametrize("encoding, newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n"), ("utf-16", "\n")])
+def test_a_config_error_names_the_line_of_its_setting(tmp_path, body, line, where, encoding, newline):
+    """A setting's error named the file and the setting ("where: chorus.toml [run] workers") but not its line, which a
+    syntax error names: in a long file, a setting given in an inline table or a [section] split in two, the line is
+    what an editor goes to. Lines count as an editor counts them, also in a file saved by Notepad (a byte-order mark,
+    CRLF) or as UTF-16."""
+    config = tmp_path / "c.toml"
+    config.write_bytes((_HEAD + body).replace("\n", newline).encode(encoding))
+    out = cli("run", "--config", str(config), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2, out.stderr
+    assert f"  where: {config}, line {line}: {where}\n" in out.stderr, out.stderr
+    assert (_HEAD + body).splitlines()[line - 1].lstrip("[").startswith(where.split()[-1].strip("[]")), body
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda toml: toml.mkdir(), "config file chorus.toml is a folder, not a file"),
     (lambda toml: toml.symlink_to("/nonexistent-share/chorus.toml"),
