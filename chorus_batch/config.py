@@ -338,6 +338,22 @@ class AzureSection(_CloudSection):
             raise ValueError("a storage account name is lowercase letters and digits (e.g. myacct)")
         return value
 
+    @model_validator(mode="after")
+    def _one_account(self) -> AzureSection:
+        """account_url and account_name that name two accounts: the run signed in to account_url's, silently (the
+        README's example left in place beside the site's own account_name: another account's container written to)."""
+        if self.account_url and self.account_name:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.account_url)
+            host = parts.hostname or ""
+            named = parts.path.strip("/").split("/")[0] or (host.split(".")[0] if "." in host else "")
+            if named.lower() != self.account_name:
+                raise ValueError(f"account_url ({self.account_url}) and account_name ({self.account_name!r}) name two "
+                                 "storage accounts, and the run signs in to one only: give one of them (account_url "
+                                 "for an endpoint of your own: Azurite, a sovereign cloud)")
+        return self
+
 
 # An S3 endpoint as [s3] endpoint_url and AWS_ENDPOINT_URL(_S3) must give it: no user, password, path or query.
 S3_ENDPOINT = re.compile(r"^https?://[^/?#@]+/?$")
