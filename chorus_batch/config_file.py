@@ -72,6 +72,14 @@ def read_toml_text(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
                               fix="keep one of the two and remove the other") from None
         said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
         line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        if not said and re.search(r"\r(?!\n)", text):
+            # (lines ended by CR alone, as classic Mac OS and some exporters write them: TOML reads the whole file as
+            # line 1, and the error pointed at a column of it no editor shows as wrong)
+            raise ConfigError(f"config file is not valid TOML: {exc}: its lines end in a carriage return alone (CR, "
+                              "without LF), which TOML does not read as the end of a line",
+                              where=f"{path}, line {line.group(1)}" if line else str(path),
+                              fix="save it with LF (or CRLF) line ends, e.g. tr '\\r' '\\n' < chorus.toml > fixed.toml, "
+                                  "and run again") from None
         unquoted = _unquoted_text(text, int(line.group(1))) if line and not said else None
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""),
                           where=f"{path}, line {line.group(1)}" if line else str(path),

@@ -871,6 +871,17 @@ def test_a_config_not_in_utf8_names_the_line(tmp_path):
     assert "is not UTF-8: byte 0xf4 on line 2" in out.stderr and "save the file as UTF-8" in out.stderr, out.stderr
 
 
+def test_a_config_with_lines_ended_by_cr_alone_says_so(tmp_path):
+    """Lines ended by CR alone (classic Mac OS, some exporters): TOML reads the file as one line, and the error was
+    "Expected newline or end of document after a statement (at line 1, column 7)", of a line an editor shows as right;
+    "fix the TOML syntax at the position given"."""
+    (tmp_path / "c.toml").write_bytes(b'[site]\rname = "a"\r')
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2, out.stderr
+    assert "its lines end in a carriage return alone (CR, without LF)" in out.stderr, out.stderr
+    assert "fix:   save it with LF (or CRLF) line ends" in out.stderr and not (tmp_path / "m.sqlite").exists()
+
+
 def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
     """Notepad's UTF-8 starts with a byte-order mark: 'not valid TOML: Invalid statement (at line 1, column 1)'."""
     write(tmp_path / "site", "OMOP/a.csv")
