@@ -350,8 +350,18 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
     if value is None or "://" in value:
         return value
     path = Path(expand_home(value, what))
-    path = path if path.is_absolute() else (base / path)
+    relative = not path.is_absolute()
+    path = (base / path) if relative else path
     _no_variable(value, path, what)
+    if relative and not os.path.lexists(path) and os.path.lexists(value) and base != Path.cwd():
+        # (written relative to where the command is run, as on the command line: "site root is not a readable
+        # directory: /etc/chorus/site does not exist (a typo, or a disk that is not mounted?)" of a folder that is
+        # there, or a new, empty manifest made beside the config file while the site's own lay in the current folder)
+        import logging
+
+        logging.getLogger("chorus_batch").warning(
+            f"{what} {value!r} is relative to the config file's folder, {base}: it is {path}, which is not there; "
+            f"{os.path.abspath(value)} (from the current folder) is there: write that full path if it is the one meant")
     return str(path)
 
 

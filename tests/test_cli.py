@@ -1071,6 +1071,28 @@ def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_f
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing written where the command ran
 
 
+def test_a_relative_path_there_only_from_the_current_folder_is_said_so(site, tmp_path):
+    """`root = "site"` in etc/chorus.toml, run from the folder that holds site/: the root is etc/site (as README says),
+    and the run said "site root is not a readable directory: .../etc/site does not exist (a typo, or a disk that is
+    not mounted?)" of a folder the user sees there; a `db` so written started a new manifest beside the config file
+    while the site's own was in the current folder, silently."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "chorus.toml").write_text('[site]\nroot = "site"\n')
+    out = cli("status", "--config", "etc/chorus.toml", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert (f"etc/chorus.toml [site] root 'site' is relative to the config file's folder, {tmp_path / 'etc'}: it is "
+            f"{tmp_path / 'etc' / 'site'}, which is not there; {site} (from the current folder) is there: write that "
+            "full path if it is the one meant") in out.stderr, out.stderr
+    (tmp_path / "etc" / "chorus.toml").write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "m.sqlite"\n')
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", "m.sqlite", cwd=tmp_path).returncode == 0
+    out = cli("run", "-q", "--no-validate", "--config", "etc/chorus.toml", cwd=tmp_path)
+    assert "[manifest] db 'm.sqlite' is relative to the config file's folder" in out.stderr, out.stderr
+    # where the path is there from the config file's folder (or nowhere), nothing is said
+    out = cli("run", "-q", "--no-validate", "--config", "etc/chorus.toml", cwd=tmp_path)
+    assert out.returncode == 0 and "relative to the config file's folder" not in out.stderr, out.stderr
+
+
 def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_holds_only_the_error(site, db):
     # "...would remove 2 of the previous version's 3 files (66.7%), more than --max-delete 50% allows; nothing was
     # committed (the run would remove 2 of the previous version's 3 files (66.7%))": the count was said twice
