@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .config_file import read_toml, resolve_path
+from .config_file import read_toml_text, resolve_path, setting_line
 from .errors import ConfigError, SettingError
 from .processes import default_workers
 from .urls import holds_userinfo, mask_url
@@ -147,6 +147,10 @@ class SiteSection(_Strict):
     @classmethod
     def _known_modalities(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
+            if key in cls.model_fields:  # (`name = ...` written below [site.roots]: it was "unknown modality 'name'")
+                raise ValueError(f"{key} = ... below [site.roots] is read as the root of a modality {key!r}: a "
+                                 "[section] holds every line below it up to the next one; write it under [site], "
+                                 "above [site.roots]")
             if key not in MODALITIES:
                 raise ValueError(f"unknown modality {key!r}; use one of {', '.join(MODALITIES)}")
         return value
@@ -333,6 +337,22 @@ class AzureSection(_CloudSection):
         if value is not None and not re.match(r"^[a-z0-9]{1,64}$", value):
             raise ValueError("a storage account name is lowercase letters and digits (e.g. myacct)")
         return value
+
+    @model_validator(mode="after")
+    def _one_account(self) -> AzureSection:
+        """account_url and account_name that name two accounts: the run signed in to account_url's, silently (the
+        README's example left in place beside the site's own account_name: another account's container written to)."""
+        if self.account_url and self.account_name:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.account_url)
+            host = parts.hostname or ""
+            named = parts.path.strip("/").split("/")[0] or (host.split(".")[0] if "." in host else "")
+            if named.lower() != self.account_name:
+                raise ValueError(f"account_url ({self.account_url}) and account_name ({self.account_name!r}) name two "
+                                 "storage accounts, and the run signs in to one only: give one of them (account_url "
+                                 "for an endpoint of your own: Azurite, a sovereign cloud)")
+        return self
 
 
 # An S3 endpoint as [s3] endpoint_url and AWS_ENDPOINT_URL(_S3) must give it: no user, password, path or query.
@@ -573,7 +593,12 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         raise ConfigError(f"load_config takes the path of a chorus.toml, not {type(path).__name__} {path!r}",
                           where="load_config(path)", fix='give the file\'s path, such as load_config("chorus.toml")')
     path = Path(path)
-    data = read_toml(path)
+    data, text = read_toml_text(path)
+
+    def where(loc: tuple, shown: str, top: bool = False) -> str:
+        """Where in the file the setting at `loc` is, as a message names it: with the line it is written on."""
+        line = setting_line(text, tuple(str(p) for p in loc))
+        return (f"{path}, line {line}" if line else str(path)) + (", " if top else (": " if line else " ")) + shown
     if not data:  # (left empty by `import-config CONFIG > chorus.toml` that failed: the shell empties it first)
         import logging
 
@@ -599,7 +624,8 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 # and said "*** secret does not belong")
                 f"refused setting {'.'.join(filter(None, [setting, key])) if key else setting!r} (its value is not "
                 "shown): a secret does not belong in a config file",
-                where=f"{path} [{setting}] {key}".rstrip() if setting else f"{path}, top level: {key}",
+                where=where((*first["loc"], key), f"[{setting}] {key}".rstrip()) if setting
+                else where((key,), f"top level: {key}", top=True),
                 fix=f"remove it from {path.name}; {first['msg'].split(': ', 1)[-1]}",
             ) from None
         if first["type"] == "extra_forbidden":
@@ -611,7 +637,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             homes = [] if prefix else [f"{s}.{key}" for s in known if key in _known_settings((s,))]
             if not prefix and isinstance(data.get(key), dict):  # a [section] (`[runn]`, `[Run]`): said as one
                 raise ConfigError(
-                    f"unknown section [{key}]" + (f"; did you mean [{meant}]?" if meant else ""), where=f"{path} [{key}]",
+                    f"unknown section [{key}]" + (f"; did you mean [{meant}]?" if meant else ""), where=where((key,), f"[{key}]"),
                     fix=(f"rename it to [{meant}]" if meant else "remove it") + f" ({CONFIG_HELP}; sections: "
                         + ", ".join(known) + ")",
                 ) from None
@@ -620,7 +646,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 raise ConfigError(
                     f"unknown setting {key!r} at the top of the file, before any [section]; did you mean "
                     + " or ".join(repr(home) for home in homes) + "?",
-                    where=f"{path}, top level (above the first [section])",
+                    where=where((key,), "top level (above the first [section])", top=True),
                     fix=f"move it under {sections} (a setting belongs to the [section] above it; {CONFIG_HELP})",
                 ) from None
             if not prefix and not meant:  # (`wrkers = 8` above every section was placed in a section [wrkers])
@@ -630,7 +656,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 raise ConfigError(
                     f"unknown setting {key!r} at the top of the file, before any [section]"
                     + ("; did you mean " + " or ".join(repr(home) for home in homes) + "?" if homes else ""),
-                    where=f"{path}, top level (above the first [section])",
+                    where=where((key,), "top level (above the first [section])", top=True),
                     fix=("rename it and move it under " + " or ".join(f"[{home.split('.')[0]}]" for home in homes)
                          if homes else "remove it")
                         + f" (a setting belongs to the [section] above it; {CONFIG_HELP}; sections: "
@@ -647,7 +673,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 raise ConfigError(
                     f"unknown setting {prefix + '.' + dotted!r}: {dotted} = ... under [{prefix}] is read as "
                     f"{prefix}.{dotted} (a key with dots under a [section] adds to the section's name)",
-                    where=f"{path} [{prefix}] {dotted}",
+                    where=where((*first["loc"], inner), f"[{prefix}] {dotted}"),
                     fix=f"write it under {home}, or as {dotted} = ... above the first [section] ({CONFIG_HELP})",
                 ) from None
             bare = _close(key, known)  # as it is written in its [section]
@@ -658,12 +684,24 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 # (`worker = 4` beside `workers = 8` was told to rename it to 'workers': a setting given twice)
                 raise ConfigError(
                     f"unknown setting {setting!r}, beside {meant!r}, which is also set",
-                    where=f"{path} [{prefix}] {key}" if prefix else f"{path}, top level: {key}",
+                    where=where(first["loc"], f"[{prefix}] {key}") if prefix else where((key,), f"top level: {key}", top=True),
                     fix=f"remove {key} (the run reads {bare}), or remove {bare} and rename {key} to it ({CONFIG_HELP})",
+                ) from None
+            # a setting of another [section] (`exclude` under [site], `db` under [site]): it was "remove it", so the
+            # setting was dropped rather than moved where the run reads it
+            homes = [] if bare else [f"{s}.{key}" for s in top if s != prefix and key in _known_settings((s,))]
+            if homes:
+                raise ConfigError(
+                    f"unknown setting {setting!r}: {key} is a setting of "
+                    + " or ".join(f"[{home.rsplit('.', 1)[0]}]" for home in homes) + f", not of [{prefix}]; did you "
+                    "mean " + " or ".join(repr(home) for home in homes) + "?",
+                    where=where(first["loc"], f"[{prefix}] {key}"),
+                    fix=f"move {key} = ... under " + " or ".join(f"[{home.rsplit('.', 1)[0]}]" for home in homes)
+                        + f" (a setting belongs to the [section] above it; {CONFIG_HELP})",
                 ) from None
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
-                where=f"{path} [{prefix or setting}]",
+                where=where(first["loc"], f"[{prefix or setting}]" + (f" {key}" if prefix else "")),
                 # `workers` under [run], not `run.workers` there (that would be [run] run.workers: run.run.workers)
                 fix=(f"rename it to {bare!r}" + (f" in [{prefix}]" if prefix else "") if bare else "remove it")
                     + f" ({CONFIG_HELP}; known here: " + ", ".join(known) + ")",
@@ -673,7 +711,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         section, key = (".".join(str(p) for p in loc[:-1]), str(loc[-1])) if len(loc) > 1 else (setting, "")
         raise ConfigError(
             f"invalid setting {setting!r}: {message}",
-            where=f"{path} [{section}] {key}".rstrip(),
+            where=where(loc, f"[{section}] {key}".rstrip()),
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
     # Relative paths are from the file's folder; a config read from a pipe (`--config <(envsubst < chorus.in)`) has
@@ -694,7 +732,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         section, key = setting.rsplit(".", 1)
         is_path = setting in paths or section == "site.roots"
         raise ConfigError(f"setting {setting!r} " + ("lists an empty text" if listed else "is empty"),
-                          where=f"{path} [{section}] {key}",
+                          where=where(tuple(setting.split(".")), f"[{section}] {key}"),
                           fix=("remove the empty entry from the list" if listed else
                                (f"give a path (relative to {base})" if is_path else f"give {key} a value")
                                + ", or remove the line for the default") + f" ({CONFIG_HELP})")

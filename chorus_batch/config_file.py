@@ -29,12 +29,18 @@ _TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is a
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
+    return read_toml_text(path)[0]
+
+
+def read_toml_text(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """read_toml's dict, and the text it was read from (to name the line of a setting in a message: a pipe cannot
+    be read twice)."""
     path = Path(path)
     _warn_if_anyone_may_write(path)
     text = ""
     try:
         text = _text(path)  # (read once: a pipe, --config <(envsubst < chorus.toml.in), is read to its end)
-        return tomllib.loads(text)
+        return tomllib.loads(text), text
     except FileNotFoundError:
         if path.is_symlink():  # (the link is there, what it leads to is not)
             raise ConfigError(f"config file {path} is a symbolic link to {os.readlink(path)}, which is not there",
@@ -66,12 +72,58 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                               fix="keep one of the two and remove the other") from None
         said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
         line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        if not said and re.search(r"\r(?!\n)", text):
+            # (lines ended by CR alone, as classic Mac OS and some exporters write them: TOML reads the whole file as
+            # line 1, and the error pointed at a column of it no editor shows as wrong)
+            raise ConfigError(f"config file is not valid TOML: {exc}: its lines end in a carriage return alone (CR, "
+                              "without LF), which TOML does not read as the end of a line",
+                              where=f"{path}, line {line.group(1)}" if line else str(path),
+                              fix="save it with LF (or CRLF) line ends, e.g. tr '\\r' '\\n' < chorus.toml > fixed.toml, "
+                                  "and run again") from None
         unquoted = _unquoted_text(text, int(line.group(1))) if line and not said else None
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""),
                           where=f"{path}, line {line.group(1)}" if line else str(path),
                           fix="keep one of the two and remove the other" if said else
                               f"a text value is written in quotes in TOML: {unquoted}" if unquoted else
                               "fix the TOML syntax at the position given") from None
+
+
+def setting_line(text: str, loc: tuple[str, ...]) -> int | None:
+    """The line of a TOML text on which the setting `loc` (("run", "workers")) is written, or the [section] header
+    `loc` names (("site", "roots"): [site.roots]); else that of the nearest enclosing one written (an item of a list:
+    its setting's line; a setting given in an inline table: the table's line). None where nothing of it is written
+    line by line. Valid TOML only (the text loaded): a key is read with tomllib itself, so quoted and dotted keys
+    count as the file writes them."""
+    table: tuple[str, ...] = ()
+    written: dict[tuple[str, ...], int] = {}
+    key_line = re.compile(r"\s*((?:[A-Za-z0-9_-]+|\"[^\"\n]*\"|'[^'\n]*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"\n]*\"|'[^'\n]*'))*)\s*=")
+    in_string = False  # (a line within a multi-line string is no key: `"""` ... `"""`)
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_string:
+            in_string = (line.count('"""') + line.count("'''")) % 2 == 0
+            continue
+        header = re.match(r"\s*\[(?!\[)", line)
+        found = None if header else key_line.match(line)
+        if header or found:
+            try:
+                parsed = tomllib.loads(line if header else f"{found.group(1)} = 0")  # type: ignore[union-attr]
+            except tomllib.TOMLDecodeError:
+                parsed = None
+            names: tuple[str, ...] = ()
+            while isinstance(parsed, dict) and len(parsed) == 1:
+                name, parsed = next(iter(parsed.items()))
+                names = (*names, name)
+            if header:
+                table = names
+                written.setdefault(table, number)
+            elif names:
+                written.setdefault((*table, *names), number)
+                rest = line[found.end():]  # type: ignore[union-attr]
+                in_string = (rest.count('"""') + rest.count("'''")) % 2 == 1
+    for end in range(len(loc), 0, -1):
+        if tuple(loc[:end]) in written:
+            return written[tuple(loc[:end])]
+    return None
 
 
 def _unquoted_text(text: str, number: int) -> str | None:
@@ -298,8 +350,18 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
     if value is None or "://" in value:
         return value
     path = Path(expand_home(value, what))
-    path = path if path.is_absolute() else (base / path)
+    relative = not path.is_absolute()
+    path = (base / path) if relative else path
     _no_variable(value, path, what)
+    if relative and not os.path.lexists(path) and os.path.lexists(value) and base != Path.cwd():
+        # (written relative to where the command is run, as on the command line: "site root is not a readable
+        # directory: /etc/chorus/site does not exist (a typo, or a disk that is not mounted?)" of a folder that is
+        # there, or a new, empty manifest made beside the config file while the site's own lay in the current folder)
+        import logging
+
+        logging.getLogger("chorus_batch").warning(
+            f"{what} {value!r} is relative to the config file's folder, {base}: it is {path}, which is not there; "
+            f"{os.path.abspath(value)} (from the current folder) is there: write that full path if it is the one meant")
     return str(path)
 
 

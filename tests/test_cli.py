@@ -461,6 +461,32 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]  # nothing written
 
 
+_HEAD = '# chorus.toml of site A\n\n[site]\nroot = "x"   # the tree\nname = "a"\n\n[run]\n# nightly\nmode = "full"\n'
+
+
+@pytest.mark.parametrize("body, line, where", [
+    ('workers = "8"\n', 10, "[run] workers"),  # invalid
+    ("workrs = 8\n", 10, "[run] workrs"),  # unknown, misspelt
+    ('exclude = [\n  "*.tmp",\n  3,\n]\n', 10, "[run] exclude"),  # an entry of a list over lines: its setting's line
+    ('note = """\nworkers = 1\n"""\n[manifest]\nworkers = 2\n', 14, "[manifest] workers"),  # not within a text
+    ("[azure]\naccount_key = 'x'\n", 11, "[azure] account_key"),  # a secret, its value not shown
+    ("[central]\nto = ''\n", 11, "[central] to"),  # empty
+    ("[colour]\nx = 1\n", 10, "[colour]"),  # an unknown section: its header
+])
+@pytest.mark.parametrize("encoding, newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n"), ("utf-16", "\n")])
+def test_a_config_error_names_the_line_of_its_setting(tmp_path, body, line, where, encoding, newline):
+    """A setting's error named the file and the setting ("where: chorus.toml [run] workers") but not its line, which a
+    syntax error names: in a long file, a setting given in an inline table or a [section] split in two, the line is
+    what an editor goes to. Lines count as an editor counts them, also in a file saved by Notepad (a byte-order mark,
+    CRLF) or as UTF-16."""
+    config = tmp_path / "c.toml"
+    config.write_bytes((_HEAD + body).replace("\n", newline).encode(encoding))
+    out = cli("run", "--config", str(config), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2, out.stderr
+    assert f"  where: {config}, line {line}: {where}\n" in out.stderr, out.stderr
+    assert (_HEAD + body).splitlines()[line - 1].lstrip("[").startswith(where.split()[-1].strip("[]")), body
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda toml: toml.mkdir(), "config file chorus.toml is a folder, not a file"),
     (lambda toml: toml.symlink_to("/nonexistent-share/chorus.toml"),
@@ -872,6 +898,17 @@ def test_a_config_not_in_utf8_names_the_line(tmp_path):
     assert "is not UTF-8: byte 0xf4 on line 2" in out.stderr and "save the file as UTF-8" in out.stderr, out.stderr
 
 
+def test_a_config_with_lines_ended_by_cr_alone_says_so(tmp_path):
+    """Lines ended by CR alone (classic Mac OS, some exporters): TOML reads the file as one line, and the error was
+    "Expected newline or end of document after a statement (at line 1, column 7)", of a line an editor shows as right;
+    "fix the TOML syntax at the position given"."""
+    (tmp_path / "c.toml").write_bytes(b'[site]\rname = "a"\r')
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2, out.stderr
+    assert "its lines end in a carriage return alone (CR, without LF)" in out.stderr, out.stderr
+    assert "fix:   save it with LF (or CRLF) line ends" in out.stderr and not (tmp_path / "m.sqlite").exists()
+
+
 def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
     """Notepad's UTF-8 starts with a byte-order mark: 'not valid TOML: Invalid statement (at line 1, column 1)'."""
     write(tmp_path / "site", "OMOP/a.csv")
@@ -1059,6 +1096,28 @@ def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_f
         assert out.returncode == 0, (args, out.stderr)
     assert json.loads(cli("files", *config, "--json", cwd=elsewhere).stdout)[0]["srcfile"] == "OMOP/person.csv"
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing written where the command ran
+
+
+def test_a_relative_path_there_only_from_the_current_folder_is_said_so(site, tmp_path):
+    """`root = "site"` in etc/chorus.toml, run from the folder that holds site/: the root is etc/site (as README says),
+    and the run said "site root is not a readable directory: .../etc/site does not exist (a typo, or a disk that is
+    not mounted?)" of a folder the user sees there; a `db` so written started a new manifest beside the config file
+    while the site's own was in the current folder, silently."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "chorus.toml").write_text('[site]\nroot = "site"\n')
+    out = cli("status", "--config", "etc/chorus.toml", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert (f"etc/chorus.toml [site] root 'site' is relative to the config file's folder, {tmp_path / 'etc'}: it is "
+            f"{tmp_path / 'etc' / 'site'}, which is not there; {site} (from the current folder) is there: write that "
+            "full path if it is the one meant") in out.stderr, out.stderr
+    (tmp_path / "etc" / "chorus.toml").write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "m.sqlite"\n')
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", "m.sqlite", cwd=tmp_path).returncode == 0
+    out = cli("run", "-q", "--no-validate", "--config", "etc/chorus.toml", cwd=tmp_path)
+    assert "[manifest] db 'm.sqlite' is relative to the config file's folder" in out.stderr, out.stderr
+    # where the path is there from the config file's folder (or nowhere), nothing is said
+    out = cli("run", "-q", "--no-validate", "--config", "etc/chorus.toml", cwd=tmp_path)
+    assert out.returncode == 0 and "relative to the config file's folder" not in out.stderr, out.stderr
 
 
 def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_holds_only_the_error(site, db):

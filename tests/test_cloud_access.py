@@ -165,6 +165,29 @@ def test_sas_then_key_then_default_credential(clean_env):
     assert default.how.endswith("for https://myacct.blob.core.windows.net (AZURE_STORAGE_ACCOUNT)")
 
 
+@pytest.mark.parametrize("url, name, refused", [
+    ("https://myacct.blob.core.windows.net", "otheracct", True),
+    ("http://127.0.0.1:10000/devstoreaccount1", "myacct", True),
+    ("https://MyAcct.blob.core.windows.net/", "myacct", False),
+    ("http://127.0.0.1:10000/devstoreaccount1", "devstoreaccount1", False),
+])
+def test_account_url_and_account_name_of_two_accounts_are_refused(tmp_path, clean_env, url, name, refused):
+    """[azure] account_url and account_name naming two accounts (the README's example account_url left beside the
+    site's account_name) signed in to account_url's, silently: another account's container read and written. The
+    same account written both ways is taken."""
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "site"\n\n[azure]\naccount_url = "{url}"\naccount_name = "{name}"\n')
+    if not refused:
+        assert load_config(config).azure.account_name == name
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert "name two storage accounts, and the run signs in to one only: give one of them" in caught.value.what
+    assert caught.value.where == f"{config}, line 4: [azure]"
+    out = cli("status", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2 and f"account_name ('{name}')" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_account_from_config_before_environment(clean_env):
     env = {"AZURE_STORAGE_ACCOUNT": "fromenv"}
     assert azure_sign_in(cloud(account_name="fromconfig"), env).account_url == "https://fromconfig.blob.core.windows.net"

@@ -271,30 +271,41 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
     "toml, message",
     [
         # the fix said "rename it to 'run.workers'", which under [run] is run.run.workers
-        ("[run]\nworker = 4\n", "unknown setting 'run.worker'; did you mean 'run.workers'?\n  where: chorus.toml [run]\n"
+        ("[run]\nworker = 4\n", "unknown setting 'run.worker'; did you mean 'run.workers'?\n  where: chorus.toml, line 2: [run] worker\n"
                                  "  fix:   rename it to 'workers' in [run] ("),
         # beside the setting it is close to, it was told to "rename it to 'workers'": then given twice, which TOML refuses
         ("[run]\nworkers = 8\nworker = 4\n", "unknown setting 'run.worker', beside 'run.workers', which is also set\n"
-                                              "  where: chorus.toml [run] worker\n  fix:   remove worker (the run reads "
+                                              "  where: chorus.toml, line 3: [run] worker\n  fix:   remove worker (the run reads "
                                               "workers), or remove workers and rename worker to it ("),
         # a section was said as a setting ("unknown setting 'sit'"), and one nothing is close to as a setting "at the
         # top of the file, before any [section]"
-        ('[sit]\nroot = "x"\n', "unknown section [sit]; did you mean [site]?\n  where: chorus.toml [sit]\n"
+        ('[sit]\nroot = "x"\n', "unknown section [sit]; did you mean [site]?\n  where: chorus.toml, line 1: [sit]\n"
                                  "  fix:   rename it to [site]"),
-        ("[zzzqq]\nx = 1\n", "unknown section [zzzqq]\n  where: chorus.toml [zzzqq]\n  fix:   remove it"),
+        ("[zzzqq]\nx = 1\n", "unknown section [zzzqq]\n  where: chorus.toml, line 1: [zzzqq]\n  fix:   remove it"),
         ('[azure]\nacount_url = "https://a.blob.core.windows.net"\n',
          "unknown setting 'azure.acount_url'; did you mean 'azure.account_url'?"),
         # written above its [section]: it said "unknown setting 'workers'", where "[workers]", and "remove it"
         ("workers = 8\n[run]\nmode = 'full'\n", "unknown setting 'workers' at the top of the file, before any "
                                                  "[section]; did you mean 'run.workers' or 'central.workers'?"),
-        ('root = "x"\n', "did you mean 'site.root'?\n  where: chorus.toml, top level (above the first [section])\n"
+        ('root = "x"\n', "did you mean 'site.root'?\n  where: chorus.toml, line 1, top level (above the first [section])\n"
                           "  fix:   move it under [site]"),
         # misspelt too, and above every section: it was placed in a section "[wrkers]" of its own
         ("wrkers = 8\n", "unknown setting 'wrkers' at the top of the file, before any [section]; did you mean "
-                          "'run.workers' or 'central.workers'?\n  where: chorus.toml, top level (above the first "
+                          "'run.workers' or 'central.workers'?\n  where: chorus.toml, line 1, top level (above the first "
                           "[section])\n  fix:   rename it and move it under [run] or [central]"),
         ("zzzqq = 1\n", "unknown setting 'zzzqq' at the top of the file, before any [section]\n"
-                         "  where: chorus.toml, top level (above the first [section])\n  fix:   remove it"),
+                         "  where: chorus.toml, line 1, top level (above the first [section])\n  fix:   remove it"),
+        # a setting of another [section] (exclude under [site], where [run] was meant): it said "remove it", and the
+        # setting was dropped rather than moved
+        ('[site]\nroot = "x"\nexclude = ["*.tmp"]\n', "unknown setting 'site.exclude': exclude is a setting of [run], "
+                                                       "not of [site]; did you mean 'run.exclude'?\n  where: chorus.toml, "
+                                                       "line 3: [site] exclude\n  fix:   move exclude = ... under [run]"),
+        ("[manifest]\nworkers = 2\n", "workers is a setting of [run] or [central], not of [manifest]; did you mean "
+                                       "'run.workers' or 'central.workers'?"),
+        # the name of the site written below [site.roots], which holds it: it was "unknown modality 'name'"
+        ('[site]\nroot = "x"\n[site.roots]\nWaveforms = "w"\nname = "site-a"\n',
+         "name = ... below [site.roots] is read as the root of a modality 'name': a [section] holds every line below "
+         "it up to the next one; write it under [site], above [site.roots]\n  where: chorus.toml, line 3: [site] roots"),
     ],
 )
 def test_a_misspelt_setting_suggests_the_setting_and_points_at_help_that_exists(tmp_path, toml, message):
