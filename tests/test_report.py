@@ -121,6 +121,10 @@ def assert_findings_shown(findings, text: str) -> None:
         assert "No findings" in text
     for severity, rule in findings.select("severity", "rule").unique().iter_rows():
         assert re.search(rf"{re.escape(severity)}\s+{re.escape(rule)}\s+\d", text), (severity, rule)
+    # counted as `validate` counts them: "2 errors, 1 warning, 3 notes" (the page said "2 error")
+    for severity, n in findings.group_by("severity").len().iter_rows():
+        word = {"error": "error", "warning": "warning", "info": "note"}[severity] + ("" if n == 1 else "s")
+        assert re.search(rf"Findings:.*\b{n:,} {word}\b", text), (n, word)
 
 
 def build_site(root: Path, spec: Spec, db: Path, parquet: Path | None = None, **run_options) -> Path:

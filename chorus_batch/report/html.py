@@ -65,6 +65,9 @@ DELETED_SHARE_FLAG = 0.05  # removed + replaced over the previous version's file
 PLOT_VERSIONS = 60  # versions drawn in the change plot (the latest ones)
 
 
+_SEVERITY_WORD = {"error": "error", "warning": "warning", "info": "note"}  # a finding's severity as a count's noun
+
+
 @dataclass(frozen=True)
 class ReportInfo:
     path: Path  # the HTML file written
@@ -477,7 +480,9 @@ class _Report:
             self.flags.append(f"{_n(n_errors, 'validation finding')} of severity error.")
         return {
             "old_rules": old_rules,
-            "by_severity": by_severity.select("severity", "n").rows(),
+            # said as `validate` says them ("2 errors, 1 warning, 3 notes"), not "2 error"
+            "by_severity": [(_SEVERITY_WORD[severity] + ("" if n == 1 else "s") if severity in _SEVERITY_WORD
+                             else severity, n) for severity, n in by_severity.select("severity", "n").iter_rows()],
             "rows": [(r["severity"], r["rule"], r["n"], Examples(list(zip(r["ex"], r["msg"])), r["n"]))
                      for r in grouped.iter_rows(named=True)],
             "command": self.py(f"m.findings({json.dumps(self.label)})", "findings.csv"),
