@@ -1126,7 +1126,7 @@ def _findings_command(args: argparse.Namespace, result) -> str:
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     settings = _run_settings(args, target)
-    with _early_listing(settings):
+    with _early_listing(settings, "status"):
         from .pipeline import status
         from .progress import Progress
 
@@ -1184,7 +1184,7 @@ def _page_on_stdout(out: str):
     return _kept_exit_code(int(ExitCode.READER_LEFT)) if out == "-" else contextlib.nullcontext()
 
 
-def _early_listing(settings):
+def _early_listing(settings, command: str = "run"):
     """The site's walk (a shard's folders), started now to go on while polars, pyarrow and DuckDB load
     (walk.py); the run's listing takes it. A merge lists nothing. (Started before the settings are validated
     instead, from chorus.toml as written, it gained nothing measurable: on 2 cores the walkers and the imports
@@ -1193,7 +1193,7 @@ def _early_listing(settings):
     from .processes import ensure_address_space
     from .walk import early_listing
 
-    ensure_address_space()  # before the libraries load: under too low a limit they abort, without a word
+    ensure_address_space(command)  # before the libraries load: under too low a limit they abort, without a word
     coverage = None
     if settings.shard is not None or settings.staging is not None:
         try:
@@ -1229,6 +1229,9 @@ def _run_shard(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
+    from .processes import ensure_address_space
+
+    ensure_address_space("validate")  # before the libraries load: under too low a limit they abort, without a word
     from .pipeline import has_errors
     from .progress import Progress
     from .validate.run import validate_folder, validate_manifest
@@ -1796,6 +1799,9 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"upload --script prints a bash script and sends nothing itself; it does not go with {flags}",
                          where="upload --script", fix=f"leave out {flags}: the script lists what it would send; "
                                                      "`chorus-batch upload --dry-run [--json]` says it without a script")
+    from .processes import ensure_address_space
+
+    ensure_address_space("upload")  # (its threads' stacks too: refused, they were said as `ulimit -u` reached)
     target, to = _central(args)
     if args.script:
         from .submit.script import write_script

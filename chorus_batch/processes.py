@@ -155,10 +155,13 @@ def ensure_open_files(workers: int) -> None:
 ADDRESS_SPACE_NEEDED = 4 << 30
 
 
-def ensure_address_space() -> None:
+def ensure_address_space(command: str = "run") -> None:
     """An address-space limit (`ulimit -v`, RLIMIT_AS; Slurm passes on the submitting shell's) below what a run maps
     is a usage error before any work. Under it an allocation in polars' (Rust) code failed, which aborts the process:
-    exit 134, "memory allocation of 8388608 bytes failed" and a Rust backtrace, the `runs` row left unfinished."""
+    exit 134, "memory allocation of 8388608 bytes failed" and a Rust backtrace, the `runs` row left unfinished.
+    `validate` and `upload` load the same libraries and start their threads (VmPeak 2.6 GiB for a 51-file site, as a
+    run's): under 1 GiB `validate` aborted so (exit 134, no message), under 2 GiB `upload --dry-run` was told of the
+    process limit (`ulimit -u`) it had not reached. `command` names the command refused."""
     soft = soft_limit("RLIMIT_AS")
     if soft is None or soft >= ADDRESS_SPACE_NEEDED:
         return
@@ -168,7 +171,7 @@ def ensure_address_space() -> None:
         needed = -(-ADDRESS_SPACE_NEEDED * 100 // (percent << 20))  # MiB of --mem whose VSizeFactor share is enough
         raise UsageError(
             f"the address-space limit is {soft // 2**20} MiB, this Slurm job's {memory} MiB of memory times {percent}%: "
-            f"Slurm sets that when the cluster has VSizeFactor={percent}; a run maps about 3 GiB of address space (the libraries' code "
+            f"Slurm sets that when the cluster has VSizeFactor={percent}; `{command}` maps about 3 GiB of address space (the libraries' code "
             "and what their threads and allocators reserve, most of it never used), and a native library that runs "
             "out of it aborts the process without a word; nothing was done",
             where=f"Slurm job {os.environ.get('SLURM_JOB_ID')}: its memory (--mem) and the cluster's VSizeFactor "
@@ -178,7 +181,7 @@ def ensure_address_space() -> None:
                 "set; or ask the cluster's administrators (if it is a `ulimit -v` of the job's script or of the shell "
                 "that submitted it instead, remove that)")
     raise UsageError(
-        f"the address-space limit (`ulimit -v`) is {soft // 2**20} MiB: a run maps about 3 GiB of address space (the "
+        f"the address-space limit (`ulimit -v`) is {soft // 2**20} MiB: `{command}` maps about 3 GiB of address space (the "
         "libraries' code and what their threads and allocators reserve, most of it never used: a run of 100,000 files "
         "resides in about 430 MiB), and a native library that runs out of it aborts the process without a word",
         where="the address-space limit of the shell, cron or Slurm job that started this command (a Slurm job has "
