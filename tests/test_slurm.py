@@ -740,6 +740,22 @@ except (KeyboardInterrupt, Stopped) as exc:
 """
 
 
+def _ended_since(slurm, before: set[str]) -> tuple[set[str], dict[str, str]]:
+    """The jobs queued since `before` (squeue's ids then) and how each ended; one still queued or running after a
+    minute (20 s ran out once in CI, under the other worker's load) is said so and cancelled, not left for the next
+    test to wait on."""
+    ours = {row["id"].split("_")[0] for row in slurm.squeue()} - before
+    states = {}
+    for job in ours:
+        try:
+            states[job] = slurm.wait_job(job, timeout=60)
+        except AssertionError:
+            states[job] = "still queued or running"
+    if ours:
+        slurm.run(["scancel", *ours])
+    return ours, states
+
+
 @pytest.mark.parametrize("signum, whom", [("SIGINT", "the terminal's group"), ("SIGTERM", "the command"),
                                           ("SIGINT", "the script run by hand"), ("SIGINT", "a hung sbatch")])
 def test_a_stop_while_the_jobs_are_submitted_leaves_no_job_queued(slurm, stand_in, tmp_path, monkeypatch, signum,
@@ -783,15 +799,7 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
     finally:
         if proc.poll() is None:
             proc.kill()
-        ours = {row["id"].split("_")[0] for row in slurm.squeue()} - before
-        states = {}
-        for job in ours:
-            try:
-                states[job] = slurm.wait_job(job, timeout=60)  # (20 s ran out once in CI, under the other worker's load)
-            except AssertionError:
-                states[job] = "still queued or running"
-        if ours:
-            slurm.run(["scancel", *ours])  # (what a failure left: not for the next test to wait on)
+        ours, states = _ended_since(slurm, before)
     assert proc.returncode == 130 and "Traceback" not in err, out + err
     if whom != "the script run by hand":  # said at once, not after the wait (a minute without a word before)
         assert err.startswith(f"chorus-batch: stopping: the submission is let finish (at most "
@@ -838,15 +846,7 @@ def test_a_stop_once_the_jobs_are_queued_before_they_are_followed_cancels_them(s
     finally:
         if proc.poll() is None:
             proc.kill()
-        ours = {row["id"].split("_")[0] for row in slurm.squeue()} - before
-        states = {}
-        for job in ours:
-            try:
-                states[job] = slurm.wait_job(job, timeout=60)
-            except AssertionError:
-                states[job] = "still queued or running"
-        if ours:
-            slurm.run(["scancel", *ours])  # (what a failure left: not for the next test to wait on)
+        ours, states = _ended_since(slurm, before)
     assert proc.returncode == 130 and "Traceback" not in err, out + err
     assert len(ours) == 2 and set(states.values()) == {"CANCELLED"}, (states, out, err)
     assert re.search(r"outcome: .*shards' job array \d+ and merge job \d+ were cancelled before the merge ran: nothing "
