@@ -7,7 +7,8 @@ excludes `a/b/c.tmp` and `OMOP` excludes `OMOP/person.csv` and `1001/OMOP/x.csv`
 means the files in it: matching the file name only silently excluded nothing); a pattern with '/' is matched
 against the whole site-relative path (a leading '/' or './' is ignored) or a folder path above the file, where
 `*` also crosses folders, so `scratch/*` and `/scratch` exclude everything under the top-level `scratch/` (not
-`1001/scratch/`). A trailing '/' (`OMOP/`) matches folders only. User patterns are case-sensitive. The DEFAULT
+`1001/scratch/`); as in .gitignore, a `**/` at its start or between two '/' is any run of folders, none too
+(`**/scratch` is a folder scratch/ at any depth, `a/**/b` also `a/b`). A trailing '/' (`OMOP/`) matches folders only. User patterns are case-sensitive. The DEFAULT
 list (OS junk) is always applied, matched case-insensitively (Windows and macOS file systems are), unless
 `--no-default-excludes` / `default_excludes = false`.
 
@@ -106,8 +107,15 @@ def glob_to_regex(pattern: str, *, ignore_case: bool = False) -> str:
     while i < n:
         ch = body[i]
         if ch == "*":
+            run = i
             while i + 1 < n and body[i + 1] == "*":
                 i += 1
+            # '**/' at the start or after a '/' is any run of folders, none too (as .gitignore: `**/scratch` is a
+            # scratch/ anywhere, `a/**/b` also a/b); as one '*' it asked for a folder above, and left the top one in
+            if not by_name and i > run and (run == 0 or body[run - 1] == "/") and i + 1 < n and body[i + 1] == "/":
+                out.append("(?:.*/)?")
+                i += 2
+                continue
             out.append(star)
         elif ch == "?":
             out.append(one)

@@ -163,6 +163,21 @@ def test_globs_match_fnmatch_vectorised():
     assert counts["default"] == 6 and counts["by_pattern"]["Thumbs.db"] == 2
 
 
+def test_a_double_star_folder_glob_takes_no_folder_too(site, db):
+    """`**/scratch` (as .gitignore writes "a scratch/ anywhere") was one '*' crossing folders, so it asked for a
+    folder above: 1001/scratch/ was left out, the top-level scratch/ recorded (and told to be moved), said of nowhere."""
+    for rel in ["scratch/a.txt", "1001/scratch/b.txt", "1001/notes.txt", "a/b/c.txt", "a/x/y/b/d.txt", "ab/e.txt"]:
+        write(site, rel)
+    summary = _run(site, db, "--exclude", "**/scratch", "--exclude", "a/**/b")
+    assert _hashed_paths(db) == {"1001/notes.txt", "ab/e.txt"}
+    assert summary["excluded"]["by_pattern"] == {"**/scratch": 2, "a/**/b": 2}
+    series = pl.Series(["x.tmp", "1001/x.tmp", "1001/Waveforms/y.tmp", "x.tmpl"])
+    for pattern in ("**/*.tmp", "/**/*.tmp", "./**/*.tmp"):
+        assert series.filter(series.str.contains(glob_to_regex(pattern))).to_list() == series.head(3).to_list()
+    # a '**' inside a name is still one '*' (fnmatch): 'a**/b' is a folder whose name starts with 'a'
+    assert pl.Series(["a/b", "ab/b", "b"]).str.contains(glob_to_regex("a**/b")).to_list() == [True, True, False]
+
+
 def test_scan_result_carries_the_counts(tmp_path):
     from chorus_batch.frames import SCANNED_SCHEMA, empty_errors
     from chorus_batch.scan import Coverage
