@@ -212,8 +212,25 @@ def apply(listing: pl.DataFrame, excludes: Excludes) -> tuple[pl.DataFrame, dict
 
 
 def _matches(srcfile: pl.Expr, excludes: Excludes) -> pl.Expr:
+    return matched_by(srcfile, excludes.patterns)
+
+
+def matched_by(srcfile: pl.Expr, patterns: list[tuple[str, str]]) -> pl.Expr:
+    """Whether a path is left out by any of `patterns` ((source, pattern) pairs, as Excludes.patterns)."""
+    if not patterns:
+        return pl.lit(False)
     return pl.any_horizontal([srcfile.str.contains(glob_to_regex(p, ignore_case=source == "default"))
-                              for source, p in excludes.patterns])
+                              for source, p in patterns])
+
+
+def note_removed(counts: dict, removed: pl.Series) -> None:
+    """Adds to a run's exclusion counts the files of the previous version it removes that the globs now leave out
+    (`removed`: their paths): {removed, removed_examples}. The summary said only "neither hashed nor recorded" of
+    them, beside a `removed` count it never tied to the globs: a glob added between runs (`OMOP/`) took recorded
+    files out of the version with no word that it had."""
+    if removed.len():
+        counts["removed"] = removed.len()
+        counts["removed_examples"] = removed.sort().head(EXAMPLES_PER_PATTERN).to_list()
 
 
 def drop_excluded_errors(errors: pl.DataFrame, excludes: Excludes) -> pl.DataFrame:

@@ -89,6 +89,25 @@ def test_excluding_a_recorded_file_removes_it_in_the_next_version(site, db):
     assert query(db, "SELECT change FROM changes WHERE srcfile = ? AND version = ?",
                  ("1001/old.tmp", second["version"])) == [("removed",)]
     assert Path(site, "1001/old.tmp").exists()  # excluded, never touched
+    # said as taken out by the globs: the summary said only "neither hashed nor recorded", beside a removed count
+    assert second["excluded"]["removed"] == 1 and second["excluded"]["removed_examples"] == ["1001/old.tmp"]
+    write(site, "1001/new.tmp")
+    third = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.tmp")
+    assert "of the previous version" not in third.stdout, third.stdout  # (excluded, but never recorded: nothing removed)
+
+
+def test_a_glob_added_between_runs_says_which_recorded_files_it_removes(site, db):
+    for rel in ["OMOP/person.csv", "OMOP/visit_occurrence.csv", "1001/a.txt", "1001/b.txt", "1001/c.txt"]:
+        write(site, rel)
+    cli("run", "--site", str(site), "--db", str(db), "--no-validate")
+    status = cli("status", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "OMOP/")
+    assert ("2 files of the previous version that the globs now match would be removed from the next version"
+            in status.stdout), status.stdout
+    done = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "OMOP/")
+    assert done.returncode in (0, 1), done.stderr
+    assert ("2 files of the previous version that the globs now match are removed from this version, like files no "
+            "longer there (the files themselves are not touched; e.g. OMOP/person.csv, OMOP/visit_occurrence.csv)"
+            in done.stdout), done.stdout
 
 
 def test_config_exclude_and_default_excludes(site, db, tmp_path):
