@@ -85,10 +85,12 @@ DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
     # a session folder and told the site to add the Telemetry or EEG folder it has
     PathPattern("Waveforms", rf"^{_PERSON}/(?i:waveforms)/(?i:telemetry|eeg)/RECORDS$",
                 "<person_id>/Waveforms/Telemetry|EEG/RECORDS", "records-v1.0"),
+    # a site moving to v2.1 puts its flat files in Telemetry/ or EEG/ before renaming them: the folder is their
+    # category, not a session (one "EEG" record held every EEG recording of the person, each with its own stamp)
     PathPattern(
         "Waveforms",
-        rf"^{_PERSON}/(?i:waveforms)/(?:(?P<session>[^/]+)/)?{_STAMP}_(?P<duration>\d+(?:\.\d+)?)(?:_(?P<segment>[^/._]+))?\.[^/]+$",
-        "<person_id>/Waveforms/[<session>/]<person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>[_<segment>].<ext>",
+        rf"^{_PERSON}/(?i:waveforms)/(?:(?P<category>(?i:telemetry|eeg))/)?(?:(?P<session>[^/]+)/)?{_STAMP}_(?P<duration>\d+(?:\.\d+)?)(?:_(?P<segment>[^/._]+))?\.[^/]+$",
+        "<person_id>/Waveforms/[Telemetry|EEG/][<session>/]<person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>[_<segment>].<ext>",
         "waveforms-flat",
     ),
     PathPattern(

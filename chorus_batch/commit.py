@@ -295,6 +295,11 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     left_out = (diff.change_set.filter(pl.col("change") == "removed")
                 .join(scanned.errors.filter(pl.col("kind") == "special_file").select("srcfile"), on="srcfile", how="semi")
                 ["srcfile"].unique())
+    if counts["removed"] and scanned.exclude_patterns:  # recorded files a glob now leaves out: said as such
+        from .exclude import matched_by, note_removed
+
+        note_removed(scanned.excluded, diff.change_set.filter(
+            (pl.col("change") == "removed") & matched_by(pl.col("srcfile"), scanned.exclude_patterns))["srcfile"])
     dropped = _dropped_roots(manifest, tree, scanned.roots, root_ids, diff.change_set, previous_candidates) \
         if mode == "full" and counts["removed"] else []
     refused = None

@@ -7,7 +7,8 @@ excludes `a/b/c.tmp` and `OMOP` excludes `OMOP/person.csv` and `1001/OMOP/x.csv`
 means the files in it: matching the file name only silently excluded nothing); a pattern with '/' is matched
 against the whole site-relative path (a leading '/' or './' is ignored) or a folder path above the file, where
 `*` also crosses folders, so `scratch/*` and `/scratch` exclude everything under the top-level `scratch/` (not
-`1001/scratch/`). A trailing '/' (`OMOP/`) matches folders only. User patterns are case-sensitive. The DEFAULT
+`1001/scratch/`); as in .gitignore, a `**/` at its start or between two '/' is any run of folders, none too
+(`**/scratch` is a folder scratch/ at any depth, `a/**/b` also `a/b`). A trailing '/' (`OMOP/`) matches folders only. User patterns are case-sensitive. The DEFAULT
 list (OS junk) is always applied, matched case-insensitively (Windows and macOS file systems are), unless
 `--no-default-excludes` / `default_excludes = false`.
 
@@ -106,8 +107,15 @@ def glob_to_regex(pattern: str, *, ignore_case: bool = False) -> str:
     while i < n:
         ch = body[i]
         if ch == "*":
+            run = i
             while i + 1 < n and body[i + 1] == "*":
                 i += 1
+            # '**/' at the start or after a '/' is any run of folders, none too (as .gitignore: `**/scratch` is a
+            # scratch/ anywhere, `a/**/b` also a/b); as one '*' it asked for a folder above, and left the top one in
+            if not by_name and i > run and (run == 0 or body[run - 1] == "/") and i + 1 < n and body[i + 1] == "/":
+                out.append("(?:.*/)?")
+                i += 2
+                continue
             out.append(star)
         elif ch == "?":
             out.append(one)
@@ -204,8 +212,25 @@ def apply(listing: pl.DataFrame, excludes: Excludes) -> tuple[pl.DataFrame, dict
 
 
 def _matches(srcfile: pl.Expr, excludes: Excludes) -> pl.Expr:
+    return matched_by(srcfile, excludes.patterns)
+
+
+def matched_by(srcfile: pl.Expr, patterns: list[tuple[str, str]]) -> pl.Expr:
+    """Whether a path is left out by any of `patterns` ((source, pattern) pairs, as Excludes.patterns)."""
+    if not patterns:
+        return pl.lit(False)
     return pl.any_horizontal([srcfile.str.contains(glob_to_regex(p, ignore_case=source == "default"))
-                              for source, p in excludes.patterns])
+                              for source, p in patterns])
+
+
+def note_removed(counts: dict, removed: pl.Series) -> None:
+    """Adds to a run's exclusion counts the files of the previous version it removes that the globs now leave out
+    (`removed`: their paths): {removed, removed_examples}. The summary said only "neither hashed nor recorded" of
+    them, beside a `removed` count it never tied to the globs: a glob added between runs (`OMOP/`) took recorded
+    files out of the version with no word that it had."""
+    if removed.len():
+        counts["removed"] = removed.len()
+        counts["removed_examples"] = removed.sort().head(EXAMPLES_PER_PATTERN).to_list()
 
 
 def drop_excluded_errors(errors: pl.DataFrame, excludes: Excludes) -> pl.DataFrame:

@@ -36,6 +36,22 @@ def test_flat_waveform_in_session_folder_with_segment_belongs_to_the_folder_reco
     assert b["start_time"] == "10:30:00"
 
 
+def test_flat_waveforms_moved_into_telemetry_or_eeg_are_a_record_each_of_that_category():
+    """A site moving to v2.1 puts its flat files in Telemetry/ or EEG/ first: the folder was taken for a session, so
+    every EEG recording of the person was one record named "EEG" (one registry group, one proc_id), of no category."""
+    a = one("000123/Waveforms/EEG/000123_20200101_100000_3600.edf")
+    b = one("000123/Waveforms/EEG/000123_20200102_100000_3600.edf")
+    t = one("000123/Waveforms/telemetry/000123_20200101_100000_3600_0001.dat")
+    assert (a["category"], a["session_id"], a["layout"], a["parse_error"]) == (
+        "EEG", "000123_20200101_100000", "waveforms-flat", None)
+    assert a["record_key"] == "Waveforms|000123|EEG/000123_20200101_100000" != b["record_key"]
+    assert (t["category"], t["record_key"], t["segment"]) == (
+        "Telemetry", "Waveforms|000123|Telemetry/000123_20200101_100000", "0001")
+    # (a session folder of stamps in Telemetry/ stays today's layout, with the folder as its session)
+    assert one("000123/Waveforms/Telemetry/S1/000123_20200101_100000_3600.dat")["record_key"] == \
+        "Waveforms|000123|Telemetry/S1"
+
+
 def test_waveforms_folder_is_matched_case_insensitively():
     assert one("7/WAVEFORMS/7_20200101_100000_60.csv")["parse_error"] is None
     assert one("7/waveforms/7_20200101_100000_60.csv")["modality"] == "Waveforms"

@@ -89,6 +89,25 @@ def test_excluding_a_recorded_file_removes_it_in_the_next_version(site, db):
     assert query(db, "SELECT change FROM changes WHERE srcfile = ? AND version = ?",
                  ("1001/old.tmp", second["version"])) == [("removed",)]
     assert Path(site, "1001/old.tmp").exists()  # excluded, never touched
+    # said as taken out by the globs: the summary said only "neither hashed nor recorded", beside a removed count
+    assert second["excluded"]["removed"] == 1 and second["excluded"]["removed_examples"] == ["1001/old.tmp"]
+    write(site, "1001/new.tmp")
+    third = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.tmp")
+    assert "of the previous version" not in third.stdout, third.stdout  # (excluded, but never recorded: nothing removed)
+
+
+def test_a_glob_added_between_runs_says_which_recorded_files_it_removes(site, db):
+    for rel in ["OMOP/person.csv", "OMOP/visit_occurrence.csv", "1001/a.txt", "1001/b.txt", "1001/c.txt"]:
+        write(site, rel)
+    cli("run", "--site", str(site), "--db", str(db), "--no-validate")
+    status = cli("status", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "OMOP/")
+    assert ("2 files of the previous version that the globs now match would be removed from the next version"
+            in status.stdout), status.stdout
+    done = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "OMOP/")
+    assert done.returncode in (0, 1), done.stderr
+    assert ("2 files of the previous version that the globs now match are removed from this version, like files no "
+            "longer there (the files themselves are not touched; e.g. OMOP/person.csv, OMOP/visit_occurrence.csv)"
+            in done.stdout), done.stdout
 
 
 def test_config_exclude_and_default_excludes(site, db, tmp_path):
@@ -161,6 +180,21 @@ def test_globs_match_fnmatch_vectorised():
     kept, counts = apply(pl.DataFrame({"srcfile": paths}), Excludes())
     assert set(paths) - set(kept["srcfile"]) == {"x/Thumbs.db", "x/THUMBS.DB", "._x", "d/._y", "~$a.docx", ".~lock.a#"}
     assert counts["default"] == 6 and counts["by_pattern"]["Thumbs.db"] == 2
+
+
+def test_a_double_star_folder_glob_takes_no_folder_too(site, db):
+    """`**/scratch` (as .gitignore writes "a scratch/ anywhere") was one '*' crossing folders, so it asked for a
+    folder above: 1001/scratch/ was left out, the top-level scratch/ recorded (and told to be moved), said of nowhere."""
+    for rel in ["scratch/a.txt", "1001/scratch/b.txt", "1001/notes.txt", "a/b/c.txt", "a/x/y/b/d.txt", "ab/e.txt"]:
+        write(site, rel)
+    summary = _run(site, db, "--exclude", "**/scratch", "--exclude", "a/**/b")
+    assert _hashed_paths(db) == {"1001/notes.txt", "ab/e.txt"}
+    assert summary["excluded"]["by_pattern"] == {"**/scratch": 2, "a/**/b": 2}
+    series = pl.Series(["x.tmp", "1001/x.tmp", "1001/Waveforms/y.tmp", "x.tmpl"])
+    for pattern in ("**/*.tmp", "/**/*.tmp", "./**/*.tmp"):
+        assert series.filter(series.str.contains(glob_to_regex(pattern))).to_list() == series.head(3).to_list()
+    # a '**' inside a name is still one '*' (fnmatch): 'a**/b' is a folder whose name starts with 'a'
+    assert pl.Series(["a/b", "ab/b", "b"]).str.contains(glob_to_regex("a**/b")).to_list() == [True, True, False]
 
 
 def test_scan_result_carries_the_counts(tmp_path):

@@ -364,3 +364,36 @@ def test_append_mode_keeps_what_it_is_not_told_to_remove(deliveries):
         check_versions(db, trees)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# Exclusion globs: the vectorised regex leaves out exactly what fnmatch says of the file or a folder above it (each name
+# for a glob without '/', the path from the root for one with '/'), for any glob of the syntax, not only the examples
+_GLOB_TOKENS = st.sampled_from(["a", "b", ".", "/", "*", "?", "[ab]", "[!a]", "[a-b]", "[", "]", "-"])
+_PATH_NAMES = st.lists(st.text(alphabet="ab.[]-", min_size=1, max_size=3).filter(lambda n: n not in (".", "..")),
+                       min_size=1, max_size=4)
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(tokens=st.lists(_GLOB_TOKENS, min_size=1, max_size=6), paths=st.lists(_PATH_NAMES, min_size=1, max_size=8))
+def test_an_exclusion_glob_matches_what_fnmatch_says_of_the_file_or_a_folder_above_it(tokens, paths):
+    import fnmatch
+
+    import polars as pl
+    from hypothesis import assume
+
+    from chorus_batch.exclude import _from_root, glob_problem, glob_to_regex
+
+    pattern = "".join(tokens)
+    # ('**/' is any run of folders, none too, as .gitignore: fnmatch has no such thing; a trailing '/': folders only)
+    assume(glob_problem(pattern) is None and "**/" not in pattern and not pattern.endswith("/"))
+    listed = sorted({"/".join(names) for names in paths})
+
+    def left_out(path: str) -> bool:
+        parts = path.split("/")
+        if "/" not in pattern:
+            return any(fnmatch.fnmatchcase(name, pattern) for name in parts)
+        return any(fnmatch.fnmatchcase("/".join(parts[:k]), _from_root(pattern)) for k in range(1, len(parts) + 1))
+
+    series = pl.Series(listed, dtype=pl.String)
+    assert series.filter(series.str.contains(glob_to_regex(pattern))).to_list() == [p for p in listed if left_out(p)], \
+        pattern

@@ -610,6 +610,16 @@ def test_a_clean_site_of_each_layout_gets_exactly_the_findings_the_procedures_im
     assert set(out["severity"]) <= {"info"}
 
 
+def test_flat_files_moved_into_telemetry_are_not_told_as_a_session_folder(flat):
+    """Flat files (first upload SOP) in Waveforms/Telemetry/ are each a record of that category (classify), not a
+    session folder Telemetry/: no <session_id>.hea asked of the folder, nor a non-integer session id to rename."""
+    for ext in ("hea", "dat"):
+        rename(f"{P0}/Waveforms/{F0['flat_record']}.{ext}", f"{P0}/Waveforms/Telemetry/{F0['flat_record']}.{ext}")(flat)
+    out = validate(flat)
+    assert not out.filter(pl.col("rule").is_in(["wfdb.session_record", "waveforms.session_id"])).height, out.to_dicts()
+    assert not out.filter(pl.col("rule") == "path.unparsed").height, out.to_dicts()
+
+
 def test_a_records_file_beside_the_sessions_is_told_as_a_records_file(clean):
     """A RECORDS in Waveforms/Telemetry/ was taken for a v1.0 session folder named Telemetry: its note said the site
     lacked "a Telemetry or EEG folder between Waveforms/ and the session", which it has."""

@@ -62,17 +62,25 @@ def excluded_dict(excluded: dict | None) -> dict[str, Any]:
     excluded = excluded or {}
     return {"total": int(excluded.get("total", 0)), "default": int(excluded.get("default", 0)),
             "user": int(excluded.get("user", 0)), "by_pattern": dict(excluded.get("by_pattern", {})),
-            "examples": dict(excluded.get("examples", {})), "unmatched": list(excluded.get("unmatched", []))}
+            "examples": dict(excluded.get("examples", {})), "unmatched": list(excluded.get("unmatched", [])),
+            # of the previous version's files, those the globs now leave out, removed (exclude.note_removed)
+            "removed": int(excluded.get("removed", 0)), "removed_examples": list(excluded.get("removed_examples", []))}
 
 
-def excluded_text(excluded: dict | None) -> list[str]:
-    """`excluded: N files (M by the default OS-junk list, K by --exclude/exclude)` and the counts by pattern."""
+def excluded_text(excluded: dict | None, *, committed: bool = True) -> list[str]:
+    """`excluded: N files (M by the default OS-junk list, K by --exclude/exclude)`, the counts by pattern and the
+    recorded files the globs took out of the version (`committed`: False when nothing is written, a dry run)."""
     d = excluded_dict(excluded)
     lines = [f"excluded: {plural(d['total'], 'file')} ({d['default']} by the default OS-junk list, "
              f"{d['user']} by --exclude/exclude); neither hashed nor recorded"] if d["total"] else []
     for pattern, n in d["by_pattern"].items():
         examples = d["examples"].get(pattern, [])
         lines.append(f"  {pattern}: {n}" + (f"  (e.g. {', '.join(examples[:3])})" if examples else ""))
+    if d["removed"]:
+        lines.append(f"  {plural(d['removed'], 'file')} of the previous version that the globs now match "
+                     f"{('is' if d['removed'] == 1 else 'are') if committed else 'would be'} removed from {'this' if committed else 'the next'} "
+                     f"version, like files no longer there (the files themselves are not touched; e.g. "
+                     f"{', '.join(shown_name(p) for p in d['removed_examples'][:3])})")
     for pattern in d["unmatched"]:
         lines.append(f"warning: --exclude/exclude {pattern!r} matched no file: globs are case-sensitive; one without "
                      "'/' matches a file or folder name anywhere, one with '/' a path from the site root (scratch/*)")
@@ -181,7 +189,7 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
         f"({d['files_per_s']:.0f} files/s, {human_bytes(_rate(result.bytes_hashed, result.hash_s))}/s); "
         f"run took {result.elapsed_s:.2f} s",
     ]
-    lines += excluded_text(result.excluded)
+    lines += excluded_text(result.excluded, committed=not result.dry_run)
     if result.errors.height:
         def listed(label: str | None) -> str:  # (`changes --json`, named here before, lists changes, not errors)
             report = shlex.join(["chorus-batch", "report", "--db", str(result.db), "--out", "report.html"])  # (anywhere)
@@ -257,7 +265,7 @@ def status_text(result: RunResult, *, limit: int | None,
     after = f"changes since its latest version, {result.previous_label}" if result.previous_label else "no version yet"
     lines = [f"{result.site}: what a run would commit to {result.db} ({after}); nothing was written", "",
              changes_text(result, limit=limit, more="--limit N or --all shows more, --csv or --json lists them all")]
-    lines += excluded_text(result.excluded)
+    lines += excluded_text(result.excluded, committed=False)
     if result.errors.height:
         lines += ["", f"problems the run would record: {result.errors.height}"]
         lines += [f"    {row['kind']}: {shown_name(row['srcfile'])}: {shown_text(row['message'])}"

@@ -179,7 +179,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     # A session folder (Telemetry|EEG/<session_id>/) of WFDB headers none of which is <session_id>.hea: segments
     # without the multi-segment header that joins them, or records named otherwise; the session has no record
     headed = f.filter(pl.col("_waveforms") & pl.col("category").is_not_null() & pl.col("session_id").is_not_null()
-                      & (pl.col("_ext_l") == "hea")).group_by("_dir", "session_id").agg(pl.col("_name").sort())
+                      & _IN_SESSION_FOLDER & (pl.col("_ext_l") == "hea")).group_by("_dir", "session_id").agg(pl.col("_name").sort())
     out.append(_found(
         "wfdb.session_record", headed.join(wfdb_sessions.lazy(), on="_dir", how="anti"), pl.col("_dir") + "/",
         fmt("WFDB headers {} but no {}.hea: the procedure names a session's record <session_id>.<ext>; add the "
@@ -194,6 +194,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     return out
 
 
+# A waveform file whose session is a Telemetry|EEG/<session_id>/ folder: not a flat file (first upload SOP) lying
+# in Telemetry/ or EEG/, whose session is its own name's stamp (no folder to rename, no <session_id>.hea to hold)
+_IN_SESSION_FOLDER = pl.col("layout").ne_missing("waveforms-flat")
 # The first upload SOP's waveform names: <person>_<YYYYMMDD>_<HHMMSS>_<duration in seconds>.<ext>
 _FLAT_NAME = r"_(?P<date>[0-9]{8})_(?P<time>[0-9]{6})_(?P<duration>[0-9]+(?:\.[0-9]+)?)\.(?i:hea)$"
 # a whole number of seconds in the name stands for a length up to a second longer
@@ -377,7 +380,8 @@ def _sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     (_id_collisions, across parts)."""
     sessions = (
         site.files.lazy().filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms")
-                                 & pl.col("category").is_not_null() & pl.col("session_id").is_not_null())
+                                 & pl.col("category").is_not_null() & pl.col("session_id").is_not_null()
+                                 & _IN_SESSION_FOLDER)
         .group_by("_top", "category", "session_id").agg(pl.col("_dir").min())
         .collect()
     )
