@@ -2247,6 +2247,17 @@ def test_a_spreadsheet_delimiter_hint_before_the_header_is_told_to_be_removed(cl
                            "that line, so that the header row comes first")]
 
 
+def test_a_header_row_quoted_as_a_whole_is_told_so_not_as_lacking_its_key(clean):
+    """A header row written in quotes as a whole ('"person_id,gender_concept_id,..."', a tool that quotes each line)
+    is one column name holding the commas: it was told to lack the key column person_id ("export the table with its
+    CDM 5.4 column names"), though it names it."""
+    edit("OMOP/person.csv", lambda t: '\ufeff"' + t.split("\n", 1)[0] + '"\n' + t.split("\n", 1)[1])(clean)
+    out = validate(clean).filter(pl.col("srcfile") == "OMOP/person.csv").select("rule", "message").rows()
+    assert [rule for rule, _ in out] == ["omop.missing_key"], out
+    assert out[0][1].startswith("the header row is read as one column name, 'person_id,"), out
+    assert out[0][1].endswith("write the names without the quotes around the row (or quote each name apart)"), out
+
+
 def test_a_spreadsheet_delimiter_hint_before_a_registry_header_is_told_to_be_removed(clean):
     """A registry with Excel's "sep=," line before its header row was told that its header ("sep=,") lacked the
     registry's columns ("write one row per file with these columns"), though they are on its second line."""
