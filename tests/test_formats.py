@@ -89,6 +89,30 @@ def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writ
     assert "base_date" in readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 0 250 1000 10:00:00.5 02/01/2020\n"))
 
 
+@pytest.mark.parametrize("line, told", [
+    # wfdb's expression read 1 Hz and no number of samples ('e3 1000' left unread), without a word; the WFDB library
+    # reads 1e3 as 1000 Hz
+    ("rec 1 1e3 1000", "the record line is read only up to 'rec 1 1': 'e3 1000' is not read"),
+    ("rec 1 250 1000 10:00:00 01/01/2020 extra",
+     "the record line is read only up to 'rec 1 250 1000 10:00:00 01/01/2020': 'extra' is not read"),
+    # no frequency read, a negative one taken for a counter frequency: the default 250 Hz, without a word
+    ("rec 1 -500 1000", "the record line's sampling frequency '-500' is not a positive number of Hz"),
+])
+def test_a_record_line_wfdb_reads_only_in_part_or_without_its_frequency_is_told(line, told):
+    data = line.encode() + b"\n100.dat 16\n"
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(data))
+    assert facts["error"].startswith(f"invalid header syntax ({told}"), facts
+    assert "the sampling frequency (a decimal number of Hz: 1000, not 1e3)" in facts["error"]
+    assert facts["error"].endswith(f": '{line}')"), facts
+    # a base counter before the counter frequency: wfdb reads its '/360' as the base date, quoted so (it was '')
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 1 250(0)/360 1000\n100.dat 16\n"))
+    assert "the record line's base date is not a date WFDB reads" in facts["error"], facts
+    assert "the line has '/360'" in facts["error"], facts
+    # a counter frequency and base counter, as WFDB writes them, are read as before
+    read = readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 1 250/1000(0) 1000 10:00:00 01/01/2020\n100.dat 16\n"))
+    assert (read["fs"], read["sig_len"], read["base_date"]) == (250.0, 1000, "2020-01-01"), read
+
+
 def test_a_signal_file_named_with_other_characters_than_ascii_is_told_as_the_header_names_it(clean):
     # wfdb reads a header as ASCII: "réc.dat" is looked for as "rc.dat". The findings said the header named rc.dat,
     # not there, and that no header named réc.dat, which the site sees named in it
@@ -236,6 +260,39 @@ def test_a_text_file_ending_in_the_zeros_of_an_unfinished_copy_is_told_to_be_cop
     out = [(r, m) for r, s, m in findings(clean) if s == rel and r != "layout.superseded"]  # (RECORDS: v1.0's)
     assert [r for r, _ in out] == [rule], out
     assert "the file holds NUL bytes" in out[0][1] and out[0][1].endswith("copy or export the file again"), out
+
+
+def test_a_control_character_in_a_text_file_is_named_with_its_line(clean):
+    # A header saved by an old DOS or Windows tool ends in Ctrl-Z (its end-of-file mark), after Windows line ends: it
+    # was "the file holds control characters (binary data?); write it with a WFDB writer", saying neither which nor where
+    path = clean / f"{SINGLE}.hea"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n") + b"\x1a")
+    lines = path.read_bytes().count(b"\n") + 1
+    out = [(r, m) for r, s, m in findings(clean) if s == f"{SINGLE}.hea"]
+    assert [r for r, _ in out] == ["wfdb.bad_header"], out
+    assert f"the first, on line {lines}, U+001A (Ctrl-Z, the end-of-file mark old DOS and Windows tools" in out[0][1], out
+    assert "remove it" in out[0][1], out
+    # without it, the Windows line ends read as before
+    path.write_bytes(path.read_bytes()[:-1])
+    assert not [m for _, s, m in findings(clean) if s == f"{SINGLE}.hea"]
+    # the same of a RECORDS file, another control character named so
+    facts = readers.parse_facts(readers.KIND_RECORDS, io.BytesIO(b"100\n101\x1b\n"))
+    assert facts["error"].endswith("the first, on line 2, U+001B (Escape)"), facts
+
+
+@pytest.mark.parametrize("table", ["person", "visit_occurrence"])
+def test_a_nul_byte_in_a_row_that_parses_is_told_as_one_not_read_into_an_id(clean, table):
+    # pyarrow reads a NUL byte as a character: a person id "<id>\0" was no person of person.csv, and its folder's
+    # person told as not in the table (a finding quoting the NUL), not the file as damaged
+    path = clean / "OMOP" / f"{table}.csv"
+    lines = path.read_bytes().split(b"\n")
+    first = lines[1].split(b",")
+    lines[1] = b",".join([first[0] + b"\0", *first[1:]])
+    path.write_bytes(b"\n".join(lines))
+    out = [(r, m) for r, s, m in findings(clean) if s == f"OMOP/{table}.csv"]
+    assert len(out) == 1 and "the file holds NUL bytes" in out[0][1], out
+    assert out[0][1].endswith("copy or export the file again"), out
+    assert not [m for _, _, m in findings(clean) if "\0" in m]
 
 
 # ----------------------------------------------------------------------------- names wfdb reads otherwise

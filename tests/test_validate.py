@@ -1052,7 +1052,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v7", "dicom.v9", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1068,7 +1068,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v6"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v7"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -1118,7 +1118,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "omop_person.v3", "omop_visits.v6", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v9", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
                                  "mapping_csv.v5", "registry_csv.v12", "omop_procedures.v5"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1197,7 +1197,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
     body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
     write(tmp_path, "OMOP/person.csv", body)
-    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v3"))
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v4"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
@@ -1222,12 +1222,12 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     body = b"person_id,note\n000001,a\n000002,b\n" + b"\0" * (12 << 20)
     write(tmp_path, "OMOP/person.csv", body)
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v3", f)
+        facts = parse_facts("omop_person.v4", f)
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
-    ("omop_person.v3", "OMOP/person.csv", "person_id,note\n000001,a\n"),
+    ("omop_person.v4", "OMOP/person.csv", "person_id,note\n000001,a\n"),
     ("omop_procedures.v5", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv",
@@ -1284,7 +1284,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 @pytest.mark.parametrize("kind, text, expected", [
     (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v6", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    ("wfdb_header.v7", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts
@@ -1329,7 +1329,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v3", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv"),
                                         ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1345,7 +1345,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v3", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1362,7 +1362,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v12", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
-    ("omop_person.v3", "OMOP/person.csv", "person_id (column 2)"),
+    ("omop_person.v4", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
     """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
@@ -1373,7 +1373,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v5": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
-            "omop_person.v3": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+            "omop_person.v4": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
     with open(tmp_path / name, "rb") as f:
         error = parse_facts(kind, f)["error"]
@@ -1381,8 +1381,8 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 
 @pytest.mark.parametrize("kind, name, header, empty", [
-    ("omop_person.v3", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v6", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("omop_person.v4", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
+    ("omop_visits.v7", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v5", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v12", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
@@ -1397,7 +1397,7 @@ def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadab
     with open(tmp_path / name, "rb") as f:
         facts = parse_facts(kind, f)
     assert "error" not in facts, facts
-    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v6 keeps a column as one text)
+    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v7 keeps a column as one text)
 
 
 def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
@@ -2197,7 +2197,7 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     write(tmp_path, "OMOP/visit_occurrence.csv",
           'visit_occurrence_id,person_id\n1,000001\n 2 , 2 \n,3\n4,\n"5\n6",7\n')
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v6", f)
+        facts = parse_facts("omop_visits.v7", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
 
@@ -2296,6 +2296,17 @@ def test_a_spreadsheet_delimiter_hint_before_the_header_is_told_to_be_removed(cl
     assert out.select("rule", "message").rows() == [
         ("omop.no_header", "the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove "
                            "that line, so that the header row comes first")]
+
+
+def test_a_header_row_quoted_as_a_whole_is_told_so_not_as_lacking_its_key(clean):
+    """A header row written in quotes as a whole ('"person_id,gender_concept_id,..."', a tool that quotes each line)
+    is one column name holding the commas: it was told to lack the key column person_id ("export the table with its
+    CDM 5.4 column names"), though it names it."""
+    edit("OMOP/person.csv", lambda t: '\ufeff"' + t.split("\n", 1)[0] + '"\n' + t.split("\n", 1)[1])(clean)
+    out = validate(clean).filter(pl.col("srcfile") == "OMOP/person.csv").select("rule", "message").rows()
+    assert [rule for rule, _ in out] == ["omop.missing_key"], out
+    assert out[0][1].startswith("the header row is read as one column name, 'person_id,"), out
+    assert out[0][1].endswith("write the names without the quotes around the row (or quote each name apart)"), out
 
 
 def test_a_spreadsheet_delimiter_hint_before_a_registry_header_is_told_to_be_removed(clean):

@@ -120,6 +120,7 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     sep_line = pl.col("columns").list.first().str.contains(r"^sep=") & (pl.col("columns").list.len() <= 2)
     no_header = pl.col("columns").list.len().eq(0) | looks_like_value | pl.col("columns").list.eval(
         pl.element() == "").list.all() | sep_line.fill_null(False)
+    one_quoted = (pl.col("columns").list.len() == 1) & pl.col("columns").list.first().str.contains(",", literal=True)
     tables_only = pl.col("_table").is_in(list(OMOP_KEYS))
     key = pl.col("_table").replace_strict(OMOP_KEYS, default=None, return_dtype=pl.String)
     has_key = pl.col("columns").list.set_intersection(pl.concat_list(key)).list.len() > 0
@@ -151,7 +152,13 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
                .otherwise(pl.lit("the first line holds values, not column names: export the table with its header "
                                  "row"))),
         _found("omop.missing_key", comma.filter(tables_only & ~no_header & ~has_key), "srcfile",
-               fmt("the header lacks the key column {}: export the table with its CDM 5.4 column names", key)),
+               # a header row quoted whole ('"person_id,gender_concept_id"'): one name holding its commas, told as
+               # lacking its key, to be exported with the names it has
+               pl.when(one_quoted).then(fmt(
+                   "the header row is read as one column name, '{}': it is written in quotes as a whole, which make "
+                   "its commas part of one name; write the names without the quotes around the row (or quote each "
+                   "name apart)", pl.col("columns").list.first().str.slice(0, 80)))
+               .otherwise(fmt("the header lacks the key column {}: export the table with its CDM 5.4 column names", key))),
     ]
     # (a table without its key is told so above)
     required = pl.col("_table").replace_strict({t: list(c) for t, c in OMOP_REQUIRED_COLUMNS.items()}, default=None,

@@ -147,9 +147,23 @@ def _text(data: bytes, encoding: str, errors: str = "strict", *, limit: int | No
         text = data.decode(encoding, errors)
     except UnicodeDecodeError:
         raise BadContent(f"the file is not {encoding.upper().removesuffix('-SIG')} text (binary data?)") from None
-    if _BINARY.search(text):
-        raise BadContent("the file holds control characters (binary data?)")
+    if found := _BINARY.search(text):
+        raise BadContent(_control_reason(text, found.start()))
     return text
+
+
+_CONTROL_NAMES = {"\x1a": "Ctrl-Z, the end-of-file mark old DOS and Windows tools write after the text: remove it",
+                  "\x0c": "a form feed", "\x1b": "Escape", "\x7f": "Delete"}
+
+
+def _control_reason(text: str, at: int) -> str:
+    """Why a text holding a control character at `at` is no text file, naming the character and its line (said only
+    "control characters (binary data?)": of a header ending in a DOS tool's Ctrl-Z, the site could not tell where)."""
+    char = text[at]
+    line = text.count("\n", 0, at) + 1 if "\n" in text else text.count("\r", 0, at) + 1
+    name = _CONTROL_NAMES.get(char, f"Ctrl-{chr(ord(char) + 64)}" if ord(char) < 32 else "")
+    return f"the file holds control characters (binary data?): the first, on line {line}, U+{ord(char):04X}" + (
+        f" ({name})" if name else "")
 
 
 def _wfdb_facts(f) -> dict[str, Any]:
@@ -228,13 +242,15 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
-            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", lines[0])
+            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", lines[0], rec["base_time"])
             if rec["base_time"] else None,
-            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", lines[0])
+            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", lines[0], rec["base_date"])
             if rec["base_date"] else None,
             "signals": [],
             "segments": None,
         }
+        # (after the base time and date, whose own messages say more of a date written otherwise)
+        _record_line_whole(grammar, lines[0], rec)
         if not rec["n_seg"]:
             if len(lines) - 1 != n_sig:
                 raise BadContent(f"the record line declares {plural(n_sig, 'signal')} but {plural(len(lines) - 1, 'signal line')} follow")
@@ -305,7 +321,7 @@ _YEAR_FIRST = re.compile(r"([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})")
 _DAY_FIRST_OTHER = re.compile(r"([0-9]{1,2})[-.]([0-9]{1,2})[-.]([0-9]{4})")
 
 
-def _base(convert: Callable[[], str], what: str, line: str) -> str:
+def _base(convert: Callable[[], str], what: str, line: str, read: str) -> str:
     """The record line's base time or date, converted; BadContent naming which, quoting it as the line has it, and
     saying how WFDB writes it, where it is not one. (wfdb's expression takes a part of a value written otherwise, and
     the message quoted that part: a date written 2020-01-02 was "wfdb reads '2020'", as if the year were read; a date
@@ -321,6 +337,9 @@ def _base(convert: Callable[[], str], what: str, line: str) -> str:
         if "/" in at_time or _YEAR_FIRST.fullmatch(at_time) or _DAY_FIRST_OTHER.fullmatch(at_time):
             what = "time"  # a date alone, where the time is written (wfdb took its day, "02", for a time)
         written = at_time if what == "time" else fields[5] if len(fields) > 5 else ""
+        # (no field where the value is written: the fields before it are not as WFDB writes them, "250(0)/360", whose
+        # '/360' wfdb reads as the date; quoted as read, not as '')
+        written = written or read
         hint = ""
         if found := _YEAR_FIRST.fullmatch(written):
             date_ = f"{int(found[3]):02d}/{int(found[2]):02d}/{found[1]}"
@@ -336,6 +355,26 @@ def _base(convert: Callable[[], str], what: str, line: str) -> str:
             hint = ": the year is written with four digits (WFDB would read '20' as the year 20)"
         raise BadContent(f"invalid header syntax (the record line's base {what} is not a {what} WFDB reads, which is "
                          f"written {_BASE_FORMS[what]}; the line has '{written}'{hint}: '{shown}')") from None
+
+
+_RECORD_FIELDS = ("the fields are: the record name, the number of signals, the sampling frequency (a decimal number of "
+                  "Hz: 1000, not 1e3), the number of samples, the base time and the base date")
+
+
+def _record_line_whole(grammar: Any, line: str, rec: dict[str, str]) -> None:
+    """BadContent where wfdb's record line expression reads `line` (stripped) only in part, or reads no sampling
+    frequency where one is written: wfdb (and so the facts) then read another frequency, or no length, without a word
+    ("rec 1 1e3 1000": 1 Hz and no number of samples; "rec 1 -500 1000": the default 250 Hz), which the WFDB library
+    reads otherwise (1e3: 1000 Hz)."""
+    shown = line if len(line) <= 80 else line[:77] + "..."
+    read_to = grammar.rx_record.match(line).end()
+    if read_to < len(line):
+        raise BadContent(f"invalid header syntax (the record line is read only up to '{line[:read_to].rstrip()}': "
+                         f"'{line[read_to:].strip()}' is not read ({_RECORD_FIELDS}): '{shown}')")
+    if not rec["fs"] and (rec["counter_freq"] or rec["base_counter"]):
+        raise BadContent(f"invalid header syntax (the record line's sampling frequency "
+                         f"'{rec['counter_freq'] or rec['base_counter']}' is not a positive number of Hz "
+                         f"({_RECORD_FIELDS}): '{shown}')")
 
 
 def _match(expression: re.Pattern, line: str, what: str) -> dict[str, str]:
@@ -1497,6 +1536,10 @@ def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         )
         for batch in reader:
             yield [pc.utf8_trim(batch.column(n), _WHITESPACE) for n in names]
+        if gate.nul:
+            # pyarrow reads a NUL byte as any other character: the zeros of a copy that did not finish, in rows that
+            # parse, or one in a value ("1\0"), gave a person id holding a NUL, not found beside its folder's
+            raise BadContent(f"cannot read {named('column', wanted)}: {NUL_REASON}")
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read {named('column', wanted)}: "
                          f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names)}") from None

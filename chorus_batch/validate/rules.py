@@ -213,9 +213,13 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # "time data '2020/01' does not match format '%d/%m/%Y'")
 # wfdb_header.v6 quotes a base time or date as the line has it, and says how one written otherwise is written (a date
 # year first, 2020-01-02; a date without a time; a two-digit year); v5 quoted the part wfdb's expression took: '2020'
+# records.v4 and metadata_md.v5 (and wfdb_header.v7) name a control character a text holds, and its line (v3, v4: "the
+# file holds control characters (binary data?)", of a header ending in a DOS tool's Ctrl-Z)
+# wfdb_header.v7 tells a record line wfdb's expression reads only in part, or without its frequency (v6: '1e3' read as
+# 1 Hz and no number of samples, '-500' as the default 250 Hz, without a word)
 # dicom.v9 reads a deflated data set as far as its header (v8: inflated whole by dcmread), and tells one that inflates
 # whole short of its pixel data's end (v8: read as a whole image)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v6", "dicom.v9", "records.v3"
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v9", "records.v4"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -229,7 +233,9 @@ KIND_EDF = "edf_header.v2"
 # column name is part of it (a semicolon-delimited '"person_id";"gender, as told"' was read as comma-delimited, the
 # names 'person_id;"gender' and 'as told'), a second byte-order mark is not part of the first name, a quote left open
 # is told as such; mapping_csv.v5 and registry_csv.v12 tell a first line "sep=;" (a spreadsheet's delimiter hint)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v3", "omop_visits.v6", "waveform_links.v3"
+# omop_person.v4, omop_visits.v7 and waveform_links.v4 tell a table holding NUL bytes in its rows (v3, v6, v3: read as
+# characters of its values, a person id "1\0" not found beside the person folder 1)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "waveform_links.v4"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps

@@ -42,7 +42,7 @@ _CSV_DTYPE = {"error": pl.String, "columns": pl.List(pl.String), "delimiter": pl
 _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_WFDB: pl.Struct({
         "error": pl.String, "record_name": pl.String, "record_name_written": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64, "fs": pl.Float64,
-        "base_date": pl.String, "base_time": pl.String,  # ISO; wfdb.name_mismatch (kept by every wfdb_header.v6)
+        "base_date": pl.String, "base_time": pl.String,  # ISO; wfdb.name_mismatch (kept by every wfdb_header since v6)
         "signals": pl.List(pl.Struct({"file_name": pl.String, "fmt": pl.String,
                                       "samps_per_frame": pl.Int64, "byte_offset": pl.Int64,
                                       "sig_name": pl.String, "units": pl.String, "units_written": pl.String,
