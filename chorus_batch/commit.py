@@ -258,6 +258,17 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
             f"this scan covers {scanned.coverage}, not the whole site: committed in full mode it would mark every "
             "file outside it as removed", where="commit",
             fix="merge the results of all shards first (chorus_batch.scan.merge_scans), or commit in append mode")
+    # previous_label is the caller's word (a script keeps `latest` from when it scanned, or takes the scan's own
+    # based_on): checked against the manifest, or a stale scan was committed after an older version, undoing the
+    # versions since (their changes recorded as replaced back) under a label checked against the wrong latest.
+    recorded = manifest.latest_version()
+    recorded_label = recorded and recorded["label"]
+    if previous_label != recorded_label:
+        raise UsageError(
+            f"previous_label is {previous_label or '(none)'}, but the latest version of {manifest.path} is "
+            f"{recorded_label or '(none)'}: nothing was committed", where="commit",
+            fix="pass previous_label=manifest.latest_version()['label'] and previous=manifest.previous_state(), "
+                "and scan again against that version if the scan was based on another")
     if scanned.based_on != previous_label:
         raise UsageError(
             f"this scan reused the MD5s of version {scanned.based_on or '(none)'}, but the latest version is "

@@ -452,6 +452,18 @@ class RunSettings(BaseModel):
             except ValidationError as exc:  # (pydantic's traceback and its web page: said as what to give instead)
                 raise _settings_error(exc) from None
 
+    # Checked here as [run] checks them: a library caller's max_delete=-3 was taken and refused only inside run(),
+    # as "--max-delete / max_delete in [run]", settings the caller never wrote
+    # (max_delete=True too, which pydantic's lax mode took as a count of 1 file)
+    _bytes = field_validator("verify_max_bytes")(RunSection._bytes.__func__)
+
+    @field_validator("max_delete", mode="before")
+    @classmethod
+    def _max_delete(cls, value: object) -> object:
+        if isinstance(value, (str, int, float)):
+            parse_max_delete(value)
+        return value
+
     @field_validator("site", "db", "delete_list", "parquet", "staging", "merge", mode="before")
     @classmethod
     def _path_as_text(cls, value: object) -> object:
@@ -487,8 +499,20 @@ def _settings_error(exc: ValidationError) -> SettingError:
     name = str(first["loc"][0]) if first["loc"] else "settings"
     known = [*RunSettings.model_fields, "validate"]
     if first["type"] == "extra_forbidden":
-        meant = _close(name, known)
-        problem = "is not a setting RunSettings takes" + (f"; did you mean {meant!r}?" if meant else "")
+        # A key unknown inside a table setting (cloud={"azure": {"acount": ...}}): named with its table and checked
+        # against that table's keys ("cloud is not a setting RunSettings takes; did you mean 'cloud'?" was said)
+        *table, key = [str(part) for part in first["loc"]] or [name]
+        model, taker = RunSettings, "RunSettings"
+        for part in table:
+            annotation = model.model_fields[part].annotation if part in model.model_fields else None
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                break
+            model, taker = annotation, '.'.join(table)
+        else:
+            if table:
+                name, known = ".".join([*table, key]), list(model.model_fields)
+        meant = _close(key if table else name, known)
+        problem = f"is not a setting {taker} takes" + (f"; did you mean {meant!r}?" if meant else "")
         fix = (f"rename it to {meant}" if meant else "remove it") + f" (the settings: {', '.join(known)}; {LIBRARY_HELP})"
     elif first["type"] == "missing":
         problem = "is missing: RunSettings needs the site's folder (site) and the manifest's path (db)"

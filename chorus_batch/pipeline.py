@@ -96,6 +96,15 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
         raise UsageError(f"run() takes a RunSettings, not {type(settings).__name__} {settings!r}",
                          where="chorus_batch.run(settings)",
                          fix='give RunSettings(site="/data/site", db="manifest.sqlite") (from chorus_batch import RunSettings)')
+    if settings.shard is not None or settings.staging is not None:
+        # A shard is scan_shard's (the command line sends it there): run() ignored them and committed the whole
+        # site, a version made by what was meant as one Slurm array task's listing
+        given = ", ".join(f"{name}={value!r}" for name, value in (("shard", settings.shard), ("staging", settings.staging))
+                          if value is not None)
+        raise UsageError(f"run() commits the whole site; RunSettings({given}) names a shard to scan into a staging "
+                         "folder, which run() does not do: nothing was listed or written", where=f"RunSettings({given})",
+                         fix="to write a shard, call chorus_batch.pipeline.scan_shard(settings) (then run() with "
+                             "merge=<the staging folder>); for a whole run, leave shard and staging out")
     progress = progress or Progress(quiet=True)
     argv = list(argv if argv is not None else sys.argv[1:])
     if is_remote(settings.db):  # az://: a local working copy under a blob lease, uploaded after success

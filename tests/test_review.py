@@ -1178,7 +1178,14 @@ def test_run_settings_refuse_a_setting_they_do_not_take_and_take_paths_and_the_c
                         ({"validate_sites": False}, "validate_sites is not a setting RunSettings takes; did you mean "),
                         ({"verify_sample": 500}, "verify_sample should be less than or equal to 100, not 500"),
                         ({"racy_window_s": -1}, "racy_window_s should be greater than or equal to 0, not -1"),
-                        ({"exclude": ["*.tmp", 1]}, "exclude its entry 2 should be text")):
+                        ({"exclude": ["*.tmp", 1]}, "exclude its entry 2 should be text"),
+                        # a key unknown inside a table: "cloud is not a setting RunSettings takes; did you mean 'cloud'?"
+                        ({"cloud": {"azure": {"acount_name": "a"}}},
+                         "cloud.azure.acount_name is not a setting cloud.azure takes; did you mean 'account_name'?"),
+                        # taken, and refused only inside run() as "--max-delete / max_delete in [run]" (or True: 1 file)
+                        ({"max_delete": -3}, "max_delete -3 is not a percentage"),
+                        ({"max_delete": True}, "max_delete True is not a percentage"),
+                        ({"verify_max_bytes": "lots"}, "verify_max_bytes 'lots' is not a byte count")):
         with pytest.raises(SettingError) as refused:
             RunSettings(site=str(site), db=str(db), **wrong)
         assert str(refused.value).startswith(f"RunSettings: {said}"), str(refused.value)
@@ -1193,6 +1200,21 @@ def test_run_settings_refuse_a_setting_they_do_not_take_and_take_paths_and_the_c
     assert open_manifest(db).validated("nightly") is False  # validate=False was heard
     assert RunSettings(site="s", db="m", validate_site=False).validate_site is False
     assert RunSettings(site="s", db="m").validate_site is True
+
+
+def test_run_refuses_settings_of_a_shard_rather_than_committing_the_whole_site(tmp_path):
+    # run() ignored shard and staging (the command line sends them to scan_shard): a script meaning one Slurm array
+    # task's listing committed a version of the whole site, and wrote no shard
+    from chorus_batch import RunSettings, run
+    from chorus_batch.errors import UsageError
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    for given in ({"shard": "0/2", "staging": str(tmp_path / "staging")}, {"shard": "2/1"}):
+        with pytest.raises(UsageError, match=r"run\(\) commits the whole site; RunSettings\(shard=") as refused:
+            run(RunSettings(site=site, db=db, workers=1, **given))
+        assert "scan_shard" in refused.value.fix
+    assert not db.exists() and not (tmp_path / "staging").exists()
 
 
 def test_a_review_database_holds_the_versions_up_to_the_one_asked_and_its_diff(reader, history):

@@ -244,6 +244,21 @@ def test_a_scan_based_on_an_older_version_is_refused(site, db):
         commit_scan(db, unbased)
 
 
+def test_a_stale_scan_given_its_own_based_on_as_previous_label_is_refused(site, db):
+    # A script that scans on one machine and commits later passes the scan's based_on (or the `latest` it kept):
+    # checked against the manifest, not taken on the caller's word, else the versions since were undone.
+    write(site, "OMOP/person.csv", b"v1")
+    first = scan_and_commit(db, [Root(LocalSource(site))]).label
+    stale = scan_site(db, [Root(LocalSource(site))])
+    write(site, "OMOP/person.csv", b"v2")
+    second = scan_and_commit(db, [Root(LocalSource(site))]).label
+    manifest = Manifest(db)
+    with pytest.raises(UsageError, match=f"previous_label is {first}, but the latest version of .* is {second}"):
+        commit(manifest, stale, manifest.previous_state(), previous_label=stale.based_on, patterns=build_patterns(None))
+    assert [v for v in manifest.versions()["label"]] == [first, second]
+    assert current_rows(db)["OMOP/person.csv"] == hashlib.md5(b"v2").hexdigest()
+
+
 # ----------------------------------------------------------------------------- stored MD5s
 
 
