@@ -618,7 +618,7 @@ class Manifest:
                 # by the same cron minute (its preflight reads the schema before it meets the lock) saw a `meta`
                 # table without its schema_version row: "edited or damaged", exit 3, instead of locked (exit 4)
                 con.execute("BEGIN IMMEDIATE")
-            versions = upgrade(con, str(self.path))
+            versions = upgrade(con, str(self.path), self.failure)
         self.after_commit()
         before, after = versions
         if before is not None and before != after:  # said even with -q: it stays whatever the command does next
