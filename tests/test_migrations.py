@@ -834,3 +834,21 @@ def test_an_upgrade_whose_temporary_folder_fills_names_that_folder_not_the_manif
     filler.unlink()
     again = cli("upgrade", "--db", str(db), env={"TMPDIR": str(small_disk)})
     assert again.returncode == 0 and "schema 10 -> 11" in again.stdout, again.stderr
+
+
+def test_an_upgrade_of_a_torn_copy_says_it_is_damaged_and_how_to_restore_it(old):
+    """A manifest copied while a run wrote it (a backup job's torn copy) holds pages of two moments: SQLite says
+    "database disk image is malformed" in the upgrade's steps, and the upgrade said "check the free space and
+    permissions of the manifest's folder, then run again", which fails the same way every night. It says the
+    manifest is damaged, how to restore or salvage it, and the manifest stays at schema 2."""
+    with contextlib.closing(sqlite3.connect(old)) as con:
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'source_files'").fetchone()[0]
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+    with open(old, "r+b") as f:  # the table's root page from another moment: not a b-tree page SQLite can read
+        f.seek((root - 1) * page)
+        f.write(b"\x0d" + b"\xff" * (page - 1))
+    out = cli("upgrade", "--db", str(old))
+    assert out.returncode == 3 and "the manifest is damaged" in out.stderr and "malformed" in out.stderr, out.stderr
+    assert "restore it from a backup" in out.stderr and ".salvaged" in out.stderr, out.stderr
+    assert "free space" not in out.stderr and "left unchanged at schema 2" in out.stderr, out.stderr
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
