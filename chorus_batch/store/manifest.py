@@ -754,7 +754,10 @@ class Manifest:
                 fix=f"upgrade it in place with `chorus-batch upgrade --db {shlex.quote(str(self.path))}` (the next "
                     "`run` or `validate` also does; nothing recorded is lost, but older releases cannot write it "
                     "afterwards); a reviewer who may not change it upgrades a copy: "
-                    f"`cp {shlex.quote(str(self.path))} copy.sqlite && chorus-batch upgrade --db copy.sqlite`",
+                    # (not `cp`: commits still in its -wal file, a killed run's, were left out of the copy, and a copy
+                    # taken while a run wrote was torn; SQLite's backup reads through the WAL, one consistent moment)
+                    f"`sqlite3 {shlex.quote(str(self.path))} '.backup copy.sqlite' && chorus-batch upgrade "
+                    "--db copy.sqlite`",
             )
 
     def lock(self, argv: list[str], *, kind: str = "run"):
