@@ -21,7 +21,7 @@ from chorus_batch.store import Manifest
 from chorus_batch.store import schema as schema_module
 from chorus_batch.validate.rules import KINDS
 
-from conftest import cli, paused, query
+from conftest import cli, fill, paused, query
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema2"
 # Every table of schema 2 and the columns it had: all of it must read back unchanged.
@@ -833,3 +833,47 @@ def test_a_command_that_only_reads_a_manifest_names_an_index_dropped_by_hand(sit
     assert {"changes_version", "source_files_path"} <= set(schema_module.missing_indexes(sqlite3.connect(db)))
     assert cli("upgrade", "--db", str(db)).returncode == 0
     assert "lacks" not in cli("files", "--db", str(db)).stderr
+
+
+def test_an_upgrade_whose_temporary_folder_fills_names_that_folder_not_the_manifests(tmp_path, small_disk, monkeypatch):
+    """Step 11 builds the facts' unique index in SQLite's temporary folder ($SQLITE_TMPDIR, else $TMPDIR: a compute
+    node's small tmpfs). The upgrade said "check the free space and permissions of the manifest's folder", a disk with
+    gigabytes free; it names the temporary folder and SQLITE_TMPDIR, as a run does, and the manifest stays at 10."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(Path(__file__).resolve().parent / "fixtures" / "release-f9a987f" / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # facts enough that the index build sorts on disk
+        con.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000) "
+                    "INSERT INTO file_facts SELECT 'filler.v1', printf('%032x', i), printf('{\"pad\": \"%s\"}', "
+                    "hex(randomblob(60))) FROM n")
+    before = query(db, "SELECT count(*) FROM file_facts")
+    filler = fill(small_disk)
+    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
+    # (a process of its own: SQLite takes its temporary folder from the environment once, when it starts)
+    out = subprocess.run([sys.executable, "-m", "chorus_batch", "upgrade", "--db", str(db)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "TMPDIR": str(small_disk)})
+    assert out.returncode == 3, out.stderr
+    assert f"where: {small_disk} (SQLite's temporary folder" in out.stderr and "SQLITE_TMPDIR=" in out.stderr, out.stderr
+    assert "manifest's folder" not in out.stderr and "left unchanged at schema 10" in out.stderr, out.stderr
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+    assert query(db, "SELECT count(*) FROM file_facts") == before
+    filler.unlink()
+    again = cli("upgrade", "--db", str(db), env={"TMPDIR": str(small_disk)})
+    assert again.returncode == 0 and "schema 10 -> 11" in again.stdout, again.stderr
+
+
+def test_an_upgrade_of_a_torn_copy_says_it_is_damaged_and_how_to_restore_it(old):
+    """A manifest copied while a run wrote it (a backup job's torn copy) holds pages of two moments: SQLite says
+    "database disk image is malformed" in the upgrade's steps, and the upgrade said "check the free space and
+    permissions of the manifest's folder, then run again", which fails the same way every night. It says the
+    manifest is damaged, how to restore or salvage it, and the manifest stays at schema 2."""
+    with contextlib.closing(sqlite3.connect(old)) as con:
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'source_files'").fetchone()[0]
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+    with open(old, "r+b") as f:  # the table's root page from another moment: not a b-tree page SQLite can read
+        f.seek((root - 1) * page)
+        f.write(b"\x0d" + b"\xff" * (page - 1))
+    out = cli("upgrade", "--db", str(old))
+    assert out.returncode == 3 and "the manifest is damaged" in out.stderr and "malformed" in out.stderr, out.stderr
+    assert "restore it from a backup" in out.stderr and ".salvaged" in out.stderr, out.stderr
+    assert "free space" not in out.stderr and "left unchanged at schema 2" in out.stderr, out.stderr
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]

@@ -22,7 +22,7 @@ from chorus_batch.errors import UsageError
 from chorus_batch.review import open_manifest
 from chorus_batch.times import iso
 from chorus_batch.testdata import Spec, make_testdata
-from conftest import cli, run_site, tree_md5, write
+from conftest import cli, query, run_site, tree_md5, write
 
 SPEC = Spec(persons=6, files_per_person=15, size=64, seed=11, change_fraction=0.3)
 
@@ -842,7 +842,8 @@ def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     assert out.returncode == 3 and "schema version 2" in out.stderr and "Traceback" not in out.stderr
     # the commands paste ("cp <manifest> copy.sqlite" before: a shell reads `<manifest` as a redirection)
     said = out.stderr.split("upgrades a copy: `")[1].split("`")[0]
-    assert said == f"cp {shlex.quote(str(db))} copy.sqlite && chorus-batch upgrade --db copy.sqlite", out.stderr
+    assert said == (f"sqlite3 {shlex.quote(str(db))} '.backup copy.sqlite' && chorus-batch upgrade --db "
+                    "copy.sqlite"), out.stderr
     assert f"`chorus-batch upgrade --db {shlex.quote(str(db))}`" in out.stderr
     this = f"{shlex.quote(sys.executable)} -m chorus_batch"  # (the chorus-batch of this checkout)
     pasted = subprocess.run(["bash", "-c", said.replace("chorus-batch", this)], cwd=tmp_path, capture_output=True,
@@ -850,6 +851,40 @@ def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     assert pasted.returncode == 0, pasted.stderr
     assert cli("versions", "--db", str(tmp_path / "copy.sqlite")).returncode == 0
     assert hashlib.md5(db.read_bytes()).hexdigest() == before and sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]
+
+
+def test_the_copy_an_old_manifest_on_a_read_only_mount_says_to_make_keeps_the_commits_in_its_wal(tmp_path):
+    """An older release's run killed after its commit leaves that commit in the manifest's -wal file; on a share the
+    reviewer may only read, no checkpoint folds it in. The copy the message said to make (`cp <manifest> copy.sqlite`)
+    took the main file alone: the upgraded copy lacked the commit. The command it says reads through the WAL."""
+    from pathlib import Path
+
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    shutil.copyfile(Path(__file__).parent / "fixtures" / "schema2" / "manifest.sqlite", source / "m.sqlite")
+    killed_run = ("import os, sqlite3, sys; con = sqlite3.connect(sys.argv[1], isolation_level=None); "
+                  "con.execute('PRAGMA wal_autocheckpoint = 0'); "
+                  "con.execute(\"INSERT INTO scan_errors (version, srcfile, kind, message) VALUES "
+                  "('20261102020000', 'OMOP/x.csv', 'from_wal', 'committed, in the -wal file only')\"); os._exit(0)")
+    subprocess.run([sys.executable, "-c", killed_run, str(source / "m.sqlite")], check=True)
+    assert (source / "m.sqlite-wal").stat().st_size > 0
+    assert os.geteuid() == 0, "mounting a folder read-only needs root (as CI runs)"
+    subprocess.run(["mount", "--bind", str(source), str(mounted)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True)
+        out = without_override("versions", "--db", str(mounted / "m.sqlite"), cwd=tmp_path)
+        said = out.stderr.split("upgrades a copy: `")[1].split("`")[0]
+        this = f"{shlex.quote(sys.executable)} -m chorus_batch"
+        pasted = subprocess.run(["bash", "-c", said.replace("chorus-batch", this)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+    assert out.returncode == 3 and pasted.returncode == 0, (out.stderr, pasted.stderr)
+    copy = tmp_path / "copy.sqlite"
+    assert query(copy, "SELECT message FROM scan_errors WHERE kind = 'from_wal'") == [
+        ("committed, in the -wal file only",)]
+    assert cli("versions", "--db", str(copy)).returncode == 0
 
 
 def test_versions_and_paths_as_a_notebook_spells_them(history, site, db):

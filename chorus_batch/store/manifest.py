@@ -637,7 +637,7 @@ class Manifest:
                 # by the same cron minute (its preflight reads the schema before it meets the lock) saw a `meta`
                 # table without its schema_version row: "edited or damaged", exit 3, instead of locked (exit 4)
                 con.execute("BEGIN IMMEDIATE")
-            versions = upgrade(con, str(self.path))
+            versions = upgrade(con, str(self.path), self.failure)
         self.after_commit()
         before, after = versions
         if before is not None and before != after:  # said even with -q: it stays whatever the command does next
@@ -784,7 +784,10 @@ class Manifest:
                 fix=f"upgrade it in place with `chorus-batch upgrade --db {shlex.quote(str(self.path))}` (the next "
                     "`run` or `validate` also does; nothing recorded is lost, but older releases cannot write it "
                     "afterwards); a reviewer who may not change it upgrades a copy: "
-                    f"`cp {shlex.quote(str(self.path))} copy.sqlite && chorus-batch upgrade --db copy.sqlite`",
+                    # (not `cp`: commits still in its -wal file, a killed run's, were left out of the copy, and a copy
+                    # taken while a run wrote was torn; SQLite's backup reads through the WAL, one consistent moment)
+                    f"`sqlite3 {shlex.quote(str(self.path))} '.backup copy.sqlite' && chorus-batch upgrade "
+                    "--db copy.sqlite`",
             )
 
     def lock(self, argv: list[str], *, kind: str = "run"):

@@ -18,6 +18,7 @@ import os
 import re
 import sqlite3
 import uuid
+from collections.abc import Callable
 
 from ..errors import ManifestError
 from ..faults import pause
@@ -352,9 +353,12 @@ def _say_slow_steps(con: sqlite3.Connection, before: int, where: str) -> None:
                      f"into a new table (about a second per 100,000); stopped, the manifest stays as it was")
 
 
-def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
+def upgrade(con: sqlite3.Connection, where: str,
+            storage_failure: Callable[[BaseException], ManifestError] | None = None) -> tuple[int | None, int]:
     """Create the schema, or migrate it; returns (version before, version now). A manifest a later release marked
-    as not to be written by this one is refused (check_release)."""
+    as not to be written by this one is refused (check_release). storage_failure: what an SQLite error of the
+    storage (a full disk or temporary folder, a file that cannot be written) means, as the manifest's own commands
+    say it (Manifest.failure)."""
     before = schema_version(con, where)
     if before is None:
         with con:
@@ -381,6 +385,13 @@ def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
     except sqlite3.Error as exc:
         text = str(exc).lower()
         damaged = any(w in text for w in ("no such", "duplicate column", "already exists", "constraint"))
+        if not damaged and storage_failure is not None:
+            # "check the free space of the manifest's folder" sent a site whose $TMPDIR (a node's small tmpfs) filled
+            # while step 11 built its index to a disk with gigabytes free: say which folder, as a run does
+            said = storage_failure(exc)
+            raise ManifestError(
+                f"upgrading the manifest from schema {before} failed at the step to schema {target}: {said.what}; it "
+                f"was left unchanged at schema {before}", where=said.where or where, fix=said.fix) from None
         raise ManifestError(
             f"upgrading the manifest from schema {before} failed at the step to schema {target} ({exc}); it was left "
             f"unchanged at schema {before}", where=where,
