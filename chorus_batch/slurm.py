@@ -219,14 +219,15 @@ if [ "${{{LOCKED_ENV}:-}}" != "$slurm_lock" ] && command -v flock >/dev/null 2>&
 fi
 others=""
 ids=""
-# (one squeue: each job, and the job of its array, %F, that scancel takes; the comment last, as it may hold a '|')
+# (one squeue: each job, and the job of its array, %F, that scancel takes; the comment last, as it may hold a '|'; without
+# the user's SQUEUE_* variables, which filter its answer whatever its options say: SQUEUE_PARTITION hid the jobs)
 while IFS='|' read -r job_id job_name job_state job_base job_comment; do
     if [ "$job_comment" = {want} ]; then
         others="$others${{others:+, }}$job_name $job_id ($(printf '%s' "$job_state" | tr 'A-Z' 'a-z'))"
         ids="$ids$job_base
 "
     fi
-done < <(timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%F|%k' 2>/dev/null || true)
+done < <(unset "${{!SQUEUE_@}}"; timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%F|%k' 2>/dev/null || true)
 if [ -n "$others" ]; then
     ids=$(printf '%s' "$ids" | sort -u | tr '\\n' ' ')
     echo "{REFUSED_BUSY}: jobs of another submission for the manifest $db are still queued or running: $others; a second submission would hash the whole site again and its merge would be refused; nothing was submitted; let them finish (squeue -u $(id -un)), or cancel them with \\`scancel ${{ids% }}\\`, then submit again" >&2

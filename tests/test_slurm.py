@@ -1394,7 +1394,10 @@ def test_a_second_submission_for_a_manifest_is_refused_while_the_firsts_jobs_are
     assert first.returncode == 0, first.stderr
     job = parse_submitted(first.stdout)
     try:
-        second = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+        # (a user's SQUEUE_* variables, which filter squeue's answer whatever its options say, hide nothing)
+        second = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "SQUEUE_NAMES": "no-job-is-named-so",
+                                     "SQUEUE_PARTITION": "no-such-partition"})
         assert second.returncode == 4, second.stdout + second.stderr
         said = second.stderr
         assert f"jobs of another submission for the manifest {db} are still queued or running" in said, said
