@@ -5,7 +5,6 @@ shared file system) printed a KeyboardInterrupt traceback: an interrupt before t
 itself (cli.main) is said here in one line, with the interrupt's exit code."""
 
 
-
 def entry() -> None:
     try:
         from .cli import entry as command_line

@@ -647,7 +647,8 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     # (with an `rm -r` of them) and told to hash the whole site again over the other manifest's shards.
     theirs = {n: _split_manifest(found[n], settings.db) for n in found}
     own = [n for n in found if theirs[n] is None]
-    shards = max(own or list(found), key=lambda n: max(_written_ns(folder) for folder in found[n]))
+    written = {n: max(_written_ns(folder) for folder in found[n]) for n in found}  # (each split's, read once)
+    shards = max(own or list(found), key=written.__getitem__)
     left_out = ""
     if len(found) > 1:
         from datetime import datetime, timezone
@@ -655,13 +656,13 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         from .times import iso
 
         def when(n: int) -> str:
-            return iso(datetime.fromtimestamp(max(_written_ns(folder) for folder in found[n]) / 1e9, timezone.utc))
+            return iso(datetime.fromtimestamp(written[n] / 1e9, timezone.utc))
 
         others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, listed {when(n)}"
                   + (f", written for another manifest, {theirs[n]})" if theirs[n] and theirs[shards] is None else ")")
                   for n in sorted(found) if n != shards]
         stale = [n for n in sorted(found) if n != shards and not (theirs[n] and theirs[shards] is None)]
-        newest = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))
+        newest = max(found, key=written.__getitem__)
         left_out = (f"{staging} also holds {'; '.join(others)}, "
                     f"{'older than' if newest == shards else 'beside'} the split into {shards} this merge reads: "
                     "they were left out")
