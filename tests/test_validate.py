@@ -1667,6 +1667,25 @@ def test_an_xr_modality_folder_holds_the_x_ray_modalities_the_procedures_call_xr
     assert found(clean) >= {("dicom.path_mismatch", DCM)}
 
 
+def test_a_modality_folder_spelled_in_lower_case_is_told_to_be_named_as_the_header_s_modality(clean):
+    """The procedures name the modality folder by the DICOM Modality (CT/, MR/; a code string, upper case): an
+    Images/ct/ folder of CT images passed without a word (the manifest keeps the folder upper-cased), though on the
+    central store it is another folder than a second person's Images/CT/. It is dicom.path_mismatch now, with both
+    spellings; CT/ and the procedures' XR/ of DX images are still none."""
+    lower = DCM.replace("/CT/", "/ct/")
+    remove(DCM)(clean)
+    add(lower, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                           accession=ACCESSION))(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.path_mismatch")
+    assert out.select("srcfile", "severity", "message").rows() == [(lower, "error", (
+        "modality folder ct but Modality CT in the header: name the folders and the file after the header's values "
+        "(or fix the header)"))]
+    remove(lower)(clean)
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.path_mismatch").height == 0
+
+
 def test_a_header_without_patient_id_is_told_to_set_it_not_that_none_differs(clean):
     """A header without PatientID was told "PatientID (none) in the header is not the person folder ...", as if it held
     a value "(none)". It now says the header has none and what to set it to; one that differs is told as before."""

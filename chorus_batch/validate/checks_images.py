@@ -147,12 +147,17 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
 
     # Imaging-Data (line 79) and the upload SOP name modality folders "MR, CT, XR (X-ray), or US": XR is no DICOM
     # Modality value, an X-ray image's header says CR or DX (RG, or XA/RF for fluoroscopy): an XR folder names these
-    modality_folder = pl.col("_category").str.to_uppercase()
+    # The folder is compared as it is written: a DICOM Modality (a code string) is upper case, and the folder is its
+    # name (CT/, not ct/: a site's Images/ct/ beside another person's Images/CT/ are two folders on the central
+    # store, and ct/ passed without a word). The header's value is compared upper-cased. (The manifest's category is
+    # the folder upper-cased: the folder as written is read from the path.)
+    modality_folder = pl.col("srcfile").str.extract(r"(?i:images)/([^/]+)/[^/]+/[^/]+/[^/]+$", 1).fill_null(
+        pl.col("_category"))
     header_modality = pl.col("modality").str.strip_chars().str.to_uppercase()
     modality_folder = (pl.when((modality_folder == "XR") & header_modality.is_in(list(_X_RAY_MODALITIES)))
                        .then(header_modality).otherwise(modality_folder))
     checks = [
-        ("modality folder", modality_folder, "Modality", pl.col("modality").str.to_uppercase(), None),
+        ("modality folder", modality_folder, "Modality", header_modality, None),
         # The Imaging SOP: AccessionNumber is "replaced by ... image_occurrence_id from the OMOP table", an integer id:
         # folder 00123 and header 123 name the same one, compared as person ids are (without leading zeros). A header
         # whose AccessionNumber is absent or not an integer is told once, by dicom.accession_id (fix the header), not

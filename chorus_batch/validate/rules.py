@@ -439,8 +439,8 @@ RULES: tuple[Rule, ...] = (
     Rule("dicom.path_mismatch", "error", "DICOM folders disagree with the header",
          "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
          "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber (an accession number is the integer "
-         "image_occurrence_id: 00123 and 123 agree; an XR folder, as the procedures name X-ray, holds CR, DX, RG, XA and "
-         "RF images)."),
+         "image_occurrence_id: 00123 and 123 agree; the modality folder is spelled as the header's Modality: CT/, not "
+         "ct/; an XR folder, as the procedures name X-ray, holds CR, DX, RG, XA and RF images)."),
     Rule("dicom.instance_repeated", "warning", "one InstanceNumber for two images of a series",
          "Two or more DICOM files of one series folder (and SeriesInstanceUID) have the same InstanceNumber: the "
          "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice)."),
