@@ -780,7 +780,7 @@ def test_a_version_with_no_file_to_send_is_verified_by_its_manifest_copy(central
     assert copy in blobs(central)
     one = cli("verify", "--db", str(db), "--to", central.url, "--version", "20261102020000", env=central.env)
     assert one.returncode == 0, one.stdout + one.stderr
-    assert "verified 0 files and 1 manifest copy of 1 version" in one.stdout and "upload it first" not in one.stdout
+    assert "verified 0 files and 1 manifest copy of 1 version (20261102020000)" in one.stdout and "upload it first" not in one.stdout
     said = json.loads(cli("verify", "--db", str(db), "--to", central.url, "--version", "20261102020000", "--json",
                           env=central.env).stdout)
     assert (said["files"], said["manifest_copies"], said["exit_code"]) == (0, 1, 0), said
@@ -2967,3 +2967,35 @@ def test_an_upload_script_pasted_into_a_terminal_sends_and_leaves_the_shell_as_i
     flags = shown.split("still here: flags=")[-1].split()[0]
     assert "u" not in flags, flags
     assert len(log.read_text().splitlines()) == 3
+
+
+def test_verify_says_which_versions_it_checked_and_names_later_versions_nothing_was_uploaded_of(central, tmp_path):
+    # A version none of whose files went up (a name Azure would not keep, a file changed since; or no upload yet) has
+    # no row in the ledger as uploaded: `verify` (the latest version with files uploaded) checked the one before and
+    # `verify --all` skipped it, both saying "all as recorded", exit 0, without naming the version checked, while the
+    # latest version was not at the centre at all.
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    write(tmp_path / "site", "000009/Waveforms/Telemetry/S9/S9.dat", b"new signal")
+    commit(tmp_path / "site", db, "20261102020000")
+    write(tmp_path / "site", "000009/Waveforms/Telemetry/S9/S9.dat", b"new signal, changed")  # stale: not sent
+    sent = up(central, db)
+    assert sent.returncode == 1 and "stale: 000009/Waveforms/Telemetry/S9/S9.dat" in sent.stdout, sent.stdout
+    for flags in ((), ("--all",)):
+        out = cli("verify", "--db", str(db), "--to", central.url, *flags, env=central.env)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "all as recorded" not in out.stdout
+        assert "of 1 version (20261101020000) at" in out.stdout
+        assert "version 20261102020000: 1 of its 1 file not uploaded yet" in out.stdout
+        assert "it sends them, or says why it cannot" in out.stdout
+        as_json = json.loads(cli("verify", "--db", str(db), "--to", central.url, "--json", *flags,
+                                 env=central.env).stdout)
+        assert as_json["versions"] == ["20261101020000"] and as_json["exit_code"] == 1
+        assert as_json["not_uploaded_yet"] == [{"version": "20261102020000", "not_uploaded": 1, "files": 1}]
+    named = cli("verify", "--db", str(db), "--to", central.url, "--version", "20261102020000", env=central.env)
+    assert named.returncode == 1 and "upload it first" in named.stdout and "or says why it cannot" in named.stdout
+    # Once the next run records the change and the upload sends it, there is nothing left waiting.
+    commit(tmp_path / "site", db, "20261103020000")
+    assert up(central, db).returncode == 0
+    done = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
+    assert done.returncode == 0 and "all as recorded" in done.stdout, done.stdout + done.stderr

@@ -127,7 +127,8 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
 def verify_text(result: VerifyResult) -> str:
     if result.not_uploaded:
         return (f"not verified: no file of version {result.not_uploaded} is recorded as uploaded to {result.central}\n"
-                f"  fix:   upload it first: chorus-batch upload --version {result.not_uploaded} (same --db and --to)")
+                f"  fix:   upload it first: chorus-batch upload --version {result.not_uploaded} (same --db and --to): it sends "
+                "it, or says why it cannot")
     if not result.versions and result.elsewhere:
         return (f"not verified: no file is recorded as uploaded to {result.central}; the uploads ledger records files "
                 f"uploaded to {', '.join(result.elsewhere)}\n"
@@ -138,7 +139,8 @@ def verify_text(result: VerifyResult) -> str:
     how = ("read back and hashed" if result.method == "download"
            else "listing: there, size and Content-MD5 (--download reads the bytes)")
     copies = f" and {plural(result.n_copies, 'manifest copy', 'manifest copies')}" if not result.n_checked else ""
-    lines = [f"verified {plural(result.n_checked, 'file')}{copies} of {plural(len(result.versions), 'version')} at "
+    shown = ", ".join(result.versions[:5]) + (", ..." if len(result.versions) > 5 else "")
+    lines = [f"verified {plural(result.n_checked, 'file')}{copies} of {plural(len(result.versions), 'version')} ({shown}) at "
              f"{result.central} ({how}) in {result.elapsed_s:.1f} s" if result.n_checked or result.n_copies else
              # (the versions' only files recorded there are in conflict, listed below: there was nothing to verify)
              f"not verified: no file of {plural(len(result.versions), 'version')} ({', '.join(result.versions)}) is "

@@ -110,12 +110,18 @@ def check_version(ledger: UploadLedger, central: Central, version: str, *, downl
     plan = ledger.plan(version)
     unlisted = (listing.join(plan.select(pl.col("srcfile").alias("name")), on="name", how="anti")
                 .sort("name").select(pl.lit(version).alias("version"), "name", "size"))
-    # (files in conflict are problems of their own, below: no upload sends them until the centre's blob is dealt with)
-    n_waiting = plan.filter(~pl.col("superseded") & ~pl.col("state").is_in([*CONFIRMED, "conflict"]).fill_null(False)).height
-    waiting = pl.DataFrame([(version, n_waiting, plan.height)] if n_waiting else [], schema=WAITING_SCHEMA, orient="row")
+    waiting = _waiting(version, plan)
     problems = pl.concat([results.filter(pl.col("verify_state") != "ok").select("srcfile", "verify_state", "message"),
                           ledger.conflicts(version).select("srcfile", pl.lit("conflict").alias("verify_state"), "message")])
     return expected.height, problems.select(pl.lit(version).alias("version"), pl.all()), unlisted, waiting
+
+
+def _waiting(version: str, plan: pl.DataFrame) -> pl.DataFrame:
+    """WAITING_SCHEMA: how many of `version`'s files (its upload plan) are not uploaded yet; no row when none is
+    (superseded files can never be, and do not count; files in conflict are problems of their own: no upload sends
+    them until the centre's blob is dealt with)."""
+    n_waiting = plan.filter(~pl.col("superseded") & ~pl.col("state").is_in([*CONFIRMED, "conflict"]).fill_null(False)).height
+    return pl.DataFrame([(version, n_waiting, plan.height)] if n_waiting else [], schema=WAITING_SCHEMA, orient="row")
 
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
@@ -282,10 +288,19 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 problems.append(found)
                 unlisted.append(foreign)
                 waiting.append(left)
+            # Versions none of whose files is recorded as uploaded here (not sent yet; every file stale, missing or with a
+            # name Azure would not keep): nothing of them to check, but no part of "all as recorded" either. `--all`
+            # named none of them, and the default (the latest version with files uploaded) checked the one before and
+            # said "all as recorded", exit 0, with the latest version not at the centre at all. `--all`: every such
+            # version (upload sends them too, oldest first); the default: those after the one verified.
+            if labels and version is None:
+                for label in ledger.versions_not_finished():
+                    if label not in labels and (every or label > labels[-1]):
+                        waiting.append(_waiting(label, ledger.plan(label)))
             if problems:
                 result.problems = pl.concat(problems)
                 result.unlisted = pl.concat(unlisted)
-                result.waiting = pl.concat(waiting)
+                result.waiting = pl.concat(waiting).sort("version")
             result.elapsed_s = time.monotonic() - started
             return result
     finally:
