@@ -142,7 +142,7 @@ class Checkpoint:
                 parts.append(_read(path).cast(SEGMENT_SCHEMA))  # type: ignore[arg-type]
             except FileNotFoundError:  # merged away meanwhile (a dry run reading while a run writes)
                 continue
-            except (OSError, ValueError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
+            except _DAMAGED as exc:
                 # damaged: it is only a cache, these files are hashed again
                 log.info(f"ignoring a damaged hash checkpoint segment {path}: {exc}")
         if not parts:
@@ -193,8 +193,21 @@ class Checkpoint:
                     return
                 tier += 1
                 continue
-            merged = pl.concat([_read(p) for p in same])
-            self._write_segment(merged, tier + 1)
+            # A segment damaged on disk (an I/O error, a power cut the fsync did not survive) is left out and
+            # removed, as `known` ignores it: read here too, it failed the merge, and with it every later write of
+            # this checkpoint (of each resumed run, as the segment stayed)
+            parts = []
+            for p in same:
+                try:
+                    parts.append(_read(p))
+                except FileNotFoundError:
+                    continue
+                except _DAMAGED as exc:
+                    log.info(f"removing a damaged hash checkpoint segment {p}: {exc}")
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+            if parts:
+                self._write_segment(pl.concat(parts), tier + 1)
             for p in same:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
@@ -249,6 +262,10 @@ def _size(paths: list[Path]) -> int:
         with contextlib.suppress(FileNotFoundError):
             total += path.stat().st_size
     return total
+
+
+# What reading a damaged segment raises (truncated, garbage, unreadable: EIO)
+_DAMAGED = (OSError, ValueError, pl.exceptions.PolarsError, pa.ArrowException)
 
 
 def _read(path: Path) -> pl.DataFrame:

@@ -334,6 +334,28 @@ def test_segments_are_merged_in_tiers_and_damaged_ones_are_ignored(site, db, mon
     assert run_site(site, db, validate_site=False).n_hashed == 0
 
 
+def test_a_damaged_segment_is_left_out_of_a_merge_and_the_run_goes_on_checkpointing(site, db, monkeypatch, caplog):
+    """A segment damaged on disk (an I/O error, a power cut on a file system that did not honour the fsync) was
+    ignored when read, but the next merge of its tier read it too and failed: the resumed run stopped checkpointing,
+    saying it 'cannot write the hash checkpoint', and so did every later resume (the segment stayed)."""
+    monkeypatch.setattr(ckpt_module, "FANOUT", 2)
+    monkeypatch.setenv("CHORUS_BATCH_CHECKPOINT_S", "0")  # a segment per chunk
+    make_site(site, 8)
+    found = interrupted_scan(site, db)
+    damaged = found.folder / "t0-00000000000000000001-deadbeef.arrow"
+    damaged.write_bytes(b"garbage")
+    for i in range(8, 64):  # more to hash: the resumed run merges the damaged segment's tier
+        path = write(site, f"{1000 + i % 7}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", os.urandom(64))
+        os.utime(path, (HOUR_AGO, HOUR_AGO))
+    caplog.set_level(logging.INFO, logger="chorus_batch")
+    resumed = interrupted_scan(site, db)
+    assert not resumed.broken, caplog.text
+    assert "cannot write the hash checkpoint" not in caplog.text
+    assert not damaged.exists() and "damaged hash checkpoint segment" in caplog.text
+    assert checkpointed(db).height == 64
+    assert run_site(site, db, validate_site=False).n_hashed == 0
+
+
 def test_segments_larger_than_the_merge_limit_are_not_merged(site, db, monkeypatch):
     """A merge holds its segments in memory: a tier whose segments exceed COMPACT_MAX_BYTES keeps them."""
     monkeypatch.setattr(ckpt_module, "FANOUT", 2)
