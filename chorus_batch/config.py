@@ -723,6 +723,20 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                     fix=f"move {key} = ... under " + " or ".join(f"[{home.rsplit('.', 1)[0]}]" for home in homes)
                         + f" (a setting belongs to the [section] above it; {CONFIG_HELP})",
                 ) from None
+            # misspelt and under another [section] (`wrkers = 4` under [site]): it was "remove it", as if there were
+            # no such setting anywhere
+            nested = {f"{s}.{k}": k for s in top if s != prefix for k in _known_settings((s,))}
+            close = None if bare or not prefix else _close(key, list(dict.fromkeys(nested.values())))
+            homes = [home for home, k in nested.items() if k == close]
+            if homes:
+                sections = " or ".join(f"[{home.rsplit('.', 1)[0]}]" for home in homes)
+                raise ConfigError(
+                    f"unknown setting {setting!r}; did you mean " + " or ".join(repr(home) for home in homes)
+                    + f"? ({close} is a setting of {sections}, not of [{prefix}])",
+                    where=where(first["loc"], f"[{prefix}] {key}"),
+                    fix=f"rename it to {close} and move it under {sections} (a setting belongs to the [section] above "
+                        f"it; {CONFIG_HELP})",
+                ) from None
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=where(first["loc"], f"[{prefix or setting}]" + (f" {key}" if prefix else "")),

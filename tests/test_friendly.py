@@ -302,6 +302,13 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
                                                        "line 3: [site] exclude\n  fix:   move exclude = ... under [run]"),
         ("[manifest]\nworkers = 2\n", "workers is a setting of [run] or [central], not of [manifest]; did you mean "
                                        "'run.workers' or 'central.workers'?"),
+        # misspelt too, under another [section]: it said "unknown setting 'site.wrkers'", fix "remove it"
+        ('[site]\nroot = "x"\nwrkers = 4\n', "unknown setting 'site.wrkers'; did you mean 'run.workers' or "
+                                              "'central.workers'? (workers is a setting of [run] or [central], not of "
+                                              "[site])\n  where: chorus.toml, line 3: [site] wrkers\n  fix:   rename it "
+                                              "to workers and move it under [run] or [central]"),
+        ('[manifest]\ndb = "m.sqlite"\nexclud = ["*.tmp"]\n', "did you mean 'run.exclude'? (exclude is a setting of "
+                                                               "[run], not of [manifest])"),
         # the name of the site written below [site.roots], which holds it: it was "unknown modality 'name'"
         ('[site]\nroot = "x"\n[site.roots]\nWaveforms = "w"\nname = "site-a"\n',
          "name = ... below [site.roots] is read as the root of a modality 'name': a [section] holds every line below "
