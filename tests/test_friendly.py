@@ -325,6 +325,49 @@ def test_a_misspelt_setting_suggests_the_setting_and_points_at_help_that_exists(
     assert "run --help" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    "toml, args, what, where",
+    [
+        # a modality root that is not there: "where: [site.roots] Waveforms", neither file nor line
+        ('[site]\nroot = "site"\n\n[site.roots]\nWaveforms = "gone"\n', ("run",),
+         "root is not a readable directory", "chorus.toml, line 5: [site.roots] Waveforms"),
+        # roots inside each other
+        ('[site]\nroot = "site"\n[site.roots]\nImages = "site/000001"\n', ("status",),
+         "lies inside --site / [site] root", "chorus.toml, line 4: [site.roots] Images"),
+        # the site root of the file: "where: --site / [site] root", as if --site had been given
+        ('# the site\n[site]\nroot = "gone"\n', ("run",), "site root is not a readable directory",
+         "chorus.toml, line 3: [site] root"),
+        # an exclusion glob of [run] exclude: "where: --exclude / exclude in [run]"
+        ('[site]\nroot = "site"\n[run]\nworkers = 1\nexclude = ["*.tmp", "../x"]\n', ("run",),
+         "invalid exclusion glob '../x'", "chorus.toml, line 5: [run] exclude"),
+        # a path pattern: "where: chorus.toml [patterns] Waveforms[0]"
+        ('[site]\nroot = "site"\n[patterns]\nWaveforms = ["^(x"]\n', ("run",), "invalid path pattern",
+         "chorus.toml, line 4: [patterns] Waveforms[0]"),
+        # [manifest] db that is a device: "--db names a device", "where: /dev/null", with no --db given
+        ('[site]\nroot = "site"\n[manifest]\ndb = "/dev/null"\n', ("versions",),
+         "[manifest] db names a device, not a manifest file: /dev/null", "chorus.toml, line 4: [manifest] db (/dev/null)"),
+    ],
+)
+def test_a_setting_refused_after_the_file_was_read_is_named_with_its_file_and_line(tmp_path, toml, args, what, where):
+    write(tmp_path / "site", "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
+    (tmp_path / "chorus.toml").write_text(toml)
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert what in out.stderr
+    assert f"\n  where: {where}\n" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_setting_the_command_line_gave_is_named_as_the_flag_not_as_the_file(tmp_path):
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "gone"\n[manifest]\ndb = "m.sqlite"\n[run]\nexclude = ["*.tmp"]\n')
+    out = cli("run", "--site", str(tmp_path / "other"), cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: --site / [site] root\n" in out.stderr, out.stderr
+    out = cli("run", "--exclude", "../y", cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: --exclude / exclude in [run]\n" in out.stderr, out.stderr
+    out = cli("versions", "--db", "/dev/null", cwd=tmp_path)
+    assert out.returncode == 2 and "--db names a device" in out.stderr and "\n  where: /dev/null\n" in out.stderr
+
+
 # ----------------------------------------------------------------------------- plurals
 
 
