@@ -154,8 +154,20 @@ class SiteSection(_Strict):
                                  "[section] holds every line below it up to the next one; write it under [site], "
                                  "above [site.roots]")
             if key not in MODALITIES:
-                raise ValueError(f"unknown modality {key!r}; use one of {', '.join(MODALITIES)}")
+                raise _unknown_modality(key)
         return value
+
+
+UNKNOWN_MODALITY = "unknown_modality"
+
+
+def _unknown_modality(key: str) -> PydanticCustomError:
+    """A [site.roots] or [patterns] key that is no modality, with the one probably meant; its `key` is where it is
+    written (_problem names its line: it named the [section]'s, and no modality to write instead)."""
+    meant = next((m for m in MODALITIES if m.lower() == key.lower()), None) or _close(key, list(MODALITIES))
+    return PydanticCustomError(UNKNOWN_MODALITY, "unknown modality '{key}'" + (f"; did you mean {meant!r}?" if meant
+                               else "") + f" (the modalities: {', '.join(MODALITIES)}; their names are case-sensitive)",
+                               {"key": key})
 
 
 class ManifestSection(_Strict):
@@ -447,7 +459,7 @@ class ConfigFile(_Strict):
     def _pattern_modalities(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for key in value:
             if key not in MODALITIES:
-                raise ValueError(f"unknown modality {key!r}; use one of {', '.join(MODALITIES)}")
+                raise _unknown_modality(key)
         return value
 
 
@@ -624,6 +636,8 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
             return "what was written (not shown: it may be the secret itself)"
     branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
     loc = first["loc"]
+    if first["type"] == UNKNOWN_MODALITY:  # a key of the table: its own line
+        loc = (*loc, first["ctx"]["key"])
     if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
         said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
         message = f"should be {' or '.join(said)}, not {spell(first['input'])}"  # as TOML spells it
@@ -634,7 +648,7 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
         # TOML's nan is in no range
         # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
         message = f"should be a number, not {spell(first['input'])}"
-    elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
+    elif first["type"] not in ("value_error", UNKNOWN_MODALITY) and "input" in first:  # a range or a choice: and what was given
         message = f"{message.removeprefix('Input ')}, not {spell(first['input'])}"
     if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
         message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]

@@ -309,6 +309,12 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
                                               "to workers and move it under [run] or [central]"),
         ('[manifest]\ndb = "m.sqlite"\nexclud = ["*.tmp"]\n', "did you mean 'run.exclude'? (exclude is a setting of "
                                                                "[run], not of [manifest])"),
+        # a modality misspelt or in another case: it named the [section]'s line ("[site] roots") and no modality meant
+        ('[site]\nroot = "x"\n\n[site.roots]\nImages = "i"\nWavefroms = "w"\n',
+         "unknown modality 'Wavefroms'; did you mean 'Waveforms'? (the modalities: OMOP, Metadata, Waveforms, Images; "
+         "their names are case-sensitive)\n  where: chorus.toml, line 6: [site.roots] Wavefroms\n"),
+        ('[site]\nroot = "x"\n[patterns]\nwaveforms = ["^x$"]\n',
+         "unknown modality 'waveforms'; did you mean 'Waveforms'?"),
         # the name of the site written below [site.roots], which holds it: it was "unknown modality 'name'"
         ('[site]\nroot = "x"\n[site.roots]\nWaveforms = "w"\nname = "site-a"\n',
          "name = ... below [site.roots] is read as the root of a modality 'name': a [section] holds every line below "
