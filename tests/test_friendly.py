@@ -315,6 +315,9 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
          "their names are case-sensitive)\n  where: chorus.toml, line 6: [site.roots] Wavefroms\n"),
         ('[site]\nroot = "x"\n[patterns]\nwaveforms = ["^x$"]\n',
          "unknown modality 'waveforms'; did you mean 'Waveforms'?"),
+        # a section written as an array of tables: "where: chorus.toml [run]", no line
+        ('[site]\nroot = "x"\n\n[[run]]\nworkers = 4\n', "invalid setting 'run': should be a table of settings "
+                                                          "([section])"),
         # the name of the site written below [site.roots], which holds it: it was "unknown modality 'name'"
         ('[site]\nroot = "x"\n[site.roots]\nWaveforms = "w"\nname = "site-a"\n',
          "name = ... below [site.roots] is read as the root of a modality 'name': a [section] holds every line below "
@@ -362,6 +365,12 @@ def test_a_setting_refused_after_the_file_was_read_is_named_with_its_file_and_li
     assert what in out.stderr
     assert f"\n  where: {where}\n" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_section_written_as_an_array_of_tables_is_named_with_its_line(tmp_path):
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "x"\n\n[[run]]\nworkers = 4\n')
+    out = cli("run", cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: chorus.toml, line 4: [run]\n" in out.stderr, out.stderr
 
 
 def test_a_setting_the_command_line_gave_is_named_as_the_flag_not_as_the_file(tmp_path):
