@@ -735,6 +735,7 @@ def _resolve_target(args: argparse.Namespace) -> _Target:
         raise UsageError("--db is empty", where="--db", fix="give the manifest's path, or leave out --db for the default")
     path = config_path(getattr(args, "config", None))
     config = load_config(path) if path else ConfigFile()
+    args.config_read = config  # (main names the file and line of a setting an error names: ConfigFile.where_written)
     site = getattr(args, "site", None) or config.site.root
     if getattr(args, "site", None):  # before anything: upload opened its --site only when it had files to send
         from .config import SITE_ROOT
@@ -2239,6 +2240,12 @@ def main(argv: list[str] | None = None) -> int:
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
     # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:
+        config = getattr(args, "config_read", None)
+        if config is not None:  # a setting of chorus.toml refused after it was read: with its file and line
+            exc.where = config.where_written(exc.where, exc.what, site_given=bool(getattr(args, "site", None)),
+                                             db_given=bool(getattr(args, "db", None)), db=config.manifest.db)
+            if exc.what.startswith("--db ") and (exc.where or "").endswith(f"[manifest] db ({config.manifest.db})"):
+                exc.what = "[manifest] db " + exc.what[len("--db "):]  # (the store's word for the manifest path)
         outcome = getattr(exc, "outcome", None) or (
             NOTHING_COMMITTED if args.command == "run" and exc.exit_code == ExitCode.FAILED
             and getattr(exc, "committed", None) is None else None)

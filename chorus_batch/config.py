@@ -49,14 +49,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from .config_file import read_toml_text, resolve_path, setting_line
-from .errors import ConfigError, SettingError
+from .errors import ChorusError, ConfigError, SettingError
 from .processes import default_workers
 from .urls import holds_userinfo, mask_url
 
@@ -152,8 +154,20 @@ class SiteSection(_Strict):
                                  "[section] holds every line below it up to the next one; write it under [site], "
                                  "above [site.roots]")
             if key not in MODALITIES:
-                raise ValueError(f"unknown modality {key!r}; use one of {', '.join(MODALITIES)}")
+                raise _unknown_modality(key)
         return value
+
+
+UNKNOWN_MODALITY = "unknown_modality"
+
+
+def _unknown_modality(key: str) -> PydanticCustomError:
+    """A [site.roots] or [patterns] key that is no modality, with the one probably meant; its `key` is where it is
+    written (_problem names its line: it named the [section]'s, and no modality to write instead)."""
+    meant = next((m for m in MODALITIES if m.lower() == key.lower()), None) or _close(key, list(MODALITIES))
+    return PydanticCustomError(UNKNOWN_MODALITY, "unknown modality '{key}'" + (f"; did you mean {meant!r}?" if meant
+                               else "") + f" (the modalities: {', '.join(MODALITIES)}; their names are case-sensitive)",
+                               {"key": key})
 
 
 class ManifestSection(_Strict):
@@ -392,6 +406,49 @@ class ConfigFile(_Strict):
     patterns: dict[str, list[str]] = Field(default_factory=dict)
     azure: AzureSection = Field(default_factory=AzureSection)
     s3: S3Section = Field(default_factory=S3Section)
+    # the file it was read from, as named, and its text: where_written names a setting's line (load_config sets it)
+    _source: tuple[str, str] | None = PrivateAttr(default=None)
+
+    def where_written(self, where: str | None, what: str = "", *, site_given: bool = False,
+                      db_given: bool = False, db: str | None = None) -> str | None:
+        """An error's `where` with the file and line of the setting it names, when that setting was read from this
+        file: `[site.roots] Waveforms` -> `chorus.toml, line 6: [site.roots] Waveforms`. The checks made after the
+        file was read (a root that is not there, roots inside each other, a glob or a path pattern refused, a
+        manifest path that is a device) named the setting but neither the file nor the line. `site_given`,
+        `db_given`: --site, --db were given (then [site] root, [manifest] db were not read); `db`: the manifest path
+        used; `what`: the error's text (an exclusion glob it quotes is of [run] exclude, or of --exclude)."""
+        if self._source is None or not where:
+            return where
+        path, text = self._source
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:  # (read before: it is valid)
+            return where
+
+        def written(loc: tuple[str, ...]) -> bool:
+            value: object = data
+            for part in loc:
+                if not isinstance(value, dict) or part not in value:
+                    return False
+                value = value[part]
+            return True
+
+        def at(loc: tuple[str, ...], shown: str) -> str:
+            line = setting_line(text, loc)
+            return f"{path}, line {line}: {shown}" if line else f"{path}: {shown}"
+
+        if where == SITE_ROOT:
+            return at(("site", "root"), "[site] root") if not site_given and written(("site", "root")) else where
+        if where.startswith("--exclude / exclude in [run]"):
+            globs = self.run.exclude if written(("run", "exclude")) else []
+            return at(("run", "exclude"), "[run] exclude") if any(repr(g) in what for g in globs) else where
+        if db is not None and not db_given and where == db and self.manifest.db == db and written(("manifest", "db")):
+            return at(("manifest", "db"), f"[manifest] db ({db})")
+        found = re.fullmatch(r"(?:(.+) )?\[([A-Za-z0-9_.-]+)\] ([A-Za-z0-9_-]+)(\[\d+\])?", where)
+        if found is None or found.group(1) not in (None, path):
+            return where
+        loc = (*found.group(2).split("."), found.group(3))
+        return at(loc, f"[{found.group(2)}] {found.group(3)}{found.group(4) or ''}") if written(loc) else where
 
     @property
     def cloud(self) -> CloudSettings:
@@ -402,7 +459,7 @@ class ConfigFile(_Strict):
     def _pattern_modalities(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for key in value:
             if key not in MODALITIES:
-                raise ValueError(f"unknown modality {key!r}; use one of {', '.join(MODALITIES)}")
+                raise _unknown_modality(key)
         return value
 
 
@@ -579,6 +636,8 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
             return "what was written (not shown: it may be the secret itself)"
     branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
     loc = first["loc"]
+    if first["type"] == UNKNOWN_MODALITY:  # a key of the table: its own line
+        loc = (*loc, first["ctx"]["key"])
     if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
         said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
         message = f"should be {' or '.join(said)}, not {spell(first['input'])}"  # as TOML spells it
@@ -589,7 +648,7 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
         # TOML's nan is in no range
         # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
         message = f"should be a number, not {spell(first['input'])}"
-    elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
+    elif first["type"] not in ("value_error", UNKNOWN_MODALITY) and "input" in first:  # a range or a choice: and what was given
         message = f"{message.removeprefix('Input ')}, not {spell(first['input'])}"
     if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
         message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
@@ -723,6 +782,20 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                     fix=f"move {key} = ... under " + " or ".join(f"[{home.rsplit('.', 1)[0]}]" for home in homes)
                         + f" (a setting belongs to the [section] above it; {CONFIG_HELP})",
                 ) from None
+            # misspelt and under another [section] (`wrkers = 4` under [site]): it was "remove it", as if there were
+            # no such setting anywhere
+            nested = {f"{s}.{k}": k for s in top if s != prefix for k in _known_settings((s,))}
+            close = None if bare or not prefix else _close(key, list(dict.fromkeys(nested.values())))
+            homes = [home for home, k in nested.items() if k == close]
+            if homes:
+                sections = " or ".join(f"[{home.rsplit('.', 1)[0]}]" for home in homes)
+                raise ConfigError(
+                    f"unknown setting {setting!r}; did you mean " + " or ".join(repr(home) for home in homes)
+                    + f"? ({close} is a setting of {sections}, not of [{prefix}])",
+                    where=where(first["loc"], f"[{prefix}] {key}"),
+                    fix=f"rename it to {close} and move it under {sections} (a setting belongs to the [section] above "
+                        f"it; {CONFIG_HELP})",
+                ) from None
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=where(first["loc"], f"[{prefix or setting}]" + (f" {key}" if prefix else "")),
@@ -760,24 +833,29 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                           fix=("remove the empty entry from the list" if listed else
                                (f"give a path (relative to {base})" if is_path else f"give {key} a value")
                                + ", or remove the line for the default") + f" ({CONFIG_HELP})")
-    if config.patterns:  # checked here, where the file is named, not when a run has started (polars: only then)
-        from .classify import build_patterns
+    config._source = (str(path), text)
+    try:
+        if config.patterns:  # checked here, where the file is named, not when a run has started (polars: only then)
+            from .classify import build_patterns
 
-        build_patterns(config.patterns, str(path))
-    config.site.root = resolve_path(base, config.site.root, f"{path} [site] root")
-    config.site.roots = {k: resolve_path(base, v, f"{path} [site.roots] {k}")  # type: ignore[misc]
-                         for k, v in config.site.roots.items()}
-    # A Windows path in what a run makes (a chorus.toml copied from the site's Windows machine): a manifest or snapshot
-    # folder made under that name beside the config, every file added again. (A site root so written is refused when
-    # it is read: not there; and import-config keeps it, saying so.)
-    from .urls import refuse_windows_path
+            build_patterns(config.patterns, str(path))
+        config.site.root = resolve_path(base, config.site.root, f"{path} [site] root")
+        config.site.roots = {k: resolve_path(base, v, f"{path} [site.roots] {k}")  # type: ignore[misc]
+                             for k, v in config.site.roots.items()}
+        # A Windows path in what a run makes (a chorus.toml copied from the site's Windows machine): a manifest or snapshot
+        # folder made under that name beside the config, every file added again. (A site root so written is refused when
+        # it is read: not there; and import-config keeps it, saying so.)
+        from .urls import refuse_windows_path
 
-    written = {"db": config.manifest.db, "parquet": config.manifest.parquet}
-    config.manifest.db = resolve_path(base, config.manifest.db, f"{path} [manifest] db")
-    config.manifest.parquet = resolve_path(base, config.manifest.parquet, f"{path} [manifest] parquet")
-    for key, value in written.items():
-        if value is not None and "://" not in value:
-            refuse_windows_path(value, f"{path} [manifest] {key}", getattr(config.manifest, key))
+        written = {"db": config.manifest.db, "parquet": config.manifest.parquet}
+        config.manifest.db = resolve_path(base, config.manifest.db, f"{path} [manifest] db")
+        config.manifest.parquet = resolve_path(base, config.manifest.parquet, f"{path} [manifest] parquet")
+        for key, value in written.items():
+            if value is not None and "://" not in value:
+                refuse_windows_path(value, f"{path} [manifest] {key}", getattr(config.manifest, key))
+    except ChorusError as exc:  # (a pattern, a path with a NUL, a $VARIABLE or a Windows path: with its line)
+        exc.where = config.where_written(exc.where, exc.what)
+        raise
     return config
 
 

@@ -102,7 +102,7 @@ def setting_line(text: str, loc: tuple[str, ...]) -> int | None:
         if in_string:
             in_string = (line.count('"""') + line.count("'''")) % 2 == 0
             continue
-        header = re.match(r"\s*\[(?!\[)", line)
+        header = re.match(r"\s*\[", line)  # (also [[run]], an array of tables: "should be a table", named on its line)
         found = None if header else key_line.match(line)
         if header or found:
             try:
@@ -113,6 +113,8 @@ def setting_line(text: str, loc: tuple[str, ...]) -> int | None:
             while isinstance(parsed, dict) and len(parsed) == 1:
                 name, parsed = next(iter(parsed.items()))
                 names = (*names, name)
+                if isinstance(parsed, list) and len(parsed) == 1:  # [[name]]: the table of its one entry
+                    parsed = parsed[0] if parsed[0] else None
             if header:
                 table = names
                 written.setdefault(table, number)

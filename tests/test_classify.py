@@ -229,7 +229,7 @@ def test_a_bad_pattern_is_refused_when_the_config_is_read_naming_that_file(tmp_p
     config.write_text("[site]\nroot = \"site\"\n[patterns]\nWaveforms = ['^(?P<person_id>[^/]+/x$']\n")
     with pytest.raises(ConfigError, match="invalid path pattern") as info:
         load_config(config)
-    assert info.value.where == f"{config} [patterns] Waveforms[0]"
+    assert info.value.where == f"{config}, line 4: [patterns] Waveforms[0]"
 
 
 @pytest.mark.parametrize("path", ["000123/Metadata/READINESS.md", "000123/metadata/a/b.txt"])

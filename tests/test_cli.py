@@ -1576,7 +1576,7 @@ def test_a_missing_modality_root_is_named_where_it_was_given(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "chorus.toml").write_text("[site]\nroot = 'site'\n[site.roots]\nWaveforms = 'nowhere'\n")
     out = cli("run", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
-    assert out.returncode == 2 and "where: [site.roots] Waveforms" in out.stderr, out.stderr
+    assert out.returncode == 2 and "where: chorus.toml, line 4: [site.roots] Waveforms" in out.stderr, out.stderr
     assert "nowhere" in out.stderr and "fix:   point [site.roots] Waveforms at" in out.stderr
 
 

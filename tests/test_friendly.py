@@ -302,6 +302,22 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
                                                        "line 3: [site] exclude\n  fix:   move exclude = ... under [run]"),
         ("[manifest]\nworkers = 2\n", "workers is a setting of [run] or [central], not of [manifest]; did you mean "
                                        "'run.workers' or 'central.workers'?"),
+        # misspelt too, under another [section]: it said "unknown setting 'site.wrkers'", fix "remove it"
+        ('[site]\nroot = "x"\nwrkers = 4\n', "unknown setting 'site.wrkers'; did you mean 'run.workers' or "
+                                              "'central.workers'? (workers is a setting of [run] or [central], not of "
+                                              "[site])\n  where: chorus.toml, line 3: [site] wrkers\n  fix:   rename it "
+                                              "to workers and move it under [run] or [central]"),
+        ('[manifest]\ndb = "m.sqlite"\nexclud = ["*.tmp"]\n', "did you mean 'run.exclude'? (exclude is a setting of "
+                                                               "[run], not of [manifest])"),
+        # a modality misspelt or in another case: it named the [section]'s line ("[site] roots") and no modality meant
+        ('[site]\nroot = "x"\n\n[site.roots]\nImages = "i"\nWavefroms = "w"\n',
+         "unknown modality 'Wavefroms'; did you mean 'Waveforms'? (the modalities: OMOP, Metadata, Waveforms, Images; "
+         "their names are case-sensitive)\n  where: chorus.toml, line 6: [site.roots] Wavefroms\n"),
+        ('[site]\nroot = "x"\n[patterns]\nwaveforms = ["^x$"]\n',
+         "unknown modality 'waveforms'; did you mean 'Waveforms'?"),
+        # a section written as an array of tables: "where: chorus.toml [run]", no line
+        ('[site]\nroot = "x"\n\n[[run]]\nworkers = 4\n', "invalid setting 'run': should be a table of settings "
+                                                          "([section])"),
         # the name of the site written below [site.roots], which holds it: it was "unknown modality 'name'"
         ('[site]\nroot = "x"\n[site.roots]\nWaveforms = "w"\nname = "site-a"\n',
          "name = ... below [site.roots] is read as the root of a modality 'name': a [section] holds every line below "
@@ -316,6 +332,55 @@ def test_a_misspelt_setting_suggests_the_setting_and_points_at_help_that_exists(
     assert 'the README\'s section "Configuration: chorus.toml"' in out.stderr
     assert "\n## Configuration: `chorus.toml`\n" in (ROOT / "README.md").read_text(encoding="utf-8")
     assert "run --help" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "toml, args, what, where",
+    [
+        # a modality root that is not there: "where: [site.roots] Waveforms", neither file nor line
+        ('[site]\nroot = "site"\n\n[site.roots]\nWaveforms = "gone"\n', ("run",),
+         "root is not a readable directory", "chorus.toml, line 5: [site.roots] Waveforms"),
+        # roots inside each other
+        ('[site]\nroot = "site"\n[site.roots]\nImages = "site/000001"\n', ("status",),
+         "lies inside --site / [site] root", "chorus.toml, line 4: [site.roots] Images"),
+        # the site root of the file: "where: --site / [site] root", as if --site had been given
+        ('# the site\n[site]\nroot = "gone"\n', ("run",), "site root is not a readable directory",
+         "chorus.toml, line 3: [site] root"),
+        # an exclusion glob of [run] exclude: "where: --exclude / exclude in [run]"
+        ('[site]\nroot = "site"\n[run]\nworkers = 1\nexclude = ["*.tmp", "../x"]\n', ("run",),
+         "invalid exclusion glob '../x'", "chorus.toml, line 5: [run] exclude"),
+        # a path pattern: "where: chorus.toml [patterns] Waveforms[0]"
+        ('[site]\nroot = "site"\n[patterns]\nWaveforms = ["^(x"]\n', ("run",), "invalid path pattern",
+         "chorus.toml, line 4: [patterns] Waveforms[0]"),
+        # [manifest] db that is a device: "--db names a device", "where: /dev/null", with no --db given
+        ('[site]\nroot = "site"\n[manifest]\ndb = "/dev/null"\n', ("versions",),
+         "[manifest] db names a device, not a manifest file: /dev/null", "chorus.toml, line 4: [manifest] db (/dev/null)"),
+    ],
+)
+def test_a_setting_refused_after_the_file_was_read_is_named_with_its_file_and_line(tmp_path, toml, args, what, where):
+    write(tmp_path / "site", "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
+    (tmp_path / "chorus.toml").write_text(toml)
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert what in out.stderr
+    assert f"\n  where: {where}\n" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_section_written_as_an_array_of_tables_is_named_with_its_line(tmp_path):
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "x"\n\n[[run]]\nworkers = 4\n')
+    out = cli("run", cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: chorus.toml, line 4: [run]\n" in out.stderr, out.stderr
+
+
+def test_a_setting_the_command_line_gave_is_named_as_the_flag_not_as_the_file(tmp_path):
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "gone"\n[manifest]\ndb = "m.sqlite"\n[run]\nexclude = ["*.tmp"]\n')
+    out = cli("run", "--site", str(tmp_path / "other"), cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: --site / [site] root\n" in out.stderr, out.stderr
+    out = cli("run", "--exclude", "../y", cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: --exclude / exclude in [run]\n" in out.stderr, out.stderr
+    out = cli("versions", "--db", "/dev/null", cwd=tmp_path)
+    assert out.returncode == 2 and "--db names a device" in out.stderr and "\n  where: /dev/null\n" in out.stderr
 
 
 # ----------------------------------------------------------------------------- plurals
