@@ -84,6 +84,12 @@ def check_mem(text: str) -> str:
     """Slurm's --mem: a whole number with an optional K, M, G or T (e.g. 16G)."""
     if not _MEM.fullmatch(text):
         raise ValueError(f"{text!r} is not a Slurm memory size (e.g. 16G, 500M)")
+    # Slurm holds a job's memory as MiB in 63 bits (the 64th marks --mem-per-cpu) and multiplies G and T into it
+    # unchecked: --mem=18014398509481984G wrapped to another size that sbatch took and the job then never started,
+    # and the script's VSizeFactor check said such a --mem was "too little" (its MiB overflowed bash's arithmetic)
+    if int(text.rstrip("KMGTkmgt")) >= 1 << 63 or mem_mib(text) >= 1 << 63:
+        raise ValueError(f"{text!r} is more memory than Slurm can be asked for (at most {(1 << 63) - 1}M; "
+                         "a node's memory, as `sinfo -o '%n %m'` says, is the most a job gets)")
     return text
 
 
@@ -356,7 +362,7 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     needed = ADDRESS_SPACE_NEEDED >> 20
     vsize_check = "" if not mem or not mem_mib(mem) else f"""# VSizeFactor: --mem={mem} times it is each job's address-space limit, and a run maps about {needed} MiB
 vsize=$(timeout 15 scontrol show config 2>/dev/null | sed -n 's/^VSizeFactor *= *\\([0-9][0-9]*\\).*/\\1/p' || true)
-if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ $(( {mem_mib(mem)} * vsize / 100 )) -lt {needed} ]; then
+if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ {mem_mib(mem)} -lt $(( ({needed} * 100 + vsize - 1) / vsize )) ]; then
     echo "{REFUSED_VSIZE}: its VSizeFactor=$vsize makes the jobs' address-space limit (ulimit -v) $(( {mem_mib(mem)} * vsize / 100 )) MiB, --mem={mem} times $vsize%, and a run maps about {needed} MiB (most of it reserved, never used), so every shard and the merge would stop at once; give --mem=$(( ({needed} * 100 + vsize - 1) / vsize ))M or more; nothing was submitted" >&2
     exit 2
 fi
