@@ -425,6 +425,24 @@ def test_a_merge_of_a_folder_without_shards_leaves_no_manifest_behind(snapshots,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["staging"]
 
 
+def test_a_merge_of_the_folder_of_every_submissions_staging_folder_names_them(snapshots, tmp_path):
+    """The Slurm script stages each submission in <manifest>.staging/<UTC time>: a merge run by hand with
+    `--merge m.sqlite.staging` was told "no shard results ... run the shards first" beside every submission's shards.
+    Now the submissions' folders are named, with the latest to give; nothing read, no manifest made."""
+    site, db = snapshots / "first", tmp_path / "m.sqlite"
+    parent = tmp_path / "m.sqlite.staging"
+    run_shards(site, db, parent / "20261201T010000Z", shards=range(1))
+    run_shards(site, db, parent / "20261202T010000Z")
+    (parent / "notes").mkdir()
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(parent))
+    assert out.returncode == 2, out.stderr
+    assert "holds the staging folders of 2 submissions (20261201T010000Z, 20261202T010000Z)" in out.stderr, out.stderr
+    assert f"--merge {parent / '20261202T010000Z'}" in out.stderr and "run the shards first" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sqlite.staging"]
+    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(parent / "20261202T010000Z"))
+    assert merged.returncode in (0, 1), merged.stderr
+
+
 @pytest.mark.parametrize("extra, given", [(("--shard", "0/4"), "--shard"), (("--staging", "X"), "--staging")])
 def test_merge_with_shard_or_staging_says_they_do_not_go_together(snapshots, tmp_path, extra, given):
     """`run --merge DIR --shard 0/4` was told "--shard needs --staging", and `--merge DIR --staging DIR2` "--staging
