@@ -71,6 +71,7 @@ REFUSED_BUSY = "chorus-batch: not submitted"
 LOCKED_ENV = "CHORUS_BATCH_SLURM_LOCKED"  # run --slurm holds <db>.slurm.lock for the script it runs: its path
 JOB_COMMENT = "chorus-batch manifest "  # each job's --comment: this, then the manifest's path (squeue %k)
 REFUSED_VSIZE = "chorus-batch: --mem is too little on this cluster"
+REFUSED_UNWRITABLE = "chorus-batch: the staging folder cannot be written"
 STAGING_SAID = "staging folder: "  # (last on the script's line for a refused merge job: the folder that stays)
 
 # (checked with fullmatch: `$` also matches before a final line break, and `--mem $'16G\n'` passed to be an internal
@@ -343,8 +344,8 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
         # this submission's, left empty: gone, and the folder of submissions made for it when it holds no other
-        discard = ('{ rmdir -- "$staging/logs" "$staging" && rmdir -- "$(dirname -- "$staging")"; } 2>/dev/null '
-                   '|| true; ')
+        discard = ('{ rmdir -- "$staging/logs"; rmdir -- "$staging" && rmdir -- "$(dirname -- "$staging")"; } '
+                   '2>/dev/null || true; ')
     else:
         staging_line = f"staging={shlex.quote(_absolute(staging))}"
         make_staging = 'mkdir -p -- "$staging"'
@@ -428,9 +429,21 @@ fi
 
 umask 077
 {staging_line}
-{make_staging}
+# A staging folder on a read-only or full file system: its mkdir stopped the script with mkdir's word alone (`run
+# --slurm`: exit 3, "submitting the Slurm jobs failed"), or, full, every task failed without a log and the merge never
+# ran. Checked (a folder made and a block written in it and in logs/) before anything is queued.
+{{ {make_staging}
+}} || {{ echo "{REFUSED_UNWRITABLE}: $staging could not be made (see above); nothing was submitted" >&2; exit 2; }}
 {logs_line}
-mkdir -p -- "$logs"
+for folder in "$staging" "$logs"; do
+    probe="$folder/.chorus-write-test-$$"
+    if ! {{ mkdir -p -- "$folder" && printf '%4096s' '' > "$probe"; }}; then
+        rm -f -- "$probe" 2>/dev/null || true
+        {discard}echo "{REFUSED_UNWRITABLE}: $folder could not be written (see above: a read-only or full file system, a quota, or no permission); the shards write their lists of files there and every job its log; nothing was submitted" >&2
+        exit 2
+    fi
+    rm -f -- "$probe"
+done
 # (sbatch reads % in --output as a pattern, %j the job id, even in the folder's name: a literal % is written %%)
 rm -f -- "$staging/{MERGE_EXIT}"
 # A --staging used before holds that submission's complete shards: a task of this one that fails before it starts its
@@ -898,6 +911,15 @@ def _submitted(proc: subprocess.CompletedProcess) -> Submitted:
         what, _sep, then = said.rpartition("; nothing was submitted; ")
         raise ManifestLocked(what + "; nothing was submitted or committed", where="the Slurm script's first step",
                              fix=then or "wait for the other submission to end, then submit again")
+    if proc.returncode != 0 and REFUSED_UNWRITABLE in proc.stderr:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        said = next(line for line in lines if REFUSED_UNWRITABLE in line).removeprefix("chorus-batch: ")
+        # (mkdir's or bash's own word, without the script's temporary path and line that bash puts first)
+        why = "; ".join(re.sub(r"^\S*: line [0-9]+: ", "", line) for line in lines if REFUSED_UNWRITABLE not in line)
+        raise UsageError(said.replace(" (see above", f" ({why}" if why else " (", 1).replace("; nothing was submitted", "")
+                         + "; nothing was submitted or committed", where="--staging (or <db>.staging, the default)",
+                         fix="free space there, or give --staging a writable folder on a file system every node of "
+                             "the cluster reaches")
     if proc.returncode != 0 and REFUSED_VSIZE in proc.stderr:
         said = next(line for line in proc.stderr.splitlines() if REFUSED_VSIZE in line).removeprefix("chorus-batch: ")
         raise UsageError(said.replace("; nothing was submitted", "") + "; nothing was submitted or committed",

@@ -1078,6 +1078,38 @@ def test_a_mem_too_large_for_bash_arithmetic_is_left_to_sbatch_not_said_too_litt
     assert not slurm.active() and not db.exists()
 
 
+def test_a_staging_folder_on_a_full_or_read_only_file_system_is_said_before_anything_is_queued(slurm, tmp_path,
+                                                                                                 small_disk):
+    """Full, the shards' array was queued, every task failed without a log (the follower named logs that were empty)
+    and the merge never ran; read-only, the script stopped at its mkdir and `run --slurm` said "submitting the Slurm
+    jobs failed", exit 3, with `bash -x`. Now both are said with the file system's word before anything is queued:
+    exit 2, nothing submitted, no manifest, and the default staging folder made for the submission gone again."""
+    from conftest import fill
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "x.txt").write_text("x")
+    fill(small_disk)
+    for db, staging in ((small_disk / "m.sqlite", None), (tmp_path / "m.sqlite", small_disk / "st")):
+        args = ["--staging", str(staging)] if staging else []
+        proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", "--cpus-per-task", "1",
+                   *args, env=slurm.env, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "the staging folder cannot be written" in proc.stderr and "No space left on device" in proc.stderr
+        assert "nothing was submitted or committed" in proc.stderr and "chorus-slurm-" not in proc.stderr, proc.stderr
+        assert not slurm.active() and not db.exists()
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "st"]
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "2",
+                   "--staging", str(small_disk / "new"), env=slurm.env, timeout=120)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "the staging folder cannot be written" in proc.stderr and "Read-only file system" in proc.stderr, proc.stderr
+    assert not slurm.active()
+
+
 def test_an_array_sbatch_refuses_is_said_with_sbatchs_message_and_what_to_do(slurm, tmp_path):
     """More shards than the cluster's MaxArraySize (1001 by default: at most tasks 0-1000): sbatch refuses the array.
     `run --slurm` said "submitting the Slurm jobs failed (exit code 1)", exit 3, and sent the user to `bash -x`; now
