@@ -891,6 +891,23 @@ def test_a_shard_given_in_a_slurm_array_task_other_than_its_own_is_said(snapshot
         assert out.returncode == 0 and "not this Slurm array task's own" not in out.stderr, out.stderr
 
 
+def test_an_array_starting_at_1_given_its_task_id_as_the_shard_is_told_what_to_pass(snapshots, tmp_path):
+    """`sbatch --array=1-4` with `--shard "$SLURM_ARRAY_TASK_ID/4"`: tasks 1-3 wrote shards 1-3, told to pass --shard
+    "$SLURM_ARRAY_TASK_ID/N" (what they were given), and task 4 was refused ('4/4' is no shard) with no word of the
+    array's start; shard 0 was never written. Both now say the array starts at 1 and what to pass instead."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    common = ("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "-q")
+    said = "this Slurm array's task ids start at 1 (SLURM_ARRAY_TASK_MIN), not 0"
+    for task in ("2", "4"):
+        env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
+        out = cli(*common, "--shard", f"{task}/4", env=env)
+        assert said in out.stderr and '--shard "$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))/N"' in out.stderr
+        assert "pass --shard \"$SLURM_ARRAY_TASK_ID/N\"" not in out.stderr, out.stderr
+        assert out.returncode == (0 if task == "2" else 2), out.stderr
+    out = cli(*common, env={"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"})
+    assert out.returncode == 0 and (staging / "shard-3-of-4" / "scan.json").exists() and said not in out.stderr
+
+
 def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_run(snapshots, tmp_path):
     """One shard rerun without the --config of the others (so without its [site.roots]) was refused as "the shards
     scanned different roots", naming none, with "rerun every shard". It is now named, with the command that reruns it
