@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import sys
 import time
@@ -382,6 +383,22 @@ def site_location(site: str) -> str:
     return storable(Path(path).resolve().as_posix())  # (a folder reached through a link may not be UTF-8)
 
 
+def _array_start_said(shard: str | None) -> str:
+    """What to pass in an array whose task ids do not start at 0 (`--array=1-4`, SLURM_ARRAY_TASK_MIN 1) when --shard
+    was given this task's id as K: `--shard "$SLURM_ARRAY_TASK_ID/N"`, the advice the shard was told, made its tasks
+    write shards 1 to 3 and refused the last ("4/4"); shard 0 was never written. "" otherwise."""
+    task, first = os.environ.get("SLURM_ARRAY_TASK_ID", ""), os.environ.get("SLURM_ARRAY_TASK_MIN", "0")
+    given = re.fullmatch(r"\s*([0-9]+)\s*/.*", shard or "", re.ASCII)
+    if not (given and re.fullmatch(r"[0-9]+", task.strip(), re.ASCII) and re.fullmatch(r"[0-9]+", first.strip(), re.ASCII)):
+        return ""
+    if int(first) == 0 or int(given.group(1)) != int(task):
+        return ""
+    return (f"; this Slurm array's task ids start at {int(first)} (SLURM_ARRAY_TASK_MIN), not 0, so a --shard "
+            "\"$SLURM_ARRAY_TASK_ID/N\" leaves shard 0 out and the last task's is no shard: leave --shard out (the "
+            "shard is then the task id minus SLURM_ARRAY_TASK_MIN), pass --shard "
+            "\"$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))/N\", or submit the array as --array=0-(N-1)")
+
+
 def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     """`run --shard K/N --staging DIR`: scan one shard into the staging folder (shards.py); the manifest is
     only read. Returns a shards.ShardReport."""
@@ -402,7 +419,7 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     except ValueError as exc:
         from .coverage import BUCKETS
 
-        raise UsageError(f"invalid shard: {exc}; nothing was listed or written",
+        raise UsageError(f"invalid shard: {exc}{_array_start_said(settings.shard)}; nothing was listed or written",
                          where="--shard" if settings.shard else "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT",
                          fix=f"give --shard K/N with 0 <= K < N <= {BUCKETS} (the script `chorus-batch slurm-script` "
                              "prints passes it)") from None
@@ -411,8 +428,9 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
             own = shard_from_environment()
             if own is not None and own != coverage:
                 log.warning(f"--shard {coverage.shard}/{coverage.shards} is listed, not this Slurm array task's own "
-                            f"shard {own.shard}/{own.shards} (SLURM_ARRAY_TASK_ID {os.environ['SLURM_ARRAY_TASK_ID']}); "
-                            "in an array, pass --shard \"$SLURM_ARRAY_TASK_ID/N\" or leave --shard out")
+                            f"shard {own.shard}/{own.shards} (SLURM_ARRAY_TASK_ID {os.environ['SLURM_ARRAY_TASK_ID']})"
+                            + (_array_start_said(settings.shard) or "; in an array, pass --shard "
+                               "\"$SLURM_ARRAY_TASK_ID/N\" or leave --shard out"))
     if coverage is None:
         raise UsageError("--staging without a shard", where="--shard",
                          fix="add --shard K/N, or run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)")

@@ -467,9 +467,30 @@ def shard_folders(staging: Path) -> dict[int, list[Path]]:
             found.setdefault(int(match.group(2)), []).append(entry)
     if not found:
         _merged_and_tidied(staging)
+        _submissions_inside(staging)
         raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
                          fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
     return found
+
+
+def _submissions_inside(staging: Path) -> None:
+    """A UsageError naming the folders inside `staging` that hold shards, if any: `--merge <manifest>.staging`, the
+    folder the Slurm script makes one staging folder in for each submission (<UTC time>), was told "no shard results
+    ... run the shards first" beside the shards of every submission it holds."""
+    inside = []
+    with contextlib.suppress(OSError):
+        for entry in staging.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and any(_SHARD_DIR.fullmatch(child.name) for child in entry.iterdir()):
+                    inside.append(entry)
+    if inside:
+        inside.sort(key=lambda folder: folder.name)
+        shown = ", ".join(folder.name for folder in inside[-3:])
+        raise UsageError(f"no shard results in {staging} itself: it holds the staging folders of "
+                         f"{plural(len(inside), 'submission')} ({'..., ' if len(inside) > 3 else ''}{shown}), each with "
+                         "shard folders of its own; nothing was read or committed", where="--merge",
+                         fix=f"give --merge the submission's own folder (its launcher's output says it as 'staging: "
+                             f"...'), e.g. the latest: --merge {shlex.quote(str(inside[-1].absolute()))}")
 
 
 def _merged_and_tidied(staging: Path) -> None:

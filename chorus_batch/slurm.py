@@ -71,6 +71,7 @@ REFUSED_BUSY = "chorus-batch: not submitted"
 LOCKED_ENV = "CHORUS_BATCH_SLURM_LOCKED"  # run --slurm holds <db>.slurm.lock for the script it runs: its path
 JOB_COMMENT = "chorus-batch manifest "  # each job's --comment: this, then the manifest's path (squeue %k)
 REFUSED_VSIZE = "chorus-batch: --mem is too little on this cluster"
+REFUSED_UNWRITABLE = "chorus-batch: the staging folder cannot be written"
 STAGING_SAID = "staging folder: "  # (last on the script's line for a refused merge job: the folder that stays)
 
 # (checked with fullmatch: `$` also matches before a final line break, and `--mem $'16G\n'` passed to be an internal
@@ -84,6 +85,12 @@ def check_mem(text: str) -> str:
     """Slurm's --mem: a whole number with an optional K, M, G or T (e.g. 16G)."""
     if not _MEM.fullmatch(text):
         raise ValueError(f"{text!r} is not a Slurm memory size (e.g. 16G, 500M)")
+    # Slurm holds a job's memory as MiB in 63 bits (the 64th marks --mem-per-cpu) and multiplies G and T into it
+    # unchecked: --mem=18014398509481984G wrapped to another size that sbatch took and the job then never started,
+    # and the script's VSizeFactor check said such a --mem was "too little" (its MiB overflowed bash's arithmetic)
+    if int(text.rstrip("KMGTkmgt")) >= 1 << 63 or mem_mib(text) >= 1 << 63:
+        raise ValueError(f"{text!r} is more memory than Slurm can be asked for (at most {(1 << 63) - 1}M; "
+                         "a node's memory, as `sinfo -o '%n %m'` says, is the most a job gets)")
     return text
 
 
@@ -337,8 +344,8 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
         # this submission's, left empty: gone, and the folder of submissions made for it when it holds no other
-        discard = ('{ rmdir -- "$staging/logs" "$staging" && rmdir -- "$(dirname -- "$staging")"; } 2>/dev/null '
-                   '|| true; ')
+        discard = ('{ rmdir -- "$staging/logs"; rmdir -- "$staging" && rmdir -- "$(dirname -- "$staging")"; } '
+                   '2>/dev/null || true; ')
     else:
         staging_line = f"staging={shlex.quote(_absolute(staging))}"
         make_staging = 'mkdir -p -- "$staging"'
@@ -356,7 +363,7 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     needed = ADDRESS_SPACE_NEEDED >> 20
     vsize_check = "" if not mem or not mem_mib(mem) else f"""# VSizeFactor: --mem={mem} times it is each job's address-space limit, and a run maps about {needed} MiB
 vsize=$(timeout 15 scontrol show config 2>/dev/null | sed -n 's/^VSizeFactor *= *\\([0-9][0-9]*\\).*/\\1/p' || true)
-if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ $(( {mem_mib(mem)} * vsize / 100 )) -lt {needed} ]; then
+if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ {mem_mib(mem)} -lt $(( ({needed} * 100 + vsize - 1) / vsize )) ]; then
     echo "{REFUSED_VSIZE}: its VSizeFactor=$vsize makes the jobs' address-space limit (ulimit -v) $(( {mem_mib(mem)} * vsize / 100 )) MiB, --mem={mem} times $vsize%, and a run maps about {needed} MiB (most of it reserved, never used), so every shard and the merge would stop at once; give --mem=$(( ({needed} * 100 + vsize - 1) / vsize ))M or more; nothing was submitted" >&2
     exit 2
 fi
@@ -422,9 +429,21 @@ fi
 
 umask 077
 {staging_line}
-{make_staging}
+# A staging folder on a read-only or full file system: its mkdir stopped the script with mkdir's word alone (`run
+# --slurm`: exit 3, "submitting the Slurm jobs failed"), or, full, every task failed without a log and the merge never
+# ran. Checked (a folder made and a block written in it and in logs/) before anything is queued.
+{{ {make_staging}
+}} || {{ echo "{REFUSED_UNWRITABLE}: $staging could not be made (see above); nothing was submitted" >&2; exit 2; }}
 {logs_line}
-mkdir -p -- "$logs"
+for folder in "$staging" "$logs"; do
+    probe="$folder/.chorus-write-test-$$"
+    if ! {{ mkdir -p -- "$folder" && printf '%4096s' '' > "$probe"; }}; then
+        rm -f -- "$probe" 2>/dev/null || true
+        {discard}echo "{REFUSED_UNWRITABLE}: $folder could not be written (see above: a read-only or full file system, a quota, or no permission); the shards write their lists of files there and every job its log; nothing was submitted" >&2
+        exit 2
+    fi
+    rm -f -- "$probe"
+done
 # (sbatch reads % in --output as a pattern, %j the job id, even in the folder's name: a literal % is written %%)
 rm -f -- "$staging/{MERGE_EXIT}"
 # A --staging used before holds that submission's complete shards: a task of this one that fails before it starts its
@@ -892,6 +911,15 @@ def _submitted(proc: subprocess.CompletedProcess) -> Submitted:
         what, _sep, then = said.rpartition("; nothing was submitted; ")
         raise ManifestLocked(what + "; nothing was submitted or committed", where="the Slurm script's first step",
                              fix=then or "wait for the other submission to end, then submit again")
+    if proc.returncode != 0 and REFUSED_UNWRITABLE in proc.stderr:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        said = next(line for line in lines if REFUSED_UNWRITABLE in line).removeprefix("chorus-batch: ")
+        # (mkdir's or bash's own word, without the script's temporary path and line that bash puts first)
+        why = "; ".join(re.sub(r"^\S*: line [0-9]+: ", "", line) for line in lines if REFUSED_UNWRITABLE not in line)
+        raise UsageError(said.replace(" (see above", f" ({why}" if why else " (", 1).replace("; nothing was submitted", "")
+                         + "; nothing was submitted or committed", where="--staging (or <db>.staging, the default)",
+                         fix="free space there, or give --staging a writable folder on a file system every node of "
+                             "the cluster reaches")
     if proc.returncode != 0 and REFUSED_VSIZE in proc.stderr:
         said = next(line for line in proc.stderr.splitlines() if REFUSED_VSIZE in line).removeprefix("chorus-batch: ")
         raise UsageError(said.replace("; nothing was submitted", "") + "; nothing was submitted or committed",

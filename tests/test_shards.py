@@ -425,6 +425,24 @@ def test_a_merge_of_a_folder_without_shards_leaves_no_manifest_behind(snapshots,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["staging"]
 
 
+def test_a_merge_of_the_folder_of_every_submissions_staging_folder_names_them(snapshots, tmp_path):
+    """The Slurm script stages each submission in <manifest>.staging/<UTC time>: a merge run by hand with
+    `--merge m.sqlite.staging` was told "no shard results ... run the shards first" beside every submission's shards.
+    Now the submissions' folders are named, with the latest to give; nothing read, no manifest made."""
+    site, db = snapshots / "first", tmp_path / "m.sqlite"
+    parent = tmp_path / "m.sqlite.staging"
+    run_shards(site, db, parent / "20261201T010000Z", shards=range(1))
+    run_shards(site, db, parent / "20261202T010000Z")
+    (parent / "notes").mkdir()
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(parent))
+    assert out.returncode == 2, out.stderr
+    assert "holds the staging folders of 2 submissions (20261201T010000Z, 20261202T010000Z)" in out.stderr, out.stderr
+    assert f"--merge {parent / '20261202T010000Z'}" in out.stderr and "run the shards first" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sqlite.staging"]
+    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(parent / "20261202T010000Z"))
+    assert merged.returncode in (0, 1), merged.stderr
+
+
 @pytest.mark.parametrize("extra, given", [(("--shard", "0/4"), "--shard"), (("--staging", "X"), "--staging")])
 def test_merge_with_shard_or_staging_says_they_do_not_go_together(snapshots, tmp_path, extra, given):
     """`run --merge DIR --shard 0/4` was told "--shard needs --staging", and `--merge DIR --staging DIR2` "--staging
@@ -871,6 +889,23 @@ def test_a_shard_given_in_a_slurm_array_task_other_than_its_own_is_said(snapshot
     for agreeing in (["--shard", "2/4"], []):  # as the script passes it, or from the variables alone
         out = cli(*common, *agreeing, env=array)
         assert out.returncode == 0 and "not this Slurm array task's own" not in out.stderr, out.stderr
+
+
+def test_an_array_starting_at_1_given_its_task_id_as_the_shard_is_told_what_to_pass(snapshots, tmp_path):
+    """`sbatch --array=1-4` with `--shard "$SLURM_ARRAY_TASK_ID/4"`: tasks 1-3 wrote shards 1-3, told to pass --shard
+    "$SLURM_ARRAY_TASK_ID/N" (what they were given), and task 4 was refused ('4/4' is no shard) with no word of the
+    array's start; shard 0 was never written. Both now say the array starts at 1 and what to pass instead."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    common = ("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "-q")
+    said = "this Slurm array's task ids start at 1 (SLURM_ARRAY_TASK_MIN), not 0"
+    for task in ("2", "4"):
+        env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
+        out = cli(*common, "--shard", f"{task}/4", env=env)
+        assert said in out.stderr and '--shard "$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))/N"' in out.stderr
+        assert "pass --shard \"$SLURM_ARRAY_TASK_ID/N\"" not in out.stderr, out.stderr
+        assert out.returncode == (0 if task == "2" else 2), out.stderr
+    out = cli(*common, env={"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"})
+    assert out.returncode == 0 and (staging / "shard-3-of-4" / "scan.json").exists() and said not in out.stderr
 
 
 def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_run(snapshots, tmp_path):

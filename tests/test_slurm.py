@@ -1049,6 +1049,67 @@ def test_a_mem_the_clusters_vsizefactor_makes_too_small_is_refused_before_anythi
     assert not (tmp_path / "m.sqlite.staging").exists() or not any((tmp_path / "m.sqlite.staging").iterdir())
 
 
+def test_a_mem_beyond_what_slurm_holds_is_refused_before_a_script_is_made(tmp_path):
+    """Slurm holds a job's memory as MiB in 63 bits and multiplies G and T into it unchecked: --mem
+    18014398509481984G wrapped, sbatch took it and the job never started (BadConstraints), and the script's
+    VSizeFactor check called it "too little". Refused up front, exit 2, no script; the largest Slurm holds is fine."""
+    (tmp_path / "site").mkdir()
+    args = ("slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), "--mem")
+    for mem in ("18014398509481984G", "9007199254740992G", "9223372036854775808M", "8796093022208T",
+                "99999999999999999999999K"):
+        out = cli(*args, mem)
+        assert out.returncode == 2 and f"{mem!r} is more memory than Slurm can be asked for" in out.stderr, out.stderr
+        assert out.stdout == "" and "Traceback" not in out.stderr
+    out = cli(*args, "9223372036854775807M")
+    assert out.returncode == 0 and "--mem=9223372036854775807M" in out.stdout, out.stderr
+
+
+def test_a_mem_too_large_for_bash_arithmetic_is_left_to_sbatch_not_said_too_little(slurm, tmp_path):
+    """The script's VSizeFactor check multiplied --mem's MiB by the factor in bash: past 2**63 that went negative and a
+    --mem of 9300000000000000M was refused as "too little ... (ulimit -v) -91467440737095516 MiB". Now more than the
+    node has is sbatch's to refuse, with its own message."""
+    site = tmp_path / "site"
+    site.mkdir()
+    db = tmp_path / "m.sqlite"
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", "--cpus-per-task", "1",
+               "--mem", "9300000000000000M", env=slurm.env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "too little" not in proc.stderr and "Memory specification can not be satisfied" in proc.stderr, proc.stderr
+    assert not slurm.active() and not db.exists()
+
+
+def test_a_staging_folder_on_a_full_or_read_only_file_system_is_said_before_anything_is_queued(slurm, tmp_path,
+                                                                                                 small_disk):
+    """Full, the shards' array was queued, every task failed without a log (the follower named logs that were empty)
+    and the merge never ran; read-only, the script stopped at its mkdir and `run --slurm` said "submitting the Slurm
+    jobs failed", exit 3, with `bash -x`. Now both are said with the file system's word before anything is queued:
+    exit 2, nothing submitted, no manifest, and the default staging folder made for the submission gone again."""
+    from conftest import fill
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "x.txt").write_text("x")
+    fill(small_disk)
+    for db, staging in ((small_disk / "m.sqlite", None), (tmp_path / "m.sqlite", small_disk / "st")):
+        args = ["--staging", str(staging)] if staging else []
+        proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", "--cpus-per-task", "1",
+                   *args, env=slurm.env, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "the staging folder cannot be written" in proc.stderr and "No space left on device" in proc.stderr
+        assert "nothing was submitted or committed" in proc.stderr and "chorus-slurm-" not in proc.stderr, proc.stderr
+        assert not slurm.active() and not db.exists()
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "st"]
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "2",
+                   "--staging", str(small_disk / "new"), env=slurm.env, timeout=120)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "the staging folder cannot be written" in proc.stderr and "Read-only file system" in proc.stderr, proc.stderr
+    assert not slurm.active()
+
+
 def test_an_array_sbatch_refuses_is_said_with_sbatchs_message_and_what_to_do(slurm, tmp_path):
     """More shards than the cluster's MaxArraySize (1001 by default: at most tasks 0-1000): sbatch refuses the array.
     `run --slurm` said "submitting the Slurm jobs failed (exit code 1)", exit 3, and sent the user to `bash -x`; now
