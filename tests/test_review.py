@@ -435,6 +435,20 @@ def test_history_follows_a_file_through_its_versions(reader, history):
     assert deleted["ended_by"].to_list()[-1] == "removed" and deleted["version_invalid"].to_list()[-1] == "v3"
 
 
+def test_a_path_typed_absolute_under_the_site_is_read_by_a_snapshot_folder_as_by_the_manifest(reader, history):
+    """`history /data/site/OMOP/a.csv` (and `files --path` of an absolute folder) read the site-relative path from the
+    manifest's roots; a --parquet snapshot folder, which the README says answers as the manifest does, knew no root
+    and said `no file '/data/site/...' in the manifest`. Its versions.parquet records each version's site."""
+    site = history["site"]
+    moved = sorted(history["trees"][1])[5] + ".moved"
+    assert reader.history_of(str(site / moved)).equals(reader.history(moved))
+    folder = moved.split("/")[0]
+    typed = reader.rows_under(reader.files(), str(site / folder))
+    assert typed.height and typed.equals(reader.rows_under(reader.files(), folder))
+    out = cli("history", "--db", str(history["db"] if reader.path.suffix else history["snaps"]), str(site / moved))
+    assert out.returncode == 0 and moved in out.stdout, out.stderr
+
+
 def test_sqlite_and_parquet_readers_agree(history):
     sqlite, parquet = open_manifest(history["db"]), open_manifest(history["snaps"])
     # A snapshot keeps each row's stat and last verification of that time (the manifest updates them in
