@@ -449,6 +449,23 @@ def test_a_path_typed_absolute_under_the_site_is_read_by_a_snapshot_folder_as_by
     assert out.returncode == 0 and moved in out.stdout, out.stderr
 
 
+def test_a_path_typed_absolute_under_a_copy_of_the_site_names_the_recorded_site_and_the_path_meant(history, tmp_path):
+    """A manifest read on another machine, beside a copy of the site: `history /copy/site/OMOP/a.csv` said only "no
+    file … in the manifest" (and `files --path` "paths are site-relative"), as if the file were not tracked. Now the
+    folder the manifest records its site in is named, with the site-relative path the typed one ends in."""
+    moved = sorted(history["trees"][1])[5] + ".moved"
+    copy = tmp_path / "elsewhere" / "site"
+    for db in (history["db"], history["snaps"]):
+        out = cli("history", "--db", str(db), str(copy / moved))
+        assert out.returncode == 2, out.stderr
+        assert str(history["site"]) in out.stderr and f"did you mean {moved!r}?" in out.stderr, out.stderr
+        out = cli("files", "--db", str(db), "--path", str(copy / moved.split("/")[0]))
+        assert out.returncode == 0 and f"did you mean {moved.split('/')[0]!r}?" in out.stderr, out.stderr
+        out = cli("history", "--db", str(db), str(tmp_path / "no" / "such.csv"))
+        assert out.returncode == 2 and "absolute path under none of the folders" in out.stderr, out.stderr
+        assert "did you mean" not in out.stderr
+
+
 def test_sqlite_and_parquet_readers_agree(history):
     sqlite, parquet = open_manifest(history["db"]), open_manifest(history["snaps"])
     # A snapshot keeps each row's stat and last verification of that time (the manifest updates them in
