@@ -522,6 +522,15 @@ def test_an_iso_time_in_the_basic_form_selects_a_version(reader):
         reader.resolve(at.strftime("%Y%m%d"))
     with pytest.raises(UsageError, match=r"no version '20261399' in the manifest\n"):  # (no date)
         reader.resolve("20261399")
+    # Fourteen digits that are no label, in the labels' own form (`date -u +%Y%m%d%H%M%S`), are said with the time they
+    # spell, which selects a version: "no version", with the nearest labels (the later first), was all it said.
+    typed = at.strftime("%Y%m%d%H%M%S")
+    with pytest.raises(UsageError, match=rf"as a time \(the version committed at or before it\), write it "
+                                         rf"{at.strftime('%Y-%m-%dT%H:%M:%S')}Z or {at.strftime('%Y%m%dT%H%M%S')}Z\n"):
+        reader.resolve(typed)
+    assert reader.resolve(f"{at.strftime('%Y%m%dT%H%M%S')}Z") == second["label"]
+    with pytest.raises(UsageError, match=r"no version '20261399000000' in the manifest\n"):  # (no time)
+        reader.resolve("20261399000000")
 
 
 def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
