@@ -1643,6 +1643,26 @@ def _held_in_other_versions(reader, path: str, db: str | None = None) -> str:
     return f"; {named!r} is a file of other versions ({said}): `{command}` lists them"
 
 
+def _absolute_elsewhere(reader, path: str, paths: Any) -> str:
+    """What to add where a path typed absolute named nothing because it lies under no root the manifest records (a
+    manifest or a snapshot folder copied to another machine or folder, read beside a copy of the site): the roots it
+    records, and the site-relative path the typed one ends in that `paths` (the paths asked of) hold. It was said
+    only as `no file '/copy/site/OMOP/a.csv' in the manifest`, as if the file were not tracked."""
+    relative = reader.site_relative(path)
+    if not (relative.startswith("/") or re.match(r"^[A-Za-z]:/", relative)):
+        return ""
+    roots = reader.root_locations()
+    said = (f"; it is an absolute path under none of the folders the manifest records its site in "
+            f"({', '.join(repr(root) for root in roots[:3])}{' and more' if len(roots) > 3 else ''})" if roots
+            else "; it is an absolute path, and the manifest records no folder of its site")
+    parts = [part for part in relative.split("/") if part]
+    for start in range(1, len(parts)):
+        tail = "/".join(parts[start:])
+        if paths.filter((paths == tail) | paths.str.starts_with(tail + "/")).len():
+            return said + f": paths are site-relative; did you mean {tail!r}?"
+    return said + ": paths are site-relative"
+
+
 def _say_nothing_under(reader, path: str, what: str, label: str | None = None, *, db: str | None = None) -> None:
     """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
     a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0).
@@ -1656,6 +1676,10 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None, *
     held = _held_in_other_versions(reader, path, db) if reader.latest() else ""
     if held:
         print(f"chorus-batch: {what} under {quoted(path)}{held}", file=sys.stderr)
+        return
+    elsewhere = _absolute_elsewhere(reader, path, reader.files(label)["srcfile"]) if reader.latest() else ""
+    if elsewhere:
+        print(scrub(f"chorus-batch: {what} under {quoted(path)}{elsewhere}"), file=sys.stderr)
         return
     similar = reader.similar_paths(path, folders=True, as_of=label) if reader.latest() else []  # the version asked of
     pattern = re.search(r"[*?\[]", path) is not None
@@ -1728,6 +1752,10 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         if scan_error:
             raise UsageError(f"no file {shown} in the manifest{scan_error}", where=where,
                              fix="do what the scan error says, then run again to track the file")
+        elsewhere = _absolute_elsewhere(reader, args.path, reader._paths_ever()["srcfile"])
+        if elsewhere:
+            raise UsageError(f"no file {shown} in the manifest{elsewhere}", where=where,
+                             fix="give the path relative to the site's folder, as `chorus-batch files` prints it")
         raise UsageError(f"no file {shown} in the manifest" + (
             f"; did you mean {', '.join(ascii(p) if not p.isascii() else repr(p) for p in similar)}"
             + (f" (typed: {ascii(args.path)})" if not args.path.isascii() else "") + "?" if similar else ""),

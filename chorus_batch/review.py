@@ -107,6 +107,15 @@ def share_argument(value: object, name: str) -> float:
 def _as_date(text: str) -> str:
     """What a date written without its dashes (20261205, as the labels' own digits are) means as a time: `--as-of
     20261205` was "no version '20261205'", with an example of a whole ISO time only."""
+    if len(text) == 14 and text.isascii() and text.isdigit():
+        # a time in the labels' own form (20261207000000, as `date -u +%Y%m%d%H%M%S` prints it): "no version", with
+        # the nearest labels suggested, the later one first, which is not the version that time selects
+        try:
+            moment = datetime.strptime(text, "%Y%m%d%H%M%S")
+        except ValueError:
+            return ""
+        return (f"; as a time (the version committed at or before it), write it {moment.isoformat()}Z or "
+                f"{moment.strftime('%Y%m%dT%H%M%S')}Z")
     if not (len(text) == 8 and text.isascii() and text.isdigit()):
         return ""
     try:

@@ -435,6 +435,37 @@ def test_history_follows_a_file_through_its_versions(reader, history):
     assert deleted["ended_by"].to_list()[-1] == "removed" and deleted["version_invalid"].to_list()[-1] == "v3"
 
 
+def test_a_path_typed_absolute_under_the_site_is_read_by_a_snapshot_folder_as_by_the_manifest(reader, history):
+    """`history /data/site/OMOP/a.csv` (and `files --path` of an absolute folder) read the site-relative path from the
+    manifest's roots; a --parquet snapshot folder, which the README says answers as the manifest does, knew no root
+    and said `no file '/data/site/...' in the manifest`. Its versions.parquet records each version's site."""
+    site = history["site"]
+    moved = sorted(history["trees"][1])[5] + ".moved"
+    assert reader.history_of(str(site / moved)).equals(reader.history(moved))
+    folder = moved.split("/")[0]
+    typed = reader.rows_under(reader.files(), str(site / folder))
+    assert typed.height and typed.equals(reader.rows_under(reader.files(), folder))
+    out = cli("history", "--db", str(history["db"] if reader.path.suffix else history["snaps"]), str(site / moved))
+    assert out.returncode == 0 and moved in out.stdout, out.stderr
+
+
+def test_a_path_typed_absolute_under_a_copy_of_the_site_names_the_recorded_site_and_the_path_meant(history, tmp_path):
+    """A manifest read on another machine, beside a copy of the site: `history /copy/site/OMOP/a.csv` said only "no
+    file … in the manifest" (and `files --path` "paths are site-relative"), as if the file were not tracked. Now the
+    folder the manifest records its site in is named, with the site-relative path the typed one ends in."""
+    moved = sorted(history["trees"][1])[5] + ".moved"
+    copy = tmp_path / "elsewhere" / "site"
+    for db in (history["db"], history["snaps"]):
+        out = cli("history", "--db", str(db), str(copy / moved))
+        assert out.returncode == 2, out.stderr
+        assert str(history["site"]) in out.stderr and f"did you mean {moved!r}?" in out.stderr, out.stderr
+        out = cli("files", "--db", str(db), "--path", str(copy / moved.split("/")[0]))
+        assert out.returncode == 0 and f"did you mean {moved.split('/')[0]!r}?" in out.stderr, out.stderr
+        out = cli("history", "--db", str(db), str(tmp_path / "no" / "such.csv"))
+        assert out.returncode == 2 and "absolute path under none of the folders" in out.stderr, out.stderr
+        assert "did you mean" not in out.stderr
+
+
 def test_sqlite_and_parquet_readers_agree(history):
     sqlite, parquet = open_manifest(history["db"]), open_manifest(history["snaps"])
     # A snapshot keeps each row's stat and last verification of that time (the manifest updates them in
@@ -491,6 +522,15 @@ def test_an_iso_time_in_the_basic_form_selects_a_version(reader):
         reader.resolve(at.strftime("%Y%m%d"))
     with pytest.raises(UsageError, match=r"no version '20261399' in the manifest\n"):  # (no date)
         reader.resolve("20261399")
+    # Fourteen digits that are no label, in the labels' own form (`date -u +%Y%m%d%H%M%S`), are said with the time they
+    # spell, which selects a version: "no version", with the nearest labels (the later first), was all it said.
+    typed = at.strftime("%Y%m%d%H%M%S")
+    with pytest.raises(UsageError, match=rf"as a time \(the version committed at or before it\), write it "
+                                         rf"{at.strftime('%Y-%m-%dT%H:%M:%S')}Z or {at.strftime('%Y%m%dT%H%M%S')}Z\n"):
+        reader.resolve(typed)
+    assert reader.resolve(f"{at.strftime('%Y%m%dT%H%M%S')}Z") == second["label"]
+    with pytest.raises(UsageError, match=r"no version '20261399000000' in the manifest\n"):  # (no time)
+        reader.resolve("20261399000000")
 
 
 def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):

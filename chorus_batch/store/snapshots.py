@@ -478,6 +478,15 @@ class ParquetReader(ManifestReader):
         except OSError:  # a name too long, for one: no such version
             return False
 
+    def root_locations(self) -> list[str]:
+        """The sites versions.parquet records (each version's, as the manifest records them: the absolute POSIX path, or
+        a URL, left out as the SQLite reader leaves it out): a path typed absolute under one is read site-relative, as
+        the manifest reads it. It knew none, and `history /data/site/OMOP/a.csv` said no such file."""
+        versions = self.versions()
+        if "site" not in versions.columns:  # (an older release's folder: no versions.parquet)
+            return []
+        return [site for site in versions["site"].drop_nulls().unique(maintain_order=True).to_list() if "://" not in site]
+
     def _part(self, label: str, name: str) -> Path:
         return self.path / f"version={label}" / f"{name}.parquet"
 
