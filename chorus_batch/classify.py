@@ -146,7 +146,7 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
 
 # Bumped when classification changes other than through the patterns (what a group means, how a
 # category is spelled): the manifest's current rows are then classified again (commit.py).
-CLASSIFY_LOGIC = 5
+CLASSIFY_LOGIC = 6
 
 
 def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
