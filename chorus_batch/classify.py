@@ -146,7 +146,7 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
 
 # Bumped when classification changes other than through the patterns (what a group means, how a
 # category is spelled): the manifest's current rows are then classified again (commit.py).
-CLASSIFY_LOGIC = 5
+CLASSIFY_LOGIC = 6
 
 
 def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
@@ -297,7 +297,14 @@ def _fallback(srcfile: pl.Expr, patterns: tuple[PathPattern, ...] = DEFAULT_PATT
         .when(down.is_not_null() & (n_parts > 3))
         .then(fmt("{}/ lies two folders down, in {}/{}/: expected <person_id>/{}/ at the site root", third, first,
                   parts.list.get(1, null_on_oob=True), down))
-        .otherwise(fmt("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
+        # a file directly in a top folder, or a second folder that is not Waveforms/ or Images/ (1001/notes.txt,
+        # 1001/Waveform/...): "folder 1001/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/" sent the user to
+        # rename a person folder that was right, when the file or the folder below it was out of place
+        .when(n_parts == 2)
+        .then(fmt("file {} lies directly in folder {}/: expected it in OMOP/, Metadata/ or <person_id>/Waveforms|Images/ "
+                  "(a person folder holds only those two folders)", parts.list.get(1, null_on_oob=True), first))
+        .otherwise(fmt("folder {}/{}/ is not <person_id>/Waveforms/ or <person_id>/Images/, nor is folder {}/ OMOP/ or "
+                       "Metadata/", first, parts.list.get(1, null_on_oob=True), first))
     )
     return modality, person, reason
 

@@ -316,7 +316,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     refused = None
     try:
         guard_removals(tree, scanned.roots, counts["removed"] - left_out.len(), root_ids, max_delete=max_delete,
-                       mode=mode, same_roots=same, dropped=dropped)
+                       mode=mode, same_roots=same, dropped=dropped,
+                       excluded_removed=int(scanned.excluded.get("removed", 0)), n_excluded=scanned.n_excluded)
     except MassRemovalRefused as exc:
         if not dry_run:
             raise
@@ -645,7 +646,8 @@ def _root_where(location: str, modality: str | None) -> str:
 
 def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: int, root_ids: dict[int, int], *,
                    max_delete: str | int, mode: str, same_roots: dict[int, set[int]] | None = None,
-                   dropped: list[tuple[str, str | None, int]] | None = None) -> None:
+                   dropped: list[tuple[str, str | None, int]] | None = None, excluded_removed: int = 0,
+                   n_excluded: int = 0) -> None:
     """Refuse a version that removes more of the previous version's files than `max_delete` allows, or
     (full mode) one where a root that held files lists none: an unmounted file system, not a deletion; or one that
     removes every file of a root it was not given (`dropped`: _dropped_roots).
@@ -672,7 +674,15 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     limit_text = (files(int(limit)) if kind == "count" else f"{limit:g}% of them, {files(int(allowed))}")
     dropped = [] if empty else (dropped or [])
     dropped_where = [_root_where(location, modality) for location, modality, _n in dropped]
-    if empty:
+    # the root listed files, and the exclusion globs left every one out (an --exclude '?*' or '[0-9]*' with 'OMOP'):
+    # said as a root that lists no files at all, with "check that each root named is mounted", of a root that was
+    # (and a share over --max-delete that the globs alone remove was told "check that the site is mounted")
+    by_globs = n_excluded > 0 and excluded_removed >= n_removed > 0
+    excluded_all = bool(empty) and by_globs
+    if excluded_all:
+        why = (f"the exclusion globs leave out every file {named('root', empty)} {'lists' if len(empty) == 1 else 'list'} "
+               f"({files(n_excluded)} excluded), and the previous version had files there")
+    elif empty:
         why = (f"{named('root', empty)} {'lists' if len(empty) == 1 else 'list'} no files at all, though the previous "
                "version had files there")
     elif dropped:
@@ -682,19 +692,25 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
                                                       for where, (_l, _m, n) in zip(dropped_where, dropped)))
     else:
         why = (f"the run would remove {share}, more than --max-delete / max_delete {max_delete} allows "
-               f"({limit_text})")
+               f"({limit_text})" + (", each a file the exclusion globs now leave out" if by_globs else ""))
     raise MassRemovalRefused(
         f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if empty or dropped else ""),
-        where=", ".join(empty_where or dropped_where) if empty or dropped else "--max-delete / max_delete in [run]",
+        where="--exclude / exclude in [run]" if excluded_all or (by_globs and not dropped)
+        else ", ".join(empty_where or dropped_where) if empty or dropped else "--max-delete / max_delete in [run]",
         # a root that lists nothing passes only `all` (a larger share or count still refused it: the fix said otherwise)
-        fix=("check that each root named is mounted and complete; if all of its files were really removed, run again "
+        fix=("check the exclusion globs (the summary of `chorus-batch status` names what each leaves out); if those "
+             "files are meant to leave the version, run again with --max-delete all") if excluded_all else
+            ("check that each root named is mounted and complete; if all of its files were really removed, run again "
              "with --max-delete all (a larger percentage or number of files does not pass a root that lists nothing)")
             if empty else
             ("give the run that root again (its [site.roots] line in the chorus.toml the run reads, --config with the "
              "file that has it, or --site); if its files were really all removed, or the root given up, run again "
              "with --max-delete all")
-            if dropped else "check that the site is mounted and complete; if the removals are real, run again with "
-                          "--max-delete all (or a larger percentage such as 80%, or number of files such as 1000)")
+            if dropped else
+            ("check the exclusion globs (the summary of `chorus-batch status` names what each leaves out); if those files "
+             "are meant to leave the version, run again with --max-delete all") if by_globs else
+            ("check that the site is mounted and complete; if the removals are real, run again with "
+                          "--max-delete all (or a larger percentage such as 80%, or number of files such as 1000)"))
 
 
 def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:

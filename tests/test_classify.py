@@ -156,6 +156,12 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         ("000123/Waveforms/EEG/EEG_1.edf", "lies directly in Waveforms/EEG/, not in a session folder"),
         ("000123/Images/x.dcm", "fits no Images layout"),
         ("000123/Notes/n.txt", "folder 000123/"),
+        # a file directly in a person folder, a misspelt modality folder: "folder 000123/ is not OMOP/, Metadata/ or
+        # <person_id>/Waveforms|Images/" blamed the person folder, not the file or the folder below it
+        ("000123/notes.txt", "file notes.txt lies directly in folder 000123/: expected it in OMOP/, Metadata/ or "
+                             "<person_id>/Waveforms|Images/"),
+        ("000123/Waveform/Telemetry/9/9.hea", "folder 000123/Waveform/ is not <person_id>/Waveforms/ or "
+                                              "<person_id>/Images/, nor is folder 000123/ OMOP/ or Metadata/"),
         # a line break in the name, not the folder (it was "folder OMOP/ is not OMOP/, ...")
         ("OMOP/a\nb.csv", "the path holds a control character"),
         ("Meta\tdata/a.md", "the path holds a control character"),

@@ -276,3 +276,28 @@ def test_a_user_glob_that_matches_nothing_is_said(site, db, tmp_path):
     text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--dry-run", "--exclude", "scratch/x*")
     assert "warning: --exclude/exclude 'scratch/x*' matched no file" in text.stdout, text.stdout
     assert merge_counts([{"unmatched": ["a", "b"]}, {"unmatched": ["b"]}])["unmatched"] == ["b"]
+
+
+def test_globs_that_leave_out_every_recorded_file_are_named_in_the_refusal(site, db):
+    """An --exclude that leaves out every file the site lists ('?*' passes the up-front check, which knows only '*'
+    and its like) was refused as "root ... lists no files at all ... check that each root named is mounted", of a
+    root that listed every file; a glob removing more than --max-delete allows, as "check that the site is mounted"."""
+    for rel in ["OMOP/person.csv", "1001/a.txt", "1001/b.txt", "1002/c.txt"]:
+        write(site, rel)
+    _run(site, db)
+    every = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "?*")
+    assert every.returncode == 5, every.stdout + every.stderr
+    assert "lists no files at all" not in every.stderr and "mounted" not in every.stderr, every.stderr
+    assert "the exclusion globs leave out every file root" in every.stderr, every.stderr
+    assert "where: --exclude / exclude in [run]" in every.stderr and "--max-delete all" in every.stderr
+    most = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "[0-9]*")
+    assert most.returncode == 5, most.stdout + most.stderr
+    assert "mounted" not in most.stderr and "each a file the exclusion globs now leave out" in most.stderr, most.stderr
+    assert _hashed_paths(db) == {"OMOP/person.csv", "1001/a.txt", "1001/b.txt", "1002/c.txt"}  # nothing committed
+    gone = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "1001", "--max-delete", "0")
+    assert gone.returncode == 5 and "each a file the exclusion globs" in gone.stderr
+    # files really gone from a root that lists nothing are still told to check the mount
+    for rel in ["OMOP/person.csv", "1001/a.txt", "1001/b.txt", "1002/c.txt"]:
+        (site / rel).unlink()
+    empty = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "?*")
+    assert "lists no files at all" in empty.stderr and "mounted" in empty.stderr, empty.stderr
