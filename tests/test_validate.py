@@ -1459,7 +1459,8 @@ def test_an_edfs_signals_are_told_against_the_mapping_as_a_wfdb_records_are(clea
     write(clean, EDF, sitegen.edf_bytes(start, signals=[("FP1", "uV", 256), ("V", "\u00b5V", 256), ("II", "mV", 128),
                                                         ("EDF Annotations", "", 60)]))
     bdf = f"{P1}/Waveforms/EEG/900556/900556.bdf"
-    write(clean, bdf, b"\xffBIOSEMI" + sitegen.edf_bytes(start, signals=[("C3", "uV", 256)])[8:])
+    edf = sitegen.edf_bytes(start, signals=[("C3", "uV", 256)])
+    write(clean, bdf, b"\xffBIOSEMI" + edf[8:] + bytes((len(edf) - 512) // 2))  # (3 bytes a sample: the file's size)
     out = validate(clean).filter(pl.col("rule").str.starts_with("wfdb."))
     told = {(r, s): m for r, s, m in out.select("rule", "srcfile", "message").rows()}
     assert told == {
@@ -1493,6 +1494,32 @@ def test_an_edf_cut_inside_its_signal_header_is_told_so_where_it_is_hashed_too(t
     cut = json.loads(source.hash_file("cut.edf", bytearray(READ_SIZE), parser(KIND_EDF)).facts)
     assert cut == {"error": "the file is 700 bytes, cut inside its header of 1024 bytes (256 + 256 for each of its 3 "
                             "signals): the copy is cut (an interrupted copy?); copy the file again"}
+
+
+def test_an_edf_cut_inside_its_data_records_is_told_by_its_size(clean):
+    """The EDF reader reads the header only, which a copy cut inside its data records (most of an EDF's bytes) keeps
+    whole: it passed. The header gives the file's size (its length + data records x the bytes each holds, 2 a sample,
+    3 in BDF), compared with the size recorded, never reading the data; one with bytes after its records is told too."""
+    start = datetime(2024, 1, 2, 3, 4, 5)
+    data = sitegen.edf_bytes(start, signals=EDF_SIGNALS, seconds=10)  # 1024 + 10 x (256 + 256 + 60) x 2
+    assert len(data) == 12464
+    write(clean, EDF, data[:5000])
+    longer = f"{P1}/Waveforms/EEG/900556/900556.edf"
+    write(clean, longer, data + b"\0" * 10)
+    bdf = f"{P1}/Waveforms/EEG/900557/900557.bdf"
+    bdf_data = b"\xffBIOSEMI" + data[8:1024] + bytes(10 * 572 * 3)
+    write(clean, bdf, bdf_data)  # whole: 3 bytes a sample
+    write(clean, f"{P1}/Waveforms/EEG/900558/900558.bdf", bdf_data[:-1])
+    out = validate(clean).filter(pl.col("rule") == "wfdb.dat_size")
+    assert dict(out.select("srcfile", "message").rows()) == {
+        EDF: "5000 bytes, but its EDF header implies 12464 (its length and its number of data records x the bytes each "
+        "holds): the file is cut inside its data records (an interrupted copy?); copy it again",
+        longer: "12474 bytes, but its EDF header implies 12464 (its length and its number of data records x the bytes "
+        "each holds): bytes follow its last data record (or the header's number of data records is wrong); re-export "
+        "the recording",
+        f"{P1}/Waveforms/EEG/900558/900558.bdf": "18183 bytes, but its EDF header implies 18184 (its length and its "
+        "number of data records x the bytes each holds): the file is cut inside its data records (an interrupted "
+        "copy?); copy it again"}
 
 
 def test_a_readiness_md_without_a_checklist_is_told(clean):

@@ -1254,10 +1254,19 @@ def _edf_facts(f) -> dict[str, Any]:
         duration = int(records) * float(seconds) if int(records) >= 0 else None  # (-1: still being recorded)
     except ValueError:
         duration = None
+    signals, per_record = _edf_signals(f, text, seconds)
+    # The file's size as the header gives it (EDF spec: the header, then the data records, each holding every signal's
+    # samples per data record as 2-byte integers, 3-byte in BDF): a copy cut inside its data records (most of an
+    # EDF's bytes) read as whole (the header alone reads well). Not where the number of data records is -1 (still
+    # being recorded) or not a number: only the file's size is asked, never its data.
+    size = 256 + 256 * len(signals) + int(records) * per_record * (3 if head[:1] == b"\xff" else 2) \
+        if records.isdigit() and per_record is not None else None
+    if size is not None and size >= 1 << 63:  # (digits no file has: the size is the header's nonsense, not kept)
+        size = None
     return {"start_date": start.date().isoformat() if known else None,
             "start_time": start.time().isoformat() if known else None,
             "duration_s": duration, "edf_plus": edf_plus,
-            "signals": _edf_signals(f, text, seconds)}
+            "signals": signals, "implied_size": size}
 
 
 # The EDF spec's widths of a signal's fields, each written for all ns signals in turn
@@ -1265,11 +1274,12 @@ _EDF_SIGNAL_FIELDS = (("label", 16), ("transducer", 80), ("units", 8), ("physica
                       ("digital_min", 8), ("digital_max", 8), ("prefiltering", 80), ("samples", 8), ("reserved", 32))
 
 
-def _edf_signals(f, text: str, seconds: str) -> list[dict[str, Any]]:
+def _edf_signals(f, text: str, seconds: str) -> tuple[list[dict[str, Any]], int | None]:
     """The signals of an EDF header's ns x 256 bytes after its fixed 256 (`text`: the fixed header after its version):
     label, physical dimension (units) and sampling rate (samples per data record / the record's duration; None where
     the duration is 0, as an annotations-only EDF+ file may have). The signal header is ASCII; one written in Latin-1
-    ("µV") is read so rather than refused: the start time before it is good."""
+    ("µV") is read so rather than refused: the start time before it is good. With them, the samples a data record
+    holds (of all signals; None where one signal's number is not an integer)."""
     n_field, bytes_field = text[244:248].strip(), text[176:184].strip()
     if not n_field.isdigit():
         raise BadContent(f"the header's number of signals is {n_field!r}, not an integer; {_EDF_FIX}")
@@ -1296,7 +1306,8 @@ def _edf_signals(f, text: str, seconds: str) -> list[dict[str, Any]]:
         samples = cells["samples"][i]
         rate = int(samples) / duration if samples.isdigit() and duration > 0 else None
         signals.append({"label": cells["label"][i], "units": cells["units"][i], "fs": rate})
-    return signals
+    counts = cells["samples"]
+    return signals, sum(map(int, counts)) if all(n.isdigit() for n in counts) else None
 
 
 _LINE_END = re.compile(rb"\r\n?|\n")

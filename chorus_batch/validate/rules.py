@@ -224,7 +224,9 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v9", "records.v4"
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
 # it, is an error (v1: read only the fixed 256 bytes, and mapped no EDF signal)
-KIND_EDF = "edf_header.v2"
+# edf_header.v3 also keeps the size the header gives the file (its length + data records x bytes per record: implied_size):
+# a copy cut inside its data records, whose header reads well, passed (wfdb.dat_size tells it now)
+KIND_EDF = "edf_header.v3"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
 # v5 also each visit's start and end (registry.visit_time)
@@ -385,7 +387,8 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
          "A signal file named in a WFDB header is not in the header's folder."),
     Rule("wfdb.dat_size", "error", "WFDB signal file has the wrong size",
-         "A signal file's size differs from what its header implies (byte offset + samples x bytes per sample)."),
+         "A signal file's size differs from what its header implies (byte offset + samples x bytes per sample); so "
+         "does an EDF (BDF) file's from its header's (header bytes + data records x bytes per data record)."),
     Rule("wfdb.unreferenced_dat", "warning", "WFDB signal file not in any header",
          "A .dat file lies in a folder of WFDB headers but none of them names it."),
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
