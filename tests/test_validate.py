@@ -1119,7 +1119,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v9", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
-                                 "mapping_csv.v5", "registry_csv.v12", "omop_procedures.v5"}
+                                 "mapping_csv.v6", "registry_csv.v13", "omop_procedures.v5"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1230,9 +1230,9 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
     ("omop_person.v4", "OMOP/person.csv", "person_id,note\n000001,a\n"),
     ("omop_procedures.v5", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
-    ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv",
+    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v12", "image_registry.csv",
+    ("registry_csv.v13", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1329,8 +1329,30 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv"),
-                                        ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv")])
+@pytest.mark.parametrize("kind, name, body, where", [
+    ("registry_csv.v13", "image_registry.csv",
+     "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+     "1,2,000777,g,5,2024-01-01 00:00:00,a.dcm,x.dcm\n\x002,2,000777,g,5,2024-01-01 00:00:00,b.dcm,y\x00.dcm\n",
+     "row 3, counting the header row as 1, column file_id"),
+    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv",
+     "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250\x00,uV,t\n",
+     "row 2, counting the header row as 1, column sampling_rate"),
+])
+def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_row(tmp_path, kind, name, body, where):
+    """A registry or mapping file is read whole; pyarrow reads a NUL byte as any other character, so one in a row that
+    parses was taken into the values: a registry id '\\x002' was told "not an integer", with nothing of the NUL bytes
+    (only zeros that broke the parse were told). Told now as NUL bytes, with the first's row and column, never its value."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, name, body)
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert error.startswith(f"the file holds NUL bytes, which CSV text never does (the first in {where}): "), error
+    assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
+
+
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v13", "image_registry.csv"),
+                                        ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
     person ids and values of a registry or table row went into the finding, stored in the manifest and reports."""
@@ -1345,7 +1367,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v13", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1360,8 +1382,8 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v12", "image_registry.csv", "src_file (column 7)"),
-    ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("registry_csv.v13", "image_registry.csv", "src_file (column 7)"),
+    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v4", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
@@ -1369,9 +1391,9 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v12": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v13": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
-            "mapping_csv.v5": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+            "mapping_csv.v6": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
             "omop_person.v4": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
@@ -1383,8 +1405,8 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v4", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v7", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
-    ("mapping_csv.v5", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v12", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("mapping_csv.v6", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
+    ("registry_csv.v13", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1950,8 +1972,8 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v12", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
-    ("mapping_csv.v5", "signal_id,standardized_label,sampling_rate,units,units"),
+    ("registry_csv.v13", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("mapping_csv.v6", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
     """A registry or mapping file naming a column twice was 'cannot parse the file (DuplicateError: ...)'."""

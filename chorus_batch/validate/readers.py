@@ -1008,6 +1008,11 @@ def _table(f):
         raise BadContent(_arrow_failure(exc, gate, 1 << 20, raw)) from None
     finally:
         gate.close()
+    if gate.nul:
+        # pyarrow reads a NUL byte as any other character: in rows that parse (the zeros of a copy that did not finish,
+        # one in a value: "\x001"), the registry's values were taken as written, told as other faults (a registry id
+        # "not an integer", a trg_file naming no file) with nothing of the NUL bytes
+        raise BadContent(_nul_where(table, facts["columns"]))
     # Column by column, each let go once taken: a registry of a million rows held it as Arrow, as a frame and as the
     # frame stripped at once (610 MiB of the reader's 773 before its facts were taken)
     stripped = []
@@ -1519,6 +1524,22 @@ TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data
 # wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|so that the header row comes first|write the names without quotes|name every column|keep one column of each name|copy or export the (file|table) "
               r"again|copy the file again|copy it again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
+
+
+def _nul_where(table: Any, columns: list[str]) -> str:
+    """NUL_REASON naming the first row (counted as pyarrow counts them: the header row is row 1) and the column of
+    a table whose values hold a NUL byte, never the value."""
+    import pyarrow.compute as pc
+
+    first = None
+    for k in range(table.num_columns):
+        at = pc.index(pc.fill_null(pc.match_substring(table.column(k), "\0"), False), True).as_py()
+        if at >= 0 and (first is None or at < first[0]):
+            first = (at, k)
+    if first is None:  # (in a line pyarrow passes over: an empty one)
+        return NUL_REASON
+    return NUL_REASON.replace("never does:", f"never does (the first in row {first[0] + 2}, counting the header row as "
+                              f"1, column {columns[first[1]]}):", 1)
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:

@@ -267,7 +267,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v4
 # metadata_md.v4 also reads SUBMISSION.md's table of variables (Variable name | Description | Data type | Unit): how many
 # it describes and the answers its rows leave out (metadata.submission_answers)
 # metadata_md.v5 also notes whether the text speaks of the first or last sample (a stream-based submission's times)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v5", "registry_csv.v12"
+# mapping_csv.v6 and registry_csv.v13 tell NUL bytes in rows that parse (the first's row and column); v5, v12 took the
+# values holding them as written (a registry id "not an integer", a trg_file naming no file)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v6", "registry_csv.v13"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
