@@ -1052,7 +1052,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v7", "dicom.v9", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v7", "dicom.v10", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1100,6 +1100,41 @@ def test_dicom_is_read_without_its_pixel_data(clean):
     assert "the file ends inside its pixel data" in facts["facts"][0]
 
 
+def test_a_dicom_writing_image_attributes_after_its_pixel_data_is_told_so_not_as_lacking_them():
+    """A header is read up to the pixel data, where DICOM's ascending tag order puts them after every other element: a
+    file writing Rows, Columns... (0028,xxxx) after them was told as lacking them (dicom.recommended), though it holds
+    them. Told as out of order now (the 4 bytes after the pixel data read, never the pixels)."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from chorus_batch.validate.readers import parse_facts
+    from chorus_batch.validate.rules import KIND_DICOM
+
+    data = dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500", size=8)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    image = [e for e in ds if e.tag.group == 0x0028]
+    assert image and all(e.tag < 0x7FE00010 for e in image)
+    pixels_at = data.rindex(b"\xe0\x7f\x10\x00")  # (the pixel data element, the last)
+    moved = pydicom.Dataset()
+    for element in image:
+        moved.add(element)
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, ds.original_encoding[0]
+    write_dataset(out, moved)
+    image_bytes = out.getvalue()
+    assert image_bytes in data[:pixels_at]
+    reordered = data[:pixels_at].replace(image_bytes, b"") + data[pixels_at:] + image_bytes
+    assert pydicom.dcmread(io.BytesIO(reordered)).Rows == ds.Rows  # (pydicom reads the whole file so)
+    facts = parse_facts(KIND_DICOM, io.BytesIO(reordered))
+    assert facts["error"] == (f"its elements are out of order: ({image[0].tag.group:04X},{image[0].tag.element:04X}) "
+                              "follows the pixel data (7FE0,0010), where DICOM keeps a data set's elements in ascending "
+                              "tag order and readers of its header stop: export the image again with a DICOM writer")
+    # zeros after the pixel data (padding a writer left): no element, nothing told
+    assert "error" not in parse_facts(KIND_DICOM, io.BytesIO(data + bytes(16)))
+    assert "error" not in parse_facts(KIND_DICOM, io.BytesIO(data))
+
+
 class Recording(LocalSource):
     def __init__(self, root):
         super().__init__(root)
@@ -1118,7 +1153,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v9", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v10", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
                                  "mapping_csv.v6", "registry_csv.v13", "omop_procedures.v5"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1126,7 +1161,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v9"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v10"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 

@@ -475,8 +475,11 @@ def _dicom_facts(f) -> dict[str, Any]:
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)
     # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
-    pixels = pixels_at[0] if walked else pixel_data_at(head) or stopped_at
+    little = pixels_at[0] if walked else pixel_data_at(head)  # (little-endian: where these walks found them)
+    pixels = little or stopped_at
     _pixels_whole(head, f, pixels)
+    if little is not None and little[1] != UNDEFINED_LENGTH:
+        _nothing_after_pixels(head, f, sum(little))
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
     facts = {key: text for key, tag in _DICOM_TAGS.items()
@@ -685,6 +688,18 @@ def _pixels_whole(head: bytes, f, at: tuple[int, int] | None) -> None:
     if size < sum(at):
         raise BadContent(f"{PIXELS_CUT}: {size:,} bytes, but its header puts the pixel data's end at byte "
                          f"{sum(at):,} (an interrupted copy?): copy the file again")
+
+
+def _nothing_after_pixels(head: bytes, f, end: int) -> None:
+    """BadContent when an element of a group before the pixel data's follows them at `end` (little-endian). DICOM keeps
+    a data set's elements in ascending tag order, and a header is read up to the pixel data: a file writing its image
+    attributes (0028,xxxx: Rows, Columns...) after them was told as lacking them, though it holds them."""
+    after = head[end: end + 4] if end + 4 <= len(head) else (f.seek(end), _read_up_to(f, 4))[1]
+    if len(after) == 4 and 0x0008 <= (group := int.from_bytes(after[:2], "little")) < 0x7FE0:  # (not zeros)
+        element = int.from_bytes(after[2:4], "little")
+        raise BadContent(f"its elements are out of order: ({group:04X},{element:04X}) follows the pixel data "
+                         "(7FE0,0010), where DICOM keeps a data set's elements in ascending tag order and readers of "
+                         "its header stop: export the image again with a DICOM writer")
 
 
 class _Truncated(Exception):
