@@ -699,7 +699,7 @@ def _nothing_after_pixels(head: bytes, f, end: int) -> None:
         element = int.from_bytes(after[2:4], "little")
         raise BadContent(f"its elements are out of order: ({group:04X},{element:04X}) follows the pixel data "
                          "(7FE0,0010), where DICOM keeps a data set's elements in ascending tag order and readers of "
-                         "its header stop: export the image again with a DICOM writer")
+                         "its header stop")
 
 
 class _Truncated(Exception):
