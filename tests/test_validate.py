@@ -1130,6 +1130,9 @@ def test_a_dicom_writing_image_attributes_after_its_pixel_data_is_told_so_not_as
     assert facts["error"] == (f"its elements are out of order: ({image[0].tag.group:04X},{image[0].tag.element:04X}) "
                               "follows the pixel data (7FE0,0010), where DICOM keeps a data set's elements in ascending "
                               "tag order and readers of its header stop")
+    # (a file written without its preamble: 'DICM' at byte 0, told so, not as having no 'DICM' prefix)
+    assert parse_facts(KIND_DICOM, io.BytesIO(data[128:]))["error"] == (
+        "not a DICOM Part 10 file: it begins with 'DICM', without the 128-byte preamble that comes before it")
     # zeros after the pixel data (padding a writer left): no element, nothing told
     assert "error" not in parse_facts(KIND_DICOM, io.BytesIO(data + bytes(16)))
     assert "error" not in parse_facts(KIND_DICOM, io.BytesIO(data))

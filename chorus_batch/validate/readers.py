@@ -456,6 +456,9 @@ def _dicom_facts(f) -> dict[str, Any]:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_DICOM_TAG_LIST)
         except InvalidDicomError:
+            if head.startswith(b"DICM"):  # (a writer that left out the preamble: 'DICM' at byte 0, not 128)
+                raise BadContent("not a DICOM Part 10 file: it begins with 'DICM', without the 128-byte preamble that "
+                                 "comes before it") from None
             raise BadContent("not a DICOM Part 10 file (no 'DICM' prefix and File Meta Information)") from None
         except zlib.error as exc:  # a deflated data set (inflated whole by dcmread): cut short, or damaged
             if "incomplete or truncated" in str(exc):

@@ -220,6 +220,7 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v9 reads a deflated data set as far as its header (v8: inflated whole by dcmread), and tells one that inflates
 # whole short of its pixel data's end (v8: read as a whole image)
 # dicom.v10 tells elements of a group before the pixel data's that follow them (v9: not read, told as lacking)
+# and a file beginning with 'DICM' without the preamble as such (v9: as having no 'DICM' prefix)
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v10", "records.v4"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
