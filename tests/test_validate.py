@@ -1052,7 +1052,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v7", "dicom.v9", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v7", "dicom.v10", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1100,6 +1100,44 @@ def test_dicom_is_read_without_its_pixel_data(clean):
     assert "the file ends inside its pixel data" in facts["facts"][0]
 
 
+def test_a_dicom_writing_image_attributes_after_its_pixel_data_is_told_so_not_as_lacking_them():
+    """A header is read up to the pixel data, where DICOM's ascending tag order puts them after every other element: a
+    file writing Rows, Columns... (0028,xxxx) after them was told as lacking them (dicom.recommended), though it holds
+    them. Told as out of order now (the 4 bytes after the pixel data read, never the pixels)."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from chorus_batch.validate.readers import parse_facts
+    from chorus_batch.validate.rules import KIND_DICOM
+
+    data = dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500", size=8)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    image = [e for e in ds if e.tag.group == 0x0028]
+    assert image and all(e.tag < 0x7FE00010 for e in image)
+    pixels_at = data.rindex(b"\xe0\x7f\x10\x00")  # (the pixel data element, the last)
+    moved = pydicom.Dataset()
+    for element in image:
+        moved.add(element)
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, ds.original_encoding[0]
+    write_dataset(out, moved)
+    image_bytes = out.getvalue()
+    assert image_bytes in data[:pixels_at]
+    reordered = data[:pixels_at].replace(image_bytes, b"") + data[pixels_at:] + image_bytes
+    assert pydicom.dcmread(io.BytesIO(reordered)).Rows == ds.Rows  # (pydicom reads the whole file so)
+    facts = parse_facts(KIND_DICOM, io.BytesIO(reordered))
+    assert facts["error"] == (f"its elements are out of order: ({image[0].tag.group:04X},{image[0].tag.element:04X}) "
+                              "follows the pixel data (7FE0,0010), where DICOM keeps a data set's elements in ascending "
+                              "tag order and readers of its header stop")
+    # (a file written without its preamble: 'DICM' at byte 0, told so, not as having no 'DICM' prefix)
+    assert parse_facts(KIND_DICOM, io.BytesIO(data[128:]))["error"] == (
+        "not a DICOM Part 10 file: it begins with 'DICM', without the 128-byte preamble that comes before it")
+    # zeros after the pixel data (padding a writer left): no element, nothing told
+    assert "error" not in parse_facts(KIND_DICOM, io.BytesIO(data + bytes(16)))
+    assert "error" not in parse_facts(KIND_DICOM, io.BytesIO(data))
+
+
 class Recording(LocalSource):
     def __init__(self, root):
         super().__init__(root)
@@ -1118,15 +1156,15 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v9", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
-                                 "mapping_csv.v5", "registry_csv.v12", "omop_procedures.v5"}
+    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v10", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
+                                 "mapping_csv.v6", "registry_csv.v13", "omop_procedures.v5"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v9"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v10"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -1230,9 +1268,9 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
     ("omop_person.v4", "OMOP/person.csv", "person_id,note\n000001,a\n"),
     ("omop_procedures.v5", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
-    ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv",
+    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v12", "image_registry.csv",
+    ("registry_csv.v13", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1329,8 +1367,30 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv"),
-                                        ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv")])
+@pytest.mark.parametrize("kind, name, body, where", [
+    ("registry_csv.v13", "image_registry.csv",
+     "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+     "1,2,000777,g,5,2024-01-01 00:00:00,a.dcm,x.dcm\n\x002,2,000777,g,5,2024-01-01 00:00:00,b.dcm,y\x00.dcm\n",
+     "row 3, counting the header row as 1, column file_id"),
+    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv",
+     "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250\x00,uV,t\n",
+     "row 2, counting the header row as 1, column sampling_rate"),
+])
+def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_row(tmp_path, kind, name, body, where):
+    """A registry or mapping file is read whole; pyarrow reads a NUL byte as any other character, so one in a row that
+    parses was taken into the values: a registry id '\\x002' was told "not an integer", with nothing of the NUL bytes
+    (only zeros that broke the parse were told). Told now as NUL bytes, with the first's row and column, never its value."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, name, body)
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert error.startswith(f"the file holds NUL bytes, which CSV text never does (the first in {where}): "), error
+    assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
+
+
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v13", "image_registry.csv"),
+                                        ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
     person ids and values of a registry or table row went into the finding, stored in the manifest and reports."""
@@ -1345,7 +1405,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v13", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1360,8 +1420,8 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v12", "image_registry.csv", "src_file (column 7)"),
-    ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("registry_csv.v13", "image_registry.csv", "src_file (column 7)"),
+    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v4", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
@@ -1369,9 +1429,9 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v12": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v13": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
-            "mapping_csv.v5": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+            "mapping_csv.v6": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
             "omop_person.v4": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
@@ -1383,8 +1443,8 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v4", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v7", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
-    ("mapping_csv.v5", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v12", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("mapping_csv.v6", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
+    ("registry_csv.v13", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1459,7 +1519,8 @@ def test_an_edfs_signals_are_told_against_the_mapping_as_a_wfdb_records_are(clea
     write(clean, EDF, sitegen.edf_bytes(start, signals=[("FP1", "uV", 256), ("V", "\u00b5V", 256), ("II", "mV", 128),
                                                         ("EDF Annotations", "", 60)]))
     bdf = f"{P1}/Waveforms/EEG/900556/900556.bdf"
-    write(clean, bdf, b"\xffBIOSEMI" + sitegen.edf_bytes(start, signals=[("C3", "uV", 256)])[8:])
+    edf = sitegen.edf_bytes(start, signals=[("C3", "uV", 256)])
+    write(clean, bdf, b"\xffBIOSEMI" + edf[8:] + bytes((len(edf) - 512) // 2))  # (3 bytes a sample: the file's size)
     out = validate(clean).filter(pl.col("rule").str.starts_with("wfdb."))
     told = {(r, s): m for r, s, m in out.select("rule", "srcfile", "message").rows()}
     assert told == {
@@ -1493,6 +1554,32 @@ def test_an_edf_cut_inside_its_signal_header_is_told_so_where_it_is_hashed_too(t
     cut = json.loads(source.hash_file("cut.edf", bytearray(READ_SIZE), parser(KIND_EDF)).facts)
     assert cut == {"error": "the file is 700 bytes, cut inside its header of 1024 bytes (256 + 256 for each of its 3 "
                             "signals): the copy is cut (an interrupted copy?); copy the file again"}
+
+
+def test_an_edf_cut_inside_its_data_records_is_told_by_its_size(clean):
+    """The EDF reader reads the header only, which a copy cut inside its data records (most of an EDF's bytes) keeps
+    whole: it passed. The header gives the file's size (its length + data records x the bytes each holds, 2 a sample,
+    3 in BDF), compared with the size recorded, never reading the data; one with bytes after its records is told too."""
+    start = datetime(2024, 1, 2, 3, 4, 5)
+    data = sitegen.edf_bytes(start, signals=EDF_SIGNALS, seconds=10)  # 1024 + 10 x (256 + 256 + 60) x 2
+    assert len(data) == 12464
+    write(clean, EDF, data[:5000])
+    longer = f"{P1}/Waveforms/EEG/900556/900556.edf"
+    write(clean, longer, data + b"\0" * 10)
+    bdf = f"{P1}/Waveforms/EEG/900557/900557.bdf"
+    bdf_data = b"\xffBIOSEMI" + data[8:1024] + bytes(10 * 572 * 3)
+    write(clean, bdf, bdf_data)  # whole: 3 bytes a sample
+    write(clean, f"{P1}/Waveforms/EEG/900558/900558.bdf", bdf_data[:-1])
+    out = validate(clean).filter(pl.col("rule") == "wfdb.dat_size")
+    assert dict(out.select("srcfile", "message").rows()) == {
+        EDF: "5000 bytes, but its EDF header implies 12464 (its length and its number of data records x the bytes each "
+        "holds): the file is cut inside its data records (an interrupted copy?); copy it again",
+        longer: "12474 bytes, but its EDF header implies 12464 (its length and its number of data records x the bytes "
+        "each holds): bytes follow its last data record (or the header's number of data records is wrong); re-export "
+        "the recording",
+        f"{P1}/Waveforms/EEG/900558/900558.bdf": "18183 bytes, but its EDF header implies 18184 (its length and its "
+        "number of data records x the bytes each holds): the file is cut inside its data records (an interrupted "
+        "copy?); copy it again"}
 
 
 def test_a_readiness_md_without_a_checklist_is_told(clean):
@@ -1942,8 +2029,8 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v12", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
-    ("mapping_csv.v5", "signal_id,standardized_label,sampling_rate,units,units"),
+    ("registry_csv.v13", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("mapping_csv.v6", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
     """A registry or mapping file naming a column twice was 'cannot parse the file (DuplicateError: ...)'."""

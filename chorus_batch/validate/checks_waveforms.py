@@ -18,8 +18,19 @@ def _edf(site: _Site) -> list[pl.LazyFrame]:
     """An EDF (BDF) recording's header gives its session's start (the waveform registry's capture time) and its
     signals (compared with the mapping in _mapped)."""
     headers = site.of_kind(KIND_EDF)
+    # The EDF spec's data records follow the header, each of the same size: a copy cut inside them (an interrupted
+    # copy: most of the file's bytes) read well as far as its header, and passed; so did one with bytes after them.
+    sized = headers.filter(pl.col("error").is_null() & pl.col("implied_size").is_not_null()
+                           & (pl.col("implied_size") != pl.col("size")))
     return [_found("edf.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
-                   fmt("not a readable EDF header: {}", pl.col("error")))]
+                   fmt("not a readable EDF header: {}", pl.col("error"))),
+            _found("wfdb.dat_size", sized, "srcfile",
+                   fmt("{} bytes, but its EDF header implies {} (its length and its number of data records x the "
+                       "bytes each holds): {}", pl.col("size"), pl.col("implied_size"),
+                       pl.when(pl.col("size") < pl.col("implied_size"))
+                       .then(pl.lit("the file is cut inside its data records (an interrupted copy?); copy it again"))
+                       .otherwise(pl.lit("bytes follow its last data record (or the header's number of data records "
+                                         "is wrong); re-export the recording"))))]
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:

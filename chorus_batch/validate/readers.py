@@ -456,6 +456,9 @@ def _dicom_facts(f) -> dict[str, Any]:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_DICOM_TAG_LIST)
         except InvalidDicomError:
+            if head.startswith(b"DICM"):  # (a writer that left out the preamble: 'DICM' at byte 0, not 128)
+                raise BadContent("not a DICOM Part 10 file: it begins with 'DICM', without the 128-byte preamble that "
+                                 "comes before it") from None
             raise BadContent("not a DICOM Part 10 file (no 'DICM' prefix and File Meta Information)") from None
         except zlib.error as exc:  # a deflated data set (inflated whole by dcmread): cut short, or damaged
             if "incomplete or truncated" in str(exc):
@@ -475,8 +478,11 @@ def _dicom_facts(f) -> dict[str, Any]:
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)
     # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
-    pixels = pixels_at[0] if walked else pixel_data_at(head) or stopped_at
+    little = pixels_at[0] if walked else pixel_data_at(head)  # (little-endian: where these walks found them)
+    pixels = little or stopped_at
     _pixels_whole(head, f, pixels)
+    if little is not None and little[1] != UNDEFINED_LENGTH:
+        _nothing_after_pixels(head, f, sum(little))
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
     facts = {key: text for key, tag in _DICOM_TAGS.items()
@@ -685,6 +691,18 @@ def _pixels_whole(head: bytes, f, at: tuple[int, int] | None) -> None:
     if size < sum(at):
         raise BadContent(f"{PIXELS_CUT}: {size:,} bytes, but its header puts the pixel data's end at byte "
                          f"{sum(at):,} (an interrupted copy?): copy the file again")
+
+
+def _nothing_after_pixels(head: bytes, f, end: int) -> None:
+    """BadContent when an element of a group before the pixel data's follows them at `end` (little-endian). DICOM keeps
+    a data set's elements in ascending tag order, and a header is read up to the pixel data: a file writing its image
+    attributes (0028,xxxx: Rows, Columns...) after them was told as lacking them, though it holds them."""
+    after = head[end: end + 4] if end + 4 <= len(head) else (f.seek(end), _read_up_to(f, 4))[1]
+    if len(after) == 4 and 0x0008 <= (group := int.from_bytes(after[:2], "little")) < 0x7FE0:  # (not zeros)
+        element = int.from_bytes(after[2:4], "little")
+        raise BadContent(f"its elements are out of order: ({group:04X},{element:04X}) follows the pixel data "
+                         "(7FE0,0010), where DICOM keeps a data set's elements in ascending tag order and readers of "
+                         "its header stop")
 
 
 class _Truncated(Exception):
@@ -1008,6 +1026,11 @@ def _table(f):
         raise BadContent(_arrow_failure(exc, gate, 1 << 20, raw)) from None
     finally:
         gate.close()
+    if gate.nul:
+        # pyarrow reads a NUL byte as any other character: in rows that parse (the zeros of a copy that did not finish,
+        # one in a value: "\x001"), the registry's values were taken as written, told as other faults (a registry id
+        # "not an integer", a trg_file naming no file) with nothing of the NUL bytes
+        raise BadContent(_nul_where(table, facts["columns"]))
     # Column by column, each let go once taken: a registry of a million rows held it as Arrow, as a frame and as the
     # frame stripped at once (610 MiB of the reader's 773 before its facts were taken)
     stripped = []
@@ -1254,10 +1277,19 @@ def _edf_facts(f) -> dict[str, Any]:
         duration = int(records) * float(seconds) if int(records) >= 0 else None  # (-1: still being recorded)
     except ValueError:
         duration = None
+    signals, per_record = _edf_signals(f, text, seconds)
+    # The file's size as the header gives it (EDF spec: the header, then the data records, each holding every signal's
+    # samples per data record as 2-byte integers, 3-byte in BDF): a copy cut inside its data records (most of an
+    # EDF's bytes) read as whole (the header alone reads well). Not where the number of data records is -1 (still
+    # being recorded) or not a number: only the file's size is asked, never its data.
+    size = 256 + 256 * len(signals) + int(records) * per_record * (3 if head[:1] == b"\xff" else 2) \
+        if records.isdigit() and per_record is not None else None
+    if size is not None and size >= 1 << 63:  # (digits no file has: the size is the header's nonsense, not kept)
+        size = None
     return {"start_date": start.date().isoformat() if known else None,
             "start_time": start.time().isoformat() if known else None,
             "duration_s": duration, "edf_plus": edf_plus,
-            "signals": _edf_signals(f, text, seconds)}
+            "signals": signals, "implied_size": size}
 
 
 # The EDF spec's widths of a signal's fields, each written for all ns signals in turn
@@ -1265,11 +1297,12 @@ _EDF_SIGNAL_FIELDS = (("label", 16), ("transducer", 80), ("units", 8), ("physica
                       ("digital_min", 8), ("digital_max", 8), ("prefiltering", 80), ("samples", 8), ("reserved", 32))
 
 
-def _edf_signals(f, text: str, seconds: str) -> list[dict[str, Any]]:
+def _edf_signals(f, text: str, seconds: str) -> tuple[list[dict[str, Any]], int | None]:
     """The signals of an EDF header's ns x 256 bytes after its fixed 256 (`text`: the fixed header after its version):
     label, physical dimension (units) and sampling rate (samples per data record / the record's duration; None where
     the duration is 0, as an annotations-only EDF+ file may have). The signal header is ASCII; one written in Latin-1
-    ("µV") is read so rather than refused: the start time before it is good."""
+    ("µV") is read so rather than refused: the start time before it is good. With them, the samples a data record
+    holds (of all signals; None where one signal's number is not an integer)."""
     n_field, bytes_field = text[244:248].strip(), text[176:184].strip()
     if not n_field.isdigit():
         raise BadContent(f"the header's number of signals is {n_field!r}, not an integer; {_EDF_FIX}")
@@ -1296,7 +1329,8 @@ def _edf_signals(f, text: str, seconds: str) -> list[dict[str, Any]]:
         samples = cells["samples"][i]
         rate = int(samples) / duration if samples.isdigit() and duration > 0 else None
         signals.append({"label": cells["label"][i], "units": cells["units"][i], "fs": rate})
-    return signals
+    counts = cells["samples"]
+    return signals, sum(map(int, counts)) if all(n.isdigit() for n in counts) else None
 
 
 _LINE_END = re.compile(rb"\r\n?|\n")
@@ -1508,6 +1542,22 @@ TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data
 # wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|so that the header row comes first|write the names without quotes|name every column|keep one column of each name|copy or export the (file|table) "
               r"again|copy the file again|copy it again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
+
+
+def _nul_where(table: Any, columns: list[str]) -> str:
+    """NUL_REASON naming the first row (counted as pyarrow counts them: the header row is row 1) and the column of
+    a table whose values hold a NUL byte, never the value."""
+    import pyarrow.compute as pc
+
+    first = None
+    for k in range(table.num_columns):
+        at = pc.index(pc.fill_null(pc.match_substring(table.column(k), "\0"), False), True).as_py()
+        if at >= 0 and (first is None or at < first[0]):
+            first = (at, k)
+    if first is None:  # (in a line pyarrow passes over: an empty one)
+        return NUL_REASON
+    return NUL_REASON.replace("never does:", f"never does (the first in row {first[0] + 2}, counting the header row as "
+                              f"1, column {columns[first[1]]}):", 1)
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:

@@ -219,12 +219,16 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # 1 Hz and no number of samples, '-500' as the default 250 Hz, without a word)
 # dicom.v9 reads a deflated data set as far as its header (v8: inflated whole by dcmread), and tells one that inflates
 # whole short of its pixel data's end (v8: read as a whole image)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v9", "records.v4"
+# dicom.v10 tells elements of a group before the pixel data's that follow them (v9: not read, told as lacking)
+# and a file beginning with 'DICM' without the preamble as such (v9: as having no 'DICM' prefix)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v10", "records.v4"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
 # it, is an error (v1: read only the fixed 256 bytes, and mapped no EDF signal)
-KIND_EDF = "edf_header.v2"
+# edf_header.v3 also keeps the size the header gives the file (its length + data records x bytes per record: implied_size):
+# a copy cut inside its data records, whose header reads well, passed (wfdb.dat_size tells it now)
+KIND_EDF = "edf_header.v3"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
 # v5 also each visit's start and end (registry.visit_time)
@@ -265,7 +269,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v4
 # metadata_md.v4 also reads SUBMISSION.md's table of variables (Variable name | Description | Data type | Unit): how many
 # it describes and the answers its rows leave out (metadata.submission_answers)
 # metadata_md.v5 also notes whether the text speaks of the first or last sample (a stream-based submission's times)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v5", "registry_csv.v12"
+# mapping_csv.v6 and registry_csv.v13 tell NUL bytes in rows that parse (the first's row and column); v5, v12 took the
+# values holding them as written (a registry id "not an integer", a trg_file naming no file)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v6", "registry_csv.v13"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -385,7 +391,8 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
          "A signal file named in a WFDB header is not in the header's folder."),
     Rule("wfdb.dat_size", "error", "WFDB signal file has the wrong size",
-         "A signal file's size differs from what its header implies (byte offset + samples x bytes per sample)."),
+         "A signal file's size differs from what its header implies (byte offset + samples x bytes per sample); so "
+         "does an EDF (BDF) file's from its header's (header bytes + data records x bytes per data record)."),
     Rule("wfdb.unreferenced_dat", "warning", "WFDB signal file not in any header",
          "A .dat file lies in a folder of WFDB headers but none of them names it."),
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
