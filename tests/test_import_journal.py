@@ -614,6 +614,18 @@ def test_a_db_under_a_file_is_said_to_be_under_a_file(tmp_path):
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
 
 
+def test_a_db_inside_the_site_is_refused_before_anything_is_written(tmp_path):
+    """--db inside --site: the import built the manifest there (and its lock), and only its check of the site said
+    that the manifest would lie inside the site's root, leaving it there for every run to list, exit 2 all the same."""
+    site = build_site(tmp_path)
+    before = sorted(p.relative_to(site) for p in site.rglob("*"))
+    out = import_journal(JOURNALS["A"], site / "chorus_manifest.sqlite", "--site", str(site), "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "the manifest would lie inside the site's root" in out.stderr
+    assert "was written" not in out.stderr and "importing version" not in out.stderr
+    assert sorted(p.relative_to(site) for p in site.rglob("*")) == before
+
+
 def test_upload_marks_need_a_central_container_chorus_batch_can_name(tmp_path):
     db = tmp_path / "m.sqlite"
     out = import_journal(JOURNALS["A"], db)  # upstream sent to /data/central, a local folder
