@@ -201,6 +201,28 @@ def test_site_check_says_what_the_next_run_will_commit(tmp_path):
     assert [c["srcfile"] for c in check["changes"]] == ["OMOP/specimen.csv"]
 
 
+@pytest.mark.parametrize("kept", ["nothing", "OMOP"])
+def test_site_check_says_when_the_next_run_would_be_refused(kept, tmp_path):
+    # A --site that is not the tree upstream scanned (a mount not mounted, another copy, a folder moved away): the check
+    # listed every recorded file as "removed", and neither the text nor the exit code said that the next run would be
+    # refused (--max-delete, exit 5), nor why; only --json's site_check.refused did.
+    site = tmp_path / "site"
+    site.mkdir()
+    if kept == "OMOP":
+        shutil.copytree(build_site(tmp_path) / "OMOP", site / "OMOP")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    status = cli("status", "--db", str(db), "--site", str(site))
+    assert status.returncode == 5
+    refusal = status.stderr.split("chorus-batch: error: ", 1)[1].strip()
+    assert "refused" in refusal and "--max-delete" in refusal
+    assert f"the next run would be refused (exit code 5): {refusal}" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+    assert json.loads(import_journal(JOURNALS["A"], tmp_path / "n.sqlite", "--site", str(site), "--to", "az://central/",
+                                     "--json").stdout)["site_check"]["refused"]["error"] in refusal
+
+
 def test_site_check_does_not_blame_a_no_validate_nobody_gave(tmp_path):
     # The check ends as `status` does; it said "validation: not checked (--no-validate)" of a command line without it.
     site = build_site(tmp_path)
@@ -590,6 +612,18 @@ def test_a_db_under_a_file_is_said_to_be_under_a_file(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "notes.txt is a file, not a folder" in out.stderr and "does not exist" not in out.stderr
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
+def test_a_db_inside_the_site_is_refused_before_anything_is_written(tmp_path):
+    """--db inside --site: the import built the manifest there (and its lock), and only its check of the site said
+    that the manifest would lie inside the site's root, leaving it there for every run to list, exit 2 all the same."""
+    site = build_site(tmp_path)
+    before = sorted(p.relative_to(site) for p in site.rglob("*"))
+    out = import_journal(JOURNALS["A"], site / "chorus_manifest.sqlite", "--site", str(site), "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "the manifest would lie inside the site's root" in out.stderr
+    assert "was written" not in out.stderr and "importing version" not in out.stderr
+    assert sorted(p.relative_to(site) for p in site.rglob("*")) == before
 
 
 def test_upload_marks_need_a_central_container_chorus_batch_can_name(tmp_path):

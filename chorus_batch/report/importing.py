@@ -41,6 +41,11 @@ def import_text(result: ImportResult) -> str:
                        f"{result.status.site}` checks the latest version; the next run validates what it commits)")  # type: ignore[attr-defined]
         lines += ["", "checked against the site as it is now:",
                   status_text(result.status, limit=20, unvalidated=unvalidated)]  # type: ignore[arg-type]
+        refused = getattr(result.status, "refused", None)
+        if refused is not None:
+            # As `status` says it (exit 5): a --site that lists none or few of the files upstream recorded (a mount not
+            # mounted, another copy) showed them all as "removed", with no word that the next run would refuse them.
+            lines += ["", f"the next run would be refused (exit code 5): {refused}"]
     elif not result.dry_run:
         lines.append("next: chorus-batch status --db " + result.db + " --site <site> (what the next run will commit)")
     return "\n".join(lines)

@@ -264,9 +264,12 @@ def _central(central: str | None, journal: Journal, n_marks: int, where: str) ->
 def _roots(settings, site: str | None, last: VersionTree, where: str) -> list[tuple[str, str | None]]:
     """The roots the versions are recorded under: the site's (as `run` records them, checked before the import, not
     after it: a typo in --site costs nothing), else the paths upstream scanned."""
-    from ..pipeline import open_roots
+    from ..pipeline import _check_outside_roots, open_roots
 
     if site is not None:
+        # (as a run refuses it, but before the manifest is built there: the check after the import refused it, and
+        # left the manifest and its lock inside the site for every run to list)
+        _check_outside_roots(settings, Path(settings.db))
         opened = open_roots(settings)
         for root in opened:
             root.source.check()
