@@ -1015,6 +1015,36 @@ def test_a_root_naming_one_file_says_so(clean_env, azurite, az_site, moto_s3, tm
     assert "site root not found" in str(caught.value)
 
 
+def test_an_empty_folder_made_by_a_folder_blob_is_there_as_an_empty_local_folder(clean_env, azurite, moto_s3,
+                                                                                  tmp_path):
+    """An empty folder that ADLS Gen2, azcopy or Storage Explorer made is one blob named like it, hdi_isfolder=true:
+    --site at it was "site root not found" (exit 3, no folder named), while S3's `site/` marker and an empty local
+    folder are a site that lists no files. A blob of that name without the metadata is a file, not a folder."""
+    from conftest import run_site
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    container, bucket = azurite.new_container("empty"), moto_s3.new_bucket("empty")
+    with azurite.service_client() as service:
+        blobs = service.get_container_client(container)
+        blobs.upload_blob("export", b"", metadata={"hdi_isfolder": "true"})
+        blobs.upload_blob("export/sub", b"", metadata={"hdi_isfolder": "true"})
+        blobs.upload_blob("export/file", b"")  # no metadata: a file, and no folder of that name
+        blobs.upload_blob("export/subnot/x.txt", b"x")  # 'export/sub' lists before this but is not its folder
+    moto_s3.client().put_object(Bucket=bucket, Key="export/sub/", Body=b"")
+    (tmp_path / "local" / "export" / "sub").mkdir(parents=True)
+    outcomes = {}
+    for url in (str(tmp_path / "local" / "export" / "sub"), f"az://{container}/export/sub", f"s3://{bucket}/export/sub"):
+        result = run_site(url, tmp_path / f"{len(outcomes)}.sqlite", validate_site=False)
+        outcomes[url.split(":")[0] if "://" in url else "local"] = (result.label, result.exit_code)
+    assert set(outcomes.values()) == {(None, 0)}, outcomes
+    with pytest.raises(SourceError) as caught:
+        open_source(f"az://{container}/export/file", cloud=None).check()
+    assert "is a single blob" in str(caught.value)
+
+
 def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
     for name, value in moto_s3.env.items():
         clean_env.setenv(name, value)

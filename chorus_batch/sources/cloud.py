@@ -516,6 +516,8 @@ def _blob_fs_class() -> type:
                 return retrying(lambda: super(ChorusBlobFileSystem, self).find(path, *args, **kwargs))
 
             async def _chorus_root_state(self, root: str) -> str:
+                from .remote import is_folder_blob
+
                 container, prefix, _ = self.split_path(root)
                 async with self.service_client.get_container_client(container) as client:
                     try:
@@ -526,6 +528,16 @@ def _blob_fs_class() -> type:
                         if "ContainerNotFound" in str(getattr(exc, "error_code", "")) or "container" in str(exc).lower():
                             return "no_container"
                         raise
+                    if prefix:
+                        # An empty folder of ADLS Gen2, azcopy or Storage Explorer is one blob named like it (no '/')
+                        # with hdi_isfolder=true: a folder that is there, as an empty local folder or S3's `site/`
+                        # marker is (it was "not found", exit 3). The blob named exactly `prefix` lists first of
+                        # those starting with it: one blob of the listing, with the permission to list alone.
+                        async for blob in client.list_blobs(name_starts_with=prefix.rstrip("/"), include=["metadata"],
+                                                            results_per_page=1):
+                            if blob.name == prefix.rstrip("/") and is_folder_blob(blob.metadata):
+                                return "ok"
+                            break
                 return "empty" if prefix else "ok"
 
             def root_state(self, root: str) -> str:
