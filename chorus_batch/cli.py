@@ -2291,6 +2291,7 @@ def main(argv: list[str] | None = None) -> int:
                int(ExitCode.SECOND_USER_SIGNAL): "stopped by SIGUSR2 (Slurm sends it before a job's time limit with "
                                             "--signal=USR2)",
                int(ExitCode.QUIT): "quit (Ctrl-\\, SIGQUIT)",
+               int(ExitCode.BREAK): "stopped by Ctrl-Break (SIGBREAK)",
                int(ExitCode.CPU_LIMIT): "stopped by SIGXCPU: the CPU-time limit was reached (`ulimit -t`, the batch "
                                         "system's CPU limit; raise it for this job)"}
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)

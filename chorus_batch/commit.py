@@ -47,6 +47,9 @@ LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
 LABEL_MAX = 64
+# A device name Windows reserves, in any case and with any extension (as file.unportable_name reads a site's names:
+# validate/checks_layout): a version's folder at the centre named so cannot be made on a reviewer's Windows disk.
+_DEVICE_LABEL = re.compile(r"(?i)^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)")
 # A hand label leaves room for the "-<UTC start>" the versions after it add (next_label): a 50-character one made the
 # next night's label 65 characters, past what a label may have (mark-uploaded refused to name it)
 HAND_LABEL_MAX = LABEL_MAX - len("-YYYYMMDDhhmmss")
@@ -182,6 +185,11 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
                              fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
                                  "ending in '.' (the version's folder at the central container; Azure does not keep a name "
                                  "part ending in '.'); the default is the UTC start, YYYYMMDDhhmmss")
+        if (device := _DEVICE_LABEL.match(requested)) is not None:
+            raise UsageError(f"version label {requested!r} is the device name {device.group(1).upper()}, which Windows "
+                             "reserves with any extension, in any case: the version's folder at the central container "
+                             "(a reviewer's download of it) cannot be made on a Windows disk", where="--version",
+                             fix="choose another label, or omit --version to use the UTC start time")
         if len(requested) > HAND_LABEL_MAX:
             raise UsageError(f"version label {requested!r} has {len(requested)} characters: the versions after it are "
                              f"labelled '{requested}-<UTC start>', {LABEL_MAX - HAND_LABEL_MAX} more, past the "

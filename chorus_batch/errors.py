@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C / SIGINT; nothing was committed
     QUIT = 131  # Ctrl-\ / SIGQUIT; nothing was committed
     CPU_LIMIT = 152  # SIGXCPU (the CPU-time limit, `ulimit -t`, a batch system's); nothing was committed
+    BREAK = 149  # Ctrl-Break / SIGBREAK (Windows); nothing was committed
     TERMINATED = 143  # SIGTERM (Slurm, systemd, kill); nothing was committed
     READER_LEFT = 141  # `report`/`review --out -`: the reader closed the pipe before the whole page (128 + SIGPIPE, as cat)
 
@@ -51,9 +52,9 @@ exit codes:
        (nothing was committed; the message says how many files and how to allow it); upload: a blob
        at the centre (or the manifest's copy) holds another manifest's content and was not replaced
   129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 131 quit (Ctrl-\\, SIGQUIT); 138 stopped by SIGUSR1; 140 stopped
-       by SIGUSR2 (Slurm's --signal before a job's time limit); 143 terminated (SIGTERM); 152 CPU-time limit reached
-       (SIGXCPU, `ulimit -t`): nothing was committed, unless a line above says a version was committed before the
-       signal arrived
+       by SIGUSR2 (Slurm's --signal before a job's time limit); 143 terminated (SIGTERM); 149 stopped by Ctrl-Break
+       (SIGBREAK, Windows); 152 CPU-time limit reached (SIGXCPU, `ulimit -t`): nothing was committed, unless a line
+       above says a version was committed before the signal arrived
   141  report/review --out -: the reader closed standard output before the whole page or notebook was written
        (as `cat` ends, 128 + SIGPIPE: under `set -o pipefail` a cut page is not taken as written)"""
 
@@ -62,8 +63,10 @@ exit codes:
 # template line) sends before a job's time limit; its default action ended a run with no message. SIGUSR2: the same
 # (`--signal=USR2@60`), which ended a run with no message, an unfinished `runs` row and a stale lock note.
 # SIGQUIT (Ctrl-\) and SIGXCPU (the soft CPU-time limit: `ulimit -St`, a batch system's CPU limit; the hard one
-# kills) dumped core by default: no message, no `runs` outcome, a stale lock note.
-STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT", "SIGXCPU")
+# kills) dumped core by default: no message, no `runs` outcome, a stale lock note. SIGBREAK (Windows only): Ctrl-Break,
+# which the console sends to each of its processes; its default action ended a run and its workers at once (no
+# message, the `runs` row unfinished, the hashes since the last checkpoint lost).
+STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT", "SIGXCPU", "SIGBREAK")
 
 
 def interrupted_at_start() -> None:

@@ -112,7 +112,7 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
         if isinstance(exc, FileExistsError) and new_only:
             raise
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
-            raise cannot_write(target, exc) from None
+            raise cannot_write(target, exc, replacing=not new_only) from None
         raise
     return target
 
@@ -138,10 +138,11 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
         try:
             with held_signals():
                 for target, tmp in aside.items():
-                    kept = None
+                    kept, replacing = None, False
                     try:
                         check_target(target)
                         kept = _kept_aside(target)
+                        replacing = True
                         os.replace(tmp, target)
                         earlier[target] = kept
                     except OSError as exc:
@@ -150,7 +151,7 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
                                 kept.unlink()
                         # a failure after some renames (a full disk, a target made a folder meanwhile): those are
                         # undone, so that the folder holds the earlier set, never some files of each
-                        error = exc if isinstance(exc, WriteError) else cannot_write(target, exc)
+                        error = exc if isinstance(exc, WriteError) else cannot_write(target, exc, replacing=replacing)
                         error.what += _put_back(earlier)
                         raise error from None
                     pause("put-in-place")  # (tests: a signal between two renames, held to their end)
@@ -526,18 +527,31 @@ def os_errno(exc: BaseException) -> int | None:
 _WINDOWS_IN_USE = (32, 33)
 _IN_USE_FIX = ("close it in the program that has it open (Excel, a viewer, an editor, a notebook), then run again; or "
                "choose another path")
+# Windows' rename over a file another program has open fails otherwise: ERROR_ACCESS_DENIED (5), which it also gives
+# for a file with the read-only attribute. Met at that rename, whose new file was just written in the same folder,
+# it is the file's own, never the folder's: "choose a folder this user can write" sent the user the wrong way there.
+_WINDOWS_ACCESS_DENIED = 5
 
 
-def cannot_write(path: str | os.PathLike[str], exc: OSError) -> WriteError:
-    """The WriteError for an OSError met writing `path`: the OS's reason, and what to do about it."""
+def cannot_write(path: str | os.PathLike[str], exc: OSError, *, replacing: bool = False) -> WriteError:
+    """The WriteError for an OSError met writing `path`: the OS's reason, and what to do about it. `replacing`: met
+    renaming the new file, written beside it, over `path`."""
     name = errno.errorcode.get(os_errno(exc) or 0, "")
     if name == "ENOENT" and Path(path).parent.is_dir():  # the folder is there, but takes no new file (/proc)
         name = ""
     fix = _FIXES.get(name, "choose a path on an ordinary file system with room, in a folder this user can write")
+    reason = exc.strerror or str(exc)
     if getattr(exc, "winerror", None) in _WINDOWS_IN_USE:
         fix = _IN_USE_FIX
-    return WriteError(f"cannot write {path}: {exc.strerror or exc}", where=str(Path(path).absolute()), fix=fix,
-                      cause=exc)
+    elif replacing and getattr(exc, "winerror", None) == _WINDOWS_ACCESS_DENIED and os.path.isfile(path):
+        if not os.stat(path).st_mode & stat.S_IWUSR:  # (Windows' read-only attribute, as os.stat shows it)
+            reason += " (the file is read-only)"
+            fix = (f"clear its read-only attribute (attrib -r \"{path}\", or untick Read-only in its Properties), "
+                   "then run again; or choose another path")
+        else:
+            reason += " (Windows replaces no file another program has open)"
+            fix = _IN_USE_FIX
+    return WriteError(f"cannot write {path}: {reason}", where=str(Path(path).absolute()), fix=fix, cause=exc)
 
 
 def missing_folders(path: Path) -> list[Path]:

@@ -235,6 +235,8 @@ def _worker_init(forked: bool = True, setup: tuple | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     if hasattr(signal, "SIGQUIT"):  # so does Ctrl-\
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    if hasattr(signal, "SIGBREAK"):  # and Ctrl-Break on Windows (the console sends it to each of its processes)
+        signal.signal(signal.SIGBREAK, signal.SIG_IGN)
     if hasattr(signal, "SIGXCPU"):  # a worker's own CPU limit: it dies, and the parent says how (WorkerDied)
         signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     for name in ("SIGUSR1", "SIGUSR2"):  # so does Slurm's --signal (every process of the step)

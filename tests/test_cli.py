@@ -1403,6 +1403,23 @@ def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     assert not db.exists()
 
 
+def test_a_version_label_windows_reserves_as_a_device_name_is_refused(site, db):
+    """The label is the version's folder at the central container, which a reviewer downloads (and
+    where `run --version` refuses a label that is an earlier one's in other letter case: one folder on Windows). A
+    label that is a device name Windows reserves, in any case and with any extension (CON, nul, com1, AUX.v2, as
+    file.unportable_name says of a site's names), was taken: its folder cannot be made on a Windows disk."""
+    from chorus_batch.commit import next_label
+    from chorus_batch.times import utc_now
+
+    write(site, "OMOP/a.csv")
+    for label in ("CON", "nul", "com1", "AUX.v2", "lpt9.2026"):
+        out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", label)
+        assert out.returncode == 2 and "device name" in out.stderr and "Windows" in out.stderr, (label, out.stderr)
+        assert not db.exists()
+    for label in ("CONTROL", "console.v1", "com10", "nulls", "v-aux", "2026-con"):  # (names Windows keeps)
+        assert next_label(utc_now(), None, label) == label
+
+
 def test_a_hand_label_too_long_to_be_followed_is_refused_before_any_work(site, db):
     """`run --version` with 50 to 64 characters was taken; the next night's default label, '<label>-<UTC start>', then
     had 65 or more, past what a label may have (mark-uploaded refused to name it). Refused up front; a manifest whose

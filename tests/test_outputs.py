@@ -211,6 +211,44 @@ def test_a_file_open_in_another_program_on_windows_is_said_so_not_an_unwritable_
     assert plain.fix == "choose a folder this user can write"  # (POSIX, and Windows' access denied: as before)
 
 
+def test_a_file_open_in_another_program_on_windows_is_said_so_when_its_replacement_is_denied(tmp_path, monkeypatch):
+    """Windows refuses to rename a file over one that another program has open (Excel holding last night's
+    waveform_registry.csv, a viewer the report) with ERROR_ACCESS_DENIED, winerror 5, not the sharing violation
+    (32) a plain open meets: the fix said "choose a folder this user can write" of the folder the new file had
+    just been written in. Access denied at that rename is the file's own: open elsewhere, or read-only (its
+    attribute; os.stat shows it as a mode without write bits). (The error is the one Python builds of Windows'
+    refusal there, `winerror` set; elsewhere it has none.)"""
+    import errno
+
+    from chorus_batch import fsutil
+
+    target = tmp_path / "waveform_registry.csv"
+    target.write_text("old\n")
+
+    def denied(src, dst, _real=os.replace):
+        if Path(dst) != target:  # (a set's marker file beside it is renamed into place too)
+            return _real(src, dst)
+        exc = PermissionError(errno.EACCES, "Access is denied", str(src), None, str(dst))
+        exc.winerror = 5
+        raise exc
+
+    monkeypatch.setattr(fsutil.os, "replace", denied)
+    for write in (lambda: fsutil.write_private(target, b"new\n"),
+                  lambda: fsutil.write_private_together({target: b"new\n"})):
+        with pytest.raises(WriteError) as said:
+            write()
+        assert "close it in the program that has it open" in said.value.fix, said.value.fix
+        assert "folder this user can write" not in said.value.fix
+        assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    target.chmod(0o444)  # (Windows' read-only attribute, as os.stat gives it there)
+    with pytest.raises(WriteError) as said:
+        fsutil.write_private(target, b"new\n")
+    assert "read-only" in said.value.what and "attrib -r" in said.value.fix, (said.value.what, said.value.fix)
+    # access denied making the file (no rename yet) is the folder's, as before
+    plain = fsutil.cannot_write(target, PermissionError(errno.EACCES, "Access is denied", str(target)))
+    assert plain.fix == "choose a folder this user can write"
+
+
 def test_a_folder_this_user_cannot_write_is_a_usage_error(tmp_path):
     """As a user who may not write the folder: root, as CI runs, without the capability to override permissions."""
     import shutil

@@ -235,6 +235,55 @@ def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word, to_workers
     assert run(site, db, "-q").returncode == 0  # the lock was released
 
 
+# Windows' signal module as Python has it there: SIGBREAK, number 21 (Linux's SIGTTIN, whose default action here
+# stops the process, as a handler-less SIGBREAK ends it on Windows).
+_WITH_SIGBREAK = """
+import runpy, signal, sys
+signal.SIGBREAK = 21
+sys.argv[0] = "chorus-batch"
+runpy.run_module("chorus_batch", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_break_stops_a_run_on_windows_as_ctrl_c_does(site, db):
+    """Two sites run chorus-batch on Windows, where Ctrl-Break (SIGBREAK, sent to every process of the console) is
+    the stop signal besides Ctrl-C: nothing handled it, and it ended the run and its workers at once: no message, the
+    `runs` row left unfinished, the hashes since the last checkpoint lost. It stops the run as Ctrl-C does (exit
+    149, 128 + 21); the workers leave it to the parent. Simulated with Windows' number for it."""
+    for i in range(2100):  # enough files for worker processes
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    proc = subprocess.Popen([sys.executable, "-c", _WITH_SIGBREAK, "run", "--no-validate", "--workers", "2",
+                             "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = []
+    while "test pause at hashing" not in (line := proc.stderr.readline()):
+        said.append(line)
+        assert line or proc.poll() is None, "".join(said)
+    workers = children_of(proc.pid)
+    assert workers
+    for pid in (*workers, proc.pid):  # (the console's control event reaches each of its processes)
+        os.kill(pid, 21)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("SIGBREAK did not stop the run") from None
+    assert proc.returncode == ExitCode.BREAK == 149, err
+    assert "stopped by Ctrl-Break (SIGBREAK)" in err and "nothing was committed" in err and "Traceback" not in err, err
+    assert query(db, "SELECT exit_code, finished_at IS NOT NULL FROM runs") == [(149, 1)]
+    assert not Path(f"{db}.lock.json").exists()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers)
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGUSR1, 138), (signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_to_the_process_group_while_the_workers_start_stops_the_run_cleanly(site, db, signum, code):
     """A signal to every process of the run (Slurm's --signal, Ctrl-C) while a worker had been forked but had not yet
