@@ -579,6 +579,52 @@ def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
                              "from the new ones (`chorus-batch registry --omop`)")
 
 
+def _registry_of(name: str) -> str | None:
+    """The modality of the registry a site file of this name is (validate's: a CSV named *registry* at the root or in
+    Metadata/, an image registry where the name says imag or img, else a waveform one where it says wave)."""
+    lower = name.lower()
+    if "registry" not in lower or not lower.endswith(".csv"):
+        return None
+    return "Images" if ("imag" in lower or "img" in lower) else "Waveforms" if "wave" in lower else None
+
+
+def _refuse_second_registry(manifest: Manifest, out: Path, overrides: Mapping[str | None, str] | None) -> None:
+    """A UsageError when `out` is the site's root (or its Metadata/ folder) and the site already ships a registry of a
+    modality in the other place (or under another name): `registry --out <site>`, the site's own registries in
+    Metadata/, wrote a second pair at the root, exit 0, and the next run found two of each (registry.several, an
+    error: "merge them into one"), the site's ids in one and this tool's in the other."""
+    roots = manifest.query_frame("SELECT location FROM roots WHERE modality IS NULL AND location NOT LIKE '%://%'",
+                                 schema={"location": pl.String})["location"].to_list()
+    roots += [location for location in (overrides or {}).values() if "://" not in location]
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # (not there yet: an --out folder to be made holds nothing)
+            return False
+
+    for location in dict.fromkeys(roots):
+        root = Path(location)
+        if not (same(out, root) or (out.name.lower() == "metadata" and same(out.parent, root))):
+            continue
+        try:
+            folders = [root, *(d for d in root.iterdir() if d.name.lower() == "metadata" and d.is_dir())]
+            shipped = sorted(f for folder in folders for f in folder.iterdir() if _registry_of(f.name) and f.is_file())
+        except OSError:
+            continue  # (a folder that cannot be listed: writing there says what is wrong)
+        for name in ("waveform_registry.csv", "image_registry.csv"):
+            target = out / name
+            others = [f for f in shipped if _registry_of(f.name) == _registry_of(name) and not same(f, target)]
+            if others:
+                other = others[0].relative_to(root).as_posix()
+                raise UsageError(
+                    f"--out {out} is in the site, which already ships {other}: a {name} written beside it would be a "
+                    "second registry of those files (the linkage procedure asks for one; validate's "
+                    "registry.several); nothing was written", where=str(root / other),
+                    fix=f"give an --out folder outside the site (e.g. --out release/) and compare the two; to ship "
+                        f"this tool's registry instead, move {other} out of the site first")
+
+
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
                     overrides: Mapping[str | None, str] | None = None,
                     ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
@@ -617,6 +663,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     if omop:
         _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
     _refuse_foreign_registries(manifest, Path(out))
+    _refuse_second_registry(manifest, Path(out), overrides)
     made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     try:

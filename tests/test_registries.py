@@ -928,8 +928,8 @@ def test_omop_into_the_sites_own_omop_folder_never_replaces_its_procedure_occurr
         assert "the site's own OMOP/procedure_occurrence.csv" in refused.stderr and "nothing was written" in refused.stderr
         assert table.read_bytes() == before
         assert not (site / "OMOP" / "waveform_registry.csv").exists()
-    for name in ("waveform_registry.csv", "image_registry.csv"):  # (the site's own: see the test below)
-        (site / name).rename(site / "Metadata" / f"old_{name}")
+    for name in ("waveform_registry.csv", "image_registry.csv"):  # (the site's own: see the tests below)
+        (site / name).rename(site.parent / f"old_{name}")
     shipped = cli("registry", "--db", str(db), "--out", str(site), "--omop")
     assert shipped.returncode == 0 and (site / "waveform_registry.csv").is_file(), shipped.stderr
     assert table.read_bytes() == before
@@ -961,3 +961,32 @@ def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwi
         again = cli("registry", "--db", str(db), "--out", str(site))
         assert again.returncode == 0, again.stderr
         assert read_csv(site / "waveform_registry.csv") == read_csv(out / "waveform_registry.csv")
+
+
+def test_out_the_site_root_beside_the_sites_own_registry_in_metadata_is_refused(released, tmp_path):
+    """A site that ships its registries in Metadata/ (the linkage procedure's place for them is the release; validate
+    takes the root or Metadata/) and ran `registry --out <site>` got a second pair at the root, exit 0; the next run
+    found two registries of each kind (registry.several, an error), the site's proc_ids in one and this tool's in the
+    other. Refused (exit 2, nothing written), naming the site's file; so is --out <site>/Metadata beside the site's
+    registry at the root, and a site registry under another name; a folder outside the site is written as before."""
+    site, db, out = released
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).rename(site / "Metadata" / name)
+    for target in (site, site / "."):
+        refused = cli("registry", "--db", str(db), "--out", str(target))
+        assert refused.returncode == 2, refused.stderr
+        assert "Metadata/waveform_registry.csv" in refused.stderr and "nothing was written" in refused.stderr
+        assert not (site / "waveform_registry.csv").exists() and not (site / "image_registry.csv").exists()
+    # the other way round, with this tool's own registries at the root: a copy in Metadata/ would be a second one
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / "Metadata" / name).rename(tmp_path / name)
+    assert cli("registry", "--db", str(db), "--out", str(site)).returncode == 0
+    refused = cli("registry", "--db", str(db), "--out", str(site / "Metadata"))
+    assert refused.returncode == 2 and "already ships waveform_registry.csv" in refused.stderr, refused.stderr
+    assert not (site / "Metadata" / "waveform_registry.csv").exists()
+    # a registry of the site named otherwise is one too (validate: a CSV named *registry* at the root or in Metadata/)
+    (site / "waveform_registry.csv").rename(site / "Metadata" / "Wave_Registry_2024.csv")
+    refused = cli("registry", "--db", str(db), "--out", str(site))
+    assert refused.returncode == 2 and "Metadata/Wave_Registry_2024.csv" in refused.stderr, refused.stderr
+    assert not (site / "waveform_registry.csv").exists()
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
