@@ -393,6 +393,13 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(f"{removed['visit_occurrence']} of version {label} is no longer on the site (a later version "
                         "removed it): its visits cannot be read, so every visit_id, and the procedures' "
                         "visit_occurrence_id, is empty (the manifest keeps a table's checksum, not its content)")
+    if _omop_rows(omop, "visit_occurrence").height == 0 and removed["visit_occurrence"] is None and rows.height:
+        # (every visit_id was empty, exit 0, without a word: read as "no visit of the person encloses the file", which
+        # the procedure's NULL means, when no visit was looked at)
+        warnings.append(f"version {label} has no OMOP/visit_occurrence.csv: the visits the linkage procedure infers "
+                        "each file's visit_id from (the person's visit whose start and end enclose its capture time) "
+                        "are not known, so every visit_id, and the procedures' visit_occurrence_id, is empty. Put the "
+                        "site's VISIT_OCCURRENCE table in OMOP/visit_occurrence.csv, run, and write the registries again")
     changed = _not_as_recorded(omop, "visit_occurrence", sources)
     if changed is not None and rows.height:
         warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "

@@ -990,3 +990,20 @@ def test_out_the_site_root_beside_the_sites_own_registry_in_metadata_is_refused(
     assert refused.returncode == 2 and "Metadata/Wave_Registry_2024.csv" in refused.stderr, refused.stderr
     assert not (site / "waveform_registry.csv").exists()
     assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+
+
+def test_a_version_without_a_visit_table_is_told_not_given_empty_visit_ids_silently(tmp_path):
+    """A site without OMOP/visit_occurrence.csv got registries whose every visit_id was empty, exit 0, without a word:
+    read as the procedure's NULL ("no visit for that patient overlaps"), when no visit was looked at. Warned (exit 1);
+    the rows are written as before."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "out"
+    sitegen.build_clean_site(site)
+    (site / "OMOP" / "visit_occurrence.csv").unlink()
+    cli("run", "-q", "--site", str(site), "--db", str(db))
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    assert "has no OMOP/visit_occurrence.csv" in done.stderr and "every visit_id" in done.stderr, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert rows and {r["visit_id"] for r in rows} == {""} and all(r["datetime"] for r in rows)
+    assert {p["visit_occurrence_id"] for p in read_csv(out / "procedure_occurrence.csv")} == {""}
+
