@@ -1007,3 +1007,30 @@ def test_a_version_without_a_visit_table_is_told_not_given_empty_visit_ids_silen
     assert rows and {r["visit_id"] for r in rows} == {""} and all(r["datetime"] for r in rows)
     assert {p["visit_occurrence_id"] for p in read_csv(out / "procedure_occurrence.csv")} == {""}
 
+
+def test_visits_whose_end_datetime_is_the_midnight_of_their_end_date_take_that_whole_day(tmp_path):
+    """OMOP ETLs write a datetime whose source has no time as its date at midnight (2024-01-01 00:00:00): a one-day
+    visit so written (start and end 2024-01-01 00:00:00) enclosed no capture of that day, and a stay ending so lost
+    its discharge day; their files' visit_id was empty, exit 0, without a word. Such an end is the whole end day (the
+    procedure: the visit "that overlaps with the timestamp of the file capture"); an end at another time is kept."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    (p0, p1, p2) = sitegen.person_ids(3)
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    visits.write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n"
+        f"7000,{p0},9202,{sitegen.captured(0)[:10]},{sitegen.captured(0)[:10]} 00:00:00,{sitegen.captured(0)[:10]},"
+        f"{sitegen.captured(0)[:10]} 00:00:00,32817\n"  # a one-day visit, no time given
+        f"7010,{p1},9201,2023-12-30,2023-12-30 00:00:00,{sitegen.captured(1)[:10]},{sitegen.captured(1)[:10]} 00:00:00,"
+        "32817\n"  # a stay whose discharge day has no time
+        f"7020,{p2},9201,2023-12-30,2023-12-30 00:00:00,{sitegen.captured(2)[:10]},{sitegen.captured(2)[:10]} 00:00:01,"
+        "32817\n")  # an end one second after midnight: that instant
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    by_person = {p: {r["visit_id"] for r in rows if r["person_id"] == p} for p in (p0, p1, p2)}
+    assert all(r["datetime"][11:] > "00:00:01" for r in rows)  # (every capture is after the first second of its day)
+    assert by_person == {p0: {"7000"}, p1: {"7010"}, p2: {""}}, by_person
+    assert {p["visit_occurrence_id"] for p in read_csv(out / "procedure_occurrence.csv")} == {"7000", "7010", ""}
