@@ -410,6 +410,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     taken_ids = (taken.select(_norm(pl.col("procedure_occurrence_id")))["procedure_occurrence_id"]
                  .cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None)
     proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)
+    warnings += _renamed_persons(manifest, proc_ids.join(rows.select("record_id").unique(), on="record_id"), label)
     first_ids = manifest.query_frame(
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
         "WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)) GROUP BY srcfile",
@@ -493,6 +494,35 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     log.debug(f"registries: {waveforms.height} waveform and {images.height} image rows, {n_new} new proc_ids")
     return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new,
                       warnings=warnings)
+
+
+def _renamed_persons(manifest: Manifest, given: pl.DataFrame, label: str) -> list[str]:
+    """What the registries of `label` say of procedures (record_id, proc_id `given`) whose session or accession another
+    record of the manifest holds under a person folder spelt otherwise, the same OMOP person (000101 and 101): a
+    proc_id is kept per record, and a record per folder name, so the renamed folder's procedures were given new
+    proc_ids, exit 0, without a word, and procedure rows made from the earlier registries name ids no registry lists."""
+    records = manifest.query_frame(
+        "SELECT record_id, modality, person_id, session_id, category, proc_id FROM registry WHERE proc_id IS NOT NULL "
+        "AND person_id IS NOT NULL AND session_id IS NOT NULL",
+        schema={"record_id": pl.Int64, "modality": pl.String, "person_id": pl.String, "session_id": pl.String,
+                "category": pl.String, "proc_id": pl.Int64}).with_columns(_person=_norm(pl.col("person_id")))
+    mine = records.join(given.select("record_id"), on="record_id", how="semi")
+    others = records.join(given.select("record_id"), on="record_id", how="anti")
+    pairs = (mine.join(others, on=["modality", "_person", "session_id", "category"], nulls_equal=True, suffix="_other")
+             .filter(pl.col("person_id") != pl.col("person_id_other")).sort("proc_id"))
+    if pairs.height == 0:
+        return []
+    examples = "; ".join(f"{'/'.join(filter(None, (person, modality, category, session)))} is {proc} here, {other}/ had {old}"
+                         for person, modality, category, session, proc, other, old in pairs.head(3).select(
+                             "person_id", "modality", "category", "session_id", "proc_id", "person_id_other",
+                             "proc_id_other").iter_rows())
+    n = pairs["record_id"].n_unique()
+    return [f"{plural(n, 'procedure')} of version {label} {'has' if n == 1 else 'have'} a proc_id other than the one the "
+            "manifest gave the same session or accession under a person folder named otherwise, the same OMOP person "
+            f"(e.g. {examples}): a proc_id is kept per person folder as named, so registries and procedure rows made "
+            "before the folder was renamed name other ids for these procedures. Name each person folder as before (or "
+            "as the centre already has it), run, and write the registries again; else replace the earlier ids in the "
+            "site's procedure_occurrence.csv by these"]
 
 
 def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:

@@ -1034,3 +1034,35 @@ def test_visits_whose_end_datetime_is_the_midnight_of_their_end_date_take_that_w
     assert all(r["datetime"][11:] > "00:00:01" for r in rows)  # (every capture is after the first second of its day)
     assert by_person == {p0: {"7000"}, p1: {"7010"}, p2: {""}}, by_person
     assert {p["visit_occurrence_id"] for p in read_csv(out / "procedure_occurrence.csv")} == {"7000", "7010", ""}
+
+
+def test_a_person_folder_renamed_to_another_spelling_of_its_id_is_told_its_procedures_new_proc_ids(released, tmp_path):
+    """A person folder renamed 000101 -> 101 (the same OMOP person) gave its sessions and accession new proc_ids (a
+    proc_id is kept per record, a record per folder name), exit 0, without a word: the procedure rows the site made
+    from the earlier registries named ids no registry listed any more. Told (exit 1), naming both ids; the other
+    persons' proc_ids and the visits (read with the id as OMOP reads it) are as before."""
+    site, db, out = released
+    p0 = sitegen.person_ids(1)[0]
+    short = str(int(p0))
+    before = {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
+              for r in read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")}
+    (site / p0).rename(site / short)
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).unlink()  # (the site's own registries name the old paths)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    again = tmp_path / "again"
+    done = cli("registry", "--db", str(db), "--out", str(again), "--omop")
+    assert done.returncode == 1, done.stderr
+    old_image = next(v[0] for (g, p), v in before.items() if p == p0 and v[0].startswith("2000"))
+    assert "person folder named otherwise" in done.stderr and f"{p0}/ had {old_image}" in done.stderr, done.stderr
+    after = {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
+             for r in read_csv(again / "waveform_registry.csv") + read_csv(again / "image_registry.csv")}
+    assert {k: v for k, v in after.items() if k[1] != short} == {k: v for k, v in before.items() if k[1] != p0}
+    assert {(g, v[1]) for (g, p), v in after.items() if p == short} == {(g, v[1]) for (g, p), v in before.items() if p == p0}
+    # the first version's registries: the same ids as before, told of the other spelling too
+    first = query(db, "SELECT label FROM versions ORDER BY label")[0][0]
+    old = tmp_path / "old"
+    done = cli("registry", "--db", str(db), "--out", str(old), "--version", first)
+    assert done.returncode == 1 and "person folder named otherwise" in done.stderr, done.stderr
+    assert {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
+            for r in read_csv(old / "waveform_registry.csv") + read_csv(old / "image_registry.csv")} == before
