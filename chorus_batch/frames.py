@@ -349,4 +349,10 @@ def visit_moment(exact: pl.Expr, day: pl.Expr, *, end: bool) -> pl.Expr:
                            .str.strptime(pl.Datetime, "%Y-%m-%d %H:%M", strict=False))
     whole = (day.str.strip_chars().str.extract(r"^(\d{4}-\d{2}-\d{2})(?:[ T][0-9:.]*)?$")
              .str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime))
+    if end:
+        # An end datetime at the midnight that starts its own end date is a time not given (OMOP ETLs "set time to
+        # midnight 00:00:00" where the source has none): the whole end day. Read as that instant, a one-day visit
+        # (2024-01-01 00:00:00 to 2024-01-01 00:00:00) enclosed no capture and a stay lost its discharge day: the
+        # files' visit_id was empty, exit 0, without a word
+        exact_at = pl.when(exact_at == whole).then(None).otherwise(exact_at)
     return pl.coalesce(exact_at, whole + pl.duration(days=1) - pl.duration(seconds=1) if end else whole)

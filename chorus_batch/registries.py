@@ -393,6 +393,13 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(f"{removed['visit_occurrence']} of version {label} is no longer on the site (a later version "
                         "removed it): its visits cannot be read, so every visit_id, and the procedures' "
                         "visit_occurrence_id, is empty (the manifest keeps a table's checksum, not its content)")
+    if _omop_rows(omop, "visit_occurrence").height == 0 and removed["visit_occurrence"] is None and rows.height:
+        # (every visit_id was empty, exit 0, without a word: read as "no visit of the person encloses the file", which
+        # the procedure's NULL means, when no visit was looked at)
+        warnings.append(f"version {label} has no OMOP/visit_occurrence.csv: the visits the linkage procedure infers "
+                        "each file's visit_id from (the person's visit whose start and end enclose its capture time) "
+                        "are not known, so every visit_id, and the procedures' visit_occurrence_id, is empty. Put the "
+                        "site's VISIT_OCCURRENCE table in OMOP/visit_occurrence.csv, run, and write the registries again")
     changed = _not_as_recorded(omop, "visit_occurrence", sources)
     if changed is not None and rows.height:
         warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "
@@ -403,6 +410,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     taken_ids = (taken.select(_norm(pl.col("procedure_occurrence_id")))["procedure_occurrence_id"]
                  .cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None)
     proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)
+    warnings += _renamed_persons(manifest, proc_ids.join(rows.select("record_id").unique(), on="record_id"), label)
     first_ids = manifest.query_frame(
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
         "WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)) GROUP BY srcfile",
@@ -486,6 +494,35 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     log.debug(f"registries: {waveforms.height} waveform and {images.height} image rows, {n_new} new proc_ids")
     return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new,
                       warnings=warnings)
+
+
+def _renamed_persons(manifest: Manifest, given: pl.DataFrame, label: str) -> list[str]:
+    """What the registries of `label` say of procedures (record_id, proc_id `given`) whose session or accession another
+    record of the manifest holds under a person folder spelt otherwise, the same OMOP person (000101 and 101): a
+    proc_id is kept per record, and a record per folder name, so the renamed folder's procedures were given new
+    proc_ids, exit 0, without a word, and procedure rows made from the earlier registries name ids no registry lists."""
+    records = manifest.query_frame(
+        "SELECT record_id, modality, person_id, session_id, category, proc_id FROM registry WHERE proc_id IS NOT NULL "
+        "AND person_id IS NOT NULL AND session_id IS NOT NULL",
+        schema={"record_id": pl.Int64, "modality": pl.String, "person_id": pl.String, "session_id": pl.String,
+                "category": pl.String, "proc_id": pl.Int64}).with_columns(_person=_norm(pl.col("person_id")))
+    mine = records.join(given.select("record_id"), on="record_id", how="semi")
+    others = records.join(given.select("record_id"), on="record_id", how="anti")
+    pairs = (mine.join(others, on=["modality", "_person", "session_id", "category"], nulls_equal=True, suffix="_other")
+             .filter(pl.col("person_id") != pl.col("person_id_other")).sort("proc_id"))
+    if pairs.height == 0:
+        return []
+    examples = "; ".join(f"{'/'.join(filter(None, (person, modality, category, session)))} is {proc} here, {other}/ had {old}"
+                         for person, modality, category, session, proc, other, old in pairs.head(3).select(
+                             "person_id", "modality", "category", "session_id", "proc_id", "person_id_other",
+                             "proc_id_other").iter_rows())
+    n = pairs["record_id"].n_unique()
+    return [f"{plural(n, 'procedure')} of version {label} {'has' if n == 1 else 'have'} a proc_id other than the one the "
+            "manifest gave the same session or accession under a person folder named otherwise, the same OMOP person "
+            f"(e.g. {examples}): a proc_id is kept per person folder as named, so registries and procedure rows made "
+            "before the folder was renamed name other ids for these procedures. Name each person folder as before (or "
+            "as the centre already has it), run, and write the registries again; else replace the earlier ids in the "
+            "site's procedure_occurrence.csv by these"]
 
 
 def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:
@@ -579,6 +616,52 @@ def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
                              "from the new ones (`chorus-batch registry --omop`)")
 
 
+def _registry_of(name: str) -> str | None:
+    """The modality of the registry a site file of this name is (validate's: a CSV named *registry* at the root or in
+    Metadata/, an image registry where the name says imag or img, else a waveform one where it says wave)."""
+    lower = name.lower()
+    if "registry" not in lower or not lower.endswith(".csv"):
+        return None
+    return "Images" if ("imag" in lower or "img" in lower) else "Waveforms" if "wave" in lower else None
+
+
+def _refuse_second_registry(manifest: Manifest, out: Path, overrides: Mapping[str | None, str] | None) -> None:
+    """A UsageError when `out` is the site's root (or its Metadata/ folder) and the site already ships a registry of a
+    modality in the other place (or under another name): `registry --out <site>`, the site's own registries in
+    Metadata/, wrote a second pair at the root, exit 0, and the next run found two of each (registry.several, an
+    error: "merge them into one"), the site's ids in one and this tool's in the other."""
+    roots = manifest.query_frame("SELECT location FROM roots WHERE modality IS NULL AND location NOT LIKE '%://%'",
+                                 schema={"location": pl.String})["location"].to_list()
+    roots += [location for location in (overrides or {}).values() if "://" not in location]
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # (not there yet: an --out folder to be made holds nothing)
+            return False
+
+    for location in dict.fromkeys(roots):
+        root = Path(location)
+        if not (same(out, root) or (out.name.lower() == "metadata" and same(out.parent, root))):
+            continue
+        try:
+            folders = [root, *(d for d in root.iterdir() if d.name.lower() == "metadata" and d.is_dir())]
+            shipped = sorted(f for folder in folders for f in folder.iterdir() if _registry_of(f.name) and f.is_file())
+        except OSError:
+            continue  # (a folder that cannot be listed: writing there says what is wrong)
+        for name in ("waveform_registry.csv", "image_registry.csv"):
+            target = out / name
+            others = [f for f in shipped if _registry_of(f.name) == _registry_of(name) and not same(f, target)]
+            if others:
+                other = others[0].relative_to(root).as_posix()
+                raise UsageError(
+                    f"--out {out} is in the site, which already ships {other}: a {name} written beside it would be a "
+                    "second registry of those files (the linkage procedure asks for one; validate's "
+                    "registry.several); nothing was written", where=str(root / other),
+                    fix=f"give an --out folder outside the site (e.g. --out release/) and compare the two; to ship "
+                        f"this tool's registry instead, move {other} out of the site first")
+
+
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
                     overrides: Mapping[str | None, str] | None = None,
                     ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
@@ -617,6 +700,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     if omop:
         _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
     _refuse_foreign_registries(manifest, Path(out))
+    _refuse_second_registry(manifest, Path(out), overrides)
     made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     try:

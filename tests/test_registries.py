@@ -928,8 +928,8 @@ def test_omop_into_the_sites_own_omop_folder_never_replaces_its_procedure_occurr
         assert "the site's own OMOP/procedure_occurrence.csv" in refused.stderr and "nothing was written" in refused.stderr
         assert table.read_bytes() == before
         assert not (site / "OMOP" / "waveform_registry.csv").exists()
-    for name in ("waveform_registry.csv", "image_registry.csv"):  # (the site's own: see the test below)
-        (site / name).rename(site / "Metadata" / f"old_{name}")
+    for name in ("waveform_registry.csv", "image_registry.csv"):  # (the site's own: see the tests below)
+        (site / name).rename(site.parent / f"old_{name}")
     shipped = cli("registry", "--db", str(db), "--out", str(site), "--omop")
     assert shipped.returncode == 0 and (site / "waveform_registry.csv").is_file(), shipped.stderr
     assert table.read_bytes() == before
@@ -961,3 +961,108 @@ def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwi
         again = cli("registry", "--db", str(db), "--out", str(site))
         assert again.returncode == 0, again.stderr
         assert read_csv(site / "waveform_registry.csv") == read_csv(out / "waveform_registry.csv")
+
+
+def test_out_the_site_root_beside_the_sites_own_registry_in_metadata_is_refused(released, tmp_path):
+    """A site that ships its registries in Metadata/ (the linkage procedure's place for them is the release; validate
+    takes the root or Metadata/) and ran `registry --out <site>` got a second pair at the root, exit 0; the next run
+    found two registries of each kind (registry.several, an error), the site's proc_ids in one and this tool's in the
+    other. Refused (exit 2, nothing written), naming the site's file; so is --out <site>/Metadata beside the site's
+    registry at the root, and a site registry under another name; a folder outside the site is written as before."""
+    site, db, out = released
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).rename(site / "Metadata" / name)
+    for target in (site, site / "."):
+        refused = cli("registry", "--db", str(db), "--out", str(target))
+        assert refused.returncode == 2, refused.stderr
+        assert "Metadata/waveform_registry.csv" in refused.stderr and "nothing was written" in refused.stderr
+        assert not (site / "waveform_registry.csv").exists() and not (site / "image_registry.csv").exists()
+    # the other way round, with this tool's own registries at the root: a copy in Metadata/ would be a second one
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / "Metadata" / name).rename(tmp_path / name)
+    assert cli("registry", "--db", str(db), "--out", str(site)).returncode == 0
+    refused = cli("registry", "--db", str(db), "--out", str(site / "Metadata"))
+    assert refused.returncode == 2 and "already ships waveform_registry.csv" in refused.stderr, refused.stderr
+    assert not (site / "Metadata" / "waveform_registry.csv").exists()
+    # a registry of the site named otherwise is one too (validate: a CSV named *registry* at the root or in Metadata/)
+    (site / "waveform_registry.csv").rename(site / "Metadata" / "Wave_Registry_2024.csv")
+    refused = cli("registry", "--db", str(db), "--out", str(site))
+    assert refused.returncode == 2 and "Metadata/Wave_Registry_2024.csv" in refused.stderr, refused.stderr
+    assert not (site / "waveform_registry.csv").exists()
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+
+
+def test_a_version_without_a_visit_table_is_told_not_given_empty_visit_ids_silently(tmp_path):
+    """A site without OMOP/visit_occurrence.csv got registries whose every visit_id was empty, exit 0, without a word:
+    read as the procedure's NULL ("no visit for that patient overlaps"), when no visit was looked at. Warned (exit 1);
+    the rows are written as before."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "out"
+    sitegen.build_clean_site(site)
+    (site / "OMOP" / "visit_occurrence.csv").unlink()
+    cli("run", "-q", "--site", str(site), "--db", str(db))
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    assert "has no OMOP/visit_occurrence.csv" in done.stderr and "every visit_id" in done.stderr, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert rows and {r["visit_id"] for r in rows} == {""} and all(r["datetime"] for r in rows)
+    assert {p["visit_occurrence_id"] for p in read_csv(out / "procedure_occurrence.csv")} == {""}
+
+
+def test_visits_whose_end_datetime_is_the_midnight_of_their_end_date_take_that_whole_day(tmp_path):
+    """OMOP ETLs write a datetime whose source has no time as its date at midnight (2024-01-01 00:00:00): a one-day
+    visit so written (start and end 2024-01-01 00:00:00) enclosed no capture of that day, and a stay ending so lost
+    its discharge day; their files' visit_id was empty, exit 0, without a word. Such an end is the whole end day (the
+    procedure: the visit "that overlaps with the timestamp of the file capture"); an end at another time is kept."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    (p0, p1, p2) = sitegen.person_ids(3)
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    visits.write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n"
+        f"7000,{p0},9202,{sitegen.captured(0)[:10]},{sitegen.captured(0)[:10]} 00:00:00,{sitegen.captured(0)[:10]},"
+        f"{sitegen.captured(0)[:10]} 00:00:00,32817\n"  # a one-day visit, no time given
+        f"7010,{p1},9201,2023-12-30,2023-12-30 00:00:00,{sitegen.captured(1)[:10]},{sitegen.captured(1)[:10]} 00:00:00,"
+        "32817\n"  # a stay whose discharge day has no time
+        f"7020,{p2},9201,2023-12-30,2023-12-30 00:00:00,{sitegen.captured(2)[:10]},{sitegen.captured(2)[:10]} 00:00:01,"
+        "32817\n")  # an end one second after midnight: that instant
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    by_person = {p: {r["visit_id"] for r in rows if r["person_id"] == p} for p in (p0, p1, p2)}
+    assert all(r["datetime"][11:] > "00:00:01" for r in rows)  # (every capture is after the first second of its day)
+    assert by_person == {p0: {"7000"}, p1: {"7010"}, p2: {""}}, by_person
+    assert {p["visit_occurrence_id"] for p in read_csv(out / "procedure_occurrence.csv")} == {"7000", "7010", ""}
+
+
+def test_a_person_folder_renamed_to_another_spelling_of_its_id_is_told_its_procedures_new_proc_ids(released, tmp_path):
+    """A person folder renamed 000101 -> 101 (the same OMOP person) gave its sessions and accession new proc_ids (a
+    proc_id is kept per record, a record per folder name), exit 0, without a word: the procedure rows the site made
+    from the earlier registries named ids no registry listed any more. Told (exit 1), naming both ids; the other
+    persons' proc_ids and the visits (read with the id as OMOP reads it) are as before."""
+    site, db, out = released
+    p0 = sitegen.person_ids(1)[0]
+    short = str(int(p0))
+    before = {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
+              for r in read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")}
+    (site / p0).rename(site / short)
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).unlink()  # (the site's own registries name the old paths)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    again = tmp_path / "again"
+    done = cli("registry", "--db", str(db), "--out", str(again), "--omop")
+    assert done.returncode == 1, done.stderr
+    old_image = next(v[0] for (g, p), v in before.items() if p == p0 and v[0].startswith("2000"))
+    assert "person folder named otherwise" in done.stderr and f"{p0}/ had {old_image}" in done.stderr, done.stderr
+    after = {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
+             for r in read_csv(again / "waveform_registry.csv") + read_csv(again / "image_registry.csv")}
+    assert {k: v for k, v in after.items() if k[1] != short} == {k: v for k, v in before.items() if k[1] != p0}
+    assert {(g, v[1]) for (g, p), v in after.items() if p == short} == {(g, v[1]) for (g, p), v in before.items() if p == p0}
+    # the first version's registries: the same ids as before, told of the other spelling too
+    first = query(db, "SELECT label FROM versions ORDER BY label")[0][0]
+    old = tmp_path / "old"
+    done = cli("registry", "--db", str(db), "--out", str(old), "--version", first)
+    assert done.returncode == 1 and "person folder named otherwise" in done.stderr, done.stderr
+    assert {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
+            for r in read_csv(old / "waveform_registry.csv") + read_csv(old / "image_registry.csv")} == before
