@@ -877,3 +877,27 @@ def test_an_upgrade_of_a_torn_copy_says_it_is_damaged_and_how_to_restore_it(old)
     assert "restore it from a backup" in out.stderr and ".salvaged" in out.stderr, out.stderr
     assert "free space" not in out.stderr and "left unchanged at schema 2" in out.stderr, out.stderr
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+
+
+def test_a_sites_own_view_and_trigger_on_the_facts_table_do_not_stop_the_upgrade(tmp_path):
+    """A view or trigger a site added by hand (sqlite3 `CREATE VIEW`) that reads file_facts: the step to schema 11
+    failed with 'error in view ...: no such table: main.file_facts' between its DROP and RENAME, called the manifest
+    damaged and sent the site to a backup holding the same view; every later upgrade failed the same way."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("CREATE VIEW facts_per_kind AS SELECT kind, count(*) AS n FROM file_facts GROUP BY kind")
+        con.execute("CREATE TRIGGER site_note AFTER INSERT ON findings BEGIN SELECT count(*) FROM file_facts; END")
+        con.execute("CREATE TABLE site_notes (note TEXT)")
+        con.execute("CREATE INDEX site_by_md5 ON source_files(md5)")
+    per_kind = sorted(query(db, "SELECT kind, count(*) FROM file_facts GROUP BY kind"))
+
+    said = cli("upgrade", "--db", str(db))
+    assert said.returncode == 0 and f"schema 10 -> {schema_module.SCHEMA_VERSION}" in said.stdout, said.stderr
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(schema_module.SCHEMA_VERSION),)]
+    # the site's own view, trigger, table and index stay, and the view reads the new table
+    assert sorted(query(db, "SELECT kind, n FROM facts_per_kind")) == per_kind
+    assert {name for (name,) in query(db, "SELECT name FROM sqlite_master")} >= {
+        "facts_per_kind", "site_note", "site_notes", "site_by_md5"}
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert query(db, "PRAGMA legacy_alter_table") == [(0,)]  # (a new connection: the default)

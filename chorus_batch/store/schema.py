@@ -226,7 +226,16 @@ def _to_11(con: sqlite3.Connection) -> None:
     con.execute("CREATE TABLE file_facts_11 (kind TEXT NOT NULL, md5 TEXT NOT NULL, facts TEXT NOT NULL)")
     con.execute("INSERT INTO file_facts_11 (kind, md5, facts) SELECT kind, md5, facts FROM file_facts")
     con.execute("DROP TABLE file_facts")
-    con.execute("ALTER TABLE file_facts_11 RENAME TO file_facts")
+    # A site's own view or trigger that reads file_facts (sqlite3 `CREATE VIEW ...`, harmless to every release) names
+    # no table between the DROP and the RENAME, and SQLite's RENAME checks the whole schema: it failed with "error in
+    # view ...: no such table", called the manifest damaged and sent the site to a backup that has the same view. The
+    # legacy RENAME leaves views and triggers as they are: they name file_facts, the table they read again after it.
+    (legacy,) = con.execute("PRAGMA legacy_alter_table").fetchone()
+    con.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        con.execute("ALTER TABLE file_facts_11 RENAME TO file_facts")
+    finally:
+        con.execute(f"PRAGMA legacy_alter_table = {int(legacy)}")
     con.execute("CREATE UNIQUE INDEX file_facts_key ON file_facts(kind, md5)")
 
 
