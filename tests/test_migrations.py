@@ -285,6 +285,39 @@ def test_a_schema_6_manifest_of_the_previous_release_upgrades_without_rewriting_
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+
+def test_a_schema_6_source_files_table_a_database_browser_rebuilt_upgrades(tmp_path):
+    """A site that edited its manifest in DB Browser for SQLite (a column or index of its own) has source_files
+    rebuilt as that tool declares a table: every name quoted, tabs between ("md5"\tTEXT\tNOT NULL). The step to
+    schema 7 looked for 'md5 TEXT NOT NULL' unquoted, found none and failed with 'SQLite failed on the manifest ...
+    report it' on every try; the same rows under the same columns now upgrade."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(SCHEMA6 / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        columns = con.execute("PRAGMA table_info(source_files)").fetchall()
+        indexes = [sql for (sql,) in con.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'source_files' AND sql IS NOT NULL")]
+        declared = [f'\t"{name}"\t{kind}' + ("\tNOT NULL" if not_null else "")
+                    for _, name, kind, not_null, _, _ in columns]
+        primary = [name for _, name, _, _, _, pk in columns if pk]
+        con.execute('CREATE TABLE "browser_new" (\n' + ",\n".join(declared) + f',\n\tPRIMARY KEY("{primary[0]}")\n)')
+        con.execute("INSERT INTO browser_new SELECT * FROM source_files")
+        con.execute("DROP TABLE source_files")
+        con.execute('ALTER TABLE browser_new RENAME TO "source_files"')
+        for sql in indexes:
+            con.execute(sql)
+    assert '"md5"\tTEXT\tNOT NULL' in query(db, "SELECT sql FROM sqlite_master WHERE name = 'source_files'")[0][0]
+    names = [r[1] for r in columns]
+    before = query(db, f"SELECT {', '.join(names)} FROM source_files ORDER BY file_id")
+
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 0 and f"schema 6 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
+    assert query(db, f"SELECT {', '.join(names)} FROM source_files ORDER BY file_id") == before
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert [r[3] for r in query(db, "PRAGMA table_info(source_files)") if r[1] == "md5"] == [0]  # NULL allowed now
+    assert query(db, "SELECT md5_source, count(*) FROM source_files GROUP BY 1") == [("computed", len(before))]
+
+
 # ----------------------------------------------------------------------------- the release before (schema 7)
 
 def upgrades_keeping_every_row(fixture: Path, db: Path, schema: int, *, grown: tuple[str, ...]) -> None:

@@ -156,7 +156,10 @@ def _to_6(con: sqlite3.Connection) -> None:
     con.execute("ALTER TABLE source_files ADD COLUMN verified_ns INTEGER")
 
 
-_MD5_NOT_NULL = re.compile(r"\bmd5\s+TEXT\s+NOT\s+NULL\b", re.IGNORECASE)
+# The column as this project declared it, or as a database browser declares a table it rebuilt to add a column or
+# index of the site's own (DB Browser for SQLite quotes every name and separates with tabs: '"md5"\tTEXT\tNOT NULL'):
+# the unquoted pattern found no column there, and every upgrade failed with 'SQLite failed on the manifest ... report it'
+_MD5_NOT_NULL = re.compile(r"""([(,]\s*)(["`\[]?)md5(["`\]]?)\s+TEXT\s+NOT\s+NULL\b""", re.IGNORECASE)
 
 
 def _to_7(con: sqlite3.Connection) -> None:
@@ -166,7 +169,7 @@ def _to_7(con: sqlite3.Connection) -> None:
     constraint: no row is rewritten, so it takes the same time on 10M rows as on 10). Rows of local roots
     committed before were all read and hashed: their md5_source is 'computed'; others are not known."""
     (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'source_files'").fetchone()
-    relaxed, n = _MD5_NOT_NULL.subn("md5 TEXT", sql)
+    relaxed, n = _MD5_NOT_NULL.subn(r"\1\2md5\3 TEXT", sql)
     md5_not_null = [row[3] for row in con.execute("PRAGMA table_info(source_files)") if row[1] == "md5"]
     if md5_not_null != [0] and n != 1:
         raise sqlite3.DatabaseError(f"source_files has no single 'md5 TEXT NOT NULL' column to relax ({n} found)")
