@@ -934,3 +934,25 @@ def test_a_sites_own_view_and_trigger_on_the_facts_table_do_not_stop_the_upgrade
         "facts_per_kind", "site_note", "site_notes", "site_by_md5"}
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
     assert query(db, "PRAGMA legacy_alter_table") == [(0,)]  # (a new connection: the default)
+
+
+def test_an_old_manifest_whose_dropped_unique_index_its_rows_now_break_is_said_so(tmp_path):
+    """An old manifest whose one-current-row-per-path index was dropped by hand, and a path made current twice meanwhile:
+    the upgrade said it 'failed at the step to schema 11' (a step that had succeeded) and that 'its tables are not those
+    of schema 10' (they were); it names the index and the rows, as a run on a current manifest does."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("DROP INDEX source_files_current")
+        con.execute("INSERT INTO source_files (record_id, person_id, srcfile, modality, size, mtime_ns, md5, time_valid, "
+                    "version_valid) SELECT record_id, person_id, srcfile, modality, size, mtime_ns, md5, time_valid, "
+                    "version_valid FROM source_files WHERE time_invalid IS NULL LIMIT 1")
+    rows = query(db, "SELECT * FROM source_files ORDER BY file_id")
+
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 3, out.stderr
+    assert "creating its index source_files_current" in out.stderr and "edited while it was gone" in out.stderr, out.stderr
+    assert "the step to schema" not in out.stderr and "not those of schema" not in out.stderr, out.stderr
+    assert "restore the manifest from a backup" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+    assert query(db, "SELECT * FROM source_files ORDER BY file_id") == rows

@@ -382,7 +382,7 @@ def upgrade(con: sqlite3.Connection, where: str,
         check_release(con, where)
         restore_indexes(con, where)
         return before, before
-    target = before
+    target, index = before, None
     _say_slow_steps(con, before, where)
     try:
         with con:  # one transaction: an upgrade that fails (or is killed) leaves the manifest exactly as it was
@@ -390,11 +390,22 @@ def upgrade(con: sqlite3.Connection, where: str,
             for target in range(before + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[target](con)
             for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
+                index = index_name(ddl)
                 con.execute(ddl)
+            index = None
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             pause("upgrade")  # (tests: a signal in the upgrade's transaction)
         pause("upgraded")  # (tests: a signal raised once the upgrade's commit returned, as one during it is)
     except sqlite3.Error as exc:
+        if index is not None and isinstance(exc, sqlite3.IntegrityError):
+            # a unique index of the old schema dropped by hand and rows made duplicate meanwhile (two current rows of
+            # one path): "failed at the step to schema 11 ... its tables are not those of schema 10" named a step
+            # that had succeeded and tables that were right, not the index and the rows
+            raise ManifestError(
+                f"upgrading the manifest from schema {before} failed creating its index {index} ({exc}): the manifest "
+                "lacks it and its rows break it; they were edited while it was gone; it was left unchanged at schema "
+                f"{before}", where=where,
+                fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it") from None
         text = str(exc).lower()
         damaged = any(w in text for w in ("no such", "duplicate column", "already exists", "constraint"))
         if not damaged and storage_failure is not None:
