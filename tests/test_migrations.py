@@ -956,3 +956,12 @@ def test_an_old_manifest_whose_dropped_unique_index_its_rows_now_break_is_said_s
     assert "restore the manifest from a backup" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
     assert query(db, "SELECT * FROM source_files ORDER BY file_id") == rows
+
+
+def test_upgrade_help_says_the_whole_upgrade_is_one_transaction():
+    """The help said 'one numbered step at a time, each one transaction', so a site whose upgrade was killed looked for
+    a manifest left between two steps; the upgrade is one transaction (README, schema.upgrade)."""
+    out = cli("upgrade", "--help")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0 and "all in one transaction" in text and "each one transaction" not in text, out.stdout
+    assert "leaves the manifest at the schema it had" in text, out.stdout
