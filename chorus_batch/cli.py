@@ -382,8 +382,9 @@ def _parser() -> argparse.ArgumentParser:
 
     upgrade = command(
         "upgrade", help="bring a manifest written by an older chorus-batch up to this release's schema",
-        description="Migrate the manifest in place, one numbered step at a time, each one transaction: every version, "
-                    "file row, record and finding is kept. `run` and `validate` do this too; read-only commands ask "
+        description="Migrate the manifest in place, one numbered step after the other, all in one transaction (an "
+                    "upgrade that fails or is stopped leaves the manifest at the schema it had, never between two "
+                    "steps): every version, file row, record, finding and upload record is kept. `run` and `validate` do this too; read-only commands ask "
                     "for it. Also says what the next run does that no schema step does (a release of the same schema "
                     "too): classify the current rows again, check the latest version again by this release's rules.",
         epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite\n\n" + EXIT_CODES_HELP,

@@ -285,6 +285,39 @@ def test_a_schema_6_manifest_of_the_previous_release_upgrades_without_rewriting_
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+
+def test_a_schema_6_source_files_table_a_database_browser_rebuilt_upgrades(tmp_path):
+    """A site that edited its manifest in DB Browser for SQLite (a column or index of its own) has source_files
+    rebuilt as that tool declares a table: every name quoted, tabs between ("md5"\tTEXT\tNOT NULL). The step to
+    schema 7 looked for 'md5 TEXT NOT NULL' unquoted, found none and failed with 'SQLite failed on the manifest ...
+    report it' on every try; the same rows under the same columns now upgrade."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(SCHEMA6 / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        columns = con.execute("PRAGMA table_info(source_files)").fetchall()
+        indexes = [sql for (sql,) in con.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'source_files' AND sql IS NOT NULL")]
+        declared = [f'\t"{name}"\t{kind}' + ("\tNOT NULL" if not_null else "")
+                    for _, name, kind, not_null, _, _ in columns]
+        primary = [name for _, name, _, _, _, pk in columns if pk]
+        con.execute('CREATE TABLE "browser_new" (\n' + ",\n".join(declared) + f',\n\tPRIMARY KEY("{primary[0]}")\n)')
+        con.execute("INSERT INTO browser_new SELECT * FROM source_files")
+        con.execute("DROP TABLE source_files")
+        con.execute('ALTER TABLE browser_new RENAME TO "source_files"')
+        for sql in indexes:
+            con.execute(sql)
+    assert '"md5"\tTEXT\tNOT NULL' in query(db, "SELECT sql FROM sqlite_master WHERE name = 'source_files'")[0][0]
+    names = [r[1] for r in columns]
+    before = query(db, f"SELECT {', '.join(names)} FROM source_files ORDER BY file_id")
+
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 0 and f"schema 6 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
+    assert query(db, f"SELECT {', '.join(names)} FROM source_files ORDER BY file_id") == before
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert [r[3] for r in query(db, "PRAGMA table_info(source_files)") if r[1] == "md5"] == [0]  # NULL allowed now
+    assert query(db, "SELECT md5_source, count(*) FROM source_files GROUP BY 1") == [("computed", len(before))]
+
+
 # ----------------------------------------------------------------------------- the release before (schema 7)
 
 def upgrades_keeping_every_row(fixture: Path, db: Path, schema: int, *, grown: tuple[str, ...]) -> None:
@@ -877,3 +910,58 @@ def test_an_upgrade_of_a_torn_copy_says_it_is_damaged_and_how_to_restore_it(old)
     assert "restore it from a backup" in out.stderr and ".salvaged" in out.stderr, out.stderr
     assert "free space" not in out.stderr and "left unchanged at schema 2" in out.stderr, out.stderr
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+
+
+def test_a_sites_own_view_and_trigger_on_the_facts_table_do_not_stop_the_upgrade(tmp_path):
+    """A view or trigger a site added by hand (sqlite3 `CREATE VIEW`) that reads file_facts: the step to schema 11
+    failed with 'error in view ...: no such table: main.file_facts' between its DROP and RENAME, called the manifest
+    damaged and sent the site to a backup holding the same view; every later upgrade failed the same way."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("CREATE VIEW facts_per_kind AS SELECT kind, count(*) AS n FROM file_facts GROUP BY kind")
+        con.execute("CREATE TRIGGER site_note AFTER INSERT ON findings BEGIN SELECT count(*) FROM file_facts; END")
+        con.execute("CREATE TABLE site_notes (note TEXT)")
+        con.execute("CREATE INDEX site_by_md5 ON source_files(md5)")
+    per_kind = sorted(query(db, "SELECT kind, count(*) FROM file_facts GROUP BY kind"))
+
+    said = cli("upgrade", "--db", str(db))
+    assert said.returncode == 0 and f"schema 10 -> {schema_module.SCHEMA_VERSION}" in said.stdout, said.stderr
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(schema_module.SCHEMA_VERSION),)]
+    # the site's own view, trigger, table and index stay, and the view reads the new table
+    assert sorted(query(db, "SELECT kind, n FROM facts_per_kind")) == per_kind
+    assert {name for (name,) in query(db, "SELECT name FROM sqlite_master")} >= {
+        "facts_per_kind", "site_note", "site_notes", "site_by_md5"}
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert query(db, "PRAGMA legacy_alter_table") == [(0,)]  # (a new connection: the default)
+
+
+def test_an_old_manifest_whose_dropped_unique_index_its_rows_now_break_is_said_so(tmp_path):
+    """An old manifest whose one-current-row-per-path index was dropped by hand, and a path made current twice meanwhile:
+    the upgrade said it 'failed at the step to schema 11' (a step that had succeeded) and that 'its tables are not those
+    of schema 10' (they were); it names the index and the rows, as a run on a current manifest does."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("DROP INDEX source_files_current")
+        con.execute("INSERT INTO source_files (record_id, person_id, srcfile, modality, size, mtime_ns, md5, time_valid, "
+                    "version_valid) SELECT record_id, person_id, srcfile, modality, size, mtime_ns, md5, time_valid, "
+                    "version_valid FROM source_files WHERE time_invalid IS NULL LIMIT 1")
+    rows = query(db, "SELECT * FROM source_files ORDER BY file_id")
+
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 3, out.stderr
+    assert "creating its index source_files_current" in out.stderr and "edited while it was gone" in out.stderr, out.stderr
+    assert "the step to schema" not in out.stderr and "not those of schema" not in out.stderr, out.stderr
+    assert "restore the manifest from a backup" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+    assert query(db, "SELECT * FROM source_files ORDER BY file_id") == rows
+
+
+def test_upgrade_help_says_the_whole_upgrade_is_one_transaction():
+    """The help said 'one numbered step at a time, each one transaction', so a site whose upgrade was killed looked for
+    a manifest left between two steps; the upgrade is one transaction (README, schema.upgrade)."""
+    out = cli("upgrade", "--help")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0 and "all in one transaction" in text and "each one transaction" not in text, out.stdout
+    assert "leaves the manifest at the schema it had" in text, out.stdout

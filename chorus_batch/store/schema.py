@@ -156,7 +156,10 @@ def _to_6(con: sqlite3.Connection) -> None:
     con.execute("ALTER TABLE source_files ADD COLUMN verified_ns INTEGER")
 
 
-_MD5_NOT_NULL = re.compile(r"\bmd5\s+TEXT\s+NOT\s+NULL\b", re.IGNORECASE)
+# The column as this project declared it, or as a database browser declares a table it rebuilt to add a column or
+# index of the site's own (DB Browser for SQLite quotes every name and separates with tabs: '"md5"\tTEXT\tNOT NULL'):
+# the unquoted pattern found no column there, and every upgrade failed with 'SQLite failed on the manifest ... report it'
+_MD5_NOT_NULL = re.compile(r"""([(,]\s*)(["`\[]?)md5(["`\]]?)\s+TEXT\s+NOT\s+NULL\b""", re.IGNORECASE)
 
 
 def _to_7(con: sqlite3.Connection) -> None:
@@ -166,7 +169,7 @@ def _to_7(con: sqlite3.Connection) -> None:
     constraint: no row is rewritten, so it takes the same time on 10M rows as on 10). Rows of local roots
     committed before were all read and hashed: their md5_source is 'computed'; others are not known."""
     (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'source_files'").fetchone()
-    relaxed, n = _MD5_NOT_NULL.subn("md5 TEXT", sql)
+    relaxed, n = _MD5_NOT_NULL.subn(r"\1\2md5\3 TEXT", sql)
     md5_not_null = [row[3] for row in con.execute("PRAGMA table_info(source_files)") if row[1] == "md5"]
     if md5_not_null != [0] and n != 1:
         raise sqlite3.DatabaseError(f"source_files has no single 'md5 TEXT NOT NULL' column to relax ({n} found)")
@@ -226,7 +229,16 @@ def _to_11(con: sqlite3.Connection) -> None:
     con.execute("CREATE TABLE file_facts_11 (kind TEXT NOT NULL, md5 TEXT NOT NULL, facts TEXT NOT NULL)")
     con.execute("INSERT INTO file_facts_11 (kind, md5, facts) SELECT kind, md5, facts FROM file_facts")
     con.execute("DROP TABLE file_facts")
-    con.execute("ALTER TABLE file_facts_11 RENAME TO file_facts")
+    # A site's own view or trigger that reads file_facts (sqlite3 `CREATE VIEW ...`, harmless to every release) names
+    # no table between the DROP and the RENAME, and SQLite's RENAME checks the whole schema: it failed with "error in
+    # view ...: no such table", called the manifest damaged and sent the site to a backup that has the same view. The
+    # legacy RENAME leaves views and triggers as they are: they name file_facts, the table they read again after it.
+    (legacy,) = con.execute("PRAGMA legacy_alter_table").fetchone()
+    con.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        con.execute("ALTER TABLE file_facts_11 RENAME TO file_facts")
+    finally:
+        con.execute(f"PRAGMA legacy_alter_table = {int(legacy)}")
     con.execute("CREATE UNIQUE INDEX file_facts_key ON file_facts(kind, md5)")
 
 
@@ -370,7 +382,7 @@ def upgrade(con: sqlite3.Connection, where: str,
         check_release(con, where)
         restore_indexes(con, where)
         return before, before
-    target = before
+    target, index = before, None
     _say_slow_steps(con, before, where)
     try:
         with con:  # one transaction: an upgrade that fails (or is killed) leaves the manifest exactly as it was
@@ -378,11 +390,22 @@ def upgrade(con: sqlite3.Connection, where: str,
             for target in range(before + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[target](con)
             for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
+                index = index_name(ddl)
                 con.execute(ddl)
+            index = None
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             pause("upgrade")  # (tests: a signal in the upgrade's transaction)
         pause("upgraded")  # (tests: a signal raised once the upgrade's commit returned, as one during it is)
     except sqlite3.Error as exc:
+        if index is not None and isinstance(exc, sqlite3.IntegrityError):
+            # a unique index of the old schema dropped by hand and rows made duplicate meanwhile (two current rows of
+            # one path): "failed at the step to schema 11 ... its tables are not those of schema 10" named a step
+            # that had succeeded and tables that were right, not the index and the rows
+            raise ManifestError(
+                f"upgrading the manifest from schema {before} failed creating its index {index} ({exc}): the manifest "
+                "lacks it and its rows break it; they were edited while it was gone; it was left unchanged at schema "
+                f"{before}", where=where,
+                fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it") from None
         text = str(exc).lower()
         damaged = any(w in text for w in ("no such", "duplicate column", "already exists", "constraint"))
         if not damaged and storage_failure is not None:
