@@ -682,10 +682,11 @@ def test_the_versions_after_a_hand_label_are_told_apart_in_the_change_plot():
 def test_a_manifest_under_the_home_folder_is_not_named_by_the_page(tmp_path, monkeypatch):
     """The page named the manifest "/home/alice/m.sqlite" (its "manifest" line, the `python -c` commands that write a
     table as CSV, the command that validates the version): a report a reviewer passes on named their home folder. It
-    is written '~/m.sqlite', which open_manifest and --db read back."""
+    is written '~/m.sqlite', which open_manifest and --db read back. The site kept there (~/site) was still named in
+    full by the page's title, heading and "site" line: it is written '~/site' too."""
     home = tmp_path / "alice"
     home.mkdir()
-    site, db = tmp_path / "site", home / "m.sqlite"
+    site, db = home / "site", home / "m.sqlite"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     write(site, "000001/Waveforms/Telemetry/1001/1001.hea", b"1001 1 250 2500\n1001.dat 16 200 16 0 0 0 0 II\n")
     run_site(site, db, validate_site=False)
@@ -696,6 +697,7 @@ def test_a_manifest_under_the_home_folder_is_not_named_by_the_page(tmp_path, mon
     assert "chorus-batch validate --db '~/m.sqlite' checks it" in text, re.findall(r".{80}m.sqlite.{40}", text)
     assert 'open_manifest("~/m.sqlite")' in text
     assert open_manifest("~/m.sqlite").latest() == info.version  # what the page's commands open is this manifest
+    assert "<h1>Data-quality report: ~/site</h1>" in text and "<dt>site</dt><dd>~/site</dd>" in text, text[:2000]
 
 
 def test_person_ids_that_look_alike_are_told_apart_as_files_shows_them(tmp_path):

@@ -192,6 +192,10 @@ class _Report:
         self.local = home_relative(str(Path(reader.path).absolute()))
         self.remote = named is not None
         self.db = named or self.local
+        # The site as the page titles it: a folder under the home folder as '~' too (a URL is left as recorded, its
+        # secrets masked): the page's heading named the home folder its manifest line no longer did
+        site = self.row.get("site")
+        self.site = home_relative(site) if site else None
         # The version's files in DuckDB, not a polars frame: a frame of every file grew with the manifest.
         # Queries run one after the other: concurrent ADBC connections can meet SQLITE_BUSY while
         # one of them recovers the WAL index, and the gain on two cores was small.
@@ -243,9 +247,8 @@ class _Report:
         sections = {"changes": self.changes_by_version(), "persons": self.persons(), "sessions": self.sessions(),
                     "sizes": self.sizes(), "duplicates": self.duplicates(), "scan_errors": self.scan_errors(),
                     "findings": self.findings(), "deleted": self.deleted()}
-        site = self.row.get("site")
         return _environment().get_template("report.html.j2").render(
-            title=f"chorus-batch report — {shown_name(site or self.db)} — version {self.label}",
+            title=f"chorus-batch report — {shown_name(self.site or self.db)} — version {self.label}",
             summary=self.summary(), flags=self.flags, **sections,
             version=__version__, written=iso(utc_now()))
 
@@ -258,8 +261,8 @@ class _Report:
         n_files, n_bytes, n_persons = self.one(
             "SELECT count(*), coalesce(sum(size), 0)::BIGINT, count(DISTINCT person_id) FROM files")
         return {
-            "heading": row.get("site") or Path(self.db).name,
-            "site": row.get("site") or "unknown",
+            "heading": self.site or Path(self.db).name,
+            "site": self.site or "unknown",
             "manifest": self.db,
             "label": self.label,
             "position": self.versions.height,
