@@ -329,6 +329,27 @@ def test_one_file_removed_is_said_in_the_singular(tmp_path):
     assert "(2 files): 1 file removed or replaced (50.0%)" in text
 
 
+def test_the_sessions_without_a_duration_are_counted_in_words_that_agree(tmp_path):
+    """The sessions line said "1 sessions have no duration in their names", and "0 sessions have no duration" when
+    every session had one."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/1001/1001.hea", b"1001 1 250 2500\n1001.dat 16 200 16 0 0 0 0 II\n")
+    run_site(site, db)
+
+    def sessions_line() -> str:
+        page = html.unescape(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text()))
+        return re.search(r"duration\s+(median[^\n]*)", page).group(1).strip()
+
+    assert sessions_line() == "median 10 s, max 10 s"
+    write(site, "000001/Waveforms/Telemetry/1002/1002.hea", b"not a header\n")
+    run_site(site, db)
+    assert sessions_line() == "median 10 s, max 10 s; 1 session has no duration in its names"
+    write(site, "000001/Waveforms/Telemetry/1003/1003.hea", b"not a header either\n")
+    run_site(site, db)
+    assert sessions_line() == "median 10 s, max 10 s; 2 sessions have no duration in their names"
+
+
 def test_bad_output_path(two_versions, tmp_path):
     db, _parquet = two_versions
     for out in (tmp_path, tmp_path / "missing" / "r.html"):

@@ -149,6 +149,18 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def _durations_said(durations: pl.Series, sessions: int) -> str:
+    """The sessions line's durations: their median and maximum, and how many sessions have none ('1 session has',
+    nothing when every session has one: it read '1 sessions have', '0 sessions have no duration')."""
+    if not durations.len():
+        return "no session has a duration in its names"
+    said = f"median {_duration(durations.median())}, max {_duration(durations.max())}"
+    without = sessions - durations.len()
+    if without:
+        said += f"; {_n(without, 'session')} {'has' if without == 1 else 'have'} no duration in {'its' if without == 1 else 'their'} names"
+    return said
+
+
 @dataclass(frozen=True)
 class Examples:
     """A few of a group's items (paths, or (path, message) pairs) and the group's size."""
@@ -357,9 +369,7 @@ class _Report:
             "persons": per_person.height,
             "first": good.min() if good.len() else "",
             "last": good.max() if good.len() else "",
-            "duration": (f"median {_duration(durations.median())}, max {_duration(durations.max())}; "
-                         f"{sessions.height - durations.len():,} sessions have no duration in their names"
-                         if durations.len() else "no session has a duration in its names"),
+            "duration": _durations_said(durations, sessions.height),
             "files_bytes": f"{int(sessions['files'].sum()):,} files, {human_bytes(sessions['bytes'].sum())}",
             "no_start": int(sessions["start"].is_null().sum()),
             "flag": flag,
