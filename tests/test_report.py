@@ -350,6 +350,28 @@ def test_the_sessions_without_a_duration_are_counted_in_words_that_agree(tmp_pat
     assert sessions_line() == "median 10 s, max 10 s; 2 sessions have no duration in their names"
 
 
+def test_a_person_that_disappeared_is_flagged_as_the_notebook_flags_it(tmp_path):
+    """A person of the previous version with no file left in the version reviewed was not said by the page (the
+    notebook's checklist says CHECK "persons: none disappeared"): 1 file of 41 removed stayed under the deleted
+    section's 5% and the page had nothing to look at. It is flagged in the persons section and the summary."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for i in range(40):
+        write(site, f"000001/Waveforms/Telemetry/{1000 + i}/{1000 + i}.dat", f"{i}".encode())
+    write(site, "000002/Waveforms/Telemetry/2001/2001.dat", b"gone")
+    run_site(site, db, validate_site=False)
+    info = write_report(db, tmp_path / "first.html")
+    assert not [flag for flag in info.flags if "no file in this version" in flag]  # no previous version
+    shutil.rmtree(site / "000002")
+    run_site(site, db, validate_site=False)
+    previous = open_manifest(db).versions()["label"][0]
+    info = write_report(db, tmp_path / "r.html")
+    said = f"1 person of the previous version {previous} has no file in this version: 000002."
+    assert said in info.flags and not [flag for flag in info.flags if "more than 5%" in flag], info.flags
+    page = html.unescape(info.path.read_text(encoding="utf-8"))
+    persons = page[page.index('<section id="persons">'):page.index('<section id="sessions">')]
+    assert f'<p class="flag">{said}</p>' in persons
+
+
 def test_bad_output_path(two_versions, tmp_path):
     db, _parquet = two_versions
     for out in (tmp_path, tmp_path / "missing" / "r.html"):

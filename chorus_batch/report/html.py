@@ -157,7 +157,8 @@ def _durations_said(durations: pl.Series, sessions: int) -> str:
     said = f"median {_duration(durations.median())}, max {_duration(durations.max())}"
     without = sessions - durations.len()
     if without:
-        said += f"; {_n(without, 'session')} {'has' if without == 1 else 'have'} no duration in {'its' if without == 1 else 'their'} names"
+        has, its = ("has", "its") if without == 1 else ("have", "their")
+        said += f"; {_n(without, 'session')} {has} no duration in {its} names"
     return said
 
 
@@ -256,7 +257,8 @@ class _Report:
     # -- the page
     def render(self) -> str:
         # in page order, the summary last: it lists the flags the other sections raise
-        sections = {"changes": self.changes_by_version(), "persons": self.persons(), "sessions": self.sessions(),
+        sections = {"changes": self.changes_by_version(), "persons": self.persons(),
+                    "persons_gone": self.persons_gone(), "sessions": self.sessions(),
                     "sizes": self.sizes(), "duplicates": self.duplicates(), "scan_errors": self.scan_errors(),
                     "findings": self.findings(), "deleted": self.deleted()}
         return _environment().get_template("report.html.j2").render(
@@ -345,6 +347,22 @@ class _Report:
             "rows": rows,  # (most/fewest files, person, files, bytes, modalities)
             "command": self.py(f"m.files_per_person({json.dumps(self.label)})", "persons.csv"),
         }
+
+    def persons_gone(self) -> str | None:
+        """The flag of the persons of the previous version with no file in this one, as the notebook's checklist
+        says them ("persons: none disappeared"): the page said nothing of a person that vanished while the
+        removals stayed under the deleted section's share (1 person of 100)."""
+        if self.previous is None:
+            return None
+        gone = [row[0] for row in self.con.execute(
+            """SELECT DISTINCT person_id FROM base_files WHERE person_id IS NOT NULL
+               EXCEPT SELECT DISTINCT person_id FROM files WHERE person_id IS NOT NULL ORDER BY 1""").fetchall()]
+        if not gone:
+            return None
+        shown = ", ".join(shown_name(person) for person in gone[:EXAMPLES])
+        more = f" and {len(gone) - EXAMPLES:,} more" if len(gone) > EXAMPLES else ""
+        return self.flag(f"{_n(len(gone), 'person')} of the previous version {self.previous} "
+                         f"{'has' if len(gone) == 1 else 'have'} no file in this version: {shown}{more}.")
 
     # 4
     def sessions(self) -> dict | None:
