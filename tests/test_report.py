@@ -329,6 +329,49 @@ def test_one_file_removed_is_said_in_the_singular(tmp_path):
     assert "(2 files): 1 file removed or replaced (50.0%)" in text
 
 
+def test_the_sessions_without_a_duration_are_counted_in_words_that_agree(tmp_path):
+    """The sessions line said "1 sessions have no duration in their names", and "0 sessions have no duration" when
+    every session had one."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/1001/1001.hea", b"1001 1 250 2500\n1001.dat 16 200 16 0 0 0 0 II\n")
+    run_site(site, db)
+
+    def sessions_line() -> str:
+        page = html.unescape(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text()))
+        return re.search(r"duration\s+(median[^\n]*)", page).group(1).strip()
+
+    assert sessions_line() == "median 10 s, max 10 s"
+    write(site, "000001/Waveforms/Telemetry/1002/1002.hea", b"not a header\n")
+    run_site(site, db)
+    assert sessions_line() == "median 10 s, max 10 s; 1 session has no duration in its names"
+    write(site, "000001/Waveforms/Telemetry/1003/1003.hea", b"not a header either\n")
+    run_site(site, db)
+    assert sessions_line() == "median 10 s, max 10 s; 2 sessions have no duration in their names"
+
+
+def test_a_person_that_disappeared_is_flagged_as_the_notebook_flags_it(tmp_path):
+    """A person of the previous version with no file left in the version reviewed was not said by the page (the
+    notebook's checklist says CHECK "persons: none disappeared"): 1 file of 41 removed stayed under the deleted
+    section's 5% and the page had nothing to look at. It is flagged in the persons section and the summary."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for i in range(40):
+        write(site, f"000001/Waveforms/Telemetry/{1000 + i}/{1000 + i}.dat", f"{i}".encode())
+    write(site, "000002/Waveforms/Telemetry/2001/2001.dat", b"gone")
+    run_site(site, db, validate_site=False)
+    info = write_report(db, tmp_path / "first.html")
+    assert not [flag for flag in info.flags if "no file in this version" in flag]  # no previous version
+    shutil.rmtree(site / "000002")
+    run_site(site, db, validate_site=False)
+    previous = open_manifest(db).versions()["label"][0]
+    info = write_report(db, tmp_path / "r.html")
+    said = f"1 person of the previous version {previous} has no file in this version: 000002."
+    assert said in info.flags and not [flag for flag in info.flags if "more than 5%" in flag], info.flags
+    page = html.unescape(info.path.read_text(encoding="utf-8"))
+    persons = page[page.index('<section id="persons">'):page.index('<section id="sessions">')]
+    assert f'<p class="flag">{said}</p>' in persons
+
+
 def test_bad_output_path(two_versions, tmp_path):
     db, _parquet = two_versions
     for out in (tmp_path, tmp_path / "missing" / "r.html"):
@@ -682,10 +725,11 @@ def test_the_versions_after_a_hand_label_are_told_apart_in_the_change_plot():
 def test_a_manifest_under_the_home_folder_is_not_named_by_the_page(tmp_path, monkeypatch):
     """The page named the manifest "/home/alice/m.sqlite" (its "manifest" line, the `python -c` commands that write a
     table as CSV, the command that validates the version): a report a reviewer passes on named their home folder. It
-    is written '~/m.sqlite', which open_manifest and --db read back."""
+    is written '~/m.sqlite', which open_manifest and --db read back. The site kept there (~/site) was still named in
+    full by the page's title, heading and "site" line: it is written '~/site' too."""
     home = tmp_path / "alice"
     home.mkdir()
-    site, db = tmp_path / "site", home / "m.sqlite"
+    site, db = home / "site", home / "m.sqlite"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     write(site, "000001/Waveforms/Telemetry/1001/1001.hea", b"1001 1 250 2500\n1001.dat 16 200 16 0 0 0 0 II\n")
     run_site(site, db, validate_site=False)
@@ -696,6 +740,7 @@ def test_a_manifest_under_the_home_folder_is_not_named_by_the_page(tmp_path, mon
     assert "chorus-batch validate --db '~/m.sqlite' checks it" in text, re.findall(r".{80}m.sqlite.{40}", text)
     assert 'open_manifest("~/m.sqlite")' in text
     assert open_manifest("~/m.sqlite").latest() == info.version  # what the page's commands open is this manifest
+    assert "<h1>Data-quality report: ~/site</h1>" in text and "<dt>site</dt><dd>~/site</dd>" in text, text[:2000]
 
 
 def test_person_ids_that_look_alike_are_told_apart_as_files_shows_them(tmp_path):

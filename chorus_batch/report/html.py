@@ -149,6 +149,19 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def _durations_said(durations: pl.Series, sessions: int) -> str:
+    """The sessions line's durations: their median and maximum, and how many sessions have none ('1 session has',
+    nothing when every session has one: it read '1 sessions have', '0 sessions have no duration')."""
+    if not durations.len():
+        return "no session has a duration in its names"
+    said = f"median {_duration(durations.median())}, max {_duration(durations.max())}"
+    without = sessions - durations.len()
+    if without:
+        has, its = ("has", "its") if without == 1 else ("have", "their")
+        said += f"; {_n(without, 'session')} {has} no duration in {its} names"
+    return said
+
+
 @dataclass(frozen=True)
 class Examples:
     """A few of a group's items (paths, or (path, message) pairs) and the group's size."""
@@ -192,6 +205,10 @@ class _Report:
         self.local = home_relative(str(Path(reader.path).absolute()))
         self.remote = named is not None
         self.db = named or self.local
+        # The site as the page titles it: a folder under the home folder as '~' too (a URL is left as recorded, its
+        # secrets masked): the page's heading named the home folder its manifest line no longer did
+        site = self.row.get("site")
+        self.site = home_relative(site) if site else None
         # The version's files in DuckDB, not a polars frame: a frame of every file grew with the manifest.
         # Queries run one after the other: concurrent ADBC connections can meet SQLITE_BUSY while
         # one of them recovers the WAL index, and the gain on two cores was small.
@@ -240,12 +257,12 @@ class _Report:
     # -- the page
     def render(self) -> str:
         # in page order, the summary last: it lists the flags the other sections raise
-        sections = {"changes": self.changes_by_version(), "persons": self.persons(), "sessions": self.sessions(),
+        sections = {"changes": self.changes_by_version(), "persons": self.persons(),
+                    "persons_gone": self.persons_gone(), "sessions": self.sessions(),
                     "sizes": self.sizes(), "duplicates": self.duplicates(), "scan_errors": self.scan_errors(),
                     "findings": self.findings(), "deleted": self.deleted()}
-        site = self.row.get("site")
         return _environment().get_template("report.html.j2").render(
-            title=f"chorus-batch report — {shown_name(site or self.db)} — version {self.label}",
+            title=f"chorus-batch report — {shown_name(self.site or self.db)} — version {self.label}",
             summary=self.summary(), flags=self.flags, **sections,
             version=__version__, written=iso(utc_now()))
 
@@ -258,8 +275,8 @@ class _Report:
         n_files, n_bytes, n_persons = self.one(
             "SELECT count(*), coalesce(sum(size), 0)::BIGINT, count(DISTINCT person_id) FROM files")
         return {
-            "heading": row.get("site") or Path(self.db).name,
-            "site": row.get("site") or "unknown",
+            "heading": self.site or Path(self.db).name,
+            "site": self.site or "unknown",
             "manifest": self.db,
             "label": self.label,
             "position": self.versions.height,
@@ -331,6 +348,22 @@ class _Report:
             "command": self.py(f"m.files_per_person({json.dumps(self.label)})", "persons.csv"),
         }
 
+    def persons_gone(self) -> str | None:
+        """The flag of the persons of the previous version with no file in this one, as the notebook's checklist
+        says them ("persons: none disappeared"): the page said nothing of a person that vanished while the
+        removals stayed under the deleted section's share (1 person of 100)."""
+        if self.previous is None:
+            return None
+        gone = [row[0] for row in self.con.execute(
+            """SELECT DISTINCT person_id FROM base_files WHERE person_id IS NOT NULL
+               EXCEPT SELECT DISTINCT person_id FROM files WHERE person_id IS NOT NULL ORDER BY 1""").fetchall()]
+        if not gone:
+            return None
+        shown = ", ".join(shown_name(person) for person in gone[:EXAMPLES])
+        more = f" and {len(gone) - EXAMPLES:,} more" if len(gone) > EXAMPLES else ""
+        return self.flag(f"{_n(len(gone), 'person')} of the previous version {self.previous} "
+                         f"{'has' if len(gone) == 1 else 'have'} no file in this version: {shown}{more}.")
+
     # 4
     def sessions(self) -> dict | None:
         sessions = self.reader.sessions(self.label, con=self.con)  # grouped in DuckDB
@@ -354,9 +387,7 @@ class _Report:
             "persons": per_person.height,
             "first": good.min() if good.len() else "",
             "last": good.max() if good.len() else "",
-            "duration": (f"median {_duration(durations.median())}, max {_duration(durations.max())}; "
-                         f"{sessions.height - durations.len():,} sessions have no duration in their names"
-                         if durations.len() else "no session has a duration in its names"),
+            "duration": _durations_said(durations, sessions.height),
             "files_bytes": f"{int(sessions['files'].sum()):,} files, {human_bytes(sessions['bytes'].sum())}",
             "no_start": int(sessions["start"].is_null().sum()),
             "flag": flag,
