@@ -77,6 +77,9 @@ def cloud(**azure) -> CloudSettings:
     f"password={KEY}",
     f"https://user:{KEY}@host/path",
     f"X-Amz-Signature={SIG}",
+    # %-escaped SAS in free text: 'sig%3D' after '%26' (no word boundary before it) was left as it was
+    f"the token was sv%3D2024%26sr%3Dc%26sig%3D{SIG}",
+    f"X-Amz-Credential%3DAKIA%26X-Amz-Signature%3D{SIG}",
 ])
 def test_scrub_removes_secrets(text):
     out = scrub(text)
@@ -1133,6 +1136,10 @@ from chorus_batch.urls import mask_url  # noqa: E402
     ("https://user:PA55@W0RD@host/x", ("PA55", "W0RD")),
     ("s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/site", ("AKIAEXAMPLE", "wJalrXUtnFEMI", "K7MDENG")),
     ("https://ghp_T0KEN@host/x", ("ghp_T0KEN",)),
+    # a query without '=': a SAS %-escaped whole (copied from an escaped link or a config) was shown in full
+    ("az://cnt/site?se%3D2030-01-01%26sp%3Drl%26sv%3D2024%26sr%3Dc%26sig%3DSASSIG%252BX", ("SASSIG",)),
+    ("s3://b1/x?X-Amz-Credential%3DAKIAEXAMPLE%26X-Amz-Signature%3Dfe5f80f7", ("AKIAEXAMPLE", "fe5f80f7")),
+    ("https://host/x?T0KEN&a=1", ("T0KEN",)),
 ])
 def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     masked = mask_url(url)
@@ -1167,6 +1174,9 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     (["--site", "az://Site-1/Export"], "Azure container names are lowercase, so give az://site-1/Export"),
     (["--site", "abfs://site1@acct.dfs.core.windows.net/a?b"], "'?' starts a query"),
     (["--site", "s3://b1/a?b/"], "'?' starts a query"),
+    # a SAS %-escaped whole has no '=' in its query: the message quoted it, signature and all
+    (["--site", "az://site1/x?sv%3D2024%26sr%3Dc%26sig%3DSECRETSIG%252B"], "'?' starts a query"),
+    (["--site", "s3://b1/x?X-Amz-Credential%3DAKIAEXAMPLE%26X-Amz-Signature%3DSECRETSIG"], "'?' starts a query"),
     (["--site", "az://site1/site#x"], "'#' starts a fragment"),
     (["--site", "az://site1//site"], "az://site1//site has an empty folder name ('//')"),
     (["--site", "abfss://site1/a//b/"], "has an empty folder name"),
