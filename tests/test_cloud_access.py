@@ -168,6 +168,19 @@ def test_sas_then_key_then_default_credential(clean_env):
     assert default.how.endswith("for https://myacct.blob.core.windows.net (AZURE_STORAGE_ACCOUNT)")
 
 
+def test_default_credential_to_an_http_account_is_a_configuration_to_fix(clean_env, tmp_path):
+    """No key, SAS or connection string for an http:// account (an emulator): the SDK takes a token only over https,
+    and verify said "internal error: ValueError: Token credential is only supported with HTTPS" (exit 3)."""
+    with pytest.raises(ConfigError) as refused:
+        azure_sign_in(cloud(account_url="http://127.0.0.1:10000/devstoreaccount1"), {})
+    assert "signs in only over https" in str(refused.value) and "AZURE_STORAGE_SAS_TOKEN" in refused.value.fix
+    (tmp_path / "chorus.toml").write_text('[azure]\naccount_url = "http://127.0.0.1:9/devstoreaccount1"\n')
+    (tmp_path / "site").mkdir()
+    out = cli("run", "--site", "az://site1/x", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "signs in only over https" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr and "fix:" in out.stderr
+
+
 @pytest.mark.parametrize("url, name, refused", [
     ("https://myacct.blob.core.windows.net", "otheracct", True),
     ("http://127.0.0.1:10000/devstoreaccount1", "myacct", True),
