@@ -23,7 +23,12 @@ PROTOCOLS = ("file", *AZURE_PROTOCOLS, *S3_PROTOCOLS, "memory")
 # whole (an Azure SAS, an S3 presigned X-Amz-Signature/-Credential/-Security-Token, whatever a store invents);
 # in other text only the SAS parameters that may follow a '?' or '&'.
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
-_URL_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
+# each item of a URL's query: a value after its '=' masked, an item without '=' masked whole (a SAS %-escaped as
+# one piece, 'sv%3D...%26sig%3D...', has no '=' and was shown in full)
+_URL_QUERY_ITEM = re.compile(r"([?&])([^=&#]*)(=[^&#]*)?")
+# where a secret's name starts in free text: a word's start, or after a %-escaped '&' or '?' ('%26sig%3D': no word
+# boundary between '6' and 's', so an escaped SAS was left as it was)
+_NAME_START = r"(?:\b|(?<=%26)|(?<=%3F))"
 # A URL's userinfo: user:password@ up to the last '@' (a password may hold '@' or '/', as AWS secret keys do:
 # https://user:p@ss@host/ showed 'ss', s3://KEY:a/b@bucket/ all of it), or a user (a token) before the first '/'.
 _USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/?#@:\s]+:\S*|[^/?#\s]*)@", re.IGNORECASE)
@@ -34,15 +39,16 @@ _TEXT_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 _SCRUB = [
     # SAS query parameters (sig is the secret; the rest say what it allows and until when)
     (re.compile(r"(?i)((?:^|[?&;\s\"'])sig=)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
-    (re.compile(r"(?i)\b(sig%3D)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
+    (re.compile(r"(?i)" + _NAME_START + r"(sig%3D)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
     # connection-string fields
     (re.compile(r"(?i)\b(AccountKey=)[^;\s\"',]+"), r"\1***"),
     (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s\"',]+"), r"\1***"),
     # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys
     (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
-    (re.compile(r"(?i)\b((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
+    (re.compile(r"(?i)" + _NAME_START +
+                r"((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
                 r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
-                r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*)[^\s\"'&;,]+"), r"\1***"),
+                r"X-Amz-Signature|Signature)[\"']?\s*(?:[:=]|%3D)\s*[\"']?)(?!\*\*\*)[^\s\"'&;,]+"), r"\1***"),
 ]
 
 
@@ -58,7 +64,14 @@ def mask_url(url: str) -> str:
     head, query = url.split("?", 1) if "://" in url and "?" in url else (url, None)
     if query is None:
         return _SECRET_QUERY.sub(r"\1***", url)
-    return head + _URL_QUERY_VALUE.sub(r"\1***", "?" + query)
+    return head + _URL_QUERY_ITEM.sub(_masked_query_item, "?" + query)
+
+
+def _masked_query_item(found: re.Match) -> str:
+    separator, name, value = found.groups()
+    if value is not None:
+        return f"{separator}{name}=***"
+    return f"{separator}***" if name else separator
 
 
 def scrub(text: str) -> str:

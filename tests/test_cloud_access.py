@@ -77,6 +77,9 @@ def cloud(**azure) -> CloudSettings:
     f"password={KEY}",
     f"https://user:{KEY}@host/path",
     f"X-Amz-Signature={SIG}",
+    # %-escaped SAS in free text: 'sig%3D' after '%26' (no word boundary before it) was left as it was
+    f"the token was sv%3D2024%26sr%3Dc%26sig%3D{SIG}",
+    f"X-Amz-Credential%3DAKIA%26X-Amz-Signature%3D{SIG}",
 ])
 def test_scrub_removes_secrets(text):
     out = scrub(text)
@@ -163,6 +166,19 @@ def test_sas_then_key_then_default_credential(clean_env):
     assert default.kind == "default_credential" and default.secret is None
     assert default.how.startswith("DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI")
     assert default.how.endswith("for https://myacct.blob.core.windows.net (AZURE_STORAGE_ACCOUNT)")
+
+
+def test_default_credential_to_an_http_account_is_a_configuration_to_fix(clean_env, tmp_path):
+    """No key, SAS or connection string for an http:// account (an emulator): the SDK takes a token only over https,
+    and verify said "internal error: ValueError: Token credential is only supported with HTTPS" (exit 3)."""
+    with pytest.raises(ConfigError) as refused:
+        azure_sign_in(cloud(account_url="http://127.0.0.1:10000/devstoreaccount1"), {})
+    assert "signs in only over https" in str(refused.value) and "AZURE_STORAGE_SAS_TOKEN" in refused.value.fix
+    (tmp_path / "chorus.toml").write_text('[azure]\naccount_url = "http://127.0.0.1:9/devstoreaccount1"\n')
+    (tmp_path / "site").mkdir()
+    out = cli("run", "--site", "az://site1/x", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "signs in only over https" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr and "fix:" in out.stderr
 
 
 @pytest.mark.parametrize("url, name, refused", [
@@ -1163,6 +1179,10 @@ from chorus_batch.urls import mask_url  # noqa: E402
     ("https://user:PA55@W0RD@host/x", ("PA55", "W0RD")),
     ("s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/site", ("AKIAEXAMPLE", "wJalrXUtnFEMI", "K7MDENG")),
     ("https://ghp_T0KEN@host/x", ("ghp_T0KEN",)),
+    # a query without '=': a SAS %-escaped whole (copied from an escaped link or a config) was shown in full
+    ("az://cnt/site?se%3D2030-01-01%26sp%3Drl%26sv%3D2024%26sr%3Dc%26sig%3DSASSIG%252BX", ("SASSIG",)),
+    ("s3://b1/x?X-Amz-Credential%3DAKIAEXAMPLE%26X-Amz-Signature%3Dfe5f80f7", ("AKIAEXAMPLE", "fe5f80f7")),
+    ("https://host/x?T0KEN&a=1", ("T0KEN",)),
 ])
 def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     masked = mask_url(url)
@@ -1197,6 +1217,9 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     (["--site", "az://Site-1/Export"], "Azure container names are lowercase, so give az://site-1/Export"),
     (["--site", "abfs://site1@acct.dfs.core.windows.net/a?b"], "'?' starts a query"),
     (["--site", "s3://b1/a?b/"], "'?' starts a query"),
+    # a SAS %-escaped whole has no '=' in its query: the message quoted it, signature and all
+    (["--site", "az://site1/x?sv%3D2024%26sr%3Dc%26sig%3DSECRETSIG%252B"], "'?' starts a query"),
+    (["--site", "s3://b1/x?X-Amz-Credential%3DAKIAEXAMPLE%26X-Amz-Signature%3DSECRETSIG"], "'?' starts a query"),
     (["--site", "az://site1/site#x"], "'#' starts a fragment"),
     (["--site", "az://site1//site"], "az://site1//site has an empty folder name ('//')"),
     (["--site", "abfss://site1/a//b/"], "has an empty folder name"),

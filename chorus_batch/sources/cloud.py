@@ -264,6 +264,15 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
                                   "`az storage account keys list`)")
         return AzureSignIn("account_key", f"account key from {key_env} for {account}", account_url, account_name,
                            key, key_env)
+    if urlsplit(account_url).scheme.lower() != "https":
+        # the SDK sends a token only over https: "internal error: ValueError: Token credential is only supported
+        # with HTTPS" when the first client was made (an emulator's http:// endpoint with no key, SAS or string set)
+        raise ConfigError(
+            f"no key, SAS token or connection string is set for {account}, and DefaultAzureCredential (az login, "
+            f"a managed identity) signs in only over https, not to {account_url}",
+            where=where or "[azure] account_url",
+            fix=f"set {azure.connection_string_env}, {azure.sas_token_env} or {azure.account_key_env} in the "
+                "environment, or give the account's https:// address")
     return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}" + (f" ({where})" if where else ""),
                        account_url, account_name)
 
