@@ -357,6 +357,26 @@ def test_open_manifest_reads_a_path_under_the_home_folder_as_the_command_line_do
     assert open_manifest("~/m.sqlite").versions()["label"].to_list() == history["labels"]
 
 
+def test_run_settings_and_manifest_read_a_path_under_the_home_folder_as_the_command_line_does(history, tmp_path,
+                                                                                               monkeypatch):
+    """RunSettings(db="~/m.sqlite") failed with "the manifest's folder ./~ does not exist ... mkdir -p './~'" (its
+    site="~/..." was read as the home's), and Manifest("~/m.sqlite") said "no manifest at ./~/m.sqlite"."""
+    from chorus_batch import Manifest, RunSettings, run
+
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    elsewhere.mkdir()
+    shutil.copytree(history["site"], home / "site")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    settings = RunSettings(site="~/site", db=Path("~/m.sqlite"), parquet="~/snapshots", workers=1, validate=False)
+    assert (settings.db, settings.parquet) == (str(home / "m.sqlite"), str(home / "snapshots"))
+    result = run(settings)
+    assert result.counts["added"] > 0
+    assert Manifest("~/m.sqlite").versions()["label"].to_list() == [result.label]
+    assert (home / "snapshots").is_dir() and not any(elsewhere.iterdir())  # no folder '~' made here
+
+
 def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
     from chorus_batch import run
 
