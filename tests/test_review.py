@@ -1657,3 +1657,21 @@ def test_a_label_typed_in_other_letter_case_is_answered_with_the_label_meant(sit
     out = cli("files", "--db", str(db), "--as-of", "NOV-Delivery")
     assert out.returncode == 2 and "no version 'NOV-Delivery' in the manifest; did you mean nov-delivery?" \
         in out.stderr, out.stderr
+
+
+def test_the_package_offers_its_names_to_a_notebook_and_its_docstring_names_the_change_sets_columns(tmp_path):
+    """`dir(chorus_batch)` (a notebook's Tab completion) held none of run, RunSettings, Manifest (loaded lazily), and
+    the package's docstring left version and file_id out of the change set's columns."""
+    import re
+
+    import chorus_batch
+    from chorus_batch import RunSettings, run
+
+    assert set(chorus_batch.__all__) <= set(dir(chorus_batch))
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    result = run(RunSettings(site=site, db=tmp_path / "m.sqlite", workers=1, validate=False))
+    said = re.search(r"result\.change_set\s+# polars frame: ([^\n]*(?:\n\s+#[^\n]*)*)", chorus_batch.__doc__)
+    assert said is not None
+    named = [name.strip() for name in re.sub(r"\n\s+#", " ", said.group(1)).split(",")]
+    assert named == result.change_set.columns
