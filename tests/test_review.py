@@ -1675,3 +1675,17 @@ def test_the_package_offers_its_names_to_a_notebook_and_its_docstring_names_the_
     assert said is not None
     named = [name.strip() for name in re.sub(r"\n\s+#", " ", said.group(1)).split(",")]
     assert named == result.change_set.columns
+
+
+def test_a_notebook_shows_what_stands_after_a_run_s_error(tmp_path):
+    """IPython shows a ChorusError as its `_render_traceback_` lines: the error alone, without what stands (`outcome`,
+    which the command line prints after it) nor its notes."""
+    from chorus_batch import RunSettings, run
+    from chorus_batch.errors import ChorusError
+
+    with pytest.raises(ChorusError) as refused:
+        run(RunSettings(site=tmp_path / "no-site", db=tmp_path / "m.sqlite", workers=1))
+    refused.value.add_note("a note")
+    shown = refused.value._render_traceback_()
+    assert shown[0].startswith(f"{type(refused.value).__name__}: site root is not a readable directory"), shown
+    assert shown[1:] == [f"  nothing was committed; no manifest was made at {tmp_path / 'm.sqlite'}", "a note"], shown
