@@ -2,7 +2,8 @@
 
     from chorus_batch import RunSettings, run
     result = run(RunSettings(site="/data/site", db="manifest.sqlite"))
-    result.change_set  # polars frame: change, srcfile, old_srcfile, old_file_id, modality, person_id, size, md5
+    result.change_set  # polars frame: version, change, srcfile, old_srcfile, file_id, old_file_id, modality,
+                      # person_id, size, md5
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
     from .errors import ChorusError, ExitCode
     from .pipeline import RunResult, run
     from .store import Manifest
+
+
+def __dir__() -> list[str]:
+    """The lazy names too: a notebook's `chorus_batch.<Tab>` and `dir(chorus_batch)` offered no run, RunSettings or
+    Manifest (they load on first use, not at import)."""
+    return sorted({*globals(), *_LAZY})
 
 
 def __getattr__(name: str) -> Any:

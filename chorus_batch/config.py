@@ -53,8 +53,8 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from .config_file import read_toml_text, resolve_path, setting_line
@@ -523,8 +523,14 @@ class RunSettings(BaseModel):
 
     @field_validator("site", "db", "delete_list", "parquet", "staging", "merge", mode="before")
     @classmethod
-    def _path_as_text(cls, value: object) -> object:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value  # a pathlib path, as open_manifest takes
+    def _path_as_text(cls, value: object, info: ValidationInfo) -> object:
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value  # a pathlib path, as open_manifest takes
+        if isinstance(value, str) and value.startswith("~"):  # as --db "~/m.sqlite" reads it: db="~/m.sqlite" was
+            # "the manifest's folder ./~ does not exist ... mkdir -p './~'" (site was read as the home's already)
+            from .urls import expand_home
+
+            value = expand_home(value, f"RunSettings({info.field_name}=...)")
+        return value
 
     @field_validator("roots", mode="before")
     @classmethod

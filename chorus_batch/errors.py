@@ -112,8 +112,14 @@ class ChorusError(Exception):
     def _render_traceback_(self) -> list[str]:
         """What IPython (Jupyter, papermill) shows for it instead of a traceback: the message, where and what to
         do, as the command line says it. A reviewer's notebook on a manifest with no version yet showed
-        twenty frames of chorus_batch internals around the one line that mattered."""
-        return [f"{type(self).__name__}: {self}"]
+        twenty frames of chorus_batch internals around the one line that mattered. Then what stands (`outcome`, which
+        the command line prints after the error: a failed run's "nothing was committed ...; the files it hashed are
+        checkpointed in ...") and any notes: the notebook showed neither."""
+        from .units import shown
+
+        outcome = getattr(self, "outcome", None)
+        return [f"{type(self).__name__}: {self}", *([f"  {shown(outcome)}"] if isinstance(outcome, str) else []),
+                *(str(note) for note in getattr(self, "__notes__", []))]
 
 
 class UsageError(ChorusError):

@@ -92,6 +92,32 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     `report` (the command line's summary) is called with the result before the run's end is recorded in `runs`
     (RunResult.reported is then True): a summary that cannot be written (a full disk, a reader that left) is part of
     how the run ended, and `runs` records that, not the 0 of a run whose output was lost."""
+    try:
+        return _run_settings(settings, argv=argv, progress=progress, report=report)
+    except KeyboardInterrupt as exc:  # (the command line says it from the same attributes)
+        _note_what_stands(exc)
+        raise
+
+
+def _note_what_stands(exc: BaseException) -> None:
+    """A Ctrl-C (a notebook's "Interrupt the kernel") that stopped `run`, with what stands noted on it: a notebook
+    showed a bare KeyboardInterrupt, also where the version had been committed before it (the command line says it
+    from `committed` and `outcome`; a notebook never showed those). Said once: an az:// run's outer call rewrites
+    what its inner one noted."""
+    committed = getattr(exc, "committed", None)
+    stands = getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
+                                               else "nothing was committed")
+    note = f"chorus_batch.run was interrupted: {stands}"
+    notes = getattr(exc, "__notes__", [])
+    if getattr(exc, "_stands_note", None) in notes:
+        notes.remove(exc._stands_note)  # type: ignore[attr-defined]
+    exc.add_note(note)
+    exc._stands_note = note  # type: ignore[attr-defined]
+
+
+def _run_settings(settings: RunSettings, *, argv: list[str] | None, progress: Progress | None,
+                  report: Callable[[RunResult], None] | None) -> RunResult:
+    """run, its note on a Ctrl-C aside."""
     refuse_while_starting()  # (a worker importing a caller's unguarded script: before the manifest is locked)
     if not isinstance(settings, RunSettings):  # a library caller's dict or path: said, not an AttributeError
         raise UsageError(f"run() takes a RunSettings, not {type(settings).__name__} {settings!r}",

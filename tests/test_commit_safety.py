@@ -405,3 +405,39 @@ def test_a_manifest_being_made_is_never_seen_half_made_by_a_second_run(site, db,
     Manifest(db).ensure_schema()
     assert len(seen) > 2 and seen == [None] * len(seen), seen
     assert Manifest(db).schema_on_disk() == schema.SCHEMA_VERSION
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("point, stands", [("commit", "nothing was committed"),
+                                           ("run-finished", "version {label} had been committed before; it stays")])
+def test_ctrl_c_in_a_library_run_is_noted_with_what_stands_and_the_next_run_goes_on(site, db, point, stands):
+    """A notebook's "Interrupt the kernel" in chorus_batch.run showed a bare KeyboardInterrupt, also after the version
+    had been committed (the command line says it; the notebook user was left to guess). The KeyboardInterrupt carries
+    a note of what stands; the lock is released and a second run() in the same interpreter goes on."""
+    write(site, "OMOP/a.csv", b"a")
+    script = """if True:
+        import sys
+        from chorus_batch import RunSettings, run
+        settings = RunSettings(site=sys.argv[1], db=sys.argv[2], workers=1, validate=False)
+        try:
+            run(settings)
+        except KeyboardInterrupt as exc:
+            print("notes:", *getattr(exc, "__notes__", []), sep="\\n", flush=True)
+        import os
+        os.environ.pop("CHORUS_BATCH_TEST_PAUSE")
+        print("again:", run(settings).counts)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", script, str(site), str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while f"test pause at {point}" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None, f"the run ended before its pause at {point}"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    labels = [label for (label,) in query(db, "SELECT label FROM versions")]
+    notes = out.split("notes:\n", 1)[1].split("again:", 1)[0].strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("chorus_batch.run was interrupted: "), out
+    assert stands.format(label=labels[0]) in notes[0], out
+    assert len(labels) == 1 and ("'added': 1" in out) == (point == "commit"), out

@@ -357,6 +357,26 @@ def test_open_manifest_reads_a_path_under_the_home_folder_as_the_command_line_do
     assert open_manifest("~/m.sqlite").versions()["label"].to_list() == history["labels"]
 
 
+def test_run_settings_and_manifest_read_a_path_under_the_home_folder_as_the_command_line_does(history, tmp_path,
+                                                                                               monkeypatch):
+    """RunSettings(db="~/m.sqlite") failed with "the manifest's folder ./~ does not exist ... mkdir -p './~'" (its
+    site="~/..." was read as the home's), and Manifest("~/m.sqlite") said "no manifest at ./~/m.sqlite"."""
+    from chorus_batch import Manifest, RunSettings, run
+
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    elsewhere.mkdir()
+    shutil.copytree(history["site"], home / "site")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    settings = RunSettings(site="~/site", db=Path("~/m.sqlite"), parquet="~/snapshots", workers=1, validate=False)
+    assert (settings.db, settings.parquet) == (str(home / "m.sqlite"), str(home / "snapshots"))
+    result = run(settings)
+    assert result.counts["added"] > 0
+    assert Manifest("~/m.sqlite").versions()["label"].to_list() == [result.label]
+    assert (home / "snapshots").is_dir() and not any(elsewhere.iterdir())  # no folder '~' made here
+
+
 def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
     from chorus_batch import run
 
@@ -1677,3 +1697,35 @@ def test_a_label_typed_in_other_letter_case_is_answered_with_the_label_meant(sit
     out = cli("files", "--db", str(db), "--as-of", "NOV-Delivery")
     assert out.returncode == 2 and "no version 'NOV-Delivery' in the manifest; did you mean nov-delivery?" \
         in out.stderr, out.stderr
+
+
+def test_the_package_offers_its_names_to_a_notebook_and_its_docstring_names_the_change_sets_columns(tmp_path):
+    """`dir(chorus_batch)` (a notebook's Tab completion) held none of run, RunSettings, Manifest (loaded lazily), and
+    the package's docstring left version and file_id out of the change set's columns."""
+    import re
+
+    import chorus_batch
+    from chorus_batch import RunSettings, run
+
+    assert set(chorus_batch.__all__) <= set(dir(chorus_batch))
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    result = run(RunSettings(site=site, db=tmp_path / "m.sqlite", workers=1, validate=False))
+    said = re.search(r"result\.change_set\s+# polars frame: ([^\n]*(?:\n\s+#[^\n]*)*)", chorus_batch.__doc__)
+    assert said is not None
+    named = [name.strip() for name in re.sub(r"\n\s+#", " ", said.group(1)).split(",")]
+    assert named == result.change_set.columns
+
+
+def test_a_notebook_shows_what_stands_after_a_run_s_error(tmp_path):
+    """IPython shows a ChorusError as its `_render_traceback_` lines: the error alone, without what stands (`outcome`,
+    which the command line prints after it) nor its notes."""
+    from chorus_batch import RunSettings, run
+    from chorus_batch.errors import ChorusError
+
+    with pytest.raises(ChorusError) as refused:
+        run(RunSettings(site=tmp_path / "no-site", db=tmp_path / "m.sqlite", workers=1))
+    refused.value.add_note("a note")
+    shown = refused.value._render_traceback_()
+    assert shown[0].startswith(f"{type(refused.value).__name__}: site root is not a readable directory"), shown
+    assert shown[1:] == [f"  nothing was committed; no manifest was made at {tmp_path / 'm.sqlite'}", "a note"], shown

@@ -974,6 +974,22 @@ def _held_without_details(db: Path):
         yield
 
 
+def test_a_library_run_refused_by_a_run_of_its_own_process_is_told_so(site, db):
+    """A notebook's run() refused while another call in the same kernel (a thread, a cell still running) held the lock
+    was told "locked by another run: pid N ... (if that process is gone, its lock went with it)" of its own pid."""
+    from chorus_batch import RunSettings
+    from chorus_batch import run as library_run
+    from chorus_batch.errors import ManifestLocked
+    from chorus_batch.store.lock import manifest_lock
+
+    write(site, "OMOP/a.csv")
+    with manifest_lock(db, []), pytest.raises(ManifestLocked) as refused:
+        library_run(RunSettings(site=site, db=db, workers=1, validate=False))
+    assert "locked by another run in this same process: pid " in str(refused.value), refused.value
+    assert "if that process is gone" not in refused.value.fix and "once that run has returned" in refused.value.fix
+    assert not db.exists()  # (refused before the manifest was made)
+
+
 def test_details_left_by_a_killed_holder_are_not_named_as_the_holder(site, db):
     """A run killed with SIGKILL leaves its details beside the lock; a run refused by the next holder before that one
     had written its own was told "locked by pid N ... (if that process is gone, its lock went with it)" of the killed

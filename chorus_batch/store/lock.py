@@ -281,6 +281,14 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
                                  where=str(lock_path), fix=f"{this} did nothing; {ARRAY_FIX}") from None
         # the holder as what it is: a `validate --force` or `registry` holding the run lock is no "other run"
         other = kind if held in (None, kind) or held not in _command_names() else "command"
+        if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            # A library caller's own process (a notebook's run() in a thread, or one cell's run still going while
+            # another's starts): "pid N ... if that process is gone" sent them looking for another process
+            raise ManifestLocked(
+                f"the manifest is locked by another {other} in this same process: {holder} (another thread, or a "
+                "notebook cell still running, called it)", where=str(lock_path),
+                fix=f"{this} did nothing; call it again once that {other} has returned (one at a time per manifest)",
+            ) from None
         raise ManifestLocked(
             f"the manifest is locked by another {other}: {holder}",
             where=str(lock_path),

@@ -343,7 +343,10 @@ class Manifest:
                              where="chorus_batch.Manifest(path)", fix='give its path: Manifest("manifest.sqlite")')
         # The real file, symbolic links resolved: every file beside it (lock, state cache, checkpoint, SQLite's
         # -wal) is named after it, so two spellings of one manifest share one lock.
-        self.path = Path(os.path.realpath(path))
+        from ..urls import expand_home
+
+        # '~' as --db and open_manifest read it (Manifest("~/m.sqlite") was "no manifest at ./~/m.sqlite")
+        self.path = Path(os.path.realpath(expand_home(os.fspath(path), "Manifest(path)")))
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self.run_outcome = Path(f"{self.path}.run-outcome")  # (note_run_outcome)
