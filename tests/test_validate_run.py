@@ -668,3 +668,30 @@ def test_validate_of_a_manifest_whose_recorded_root_is_not_there_says_so_not_tha
     said = messages[0]
     assert "the root it is recorded under" in said and "validate --site DIR" in said, said
     assert ("Windows path" in said) == recorded.startswith("C:"), said
+
+
+def test_the_examples_of_a_summary_show_each_rule_before_a_second_of_any(clean, db):
+    """The examples were the first 10 (20 in --json) findings by severity and path: twelve compressed files in a person
+    folder (paths starting with digits) filled them, and the one error of another rule (Metadata/READINESS.md missing)
+    was a count with no message in the run's summary, `validate` and `--json`'s examples. Each rule now gives its
+    first example before any rule gives a second, the most serious first; they are listed in path order."""
+    person = person_ids(3)[0]
+    for i in range(12):
+        write(clean, f"{person}/Waveforms/Telemetry/{sessions_of(person, 0)['single']}/archive{i:02}.zip", b"PK\x03\x04")
+    (clean / "Metadata" / "READINESS.md").unlink()
+    run = cli("run", "--site", str(clean), "--db", str(db))
+    assert run.returncode == 1, run.stderr
+    for out in (run.stdout, cli("validate", "--db", str(db)).stdout):
+        listed = [line.strip() for line in out.splitlines() if line.startswith("    error: ")]
+        assert any("Metadata/READINESS.md:" in line for line in listed), out
+        assert any("archive00.zip:" in line for line in listed)
+        assert listed == sorted(listed)  # still in path order
+    summary = json.loads(cli("validate", "--db", str(db), "--json").stdout)
+    examples = summary["examples"]
+    assert summary["by_rule"]["error:file.compressed"] == 12
+    rules = [e["rule"] for e in examples]
+    assert "metadata.missing" in rules and rules.count("file.compressed") > 1
+    # every rule found has an example, and the errors come first
+    assert {e["severity"] + ":" + e["rule"] for e in examples} == set(summary["by_rule"])
+    assert [e["severity"] for e in examples] == sorted((e["severity"] for e in examples),
+                                                        key=["error", "warning", "info"].index)

@@ -106,8 +106,19 @@ def findings_dict(findings: pl.DataFrame | None) -> dict[str, Any] | None:
         "total": findings.height,
         "by_severity": by_severity,
         "by_rule": {f"{sev}:{rule}": n for sev, rule, n in by_rule.iter_rows()},
-        "examples": findings.sort(pl.col("severity").replace_strict(SEVERITY_ORDER, default=9)).head(20).to_dicts(),
+        "examples": _examples(findings, 20).to_dicts(),
     }
+
+
+def _examples(findings: pl.DataFrame, n: int | None) -> pl.DataFrame:
+    """The `n` findings (None: all) a summary shows, most serious first: each rule's first before any rule's second
+    (the first 10 by path were 10 of a rule with thousands, under person folders, and a rule of one finding at
+    Metadata/ or OMOP/ was a count without its message), listed by severity and then in their own order (by path)."""
+    by_severity = pl.col("severity").replace_strict(SEVERITY_ORDER, default=9)
+    ranked = findings.with_row_index("_at").with_columns(_nth=pl.int_range(pl.len()).over("severity", "rule"))
+    if n is not None:
+        ranked = ranked.sort(by_severity, "_nth", "_at").head(n)
+    return ranked.sort(by_severity, "_at").drop("_at", "_nth")
 
 
 def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
@@ -121,9 +132,7 @@ def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
              + (f" ({more})" if d["total"] else "")]
     for key, n in d["by_rule"].items():
         lines.append(f"  {key}: {n}")
-    listed = findings.sort(pl.col("severity").replace_strict(SEVERITY_ORDER, default=9), maintain_order=True)
-    if examples is not None:
-        listed = listed.head(examples)
+    listed = _examples(findings, examples)
     for row in listed.iter_rows(named=True):
         lines.append(f"    {row['severity']}: {shown_name(row['srcfile']) or '(site)'}: {shown_text(row['message'])}")
     if d["total"] > listed.height and listed.height:
