@@ -142,3 +142,21 @@ def test_one_delete_list_line_refused_is_said_in_the_singular(tmp_path):
     with pytest.raises(UsageError, match=r"^1 line of the delete list is not a site-relative path as the manifest "
                                          r"stores it \(line 2 '/OMOP/person.csv': starts with '/'"):
         read_delete_list(str(tmp_path / "del.txt"))
+
+
+def test_commands_table_shows_optional_flags_in_brackets():
+    # a flag the Commands table names outside brackets is one the command cannot do without: `slurm-script --site DIR
+    # --db MANIFEST` read as required, while both come from chorus.toml (`slurm-script --config chorus.toml`, as its
+    # --help shows), and the manifest defaults as in `run`
+    import argparse
+
+    from chorus_batch.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = re.findall(r"^\| `chorus-batch ([a-z-]+)([^`]*)` \|", README.read_text(encoding="utf-8"), re.M)
+    for cmd, synopsis in rows:
+        bare = synopsis
+        while (shorter := re.sub(r"\[[^\[\]]*\]", "", bare)) != bare:  # (groups nest: [--slurm [--shards N]])
+            bare = shorter
+        required = {s for a in sub.choices[cmd]._actions if a.required for s in a.option_strings}
+        assert set(re.findall(r"--[a-z][a-z0-9-]*", bare)) == required, cmd
