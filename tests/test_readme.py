@@ -142,3 +142,57 @@ def test_one_delete_list_line_refused_is_said_in_the_singular(tmp_path):
     with pytest.raises(UsageError, match=r"^1 line of the delete list is not a site-relative path as the manifest "
                                          r"stores it \(line 2 '/OMOP/person.csv': starts with '/'"):
         read_delete_list(str(tmp_path / "del.txt"))
+
+
+def test_commands_table_shows_optional_flags_in_brackets():
+    # a flag the Commands table names outside brackets is one the command cannot do without: `slurm-script --site DIR
+    # --db MANIFEST` read as required, while both come from chorus.toml (`slurm-script --config chorus.toml`, as its
+    # --help shows), and the manifest defaults as in `run`
+    import argparse
+
+    from chorus_batch.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = re.findall(r"^\| `chorus-batch ([a-z-]+)([^`]*)` \|", README.read_text(encoding="utf-8"), re.M)
+    for cmd, synopsis in rows:
+        bare = synopsis
+        while (shorter := re.sub(r"\[[^\[\]]*\]", "", bare)) != bare:  # (groups nest: [--slurm [--shards N]])
+            bare = shorter
+        required = {s for a in sub.choices[cmd]._actions if a.required for s in a.option_strings}
+        assert set(re.findall(r"--[a-z][a-z0-9-]*", bare)) == required, cmd
+
+
+def test_a_command_given_no_manifest_names_the_run_that_starts_it_there(tmp_path):
+    # "Commands that read a manifest take --db, else [manifest] db ..., else ./chorus_manifest.sqlite": where there is
+    # none, the fix said "run `chorus-batch run` first", which pasted in a folder with no chorus.toml stopped for want
+    # of a site, and with one ran into [manifest] db, not the --db given. The command it names now, DIR filled in,
+    # starts the manifest the command asked for, and the command then reads it.
+    import shlex
+
+    from conftest import cli, write
+
+    site, here = tmp_path / "site", tmp_path / "a folder"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    here.mkdir()
+    empty = tmp_path / "empty site"
+    empty.mkdir()
+    for command in (["versions"], ["registry", "--out", "release"], ["versions", "--db", "my manifest.sqlite"]):
+        out = cli(*command, cwd=here)
+        assert out.returncode == 2 and "no manifest at" in out.stderr, out.stderr
+        pasted = re.search(r"`(chorus-batch run --site DIR --db [^`]+)`", out.stderr)
+        assert pasted, out.stderr
+        argv = [str(site) if word == "DIR" else word for word in shlex.split(pasted.group(1))][1:]
+        assert cli(*argv, "-q", "--no-validate", cwd=tmp_path).returncode == 0  # (another folder: the path is whole)
+        assert cli(*command, cwd=here).returncode == 0, (command, cli(*command, cwd=here).stderr)
+        for name in ("chorus_manifest.sqlite", "my manifest.sqlite"):
+            for f in here.glob(name + "*"):
+                f.unlink()
+    # a manifest with no version yet (a first run over an empty site), given to validate
+    assert cli("run", "-q", "--site", str(empty), "--db", "m.sqlite", cwd=here).returncode == 0
+    out = cli("validate", "--db", "m.sqlite", cwd=here)
+    assert out.returncode == 2 and "no versions yet" in out.stderr, out.stderr
+    pasted = re.search(r"`(chorus-batch run --site DIR --db [^`]+)`", out.stderr)
+    argv = [str(site) if word == "DIR" else word for word in shlex.split(pasted.group(1))]
+    assert cli(*argv[1:], "-q", "--no-validate", cwd=tmp_path).returncode == 0
+    checked = cli("validate", "--db", "m.sqlite", cwd=here)  # (1: the one-file site's findings)
+    assert checked.returncode in (0, 1) and "validation:" in checked.stdout, checked.stderr

@@ -46,6 +46,11 @@ from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FI
                      SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new, upgrade)
 
 
+def first_run_command(db: Path | str) -> str:
+    """The command that commits a manifest's first version at `db` (a fix's words for a --db that holds none yet)."""
+    return f"`chorus-batch run --site DIR --db {shlex.quote(os.fspath(db))}`"
+
+
 def _place(location: str) -> str:
     """Where a root is, however it was spelt: a local folder's real path (a link resolved), a cloud URL without the
     '/' after its path (urls.root_url: a manifest that recorded az://c/site/ finds it again as az://c/site)."""
@@ -740,14 +745,16 @@ class Manifest:
             raise UsageError(
                 f"no manifest at {self.path}",
                 where=str(self.path),
-                fix="run `chorus-batch run` first, or pass --db with the manifest's path",
+                # (the run that starts it there: a bare `chorus-batch run` pasted from here ran on ./chorus.toml's
+                # site into another manifest, or stopped for want of a site)
+                fix=f"pass --db with the manifest's path; or start one there: {first_run_command(self.path)}",
             )
         if self.is_empty_file():
             raise UsageError(
                 f"--db names an empty file (0 bytes), not a manifest: {self.path}; it was left as it is",
                 where=str(self.path),
                 fix="pass --db with the manifest's path; or commit a first version into it with "
-                    f"`chorus-batch run --site DIR --db {self.path}` (run starts a new manifest in an empty file)",
+                    f"{first_run_command(self.path)} (run starts a new manifest in an empty file)",
             )
 
     def require(self) -> None:
