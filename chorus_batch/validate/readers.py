@@ -697,7 +697,13 @@ def _nothing_after_pixels(head: bytes, f, end: int) -> None:
     """BadContent when an element of a group before the pixel data's follows them at `end` (little-endian). DICOM keeps
     a data set's elements in ascending tag order, and a header is read up to the pixel data: a file writing its image
     attributes (0028,xxxx: Rows, Columns...) after them was told as lacking them, though it holds them."""
-    after = head[end: end + 4] if end + 4 <= len(head) else (f.seek(end), _read_up_to(f, 4))[1]
+    if end + 4 <= len(head):
+        after = head[end: end + 4]
+    elif f.seek(0, io.SEEK_END) < end + 4:  # (the file ends with its pixel data, as nearly all do: only its size asked)
+        return
+    else:  # (something after the pixels: the hashing worker's reader reads up to it, as hashing does anyway)
+        f.seek(end)
+        after = _read_up_to(f, 4)
     if len(after) == 4 and 0x0008 <= (group := int.from_bytes(after[:2], "little")) < 0x7FE0:  # (not zeros)
         element = int.from_bytes(after[2:4], "little")
         raise BadContent(f"its elements are out of order: ({group:04X},{element:04X}) follows the pixel data "
