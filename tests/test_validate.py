@@ -1788,11 +1788,32 @@ def test_a_header_without_patient_id_is_told_to_set_it_not_that_none_differs(cle
     add(DCM, out_bytes.getvalue())(clean)
     add(f"{SERIES1}/001.dcm", dicom_bytes(person_id="999", series=1, instance=1, study_date=DAY0,
                                           study_time="081500", accession=ACCESSION))(clean)
+    add(f"{SERIES1}/002.dcm", dicom_bytes(person_id=P1, series=1, instance=2, study_date=DAY0,
+                                          study_time="081500", accession=ACCESSION))(clean)
     out = validate(clean).filter(pl.col("rule") == "dicom.patient_id").sort("srcfile")
     assert out.select("srcfile", "message").rows() == [
         (DCM, f"the header has no PatientID: set it to the person_id (the person folder says {P0}) when de-identifying"),
-        (f"{SERIES1}/001.dcm", f"PatientID 999 in the header is not the person folder {P0}: set PatientID to the "
+        (f"{SERIES1}/001.dcm", "PatientID (3 characters, not quoted: it may identify the patient) in the header is "
+                               f"not the person folder {P0}: set PatientID to the person_id when de-identifying"),
+        (f"{SERIES1}/002.dcm", f"PatientID {P1} in the header is not the person folder {P0}: set PatientID to the "
                                "person_id when de-identifying")]
+
+
+def test_a_header_value_that_may_identify_the_patient_is_not_quoted_by_a_finding(clean):
+    """A DICOM file not de-identified: its PatientID (a medical record number) and AccessionNumber (the RIS's) were
+    quoted by dicom.patient_id and dicom.accession_id, so the hospital's identifiers went into the run's log, the
+    report and the manifest's findings, which go to the centre. A finding now says their length; a PatientID that is a
+    person_id of the site (a file in another person's folder) is still quoted, and an integer AccessionNumber is
+    compared with its folder (dicom.path_mismatch)."""
+    add(f"{SERIES1}/001.dcm", dicom_bytes(person_id="MRN-77341", series=1, instance=1, study_date=DAY0,
+                                          study_time="081500", accession="RIS2024X9"))(clean)
+    out = validate(clean).filter(pl.col("srcfile") == f"{SERIES1}/001.dcm")
+    messages = " ".join(out["message"])
+    assert "MRN-77341" not in messages and "RIS2024X9" not in messages, messages
+    assert set(out["rule"]) >= {"dicom.patient_id", "dicom.accession_id"}, out
+    assert "PatientID (9 characters, not quoted: it may identify the patient) in the header" in messages
+    assert "AccessionNumber (9 characters, not quoted: it may identify the patient) in the header is not an integer" \
+        in messages
 
 
 def test_a_table_under_another_extension_is_told_once_as_the_file_to_rename(clean):

@@ -55,7 +55,7 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d), _study_metadata(d), _series_metadata(d), _recommended(d),
+        *_current_paths(d), *_deidentified(d, _known_persons(site)), _study_metadata(d), _series_metadata(d), _recommended(d),
         _repeated_instances(d),
     ]
 
@@ -297,13 +297,29 @@ def _lacking(d: pl.DataFrame, rule: str, absent: dict[str, pl.Expr], keywords: d
         pl.col("_tags")))
 
 
+def _unquoted(value: pl.Expr) -> pl.Expr:
+    """What a finding says of a header value that may identify the patient, in place of the value."""
+    return fmt("({} character{|s}, not quoted: it may identify the patient)", value.str.len_chars(),
+               n=value.str.len_chars())
+
+
 def _keyword(key: str) -> str:
     """The DICOM keyword a site's tools show (PatientName, OtherPatientIDs), not the facts' key (patient_name)."""
     return "".join("IDs" if part == "ids" else part.capitalize() for part in key.split("_"))
 
 
-def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
-    """PatientID is the person folder, AccessionNumber an integer id; no attribute that identifies the patient is left filled."""
+def _known_persons(site: _Site) -> pl.Series:
+    """The person ids this check knows (person.csv's and the person folders'), as _norm_id writes them."""
+    folders = site.folders.filter(pl.col("_is_person"))["_key"]
+    return pl.concat([folders, site.person_ids]) if site.person_ids is not None else folders
+
+
+def _deidentified(d: pl.DataFrame, persons: pl.Series) -> list[pl.LazyFrame]:
+    """PatientID is the person folder, AccessionNumber an integer id; no attribute that identifies the patient is left filled.
+    A header value is quoted only where it is no identifier of the patient's: a PatientID that is a person_id of the
+    site (a file in another person's folder), an integer AccessionNumber. Any other is the hospital's (a medical
+    record number, a RIS accession): a finding is read in logs, the report and the manifest's copy at the centre,
+    and says only its length."""
     ok = d.lazy().filter(pl.col("_ok"))
     person = _norm_id(pl.col("_top"))
     # A person name's empty trailing components may be written or left out (PS3.5 6.2): 000001^ and 000001^^^^ are 000001
@@ -322,7 +338,9 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
                 "the header has no PatientID: set it to the person_id (the person folder says {}) when de-identifying",
                 shown(pl.col("_top")))).otherwise(fmt(
                 "PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
-                "de-identifying", shown(pl.col("patient_id")), shown(pl.col("_top"))))),
+                "de-identifying",
+                pl.when(_norm_id(pl.col("patient_id")).is_in(persons.implode())).then(shown(pl.col("patient_id")))
+                .otherwise(_unquoted(pl.col("patient_id"))), shown(pl.col("_top"))))),
         # The Imaging SOP: "PatientID and AccessionNumber in the DICOM metadata are replaced by person_id and
         # image_occurrence_id from the OMOP table" ("Accession number = OMOP: image_occurrence_id"): an integer id.
         # In today's layout the accession folder names the id the header should hold: the finding says which.
@@ -331,7 +349,8 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             ok.filter(~_INTEGER_ACCESSION), "srcfile",
             pl.concat_str([
                 pl.when(pl.col("accession_number").is_null()).then(pl.lit("the header has no AccessionNumber"))
-                .otherwise(fmt("AccessionNumber {} in the header is not an integer", pl.col("accession_number"))),
+                .otherwise(fmt("AccessionNumber {} in the header is not an integer",
+                               _unquoted(pl.col("accession_number")))),
                 pl.lit(": the Imaging SOP replaces it by the study's image_occurrence_id when de-identifying; set it so"),
                 pl.when((pl.col("_layout") == "current") & pl.col("_session").fill_null("").str.contains(r"^[0-9]+$"))
                 .then(fmt(" (the accession folder names {})", pl.col("_session"))).otherwise(pl.lit("")),

@@ -463,7 +463,9 @@ RULES: tuple[Rule, ...] = (
          "A DICOM file name's date and time match none of the header's study, series, acquisition or content "
          "date/time."),
     Rule("dicom.patient_id", "error", "DICOM PatientID is not the person",
-         "A DICOM header's PatientID differs from the person folder it lies in (the person_id after de-identification)."),
+         "A DICOM header's PatientID differs from the person folder it lies in (the person_id after "
+         "de-identification). The finding quotes it only when it is a person_id of the site; another value (a medical "
+         "record number) is told by its length."),
     Rule("dicom.accession_id", "error", "DICOM AccessionNumber not an image_occurrence_id",
          "A DICOM header's AccessionNumber is absent or not an integer (the Imaging SOP replaces it by the study's "
          "OMOP image_occurrence_id when de-identifying)."),
