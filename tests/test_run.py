@@ -269,6 +269,33 @@ def test_symlinks_and_special_files_are_skipped_with_a_reason(site, db):
         "OMOP/pipe": "not a regular file (device, socket or FIFO); skipped"}
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_a_link_no_longer_followed_says_the_files_recorded_through_it_are_removed(site, db):
+    """A run without --follow-symlinks (a cron line or `status` without the flag) after runs that followed them
+    recorded every file reached through a link as removed, while the link's error said only "not followed": the
+    removals were not tied to the setting that made them."""
+    write(site, "OMOP/real.csv", b"r")
+    outside = site.parent / "outside"
+    write(outside, "ext.csv", b"e")
+    write(outside, "wave/a.dat", b"a")
+    write(outside, "wave/b.dat", b"b")
+    os.symlink(outside / "ext.csv", site / "OMOP/ext.csv")
+    os.symlink(outside / "wave", site / "waves")
+    os.symlink(site / "OMOP/real.csv", site / "OMOP/unrecorded.csv")
+    run_site(site, db, follow_symlinks=True, validate_site=False)
+    assert sorted(current_rows(db)) == ["OMOP/ext.csv", "OMOP/real.csv", "waves/a.dat", "waves/b.dat"]
+    result = run_site(site, db, validate_site=False, max_delete="all")
+    assert result.counts["removed"] == 3 and sorted(current_rows(db)) == ["OMOP/real.csv"]
+    said = dict(result.errors.select("srcfile", "message").iter_rows())
+    assert said["OMOP/ext.csv"].endswith(
+        "; the previous version recorded a file at its path: recorded as removed in this version "
+        "(--follow-symlinks keeps it)")
+    assert said["waves"].endswith(
+        "; the previous version recorded 2 files under it: recorded as removed in this version "
+        "(--follow-symlinks keeps them)")
+    assert "recorded as removed" not in said["OMOP/unrecorded.csv"]
+
+
 @pytest.mark.skipif(os.name == "nt", reason="symlinks and FIFOs")
 def test_the_error_summary_lists_each_kinds_examples_under_its_own_heading(site, db):
     """With two kinds of errors, the summary gave both counts, then every example under the last kind's heading,
