@@ -438,6 +438,32 @@ def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_conten
         assert isinstance(out, tuple) and out[0] == "vanished", out
         assert "deleted or moved while this run went on" in out[1]
 
+def test_a_file_rewritten_in_place_while_hashed_with_its_mtime_put_back_is_read_again(site):
+    """A file overwritten at the same size while its bytes were read, its mtime then put back (a copy that keeps
+    timestamps, `touch -d`), kept size and mtime between the hashing's two looks at it: the MD5 recorded was of the
+    old bytes read before the write and the new ones after, which the path never held. Its change time shows the
+    write: the file is read again."""
+    import hashlib
+
+    from chorus_batch.workers import hash_one
+
+    old, new = b"person_id\n1\n" + b"a" * 200_000, b"person_id\n2\n" + b"b" * 200_000
+    path = write(site, "OMOP/person.csv", old)
+    st = path.stat()
+    done = []
+
+    def rewrite_once(f):
+        if not done:
+            done.append(f.read(64))
+            with open(path, "r+b") as out:
+                out.write(new)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return None
+
+    out = hash_one(LocalSource(site), "OMOP/person.csv", bytearray(1 << 16), rewrite_once)
+    assert not isinstance(out, tuple), out
+    assert out.digest == hashlib.md5(new).digest() and done
+
 
 def test_a_file_whose_folder_became_a_file_before_it_was_hashed_is_vanished_not_unreadable(site):
     """Its folder replaced by a file between the listing and the hashing (a re-delivery as an archive): the file was
