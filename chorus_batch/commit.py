@@ -371,6 +371,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     said = scanned.errors.with_columns(pl.when(was_tracked).then(pl.col("message") + pl.lit(
         "; the previous version tracked it: recorded as removed in this version (not counted against --max-delete); "
         "renamed, it is tracked again under its new name")).otherwise(pl.col("message")).alias("message"))
+    said = _links_not_followed_said(said, diff.change_set)
     said = _unrecorded_said(said, parts)
     errors = pl.concat([said, delete_errors, *parse_errors, *tree.silent_changes,
                         *tree.unverifiable]).unique().sort("srcfile", "kind", "message")
@@ -425,6 +426,43 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
             outcome.errors_in = "run_errors"
     return outcome
 
+
+
+def _links_not_followed_said(errors: pl.DataFrame, change_set: pl.DataFrame) -> pl.DataFrame:
+    """A link not followed (`symlink`) at or above paths this version removes says so: after runs that followed links,
+    one without --follow-symlinks (a cron line or `status` without the flag) recorded every file reached through a
+    link as removed while the link's error said only "not followed", the removals tied to nothing that made them."""
+    links = errors.filter(pl.col("kind") == "symlink")["srcfile"]
+    removed = change_set.filter(pl.col("change") == "removed")["srcfile"]
+    if links.is_empty() or removed.is_empty():
+        return errors
+    wanted = set(links.to_list())
+    at: set[str] = set()
+    under: dict[str, int] = {}
+    for path in removed.to_list():  # each removed path's own and its folders' paths (a few each)
+        if path in wanted:
+            at.add(path)
+        cut = path.find("/")
+        while cut != -1:
+            if path[:cut] in wanted:
+                under[path[:cut]] = under.get(path[:cut], 0) + 1
+            cut = path.find("/", cut + 1)
+    if not at and not under:
+        return errors
+
+    def told(link: str) -> str:
+        if link in at:
+            return "; the previous version recorded a file at its path: recorded as removed in this version (--follow-symlinks keeps it)"
+        n = under.get(link)
+        if n:
+            return (f"; the previous version recorded {plural(n, 'file')} under it: recorded as removed in this version "
+                    f"(--follow-symlinks keeps {'it' if n == 1 else 'them'})")
+        return ""
+
+    suffix = {link: told(link) for link in at | set(under)}
+    return errors.with_columns(pl.when(pl.col("kind") == "symlink").then(
+        pl.col("message") + pl.col("srcfile").replace_strict(suffix, default="", return_dtype=pl.String))
+        .otherwise(pl.col("message")).alias("message"))
 
 @dataclass
 class Tally:

@@ -269,6 +269,33 @@ def test_symlinks_and_special_files_are_skipped_with_a_reason(site, db):
         "OMOP/pipe": "not a regular file (device, socket or FIFO); skipped"}
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_a_link_no_longer_followed_says_the_files_recorded_through_it_are_removed(site, db):
+    """A run without --follow-symlinks (a cron line or `status` without the flag) after runs that followed them
+    recorded every file reached through a link as removed, while the link's error said only "not followed": the
+    removals were not tied to the setting that made them."""
+    write(site, "OMOP/real.csv", b"r")
+    outside = site.parent / "outside"
+    write(outside, "ext.csv", b"e")
+    write(outside, "wave/a.dat", b"a")
+    write(outside, "wave/b.dat", b"b")
+    os.symlink(outside / "ext.csv", site / "OMOP/ext.csv")
+    os.symlink(outside / "wave", site / "waves")
+    os.symlink(site / "OMOP/real.csv", site / "OMOP/unrecorded.csv")
+    run_site(site, db, follow_symlinks=True, validate_site=False)
+    assert sorted(current_rows(db)) == ["OMOP/ext.csv", "OMOP/real.csv", "waves/a.dat", "waves/b.dat"]
+    result = run_site(site, db, validate_site=False, max_delete="all")
+    assert result.counts["removed"] == 3 and sorted(current_rows(db)) == ["OMOP/real.csv"]
+    said = dict(result.errors.select("srcfile", "message").iter_rows())
+    assert said["OMOP/ext.csv"].endswith(
+        "; the previous version recorded a file at its path: recorded as removed in this version "
+        "(--follow-symlinks keeps it)")
+    assert said["waves"].endswith(
+        "; the previous version recorded 2 files under it: recorded as removed in this version "
+        "(--follow-symlinks keeps them)")
+    assert "recorded as removed" not in said["OMOP/unrecorded.csv"]
+
+
 @pytest.mark.skipif(os.name == "nt", reason="symlinks and FIFOs")
 def test_the_error_summary_lists_each_kinds_examples_under_its_own_heading(site, db):
     """With two kinds of errors, the summary gave both counts, then every example under the last kind's heading,
@@ -410,6 +437,32 @@ def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_conten
     else:
         assert isinstance(out, tuple) and out[0] == "vanished", out
         assert "deleted or moved while this run went on" in out[1]
+
+def test_a_file_rewritten_in_place_while_hashed_with_its_mtime_put_back_is_read_again(site):
+    """A file overwritten at the same size while its bytes were read, its mtime then put back (a copy that keeps
+    timestamps, `touch -d`), kept size and mtime between the hashing's two looks at it: the MD5 recorded was of the
+    old bytes read before the write and the new ones after, which the path never held. Its change time shows the
+    write: the file is read again."""
+    import hashlib
+
+    from chorus_batch.workers import hash_one
+
+    old, new = b"person_id\n1\n" + b"a" * 200_000, b"person_id\n2\n" + b"b" * 200_000
+    path = write(site, "OMOP/person.csv", old)
+    st = path.stat()
+    done = []
+
+    def rewrite_once(f):
+        if not done:
+            done.append(f.read(64))
+            with open(path, "r+b") as out:
+                out.write(new)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return None
+
+    out = hash_one(LocalSource(site), "OMOP/person.csv", bytearray(1 << 16), rewrite_once)
+    assert not isinstance(out, tuple), out
+    assert out.digest == hashlib.md5(new).digest() and done
 
 
 def test_a_file_whose_folder_became_a_file_before_it_was_hashed_is_vanished_not_unreadable(site):

@@ -332,8 +332,10 @@ class LocalSource:
                     unlinked = True
             if unlinked and not os.path.lexists(path):
                 raise FileNotFoundError(errno.ENOENT, "deleted while it was hashed", path)
+            # (the change time too: a write whose mtime was put back, `touch -d` or a copy keeping timestamps, while
+            # the bytes were read left size and mtime as they were, and the MD5 was of bytes the path never held)
             if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns \
-                    and not unlinked:
+                    and after.st_ctime_ns == before.st_ctime_ns and not unlinked:
                 return HashOutcome(digest.digest(), before.st_size, clamp_ns(before.st_mtime_ns), facts)
         raise FileChangedWhileHashing("file changed while it was hashed (twice: something is writing it); what was "
                                       "recorded of it is kept: run again once it is written")
