@@ -969,6 +969,8 @@ def test_a_lock_file_of_another_user_is_said_to_be_theirs(db):
     said = str(_cannot_lock(db, lock, PermissionError(13, "Permission denied")))  # what a non-root user meets
     assert "belongs to another user" in said and "uid 54321" in said and "remove the lock file" in said
     assert "folder this user can write" not in said
+    # a uid with no name here (a share's file made on another host) is named by its number: it said "run as uid;"
+    assert "run as uid 54321;" in said, said
 
 
 def test_a_read_only_manifest_says_what_to_do(site, db, tmp_path):

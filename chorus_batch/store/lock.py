@@ -51,7 +51,7 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
     if owner is not None:
         return ManifestError(f"the manifest's lock file belongs to another user, {owner}, and this user cannot open "
                              f"it: {reason}", where=str(lock_path),
-                             fix=f"run as {owner.split(' ')[0]}; or, once no run of theirs is going on, have them (or "
+                             fix=f"run as {owner.split(' (')[0]}; or, once no run of theirs is going on, have them (or "
                                  "root) remove the lock file: it holds nothing between runs")
     if isinstance(exc, PermissionError) and _read_only(lock_path):  # this user's own file, made read-only by hand
         return ManifestError(f"the manifest's lock file is read-only, and a run opens it to write: {reason}",
