@@ -943,6 +943,31 @@ def test_details_left_by_a_killed_holder_are_not_named_as_the_holder(site, db):
             in out.stderr and "were left by a holder that is gone" in out.stderr), out.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the kernel's count of a process's start (Linux)")
+def test_a_live_holder_is_named_after_the_clock_was_stepped_forward(site, db):
+    """A clock stepped forward while a run went on (NTP correcting a VM's clock) made the live holder look started
+    after its details: the run cron started next was told "left by a holder that is gone" of the run it waited on."""
+    write(site, "OMOP/a.csv", b"x" * 1000)
+    assert run(site, db, "-q").returncode == 0
+    holder = paused("run", "--site", str(site), "--db", str(db), "--rehash", at="hashing")
+    try:
+        details = Path(f"{db}.lock.json")
+        info = json.loads(details.read_text())
+        info["started_at"] = "2026-01-01T00:00:00Z"  # (its start by the clock now: long after this)
+        details.write_text(json.dumps(info))
+        out = run(site, db)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)
+    assert out.returncode == 4, out.stderr
+    assert f"locked by another run: pid {holder.pid} on host" in out.stderr, out.stderr
+    assert "gone" not in out.stderr.split("fix:")[0], out.stderr
+    # and once it is gone indeed (killed), its details are said to be left behind, as before
+    with _held_without_details(db):
+        out = run(site, db)
+    assert out.returncode == 4 and "were left by a holder that is gone" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("details, said", [(b"", "it has not written its details yet"),
                                            (b'{"pid": 12', "are cut short or damaged"),
                                            (b"\xff\xfe{\x00", "are cut short or damaged"),

@@ -180,6 +180,15 @@ def _gone(info: dict) -> bool:
         return True
     except OSError:  # (another user's: there)
         pass
+    # The holder's own start, as the kernel counts it since boot (written by this release): which process it was,
+    # whatever the clock did. By the wall clock alone, a clock stepped forward while the holder ran (NTP correcting a
+    # VM's clock) made the live holder look started after its details, and a refused run said "left by a holder that
+    # is gone" of the run it waited on.
+    boot, ticks = info.get("boot_id"), info.get("proc_start")
+    if isinstance(boot, str) and isinstance(ticks, int) and not isinstance(ticks, bool):
+        now_boot, now_ticks = _boot_id(), _process_ticks(pid)
+        if now_boot is not None and now_ticks is not None:
+            return now_boot != boot or now_ticks != ticks
     # A pid in use now may be another process's: after a reboot (or the pids wrapping round) the holder's pid went to
     # a daemon, and the reader said "locked by pid N" of it, exit 4, every night. One started after the holder wrote
     # its details is not it.
@@ -191,15 +200,32 @@ def _gone(info: dict) -> bool:
 _START_SLACK_S = 5  # (started_at is to the second, a process's start to the clock tick; a clock stepped a little)
 
 
-def _process_started(pid: int) -> float | None:
-    """When process `pid` started, in seconds since the epoch (Linux: /proc; None where not known)."""
+def _process_ticks(pid: int | str) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux: /proc/PID/stat's field 22; None where not known)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rpartition(")")[2].split()
+        return int(fields[19])  # (field 22, starttime, counted after the name)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux; None where not known): a pid of another boot is never the same process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (Linux: /proc; None where not known)."""
+    ticks = _process_ticks(pid)
+    try:
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # (field 22, starttime, counted after the name)
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+    return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def write_holder(holder_path: Path, extra: dict) -> None:
@@ -212,7 +238,8 @@ def write_holder(holder_path: Path, extra: dict) -> None:
         fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                       "started_at": iso(utc_now()), **extra}, f)
+                       "started_at": iso(utc_now()), "boot_id": _boot_id(), "proc_start": _process_ticks("self"),
+                       **extra}, f)
 
 
 def holder_named(holder_path: Path) -> str | None:
