@@ -968,6 +968,21 @@ def test_a_live_holder_is_named_after_the_clock_was_stepped_forward(site, db):
     assert out.returncode == 4 and "were left by a holder that is gone" in out.stderr, out.stderr
 
 
+def test_a_holder_on_another_host_is_said_to_be_looked_for_there(site, db):
+    """A manifest on a share two hosts mount, locked by a run of the other host: the refusal said "if that process
+    is gone, its lock went with it", which `ps` on this host cannot tell, and a crashed host's lock does not go at
+    once (the file server keeps it for that host a while)."""
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    with _held_without_details(db):
+        Path(f"{db}.lock.json").write_text(json.dumps({"pid": 4242, "host": "node07", "user": "svc",
+                                                       "started_at": "2026-12-05T02:00:00Z", "command": "run"}))
+        out = run(site, db)
+    assert out.returncode == 4, out.stderr
+    assert "locked by another run: pid 4242 on host node07 (user svc)" in out.stderr, out.stderr
+    assert "look for pid 4242 on host node07" in out.stderr and "its lock went with it" not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("details, said", [(b"", "it has not written its details yet"),
                                            (b'{"pid": 12', "are cut short or damaged"),
                                            (b"\xff\xfe{\x00", "are cut short or damaged"),

@@ -308,12 +308,19 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
                                  where=str(lock_path), fix=f"{this} did nothing; {ARRAY_FIX}") from None
         # the holder as what it is: a `validate --force` or `registry` holding the run lock is no "other run"
         other = kind if held in (None, kind) or held not in _command_names() else "command"
+        host = info.get("host")
+        if isinstance(host, str) and host != socket.gethostname():
+            # (a manifest on a share that two hosts mount: `ps` here cannot show that process, and a host that
+            # crashed does not let go of its lock at once: the file server holds it for that host a while)
+            gone = (f"look for pid {info.get('pid')} on host {host}: if that host crashed or lost the share, the file "
+                    "server lets go of its lock once that host is back, or after its lease time, about 90 s on NFSv4")
+        else:
+            gone = "if that process is gone, its lock went with it"
         raise ManifestLocked(
             f"the manifest is locked by another {other}: {holder}",
             where=str(lock_path),
             # (said: a cron log shows this line alone, and exit 4 is not in everyone's head)
-            fix=f"{this} did nothing; run it again once that {other} has finished (if that process is gone, its "
-                "lock went with it)",
+            fix=f"{this} did nothing; run it again once that {other} has finished ({gone})",
         ) from None
     except OSError as exc:
         raise _cannot_lock(db, lock_path, exc) from None
