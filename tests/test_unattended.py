@@ -983,6 +983,20 @@ def test_a_holder_on_another_host_is_said_to_be_looked_for_there(site, db):
     assert "look for pid 4242 on host node07" in out.stderr and "its lock went with it" not in out.stderr, out.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe")
+def test_a_named_pipe_in_place_of_the_holders_details_does_not_hold_the_refused_run(site, db):
+    """The refused run read the details beside the lock as a file: a named pipe there held it (cron's next night's
+    run too) until someone wrote into it, where it is to do nothing and exit 4 at once."""
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    with _held_without_details(db):
+        os.mkfifo(f"{db}.lock.json")
+        out = cli("run", "--site", str(site), "--db", str(db), timeout=30)
+    assert out.returncode == 4, out.stderr
+    assert "locked by another run: an unknown process (its details, manifest.sqlite.lock.json, cannot be read: " \
+           "not an ordinary file)" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("details, said", [(b"", "it has not written its details yet"),
                                            (b'{"pid": 12', "are cut short or damaged"),
                                            (b"\xff\xfe{\x00", "are cut short or damaged"),

@@ -157,7 +157,7 @@ def upgrade_under_way(db: Path, version: int) -> str | None:
     turn away a run starting then). The details of a killed holder stay until the next lock: whether it still runs
     is not told here."""
     try:
-        info = json.loads(Path(f"{db}.lock.json").read_text(encoding="utf-8"))
+        info = json.loads(_details(Path(f"{db}.lock.json")).decode("utf-8"))
         upgrades = info.get("command") in UPGRADING_COMMANDS and int(info.get("schema", 0)) > version
         return _holder_of(info) if upgrades and not _gone(info) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -242,10 +242,22 @@ def write_holder(holder_path: Path, extra: dict) -> None:
                        **extra}, f)
 
 
+def _details(holder_path: Path) -> bytes:
+    """The bytes of a lock's details, read without waiting: a named pipe (or device) planted in their place held a
+    refused run (or a reader asking whether an upgrade is under way) forever, where it is to exit 4 at once."""
+    fd = os.open(holder_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not an ordinary file")
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
 def holder_named(holder_path: Path) -> str | None:
     """The holder the details at `holder_path` name ('pid 12 on host h (user u), started T'); None if none are there."""
     try:
-        return _holder_of(json.loads(holder_path.read_text(encoding="utf-8")))
+        return _holder_of(json.loads(_details(holder_path).decode("utf-8")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -257,7 +269,7 @@ def _holder_now(holder_path: Path) -> tuple[str, dict]:
     said "locked by pid N ... (if that process is gone, its lock went with it)" of a pid `ps` shows gone."""
     unknown = "an unknown process (it has not written its details yet)"
     try:
-        text = holder_path.read_bytes()
+        text = _details(holder_path)
     except FileNotFoundError:
         return unknown, {}
     except OSError as exc:
