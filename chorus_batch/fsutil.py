@@ -635,7 +635,10 @@ def remove_abandoned(parent: Path, pattern: str, *, locked: bool = False) -> Non
     with contextlib.suppress(OSError):
         for path in parent.glob(pattern):
             with contextlib.suppress(OSError):
-                if time.time() - path.lstat().st_mtime < ABANDONED_AFTER_S:
+                # Young either way: an mtime far ahead of the clock is a killed process's from before the clock was
+                # set back (a VM restored, a dead RTC corrected at boot): kept until the clock caught up with it, a
+                # year's spill stayed a year. Within the window ahead (an NFS server's clock a little fast) it is kept.
+                if abs(time.time() - path.lstat().st_mtime) < ABANDONED_AFTER_S:
                     continue
                 if not locked:
                     path.unlink()

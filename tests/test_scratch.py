@@ -74,6 +74,24 @@ def test_folders_a_killed_process_left_are_removed_and_no_other(tmp_path):
                                                           "chorus-validate-left"]
 
 
+def test_what_a_killed_process_left_before_the_clock_was_set_back_is_removed_too(tmp_path):
+    """An mtime far in the future (the clock set back since: a VM restored from a snapshot, a dead RTC corrected at
+    boot) was taken as young, and a killed run's spill folder and temporary files stayed until the clock caught up
+    with them. One a little ahead (a file server's clock a few minutes fast) is still young; a held lock still keeps."""
+    ahead = time.time() + ABANDONED_AFTER_S + 3600
+    left = abandoned(tmp_path, "chorus-duckdb-ahead")
+    near = abandoned(tmp_path, "chorus-duckdb-near")
+    tmp = tmp_path / ".m.sqlite.state.parquet.4242.tmp"
+    tmp.write_bytes(b"rows")
+    for path in (left, tmp):
+        os.utime(path, (ahead, ahead))
+    os.utime(near, (time.time() + 60, time.time() + 60))
+    with scratch_folder("chorus-duckdb-", tmp_path):
+        assert not left.exists() and near.exists()
+    write_private(tmp_path / "m.sqlite.state.parquet", b"new")
+    assert not tmp.exists()
+
+
 def test_a_diffs_spill_folder_left_by_a_killed_run_is_removed_by_the_next_diff(tmp_path):
     left = abandoned(tmp_path, "chorus-duckdb-abc123")
     with duckdb_session(spill_parent=tmp_path) as con:

@@ -1008,6 +1008,60 @@ def test_details_left_by_a_killed_holder_are_not_named_as_the_holder(site, db):
             in out.stderr and "were left by a holder that is gone" in out.stderr), out.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the kernel's count of a process's start (Linux)")
+def test_a_live_holder_is_named_after_the_clock_was_stepped_forward(site, db):
+    """A clock stepped forward while a run went on (NTP correcting a VM's clock) made the live holder look started
+    after its details: the run cron started next was told "left by a holder that is gone" of the run it waited on."""
+    write(site, "OMOP/a.csv", b"x" * 1000)
+    assert run(site, db, "-q").returncode == 0
+    holder = paused("run", "--site", str(site), "--db", str(db), "--rehash", at="hashing")
+    try:
+        details = Path(f"{db}.lock.json")
+        info = json.loads(details.read_text())
+        info["started_at"] = "2026-01-01T00:00:00Z"  # (its start by the clock now: long after this)
+        details.write_text(json.dumps(info))
+        out = run(site, db)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)
+    assert out.returncode == 4, out.stderr
+    assert f"locked by another run: pid {holder.pid} on host" in out.stderr, out.stderr
+    assert "gone" not in out.stderr.split("fix:")[0], out.stderr
+    # and once it is gone indeed (killed), its details are said to be left behind, as before
+    with _held_without_details(db):
+        out = run(site, db)
+    assert out.returncode == 4 and "were left by a holder that is gone" in out.stderr, out.stderr
+
+
+def test_a_holder_on_another_host_is_said_to_be_looked_for_there(site, db):
+    """A manifest on a share two hosts mount, locked by a run of the other host: the refusal said "if that process
+    is gone, its lock went with it", which `ps` on this host cannot tell, and a crashed host's lock does not go at
+    once (the file server keeps it for that host a while)."""
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    with _held_without_details(db):
+        Path(f"{db}.lock.json").write_text(json.dumps({"pid": 4242, "host": "node07", "user": "svc",
+                                                       "started_at": "2026-12-05T02:00:00Z", "command": "run"}))
+        out = run(site, db)
+    assert out.returncode == 4, out.stderr
+    assert "locked by another run: pid 4242 on host node07 (user svc)" in out.stderr, out.stderr
+    assert "look for pid 4242 on host node07" in out.stderr and "its lock went with it" not in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe")
+def test_a_named_pipe_in_place_of_the_holders_details_does_not_hold_the_refused_run(site, db):
+    """The refused run read the details beside the lock as a file: a named pipe there held it (cron's next night's
+    run too) until someone wrote into it, where it is to do nothing and exit 4 at once."""
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    with _held_without_details(db):
+        os.mkfifo(f"{db}.lock.json")
+        out = cli("run", "--site", str(site), "--db", str(db), timeout=30)
+    assert out.returncode == 4, out.stderr
+    assert "locked by another run: an unknown process (its details, manifest.sqlite.lock.json, cannot be read: " \
+           "not an ordinary file)" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("details, said", [(b"", "it has not written its details yet"),
                                            (b'{"pid": 12', "are cut short or damaged"),
                                            (b"\xff\xfe{\x00", "are cut short or damaged"),
@@ -1034,6 +1088,8 @@ def test_a_lock_file_of_another_user_is_said_to_be_theirs(db):
     said = str(_cannot_lock(db, lock, PermissionError(13, "Permission denied")))  # what a non-root user meets
     assert "belongs to another user" in said and "uid 54321" in said and "remove the lock file" in said
     assert "folder this user can write" not in said
+    # a uid with no name here (a share's file made on another host) is named by its number: it said "run as uid;"
+    assert "run as uid 54321;" in said, said
 
 
 def test_a_read_only_manifest_says_what_to_do(site, db, tmp_path):

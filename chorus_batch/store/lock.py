@@ -51,7 +51,7 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
     if owner is not None:
         return ManifestError(f"the manifest's lock file belongs to another user, {owner}, and this user cannot open "
                              f"it: {reason}", where=str(lock_path),
-                             fix=f"run as {owner.split(' ')[0]}; or, once no run of theirs is going on, have them (or "
+                             fix=f"run as {owner.split(' (')[0]}; or, once no run of theirs is going on, have them (or "
                                  "root) remove the lock file: it holds nothing between runs")
     if isinstance(exc, PermissionError) and _read_only(lock_path):  # this user's own file, made read-only by hand
         return ManifestError(f"the manifest's lock file is read-only, and a run opens it to write: {reason}",
@@ -157,7 +157,7 @@ def upgrade_under_way(db: Path, version: int) -> str | None:
     turn away a run starting then). The details of a killed holder stay until the next lock: whether it still runs
     is not told here."""
     try:
-        info = json.loads(Path(f"{db}.lock.json").read_text(encoding="utf-8"))
+        info = json.loads(_details(Path(f"{db}.lock.json")).decode("utf-8"))
         upgrades = info.get("command") in UPGRADING_COMMANDS and int(info.get("schema", 0)) > version
         return _holder_of(info) if upgrades and not _gone(info) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -180,6 +180,15 @@ def _gone(info: dict) -> bool:
         return True
     except OSError:  # (another user's: there)
         pass
+    # The holder's own start, as the kernel counts it since boot (written by this release): which process it was,
+    # whatever the clock did. By the wall clock alone, a clock stepped forward while the holder ran (NTP correcting a
+    # VM's clock) made the live holder look started after its details, and a refused run said "left by a holder that
+    # is gone" of the run it waited on.
+    boot, ticks = info.get("boot_id"), info.get("proc_start")
+    if isinstance(boot, str) and isinstance(ticks, int) and not isinstance(ticks, bool):
+        now_boot, now_ticks = _boot_id(), _process_ticks(pid)
+        if now_boot is not None and now_ticks is not None:
+            return now_boot != boot or now_ticks != ticks
     # A pid in use now may be another process's: after a reboot (or the pids wrapping round) the holder's pid went to
     # a daemon, and the reader said "locked by pid N" of it, exit 4, every night. One started after the holder wrote
     # its details is not it.
@@ -191,15 +200,32 @@ def _gone(info: dict) -> bool:
 _START_SLACK_S = 5  # (started_at is to the second, a process's start to the clock tick; a clock stepped a little)
 
 
-def _process_started(pid: int) -> float | None:
-    """When process `pid` started, in seconds since the epoch (Linux: /proc; None where not known)."""
+def _process_ticks(pid: int | str) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux: /proc/PID/stat's field 22; None where not known)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rpartition(")")[2].split()
+        return int(fields[19])  # (field 22, starttime, counted after the name)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux; None where not known): a pid of another boot is never the same process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (Linux: /proc; None where not known)."""
+    ticks = _process_ticks(pid)
+    try:
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # (field 22, starttime, counted after the name)
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+    return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def write_holder(holder_path: Path, extra: dict) -> None:
@@ -212,13 +238,26 @@ def write_holder(holder_path: Path, extra: dict) -> None:
         fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                       "started_at": iso(utc_now()), **extra}, f)
+                       "started_at": iso(utc_now()), "boot_id": _boot_id(), "proc_start": _process_ticks("self"),
+                       **extra}, f)
+
+
+def _details(holder_path: Path) -> bytes:
+    """The bytes of a lock's details, read without waiting: a named pipe (or device) planted in their place held a
+    refused run (or a reader asking whether an upgrade is under way) forever, where it is to exit 4 at once."""
+    fd = os.open(holder_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not an ordinary file")
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
 
 
 def holder_named(holder_path: Path) -> str | None:
     """The holder the details at `holder_path` name ('pid 12 on host h (user u), started T'); None if none are there."""
     try:
-        return _holder_of(json.loads(holder_path.read_text(encoding="utf-8")))
+        return _holder_of(json.loads(_details(holder_path).decode("utf-8")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -230,7 +269,7 @@ def _holder_now(holder_path: Path) -> tuple[str, dict]:
     said "locked by pid N ... (if that process is gone, its lock went with it)" of a pid `ps` shows gone."""
     unknown = "an unknown process (it has not written its details yet)"
     try:
-        text = holder_path.read_bytes()
+        text = _details(holder_path)
     except FileNotFoundError:
         return unknown, {}
     except OSError as exc:
@@ -289,12 +328,19 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
                 "notebook cell still running, called it)", where=str(lock_path),
                 fix=f"{this} did nothing; call it again once that {other} has returned (one at a time per manifest)",
             ) from None
+        host = info.get("host")
+        if isinstance(host, str) and host != socket.gethostname():
+            # (a manifest on a share that two hosts mount: `ps` here cannot show that process, and a host that
+            # crashed does not let go of its lock at once: the file server holds it for that host a while)
+            gone = (f"look for pid {info.get('pid')} on host {host}: if that host crashed or lost the share, the file "
+                    "server lets go of its lock once that host is back, or after its lease time, about 90 s on NFSv4")
+        else:
+            gone = "if that process is gone, its lock went with it"
         raise ManifestLocked(
             f"the manifest is locked by another {other}: {holder}",
             where=str(lock_path),
             # (said: a cron log shows this line alone, and exit 4 is not in everyone's head)
-            fix=f"{this} did nothing; run it again once that {other} has finished (if that process is gone, its "
-                "lock went with it)",
+            fix=f"{this} did nothing; run it again once that {other} has finished ({gone})",
         ) from None
     except OSError as exc:
         raise _cannot_lock(db, lock_path, exc) from None
