@@ -1055,8 +1055,10 @@ def submission_lock(db: str, argv: list[str]):
             """Name the jobs in the holder's record: a holder killed (SIGKILL, a login node's OOM killer) while it
             follows them lets go of the lock, and its record then tells the next `run --slurm` which jobs to ask
             squeue about. (The record's pid, host and start are kept: it is rewritten whole.)"""
-            try:
-                record = json.loads(holder_path.read_text("utf-8"))
+            from .store.lock import _details
+
+            try:  # (read without waiting, as the lock's own details are: a named pipe there held the follower)
+                record = json.loads(_details(holder_path).decode("utf-8"))
             except (OSError, ValueError):
                 record = {}
             record.update({"jobs": [job.array_job, job.merge_job], "staging": str(job.staging),
@@ -1078,10 +1080,10 @@ def _jobs_left_running(holder_path: Path, lock_path: Path, db: str) -> None:
     merge refused as stale, or with one --staging, each array's shards refused by the other's locks). Its record (the
     holder's details, left behind as it died) names the jobs; squeue says whether they still run."""
     from .errors import ManifestLocked
-    from .store.lock import _holder_of
+    from .store.lock import _details, _holder_of
 
-    try:
-        record = json.loads(holder_path.read_text("utf-8"))
+    try:  # (read without waiting: a named pipe in place of the record held `run --slurm` before it submitted)
+        record = json.loads(_details(holder_path).decode("utf-8"))
         jobs = [str(job) for job in record["jobs"] if re.fullmatch(r"[0-9]+", str(job), re.ASCII)]
         who = _holder_of(record)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -1519,3 +1519,15 @@ def test_a_run_slurm_killed_while_following_keeps_the_next_from_submitting_besid
     with submission_lock(str(db), ["run", "--slurm"]):  # their jobs ended: the next one goes on
         assert "jobs" not in record.read_text()
     slurm.wait_idle()
+
+
+def test_a_named_pipe_in_place_of_the_submissions_record_does_not_hold_run_slurm(tmp_path):
+    """`run --slurm` read the record an earlier submission left beside its lock (<db>.slurm.lock.json) as a file: a
+    named pipe there held it, before anything was submitted, until someone wrote into it. It is read without waiting,
+    as the manifest lock's details are, and one that is no ordinary file names no jobs."""
+    record = tmp_path / "m.sqlite.slurm.lock.json"
+    os.mkfifo(record)
+    code = ("import sys; from pathlib import Path; from chorus_batch.slurm import _jobs_left_running; "
+            "p = Path(sys.argv[1]); _jobs_left_running(p, p.with_suffix(''), 'm.sqlite'); print('returned')")
+    out = subprocess.run([sys.executable, "-c", code, str(record)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "returned", out.stderr
