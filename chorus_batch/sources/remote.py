@@ -255,7 +255,7 @@ class FsspecSource:
         """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
         file's, the run goes on); a lost connection or sign-in fails the run with what to do."""
         if cloud_access.archived(exc):  # one object's state (the run goes on), not a failure of the storage
-            return OSError(cloud_access.ARCHIVED)
+            return cloud_access.Archived()
         kind = cloud_access.classify(exc)
         # The service saying the container or bucket itself is gone fails the run: every file would otherwise be
         # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.

@@ -673,6 +673,12 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
     except ReadFailed as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
             return "missing", f"not found in {source.description}: the next run records it as removed"
+        if isinstance(exc.__cause__, cloud_access.Archived):
+            # (the run's word, "nothing to do if it is meant to stay archived", is not true here: the version waits)
+            return "failed", (f"cannot read it in {source.description}: the object is in an archive tier (Azure "
+                              "Archive, S3 Glacier or Deep Archive), whose bytes cannot be read until it is brought "
+                              "back: not sent, and the version stays incomplete until it is; bring it back (Azure: "
+                              "set its tier to Hot or Cool; S3: restore it; that takes hours), then upload again")
         return "failed", f"cannot read it in {source.description}: {exc}"
     except SourceError as exc:  # a cloud root that failed as a whole
         raise _Fatal(exc) from None
