@@ -2981,6 +2981,10 @@ def test_a_cloud_file_in_the_archive_tier_is_not_sent_and_upload_says_the_versio
     site = ("--site", f"az://{container}/data", "--db", str(db), "--no-validate", "--verify-sample", "0")
     assert cli("run", *site, "--version", "20261101020000", env=central.env).returncode == 0
     client.get_blob_client("data/OMOP/death.csv").set_standard_blob_tier("Archive")
+    # A dry run said "would send 2 files", exit 0, from the blob's size alone: its tier is in the same properties.
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 1 and "would send 1 file" in dry.stdout, dry.stdout + dry.stderr
+    assert "OMOP/death.csv" in dry.stdout and "archive tier" in dry.stdout, dry.stdout
     out = up(central, db)
     assert out.returncode == 1, out.stdout + out.stderr
     said = " ".join(line for line in out.stdout.splitlines() if "OMOP/death.csv" in line)

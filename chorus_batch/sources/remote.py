@@ -296,7 +296,8 @@ class FsspecSource:
                     raise _gone(srcfile) from None  # BlobNotFound: that file is gone, as a local one
                 raise self._storage_failure(exc, srcfile) from None
             mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
-            return FileStat(int(props.size or 0), mtime, str(props.etag).strip('"') if props.etag else None)
+            return FileStat(int(props.size or 0), mtime, str(props.etag).strip('"') if props.etag else None,
+                            archived=str(props.blob_tier or "").lower() == "archive")
         try:
             info = self.fs.info(self._path(srcfile))
         except cloud_access.storage_errors() as exc:
