@@ -2999,3 +2999,33 @@ def test_verify_says_which_versions_it_checked_and_names_later_versions_nothing_
     assert up(central, db).returncode == 0
     done = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
     assert done.returncode == 0 and "all as recorded" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_cloud_file_in_the_archive_tier_is_not_sent_and_upload_says_the_version_waits_for_it(azurite, central,
+                                                                                               tmp_path):
+    # A site blob moved to the Archive tier after its run: upload quoted the run's word for it, "nothing to do if it
+    # is meant to stay archived (the next run tries it again)", where the version never completes until it is sent.
+    container = azurite.new_container("site")
+    client = azurite.service_client().get_container_client(container)
+    client.upload_blob("data/OMOP/person.csv", b"person_id\n1\n")
+    client.upload_blob("data/OMOP/death.csv", b"person_id\n1\n2\n")
+    db = tmp_path / "m.sqlite"
+    site = ("--site", f"az://{container}/data", "--db", str(db), "--no-validate", "--verify-sample", "0")
+    assert cli("run", *site, "--version", "20261101020000", env=central.env).returncode == 0
+    client.get_blob_client("data/OMOP/death.csv").set_standard_blob_tier("Archive")
+    # A dry run said "would send 2 files", exit 0, from the blob's size alone: its tier is in the same properties.
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 1 and "would send 1 file" in dry.stdout, dry.stdout + dry.stderr
+    assert "OMOP/death.csv" in dry.stdout and "archive tier" in dry.stdout, dry.stdout
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    said = " ".join(line for line in out.stdout.splitlines() if "OMOP/death.csv" in line)
+    assert "archive tier" in said and "stays incomplete" in said and "upload again" in said, out.stdout
+    assert "nothing to do" not in said and "next run tries it again" not in said, said
+    assert list(blobs(central, "20261101020000/")) == ["20261101020000/OMOP/person.csv"]
+    assert query(db, "SELECT f.srcfile, u.state FROM uploads u JOIN source_files f USING (file_id) ORDER BY 1") \
+        == [("OMOP/death.csv", "failed"), ("OMOP/person.csv", "uploaded")]
+    # Brought back, it is sent and the version completes.
+    client.get_blob_client("data/OMOP/death.csv").set_standard_blob_tier("Hot")
+    again = up(central, db)
+    assert again.returncode == 0 and "complete" in again.stdout, again.stdout + again.stderr

@@ -98,6 +98,7 @@ class FileStat:
     size: int
     mtime_ns: int
     etag: str | None = None  # cloud objects: the storage's version tag, as the listing gives it (no quotes)
+    archived: bool = False  # Azure blobs in the Archive tier (or being rehydrated from it): their bytes cannot be read
 
 
 class FileChangedWhileHashing(OSError):

@@ -660,7 +660,7 @@ def _s3_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
                     return super()._fetch_range(start, end)
                 except OSError as exc:  # s3fs says PermissionError of an archived object: "give read permission"
                     if archived(exc):
-                        raise OSError(ARCHIVED) from None
+                        raise Archived() from None
                     raise
 
         class ChorusS3FileSystem(S3FileSystem):
@@ -828,6 +828,14 @@ ARCHIVED = ("the object is in an archive tier (Azure Archive, S3 Glacier or Deep
             "recorded of it stays; nothing to do if it is meant to stay archived (the next run tries it again)")
 
 
+class Archived(OSError):
+    """A read refused because the object is in an archive tier (ARCHIVED): an OSError as a local file's failed read,
+    told apart by `upload`, for which 'nothing to do' is not true (the version waits for its bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__(ARCHIVED)
+
+
 def archived(exc: BaseException) -> bool:
     """The service's word that an object cannot be read because it is archived (_ARCHIVED_CODES)."""
     return any(_code(e) in _ARCHIVED_CODES for e in _chain(exc))
@@ -837,7 +845,7 @@ def read_error(exc: BaseException, path: str) -> OSError:
     """A failed read of one object's bytes as the OSError a local file's read gives: gone, archived (ARCHIVED), or
     another failure with the service's reason, secrets scrubbed (a storage error is never the content's fault)."""
     if archived(exc):
-        return OSError(ARCHIVED)
+        return Archived()
     if any(_code(e) == "BlobNotFound" for e in _chain(exc)):
         return FileNotFoundError(errno.ENOENT, "no such object (deleted or renamed since it was listed)", path)
     return OSError(f"the storage failed to give its bytes ({_reason(exc)})")

@@ -255,7 +255,7 @@ class FsspecSource:
         """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
         file's, the run goes on); a lost connection or sign-in fails the run with what to do."""
         if cloud_access.archived(exc):  # one object's state (the run goes on), not a failure of the storage
-            return OSError(cloud_access.ARCHIVED)
+            return cloud_access.Archived()
         kind = cloud_access.classify(exc)
         # The service saying the container or bucket itself is gone fails the run: every file would otherwise be
         # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.
@@ -296,7 +296,8 @@ class FsspecSource:
                     raise _gone(srcfile) from None  # BlobNotFound: that file is gone, as a local one
                 raise self._storage_failure(exc, srcfile) from None
             mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
-            return FileStat(int(props.size or 0), mtime, str(props.etag).strip('"') if props.etag else None)
+            return FileStat(int(props.size or 0), mtime, str(props.etag).strip('"') if props.etag else None,
+                            archived=str(props.blob_tier or "").lower() == "archive")
         try:
             info = self.fs.info(self._path(srcfile))
         except cloud_access.storage_errors() as exc:

@@ -616,11 +616,20 @@ def _look_up(readers: dict[int | None, Source], row: dict) -> tuple[Source, File
         return "failed", f"cannot read it in {source.description}: {exc.strerror or exc}"
     except SourceError as exc:
         raise _Fatal(exc) from None
+    if stat.archived:  # (known from its properties: a dry run says it too, and no read is tried)
+        return "failed", _archived(source)
     # The mtime is compared where it is the file system's own (local roots); the MD5 check guards the rest.
     if stat.size != row["size"] or (source.parallel_local and stat.mtime_ns != row["mtime_ns"]):
         return "stale", ("changed since the version recorded it (size or modification time differ): not sent; the next "
                          "run records the change")
     return source, stat
+
+
+def _archived(source: Source) -> str:
+    return (f"cannot read it in {source.description}: the object is in an archive tier (Azure Archive, S3 Glacier or "
+            "Deep Archive), whose bytes cannot be read until it is brought back: not sent, and the version stays "
+            "incomplete until it is; bring it back (Azure: set its tier to Hot or Cool; S3: restore it; that takes "
+            "hours), then upload again")
 
 
 def _dry_look(readers: dict[int | None, Source], files: pl.DataFrame, workers: int) -> pl.DataFrame:
@@ -673,6 +682,9 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
     except ReadFailed as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
             return "missing", f"not found in {source.description}: the next run records it as removed"
+        if isinstance(exc.__cause__, cloud_access.Archived):
+            # (the run's word, "nothing to do if it is meant to stay archived", is not true here: the version waits)
+            return "failed", _archived(source)
         return "failed", f"cannot read it in {source.description}: {exc}"
     except SourceError as exc:  # a cloud root that failed as a whole
         raise _Fatal(exc) from None
