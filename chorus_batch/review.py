@@ -58,6 +58,23 @@ OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
 OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
 
 
+SEVERITY_WORD = {"error": "error", "warning": "warning", "info": "note"}  # a finding's severity as a count's noun
+
+
+def severity_counts(findings: pl.DataFrame) -> list[tuple[str, int]]:
+    """A version's findings counted by severity, most serious first, each as its count's noun ("errors", "1 warning",
+    "3 notes", as `validate` says them): the HTML report and the notebook's checklist say them alike (the notebook
+    said "2 error, 1 info, 1 warning", by the severities' alphabetical order)."""
+    from .frames import SEVERITY_ORDER
+
+    counts = (findings.select(severity=pl.col("severity").fill_null("unknown")).group_by("severity").len()
+              .with_columns(_rank=pl.col("severity").str.to_lowercase()
+                            .replace_strict(SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
+              .sort("_rank", "severity"))
+    return [(SEVERITY_WORD[severity] + ("" if n == 1 else "s") if severity in SEVERITY_WORD else severity, n)
+            for severity, n in counts.select("severity", "len").iter_rows()]
+
+
 def _clock_behind(timed: pl.DataFrame, at: datetime) -> str:
     """What to add to "no version was committed at or before `at`" where a version's recorded commit time is at or
     before `at` but an earlier version's is not (its run's clock was behind): why that version is not the answer."""

@@ -66,15 +66,16 @@ large_change_share = share_argument(large_change_share, "large_change_share")  #
 # %%
 from IPython import get_ipython
 
-from chorus_batch.review import (PLAUSIBLE_FROM, open_manifest, other_rules_advice, shown_frame, size_flags,
-                                  unvalidated_advice)
+from chorus_batch.review import (PLAUSIBLE_FROM, open_manifest, other_rules_advice, severity_counts, shown_frame,
+                                  size_flags, text_argument, unvalidated_advice)
 from chorus_batch.units import counted, number, shown_name  # counts as the HTML report writes them: 3,006
 
 m = open_manifest(manifest, parameter="manifest")  # (its errors say to set `manifest` above)
 # The manifest as `chorus-batch --db` takes it: the file read (absolute: the commands paste in any folder; the
 # home folder as '~', which --db reads back: a shared copy need not name it), or the az:// URL of a manifest in
 # Azure, whose local copy this reads.
-db = manifest_name or home_relative(str(m.path))
+db = (text_argument(manifest_name, "manifest_name", "the notebook's `manifest_name` parameter", '"az://site/chorus_manifest.sqlite"')
+      if manifest_name is not None else "") or home_relative(str(m.path))  # (a number was printed as the manifest)
 # Tables show names escaped, as `chorus-batch files` and the HTML report do: a line break, a right-to-left
 # override or a trailing space in a file name would show another name (the frames' values stay exact).
 if get_ipython() is not None:
@@ -280,7 +281,7 @@ check("waveform sessions: plausible starts and durations", implausible.height ==
       f"{number(implausible.height)} of {counted(known, 'session')} with a known start or duration start outside "
       f"{plausible_from:%Y}..{plausible_to:%Y-%m-%d} or last outside 0..{max_duration_h} h"
       + (f" ({number(sessions.height - known)} of {number(sessions.height)} without either)" if sessions.height > known else "")
-      if known or not sessions.height else
+      if known else "no waveform sessions in this version" if not sessions.height else
       f"none of the {counted(sessions.height, 'session')} has a known start or duration (no stamp in their names, no WFDB "
       "header read: a snapshot folder holds none)")
 
@@ -447,7 +448,7 @@ else:
     display(findings.head(20))
     serious = findings.filter(pl.col("severity").str.to_lowercase() != "info")  # errors block, warnings need a look
     check("validation findings", serious.height == 0,
-          ", ".join(f"{number(n)} {s}" for s, n in findings.group_by("severity").len().sort("severity").iter_rows()))
+          ", ".join(f"{number(n)} {word}" for word, n in severity_counts(findings)))  # as the HTML report says them
     rank = {"error": 0, "critical": 0, "warning": 1, "warn": 1}
     order = (by_rule.with_columns(rank=pl.col("severity").str.to_lowercase().replace_strict(rank, default=2))
              .group_by("rule").agg(pl.col("rank").min(), pl.col("n").sum()).sort("rank", "n", "rule", descending=[False, True, False]))

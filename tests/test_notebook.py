@@ -108,6 +108,14 @@ def test_two_versions(manifests, tmp_path, which):
                  findings):
         assert line in out
     assert "⚠ LARGE CHANGE" in out
+    # the findings by severity as the HTML report and `validate` say them, most serious first ("2 error, 1 info,
+    # 1 warning" before: alphabetical, the severity's own word)
+    found = open_manifest(manifests[which]).findings()["severity"].value_counts()
+    if found.height:
+        counts = dict(found.iter_rows())
+        words = {"error": "error", "warning": "warning", "info": "note"}
+        said = ", ".join(f"{counts[s]:,} {words[s]}{'' if counts[s] == 1 else 's'}" for s in words if s in counts)
+        assert f"validation findings: {said}\n" in out, (said, out[-1500:])
     # counts of one in the singular ("1 contents at more than one path: 1 extra copies" before)
     for line in ("1 empty file, ", "1 content at more than one path: 1 extra copy, ", "1 scan error recorded with ",
                  "; 1 current unparseable path\n"):
@@ -379,15 +387,18 @@ def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_befo
     assert "import sys" in failed.value.source  # the first code cell after the parameters: before any section ran
 
 
-@pytest.mark.parametrize("parameters", [{"version": [1]}, {"version": True}, {"compare_to": 2.5}])
+@pytest.mark.parametrize("parameters", [{"version": [1]}, {"version": True}, {"compare_to": 2.5}, {"manifest_name": 5}])
 def test_a_version_parameter_of_a_wrong_type_is_said_as_such(manifests, tmp_path, parameters):
     """The notebook turned every `version` and `compare_to` into text: `-p version '[1]'` (a list) or `true` was
     "no version '[1]' in the manifest", `-p compare_to 2.5` "no version '2.5'", hiding what is wrong. They reach
     the reader as given, which says the type and what to give; a number stays a label (test_single_version)."""
     with pytest.raises(papermill.PapermillExecutionError) as failed:
         execute(manifests["two"], tmp_path / "out.ipynb", **parameters)
-    (value,) = parameters.values()
+    (name, value), = parameters.items()
     assert failed.value.ename == "UsageError"
+    if name == "manifest_name":  # (printed "manifest   5", and named 5 in the commands it suggests)
+        assert "manifest_name is text, not int 5" in failed.value.evalue, failed.value.evalue
+        return
     assert f"a version is a label or an ISO date-time, not {type(value).__name__} {value!r}" in failed.value.evalue
 
 
@@ -479,6 +490,9 @@ def test_the_notebooks_counts_are_grouped_as_the_reports(tmp_path):
     assert "1,000 empty files, " in out and "CHECK  no empty files: 1,000 empty\n" in out, out
     assert "; 1,000 current unparseable paths\n" in out and "no unparseable paths: 1,000 current paths" in out
     assert "1000" not in out.replace(str(db), ""), [line for line in out.splitlines() if "1000" in line]
+    # a site without waveforms: "OK  waveform sessions: plausible ...: 0 of 0 sessions with a known start ... start
+    # outside 1980..", of sessions there are none of
+    assert "OK     waveform sessions: plausible starts and durations: no waveform sessions in this version\n" in out, out
 
 
 def test_a_relative_manifest_is_named_tidied(manifests, tmp_path):

@@ -38,7 +38,7 @@ from .. import __version__
 from ..frames import SEVERITY_ORDER
 from ..fsutil import check_not_manifest, check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
-                      open_manifest, other_rules_advice, size_flags, unvalidated_advice)
+                      open_manifest, other_rules_advice, severity_counts, size_flags, unvalidated_advice)
 from ..times import iso, utc_now
 from ..units import counted, home_relative, human_bytes, number, shown_name, shown_text
 from . import plots
@@ -65,7 +65,6 @@ DELETED_SHARE_FLAG = 0.05  # removed + replaced over the previous version's file
 PLOT_VERSIONS = 60  # versions drawn in the change plot (the latest ones)
 
 
-_SEVERITY_WORD = {"error": "error", "warning": "warning", "info": "note"}  # a finding's severity as a count's noun
 
 
 @dataclass(frozen=True)
@@ -467,15 +466,13 @@ class _Report:
                    .with_columns(_rank=pl.col("severity").str.to_lowercase()
                                  .replace_strict(SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
                    .sort(["_rank", "n", "rule"], descending=[False, True, False]))
-        by_severity = grouped.group_by("severity", "_rank").agg(pl.col("n").sum()).sort("_rank", "severity")
         n_errors = int(grouped.filter(pl.col("_rank") == 0)["n"].sum())
         if n_errors:
             self.flags.append(f"{_n(n_errors, 'validation finding')} of severity error.")
         return {
             "old_rules": old_rules,
             # said as `validate` says them ("2 errors, 1 warning, 3 notes"), not "2 error"
-            "by_severity": [(_SEVERITY_WORD[severity] + ("" if n == 1 else "s") if severity in _SEVERITY_WORD
-                             else severity, n) for severity, n in by_severity.select("severity", "n").iter_rows()],
+            "by_severity": severity_counts(findings),  # (review.severity_counts: the notebook says them so too)
             "rows": [(r["severity"], r["rule"], r["n"], Examples(list(zip(r["ex"], r["msg"])), r["n"]))
                      for r in grouped.iter_rows(named=True)],
             "command": self.py(f"m.findings({json.dumps(self.label)})", "findings.csv"),
