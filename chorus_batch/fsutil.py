@@ -443,12 +443,20 @@ def missing_folder(path: str | os.PathLike[str]) -> tuple[str, str]:
     return f"its folder {path.parent} does not exist", f"create it (mkdir -p {shlex.quote(str(path.parent))}), or choose another path"
 
 
-def check_target(target: str | os.PathLike[str]) -> None:
-    """Refuse to write `target` unless it is absent or a regular file, in an existing folder (a WriteError)."""
+def check_target(target: str | os.PathLike[str], *, example: str | None = None) -> None:
+    """Refuse to write `target` unless it is absent or a regular file, in an existing folder (a WriteError).
+    `example`: a file name of what is written ("review.ipynb"), for the fix of a path that names no file."""
     text = os.fspath(target)
     if not text or text.endswith(("/", os.sep)):  # Path() would read "" as "." and drop the slash of "dir/"
+        # The fix names the file the user meant ("review --out r.ipynb/" was told "e.g. report.html"): the path without
+        # its separator, or a file in the folder it names
+        folder = text.rstrip("/" + os.sep)
+        like = f", e.g. {example}" if example else ""
+        fix = (f"give a file name{like}" if not folder else
+               f"give a file in that folder{', e.g. ' + os.path.join(folder, example) if example else ''}"
+               if os.path.isdir(folder) else f"give the file name without the trailing separator: {folder}")
         raise WriteError(f"{'an empty path' if not text else repr(text) + ' ends with a separator: it'} names no file",
-                         where=text or ".", fix="give a file name, e.g. report.html")
+                         where=text or ".", fix=fix)
     target = Path(target)
     try:
         mode = os.lstat(target).st_mode

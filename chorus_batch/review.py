@@ -36,7 +36,7 @@ from .errors import UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .times import ISO_LIKE, iso, parse_time
-from .units import plural, shown_name
+from .units import home_relative, plural, shown_name
 
 # What `files`, `diff` and `history` return: every source_files column, the ones a reviewer reads
 # first at the front (diff and history add their own columns before these).
@@ -56,6 +56,23 @@ PLAUSIBLE_FROM = datetime(1980, 1, 1)  # a waveform session starting earlier is 
 OUTLIER_IQR = 3.0  # fences: quartile +/- 3 IQR of log10(size) ...
 OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
 OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
+
+
+SEVERITY_WORD = {"error": "error", "warning": "warning", "info": "note"}  # a finding's severity as a count's noun
+
+
+def severity_counts(findings: pl.DataFrame) -> list[tuple[str, int]]:
+    """A version's findings counted by severity, most serious first, each as its count's noun ("errors", "1 warning",
+    "3 notes", as `validate` says them): the HTML report and the notebook's checklist say them alike (the notebook
+    said "2 error, 1 info, 1 warning", by the severities' alphabetical order)."""
+    from .frames import SEVERITY_ORDER
+
+    counts = (findings.select(severity=pl.col("severity").fill_null("unknown")).group_by("severity").len()
+              .with_columns(_rank=pl.col("severity").str.to_lowercase()
+                            .replace_strict(SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
+              .sort("_rank", "severity"))
+    return [(SEVERITY_WORD[severity] + ("" if n == 1 else "s") if severity in SEVERITY_WORD else severity, n)
+            for severity, n in counts.select("severity", "len").iter_rows()]
 
 
 def _clock_behind(timed: pl.DataFrame, at: datetime) -> str:
@@ -132,35 +149,47 @@ def _same_number(label: str, typed: str) -> bool:
             and label.lstrip("0") == typed.lstrip("0"))
 
 
-def open_manifest(path: str | Path) -> "ManifestReader":
-    """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots."""
-    path = text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"')
+def open_manifest(path: str | Path, *, parameter: str | None = None) -> "ManifestReader":
+    """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots. `parameter`: the notebook
+    parameter that gave `path` (the review notebook's `manifest`): its errors say to set it in the parameters cell,
+    not to pass --db. The reader's `path` is absolute and tidied ('..' and links of its folders resolved)."""
+    asked = f"the notebook's `{parameter}` parameter" if parameter else "open_manifest(path)"
+    path = text_argument(path, "the manifest", asked, '"chorus_manifest.sqlite"')
+    give = (f"set `{parameter}` in the notebook's parameters cell (its first code cell) to " if parameter else "give ")
     if not path.strip():  # Path("") is the current folder: a notebook's unset parameter read whatever was there
-        raise UsageError("the manifest's path is empty", where="open_manifest(path)",
-                         fix='give the manifest file written by `chorus-batch run`, such as "chorus_manifest.sqlite", '
+        raise UsageError("the manifest's path is empty", where=asked,
+                         fix=f'{give}the manifest file written by `chorus-batch run`, such as "chorus_manifest.sqlite", '
                              "or its --parquet folder")
     from .urls import AZURE_PROTOCOLS, expand_home, mask_url, protocol_of, refuse_file_url, refuse_url
 
     if "://" in path and protocol_of(path) in AZURE_PROTOCOLS and not os.path.lexists(path):
         # (it was "no manifest at /cwd/az:/c/m.sqlite?sv=...&sig=<the SAS signature>", twice, kept in the notebook)
         raise UsageError(f"open_manifest reads a manifest on this machine, not one in Azure: {mask_url(path)}",
-                         where="open_manifest(path)",
+                         where=asked,
                          fix="`chorus-batch review --db az://... --out review.ipynb` runs the review notebook on a local "
                              "copy of it; or copy it here (azcopy copy) and give the local file")
-    refuse_url(path, "open_manifest(path)", writes=False)  # s3://, https://: said, masked; file:// gives the path
-    refuse_file_url(path, "open_manifest(path)")
-    path = Path(expand_home(path, "open_manifest(path)"))  # "~/m.sqlite" as --db reads it, not a folder '~' here
+    refuse_url(path, asked, writes=False)  # s3://, https://: said, masked; file:// gives the path
+    refuse_file_url(path, asked)
+    path = Path(expand_home(path, asked))  # "~/m.sqlite" as --db reads it, not a folder '~' here
     from .fsutil import require_reachable
 
     require_reachable(path)  # a folder on the way this user may not enter: said, not a PermissionError from is_dir
-    if path.is_dir():
+    # Tidied: `-p manifest ../m.sqlite` was "manifest /x/run/../m.sqlite" in the review and the commands it suggests.
+    # The folders resolved (a '..' after a link is the link target's parent, as the system reads it), the name kept (a
+    # manifest that is a link is still named by the link).
+    whole = path.absolute()
+    tidy = whole.resolve() if whole.name in ("", ".", "..") else whole.parent.resolve() / whole.name
+    if tidy.is_dir():
         from .store.snapshots import ParquetReader
 
-        return ParquetReader(path.absolute())
-    if not path.exists():  # said absolute, as `versions` says it: the current folder of a cron job is not the shell's
-        raise UsageError(f"no manifest at {path.absolute()}", where=str(path.absolute()),  # a --db naming nothing
-                         fix="pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder")
-    return SQLiteReader(path.absolute())
+        return ParquetReader(tidy)
+    if not tidy.exists():  # said absolute, as `versions` says it: the current folder of a cron job is not the shell's
+        raise UsageError(f"no manifest at {tidy}", where=str(tidy),  # a --db naming nothing
+                         fix=(f"{give}the manifest file written by `chorus-batch run`, or its --parquet folder (a "
+                              f"relative path is read from the notebook's folder, {home_relative(str(Path.cwd()))})"
+                              if parameter else
+                              "pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder"))
+    return SQLiteReader(tidy)
 
 
 class ManifestReader:

@@ -31,6 +31,24 @@ def plural(n: int, word: str, many: str | None = None, *, grouped: bool = False)
     return f"{count} {word if n == 1 else (many or word + 's')}"
 
 
+def counted(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '12,000 files': plural with the count's thousands grouped, as the HTML report and the review
+    notebook say every count (the notebook said "3006 scan errors" of what the report said "3,006 scan errors")."""
+    return plural(n, word, many, grouped=True)
+
+
+def number(n: float | None) -> str:
+    """A count or a measure as the HTML report and the review notebook write it: thousands grouped ('3,006'), a
+    fraction to one decimal ('2.5'); '' for None or NaN."""
+    import math
+
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return ""
+    if isinstance(n, float) and not n.is_integer():
+        return f"{n:,.1f}"
+    return f"{int(n):,}"
+
+
 def named(word: str, items: list[str], many: str | None = None) -> str:
     """'column a', 'columns a, b': the word, in the plural unless one item is named, then the items."""
     return f"{word if len(items) == 1 else (many or word + 's')} {', '.join(items)}"

@@ -66,15 +66,16 @@ large_change_share = share_argument(large_change_share, "large_change_share")  #
 # %%
 from IPython import get_ipython
 
-from chorus_batch.review import (PLAUSIBLE_FROM, open_manifest, other_rules_advice, shown_frame, size_flags,
-                                  unvalidated_advice)
-from chorus_batch.units import plural, shown_name
+from chorus_batch.review import (PLAUSIBLE_FROM, open_manifest, other_rules_advice, severity_counts, shown_frame,
+                                  size_flags, text_argument, unvalidated_advice)
+from chorus_batch.units import counted, number, shown_name  # counts as the HTML report writes them: 3,006
 
-m = open_manifest(manifest)
+m = open_manifest(manifest, parameter="manifest")  # (its errors say to set `manifest` above)
 # The manifest as `chorus-batch --db` takes it: the file read (absolute: the commands paste in any folder; the
 # home folder as '~', which --db reads back: a shared copy need not name it), or the az:// URL of a manifest in
 # Azure, whose local copy this reads.
-db = manifest_name or home_relative(str(m.path))
+db = (text_argument(manifest_name, "manifest_name", "the notebook's `manifest_name` parameter", '"az://site/chorus_manifest.sqlite"')
+      if manifest_name is not None else "") or home_relative(str(m.path))  # (a number was printed as the manifest)
 # Tables show names escaped, as `chorus-batch files` and the HTML report do: a line break, a right-to-left
 # override or a trailing space in a file name would show another name (the frames' values stay exact).
 if get_ipython() is not None:
@@ -228,7 +229,7 @@ else:
     lost = sql(pairs + """ SELECT * FROM (SELECT * FROM before EXCEPT SELECT * FROM now)
         WHERE person_id IN (SELECT person_id FROM now) ORDER BY person_id, modality""")
     print(f"{n_before:,} persons in {since}, {n_now:,} in {label}: "
-          f"{len(gone)} {'not yet there' if later else 'disappeared'}, {n_new} new, {lost.height} lost a modality"
+          f"{number(len(gone))} {'not yet there' if later else 'disappeared'}, {number(n_new)} new, {number(lost.height)} lost a modality"
           + (f" (from {base} back to {label})" if later else ""))
     if gone:
         print(f"persons that {'are not yet in this version' if later else 'disappeared'} "
@@ -240,10 +241,10 @@ else:
     if lost.height:
         print("persons still present that lost a modality:")
         display(lost.head(20))
-    check("persons: none disappeared", not gone, (f"{len(gone)} of {since} not in {label}" if later else
-                                                  f"{len(gone)} disappeared since {base}")
+    check("persons: none disappeared", not gone, (f"{number(len(gone))} of {since} not in {label}" if later else
+                                                  f"{number(len(gone))} disappeared since {base}")
           + (f": {', '.join(map(shown_name, gone[:5]))}" if gone else ""))
-    check("persons: none lost a modality", lost.height == 0, f"{lost.height} person-modality pairs gone"
+    check("persons: none lost a modality", lost.height == 0, f"{counted(lost.height, 'person-modality pair')} gone"
           + (f" (from {since} back to {label})" if later else ""))
 
 # %% [markdown]
@@ -266,8 +267,8 @@ implausible = sessions.filter(
     (pl.col("start") < plausible_from) | (pl.col("start") > plausible_to)
     | (pl.col("duration_s") <= 0) | (pl.col("duration_s") > max_duration_h * 3600))
 print(f"{sessions.height:,} waveform sessions of {sessions['person_id'].n_unique():,} persons, "
-      f"{implausible.height} with an implausible start or duration, "
-      f"{sessions['start'].null_count()} without a known start (no stamp in the names, no WFDB header)")
+      f"{number(implausible.height)} with an implausible start or duration, "
+      f"{number(sessions['start'].null_count())} without a known start (no stamp in the names, no WFDB header)")
 display(implausible.head(20))
 # By the sessions' starts (from their names, or their WFDB headers: today's integer session ids carry none).
 display(sessions.group_by(month=pl.col("start").dt.strftime("%Y-%m").fill_null("start unknown"))
@@ -277,11 +278,11 @@ display(sessions.group_by(month=pl.col("start").dt.strftime("%Y-%m").fill_null("
 # 5 sessions start outside ..." said of sessions none of whose starts were read.
 known = sessions.filter(pl.col("start").is_not_null() | pl.col("duration_s").is_not_null()).height
 check("waveform sessions: plausible starts and durations", implausible.height == 0 if known or not sessions.height else None,
-      f"{implausible.height} of {known} sessions with a known start or duration start outside "
+      f"{number(implausible.height)} of {counted(known, 'session')} with a known start or duration start outside "
       f"{plausible_from:%Y}..{plausible_to:%Y-%m-%d} or last outside 0..{max_duration_h} h"
-      + (f" ({sessions.height - known} of {sessions.height} without either)" if sessions.height > known else "")
-      if known or not sessions.height else
-      f"none of the {sessions.height} sessions has a known start or duration (no stamp in their names, no WFDB "
+      + (f" ({number(sessions.height - known)} of {number(sessions.height)} without either)" if sessions.height > known else "")
+      if known else "no waveform sessions in this version" if not sessions.height else
+      f"none of the {counted(sessions.height, 'session')} has a known start or duration (no stamp in their names, no WFDB "
       "header read: a snapshot folder holds none)")
 
 if sessions.height:
@@ -305,8 +306,8 @@ sessions_per_person = (sessions.group_by("person_id")
                        .agg(sessions=pl.len(), hours=(pl.col("duration_s").sum() / 3600).round(1))
                        .sort("sessions", "person_id"))
 without = per_person.join(sessions_per_person, on="person_id", how="anti")
-print(f"{plural(sessions_per_person.height, 'person')} with waveform sessions; "
-      f"{plural(without.height, 'person')} with files but none")
+print(f"{counted(sessions_per_person.height, 'person')} with waveform sessions; "
+      f"{counted(without.height, 'person')} with files but none")
 display(sessions_per_person.head(10))
 if sessions_per_person.height:
     fig, ax = plt.subplots()
@@ -333,13 +334,13 @@ display(sql("""
 size_stats, flagged = size_flags(con)  # the HTML report's rule, from the library (in DuckDB)
 n_empty = int(size_stats["empty"].sum())
 outliers = flagged.filter(pl.col("flag") != "empty").select("modality", "srcfile", "size", "flag", "modality_median")
-print(f"{plural(n_empty, 'empty file')}, {plural(outliers.height, 'size outlier')}")
+print(f"{counted(n_empty, 'empty file')}, {counted(outliers.height, 'size outlier')}")
 if n_empty:
     display(sql("SELECT modality, srcfile, person_id, version_valid FROM files WHERE size = 0 ORDER BY srcfile LIMIT 20"))
 if outliers.height:
     display(outliers.head(20))
-check("no empty files", n_empty == 0, f"{n_empty} empty")
-check("no size outliers", outliers.height == 0, f"{plural(outliers.height, 'file')} far from their modality's sizes")
+check("no empty files", n_empty == 0, f"{number(n_empty)} empty")
+check("no size outliers", outliers.height == 0, f"{counted(outliers.height, 'file')} far from their modality's sizes")
 
 boxes = {r["modality"]: r for r in size_stats.iter_rows(named=True) if r["nonempty"]}
 present = [x for x in MODALITIES if x in boxes]
@@ -372,15 +373,15 @@ twins = """WITH d AS (SELECT md5, count(*) AS paths, first(size) AS size, count(
                     FROM files WHERE size > 0 AND md5 IS NOT NULL GROUP BY md5 HAVING count(*) > 1)"""
 n_dups, extra, wasted, n_cross = con.execute(twins + """ SELECT count(*), coalesce(sum(paths - 1), 0)::BIGINT,
     coalesce(sum((paths - 1) * size), 0)::BIGINT, count(*) FILTER (WHERE persons > 1) FROM d""").fetchall()[0]
-print(f"{plural(n_dups, 'content')} at more than one path: {plural(extra, 'extra copy', 'extra copies')}, "
-      f"{wasted:,} bytes; {n_cross} shared between persons")
+print(f"{counted(n_dups, 'content')} at more than one path: {counted(extra, 'extra copy', 'extra copies')}, "
+      f"{number(wasted)} bytes; {number(n_cross)} shared between persons")
 display(sql(twins + """ SELECT d.*, (SELECT list(srcfile ORDER BY srcfile) FROM files f WHERE f.md5 = d.md5 AND f.size > 0) AS srcfiles
     FROM d ORDER BY paths DESC, md5 LIMIT 20"""))
 display(sql("""
     SELECT modality, count(*) AS files_with_a_twin
     FROM files WHERE size > 0 AND md5 IN (SELECT md5 FROM files WHERE size > 0 AND md5 IS NOT NULL GROUP BY md5 HAVING count(*) > 1)
     GROUP BY modality ORDER BY modality"""))
-check("no duplicate contents", n_dups == 0, f"{n_dups} duplicated contents, {n_cross} across persons")
+check("no duplicate contents", n_dups == 0, f"{number(n_dups)} duplicated contents, {number(n_cross)} across persons")
 
 # %% [markdown]
 # ## 6. Scan errors and unparseable paths
@@ -397,13 +398,13 @@ by_reason = sql("""
     SELECT modality, split_part(parse_error, ':', 1) AS reason, count(*) AS n, min(srcfile) AS example
     FROM files WHERE parse_error IS NOT NULL GROUP BY ALL ORDER BY n DESC, modality""")
 n_unparseable = int(by_reason["n"].sum())
-print(f"{plural(int(errors_by_kind['n'].sum()), 'scan error')} recorded with {label}; "
-      f"{plural(n_unparseable, 'current unparseable path')}")
+print(f"{counted(int(errors_by_kind['n'].sum()), 'scan error')} recorded with {label}; "
+      f"{counted(n_unparseable, 'current unparseable path')}")
 display(errors_by_kind)
 display(by_reason.head(20))
 display(m.scan_errors(label).head(20))
-check("no scan errors", errors_by_kind.height == 0, f"{errors_by_kind['n'].sum()} recorded with this version")
-check("no unparseable paths", n_unparseable == 0, f"{n_unparseable} current paths fit no pattern")
+check("no scan errors", errors_by_kind.height == 0, f"{number(errors_by_kind['n'].sum())} recorded with this version")
+check("no unparseable paths", n_unparseable == 0, f"{number(n_unparseable)} current paths fit no pattern")
 
 if errors_by_kind.height or by_reason.height:
     fig, (ax1, ax2) = plt.subplots(1, 2)
@@ -447,7 +448,7 @@ else:
     display(findings.head(20))
     serious = findings.filter(pl.col("severity").str.to_lowercase() != "info")  # errors block, warnings need a look
     check("validation findings", serious.height == 0,
-          ", ".join(f"{n} {s}" for s, n in findings.group_by("severity").len().sort("severity").iter_rows()))
+          ", ".join(f"{number(n)} {word}" for word, n in severity_counts(findings)))  # as the HTML report says them
     rank = {"error": 0, "critical": 0, "warning": 1, "warn": 1}
     order = (by_rule.with_columns(rank=pl.col("severity").str.to_lowercase().replace_strict(rank, default=2))
              .group_by("rule").agg(pl.col("rank").min(), pl.col("n").sum()).sort("rank", "n", "rule", descending=[False, True, False]))
@@ -486,11 +487,11 @@ else:
     n_touched = int(per_modality["removed"].sum() + per_modality["replaced"].sum())
     share = n_touched / max(n_base_files, 1)
     large = share > large_change_share
-    print(f"{label} against {since}: " + ", ".join(f"{per_modality[k].sum()} {k}" for k in kinds)
+    print(f"{label} against {since}: " + ", ".join(f"{number(per_modality[k].sum())} {k}" for k in kinds)
           + (f" (read from {base} back to {label}: `removed` are files {base} has and {label} has not, `added` the "
              f"reverse; {label} deleted nothing of them)" if later else ""))
     display(Markdown(
-        f"**{'⚠ LARGE CHANGE' if large else 'OK'}:** {n_touched} of {n_base_files:,} files removed or replaced "
+        f"**{'⚠ LARGE CHANGE' if large else 'OK'}:** {number(n_touched)} of {counted(n_base_files, 'file')} removed or replaced "
         f"({share:.1%}; threshold `large_change_share` = {large_change_share:.0%})"
         + (f"; over the threshold in: {', '.join(per_modality.filter('flag')['modality'])}" if per_modality["flag"].any() else "")))
     display(per_modality)
@@ -502,7 +503,7 @@ else:
         display(sql("SELECT change, modality, count(*) AS files, sum(size)::BIGINT AS bytes FROM changes "
                     "WHERE version = $v GROUP BY ALL ORDER BY change, modality", v=label))
     check(f"removed + replaced <= {large_change_share:.0%}", not large,
-          f"{share:.1%} of {n_base_files} files ({n_touched}) against {since}"
+          f"{share:.1%} of {counted(n_base_files, 'file')} ({number(n_touched)}) against {since}"
           + (f", read from it back to {label}" if later else ""))
 
     fig, (ax1, ax2) = plt.subplots(1, 2)
@@ -547,6 +548,6 @@ print(f"review of {label}" + (f" against {since}" if base else " (first version)
 for item, (state, detail) in checks.items():
     print(f"  {state:<5}  {item}: {detail}")
 n_check = sum(state == "CHECK" for state, _ in checks.values())
-print(f"{n_check} item{'' if n_check == 1 else 's'} to check" if n_check else "all checks passed")
+print(f"{counted(n_check, 'item')} to check" if n_check else "all checks passed")
 con.close()
 m.close()  # and the DuckDB's scratch folder

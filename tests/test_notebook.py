@@ -108,6 +108,14 @@ def test_two_versions(manifests, tmp_path, which):
                  findings):
         assert line in out
     assert "⚠ LARGE CHANGE" in out
+    # the findings by severity as the HTML report and `validate` say them, most serious first ("2 error, 1 info,
+    # 1 warning" before: alphabetical, the severity's own word)
+    found = open_manifest(manifests[which]).findings()["severity"].value_counts()
+    if found.height:
+        counts = dict(found.iter_rows())
+        words = {"error": "error", "warning": "warning", "info": "note"}
+        said = ", ".join(f"{counts[s]:,} {words[s]}{'' if counts[s] == 1 else 's'}" for s in words if s in counts)
+        assert f"validation findings: {said}\n" in out, (said, out[-1500:])
     # counts of one in the singular ("1 contents at more than one path: 1 extra copies" before)
     for line in ("1 empty file, ", "1 content at more than one path: 1 extra copy, ", "1 scan error recorded with ",
                  "; 1 current unparseable path\n"):
@@ -379,15 +387,18 @@ def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_befo
     assert "import sys" in failed.value.source  # the first code cell after the parameters: before any section ran
 
 
-@pytest.mark.parametrize("parameters", [{"version": [1]}, {"version": True}, {"compare_to": 2.5}])
+@pytest.mark.parametrize("parameters", [{"version": [1]}, {"version": True}, {"compare_to": 2.5}, {"manifest_name": 5}])
 def test_a_version_parameter_of_a_wrong_type_is_said_as_such(manifests, tmp_path, parameters):
     """The notebook turned every `version` and `compare_to` into text: `-p version '[1]'` (a list) or `true` was
     "no version '[1]' in the manifest", `-p compare_to 2.5` "no version '2.5'", hiding what is wrong. They reach
     the reader as given, which says the type and what to give; a number stays a label (test_single_version)."""
     with pytest.raises(papermill.PapermillExecutionError) as failed:
         execute(manifests["two"], tmp_path / "out.ipynb", **parameters)
-    (value,) = parameters.values()
+    (name, value), = parameters.items()
     assert failed.value.ename == "UsageError"
+    if name == "manifest_name":  # (printed "manifest   5", and named 5 in the commands it suggests)
+        assert "manifest_name is text, not int 5" in failed.value.evalue, failed.value.evalue
+        return
     assert f"a version is a label or an ISO date-time, not {type(value).__name__} {value!r}" in failed.value.evalue
 
 
@@ -459,3 +470,66 @@ def test_a_manifest_under_the_home_folder_is_not_named_by_the_review_it_shares(m
     versions = subprocess.run([sys.executable, "-m", "chorus_batch", "versions", *shlex.split(command)[2:4]],
                               capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert versions.returncode == 0 and versions.stdout.count("\n") == 3, versions.stderr
+
+
+def test_the_notebooks_counts_are_grouped_as_the_reports(tmp_path):
+    """The notebook said "1000 empty files" and "CHECK  no empty files: 1000 empty" where the HTML report says
+    "1,000": both write their counts with units.counted and units.number (the report's _n and _num are those)."""
+    from chorus_batch.report import html
+    from chorus_batch.units import counted, number
+
+    assert counted(3006, "scan error") == "3,006 scan errors" and counted(1, "file") == "1 file"
+    assert number(3006) == "3,006" and number(2.25) == "2.2" and number(None) == "" and number(float("nan")) == ""
+    assert html._n is counted and html._num is number
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    for i in range(1000):
+        write(site, f"notes/e{i:04}.txt", b"")  # empty, and fit no pattern
+    run_site(site, db, validate_site=False)
+    out = check_run(execute(db, tmp_path / "out.ipynb"), PLOTS - 2 + 1)  # no sessions; unparseable paths
+    assert "1,000 empty files, " in out and "CHECK  no empty files: 1,000 empty\n" in out, out
+    assert "; 1,000 current unparseable paths\n" in out and "no unparseable paths: 1,000 current paths" in out
+    assert "1000" not in out.replace(str(db), ""), [line for line in out.splitlines() if "1000" in line]
+    # a site without waveforms: "OK  waveform sessions: plausible ...: 0 of 0 sessions with a known start ... start
+    # outside 1980..", of sessions there are none of
+    assert "OK     waveform sessions: plausible starts and durations: no waveform sessions in this version\n" in out, out
+
+
+def test_a_relative_manifest_is_named_tidied(manifests, tmp_path):
+    """`papermill -p manifest ../m1.sqlite` run from another folder printed "manifest   /x/other/../m1.sqlite" and
+    suggested commands with that path: the reader's path is absolute and tidied (its folders resolved)."""
+    shutil.copy(manifests["single"], tmp_path / "m1.sqlite")
+    (tmp_path / "other").mkdir()
+    out = tmp_path / "other" / "out.ipynb"
+    said = check_run(execute(Path("../m1.sqlite"), out), PLOTS)
+    assert f"manifest   {home_relative(str(tmp_path.resolve() / 'm1.sqlite'))}\n" in said, said[:400]
+    assert "/../" not in said and "/other/.." not in said
+    assert open_manifest(f"{tmp_path}/other/../m1.sqlite").path == tmp_path.resolve() / "m1.sqlite"
+
+
+def test_the_default_manifest_missing_is_told_to_be_set_in_the_parameters_cell(tmp_path):
+    """Opened in Jupyter with the default `manifest` (none in notebooks/), the error's fix said "pass the manifest file
+    written by `chorus-batch run` (--db)": a reviewer in Jupyter passes no --db. It says to set `manifest` in the
+    parameters cell, and from which folder a relative path is read; `chorus-batch review --db` still says --db."""
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    said = failed.value.evalue
+    assert failed.value.ename == "UsageError" and f"no manifest at {tmp_path.resolve()}/chorus_manifest.sqlite" in said
+    assert "set `manifest` in the notebook's parameters cell" in said and "--db" not in said, said
+    assert f"read from the notebook's folder, {home_relative(str(tmp_path.resolve()))}" in said, said
+    with pytest.raises(UsageError, match=r"\(--db\)"):
+        open_manifest(tmp_path / "none.sqlite")
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_review_out_ending_with_a_separator_suggests_the_file_meant(manifests, tmp_path, folder):
+    """`review --out r.ipynb/` was told "give a file name, e.g. report.html" (the report's example): it is told the
+    path without the separator, or, where that is a folder, a notebook file in it."""
+    if folder:
+        (tmp_path / "r.ipynb").mkdir()
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
+                           "--out", "r.ipynb/"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "ends with a separator: it names no file" in done.stderr, done.stderr
+    assert "report.html" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert ("e.g. r.ipynb/review.ipynb" if folder else "without the trailing separator: r.ipynb") in done.stderr

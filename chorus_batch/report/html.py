@@ -38,9 +38,9 @@ from .. import __version__
 from ..frames import SEVERITY_ORDER
 from ..fsutil import check_not_manifest, check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
-                      open_manifest, other_rules_advice, size_flags, unvalidated_advice)
+                      open_manifest, other_rules_advice, severity_counts, size_flags, unvalidated_advice)
 from ..times import iso, utc_now
-from ..units import home_relative, human_bytes, plural, shown_name, shown_text
+from ..units import counted, home_relative, human_bytes, number, shown_name, shown_text
 from . import plots
 
 # Stable element ids of the sections, in page order, and their titles.
@@ -65,7 +65,6 @@ DELETED_SHARE_FLAG = 0.05  # removed + replaced over the previous version's file
 PLOT_VERSIONS = 60  # versions drawn in the change plot (the latest ones)
 
 
-_SEVERITY_WORD = {"error": "error", "warning": "warning", "info": "note"}  # a finding's severity as a count's noun
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
     started = time.perf_counter()
     to_stdout = str(out) == "-"  # `report --out - | ssh …`: the page on standard output, as tools take "-"
     if not to_stdout:
-        check_target(out)  # before the work of rendering: a folder, a link, a device or a missing folder is refused
+        check_target(out, example="report.html")  # before the work of rendering: a folder, a link, a device or a missing folder is refused
         check_not_manifest(out, manifest.path if isinstance(manifest, ManifestReader) else manifest)
     out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
@@ -104,12 +103,7 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
 # ----------------------------------------------------------------------------- text of values (also Jinja filters)
 
 
-def _num(n: float | None) -> str:
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return ""
-    if isinstance(n, float) and not n.is_integer():
-        return f"{n:,.1f}"
-    return f"{int(n):,}"
+_num = number  # (units.number: the notebook writes its numbers so too)
 
 
 def _cell(value: object) -> str:
@@ -128,9 +122,7 @@ def _name(value: object) -> str:
     return shown_name(value) if value is None or isinstance(value, str) else _cell(value)
 
 
-def _n(count: int, noun: str, many: str | None = None) -> str:
-    """'1 file', '2 files', '1,234 files' (units.plural, grouped as every number of the page)."""
-    return plural(count, noun, many, grouped=True)
+_n = counted  # '1 file', '2 files', '1,234 files' (units.counted, grouped as every number of the page)
 
 
 def _pct(part: float, whole: float) -> str:
@@ -505,15 +497,13 @@ class _Report:
                    .with_columns(_rank=pl.col("severity").str.to_lowercase()
                                  .replace_strict(SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
                    .sort(["_rank", "n", "rule"], descending=[False, True, False]))
-        by_severity = grouped.group_by("severity", "_rank").agg(pl.col("n").sum()).sort("_rank", "severity")
         n_errors = int(grouped.filter(pl.col("_rank") == 0)["n"].sum())
         if n_errors:
             self.flags.append(f"{_n(n_errors, 'validation finding')} of severity error.")
         return {
             "old_rules": old_rules,
             # said as `validate` says them ("2 errors, 1 warning, 3 notes"), not "2 error"
-            "by_severity": [(_SEVERITY_WORD[severity] + ("" if n == 1 else "s") if severity in _SEVERITY_WORD
-                             else severity, n) for severity, n in by_severity.select("severity", "n").iter_rows()],
+            "by_severity": severity_counts(findings),  # (review.severity_counts: the notebook says them so too)
             "rows": [(r["severity"], r["rule"], r["n"], Examples(list(zip(r["ex"], r["msg"])), r["n"]))
                      for r in grouped.iter_rows(named=True)],
             "command": self.py(f"m.findings({json.dumps(self.label)})", "findings.csv"),

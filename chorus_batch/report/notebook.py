@@ -35,7 +35,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     started = time.perf_counter()
     to_stdout = str(out) == "-"  # it wrote a file named "-" in the current folder
     if not to_stdout:
-        check_target(out)  # before the work: a folder, a link or a missing folder is refused
+        check_target(out, example="review.ipynb")  # before the work: a folder, a link or a missing folder is refused
         check_not_manifest(out, manifest)  # the manifest itself, its lock, cache or side files
     if not notebook.is_file():
         raise UsageError(f"the review notebook is not at {notebook}", where="chorus-batch review",
