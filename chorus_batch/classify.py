@@ -300,9 +300,11 @@ def _fallback(srcfile: pl.Expr, patterns: tuple[PathPattern, ...] = DEFAULT_PATT
         # a file directly in a top folder, or a second folder that is not Waveforms/ or Images/ (1001/notes.txt,
         # 1001/Waveform/...): "folder 1001/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/" sent the user to
         # rename a person folder that was right, when the file or the folder below it was out of place
+        # (the folder, not the file, names the reason: the report counts the files of each reason, and a reason per
+        # file made a stray folder of a million files a million reasons)
         .when(n_parts == 2)
-        .then(fmt("file {} lies directly in folder {}/: expected it in OMOP/, Metadata/ or <person_id>/Waveforms|Images/ "
-                  "(a person folder holds only those two folders)", parts.list.get(1, null_on_oob=True), first))
+        .then(fmt("folder {}/ holds this file directly: files belong in OMOP/, Metadata/ or "
+                  "<person_id>/Waveforms|Images/ (a person folder holds only those two folders)", first))
         .otherwise(fmt("folder {}/{}/ is not <person_id>/Waveforms/ or <person_id>/Images/, nor is folder {}/ OMOP/ or "
                        "Metadata/", first, parts.list.get(1, null_on_oob=True), first))
     )

@@ -158,7 +158,7 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         ("000123/Notes/n.txt", "folder 000123/"),
         # a file directly in a person folder, a misspelt modality folder: "folder 000123/ is not OMOP/, Metadata/ or
         # <person_id>/Waveforms|Images/" blamed the person folder, not the file or the folder below it
-        ("000123/notes.txt", "file notes.txt lies directly in folder 000123/: expected it in OMOP/, Metadata/ or "
+        ("000123/notes.txt", "folder 000123/ holds this file directly: files belong in OMOP/, Metadata/ or "
                              "<person_id>/Waveforms|Images/"),
         ("000123/Waveform/Telemetry/9/9.hea", "folder 000123/Waveform/ is not <person_id>/Waveforms/ or "
                                               "<person_id>/Images/, nor is folder 000123/ OMOP/ or Metadata/"),
