@@ -548,7 +548,7 @@ def test_validate_names_a_missing_modality_root_as_that_root_not_as_the_site_roo
         out = cli(*command, cwd=tmp_path)
         assert out.returncode == 2, out.stdout + out.stderr
         assert f"root is not a readable directory: {wave}" in out.stderr and "site root" not in out.stderr, out.stderr
-        assert "where: [site.roots] Waveforms" in out.stderr, out.stderr
+        assert "where: chorus.toml, line 4: [site.roots] Waveforms" in out.stderr, out.stderr
 
 
 def test_a_table_the_scan_could_not_take_is_not_called_missing(clean, tmp_path):
