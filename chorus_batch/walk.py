@@ -71,6 +71,24 @@ def long_path(path: str, *, windows: bool = os.name == "nt") -> str:
     return path  # relative, or relative to a drive's current folder (C:x): not made absolute here
 
 
+def absolute_root(path: str, *, posix: bool = os.name != "nt") -> str:
+    """A local root as given (`--site`, `[site] root`, a config's roots), absolute, with its '..' parts taken as the
+    system takes them: the folder above where the path before it leads. os.path.abspath drops `link/..` as text, so
+    `--site /scratch/me/../project/site` with /scratch/me a link to /lustre/u/me named /scratch/project/site, the
+    shell's and every other tool's /lustre/u/project/site being another folder: a folder that does not exist was
+    said so, and one that did (another copy of the site) was listed, while the run's summary named the folder
+    meant. On Windows '..' is taken as text by the system too: abspath there. The root's own name, a link or not, is
+    kept as given (it is the location recorded)."""
+    absolute = os.path.abspath(path)
+    if not posix:
+        return absolute
+    parts = (path if os.path.isabs(path) else os.path.join(os.getcwd(), path)).split("/")
+    if ".." not in parts:
+        return absolute
+    last = len(parts) - 1 - parts[::-1].index("..")
+    return os.path.normpath(os.path.join(os.path.realpath("/".join(parts[:last + 1]) or "/"), *parts[last + 1:]))
+
+
 def is_junction(entry: os.DirEntry) -> bool:
     """A directory junction (Windows' mklink /J, as backup and storage tools make): a link to a folder that
     DirEntry.is_symlink does not count (it counts symbolic links only) and is_dir(follow_symlinks=False) takes for a
@@ -470,7 +488,7 @@ def early_listing(root: str | None, *, follow_symlinks: bool, workers: int,
     listing = None
     if root is not None and workers > 1 and sys.platform == "linux" and os.path.isdir(root):
         with contextlib.suppress(OSError):  # any problem is the run's to meet and report, when it lists
-            listing = EarlyListing(os.path.abspath(root), follow_symlinks=follow_symlinks, workers=workers, tops=tops)
+            listing = EarlyListing(absolute_root(root), follow_symlinks=follow_symlinks, workers=workers, tops=tops)
     _pending = listing
     try:
         yield listing

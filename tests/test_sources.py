@@ -561,3 +561,28 @@ def test_a_site_root_typed_with_windows_separators_is_said_to_be_one(tmp_path):
     assert "a typo" not in said
     with pytest.raises(ConfigError, match="a typo, or a disk that is not mounted"):  # no such folder either way
         LocalSource(str(tmp_path / "data") + "\\other").check()
+
+
+def test_a_site_root_with_dot_dot_after_a_link_is_the_folder_the_system_names(tmp_path):
+    """`--site /scratch/me/../project/site`, /scratch/me a link (as HPC home and scratch folders are): '..' is the
+    folder above where the link leads, as the shell and every other tool take it. os.path.abspath dropped `me/..` as
+    text: another folder of that name (a copy of the site) was listed, while the summary named the folder meant."""
+    real = tmp_path / "lustre" / "me"
+    real.mkdir(parents=True)
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch" / "me").symlink_to(real)
+    write(tmp_path / "lustre" / "site", "OMOP/person.csv", b"meant")
+    write(tmp_path / "scratch" / "site", "OMOP/person.csv", b"a copy of it")
+    given = f"{tmp_path}/scratch/me/../site"
+    assert os.listdir(given) == ["OMOP"] and open(f"{given}/OMOP/person.csv", "rb").read() == b"meant"
+    for workers in (1, 2):
+        source = LocalSource(given, workers=workers, inprocess_budget_s=0)
+        assert source.root == str(tmp_path / "lustre" / "site")
+        frame, errors = listing(source)
+        assert frame["srcfile"].to_list() == ["OMOP/person.csv"] and frame["size"].to_list() == [5] and not errors
+    relative = cli("status", "--json", "--no-validate", "--site", "me/../site", "--db", str(tmp_path / "m.sqlite"),
+                   cwd=tmp_path / "scratch")
+    assert relative.returncode == 0, relative.stderr
+    assert f"listing {tmp_path / 'lustre' / 'site'}" in relative.stderr and '"bytes": 5' in relative.stdout
+    # no '..': the root keeps the form given (a link to the site is recorded as given)
+    assert LocalSource(f"{tmp_path}/scratch/me/./").root == str(tmp_path / "scratch" / "me")
