@@ -172,17 +172,28 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     add_linked = out.linked.append
     loops = mount_loops(root)
     windows = os.name == "nt"
+    no_links = not follow_symlinks and _NOFOLLOW_DIRS
     while stack:
         rel_dir, real_dir, link_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
+            if no_links and rel_dir:
+                _no_link_at(os.path.join(root, rel_dir))
             it = os.scandir(long_path(os.path.join(root, rel_dir) if rel_dir else root))
-        except (FileNotFoundError, NotADirectoryError):  # (gone, or a file put in its place: no permission to give)
-            add_error((rel_dir + "/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a file) "
-                       "while the tree was listed; what was recorded "
-                       "below it is kept until a run lists it again"))
-            continue
         except OSError as exc:
+            if no_links and rel_dir and exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(
+                    os.path.join(root, rel_dir)):
+                # listed as a folder, a link when walked (moved to another disk and linked back meanwhile): said as the
+                # next run says it, never walked through (files outside the site were listed, hashed and recorded)
+                add_error((printable(rel_dir), "symlink", "symbolic link not followed (a folder when the tree's "
+                           "listing began, replaced by a link since; --follow-symlinks, or follow_symlinks = true in "
+                           "[run] of chorus.toml, follows it)"))
+                continue
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # (gone, or a file put in its place)
+                add_error((rel_dir + "/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a "
+                           "file) while the tree was listed; what was recorded below it is kept until a run lists it "
+                           "again"))
+                continue
             # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
             add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
                        f"cannot list directory: {exc.strerror or exc}; {_dir_kept(exc, root, rel_dir)}"))
@@ -276,6 +287,17 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     flush()
     flush()
     return out
+
+
+# Where a folder can be opened so that a symbolic link at its own name is refused (POSIX)
+_NOFOLLOW_DIRS = bool(getattr(os, "O_NOFOLLOW", 0) and getattr(os, "O_DIRECTORY", 0))
+
+
+def _no_link_at(path: str) -> None:
+    """Raise ELOOP (or ENOTDIR) if `path`, a folder when its folder was listed, is a symbolic link now: a walk that
+    does not follow links went through a link put in its place since (minutes later, for a root folder a worker
+    walks last). Opened without following a link, not lstat'ed: a look that costs the same, and one call."""
+    os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)))
 
 
 def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tuple[str, int, int]], list[Error]]:

@@ -183,6 +183,34 @@ def test_a_folder_replaced_by_a_file_while_the_tree_is_listed_is_said_gone_not_a
                               "again")], walked.errors
 
 
+def test_a_folder_replaced_by_a_link_while_the_tree_is_listed_is_not_walked_through_it(site, tmp_path):
+    """The root's folders are listed, then walked (by worker processes, long after on a large site): a person folder
+    moved to another disk and linked back in between was walked through the link by a run that does not follow links,
+    its files outside the site listed, hashed and recorded as the site's. It is said as the next run says the link."""
+    import shutil
+
+    from chorus_batch.walk import walk_local
+
+    write(site, "000001/Metadata/a.txt", b"a")
+    write(site, "000002/Metadata/b.txt", b"b")
+    write(tmp_path / "other_disk", "000001/Metadata/a.txt", b"a")
+    write(tmp_path / "other_disk", "000001/private/key.txt", b"not the site's")
+    top = walk_local(str(site), [""], False, collect_dirs=True)
+    shutil.rmtree(site / "000001")
+    (site / "000001").symlink_to(tmp_path / "other_disk" / "000001")
+    walked = walk_local(str(site), sorted(top.subdirs), False)
+    assert [paths for paths, _, _ in walked.chunks] == [["000002/Metadata/b.txt"]] and not walked.linked
+    assert walked.errors == [("000001", "symlink", "symbolic link not followed (a folder when the tree's listing "
+                              "began, replaced by a link since; --follow-symlinks, or follow_symlinks = true in [run] "
+                              "of chorus.toml, follows it)")], walked.errors
+    # as a folder below it is walked too, and as the next run's listing says it
+    assert walk_local(str(site), [""], False).errors == [("000001", "symlink", "symbolic link not followed "
+                                                          "(--follow-symlinks, or follow_symlinks = true in [run] of "
+                                                          "chorus.toml, follows it)")]
+    followed = walk_local(str(site), sorted(top.subdirs), True)  # followed: walked through it, as the link's
+    assert sorted(row[0] for row in followed.linked) == ["000001/Metadata/a.txt", "000001/private/key.txt"]
+
+
 def test_a_folder_replaced_by_a_file_after_it_was_read_has_its_files_said_gone_not_unreadable(site, monkeypatch):
     """A folder read (its names in hand) and replaced by a file before its files were stat'ed: each was "cannot stat:
     Not a directory; ... give this user search (x) permission on its folder", advice that changes nothing."""
