@@ -71,6 +71,24 @@ def long_path(path: str, *, windows: bool = os.name == "nt") -> str:
     return path  # relative, or relative to a drive's current folder (C:x): not made absolute here
 
 
+def absolute_root(path: str, *, posix: bool = os.name != "nt") -> str:
+    """A local root as given (`--site`, `[site] root`, a config's roots), absolute, with its '..' parts taken as the
+    system takes them: the folder above where the path before it leads. os.path.abspath drops `link/..` as text, so
+    `--site /scratch/me/../project/site` with /scratch/me a link to /lustre/u/me named /scratch/project/site, the
+    shell's and every other tool's /lustre/u/project/site being another folder: a folder that does not exist was
+    said so, and one that did (another copy of the site) was listed, while the run's summary named the folder
+    meant. On Windows '..' is taken as text by the system too: abspath there. The root's own name, a link or not, is
+    kept as given (it is the location recorded)."""
+    absolute = os.path.abspath(path)
+    if not posix:
+        return absolute
+    parts = (path if os.path.isabs(path) else os.path.join(os.getcwd(), path)).split("/")
+    if ".." not in parts:
+        return absolute
+    last = len(parts) - 1 - parts[::-1].index("..")
+    return os.path.normpath(os.path.join(os.path.realpath("/".join(parts[:last + 1]) or "/"), *parts[last + 1:]))
+
+
 def is_junction(entry: os.DirEntry) -> bool:
     """A directory junction (Windows' mklink /J, as backup and storage tools make): a link to a folder that
     DirEntry.is_symlink does not count (it counts symbolic links only) and is_dir(follow_symlinks=False) takes for a
@@ -154,17 +172,28 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     add_linked = out.linked.append
     loops = mount_loops(root)
     windows = os.name == "nt"
+    no_links = not follow_symlinks and _NOFOLLOW_DIRS
     while stack:
         rel_dir, real_dir, link_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
+            if no_links and rel_dir:
+                _no_link_at(os.path.join(root, rel_dir))
             it = os.scandir(long_path(os.path.join(root, rel_dir) if rel_dir else root))
-        except (FileNotFoundError, NotADirectoryError):  # (gone, or a file put in its place: no permission to give)
-            add_error((rel_dir + "/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a file) "
-                       "while the tree was listed; what was recorded "
-                       "below it is kept until a run lists it again"))
-            continue
         except OSError as exc:
+            if no_links and rel_dir and exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(
+                    os.path.join(root, rel_dir)):
+                # listed as a folder, a link when walked (moved to another disk and linked back meanwhile): said as the
+                # next run says it, never walked through (files outside the site were listed, hashed and recorded)
+                add_error((printable(rel_dir), "symlink", "symbolic link not followed (a folder when the tree's "
+                           "listing began, replaced by a link since; --follow-symlinks, or follow_symlinks = true in "
+                           "[run] of chorus.toml, follows it)"))
+                continue
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # (gone, or a file put in its place)
+                add_error((rel_dir + "/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a "
+                           "file) while the tree was listed; what was recorded below it is kept until a run lists it "
+                           "again"))
+                continue
             # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
             add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
                        f"cannot list directory: {exc.strerror or exc}; {_dir_kept(exc, root, rel_dir)}"))
@@ -258,6 +287,17 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     flush()
     flush()
     return out
+
+
+# Where a folder can be opened so that a symbolic link at its own name is refused (POSIX)
+_NOFOLLOW_DIRS = bool(getattr(os, "O_NOFOLLOW", 0) and getattr(os, "O_DIRECTORY", 0))
+
+
+def _no_link_at(path: str) -> None:
+    """Raise ELOOP (or ENOTDIR) if `path`, a folder when its folder was listed, is a symbolic link now: a walk that
+    does not follow links went through a link put in its place since (minutes later, for a root folder a worker
+    walks last). Opened without following a link, not lstat'ed: a look that costs the same, and one call."""
+    os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)))
 
 
 def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tuple[str, int, int]], list[Error]]:
@@ -470,7 +510,7 @@ def early_listing(root: str | None, *, follow_symlinks: bool, workers: int,
     listing = None
     if root is not None and workers > 1 and sys.platform == "linux" and os.path.isdir(root):
         with contextlib.suppress(OSError):  # any problem is the run's to meet and report, when it lists
-            listing = EarlyListing(os.path.abspath(root), follow_symlinks=follow_symlinks, workers=workers, tops=tops)
+            listing = EarlyListing(absolute_root(root), follow_symlinks=follow_symlinks, workers=workers, tops=tops)
     _pending = listing
     try:
         yield listing

@@ -183,6 +183,34 @@ def test_a_folder_replaced_by_a_file_while_the_tree_is_listed_is_said_gone_not_a
                               "again")], walked.errors
 
 
+def test_a_folder_replaced_by_a_link_while_the_tree_is_listed_is_not_walked_through_it(site, tmp_path):
+    """The root's folders are listed, then walked (by worker processes, long after on a large site): a person folder
+    moved to another disk and linked back in between was walked through the link by a run that does not follow links,
+    its files outside the site listed, hashed and recorded as the site's. It is said as the next run says the link."""
+    import shutil
+
+    from chorus_batch.walk import walk_local
+
+    write(site, "000001/Metadata/a.txt", b"a")
+    write(site, "000002/Metadata/b.txt", b"b")
+    write(tmp_path / "other_disk", "000001/Metadata/a.txt", b"a")
+    write(tmp_path / "other_disk", "000001/private/key.txt", b"not the site's")
+    top = walk_local(str(site), [""], False, collect_dirs=True)
+    shutil.rmtree(site / "000001")
+    (site / "000001").symlink_to(tmp_path / "other_disk" / "000001")
+    walked = walk_local(str(site), sorted(top.subdirs), False)
+    assert [paths for paths, _, _ in walked.chunks] == [["000002/Metadata/b.txt"]] and not walked.linked
+    assert walked.errors == [("000001", "symlink", "symbolic link not followed (a folder when the tree's listing "
+                              "began, replaced by a link since; --follow-symlinks, or follow_symlinks = true in [run] "
+                              "of chorus.toml, follows it)")], walked.errors
+    # as a folder below it is walked too, and as the next run's listing says it
+    assert walk_local(str(site), [""], False).errors == [("000001", "symlink", "symbolic link not followed "
+                                                          "(--follow-symlinks, or follow_symlinks = true in [run] of "
+                                                          "chorus.toml, follows it)")]
+    followed = walk_local(str(site), sorted(top.subdirs), True)  # followed: walked through it, as the link's
+    assert sorted(row[0] for row in followed.linked) == ["000001/Metadata/a.txt", "000001/private/key.txt"]
+
+
 def test_a_folder_replaced_by_a_file_after_it_was_read_has_its_files_said_gone_not_unreadable(site, monkeypatch):
     """A folder read (its names in hand) and replaced by a file before its files were stat'ed: each was "cannot stat:
     Not a directory; ... give this user search (x) permission on its folder", advice that changes nothing."""
@@ -561,3 +589,28 @@ def test_a_site_root_typed_with_windows_separators_is_said_to_be_one(tmp_path):
     assert "a typo" not in said
     with pytest.raises(ConfigError, match="a typo, or a disk that is not mounted"):  # no such folder either way
         LocalSource(str(tmp_path / "data") + "\\other").check()
+
+
+def test_a_site_root_with_dot_dot_after_a_link_is_the_folder_the_system_names(tmp_path):
+    """`--site /scratch/me/../project/site`, /scratch/me a link (as HPC home and scratch folders are): '..' is the
+    folder above where the link leads, as the shell and every other tool take it. os.path.abspath dropped `me/..` as
+    text: another folder of that name (a copy of the site) was listed, while the summary named the folder meant."""
+    real = tmp_path / "lustre" / "me"
+    real.mkdir(parents=True)
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch" / "me").symlink_to(real)
+    write(tmp_path / "lustre" / "site", "OMOP/person.csv", b"meant")
+    write(tmp_path / "scratch" / "site", "OMOP/person.csv", b"a copy of it")
+    given = f"{tmp_path}/scratch/me/../site"
+    assert os.listdir(given) == ["OMOP"] and open(f"{given}/OMOP/person.csv", "rb").read() == b"meant"
+    for workers in (1, 2):
+        source = LocalSource(given, workers=workers, inprocess_budget_s=0)
+        assert source.root == str(tmp_path / "lustre" / "site")
+        frame, errors = listing(source)
+        assert frame["srcfile"].to_list() == ["OMOP/person.csv"] and frame["size"].to_list() == [5] and not errors
+    relative = cli("status", "--json", "--no-validate", "--site", "me/../site", "--db", str(tmp_path / "m.sqlite"),
+                   cwd=tmp_path / "scratch")
+    assert relative.returncode == 0, relative.stderr
+    assert f"listing {tmp_path / 'lustre' / 'site'}" in relative.stderr and '"bytes": 5' in relative.stdout
+    # no '..': the root keeps the form given (a link to the site is recorded as given)
+    assert LocalSource(f"{tmp_path}/scratch/me/./").root == str(tmp_path / "scratch" / "me")

@@ -28,6 +28,7 @@ from ..units import shown_name
 from ..walk import (
     BATCH_ROWS,
     WalkResult,
+    absolute_root,
     folders_to_walk,
     long_path,
     name_error,
@@ -163,7 +164,7 @@ class LocalSource:
     def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1,
                  inprocess_budget_s: float = INPROCESS_BUDGET_S, what: str = "--site / [site] root",
                  refuse_links: bool = False):
-        self.root = os.path.abspath(os.fspath(root))
+        self.root = absolute_root(os.fspath(root))
         self.what = what  # where the root was given: its messages name it
         # (messages: a control character in the folder's name escaped; `location`, recorded, is the real path: the
         # next run and `upload` must find the folder again, and two folders must never record alike)
