@@ -19,7 +19,13 @@ def _edf(site: _Site) -> list[pl.LazyFrame]:
     signals (compared with the mapping in _mapped)."""
     headers = site.of_kind(KIND_EDF)
     return [_found("edf.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
-                   fmt("not a readable EDF header: {}", pl.col("error")))]
+                   fmt("not a readable EDF header: {}", pl.col("error"))),
+            # (-1 data records: "unknown", which the EDF spec allows only while recording; the file was copied before
+            # its recording ended, or its writer never closed it: its length is not known, its end may be missing)
+            _found("edf.bad_header", headers.filter(pl.col("error").is_null() & (pl.col("records") == -1)), "srcfile",
+                   pl.lit("the header's number of data records is -1, which EDF allows only while the file is being "
+                          "recorded: an unfinished recording (copied before it ended, or its writer never closed it); "
+                          "deliver the file once its recording has ended and its header states its data records"))]
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:

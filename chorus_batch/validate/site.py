@@ -52,7 +52,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}, "lacking": pl.List(pl.String)}),
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
     KIND_EDF: pl.Struct({"error": pl.String, "start_date": pl.String, "start_time": pl.String,
-                         "duration_s": pl.Float64, "edf_plus": pl.Boolean,
+                         "duration_s": pl.Float64, "edf_plus": pl.Boolean, "records": pl.Int64,
                          "signals": pl.List(pl.Struct({"label": pl.String, "units": pl.String, "fs": pl.Float64}))}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
