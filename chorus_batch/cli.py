@@ -24,7 +24,7 @@ from typing import Any
 from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError,
                      forget_signals, handling_stop, interrupted_at_start, holding_signal, note_signal, machine_limit,
-                     quiet_lost_stops, signals_unwrapped)
+                     quiet_lost_stops, serving_command_line, signals_unwrapped)
 from .faults import pause
 from .units import plural, quoted, shown, shown_name, shown_text
 
@@ -2257,7 +2257,8 @@ def main(argv: list[str] | None = None) -> int:
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
     code = int(ExitCode.OK)
     try:
-        with signals_unwrapped():  # a signal a library wrapped into its own error (DuckDB) is said as the signal
+        # (serving_command_line: messages name the flags, --db, --from, not the library's arguments)
+        with signals_unwrapped(), serving_command_line():  # a signal a library wrapped (DuckDB) is said as the signal
             from .config_file import check_environment, check_working_folder
 
             check_working_folder()

@@ -122,6 +122,36 @@ class ChorusError(Exception):
                 *(str(note) for note in getattr(self, "__notes__", []))]
 
 
+# Whether the code running serves a command line (cli.main sets it for its command) or a library caller (a script, a
+# notebook). The messages that name a setting ask `named` / `pass_db`, the one place that says a setting either way:
+# `Manifest("nope.sqlite").versions()` told a notebook to "pass --db", and `m.diff("x")` named "--from / from_version".
+# (A flag of the process, not a ContextVar: a command's threads say it the same way.)
+_command_line = False
+
+
+@contextmanager
+def serving_command_line() -> Iterator[None]:
+    """Within it, messages name the command line's flags (cli.main runs each command in it)."""
+    global _command_line
+    before, _command_line = _command_line, True
+    try:
+        yield
+    finally:
+        _command_line = before
+
+
+def named(flag: str, argument: str) -> str:
+    """A setting as the user gave it: the flag on the command line (`--from`), the argument's name to a library
+    caller (`from_version`)."""
+    return flag if _command_line else argument
+
+
+def pass_db(what: str) -> str:
+    """How to give the manifest `what` ("the manifest's path", "another path"): by --db on the command line, to
+    Manifest() or open_manifest() from the library."""
+    return f"pass --db with {what}" if _command_line else f"give Manifest() or open_manifest() {what}"
+
+
 class UsageError(ChorusError):
     exit_code = ExitCode.USAGE
 

@@ -32,7 +32,7 @@ import polars as pl
 
 from .config import MODALITIES
 from .diff import compute_diff, private_duckdb
-from .errors import UsageError
+from .errors import UsageError, named
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .times import ISO_LIKE, iso, parse_time
@@ -119,6 +119,16 @@ def share_argument(value: object, name: str) -> float:
         raise UsageError(f"{name} is a share of the files from 0 to 1, not {value!r}", where=name,
                          fix='give a number such as 0.05, or a percentage as text such as "5%", to flag more than 5%')
     return share
+
+
+def count_argument(value: object, name: str, where: str) -> int:
+    """A count a notebook passes (`limit`): a whole number, 0 or more; anything else is a UsageError that says what
+    to give (limit="3" was a TypeError from a slice or a polars comparison, limit=-1 gave every suggestion but the
+    last, limit=True one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"{name} is a whole number of 0 or more, not {type(value).__name__} {value!r}"[:200],
+                         where=where, fix=f"give {name} as a number such as {name}=5")
+    return value
 
 
 def _as_date(text: str) -> str:
@@ -420,10 +430,11 @@ class ManifestReader:
         if compare_to is None:
             earlier = self.versions().filter(pl.col("label") < label)["label"]
             return earlier[-1] if earlier.len() else None
-        base = self.resolve(compare_to, asked="--compare-to / compare_to")
+        asked = named("--compare-to", "compare_to")
+        base = self.resolve(compare_to, asked=asked)
         if base == label:
-            raise UsageError(f"compare_to {compare_to} is the version reviewed ({label}): there is nothing to compare",
-                             where="--compare-to / compare_to", fix="give another version, or leave it out (None) to compare with the version "
+            raise UsageError(f"{asked} {compare_to} is the version reviewed ({label}): there is nothing to compare",
+                             where=asked, fix="give another version, or leave it out (None) to compare with the version "
                                  f"before (`{self.versions_command()}` lists them)")
         return base
 
@@ -487,10 +498,17 @@ class ManifestReader:
                          fix=f"give one of {', '.join(known)} (Other: files no pattern of the layout fits)")
 
     def diff(self, from_version: str | datetime, to_version: str | datetime | None = None) -> pl.DataFrame:
-        """added / removed / replaced / renamed between any two versions (DIFF_SCHEMA).
-        Rows describe the `to` side; removed rows describe the file as it was."""
-        older = self.resolve(from_version, asked="--from / from_version")
-        newer = self.resolve(to_version, asked="--to / to_version")
+        """added / removed / replaced / renamed between any two versions (DIFF_SCHEMA); `to_version` None: the latest.
+        Rows describe the `to` side; removed rows describe the file as it was. `from_version` is needed, as `diff
+        --from` is: None (a notebook's unset parameter) is refused, not read as the latest, whose diff with itself
+        is empty and read as "no changes"."""
+        asked = named("--from", "from_version")
+        if from_version is None:
+            raise UsageError(f"{asked} is needed: the version to compare from", where=asked,
+                             fix=f"give a version label or an ISO time (`{self.versions_command()}` lists them); "
+                                 "m.changes(v) gives what version v itself changed")
+        older = self.resolve(from_version, asked=asked)
+        newer = self.resolve(to_version, asked=named("--to", "to_version"))
         if older == newer:
             return pl.DataFrame(schema=DIFF_SCHEMA)
         backwards = older > newer
@@ -610,6 +628,7 @@ class ManifestReader:
         `folders`, when no file is such, the folders (ending in '/') that are; with `ever`, the paths of any version
         (`history` follows files removed or renamed since: their paths are not in the latest). `files --as-of V --path`
         asks V's: the latest's named files V did not have, and left out those it had."""
+        limit = count_argument(limit, "limit", "similar_paths(path, limit)")
         if not self.latest():
             return []
 
@@ -658,6 +677,7 @@ class ManifestReader:
         """Person ids of the version that `person` may mean: the same number with other leading zeros
         ('12' -> '000012'), else ids that contain it."""
         person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
+        limit = count_argument(limit, "limit", "person_suggestions(person, limit=...)")
         person = person.strip()  # an id pasted with a space or a line break (' 000123') was said to match nothing
         ids = self.files(as_of).select(pl.col("person_id").drop_nulls().unique()).to_series()
         same_number = ids.filter(ids.str.strip_chars_start("0") == person.lstrip("0")) if person.lstrip("0") else ids.head(0)
@@ -791,6 +811,12 @@ class ManifestReader:
         """End the DuckDB connections `duckdb` gave and remove their scratch folders."""
         for stack in self.__dict__.pop("_sessions", []):
             stack.close()
+
+    def __enter__(self) -> "ManifestReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # `with open_manifest(db) as m:` closes what `duckdb` opened
+        self.close()
 
     def _file_slices(self, label: str) -> Iterator[pl.DataFrame]:
         """The version's files (FILE_COLUMNS) in slices, the first possibly empty; a storage that cannot read

@@ -404,16 +404,17 @@ def test_diff_between_any_two_versions_equals_comparing_the_trees(reader, histor
 def test_a_version_argument_that_names_no_version_is_said_by_its_name(reader, history, tmp_path):
     # `diff --from A --to B` and `review --version A --compare-to B` said "no version 'B'": not which of the two
     first, last = history["labels"][0], history["labels"][-1]
-    with pytest.raises(UsageError, match=r"^--to / to_version: no version 'nope'"):
+    # (a library caller is told its arguments' names, the command line its flags: "--to / to_version" was both)
+    with pytest.raises(UsageError, match=r"^to_version: no version 'nope'"):
         reader.diff(first, "nope")
-    with pytest.raises(UsageError, match=r"^--from / from_version: no version was committed at or before 2001"):
+    with pytest.raises(UsageError, match=r"^from_version: no version was committed at or before 2001"):
         reader.diff("2001-01-01", last)
-    with pytest.raises(UsageError, match=r"^--compare-to / compare_to: no version 'nope'"):
+    with pytest.raises(UsageError, match=r"^compare_to: no version 'nope'"):
         reader.compared_with(last, "nope")
     with pytest.raises(UsageError, match=r"^no version 'nope'"):  # one version asked: as before
         reader.files("nope")
     done = cli("diff", "--db", str(history["db"]), "--from", first, "--to", "v9")
-    assert done.returncode == 2 and done.stderr.startswith("chorus-batch: error: --to / to_version: no version 'v9'")
+    assert done.returncode == 2 and done.stderr.startswith("chorus-batch: error: --to: no version 'v9'"), done.stderr
     done = cli("review", "--db", str(history["db"]), "--version", "v8", "--compare-to", first,
                "--out", str(tmp_path / "r.ipynb"))
     assert done.returncode == 2 and done.stderr.startswith("chorus-batch: error: --version: no version 'v8'")
@@ -435,6 +436,58 @@ def test_validated_tells_a_clean_version_from_an_unchecked_one(history, tmp_path
 
 def test_diff_of_a_version_with_itself_is_empty(reader):
     assert reader.diff("v2", "v2").height == 0
+
+
+def test_diff_without_a_version_to_compare_from_is_refused_as_diff_without_from_is(reader, history):
+    """m.diff(None) (a notebook's unset parameter) compared the latest version with itself: an empty frame, read as
+    "no changes". `diff` needs --from; the library needs from_version alike (to_version None stays the latest)."""
+    for call in (lambda: reader.diff(None), lambda: reader.diff(None, "v2")):
+        with pytest.raises(UsageError, match=r"^from_version is needed") as raised:
+            call()
+        assert "versions --db" in raised.value.fix
+    assert reader.diff("v1").equals(reader.diff("v1", "v3"))
+    done = cli("diff", "--db", str(history["db"]))
+    assert done.returncode == 2 and "--from" in done.stderr, done.stderr
+
+
+def test_a_count_of_a_wrong_type_or_below_zero_is_a_usage_error_that_says_what_to_give(reader):
+    """similar_paths(path, limit="3") (papermill passes parameters as text) was a TypeError from deep inside, limit=2.5
+    another, limit=-1 every suggestion but the last, limit=True one suggestion; person_suggestions(limit=...) alike."""
+    for bad in ("3", -1, 2.5, True, None):
+        for call in (lambda: reader.similar_paths("omop/PERSON.csv", limit=bad),
+                     lambda: reader.person_suggestions("1", limit=bad)):
+            with pytest.raises(UsageError, match=r"^limit is a whole number of 0 or more, not ") as raised:
+                call()
+            assert "limit=5" in raised.value.fix
+    assert reader.similar_paths("omop/PERSON.csv", limit=1) == ["OMOP/person.csv"]
+    assert reader.similar_paths("omop/PERSON.csv", limit=0) == []
+    assert len(reader.person_suggestions("0", limit=1)) == 1
+
+
+def test_a_reader_used_in_a_with_block_is_closed_at_its_end(reader):
+    """The reader's `close()` removes the scratch folders of the DuckDB connections it gave; `with open_manifest(db)
+    as m:` was a TypeError (no context manager), so a notebook had to remember to close it."""
+    with open_manifest(reader.path) as m:
+        con = m.duckdb()
+        assert con.execute("SELECT count(*) FROM files").fetchone()[0] == m.files().height > 0
+        scratch = [Path(row[2]).parent for row in con.execute("PRAGMA database_list").fetchall() if row[2]]
+        assert scratch and all(folder.exists() for folder in scratch)
+    assert not any(folder.exists() for folder in scratch)
+    assert "_sessions" not in m.__dict__
+
+
+def test_library_messages_name_the_arguments_the_command_line_its_flags(tmp_path):
+    """Manifest("nope.sqlite").versions() told a notebook to "pass --db with the manifest's path": the library names
+    its own arguments; the command line still names --db (errors.pass_db, errors.named decide it in one place)."""
+    from chorus_batch import Manifest
+
+    (tmp_path / "folder.sqlite").mkdir()
+    for db, said in ((tmp_path / "nope.sqlite", "no manifest at"), (tmp_path / "folder.sqlite", "names a folder")):
+        with pytest.raises(UsageError, match=said) as raised:
+            Manifest(db).versions()
+        assert "--db" not in str(raised.value) and "give Manifest() or open_manifest()" in raised.value.fix
+        done = cli("upgrade", "--db", str(db))  # (which reads a folder as a manifest file, as Manifest does)
+        assert done.returncode == 2 and said in done.stderr and "pass --db with" in done.stderr, done.stderr
 
 
 def test_history_follows_a_file_through_its_versions(reader, history):

@@ -3029,3 +3029,27 @@ def test_a_cloud_file_in_the_archive_tier_is_not_sent_and_upload_says_the_versio
     client.get_blob_client("data/OMOP/death.csv").set_standard_blob_tier("Hot")
     again = up(central, db)
     assert again.returncode == 0 and "complete" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_dry_run_says_where_it_would_put_the_manifests_copy_of_a_version_that_only_removes_files(central, tmp_path):
+    """`upload --dry-run` of a version whose change set only removes files said "would send 0 files" and never that
+    the upload would put the version's manifest copy (the one thing it does for it); any version that the dry run
+    finds would be completed says where its copy would go."""
+    db = committed_site(tmp_path, 3)
+    first = up(central, db, "--dry-run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    where = f"{central.url.rstrip('/')}/20261101020000/_manifest/manifest.sqlite"
+    assert f"manifest copy: would be put at {where}" in first.stdout, first.stdout
+    assert up(central, db).returncode == 0
+    (tmp_path / "site/000000/Waveforms/Telemetry/S0/S0.dat").unlink()
+    commit(tmp_path / "site", db, "20261102020000")
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    where = f"{central.url.rstrip('/')}/20261102020000/_manifest/manifest.sqlite"
+    assert "would send 0 files" in dry.stdout and f"manifest copy: would be put at {where}" in dry.stdout, dry.stdout
+    assert "its change set adds, replaces or renames no file: only its manifest copy goes" in dry.stdout, dry.stdout
+    js = json.loads(up(central, db, "--dry-run", "--json").stdout)["versions"][0]
+    assert js["manifest_copy"] is None and js["manifest_copy_would_be"] == where
+    assert not [name for name in blobs(central) if name.startswith("20261102020000/")]
+    real = up(central, db)
+    assert real.returncode == 0 and f"manifest copy: {where}" in real.stdout, real.stdout + real.stderr

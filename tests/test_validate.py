@@ -327,6 +327,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("edf_bad_date", add(f"{P1}/Waveforms/EEG/900555/900555.edf",
                          sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5)).replace(b"02.01.24", b"31.02.24")),
      {("edf.bad_header", f"{P1}/Waveforms/EEG/900555/900555.edf"), unlisted(f"{P1}/Waveforms/EEG/900555/900555.edf")}),
+    # an EDF whose header still says -1 data records ("unknown": allowed by the EDF spec only while recording): an
+    # unfinished recording, delivered with no finding before (its start and signals read, its length unknown)
+    ("edf_unfinished", add(EDF, (lambda whole: whole[:236] + b"-1".ljust(8) + whole[244:])(
+        sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=EDF_SIGNALS))),
+     {("edf.bad_header", EDF), unlisted(EDF)}),
     # an EDF cut inside its signal header (after the fixed 256 bytes: 256 more per signal)
     ("edf_cut_signal_header", add(EDF, sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=EDF_SIGNALS)[:600]),
      {("edf.bad_header", EDF), unlisted(EDF)}),

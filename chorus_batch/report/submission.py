@@ -46,8 +46,10 @@ def upload_text(result: UploadResult) -> str:
             head += f"; {v.n_found} found at the centre already with the manifest's MD5 (confirmed, not sent again)"
         if v.n_before:
             head += f"; {v.n_before} sent before"
-        lines.append(head + (f"; {v.n_files} in its change set" if not v.n_other else
-                             f"; {v.n_files} of --modalities in its change set of {v.n_files + v.n_other}"))
+        lines.append(head + (f"; {v.n_files} of --modalities in its change set of {v.n_files + v.n_other}" if v.n_other
+                             # (a version that only removes files: "0 in its change set" read as an empty version)
+                             else "; its change set adds, replaces or renames no file: only its manifest copy goes "
+                                  "to the centre" if not v.n_files else f"; {v.n_files} in its change set"))
         if v.validation_errors:  # (sent all the same: the centre decides; said, so that nobody takes it for clean)
             lines.append(f"  validation recorded {plural(v.validation_errors, 'error')} for this version (`chorus-batch "
                          f"report --version {v.version} --out report.html` lists them): "
@@ -82,6 +84,8 @@ def upload_text(result: UploadResult) -> str:
             lines.extend(_unlisted_lines(v.unlisted, "upload"))
         if v.manifest_copy:
             lines.append(f"  manifest copy: {v.manifest_copy}")
+        if v.copy_would_be:
+            lines.append(f"  manifest copy: would be put at {v.copy_would_be}")
         if v.copy_kept:
             lines.append(f"  manifest copy: {v.copy_kept}, put there when the version was completed, left as it is")
         if v.copy_refused:
@@ -116,6 +120,7 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "other_modalities_waiting": v.n_other_waiting, "manifest_copy": v.manifest_copy,
             "manifest_copy_refused": v.copy_refused, "manifest_copy_kept": v.copy_kept,
+            "manifest_copy_would_be": v.copy_would_be,
             "validation_errors": v.validation_errors,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),

@@ -31,7 +31,8 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import FILE_SIZE_FIX, ManifestError, ManifestLocked, UsageError, file_size_limit, salvage_command
+from ..errors import (FILE_SIZE_FIX, ManifestError, ManifestLocked, UsageError, file_size_limit, named, pass_db,
+                      salvage_command)
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict, unicode_twin,
@@ -266,14 +267,14 @@ def require_folder(path: Path) -> None:
             f"the manifest's folder {folder} does not exist, so there is no manifest {path.name} there and none was "
             "started; nothing was written", where=str(path),
             fix="if the manifest lies on a disk that is not mounted, mount it; for a new manifest, create its folder "
-                f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
+                f"first (mkdir -p {shlex.quote(str(folder))}); else " + pass_db("the manifest's path"))
     twin = unicode_twin(path)
     if twin is not None:  # (`--db m_café.sqlite` typed or pasted from macOS: a new manifest beside the site's own)
         raise UsageError(
             f"there is no manifest {shown_name(path.name)} in {folder}, but there is {shown_name(twin)}, a name that "
             "differs from it only in Unicode form (an accented letter as one character or as a letter and a "
             "combining mark, as macOS writes it): no new manifest was started; nothing was written", where=str(path),
-            fix=f"pass --db with the name as it is on disk: {shlex.quote(str(folder / twin))}")
+            fix=f"{pass_db('the name as it is on disk')}: {shlex.quote(str(folder / twin))}")
 
 
 # What the longest name a command writes beside the manifest adds to its name: the runs turned away by the lock,
@@ -502,7 +503,7 @@ class Manifest:
             raise ManifestError(
                 f"cannot open the manifest: {exc}",
                 where=str(self.path),
-                fix="check that the folder exists and is writable, or pass --db with another path",
+                fix=f"check that the folder exists and is writable, or {pass_db('another path')}",
             ) from None
 
     @contextlib.contextmanager
@@ -542,7 +543,7 @@ class Manifest:
         if "readonly" in low or "read-only" in low or "attempt to write" in low:
             return ManifestError(f"the manifest cannot be written: {text}", where=where,
                                  fix="make the manifest and its folder writable by this user (SQLite writes its "
-                                     "-wal and -shm files beside it), or pass --db with another path")
+                                     f"-wal and -shm files beside it), or {pass_db('another path')}")
         if "full" in low and ("disk" in low or "database" in low):
             temp, room = sqlite_temp_folder(), free_bytes(self.path.parent)
             full = os.name == "nt" or nearly_full(self.path.parent)
@@ -624,7 +625,7 @@ class Manifest:
         self.check_path()
         empty = UsageError(f"no manifest at {self.path}{' (an empty file)' if self.path.exists() else ''}: nothing to "
                            "upgrade; nothing was changed", where=str(self.path),
-                           fix="pass --db with the manifest's path (`chorus-batch run` starts a new manifest)")
+                           fix=pass_db("the manifest's path") + " (`chorus-batch run` starts a new manifest)")
         if not create and not self.path.exists():
             raise empty
         if not self.path.exists():
@@ -634,7 +635,7 @@ class Manifest:
                 os.close(create_private(self.path, truncate=False))
             except OSError as exc:
                 raise ManifestError(f"cannot create the manifest: {exc.strerror or exc}", where=str(self.path),
-                                    fix="pass --db with a file path in a folder this user can write") from None
+                                    fix=pass_db("a file path in a folder this user can write")) from None
         with self._open() as con:
             # what is not a manifest is refused before anything is written to it
             if schema_version(con, str(self.path)) is None and not create:
@@ -661,11 +662,12 @@ class Manifest:
         require_reachable(self.path)
         if self.path.is_dir():
             if (self.path / "versions.parquet").is_file():  # read-only commands take it; this one writes or checks
-                raise UsageError(f"--db names a --parquet snapshot folder, which only `versions`, `changes`, `files`, "
+                raise UsageError(f"{named('--db', 'the manifest path')} names a --parquet snapshot folder, which only `versions`, `changes`, `files`, "
                                  f"`diff`, `history` and `report` read: {self.path}", where=str(self.path),
-                                 fix="pass --db with the SQLite manifest the snapshots were written from")
-            raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
-                             fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
+                                 fix=pass_db("the SQLite manifest the snapshots were written from"))
+            raise UsageError(f"{named('--db', 'the manifest path')} names a folder, not a manifest file: {self.path}",
+                             where=str(self.path),
+                             fix=f"{pass_db('a file path')}, e.g. {self.path / 'chorus_manifest.sqlite'}")
         # A named pipe, a device or a socket (`--db /dev/null` from a script's placeholder, a mkfifo left there): SQLite
         # said "disk I/O error", exit 3 with "check the manifest's disk", or `versions` "the manifest at /dev/null is
         # empty; run `chorus-batch run`", and a run blocked on a pipe with no writer.
@@ -678,10 +680,10 @@ class Manifest:
         if not stat.S_ISREG(mode):
             kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
                     else "a device")
-            raise UsageError(f"--db names {kind}, not a manifest file: {self.path}; nothing was done",
+            raise UsageError(f"{named('--db', 'the manifest path')} names {kind}, not a manifest file: {self.path}; "
+                             "nothing was done",
                              where=str(self.path),
-                             fix="pass --db with the manifest's file path (a regular file, or a new name for a first "
-                                 "run)")
+                             fix=pass_db("the manifest's file path (a regular file, or a new name for a first run)"))
 
     def check_name_length(self) -> None:
         """The manifest's file name leaves room for the longest name a command writes beside it (every command that
@@ -747,13 +749,14 @@ class Manifest:
                 where=str(self.path),
                 # (the run that starts it there: a bare `chorus-batch run` pasted from here ran on ./chorus.toml's
                 # site into another manifest, or stopped for want of a site)
-                fix=f"pass --db with the manifest's path; or start one there: {first_run_command(self.path)}",
+                fix=pass_db("the manifest's path") + f"; or start one there: {first_run_command(self.path)}",
             )
         if self.is_empty_file():
             raise UsageError(
-                f"--db names an empty file (0 bytes), not a manifest: {self.path}; it was left as it is",
+                f"{named('--db', 'the manifest path')} names an empty file (0 bytes), not a manifest: {self.path}; it was "
+                "left as it is",
                 where=str(self.path),
-                fix="pass --db with the manifest's path; or commit a first version into it with "
+                fix=pass_db("the manifest's path") + "; or commit a first version into it with "
                     f"{first_run_command(self.path)} (run starts a new manifest in an empty file)",
             )
 

@@ -80,6 +80,9 @@ class VersionUpload:
     manifest_copy: str | None = None  # where the manifest's copy went
     copy_refused: str | None = None  # why the manifest's copy was not put there (another manifest's is)
     copy_kept: str | None = None  # the copy an earlier upload put there, left as it is (the version was complete)
+    # A dry run's: where the upload would put the manifest's copy (it would complete the version); a version that only
+    # removes files sends none, and its dry run said "would send 0 files" and nothing of the copy it would put
+    copy_would_be: str | None = None
     # Blobs under <version>/ that are no file of its change set (another tool's, an abandoned submission's): a
     # reviewer at the centre takes them for part of it. Only verify said so; upload called the version complete.
     unlisted: pl.DataFrame | None = None
@@ -434,6 +437,14 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             sendable = sendable.filter(~pl.col("srcfile").is_in(left_out["srcfile"].implode()))
         outcome.n_sent = sendable.height
         outcome.bytes_sent = int(sendable["size"].sum() or 0)
+        # As _finish_version: a version the upload would complete gets the manifest's copy, unless it was finished
+        # before with this manifest's copy there (kept). (Its listing check is not made: the files are not there yet.)
+        would_complete = (outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
+                          and outcome.n_other_waiting == 0)
+        if would_complete:
+            mine = str(manifest.state_identity()[0])
+            if not (finished and central.manifest_copy_owner(label, "look at") == (True, mine)):
+                outcome.copy_would_be = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
         return outcome
     ledger.start(label)
     record_unsendable(ledger, central, label, immediate)

@@ -30,7 +30,13 @@ def _edf(site: _Site) -> list[pl.LazyFrame]:
                        pl.when(pl.col("size") < pl.col("implied_size"))
                        .then(pl.lit("the file is cut inside its data records (an interrupted copy?); copy it again"))
                        .otherwise(pl.lit("bytes follow its last data record (or the header's number of data records "
-                                         "is wrong); re-export the recording"))))]
+                                         "is wrong); re-export the recording")))),
+            # (-1 data records: "unknown", which the EDF spec allows only while recording; the file was copied before
+            # its recording ended, or its writer never closed it: its length is not known, its end may be missing)
+            _found("edf.bad_header", headers.filter(pl.col("error").is_null() & (pl.col("records") == -1)), "srcfile",
+                   pl.lit("the header's number of data records is -1, which EDF allows only while the file is being "
+                          "recorded: an unfinished recording (copied before it ended, or its writer never closed it); "
+                          "deliver the file once its recording has ended and its header states its data records"))]
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:

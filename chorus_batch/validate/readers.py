@@ -1279,8 +1279,9 @@ def _edf_facts(f) -> dict[str, Any]:
     except ValueError:
         raise BadContent(f"the start date and time {day} {clock} are no real date and time; {_EDF_FIX}") from None
     records, seconds = text[228:236].strip(), text[236:244].strip()
+    count = int(records) if re.fullmatch(r"-?[0-9]+", records) else None
     try:
-        duration = int(records) * float(seconds) if int(records) >= 0 else None  # (-1: still being recorded)
+        duration = count * float(seconds) if count is not None and count >= 0 else None  # (-1: still being recorded)
     except ValueError:
         duration = None
     signals, per_record = _edf_signals(f, text, seconds)
@@ -1292,10 +1293,12 @@ def _edf_facts(f) -> dict[str, Any]:
         if records.isdigit() and per_record is not None else None
     if size is not None and size >= 1 << 63:  # (digits no file has: the size is the header's nonsense, not kept)
         size = None
+    # `records`: the number of data records as the header states it; -1 ("unknown") the EDF spec allows only while
+    # the file is being recorded (checks_waveforms._edf tells a delivered one: an unfinished recording)
     return {"start_date": start.date().isoformat() if known else None,
             "start_time": start.time().isoformat() if known else None,
             "duration_s": duration, "edf_plus": edf_plus,
-            "signals": signals, "implied_size": size}
+            "records": count, "signals": signals, "implied_size": size}
 
 
 # The EDF spec's widths of a signal's fields, each written for all ns signals in turn

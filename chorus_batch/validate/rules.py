@@ -228,6 +228,8 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v10", "records.v4
 # it, is an error (v1: read only the fixed 256 bytes, and mapped no EDF signal)
 # edf_header.v3 also keeps the size the header gives the file (its length + data records x bytes per record: implied_size):
 # a copy cut inside its data records, whose header reads well, passed (wfdb.dat_size tells it now)
+# edf_header.v3 also keeps the number of data records the header states (`records`): -1, which the EDF spec allows only
+# while the file is being recorded, is an unfinished recording (v2: read as a recording of no known length, untold)
 KIND_EDF = "edf_header.v3"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
@@ -383,7 +385,11 @@ RULES: tuple[Rule, ...] = (
          "A .edf (or .bdf) file under Waveforms/ does not begin with the format's 256-byte ASCII header (a version, a "
          "start date dd.mm.yy and time hh.mm.ss that are a real date and time, the header's length, the number of "
          "signals) followed by 256 bytes per signal (the file is cut inside them, or the header's length is not 256 + "
-         "256 per signal): its recording has no start time, which dates the session, and its signals are not known."),
+         "256 per signal): its recording has no start time, which dates the session, and its signals are not known; or "
+         "its number of data records is -1, which the EDF specification allows only while the file is being recorded "
+         "(\"as soon as the file is closed, the correct number is known and must be entered\"): a delivered file "
+         "that still says -1 is an unfinished recording, not the complete session CHoRUS Central reviews for "
+         "completeness."),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
          "A WFDB header's record name differs from its file name without .hea."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
