@@ -69,7 +69,9 @@ log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 site = os.path.realpath(sys.argv[2]) + os.sep
 
 def hook(event, args):
-    if event == "open" and isinstance(args[0], (str, bytes)):
+    # (a folder opened to see it is no link, as the walk does, reads no file: not counted)
+    if event == "open" and isinstance(args[0], (str, bytes)) and not (
+            isinstance(args[2], int) and args[2] & getattr(os, "O_DIRECTORY", 0)):
         path = os.fsdecode(args[0])
         if path.startswith(site):
             os.write(log, (path[len(site):] + "\n").encode())  # O_APPEND: one line per open, forked workers too
