@@ -7,6 +7,7 @@ exit codes. Every error carries what happened, where, and what to do.
 from __future__ import annotations
 
 import errno
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -144,6 +145,16 @@ def named(flag: str, argument: str) -> str:
     """A setting as the user gave it: the flag on the command line (`--from`), the argument's name to a library
     caller (`from_version`)."""
     return flag if _command_line else argument
+
+
+def first_run_command(db: str | os.PathLike[str]) -> str:
+    """What commits a first version into the manifest at `db` (a fix's words for a manifest not there yet): the command
+    on the command line, the call in the library."""
+    import shlex
+
+    if _command_line:
+        return f"`chorus-batch run --site DIR --db {shlex.quote(os.fspath(db))}`"
+    return f"`chorus_batch.run(RunSettings(site=DIR, db={os.fspath(db)!r}))`"
 
 
 def pass_db(what: str) -> str:

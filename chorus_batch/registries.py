@@ -38,7 +38,7 @@ from .fsutil import (complete_interrupted_sets, missing_folders, private_folder,
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
-from .store.manifest import first_run_command
+from .errors import first_run_command
 from .units import plural
 from .validate.rules import KIND_DICOM, KIND_EDF, KIND_WFDB
 

@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import (FILE_SIZE_FIX, ManifestError, ManifestLocked, UsageError, file_size_limit, named, pass_db,
-                      salvage_command)
+from ..errors import (FILE_SIZE_FIX, ManifestError, ManifestLocked, UsageError, file_size_limit, first_run_command,
+                      named, pass_db, salvage_command)
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict, unicode_twin,
@@ -45,11 +45,6 @@ from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
 from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
                      SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new, upgrade)
-
-
-def first_run_command(db: Path | str) -> str:
-    """The command that commits a manifest's first version at `db` (a fix's words for a --db that holds none yet)."""
-    return f"`chorus-batch run --site DIR --db {shlex.quote(os.fspath(db))}`"
 
 
 def _place(location: str) -> str:

@@ -26,7 +26,7 @@ from ..fsutil import nearly_full, scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
-from ..store.manifest import first_run_command
+from ..errors import first_run_command
 from ..units import plural
 from ..store.validation import VALIDATION_SCHEMA
 
