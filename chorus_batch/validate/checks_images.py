@@ -55,8 +55,8 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d, _known_persons(site)), _study_metadata(d), _series_metadata(d), _recommended(d),
-        _repeated_instances(d),
+        *_current_paths(d), *_deidentified(d, _known_persons(site)), _study_metadata(d), _series_metadata(d),
+        _recommended(d), _repeated_instances(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -315,8 +315,8 @@ def _known_persons(site: _Site) -> pl.Series:
 
 
 def _deidentified(d: pl.DataFrame, persons: pl.Series) -> list[pl.LazyFrame]:
-    """PatientID is the person folder, AccessionNumber an integer id; no attribute that identifies the patient is left filled.
-    A header value is quoted only where it is no identifier of the patient's: a PatientID that is a person_id of the
+    """PatientID is the person folder, AccessionNumber an integer id; no attribute that identifies the patient is left
+    filled. A header value is quoted only where it is no identifier of the patient's: a PatientID that is a person_id of the
     site (a file in another person's folder), an integer AccessionNumber. Any other is the hospital's (a medical
     record number, a RIS accession): a finding is read in logs, the report and the manifest's copy at the centre,
     and says only its length."""
