@@ -593,3 +593,39 @@ def test_an_object_replaced_by_a_folder_of_that_name_before_its_read_is_gone_not
     assert "000001/Waveforms/S1/S1.dat" not in rows(db), rows(db)
     said = query(db, "SELECT kind FROM scan_errors WHERE srcfile = '000001/Waveforms/S1/S1.dat'")
     assert said == [("vanished",)], said
+
+
+@pytest.mark.parametrize("service", ["azurite", "moto"])
+def test_an_object_named_like_the_folder_of_other_objects_is_not_a_file_beside_them(service, request, tmp_path,
+                                                                                     monkeypatch):
+    """`S1` beside `S1/S1.hea`: no copy of the site holds a file and a folder of one name, so it was tracked where a
+    local copy has only the folder's files. An empty one is a folder marker (as some tools make them, without '/' or
+    hdi_isfolder): left out silently; one that holds bytes is left out and named in scan_errors (special_file)."""
+    local = tmp_path / "site"
+    small_site(local)
+    extra = {"000001/Waveforms/S1": b"", "000002/Waveforms/S2": b"stray bytes"}
+    if service == "azurite":
+        az = request.getfixturevalue("azurite")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", az.connection_string)
+        store, client = uploaded(az, local)
+        for name, data in extra.items():
+            client.get_container_client(store).upload_blob(name, data)
+        site = f"az://{store}"
+    else:
+        s3 = request.getfixturevalue("moto_s3")
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+        store = s3.new_bucket()
+        upload_tree_s3(s3.client(), store, local)
+        for name, data in extra.items():
+            s3.client().put_object(Bucket=store, Key=name, Body=data)
+        site = f"s3://{store}"
+    key = "SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"
+    run_site(local, tmp_path / "local.sqlite", validate_site=False)
+    result = run_site(site, tmp_path / "cloud.sqlite", validate_site=False)
+    assert query(tmp_path / "cloud.sqlite", key) == query(tmp_path / "local.sqlite", key)
+    errors = query(tmp_path / "cloud.sqlite", "SELECT srcfile, kind, message FROM scan_errors")
+    assert [(path, kind) for path, kind, _ in errors] == [("000002/Waveforms/S2", "special_file")]
+    assert "11 bytes" in errors[0][2] and "000002/Waveforms/S2/..." in errors[0][2]
+    assert result.exit_code == 1

@@ -189,6 +189,7 @@ class FsspecSource:
                        + ": no file can have this name, so it is not tracked; move its bytes to a file name")
                       for name, size in markers if size)
         found = _pathless_left_out(found, errors)
+        found = _folder_names_left_out(found, errors)
         if not found[0]:
             self.check()  # a root that vanished since check() is an error, never an empty site
         for start in range(0, len(found[0]), BATCH_ROWS):
@@ -402,6 +403,31 @@ def _gone(srcfile: str) -> FileNotFoundError:
 # An empty part ('a//b', a leading '/'), or a part '.' or '..': a name no file system keeps (a copy of the site holds
 # it under another file's name, or not at all), which was tracked as given and never sent ("bad_name" at upload).
 _NO_PATH = r"(^|/)\.{0,2}(/|$)"
+
+
+def _folder_names_left_out(found: tuple[list, ...], errors: list[tuple[str, str, str]]) -> tuple[list, ...]:
+    """The listing's columns less the objects named like the folder of other objects (`a/b` beside `a/b/c.dat`): no
+    copy of the site can hold a file and a folder of one name, so such an object was tracked where a local copy lists
+    only the folder's files. An empty one is a folder marker (made without '/' or hdi_isfolder by some tools): left out
+    as the others are; one that holds bytes is recorded in `errors` (special_file), as a marker that holds bytes is."""
+    paths, sizes = found[0], found[1]
+    folders: set[str] = set()
+    for path in paths:
+        cut = path.rfind("/")
+        while cut > 0:
+            folder = path[:cut]
+            if folder in folders:
+                break
+            folders.add(folder)
+            cut = path.rfind("/", 0, cut)
+    clash = [i for i, path in enumerate(paths) if path in folders]
+    if not clash:
+        return found
+    errors.extend((paths[i], "special_file", f"an object named like the folder of other objects ({paths[i]}/...) that "
+                   f"holds {sizes[i]} bytes: no copy of the site can hold a file and a folder of one name, so it is "
+                   "not tracked; move its bytes to another name") for i in clash if sizes[i])
+    drop = set(clash)
+    return tuple([value for i, value in enumerate(column) if i not in drop] for column in found)
 
 
 def _pathless_left_out(found: tuple[list, ...], errors: list[tuple[str, str, str]]) -> tuple[list, ...]:
