@@ -1559,3 +1559,23 @@ def test_a_header_a_sas_may_list_but_not_read_is_told_by_its_etag_not_a_size_and
     said = [line for line in out.stdout.splitlines() if "give this user read permission on it" in line]
     assert said, out.stdout + out.stderr
     assert all("its ETag is as recorded" in line and "modification time" not in line for line in said), said
+
+
+def test_a_missing_bucket_whose_name_breaks_s3s_rules_is_said_so_with_the_bucket_it_may_mean(moto_s3, tmp_path):
+    """Any name a bucket ever had passes the URL check (a us-east-1 bucket made before 2018 may hold capitals and '_'),
+    so `s3://Site_Data/export` was only "the bucket Site_Data does not exist". Now the fix says which rule the name
+    breaks, and gives the bucket it may mean (lowercase, '_' as '-') when that one is there; a valid name is as was."""
+    bucket = moto_s3.new_bucket("site")
+    typed = bucket.upper().replace("-", "_")
+    env = {**moto_s3.env, "AWS_ENDPOINT_URL": moto_s3.endpoint_url}
+    out = cli("run", "--site", f"s3://{typed}/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate", env=env)
+    assert out.returncode == 3, out.stderr
+    assert f"the bucket {typed} does not exist" in out.stderr and "breaks S3's rules for bucket names" in out.stderr
+    assert f"the bucket {bucket} is there; give s3://{bucket}/export" in out.stderr
+    for name in ("ab", "10.0.0.1", "a..b", "-site", "xn--site"):
+        out = cli("run", "--site", f"s3://{name}", "--db", str(tmp_path / "m.sqlite"), "--no-validate", env=env)
+        assert out.returncode == 3 and "breaks S3's rules for bucket names" in out.stderr, (name, out.stderr)
+        assert "is there; give" not in out.stderr
+    out = cli("run", "--site", "s3://no-such-bucket-x1", "--db", str(tmp_path / "m.sqlite"), "--no-validate", env=env)
+    assert out.returncode == 3 and "does not exist" in out.stderr and "breaks" not in out.stderr
+    assert not (tmp_path / "m.sqlite").exists()

@@ -1186,7 +1186,8 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
     if top_missing and any(p in AZURE_PROTOCOLS + S3_PROTOCOLS for p in protocols):
         error = SourceError(f"{subject} not found: the {store} {top} does not exist [signed in with {how}]",
                             where=where, fix=f"check the {store} name in the URL ({what}), "
-                                             f"and that it is in this {'endpoint' if store == 'bucket' else 'account'}")
+                                             f"and that it is in this {'endpoint' if store == 'bucket' else 'account'}"
+                                             + (_bucket_name_hint(fs, top, where) if store == "bucket" else ""))
         error.kind = "missing"  # type: ignore[attr-defined]
         return error
     try:  # a root naming one object (a file) is there, just not a folder: say so, not "not found"
@@ -1211,6 +1212,34 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
     # (a run whose previous version had files there takes it as a root that lists none: RemoteSource.empty_ok)
     error.kind = "empty_prefix"  # type: ignore[attr-defined]
     return error
+
+
+# S3's rules for a bucket made today (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
+# The URL check (urls.check_location) takes any name a bucket ever had: one made in us-east-1 before March 2018 may
+# have capitals and '_', up to 255 characters, and S3-compatible stores differ. So a name that breaks them is said
+# only once the bucket is not there: `Site_Data` was "does not exist", nothing on why.
+_S3_BUCKET_TODAY = re.compile(r"^(?!xn--|sthree-|amzn-s3-demo-)(?!.*(?:-s3alias|--ol-s3|--x-s3|--table-s3)$)"
+                              r"(?!\d+\.\d+\.\d+\.\d+$)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _bucket_name_hint(fs: Any, bucket: str, where: str) -> str:
+    """For a bucket not found whose name breaks S3's rules for bucket names: that, and the bucket it may mean (its
+    name in lowercase with '_' as '-') when that one is there."""
+    if _S3_BUCKET_TODAY.fullmatch(bucket):
+        return ""
+    hint = (f"; {bucket!r} breaks S3's rules for bucket names (3-63 lowercase letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit, no '..', not an IP address; only a bucket made in us-east-1 "
+            "before March 2018 may have another name)")
+    near = bucket.lower().replace("_", "-")
+    if near != bucket and _S3_BUCKET_TODAY.fullmatch(near):
+        try:
+            there = bool(fs.exists(near))
+        except Exception:  # noqa: BLE001 - only refines the message; the bucket is missing either way
+            there = False
+        head, _, rest = where.partition("://")
+        if there and rest.startswith(bucket):
+            hint += f": the bucket {near} is there; give {head}://{near}{rest[len(bucket):]}"
+    return hint
 
 
 def _loose(name: str) -> str:
