@@ -1099,7 +1099,8 @@ def test_a_root_not_found_names_the_folder_it_differs_from_or_what_is_there(clea
     """Blob and key names are matched exactly: az://c/Site Export for 'site export/' (letter case, a space doubled, the
     other Unicode form of an accent, as typed from a note) was a bare "site root not found … point --site at the
     prefix that holds OMOP/": the message now names the folder that is there and the root that reads it, or, with no
-    such folder, the folders at the deepest level of the URL's path that is there."""
+    such folder, the folders at the deepest level of the URL's path that is there. A name in the other Unicode form
+    is shown escaped ('donne\\u0301es'), with the bash $'...' spelling of the root that reads it."""
     for name, value in moto_s3.env.items():
         clean_env.setenv(name, value)
     clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
@@ -1115,8 +1116,12 @@ def test_a_root_not_found_names_the_folder_it_differs_from_or_what_is_there(clea
     for top in (f"s3://{bucket}/", f"az://{container}/"):
         out = cli("run", "--site", f"{top}Site  Export/{nfd}", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
         assert out.returncode == 3 and f"site root not found: {top}Site  Export/{nfd}" in out.stderr, out.stderr
-        assert (f"the folders are 'site export', not 'Site  Export'; 'données', not '{nfd}'" in out.stderr
-                and f"give {top}site export/données (quoted for the shell)" in out.stderr), out.stderr
+        # (the other Unicode form is shown escaped: "'données', not 'données'" read as the same name twice; and how to
+        # type the form that is there, which a keyboard does not write)
+        assert (f"the folders are 'site export', not 'Site  Export'; 'donn\\xe9es', not 'donne\\u0301es', the same "
+                "letters in another Unicode form" in out.stderr
+                and f"give {top}site export/données (in bash: $'{top}site export/donn\\u00e9es', which writes it in that "
+                "form)" in out.stderr), out.stderr
         done = cli("run", "--site", f"{top}site export/données", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
         assert done.returncode in (0, 1) and "committed" in done.stdout + done.stderr, done.stderr
         (tmp_path / "m.sqlite").unlink()

@@ -52,6 +52,7 @@ import re
 import socket
 import ssl
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -1275,14 +1276,32 @@ def _what_is_there(fs: Any, root: str, where: str, shown: int = 5) -> str:
             listed = ", ".join(repr(name + "/") for name in folders[:shown])
             return f"; {said} holds {listed}" + (f" and {len(folders) - shown} more" if len(folders) > shown else "")
         if near[0] != part:
-            differ.append(f"{near[0]!r}, not {part!r}")
+            # (one in the other Unicode form looks the same printed: 'sité', not 'sité'; shown escaped, as the local
+            # root's message shows it: 'site\\u0301')
+            differ.append(f"{ascii(near[0])}, not {ascii(part)}, the same letters in another Unicode form (an accented "
+                          "letter as one character or as a letter and a combining mark)" if _nfc(near[0]) == _nfc(part)
+                          else f"{near[0]!r}, not {part!r}")
         found.append(near[0])
         base += "/" + near[0]
     if not differ:
         return ""
     fixed = head + "/".join(found)
+    typed = (f" (in bash: $'{_bash_escaped(fixed)}', which writes it in that form)" if "Unicode form (" in differ[-1]
+             or any("Unicode form (" in said for said in differ) else " (quoted for the shell)" if " " in fixed else "")
     return (f"; the folder{'s are' if len(differ) > 1 else ' is'} {'; '.join(differ)} (a name is matched exactly: letter "
-            f"case, Unicode form and spaces count): give {fixed}" + (" (quoted for the shell)" if " " in fixed else ""))
+            f"case, Unicode form and spaces count): give {fixed}" + typed)
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _bash_escaped(text: str) -> str:
+    """`text` for bash's $'...' quoting: every character past ASCII as \\uXXXX (\\UXXXXXXXX), so a name in one
+    Unicode form is typed as it is, not as the keyboard writes it."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in "\\'" else
+                   f"\\{c}" if c in "\\'" else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+                   for c in text)
 
 
 def _decoded_root(fs: Any, root: str, where: str) -> str | None:
