@@ -1118,7 +1118,7 @@ def test_a_root_not_found_names_the_folder_it_differs_from_or_what_is_there(clea
         assert out.returncode == 3 and f"site root not found: {top}Site  Export/{nfd}" in out.stderr, out.stderr
         # (the other Unicode form is shown escaped: "'données', not 'données'" read as the same name twice; and how to
         # type the form that is there, which a keyboard does not write)
-        assert (f"the folders are 'site export', not 'Site  Export'; 'donn\\xe9es', not 'donne\\u0301es', the same "
+        assert ("the folders are 'site export', not 'Site  Export'; 'donn\\xe9es', not 'donne\\u0301es', the same "
                 "letters in another Unicode form" in out.stderr
                 and f"give {top}site export/données (in bash: $'{top}site export/donn\\u00e9es', which writes it in that "
                 "form)" in out.stderr), out.stderr
