@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hyp_settings, strategies as st
 
 from chorus_batch import review
 from chorus_batch.review import open_manifest
@@ -397,3 +397,235 @@ def test_an_exclusion_glob_matches_what_fnmatch_says_of_the_file_or_a_folder_abo
     series = pl.Series(listed, dtype=pl.String)
     assert series.filter(series.str.contains(glob_to_regex(pattern))).to_list() == [p for p in listed if left_out(p)], \
         pattern
+
+
+# --- A site's nights as a whole, checked through the reviewer's API after every run ---------------------------------
+# (sizes as well as MD5s; the exact rename pairing the README gives; each version's counts and change set; every
+# row's validity in versions and times, one after the other per path; content changed at the same size and mtime,
+# seen by --rehash; a person folder removed whole; OMOP CSVs rewritten with the same bytes)
+
+NIGHT_PATHS = [
+    "OMOP/person.csv",
+    "OMOP/visit_occurrence.csv",
+    "000001/Waveforms/a.dat",
+    "000001/Waveforms/b.dat",
+    "000001/Images/x.dcm",
+    "000001/Waveforms/a.dat/inner.dat",  # a file replaced by a folder of its name (and back)
+    "000002/Waveforms/a.dat",  # the same name in another person: moved between persons
+    "000002/Waveforms/c.dat",
+    "000002/Images/x.dcm",
+    "000003/Waveforms/a.dat",
+    "000003/Images/y.dcm",
+    "stray.txt",
+]
+NIGHT_CONTENTS = [b"", b"a", b"b", b"ab", b"ba", b"abc"]  # empty files; the same size with other bytes
+PERSONS = ["000001", "000002", "000003"]
+night_op = st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(NIGHT_PATHS), st.sampled_from(NIGHT_CONTENTS)),
+    st.tuples(st.just("delete"), st.sampled_from(NIGHT_PATHS), st.none()),
+    st.tuples(st.just("move"), st.sampled_from(NIGHT_PATHS), st.sampled_from(NIGHT_PATHS)),
+    st.tuples(st.just("copy"), st.sampled_from(NIGHT_PATHS), st.sampled_from(NIGHT_PATHS)),
+    st.tuples(st.just("folder"), st.sampled_from(NIGHT_PATHS), st.none()),  # the file becomes <name>/inner.dat
+    st.tuples(st.just("many"), st.sampled_from(NIGHT_CONTENTS), st.lists(st.sampled_from(NIGHT_PATHS), max_size=4)),
+    st.tuples(st.just("rmperson"), st.sampled_from(PERSONS), st.none()),
+    st.tuples(st.just("mvperson"), st.sampled_from(PERSONS), st.sampled_from(PERSONS)),  # a person folder renamed
+    st.tuples(st.just("omop"), st.none(), st.none()),  # OMOP CSVs rewritten, the same bytes (a new mtime)
+    st.tuples(st.just("touch"), st.sampled_from(NIGHT_PATHS), st.none()),
+    st.tuples(st.just("samesize"), st.sampled_from(NIGHT_PATHS), st.none()),  # other bytes, size and mtime kept
+)
+
+
+def apply_night(root: Path, op: tuple) -> bool:
+    """Apply one change to the tree; True if it changed bytes behind an unchanged size and mtime (a --rehash run)."""
+    kind, rel, arg = op
+    if kind == "many":  # one content at several paths at once
+        for other in arg:
+            apply_night(root, ("write", other, rel))
+        return False
+    path = root / rel if rel else root
+    if kind == "write":
+        _make_room(root, rel)
+        path.write_bytes(arg)
+    elif kind == "delete" and path.is_file():
+        path.unlink()
+    elif kind in ("move", "copy") and path.is_file() and rel != arg and not arg.startswith(rel + "/"):
+        data = path.read_bytes()
+        if kind == "move":
+            path.unlink()
+        _make_room(root, arg)
+        (root / arg).write_bytes(data)
+    elif kind == "folder" and path.is_file():
+        data = path.read_bytes()
+        path.unlink()
+        write(root, rel + "/inner.dat", data)
+    elif kind == "rmperson" and path.is_dir():
+        shutil.rmtree(path)
+    elif kind == "mvperson" and path.is_dir() and rel != arg:
+        if (root / arg).exists():
+            shutil.rmtree(root / arg)
+        os.rename(path, root / arg)
+    elif kind == "omop":
+        for csv in sorted((root / "OMOP").glob("*.csv")):
+            data = csv.read_bytes()
+            csv.write_bytes(data)
+            t = time.time() + 5
+            os.utime(csv, (t, t))
+    elif kind == "touch" and path.is_file():
+        t = time.time() + 3
+        os.utime(path, (t, t))
+    elif kind == "samesize" and path.is_file() and path.stat().st_size:
+        before = path.stat()
+        path.write_bytes(bytes(b ^ 1 for b in path.read_bytes()))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        return True
+    for folder, _dirs, _files in sorted(os.walk(root), reverse=True):  # a folder left empty is no file
+        if folder != str(root) and not os.listdir(folder):
+            os.rmdir(folder)
+    return False
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, str]]:
+    """path -> (size, MD5) of every file, computed without chorus_batch."""
+    return {p: ((root / p).stat().st_size, md5) for p, md5 in tree_md5(root).items()}
+
+
+def expected_changes(old: dict[str, tuple], new: dict[str, tuple]) -> set[tuple]:
+    """(change, srcfile, old_srcfile) of the change from tree `old` to tree `new`, as the README defines it: a path in
+    both with other bytes is replaced; a content (MD5 and size, not empty) gone from one path and come to another is
+    renamed, paired one to one within a folder first, then within a person's folder, then anywhere, in path order;
+    the rest added or removed."""
+    out = {("replaced", p, None) for p in old.keys() & new.keys() if old[p] != new[p]}
+    gone = sorted(p for p in old if p not in new)
+    came = sorted(p for p in new if p not in old)
+    contents = {old[p] for p in gone} & {new[p] for p in came}
+    left_gone = [p for p in gone if old[p] in contents and old[p][0] > 0]
+    left_came = [p for p in came if new[p] in contents and new[p][0] > 0]
+    for where in (lambda p: p.rsplit("/", 1)[0] if "/" in p else "",  # the folder
+                  lambda p: p.split("/", 1)[0] if "/" in p else "",  # the person's (top) folder
+                  lambda p: ""):  # anywhere
+        groups: dict[tuple, tuple[list, list]] = {}
+        for p in left_gone:
+            groups.setdefault((old[p], where(p)), ([], []))[0].append(p)
+        for p in left_came:
+            groups.setdefault((new[p], where(p)), ([], []))[1].append(p)
+        paired_gone, paired_came = set(), set()
+        for olds, news in groups.values():
+            for o, n in zip(olds, news):
+                out.add(("renamed", n, o))
+                paired_gone.add(o)
+                paired_came.add(n)
+        left_gone = [p for p in left_gone if p not in paired_gone]
+        left_came = [p for p in left_came if p not in paired_came]
+    renamed_to = {n for c, n, _ in out if c == "renamed"}
+    renamed_from = {o for c, _, o in out if c == "renamed"}
+    out |= {("added", p, None) for p in came if p not in renamed_to}
+    out |= {("removed", p, None) for p in gone if p not in renamed_from}
+    return out
+
+
+def check_change_rows(frame, old: dict[str, tuple], new: dict[str, tuple], where: str) -> None:
+    """A change set or a diff (DIFF_SCHEMA-like rows) is exactly the trees' change, each row describing its file."""
+    got = set(frame.select("change", "srcfile", "old_srcfile").rows())
+    assert got == expected_changes(old, new), where
+    assert frame.height == len(got), where  # no row twice
+    for row in frame.iter_rows(named=True):
+        if "size" in row:
+            side = old if row["change"] == "removed" else new
+            assert (row["size"], row["md5"]) == side[row["srcfile"]], (where, row)
+        if "old_md5" in row and row["change"] == "renamed":
+            assert row["old_md5"] == old[row["old_srcfile"]][1], (where, row)
+
+
+def check_nights(db: Path, states: dict[str, dict[str, tuple]]) -> None:
+    """Every version so far, through open_manifest: its files, its counts and change set, the diff of any two, each
+    path's history (rows one after the other in versions and times, each begun and ended as the change sets say)."""
+    labels = sorted(states)
+    reader = open_manifest(db)
+    try:
+        versions = reader.versions()
+        assert versions["label"].to_list() == labels
+        finished = dict(zip(versions["label"], versions["finished_at"]))
+        empty: dict[str, tuple] = {}
+        for before, label, row in zip([None, *labels], labels, versions.iter_rows(named=True)):
+            state, previous = states[label], states[before] if before else empty
+            files = reader.files(label)
+            assert {f: (s, m) for f, s, m in files.select("srcfile", "size", "md5").rows()} == state, label
+            assert files.height == len(state), label
+            # its commit time selects it, or a version committed later within the same second
+            at_time = max(v for v in labels if finished[v] <= finished[label])
+            assert reader.resolve(finished[label]) == at_time, label
+            want = expected_changes(previous, state)
+            check_change_rows(reader.changes(label), previous, state, f"changes {label}")
+            counts = {kind: sum(1 for c in want if c[0] == kind) for kind in review.CHANGE_KINDS}
+            assert {kind: row[f"n_{kind}"] for kind in review.CHANGE_KINDS} == counts, label
+            assert row["n_files"] == len(state) and row["total_bytes"] == sum(s for s, _ in state.values()), label
+            assert row["n_unchanged"] == len(state) - counts["added"] - counts["replaced"] - counts["renamed"], label
+            assert row["n_errors"] == reader.scan_errors(label).height, label
+        for a in labels:
+            for b in labels:
+                check_change_rows(reader.diff(a, b), states[a], states[b], f"diff {a} {b}")
+        kinds = {label: {c[1]: c for c in expected_changes(states[before] if before else empty, states[label])}
+                 for before, label in zip([None, *labels], labels)}
+        ended = {label: {c[2] if c[0] == "renamed" else c[1]: c for c in expected_changes(states[before], states[label])
+                         if c[0] != "added"} for before, label in zip(labels, labels[1:])}
+        for path in set().union(*states.values()):
+            rows = reader.history(path).rows(named=True)
+            for label in labels:
+                then = [(r["size"], r["md5"]) for r in rows if r["srcfile"] == path and r["version_valid"] <= label
+                        and (r["version_invalid"] is None or r["version_invalid"] > label)]
+                assert then == ([states[label][path]] if path in states[label] else []), (path, label)
+            own = sorted((r for r in rows if r["srcfile"] == path), key=lambda r: r["file_id"])
+            for earlier, later in zip(own, own[1:]):  # never two rows of one path valid at once
+                assert earlier["version_invalid"] is not None and earlier["version_invalid"] <= later["version_valid"]
+                assert earlier["time_invalid"] is not None and earlier["time_invalid"] <= later["time_valid"], path
+            for r in rows:
+                where = (path, r["srcfile"], r["version_valid"])
+                assert r["time_valid"] == finished[r["version_valid"]], where
+                began = kinds[r["version_valid"]][r["srcfile"]]
+                assert (r["change"], r["old_srcfile"]) == (began[0], began[2]), where
+                if r["version_invalid"] is None:
+                    assert r["time_invalid"] is None and r["ended_by"] is None, where
+                    continue
+                assert r["version_valid"] < r["version_invalid"], where
+                assert r["time_invalid"] == finished[r["version_invalid"]], where
+                end = ended[r["version_invalid"]][r["srcfile"]]
+                assert (r["ended_by"], r["renamed_to"]) == (end[0], end[1] if end[0] == "renamed" else None), where
+    finally:
+        reader.close()
+
+
+@hyp_settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.lists(night_op, min_size=1, max_size=4), st.booleans()), min_size=1, max_size=5))
+# a content removed from two persons and added to two: pairs within a person first, not in path order alone
+@example([([("many", b"ab", ["000001/Waveforms/a.dat", "000002/Waveforms/a.dat"])], False),
+          ([("move", "000002/Waveforms/a.dat", "000002/Images/x.dcm"),
+            ("move", "000001/Waveforms/a.dat", "000003/Waveforms/a.dat")], False)])
+# a file turned into a folder of its name and back, bytes changed behind its size and mtime, a person removed whole
+# and its content brought back, OMOP rewritten unchanged, a person folder renamed
+@example([([("many", b"abc", ["000001/Waveforms/a.dat", "OMOP/person.csv", "000002/Waveforms/c.dat"])], False),
+          ([("folder", "000001/Waveforms/a.dat", None), ("samesize", "000002/Waveforms/c.dat", None)], False),
+          ([("write", "000001/Waveforms/a.dat", b"abc"), ("omop", None, None), ("rmperson", "000002", None)], False),
+          ([("write", "000002/Waveforms/c.dat", b"abc"), ("mvperson", "000001", "000003")], True)])
+def test_every_version_reads_back_its_tree_sizes_renames_counts_and_times_after_each_run(nights):
+    """Random nights of a site (files added, removed, replaced, renamed within and moved between persons, removed
+    and brought back, copied, turned into a folder of their name and back, empty, a person removed whole, OMOP CSVs
+    rewritten unchanged, touched, and changed behind the same size and mtime, which a --rehash run sees); after
+    every run, every version so far is checked through the reviewer's API (check_nights)."""
+    work = Path(tempfile.mkdtemp(prefix="chorus-prop-"))
+    try:
+        site, db = work / "site", work / "m.sqlite"
+        site.mkdir()
+        states: dict[str, dict[str, tuple]] = {}
+        for ops, rehash in nights:
+            for op in ops:
+                rehash |= apply_night(site, op)
+            state = tree_state(site)
+            result = run_site(site, db, max_delete="all", validate_site=False, rehash=rehash)
+            if result.label:
+                states[result.label] = state
+            elif states:
+                assert states[max(states)] == state  # no version: nothing changed
+            if states:
+                check_nights(db, states)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
