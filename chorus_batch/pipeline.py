@@ -288,6 +288,7 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 raise failed from exc
             if (gone := manifest.vanished()) is not None:  # the version went with the file: not "committed to" it
                 raise gone
+            manifest.fold_wal(result.label)  # (a failure to is a warning: the version is committed, in the WAL)
             if lost is not None:  # (recorded above, with what stands: not again as a failure of the run)
                 raise lost
     except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
