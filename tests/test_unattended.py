@@ -49,7 +49,12 @@ def test_an_emptied_site_root_is_refused_and_nothing_is_committed(site, db):
     assert "lists no files at all" in out.stderr and str(site) in out.stderr and "--max-delete all" in out.stderr
     assert "40 of the previous version's 40 files" in out.stderr
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
-    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.REFUSED,)]
+    ((code, message),) = query(db, "SELECT exit_code, message FROM runs ORDER BY run_id DESC LIMIT 1")
+    # what `runs` records says once that nothing was committed, and which version stays (a month of cron nights
+    # read "...; nothing was committed (the run would remove ...); nothing was committed; version ... stays")
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert code == ExitCode.REFUSED and message.count("nothing was committed") == 1, message
+    assert message.endswith(f"; version {label} stays the latest"), message
     allowed = run(site, db, "--max-delete", "all", "-q")
     assert allowed.returncode == 0 and current_rows(db) == {}
 
