@@ -373,10 +373,11 @@ class Manifest:
         a word, as the last connection closes). When that fails (a file-size limit the manifest outgrew, a full disk),
         the run's writes, its version too, stay in `<db>-wal` only: safe, but a copy of the manifest file alone (a
         backup) lacks them, and the WAL grows night after night; said as a warning, with the cause. A reader holding
-        the WAL (busy) is not a failure: its last close folds it."""
+        the WAL (busy) is not a failure: the last connection's close folds it."""
         try:
             with self._open() as con:
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                # PASSIVE: never waits (TRUNCATE waits out the 30 s busy timeout for a reader, a notebook left open)
+                con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except ManifestError as exc:
             what = f"version {committed}" if committed else "this run's record"
             log.warning(f"{what} is committed, but only in {self.path}-wal: SQLite could not write it into the manifest "
