@@ -440,5 +440,6 @@ def resume(planned: pl.DataFrame, known: pl.DataFrame | None) -> pl.DataFrame:
 
 def announce(n: int, checkpoint: Checkpoint | None) -> None:
     if n:
-        log.info(f"resuming: {n} file{'s' if n != 1 else ''} hashed by an interrupted run are not read again "
+        log.info(f"resuming: {n:,} file{'s' if n != 1 else ''} hashed by an interrupted run {'are' if n != 1 else 'is'} "
+                 "not read again "
                  f"({checkpoint.folder if checkpoint else ''})")

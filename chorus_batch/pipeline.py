@@ -260,7 +260,7 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
             except ChorusError as exc:
                 committed = getattr(exc, "committed", None) or manifest.committed_by_run(run_id)
                 _finish_run(manifest, run_id, exit_code=int(exc.exit_code), version=committed,
-                            message=f"{exc.what}; {_what_stands(committed, latest)}")
+                            message=_with_what_stands(exc.what, committed, latest))
                 raise
             except (KeyboardInterrupt, Stopped) as exc:
                 code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
@@ -288,6 +288,7 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 raise failed from exc
             if (gone := manifest.vanished()) is not None:  # the version went with the file: not "committed to" it
                 raise gone
+            manifest.fold_wal(result.label)  # (a failure to is a warning: the version is committed, in the WAL)
             if lost is not None:  # (recorded above, with what stands: not again as a failure of the run)
                 raise lost
     except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
@@ -365,6 +366,16 @@ def _what_stands(committed: str | None, latest: dict | None) -> str:
     if committed:
         return f"version {committed} was committed before the failure; it stays"
     return nothing_committed(latest["label"] if latest else None)
+
+
+def _with_what_stands(what: str, committed: str | None, latest: dict | None) -> str:
+    """A failed run's error as `runs` records it, with what stands; an error that says itself that nothing was
+    committed (a refusal: --max-delete, an empty root) is not told so twice ("...; nothing was committed (the run
+    would remove ...); nothing was committed; version ... stays the latest"): only which version stays is added."""
+    stands = _what_stands(committed, latest)
+    if not committed and "nothing was committed" in what:
+        stands = stands.removeprefix("nothing was committed; ").removeprefix("nothing was committed: ")
+    return f"{what}; {stands}"
 
 
 def nothing_committed(latest: str | None) -> str:

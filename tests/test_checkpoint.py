@@ -438,3 +438,19 @@ def test_a_checkpoint_that_could_not_be_written_leaves_no_folder_nor_a_word_of_i
     assert proc.returncode == 3 and "the disk is full" in err, err
     assert "cannot write the hash checkpoint" in err, err
     assert not folder_of(db).exists() and "checkpointed in" not in err, err
+
+
+def test_the_resuming_line_is_said_in_the_right_number(caplog):
+    """A cron log after a killed night read "resuming: 1 file hashed by an interrupted run are not read again"."""
+    from chorus_batch.checkpoint import announce
+
+    logger = logging.getLogger("chorus_batch")
+    logger.addHandler(caplog.handler)  # it may not propagate (setup_logging)
+    caplog.set_level(logging.INFO, logger="chorus_batch")
+    try:
+        announce(1, None)
+        announce(1200, None)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "resuming: 1 file hashed by an interrupted run is not read again" in caplog.text, caplog.text
+    assert "resuming: 1,200 files hashed by an interrupted run are not read again" in caplog.text, caplog.text

@@ -49,7 +49,12 @@ def test_an_emptied_site_root_is_refused_and_nothing_is_committed(site, db):
     assert "lists no files at all" in out.stderr and str(site) in out.stderr and "--max-delete all" in out.stderr
     assert "40 of the previous version's 40 files" in out.stderr
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
-    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.REFUSED,)]
+    ((code, message),) = query(db, "SELECT exit_code, message FROM runs ORDER BY run_id DESC LIMIT 1")
+    # what `runs` records says once that nothing was committed, and which version stays (a month of cron nights
+    # read "...; nothing was committed (the run would remove ...); nothing was committed; version ... stays")
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert code == ExitCode.REFUSED and message.count("nothing was committed") == 1, message
+    assert message.endswith(f"; version {label} stays the latest"), message
     allowed = run(site, db, "--max-delete", "all", "-q")
     assert allowed.returncode == 0 and current_rows(db) == {}
 
@@ -755,6 +760,29 @@ def test_a_file_size_limit_that_stops_the_manifest_says_so_and_keeps_the_previou
     assert "nothing was committed" in done.stderr
     assert current_rows(db) == before
     assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 3000
+
+
+def test_a_file_size_limit_the_manifest_file_outgrew_after_the_commit_is_said(site, db):
+    """A nightly run under `ulimit -f` whose commit fitted in the WAL, but whose manifest file had reached the limit:
+    SQLite could not write the WAL's pages into it as the run closed it and said nothing; the run said "committed",
+    exit 0, night after night, while the WAL grew and the manifest file alone (a backup's copy) lacked every version
+    since. Now the run warns, naming the WAL, the limit and what to do; the version is committed all the same."""
+    import resource
+
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    many(site, 40)
+    limit = db.stat().st_size
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "-q", "--no-validate", "--site", str(site),
+                           "--db", str(db)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)))
+    assert done.returncode == 0, done.stderr
+    assert f"only in {db}-wal" in done.stderr and "`ulimit -f`" in done.stderr, done.stderr
+    assert "keep " in done.stderr and "Traceback" not in done.stderr
+    assert len(query(db, "SELECT label FROM versions")) == 2 and len(current_rows(db)) == 40
+    again = run(site, db, "-q")
+    assert again.returncode == 0 and "-wal" not in again.stderr, again.stderr
+    assert not Path(f"{db}-wal").exists() or not Path(f"{db}-wal").stat().st_size
 
 
 def test_a_file_size_limit_that_stops_a_shards_parquet_names_the_limit(site, db, tmp_path):

@@ -368,6 +368,22 @@ class Manifest:
         does not start an empty database in its place."""
         self._held = self.path.stat().st_ino  # (not the device: an automounted share remounted keeps its files)
 
+    def fold_wal(self, committed: str | None) -> None:
+        """At the end of a run, under its lock: write the WAL's pages into the manifest file (what SQLite does, without
+        a word, as the last connection closes). When that fails (a file-size limit the manifest outgrew, a full disk),
+        the run's writes, its version too, stay in `<db>-wal` only: safe, but a copy of the manifest file alone (a
+        backup) lacks them, and the WAL grows night after night; said as a warning, with the cause. A reader holding
+        the WAL (busy) is not a failure: the last connection's close folds it."""
+        try:
+            with self._open() as con:
+                # PASSIVE: never waits (TRUNCATE waits out the 30 s busy timeout for a reader, a notebook left open)
+                con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except ManifestError as exc:
+            what = f"version {committed}" if committed else "this run's record"
+            log.warning(f"{what} is committed, but only in {self.path}-wal: SQLite could not write it into the manifest "
+                        f"file ({exc.what}); {exc.fix}: the next run writes it there. Until then, keep "
+                        f"{self.path.name}-wal with the manifest (a copy of the manifest file alone lacks it)")
+
     def vanished(self) -> ManifestError | None:
         """The error to raise when the file held (hold) is no longer at the path, else None. Its `outcome` says
         what became of the version this object committed, if any: it went with the file."""
