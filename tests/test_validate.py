@@ -1622,6 +1622,22 @@ def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_
     assert set(validate(clean)["rule"]) == {"metadata.mapping_missing"}
 
 
+def test_a_signal_mapped_twice_is_told_only_where_no_row_of_the_mapping_agrees(clean):
+    """A signal the mapping lists twice agrees when either row does: the rate and units rules leave the signals that
+    agree out before the findings' texts are made (a 100k-file site's 57k signals were each grouped and worded, then
+    dropped), which must keep a group with one agreeing row silent and word a disagreeing group with all its rows."""
+    write(clean, "Metadata/Telemetry_mapping.csv", sitegen.mapping_csv([
+        ("II", "MDC_ECG_ELEC_POTL_II", 125.0, "mV"), ("II", "MDC_ECG_ELEC_POTL_II", 250.0, "MV"),
+        ("V", "MDC_ECG_ELEC_POTL_V", 500.0, "uV"), ("V", "MDC_ECG_ELEC_POTL_V", 250.0, "mV")]))
+    out = validate(clean).filter(pl.col("rule").is_in(["wfdb.mapping_rate", "wfdb.mapping_units"]))
+    told = {(r, s): m for r, s, m in out.select("rule", "srcfile", "message").rows()}
+    assert told[("wfdb.mapping_rate", f"{SINGLE}.hea")] == (
+        f"record {S0['single']}: sampling rates differ from Metadata/Telemetry_mapping.csv (V 125.0 Hz in the header, "
+        "250.0 or 500.0 Hz in the mapping): give each signal's nominal sampling rate in the mapping, or fix the header")
+    assert not any(rule == "wfdb.mapping_units" for rule, _ in told), told  # each signal's units: one row agrees
+    assert not any("II " in message for message in told.values()), told  # II: its first row agrees on both
+
+
 def test_persons_without_a_folder_are_named_as_person_csv_writes_them(clean):
     """Ids are compared as numbers ("000199" = "199"), but the finding quoted the compared form: "e.g. 199", an id
     person.csv does not hold as written."""

@@ -316,10 +316,11 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     both = signals.join(mapped, left_on=["_cat", "sig_name"], right_on=["_cat", "signal_id"], how="inner")
     rates = (
         both.filter(pl.col("_rate").is_not_null() & pl.col("sampling_rate").is_not_null())
+        # (the signals that agree, nearly all, left out before the group's texts are made: _disagreeing)
+        .filter(_disagreeing(((pl.col("sampling_rate") - pl.col("_rate")).abs() <= _RATE_TOLERANCE * pl.col("_rate")),
+                             "_record", "_stem", "_map", "sig_name", "_rate"))
         .group_by("_record", "_stem", "_map", "sig_name", "_rate")
-        .agg(_agree=((pl.col("sampling_rate") - pl.col("_rate")).abs() <= _RATE_TOLERANCE * pl.col("_rate")).any(),
-             _mapped=pl.col("sampling_rate").unique().sort().cast(pl.String).str.join(" or "))
-        .filter(~pl.col("_agree"))
+        .agg(_mapped=pl.col("sampling_rate").unique().sort().cast(pl.String).str.join(" or "))
         .sort("sig_name", "_rate")
     )
     out.append(_mapping_disagrees("wfdb.mapping_rate", rates, "sampling rates", fmt(
@@ -328,13 +329,13 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     units = (
         both.filter(pl.col("units").is_not_null() & (pl.col("_units") != ""))
         .with_columns(_hunits=_units_key(pl.col("units")))
+        # (_hunits is the group's: its header's units)
+        .filter(_disagreeing(pl.col("_units") == pl.col("_hunits"), "_record", "_stem", "_map", "sig_name", "units"))
         .group_by("_record", "_stem", "_map", "sig_name", pl.col("units").alias("_header_units"))
-        .agg(_agree=(pl.col("_units") == pl.col("_hunits").first()).any(),
-             _mapped=pl.col("_units").unique().sort().str.join(" or "), _written=pl.col("units_written").first(),
+        .agg(_mapped=pl.col("_units").unique().sort().str.join(" or "), _written=pl.col("units_written").first(),
              _case=(pl.col("_units").str.to_lowercase() == pl.col("_hunits").first().str.to_lowercase()).any(),
              _usual=pl.concat([pl.col("_hunits").first(), pl.col("_units")]).filter(
                  pl.concat([pl.col("_hunits").first(), pl.col("_units")]).is_in(_USUAL_UNITS)).first())
-        .filter(~pl.col("_agree"))
         .sort("sig_name")
     )
     # compared as wfdb reads the header ("µV" is read "V": the converter would take volts); told as the file has them
@@ -382,6 +383,13 @@ def _edf_signals(site: _Site, categories: pl.Series) -> pl.LazyFrame:
             units_written=pl.lit(None, pl.String))
         .collect()
     )
+
+
+def _disagreeing(agrees: pl.Expr, *group: str) -> pl.Expr:
+    """The rows of the groups (a record's signal against its mapping rows) of which no row `agrees`: a window, row by
+    row, so that the aggregation that words a finding runs on the few groups that disagree (on a site of 100k files,
+    57k mapped signals: 1.35 s when every group was aggregated and then filtered, under load)."""
+    return ~agrees.any().over(*group)
 
 
 def _mapping_disagrees(rule: str, disagreeing: pl.LazyFrame, what: str, told: pl.Expr, fix: str) -> pl.LazyFrame:
