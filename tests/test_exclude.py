@@ -21,7 +21,9 @@ JUNK = [".DS_Store", "1001/Thumbs.db", "1001/desktop.ini", "1001/._scan.dcm", "M
         ".fseventsd/fseventsd-uuid", ".TemporaryItems/folders.501/a", "$RECYCLE.BIN/S-1-5-21/$I1.csv",
         "System Volume Information/IndexerVolumeGuid", "OMOP/person.csv:Zone.Identifier",
         # (a file deleted while open on an NFS client or a FUSE mount, renamed aside until it is closed)
-        "1001/Waveforms/Telemetry/7/.nfs000000000123abcd00000001", "OMOP/.fuse_hidden0000000a00000001"]
+        "1001/Waveforms/Telemetry/7/.nfs000000000123abcd00000001", "OMOP/.fuse_hidden0000000a00000001",
+        # (an editor's leftovers beside the file it edits: Vim's swap, Emacs' lock and auto-save, a backup copy)
+        "1001/Waveforms/Telemetry/7/.7.hea.swp", "OMOP/.#person.csv", "Metadata/#READINESS.md#", "OMOP/person.csv~"]
 DATA = ["OMOP/person.csv", "1001/notes.txt", "scratch/keep.txt"]
 
 
