@@ -641,8 +641,9 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
                              "added to exclude in [run]). Without '/' it matches the file name (*.tmp), with '/' the "
                              "site-relative path (scratch/*); a file recorded before is removed in the next version")
     parser.add_argument("--default-excludes", action=_SwitchOnce, default=None,
-                        help="--no-default-excludes: also track the OS junk that is excluded by default (.DS_Store, "
-                             "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#, $RECYCLE.BIN/, ...) (default: default_excludes in [run], else "
+                        help="--no-default-excludes: also track the OS and editor junk that is excluded by default "
+                             "(.DS_Store, Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#, $RECYCLE.BIN/, Vim's .*.swp, "
+                             "Emacs' .#* and #*#, backups *~, ...) (default: default_excludes in [run], else "
                              "excluded)")
     parser.add_argument("--validate", action=_SwitchOnce, default=None,
                         help="--no-validate: skip the checks against the CHoRUS procedures (see `chorus-batch validate "

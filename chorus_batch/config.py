@@ -21,7 +21,7 @@ Example chorus.toml (paths are relative to the file's folder):
     cloud_md5 = "stored-or-download"    # cloud roots: the storage's MD5, else download (or "download",
                                         # or "stored-only": never download; files without one are unverifiable)
     exclude = ["*.tmp", "scratch/*"]    # globs never hashed nor recorded (no '/': the file name; with '/': the path)
-    default_excludes = true             # also the OS junk: .DS_Store, Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#, ...
+    default_excludes = true             # also the OS and editor junk: .DS_Store, Thumbs.db, ~$*, .*.swp, *~, ...
 
     [registry]                          # optional: procedure id ranges of `chorus-batch registry`
     image_proc_ids = [2000000000, 2000999999]

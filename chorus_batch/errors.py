@@ -157,10 +157,13 @@ def first_run_command(db: str | os.PathLike[str]) -> str:
     return f"`chorus_batch.run(RunSettings(site=DIR, db={os.fspath(db)!r}))`"
 
 
-def pass_db(what: str) -> str:
+def pass_db(what: str, *, run: bool = False) -> str:
     """How to give the manifest `what` ("the manifest's path", "another path"): by --db on the command line, to
-    Manifest() or open_manifest() from the library."""
-    return f"pass --db with {what}" if _command_line else f"give Manifest() or open_manifest() {what}"
+    Manifest() or open_manifest() from the library (`run`: where the manifest is written, to RunSettings(db=...),
+    which is how the library runs)."""
+    if _command_line:
+        return f"pass --db with {what}"
+    return f"give RunSettings(db=...) {what}" if run else f"give Manifest() or open_manifest() {what}"
 
 
 class UsageError(ChorusError):

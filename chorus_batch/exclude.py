@@ -40,6 +40,10 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     # It was recorded as a file of the site (uploaded, then removed by the next run) or, gone before it was read,
     # failed the run as vanished
     ".nfs" + "[0-9a-f]" * 24, ".fuse_hidden" + "[0-9a-f]" * 16,
+    # what text editors leave beside a file being edited: Vim's swap files (.name.swp, then .swo, ... .swa), Emacs'
+    # lock (.#name) and auto-save (#name#) files, and the backup copy most editors keep (name~). They were recorded,
+    # hashed and uploaded as files of the site, and validation told the site to rename them as misplaced data
+    ".*.sw[a-p]", ".#*", "#*#", "*~",
     # the folders macOS and Windows keep at a volume's root: a site at the root of a disk it was copied to or shipped on
     ".Spotlight-V100/", ".Trashes/", ".fseventsd/", ".TemporaryItems/", "$RECYCLE.BIN/", "System Volume Information/",
 )

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import FILE_SIZE_FIX, ManifestError, Stopped, UsageError, WriteError
+from .errors import FILE_SIZE_FIX, ManifestError, Stopped, UsageError, WriteError, named, pass_db
 
 OWNER_ONLY = 0o600
 PRIVATE_FOLDER = 0o700
@@ -742,10 +742,11 @@ def _no_manifest_path(path: str | os.PathLike[str], exc: OSError) -> UsageError 
     # (Windows says a path under a file is not there, ENOENT: the file above is looked for either way)
     if exc.errno in (errno.ENOTDIR, errno.ENOENT) and (a_file := file_above(absolute)) is not None:
         return UsageError(f"the manifest's path {absolute} lies under a file: {a_file} is a file, not a folder",
-                          where=absolute, fix="pass --db (or [manifest] db) with a path in a folder")
+                          where=absolute, fix=pass_db("a path in a folder") + named(" (or [manifest] db)", ""))
     if exc.errno == errno.ELOOP:
         return UsageError(f"the manifest's path {absolute} is a loop of symbolic links (each leads back to another)",
-                          where=absolute, fix="pass --db with the manifest file's own path (`ls -l` shows where each link leads)")
+                          where=absolute,
+                          fix=pass_db("the manifest file's own path") + " (`ls -l` shows where each link leads)")
     # the link that points nowhere: the manifest's own name, or a folder on its way (the first from the top)
     link = next((str(p) for p in (*reversed(Path(absolute).parents), Path(absolute))
                  if os.path.islink(p) and not os.path.exists(p)), None)
@@ -757,8 +758,8 @@ def _no_manifest_path(path: str | os.PathLike[str], exc: OSError) -> UsageError 
         f"the manifest's path {absolute} {'is a symbolic link' if link == absolute else f'leads through the symbolic link {link}'} "
         f"to {target}{f' ({final})' if final != target else ''}, which does not exist: the link points nowhere (a "
         "disk not mounted, a manifest moved or removed?); nothing was done", where=absolute,
-        fix="mount the disk or put the manifest back where the link points, or pass --db with the manifest's own "
-            "path (a new manifest is started only at a path that is no dangling link)")
+        fix="mount the disk or put the manifest back where the link points, or " + pass_db("the manifest's own path")
+            + " (a new manifest is started only at a path that is no dangling link)")
 
 
 # (here, not in store.manifest: every command calls it before its work, and importing the store loads polars and

@@ -627,7 +627,7 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
         progress.stage("checking the site against the CHoRUS procedures")
         sources = {(r.source.location, r.modality): r.source for r in roots}
         findings = validate_version(manifest, check, by_root_id(manifest, sources), workers=settings.workers,
-                                    progress=progress)
+                                    progress=progress, excludes=excludes_of(settings).patterns)
         t = mark("validate", t)
     if settings.parquet and check:
         from .processes import signals_deferred
@@ -816,7 +816,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
 
         progress.stage("checking what would be committed against the CHoRUS procedures (nothing is written)")
         findings = validate_pending(manifest, committed.pending, roots, errors=committed.errors, workers=settings.workers,
-                                    progress=progress)
+                                    progress=progress, excludes=excludes_of(settings).patterns)
         t = mark("validate", t)
     elif not settings.dry_run:
         try:

@@ -38,7 +38,7 @@ from .fsutil import (complete_interrupted_sets, missing_folders, private_folder,
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
-from .errors import first_run_command
+from .errors import first_run_command, pass_db
 from .units import plural
 from .validate.rules import KIND_DICOM, KIND_EDF, KIND_WFDB
 
@@ -681,7 +681,8 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     manifest = Manifest(db)
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
-                         fix=f"pass --db with the manifest's path; or start one there: {first_run_command(manifest.path)}")
+                         fix=pass_db("the manifest's path")
+                         + f"; or start one there: {first_run_command(manifest.path)}")
     # This release's schema: an older manifest is not upgraded here (an upgrade, then a refusal such as a --site
     # needed, was exit 2 with the manifest changed): `chorus-batch upgrade` does it, as for the read-only commands
     manifest.require()

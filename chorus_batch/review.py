@@ -198,7 +198,8 @@ def open_manifest(path: str | Path, *, parameter: str | None = None) -> "Manifes
                          fix=(f"{give}the manifest file written by `chorus-batch run`, or its --parquet folder (a "
                               f"relative path is read from the notebook's folder, {home_relative(str(Path.cwd()))})"
                               if parameter else
-                              "pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder"))
+                              "give open_manifest() the manifest file written by a run, or the folder of its Parquet "
+                              "snapshots"))
     return SQLiteReader(tidy)
 
 

@@ -21,7 +21,9 @@ JUNK = [".DS_Store", "1001/Thumbs.db", "1001/desktop.ini", "1001/._scan.dcm", "M
         ".fseventsd/fseventsd-uuid", ".TemporaryItems/folders.501/a", "$RECYCLE.BIN/S-1-5-21/$I1.csv",
         "System Volume Information/IndexerVolumeGuid", "OMOP/person.csv:Zone.Identifier",
         # (a file deleted while open on an NFS client or a FUSE mount, renamed aside until it is closed)
-        "1001/Waveforms/Telemetry/7/.nfs000000000123abcd00000001", "OMOP/.fuse_hidden0000000a00000001"]
+        "1001/Waveforms/Telemetry/7/.nfs000000000123abcd00000001", "OMOP/.fuse_hidden0000000a00000001",
+        # (an editor's leftovers beside the file it edits: Vim's swap, Emacs' lock and auto-save, a backup copy)
+        "1001/Waveforms/Telemetry/7/.7.hea.swp", "OMOP/.#person.csv", "Metadata/#READINESS.md#", "OMOP/person.csv~"]
 DATA = ["OMOP/person.csv", "1001/notes.txt", "scratch/keep.txt"]
 
 
@@ -301,3 +303,24 @@ def test_globs_that_leave_out_every_recorded_file_are_named_in_the_refusal(site,
         (site / rel).unlink()
     empty = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "?*")
     assert "lists no files at all" in empty.stderr and "mounted" in empty.stderr, empty.stderr
+
+
+def test_a_missing_folder_or_file_left_out_by_a_glob_names_the_glob(site, db):
+    """`--exclude OMOP/` then layout.no_omop told the site to "add OMOP/ with the CDM 5.4 tables", a folder it has;
+    a metadata file a glob leaves out was "missing: add it". Each names the glob that left it out (run and status)."""
+    write(site, "OMOP/person.csv", b"person_id\n1001\n")
+    write(site, "Metadata/READINESS.md", b"ready\n")
+    write(site, "1001/Waveforms/Telemetry/7/7.csv", b"t,v\n0,1\n")
+    for command in (("run",), ("status",)):
+        done = cli(*command, "--site", str(site), "--db", str(db), "--json", "--exclude", "OMOP/",
+                   "--exclude", "Metadata/READINESS*")
+        assert done.returncode in (0, 1), done.stderr
+        findings = {(f["rule"], f["srcfile"]): f["message"]
+                    for f in json.JSONDecoder().raw_decode(done.stdout)[0]["findings"]["examples"]}
+        no_omop = findings[("layout.no_omop", "OMOP/")]
+        assert "add OMOP/" not in no_omop
+        assert "OMOP/ is left out by the exclusion glob 'OMOP/' of --exclude / [run] exclude" in no_omop
+        assert ("Metadata/READINESS.md is left out by the exclusion glob 'Metadata/READINESS*'"
+                in findings[("metadata.missing", "Metadata/READINESS.md")])
+        # a file missing that no glob matches is still missing, said as before
+        assert "add it" in findings[("metadata.missing", "Metadata/SUBMISSION.md")]

@@ -1782,3 +1782,33 @@ def test_a_notebook_shows_what_stands_after_a_run_s_error(tmp_path):
     shown = refused.value._render_traceback_()
     assert shown[0].startswith(f"{type(refused.value).__name__}: site root is not a readable directory"), shown
     assert shown[1:] == [f"  nothing was committed; no manifest was made at {tmp_path / 'm.sqlite'}", "a note"], shown
+
+
+def test_library_messages_about_a_manifest_path_never_name_a_flag(tmp_path, site):
+    """A manifest path under a file, a loop of links, a link to nothing, none at all (open_manifest), or a run's
+    manifest that cannot be made: the library was told "pass --db (or [manifest] db) ...", "pass --db with the
+    manifest file's own path", "pass the manifest file written by `chorus-batch run` (--db)"; each fix now comes from
+    errors.pass_db, which names the library's arguments there and --db on the command line."""
+    import chorus_batch
+    from chorus_batch import Manifest, RunSettings
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "dangling.sqlite").symlink_to(tmp_path / "gone" / "m.sqlite")
+    cases = [(tmp_path / "afile" / "x.sqlite", "lies under a file"), (tmp_path / "loop1", "a loop of symbolic links"),
+             (tmp_path / "dangling.sqlite", "which does not exist|no manifest at")]
+    for db, said in cases:
+        for call in (lambda: Manifest(db).versions(), lambda: open_manifest(db)):
+            with pytest.raises(UsageError, match=said) as raised:
+                call()
+            assert "--db" not in str(raised.value) and "give Manifest() or open_manifest()" in raised.value.fix
+        done = cli("versions", "--db", str(db))
+        assert done.returncode == 2 and "pass --db with" in done.stderr, done.stderr
+    with pytest.raises(UsageError, match="no manifest at") as raised:
+        open_manifest(tmp_path / "nope.sqlite")
+    assert "--db" not in str(raised.value) and "chorus-batch run" not in str(raised.value)
+    with pytest.raises(chorus_batch.ChorusError) as raised:
+        chorus_batch.run(RunSettings(site=str(site), db=str(tmp_path / "afile" / "m.sqlite"), validate_site=False))
+    assert "--db" not in str(raised.value), str(raised.value)

@@ -308,6 +308,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
     ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
      {("waveforms.session_id", f"{TELEMETRY}/night1/"), unlisted(f"{TELEMETRY}/night1/night1.dat")}),
+    # a session folder named by a start stamp that is no date (month 13), in v1.0's Waveforms/<session>/: its files'
+    # start was left empty, said nowhere (today's layout said only "not an integer")
+    ("session_stamp", add(f"{P0}/Waveforms/{P0}_20231305_101530/{P0}_20231305_101530.dat", bytes(8)),
+     {("waveforms.session_id", f"{P0}/Waveforms/{P0}_20231305_101530/"),
+      unlisted(f"{P0}/Waveforms/{P0}_20231305_101530/{P0}_20231305_101530.dat"),
+      ("layout.superseded", f"{P0}/Waveforms/{P0}_20231305_101530/{P0}_20231305_101530.dat")}),
     ("id_collision", add(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf", sitegen.edf_bytes(None)),
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"),
       ("waveforms.id_collision", f"{P1}/Waveforms/EEG/{S0['single']}/"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
+from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError, pass_db
 from ..fsutil import OWNER_ONLY, file_above, other_owner
 from ..times import iso, parse_time, utc_now
 from .schema import SCHEMA_VERSION
@@ -35,7 +35,7 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
     a_file = file_above(db)
     if a_file is not None:  # (mkdir says "File exists", open "Not a directory": neither names the file)
         return UsageError(f"the manifest's folder cannot be made: {a_file} is a file, not a folder",
-                          where=str(db), fix="pass --db with a path in a folder (or where one can be made)")
+                          where=str(db), fix=pass_db("a path in a folder (or where one can be made)", run=True))
     if lock_path.is_symlink():  # (O_NOFOLLOW: ELOOP, "Too many levels of symbolic links")
         return ManifestError(f"the manifest's lock file is a symbolic link (to {os.readlink(lock_path)}); a run does not "
                              "lock through one, nor write where it points", where=str(lock_path),
@@ -60,24 +60,27 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                                  "read-only attribute), or remove it once no run is going on: it holds nothing between "
                                  "runs; then run again")
     if isinstance(exc, PermissionError) and not os.access(db.parent, os.W_OK):
-        fix = "run with --db in a folder this user can write (the lock and the manifest's -wal file live beside it)"
+        fix = (pass_db("a path in a folder this user can write", run=True)
+               + " (the lock and the manifest's -wal file live beside it)")
     elif exc.errno == errno.EROFS:
-        fix = "pass --db with a path on a writable file system"
+        fix = pass_db("a path on a writable file system", run=True)
     elif exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # (the file was made; its lock is what failed)
         return ManifestError(f"the file system holding the manifest cannot lock files ({reason}): an NFS mount whose "
                              "lock service is not reachable, or a FUSE file system; unlocked, two runs could both "
                              "write the manifest, so this one did nothing", where=str(lock_path),
                              fix="start the NFS lock service (rpc.statd, lockd on the server) and run again, or keep "
-                                 "the manifest on a local file system (move it with the files beside it, pass that --db)")
+                                 "the manifest on a local file system (move it with the files beside it, "
+                                 f"{pass_db('that path', run=True)})")
     elif exc.errno == errno.ENOSYS:  # (flock not implemented by this mount at all)
         return ManifestError(f"the file system holding the manifest does not lock files ({reason}): a Lustre mount "
                              "without the flock option, or a FUSE or network file system; unlocked, two runs could "
                              "both write the manifest, so this one did nothing", where=str(lock_path),
                              fix="have it mounted with file locks (Lustre: -o flock), or keep the manifest on a local "
-                                 "file system (move it with the files beside it, pass that --db)")
+                                 "file system (move it with the files beside it, "
+                                 f"{pass_db('that path', run=True)})")
     else:
-        fix = ("pass --db with a path on an ordinary file system this user can write (the lock, the state cache and "
-               "the manifest's -wal file are made beside it)")
+        fix = (pass_db("a path on an ordinary file system this user can write", run=True) + " (the lock, the state "
+               "cache and the manifest's -wal file are made beside it)")
     return ManifestError(f"cannot create or open the manifest's lock file: {reason}", where=str(lock_path), fix=fix)
 
 

@@ -312,8 +312,8 @@ def refuse_unwritable_name(path: Path) -> None:
     if (bad := storable(full)) != full:
         raise UsageError(f"the manifest's path {bad} is not valid UTF-8 (shown as \\x.. escapes): chorus-batch reads "
                          "such a manifest but does not write one; nothing was done", where=storable(str(path)),
-                         fix="give --db a path whose folder and file names are UTF-8 (rename the folder, or choose "
-                             "another)")
+                         fix=pass_db("a path whose folder and file names are UTF-8") + " (rename the folder, or "
+                                                                                              "choose another)")
 
 
 # The manifests whose missing indexes this process has named (require() runs before each question a command asks).
@@ -481,9 +481,10 @@ class Manifest:
                 "open by a user who can write the manifest and its folder; this user cannot, and the file read as it is "
                 "holds that edit's half-written pages. The manifest is not damaged",
                 where=str(journal),
-                fix=f"have a user who can write it and {folder} run any command on it once (chorus-batch versions --db "
-                    f"{here}), or copy the manifest with its -journal file to a folder you can write (cp {here} "
-                    f"{shlex.quote(str(journal))} DIR/) and pass --db DIR/{self.path.name}")
+                fix=f"have a user who can write it and {folder} run any command on it once "
+                    f"(chorus-batch versions --db {here}), or copy the manifest with its "
+                    f"-journal file to a folder you can write (cp {here} {shlex.quote(str(journal))} DIR/) and "
+                    + pass_db(f"DIR/{self.path.name}"))
 
     def _check_no_wal(self) -> None:
         """An immutable read sees the file only: refused while a -wal holds commits not yet in it, or a -journal an
@@ -496,15 +497,16 @@ class Manifest:
                 "cannot read the manifest: it lies on a read-only file system, where SQLite cannot make its -shm file, "
                 "and its -wal file holds commits not yet written into it", where=str(self.path),
                 fix=f"copy the manifest with its -wal file to a folder you can write (cp {shlex.quote(str(self.path))} "
-                    f"{shlex.quote(str(wal))} DIR/) and pass --db DIR/{self.path.name}: SQLite reads the commits from "
-                    "the -wal beside it")
+                    f"{shlex.quote(str(wal))} DIR/) and {pass_db(f'DIR/{self.path.name}')}: SQLite reads the "
+                    "commits from the -wal beside it")
         if wal.exists() and wal.stat().st_size > 0:
             raise ManifestError(
                 "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
                 "-wal file holds commits not yet written into it (a run is committing, or one was stopped)",
                 where=str(self.path),
                 fix="read it again once the run has ended (its last step moves the -wal into the manifest), or "
-                    "ask its owner for a copy (`sqlite3 <manifest> '.backup copy.sqlite'`) and pass --db copy.sqlite")
+                    "ask its owner for a copy (`sqlite3 <manifest> '.backup copy.sqlite'`) and "
+                    + pass_db("copy.sqlite"))
 
     def connect(self) -> sqlite3.Connection:
         try:
@@ -596,7 +598,7 @@ class Manifest:
             folder = next((up for up in list(self.path.parents)[:2] if (up / "versions.parquet").is_file()
                            or (up / "manifest.json").is_file() and any(up.glob("version=*"))), None)
             fix = (f"it is a file of the Parquet snapshot folder {folder}, not a manifest: to read the snapshots, "
-                   "pass that folder as --db (every version is read from there); `run` and the commands that write "
+                   + pass_db("that folder") + " (every version is read from there); `run` and the commands that write "
                    "take the manifest file" if folder is not None else
                    NOT_SQLITE_FIX)
             other = ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where, fix=fix)
@@ -604,7 +606,8 @@ class Manifest:
             return other
         if "unable to open" in low or "cannot open" in low:
             return ManifestError(f"cannot open the manifest: {text}", where=where,
-                                 fix="check that --db names a file (not a folder) in a folder this user can write")
+                                 fix=f"check that {named('--db', 'the manifest path')} names a file (not a folder) in "
+                                     "a folder this user can write")
         if "locked" in low or "busy" in low:
             return ManifestError(f"the manifest is busy: {text}", where=where,
                                  fix="another program holds it open for writing; close it (or wait) and run again")

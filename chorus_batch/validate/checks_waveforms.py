@@ -214,6 +214,8 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
 # A waveform file whose session is a Telemetry|EEG/<session_id>/ folder: not a flat file (first upload SOP) lying
 # in Telemetry/ or EEG/, whose session is its own name's stamp (no folder to rename, no <session_id>.hea to hold)
 _IN_SESSION_FOLDER = pl.col("layout").ne_missing("waveforms-flat")
+# the start stamp a session folder's name may end in (classify._SESSION_STAMP): <date>_<time>
+_SESSION_STAMP = r"_([0-9]{8}_[0-9]{6})$"
 # The first upload SOP's waveform names: <person>_<YYYYMMDD>_<HHMMSS>_<duration in seconds>.<ext>
 _FLAT_NAME = r"_(?P<date>[0-9]{8})_(?P<time>[0-9]{6})_(?P<duration>[0-9]+(?:\.[0-9]+)?)\.(?i:hea)$"
 # a whole number of seconds in the name stands for a length up to a second longer
@@ -411,12 +413,28 @@ def _sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         .collect()
     )
     across.sessions.append(sessions)
+    # A session folder named <...>_<YYYYMMDD>_<HHMMSS> gives its files' start (classify: the registry's datetime); one
+    # whose stamp is no date (month 13) gave none, with no word, in an earlier edition's layout (v1.0's
+    # Waveforms/<session>/) as in today's
+    stamped = (
+        site.files.lazy().filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms")
+                                 & pl.col("session_id").is_not_null() & _IN_SESSION_FOLDER)
+        .with_columns(_stamp=pl.col("session_id").str.extract(_SESSION_STAMP, 1))
+        .filter(pl.col("_stamp").is_not_null()
+                & pl.col("_stamp").str.strptime(pl.Datetime, "%Y%m%d_%H%M%S", strict=False).is_null())
+        .group_by("_top", "session_id", "_stamp").agg(pl.col("_dir").min())
+    )
     return [
         # [0-9], not \d: the regex engine's \d takes any script's digits (Arabic-Indic ٠١٢), no integer id.
         _found("waveforms.session_id", sessions.filter(~pl.col("session_id").str.contains(r"^[0-9]+$")),
                pl.col("_dir") + "/",
                fmt("session id {} is not an integer: the waveform procedure asks for integer session ids; "
                          "rename the folder and its files", pl.col("session_id"))),
+        _found("waveforms.session_id", stamped, pl.col("_dir") + "/",
+               fmt("session folder {} ends in the start stamp {}, which is no real date and time (YYYYMMDD_HHMMSS): "
+                   "its files' start is not known (the registry's datetime stays empty); rename the folder and its "
+                   "files with an integer session id, as the waveform procedure asks, or with the recording's real "
+                   "start", pl.col("session_id"), pl.col("_stamp"))),
     ]
 
 

@@ -376,7 +376,8 @@ RULES: tuple[Rule, ...] = (
          "leading zeros, as OMOP stores them): the person's files lie in more than one folder."),
     # -- waveforms
     Rule("waveforms.session_id", "warning", "session id not an integer",
-         "A waveform session id (its folder under Telemetry/ or EEG/) is not an integer, as the procedure asks."),
+         "A waveform session id (its folder under Telemetry/ or EEG/) is not an integer, as the procedure asks; or a "
+         "session folder's name ends in a start stamp (_YYYYMMDD_HHMMSS) that is no real date and time."),
     Rule("waveforms.id_collision", "warning", "session id used twice",
          "The same session id is used by more than one person, or by both a Telemetry and an EEG session, or by two session folders in other spellings (0900 and 900)."),
     Rule("wfdb.bad_header", "error", "WFDB header unreadable",

@@ -134,13 +134,14 @@ class _Count:
 
 def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int | None, Source], *,
                 errors: pl.DataFrame, what: str, where: str, workers: int = 1,
-                progress: Progress | None = None) -> Checked:
+                progress: Progress | None = None, excludes: list[tuple[str, str]] | None = None) -> Checked:
     """The findings of `current` (VALIDATION_SCHEMA rows: a version's current files) and of its run's
     recorded problems `errors`. Headers are read only for contents `known` has no facts of, each from
     `sources[root_id]` (`sources[None]`: files whose root is not recorded or not reachable). A large site is
     checked in parts of about PART_FILES files, each with its own facts. Nothing is written: the caller keeps
     what it wants (a version's findings and the facts read, or nothing for a dry run). `what` names the
-    files in messages ("version X")."""
+    files in messages ("version X"). `excludes`: the run's exclusion globs ((source, glob), exclude.Excludes.patterns),
+    which a finding of a file or folder missing names where one of them left it out."""
     from ..partitions import part_of
     from .checks import check  # here: a run whose findings are cached checks nothing (validate/__init__.py)
     from .site import _there_untaken, untaken, why_untaken
@@ -185,6 +186,8 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
             message=pl.when(pl.col("_why").is_not_null()).then(_there_untaken(pl.col("srcfile")))
             .otherwise(pl.col("message"))
         ).drop("_why")
+    if excludes:
+        findings = _left_out(findings, excludes)
     log.debug(f"validate: {todo.height} headers read, {known_keys.height} known, {findings.height} findings, "
               f"{plural(count, 'part')}")
     return Checked(findings, new_facts)
@@ -193,6 +196,33 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
 # The rules whose finding's srcfile is a file they looked for and did not find: one the run could not take is no
 # missing file (the rules that name such a file in their message ask site.with_untaken themselves).
 _MISSING_RULES = frozenset({"omop.missing_table", "metadata.missing", "metadata.mapping_missing"})
+# Those, and the folder the site lacks (layout.no_omop: "OMOP/"), that an exclusion glob may have left out.
+_EXCLUDABLE_RULES = _MISSING_RULES | {"layout.no_omop"}
+
+
+def _left_out(findings: pl.DataFrame, excludes: list[tuple[str, str]]) -> pl.DataFrame:
+    """`findings` with the message of a missing file or folder that an exclusion glob of the run left out saying so,
+    and which glob: `--exclude OMOP/` made "the site has no file in an OMOP/ folder: add OMOP/", of a folder that is
+    there (the first glob that matches, in the order the summary counts them: the default list first)."""
+    from ..errors import named
+    from ..exclude import glob_to_regex
+    from ..frames import fmt
+
+    missing = findings.filter(pl.col("rule").is_in(list(_EXCLUDABLE_RULES)))
+    if missing.height == 0:
+        return findings
+    setting = named("--exclude / [run] exclude", "RunSettings.exclude")
+    by = pl.coalesce([
+        pl.when(pl.col("srcfile").str.contains(glob_to_regex(glob, ignore_case=source == "default"))).then(
+            pl.lit(f"the exclusion glob {glob!r} of {setting}" if source == "user" else
+                   f"the default exclusion {glob!r} (the OS and editor junk list; "
+                   f"{named('--no-default-excludes', 'RunSettings(default_excludes=False)')} keeps it)"))
+        for source, glob in excludes])
+    return findings.with_columns(_by=pl.when(pl.col("rule").is_in(list(_EXCLUDABLE_RULES))).then(by)).with_columns(
+        message=pl.when(pl.col("_by").is_not_null()).then(fmt(
+            "{} is left out by {}: whatever of it the site holds is in no version, and no rule read it; remove or "
+            "narrow the glob to record and check it (excluded files are never touched)", pl.col("srcfile"),
+            pl.col("_by"))).otherwise(pl.col("message"))).drop("_by")
 
 
 def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, workers: int = 1,
@@ -215,7 +245,8 @@ FROM_CACHED_FACTS = "from the facts already read (files of kinds this release re
 
 
 def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None, Source], *, workers: int = 1,
-                     force: bool = False, progress: Progress | None = None) -> pl.DataFrame:
+                     force: bool = False, progress: Progress | None = None,
+                     excludes: list[tuple[str, str]] | None = None) -> pl.DataFrame:
     """Check a version against the procedures; findings are stored with it. Headers are read only for
     contents whose facts are not cached yet (new or changed files), each from `sources[root_id]`;
     `sources[None]` reads files whose root is not recorded or not reachable. A run's facts parsed while
@@ -232,7 +263,8 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
                  f"again with this release's, {FROM_CACHED_FACTS}")
     known = KnownFacts.cached(manifest)
     checked = check_files(cache.current_files(), known, sources, errors=manifest.version_errors(label),
-                          what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress)
+                          what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress,
+                          excludes=excludes)
     # Facts of files that could not be read (vanished, no permission) are not cached: the next check reads them.
     # Nor is such a version marked as checked: the next run checks it again, reading just those files.
     lasting = checked.new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
@@ -241,7 +273,7 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
 
 
 def validate_pending(manifest: Manifest, pending, roots: list, *, errors: pl.DataFrame, workers: int = 1,
-                     progress: Progress | None = None) -> pl.DataFrame:
+                     progress: Progress | None = None, excludes: list[tuple[str, str]] | None = None) -> pl.DataFrame:
     """The findings of the version a dry run would commit (commit.Pending: the latest version's current files
     less the ones it ends, plus its new rows), reading from the run's scan.Roots the headers the manifest has
     no facts of; nothing is written, the manifest (if any) is only read."""
@@ -260,7 +292,7 @@ def validate_pending(manifest: Manifest, pending, roots: list, *, errors: pl.Dat
         sources[None] = FirstFound([root.source for root in roots])  # type: ignore[assignment]
     return check_files(current, KnownFacts.cached(manifest), sources, errors=errors,
                        what="the files this run would commit",
-                       where=str(manifest.path), workers=workers, progress=progress).findings
+                       where=str(manifest.path), workers=workers, progress=progress, excludes=excludes).findings
 
 
 def run_findings(errors: pl.DataFrame) -> pl.DataFrame:
