@@ -465,3 +465,25 @@ def test_files_moved_from_the_site_root_to_a_named_root_are_said_moved_in_place(
     assert query(db, "SELECT location FROM roots ORDER BY root_id") == [(str(site),), (str(wave),)]
     quiet = cli("run", "--no-validate", "--db", str(db), "--config", str(config), cwd=tmp_path)
     assert quiet.returncode == 0 and "now found under" not in quiet.stderr  # said once, when they moved
+
+
+def test_a_first_commit_writes_with_a_page_cache_sized_for_it(snapshot_site, db, monkeypatch):
+    """A first version writes the whole manifest in one transaction (rows, records, change set, then its indexes
+    built): with SQLite's 2 MB default page cache its index builds sorted through temporary files and its pages
+    spilled mid-transaction (100k files: 0.61 -> 0.53 s of CPU with 32 MiB). The page cache is set before any row."""
+    from chorus_batch.store import adbc
+
+    said: list[str] = []
+    execute = adbc.Cursor.execute
+
+    def recorded(self, sql, params=None):
+        said.append(sql)
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(adbc.Cursor, "execute", recorded)
+    scan_and_commit(db, [Root(LocalSource(snapshot_site))])
+    assert current_rows(db)
+    cache = [sql for sql in said if sql.startswith("PRAGMA cache_size")]
+    assert cache, said
+    assert int(cache[0].split("=")[1].strip().lstrip("-")) >= 32 << 10  # KiB: at least 32 MiB
+    assert said.index(cache[0]) < next(i for i, sql in enumerate(said) if sql.startswith("INSERT INTO versions"))
