@@ -430,7 +430,7 @@ LIBRARY_ENVIRONMENT = {
 }
 
 # Every CHORUS_BATCH_* variable some part of chorus-batch reads (the numeric ones above, and these).
-OTHER_ENVIRONMENT = ("CHORUS_BATCH_CACHE_DIR", "CHORUS_BATCH_TEST_PAUSE")
+OTHER_ENVIRONMENT = ("CHORUS_BATCH_CACHE_DIR", "CHORUS_BATCH_TEST_PAUSE", "CHORUS_BATCH_TEST_RESUME")
 
 
 CACHE_DIR_VARIABLE = "CHORUS_BATCH_CACHE_DIR"
@@ -460,9 +460,10 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
 
         prefix = len("CHORUS_BATCH_")  # (compared after it: every name shares it)
         meant = ["CHORUS_BATCH_" + m for m in get_close_matches(name.upper()[prefix:], [k[prefix:] for k in known], n=1)]
+        reads = ", ".join(sorted(k for k in known if not k.startswith("CHORUS_BATCH_TEST_")))  # (not the tests' hooks)
         logging.getLogger("chorus_batch").warning(
             f"environment variable {name} is not one chorus-batch reads; it is ignored "
-            + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {', '.join(sorted(k for k in known if k != 'CHORUS_BATCH_TEST_PAUSE'))})"))
+            + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {reads})"))
     if environ.get("CHORUS_BATCH_CACHE_DIR"):  # (as a number's typo: said at start, not by the first remote manifest)
         check_cache_dir(environ["CHORUS_BATCH_CACHE_DIR"])
     for name, (kind, least, example, what) in (NUMERIC_ENVIRONMENT | LIBRARY_ENVIRONMENT).items():

@@ -126,12 +126,15 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: f
     )
 
 
-def paused(*args: str, at: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+def paused(*args: str, at: str, cwd: Path | None = None, env: dict | None = None,
+           resume: Path | None = None) -> subprocess.Popen:
     """The real command line started in the background, returned once it waits at its fault-injection point `at`
-    (CHORUS_BATCH_TEST_PAUSE; `at` may end with '+SECONDS'): its Popen, stdout and stderr piped as text."""
+    (CHORUS_BATCH_TEST_PAUSE; `at` may end with '+SECONDS'): its Popen, stdout and stderr piped as text. With
+    `resume` (CHORUS_BATCH_TEST_RESUME), it goes on as soon as the test creates that file, not after the whole wait."""
     point = at.partition("+")[0]
+    more = {"CHORUS_BATCH_TEST_RESUME": str(resume)} if resume else {}
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", *args], cwd=cwd,
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": at, **(env or {})},
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": at, **more, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     while f"test pause at {point}" not in (line := proc.stderr.readline()):

@@ -40,20 +40,37 @@ def run_shards(site: Path, db: Path, staging: Path, shards: range = range(N), en
         assert "nothing committed" in out.stdout
 
 
+def resume_file(staging: Path) -> Path:
+    """The file whose creation lets a paused shard or merge go on (CHORUS_BATCH_TEST_RESUME): `let_go`; none yet
+    (an earlier pause of the same test let go)."""
+    path = staging.parent / f"resume-{staging.name}"
+    path.unlink(missing_ok=True)
+    return path
+
+
+def let_go(staging: Path) -> None:
+    """The paused shard or merge of `staging` goes on now (the other commands have run): not after a fixed 8 s, which
+    ran out before them on a loaded machine."""
+    (staging.parent / f"resume-{staging.name}").touch()
+
+
 def shard_paused_at_hashing(site: Path, db: Path, staging: Path, *extra: str):
-    """Shard 0 started in the background, returned once it waits (8 s) at its hashing: its Popen."""
+    """Shard 0 started in the background, returned once it waits at its hashing (until `let_go`, at most 120 s): its
+    Popen."""
     return paused("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging), *extra,
-                  at="hashing+8", env={"CHORUS_BATCH_PROGRESS_S": "0"})
+                  at="hashing+120", env={"CHORUS_BATCH_PROGRESS_S": "0"}, resume=resume_file(staging))
 
 
 def merge_paused_at_its_commit(site: Path, db: Path, staging: Path):
-    """A merge started in the background, returned once it waits (8 s) at its commit: its Popen."""
+    """A merge started in the background, returned once it waits at its commit (until `let_go`, at most 120 s): its
+    Popen."""
     import os
     import subprocess
     import sys
 
     merge = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
-                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+8"},
+                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+120",
+                                                             "CHORUS_BATCH_TEST_RESUME": str(resume_file(staging))},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert merge.stderr is not None
     while "test pause at commit" not in (line := merge.stderr.readline()):
@@ -602,6 +619,7 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
     run_shards(site, db, staging)
     merge = merge_paused_at_its_commit(site, db, staging)
     shard = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
+    let_go(staging)
     out, err = merge.communicate(timeout=120)
     assert shard.returncode == 4, shard.stderr
     assert f"a merge is reading the shards in {staging}: this shard cannot be written there now" in shard.stderr
@@ -614,6 +632,7 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
     try:
         merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     finally:
+        let_go(staging)
         shard.communicate(timeout=120)
     assert merged.returncode == 4 and f"shards are still being written into {staging}" in merged.stderr, merged.stderr
     assert not (staging / ".staging.lock").exists()  # its last holder, the shard, removed it
@@ -672,6 +691,7 @@ def test_one_shard_run_twice_at_once_is_refused_and_the_first_writes_it_whole(sn
         second = cli("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
         other = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
     finally:
+        let_go(staging)
         out, err = first.communicate(timeout=120)
     assert second.returncode == 4, second.stderr
     assert f"shard 0 of {N} is being written into {staging} by another process" in second.stderr, second.stderr
@@ -994,6 +1014,7 @@ def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_
     run_shards(site, db, staging)
     first = merge_paused_at_its_commit(site, db, staging)
     second = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    let_go(staging)
     out, err = first.communicate(timeout=120)
     assert second.returncode == 4, second.stderr
     assert f"another merge is reading and committing the shards in {staging}" in second.stderr

@@ -881,9 +881,12 @@ def wait_for(proc: subprocess.Popen, text: str, timeout: float = 60) -> str:
     raise AssertionError(f"{text!r} did not appear: {''.join(seen)}")
 
 
-def upload_process(central, db: Path, pause: str, rows: int = 5) -> subprocess.Popen:
+def upload_process(central, db: Path, pause: str, rows: int = 5, resume: Path | None = None) -> subprocess.Popen:
+    """An upload paused at `pause`; with `resume`, a pause 'point+SECONDS' ends early once the test creates that file
+    (once it has broken what it breaks), not after the whole fixed wait."""
     env = {**os.environ, **central.env, "CHORUS_BATCH_TEST_PAUSE": pause, "CHORUS_BATCH_LEDGER_ROWS": str(rows),
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           **({"CHORUS_BATCH_TEST_RESUME": str(resume)} if resume else {})}
     return subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
                              "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -978,9 +981,10 @@ def test_storage_stopped_mid_upload_fails_clearly_and_resumes_after_restart(monk
     try:
         central = central_for(service, monkeypatch, tmp_path)
         db = committed_site(tmp_path, 30)
-        proc = upload_process(central, db, "upload+4")
+        proc = upload_process(central, db, "upload+4", resume=tmp_path / "resume")
         wait_for(proc, "test pause at upload")
         service.stop()  # the service goes away while the upload waits at its first batch
+        (tmp_path / "resume").touch()
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 3, out + err
         assert "cannot upload to" in err and "Traceback" not in err
@@ -1579,9 +1583,10 @@ def test_a_storage_outage_with_the_manifest_in_azure_says_where_the_ledger_is_an
         out = cli("run", "--site", str(tmp_path / "site"), "--db", db_url, "--version", "20261101020000",
                   "--no-validate", env=central.env)
         assert out.returncode == 0, out.stderr
-        proc = upload_process(central, db_url, "upload+4")
+        proc = upload_process(central, db_url, "upload+4", resume=tmp_path / "resume")
         wait_for(proc, "test pause at upload")
         service.stop()  # the storage of both the centre and the manifest goes away mid-upload
+        (tmp_path / "resume").touch()
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 3, out + err
         assert "Traceback" not in err and "internal error" not in err
@@ -1604,9 +1609,10 @@ def test_a_storage_outage_with_the_manifest_in_azure_says_where_the_ledger_is_an
 def test_a_central_container_removed_mid_upload_stops_it_and_the_manifest_in_azure_keeps_the_ledger(central, azurite,
                                                                                                     tmp_path):
     db_url, manifest_container = committed_in_azure(central, azurite, tmp_path, 30)
-    proc = upload_process(central, db_url, "upload+4")
+    proc = upload_process(central, db_url, "upload+4", resume=tmp_path / "resume")
     wait_for(proc, "test pause at upload")
     central.client.delete_container()  # the centre's container goes away while the upload waits at its first batch
+    (tmp_path / "resume").touch()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, out + err
     assert "Traceback" not in err and f"az://{central.container}" in err
@@ -1692,9 +1698,13 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
 def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upload_is_refused(central, tmp_path):
     # A run's commit holds SQLite's write lock for its whole transaction (minutes for a large site); the
     # upload's first ledger write gave up after one busy timeout (30 s): exit 3, "another program holds it".
+    # The run's commit waits at its pause until the test has seen the first upload waiting and the second refused
+    # (CHORUS_BATCH_TEST_RESUME), not a fixed 40 s; the first upload says it waits after its first 1 s try.
     db = committed_site(tmp_path, 4)
     write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
-    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+40", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    resume = tmp_path / "resume-the-commit"
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+120", "CHORUS_BATCH_TEST_RESUME": str(resume),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     run = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(tmp_path / "site"), "--db", str(db),
                             "--version", "20261102020000", "--workers", "2", "--no-validate"],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -1703,14 +1713,19 @@ def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upl
         first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
                                   "--workers", "2"], env={**os.environ, **central.env},
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(5)
+        started = time.monotonic()
+        said = wait_for(first, "waiting for it to finish")  # (the commit still holds the write lock)
+        assert time.monotonic() - started < 28, said  # said at its first try, not after 30 s of silence
         second = up(central, db)  # the first holds the upload lock while it waits
         assert second.returncode == 4 and "locked by another upload" in second.stderr, second.stderr
+        resume.touch()  # the commit goes on; the first upload then writes its ledger
         out, err = first.communicate(timeout=120)
+        err = said + err
         assert first.returncode == 0, out + err
         assert "waiting for it to finish" in err and "Traceback" not in err
         assert "version 20261101020000" in out and "complete" in out
     finally:
+        resume.touch()
         run_out, run_err = run.communicate(timeout=120)
     assert run.returncode == 0 and "version 20261102020000 committed" in run_out, run_out + run_err
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
@@ -1749,9 +1764,10 @@ def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(cent
     many_files(tmp_path / "site", 40)
     db = small_disk / "m.sqlite"
     commit(tmp_path / "site", db, "20261101020000")
-    proc = upload_process(central, db, "upload+3")
+    proc = upload_process(central, db, "upload+3", resume=tmp_path / "resume")
     wait_for(proc, "test pause at upload")
     filler = fill(small_disk)  # the next batch of the ledger finds the manifest's disk full
+    (tmp_path / "resume").touch()
     try:
         out, err = proc.communicate(timeout=120)
     finally:

@@ -40,6 +40,9 @@ CONFLICT_FIX = ("another manifest (or tool) put a version with this label there:
 BUSY_WAIT_S = 900.0
 ENV_BUSY_WAIT = "CHORUS_BATCH_BUSY_WAIT_S"
 _TRY_S = 30.0  # one connection's busy timeout (Manifest.connect)
+# The first try waits only this long: a lock held longer is a commit under way, said at once ("waiting for it to
+# finish"), not after 30 s of silence.
+_FIRST_TRY_S = 1.0
 
 
 def _duration(seconds: float) -> str:
@@ -165,11 +168,13 @@ class UploadLedger:
         rows = list(rows)
         wait_s = busy_wait_s()
         deadline = time.monotonic() + wait_s
+        try_s = _FIRST_TRY_S
         while True:
             con = self.manifest.connect()
             try:
                 # each try waits up to its busy timeout, none past the deadline (at least a moment: a lock let go now)
-                con.execute(f"PRAGMA busy_timeout = {int(1000 * max(0.1, min(_TRY_S, deadline - time.monotonic())))}")
+                con.execute(f"PRAGMA busy_timeout = {int(1000 * max(0.1, min(try_s, deadline - time.monotonic())))}")
+                try_s = _TRY_S
                 with con:
                     for first_sql, first_rows in before:
                         con.executemany(first_sql, first_rows)
