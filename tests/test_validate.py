@@ -458,11 +458,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
       ("registry.procedure_person", "waveform_registry.csv")}),
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
-     {("registry.unknown_visit", "waveform_registry.csv")}),
+     {("registry.unknown_visit", "waveform_registry.csv"), ("registry.procedure_visit", "waveform_registry.csv")}),
     # Multimodal-Linkage: the visit "for the given patient": a visit of another person is no link
     ("registry_visit_person", registry("Waveforms", lambda rows: [
         [*r[:4], sitegen.visit_id(sitegen.person_ids(3).index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
-        for i, r in enumerate(rows)]), {("registry.visit_person", "waveform_registry.csv")}),
+        for i, r in enumerate(rows)]),
+     {("registry.visit_person", "waveform_registry.csv"), ("registry.procedure_visit", "waveform_registry.csv")}),
     # Multimodal-Linkage: the visit "that overlaps with the timestamp of the file capture"
     ("registry_visit_time", registry("Waveforms", lambda rows: [[*r[:5], "2030-01-01 08:00:00", *r[6:]] if i == 0 else r
                                                                 for i, r in enumerate(rows)]),
@@ -470,7 +471,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # and is left NULL only "IF there is no visit for that patient that overlaps" (the capture time lies in visit 0)
     ("registry_visit_missing", registry("Waveforms", lambda rows: [[*r[:4], "", *r[5:]] if i == 0 else r
                                                                    for i, r in enumerate(rows)]),
-     {("registry.visit_missing", "waveform_registry.csv")}),
+     {("registry.visit_missing", "waveform_registry.csv"), ("registry.procedure_visit", "waveform_registry.csv")}),
     ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 12:30:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
@@ -978,7 +979,8 @@ def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
                                 "datetime", "src_file", "trg_file"],
              change=lambda rows: [[k + 1, *r[:4], 424242 if k == 0 else r[4], *r[5:7], ""] for k, r in enumerate(rows)])(clean)
     assert "visit_ id" in (clean / "image_registry.csv").read_text()
-    assert found(clean) == {("registry.unknown_visit", "image_registry.csv")}  # read: its visit ids are checked
+    assert found(clean) == {("registry.unknown_visit", "image_registry.csv"),  # read: its visit ids are checked
+                            ("registry.procedure_visit", "image_registry.csv")}
 
 
 @pytest.mark.parametrize("null", ["null", "NULL", "\\N"])
