@@ -464,11 +464,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
       ("registry.procedure_person", "waveform_registry.csv")}),
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
-     {("registry.unknown_visit", "waveform_registry.csv")}),
+     {("registry.unknown_visit", "waveform_registry.csv"), ("registry.procedure_visit", "waveform_registry.csv")}),
     # Multimodal-Linkage: the visit "for the given patient": a visit of another person is no link
     ("registry_visit_person", registry("Waveforms", lambda rows: [
         [*r[:4], sitegen.visit_id(sitegen.person_ids(3).index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
-        for i, r in enumerate(rows)]), {("registry.visit_person", "waveform_registry.csv")}),
+        for i, r in enumerate(rows)]),
+     {("registry.visit_person", "waveform_registry.csv"), ("registry.procedure_visit", "waveform_registry.csv")}),
     # Multimodal-Linkage: the visit "that overlaps with the timestamp of the file capture"
     ("registry_visit_time", registry("Waveforms", lambda rows: [[*r[:5], "2030-01-01 08:00:00", *r[6:]] if i == 0 else r
                                                                 for i, r in enumerate(rows)]),
@@ -476,7 +477,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # and is left NULL only "IF there is no visit for that patient that overlaps" (the capture time lies in visit 0)
     ("registry_visit_missing", registry("Waveforms", lambda rows: [[*r[:4], "", *r[5:]] if i == 0 else r
                                                                    for i, r in enumerate(rows)]),
-     {("registry.visit_missing", "waveform_registry.csv")}),
+     {("registry.visit_missing", "waveform_registry.csv"), ("registry.procedure_visit", "waveform_registry.csv")}),
     ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 12:30:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
@@ -496,6 +497,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_procedure_person", edit("OMOP/procedure_occurrence.csv",
                                        lambda t: t.replace("1000000000,000101,4180938", "1000000000,000102,4180938")),
      {("registry.procedure_person", "image_registry.csv")}),
+    # Multimodal-Linkage, section C: the registry's visit_id becomes the PROCEDURE_OCCURRENCE row's visit_occurrence_id
+    ("registry_procedure_visit", edit("OMOP/procedure_occurrence.csv", lambda t: re.sub(
+        r"^(1000000000,000101,4180938,[^\n]*,)([^,\n]*)$", lambda m: m[1] + ("" if m[2] else "1"), t, flags=re.M)),
+     {("registry.procedure_visit", "image_registry.csv")}),
     ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
      {("registry.proc_overlap", "image_registry.csv")}),
@@ -980,7 +985,8 @@ def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
                                 "datetime", "src_file", "trg_file"],
              change=lambda rows: [[k + 1, *r[:4], 424242 if k == 0 else r[4], *r[5:7], ""] for k, r in enumerate(rows)])(clean)
     assert "visit_ id" in (clean / "image_registry.csv").read_text()
-    assert found(clean) == {("registry.unknown_visit", "image_registry.csv")}  # read: its visit ids are checked
+    assert found(clean) == {("registry.unknown_visit", "image_registry.csv"),  # read: its visit ids are checked
+                            ("registry.procedure_visit", "image_registry.csv")}
 
 
 @pytest.mark.parametrize("null", ["null", "NULL", "\\N"])
@@ -993,6 +999,9 @@ def test_a_registry_cell_written_null_is_empty(clean, null):
     between = f"{sitegen.start_of(0, 12):%Y-%m-%d} 12:30:00"
     registry("Images", lambda rows: [[*r[:4], null, between, r[6], null] if i == 0 else [*r[:7], null]
                                      for i, r in enumerate(rows)])(clean)
+    # (and its procedure row without a visit, as the registry's: registry.procedure_visit otherwise)
+    proc = (clean / "image_registry.csv").read_text().splitlines()[1].split(",")[1]
+    edit("OMOP/procedure_occurrence.csv", lambda t: re.sub(rf"^({proc},[^\n]*,)[^,\n]*$", r"\g<1>", t, flags=re.M))(clean)
     assert null in (clean / "image_registry.csv").read_text()
     assert found(clean) == set()
 
@@ -1168,7 +1177,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v10", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
-                                 "mapping_csv.v6", "registry_csv.v13", "omop_procedures.v5"}
+                                 "mapping_csv.v6", "registry_csv.v14", "omop_procedures.v6"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1277,11 +1286,11 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
     ("omop_person.v4", "OMOP/person.csv", "person_id,note\n000001,a\n"),
-    ("omop_procedures.v5", "OMOP/procedure_occurrence.csv",
+    ("omop_procedures.v6", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v13", "image_registry.csv",
+    ("registry_csv.v14", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1379,7 +1388,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
 
 
 @pytest.mark.parametrize("kind, name, body, where", [
-    ("registry_csv.v13", "image_registry.csv",
+    ("registry_csv.v14", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
      "1,2,000777,g,5,2024-01-01 00:00:00,a.dcm,x.dcm\n\x002,2,000777,g,5,2024-01-01 00:00:00,b.dcm,y\x00.dcm\n",
      "row 3, counting the header row as 1, column file_id"),
@@ -1400,7 +1409,7 @@ def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_
     assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v13", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v14", "image_registry.csv"),
                                         ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1416,7 +1425,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v13", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v14", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1431,7 +1440,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v13", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v14", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v4", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1440,7 +1449,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v13": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v14": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v6": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1455,7 +1464,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     ("omop_person.v4", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v7", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v6", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v13", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v14", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -2060,7 +2069,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
             f"x9,1,4000\n2001000000,{P0},4141651\n2000000001,1,4180938\n")  # (2001000000: the registry's first row, P0's)
     write(tmp_path, "OMOP/procedure_occurrence.csv", body)
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_procedures.v5", f)
+        facts = parse_facts("omop_procedures.v6", f)
     assert facts["ehr_runs"] == [[9000, 9001], [9003, 9003]]
     assert facts["runs"] == [[9000, 9001], [9003, 9003], [2000000001, 2000000001], [2001000000, 2001000000]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k
@@ -2077,7 +2086,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v13", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v14", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v6", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):

@@ -178,6 +178,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += _no_procedure(site, usable)
     out += _other_concept(site, usable)
     out += _procedure_person(site, usable)
+    out += _procedure_visit(site, usable)
     out += _conflicts(usable)
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
@@ -442,6 +443,39 @@ def _procedure_person(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         "makes each proc_id the PROCEDURE_OCCURRENCE row of the files' person; fix person_id in those rows (or the "
         "registry's proc_id or person_id){}", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "),
         _same_written_as_decimal("procedure_occurrence.csv", pl.col("_same")), n=pl.col("_n")))]
+
+
+def _procedure_visit(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Multimodal-Linkage, section C: the registries' columns become the PROCEDURE_OCCURRENCE row's, visit_id its
+    visit_occurrence_id. A proc_id whose row in procedure_occurrence.csv (of concept 4180938 or 4141651) names another
+    visit, or one where the registry leaves visit_id empty (no visit overlaps), or none where it gives one, links the
+    files to another encounter in OMOP than the registry says. A proc_id whose registry rows give several visits is
+    not compared (which one its row should name cannot be told)."""
+    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col("linkage_visits").is_not_null())
+    if procedures.height == 0 or usable.height == 0 or "proc_visit_pairs" not in usable.columns:
+        return []
+    empty = r"^(?i:null|\\n)?$"  # an empty cell, or NULL as SQL exports write it
+    theirs = (procedures.select(pl.col("linkage_visits").explode()).drop_nulls()
+              .select(_id=pl.col("linkage_visits").list.get(0), _omop=pl.col("linkage_visits").list.get(1))
+              .with_columns(_omop=pl.when(pl.col("_omop").str.contains(empty)).then(pl.lit("")).otherwise(pl.col("_omop")))
+              # a row of the table repeated under one id with other visits is the table's fault, not compared here
+              .filter(_norm_id(pl.col("_omop")).n_unique().over("_id") == 1).unique("_id"))
+    mine = (usable.select("srcfile", "proc_visit_pairs").explode("proc_visit_pairs").drop_nulls("proc_visit_pairs")
+            .select("srcfile", _id=pl.col("proc_visit_pairs").list.get(0),
+                    _visit=pl.col("proc_visit_pairs").list.get(1)))
+    mine = mine.filter(_norm_id(pl.col("_visit")).n_unique().over("srcfile", "_id") == 1)
+    shown = {"_visit": "visit_id", "_omop": "visit_occurrence_id"}
+    other = (mine.join(theirs, on="_id").filter(_integer(pl.col("_visit")) != _integer(pl.col("_omop")))
+             .with_columns(**{c: pl.when(pl.col(c) == "").then(pl.lit("(empty)")).otherwise(pl.col(c)) for c in shown})
+             .sort("_id").group_by("srcfile", maintain_order=True)
+             .agg(_told=fmt("{}: visit_id {} in the registry, visit_occurrence_id {} in procedure_occurrence.csv",
+                            pl.col("_id"), pl.col("_visit"), pl.col("_omop")), _n=pl.col("_id").n_unique()))
+    return [_found("registry.procedure_visit", other, "srcfile", fmt(
+        "{} proc_id{|s} {has its|have their} procedure row in procedure_occurrence.csv under another visit than the "
+        "registry gives (e.g. {}): the linkage procedure makes the registry's visit_id the PROCEDURE_OCCURRENCE row's "
+        "visit_occurrence_id; make {that row|those rows} and the registry name the same visit (or both none, where no "
+        "visit of the person overlaps the capture time)", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "),
+        n=pl.col("_n")))]
 
 
 def _integer(expr: pl.Expr) -> pl.Expr:

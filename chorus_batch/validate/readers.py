@@ -1159,6 +1159,12 @@ def _registry_facts(f) -> dict[str, Any]:
         _proc=pl.col("proc_id").fill_null("").str.strip_chars(), _person=people.str.strip_chars()).unique()
         .filter(pl.col("_proc").str.contains(r"^[0-9]{1,18}$") & (pl.col("_person") != ""))
         .sort("_proc", "_person").select(pl.concat_list("_proc", "_person")).to_series().to_list())
+    # and its visit(s), as [proc_id, visit_id] pairs, "" for a row that leaves visit_id empty (registry.procedure_visit)
+    facts.update(proc_visit_pairs=frame.select(
+        _proc=pl.col("proc_id").fill_null("").str.strip_chars(),
+        _visit=pl.col("visit_id").fill_null("").str.strip_chars().str.strip_chars('"')).unique()
+        .filter(pl.col("_proc").str.contains(r"^[0-9]{1,18}$"))
+        .sort("_proc", "_visit").select(pl.concat_list("_proc", "_visit")).to_series().to_list())
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp.
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
     # person_id too: the procedure's person (Multimodal-Linkage: "integer or bigint"; the Imaging SOP: NOT NULL)
@@ -1709,16 +1715,21 @@ def _procedure_facts(f) -> dict[str, Any]:
     facts, raw, ended = _csv_header(f)
     wanted = ("procedure_occurrence_id", "procedure_concept_id")
     facts["ehr_runs"] = facts["runs"] = facts["image_runs"] = facts["waveform_runs"] = facts["linkage_persons"] = None
+    facts["linkage_visits"] = None
     if facts["delimiter"] != "," or any(w not in facts["columns"] for w in wanted):
         return facts
     # the [id, person_id] of the rows of a linkage concept (registry.procedure_person), where the table has person_id
     person_name = raw[facts["columns"].index("person_id")] if "person_id" in facts["columns"] else None
+    # and their [id, visit_occurrence_id] ("" where none), where it has visit_occurrence_id (registry.procedure_visit)
+    visit_name = raw[facts["columns"].index("visit_occurrence_id")] if "visit_occurrence_id" in facts["columns"] else None
     if ended:  # only the header row
         facts["ehr_runs"] = facts["runs"] = facts["image_runs"] = facts["waveform_runs"] = []
         facts["linkage_persons"] = [] if person_name is not None else None
+        facts["linkage_visits"] = [] if visit_name is not None else None
         return facts
     ids_name, concept_name = (raw[facts["columns"].index(w)] for w in wanted)
     linked: list[list[str]] = []
+    visited: list[list[str]] = []
     f.seek(0)
     chunks: list[Any] = []
     every: list[Any] = []  # all integer ids, of any concept (registry.no_procedure)
@@ -1730,8 +1741,9 @@ def _procedure_facts(f) -> dict[str, Any]:
             gate, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
-                include_columns=[ids_name, concept_name, *([person_name] if person_name is not None else [])],
-                column_types={name: pa.string() for name in (ids_name, concept_name, person_name) if name is not None}))
+                include_columns=[ids_name, concept_name, *(n for n in (person_name, visit_name) if n is not None)],
+                column_types={name: pa.string() for name in (ids_name, concept_name, person_name, visit_name)
+                              if name is not None}))
         # No Python value reaches pyarrow (pa.array, pa.scalar, fill_null(x, False)): it would ask pandas whether it
         # can take it, importing pandas (0.3-0.5 s) into the run; the patterns are options, not values. The string
         # columns hold no nulls (ConvertOptions' strings_can_be_null is False): an empty cell is "".
@@ -1751,6 +1763,11 @@ def _procedure_facts(f) -> dict[str, Any]:
                 people = pc.utf8_trim(pc.utf8_trim_whitespace(batch.column(person_name)), characters='"')
                 linked += [[i, p] for i, p in zip(pc.filter(ids, of_linkage).to_pylist(),
                                                   pc.filter(people, of_linkage).to_pylist()) if p]
+            if visit_name is not None:
+                of_linkage = pc.and_(integer, pc.match_substring_regex(concept, linkage))
+                visits = pc.utf8_trim(pc.utf8_trim_whitespace(batch.column(visit_name)), characters='"')
+                visited += [[i, v] for i, v in zip(pc.filter(ids, of_linkage).to_pylist(),
+                                                   pc.filter(visits, of_linkage).to_pylist())]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read {named('column', wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
@@ -1759,6 +1776,7 @@ def _procedure_facts(f) -> dict[str, Any]:
     imaging, monitoring = LINKAGE_CONCEPTS
     facts["image_runs"], facts["waveform_runs"] = _runs(per_concept[imaging]), _runs(per_concept[monitoring])
     facts["linkage_persons"] = sorted(map(list, {tuple(pair) for pair in linked})) if person_name is not None else None
+    facts["linkage_visits"] = sorted(map(list, {tuple(pair) for pair in visited})) if visit_name is not None else None
     return facts
 
 

@@ -273,13 +273,15 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v4
 # metadata_md.v5 also notes whether the text speaks of the first or last sample (a stream-based submission's times)
 # mapping_csv.v6 and registry_csv.v13 tell NUL bytes in rows that parse (the first's row and column); v5, v12 took the
 # values holding them as written (a registry id "not an integer", a trg_file naming no file)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v6", "registry_csv.v13"
+# registry_csv.v14 also keeps each integer proc_id's visit_id(s) (registry.procedure_visit)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v6", "registry_csv.v14"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
 # v4 also keeps the person_id of each row of a linkage concept (registry.procedure_person)
 # v5: the header row read as a CSV record (see omop_csv.v2 above)
-KIND_PROCEDURES = "omop_procedures.v5"
+# v6 also keeps the visit_occurrence_id of each row of a linkage concept (registry.procedure_visit)
+KIND_PROCEDURES = "omop_procedures.v6"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_EDF, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
@@ -520,6 +522,11 @@ RULES: tuple[Rule, ...] = (
          "A registry's proc_id is, in procedure_occurrence.csv, a procedure (of concept 4180938 or 4141651) of a person "
          "other than the registry row's person_id (the linkage procedure makes each proc_id the PROCEDURE_OCCURRENCE "
          "row of the files' person)."),
+    Rule("registry.procedure_visit", "error", "registry proc_id's procedure row names another visit",
+         "A registry's proc_id is, in procedure_occurrence.csv, a procedure (of concept 4180938 or 4141651) whose "
+         "visit_occurrence_id differs from the registry rows' visit_id, or is given where they leave it empty or left "
+         "empty where they give one (the linkage procedure makes the registry's visit_id the PROCEDURE_OCCURRENCE "
+         "row's visit_occurrence_id)."),
     Rule("registry.proc_conflict", "error", "one proc_id for two procedures",
          "A proc_id has rows of more than one person, or is used by both the image and the waveform registry (each "
          "proc_id becomes one PROCEDURE_OCCURRENCE row, of one person and one procedure concept)."),

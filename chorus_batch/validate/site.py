@@ -82,6 +82,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64),
                               "n_proc_persons": pl.Int64, "proc_persons": pl.List(pl.String),
                               "proc_person_pairs": pl.List(pl.List(pl.String)),
+                              "proc_visit_pairs": pl.List(pl.List(pl.String)),
                               "blank_trg_persons": pl.List(pl.List(pl.String)),
                               "no_registry_id": pl.Int64, "bad_registry_id": pl.Int64, "dup_registry_id": pl.Int64,
                               "registry_id_rows": pl.List(pl.String), "n_registry_id_rows": pl.Int64,
@@ -90,7 +91,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_PROCEDURES: pl.Struct({**_CSV_DTYPE, "ehr_runs": pl.List(pl.List(pl.Int64)), "runs": pl.List(pl.List(pl.Int64)),
                                 "image_runs": pl.List(pl.List(pl.Int64)),
                                 "waveform_runs": pl.List(pl.List(pl.Int64)),
-                                "linkage_persons": pl.List(pl.List(pl.String))}),
+                                "linkage_persons": pl.List(pl.List(pl.String)),
+                                "linkage_visits": pl.List(pl.List(pl.String))}),
 }
 # Every kind's facts may instead say that the file could not be read ({"error", "retry": true}; never cached).
 _FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for kind, dtype in _FACT_DTYPES_OF.items()}
