@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import re
+import struct
 import threading
 import warnings
 import zlib
@@ -465,6 +466,8 @@ def _dicom_facts(f) -> dict[str, Any]:
                 raise BadContent("the file ends inside its deflated (compressed) data set (an interrupted copy?): copy "
                                  "the file again") from None
             raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
+        except struct.error:  # (its reading of an element's 4-byte length met the file's end: cut inside it)
+            raise truncated from None
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
         # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
@@ -480,6 +483,14 @@ def _dicom_facts(f) -> dict[str, Any]:
     # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
     little = pixels_at[0] if walked else pixel_data_at(head)  # (little-endian: where these walks found them)
     pixels = little or stopped_at
+    if pixels is None and all(element is None for element in elements.values()):
+        # Nothing after the File Meta Information that an image's header holds (no SOPClassUID, Modality, PatientID,
+        # ...) nor pixel data: a file cut where its data set begins (dcmread reads it without a word), which gave
+        # no facts and was told as a header lacking each attribute in turn
+        raise BadContent(f"the file holds no image after its File Meta Information: no SOPClassUID, Modality, "
+                         f"PatientID nor pixel data (it ends at byte {f.seek(0, io.SEEK_END):,}): the copy is cut (an "
+                         f"interrupted copy?), or it is no image (a DICOMDIR?); copy the file again, or export the "
+                         f"image again")
     _pixels_whole(head, f, pixels)
     if little is not None and little[1] != UNDEFINED_LENGTH:
         _nothing_after_pixels(head, f, sum(little))

@@ -221,7 +221,10 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # whole short of its pixel data's end (v8: read as a whole image)
 # dicom.v10 tells elements of a group before the pixel data's that follow them (v9: not read, told as lacking)
 # and a file beginning with 'DICM' without the preamble as such (v9: as having no 'DICM' prefix)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v10", "records.v4"
+# dicom.v11 tells a file cut inside an element's 4-byte length as cut (v10: "cannot parse the file (error: unpack
+# requires a buffer of 4 bytes)"), and one holding nothing after its File Meta Information (cut there) as such (v10: no
+# facts, told as a header lacking PatientID, Modality, ... in turn)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v11", "records.v4"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
