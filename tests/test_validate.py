@@ -1561,6 +1561,30 @@ def test_an_edf_cut_inside_its_signal_header_is_told_so_where_it_is_hashed_too(t
                             "signals): the copy is cut (an interrupted copy?); copy the file again"}
 
 
+def test_an_edf_header_not_ascii_or_of_another_version_is_told_where_not_only_that(clean):
+    """An EDF whose patient field holds an accented name (written in Latin-1 or UTF-8 by the recording system) was told
+    "the header holds bytes that are not ASCII": which of its 256 bytes, and that the patient field should be
+    de-identified, the site had to find. Now the field, the byte and its value (never the field's text: a name) are
+    named; a version field other than EDF's or BDF's is quoted."""
+    start = datetime(2024, 1, 2, 3, 4, 5)
+    data = sitegen.edf_bytes(start, signals=EDF_SIGNALS, seconds=2)
+    write(clean, EDF, data[:8] + "Müller Hans".encode("latin-1").ljust(80) + data[88:])
+    other = f"{P1}/Waveforms/EEG/900556/900556.edf"
+    write(clean, other, b"0" + bytes(7) + data[8:])
+    out = validate(clean).filter(pl.col("rule") == "edf.bad_header")
+    told = dict(out.select("srcfile", "message").rows())
+    assert told == {
+        EDF: "not a readable EDF header: the header's local patient field (bytes 9-88) holds a byte that is not ASCII, "
+             "as EDF's header must not (byte 10: 0xFC; a name with an accent? a de-identified EDF+ file's is 'X X X X'): "
+             "EDF readers refuse the file; write the field in ASCII, or export the recording again as EDF (or "
+             "EDF+/BDF) with its start date and time",
+        other: "not a readable EDF header: its version field (the first 8 bytes) is b'0\\x00\\x00\\x00\\x00\\x00\\x00"
+               "\\x00', not EDF's '0' and 7 spaces nor BDF's byte 0xFF and 'BIOSEMI': this is no EDF file, or its "
+               "writer does not keep to the EDF spec (EDF readers refuse it); export the recording again as EDF (or "
+               "EDF+/BDF) with its start date and time"}
+    assert "Müller" not in str(told) and "Hans" not in str(told)
+
+
 def test_an_edf_cut_inside_its_data_records_is_told_by_its_size(clean):
     """The EDF reader reads the header only, which a copy cut inside its data records (most of an EDF's bytes) keeps
     whole: it passed. The header gives the file's size (its length + data records x the bytes each holds, 2 a sample,

@@ -233,7 +233,9 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v11", "records.v4
 # a copy cut inside its data records, whose header reads well, passed (wfdb.dat_size tells it now)
 # edf_header.v3 also keeps the number of data records the header states (`records`): -1, which the EDF spec allows only
 # while the file is being recorded, is an unfinished recording (v2: read as a recording of no known length, untold)
-KIND_EDF = "edf_header.v3"
+# edf_header.v4 names the field of the fixed header holding a byte not ASCII, and where (v3: "the header holds bytes
+# that are not ASCII", of an accented name in the patient field), and quotes a version field not EDF's or BDF's
+KIND_EDF = "edf_header.v4"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
 # v5 also each visit's start and end (registry.visit_time)
