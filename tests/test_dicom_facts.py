@@ -560,3 +560,32 @@ print(json.dumps(sorted(set(facts["facts"].to_list()))))
         said = json.loads(out.stdout)
         assert not any("Error" in text for text in said), said
         assert all("not a DICOM Part 10 file" in text for text in said), said
+
+
+@pytest.mark.parametrize("where", ["a private OB element's length", "the pixel data's length"])
+def test_a_file_cut_inside_an_elements_4_byte_length_is_told_as_cut(where, monkeypatch):
+    """A copy cut inside the 4-byte length of an element of a long VR (OB, OW, UN, SQ: 12-byte element header) made
+    dcmread raise struct.error, told as "cannot parse the file (error: unpack requires a buffer of 4 bytes)": neither
+    what happened nor what to do. It is a file cut inside its header, by both paths, as any other."""
+    data = dicom(private_bytes=50)
+    element = data.index(b"\x09\x00\x01\x10OB") if where.startswith("a private") else data.index(b"\xe0\x7f\x10\x00")
+    for at in range(element + 9, element + 12):  # (tag 4, VR 2, reserved 2, then the length's 4 bytes)
+        cut = data[:at]
+        got, again = facts(cut), by_dcmread(cut, monkeypatch)
+        assert got == again == {"error": "the file ends inside its DICOM header (an interrupted copy?): copy the file "
+                                         "again"}, (at, got, again)
+
+
+def test_a_file_holding_nothing_of_an_image_after_its_meta_group_is_told_so():
+    """A copy cut at an element's end early in its data set (after ImageType, before SOPClassUID) read well and gave
+    no facts: validation told a header lacking PatientID, Modality, the series, the study attributes (five findings,
+    none saying the file is cut). Nothing an image's header holds and no pixel data: told as such, once."""
+    data = dicom(ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    assert data[meta_end:meta_end + 6] == b"\x08\x00\x08\x00CS"
+    at = meta_end + 8 + int.from_bytes(data[meta_end + 6:meta_end + 8], "little")
+    assert facts(data[:at]) == {"error": f"the file holds no image after its File Meta Information: no SOPClassUID, "
+                                         f"Modality, PatientID nor pixel data (it ends at byte {at}): the copy is cut "
+                                         f"(an interrupted copy?), or it is no image (a DICOMDIR?); copy the file "
+                                         f"again, or export the image again"}
+    assert facts(dicom(pixels=0)).get("patient_id") == "000177"  # (a header without pixel data still reads)

@@ -1072,7 +1072,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v7", "dicom.v10", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v7", "dicom.v11", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1176,7 +1176,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v10", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v11", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
                                  "mapping_csv.v6", "registry_csv.v14", "omop_procedures.v6"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1184,7 +1184,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v10"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v11"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -1574,6 +1574,30 @@ def test_an_edf_cut_inside_its_signal_header_is_told_so_where_it_is_hashed_too(t
     cut = json.loads(source.hash_file("cut.edf", bytearray(READ_SIZE), parser(KIND_EDF)).facts)
     assert cut == {"error": "the file is 700 bytes, cut inside its header of 1024 bytes (256 + 256 for each of its 3 "
                             "signals): the copy is cut (an interrupted copy?); copy the file again"}
+
+
+def test_an_edf_header_not_ascii_or_of_another_version_is_told_where_not_only_that(clean):
+    """An EDF whose patient field holds an accented name (written in Latin-1 or UTF-8 by the recording system) was told
+    "the header holds bytes that are not ASCII": which of its 256 bytes, and that the patient field should be
+    de-identified, the site had to find. Now the field, the byte and its value (never the field's text: a name) are
+    named; a version field other than EDF's or BDF's is quoted."""
+    start = datetime(2024, 1, 2, 3, 4, 5)
+    data = sitegen.edf_bytes(start, signals=EDF_SIGNALS, seconds=2)
+    write(clean, EDF, data[:8] + "Müller Hans".encode("latin-1").ljust(80) + data[88:])
+    other = f"{P1}/Waveforms/EEG/900556/900556.edf"
+    write(clean, other, b"0" + bytes(7) + data[8:])
+    out = validate(clean).filter(pl.col("rule") == "edf.bad_header")
+    told = dict(out.select("srcfile", "message").rows())
+    assert told == {
+        EDF: "not a readable EDF header: the header's local patient field (bytes 9-88) holds a byte that is not ASCII, "
+             "as EDF's header must not (byte 10: 0xFC; a name with an accent? a de-identified EDF+ file's is 'X X X X'): "
+             "EDF readers refuse the file; write the field in ASCII, or export the recording again as EDF (or "
+             "EDF+/BDF) with its start date and time",
+        other: "not a readable EDF header: its version field (the first 8 bytes) is b'0\\x00\\x00\\x00\\x00\\x00\\x00"
+               "\\x00', not EDF's '0' and 7 spaces nor BDF's byte 0xFF and 'BIOSEMI': this is no EDF file, or its "
+               "writer does not keep to the EDF spec (EDF readers refuse it); export the recording again as EDF (or "
+               "EDF+/BDF) with its start date and time"}
+    assert "Müller" not in str(told) and "Hans" not in str(told)
 
 
 def test_an_edf_cut_inside_its_data_records_is_told_by_its_size(clean):

@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import re
+import struct
 import threading
 import warnings
 import zlib
@@ -465,6 +466,8 @@ def _dicom_facts(f) -> dict[str, Any]:
                 raise BadContent("the file ends inside its deflated (compressed) data set (an interrupted copy?): copy "
                                  "the file again") from None
             raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
+        except struct.error:  # (its reading of an element's 4-byte length met the file's end: cut inside it)
+            raise truncated from None
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
         # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
@@ -480,6 +483,14 @@ def _dicom_facts(f) -> dict[str, Any]:
     # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
     little = pixels_at[0] if walked else pixel_data_at(head)  # (little-endian: where these walks found them)
     pixels = little or stopped_at
+    if pixels is None and all(element is None for element in elements.values()):
+        # Nothing after the File Meta Information that an image's header holds (no SOPClassUID, Modality, PatientID,
+        # ...) nor pixel data: a file cut where its data set begins (dcmread reads it without a word), which gave
+        # no facts and was told as a header lacking each attribute in turn
+        raise BadContent(f"the file holds no image after its File Meta Information: no SOPClassUID, Modality, "
+                         f"PatientID nor pixel data (it ends at byte {f.seek(0, io.SEEK_END):,}): the copy is cut (an "
+                         f"interrupted copy?), or it is no image (a DICOMDIR?); copy the file again, or export the "
+                         f"image again")
     _pixels_whole(head, f, pixels)
     if little is not None and little[1] != UNDEFINED_LENGTH:
         _nothing_after_pixels(head, f, sum(little))
@@ -1243,6 +1254,14 @@ _EDF_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "O
 _EDF_FIX = "export the recording again as EDF (or EDF+/BDF) with its start date and time"
 
 
+# The fixed header's fields (EDF spec) as (name, first byte, end): where a byte not ASCII lies
+_EDF_WIDTHS = (("version", 8), ("local patient", 80), ("local recording", 80), ("start date", 8), ("start time", 8),
+               ("header length", 8), ("reserved", 44), ("number of data records", 8), ("data record duration", 8),
+               ("number of signals", 4))
+_EDF_FIELDS = tuple((name, sum(w for _, w in _EDF_WIDTHS[:i]), sum(w for _, w in _EDF_WIDTHS[:i + 1]))
+                    for i, (name, _) in enumerate(_EDF_WIDTHS))
+
+
 def _edf_facts(f) -> dict[str, Any]:
     """An EDF (EDF+, BDF) file's header: the recording's start (the waveform registry's capture time of the session)
     and length, from the fixed 256-byte ASCII part, and its signals (label, physical dimension, sampling rate: the
@@ -1257,11 +1276,19 @@ def _edf_facts(f) -> dict[str, Any]:
         raise BadContent(f"the file is {len(head)} bytes, shorter than the 256-byte EDF header: the copy is cut or "
                          f"this is no EDF file; {_EDF_FIX}")
     if head[:8] not in (b"0       ", b"\xffBIOSEMI"):
-        raise BadContent(f"it does not begin as EDF (version '0') or BDF does: this is no EDF file; {_EDF_FIX}")
+        raise BadContent(f"its version field (the first 8 bytes) is {head[:8]!r}, not EDF's '0' and 7 spaces nor BDF's "
+                         f"byte 0xFF and 'BIOSEMI': this is no EDF file, or its writer does not keep to the EDF spec (EDF readers "
+                         f"refuse it); {_EDF_FIX}")
     try:
         text = head[8:].decode("ascii")
-    except UnicodeDecodeError:
-        raise BadContent(f"the header holds bytes that are not ASCII, as EDF's header must be; {_EDF_FIX}") from None
+    except UnicodeDecodeError as exc:
+        # which field (never its value: the patient field of a file not de-identified holds a name)
+        at = 8 + exc.start
+        name, first, last = next((n, a, b) for n, a, b in _EDF_FIELDS if a <= at < b)
+        hint = "; a name with an accent? a de-identified EDF+ file's is 'X X X X'" if name.endswith("patient") else ""
+        raise BadContent(f"the header's {name} field (bytes {first + 1}-{last}) holds a byte that is not ASCII, as "
+                         f"EDF's header must not (byte {at + 1}: 0x{head[at]:02X}{hint}): EDF readers refuse the file; "
+                         f"write the field in ASCII, or {_EDF_FIX}") from None
     recording, day, clock, reserved = text[80:160], text[160:168], text[168:176], text[184:228]
     edf_plus = reserved.startswith(("EDF+C", "EDF+D"))
     # EDF: yy 85-99 is 19yy, 00-84 20yy; EDF+ writes the whole year in the recording field ("Startdate 02-MAR-2002";

@@ -221,7 +221,10 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # whole short of its pixel data's end (v8: read as a whole image)
 # dicom.v10 tells elements of a group before the pixel data's that follow them (v9: not read, told as lacking)
 # and a file beginning with 'DICM' without the preamble as such (v9: as having no 'DICM' prefix)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v10", "records.v4"
+# dicom.v11 tells a file cut inside an element's 4-byte length as cut (v10: "cannot parse the file (error: unpack
+# requires a buffer of 4 bytes)"), and one holding nothing after its File Meta Information (cut there) as such (v10: no
+# facts, told as a header lacking PatientID, Modality, ... in turn)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v11", "records.v4"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -230,7 +233,9 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v10", "records.v4
 # a copy cut inside its data records, whose header reads well, passed (wfdb.dat_size tells it now)
 # edf_header.v3 also keeps the number of data records the header states (`records`): -1, which the EDF spec allows only
 # while the file is being recorded, is an unfinished recording (v2: read as a recording of no known length, untold)
-KIND_EDF = "edf_header.v3"
+# edf_header.v4 names the field of the fixed header holding a byte not ASCII, and where (v3: "the header holds bytes
+# that are not ASCII", of an accented name in the patient field), and quotes a version field not EDF's or BDF's
+KIND_EDF = "edf_header.v4"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
 # v5 also each visit's start and end (registry.visit_time)
