@@ -224,6 +224,7 @@ if [ "${{{LOCKED_ENV}:-}}" != "$slurm_lock" ] && command -v flock >/dev/null 2>&
         trap 'rm -f -- "$slurm_lock.json" "$slurm_lock"' EXIT
     fi
 fi
+unset {LOCKED_ENV}  # (run --slurm's word to this script alone: not passed on to the jobs sbatch starts)
 others=""
 ids=""
 # (one squeue: each job, and the job of its array, %F, that scancel takes; the comment last, as it may hold a '|'; without

@@ -1377,6 +1377,29 @@ def test_a_second_run_slurm_on_the_same_manifest_submits_nothing(tmp_path):
     assert after.returncode == 2 and called.exists(), after.stderr
 
 
+def test_run_slurm_does_not_warn_of_its_own_variable_nor_pass_it_to_the_jobs(tmp_path):
+    """`run --slurm` tells the script it runs that it holds the manifest's lock (CHORUS_BATCH_SLURM_LOCKED): the
+    script's `upgrade` warned "environment variable CHORUS_BATCH_SLURM_LOCKED is not one chorus-batch reads; it is
+    ignored" at every submission, and sbatch's --export=ALL gave it to every shard and the merge, whose logs warned
+    alike. It is chorus-batch's own (never warned of), and the script unsets it before it submits."""
+    site, db, bin_dir, seen = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "bin", tmp_path / "sbatch-saw"
+    (site / "000001").mkdir(parents=True)
+    (site / "000001" / "a.txt").write_text("a")
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode in (0, 1)  # (a manifest: the script upgrades)
+    bin_dir.mkdir()
+    _executable(bin_dir / "sbatch", f"#!/bin/sh\necho \"${{CHORUS_BATCH_SLURM_LOCKED-unset}}\" >> '{seen}'\n"
+                                    "echo 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", env=env, timeout=60)
+    assert proc.returncode == 2 and "Invalid account" in proc.stderr, proc.stderr
+    assert "CHORUS_BATCH_SLURM_LOCKED" not in proc.stdout + proc.stderr
+    assert seen.read_text() == "unset\n"  # (the jobs' environment: sbatch's own)
+    # a typo is still warned of, with the variables a user may set, not chorus-batch's own
+    typo = cli("versions", "--db", str(db), env={"CHORUS_BATCH_SLURM_LOCK": "x"})
+    assert "CHORUS_BATCH_SLURM_LOCK is not one chorus-batch reads" in typo.stderr, typo.stderr
+    assert "CHORUS_BATCH_SLURM_LOCKED" not in typo.stderr and "TEST_PAUSE" not in typo.stderr
+
+
 def test_a_run_slurm_through_a_linked_manifest_path_is_the_same_manifests(tmp_path):
     """`run --slurm --db link/m.sqlite` (a folder linked to the manifest's, as automount and project links make) beside
     one given the real path: each took its own `<db>.slurm.lock` and its jobs' --comment named another path, so neither
