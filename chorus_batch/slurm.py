@@ -209,7 +209,8 @@ if [ "${{{LOCKED_ENV}:-}}" != "$slurm_lock" ] && command -v flock >/dev/null 2>&
         ( umask 077; : >> "$slurm_lock" ) 2>/dev/null || break  # (a folder it cannot write: the merge says so)
         exec 9>> "$slurm_lock"
         if ! flock -n -x 9; then
-            holder=$(tr -d '{{}}"' < "$slurm_lock.json" 2>/dev/null || true)
+            # (who, as run --slurm names a holder: its record's pid, host, user and start; not its other fields)
+            holder=$(sed -n 's/.*"pid": *\\([0-9][0-9]*\\).*"host": *"\\([^"]*\\)".*"user": *"\\([^"]*\\)".*"started_at": *"\\([^"]*\\)".*/pid \\1 on host \\2 (user \\3), started \\4/p' "$slurm_lock.json" 2>/dev/null | head -n 1 || true)
             echo "{REFUSED_BUSY}: another submission for the manifest $db is being made or followed (a \\`chorus-batch run --slurm\\`, or this script submitted at the same time: ${{holder:-it has not said who yet}}; its lock is $slurm_lock): a second one would hash the whole site again and its merge would be refused; nothing was submitted; wait for it to end, then submit again if the site changed since" >&2
             exit 4
         fi

@@ -1474,7 +1474,9 @@ def test_a_second_submission_for_a_manifest_is_refused_while_the_firsts_jobs_are
         held = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert held.returncode == 4 and f"another submission for the manifest {db} is being made" in held.stderr, \
         held.stdout + held.stderr
-    assert f"pid: {os.getpid()}" in held.stderr and not slurm.active(), held.stderr
+    # the holder named as `run --slurm` names it, not its record's JSON (boot_id, proc_start, jobs, \u-escapes)
+    assert re.search(rf"pid {os.getpid()} on host \S+ \(user \S+\), started \d{{4}}-", held.stderr), held.stderr
+    assert "boot_id" not in held.stderr and not slurm.active(), held.stderr
     first = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     job = parse_submitted(first.stdout)
