@@ -770,6 +770,9 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         # were told "rerun it": a rerun beside its own task is refused (its shard's lock), or hashes the shard twice
         going = [k for k in missing if _shard_progress(job, states, k) in ("running", "pending")
                  and states.get(f"{job.array_job}_{k}", ("", ""))[0]]
+        shard_states = {k: (states.get(f"{job.array_job}_{k}", ("", ""))[0]
+                            or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
+                            or "no longer known to Slurm") for k in missing}
         if state == "CANCELLED" and counts["failed"] == 0 and reason != "DependencyNeverSatisfied":
             # (no shard failed: the merge was cancelled by hand, `scancel <merge>`, while it waited for the shards.
             # It was said "did not run: N shards did not finish", as if they had failed, and the array ran on unsaid)
@@ -779,12 +782,19 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
                    f"running: let them finish, then merge by hand (below), or `scancel {job.array_job}`" if going else
                    ""))
         else:
+            # Shards cancelled, none failed (`scancel` of the whole submission, or of its array): said "did not
+            # finish" with a rerun command for each, as if they had failed, and not that submitting again is the way
+            # to hash the whole site (one rerun by hand per shard, for 64 shards)
+            cancelled = [k for k in missing if k not in going and shard_states[k] == "CANCELLED"]
+            all_cancelled = bool(cancelled) and len(cancelled) == len(missing) - len(going)
             out(f"the merge job {job.merge_job} did not run: {len(missing)} of {plural(job.shards, 'shard')} did not finish"
-                + (f" ({len(going)} still queued or running)" if going else "") + "; nothing was committed")
+                + (f" ({len(going)} still queued or running)" if going else "")
+                + (" (cancelled, by scancel or an administrator: none failed)" if all_cancelled else "")
+                + "; nothing was committed"
+                + ("; to hash the whole site again, submit again (`run --slurm`, or sbatch the script) rather than "
+                   "rerun each shard" if all_cancelled and counts["done"] == 0 and not going else ""))
         for k in missing:
-            shard_state = (states.get(f"{job.array_job}_{k}", ("", ""))[0]
-                           or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
-                           or "no longer known to Slurm")
+            shard_state = shard_states[k]
             if k in going:
                 out(f"  shard {k} of {job.shards}: {shard_state.lower()} (task {job.array_job}_{k}, still in Slurm's "
                     f"queue: let it finish, or `scancel {job.array_job}_{k}`); log {job.shard_log(k)}")

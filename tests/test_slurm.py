@@ -583,6 +583,25 @@ def test_follow_does_not_tell_to_rerun_a_shard_whose_task_still_runs(tmp_path, m
     assert "shard 0 of 2: failed" in text and "--shard 0/2 " in text, text
 
 
+def test_a_submission_cancelled_whole_is_said_cancelled_not_failed(tmp_path, monkeypatch):
+    """`scancel <array> <merge>` of the whole submission while `run --slurm` followed it (measured on slurm 22.05: the
+    tasks CANCELLED, the merge CANCELLED with reason "Dependency"): the follower said "did not finish" and a rerun by
+    hand for every shard, as if they had failed. It says they were cancelled, none failed, and to submit again."""
+    states = {"7_0": ("CANCELLED", "None"), "7_1": ("CANCELLED", "None"), "8": ("CANCELLED", "Dependency")}
+    text = _followed(tmp_path, monkeypatch, states)
+    assert "did not run: 2 of 2 shards did not finish (cancelled, by scancel or an administrator: none failed)" in text
+    assert "nothing was committed; to hash the whole site again, submit again" in text, text
+    # one shard cancelled, the other done: its rerun and the merge are the way on, not a new submission
+    states["7_0"] = ("COMPLETED", "None")
+    text = _followed(tmp_path, monkeypatch, states)
+    assert "1 of 2 shards did not finish (cancelled, by scancel or an administrator: none failed)" in text, text
+    assert "submit again" not in text and "--shard 1/2 " in text and "then merge: py" in text, text
+    # a shard that failed beside a cancelled one: not said "none failed"
+    states["7_0"] = ("FAILED", "NonZeroExitCode")
+    text = _followed(tmp_path, monkeypatch, states)
+    assert "none failed" not in text and "shard 0 of 2: failed" in text, text
+
+
 def test_a_merge_cancelled_by_hand_while_the_shards_run_is_said_as_such(tmp_path, monkeypatch):
     """`scancel <merge>` while the shards still ran (the merge pending on its dependency, squeue's reason "Dependency"):
     the follower said "the merge job did not run: 2 of 2 shards did not finish", as if they had failed, and nothing of
