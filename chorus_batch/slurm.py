@@ -660,6 +660,33 @@ def _read_exit(path: Path, wait_s: float) -> int | None:
         time.sleep(0.5)
 
 
+_MERGE_ERROR = re.compile(r"^chorus-batch(?: [a-z-]+)?: error: ")
+_MERGE_COMMITTED = re.compile(r"^(?:version \S+ committed to |no changes since version )")
+
+
+def _merge_outcome(log: Path, code: int) -> list[str]:
+    """What the merge said of its outcome, from its log: the version it committed (exit 0 or 1), or its error with
+    where and what to do (exit 2 and above). `run --slurm` followed the jobs for hours and then said only "merge job
+    N exited with code 2 (log ...)": stale shards, a manifest locked by another run, were told in the log alone."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))  # (the end: a log of warnings can be long)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    if code >= 2:
+        starts = [i for i, line in enumerate(lines) if _MERGE_ERROR.match(line)]
+        if not starts:
+            return []
+        said = [lines[starts[-1]]]
+        for line in lines[starts[-1] + 1:]:
+            if not line.startswith("  "):
+                break
+            said.append(line)
+        return said[:20]
+    return [line for line in lines if _MERGE_COMMITTED.match(line)][:1]
+
+
 def _pending_reasons(job: Submitted, states: dict[str, tuple[str, str]]) -> str:
     """The reasons squeue gives for the shards' pending tasks (" (Resources)"), "" when it gives none."""
     reasons = dict.fromkeys(reason for k in range(job.shards)
@@ -758,7 +785,10 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
 
     code = _read_exit(job.staging / MERGE_EXIT, exit_wait_s if merge_state in ("COMPLETED", "FAILED", "") else 1)
     if code is not None:
-        out(f"merge job {job.merge_job} exited with code {code} (log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'})")
+        out(f"merge job {job.merge_job} exited with code {code} (log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'})"
+            + (":" if (said := _merge_outcome(job.merge_log(), code)) else ""))
+        for line in said:
+            out("  " + line)
         return code
     state, code = scontrol_exit(job.merge_job)
     state = state or merge_state

@@ -561,6 +561,34 @@ def _followed(tmp_path: Path, monkeypatch, states: dict) -> str:
     return "\n".join(lines)
 
 
+def test_follow_says_what_the_merge_said_of_its_outcome(tmp_path, monkeypatch):
+    """A merge refused (stale shards: a plain run committed a newer version while the merge waited; the manifest locked)
+    was said by `run --slurm` as "merge job 8 exited with code 2 (log ...)" alone: what happened and what to run next
+    were in the log only. The follower repeats the merge's error with its where and fix, or the version it committed."""
+    import chorus_batch.slurm as slurm_module
+
+    states = {"7_0": ("COMPLETED", "None"), "7_1": ("COMPLETED", "None"), "8": ("FAILED", "NonZeroExitCode")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "chorus-merge-8.out"
+    (tmp_path / "merge.exit").write_text("2\n")
+    log.write_text("2026-12-07T02:17:40+0000 chorus-batch: merging the shards in st\n"
+                   "chorus-batch: error: the shards in st are older than the manifest's latest version 2; nothing was "
+                   "committed\n  where: st\n  fix:   submit the Slurm script again\nrun took 1 s\n")
+    lines: list[str] = []
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert f"merge job 8 exited with code 2 (log {log}):\n  chorus-batch: error: the shards in st are older" in text, text
+    assert "\n    where: st\n    fix:   submit the Slurm script again" in text and "run took" not in text, text
+
+    states["8"] = ("COMPLETED", "None")
+    (tmp_path / "merge.exit").write_text("0\n")
+    log.write_text("version 20261207021736 committed to /data/m.sqlite\n\nmodality   added\n")
+    lines.clear()
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 0
+    assert lines[-1] == "  version 20261207021736 committed to /data/m.sqlite", lines
+
+
 def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monkeypatch):
     """A task can fail after its shard's scan.json is written (killed at its time limit while it printed its
     summary): the merge is cancelled all the same, and the follower named no shard ("0 of 2 did not finish")."""
