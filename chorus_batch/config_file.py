@@ -430,7 +430,11 @@ LIBRARY_ENVIRONMENT = {
 }
 
 # Every CHORUS_BATCH_* variable some part of chorus-batch reads (the numeric ones above, and these).
-OTHER_ENVIRONMENT = ("CHORUS_BATCH_CACHE_DIR", "CHORUS_BATCH_TEST_PAUSE", "CHORUS_BATCH_TEST_RESUME")
+OTHER_ENVIRONMENT = ("CHORUS_BATCH_CACHE_DIR", "CHORUS_BATCH_TEST_PAUSE", "CHORUS_BATCH_TEST_RESUME",
+                     "CHORUS_BATCH_SLURM_LOCKED")
+# Of those, the ones chorus-batch sets for itself (a test's pause and its end; `run --slurm` telling the Slurm script it
+# holds the manifest's submission lock): never warned of, and not offered to the user in the list of those it reads.
+INTERNAL_ENVIRONMENT = ("CHORUS_BATCH_TEST_PAUSE", "CHORUS_BATCH_TEST_RESUME", "CHORUS_BATCH_SLURM_LOCKED")
 
 
 CACHE_DIR_VARIABLE = "CHORUS_BATCH_CACHE_DIR"
@@ -459,11 +463,11 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
         from difflib import get_close_matches  # (only for a variable not known: not on every start-up)
 
         prefix = len("CHORUS_BATCH_")  # (compared after it: every name shares it)
-        meant = ["CHORUS_BATCH_" + m for m in get_close_matches(name.upper()[prefix:], [k[prefix:] for k in known], n=1)]
-        reads = ", ".join(sorted(k for k in known if not k.startswith("CHORUS_BATCH_TEST_")))  # (not the tests' hooks)
+        offered = [k for k in known if k not in INTERNAL_ENVIRONMENT]
+        meant = ["CHORUS_BATCH_" + m for m in get_close_matches(name.upper()[prefix:], [k[prefix:] for k in offered], n=1)]
         logging.getLogger("chorus_batch").warning(
             f"environment variable {name} is not one chorus-batch reads; it is ignored "
-            + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {reads})"))
+            + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {', '.join(sorted(offered))})"))
     if environ.get("CHORUS_BATCH_CACHE_DIR"):  # (as a number's typo: said at start, not by the first remote manifest)
         check_cache_dir(environ["CHORUS_BATCH_CACHE_DIR"])
     for name, (kind, least, example, what) in (NUMERIC_ENVIRONMENT | LIBRARY_ENVIRONMENT).items():

@@ -209,7 +209,8 @@ if [ "${{{LOCKED_ENV}:-}}" != "$slurm_lock" ] && command -v flock >/dev/null 2>&
         ( umask 077; : >> "$slurm_lock" ) 2>/dev/null || break  # (a folder it cannot write: the merge says so)
         exec 9>> "$slurm_lock"
         if ! flock -n -x 9; then
-            holder=$(tr -d '{{}}"' < "$slurm_lock.json" 2>/dev/null || true)
+            # (who, as run --slurm names a holder: its record's pid, host, user and start; not its other fields)
+            holder=$(sed -n 's/.*"pid": *\\([0-9][0-9]*\\).*"host": *"\\([^"]*\\)".*"user": *"\\([^"]*\\)".*"started_at": *"\\([^"]*\\)".*/pid \\1 on host \\2 (user \\3), started \\4/p' "$slurm_lock.json" 2>/dev/null | head -n 1 || true)
             echo "{REFUSED_BUSY}: another submission for the manifest $db is being made or followed (a \\`chorus-batch run --slurm\\`, or this script submitted at the same time: ${{holder:-it has not said who yet}}; its lock is $slurm_lock): a second one would hash the whole site again and its merge would be refused; nothing was submitted; wait for it to end, then submit again if the site changed since" >&2
             exit 4
         fi
@@ -224,6 +225,7 @@ if [ "${{{LOCKED_ENV}:-}}" != "$slurm_lock" ] && command -v flock >/dev/null 2>&
         trap 'rm -f -- "$slurm_lock.json" "$slurm_lock"' EXIT
     fi
 fi
+unset {LOCKED_ENV}  # (run --slurm's word to this script alone: not passed on to the jobs sbatch starts)
 others=""
 ids=""
 # (one squeue: each job, and the job of its array, %F, that scancel takes; the comment last, as it may hold a '|'; without
@@ -658,6 +660,33 @@ def _read_exit(path: Path, wait_s: float) -> int | None:
         time.sleep(0.5)
 
 
+_MERGE_ERROR = re.compile(r"^chorus-batch(?: [a-z-]+)?: error: ")
+_MERGE_COMMITTED = re.compile(r"^(?:version \S+ committed to |no changes since version )")
+
+
+def _merge_outcome(log: Path, code: int) -> list[str]:
+    """What the merge said of its outcome, from its log: the version it committed (exit 0 or 1), or its error with
+    where and what to do (exit 2 and above). `run --slurm` followed the jobs for hours and then said only "merge job
+    N exited with code 2 (log ...)": stale shards, a manifest locked by another run, were told in the log alone."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))  # (the end: a log of warnings can be long)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    if code >= 2:
+        starts = [i for i, line in enumerate(lines) if _MERGE_ERROR.match(line)]
+        if not starts:
+            return []
+        said = [lines[starts[-1]]]
+        for line in lines[starts[-1] + 1:]:
+            if not line.startswith("  "):
+                break
+            said.append(line)
+        return said[:20]
+    return [line for line in lines if _MERGE_COMMITTED.match(line)][:1]
+
+
 def _pending_reasons(job: Submitted, states: dict[str, tuple[str, str]]) -> str:
     """The reasons squeue gives for the shards' pending tasks (" (Resources)"), "" when it gives none."""
     reasons = dict.fromkeys(reason for k in range(job.shards)
@@ -756,7 +785,10 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
 
     code = _read_exit(job.staging / MERGE_EXIT, exit_wait_s if merge_state in ("COMPLETED", "FAILED", "") else 1)
     if code is not None:
-        out(f"merge job {job.merge_job} exited with code {code} (log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'})")
+        out(f"merge job {job.merge_job} exited with code {code} (log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'})"
+            + (":" if (said := _merge_outcome(job.merge_log(), code)) else ""))
+        for line in said:
+            out("  " + line)
         return code
     state, code = scontrol_exit(job.merge_job)
     state = state or merge_state
@@ -768,6 +800,9 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         # were told "rerun it": a rerun beside its own task is refused (its shard's lock), or hashes the shard twice
         going = [k for k in missing if _shard_progress(job, states, k) in ("running", "pending")
                  and states.get(f"{job.array_job}_{k}", ("", ""))[0]]
+        shard_states = {k: (states.get(f"{job.array_job}_{k}", ("", ""))[0]
+                            or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
+                            or "no longer known to Slurm") for k in missing}
         if state == "CANCELLED" and counts["failed"] == 0 and reason != "DependencyNeverSatisfied":
             # (no shard failed: the merge was cancelled by hand, `scancel <merge>`, while it waited for the shards.
             # It was said "did not run: N shards did not finish", as if they had failed, and the array ran on unsaid)
@@ -777,12 +812,19 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
                    f"running: let them finish, then merge by hand (below), or `scancel {job.array_job}`" if going else
                    ""))
         else:
+            # Shards cancelled, none failed (`scancel` of the whole submission, or of its array): said "did not
+            # finish" with a rerun command for each, as if they had failed, and not that submitting again is the way
+            # to hash the whole site (one rerun by hand per shard, for 64 shards)
+            cancelled = [k for k in missing if k not in going and shard_states[k] == "CANCELLED"]
+            all_cancelled = bool(cancelled) and len(cancelled) == len(missing) - len(going)
             out(f"the merge job {job.merge_job} did not run: {len(missing)} of {plural(job.shards, 'shard')} did not finish"
-                + (f" ({len(going)} still queued or running)" if going else "") + "; nothing was committed")
+                + (f" ({len(going)} still queued or running)" if going else "")
+                + (" (cancelled, by scancel or an administrator: none failed)" if all_cancelled else "")
+                + "; nothing was committed"
+                + ("; to hash the whole site again, submit again (`run --slurm`, or sbatch the script) rather than "
+                   "rerun each shard" if all_cancelled and counts["done"] == 0 and not going else ""))
         for k in missing:
-            shard_state = (states.get(f"{job.array_job}_{k}", ("", ""))[0]
-                           or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
-                           or "no longer known to Slurm")
+            shard_state = shard_states[k]
             if k in going:
                 out(f"  shard {k} of {job.shards}: {shard_state.lower()} (task {job.array_job}_{k}, still in Slurm's "
                     f"queue: let it finish, or `scancel {job.array_job}_{k}`); log {job.shard_log(k)}")

@@ -561,6 +561,34 @@ def _followed(tmp_path: Path, monkeypatch, states: dict) -> str:
     return "\n".join(lines)
 
 
+def test_follow_says_what_the_merge_said_of_its_outcome(tmp_path, monkeypatch):
+    """A merge refused (stale shards: a plain run committed a newer version while the merge waited; the manifest locked)
+    was said by `run --slurm` as "merge job 8 exited with code 2 (log ...)" alone: what happened and what to run next
+    were in the log only. The follower repeats the merge's error with its where and fix, or the version it committed."""
+    import chorus_batch.slurm as slurm_module
+
+    states = {"7_0": ("COMPLETED", "None"), "7_1": ("COMPLETED", "None"), "8": ("FAILED", "NonZeroExitCode")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "chorus-merge-8.out"
+    (tmp_path / "merge.exit").write_text("2\n")
+    log.write_text("2026-12-07T02:17:40+0000 chorus-batch: merging the shards in st\n"
+                   "chorus-batch: error: the shards in st are older than the manifest's latest version 2; nothing was "
+                   "committed\n  where: st\n  fix:   submit the Slurm script again\nrun took 1 s\n")
+    lines: list[str] = []
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert f"merge job 8 exited with code 2 (log {log}):\n  chorus-batch: error: the shards in st are older" in text, text
+    assert "\n    where: st\n    fix:   submit the Slurm script again" in text and "run took" not in text, text
+
+    states["8"] = ("COMPLETED", "None")
+    (tmp_path / "merge.exit").write_text("0\n")
+    log.write_text("version 20261207021736 committed to /data/m.sqlite\n\nmodality   added\n")
+    lines.clear()
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 0
+    assert lines[-1] == "  version 20261207021736 committed to /data/m.sqlite", lines
+
+
 def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monkeypatch):
     """A task can fail after its shard's scan.json is written (killed at its time limit while it printed its
     summary): the merge is cancelled all the same, and the follower named no shard ("0 of 2 did not finish")."""
@@ -581,6 +609,25 @@ def test_follow_does_not_tell_to_rerun_a_shard_whose_task_still_runs(tmp_path, m
     assert "2 of 2 shards did not finish (1 still queued or running)" in text, text
     assert "shard 1 of 2: running (task 7_1, still in Slurm's queue" in text and "--shard 1/2 " not in text, text
     assert "shard 0 of 2: failed" in text and "--shard 0/2 " in text, text
+
+
+def test_a_submission_cancelled_whole_is_said_cancelled_not_failed(tmp_path, monkeypatch):
+    """`scancel <array> <merge>` of the whole submission while `run --slurm` followed it (measured on slurm 22.05: the
+    tasks CANCELLED, the merge CANCELLED with reason "Dependency"): the follower said "did not finish" and a rerun by
+    hand for every shard, as if they had failed. It says they were cancelled, none failed, and to submit again."""
+    states = {"7_0": ("CANCELLED", "None"), "7_1": ("CANCELLED", "None"), "8": ("CANCELLED", "Dependency")}
+    text = _followed(tmp_path, monkeypatch, states)
+    assert "did not run: 2 of 2 shards did not finish (cancelled, by scancel or an administrator: none failed)" in text
+    assert "nothing was committed; to hash the whole site again, submit again" in text, text
+    # one shard cancelled, the other done: its rerun and the merge are the way on, not a new submission
+    states["7_0"] = ("COMPLETED", "None")
+    text = _followed(tmp_path, monkeypatch, states)
+    assert "1 of 2 shards did not finish (cancelled, by scancel or an administrator: none failed)" in text, text
+    assert "submit again" not in text and "--shard 1/2 " in text and "then merge: py" in text, text
+    # a shard that failed beside a cancelled one: not said "none failed"
+    states["7_0"] = ("FAILED", "NonZeroExitCode")
+    text = _followed(tmp_path, monkeypatch, states)
+    assert "none failed" not in text and "shard 0 of 2: failed" in text, text
 
 
 def test_a_merge_cancelled_by_hand_while_the_shards_run_is_said_as_such(tmp_path, monkeypatch):
@@ -1377,6 +1424,29 @@ def test_a_second_run_slurm_on_the_same_manifest_submits_nothing(tmp_path):
     assert after.returncode == 2 and called.exists(), after.stderr
 
 
+def test_run_slurm_does_not_warn_of_its_own_variable_nor_pass_it_to_the_jobs(tmp_path):
+    """`run --slurm` tells the script it runs that it holds the manifest's lock (CHORUS_BATCH_SLURM_LOCKED): the
+    script's `upgrade` warned "environment variable CHORUS_BATCH_SLURM_LOCKED is not one chorus-batch reads; it is
+    ignored" at every submission, and sbatch's --export=ALL gave it to every shard and the merge, whose logs warned
+    alike. It is chorus-batch's own (never warned of), and the script unsets it before it submits."""
+    site, db, bin_dir, seen = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "bin", tmp_path / "sbatch-saw"
+    (site / "000001").mkdir(parents=True)
+    (site / "000001" / "a.txt").write_text("a")
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode in (0, 1)  # (a manifest: the script upgrades)
+    bin_dir.mkdir()
+    _executable(bin_dir / "sbatch", f"#!/bin/sh\necho \"${{CHORUS_BATCH_SLURM_LOCKED-unset}}\" >> '{seen}'\n"
+                                    "echo 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", env=env, timeout=60)
+    assert proc.returncode == 2 and "Invalid account" in proc.stderr, proc.stderr
+    assert "CHORUS_BATCH_SLURM_LOCKED" not in proc.stdout + proc.stderr
+    assert seen.read_text() == "unset\n"  # (the jobs' environment: sbatch's own)
+    # a typo is still warned of, with the variables a user may set, not chorus-batch's own
+    typo = cli("versions", "--db", str(db), env={"CHORUS_BATCH_SLURM_LOCK": "x"})
+    assert "CHORUS_BATCH_SLURM_LOCK is not one chorus-batch reads" in typo.stderr, typo.stderr
+    assert "CHORUS_BATCH_SLURM_LOCKED" not in typo.stderr and "TEST_PAUSE" not in typo.stderr
+
+
 def test_a_run_slurm_through_a_linked_manifest_path_is_the_same_manifests(tmp_path):
     """`run --slurm --db link/m.sqlite` (a folder linked to the manifest's, as automount and project links make) beside
     one given the real path: each took its own `<db>.slurm.lock` and its jobs' --comment named another path, so neither
@@ -1451,7 +1521,9 @@ def test_a_second_submission_for_a_manifest_is_refused_while_the_firsts_jobs_are
         held = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert held.returncode == 4 and f"another submission for the manifest {db} is being made" in held.stderr, \
         held.stdout + held.stderr
-    assert f"pid: {os.getpid()}" in held.stderr and not slurm.active(), held.stderr
+    # the holder named as `run --slurm` names it, not its record's JSON (boot_id, proc_start, jobs, \u-escapes)
+    assert re.search(rf"pid {os.getpid()} on host \S+ \(user \S+\), started \d{{4}}-", held.stderr), held.stderr
+    assert "boot_id" not in held.stderr and not slurm.active(), held.stderr
     first = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     job = parse_submitted(first.stdout)
