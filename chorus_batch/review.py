@@ -35,6 +35,7 @@ from .diff import compute_diff, private_duckdb
 from .errors import UsageError, named
 from .frames import columns_of, schema_of
 from .store import Manifest
+from .store.manifest import KILLED_EXIT
 from .times import ISO_LIKE, iso, parse_time
 from .units import home_relative, plural, shown_name
 
@@ -250,6 +251,57 @@ class ManifestReader:
         upgrade): its findings are theirs, and may lack what today's rules find. None where this release's rules
         checked it, nothing did, or the storage does not record it (a snapshot folder)."""
         return None
+
+    def _run_rows(self) -> pl.DataFrame | None:
+        """The `runs` table's rows (RUN_COLUMNS), or None where the storage does not record runs (a snapshot folder)."""
+        return None
+
+    def runs(self, since: str | datetime | date | None = None, *, until: str | datetime | date | None = None,
+             failed: bool = False) -> pl.DataFrame:
+        """The runs recorded in the manifest (`runs`), the most recent first: when each started and ended, its mode,
+        exit code, the version it committed (null: none), what happened (`outcome`, and its own `message`) and
+        `what_to_do`. `since`: a version (label or time): only the runs started after it was committed; `until`: a
+        version: only the runs started before it was committed (not the run that committed it). `failed`: only the
+        runs that failed (an exit code other than 0 and 1: refused by the lock, a mass removal refused, a failure, a
+        signal, killed), the nights a cron job committed nothing. No host, user, pid or command line: a message's
+        paths inside the site are cut at its root (a path names a person's folder) and a user it names is left out.
+        Empty from a snapshot folder, which does not record runs (`records_runs` is False)."""
+        rows = self._run_rows()
+        if rows is None:
+            return pl.DataFrame(schema=RUNS_SCHEMA)
+        # (times to the second: a run started in the second of a commit is after it, unless it made that version)
+        for bound, asked, after in ((since, "since", True), (until, "until", False)):
+            if bound is None:
+                continue
+            label = self.resolve(bound, asked=asked)
+            committed = self.versions().filter(pl.col("label") == label)["finished_at"]
+            at = parse_time(str(committed[0])) if committed.len() and committed[0] else None
+            if at is not None:
+                rows = rows.filter(pl.Series([
+                    v != label and ((t := parse_time(str(s or ""))) is None or (t >= at if after else t < at))
+                    for s, v in rows.select("started_at", "version").iter_rows()], dtype=pl.Boolean))
+        if failed:
+            rows = rows.filter(pl.col("exit_code").is_null().not_() & ~pl.col("exit_code").is_in(list(RUN_OK_CODES)))
+        roots = self._root_locations_all()
+        # (the runs the lock turned away are added to `runs` when the holder ends: their run_id is no order; by start,
+        # then end: a run not finished yet first, a killed one, which has no end, as ended when it started)
+        end = (pl.when(pl.col("exit_code").is_null()).then(pl.lit("~"))
+               .otherwise(pl.coalesce("finished_at", "started_at")))
+        rows = rows.sort([pl.col("started_at"), end, pl.col("run_id")], descending=True, nulls_last=True)
+        return rows.with_columns(
+            outcome=pl.Series([run_outcome(code, version) for code, version in rows.select("exit_code", "version").iter_rows()],
+                              dtype=pl.String),
+            message=pl.Series([None if m is None else run_message(m, roots) for m in rows["message"]], dtype=pl.String),
+            what_to_do=pl.Series([run_advice(code) for code in rows["exit_code"]], dtype=pl.String),
+        ).select(list(RUNS_SCHEMA))
+
+    @property
+    def records_runs(self) -> bool:
+        """Whether the storage records runs (`runs`): a SQLite manifest does, a snapshot folder does not."""
+        return False
+
+    def _root_locations_all(self) -> list[str]:
+        return []
 
     def validation(self, version: str | None = None) -> tuple[pl.DataFrame, bool | None, str | None]:
         """(`findings`, `validated`, `other_rules`) of a version, read at once: one state of the manifest (a
@@ -1015,6 +1067,16 @@ class SQLiteReader(ManifestReader):
     def other_rules(self, version: str | None = None) -> str | None:
         return self.validation(version)[2]
 
+    def _run_rows(self) -> pl.DataFrame | None:
+        return self._query(f"SELECT {', '.join(_RUN_READ)} FROM runs", schema={c: RUNS_SCHEMA[c] for c in _RUN_READ})
+
+    @property
+    def records_runs(self) -> bool:
+        return True
+
+    def _root_locations_all(self) -> list[str]:
+        return self._manifest.roots()["location"].to_list()
+
     def validation(self, version: str | None = None) -> tuple[pl.DataFrame, bool | None, str | None]:
         from .validate.rules import edition
 
@@ -1022,6 +1084,79 @@ class SQLiteReader(ManifestReader):
         if not rules or edition() in rules:  # unchecked, or checked by this release's rules
             return findings, bool(rules), None
         return findings, True, next((r for r in rules if r), None) or "not recorded: a release before schema 9"
+
+
+# ----------------------------------------------------------------------------- runs (ManifestReader.runs)
+
+RUNS_SCHEMA = {"run_id": pl.Int64, "started_at": pl.String, "finished_at": pl.String, "mode": pl.String,
+               "exit_code": pl.Int64, "version": pl.String, "outcome": pl.String, "message": pl.String,
+               "what_to_do": pl.String}
+_RUN_READ = ("run_id", "started_at", "finished_at", "mode", "exit_code", "version", "message")
+RUN_OK_CODES = (0, 1)  # a run that ended well: a version committed, or nothing to commit (1: with findings)
+RUNS_SHOWN = 30  # failed runs the report lists (the most recent); older ones are counted
+_SIGNALS = {129: "SIGHUP", 130: "Ctrl-C (SIGINT)", 131: "SIGQUIT", 138: "SIGUSR1", 140: "SIGUSR2",
+            143: "SIGTERM", 149: "Ctrl-Break", 152: "SIGXCPU (the CPU-time limit)"}
+
+
+def run_outcome(exit_code: int | None, version: str | None) -> str:
+    """What a `runs` row's exit code says happened, in a few words."""
+    if exit_code is None:
+        return "not finished: still running, or killed (the next run records which)"
+    done = f"version {version} committed" if version else "no version committed"
+    if exit_code == 0:
+        return done if version else "nothing to commit (no file changed)"
+    if exit_code == 1:
+        return f"{done}, with findings" if version else "nothing to commit; with findings (scan or validation errors)"
+    said = {2: "refused: bad usage or configuration", 3: "failed", 4: "refused: the manifest was locked by another run",
+            5: "refused: it would remove too many files, or a root listed none",
+            KILLED_EXIT: "killed without a word (SIGKILL, a time limit, the out-of-memory killer, a reboot)"}
+    what = said.get(exit_code) or (f"stopped by {_SIGNALS[exit_code]}" if exit_code in _SIGNALS else
+                                   f"ended with exit code {exit_code}")
+    return f"{what}; {done}"
+
+
+def run_advice(exit_code: int | None) -> str:
+    """What to do about a run that ended so (empty for one that ended well)."""
+    if exit_code is None:
+        return "if no run is going on now, the next run records it as killed"
+    if exit_code in RUN_OK_CODES:
+        return ""
+    advice = {
+        2: "fix the command line or chorus.toml as the message says (the cron line, its variables)",
+        3: "fix what the message names (a full disk: free space; a site not mounted: mount it), then run again",
+        4: "runs overlap: if every night is refused, a run takes longer than the time between them (start them "
+           "further apart); else find what held the manifest (the message names its command)",
+        5: "check that the site is mounted and complete; if the removals are real, run once with --max-delete all",
+        KILLED_EXIT: "look for what killed it (dmesg or journalctl: the out-of-memory killer; the job's time or memory "
+                "limit; a reboot) and give the run the memory or time it needs; the next run resumes from its checkpoint",
+    }.get(exit_code)
+    if advice is None and exit_code in _SIGNALS:
+        advice = ("if the signal was not meant (a shutdown, systemd's or Slurm's stop at a time limit), give the run "
+                  "the time it needs; the next run resumes from its checkpoint")
+    return advice or "read the message and that night's log"
+
+
+# A user a message names: the lock's "(user NAME)" of the run that held it
+_USER_SAID = re.compile(r"\(user [^)]*\)")
+
+
+def run_message(message: str, roots: list[str]) -> str:
+    """A `runs` message as the report and `runs()` show it: secrets are masked when it is recorded (urls.scrub);
+    here a path inside a recorded root is cut at the root (the folder after it is a person's: `<root>/…`), the home
+    folder is written `~`, and a user the lock's holder was run by is left out (a person's name)."""
+    import os
+
+    from .urls import scrub
+
+    text = scrub(message)
+    for root in sorted((r.rstrip("/") for r in roots if r and r.rstrip("/")), key=len, reverse=True):
+        # (what ends a sentence after the path is kept: "cannot read <root>/…: Input/output error")
+        text = re.sub(re.escape(root) + r"/[^\s'\"`;,)]+?(?=[:.]*(?:[\s'\"`;,)]|$))",
+                      lambda _found, root=root: f"{root}/…", text)
+    home = os.path.expanduser("~").rstrip("/")
+    if home and home != "~" and os.path.isabs(home):
+        text = re.sub(re.escape(home) + r"(?=/|\b)", "~", text)
+    return _USER_SAID.sub("(user not shown)", text)
 
 
 # The change kinds whose rows have content in the newer version (what a checksum list of a change set lists).

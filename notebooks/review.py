@@ -165,6 +165,40 @@ def stacked_bars(ax, frame, x, stack, value, order=None, horizontal=False):
 
 
 # %% [markdown]
+# ## Runs since the previous version
+#
+# **What to look for:** nights whose run committed no version because it failed (refused by the lock, a mass
+# removal or an empty root refused, a full disk, a signal, killed): a cron job that fails every night looks like a
+# quiet site in the versions alone. `m.runs(since, until=..., failed=True)` lists them, the most recent first, with
+# what happened and what to do (as the HTML report's runs section). A latest run that failed is a CHECK.
+
+# %%
+from chorus_batch.units import shown_text  # a message's control characters as escapes, as the report shows them
+
+if not m.records_runs:
+    print("runs are not recorded in a snapshot folder: review the manifest itself to see them")
+    check("latest run", None, "runs not recorded in a snapshot folder")
+else:
+    at = labels.index(label)
+    previous = labels[at - 1] if at else None  # the runs since the version before the one reviewed ...
+    following = labels[at + 1] if at + 1 < len(labels) else None  # ... up to the next one's commit, if any
+    runs = m.runs(since=previous, until=following)
+    failed_runs = runs.filter(pl.col("exit_code").is_not_null() & ~pl.col("exit_code").is_in([0, 1]))
+    print(f"runs since {f'version {previous}' if previous else 'the first run'}: {counted(runs.height, 'run')}, "
+          f"{number(runs['version'].is_not_null().sum())} committed a version, {number(failed_runs.height)} failed")
+    for run in failed_runs.head(30).iter_rows(named=True):  # whole lines: a table cuts the messages
+        print(f"  {run['started_at']}  exit code {run['exit_code']}: {run['outcome']}\n"
+              f"      {shown_text(run['message'] or '')}\n      what to do: {run['what_to_do']}")
+        if failed_runs.height > 30:
+            print(f"... and {counted(failed_runs.height - 30, 'older failed run')}: m.runs({previous!r}, failed=True)")
+    latest_run = runs.row(0, named=True) if runs.height else None
+    latest_failed = latest_run is not None and latest_run["exit_code"] not in (None, 0, 1)
+    check("latest run", not latest_failed,
+          f"started {latest_run['started_at']}: exit code {latest_run['exit_code']}, {latest_run['outcome']}"
+          if latest_run else "no run recorded")
+
+
+# %% [markdown]
 # ## 1. Versions and what each one changed
 #
 # **What to look for:** one version per submission; a version with unusually many `removed` or `replaced`

@@ -533,3 +533,27 @@ def test_review_out_ending_with_a_separator_suggests_the_file_meant(manifests, t
     assert done.returncode == 2 and "ends with a separator: it names no file" in done.stderr, done.stderr
     assert "report.html" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert ("e.g. r.ipynb/review.ipynb" if folder else "without the trailing separator: r.ipynb") in done.stderr
+
+
+def test_the_runs_that_committed_nothing_are_listed_and_a_failed_latest_run_is_a_check(manifests, tmp_path):
+    """A cron job refused every night since the version (an emptied root): the notebook showed versions only, a quiet
+    site. It lists the failed runs with what to do, and the checklist says CHECK; a clean manifest says OK."""
+    from chorus_batch.errors import MassRemovalRefused
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "000001/Waveforms/000001_20200101_000100_3600_0001.dat", b"w")
+    run_site(site, db)
+    shutil.rmtree(site / "000001")  # the root is there, empty: a file system not mounted
+    for _night in range(2):
+        with pytest.raises(MassRemovalRefused):
+            run_site(site, db)
+    nb = execute(db, tmp_path / "review.ipynb")
+    out = text(nb)
+    assert "runs since the first run: 3 runs, 1 committed a version, 2 failed" in out
+    assert re.search(r"CHECK  latest run: started \S+: exit code 5, refused: it would remove too many files", out), out
+    assert "--max-delete all" in out and "lists no files" in out
+
+    clean = check_run(execute(manifests["two"], tmp_path / "clean.ipynb"), PLOTS)
+    assert re.search(r"OK     latest run: started \S+: exit code [01], version \d+ committed", clean), clean[-2000:]
+    parquet = check_run(execute(manifests["parquet"], tmp_path / "parquet.ipynb"), PLOTS)
+    assert "SKIP   latest run: runs not recorded in a snapshot folder" in parquet

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -789,3 +790,122 @@ def test_only_the_unparseable_reasons_the_table_shows_are_given_examples(tmp_pat
     assert [examples.more for _, _, examples in errors["by_reason"]] == [2, 1]
     section = re.search(r'<section id="scan-errors">(.*?)</section>', text, re.DOTALL).group(1)
     assert re.search(r"Unparseable paths by reason</h3>.*Showing 2 of 5 rows", section, re.DOTALL), section
+
+
+# ----------------------------------------------------------------------------- the runs that committed no version
+
+
+def runs_section(text: str) -> str:
+    """The runs section of a rendered page, as text."""
+    start = text.index('<section id="runs">')
+    return html.unescape(re.sub(r"<[^>]+>", " ", text[start:text.index("</section>", start)]))
+
+
+def test_nights_that_committed_nothing_are_listed_and_the_latest_failure_flagged(tmp_path):
+    """A site whose nightly cron run failed every night since its last version (refused by the lock, an emptied root,
+    SIGTERM, a run killed and recorded by the next one): the `runs` table held them, but the report showed only
+    versions, a quiet month. They are listed, the most recent first, with what to do; the latest failure is flagged;
+    no user name, no path inside the site (a person's folder), no command line is shown."""
+    import getpass
+    import signal
+
+    from conftest import paused
+
+    from chorus_batch.store.lock import manifest_lock
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for person in ("000001", "000002"):
+        write(site, f"{person}/Waveforms/{person}_20200101_000100_3600_0001.dat", person.encode())
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    run_site(site, db)
+    base = ["run", "--no-validate", "--site", str(site), "--db", str(db)]
+
+    write(site, "000001/Waveforms/000001_20200101_000100_3600_0002.dat", b"new")  # something to commit each night
+    with manifest_lock(db, ["chorus-batch", "run"]):  # last night's run still going: tonight's is turned away
+        locked = cli(*base, "-q")
+    assert locked.returncode == 4, locked.stderr
+    time.sleep(1.1)  # (times are recorded to the second)
+    proc = paused(*base, at="hashing")  # stopped by SIGTERM (a shutdown, systemd)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    proc = paused(*base, at="hashing")  # SIGKILL: no outcome written, the next run records it
+    proc.kill()
+    proc.communicate(timeout=60)
+    moved = tmp_path / "unmounted"
+    site.rename(moved)
+    site.mkdir()  # the file system is not mounted: its mount point is there, empty
+    refused = cli(*base, "-q")
+    assert refused.returncode == 5, refused.stderr
+
+    reader = open_manifest(db)
+    failed = reader.runs(failed=True)
+    assert failed["exit_code"].to_list() == [5, 137, 143, 4], failed  # the most recent first
+    assert failed["version"].null_count() == 4
+    said = dict(zip(failed["exit_code"], failed.select("outcome", "message", "what_to_do").rows()))
+    assert "locked by another run" in said[4][0] and "(user not shown)" in said[4][1]
+    assert "runs overlap" in said[4][2]
+    assert "SIGTERM" in said[143][0] and "killed" in said[137][0] and "out-of-memory" in said[137][2]
+    assert "lists no files" in said[5][1] and "--max-delete all" in said[5][2]
+    everything = " ".join(str(v) for row in reader.runs().rows() for v in row)
+    assert f"(user {getpass.getuser()})" not in everything
+    assert set(reader.runs().columns).isdisjoint({"host", "user", "pid", "argv"})
+    assert reader.runs(since=reader.latest()).height == 4  # every run since the version: none committed one
+
+    info = write_report(db, tmp_path / "r.html")
+    text = info.path.read_text(encoding="utf-8")
+    section = runs_section(text)
+    assert section.index("lists no files") < section.index("killed") < section.index("SIGTERM") < section.index("locked")
+    assert "5 runs; 1 committed a version" in section and "4 failed" in section and "No run failed" not in section
+    assert f"(user {getpass.getuser()})" not in text and "000001" not in section and "000002" not in section
+    assert "--no-validate" not in section  # no command line
+    assert info.flags[0].startswith("The latest run, started ") and "failed: exit code 5" in info.flags[0]
+    assert "4 failed runs since the first run" in info.flags[0]
+    assert_renders(info.path, info)
+    seen = probe(info.path)
+    assert "Needs a look" in seen["text"] and "check that the site is mounted and complete" in seen["text"]
+
+    site.rmdir()
+    moved.rename(site)  # mounted again: the next night commits, and its report raises no alarm for the last run
+    assert run_site(site, db).label is not None
+    info = write_report(db, tmp_path / "r2.html")
+    section = runs_section(info.path.read_text(encoding="utf-8"))
+    assert "4 failed" in section and not any(f.startswith("The latest run") for f in info.flags)
+
+
+def test_a_clean_month_shows_no_alarm_and_a_path_in_a_message_is_cut_at_the_root(tmp_path):
+    """Nightly runs that committed a version or found nothing to commit: no failed run listed, nothing flagged. A
+    message that quotes a file of the site shows the root only (the folder below it is a person's)."""
+    from chorus_batch.review import run_message
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "000007/Waveforms/000007_20200101_000100_3600_0001.dat", b"w")
+    run_site(site, db)
+    run_site(site, db)  # nothing changed
+    write(site, "OMOP/person.csv", b"person_id\n7\n")
+    run_site(site, db)
+    run_site(site, db)
+    reader = open_manifest(db)
+    assert reader.runs(failed=True).height == 0 and reader.runs().height == 4
+    info = write_report(db, tmp_path / "r.html")
+    section = runs_section(info.path.read_text(encoding="utf-8"))
+    assert "No run failed" in section and "2 had nothing to commit, 0 failed" in section and "Failed runs" not in section
+    assert not any("run" in f.lower() and "failed" in f for f in info.flags), info.flags
+    first, second = reader.versions()["label"].to_list()
+    info = write_report(db, tmp_path / "first.html", version=first)  # up to the next version's commit
+    section = runs_section(info.path.read_text(encoding="utf-8"))
+    assert f"Since the first run and before version {second}: 2 runs; 1 committed a version" in section, section
+
+    said = run_message(f"cannot read {site}/000007/Waveforms/x.dat: Input/output error; nothing was committed",
+                       reader.root_locations())
+    assert said == f"cannot read {site}/…: Input/output error; nothing was committed"
+    assert run_message("locked by another run: pid 9 on host h (user jdoe), started T", []) == \
+        "locked by another run: pid 9 on host h (user not shown), started T"
+
+
+def test_a_snapshot_folder_says_it_does_not_record_runs(two_versions, tmp_path):
+    _db, parquet = two_versions
+    reader = open_manifest(parquet)
+    assert not reader.records_runs and reader.runs().height == 0
+    info = write_report(reader, tmp_path / "r.html")
+    assert "Runs are not recorded in a snapshot folder" in runs_section(info.path.read_text(encoding="utf-8"))

@@ -37,19 +37,21 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from .. import __version__
 from ..frames import SEVERITY_ORDER
 from ..fsutil import check_not_manifest, check_target, write_private
-from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
-                      open_manifest, other_rules_advice, severity_counts, size_flags, unvalidated_advice)
+from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, RUN_OK_CODES,
+                      RUNS_SHOWN, ManifestReader, open_manifest, other_rules_advice, severity_counts, size_flags,
+                      unvalidated_advice)
 from ..times import iso, utc_now
 from ..units import counted, home_relative, human_bytes, number, shown_name, shown_text
 from . import plots
 
 # Stable element ids of the sections, in page order, and their titles.
 SECTION_IDS = (
-    "summary", "changes-by-version", "persons", "sessions", "sizes",
+    "summary", "runs", "changes-by-version", "persons", "sessions", "sizes",
     "duplicates", "scan-errors", "findings", "deleted",
 )
 TITLES = {
     "summary": "Summary",
+    "runs": "Runs since the previous version",
     "changes-by-version": "Changes per version, modality and change kind",
     "persons": "Files and bytes per person",
     "sessions": "Waveform sessions",
@@ -249,7 +251,7 @@ class _Report:
     # -- the page
     def render(self) -> str:
         # in page order, the summary last: it lists the flags the other sections raise
-        sections = {"changes": self.changes_by_version(), "persons": self.persons(),
+        sections = {"runs": self.runs(), "changes": self.changes_by_version(), "persons": self.persons(),
                     "persons_gone": self.persons_gone(), "sessions": self.sessions(),
                     "sizes": self.sizes(), "duplicates": self.duplicates(), "scan_errors": self.scan_errors(),
                     "findings": self.findings(), "deleted": self.deleted()}
@@ -281,6 +283,45 @@ class _Report:
             "bytes": n_bytes,
             "persons": n_persons,
             "by_modality": by_modality.rows(),
+        }
+
+    # 1b
+    def runs(self) -> dict:
+        """The runs since the previous version (every run, before the first version), up to the next version's commit
+        (none: up to now): the nights a cron job committed nothing because it failed (refused by the lock, a mass
+        removal or an empty root refused, a full disk, a signal, killed) are listed, the most recent first; a latest
+        run that failed is flagged. No host, user or command line: the messages as `ManifestReader.runs` gives them."""
+        since = f"version {self.previous}" if self.previous else "the first run"
+        if not self.reader.records_runs:
+            return {"since": since, "recorded": False}
+        # an earlier version's report: the runs up to the next version's commit
+        after = self.reader.versions().filter(pl.col("label") > self.label)["label"]
+        until = after[0] if after.len() else None
+        runs = self.reader.runs(since=self.previous, until=until)
+        code = pl.col("exit_code")
+        failed = runs.filter(code.is_not_null() & ~code.is_in(list(RUN_OK_CODES)))
+        latest = runs.row(0, named=True) if runs.height else None
+        flag = None
+        if latest is not None and latest["exit_code"] is not None and latest["exit_code"] not in RUN_OK_CODES:
+            which = f"The last run before version {until}" if until else "The latest run"
+            flag = self.flag(f"{which}, started {latest['started_at']}, failed: exit code {latest['exit_code']}, "
+                             f"{latest['outcome']}; {_n(failed.height, 'failed run')} since {since} "
+                             f"(see “{TITLES['runs']}”).")
+        shown = failed.head(RUNS_SHOWN)
+        later = f" and before version {until}" if until else ""
+        return {
+            "since": since + later,
+            "recorded": True,
+            "runs": runs.height,
+            "committed": int(runs["version"].is_not_null().sum()),
+            "quiet": runs.filter(pl.col("version").is_null() & code.is_in(list(RUN_OK_CODES))).height,
+            "unfinished": int(runs["exit_code"].is_null().sum()),
+            "failed": failed.height,
+            "flag": flag,
+            "rows": [(r["started_at"], r["exit_code"], r["outcome"], r["message"] or "", r["what_to_do"])
+                     for r in shown.iter_rows(named=True)],
+            "command": self.py(f"m.runs(since={json.dumps(self.previous) if self.previous else None}, "
+                               f"until={json.dumps(until) if until else None}, failed=True)", "failed_runs.csv"),
         }
 
     # 2
