@@ -5,6 +5,7 @@ had not sent (against a real Azurite)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import importlib.util
@@ -910,6 +911,33 @@ def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sq
     assert query(db, "SELECT count(*) FROM uploads WHERE destination LIKE '%/'") == [(0,)]  # every mark names a blob
     assert query(db, "SELECT count(*) FROM uploads WHERE destination LIKE '%.' OR instr(destination, char(92)) OR "
                      "instr(destination, char(127)) OR length(destination) > 1024") == [(0,)]
+
+
+def test_md5s_a_cloud_site_recorded_as_base64_or_its_hex_are_the_same_md5s(tmp_path):
+    """A journal of an az:// site holds each blob's Content-MD5 property as hex: the hex of its base64 text when an
+    uploader set it so (48 digits), or base64 itself, or upper-case hex. Each is the MD5 it stands for: the file is
+    imported, its mark kept, and the next run sees it unchanged (each such row was left out, the file 'added')."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        for row_id, md5 in con.execute("SELECT FILE_ID, MD5 FROM journal_v2").fetchall():
+            b64 = base64.b64encode(bytes.fromhex(md5))
+            con.execute("UPDATE journal_v2 SET MD5 = ? WHERE FILE_ID = ?",
+                        ([b64.hex(), b64.decode(), md5.upper()][row_id % 3], row_id))
+    con.close()
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--site", str(site), "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr  # (the fixture's paths that fit no pattern)
+    report = json.loads(out.stdout)
+    assert not [f for f in report["findings"] if f["rule"] != "import.unparseable-path"], report["findings"]
+    assert files_as_of(db, V1) == tree("v1", schema="A") and files_as_of(db, V2) == tree("v2", schema="A")
+    assert {(p, v, m) for p, v, m in query(db, "SELECT substr(destination, length('az://central/') + 16), version, "
+                                               "md5 FROM uploads")} == journal_marks(JOURNALS["A"])
+    run = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
+    summary = json.loads(run.stdout)
+    assert summary["version"] is None and summary["counts"]["unchanged"] == 41, run.stderr
 
 
 def test_notes_alone_are_exit_code_0(tmp_path):
