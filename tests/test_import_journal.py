@@ -915,8 +915,9 @@ def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sq
 
 def test_md5s_a_cloud_site_recorded_as_base64_or_its_hex_are_the_same_md5s(tmp_path):
     """A journal of an az:// site holds each blob's Content-MD5 property as hex: the hex of its base64 text when an
-    uploader set it so (48 digits), or base64 itself, or upper-case hex. Each is the MD5 it stands for: the file is
-    imported, its mark kept, and the next run sees it unchanged (each such row was left out, the file 'added')."""
+    uploader set it so (48 digits), or base64 itself, upper-case hex, an S3 ETag in its quotes, or with spaces around.
+    Each is the MD5 it stands for: the file is imported, its mark kept, and the next run sees it unchanged (each such
+    row was left out, the file 'added')."""
     journal = tmp_path / "journal.db"
     shutil.copy(JOURNALS["A"], journal)
     con = sqlite3.connect(journal)
@@ -924,7 +925,7 @@ def test_md5s_a_cloud_site_recorded_as_base64_or_its_hex_are_the_same_md5s(tmp_p
         for row_id, md5 in con.execute("SELECT FILE_ID, MD5 FROM journal_v2").fetchall():
             b64 = base64.b64encode(bytes.fromhex(md5))
             con.execute("UPDATE journal_v2 SET MD5 = ? WHERE FILE_ID = ?",
-                        ([b64.hex(), b64.decode(), md5.upper()][row_id % 3], row_id))
+                        ([b64.hex(), b64.decode(), md5.upper(), f'"{md5}"', f" {md5}\n"][row_id % 5], row_id))
     con.close()
     site = build_site(tmp_path)
     db = tmp_path / "m.sqlite"

@@ -473,7 +473,9 @@ _MTIME_LIMIT_US = 9_223_372_036_854_775  # 2**63 ns, in us
 
 
 def _md5_as_hex(md5: pl.Expr) -> pl.Expr:
-    """An MD5 written as base64 (or as the hex of its base64 text) as its 32 hex digits; any other value as it is."""
+    """An MD5 written as base64 (or as the hex of its base64 text) as its 32 hex digits, one with spaces or quotes
+    around it (an S3 ETag as the service gives it: '"..."') without them; any other value as it is."""
+    md5 = md5.str.strip_chars(' \t\r\n"')
     md5 = pl.when(md5.str.contains(_HEX_OF_BASE64_MD5)).then(
         md5.str.decode("hex", strict=False).cast(pl.String, strict=False)).otherwise(md5)
     return pl.when(md5.str.contains(_BASE64_MD5)).then(
