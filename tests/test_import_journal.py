@@ -546,6 +546,15 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
 
 
 
+def test_a_db_that_is_a_folder_is_said_to_be_a_folder(tmp_path):
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    out = import_journal(JOURNALS["A"], folder, "--to", "az://central/")
+    assert out.returncode == 2, out.stderr
+    assert "names a folder, not a manifest file" in out.stderr and "manifests/chorus_manifest.sqlite" in out.stderr
+    assert "move the existing manifest" not in out.stderr and list(folder.iterdir()) == []
+
+
 def test_the_db_and_the_central_container_come_from_the_chorus_toml_here(tmp_path):
     """As README says (and `import-config --out chorus.toml` may come first): with no --db and no --to, ./chorus.toml's
     [manifest] db and [central] to are used, without --config; with no [central] to, the fix said "set [central] to
