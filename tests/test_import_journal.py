@@ -992,6 +992,26 @@ def test_credentials_in_the_journal_are_named_masked_and_never_kept(tmp_path):
     assert report.returncode == 0 and "ALLSECRETSIG" not in (tmp_path / "r.html").read_text()
 
 
+def test_a_connection_string_in_the_journals_history_is_named_masked_and_never_kept(tmp_path):
+    """A DEST_PATH that is no URL but a connection string: its key was taken as the central place as it was (said
+    unmasked but for the output's own scrub, and never named as a credential to rotate)."""
+    key = "AccountKey=QUxMU0VDUkVUS0VZ" + "A" * 60 + "=="
+    journal = edited_journal(tmp_path, "A", f"UPDATE command_history_v2 SET DEST_PATH = "
+                                            f"'DefaultEndpointsProtocol=https;AccountName=acct;{key}' "
+                                            f"WHERE COMMAND LIKE 'file %'")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--json", "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    assert "QUxMU0VDUkVUS0VZ" not in out.stdout + out.stderr and b"QUxMU0VDUkVUS0VZ" not in db.read_bytes()
+    (secret,) = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.secret-in-journal"]
+    assert "AccountKey=***" in secret["message"] and "DEST_PATH of command 2" in secret["message"]
+    assert "rotate it" in secret["message"]
+    # without --to: the place is said masked, whole, and --to asked for
+    out = import_journal(journal, tmp_path / "n.sqlite")
+    assert out.returncode == 2 and "AccountName=acct;AccountKey=***)" in out.stderr, out.stderr
+    assert "QUxMU0VDUkVUS0VZ" not in out.stdout + out.stderr
+
+
 def test_a_token_before_a_roots_host_in_the_journal_is_never_kept(tmp_path):
     """https://TOKEN@host/... in the command history (a token as the URL's user): only user:password and a query
     were taken out, so the manifest's roots table kept the token."""

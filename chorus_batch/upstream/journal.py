@@ -34,6 +34,7 @@ from ..errors import UsageError, salvage_command
 from ..frames import OUTSIDE_PATH, fmt
 from ..sources.remote import mask_url
 from ..times import parse_time
+from ..urls import scrub
 from .config import url_secrets
 
 # One journal row, whichever the schema.
@@ -399,7 +400,12 @@ def _without_secret(location: str, where: str, secrets: list[tuple[str, str]]) -
     import-config strips them); what was left out is named in `secrets`, masked (to be rotated, never copied)."""
     clean, _, password, query = url_secrets(location)
     if password is None and query is None:
-        return location
+        # no URL's secret; a location that is no URL may still hold one (a connection string's AccountKey=, a
+        # SharedAccessSignature=, a sig=): kept masked, and named like the others
+        masked = scrub(location)
+        if masked != location:
+            secrets.append((where, masked))
+        return masked
     secrets.append((where, mask_url(location)))
     return clean
 
