@@ -41,8 +41,8 @@ _SCRUB = [
     (re.compile(r"(?i)((?:^|[?&;\s\"'])sig=)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
     (re.compile(r"(?i)" + _NAME_START + r"(sig%3D)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
     # connection-string fields
-    (re.compile(r"(?i)\b(AccountKey=)[^;\s\"',]+"), r"\1***"),
-    (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s\"',]+"), r"\1***"),
+    (re.compile(r"(?i)\b(AccountKey=)(?!\*\*\*)[^;\s\"',]+"), r"\1***"),
+    (re.compile(r"(?i)\b(SharedAccessSignature=)(?!\*\*\*)[^;\s\"',]+"), r"\1***"),
     # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys
     (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
     (re.compile(r"(?i)" + _NAME_START +

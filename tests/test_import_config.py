@@ -927,3 +927,26 @@ path = "/data/site"
     # the central container's secret, which chorus.toml does name, is still said to be named
     (central,) = [w for w in _warnings(out.stderr) if "central_path.auth.azure_connection_string = ****" in w]
     assert 'chorus.toml names the environment variable instead: [azure] connection_string_env' in central
+
+
+def test_the_connection_string_key_chorus_uploads_sign_in_reads_is_its_connection_string(tmp_path):
+    """chorus-upload's template names it azure_connection_string, the code that signs in reads
+    azure_storage_connection_string: a config with the latter is that connection string (not copied, its variable
+    named), not a key 'chorus-upload does not read' with a guess at another name."""
+    source = _config(tmp_path, """
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+[central_path.auth]
+azure_storage_connection_string = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=FAKEcentralKEY=="
+[site_path.default]
+path = "/data/site"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    assert tomllib.loads(out.stdout)["azure"]["connection_string_env"] == "AZURE_STORAGE_CONNECTION_STRING"
+    assert "not understood" not in out.stderr and "did you mean" not in out.stderr
+    (line,) = [w for w in _warnings(out.stderr) if "central_path.auth.azure_storage_connection_string = ****" in w]
+    assert "rotate it" in line and "connection_string_env" in line
+    assert "FAKE" not in out.stdout + out.stderr

@@ -5,6 +5,7 @@ had not sent (against a real Azurite)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import importlib.util
@@ -545,6 +546,15 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
 
 
 
+def test_a_db_that_is_a_folder_is_said_to_be_a_folder(tmp_path):
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    out = import_journal(JOURNALS["A"], folder, "--to", "az://central/")
+    assert out.returncode == 2, out.stderr
+    assert "names a folder, not a manifest file" in out.stderr and "manifests/chorus_manifest.sqlite" in out.stderr
+    assert "move the existing manifest" not in out.stderr and list(folder.iterdir()) == []
+
+
 def test_the_db_and_the_central_container_come_from_the_chorus_toml_here(tmp_path):
     """As README says (and `import-config --out chorus.toml` may come first): with no --db and no --to, ./chorus.toml's
     [manifest] db and [central] to are used, without --config; with no [central] to, the fix said "set [central] to
@@ -912,6 +922,34 @@ def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sq
                      "instr(destination, char(127)) OR length(destination) > 1024") == [(0,)]
 
 
+def test_md5s_a_cloud_site_recorded_as_base64_or_its_hex_are_the_same_md5s(tmp_path):
+    """A journal of an az:// site holds each blob's Content-MD5 property as hex: the hex of its base64 text when an
+    uploader set it so (48 digits), or base64 itself, upper-case hex, an S3 ETag in its quotes, or with spaces around.
+    Each is the MD5 it stands for: the file is imported, its mark kept, and the next run sees it unchanged (each such
+    row was left out, the file 'added')."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        for row_id, md5 in con.execute("SELECT FILE_ID, MD5 FROM journal_v2").fetchall():
+            b64 = base64.b64encode(bytes.fromhex(md5))
+            con.execute("UPDATE journal_v2 SET MD5 = ? WHERE FILE_ID = ?",
+                        ([b64.hex(), b64.decode(), md5.upper(), f'"{md5}"', f" {md5}\n"][row_id % 5], row_id))
+    con.close()
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--site", str(site), "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr  # (the fixture's paths that fit no pattern)
+    report = json.loads(out.stdout)
+    assert not [f for f in report["findings"] if f["rule"] != "import.unparseable-path"], report["findings"]
+    assert files_as_of(db, V1) == tree("v1", schema="A") and files_as_of(db, V2) == tree("v2", schema="A")
+    assert {(p, v, m) for p, v, m in query(db, "SELECT substr(destination, length('az://central/') + 16), version, "
+                                               "md5 FROM uploads")} == journal_marks(JOURNALS["A"])
+    run = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
+    summary = json.loads(run.stdout)
+    assert summary["version"] is None and summary["counts"]["unchanged"] == 41, run.stderr
+
+
 def test_notes_alone_are_exit_code_0(tmp_path):
     """Two updates with one --version (a note: imported as one version) and nothing else to say."""
     journal = tmp_path / "journal.db"
@@ -952,6 +990,26 @@ def test_credentials_in_the_journal_are_named_masked_and_never_kept(tmp_path):
     assert query(db, "SELECT DISTINCT central FROM uploads") == [("az://central",)]
     report = cli("report", "--db", str(db), "--out", str(tmp_path / "r.html"))
     assert report.returncode == 0 and "ALLSECRETSIG" not in (tmp_path / "r.html").read_text()
+
+
+def test_a_connection_string_in_the_journals_history_is_named_masked_and_never_kept(tmp_path):
+    """A DEST_PATH that is no URL but a connection string: its key was taken as the central place as it was (said
+    unmasked but for the output's own scrub, and never named as a credential to rotate)."""
+    key = "AccountKey=QUxMU0VDUkVUS0VZ" + "A" * 60 + "=="
+    journal = edited_journal(tmp_path, "A", f"UPDATE command_history_v2 SET DEST_PATH = "
+                                            f"'DefaultEndpointsProtocol=https;AccountName=acct;{key}' "
+                                            f"WHERE COMMAND LIKE 'file %'")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--json", "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    assert "QUxMU0VDUkVUS0VZ" not in out.stdout + out.stderr and b"QUxMU0VDUkVUS0VZ" not in db.read_bytes()
+    (secret,) = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.secret-in-journal"]
+    assert "AccountKey=***" in secret["message"] and "DEST_PATH of command 2" in secret["message"]
+    assert "rotate it" in secret["message"]
+    # without --to: the place is said masked, whole, and --to asked for
+    out = import_journal(journal, tmp_path / "n.sqlite")
+    assert out.returncode == 2 and "AccountName=acct;AccountKey=***)" in out.stderr, out.stderr
+    assert "QUxMU0VDUkVUS0VZ" not in out.stdout + out.stderr
 
 
 def test_a_token_before_a_roots_host_in_the_journal_is_never_kept(tmp_path):

@@ -15,7 +15,7 @@ journaling_mode, [journal.local] and [journal.source], and puts sign-in keys in 
   *.auth azure_account_url / azure_account_name   [azure] account_url / account_name
   *.auth auth_mode = "login"                      nothing to set: DefaultAzureCredential (a comment says so)
   *.auth azure_sas_token, azure_account_key,      [azure] sas_token_env / account_key_env / connection_string_env:
-         azure_connection_string                  the NAME of the environment variable; never the value
+         azure_(storage_)connection_string       the NAME of the environment variable; never the value
   *.auth aws_profile                              [s3] profile (aws_* keys: the standard AWS variables)
   site_path.<Modality>.pattern, versioned,        not translated: a warning, and a commented-out starting
          omop_per_patient                         point under [patterns]
@@ -64,12 +64,16 @@ _TAILS = {
 _EXCLUDES = {"OMOP": "OMOP/*", "Metadata": "Metadata/*", "Waveforms": "*/Waveforms/*", "Images": "*/Images/*"}
 
 # Sign-in keys chorus-upload reads from a `.auth` table (or, in older configs, the section itself).
+# (The connection string: azure_connection_string in its config template, azure_storage_connection_string in the
+# code that signs in, storage_helper's __make_az_client: a site may have written either.)
 _AUTH_KEYS = ("auth_mode", "azure_account_url", "azure_account_name", "azure_sas_token", "azure_account_key",
-              "azure_connection_string", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-              "aws_profile", "s3_container")
+              "azure_connection_string", "azure_storage_connection_string", "aws_access_key_id",
+              "aws_secret_access_key", "aws_session_token", "aws_profile", "s3_container")
 # Its Azure secrets: chorus.toml's setting naming the variable, the variable, what it is.
 AZURE_SECRETS = {
     "azure_connection_string": ("connection_string_env", "AZURE_STORAGE_CONNECTION_STRING", "connection string"),
+    "azure_storage_connection_string": ("connection_string_env", "AZURE_STORAGE_CONNECTION_STRING",
+                                        "connection string"),
     "azure_sas_token": ("sas_token_env", "AZURE_STORAGE_SAS_TOKEN", "SAS token"),
     "azure_account_key": ("account_key_env", "AZURE_STORAGE_KEY", "account key"),
 }

@@ -93,6 +93,9 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     if "://" in db:
         raise UsageError("import-journal writes a new local manifest", where=f"--db {db}",
                          fix="import into a local file, then copy it where the site keeps its manifest")
+    if target.is_dir():  # (`run --db FOLDER` says the same; "move the existing manifest away" fits no folder)
+        raise UsageError(f"--db names a folder, not a manifest file: {db}", where=db,
+                         fix=f"pass --db with a new file path, e.g. {target / 'chorus_manifest.sqlite'}")
     if target.exists() or target.is_symlink():
         raise UsageError(f"{db} exists{' (a symbolic link)' if target.is_symlink() else ''}; import-journal builds a "
                          "new manifest and never writes over one", where=db,

@@ -34,6 +34,7 @@ from ..errors import UsageError, salvage_command
 from ..frames import OUTSIDE_PATH, fmt
 from ..sources.remote import mask_url
 from ..times import parse_time
+from ..urls import scrub
 from .config import url_secrets
 
 # One journal row, whichever the schema.
@@ -126,6 +127,12 @@ _READ_COLUMNS = {
 }
 _FETCH_ROWS = 200_000  # rows turned into a frame at a time: a journal of millions of rows is never a list of tuples
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
+# The same 16 bytes in the other spellings a cloud site's journal holds (chorus-upload's MD5 of an az:// file is its
+# Content-MD5 property as hex: a blob whose property was set to the base64 text, as some uploaders do, gives the hex
+# of those 24 characters, which upstream itself reads back with b64decode): base64 of 16 bytes ('...==') and the hex
+# of that base64 text (48 hex digits ending in '3d3d', '=='); read as the 32 hex digits they stand for.
+_BASE64_MD5 = r"^[A-Za-z0-9+/]{21}[AQgw]==$"
+_HEX_OF_BASE64_MD5 = r"^(?:[0-9a-fA-F]{2}){22}3[dD]3[dD]$"
 
 
 @dataclass
@@ -393,7 +400,12 @@ def _without_secret(location: str, where: str, secrets: list[tuple[str, str]]) -
     import-config strips them); what was left out is named in `secrets`, masked (to be rotated, never copied)."""
     clean, _, password, query = url_secrets(location)
     if password is None and query is None:
-        return location
+        # no URL's secret; a location that is no URL may still hold one (a connection string's AccountKey=, a
+        # SharedAccessSignature=, a sig=): kept masked, and named like the others
+        masked = scrub(location)
+        if masked != location:
+            secrets.append((where, masked))
+        return masked
     secrets.append((where, mask_url(location)))
     return clean
 
@@ -466,6 +478,16 @@ _LAST_TIME_US = 253_402_300_800_000_000
 _MTIME_LIMIT_US = 9_223_372_036_854_775  # 2**63 ns, in us
 
 
+def _md5_as_hex(md5: pl.Expr) -> pl.Expr:
+    """An MD5 written as base64 (or as the hex of its base64 text) as its 32 hex digits, one with spaces or quotes
+    around it (an S3 ETag as the service gives it: '"..."') without them; any other value as it is."""
+    md5 = md5.str.strip_chars(' \t\r\n"')
+    md5 = pl.when(md5.str.contains(_HEX_OF_BASE64_MD5)).then(
+        md5.str.decode("hex", strict=False).cast(pl.String, strict=False)).otherwise(md5)
+    return pl.when(md5.str.contains(_BASE64_MD5)).then(
+        md5.str.decode("base64", strict=False).bin.encode("hex")).otherwise(md5)
+
+
 def checked_rows(rows: pl.DataFrame, *, windows: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The rows an import can use, the problems of the others (PROBLEM_SCHEMA), and the marked rows that hold no state
     (ended as they began: for upload_marks, with their own TIME_INVALID_us). Left out, each named: rows with
@@ -480,6 +502,7 @@ def checked_rows(rows: pl.DataFrame, *, windows: bool = False) -> tuple[pl.DataF
         return pl.col(name).cast(pl.String).fill_null("NULL")
 
     row = fmt("journal row FILE_ID {}", text("row_id"))
+    rows = rows.with_columns(md5=_md5_as_hex(pl.col("md5")))
     # A leading './', a '/./' or a '//' inside is the same path written another way (as `run` lists it: './OMOP',
     # 'OMOP//x' from a tool that joined 'OMOP/' and '/x'): not a different file, and nothing leading outside the site.
     if windows:  # a journal written on Windows (or read there): '\\' is a folder separator, as `run` there lists it
