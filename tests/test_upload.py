@@ -929,6 +929,21 @@ def test_the_progress_of_an_upload_that_finds_blobs_at_the_centre_reaches_its_to
     assert sent == total, done[-1]
 
 
+def test_the_progress_of_a_large_file_counts_its_blocks_while_it_is_sent(central, tmp_path):
+    # A file sent in blocks counted only once it settled: a 320 MiB file's send said "0/1 file, 0 files/s" from its
+    # first block to its last, with no bytes and no ETA, as if the upload were stuck.
+    site = tmp_path / "site"
+    write(site, "000001/Waveforms/000001_20260101_000000_60.dat", b"\0" * (48 << 20) + b"tail")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.split("upload 20261101020000: ", 1)[1] for line in out.stderr.splitlines()
+             if "upload 20261101020000: 0/1 file, " in line]
+    sent = [line.split(", ")[1].split("/")[0] for line in lines]
+    assert any(size.endswith("MiB") and size != "0 B" for size in sent), out.stderr  # blocks counted mid-file
+
+
 def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_exits_1(central, tmp_path):
     # An upload killed after its first batch: verify said "all as recorded", exit 0, of a version the centre holds
     # a part of (it checks the files recorded as uploaded, and those were as recorded).

@@ -546,6 +546,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         with lock:
             settled[0] += 1
             settled[1] += int(row["size"] or 0)
+            central.forget_staged(label, row["srcfile"])  # (its blocks were counted while it was sent)
         entry = {"version": label, "file_id": row["file_id"], "destination": central.destination(label, row["srcfile"]),
                  "attempts": 1, "uploaded_at": iso(utc_now())}
         if isinstance(result, Sent):
@@ -570,8 +571,15 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     total = (files.height, int(files["size"].sum() or 0))
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-upload")
     in_flight: dict[Future, dict] = {}
+
+    def poll() -> tuple[int, int]:
+        # A large file's blocks count as they are taken, not only once it settles: a 300 MiB file's send said
+        # "0/1 file, 0 files/s" until it ended (bytes only, not files; under the lock: never counted twice)
+        with lock:
+            return settled[0], min(total[1], settled[1] + central.staged_bytes())
+
     try:
-        with progress.counter(f"upload {label}", "file", lambda: (settled[0], settled[1]), total=total):
+        with progress.counter(f"upload {label}", "file", poll, total=total):
             while True:
                 while len(in_flight) < 2 * workers:  # a bounded queue: the plan may hold millions of rows
                     row = next(rows, None)
