@@ -2108,6 +2108,11 @@ def test_a_manifest_older_than_the_one_that_uploaded_is_refused_and_told_where_t
         assert "holds 1 version this manifest uploaded and no longer has (20261102020000" in behind.stderr
         assert f"{central.url}20261102020000/_manifest/manifest.sqlite" in behind.stderr
         assert "nothing to upload" not in behind.stdout and "Traceback" not in behind.stderr
+    for extra in ((), ("--all",)):  # verify said "nothing to verify" (a backup from before any upload), exit 0
+        checked = cli("verify", "--db", str(db), "--to", central.url, *extra, env=central.env)
+        assert checked.returncode == 5, checked.stdout + checked.stderr
+        assert "no longer has (20261102020000" in checked.stderr and "nothing was verified or recorded" in checked.stderr
+        assert "nothing to verify" not in checked.stdout and "Traceback" not in checked.stderr
     assert blobs(central) == held
     # The newest manifest, from the centre's copy, carries on; another manifest's versions there are not this one's.
     newest = tmp_path / "newest.sqlite"

@@ -266,7 +266,7 @@ class ManifestBehind(ChorusError):
     exit_code = ExitCode.REFUSED
 
 
-def _refuse_behind(manifest: Manifest, central: Central) -> None:
+def _refuse_behind(manifest: Manifest, central: Central, outcome: str = "nothing was sent") -> None:
     """Refuse to upload from a manifest older than one that uploaded here (a backup restored, an old copy): it says
     'nothing to upload' while the centre has more, and its next version would fork the centre's history."""
     manifest_id = manifest.state_identity()[0]
@@ -279,7 +279,7 @@ def _refuse_behind(manifest: Manifest, central: Central) -> None:
             f"the central container holds {plural(len(ahead), 'version')} this manifest uploaded and no longer has "
             f"({', '.join(ahead[:5])}{', ...' if len(ahead) > 5 else ''}: their manifest copies carry this manifest's "
             "id): this manifest is older than the one that uploaded them (restored from a backup, or a copy from "
-            "before); nothing was sent", where=str(manifest.path),
+            f"before); {outcome}", where=str(manifest.path),
             fix=f"use the newest manifest instead: download {newest} (the manifest as that upload left it, with its "
                 "ledger) and give it as --db; a run on this older manifest would commit a version that forks the "
                 "centre's history")
