@@ -932,6 +932,21 @@ def test_the_progress_of_an_upload_that_finds_blobs_at_the_centre_reaches_its_to
     assert sent == total, done[-1]
 
 
+def test_the_progress_of_a_large_file_counts_its_blocks_while_it_is_sent(central, tmp_path):
+    # A file sent in blocks counted only once it settled: a 320 MiB file's send said "0/1 file, 0 files/s" from its
+    # first block to its last, with no bytes and no ETA, as if the upload were stuck.
+    site = tmp_path / "site"
+    write(site, "000001/Waveforms/000001_20260101_000000_60.dat", b"\0" * (48 << 20) + b"tail")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.split("upload 20261101020000: ", 1)[1] for line in out.stderr.splitlines()
+             if "upload 20261101020000: 0/1 file, " in line]
+    sent = [line.split(", ")[1].split("/")[0] for line in lines]
+    assert any(size.endswith("MiB") and size != "0 B" for size in sent), out.stderr  # blocks counted mid-file
+
+
 def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_exits_1(central, tmp_path):
     # An upload killed after its first batch: verify said "all as recorded", exit 0, of a version the centre holds
     # a part of (it checks the files recorded as uploaded, and those were as recorded).
@@ -2109,6 +2124,11 @@ def test_a_manifest_older_than_the_one_that_uploaded_is_refused_and_told_where_t
         assert "holds 1 version this manifest uploaded and no longer has (20261102020000" in behind.stderr
         assert f"{central.url}20261102020000/_manifest/manifest.sqlite" in behind.stderr
         assert "nothing to upload" not in behind.stdout and "Traceback" not in behind.stderr
+    for extra in ((), ("--all",)):  # verify said "nothing to verify" (a backup from before any upload), exit 0
+        checked = cli("verify", "--db", str(db), "--to", central.url, *extra, env=central.env)
+        assert checked.returncode == 5, checked.stdout + checked.stderr
+        assert "no longer has (20261102020000" in checked.stderr and "nothing was verified or recorded" in checked.stderr
+        assert "nothing to verify" not in checked.stdout and "Traceback" not in checked.stderr
     assert blobs(central) == held
     # The newest manifest, from the centre's copy, carries on; another manifest's versions there are not this one's.
     newest = tmp_path / "newest.sqlite"

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
@@ -298,6 +299,27 @@ class Central:
         # Every block in memory holds one of these: at most block_buffers x BLOCK_SIZE bytes in flight.
         self._buffers = threading.BoundedSemaphore(max(1, block_buffers))
         self._block_pool = ThreadPoolExecutor(max(1, block_buffers), thread_name_prefix="chorus-block")
+        # Bytes of the blocks staged so far of each large file still being sent (blob name -> bytes): what the progress
+        # lines count of it before it settles (they said "0/1 file, 0 files/s" all through a 320 MiB file's send)
+        self._staged: dict[str, int] = {}
+        self._staged_lock = threading.Lock()
+
+    def staged_bytes(self) -> int:
+        """Bytes of the blocks the service has taken of the large files still being sent."""
+        with self._staged_lock:
+            return sum(self._staged.values())
+
+    def forget_staged(self, version: str, srcfile: str) -> None:
+        """The file settled (sent, found, failed): its staged bytes are counted as its outcome says, no longer here."""
+        with self._staged_lock:
+            self._staged.pop(self.name(version, srcfile), None)
+
+    def _block_done(self, name: str, length: int, future: Future) -> None:
+        self._buffers.release()
+        if not future.cancelled() and future.exception() is None:
+            with self._staged_lock:
+                if name in self._staged:
+                    self._staged[name] += length
 
     def close(self) -> None:
         self._block_pool.shutdown(wait=False, cancel_futures=True)
@@ -404,6 +426,8 @@ class Central:
         staged: list[Future] = []
         blocks: list[Any] = []
         sent = 0
+        with self._staged_lock:
+            self._staged[blob.blob_name] = 0
         try:
             while True:
                 self._buffers.acquire()  # released when the block's upload ends, or is cancelled
@@ -421,7 +445,7 @@ class Central:
                 blocks.append(BlobBlock(block_id=block_id))
                 future = self._block_pool.submit(blob.stage_block, block_id, data, length=len(data),
                                                  validate_content=True)
-                future.add_done_callback(lambda _: self._buffers.release())
+                future.add_done_callback(partial(self._block_done, blob.blob_name, len(data)))
                 staged.append(future)
             for future in staged:
                 future.result()

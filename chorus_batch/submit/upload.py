@@ -266,7 +266,7 @@ class ManifestBehind(ChorusError):
     exit_code = ExitCode.REFUSED
 
 
-def _refuse_behind(manifest: Manifest, central: Central) -> None:
+def _refuse_behind(manifest: Manifest, central: Central, outcome: str = "nothing was sent") -> None:
     """Refuse to upload from a manifest older than one that uploaded here (a backup restored, an old copy): it says
     'nothing to upload' while the centre has more, and its next version would fork the centre's history."""
     manifest_id = manifest.state_identity()[0]
@@ -279,7 +279,7 @@ def _refuse_behind(manifest: Manifest, central: Central) -> None:
             f"the central container holds {plural(len(ahead), 'version')} this manifest uploaded and no longer has "
             f"({', '.join(ahead[:5])}{', ...' if len(ahead) > 5 else ''}: their manifest copies carry this manifest's "
             "id): this manifest is older than the one that uploaded them (restored from a backup, or a copy from "
-            "before); nothing was sent", where=str(manifest.path),
+            f"before); {outcome}", where=str(manifest.path),
             fix=f"use the newest manifest instead: download {newest} (the manifest as that upload left it, with its "
                 "ledger) and give it as --db; a run on this older manifest would commit a version that forks the "
                 "centre's history")
@@ -546,6 +546,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         with lock:
             settled[0] += 1
             settled[1] += int(row["size"] or 0)
+            central.forget_staged(label, row["srcfile"])  # (its blocks were counted while it was sent)
         entry = {"version": label, "file_id": row["file_id"], "destination": central.destination(label, row["srcfile"]),
                  "attempts": 1, "uploaded_at": iso(utc_now())}
         if isinstance(result, Sent):
@@ -570,8 +571,15 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     total = (files.height, int(files["size"].sum() or 0))
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-upload")
     in_flight: dict[Future, dict] = {}
+
+    def poll() -> tuple[int, int]:
+        # A large file's blocks count as they are taken, not only once it settles: a 300 MiB file's send said
+        # "0/1 file, 0 files/s" until it ended (bytes only, not files; under the lock: never counted twice)
+        with lock:
+            return settled[0], min(total[1], settled[1] + central.staged_bytes())
+
     try:
-        with progress.counter(f"upload {label}", "file", lambda: (settled[0], settled[1]), total=total):
+        with progress.counter(f"upload {label}", "file", poll, total=total):
             while True:
                 while len(in_flight) < 2 * workers:  # a bounded queue: the plan may hold millions of rows
                     row = next(rows, None)

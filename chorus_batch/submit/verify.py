@@ -224,7 +224,7 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
            argv: Sequence[str] = ()) -> VerifyResult:
     """Verify `version` (default: the latest version with uploaded files; every: all of them) at `to`;
     the results go to the ledger."""
-    from .upload import _working_manifest, container_gone
+    from .upload import _refuse_behind, _working_manifest, container_gone
 
     started = time.monotonic()
     central = Central(to, cloud, connections=workers + 2)
@@ -260,6 +260,9 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     exc.fix = (f"{exc.fix}. The uploads ledger records files uploaded to "
                                f"{', '.join(result.elsewhere)}, none to {central.url}: check --to (or [central] to)")
                 raise  # (said with what every verify that fails says: what the uploads ledger recorded before stays)
+            # A manifest restored from an older copy said "nothing to verify" (or "all as recorded"), exit 0, while the
+            # centre held versions this very manifest uploaded and it no longer has: refused as upload refuses it.
+            _refuse_behind(manifest, central, "nothing was verified or recorded")
             problems, unlisted, waiting = [], [], []
             for done, label in enumerate(labels):
                 if done:
