@@ -79,20 +79,27 @@ def _header_time(facts: pl.DataFrame, kind: str) -> pl.DataFrame:
                                                    "study_time")})
         f = part.select("md5", pl.col("facts").str.json_decode(dtype).alias("_f")).unnest("_f")
 
-        def stamp(day: str, tm: str) -> pl.Expr:
-            digits = pl.col(tm).fill_null("000000").str.replace_all(r"[^0-9.]", "").str.extract(r"^(\d{2,6})").str.pad_end(6, "0")
+        def stamp(day: str, tm: str | None) -> pl.Expr:
+            digits = (pl.lit("000000") if tm is None else
+                      pl.col(tm).str.replace_all(r"[^0-9.]", "").str.extract(r"^(\d{2,6})").str.pad_end(6, "0"))
             return pl.concat_str(pl.col(day).str.replace_all(r"[^0-9]", ""), digits).str.strptime(
                 pl.Datetime, "%Y%m%d%H%M%S", strict=False)
 
-        when = pl.coalesce(stamp("acquisition_date", "acquisition_time"), stamp("content_date", "content_time"),
-                           stamp("series_date", "series_time"), stamp("study_date", "study_time"))
+        # A date and its time where the header has both, in this order; only then a date alone, at its midnight (told
+        # as a time not known). An acquisition date whose time was removed (a de-identifier's choice) was written as
+        # 00:00:00 over the study's full date and time, and the visit was looked up at that midnight, without a word
+        pairs = [("acquisition_date", "acquisition_time"), ("content_date", "content_time"),
+                 ("series_date", "series_time"), ("study_date", "study_time")]
+        full = pl.coalesce([stamp(day, tm) for day, tm in pairs])
+        when = pl.coalesce(full, *[stamp(day, None) for day, _ in pairs])
+        return f.select("md5", when.alias("_when"), (full.is_null() & when.is_not_null()).alias("_day_only"))
     else:
         day, clock = ("base_date", "base_time") if kind == KIND_WFDB else ("start_date", "start_time")
         dtype = pl.Struct({day: pl.String, clock: pl.String})
         f = part.select("md5", pl.col("facts").str.json_decode(dtype).alias("_f")).unnest("_f")
         when = pl.concat_str(day, pl.lit(" "), pl.col(clock).str.slice(0, 8)).str.strptime(
             pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False)
-    return f.select("md5", when.alias("_when"))
+    return f.select("md5", when.alias("_when"), pl.lit(False).alias("_day_only"))
 
 
 class _WouldWrite(Exception):
@@ -351,7 +358,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             f"(e.g. {', '.join(compressed.head(3).to_list())}): the procedures ask for the files themselves, and a "
             "registry row names a file to deliver. Decompress them in place (e.g. gunzip) and remove the compressed "
             "copies, run, and write the registries again")
-    image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
+    image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when",
+                                                                                                   "_day_only")
     # A record's time: its WFDB or EDF header named after the session (the master of a multi-segment record), else
     # its earliest.
     record_times = (
@@ -445,6 +453,15 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "and so is the procedure_date of an accession none of whose files has one (--omop), though the procedures "
             "want them (the Imaging SOP's datetime is NOT NULL, OMOP's procedure_date is required): keep those dates "
             "and times when de-identifying, run, and write the registries again")
+    day_only = out.filter(pl.col("_day_only").fill_null(False))["srcfile"]
+    if day_only.len():
+        warnings.append(
+            f"{plural(day_only.len(), 'image registry row')} of version {label} {'has' if day_only.len() == 1 else 'have'} "
+            f"a capture date without a time (e.g. {', '.join(day_only.head(3).to_list())}): their DICOM header gives "
+            "an acquisition, content, series or study date but none of those with its time, so their datetime is that "
+            "day's 00:00:00, and visit_id the visit enclosing that midnight, which may not be the visit of the "
+            "capture. Keep the times (AcquisitionTime, StudyTime) when de-identifying, run, and write the registries "
+            "again; or check datetime and visit_id of those rows before shipping the registry")
     session_folder = pl.col("srcfile").str.extract(r"^(.*)/[^/]+$")
     undated_waves = (
         out.filter(pl.col("_when").is_null() & (pl.col("modality") == "Waveforms")).with_columns(_folder=session_folder)

@@ -33,10 +33,14 @@ def expected_time(site: Path, rel: str) -> datetime | None:
     path = site / rel
     if rel.endswith(".dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        for day, tm in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
-                        ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+        pairs = (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                 ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))
+        for day, tm in pairs:  # a date with its time first; a date alone only where no pair has both
+            if ds.get(day) and ds.get(tm):
+                return datetime.strptime(ds.get(day) + str(ds.get(tm))[:6].ljust(6, "0"), "%Y%m%d%H%M%S")
+        for day, _ in pairs:
             if ds.get(day):
-                return datetime.strptime(ds.get(day) + str(ds.get(tm, "000000"))[:6].ljust(6, "0"), "%Y%m%d%H%M%S")
+                return datetime.strptime(ds.get(day), "%Y%m%d")
         return None
     session = path.parent.name
     header = wfdb.rdheader(str(path.parent / session))
@@ -389,6 +393,47 @@ def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
     assert len(rows) == len(dicoms) and {r["datetime"] for r in rows} == {""}
     procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == rows[0]["proc_id"])
     assert procedure["procedure_date"] == ""
+
+
+def test_a_date_without_its_time_gives_way_to_a_full_date_and_time_and_a_date_alone_is_told(tmp_path):
+    """An AcquisitionDate whose AcquisitionTime a de-identifier removed was written as that day's 00:00:00 over the
+    header's full StudyDate and StudyTime, and the visit looked up at that midnight (here: none), exit 0, without a
+    word. Now the first date that has its time gives the datetime; a header with dates but no time gives the day's
+    midnight, and registry says which rows (exit 1)."""
+    import pydicom
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0 = sitegen.person_ids(1)[0]
+    dicoms = sorted(sorted((site / p0 / "Images").glob("*/*"))[0].rglob("*.dcm"))
+    assert len(dicoms) >= 2
+    day = "20200101"
+    for path, study_time in ((dicoms[0], "101500"), (dicoms[1], None)):
+        ds = pydicom.dcmread(path)
+        for kind in ("Acquisition", "Content", "Series", "Study"):
+            for part in ("Date", "Time", "DateTime"):
+                if kind + part in ds:
+                    delattr(ds, kind + part)
+        ds.AcquisitionDate, ds.StudyDate = day, day
+        if study_time:
+            ds.StudyTime = study_time
+        ds.save_as(path)
+    # the one visit of the person: that morning, after midnight
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        f"visit_end_datetime,visit_type_concept_id\n77,{p0},9201,2020-01-01,2020-01-01 08:00:00,2020-01-01,"
+        "2020-01-01 12:00:00,32817\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    rows = {delivered(site, r): r for r in read_csv(out / "image_registry.csv")}
+    full, alone = (rows[p.relative_to(site).as_posix()] for p in dicoms[:2])
+    assert (full["datetime"], full["visit_id"]) == ("2020-01-01 10:15:00", "77")
+    assert (alone["datetime"], alone["visit_id"]) == ("2020-01-01 00:00:00", "")
+    assert "1 image registry row" in done.stderr and "a capture date without a time" in done.stderr
+    assert dicoms[1].relative_to(site).as_posix() in done.stderr
+    assert dicoms[0].relative_to(site).as_posix() not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_waveform_sessions_without_a_capture_time_are_told(tmp_path):
