@@ -259,7 +259,9 @@ def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
     hits = (
         keyed.select("_row", "_person", "_when").drop_nulls().join(visits, on="_person")
         .filter((pl.col("_start") <= pl.col("_when")) & (pl.col("_when") <= pl.col("_end")))
-        .sort(["_row", "_start", "visit_id"], descending=[False, True, False])
+        # (the smallest id as a number: as text, visit 10 came before visit 9)
+        .sort([pl.col("_row"), pl.col("_start"), pl.col("visit_id").cast(pl.Int64, strict=False), pl.col("visit_id")],
+              descending=[False, True, False, False], nulls_last=True)
         .unique("_row", keep="first").select("_row", "visit_id")
     )
     return keyed.join(hits, on="_row", how="left").sort("_row").drop("_row", "_person")
@@ -379,7 +381,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     # An earlier version's OMOP table that a later version removed is not on the site: read, it stopped the registry
     # (exit 2, "if the site moved, pass --site") for good. Its visits are not known; the rows are written without them
-    removed = {table: _removed_since(manifest, omop, table) for table in ("visit_occurrence", "procedure_occurrence")}
+    removed = {table: _removed_since(manifest, omop, table)
+               for table in ("visit_occurrence", "procedure_occurrence", "person")}
     omop = omop.filter(~pl.col("srcfile").is_in([path for path in removed.values() if path is not None]))
     visits, undated_visits = _visits(omop, sources)
     rows = _with_visits(rows, visits)
@@ -409,6 +412,27 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
                         "each file's visit_id from (the person's visit whose start and end enclose its capture time) "
                         "are not known, so every visit_id, and the procedures' visit_occurrence_id, is empty. Put the "
                         "site's VISIT_OCCURRENCE table in OMOP/visit_occurrence.csv, run, and write the registries again")
+    # Multimodal-Linkage: person_id references the PERSON table. A person folder without a person.csv row gave rows
+    # (and --omop procedures) of a person OMOP does not have, exit 0, without a word; validate's registry.unknown_person
+    # refused the registry once shipped
+    try:
+        people = _read_omop(omop, "person", ["person_id"], sources) if rows.height else None
+    except UsageError as exc:  # (the registries do not need the table: told, not refused)
+        people = None
+        warnings.append(f"the registry rows' persons were not looked up in OMOP/person.csv: {exc.what}; "
+                        f"{exc.fix or 'fix the table'}, then write the registries again")
+    if people is not None:
+        strangers = (rows.select("person_id").unique()
+                     .join(people.select(_person=_norm(pl.col("person_id"))).drop_nulls(),
+                           left_on=_norm(pl.col("person_id")), right_on="_person", how="anti")["person_id"].sort())
+        if strangers.len():
+            warnings.append(
+                f"{plural(strangers.len(), 'person folder')} with registry rows of version {label} "
+                f"{'has' if strangers.len() == 1 else 'have'} no row in OMOP/person.csv (e.g. "
+                f"{', '.join(f'{p}/' for p in strangers.head(3).to_list())}): the linkage procedure's person_id "
+                "references the PERSON table, and `validate` refuses such rows in a shipped registry "
+                "(registry.unknown_person). Add the persons to OMOP/person.csv (or fix the folder names), run, and "
+                "write the registries again")
     changed = _not_as_recorded(omop, "visit_occurrence", sources)
     if changed is not None and rows.height:
         warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "

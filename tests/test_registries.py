@@ -881,6 +881,32 @@ def test_an_edf_sessions_rows_are_dated_by_its_header(tmp_path):
     assert procedure["procedure_date"] == start.strftime("%Y-%m-%d")
 
 
+def test_a_person_folder_without_a_person_row_is_told_and_a_person_table_it_cannot_read_does_not_stop_it(tmp_path):
+    """A person folder with waveforms and images but no row in OMOP/person.csv gave registry rows (and procedures) of
+    a person OMOP does not have, exit 0, without a word; validate then refused the shipped registry
+    (registry.unknown_person). Now registry names the folder (exit 1); an id written without its leading zeros in
+    person.csv is the same person; a person.csv it cannot read is said, and the registries are still written."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0, p1, p2 = sitegen.person_ids(3)
+    table = site / "OMOP" / "person.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0], lines[1].replace(p0, str(int(p0))), lines[2]]) + "\n")  # p2 has no row
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "1 person folder with registry rows" in done.stderr and f"(e.g. {p2}/)" in done.stderr, done.stderr
+    assert f"{p0}/" not in done.stderr and f"{p1}/" not in done.stderr
+    assert {r["person_id"] for r in read_csv(out / "waveform_registry.csv")} == {p0, p1, p2}
+
+    table.write_text(table.read_text().replace(",", ";"))
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "not looked up in OMOP/person.csv" in done.stderr and "split by semicolons" in done.stderr, done.stderr
+    assert (out / "waveform_registry.csv").exists() and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("table", ["visit_occurrence", "procedure_occurrence"])
 def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_path, table):
     """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
@@ -1111,3 +1137,21 @@ def test_a_person_folder_renamed_to_another_spelling_of_its_id_is_told_its_proce
     assert done.returncode == 1 and "person folder named otherwise" in done.stderr, done.stderr
     assert {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
             for r in read_csv(old / "waveform_registry.csv") + read_csv(old / "image_registry.csv")} == before
+
+
+def test_of_visits_starting_together_the_smallest_id_is_taken_as_a_number(tmp_path):
+    """Two visits of a person starting at the same time both enclose the capture: the smallest id was taken as text,
+    so visit 10 came before visit 9 (and 100 before 99)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    (p0,) = sitegen.person_ids(1)
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n"
+        f"10,{p0},9201,2023-12-30,2023-12-30 00:00:00,2024-02-01,2024-02-01 00:00:01,32817\n"
+        f"9,{p0},9201,2023-12-30,2023-12-30 00:00:00,2024-02-01,2024-02-01 00:00:01,32817\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert rows and {r["visit_id"] for r in rows} == {"9"}
