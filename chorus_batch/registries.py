@@ -237,7 +237,8 @@ def _omop_rows(files: pl.DataFrame, table: str) -> pl.DataFrame:
 
 def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); and the
-    visits of a person whose start or end reads as neither (visit_id, _start_as, _end_as: as written)."""
+    visits of a person whose start or end reads as neither, or that end before they start (visit_id, _start_as,
+    _end_as: as written)."""
     cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
             "visit_end_datetime"]
     frame = _read_omop(files, "visit_occurrence", cols, sources)
@@ -248,8 +249,10 @@ def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[
                         _end=visit_moment(pl.col("visit_end_datetime"), pl.col("visit_end_date"), end=True),
                         _start_as=pl.coalesce(pl.col("visit_start_datetime").replace("", None), "visit_start_date"),
                         _end_as=pl.coalesce(pl.col("visit_end_datetime").replace("", None), "visit_end_date"))
-    unread = read.filter(pl.col("_person").is_not_null() & (pl.col("_start").is_null() | pl.col("_end").is_null()))
-    return (read.drop_nulls(["_person", "_start", "_end"]).drop("_start_as", "_end_as"),
+    # (a visit ending before it starts, an ETL's or a date shift's slip, enclosed nothing either, without a word)
+    bad = pl.col("_start").is_null() | pl.col("_end").is_null() | (pl.col("_end") < pl.col("_start"))
+    unread = read.filter(pl.col("_person").is_not_null() & bad)
+    return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
             unread.select("_person", "visit_id", "_start_as", "_end_as"))
 
 
@@ -396,10 +399,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(
             f"{plural(undated_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if undated_visits.height == 1 else 'have'} a start or end that is not a date (yyyy-mm-dd) or "
-            f"datetime (yyyy-mm-dd hh:mm:ss) (e.g. {examples}): no file's datetime is found within "
+            f"datetime (yyyy-mm-dd hh:mm:ss), or an end before the start (e.g. {examples}): no file's datetime is "
+            "found within "
             f"{'it' if undated_visits.height == 1 else 'them'}, so files captured during "
             f"{'it' if undated_visits.height == 1 else 'them'} have an empty visit_id (and the procedures an empty "
-            "visit_occurrence_id). Write visit_start_date and visit_end_date (OMOP requires both) as yyyy-mm-dd, run, "
+            "visit_occurrence_id). Write visit_start_date and visit_end_date (OMOP requires both) as yyyy-mm-dd, the end "
+            "not before the start, run, "
             "and write the registries again")
     if removed["visit_occurrence"] is not None and rows.height:
         warnings.append(f"{removed['visit_occurrence']} of version {label} is no longer on the site (a later version "

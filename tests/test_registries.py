@@ -1155,3 +1155,20 @@ def test_of_visits_starting_together_the_smallest_id_is_taken_as_a_number(tmp_pa
     assert done.returncode == 0, done.stderr
     rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
     assert rows and {r["visit_id"] for r in rows} == {"9"}
+
+
+def test_a_visit_that_ends_before_it_starts_is_told_not_left_enclosing_nothing_silently(tmp_path):
+    """A visit whose end an ETL or a date shift put before its start enclosed no capture: its files' visit_id was
+    empty, exit 0, without a word. Now registry names it, as it names a visit whose dates it cannot read (exit 1)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    (p0,) = sitegen.person_ids(1)
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n"
+        f"5,{p0},9201,2024-02-01,2024-02-01 00:00:00,2023-12-30,2023-12-30 00:00:01,32817\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "an end before the start" in done.stderr and "visit 5: start '2024-02-01 00:00:00'" in done.stderr
+    assert "Traceback" not in done.stderr
