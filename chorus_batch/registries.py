@@ -604,6 +604,39 @@ def _common_folder(frame: pl.DataFrame, first: str, last: str) -> pl.Expr:
     return a.list.head(shared).list.join("/")
 
 
+def _filled_by_hand(out: Path, registries: Registries) -> list[str]:
+    """A warning for each registry in `out` about to be replaced whose rows give a datetime or visit_id where the new
+    rows of the same file_id have none: filled in by hand (as the undated-session warning suggests), they were lost
+    without a word when the registries were written again."""
+    said = []
+    for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
+        path = out / name
+        try:  # (a spreadsheet's BOM read too; only the three columns, as text)
+            old = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", columns=["file_id", "datetime", "visit_id"])
+        except Exception:  # noqa: BLE001 (none there, or not one to compare: it is replaced as before)
+            continue
+        old = old.rename({c: c.lstrip("\ufeff") for c in old.columns}).select(
+            pl.col("file_id").str.strip_chars(), pl.col("datetime").str.strip_chars().alias("_old_datetime"),
+            pl.col("visit_id").str.strip_chars().alias("_old_visit_id"))
+        lost = (frame.select(pl.col("file_id").cast(pl.String), "datetime", "visit_id").join(old, on="file_id")
+                .unpivot(index=["file_id", "datetime", "visit_id"], on=["_old_datetime", "_old_visit_id"],
+                         variable_name="_column", value_name="_was")
+                .with_columns(_column=pl.col("_column").str.strip_prefix("_old_"))
+                .filter((pl.col("_was").fill_null("") != "")
+                        & pl.when(pl.col("_column") == "datetime").then(pl.col("datetime").is_null())
+                        .otherwise(pl.col("visit_id").is_null()))
+                .sort(pl.col("file_id").cast(pl.Int64, strict=False), "_column"))
+        if lost.height:
+            shown = "; ".join(f"file_id {i}: {c} {w!r}" for i, c, w in lost.head(3).select(
+                "file_id", "_column", "_was").iter_rows())
+            said.append(
+                f"{path} had a datetime or visit_id in {plural(lost['file_id'].n_unique(), 'row')} where the registry "
+                f"written now has none (e.g. {shown}), values filled in by hand perhaps: those cells are empty now. "
+                "Fill them in again before shipping the registry, or give the headers (or visits) those values, run, "
+                "and write the registries again")
+    return said
+
+
 def write_registries(registries: Registries, out: str | Path, *, omop: bool = False) -> list[Path]:
     """DIR/waveform_registry.csv, DIR/image_registry.csv (and DIR/procedure_occurrence.csv), owner-only."""
     folder = private_folder(out)
@@ -764,6 +797,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                 # is given by this release's rules (it gave them, exit 0, where validate --force refused)
                 manifest.ensure_schema(create=False)
                 registries = build()
+        registries.warnings += _filled_by_hand(Path(out), registries)
         return registries, write_registries(registries, out, omop=omop)
     finally:  # stopped or failed before writing (a signal, a refusal): no empty --out folder of its own is left
         remove_empty_folders(made)

@@ -1172,3 +1172,29 @@ def test_a_visit_that_ends_before_it_starts_is_told_not_left_enclosing_nothing_s
     assert done.returncode == 1, done.stderr
     assert "an end before the start" in done.stderr and "visit 5: start '2024-02-01 00:00:00'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_path):
+    """The undated-session warning suggests filling in datetime and visit_id in waveform_registry.csv; writing the
+    registries again into that folder replaced the filled-in cells by empty ones, exit 0 or 1 for other reasons,
+    without a word. Now registry names the rows and the values (a spreadsheet's BOM and CRLF read too)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
+    path = out / "waveform_registry.csv"
+    rows = read_csv(path)
+    assert rows and not any(r["visit_id"] for r in rows)
+    rows[0]["visit_id"] = "4242"
+    with path.open("w", newline="", encoding="utf-8-sig") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\r\n")
+        w.writeheader()
+        w.writerows(rows)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert f"file_id {rows[0]['file_id']}: visit_id '4242'" in done.stderr and "1 row" in done.stderr, done.stderr
+    again = cli("registry", "--db", str(db), "--out", str(out))  # (nothing filled in now: nothing to tell)
+    assert again.returncode == 0, again.stderr
