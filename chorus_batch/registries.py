@@ -79,20 +79,27 @@ def _header_time(facts: pl.DataFrame, kind: str) -> pl.DataFrame:
                                                    "study_time")})
         f = part.select("md5", pl.col("facts").str.json_decode(dtype).alias("_f")).unnest("_f")
 
-        def stamp(day: str, tm: str) -> pl.Expr:
-            digits = pl.col(tm).fill_null("000000").str.replace_all(r"[^0-9.]", "").str.extract(r"^(\d{2,6})").str.pad_end(6, "0")
+        def stamp(day: str, tm: str | None) -> pl.Expr:
+            digits = (pl.lit("000000") if tm is None else
+                      pl.col(tm).str.replace_all(r"[^0-9.]", "").str.extract(r"^(\d{2,6})").str.pad_end(6, "0"))
             return pl.concat_str(pl.col(day).str.replace_all(r"[^0-9]", ""), digits).str.strptime(
                 pl.Datetime, "%Y%m%d%H%M%S", strict=False)
 
-        when = pl.coalesce(stamp("acquisition_date", "acquisition_time"), stamp("content_date", "content_time"),
-                           stamp("series_date", "series_time"), stamp("study_date", "study_time"))
+        # A date and its time where the header has both, in this order; only then a date alone, at its midnight (told
+        # as a time not known). An acquisition date whose time was removed (a de-identifier's choice) was written as
+        # 00:00:00 over the study's full date and time, and the visit was looked up at that midnight, without a word
+        pairs = [("acquisition_date", "acquisition_time"), ("content_date", "content_time"),
+                 ("series_date", "series_time"), ("study_date", "study_time")]
+        full = pl.coalesce([stamp(day, tm) for day, tm in pairs])
+        when = pl.coalesce(full, *[stamp(day, None) for day, _ in pairs])
+        return f.select("md5", when.alias("_when"), (full.is_null() & when.is_not_null()).alias("_day_only"))
     else:
         day, clock = ("base_date", "base_time") if kind == KIND_WFDB else ("start_date", "start_time")
         dtype = pl.Struct({day: pl.String, clock: pl.String})
         f = part.select("md5", pl.col("facts").str.json_decode(dtype).alias("_f")).unnest("_f")
         when = pl.concat_str(day, pl.lit(" "), pl.col(clock).str.slice(0, 8)).str.strptime(
             pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False)
-    return f.select("md5", when.alias("_when"))
+    return f.select("md5", when.alias("_when"), pl.lit(False).alias("_day_only"))
 
 
 class _WouldWrite(Exception):
@@ -230,7 +237,8 @@ def _omop_rows(files: pl.DataFrame, table: str) -> pl.DataFrame:
 
 def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); and the
-    visits of a person whose start or end reads as neither (visit_id, _start_as, _end_as: as written)."""
+    visits of a person whose start or end reads as neither, or that end before they start (visit_id, _start_as,
+    _end_as: as written)."""
     cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
             "visit_end_datetime"]
     frame = _read_omop(files, "visit_occurrence", cols, sources)
@@ -241,8 +249,10 @@ def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[
                         _end=visit_moment(pl.col("visit_end_datetime"), pl.col("visit_end_date"), end=True),
                         _start_as=pl.coalesce(pl.col("visit_start_datetime").replace("", None), "visit_start_date"),
                         _end_as=pl.coalesce(pl.col("visit_end_datetime").replace("", None), "visit_end_date"))
-    unread = read.filter(pl.col("_person").is_not_null() & (pl.col("_start").is_null() | pl.col("_end").is_null()))
-    return (read.drop_nulls(["_person", "_start", "_end"]).drop("_start_as", "_end_as"),
+    # (a visit ending before it starts, an ETL's or a date shift's slip, enclosed nothing either, without a word)
+    bad = pl.col("_start").is_null() | pl.col("_end").is_null() | (pl.col("_end") < pl.col("_start"))
+    unread = read.filter(pl.col("_person").is_not_null() & bad)
+    return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
             unread.select("_person", "visit_id", "_start_as", "_end_as"))
 
 
@@ -252,7 +262,9 @@ def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
     hits = (
         keyed.select("_row", "_person", "_when").drop_nulls().join(visits, on="_person")
         .filter((pl.col("_start") <= pl.col("_when")) & (pl.col("_when") <= pl.col("_end")))
-        .sort(["_row", "_start", "visit_id"], descending=[False, True, False])
+        # (the smallest id as a number: as text, visit 10 came before visit 9)
+        .sort([pl.col("_row"), pl.col("_start"), pl.col("visit_id").cast(pl.Int64, strict=False), pl.col("visit_id")],
+              descending=[False, True, False, False], nulls_last=True)
         .unique("_row", keep="first").select("_row", "visit_id")
     )
     return keyed.join(hits, on="_row", how="left").sort("_row").drop("_row", "_person")
@@ -351,7 +363,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             f"(e.g. {', '.join(compressed.head(3).to_list())}): the procedures ask for the files themselves, and a "
             "registry row names a file to deliver. Decompress them in place (e.g. gunzip) and remove the compressed "
             "copies, run, and write the registries again")
-    image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
+    image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when",
+                                                                                                   "_day_only")
     # A record's time: its WFDB or EDF header named after the session (the master of a multi-segment record), else
     # its earliest.
     record_times = (
@@ -371,7 +384,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     # An earlier version's OMOP table that a later version removed is not on the site: read, it stopped the registry
     # (exit 2, "if the site moved, pass --site") for good. Its visits are not known; the rows are written without them
-    removed = {table: _removed_since(manifest, omop, table) for table in ("visit_occurrence", "procedure_occurrence")}
+    removed = {table: _removed_since(manifest, omop, table)
+               for table in ("visit_occurrence", "procedure_occurrence", "person")}
     omop = omop.filter(~pl.col("srcfile").is_in([path for path in removed.values() if path is not None]))
     visits, undated_visits = _visits(omop, sources)
     rows = _with_visits(rows, visits)
@@ -385,10 +399,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(
             f"{plural(undated_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if undated_visits.height == 1 else 'have'} a start or end that is not a date (yyyy-mm-dd) or "
-            f"datetime (yyyy-mm-dd hh:mm:ss) (e.g. {examples}): no file's datetime is found within "
+            f"datetime (yyyy-mm-dd hh:mm:ss), or an end before the start (e.g. {examples}): no file's datetime is "
+            "found within "
             f"{'it' if undated_visits.height == 1 else 'them'}, so files captured during "
             f"{'it' if undated_visits.height == 1 else 'them'} have an empty visit_id (and the procedures an empty "
-            "visit_occurrence_id). Write visit_start_date and visit_end_date (OMOP requires both) as yyyy-mm-dd, run, "
+            "visit_occurrence_id). Write visit_start_date and visit_end_date (OMOP requires both) as yyyy-mm-dd, the end "
+            "not before the start, run, "
             "and write the registries again")
     if removed["visit_occurrence"] is not None and rows.height:
         warnings.append(f"{removed['visit_occurrence']} of version {label} is no longer on the site (a later version "
@@ -401,6 +417,27 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
                         "each file's visit_id from (the person's visit whose start and end enclose its capture time) "
                         "are not known, so every visit_id, and the procedures' visit_occurrence_id, is empty. Put the "
                         "site's VISIT_OCCURRENCE table in OMOP/visit_occurrence.csv, run, and write the registries again")
+    # Multimodal-Linkage: person_id references the PERSON table. A person folder without a person.csv row gave rows
+    # (and --omop procedures) of a person OMOP does not have, exit 0, without a word; validate's registry.unknown_person
+    # refused the registry once shipped
+    try:
+        people = _read_omop(omop, "person", ["person_id"], sources) if rows.height else None
+    except UsageError as exc:  # (the registries do not need the table: told, not refused)
+        people = None
+        warnings.append(f"the registry rows' persons were not looked up in OMOP/person.csv: {exc.what}; "
+                        f"{exc.fix or 'fix the table'}, then write the registries again")
+    if people is not None:
+        strangers = (rows.select("person_id").unique()
+                     .join(people.select(_person=_norm(pl.col("person_id"))).drop_nulls(),
+                           left_on=_norm(pl.col("person_id")), right_on="_person", how="anti")["person_id"].sort())
+        if strangers.len():
+            warnings.append(
+                f"{plural(strangers.len(), 'person folder')} with registry rows of version {label} "
+                f"{'has' if strangers.len() == 1 else 'have'} no row in OMOP/person.csv (e.g. "
+                f"{', '.join(f'{p}/' for p in strangers.head(3).to_list())}): the linkage procedure's person_id "
+                "references the PERSON table, and `validate` refuses such rows in a shipped registry "
+                "(registry.unknown_person). Add the persons to OMOP/person.csv (or fix the folder names), run, and "
+                "write the registries again")
     changed = _not_as_recorded(omop, "visit_occurrence", sources)
     if changed is not None and rows.height:
         warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "
@@ -445,6 +482,15 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "and so is the procedure_date of an accession none of whose files has one (--omop), though the procedures "
             "want them (the Imaging SOP's datetime is NOT NULL, OMOP's procedure_date is required): keep those dates "
             "and times when de-identifying, run, and write the registries again")
+    day_only = out.filter(pl.col("_day_only").fill_null(False))["srcfile"]
+    if day_only.len():
+        warnings.append(
+            f"{plural(day_only.len(), 'image registry row')} of version {label} {'has' if day_only.len() == 1 else 'have'} "
+            f"a capture date without a time (e.g. {', '.join(day_only.head(3).to_list())}): their DICOM header gives "
+            "an acquisition, content, series or study date but none of those with its time, so their datetime is that "
+            "day's 00:00:00, and visit_id the visit enclosing that midnight, which may not be the visit of the "
+            "capture. Keep the times (AcquisitionTime, StudyTime) when de-identifying, run, and write the registries "
+            "again; or check datetime and visit_id of those rows before shipping the registry")
     session_folder = pl.col("srcfile").str.extract(r"^(.*)/[^/]+$")
     undated_waves = (
         out.filter(pl.col("_when").is_null() & (pl.col("modality") == "Waveforms")).with_columns(_folder=session_folder)
@@ -556,6 +602,39 @@ def _common_folder(frame: pl.DataFrame, first: str, last: str) -> pl.Expr:
         run = run & (a.list.get(k, null_on_oob=True) == b.list.get(k, null_on_oob=True)).fill_null(False)
         shared = shared + run.cast(pl.Int32)
     return a.list.head(shared).list.join("/")
+
+
+def _filled_by_hand(out: Path, registries: Registries) -> list[str]:
+    """A warning for each registry in `out` about to be replaced whose rows give a datetime or visit_id where the new
+    rows of the same file_id have none: filled in by hand (as the undated-session warning suggests), they were lost
+    without a word when the registries were written again."""
+    said = []
+    for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
+        path = out / name
+        try:  # (a spreadsheet's BOM read too; only the three columns, as text)
+            old = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", columns=["file_id", "datetime", "visit_id"])
+        except Exception:  # noqa: BLE001 (none there, or not one to compare: it is replaced as before)
+            continue
+        old = old.rename({c: c.lstrip("\ufeff") for c in old.columns}).select(
+            pl.col("file_id").str.strip_chars(), pl.col("datetime").str.strip_chars().alias("_old_datetime"),
+            pl.col("visit_id").str.strip_chars().alias("_old_visit_id"))
+        lost = (frame.select(pl.col("file_id").cast(pl.String), "datetime", "visit_id").join(old, on="file_id")
+                .unpivot(index=["file_id", "datetime", "visit_id"], on=["_old_datetime", "_old_visit_id"],
+                         variable_name="_column", value_name="_was")
+                .with_columns(_column=pl.col("_column").str.strip_prefix("_old_"))
+                .filter((pl.col("_was").fill_null("") != "")
+                        & pl.when(pl.col("_column") == "datetime").then(pl.col("datetime").is_null())
+                        .otherwise(pl.col("visit_id").is_null()))
+                .sort(pl.col("file_id").cast(pl.Int64, strict=False), "_column"))
+        if lost.height:
+            shown = "; ".join(f"file_id {i}: {c} {w!r}" for i, c, w in lost.head(3).select(
+                "file_id", "_column", "_was").iter_rows())
+            said.append(
+                f"{path} had a datetime or visit_id in {plural(lost['file_id'].n_unique(), 'row')} where the registry "
+                f"written now has none (e.g. {shown}), values filled in by hand perhaps: those cells are empty now. "
+                "Fill them in again before shipping the registry, or give the headers (or visits) those values, run, "
+                "and write the registries again")
+    return said
 
 
 def write_registries(registries: Registries, out: str | Path, *, omop: bool = False) -> list[Path]:
@@ -719,6 +798,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                 # is given by this release's rules (it gave them, exit 0, where validate --force refused)
                 manifest.ensure_schema(create=False)
                 registries = build()
+        registries.warnings += _filled_by_hand(Path(out), registries)
         return registries, write_registries(registries, out, omop=omop)
     finally:  # stopped or failed before writing (a signal, a refusal): no empty --out folder of its own is left
         remove_empty_folders(made)

@@ -33,10 +33,14 @@ def expected_time(site: Path, rel: str) -> datetime | None:
     path = site / rel
     if rel.endswith(".dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        for day, tm in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
-                        ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+        pairs = (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                 ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))
+        for day, tm in pairs:  # a date with its time first; a date alone only where no pair has both
+            if ds.get(day) and ds.get(tm):
+                return datetime.strptime(ds.get(day) + str(ds.get(tm))[:6].ljust(6, "0"), "%Y%m%d%H%M%S")
+        for day, _ in pairs:
             if ds.get(day):
-                return datetime.strptime(ds.get(day) + str(ds.get(tm, "000000"))[:6].ljust(6, "0"), "%Y%m%d%H%M%S")
+                return datetime.strptime(ds.get(day), "%Y%m%d")
         return None
     session = path.parent.name
     header = wfdb.rdheader(str(path.parent / session))
@@ -389,6 +393,47 @@ def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
     assert len(rows) == len(dicoms) and {r["datetime"] for r in rows} == {""}
     procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == rows[0]["proc_id"])
     assert procedure["procedure_date"] == ""
+
+
+def test_a_date_without_its_time_gives_way_to_a_full_date_and_time_and_a_date_alone_is_told(tmp_path):
+    """An AcquisitionDate whose AcquisitionTime a de-identifier removed was written as that day's 00:00:00 over the
+    header's full StudyDate and StudyTime, and the visit looked up at that midnight (here: none), exit 0, without a
+    word. Now the first date that has its time gives the datetime; a header with dates but no time gives the day's
+    midnight, and registry says which rows (exit 1)."""
+    import pydicom
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0 = sitegen.person_ids(1)[0]
+    dicoms = sorted(sorted((site / p0 / "Images").glob("*/*"))[0].rglob("*.dcm"))
+    assert len(dicoms) >= 2
+    day = "20200101"
+    for path, study_time in ((dicoms[0], "101500"), (dicoms[1], None)):
+        ds = pydicom.dcmread(path)
+        for kind in ("Acquisition", "Content", "Series", "Study"):
+            for part in ("Date", "Time", "DateTime"):
+                if kind + part in ds:
+                    delattr(ds, kind + part)
+        ds.AcquisitionDate, ds.StudyDate = day, day
+        if study_time:
+            ds.StudyTime = study_time
+        ds.save_as(path)
+    # the one visit of the person: that morning, after midnight
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        f"visit_end_datetime,visit_type_concept_id\n77,{p0},9201,2020-01-01,2020-01-01 08:00:00,2020-01-01,"
+        "2020-01-01 12:00:00,32817\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    rows = {delivered(site, r): r for r in read_csv(out / "image_registry.csv")}
+    full, alone = (rows[p.relative_to(site).as_posix()] for p in dicoms[:2])
+    assert (full["datetime"], full["visit_id"]) == ("2020-01-01 10:15:00", "77")
+    assert (alone["datetime"], alone["visit_id"]) == ("2020-01-01 00:00:00", "")
+    assert "1 image registry row" in done.stderr and "a capture date without a time" in done.stderr
+    assert dicoms[1].relative_to(site).as_posix() in done.stderr
+    assert dicoms[0].relative_to(site).as_posix() not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_waveform_sessions_without_a_capture_time_are_told(tmp_path):
@@ -836,6 +881,32 @@ def test_an_edf_sessions_rows_are_dated_by_its_header(tmp_path):
     assert procedure["procedure_date"] == start.strftime("%Y-%m-%d")
 
 
+def test_a_person_folder_without_a_person_row_is_told_and_a_person_table_it_cannot_read_does_not_stop_it(tmp_path):
+    """A person folder with waveforms and images but no row in OMOP/person.csv gave registry rows (and procedures) of
+    a person OMOP does not have, exit 0, without a word; validate then refused the shipped registry
+    (registry.unknown_person). Now registry names the folder (exit 1); an id written without its leading zeros in
+    person.csv is the same person; a person.csv it cannot read is said, and the registries are still written."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0, p1, p2 = sitegen.person_ids(3)
+    table = site / "OMOP" / "person.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0], lines[1].replace(p0, str(int(p0))), lines[2]]) + "\n")  # p2 has no row
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "1 person folder with registry rows" in done.stderr and f"(e.g. {p2}/)" in done.stderr, done.stderr
+    assert f"{p0}/" not in done.stderr and f"{p1}/" not in done.stderr
+    assert {r["person_id"] for r in read_csv(out / "waveform_registry.csv")} == {p0, p1, p2}
+
+    table.write_text(table.read_text().replace(",", ";"))
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "not looked up in OMOP/person.csv" in done.stderr and "split by semicolons" in done.stderr, done.stderr
+    assert (out / "waveform_registry.csv").exists() and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("table", ["visit_occurrence", "procedure_occurrence"])
 def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_path, table):
     """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
@@ -1066,3 +1137,64 @@ def test_a_person_folder_renamed_to_another_spelling_of_its_id_is_told_its_proce
     assert done.returncode == 1 and "person folder named otherwise" in done.stderr, done.stderr
     assert {(r["group_id"], r["person_id"]): (r["proc_id"], r["visit_id"])
             for r in read_csv(old / "waveform_registry.csv") + read_csv(old / "image_registry.csv")} == before
+
+
+def test_of_visits_starting_together_the_smallest_id_is_taken_as_a_number(tmp_path):
+    """Two visits of a person starting at the same time both enclose the capture: the smallest id was taken as text,
+    so visit 10 came before visit 9 (and 100 before 99)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    (p0,) = sitegen.person_ids(1)
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n"
+        f"10,{p0},9201,2023-12-30,2023-12-30 00:00:00,2024-02-01,2024-02-01 00:00:01,32817\n"
+        f"9,{p0},9201,2023-12-30,2023-12-30 00:00:00,2024-02-01,2024-02-01 00:00:01,32817\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert rows and {r["visit_id"] for r in rows} == {"9"}
+
+
+def test_a_visit_that_ends_before_it_starts_is_told_not_left_enclosing_nothing_silently(tmp_path):
+    """A visit whose end an ETL or a date shift put before its start enclosed no capture: its files' visit_id was
+    empty, exit 0, without a word. Now registry names it, as it names a visit whose dates it cannot read (exit 1)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    (p0,) = sitegen.person_ids(1)
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n"
+        f"5,{p0},9201,2024-02-01,2024-02-01 00:00:00,2023-12-30,2023-12-30 00:00:01,32817\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "an end before the start" in done.stderr and "visit 5: start '2024-02-01 00:00:00'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_path):
+    """The undated-session warning suggests filling in datetime and visit_id in waveform_registry.csv; writing the
+    registries again into that folder replaced the filled-in cells by empty ones, exit 0 or 1 for other reasons,
+    without a word. Now registry names the rows and the values (a spreadsheet's BOM and CRLF read too)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    (site / "OMOP" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime,visit_type_concept_id\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
+    path = out / "waveform_registry.csv"
+    rows = read_csv(path)
+    assert rows and not any(r["visit_id"] for r in rows)
+    rows[0]["visit_id"] = "4242"
+    with path.open("w", newline="", encoding="utf-8-sig") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\r\n")
+        w.writeheader()
+        w.writerows(rows)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert f"file_id {rows[0]['file_id']}: visit_id '4242'" in done.stderr and "1 row" in done.stderr, done.stderr
+    again = cli("registry", "--db", str(db), "--out", str(out))  # (nothing filled in now: nothing to tell)
+    assert again.returncode == 0, again.stderr
