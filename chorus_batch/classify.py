@@ -322,18 +322,39 @@ def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_
     return _classify(listing, patterns)
 
 
+def _on_rows(frame: pl.DataFrame, rows: pl.Series, expr: pl.Expr) -> pl.Series:
+    """`expr` (a String column) worked out on the rows where `rows` is true alone, NULL on the others."""
+    where = rows.arg_true()
+    column = pl.repeat(None, frame.height, dtype=pl.String, eager=True)
+    if where.len():
+        values = frame.select(*dict.fromkeys(expr.meta.root_names())).filter(rows).select(expr).to_series()
+        column = column.scatter(where, values)
+    return column.alias(expr.meta.output_name())
+
+
 def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
     if listing.height == 0:
         return listing.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in CLASSIFIED_SCHEMA.items())
-    frame = listing.lazy().with_columns(
-        [pl.col("srcfile").str.extract_groups(p.regex).alias(f"_x{i}") for i, p in enumerate(patterns)]
+    # Each pattern's hit is kept as a column (as is `plain`): written into every expression that reads it, the
+    # control-character regex and the pattern's checks ran again for each output column (one run is enough).
+    groups = listing.lazy().with_columns(
+        [pl.col("srcfile").str.extract_groups(p.regex).alias(f"_x{i}") for i, p in enumerate(patterns)],
+        _plain=~pl.col("srcfile").str.contains(CONTROL_CHARACTER),
     ).with_columns(
         [_groups(p, pl.col(f"_x{i}")).alias(f"_g{i}") for i, p in enumerate(patterns)]
-    ).with_columns(
-        [_reason(p, pl.col(f"_g{i}")).alias(f"_r{i}") for i, p in enumerate(patterns)]
+    ).collect()
+    # A pattern's checks (_reason), on the paths that fit its shape alone: NULL elsewhere, where every group is
+    # (was: worked out for every path, each pattern's)
+    groups = groups.with_columns(
+        _on_rows(groups, groups[f"_g{i}"].struct.field("matched"), _reason(p, pl.col(f"_g{i}")).alias(f"_r{i}"))
+        for i, p in enumerate(patterns)
     )
-    plain = ~pl.col("srcfile").str.contains(CONTROL_CHARACTER)
-    hit = [pl.col(f"_g{i}").struct.field("matched") & pl.col(f"_r{i}").is_null() & plain for i in range(len(patterns))]
+    frame = groups.lazy().with_columns(
+        [(pl.col(f"_g{i}").struct.field("matched") & pl.col(f"_r{i}").is_null() & pl.col("_plain")).alias(f"_h{i}")
+         for i in range(len(patterns))]
+    )
+    plain = pl.col("_plain")
+    hit = [pl.col(f"_h{i}") for i in range(len(patterns))]
     near = [pl.col(f"_g{i}").struct.field("matched") for i in range(len(patterns))]
 
     def first_hit(field: str) -> pl.Expr:
@@ -343,9 +364,10 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
     winner_layout = pl.coalesce([pl.when(h).then(pl.lit(p.layout)) for h, p in zip(hit, patterns)])
     near_modality = pl.coalesce([pl.when(n).then(pl.lit(p.modality)) for n, p in zip(near, patterns)])
     near_reason = pl.coalesce([pl.when(n & plain).then(pl.col(f"_r{i}")) for i, n in enumerate(near)])
+    near_person = [pl.when(n).then(pl.col(f"_g{i}").struct.field("person_id")) for i, n in enumerate(near)]
     fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"), patterns)
 
-    frame = frame.with_columns(
+    work = frame.with_columns(
         _hit=pl.any_horizontal(hit),
         _person=first_hit("person_id"),
         _session=first_hit("session"),
@@ -357,6 +379,14 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
         _category=first_hit("category"),
         _modality=winner_modality,
         _layout=winner_layout,
+    ).collect()
+    # The modality, person and reason of a path that fits no pattern, worked out for those paths alone: the
+    # fallback splits each path into its folders, and most paths of a site fit a pattern (was: for every path).
+    missed = ~work["_hit"]
+    work = work.with_columns(
+        _on_rows(work, missed, pl.coalesce(near_modality, fallback_modality).alias("_u_modality")),
+        _on_rows(work, missed, pl.coalesce([*near_person, fallback_person]).alias("_u_person")),
+        _on_rows(work, missed, pl.coalesce(near_reason, fallback_reason).alias("_u_reason")),
     )
     # Sessions named <...>_<YYYYMMDD>_<HHMMSS> give the start when the file name does not.
     session_stamp = pl.col("_session").str.extract_groups(_SESSION_STAMP)
@@ -375,18 +405,16 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
         pl.when(pl.col("_date").is_not_null()).then(pl.concat_str([pl.col("_name_person"), pl.col("_date"), pl.col("_time")], separator="_")),
         pl.when(pl.col("_person").is_not_null()).then(pl.lit("")),
     )
-    out = frame.with_columns(
-        modality=pl.when(pl.col("_hit")).then(pl.col("_modality")).otherwise(pl.coalesce(near_modality, fallback_modality)),
-        person_id=pl.when(pl.col("_hit")).then(pl.col("_person")).otherwise(
-            pl.coalesce([*(pl.when(n).then(pl.col(f"_g{i}").struct.field("person_id")) for i, n in enumerate(near)), fallback_person])
-        ),
+    out = work.lazy().with_columns(
+        modality=pl.when(pl.col("_hit")).then(pl.col("_modality")).otherwise(pl.col("_u_modality")),
+        person_id=pl.when(pl.col("_hit")).then(pl.col("_person")).otherwise(pl.col("_u_person")),
         category=pl.when(pl.col("_hit")).then(category),
         session_id=pl.when(pl.col("_hit")).then(session_id),
         start_date=start.dt.strftime("%Y-%m-%d"),
         start_time=start.dt.strftime("%H:%M:%S"),
         duration_s=pl.col("_duration").cast(pl.Float64, strict=False),
         segment=pl.col("_segment"),
-        parse_error=pl.when(pl.col("_hit")).then(pl.lit(None, pl.String)).otherwise(pl.coalesce(near_reason, fallback_reason)),
+        parse_error=pl.when(pl.col("_hit")).then(pl.lit(None, pl.String)).otherwise(pl.col("_u_reason")),
         layout=pl.when(pl.col("_hit")).then(pl.col("_layout")),
     )
     return out.select(*listing.columns, *CLASSIFIED_SCHEMA).cast(CLASSIFIED_SCHEMA).collect()  # type: ignore[arg-type]

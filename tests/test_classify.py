@@ -263,3 +263,50 @@ def test_a_library_run_with_a_bad_pattern_is_refused_before_the_manifest_is_made
     with pytest.raises(ConfigError, match="invalid path pattern"):
         run(RunSettings(site=str(site), db=str(db), patterns={"Waveforms": ["(unclosed"]}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+# A frame of paths that fit, paths that fit a pattern's shape but fail its checks, and paths that fit none, mixed
+# (with the Unicode case folds the (?i) folders take: 'ſ' is an 's', the Kelvin sign a 'k')
+_MIXED = ["000123/Waveforms/Telemetry/901/901.hea", "junk/a.txt", "000123/Waveforms/000124_20200101_101010_60.dat",
+          "10001001/Images/CT/1234/5678/000.dcm", "OMOP/a\nb.csv", "000123/Waveforms/S1/other.hea", "RECORDS",
+          "7/waveformſ/7_20200101_100000_60.csv", "ſubmission.md", "omop/\u212a.csv", "1/waveforms/\u212aeg/1/1.edf",
+          "000123/Waveforms/Telemetry/901.hea", "Waveforms/Telemetry/901/901.hea", "000123/notes.txt", "a//b", "",
+          "1/Images/ST/SE/1_20230101_101530_CT_01_001.dcm", "000123/Waveforms/000123_20201301_101010_60.dat"]
+
+
+def test_a_frame_of_mixed_paths_classifies_each_path_as_it_would_alone():
+    frame = classify(pl.DataFrame({"srcfile": _MIXED * 3})).with_columns(record_key=record_key())
+    for i, path in enumerate(_MIXED * 3):
+        assert frame.row(i, named=True) == one(path), path
+
+
+def test_the_folder_fallback_is_worked_out_for_the_paths_no_pattern_fits_alone(monkeypatch):
+    """The fallback (modality, person and reason from where a path lies) splits every path into its folders: it
+    was worked out for every path of a batch, most of which fit a pattern, and then thrown away for those."""
+    import chorus_batch.classify as classify_module
+
+    def strict_fallback(srcfile, patterns=classify_module.DEFAULT_PATTERNS):
+        # fails on a path that is no number: on any path but "7", the one no pattern fits
+        as_number = srcfile.cast(pl.Int64, strict=True).cast(pl.String)
+        return as_number, as_number, as_number
+
+    monkeypatch.setattr(classify_module, "_fallback", strict_fallback)
+    paths = ["000123/Waveforms/Telemetry/901/901.hea", "7", "10001001/Images/CT/1234/5678/000.dcm"]
+    frame = classify(pl.DataFrame({"srcfile": paths}))
+    assert frame["modality"].to_list() == ["Waveforms", "7", "Images"]
+    assert frame["parse_error"].to_list() == [None, "7", None]
+
+
+def test_a_pattern_s_checks_are_worked_out_for_the_paths_of_its_shape_alone(monkeypatch):
+    """Each pattern's checks (_reason) ran over every path of the batch, of its shape or not (NULL groups)."""
+    import chorus_batch.classify as classify_module
+
+    def strict_reason(pattern, g):
+        # fails on a path that is not of the pattern's shape: the sessions of the shapes these paths fit are numbers
+        session = pl.when(g.struct.field("matched")).then(g.struct.field("session")).otherwise(pl.lit("none"))
+        return pl.when(session.cast(pl.Int64, strict=True) < 0).then(pl.lit("negative"))
+
+    monkeypatch.setattr(classify_module, "_reason", strict_reason)
+    frame = classify(pl.DataFrame({"srcfile": ["OMOP/17", "000123/Waveforms/Telemetry/901/901.hea"]}))
+    assert frame["modality"].to_list() == ["OMOP", "Waveforms"]
+    assert frame["session_id"].to_list() == ["17", "901"]
