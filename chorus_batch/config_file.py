@@ -367,25 +367,16 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
     return str(path)
 
 
-# An environment variable as a shell ($NAME, ${NAME}) or Windows (%NAME%) writes it in a path
-_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?|%([A-Za-z_][A-Za-z0-9_]*)%")
-
-
 def _no_variable(value: str, path: Path, what: str) -> None:
     """A path setting that names an environment variable (`root = "$DATA/site"`) is refused: chorus.toml expands
     none, and it was "site root is not a readable directory: /etc/chorus/$DATA/site", a manifest made in a new folder
-    named `$DATA`. A folder that is there under that very name is taken as written."""
-    found = _VARIABLE.search(value)
-    if found is None:
+    named `$DATA`. A folder that is there under that very name is taken as written (urls.unexpanded_variable)."""
+    from .urls import unexpanded_variable
+
+    variable = unexpanded_variable(value, str(path))
+    if variable is None:
         return
-    # the path as the run reads it, up to the name holding the variable (the names after it dropped)
-    after = re.split(f"[{re.escape(os.sep + (os.altsep or ''))}]", value[found.end():], maxsplit=1)[1:]
-    upto = path
-    for _ in Path(after[0]).parts if after else ():
-        upto = upto.parent
-    if os.path.lexists(upto):
-        return
-    raise ConfigError(f"{what} {value!r} names the environment variable {found.group(0)}, but chorus.toml expands no "
+    raise ConfigError(f"{what} {value!r} names the environment variable {variable}, but chorus.toml expands no "
                       "environment variables (only a leading ~, the home folder)", where=what,
                       fix="write the path out, or fill the variables in before the run: envsubst < chorus.toml.in > "
                           "chorus.toml (or --config <(envsubst < chorus.toml.in)); relative paths are from the file's "

@@ -667,6 +667,32 @@ def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
 
 
+@pytest.mark.parametrize(("option", "value", "variable"), [
+    ("--db", "${DB}.sqlite", "${DB}"), ("--db", "$(DB)", "$(DB)"), ("--parquet", "$SNAPS", "$SNAPS"),
+    ("--out", "%OUT%.html", "%OUT%"), ("--config", "$CFG/chorus.toml", "$CFG"), ("--site", "$SITE/x", "$SITE"),
+])
+def test_an_environment_variable_no_shell_filled_in_is_refused_in_a_path_option(tmp_path, option, value, variable):
+    """A path option naming a variable nothing filled in (single quotes in a cron line, a container's exec-form
+    command, a Kubernetes `$(DB)` not defined): `run --db '${DB}.sqlite'` made a new manifest named so in the working
+    folder and recorded every file as added; `--parquet '$SNAPS'` a folder '$SNAPS'; `--site '$SITE/x'` was "a typo,
+    or a disk that is not mounted?". Exit 2 naming the variable, nothing made; a folder of that very name is taken."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    command = {"--out": ["report", "--db", str(db)], "--config": ["versions", "--db", str(db)],
+               "--db": ["run", "--site", str(tmp_path / "site")],
+               "--parquet": ["run", "--site", str(tmp_path / "site"), "--db", str(db)], "--site": ["run"]}[option]
+    out = cli(*command, option, value, "-q", cwd=work, env={"HOME": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"names the environment variable {variable}, but nothing filled it in" in out.stderr, out.stderr
+    assert list(work.iterdir()) == []
+    if option == "--parquet":  # a folder really named so is taken as written
+        (work / value).mkdir()
+        assert cli(*command, option, value, "-q", "--no-validate", cwd=work).returncode == 0
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_db_that_is_a_named_pipe_or_a_device_is_a_usage_error(tmp_path, kind):
     """`--db /dev/null` (a script's placeholder) was "the manifest's file system failed: disk I/O error", exit 3, in
