@@ -628,3 +628,19 @@ def test_every_readme_section_a_message_names_is_there():
             named += [(source.name, name) for name in re.findall(r"README: ([\w ]+)", text)]
     assert len(named) >= 4
     assert [(where, name) for where, name in named if name not in headings] == []
+
+
+@pytest.mark.parametrize(("regex", "said"), [
+    ("^(x", "invalid path pattern '^(x': unclosed group, at character 2"),
+    (r"\d{8", r"invalid path pattern '\d{8': unclosed counted repetition, at character 3"),
+])
+def test_a_bad_path_pattern_is_said_on_one_line_with_its_reason_and_place(tmp_path, regex, said):
+    """A [patterns] regex the Rust engine refuses was said as its four-line error folded into one with escapes:
+    "invalid path pattern: regex error: regex parse error:\\n    (unclosed\\n    ^\\nerror: unclosed group". Now the
+    pattern as written, the reason and the character where it goes wrong."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "chorus.toml").write_text(f"[site]\nroot = \"site\"\n[patterns]\nWaveforms = ['{regex}']\n")
+    out = cli("run", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"chorus-batch: error: {said}\n" in out.stderr, out.stderr
+    assert "\\n" not in out.stderr.splitlines()[0] and "regex parse error" not in out.stderr, out.stderr
