@@ -93,6 +93,21 @@ def test_an_on_off_pair_given_both_ways_is_refused():
     assert _said(["run", "--site", "s", "--no-validate", "--no-validate", "--default-excludes"]) == ""  # the same twice
 
 
+def test_an_on_off_flag_given_a_value_says_the_flag_that_means_it(tmp_path):
+    """`--validate=false`, `--json=1`, as other tools take them: argparse said "argument --validate/--no-validate:
+    ignored explicit argument 'false'" (what, not what to do), and `--json=1` printed no JSON error on stdout."""
+    assert _said(["run", "--site", "s", "--validate=false"]) == (
+        "chorus-batch run: error: --validate=false: --validate is a flag and takes no value; write --no-validate")
+    assert _said(["run", "--site", "s", "--no-follow-symlinks=yes"]).endswith("; write --no-follow-symlinks")
+    assert _said(["run", "--site", "s", "--default-excludes=maybe"]).endswith(
+        "; write --default-excludes or --no-default-excludes")
+    assert _said(["run", "--site", "s", "--dry-run=no"]).endswith("--dry-run is a flag and takes no value; leave "
+                                                                   "--dry-run out")
+    out = cli("versions", "--db", str(tmp_path / "m.sqlite"), "--json=1")
+    assert out.returncode == 2 and "--json is a flag and takes no value; write --json" in out.stderr, out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2, out.stdout
+
+
 def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
     """argparse took `--sit` for --site: a nightly line's shortened option would quietly change meaning (or stop
     working) once a new option shares its start."""
