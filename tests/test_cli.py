@@ -203,6 +203,25 @@ def test_a_tilde_no_shell_expanded_is_the_home_folder_in_every_path_argument(mon
         assert given and all(value.startswith(f"{tmp_path}/") for value in given), (words, vars(args))
 
 
+@pytest.mark.parametrize("option", ["--site", "--db", "--parquet"])
+def test_a_tilde_of_no_user_names_the_flag_not_the_library_argument(tmp_path, option):
+    """`status --site '~nosuch/x'` (a cron line's quoted path of another account's home) said "RunSettings(site=...)
+    ~nosuch/x: '~' names no folder here", where: RunSettings(site=...): the library's words, not the flag given. A
+    library caller is still told RunSettings(site=...)."""
+    from chorus_batch.config import RunSettings
+    from chorus_batch.errors import UsageError
+
+    write(tmp_path / "site", "OMOP/a.csv")
+    given = {"--site": [], "--db": ["--site", str(tmp_path / "site")],
+             "--parquet": ["--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite")]}[option]
+    out = cli("run", *given, option, "~nosuchuser_chorus/x", cwd=tmp_path)
+    assert out.returncode == 2 and "RunSettings" not in out.stderr, out.stderr
+    assert f"{option} ~nosuchuser_chorus/x: '~' names no folder here" in out.stderr, out.stderr
+    assert f"where: {option}\n" in out.stderr, out.stderr
+    with pytest.raises(UsageError, match=r"RunSettings\(site=\.\.\.\) ~nosuchuser_chorus/x"):
+        RunSettings(site="~nosuchuser_chorus/x")
+
+
 def test_every_command_has_help_with_an_example():
     """Every command's --help has examples that use it, and each example's command lines parse with the real
     parser: command names and flags are the real ones (not only "example" somewhere in the text)."""
