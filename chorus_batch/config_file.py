@@ -26,6 +26,16 @@ def config_path(given: str | None) -> str | None:
 _TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is at the position given)",
           "Cannot declare": "a section is declared twice (the second is at the position given)"}
 
+# tomllib's words for two slips of a value in quotes -> (what it means, what to do): its own message ("Unescaped '\\' in
+# a string", "Illegal character '\\n'") was followed by "fix the TOML syntax at the position given"
+_QUOTED = {"Unescaped '\\' in a string": (
+               "in double quotes a backslash starts an escape (\\n, \\t), as a Windows path's do",
+               "write the value in single quotes, where a backslash is itself (root = 'D:\\chorus\\site'), or "
+               "double each backslash"),
+           "Illegal character '\\n'": (
+               "a value in quotes is not closed on its line",
+               "add the closing quote at the end of the value (a value in quotes ends on the line it starts)")}
+
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
@@ -80,6 +90,10 @@ def read_toml_text(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
                               where=f"{path}, line {line.group(1)}" if line else str(path),
                               fix="save it with LF (or CRLF) line ends, e.g. tr '\\r' '\\n' < chorus.toml > fixed.toml, "
                                   "and run again") from None
+        quoted = next((hint for words, hint in _QUOTED.items() if str(exc).startswith(words)), None)
+        if quoted is not None:
+            raise ConfigError(f"config file is not valid TOML: {exc}: {quoted[0]}",
+                              where=f"{path}, line {line.group(1)}" if line else str(path), fix=quoted[1]) from None
         unquoted = _unquoted_text(text, int(line.group(1))) if line and not said else None
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""),
                           where=f"{path}, line {line.group(1)}" if line else str(path),

@@ -644,3 +644,18 @@ def test_a_bad_path_pattern_is_said_on_one_line_with_its_reason_and_place(tmp_pa
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"chorus-batch: error: {said}\n" in out.stderr, out.stderr
     assert "\\n" not in out.stderr.splitlines()[0] and "regex parse error" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("toml", "said", "fix"), [
+    ('[site]\nroot = "D:\\chorus\\site"\n', "in double quotes a backslash starts an escape",
+     "write the value in single quotes, where a backslash is itself"),
+    ('[site]\nname = "site-a\n', "a value in quotes is not closed on its line", "add the closing quote"),
+])
+def test_a_slip_in_a_quoted_value_is_said_with_what_to_write(tmp_path, toml, said, fix):
+    """A Windows path in double quotes (`root = "D:\\chorus\\site"`, as on the site's Windows machine) and a value whose
+    closing quote is missing were tomllib's "Unescaped '\\' in a string" / "Illegal character '\\n'", with the fix
+    "fix the TOML syntax at the position given": now what it means and what to write, with the line."""
+    (tmp_path / "chorus.toml").write_text(toml)
+    out = cli("versions", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert said in out.stderr and f"fix:   {fix}" in out.stderr and "where: chorus.toml, line 2" in out.stderr, out.stderr
