@@ -133,7 +133,9 @@ def setting_line(text: str, loc: tuple[str, ...]) -> int | None:
                 table = names
                 written.setdefault(table, number)
             elif names:
-                written.setdefault((*table, *names), number)
+                for end in range(1, len(names) + 1):  # (`workers.x = 2` writes run.workers on its line too: an error
+                    # in run.workers was said on [run]'s line)
+                    written.setdefault((*table, *names[:end]), number)
                 rest = line[found.end():]  # type: ignore[union-attr]
                 in_string = (rest.count('"""') + rest.count("'''")) % 2 == 1
     for end in range(len(loc), 0, -1):

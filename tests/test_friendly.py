@@ -659,3 +659,11 @@ def test_a_slip_in_a_quoted_value_is_said_with_what_to_write(tmp_path, toml, sai
     out = cli("versions", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert said in out.stderr and f"fix:   {fix}" in out.stderr and "where: chorus.toml, line 2" in out.stderr, out.stderr
+
+
+def test_a_setting_written_as_a_dotted_key_is_named_on_its_own_line(tmp_path):
+    """`workers.x = 2` under [run] (a dotted key: run.workers is a table) was refused as run.workers "on line 1", the
+    [run] header's, not the line that writes it."""
+    (tmp_path / "chorus.toml").write_text('[run]\nmode = "full"\nworkers.x = 2\n')
+    out = cli("versions", cwd=tmp_path)
+    assert out.returncode == 2 and "where: chorus.toml, line 3: [run] workers" in out.stderr, out.stderr
