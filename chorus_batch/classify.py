@@ -157,12 +157,29 @@ def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
     return f"{CLASSIFY_LOGIC}:{hashlib.sha1(text.encode('utf-8'), usedforsecurity=False).hexdigest()[:16]}"
 
 
+def _regex_error(text: str, regex: str) -> str:
+    """The Rust regex error's reason and position, on one line: polars gives it over four (the pattern, a line of '^'
+    under the fault, "error: unclosed group"), which a message showed as 'regex error: regex parse error:\\n
+    (unclosed\\n    ^\\nerror: unclosed group'."""
+    lines = text.splitlines()
+    reason = next((line[len("error: "):] for line in reversed(lines) if line.startswith("error: ")), None)
+    if reason is None:
+        return " ".join(line.strip() for line in lines if line.strip())
+    # the marks line sits under the pattern as the error shows it (indented alike): its first '^' is the fault
+    if "\n" not in regex and len(lines) >= 4 and lines[-3].endswith(regex) and set(lines[-2].strip()) <= set("^- "):
+        column = lines[-2].index("^") - (len(lines[-3]) - len(regex)) + 1 if "^" in lines[-2] else None
+        if column is not None and 1 <= column <= len(regex) + 1:
+            return f"{reason}, at character {column}"
+    return reason
+
+
 def _check_regex(modality: str, index: int, regex: str, config: str = "chorus.toml") -> None:
     where = f"{config} [patterns] {modality}[{index}]"
     try:
         pl.Series("p", ["x"]).str.extract_groups(regex)
     except Exception as exc:  # polars raises ComputeError for bad regexes
-        raise ConfigError(f"invalid path pattern: {exc}", where=where, fix="fix the regular expression (Rust regex syntax)") from None
+        raise ConfigError(f"invalid path pattern '{regex}': {_regex_error(str(exc), regex)}", where=where,
+                          fix="fix the regular expression (Rust regex syntax)") from None
     names = set(re.findall(r"\(\?P<(\w+)>", regex))
     unknown = names - set(GROUPS)
     if unknown:

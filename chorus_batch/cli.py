@@ -144,14 +144,36 @@ class _Parser(argparse.ArgumentParser):
             else:
                 value, what = f"{q('./' + word)}, or -- {q(word)} at the end of the command line", "a name"
             message += f"; {word!r} starts with '-', so it was read as a flag, not as {what}: write {value}"
+        explicit = re.match(r"argument (\S+): ignored explicit argument '(.*)'$", message, re.S)
+        if explicit:  # `--validate=false`, `--json=1`: "ignored explicit argument 'false'" said what, not what to do
+            message = _flag_takes_no_value(explicit.group(1).split("/"), explicit.group(2))
         from .urls import scrub
 
         message = scrub(message)  # (it quotes what was given: a SAS in the wrong place, say)
         words = _Parser.words[:_Parser.words.index("--")] if "--" in _Parser.words else _Parser.words
-        if "--json" in words:  # a script parsing stdout gets why, as from any other failing command
+        # a script parsing stdout gets why, as from any other failing command (`--json=1` too)
+        if any(word == "--json" or word.startswith("--json=") for word in words):
             _print_json_error(int(ExitCode.USAGE), message, where=self.prog,
                               fix=f"see `{self.prog} --help` for its options and examples")
         super().error(message)
+
+
+def _flag_takes_no_value(flags: list[str], value: str) -> str:
+    """The message for an on/off flag given a value (`--validate=false`, `--json=1`, as other tools take them): which
+    flag takes no value, and how to say what was meant."""
+    written = next((word.partition("=")[0] for word in _Parser.words if word.partition("=")[0] in flags
+                    and "=" in word), flags[0])
+    on = next((flag for flag in flags if flag.startswith("--") and not flag.startswith("--no-")), written)
+    off = next((flag for flag in flags if flag.startswith("--no-")), None)
+    said = f"{written}={value}: {written} is a flag and takes no value"
+    meant_off = value.strip().lower() in ("false", "no", "off", "0", "n", "f", "")
+    meant_on = value.strip().lower() in ("true", "yes", "on", "1", "y", "t")
+    if written == off:  # (`--no-validate=true`)
+        return said + (f"; write {off}" if meant_on else f"; write {on}" if meant_off else f"; write {off} or {on}")
+    if off is not None:
+        return said + (f"; write {on}" if meant_on else f"; write {off}" if meant_off else f"; write {on} or {off}")
+    return said + (f"; write {on}" if meant_on else f"; leave {on} out" if meant_off
+                   else f"; write {on} alone, or leave it out")
 
 
 def _checked(parser_name: str):

@@ -527,9 +527,12 @@ class RunSettings(BaseModel):
         value = os.fspath(value) if isinstance(value, os.PathLike) else value  # a pathlib path, as open_manifest takes
         if isinstance(value, str) and value.startswith("~"):  # as --db "~/m.sqlite" reads it: db="~/m.sqlite" was
             # "the manifest's folder ./~ does not exist ... mkdir -p './~'" (site was read as the home's already)
+            from .errors import named
             from .urls import expand_home
 
-            value = expand_home(value, f"RunSettings({info.field_name}=...)")
+            # (on the command line, the flag: `--site '~nosuch/x'` was said as "RunSettings(site=...)")
+            value = expand_home(value, named(f"--{info.field_name.replace('_', '-')}",
+                                             f"RunSettings({info.field_name}=...)"))
         return value
 
     @field_validator("roots", mode="before")

@@ -26,6 +26,16 @@ def config_path(given: str | None) -> str | None:
 _TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is at the position given)",
           "Cannot declare": "a section is declared twice (the second is at the position given)"}
 
+# tomllib's words for two slips of a value in quotes -> (what it means, what to do): its own message ("Unescaped '\\' in
+# a string", "Illegal character '\\n'") was followed by "fix the TOML syntax at the position given"
+_QUOTED = {"Unescaped '\\' in a string": (
+               "in double quotes a backslash starts an escape (\\n, \\t), as a Windows path's do",
+               "write the value in single quotes, where a backslash is itself (root = 'D:\\chorus\\site'), or "
+               "double each backslash"),
+           "Illegal character '\\n'": (
+               "a value in quotes is not closed on its line",
+               "add the closing quote at the end of the value (a value in quotes ends on the line it starts)")}
+
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
@@ -80,6 +90,10 @@ def read_toml_text(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
                               where=f"{path}, line {line.group(1)}" if line else str(path),
                               fix="save it with LF (or CRLF) line ends, e.g. tr '\\r' '\\n' < chorus.toml > fixed.toml, "
                                   "and run again") from None
+        quoted = next((hint for words, hint in _QUOTED.items() if str(exc).startswith(words)), None)
+        if quoted is not None:
+            raise ConfigError(f"config file is not valid TOML: {exc}: {quoted[0]}",
+                              where=f"{path}, line {line.group(1)}" if line else str(path), fix=quoted[1]) from None
         unquoted = _unquoted_text(text, int(line.group(1))) if line and not said else None
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""),
                           where=f"{path}, line {line.group(1)}" if line else str(path),
@@ -119,7 +133,9 @@ def setting_line(text: str, loc: tuple[str, ...]) -> int | None:
                 table = names
                 written.setdefault(table, number)
             elif names:
-                written.setdefault((*table, *names), number)
+                for end in range(1, len(names) + 1):  # (`workers.x = 2` writes run.workers on its line too: an error
+                    # in run.workers was said on [run]'s line)
+                    written.setdefault((*table, *names[:end]), number)
                 rest = line[found.end():]  # type: ignore[union-attr]
                 in_string = (rest.count('"""') + rest.count("'''")) % 2 == 1
     for end in range(len(loc), 0, -1):
@@ -367,25 +383,16 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
     return str(path)
 
 
-# An environment variable as a shell ($NAME, ${NAME}) or Windows (%NAME%) writes it in a path
-_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?|%([A-Za-z_][A-Za-z0-9_]*)%")
-
-
 def _no_variable(value: str, path: Path, what: str) -> None:
     """A path setting that names an environment variable (`root = "$DATA/site"`) is refused: chorus.toml expands
     none, and it was "site root is not a readable directory: /etc/chorus/$DATA/site", a manifest made in a new folder
-    named `$DATA`. A folder that is there under that very name is taken as written."""
-    found = _VARIABLE.search(value)
-    if found is None:
+    named `$DATA`. A folder that is there under that very name is taken as written (urls.unexpanded_variable)."""
+    from .urls import unexpanded_variable
+
+    variable = unexpanded_variable(value, str(path))
+    if variable is None:
         return
-    # the path as the run reads it, up to the name holding the variable (the names after it dropped)
-    after = re.split(f"[{re.escape(os.sep + (os.altsep or ''))}]", value[found.end():], maxsplit=1)[1:]
-    upto = path
-    for _ in Path(after[0]).parts if after else ():
-        upto = upto.parent
-    if os.path.lexists(upto):
-        return
-    raise ConfigError(f"{what} {value!r} names the environment variable {found.group(0)}, but chorus.toml expands no "
+    raise ConfigError(f"{what} {value!r} names the environment variable {variable}, but chorus.toml expands no "
                       "environment variables (only a leading ~, the home folder)", where=what,
                       fix="write the path out, or fill the variables in before the run: envsubst < chorus.toml.in > "
                           "chorus.toml (or --config <(envsubst < chorus.toml.in)); relative paths are from the file's "

@@ -378,6 +378,42 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
     check_location(db, what)
 
 
+# An environment variable as a shell ($NAME, ${NAME}) or Windows (%NAME%) writes it in a path
+# (and as Kubernetes, $(NAME), leaving one it does not define as written)
+VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?|\$\(([A-Za-z_][A-Za-z0-9_]*)\)|%([A-Za-z_][A-Za-z0-9_]*)%")
+
+
+def unexpanded_variable(value: str, resolved: str | None = None) -> str | None:
+    """The environment variable (`$DATA`, `${DATA}`, `%DATA%`) a path names as text, nothing having filled it in,
+    else None. A path that is there up to the name holding it (`resolved`: the path as read, the names after that one
+    dropped) is a folder of that very name, taken as written."""
+    found = VARIABLE.search(value)
+    if found is None:
+        return None
+    after = re.split(f"[{re.escape(os.sep + (os.altsep or ''))}]", value[found.end():], maxsplit=1)[1:]
+    upto = resolved if resolved is not None else os.path.abspath(os.path.expanduser(value))
+    for _ in [part for part in after[0].split(os.sep) if part] if after else ():
+        upto = os.path.dirname(upto)
+    return None if os.path.lexists(upto) else found.group(0)
+
+
+def refuse_variable(value: str, what: str, resolved: str | None = None) -> None:
+    """A UsageError for a path argument that names an environment variable no shell filled in (`--db '$DB'` in
+    single quotes, a container's exec-form command, a unit file, a Kubernetes `$(DB)` of a variable not defined):
+    `run --db '${DB}.sqlite'` made a new manifest of that name in the working folder and recorded every file as added,
+    `--parquet '$SNAPS'` a folder '$SNAPS'; the reading commands said "no manifest at .../$DB/m.sqlite"."""
+    variable = unexpanded_variable(value, resolved)
+    if variable is None:
+        return
+    raise UsageError(f"{what} {value}: names the environment variable {variable}, but nothing filled it in (chorus-batch "
+                     "expands no environment variables, only a leading ~); nothing was done", where=what,
+                     fix="write the path out, or " + (
+                         f"run the command where Windows' cmd.exe fills {variable} in" if variable.startswith("%") else
+                         "define the variable where it is filled in (a Kubernetes env: entry)" if variable.startswith("$(")
+                         else f"let a shell fill it in (\"{variable}\" in double quotes, not single; in a container or "
+                              "unit file, run the command through sh -c)"))
+
+
 # A path as Windows writes it: a drive (C:\\data, C:/data) or a network share (\\\\server\\share)
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\[^\\/]+[\\/])")
 
@@ -389,6 +425,7 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> N
     'C:\\chorus\\manifest.sqlite', and added every file again; the reading commands said "no manifest at
     /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken."""
     refuse_file_url(value, what, resolved)
+    refuse_variable(value, what, resolved)
     if os.name == "nt" or os.path.lexists(resolved if resolved is not None else value):
         return
     if not _WINDOWS_PATH.match(value):

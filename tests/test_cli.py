@@ -93,6 +93,21 @@ def test_an_on_off_pair_given_both_ways_is_refused():
     assert _said(["run", "--site", "s", "--no-validate", "--no-validate", "--default-excludes"]) == ""  # the same twice
 
 
+def test_an_on_off_flag_given_a_value_says_the_flag_that_means_it(tmp_path):
+    """`--validate=false`, `--json=1`, as other tools take them: argparse said "argument --validate/--no-validate:
+    ignored explicit argument 'false'" (what, not what to do), and `--json=1` printed no JSON error on stdout."""
+    assert _said(["run", "--site", "s", "--validate=false"]) == (
+        "chorus-batch run: error: --validate=false: --validate is a flag and takes no value; write --no-validate")
+    assert _said(["run", "--site", "s", "--no-follow-symlinks=yes"]).endswith("; write --no-follow-symlinks")
+    assert _said(["run", "--site", "s", "--default-excludes=maybe"]).endswith(
+        "; write --default-excludes or --no-default-excludes")
+    assert _said(["run", "--site", "s", "--dry-run=no"]).endswith("--dry-run is a flag and takes no value; leave "
+                                                                   "--dry-run out")
+    out = cli("versions", "--db", str(tmp_path / "m.sqlite"), "--json=1")
+    assert out.returncode == 2 and "--json is a flag and takes no value; write --json" in out.stderr, out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2, out.stdout
+
+
 def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
     """argparse took `--sit` for --site: a nightly line's shortened option would quietly change meaning (or stop
     working) once a new option shares its start."""
@@ -186,6 +201,25 @@ def test_a_tilde_no_shell_expanded_is_the_home_folder_in_every_path_argument(mon
         _expand_home(args)
         given = [value for value in vars(args).values() if isinstance(value, str) and "/" in value]
         assert given and all(value.startswith(f"{tmp_path}/") for value in given), (words, vars(args))
+
+
+@pytest.mark.parametrize("option", ["--site", "--db", "--parquet"])
+def test_a_tilde_of_no_user_names_the_flag_not_the_library_argument(tmp_path, option):
+    """`status --site '~nosuch/x'` (a cron line's quoted path of another account's home) said "RunSettings(site=...)
+    ~nosuch/x: '~' names no folder here", where: RunSettings(site=...): the library's words, not the flag given. A
+    library caller is still told RunSettings(site=...)."""
+    from chorus_batch.config import RunSettings
+    from chorus_batch.errors import UsageError
+
+    write(tmp_path / "site", "OMOP/a.csv")
+    given = {"--site": [], "--db": ["--site", str(tmp_path / "site")],
+             "--parquet": ["--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite")]}[option]
+    out = cli("run", *given, option, "~nosuchuser_chorus/x", cwd=tmp_path)
+    assert out.returncode == 2 and "RunSettings" not in out.stderr, out.stderr
+    assert f"{option} ~nosuchuser_chorus/x: '~' names no folder here" in out.stderr, out.stderr
+    assert f"where: {option}\n" in out.stderr, out.stderr
+    with pytest.raises(UsageError, match=r"RunSettings\(site=\.\.\.\) ~nosuchuser_chorus/x"):
+        RunSettings(site="~nosuchuser_chorus/x")
 
 
 def test_every_command_has_help_with_an_example():
@@ -665,6 +699,32 @@ def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, 
     assert "envsubst < chorus.toml.in > chorus.toml" in out.stderr, out.stderr
     assert "c.toml " + setting.replace("\n", " ") in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
+
+
+@pytest.mark.parametrize(("option", "value", "variable"), [
+    ("--db", "${DB}.sqlite", "${DB}"), ("--db", "$(DB)", "$(DB)"), ("--parquet", "$SNAPS", "$SNAPS"),
+    ("--out", "%OUT%.html", "%OUT%"), ("--config", "$CFG/chorus.toml", "$CFG"), ("--site", "$SITE/x", "$SITE"),
+])
+def test_an_environment_variable_no_shell_filled_in_is_refused_in_a_path_option(tmp_path, option, value, variable):
+    """A path option naming a variable nothing filled in (single quotes in a cron line, a container's exec-form
+    command, a Kubernetes `$(DB)` not defined): `run --db '${DB}.sqlite'` made a new manifest named so in the working
+    folder and recorded every file as added; `--parquet '$SNAPS'` a folder '$SNAPS'; `--site '$SITE/x'` was "a typo,
+    or a disk that is not mounted?". Exit 2 naming the variable, nothing made; a folder of that very name is taken."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    command = {"--out": ["report", "--db", str(db)], "--config": ["versions", "--db", str(db)],
+               "--db": ["run", "--site", str(tmp_path / "site")],
+               "--parquet": ["run", "--site", str(tmp_path / "site"), "--db", str(db)], "--site": ["run"]}[option]
+    out = cli(*command, option, value, "-q", cwd=work, env={"HOME": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"names the environment variable {variable}, but nothing filled it in" in out.stderr, out.stderr
+    assert list(work.iterdir()) == []
+    if option == "--parquet":  # a folder really named so is taken as written
+        (work / value).mkdir()
+        assert cli(*command, option, value, "-q", "--no-validate", cwd=work).returncode == 0
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])

@@ -628,3 +628,42 @@ def test_every_readme_section_a_message_names_is_there():
             named += [(source.name, name) for name in re.findall(r"README: ([\w ]+)", text)]
     assert len(named) >= 4
     assert [(where, name) for where, name in named if name not in headings] == []
+
+
+@pytest.mark.parametrize(("regex", "said"), [
+    ("^(x", "invalid path pattern '^(x': unclosed group, at character 2"),
+    (r"\d{8", r"invalid path pattern '\d{8': unclosed counted repetition, at character 3"),
+])
+def test_a_bad_path_pattern_is_said_on_one_line_with_its_reason_and_place(tmp_path, regex, said):
+    """A [patterns] regex the Rust engine refuses was said as its four-line error folded into one with escapes:
+    "invalid path pattern: regex error: regex parse error:\\n    (unclosed\\n    ^\\nerror: unclosed group". Now the
+    pattern as written, the reason and the character where it goes wrong."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "chorus.toml").write_text(f"[site]\nroot = \"site\"\n[patterns]\nWaveforms = ['{regex}']\n")
+    out = cli("run", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"chorus-batch: error: {said}\n" in out.stderr, out.stderr
+    assert "\\n" not in out.stderr.splitlines()[0] and "regex parse error" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("toml", "said", "fix"), [
+    ('[site]\nroot = "D:\\chorus\\site"\n', "in double quotes a backslash starts an escape",
+     "write the value in single quotes, where a backslash is itself"),
+    ('[site]\nname = "site-a\n', "a value in quotes is not closed on its line", "add the closing quote"),
+])
+def test_a_slip_in_a_quoted_value_is_said_with_what_to_write(tmp_path, toml, said, fix):
+    """A Windows path in double quotes (`root = "D:\\chorus\\site"`, as on the site's Windows machine) and a value whose
+    closing quote is missing were tomllib's "Unescaped '\\' in a string" / "Illegal character '\\n'", with the fix
+    "fix the TOML syntax at the position given": now what it means and what to write, with the line."""
+    (tmp_path / "chorus.toml").write_text(toml)
+    out = cli("versions", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert said in out.stderr and f"fix:   {fix}" in out.stderr and "where: chorus.toml, line 2" in out.stderr, out.stderr
+
+
+def test_a_setting_written_as_a_dotted_key_is_named_on_its_own_line(tmp_path):
+    """`workers.x = 2` under [run] (a dotted key: run.workers is a table) was refused as run.workers "on line 1", the
+    [run] header's, not the line that writes it."""
+    (tmp_path / "chorus.toml").write_text('[run]\nmode = "full"\nworkers.x = 2\n')
+    out = cli("versions", cwd=tmp_path)
+    assert out.returncode == 2 and "where: chorus.toml, line 3: [run] workers" in out.stderr, out.stderr

@@ -129,6 +129,13 @@ def _why_no_folder(path: str) -> str:
             return ("does not exist: it ends in a Windows path (a drive or a network share), and this machine "
                     "is not Windows; give the root as this machine names it (under the mount point of that disk or "
                     "share here), or run on the Windows machine it is of")
+        from ..urls import unexpanded_variable
+
+        variable = unexpanded_variable(path, path)
+        if variable is not None:  # (`--site '$SITE'`, a container's exec-form command: "a typo, or a disk?")
+            return (f"does not exist: it names the environment variable {variable}, but nothing filled it in "
+                    "(chorus-batch expands none, only a leading ~); let a shell fill it in (in double quotes, not "
+                    "single; in a container or unit file, through sh -c), or write the path out")
         slashed = path.replace("\\", "/")
         if os.name != "nt" and slashed != path and os.path.isdir(slashed):
             # (`--site data\\site` from the Windows machine's notes: "a typo?" of a folder that is there)
