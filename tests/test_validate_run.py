@@ -695,3 +695,50 @@ def test_the_examples_of_a_summary_show_each_rule_before_a_second_of_any(clean, 
     assert {e["severity"] + ":" + e["rule"] for e in examples} == set(summary["by_rule"])
     assert [e["severity"] for e in examples] == sorted((e["severity"] for e in examples),
                                                         key=["error", "warning", "info"].index)
+
+
+def test_validate_shows_the_findings_of_a_rule_a_severity_or_a_path_and_says_it_is_a_part(clean, db):
+    """A site engineer fixing one problem at a time asks for its findings alone: by rule (an id, a family, a glob),
+    by severity (this one and more serious) and by file, folder (a person) or glob; the list, its counts and the
+    exit code are those shown, and the header says how many of all they are. Before, `validate` took none of these
+    (argparse: unrecognized arguments, exit 2), and thousands of warnings hid the one error of a person."""
+    (clean / "OMOP" / "death.csv").unlink()
+    person = sorted(p.name for p in clean.iterdir() if p.name.isdigit())[0]
+    for i in range(3):
+        (clean / person / f"stray{i}.txt").write_text(f"{i}\n")
+    run_site(clean, db)
+
+    def shown(*args: str) -> tuple[int, dict]:
+        done = cli("validate", "--db", str(db), "--json", *args)
+        assert "Traceback" not in done.stderr
+        return done.returncode, json.loads(done.stdout)
+
+    code, whole = shown()
+    assert code == 1 and whole["total"] >= 4 and "filter" not in whole
+    code, one = shown("--rule", "omop.missing_table")
+    assert code == 1 and {f["rule"] for f in one["findings"]} == {"omop.missing_table"}
+    assert one["all_findings"] == whole["total"] and one["filter"] == "--rule omop.missing_table"
+    code, layout = shown("--rule", "layout.", "--rule", "layout.*")  # a family, as typed either way
+    assert code == 0, "only warnings shown: the exit code is of them"
+    assert {f["rule"] for f in layout["findings"]} == {"layout.person_file"} and layout["total"] == 3
+    code, errors = shown("--severity", "error")
+    assert {f["severity"] for f in errors["findings"]} == {"error"}
+    code, warnings = shown("--severity", "warning")
+    assert {f["severity"] for f in warnings["findings"]} == {"error", "warning"}
+    code, mine = shown("--path", person)
+    assert code == 0 and mine["total"] == 3 and all(f["srcfile"].startswith(person + "/") for f in mine["findings"])
+    code, globbed = shown("--path", "*/stray1.txt")
+    assert [f["srcfile"] for f in globbed["findings"]] == [f"{person}/stray1.txt"]
+    code, omop = shown("--path", "OMOP/death.csv")
+    assert code == 1 and [f["rule"] for f in omop["findings"]] == ["omop.missing_table"]
+
+    text = cli("validate", "--db", str(db), "--rule", "omop.missing_table")
+    assert text.returncode == 1
+    assert f"--rule omop.missing_table: 1 of {whole['total']} findings shown" in text.stdout
+
+    # a rule misspelt is refused before anything is read, with the id it may mean
+    wrong = cli("validate", "--db", str(db), "--rule", "omop.mising_table")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "no validation rule is omop.mising_table; did you mean omop.missing_table?" in wrong.stderr
+    family = cli("validate", "--db", str(db), "--rule", "dicm.")
+    assert family.returncode == 2 and "did you mean dicom.?" in family.stderr
