@@ -742,3 +742,37 @@ def test_validate_shows_the_findings_of_a_rule_a_severity_or_a_path_and_says_it_
     assert "no validation rule is omop.mising_table; did you mean omop.missing_table?" in wrong.stderr
     family = cli("validate", "--db", str(db), "--rule", "dicm.")
     assert family.returncode == 2 and "did you mean dicom.?" in family.stderr
+
+
+def test_validate_version_shows_an_earlier_versions_stored_findings_and_says_they_are_stored(clean, db):
+    """`validate --version` of an earlier version: its findings as stored when it was checked (its files are no
+    longer there as it recorded them), said so, never checked again; a version never checked is said, exit 2, not
+    shown as clean. Before, `validate` took no --version (exit 2, "not an option of validate")."""
+    (clean / "OMOP" / "death.csv").unlink()
+    first = run_site(clean, db)
+    (clean / "OMOP" / "death.csv").write_text("person_id,death_date\n")
+    second = run_site(clean, db)
+    assert not any(second.findings["rule"] == "omop.missing_table")
+
+    done = cli("validate", "--db", str(db), "--version", first.label, "--json")
+    assert done.returncode == 1, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["version"] == first.label and "omop.missing_table" in {f["rule"] for f in shown["findings"]}
+    assert "not checked again" in shown["stored"] and second.label in shown["stored"]
+    assert query(db, "SELECT count(*) FROM validations")[0][0] == 2, "nothing checked nor stored"
+    text = cli("validate", "--db", str(db), "--version", first.label, "--rule", "omop.")
+    assert text.returncode == 1 and f"the findings stored when version {first.label} was checked" in text.stdout
+    latest = cli("validate", "--db", str(db), "--version", second.label, "--json")
+    assert latest.returncode == json.loads(latest.stdout)["exit_code"] and "stored" not in json.loads(latest.stdout)
+
+    forced = cli("validate", "--db", str(db), "--version", first.label, "--force")
+    assert forced.returncode == 2 and "--force checks the latest version again" in forced.stderr
+    (clean / "stray.txt").write_text("x\n")
+    third = run_site(clean, db, validate_site=False)
+    (clean / "stray.txt").unlink()
+    run_site(clean, db)
+    never = cli("validate", "--db", str(db), "--version", third.label)
+    assert never.returncode == 2 and "Traceback" not in never.stderr
+    assert f"Version {third.label} was not validated" in never.stderr
+    folder = cli("validate", "--site", str(clean), "--version", first.label)
+    assert folder.returncode == 2 and "no manifest" in folder.stderr
