@@ -776,3 +776,37 @@ def test_validate_version_shows_an_earlier_versions_stored_findings_and_says_the
     assert f"Version {third.label} was not validated" in never.stderr
     folder = cli("validate", "--site", str(clean), "--version", first.label)
     assert folder.returncode == 2 and "no manifest" in folder.stderr
+
+
+def test_the_run_summary_says_what_was_fixed_what_is_new_and_what_is_still_open_since_the_previous_version(clean, db):
+    """A site that fixed a problem reads in the next run's summary what its work did, by the previous version's
+    findings (a finding: its severity, rule and file): fixed, new, still open. Before, only the new totals, to be
+    compared by hand with last night's mail."""
+    from chorus_batch.report import summary_dict, summary_text
+
+    (clean / "OMOP" / "death.csv").unlink()
+    person = sorted(p.name for p in clean.iterdir() if p.name.isdigit())[0]
+    (clean / person / "stray.txt").write_text("x\n")
+    first = run_site(clean, db)
+    assert summary_dict(first)["findings_since"] is None, "a first version has nothing to compare with"
+    (clean / "OMOP" / "death.csv").write_text("person_id,death_date\n")
+    (clean / "Unexpected").mkdir()
+    (clean / "Unexpected" / "a.txt").write_text("a\n")
+    second = run_site(clean, db)
+    since = summary_dict(second)["findings_since"]
+    assert since["since"] == first.label
+    assert since["fixed"]["error"] == 1 and since["fixed"]["total"] == 1  # omop.missing_table
+    assert since["new"]["warning"] >= 1 and since["new"]["error"] == 0  # layout.unexpected_folder
+    assert since["still_open"]["total"] >= 1  # layout.person_file of stray.txt
+    text = summary_text(second)
+    assert f"  since version {first.label}: fixed 1 (1 error, 0 warnings, 0 notes); new " in text
+    assert text.index("since version") < text.index("warning:layout.person_file"), "under the counts"
+    done = cli("run", "--site", str(clean), "--db", str(db), "--json")
+    assert json.loads(done.stdout)["findings_since"] is None, "no new version: the same findings, nothing to compare"
+    (clean / "Unexpected" / "a.txt").unlink()
+    (clean / "Unexpected").rmdir()
+    unchecked = run_site(clean, db, validate_site=False)
+    assert summary_dict(unchecked)["findings_since"] is None, "not checked: nothing to compare"
+    (clean / person / "stray.txt").unlink()
+    after_unchecked = run_site(clean, db)
+    assert summary_dict(after_unchecked)["findings_since"] is None, "the previous version was not checked"
