@@ -382,6 +382,18 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
     validate.add_argument("--json", action="store_true", help="print {version, manifest, total, by_severity, by_rule, examples, findings: [...], exit_code} as "
                           "JSON (with --site and no manifest also not_checked: the files its scan could not take)")
+    validate.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME",
+                          help="an earlier version's findings, as stored when it was checked (not checked again: a "
+                               "version's files are read only while they are the latest; default: the latest)")
+    validate.add_argument("--rule", action="append", metavar="RULE",
+                          help="only the findings of this rule (wfdb.bad_header), of a family (dicom. or dicom.*) or of "
+                               "rules matching a glob; repeat it for several. The counts, the list and the exit code "
+                               "are of the findings shown; every finding stays stored")
+    validate.add_argument("--severity", choices=("error", "warning", "info"),
+                          help="only findings of this severity or a more serious one (warning: errors and warnings)")
+    validate.add_argument("--path", help="only the findings of this file, or of the files under this folder (a person "
+                                         "folder: --path 000123), site-relative; a glob (*, ?, [..]) matches whole "
+                                         "paths ('*/Images/*')")
 
     reg = command(
         "registry", help="write the linkage registries (waveforms, images) of a version",
@@ -1261,14 +1273,23 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     from .progress import Progress
     from .validate.run import validate_folder, validate_manifest
 
+    chosen = _finding_filter(args)  # before anything is read: a misspelt rule is said at once, not after the check
     target = _resolve(args)
     _local_db(target, "validate")
+    note = None
     if target.site is not None and not Path(target.db).exists():
+        if args.version_label is not None:  # (it was ignored: the folder's findings shown as the version's)
+            raise UsageError(f"--version {shown(args.version_label)}: there is no manifest at {target.db} to hold "
+                             "versions; --site alone checks the folder as it is now", where="--version",
+                             fix="give the manifest that holds the version (--db), or leave out --version")
         # A folder with no manifest yet: checked in a temporary one, or in a new one at --db.
         settings = _run_settings(args, target)
         label, findings, not_taken = validate_folder(settings, keep=target.db_given, argv=argv,
                                                      progress=Progress(quiet=args.quiet))
         where = str(Path(settings.db).resolve()) if target.db_given else f"{settings.site} (checked in a temporary manifest, now removed)"
+    elif (stored := _stored_validation(args, target)) is not None:
+        label, findings, where, note = stored
+        not_taken = None
     else:
         not_taken = None
         overrides = {None: target.site} if target.site else {}
@@ -1277,24 +1298,124 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                                             workers=args.workers or target.config.run.workers, force=args.force,
                                             cloud=target.config.cloud)
         where = str(Path(target.db).resolve())
+    every = findings.height
+    if chosen is not None:
+        findings = chosen(findings)
     # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
     unchecked = not_taken is not None and not_taken.height > 0
     code = int(ExitCode.FINDINGS if has_errors(findings) or unchecked else ExitCode.OK)
     with _kept_exit_code(code):  # (known before printing: `validate --json | head -1` ended 0 with errors found)
-        _print_validation(args, label, where, findings, not_taken, code)
+        _print_validation(args, label, where, findings, not_taken, code, every=every, note=note)
     return code
 
 
-def _print_validation(args, label, where, findings, not_taken, code: int) -> None:
+def _stored_validation(args: argparse.Namespace, target: _Target):
+    """`validate --version LABEL` of a version before the latest: (label, its stored findings, where, said to be
+    stored); None for the latest, which is checked (or its findings reused) as without --version. A version no
+    check stored findings of is said, with what checks it, exit 2: never an empty list taken for a clean version."""
+    if args.version_label is None:
+        return None
+    from .review import open_manifest, other_rules_advice, unvalidated_advice
+
+    reader = open_manifest(target.db)
+    label = reader.resolve(args.version_label, asked="--version")
+    latest = reader.latest()
+    if label == latest:
+        return None
+    if args.force:
+        raise UsageError(f"--force checks the latest version again ({latest}), not version {label}",
+                         where="--force with --version",
+                         fix=f"leave out --force to see the findings stored for version {label}, or leave out "
+                             "--version to check the latest again")
+    findings, validated, other = reader.validation(label)
+    db = str(reader.path)
+    if not validated:
+        raise UsageError(unvalidated_advice(label, latest, db).rstrip("."), where=f"--version {label}",
+                         fix=f"its files are as version {label} recorded them only while it is the latest: "
+                             f"`chorus-batch validate --db {shlex.quote(db)}` checks the latest version ({latest})")
+    note = f"the findings stored when version {label} was checked, not checked again (the latest version is {latest})"
+    if other:
+        note += "; " + other_rules_advice(label, other, latest, db)
+    return label, findings, db, note
+
+
+def _filter_words(args: argparse.Namespace) -> str:
+    """The filters given, as typed: said beside the counts, so that a filtered list is never taken for the whole."""
+    words = [f"--rule {r}" for r in args.rule or ()]
+    words += [f"--severity {args.severity}"] if args.severity else []
+    words += [f"--path {args.path}"] if args.path is not None else []
+    return " ".join(shown(w) for w in words)
+
+
+def _finding_filter(args: argparse.Namespace):
+    """What `validate --rule/--severity/--path` keep of the findings (None: all), checked before the check runs: a
+    rule id no rule has is refused (exit 2) with the ids it may mean, as an option misspelt is."""
+    if not args.rule and args.severity is None and args.path is None:
+        return None
+    import fnmatch
+
+    import polars as pl
+
+    from .validate import RULES
+
+    # (import.*: the findings `import-journal` gives a first version, named by the journal's rows, not checks here)
+    ids = [r.id for r in RULES] + ["import.*"]
+    patterns: list[str] = []
+    for typed in args.rule or ():
+        rule = typed.strip()
+        pattern = rule + "*" if rule.endswith(".") else rule  # dicom. is the family, as dicom.* is
+        if not rule or not (fnmatch.filter(ids, pattern) or rule.startswith("import.")):
+            families = sorted({i.split(".")[0] + "." for i in ids})
+            meant = _close(rule, ids) or _close(rule.rstrip(".*") + ".", families)
+            raise UsageError(f"no validation rule is {shown(typed)!s}" + (f"; did you mean {meant}?" if meant else ""),
+                             where="--rule",
+                             fix="give a rule id as `chorus-batch validate --help` lists them (wfdb.bad_header), a "
+                                 "family (dicom.) or a glob (*.missing*)")
+        patterns.append(pattern)
+    if args.path is not None and not args.path.strip():
+        raise UsageError("--path is empty", where="--path",
+                         fix="give a site-relative file or folder (OMOP, 000123) or a glob ('*/Images/*')")
+    order = {"error": 0, "warning": 1, "info": 2}
+
+    def chosen(findings: pl.DataFrame) -> pl.DataFrame:
+        keep = pl.lit(True)
+        if patterns:
+            rules = [r for r in findings["rule"].unique().to_list() if any(fnmatch.fnmatchcase(r, p) for p in patterns)]
+            keep = keep & pl.col("rule").is_in(rules)
+        if args.severity is not None:
+            keep = keep & pl.col("severity").is_in([s for s, n in order.items() if n <= order[args.severity]])
+        if args.path is not None:
+            path = args.path.strip().replace("\\", "/").strip("/")
+            if any(c in path for c in "*?["):
+                names = [f for f in findings["srcfile"].drop_nulls().unique().to_list()
+                         if fnmatch.fnmatchcase(f, path) or fnmatch.fnmatchcase(f.rstrip("/"), path)]
+                keep = keep & pl.col("srcfile").is_in(names)
+            else:
+                keep = keep & ((pl.col("srcfile").str.strip_chars_end("/") == path)
+                               | pl.col("srcfile").str.starts_with(path + "/"))
+        return findings.filter(keep)
+
+    return chosen
+
+
+def _print_validation(args, label, where, findings, not_taken, code: int, *, every: int | None = None,
+                      note: str | None = None) -> None:
     from .report import findings_dict, findings_text
 
+    words = _filter_words(args)
     if args.json:
-        print(json.dumps({"version": label, "manifest": where if label else None, **(findings_dict(findings) or {}),
-                          "findings": findings.to_dicts(),
+        filtered = {"filter": words, "all_findings": every} if words else {}
+        stored = {"stored": note} if note else {}
+        print(json.dumps({"version": label, "manifest": where if label else None, **stored, **filtered,
+                          **(findings_dict(findings) or {}), "findings": findings.to_dicts(),
                           **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {}),
                           "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
+        if note:
+            print(note)
+        if words:  # a filtered list is never taken for the whole
+            print(f"{words}: {findings.height} of {plural(every or 0, 'finding')} shown")
         print("\n".join(findings_text(findings, examples=50, more="--json lists them all")))
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
             print(f"not checked: {plural(not_taken.height, 'file')} the scan could not take")

@@ -55,6 +55,9 @@ class RunResult(Committed):
     timings: dict[str, float] = field(default_factory=dict)
     excluded: dict = field(default_factory=dict)  # what the exclusion globs left out (ScanResult.excluded)
     findings: pl.DataFrame | None = None  # FINDINGS_SCHEMA of the latest version; None when not validated
+    # FINDINGS_SCHEMA of previous_label, where this run committed a version after it and both were checked: the
+    # summary says what was fixed, what is new and what is still open since
+    findings_before: pl.DataFrame | None = None
     cloud: bool = False  # a root is in cloud storage (the summary says where each MD5 came from)
 
     @property
@@ -841,6 +844,13 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
             failed.committed = label
             raise failed from None
 
+    findings_before = None
+    if label is not None and previous_label is not None and findings is not None:
+        try:  # (a summary's comparison, never the run's failure: the version and its findings stay as they are)
+            before, rules = manifest.validation.checked(previous_label)
+            findings_before = before if any(rules) or before.height else None
+        except Exception as exc:  # pragma: no cover - a manifest read just written
+            log.warning(f"the findings of version {previous_label} could not be read to compare: {exc}")
     if label is None and not settings.dry_run and settings.version_label is not None:
         # (the label was warned of up front as this version's folder: said unused, so no one looks for it at the centre)
         log.warning(f"version label {settings.version_label!r} (--version) was not used: this run made no version "
@@ -848,7 +858,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     return RunResult(
         **vars(committed), db=str(manifest.path.resolve()), site=site_location(settings.site), mode=settings.mode,
         dry_run=settings.dry_run, previous_label=previous_label, **scan_figures,
-        elapsed_s=time.perf_counter() - t_start, timings=timings, findings=findings,
+        elapsed_s=time.perf_counter() - t_start, timings=timings, findings=findings, findings_before=findings_before,
         cloud=any(protocol_of(location) != "file" for location, _, _ in named_roots(settings.site, settings.roots)
                   if location),
     )

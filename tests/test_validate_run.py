@@ -695,3 +695,118 @@ def test_the_examples_of_a_summary_show_each_rule_before_a_second_of_any(clean, 
     assert {e["severity"] + ":" + e["rule"] for e in examples} == set(summary["by_rule"])
     assert [e["severity"] for e in examples] == sorted((e["severity"] for e in examples),
                                                         key=["error", "warning", "info"].index)
+
+
+def test_validate_shows_the_findings_of_a_rule_a_severity_or_a_path_and_says_it_is_a_part(clean, db):
+    """A site engineer fixing one problem at a time asks for its findings alone: by rule (an id, a family, a glob),
+    by severity (this one and more serious) and by file, folder (a person) or glob; the list, its counts and the
+    exit code are those shown, and the header says how many of all they are. Before, `validate` took none of these
+    (argparse: unrecognized arguments, exit 2), and thousands of warnings hid the one error of a person."""
+    (clean / "OMOP" / "death.csv").unlink()
+    person = sorted(p.name for p in clean.iterdir() if p.name.isdigit())[0]
+    for i in range(3):
+        (clean / person / f"stray{i}.txt").write_text(f"{i}\n")
+    run_site(clean, db)
+
+    def shown(*args: str) -> tuple[int, dict]:
+        done = cli("validate", "--db", str(db), "--json", *args)
+        assert "Traceback" not in done.stderr
+        return done.returncode, json.loads(done.stdout)
+
+    code, whole = shown()
+    assert code == 1 and whole["total"] >= 4 and "filter" not in whole
+    code, one = shown("--rule", "omop.missing_table")
+    assert code == 1 and {f["rule"] for f in one["findings"]} == {"omop.missing_table"}
+    assert one["all_findings"] == whole["total"] and one["filter"] == "--rule omop.missing_table"
+    code, layout = shown("--rule", "layout.", "--rule", "layout.*")  # a family, as typed either way
+    assert code == 0, "only warnings shown: the exit code is of them"
+    assert {f["rule"] for f in layout["findings"]} == {"layout.person_file"} and layout["total"] == 3
+    code, errors = shown("--severity", "error")
+    assert {f["severity"] for f in errors["findings"]} == {"error"}
+    code, warnings = shown("--severity", "warning")
+    assert {f["severity"] for f in warnings["findings"]} == {"error", "warning"}
+    code, mine = shown("--path", person)
+    assert code == 0 and mine["total"] == 3 and all(f["srcfile"].startswith(person + "/") for f in mine["findings"])
+    code, globbed = shown("--path", "*/stray1.txt")
+    assert [f["srcfile"] for f in globbed["findings"]] == [f"{person}/stray1.txt"]
+    code, omop = shown("--path", "OMOP/death.csv")
+    assert code == 1 and [f["rule"] for f in omop["findings"]] == ["omop.missing_table"]
+
+    text = cli("validate", "--db", str(db), "--rule", "omop.missing_table")
+    assert text.returncode == 1
+    assert f"--rule omop.missing_table: 1 of {whole['total']} findings shown" in text.stdout
+
+    # a rule misspelt is refused before anything is read, with the id it may mean
+    wrong = cli("validate", "--db", str(db), "--rule", "omop.mising_table")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "no validation rule is omop.mising_table; did you mean omop.missing_table?" in wrong.stderr
+    family = cli("validate", "--db", str(db), "--rule", "dicm.")
+    assert family.returncode == 2 and "did you mean dicom.?" in family.stderr
+
+
+def test_validate_version_shows_an_earlier_versions_stored_findings_and_says_they_are_stored(clean, db):
+    """`validate --version` of an earlier version: its findings as stored when it was checked (its files are no
+    longer there as it recorded them), said so, never checked again; a version never checked is said, exit 2, not
+    shown as clean. Before, `validate` took no --version (exit 2, "not an option of validate")."""
+    (clean / "OMOP" / "death.csv").unlink()
+    first = run_site(clean, db)
+    (clean / "OMOP" / "death.csv").write_text("person_id,death_date\n")
+    second = run_site(clean, db)
+    assert not any(second.findings["rule"] == "omop.missing_table")
+
+    done = cli("validate", "--db", str(db), "--version", first.label, "--json")
+    assert done.returncode == 1, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["version"] == first.label and "omop.missing_table" in {f["rule"] for f in shown["findings"]}
+    assert "not checked again" in shown["stored"] and second.label in shown["stored"]
+    assert query(db, "SELECT count(*) FROM validations")[0][0] == 2, "nothing checked nor stored"
+    text = cli("validate", "--db", str(db), "--version", first.label, "--rule", "omop.")
+    assert text.returncode == 1 and f"the findings stored when version {first.label} was checked" in text.stdout
+    latest = cli("validate", "--db", str(db), "--version", second.label, "--json")
+    assert latest.returncode == json.loads(latest.stdout)["exit_code"] and "stored" not in json.loads(latest.stdout)
+
+    forced = cli("validate", "--db", str(db), "--version", first.label, "--force")
+    assert forced.returncode == 2 and "--force checks the latest version again" in forced.stderr
+    (clean / "stray.txt").write_text("x\n")
+    third = run_site(clean, db, validate_site=False)
+    (clean / "stray.txt").unlink()
+    run_site(clean, db)
+    never = cli("validate", "--db", str(db), "--version", third.label)
+    assert never.returncode == 2 and "Traceback" not in never.stderr
+    assert f"Version {third.label} was not validated" in never.stderr
+    folder = cli("validate", "--site", str(clean), "--version", first.label)
+    assert folder.returncode == 2 and "no manifest" in folder.stderr
+
+
+def test_the_run_summary_says_what_was_fixed_what_is_new_and_what_is_still_open_since_the_previous_version(clean, db):
+    """A site that fixed a problem reads in the next run's summary what its work did, by the previous version's
+    findings (a finding: its severity, rule and file): fixed, new, still open. Before, only the new totals, to be
+    compared by hand with last night's mail."""
+    from chorus_batch.report import summary_dict, summary_text
+
+    (clean / "OMOP" / "death.csv").unlink()
+    person = sorted(p.name for p in clean.iterdir() if p.name.isdigit())[0]
+    (clean / person / "stray.txt").write_text("x\n")
+    first = run_site(clean, db)
+    assert summary_dict(first)["findings_since"] is None, "a first version has nothing to compare with"
+    (clean / "OMOP" / "death.csv").write_text("person_id,death_date\n")
+    (clean / "Unexpected").mkdir()
+    (clean / "Unexpected" / "a.txt").write_text("a\n")
+    second = run_site(clean, db)
+    since = summary_dict(second)["findings_since"]
+    assert since["since"] == first.label
+    assert since["fixed"]["error"] == 1 and since["fixed"]["total"] == 1  # omop.missing_table
+    assert since["new"]["warning"] >= 1 and since["new"]["error"] == 0  # layout.unexpected_folder
+    assert since["still_open"]["total"] >= 1  # layout.person_file of stray.txt
+    text = summary_text(second)
+    assert f"  since version {first.label}: fixed 1 (1 error, 0 warnings, 0 notes); new " in text
+    assert text.index("since version") < text.index("warning:layout.person_file"), "under the counts"
+    done = cli("run", "--site", str(clean), "--db", str(db), "--json")
+    assert json.loads(done.stdout)["findings_since"] is None, "no new version: the same findings, nothing to compare"
+    (clean / "Unexpected" / "a.txt").unlink()
+    (clean / "Unexpected").rmdir()
+    unchecked = run_site(clean, db, validate_site=False)
+    assert summary_dict(unchecked)["findings_since"] is None, "not checked: nothing to compare"
+    (clean / person / "stray.txt").unlink()
+    after_unchecked = run_site(clean, db)
+    assert summary_dict(after_unchecked)["findings_since"] is None, "the previous version was not checked"

@@ -42,6 +42,7 @@ def summary_dict(result: RunResult) -> dict[str, Any]:
             "examples": result.errors.head(20).to_dicts(),
         },
         "findings": findings_dict(result.findings),
+        "findings_since": findings_since(result),
         "files": result.n_files,
         "bytes": result.total_bytes,
         "files_hashed": result.n_hashed,
@@ -93,6 +94,26 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def findings_since(result: RunResult) -> dict[str, Any] | None:
+    """What the run's version fixed, brought and kept of the previous version's findings, a finding being its
+    severity, rule and file (its message may name counts that change: 30 person folders, then 29); by severity.
+    None where there is nothing to compare (no new version, or either not checked)."""
+    before, after = result.findings_before, result.findings
+    if before is None or after is None or result.label is None:
+        return None
+    key = ["severity", "rule", "srcfile"]
+    old, new = before.select(key).unique(), after.select(key).unique()
+    parts = {"fixed": old.join(new, on=key, how="anti", nulls_equal=True),
+             "new": new.join(old, on=key, how="anti", nulls_equal=True),
+             "still_open": new.join(old, on=key, how="semi", nulls_equal=True)}
+    out: dict[str, Any] = {"since": result.previous_label}
+    for name, frame in parts.items():
+        counts = {k: 0 for k in ("error", "warning", "info")}
+        counts.update(dict(frame.group_by("severity").len().iter_rows()))
+        out[name] = {"total": frame.height, **counts}
+    return out
 
 
 def findings_dict(findings: pl.DataFrame | None) -> dict[str, Any] | None:
@@ -240,7 +261,15 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
                "release)" if v["never_verified"] else ""))
     if result.findings is not None:
         more = findings_more or ("--json lists them all" if result.dry_run else "chorus-batch validate --json lists them all")
-        lines += ["", *findings_text(result.findings, more=more)]
+        found = findings_text(result.findings, more=more)
+        since = findings_since(result)
+        if since is not None:  # under the counts: what the site's work since the last version did
+            def told(part: dict) -> str:
+                return (f"{part['total']} ({plural(part['error'], 'error')}, {plural(part['warning'], 'warning')}, "
+                        f"{plural(part['info'], 'note')})" if part["total"] else "0")
+            found.insert(1, f"  since version {since['since']}: fixed {told(since['fixed'])}; new {told(since['new'])}; "
+                            f"still open {told(since['still_open'])}")
+        lines += ["", *found]
     return "\n".join(lines)
 
 
