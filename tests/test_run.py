@@ -1017,3 +1017,34 @@ def test_the_summary_says_where_a_runs_problems_were_recorded(site, db):
     dry = run_site(site, db, validate_site=False, dry_run=True)
     text = summary_text(dry)
     assert "nothing was written" in text and "recorded in" not in text
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_file_whose_folder_is_made_unenterable_after_the_listing_names_the_folder(site):
+    """A person folder made `chmod 000` while a run hashes (listed, then closed): each of its files was refused with
+    "this user may not read the file (give it read permission)", though the files could be read and the folder was
+    the cause. The hashing's message names the folder that may not be entered (the listing's does so too)."""
+    import subprocess
+    import sys
+
+    write(site, WAVE, b"w")
+    write(site, "OMOP/a.csv", b"a")
+    code = ("import sys; from chorus_batch.sources.local import LocalSource; from chorus_batch.workers import hash_one; "
+            "print(hash_one(LocalSource(sys.argv[1]), sys.argv[2], bytearray(1 << 16)))")
+    prefix = []
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+    def outcome(path: str) -> str:
+        out = subprocess.run([*prefix, sys.executable, "-c", code, str(site), path], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    with unreadable(site / "000123"):
+        said = outcome(WAVE)
+    assert "may not enter its folder 000123/" in said and "may not read the file" not in said, said
+    with unreadable(site / "OMOP" / "a.csv"):  # the file's own permission: the file named, as before
+        said = outcome("OMOP/a.csv")
+    assert "may not read the file (give it read permission)" in said and "folder" not in said, said
