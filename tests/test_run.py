@@ -1048,3 +1048,42 @@ def test_a_file_whose_folder_is_made_unenterable_after_the_listing_names_the_fol
     with unreadable(site / "OMOP" / "a.csv"):  # the file's own permission: the file named, as before
         said = outcome("OMOP/a.csv")
     assert "may not read the file (give it read permission)" in said and "folder" not in said, said
+
+
+def test_a_folder_renamed_aside_and_back_while_it_is_listed_keeps_its_recorded_files(site, db, monkeypatch):
+    """A folder listed, then renamed aside before its files were looked at, and back (a sync tool's or an editor's
+    move, a folder renamed to and fro during the walk): each file was `vanished`, "this run did not list it", and the
+    version recorded it as removed though it was there at the commit. Such a file keeps what was recorded of it, as one
+    gone while it is hashed does, and the next run finds it unchanged."""
+    write(site, WAVE, b"w")
+    write(site, "OMOP/a.csv", b"a")
+    age(site)
+    run_site(site, db, validate_site=False, workers=1)
+    before = current_rows(db)
+    folder = str(site / "000123" / "Waveforms")
+    real = os.scandir
+
+    class Aside:  # the folder's names read, the folder moved aside, its entries handed out, the folder put back
+        def __init__(self, path):
+            with real(path) as it:
+                self.entries = list(it)
+            os.rename(folder, folder + ".aside")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            os.rename(folder + ".aside", folder)
+
+        def __iter__(self):
+            return iter(self.entries)
+
+    monkeypatch.setattr(os, "scandir", lambda path: Aside(path) if os.fspath(path) == folder else real(path))
+    second = run_site(site, db, validate_site=False, workers=1)
+    monkeypatch.undo()
+    assert (site / WAVE).read_bytes() == b"w"  # there at the commit
+    assert second.counts["removed"] == 0 and current_rows(db) == before, second.counts
+    said = second.errors.filter(pl.col("srcfile") == WAVE)
+    assert said["kind"].to_list() == ["vanished"] and "what was recorded of it stays in this version" in said["message"][0]
+    third = run_site(site, db, validate_site=False, workers=1)
+    assert third.label is None and third.counts["removed"] == 0 and third.errors.height == 0
