@@ -829,8 +829,10 @@ def _unrecorded_said(errors: pl.DataFrame, parts: TreeParts) -> pl.DataFrame:
 
 
 def unseen_files(errors: pl.DataFrame) -> list[str]:
-    """Paths listed but not readable (e.g. in a folder that can be read but not searched): not gone."""
-    return errors.filter(pl.col("kind").is_in(("unreadable", *_UNSEEN_LINK_KINDS)))["srcfile"].to_list()
+    """Paths listed but not readable (e.g. in a folder that can be read but not searched), or gone between the
+    listing of their folder and their stat (a folder renamed aside and back while it was listed: there again at the
+    commit, yet the version removed them): not known to be gone; the next run decides."""
+    return errors.filter(pl.col("kind").is_in(("unreadable", "vanished", *_UNSEEN_LINK_KINDS)))["srcfile"].to_list()
 
 
 def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,

@@ -259,10 +259,13 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         add_error((printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
                         continue
                 except (FileNotFoundError, NotADirectoryError):  # (its folder replaced by a file: no permission to give)
+                    # Kept as recorded (commit.unseen_files), as a file gone while it is hashed: its folder may be
+                    # back by the commit (renamed aside and back: a sync tool's, an editor's), and was removed here
                     add_error((printable(rel), "vanished", "file disappeared while the tree was listed (deleted or moved "
-                                                          "meanwhile): this run did not list it; nothing to do unless it "
-                                                          "recurs (then run when nothing is deleting or moving files "
-                                                          "under the site)"))
+                                                          "meanwhile): what was recorded of it stays in this version; "
+                                                          "the next run records it as removed, or at its new path; "
+                                                          "nothing to do unless it recurs (then run when nothing is "
+                                                          "deleting or moving files under the site)"))
                     continue
                 except OSError as exc:
                     add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; " + (

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 import io
+import os
 from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .sources.base import READ_SIZE, FileChangedWhileHashing, HashOutcome, meter_taken
+from .units import shown_name
 
 if TYPE_CHECKING:
     from .sources.base import Parse, Source
@@ -35,9 +37,33 @@ def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | Non
         if exc.strerror is None and exc.args:  # a cloud source's own words: the sign-in and the permission to ask for
             return "unreadable", str(exc)
         # (strerror is "Permission denied" again: said once, with what to do)
+        if (folder := _unsearchable_folder(source, path)) is not None:
+            return "unreadable", (f"permission denied: this user may not enter its folder {folder} (no search (x) "
+                                  f"permission on it, taken away since it was listed): give this user read and search "
+                                  f"(x) permission on {folder}, and run again")
         return "unreadable", "permission denied: this user may not read the file (give it read permission)"
     except OSError as exc:
         return "unreadable", f"cannot read: {exc.strerror or exc}"
+
+
+def _unsearchable_folder(source: "Source", path: str) -> str | None:
+    """The first folder above a local file that this user may not enter (a person folder made `chmod 000` while the
+    run went on), named as the messages name folders (`1003/`, or the site root); None if each could be entered (the
+    file's own permission was refused) or the source is not a local folder. The file's message named the file, whose
+    permission was not the cause: giving it read permission changed nothing."""
+    root = getattr(source, "root", None)
+    absolute = getattr(source, "absolute", None)
+    if not isinstance(root, str) or absolute is None:
+        return None
+    parts = path.split("/")
+    for depth in range(len(parts)):
+        try:
+            os.stat(absolute("/".join(parts[:depth + 1])), follow_symlinks=False)  # refused if its folder may not be entered
+        except PermissionError:
+            return shown_name("/".join(parts[:depth]) + "/") if depth else f"the site root ({shown_name(root)})"
+        except OSError:
+            return None
+    return None
 
 
 @dataclass

@@ -1017,3 +1017,73 @@ def test_the_summary_says_where_a_runs_problems_were_recorded(site, db):
     dry = run_site(site, db, validate_site=False, dry_run=True)
     text = summary_text(dry)
     assert "nothing was written" in text and "recorded in" not in text
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_file_whose_folder_is_made_unenterable_after_the_listing_names_the_folder(site):
+    """A person folder made `chmod 000` while a run hashes (listed, then closed): each of its files was refused with
+    "this user may not read the file (give it read permission)", though the files could be read and the folder was
+    the cause. The hashing's message names the folder that may not be entered (the listing's does so too)."""
+    import subprocess
+    import sys
+
+    write(site, WAVE, b"w")
+    write(site, "OMOP/a.csv", b"a")
+    code = ("import sys; from chorus_batch.sources.local import LocalSource; from chorus_batch.workers import hash_one; "
+            "print(hash_one(LocalSource(sys.argv[1]), sys.argv[2], bytearray(1 << 16)))")
+    prefix = []
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+    def outcome(path: str) -> str:
+        out = subprocess.run([*prefix, sys.executable, "-c", code, str(site), path], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    with unreadable(site / "000123"):
+        said = outcome(WAVE)
+    assert "may not enter its folder 000123/" in said and "may not read the file" not in said, said
+    with unreadable(site / "OMOP" / "a.csv"):  # the file's own permission: the file named, as before
+        said = outcome("OMOP/a.csv")
+    assert "may not read the file (give it read permission)" in said and "folder" not in said, said
+
+
+def test_a_folder_renamed_aside_and_back_while_it_is_listed_keeps_its_recorded_files(site, db, monkeypatch):
+    """A folder listed, then renamed aside before its files were looked at, and back (a sync tool's or an editor's
+    move, a folder renamed to and fro during the walk): each file was `vanished`, "this run did not list it", and the
+    version recorded it as removed though it was there at the commit. Such a file keeps what was recorded of it, as one
+    gone while it is hashed does, and the next run finds it unchanged."""
+    write(site, WAVE, b"w")
+    write(site, "OMOP/a.csv", b"a")
+    age(site)
+    run_site(site, db, validate_site=False, workers=1)
+    before = current_rows(db)
+    folder = str(site / "000123" / "Waveforms")
+    real = os.scandir
+
+    class Aside:  # the folder's names read, the folder moved aside, its entries handed out, the folder put back
+        def __init__(self, path):
+            with real(path) as it:
+                self.entries = list(it)
+            os.rename(folder, folder + ".aside")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            os.rename(folder + ".aside", folder)
+
+        def __iter__(self):
+            return iter(self.entries)
+
+    monkeypatch.setattr(os, "scandir", lambda path: Aside(path) if os.fspath(path) == folder else real(path))
+    second = run_site(site, db, validate_site=False, workers=1)
+    monkeypatch.undo()
+    assert (site / WAVE).read_bytes() == b"w"  # there at the commit
+    assert second.counts["removed"] == 0 and current_rows(db) == before, second.counts
+    said = second.errors.filter(pl.col("srcfile") == WAVE)
+    assert said["kind"].to_list() == ["vanished"] and "what was recorded of it stays in this version" in said["message"][0]
+    third = run_site(site, db, validate_site=False, workers=1)
+    assert third.label is None and third.counts["removed"] == 0 and third.errors.height == 0
