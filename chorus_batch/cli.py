@@ -26,7 +26,7 @@ from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopp
                      forget_signals, handling_stop, interrupted_at_start, holding_signal, note_signal, machine_limit,
                      quiet_lost_stops, serving_command_line, signals_unwrapped)
 from .faults import pause
-from .units import plural, quoted, shown, shown_name, shown_text
+from .units import command_word, plural, quoted, shown, shown_name, shown_text
 
 pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
@@ -81,7 +81,7 @@ def _given_once(parser, dest: str, option_string: str | None, values, *, switch:
         if switch:
             parser.error(f"{first} and {option_string} are both given; they say opposite things: keep the one "
                          "meant (nothing was done)")
-        said = lambda option, value: f"{option} {shlex.quote(str(value))}" if option else repr(value)  # noqa: E731
+        said = lambda option, value: f"{option} {command_word(str(value))}" if option else repr(value)  # noqa: E731
         parser.error(f"{option_string or dest} is given twice, with two values ({said(first, value)}, then "
                      f"{said(option_string, values)}); it takes one: keep the one meant (nothing was done)")
     given[dest] = (option_string, values)
@@ -134,7 +134,7 @@ class _Parser(argparse.ArgumentParser):
                   and word != "-" and word not in self._option_string_actions]  # (-v, -q, -h are flags)
         if dashed:
             word, flag = dashed[0], missing.group(1) if missing else None
-            q = shlex.quote
+            q = command_word
             action = self._option_string_actions.get(flag.split("/")[0]) if flag else None
             if flag and flag.startswith("--") and action is not None and action.dest not in _PATH_DESTS:
                 # a label, a time, a URL, a list: './-x' is no way to write it (`--version -x` was told --version ./-x)
@@ -935,7 +935,7 @@ def _slurm_script(args: argparse.Namespace, command: str) -> tuple[str, str]:
         raise UsageError(f"[run] mode = \"{target.config.run.mode}\" in {config}: a Slurm run lists the whole site in "
                          "shards (full mode), and every shard would refuse append mode; no script was made and nothing "
                          "was submitted", where="[run] mode",
-                         fix=f"run append deliveries on one node (chorus-batch run --config {shlex.quote(str(config))}, "
+                         fix=f"run append deliveries on one node (chorus-batch run --config {command_word(str(config))}, "
                              "without Slurm), or give the Slurm run a chorus.toml with mode = \"full\" (the default)")
     if "://" not in target.db:  # what every shard would refuse tonight (a folder, another program's database, a
         # newer release's manifest), refused now; an older schema is upgraded by the script before it submits
@@ -1131,7 +1131,7 @@ def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> Non
         if args.verbose:
             print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
         if demo:
-            db = "" if args.db is None else f" --db {shlex.quote(args.db)}"
+            db = "" if args.db is None else f" --db {command_word(args.db)}"
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"
                   f"Look at it (from this folder) with: chorus-batch versions --demo{db}, chorus-batch files --demo{db}, "
                   f"chorus-batch status --demo{db}, chorus-batch report --demo{db} --out report.html\n"
@@ -2193,11 +2193,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if later_at is not None:
             later, rest = argv[later_at], argv[:later_at] + argv[later_at + 1:]
             parser.error(f"{flag} comes before the command {later!r}; flags go after it: "
-                         f"chorus-batch {later} {' '.join(shlex.quote(word) for word in rest)}")
+                         f"chorus-batch {later} {' '.join(command_word(word) for word in rest)}")
         argv, first = ["run", *argv], None
     if first is not None and first not in commands:
         meant = _close(first, commands)
-        rest = " ".join(shlex.quote(word) for word in argv[at + 1:])
+        rest = " ".join(command_word(word) for word in argv[at + 1:])
         if first.lower() == "version" and meant:  # (`chorus-batch version`, as `git version` is said)
             hint = f"; did you mean {meant!r} (the manifest's versions), or chorus-batch --version (this program's)?"
         elif meant:
@@ -2205,7 +2205,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         elif first.lower() == "help":  # (`chorus-batch help run`: as git and pip take it)
             hint = f"; for help: chorus-batch {rest + ' ' if rest else ''}--help"
         elif os.path.isdir(first):  # the site's folder without --site (it was only "unknown command")
-            hint = f"; to run on that folder: chorus-batch run --site {shlex.quote(first)}{' ' + rest if rest else ''}"
+            hint = f"; to run on that folder: chorus-batch run --site {command_word(first)}{' ' + rest if rest else ''}"
         else:
             hint = ""
         parser.error(f"unknown command {quoted(first)}{hint} (commands: {', '.join(commands)})")
@@ -2225,7 +2225,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if before:
             rest = argv[:at] + argv[at + 1:]
             parser.error(f"{before[0]} comes before the command {args.command!r}; flags go after it: "
-                         f"chorus-batch {args.command} {' '.join(shlex.quote(word) for word in rest)}")
+                         f"chorus-batch {args.command} {' '.join(command_word(word) for word in rest)}")
         lines = []
         for flag in flags:
             name = flag.split("=", 1)[0]
@@ -2265,7 +2265,7 @@ def _stray_hint(command: argparse.ArgumentParser, name: str, words: list[str], a
     word = words[0]
     for option, fits in (("--db", os.path.isfile), ("--site", os.path.isdir)):
         if option in options and fits(word) and len(words) == 1:
-            line = [shlex.quote(w) for w in argv[:argv.index(word)]] + [option] + [shlex.quote(w) for w in argv[argv.index(word):]]
+            line = [command_word(w) for w in argv[:argv.index(word)]] + [option] + [command_word(w) for w in argv[argv.index(word):]]
             return f"; to give it as {option}: chorus-batch {' '.join(line)}"
     if not any(action.option_strings == [] and action.dest != "help" for action in command._actions):
         return f" ({name} takes no argument without an option before it: see chorus-batch {name} --help)"

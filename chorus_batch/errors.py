@@ -150,10 +150,10 @@ def named(flag: str, argument: str) -> str:
 def first_run_command(db: str | os.PathLike[str]) -> str:
     """What commits a first version into the manifest at `db` (a fix's words for a manifest not there yet): the command
     on the command line, the call in the library."""
-    import shlex
+    from .units import command_word
 
     if _command_line:
-        return f"`chorus-batch run --site DIR --db {shlex.quote(os.fspath(db))}`"
+        return f"`chorus-batch run --site DIR --db {command_word(os.fspath(db))}`"
     return f"`chorus_batch.run(RunSettings(site=DIR, db={os.fspath(db)!r}))`"
 
 

@@ -348,11 +348,35 @@ class _Pool(ProcessPoolExecutor):
             _forking.active = False
 
 
+# Windows waits on a pool's processes with WaitForMultipleObjects, at most 63 handles, two of them the pool's own:
+# concurrent.futures refuses more than 61 workers there (ValueError "max_workers must be <= 61").
+MAX_WINDOWS_WORKERS = 61
+_said_windows_workers: set[int] = set()
+
+
+def _windows_workers(workers: int) -> int:
+    """`workers`, at most MAX_WINDOWS_WORKERS on Windows, said once per value: `--workers 64` ([run] workers, 1 to
+    256 everywhere) on a Windows machine ended the run as an "internal error: ValueError: max_workers must be <= 61"
+    as soon as its site had enough files to hash in processes."""
+    if sys.platform != "win32" or workers <= MAX_WINDOWS_WORKERS:
+        return workers
+    if workers not in _said_windows_workers:
+        import logging
+
+        _said_windows_workers.add(workers)
+        logging.getLogger("chorus_batch").warning(
+            f"{workers} worker processes asked for (--workers, or workers in chorus.toml): Windows runs at most "
+            f"{MAX_WINDOWS_WORKERS} in one pool, so {MAX_WINDOWS_WORKERS} are used; pass --workers "
+            f"{MAX_WINDOWS_WORKERS} or fewer to not be told this")
+    return MAX_WINDOWS_WORKERS
+
+
 def pool_executor(workers: int, setup: tuple | None = None) -> ProcessPoolExecutor:
     """Worker processes that die with the caller and leave signals to it; the caller stops them (pool). `setup`:
     (function, argument) each worker calls as it starts, e.g. to take a shared counter: a module global the caller
     set is inherited by forked workers only (spawned ones, on Windows and macOS, import the module afresh)."""
     refuse_while_starting()
+    workers = _windows_workers(workers)
     ensure_open_files(workers)
     context = _pool_context()
     return _Pool(workers, mp_context=context, initializer=_worker_init,

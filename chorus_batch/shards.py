@@ -40,7 +40,7 @@ from .progress import Progress, log
 from .scan import Coverage, ScanResult, merge_scans, recorded_words, scan
 from .sources import mask_url
 from .store import Manifest
-from .units import plural
+from .units import command_word, plural
 
 _SHARD_DIR = re.compile(r"^shard-([0-9]+)-of-([0-9]+)$")  # (ASCII: as parse_shard)
 # Rows per partition of a merge: a partition's previous rows, files and their join take about 800 MB per
@@ -490,7 +490,7 @@ def _submissions_inside(staging: Path) -> None:
                          f"{plural(len(inside), 'submission')} ({'..., ' if len(inside) > 3 else ''}{shown}), each with "
                          "shard folders of its own; nothing was read or committed", where="--merge",
                          fix=f"give --merge the submission's own folder (its launcher's output says it as 'staging: "
-                             f"...'), e.g. the latest: --merge {shlex.quote(str(inside[-1].absolute()))}")
+                             f"...'), e.g. the latest: --merge {command_word(str(inside[-1].absolute()))}")
 
 
 def _merged_and_tidied(staging: Path) -> None:

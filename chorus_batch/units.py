@@ -160,3 +160,24 @@ def home_relative(path: str) -> str:
     if path == home:
         return "~"
     return "~" + path[len(home):] if path.startswith(home + "/") else path
+
+
+_BARE_ON_WINDOWS = re.compile(r"[\w@%+=:,./\\-]+", re.ASCII)
+
+
+def command_word(text: str, *, windows: bool | None = None) -> str:
+    """`text` as a word of a chorus-batch command line a message suggests, for this system's shells: shlex.quote on
+    POSIX; on Windows (cmd.exe and PowerShell) a path of letters, digits, \\, :, ., -, / bare, else in double quotes
+    (no Windows name holds one), or single quotes where PowerShell would expand a $ or ` within double quotes.
+    shlex.quote put every Windows path in single quotes ('C:\\data\\m.sqlite'), which cmd.exe passes on as part of
+    the path: the command copied from the message said the manifest or site was not there."""
+    import os
+    import shlex
+
+    if not (os.name == "nt" if windows is None else windows):
+        return shlex.quote(text)
+    if _BARE_ON_WINDOWS.fullmatch(text):
+        return text
+    if '"' not in text and "$" not in text and "`" not in text:
+        return f'"{text}"'
+    return "'" + text.replace("'", "''") + "'"  # PowerShell's literal string ('' is one quote)

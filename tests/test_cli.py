@@ -1949,6 +1949,28 @@ def test_every_command_runs_without_the_posix_only_modules_and_signals(tmp_path)
     assert command("files", "--db", db, "--md5sum").stdout == cli("files", "--db", db, "--md5sum").stdout
 
 
+@pytest.mark.parametrize("path, shown", [
+    ("C:\\sites\\a\\m.sqlite", "C:\\sites\\a\\m.sqlite"),  # bare: cmd.exe and PowerShell both take it
+    ("C:\\my sites\\m.sqlite", '"C:\\my sites\\m.sqlite"'),  # double quotes: both take them
+    ("C:\\$site\\m.sqlite", "'C:\\$site\\m.sqlite'"),  # PowerShell would expand $site within double quotes
+    ("\\\\server\\share\\O'Hara's m.sqlite", '"\\\\server\\share\\O\'Hara\'s m.sqlite"'),
+])
+def test_a_command_a_message_suggests_on_windows_quotes_its_path_as_windows_shells_read_it(monkeypatch, path, shown):
+    """Messages suggest chorus-batch commands to copy (`chorus-batch run --site DIR --db ...`, `upgrade --db ...`).
+    Their words were shlex.quote'd: on Windows every path went in single quotes ('C:\\sites\\m.sqlite'), which
+    cmd.exe passes on as part of the path, and the copied command said the manifest was not there."""
+    from chorus_batch import errors
+
+    monkeypatch.setattr(errors, "_command_line", True)
+    with monkeypatch.context() as windows:  # (only around the call: pytest itself reads os.name)
+        windows.setattr(os, "name", "nt")
+        said = errors.first_run_command(path)
+    assert said == f"`chorus-batch run --site DIR --db {shown}`"
+    from chorus_batch.units import command_word
+
+    assert os.name == "posix" and command_word("/data/my site/m.sqlite") == "'/data/my site/m.sqlite'"  # POSIX shells: as before
+
+
 def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch):
     """Windows' Path.as_uri() is file:///C:/data/my%20site (RFC 8089): its path was taken as /C:/data/my site, which
     Windows reads as C:\\C:\\data\\my site ("not a readable directory"). With Windows' own drive rules (ntpath), the

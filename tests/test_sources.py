@@ -427,6 +427,31 @@ def test_a_run_with_spawned_workers_commits_what_a_forked_run_commits(tmp_path):
     assert md5sums["spawn"] == md5sums["fork"] and md5sums["spawn"].count("\n") >= PROCESS_MIN_FILES
 
 
+def test_more_workers_than_windows_allows_in_a_pool_are_capped_and_said_not_an_internal_error(monkeypatch, caplog):
+    """`--workers` takes 1 to 256, but Windows' process pools take at most 61 (concurrent.futures raised ValueError
+    "max_workers must be <= 61"): `run --workers 64` on a Windows machine was an internal error once its site had
+    files enough to hash in processes. The pool gets 61, and the caller is told once."""
+    import sys
+
+    from chorus_batch import processes
+
+    monkeypatch.setattr(sys, "platform", "win32")  # (the pool's own test reads it when made; no process starts here)
+    monkeypatch.setattr(processes, "_said_windows_workers", set(), raising=False)
+    for _ in range(2):
+        executor = processes.pool_executor(64)
+        try:
+            assert executor._max_workers == processes.MAX_WINDOWS_WORKERS == 61
+        finally:
+            processes.stop_pool(executor)
+    said = [r.getMessage() for r in caplog.records if "Windows runs at most 61" in r.getMessage()]
+    assert len(said) == 1 and "--workers 61 or fewer" in said[0], said
+    executor = processes.pool_executor(8)
+    try:
+        assert executor._max_workers == 8
+    finally:
+        processes.stop_pool(executor)
+
+
 def test_a_spawned_worker_outlives_the_thread_that_started_it(monkeypatch):
     """A spawn pool (Windows) starts a worker from whichever thread submits when none is idle: the Hasher's feeder
     thread. Such a worker was killed when that thread ended (the parent-death signal is the starting thread's),

@@ -40,7 +40,7 @@ from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
-from ..units import shown_name
+from ..units import command_word, shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
 from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
@@ -801,13 +801,13 @@ class Manifest:
                     f"the manifest has schema version {version} and is locked by {upgrading}, which upgrades it to "
                     f"schema {SCHEMA_VERSION} before anything else", where=str(self.path),
                     fix="this command did nothing; run it again once that one has finished (if that process is gone, "
-                        f"upgrade it: `chorus-batch upgrade --db {shlex.quote(str(self.path))}`)")
+                        f"upgrade it: `chorus-batch upgrade --db {command_word(str(self.path))}`)")
             raise ManifestError(
                 f"the manifest has schema version {version}, written by an older chorus-batch; this one reads "
                 f"schema {SCHEMA_VERSION}",
                 where=str(self.path),
                 # commands that paste: the path quoted, the copy's command naming it (`cp <manifest> ...` before)
-                fix=f"upgrade it in place with `chorus-batch upgrade --db {shlex.quote(str(self.path))}` (the next "
+                fix=f"upgrade it in place with `chorus-batch upgrade --db {command_word(str(self.path))}` (the next "
                     "`run` or `validate` also does; nothing recorded is lost, but older releases cannot write it "
                     "afterwards); a reviewer who may not change it upgrades a copy: "
                     # (not `cp`: commits still in its -wal file, a killed run's, were left out of the copy, and a copy

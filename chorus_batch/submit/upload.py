@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
 import sqlite3
 import threading
 import time
@@ -42,7 +41,7 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
-from ..units import plural, shown_name
+from ..units import command_word, plural, shown_name
 from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
                       check_apart, check_names, is_archived, parse_central)
 
@@ -345,12 +344,12 @@ def _empty_root_error(root: str, where: str, db: object, *, cloud: bool = False)
                            "of it was sent", where=where,
                            fix=f"put the files back (or give --site the container/prefix the site is in now) and upload "
                                f"again; if the site really removed all its files, `chorus-batch run --db "
-                               f"{shlex.quote(str(db))}` records that first (with --max-delete all)")
+                               f"{command_word(str(db))}` records that first (with --max-delete all)")
     return ConfigError(f"{subject} is empty, though the manifest records files there that are "
                        "to be sent: an unmounted file system (its empty mount point), or a --site that is not the site; "
                        "nothing of it was sent", where=where,
                        fix=f"mount the file system (or give --site the folder the site is in now) and upload again; if "
-                           f"the site really removed all its files, `chorus-batch run --db {shlex.quote(str(db))}` records "
+                           f"the site really removed all its files, `chorus-batch run --db {command_word(str(db))}` records "
                            "that first "
                            "(with --max-delete all)")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
 from ..store.manifest import refuse_unwritable_name
-from ..units import plural
+from ..units import command_word, plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
@@ -175,7 +174,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
             if getattr(exc, "outcome", None) is None:
                 with contextlib.suppress(AttributeError, TypeError):
                     exc.outcome = (f"{written}; only the check of the site against it was cut short: `chorus-batch "  # type: ignore[union-attr]
-                                   f"status --site {shlex.quote(mask_url(site))} --db {shlex.quote(db)}` does it")
+                                   f"status --site {command_word(mask_url(site))} --db {command_word(db)}` does it")
             raise
     result.elapsed_s = time.monotonic() - started
     return result
