@@ -83,6 +83,15 @@ def unicode_twin(path: str | os.PathLike[str]) -> str | None:
         return None
 
 
+def read_only_sqlite(path: str | os.PathLike[str]):
+    """A read-only sqlite3 connection to the file at path. The path goes in a file: URI escaped (Path.as_uri): a
+    folder with '%', '?' or '#' in its name (a TMPDIR, a Windows user's folder) would otherwise end the file name
+    there or be read as escapes, and SQLite would open another file or none."""
+    import sqlite3
+
+    return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+
+
 def sqlite_temp_folder() -> str:
     """The folder SQLite writes its temporary files in (sorts, index builds, a large transaction's statement journal)
     on Unix: the first of $SQLITE_TMPDIR, $TMPDIR, /var/tmp, /usr/tmp, /tmp that is a folder this user may write and

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 import polars as pl
 
 from ..errors import UsageError
+from ..fsutil import read_only_sqlite
 from ..sources import cloud as cloud_access
 from ..sources.remote import is_folder_blob, mask_url
 from ..urls import check_location
@@ -278,7 +279,7 @@ def _copy_owner(blob: Any, props: Any) -> str | None:
         with open(copy, "wb") as f:
             blob.download_blob(max_concurrency=2).readinto(f)
         try:
-            con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+            con = read_only_sqlite(copy)
             try:
                 row = con.execute("SELECT value FROM meta WHERE key = 'manifest_id'").fetchone()
             finally:
@@ -536,7 +537,7 @@ class Central:
                 if held is not None and digest.hexdigest() != held:
                     return f"its bytes, read back, have MD5 {digest.hexdigest()}, not its Content-MD5 {held} (damaged at the centre)"
                 try:
-                    con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+                    con = read_only_sqlite(copy)
                     try:
                         check = con.execute("PRAGMA quick_check").fetchone()[0]
                         con.execute("SELECT value FROM meta WHERE key = 'manifest_id'").fetchone()

@@ -32,6 +32,7 @@ import polars as pl
 
 from ..errors import UsageError, salvage_command
 from ..frames import OUTSIDE_PATH, fmt
+from ..fsutil import read_only_sqlite
 from ..sources.remote import mask_url
 from ..times import parse_time
 from ..urls import scrub
@@ -230,7 +231,7 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
     if not Path(path).is_file():
         raise UsageError(f"no journal at {path}", where=path, fix="give the path of chorus-upload's journal.db")
     try:
-        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        con = read_only_sqlite(path)
     except sqlite3.Error as exc:
         raise _not_a_journal(shown, f"SQLite cannot open it ({exc})") from None
     try:
