@@ -208,8 +208,8 @@ def staging_lock(staging: str | Path, *, merge: bool, windows: bool = os.name ==
              f"a merge is reading the shards in {staging}: this shard cannot be written there now{by}"),
             where=str(path),
             fix=("wait for the shards to finish (`squeue`), then merge" if merge else
-                 "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
-                 "script again: a new staging folder)"))
+                 "wait for the merge to end; if it then says this shard is stale, rerun it (or "
+                 f"{submit_again()}: a new staging folder)"))
 
     # (a merge given a folder it cannot write was told "give a --staging folder", an option a merge does not take)
     cannot = ("make that folder writable by this user (the merge locks it and spills beside the shards), or merge as "
@@ -833,8 +833,8 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                 fix=f"nothing to do for these shards: the site is recorded as version {latest_label}; to record it as "
                     f"it is now, {submit_again()}, or run the shards again ("
                     + rerun_command(settings, Coverage(shard=0, shards=shards), staging, siblings)
-                    + f", and so for each K/{shards}), then merge; do not submit "
-                    "the script again while its jobs of an earlier submission are queued or running")
+                    + f", and so for each K/{shards}), then merge; do not submit again while the jobs of an "
+                    "earlier submission are queued or running")
     if len(theirs_started) == 1 and len(next(iter(theirs_started.values()))) == shards:
         # Every shard another manifest's, and merged into it already: "merge the shards into that one" sent the user
         # to a merge that is refused ("merged already")
