@@ -208,8 +208,8 @@ def staging_lock(staging: str | Path, *, merge: bool, windows: bool = os.name ==
              f"a merge is reading the shards in {staging}: this shard cannot be written there now{by}"),
             where=str(path),
             fix=("wait for the shards to finish (`squeue`), then merge" if merge else
-                 "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
-                 "script again: a new staging folder)"))
+                 "wait for the merge to end; if it then says this shard is stale, rerun it (or "
+                 f"{submit_again()}: a new staging folder)"))
 
     # (a merge given a folder it cannot write was told "give a --staging folder", an option a merge does not take)
     cannot = ("make that folder writable by this user (the merge locks it and spills beside the shards), or merge as "
@@ -493,6 +493,17 @@ def _submissions_inside(staging: Path) -> None:
                              f"...'), e.g. the latest: --merge {command_word(str(inside[-1].absolute()))}")
 
 
+def submit_again() -> str:
+    """What submits the shards again, as the user submitted these: in a merge job of `chorus-batch run --slurm` (its
+    lock's path in the job's environment, slurm.LOCKED_ENV) that command, not "the Slurm script", which that user never
+    saw; elsewhere (a merge run again by hand) either."""
+    from .slurm import LOCKED_ENV
+
+    if os.environ.get(LOCKED_ENV):
+        return "run the `chorus-batch run --slurm` command again"
+    return "submit the Slurm script again (or run `chorus-batch run --slurm` again, whichever submitted these shards)"
+
+
 def _merged_and_tidied(staging: Path) -> None:
     """A UsageError if `staging` is a Slurm submission's folder whose merge committed (its merge.exit says 0 or 1) and
     whose shards the script then removed: the merge run again from its printed "rerun the merge" line was told "no
@@ -509,7 +520,7 @@ def _merged_and_tidied(staging: Path) -> None:
                              fix=("its log names the version it committed: "
                                   + ", ".join(str(log) for log in logs) if logs else
                                   "`chorus-batch versions` lists the version it committed")
-                             + "; to record the site as it is now, submit the Slurm script again")
+                             + f"; to record the site as it is now, {submit_again()}")
 
 
 def roots_text(roots: list) -> str:
@@ -798,7 +809,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         raise MergedAlready(f"the shards in {staging} were merged already: they are version {merged_into} ({now}); "
                             "nothing was committed", where=str(staging),
                             fix="nothing to do for these shards; to record the site as it is now, run the shards "
-                                "again (or submit the Slurm script again), then merge", merged_into=merged_into)
+                                f"again (or {submit_again()}), then merge", merged_into=merged_into)
     if merged_into is None and latest_label is not None and len(stale_started) == shards and stale_started \
             and not any("another manifest" in problem for problem in problems):
         # Every shard older than the latest version's own listing: another submission of the same script (two `sbatch
@@ -820,10 +831,10 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                 f"script, or a run) began listing it at {at(newer)} and committed {latest_label}; merging these would "
                 "record the site as it was before that version; nothing was committed", where=str(staging),
                 fix=f"nothing to do for these shards: the site is recorded as version {latest_label}; to record it as "
-                    "it is now, submit the Slurm script again, or run the shards again ("
+                    f"it is now, {submit_again()}, or run the shards again ("
                     + rerun_command(settings, Coverage(shard=0, shards=shards), staging, siblings)
-                    + f", and so for each K/{shards}), then merge; do not submit "
-                    "the script again while its jobs of an earlier submission are queued or running")
+                    + f", and so for each K/{shards}), then merge; do not submit again while the jobs of an "
+                    "earlier submission are queued or running")
     if len(theirs_started) == 1 and len(next(iter(theirs_started.values()))) == shards:
         # Every shard another manifest's, and merged into it already: "merge the shards into that one" sent the user
         # to a merge that is refused ("merged already")

@@ -499,8 +499,14 @@ printf 'staging: %s\\n' "$staging"
 printf 'logs: %s\\n' "$logs"
 printf 'shards: job array %s (%s tasks)\\n' "$shards_job" {shards}
 printf 'merge: job %s, after every shard succeeded; its exit code goes to %s\\n' "$merge_job" "$staging/{MERGE_EXIT}"
-printf 'rerun a shard: %s --shard K/%s --staging %q\\n' {shlex.quote(shown)} {shards} "$staging"
-printf 'rerun the merge: %s --merge %q\\n' {shlex.quote(shown)} "$staging"
+# --staging quoted as the command's other paths are (Python's shlex.quote: bare if plain, else in single quotes; bash's
+# printf %q wrote a\\ b or $'a\\nb' beside --site 'a b')
+quoted_staging=$staging
+case $staging in
+    '' | *[!A-Za-z0-9@%+=:,./_-]*) sq="'" dq='"'; quoted_staging="$sq${{staging//$sq/$sq$dq$sq$dq$sq}}$sq" ;;
+esac
+printf 'rerun a shard: %s --shard K/%s --staging %s\\n' {shlex.quote(shown)} {shards} "$quoted_staging"
+printf 'rerun the merge: %s --merge %s\\n' {shlex.quote(shown)} "$quoted_staging"
 {END_LINE}
 """
 

@@ -327,6 +327,24 @@ def test_a_dangling_link_a_path_under_a_file_or_a_loop_as_db_is_said_alike_by_ev
     assert list((tmp_path / "unmounted").iterdir()) == []
 
 
+def test_the_library_manifest_says_a_dangling_link_as_open_manifest_does(tmp_path):
+    """Manifest(<a symbolic link to nothing>).versions() said "no manifest at <the link's target>" (Manifest resolves
+    its path), where open_manifest and every command say the link points nowhere: one check decides for all."""
+    from chorus_batch import Manifest
+
+    (tmp_path / "gone.sqlite").symlink_to(tmp_path / "unmounted" / "m.sqlite")
+    (tmp_path / "disk").symlink_to("nowhere")
+    for given in ("gone.sqlite", "disk/m.sqlite"):
+        with pytest.raises(UsageError) as opened:
+            open_manifest(tmp_path / given)
+        for call in (lambda m: m.versions(), lambda m: m.ensure_schema()):
+            with pytest.raises(UsageError) as raised:
+                call(Manifest(tmp_path / given))
+            assert str(raised.value) == str(opened.value) and "the link points nowhere" in str(raised.value)
+            assert "no manifest at" not in str(raised.value)
+    assert list(tmp_path.iterdir()) and not (tmp_path / "unmounted").exists()  # no manifest made through the link
+
+
 def test_a_path_typed_under_a_windows_drive_or_network_share_is_taken_in_any_case():
     r"""A Windows site's root is recorded as C:/Data/Site or, on a network share, //FileSrv/CHORUS/site; a path
     typed under it in other letter case is the same on Windows: it was matched for a drive letter only, and a path

@@ -1396,3 +1396,24 @@ def test_a_merge_of_a_folder_inside_the_site_is_refused(tmp_path):
         assert f"--merge: {merge}" in proc.stderr and "rerun it" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
     assert sorted(p.name for p in site.rglob("*")) == ["Images", "a.dcm", "shard-0-of-2"]
+
+
+@pytest.mark.parametrize("by_run_slurm", [False, True])
+def test_the_advice_to_submit_again_names_what_submitted_the_shards(tmp_path, monkeypatch, by_run_slurm):
+    """Shards merged already (their merge.exit 0, their lists removed): the merge run again told a user of
+    `chorus-batch run --slurm` to "submit the Slurm script again", a script they never saw. In a merge job of
+    `run --slurm` (its lock in the job's environment) that command is named; by hand, both."""
+    from chorus_batch.errors import UsageError
+    from chorus_batch.shards import _merged_and_tidied
+    from chorus_batch.slurm import LOCKED_ENV, MERGE_EXIT
+
+    (tmp_path / MERGE_EXIT).write_text("0\n")
+    if by_run_slurm:
+        monkeypatch.setenv(LOCKED_ENV, str(tmp_path / "m.sqlite.slurm.lock"))
+    else:
+        monkeypatch.delenv(LOCKED_ENV, raising=False)
+    with pytest.raises(UsageError) as raised:
+        _merged_and_tidied(tmp_path)
+    fix = raised.value.fix
+    assert ("run the `chorus-batch run --slurm` command again" in fix) == by_run_slurm, fix
+    assert ("submit the Slurm script again" in fix) != by_run_slurm, fix

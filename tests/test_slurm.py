@@ -134,6 +134,10 @@ def test_script_quotes_paths_with_spaces_and_quotes(tmp_path):
     # The rerun commands it prints are shell words too.
     assert shlex.split(job.shard_command(1))[-4:] == ["--shard", "1/3", "--staging", str(staging)]
     assert shlex.split(job.rerun_merge)[:1] == [str(python)]
+    # in one style: --staging quoted as --site and --db are (shlex.quote), not bash's printf %q (stag\ ing)
+    for line in (job.shard_command(1), job.rerun_merge):
+        assert f"--site {shlex.quote(str(site))} --db {shlex.quote(str(db))}" in line, line
+        assert line.endswith(f" {shlex.quote(str(staging))}") and "\\" not in line, line
 
 
 @pytest.mark.parametrize("limit", ["25:99:99", "10:60", "1-24", "1-12:60"])

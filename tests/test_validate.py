@@ -1176,8 +1176,8 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v11", "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "metadata_md.v5",
-                                 "mapping_csv.v6", "registry_csv.v14", "omop_procedures.v6"}
+    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v11", "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "metadata_md.v5",
+                                 "mapping_csv.v7", "registry_csv.v14", "omop_procedures.v6"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1255,7 +1255,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
     body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
     write(tmp_path, "OMOP/person.csv", body)
-    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v4"))
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v5"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
@@ -1280,15 +1280,15 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     body = b"person_id,note\n000001,a\n000002,b\n" + b"\0" * (12 << 20)
     write(tmp_path, "OMOP/person.csv", body)
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v4", f)
+        facts = parse_facts("omop_person.v5", f)
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
-    ("omop_person.v4", "OMOP/person.csv", "person_id,note\n000001,a\n"),
+    ("omop_person.v5", "OMOP/person.csv", "person_id,note\n000001,a\n"),
     ("omop_procedures.v6", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
-    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv",
+    ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
     ("registry_csv.v14", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
@@ -1392,7 +1392,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
      "1,2,000777,g,5,2024-01-01 00:00:00,a.dcm,x.dcm\n\x002,2,000777,g,5,2024-01-01 00:00:00,b.dcm,y\x00.dcm\n",
      "row 3, counting the header row as 1, column file_id"),
-    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv",
+    ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250\x00,uV,t\n",
      "row 2, counting the header row as 1, column sampling_rate"),
 ])
@@ -1409,8 +1409,8 @@ def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_
     assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v14", "image_registry.csv"),
-                                        ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v5", "OMOP/person.csv"), ("registry_csv.v14", "image_registry.csv"),
+                                        ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
     person ids and values of a registry or table row went into the finding, stored in the manifest and reports."""
@@ -1425,7 +1425,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v4", "OMOP/person.csv"), ("registry_csv.v14", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v5", "OMOP/person.csv"), ("registry_csv.v14", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1441,8 +1441,8 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v14", "image_registry.csv", "src_file (column 7)"),
-    ("mapping_csv.v6", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
-    ("omop_person.v4", "OMOP/person.csv", "person_id (column 2)"),
+    ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("omop_person.v5", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
     """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
@@ -1451,19 +1451,88 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
     rows = {"registry_csv.v14": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
-            "mapping_csv.v6": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+            "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
-            "omop_person.v4": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+            "omop_person.v5": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
     with open(tmp_path / name, "rb") as f:
         error = parse_facts(kind, f)["error"]
-    assert f"In column {column}" in error and "#" not in error.split("Row")[0], error
+    assert f"column {column}" in error and "#" not in error, error
+
+
+@pytest.mark.parametrize("kind, name", [("registry_csv.v14", "image_registry.csv"),
+                                        ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
+                                        ("omop_person.v5", "OMOP/person.csv"), ("omop_visits.v8", "OMOP/visit_occurrence.csv"),
+                                        ("omop_procedures.v6", "OMOP/procedure_occurrence.csv")])
+def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, kind, name):
+    """A spreadsheet's Latin-1 export (µV as the byte 0xB5) was told as pyarrow's "CSV conversion error to string:
+    invalid UTF8 data": the finding says the file is not UTF-8, its row, column and first such byte, and to save it
+    as CSV UTF-8."""
+    from chorus_batch.validate.readers import parse_facts
+
+    header = {"registry_csv.v14": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+              "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
+              "omop_person.v5": "person_id,gender_concept_id",
+              "omop_visits.v8": "visit_occurrence_id,person_id",
+              "omop_procedures.v6": "procedure_occurrence_id,procedure_concept_id"}[kind]
+    n = header.count(",") + 1
+    good = ",".join(["1"] * n) + "\r\n"
+    body = (header + "\r\n" + good * 3).encode() + b",".join([b"\xb5V"] * n) + b"\n"
+    write(tmp_path, name, body)
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    offset = body.index(b"\xb5") + 1
+    assert "the file is not UTF-8 text, in row 5 (counting the header row as 1), column " in error, error
+    assert f"its first byte that is not UTF-8 is 0xB5 (byte {offset} of the file, line 5)" in error, error
+    assert error.endswith("save or export it again as CSV UTF-8") and "invalid UTF8" not in error, error
+
+
+@pytest.mark.parametrize("kind, name", [("registry_csv.v14", "image_registry.csv"),
+                                        ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
+                                        ("omop_visits.v8", "OMOP/visit_occurrence.csv")])
+def test_a_line_of_spaces_among_a_csvs_rows_is_told_as_a_blank_line(tmp_path, kind, name):
+    """A line of spaces or tabs (pyarrow passes over an empty one) was told "Row #4: Expected 8 columns, got 1"."""
+    from chorus_batch.validate.readers import OWN_REMEDY, parse_facts
+
+    header = {"registry_csv.v14": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+              "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
+              "omop_visits.v8": "visit_occurrence_id,person_id"}[kind]
+    good = ",".join(["1"] * (header.count(",") + 1)) + "\n"
+    write(tmp_path, name, header + "\n" + good * 2 + " \t \n" + good)
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert "row 4 (counting the header row as 1) is a blank line, spaces or tabs only" in error, error
+    assert "Expected" not in error and re.search(OWN_REMEDY, error), error
+
+
+def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
+    """Multimodal-Linkage's proc_id is an "integer or bigint": 19 digits passed registry.values but the readers kept
+    proc_ids (and procedure_occurrence_ids) of up to 18 digits, so registry.proc_overlap, registry.no_procedure and
+    registry.procedure_person passed it over without a word. One above a bigint is told by registry.values."""
+    from chorus_batch.validate.readers import parse_facts
+
+    big, too_big = "9223372036854775807", "9223372036854775808"
+    body = ("file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+            f"1,{big},000777,g,5,2024-01-01 00:00:00,a.dcm,000777/Images/x.dcm\n"
+            f"2,{too_big},000777,g,5,2024-01-01 00:00:00,b.dcm,000777/Images/y.dcm\n"
+            f"3,0001000000000000000,000777,g,5,2024-01-01 00:00:00,c.dcm,000777/Images/z.dcm\n")
+    write(tmp_path, "image_registry.csv", body)
+    with open(tmp_path / "image_registry.csv", "rb") as f:
+        facts = parse_facts("registry_csv.v14", f)
+    assert facts["proc_ids"] == [1000000000000000, int(big)], facts
+    assert ["9223372036854775807", "000777"] in facts["proc_person_pairs"], facts
+    assert facts["bad_proc"] == 1 and facts["bad_rows"] == ["3"], facts
+    write(tmp_path, "OMOP/procedure_occurrence.csv",
+          f"procedure_occurrence_id,procedure_concept_id\n{big},4000\n{too_big},4000\n9223372036854775806,4180938\n")
+    with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
+        facts = parse_facts("omop_procedures.v6", f)
+    assert facts["ehr_runs"] == [[int(big), int(big)]] and facts["image_runs"] == [[int(big) - 1, int(big) - 1]], facts
 
 
 @pytest.mark.parametrize("kind, name, header, empty", [
-    ("omop_person.v4", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v7", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
-    ("mapping_csv.v6", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
+    ("omop_person.v5", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
+    ("omop_visits.v8", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("mapping_csv.v7", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v14", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
@@ -1477,7 +1546,7 @@ def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadab
     with open(tmp_path / name, "rb") as f:
         facts = parse_facts(kind, f)
     assert "error" not in facts, facts
-    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v7 keeps a column as one text)
+    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v8 keeps a column as one text)
 
 
 def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
@@ -2111,7 +2180,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 @pytest.mark.parametrize("kind, header", [
     ("registry_csv.v14", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
-    ("mapping_csv.v6", "signal_id,standardized_label,sampling_rate,units,units"),
+    ("mapping_csv.v7", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
     """A registry or mapping file naming a column twice was 'cannot parse the file (DuplicateError: ...)'."""
@@ -2384,7 +2453,7 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     write(tmp_path, "OMOP/visit_occurrence.csv",
           'visit_occurrence_id,person_id\n1,000001\n 2 , 2 \n,3\n4,\n"5\n6",7\n')
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v7", f)
+        facts = parse_facts("omop_visits.v8", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
 

@@ -346,7 +346,11 @@ class Manifest:
         from ..urls import expand_home
 
         # '~' as --db and open_manifest read it (Manifest("~/m.sqlite") was "no manifest at ./~/m.sqlite")
-        self.path = Path(os.path.realpath(expand_home(os.fspath(path), "Manifest(path)")))
+        given = expand_home(os.fspath(path), "Manifest(path)")
+        # (as given, for check_path: resolved, a symbolic link to nothing was "no manifest at <its target>", where
+        # open_manifest and every command say the link points nowhere)
+        self._given = os.path.abspath(given)
+        self.path = Path(os.path.realpath(given))
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self.run_outcome = Path(f"{self.path}.run-outcome")  # (note_run_outcome)
@@ -672,7 +676,9 @@ class Manifest:
     def check_path(self) -> None:
         """--db names a file (or nothing yet), not a folder, that this user can reach (require_reachable: not under a
         file, which a shard took, reading no manifest there, and hashed the site for nothing)."""
-        require_reachable(self.path)
+        require_reachable(self._given)  # (the path as given: a link to nothing is said as such, by fsutil alone)
+        if self._given != str(self.path):
+            require_reachable(self.path)
         if self.path.is_dir():
             if (self.path / "versions.parquet").is_file():  # read-only commands take it; this one writes or checks
                 raise UsageError(f"{named('--db', 'the manifest path')} names a --parquet snapshot folder, which only `versions`, `changes`, `files`, "

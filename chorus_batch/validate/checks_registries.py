@@ -100,7 +100,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += _registry_ids(usable)
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
     faults = {"no_file": "{} row{|s} with an empty file_id", "no_proc": "{} row{|s} with an empty proc_id",
-              "bad_proc": "{} row{|s} with a proc_id that is not an integer",
+              "bad_proc": "{} row{|s} with a proc_id that is not an integer from 0 to 9223372036854775807 (a bigint)",
               "no_person": "{} row{|s} with an empty person_id", "no_datetime": "{} row{|s} with an empty datetime",
               "bad_datetime": "{} row{|s} with a datetime that is not yyyy-MM-dd HH:mm:ss"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
@@ -331,7 +331,8 @@ def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
     """The Imaging SOP's image_registry_id, where a registry has the column: its CREATE TABLE makes it the PRIMARY KEY
     (NOT NULL AUTO_INCREMENT), its CSV header labels a "sequential integer value"."""
     has = usable.filter(pl.col("no_registry_id").is_not_null())
-    faults = {"no_registry_id": "{} row{|s} with it empty", "bad_registry_id": "{} row{|s} with a value that is not an integer",
+    faults = {"no_registry_id": "{} row{|s} with it empty",
+              "bad_registry_id": "{} row{|s} with a value that is not an integer from 0 to 9223372036854775807",
               "dup_registry_id": "{} value{|s} on more than one row"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)

@@ -1156,7 +1156,7 @@ def _registry_facts(f) -> dict[str, Any]:
         visit_persons=pairs.select(pl.concat_list("visit_id", "person_id")).to_series().sort().to_list(),
         trg_file=trg_files.sort().to_list(),
         # the integer proc_ids, compared with procedure_occurrence.csv's (registry.proc_overlap)
-        proc_ids=frame["proc_id"].drop_nulls().unique().str.strip_chars().str.extract(r"^([0-9]{1,18})$")
+        proc_ids=frame["proc_id"].drop_nulls().unique().str.strip_chars().str.extract(BIGINT)
         .cast(pl.Int64).drop_nulls().unique().sort().to_list(),
     )
     # a proc_id becomes one PROCEDURE_OCCURRENCE row, of one person (registry.proc_conflict)
@@ -1168,7 +1168,7 @@ def _registry_facts(f) -> dict[str, Any]:
     # each integer proc_id's person(s), as [proc_id, person_id] pairs (registry.procedure_person)
     facts.update(proc_person_pairs=frame.select(
         _proc=pl.col("proc_id").fill_null("").str.strip_chars(), _person=people.str.strip_chars()).unique()
-        .filter(pl.col("_proc").str.contains(r"^[0-9]{1,18}$") & (pl.col("_person") != ""))
+        .filter(pl.col("_proc").str.contains(BIGINT) & (pl.col("_person") != ""))
         .sort("_proc", "_person").select(pl.concat_list("_proc", "_person")).to_series().to_list())
     # and its visit(s), as [proc_id, visit_id] pairs, "" for a row that leaves visit_id empty (registry.procedure_visit)
     facts.update(proc_visit_pairs=frame.select(
@@ -1182,7 +1182,7 @@ def _registry_facts(f) -> dict[str, Any]:
     proc = pl.col("proc_id").fill_null("")
     faults = ("no_file", "no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
-        "row", no_file=~given_id, no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_person=person == "",
+        "row", no_file=~given_id, no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(BIGINT), no_person=person == "",
         no_datetime=when == "",
         bad_datetime=(when != "") & pl.col("_captured").is_null(),
     ).filter(pl.any_horizontal(faults))
@@ -1228,7 +1228,7 @@ def _registry_id_facts(frame: pl.DataFrame) -> dict[str, Any]:
     if "image_registry_id" not in frame.columns:
         return {}
     cell = pl.col("image_registry_id").fill_null("")
-    number = cell.str.extract(r"^(\d{1,18})$").cast(pl.Int64)
+    number = cell.str.extract(BIGINT).cast(pl.Int64)
     rows = frame.with_row_index("row", offset=2).select("row", _id=number, no=cell == "", bad=(cell != "") & number.is_null())
     ids = rows.filter(pl.col("_id").is_not_null())
     repeated = ids.filter(pl.col("_id").is_duplicated())
@@ -1499,6 +1499,20 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
 _WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
 
 
+def _up_to(limit: str) -> str:
+    """A regular expression of the digit strings of len(limit) digits not above `limit`."""
+    alternatives = [limit[:k] + f"[0-{int(d) - 1}]" + (f"[0-9]{{{len(limit) - k - 1}}}" if k < len(limit) - 1 else "")
+                    for k, d in enumerate(limit) if d != "0"]
+    return "|".join([*alternatives, limit])
+
+
+# An integer a bigint holds (Multimodal-Linkage: proc_id "integer or bigint"), 0 to 9223372036854775807, leading zeros
+# allowed; group 1: the number without them. The one test of the readers that keep integer ids (a registry's proc_id,
+# procedure_occurrence_id) and of registry.values (v13 kept up to 18 digits: a 19-digit proc_id that registry.values
+# passed was left out of registry.proc_overlap, registry.no_procedure and registry.procedure_person, without a word)
+BIGINT = r"^0*([0-9]{1,18}|" + _up_to(str(2**63 - 1)) + r")$"
+
+
 _CSV_BLOCK_BYTES = 4 * 1024 * 1024  # pyarrow's CSV block: no row (nor quoted value) may be longer
 
 
@@ -1563,6 +1577,10 @@ def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
                 "runs to the end of the file)")
     # pyarrow quotes the offending row after the reason: rows hold person ids and clinical values, which a
     # finding (stored in the manifest, shown in reports) must not copy
+    blank = re.match(r"CSV parse error: Row #(\d+): Expected \d+ columns, got 1: (.*)$", text, flags=re.S)
+    if blank and not blank.group(2).strip():  # (pyarrow passes over an empty line, not one of spaces or tabs only)
+        return (f"row {blank.group(1)} (counting the header row as 1) is a blank line, spaces or tabs only, among the "
+                "rows: delete that line")
     text = re.sub(r"(Expected \d+ columns, got \d+): .*", r"\1", text, flags=re.S)  # a row quoted without quotes
     return re.sub(r': ".*', "", text, flags=re.S) + (" (a row with another number of fields than the header; "
                                                        "a quote opened and not closed joins rows)"
@@ -1583,7 +1601,7 @@ TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data
 # copy is copied again, not "written as UTF-8 text"; "copy it again": site.EMPTY_READ, an empty file's). (`the table`: the
 # wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|so that the header row comes first|write the names without quotes|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again|copy it again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
+              r"again|copy the file again|copy it again|export it again as CSV UTF-8|delete that line|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
 
 
 def _nul_where(table: Any, columns: list[str]) -> str:
@@ -1605,7 +1623,50 @@ def _nul_where(table: Any, columns: list[str]) -> str:
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:
     """Why pyarrow could not parse a CSV read through `gate`, in the site's terms: the zeros of an unfinished copy
     hold no line break (pyarrow finds one endless row, or a row of too few fields, not the zeros): told as such."""
-    return NUL_REASON if gate.nul else _arrow_reason(exc, block, names)
+    if gate.nul:
+        return NUL_REASON
+    reason = _arrow_reason(exc, block, names)
+    if "invalid UTF8" not in reason:
+        return reason
+    # "In column units (column 4): Row #3: CSV conversion error to string: invalid UTF8 data": a spreadsheet that
+    # saved the file as Latin-1 or Windows-1252 (µV as the byte 0xB5)
+    where = re.match(r"In (column .*?): Row #(\d+):", reason)
+    at = f", in row {where.group(2)} (counting the header row as 1), {where.group(1)}" if where else ""
+    gate.close()  # (pyarrow's read-ahead stopped: the file is read here)
+    first = _first_not_utf8(gate._f)
+    byte = (f"; its first byte that is not UTF-8 is 0x{first[0]:02X} (byte {first[1] + 1} of the file, line {first[2]})"
+            if first else "")
+    return (f"the file is not UTF-8 text{at}{byte}: a spreadsheet saved it in another encoding (Latin-1 or "
+            "Windows-1252 write µ as the byte 0xB5); save or export it again as CSV UTF-8")
+
+
+def _first_not_utf8(f) -> tuple[int, int, int] | None:
+    """The first byte of `f` that is not (part of) UTF-8 text, as (its value, its offset, its line counted from 1);
+    None if the file could not be read again from its start (a HashingReader that no longer keeps it)."""
+    try:
+        f.seek(0)
+        buf, start, line = b"", 0, 1  # buf: the bytes from the file's offset `start` not yet counted
+        while True:
+            chunk = f.read(1 << 20)
+            buf += chunk
+            try:
+                buf.decode("utf-8")
+                good = len(buf)
+            except UnicodeDecodeError as exc:
+                if not (chunk and exc.reason == "unexpected end of data"):
+                    return buf[exc.start], start + exc.start, line + len(_LINE_ENDS.findall(buf[:exc.start]))
+                good = exc.start  # a character cut by the chunk's end: the next chunk completes it
+            if not chunk:
+                return None
+            if buf[:good].endswith(b"\r"):  # (a CRLF cut in two is one line end)
+                good -= 1
+            line += len(_LINE_ENDS.findall(buf[:good]))
+            buf, start = buf[good:], start + good
+    except (OSError, ValueError):
+        return None
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 
 def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> Iterator[list]:
@@ -1778,7 +1839,7 @@ def _procedure_facts(f) -> dict[str, Any]:
         for batch in reader:
             ids = pc.utf8_trim_whitespace(batch.column(ids_name))
             concept = pc.utf8_trim_whitespace(batch.column(concept_name))
-            integer = pc.match_substring_regex(ids, r"^[0-9]{1,18}$")
+            integer = pc.match_substring_regex(ids, BIGINT)
             ehr = pc.and_(integer, pc.invert(pc.match_substring_regex(concept, linkage)))
             chunks.append(_int64s(pc.cast(pc.filter(ids, ehr), pa.int64())))
             every.append(_int64s(pc.cast(pc.filter(ids, integer), pa.int64())))

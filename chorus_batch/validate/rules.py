@@ -246,7 +246,10 @@ KIND_EDF = "edf_header.v4"
 # is told as such; mapping_csv.v5 and registry_csv.v12 tell a first line "sep=;" (a spreadsheet's delimiter hint)
 # omop_person.v4, omop_visits.v7 and waveform_links.v4 tell a table holding NUL bytes in its rows (v3, v6, v3: read as
 # characters of its values, a person id "1\0" not found beside the person folder 1)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v4", "omop_visits.v7", "waveform_links.v4"
+# omop_person.v5, omop_visits.v8, waveform_links.v5 (and mapping_csv.v7, registry_csv.v14, omop_procedures.v6) tell a
+# file not UTF-8 as such (its row, column and first such byte) and a line of spaces only as a blank line (v4, v7, v4:
+# pyarrow's "invalid UTF8 data", "Expected 8 columns, got 1")
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "waveform_links.v5"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -278,14 +281,17 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v4
 # metadata_md.v5 also notes whether the text speaks of the first or last sample (a stream-based submission's times)
 # mapping_csv.v6 and registry_csv.v13 tell NUL bytes in rows that parse (the first's row and column); v5, v12 took the
 # values holding them as written (a registry id "not an integer", a trg_file naming no file)
-# registry_csv.v14 also keeps each integer proc_id's visit_id(s) (registry.procedure_visit)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v6", "registry_csv.v14"
+# registry_csv.v14 also keeps each integer proc_id's visit_id(s) (registry.procedure_visit), and takes a proc_id and an
+# image_registry_id as integers up to a bigint's 9223372036854775807 (v13: 18 digits; registry.values passed a 19-digit
+# proc_id the other checks left out), telling one above as not an integer
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v14"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
 # v4 also keeps the person_id of each row of a linkage concept (registry.procedure_person)
 # v5: the header row read as a CSV record (see omop_csv.v2 above)
-# v6 also keeps the visit_occurrence_id of each row of a linkage concept (registry.procedure_visit)
+# v6 also keeps the visit_occurrence_id of each row of a linkage concept (registry.procedure_visit), and the ids up to a
+# bigint's 9223372036854775807 (v5: 18 digits)
 KIND_PROCEDURES = "omop_procedures.v6"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_EDF, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)

@@ -240,7 +240,7 @@ def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, 
 
 
 # How a version checked by other rules is checked again (said by the run and by `upgrade`): a fact kind whose reader
-# changed since (a new version of the kind, omop_procedures.v5) is not in the cache, so those files are read again.
+# changed since (a new version of the kind, omop_procedures.v6) is not in the cache, so those files are read again.
 FROM_CACHED_FACTS = "from the facts already read (files of kinds this release reads otherwise are read again)"
 
 
