@@ -181,7 +181,8 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
         f.seek(0)
         gate = _Gate(f)
         try:
-            table_ = pacsv.read_csv(gate, read_options=pacsv.ReadOptions(use_threads=False),  # (errors name the row)
+            table_ = pacsv.read_csv(gate.feed(),  # (errors name the row:)
+                                    read_options=pacsv.ReadOptions(use_threads=False),
                                     convert_options=pacsv.ConvertOptions(
                                         include_columns=present, column_types={n: pa.string() for n in present}))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

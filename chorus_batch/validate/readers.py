@@ -22,6 +22,7 @@ import re
 import struct
 import threading
 import warnings
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -1036,7 +1037,8 @@ def _table(f):
     f.seek(0)
     gate = _Gate(f)  # (NUL bytes told as such; pyarrow's read-ahead stopped before the caller reads on)
     try:
-        table = pacsv.read_csv(gate, read_options=pacsv.ReadOptions(use_threads=False), parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        table = pacsv.read_csv(gate.feed(), read_options=pacsv.ReadOptions(use_threads=False),
+                               parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in raw}))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         # (the finding says which file it is: "cannot read this registry: <reason>", not the kind twice)
@@ -1516,22 +1518,45 @@ BIGINT = r"^0*([0-9]{1,18}|" + _up_to(str(2**63 - 1)) + r")$"
 _CSV_BLOCK_BYTES = 4 * 1024 * 1024  # pyarrow's CSV block: no row (nor quoted value) may be longer
 
 
-class _Gate(io.RawIOBase):
-    """A file handed to pyarrow's streaming CSV reader, which reads ahead in a thread of its own: after an error
-    that thread may still be reading when the parser has returned, interleaving with the caller's reads (a
-    hashing worker MD5s the rest of the file next: the bytes were hashed out of order, the file looked changed
-    while hashed). close() waits for a read in flight; any read after it finds the end of the file."""
+_LET_GO_SECONDS = 10.0  # the most _Gate.close() waits for pyarrow's threads to let go (microseconds, as a rule)
+
+
+class _Gate:
+    """A file handed to pyarrow's CSV readers (as `feed()`), which read ahead in a thread of Arrow's I/O pool.
+
+    After an error that thread may still be reading when the parser has returned, interleaving with the caller's
+    reads (a hashing worker MD5s the rest of the file next: the bytes were hashed out of order, the file looked changed
+    while hashed). close() waits for a read in flight; any read after it finds the end of the file.
+
+    And that thread lets go of the reader (and of the Python file it reads) when it is done, which may be after the
+    caller has had every batch: the last reference then dies in Arrow's thread, which takes the GIL to drop the
+    file. Were the interpreter exiting by then (a script or notebook kernel that read one CSV and ended), taking the
+    GIL ends the thread inside a C++ destructor: "terminate called without an active exception", SIGABRT (exit 134)
+    after all the work was done (apache/arrow#34314). So close() also waits until pyarrow has let go of every feed:
+    the caller must have dropped its reader first. (The same for the blocks it read, held as Python objects.)"""
 
     def __init__(self, f) -> None:
-        super().__init__()
         self._f, self._lock, self._open = f, threading.Lock(), True
         self.nul = False  # a NUL byte went by: a parse error then tells it (zeros of an unfinished copy), not a guess
+        self._held = 0  # feeds pyarrow still holds
+        self._let_go = threading.Condition()
 
-    def readable(self) -> bool:
-        return True
+    def feed(self) -> _Feed:
+        """The file-like to hand pyarrow (only pyarrow may keep it, and the blocks it reads: close() waits until
+        they are freed)."""
+        return self.held(_Feed(self))
 
-    def seekable(self) -> bool:
-        return True
+    def held(self, thing: Any) -> Any:
+        """`thing`, counted until it is freed."""
+        with self._let_go:
+            self._held += 1
+        weakref.finalize(thing, self._freed).atexit = False
+        return thing
+
+    def _freed(self) -> None:
+        with self._let_go:
+            self._held -= 1
+            self._let_go.notify_all()
 
     def read(self, size: int | None = -1) -> bytes:
         with self._lock:
@@ -1539,11 +1564,6 @@ class _Gate(io.RawIOBase):
         if not self.nul and b"\0" in data:
             self.nul = True
         return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         with self._lock:
@@ -1554,13 +1574,53 @@ class _Gate(io.RawIOBase):
             return self._f.tell() if self._open else 0
 
     def close(self) -> None:
+        """No read after this (one in flight is waited for), and pyarrow's threads have let go of the feeds (waited
+        for, at most _LET_GO_SECONDS). The wrapped file stays open: it is the caller's."""
         with self._lock:
-            self._open = False  # the wrapped file stays open: it is the caller's
-        super().close()
+            self._open = False
+        with self._let_go:
+            self._let_go.wait_for(lambda: self._held <= 0, timeout=_LET_GO_SECONDS)
 
     @property
     def closed(self) -> bool:
         return not self._open
+
+
+class _Feed(io.RawIOBase):
+    """What pyarrow reads (_Gate.feed()): its gate's file, through the gate."""
+
+    def __init__(self, gate: _Gate) -> None:
+        super().__init__()
+        self._gate = gate
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> memoryview:
+        # pyarrow keeps the block it is given (zero-copy, as a Python object its threads let go of): a memoryview,
+        # whose end the gate can tell (bytes cannot be weakly referenced), so that close() waits for it too
+        return self._gate.held(memoryview(self._gate.read(size)))
+
+    def readinto(self, buffer) -> int:
+        data = self._gate.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._gate.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._gate.tell()
+
+    def close(self) -> None:  # (pyarrow's, when it closes its file: the gate's reads stay the caller's to end)
+        super().close()
+
+    @property
+    def closed(self) -> bool:
+        return self._gate.closed
 
 
 def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
@@ -1679,10 +1739,10 @@ def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
 
     names = [raw_names[columns.index(w)] for w in wanted]
     f.seek(0)
-    gate = _Gate(f)
+    gate, reader = _Gate(f), None
     try:
         reader = pacsv.open_csv(
-            gate,
+            gate.feed(),
             read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),  # serial: errors name the row
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=names, column_types={n: pa.string() for n in names}),
@@ -1697,6 +1757,7 @@ def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         raise BadContent(f"cannot read {named('column', wanted)}: "
                          f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names)}") from None
     finally:
+        reader = None  # (let go before close(), which waits until pyarrow's threads have let go too)
         gate.close()  # pyarrow's read-ahead thread may still be reading: it must stop before the caller reads on
 
 
@@ -1823,10 +1884,10 @@ def _procedure_facts(f) -> dict[str, Any]:
     every: list[Any] = []  # all integer ids, of any concept (registry.no_procedure)
     # the ids of rows of each linkage concept (registry.procedure_concept): 4180938 images, 4141651 waveforms
     per_concept: dict[str, list[Any]] = {concept: [] for concept in LINKAGE_CONCEPTS}
-    gate = _Gate(f)
+    gate, reader = _Gate(f), None
     try:
         reader = pacsv.open_csv(
-            gate, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
+            gate.feed(), read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 include_columns=[ids_name, concept_name, *(n for n in (person_name, visit_name) if n is not None)],
@@ -1859,6 +1920,7 @@ def _procedure_facts(f) -> dict[str, Any]:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read {named('column', wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
+        reader = None  # (let go before close(), which waits until pyarrow's threads have let go too)
         gate.close()
     facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)
     imaging, monitoring = LINKAGE_CONCEPTS
