@@ -3091,3 +3091,39 @@ def test_a_dry_run_says_where_it_would_put_the_manifests_copy_of_a_version_that_
     assert not [name for name in blobs(central) if name.startswith("20261102020000/")]
     real = up(central, db)
     assert real.returncode == 0 and f"manifest copy: {where}" in real.stdout, real.stdout + real.stderr
+
+
+def test_the_sending_threads_go_on_sending_while_the_ledger_writes_a_batch(central, tmp_path, monkeypatch):
+    # The ledger's batches are written by the thread that hands files to the sending threads, and it handed out one
+    # file ahead of each: during every write (a commit waiting on the disk) the threads ran dry. Small files: the
+    # upload was a third slower than a plain SDK loop over the same files.
+    from chorus_batch.config import CloudSettings
+    from chorus_batch.store.uploads import UploadLedger
+    from chorus_batch.submit import upload as upload_mod
+
+    db = committed_site(tmp_path, 40)
+    for name, value in {**central.env, "CHORUS_BATCH_LEDGER_ROWS": "3"}.items():
+        monkeypatch.setenv(name, value)
+    started = [0]
+    send_one, record = upload_mod._send_one, UploadLedger.record
+
+    def counted(*args, **kwargs):
+        started[0] += 1
+        return send_one(*args, **kwargs)
+
+    during: list[int] = []  # files the threads started while a batch of sent files was written
+
+    def slow_record(self, rows):
+        if any(row.get("state") == "uploaded" for row in rows) and started[0] < 40:
+            before, deadline = started[0], time.monotonic() + 5
+            while started[0] - before <= 2 and started[0] < 40 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            during.append(started[0] - before)
+        return record(self, rows)
+
+    monkeypatch.setattr(upload_mod, "_send_one", counted)
+    monkeypatch.setattr(UploadLedger, "record", slow_record)
+    result = upload_mod.upload(str(db), central.url, cloud=CloudSettings(), workers=2)
+    assert int(result.exit_code) == 0 and result.versions[0].n_sent == 40 and result.versions[0].complete
+    assert during and max(during) > 2, during  # more files than threads: the queue did not run dry
+    assert len(ledger_names(db)) == 40
