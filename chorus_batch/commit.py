@@ -288,6 +288,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
     # a followed link whose target could not be reached may lead to a folder: the rows below it are kept too
     unseen_dirs += [p + "/" for p in scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_LINK_KINDS))["srcfile"].to_list()]
+    unseen_dirs += stale_listings(scanned.errors)
     root_ids = manifest.known_root_ids(scanned.roots)
     tree = tally(parts, unseen_dirs if mode == "full" else [], root_ids, unseen_files(scanned.errors),
                  verified_ns=scanned.scan_started_ns, threads=threads)
@@ -826,6 +827,17 @@ def _unrecorded_said(errors: pl.DataFrame, parts: TreeParts) -> pl.DataFrame:
         message = message.str.replace(phrase, instead, literal=True)
     return errors.with_columns(message=pl.when(said & ~pl.col("srcfile").is_in(held.implode())).then(message)
                                .otherwise(pl.col("message")))
+
+
+def stale_listings(errors: pl.DataFrame) -> list[str]:
+    """The folders whose listing is out of date: each that held a folder gone when entered (`vanished_dir`, said
+    of the highest folder gone: walk.gone_from), '' for the site root. A folder renamed aside (EEG -> EEG2) while
+    its folder was listed, and back before EEG2 was entered: EEG was not listed, and the version recorded its
+    files as removed though they were there at the commit (the next run added them all back). What was recorded
+    under such a folder and not listed is kept; a real removal there is recorded by the next run."""
+    gone = errors.filter(pl.col("kind") == "vanished_dir").select(pl.col("srcfile").str.strip_suffix("/"))
+    return (gone.filter(pl.col("srcfile") != "")  # (the site root itself gone: no folder above it was listed)
+            .select(pl.col("srcfile").str.replace(r"[^/]*$", "")).unique()["srcfile"].to_list())
 
 
 def unseen_files(errors: pl.DataFrame) -> list[str]:

@@ -1087,3 +1087,58 @@ def test_a_folder_renamed_aside_and_back_while_it_is_listed_keeps_its_recorded_f
     assert said["kind"].to_list() == ["vanished"] and "what was recorded of it stays in this version" in said["message"][0]
     third = run_site(site, db, validate_site=False, workers=1)
     assert third.label is None and third.counts["removed"] == 0 and third.errors.height == 0
+
+
+@pytest.mark.parametrize("back", ["before_entered", "while_walked"])
+def test_a_folder_renamed_aside_and_back_while_its_folder_is_listed_keeps_its_recorded_files(site, db, monkeypatch,
+                                                                                            back):
+    """A folder (Waveforms/EEG) renamed to EEG2 and back (a sync tool's or an editor's move) while the walk ran: its
+    folder was listed while it was EEG2, and EEG2 was gone when entered (or, entered, its own folders were): EEG was
+    never listed, and the version recorded every file under it as removed though all were there at the commit (the
+    next run added them all back). The listing of Waveforms/ is out of date: nothing recorded under it is removed in
+    this version; a file really removed there meanwhile is recorded removed by the next run."""
+    for rel in ("EEG/a.dat", "EEG/sub/b.dat", "gone.dat"):
+        write(site, f"000123/Waveforms/{rel}", rel.encode())
+    write(site, "OMOP/a.csv", b"a")
+    age(site)
+    run_site(site, db, validate_site=False, workers=1)
+    before = current_rows(db)
+    waveforms = str(site / "000123" / "Waveforms")
+    eeg, eeg2 = os.path.join(waveforms, "EEG"), os.path.join(waveforms, "EEG2")
+    os.remove(os.path.join(waveforms, "gone.dat"))  # a real removal, in the folder whose listing is out of date
+    real = os.scandir
+
+    class Renamed:  # the folder renamed aside, its folder listed, the folder put back (here or once it is listed)
+        def __init__(self, path):
+            path = os.fspath(path)
+            if path == waveforms:
+                os.rename(eeg, eeg2)
+            with real(path) as it:
+                self.entries = list(it)
+            if (path == waveforms) == (back == "before_entered"):
+                os.rename(eeg2, eeg)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def __iter__(self):
+            return iter(self.entries)
+
+    seen = (waveforms, eeg2)
+    monkeypatch.setattr(os, "scandir", lambda path=".": Renamed(path) if not isinstance(path, int) and os.fspath(path)
+                        in seen else real(path))
+    second = run_site(site, db, validate_site=False, workers=1)
+    monkeypatch.undo()
+    assert sorted(p.name for p in Path(eeg).rglob("*.dat")) == ["a.dat", "b.dat"]  # there at the commit
+    assert second.counts["removed"] == 0 and current_rows(db) == before, second.counts
+    said = second.errors.filter(pl.col("kind") == "vanished_dir")
+    assert said["srcfile"].to_list() == ["000123/Waveforms/EEG2/"], second.errors
+    assert ("nothing recorded under 000123/Waveforms/ is removed in this version" in said["message"][0]
+            and "the next run records what really changed" in said["message"][0]), said["message"][0]
+    third = run_site(site, db, validate_site=False, workers=1)
+    gone = third.errors.filter(pl.col("kind").str.starts_with("vanished"))
+    assert third.counts["removed"] == 1 and gone.height == 0, (third.counts, gone)
+    assert set(current_rows(db)) == set(before) - {"000123/Waveforms/gone.dat"}
