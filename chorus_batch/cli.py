@@ -2240,7 +2240,11 @@ def _expand_home(args: argparse.Namespace) -> None:
             refuse_blank_ends(getattr(args, dest), given_as, _NAMES.get(dest, "the file or folder name"))
             # (`--parquet 'C:\snaps'`, `--out 'D:\r.html'` pasted from the Windows machine's notes: a folder or file of
             # that name made in the working folder, as --db's was)
-            refuse_windows_path(getattr(args, dest), name)
+            # ('-': standard output where --out says so, registry's --out says its own; elsewhere a file or folder
+            # named '-' was made or looked for)
+            dash = ("stdout" if dest == "out" and args.command in ("report", "review", "import-config", "registry")
+                    else "stdin" if dest in ("config", "config_file", "delete_list", "from_log") else "")
+            refuse_windows_path(getattr(args, dest), given_as, dash=dash)
             if dest not in ("config", "config_file"):  # (those are read at once, and why_unreadable says why)
                 refuse_too_long(getattr(args, dest), name)
 

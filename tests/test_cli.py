@@ -746,6 +746,34 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, option", [
+    (["versions", "--db"], "--db"), (["run", "--parquet"], "--parquet"), (["run", "--shard", "1/2", "--staging"], "--staging"),
+    (["run", "--mode", "append", "--delete-list"], "--delete-list"), (["versions", "--config"], "--config"),
+    (["import-config"], "CONFIG"), (["import-journal", "--db", "j.sqlite"], "JOURNAL"), (["testdata"], "OUT"),
+    (["versions", "--config", "c.toml"], "c.toml [manifest] db"),
+])
+def test_a_dash_given_to_a_path_option_says_standard_input_or_output_is_not_taken(tmp_path, command, option):
+    """`--db -` (as other tools read standard input) said "no manifest at /home/x/-"; `run --parquet -` and `--staging -`
+    made a folder named '-' in the working folder; `--config -` was "config file not found". Now exit 2 saying '-' is
+    not standard input or output there, and what to give; nothing made. report's --out - is standard output still."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.toml").write_text("[manifest]\ndb = '-'\n")
+    site = ["--site", str(tmp_path / "site"), "--db", str(db)] if command[0] == "run" else []
+    out = cli(*command, *([] if option.startswith("c.toml") else ["-"]), *site, cwd=work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    reads = option in ("--delete-list", "--config", "CONFIG")
+    said = "standard input" if reads else "standard input or output"
+    assert f"{option} -: '-' is not {said} here; this takes a path" in out.stderr, out.stderr
+    assert (f"give {option} /dev/stdin" if reads else "./- for one named '-'") in out.stderr, out.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
+    report = cli("report", "--db", str(db), "--out", "-", cwd=work)
+    assert report.returncode == 0 and report.stdout.startswith("<!DOCTYPE html>"), report.stderr
+
+
 @pytest.mark.parametrize("where", ["--db", "config", "--out"])
 def test_a_relative_path_with_windows_separators_is_refused_not_made_beside_its_folder(tmp_path, where):
     """`db = "manifests\\site.sqlite"` in a chorus.toml shared with the site's Windows machine (or `--db` /
