@@ -1666,6 +1666,26 @@ def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp
         assert out.returncode == 2 and "fix:" in out.stderr, (command, out.stderr)
 
 
+def test_files_and_the_other_readers_say_no_manifest_with_the_same_fix(tmp_path):
+    """`files --db none.sqlite` (and history, diff, report: they read through open_manifest) said "pass the manifest
+    file written by `chorus-batch run` (--db), or its --parquet folder", where versions, changes and registry say
+    "pass --db with the manifest's path; or start one there: `chorus-batch run --site DIR --db ...`". Now one fix."""
+    from chorus_batch.errors import UsageError
+    from chorus_batch.review import open_manifest
+
+    missing = tmp_path / "none.sqlite"
+    start = f"start one there: `chorus-batch run --site DIR --db {missing}`"
+    for command in (("versions",), ("files",), ("history", "a"), ("diff", "--from", "x"),
+                    ("report", "--out", str(tmp_path / "r.html"))):
+        out = cli(*command, "--db", str(missing))
+        assert out.returncode == 2 and f"no manifest at {missing}" in out.stderr, (command, out.stderr)
+        assert "fix:   pass --db with the manifest's path" in out.stderr and start in out.stderr, (command, out.stderr)
+    with pytest.raises(UsageError) as caught:  # the library: its own call, as Manifest() says it
+        open_manifest(str(missing))
+    assert "give Manifest() or open_manifest() the manifest's path" in caught.value.fix
+    assert f"chorus_batch.run(RunSettings(site=DIR, db={str(missing)!r}))" in caught.value.fix, caught.value.fix
+
+
 def test_every_spelling_of_a_local_root_records_the_same_rows(tmp_path):
     """A root folder named with spaces, '#', '%', '?' and accents, given as a relative or absolute path (with
     trailing slashes), under '~', through a symlink, and as a file URL (%-escaped as Path.as_uri() writes it, with
