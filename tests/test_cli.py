@@ -747,14 +747,15 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
 
 
 @pytest.mark.parametrize("command, option", [
-    (["versions", "--db"], "--db"), (["run", "--parquet"], "--parquet"), (["run", "--shard", "1/2", "--staging"], "--staging"),
+    (["versions", "--db"], "--db"), (["run", "--parquet"], "--parquet"),
+    (["run", "--shard", "1/2", "--staging"], "--staging"),
     (["run", "--mode", "append", "--delete-list"], "--delete-list"), (["versions", "--config"], "--config"),
     (["import-config"], "CONFIG"), (["import-journal", "--db", "j.sqlite"], "JOURNAL"), (["testdata"], "OUT"),
     (["versions", "--config", "c.toml"], "c.toml [manifest] db"),
 ])
 def test_a_dash_given_to_a_path_option_says_standard_input_or_output_is_not_taken(tmp_path, command, option):
-    """`--db -` (as other tools read standard input) said "no manifest at /home/x/-"; `run --parquet -` and `--staging -`
-    made a folder named '-' in the working folder; `--config -` was "config file not found". Now exit 2 saying '-' is
+    """`--db -` (as other tools read standard input) said "no manifest at /home/x/-"; `run --parquet -` and
+    `--staging -` made a folder named '-' in the working folder; `--config -` was "config file not found". Now exit 2 saying '-' is
     not standard input or output there, and what to give; nothing made. report's --out - is standard output still."""
     write(tmp_path / "site", "OMOP/a.csv")
     db = tmp_path / "m.sqlite"
@@ -1242,6 +1243,22 @@ def test_another_file_given_to_a_reading_command_is_not_said_to_start_a_new_mani
             open_manifest(db)
         assert "to start" in cli("run", "--site", str(site), "--db", str(db), "-q").stderr  # run: as before
         assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("command, option, value, said", [
+    ("run", "--verify-sample", "200", "must be between 0 and 100, not 200"),
+    ("run", "--verify-sample", "150%", "must be between 0 and 100, not 150%"),
+    ("run", "--workers", "0", "must be at least 1, not 0"),
+    ("validate", "--workers", "999", "must be at most 256, not 999"),
+    ("status", "--limit", "0", "must be at least 1, not 0"), ("run", "--shards", "0", "must be at least 1, not 0"),
+    ("slurm-script", "--cpus-per-task", "0", "must be at least 1, not 0"),
+])
+def test_a_number_out_of_range_is_said_with_the_value_given(tmp_path, command, option, value, said):
+    """`--verify-sample 200` was "argument --verify-sample: must be between 0 and 100", the 200 not repeated (a long
+    cron line: which value?); every numeric option's range is checked in one place, which now says it."""
+    out = cli(command, option, value, cwd=tmp_path)
+    assert out.returncode == 2 and f"argument {option}: {said}" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_count_too_large_is_a_usage_error_not_an_internal_one(site, tmp_path):
