@@ -755,8 +755,9 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
 ])
 def test_a_dash_given_to_a_path_option_says_standard_input_or_output_is_not_taken(tmp_path, command, option):
     """`--db -` (as other tools read standard input) said "no manifest at /home/x/-"; `run --parquet -` and
-    `--staging -` made a folder named '-' in the working folder; `--config -` was "config file not found". Now exit 2 saying '-' is
-    not standard input or output there, and what to give; nothing made. report's --out - is standard output still."""
+    `--staging -` made a folder named '-' in the working folder; `--config -` was "config file not found". Now exit
+    2 saying '-' is not standard input or output there, and what to give; nothing made. report's --out - is standard
+    output still."""
     write(tmp_path / "site", "OMOP/a.csv")
     db = tmp_path / "m.sqlite"
     assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
