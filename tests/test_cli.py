@@ -560,6 +560,29 @@ def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("toml, message, fix", [
+    # "Unterminated string (at end of document)", with the file as its only where, and "fix the TOML syntax"
+    ('[site]\nroot = "/s"\n[manifest]\ndb = "m.sqlite', 'the value on line 4 opens a quote (") that is not closed',
+     'end the value with the same quote ("): db = "m.sqlite"'),
+    ("[site]\nroot = '/s\n[run]\nworkers = 2\n", "the value on line 2 opens a quote (') that is not closed",
+     "end the value with the same quote ('): root = '/s'"),
+    ('[site]\nroot = """/s\n[run]\n', 'the value on line 2 opens a quote (""") that is not closed',
+     'root = """/s"""'),
+    # "Illegal character '\\n' (at line 2, column 11)": its line, the quote not said
+    ('[site]\nroot = "/s\n[run]\nworkers = 2\n', 'the value on line 2 opens a quote (") that is not closed on its line',
+     'end the value with the same quote ("): root = "/s"'),
+    ("[site]\nroot = '/s\n[site.roots]\nOMOP = '/o'\n", "the value on line 2 opens a quote (') that is not closed",
+     "root = '/s'"),
+])
+def test_a_value_whose_quote_is_not_closed_is_said_with_its_line(tmp_path, toml, message, fix):
+    (tmp_path / "c.toml").write_text(toml)
+    out = cli("versions", "--config", str(tmp_path / "c.toml"))
+    line = re.search(r"on line (\d)", message).group(1)
+    assert out.returncode == 2 and message in out.stderr and f"where: {tmp_path / 'c.toml'}, line {line}" in out.stderr
+    assert f"fix:   {fix}" in out.stderr or fix in out.stderr, out.stderr
+    assert "fix the TOML syntax" not in out.stderr, out.stderr
+
+
 def test_a_setting_given_twice_in_a_piped_config_is_named_from_the_one_read(tmp_path):
     """The setting given twice is found in the text read, never by reading the file again: a pipe
     (`--config <(envsubst < chorus.toml.in)`) has given its text once."""

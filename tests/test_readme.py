@@ -158,13 +158,7 @@ def test_commands_table_shows_optional_flags_in_brackets():
     from chorus_batch.cli import _parser
 
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    text = README.read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `chorus-batch ([a-z-]+)([^`]*)` \|", text, re.M)
-    # the README's own list of the commands --demo makes read the demo's manifest (a command that takes --demo, or
-    # one that does not, such as upgrade, whose --db help names `run --demo`: the list is read, not copied here)
-    demo_list = re.search(r"`--demo` makes (.*?) read the demo's manifest", text, re.S)
-    assert demo_list, "README: the sentence listing the commands that take --demo"
-    demo_readers = set(re.findall(r"`([a-z-]+)`", demo_list.group(1))) | {"run"}  # (`run --demo` follows it)
+    rows = re.findall(r"^\| `chorus-batch ([a-z-]+)([^`]*)` \|", README.read_text(encoding="utf-8"), re.M)
     for cmd, synopsis in rows:
         bare = synopsis
         while (shorter := re.sub(r"\[[^\[\]]*\]", "", bare)) != bare:  # (groups nest: [--slurm [--shards N]])
