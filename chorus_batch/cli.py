@@ -205,9 +205,18 @@ def _percent(text: str) -> float:
         value = float(text.rstrip("%"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError("must be between 0 and 100")
-    return value
+    return _in_range(value, text, 0, 100)
+
+
+def _in_range(value, text: str, least, most):
+    """`value` (read from `text`) if least <= value <= most: the one check of every numeric option's range, whose
+    message repeats what was given (`--verify-sample 200` was "must be between 0 and 100", the 200 not said)."""
+    if least <= value <= most:
+        return value
+    if isinstance(value, float):  # (a percentage: both ends said)
+        raise argparse.ArgumentTypeError(f"must be between {least} and {most}, not {text}")
+    raise argparse.ArgumentTypeError(f"must be at least {least:,}, not {text}" if value < least
+                                     else f"must be at most {most:,}, not {text}")
 
 
 INT_MAX = 2**31 - 1  # what sbatch and polars take as a count
@@ -219,11 +228,8 @@ def _positive_int(text: str, most: int = INT_MAX) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    if value > most:  # --limit 10**20 was an internal OverflowError in polars; --shards 10**20 a Slurm array
-        raise argparse.ArgumentTypeError(f"must be at most {most:,}")
-    return value
+    # (--limit 10**20 was an internal OverflowError in polars; --shards 10**20 a Slurm array)
+    return _in_range(value, text, 1, most)
 
 
 def _workers(text: str) -> int:
@@ -2384,7 +2390,11 @@ def _expand_home(args: argparse.Namespace) -> None:
             refuse_blank_ends(getattr(args, dest), given_as, _NAMES.get(dest, "the file or folder name"))
             # (`--parquet 'C:\snaps'`, `--out 'D:\r.html'` pasted from the Windows machine's notes: a folder or file of
             # that name made in the working folder, as --db's was)
-            refuse_windows_path(getattr(args, dest), name)
+            # ('-': standard output where --out says so, registry's --out says its own; elsewhere a file or folder
+            # named '-' was made or looked for)
+            dash = ("stdout" if dest == "out" and args.command in ("report", "review", "import-config", "registry")
+                    else "stdin" if dest in ("config", "config_file", "delete_list", "from_log") else "")
+            refuse_windows_path(getattr(args, dest), given_as, dash=dash)
             if dest not in ("config", "config_file"):  # (those are read at once, and why_unreadable says why)
                 refuse_too_long(getattr(args, dest), name)
 

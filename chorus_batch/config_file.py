@@ -26,15 +26,12 @@ def config_path(given: str | None) -> str | None:
 _TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is at the position given)",
           "Cannot declare": "a section is declared twice (the second is at the position given)"}
 
-# tomllib's words for two slips of a value in quotes -> (what it means, what to do): its own message ("Unescaped '\\' in
-# a string", "Illegal character '\\n'") was followed by "fix the TOML syntax at the position given"
+# tomllib's words for a slip of a value in quotes -> (what it means, what to do): its own message ("Unescaped '\\' in
+# a string") was followed by "fix the TOML syntax at the position given"
 _QUOTED = {"Unescaped '\\' in a string": (
                "in double quotes a backslash starts an escape (\\n, \\t), as a Windows path's do",
                "write the value in single quotes, where a backslash is itself (root = 'D:\\chorus\\site'), or "
-               "double each backslash"),
-           "Illegal character '\\n'": (
-               "a value in quotes is not closed on its line",
-               "add the closing quote at the end of the value (a value in quotes ends on the line it starts)")}
+               "double each backslash")}  # (a value whose quote is not closed: _unclosed_quote)
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -90,6 +87,13 @@ def read_toml_text(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
                               where=f"{path}, line {line.group(1)}" if line else str(path),
                               fix="save it with LF (or CRLF) line ends, e.g. tr '\\r' '\\n' < chorus.toml > fixed.toml, "
                                   "and run again") from None
+        unclosed = None if said else _unclosed_quote(text, str(exc), int(line.group(1)) if line else None)
+        if unclosed is not None:  # ("Unterminated string (at end of document)": which value, and where, unsaid)
+            number, quote, fix = unclosed
+            raise ConfigError(f"config file is not valid TOML: the value on line {number} opens a quote ({quote}) that "
+                              "is not closed" + (" on its line" if line else ", so the rest of the file was read as "
+                                                 "part of it") + f" ({exc})",
+                              where=f"{path}, line {number}", fix=fix) from None
         quoted = next((hint for words, hint in _QUOTED.items() if str(exc).startswith(words)), None)
         if quoted is not None:
             raise ConfigError(f"config file is not valid TOML: {exc}: {quoted[0]}",
@@ -142,6 +146,40 @@ def setting_line(text: str, loc: tuple[str, ...]) -> int | None:
         if tuple(loc[:end]) in written:
             return written[tuple(loc[:end])]
     return None
+
+
+def _unclosed_quote(text: str, error: str, number: int | None) -> tuple[int, str, str] | None:
+    """(line, quote, fix) where tomllib's `error` is that of a text value whose quote is not closed: `root = "/data/x`
+    is "Illegal character '\\n'" on its line (`number`; `root = '/data/x` "Found invalid character '\\n'"); a quote
+    never closed before the end of the file is "Unterminated string" or "Expected \"'\"" (at end of document), on the
+    line after the longest start of the file that reads. Else None."""
+    lines = text.splitlines()
+    if number is not None:
+        opened = {"Illegal character '\\n'": '"', "Found invalid character '\\n'": "'"}
+        quote = next((q for words, q in opened.items() if error.startswith(words)), None)
+        if quote is None or not 0 < number <= len(lines) or quote not in lines[number - 1]:
+            return None
+    else:
+        expected = re.match(r"Expected \"('''|')\" \(at end of document\)", error)
+        if not (expected or error.startswith("Unterminated string (at end of document)")):
+            return None
+        number = next((m + 1 for m in range(len(lines), -1, -1) if _reads("\n".join(lines[:m]))), 0)
+        if not 0 < number <= len(lines):
+            return None
+        quote = expected.group(1) if expected else '"""' if '"""' in lines[number - 1] else '"'
+    written = lines[number - 1].strip()
+    # (the line as it should be, where the value is the line's last thing: no comment, list or table on it)
+    simple = re.fullmatch(r"[A-Za-z0-9_.-]+\s*=\s*" + re.escape(quote) + r"[^\"'#\[{]*", written)
+    return number, quote, (f"end the value with the same quote ({quote})" + (f": {written}{quote}" if simple else "")
+                           + ", and run again")
+
+
+def _reads(text: str) -> bool:
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
 
 
 def _unquoted_text(text: str, number: int) -> str | None:

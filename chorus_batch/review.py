@@ -32,7 +32,7 @@ import polars as pl
 
 from .config import MODALITIES
 from .diff import compute_diff, private_duckdb
-from .errors import UsageError, named
+from .errors import UsageError, first_run_command, named, pass_db
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .store.manifest import KILLED_EXIT
@@ -198,9 +198,9 @@ def open_manifest(path: str | Path, *, parameter: str | None = None) -> "Manifes
         raise UsageError(f"no manifest at {tidy}", where=str(tidy),  # a --db naming nothing
                          fix=(f"{give}the manifest file written by `chorus-batch run`, or its --parquet folder (a "
                               f"relative path is read from the notebook's folder, {home_relative(str(Path.cwd()))})"
-                              if parameter else
-                              "give open_manifest() the manifest file written by a run, or the folder of its Parquet "
-                              "snapshots"))
+                              if parameter else  # (said as every command's "no manifest" is: store/manifest.py)
+                              pass_db("the manifest's path (or its --parquet folder)")
+                              + f"; or start one there: {first_run_command(tidy)}"))
     return SQLiteReader(tidy)
 
 

@@ -418,12 +418,14 @@ def refuse_variable(value: str, what: str, resolved: str | None = None) -> None:
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\[^\\/]+[\\/])")
 
 
-def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> None:
+def refuse_windows_path(value: str, what: str, resolved: str | None = None, *, dash: str = "") -> None:
     """A UsageError for a Windows path (`value`, of the setting `what`) given here, where it is no path: a chorus.toml
     copied from the site's Windows machine (`db = 'C:\\chorus\\manifest.sqlite'`), a `--db` pasted from its
     notes. `run` made a new, empty manifest in the working folder (or the config's), a file named
     'C:\\chorus\\manifest.sqlite', and added every file again; the reading commands said "no manifest at
-    /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken."""
+    /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken.
+    `dash` says what '-' is to this setting (see refuse_dash)."""
+    refuse_dash(value, what, resolved, dash=dash)
     refuse_file_url(value, what, resolved)
     refuse_variable(value, what, resolved)
     if os.name == "nt" or os.path.lexists(resolved if resolved is not None else value):
@@ -448,6 +450,22 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> N
                      f"here it names {here}, which is not there; nothing was done", where=what,
                      fix="give the path as this machine names it (under the mount point of that disk or share here), "
                          "or run on the Windows machine it is of")
+
+
+def refuse_dash(value: str, what: str, resolved: str | None = None, *, dash: str = "") -> None:
+    """A UsageError for '-' given as a path, as other tools take it for standard input or output: `--db -` said "no
+    manifest at /home/x/-", `run --parquet -` and `--staging -` made a folder named '-' in the working folder,
+    `--config -` was "config file not found". `dash` is "stdout" where '-' is standard output (report's, review's and
+    import-config's --out: let through), "stdin" where the setting reads a file that /dev/stdin can be. A file or
+    folder of that very name (`resolved`, the path read) is taken."""
+    if value.strip() != "-" or dash == "stdout" or os.path.lexists(resolved if resolved is not None else value):
+        return
+    here = resolved if resolved is not None else os.path.abspath(value)
+    said = "standard input" if dash == "stdin" else "standard input or output"
+    raise UsageError(f"{what} -: '-' is not {said} here; this takes a path, and '-' would be a file or folder named "
+                     f"'-' in {os.path.dirname(here)}; nothing was done", where=what,
+                     fix=(f"to read standard input give {what} /dev/stdin; otherwise give the file's path"
+                          if dash == "stdin" else "give a file or folder path (./- for one named '-')"))
 
 
 def refuse_file_url(value: str, what: str, resolved: str | None = None) -> None:

@@ -594,6 +594,29 @@ def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("toml, message, fix", [
+    # "Unterminated string (at end of document)", with the file as its only where, and "fix the TOML syntax"
+    ('[site]\nroot = "/s"\n[manifest]\ndb = "m.sqlite', 'the value on line 4 opens a quote (") that is not closed',
+     'end the value with the same quote ("): db = "m.sqlite"'),
+    ("[site]\nroot = '/s\n[run]\nworkers = 2\n", "the value on line 2 opens a quote (') that is not closed",
+     "end the value with the same quote ('): root = '/s'"),
+    ('[site]\nroot = """/s\n[run]\n', 'the value on line 2 opens a quote (""") that is not closed',
+     'root = """/s"""'),
+    # "Illegal character '\\n' (at line 2, column 11)": its line, the quote not said
+    ('[site]\nroot = "/s\n[run]\nworkers = 2\n', 'the value on line 2 opens a quote (") that is not closed on its line',
+     'end the value with the same quote ("): root = "/s"'),
+    ("[site]\nroot = '/s\n[site.roots]\nOMOP = '/o'\n", "the value on line 2 opens a quote (') that is not closed",
+     "root = '/s'"),
+])
+def test_a_value_whose_quote_is_not_closed_is_said_with_its_line(tmp_path, toml, message, fix):
+    (tmp_path / "c.toml").write_text(toml)
+    out = cli("versions", "--config", str(tmp_path / "c.toml"))
+    line = re.search(r"on line (\d)", message).group(1)
+    assert out.returncode == 2 and message in out.stderr and f"where: {tmp_path / 'c.toml'}, line {line}" in out.stderr
+    assert f"fix:   {fix}" in out.stderr or fix in out.stderr, out.stderr
+    assert "fix the TOML syntax" not in out.stderr, out.stderr
+
+
 def test_a_setting_given_twice_in_a_piped_config_is_named_from_the_one_read(tmp_path):
     """The setting given twice is found in the text read, never by reading the file again: a pipe
     (`--config <(envsubst < chorus.toml.in)`) has given its text once."""
@@ -804,6 +827,36 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{option} {value}: a Windows path (a drive or a network share)" in out.stderr, out.stderr
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, option", [
+    (["versions", "--db"], "--db"), (["run", "--parquet"], "--parquet"),
+    (["run", "--shard", "1/2", "--staging"], "--staging"),
+    (["run", "--mode", "append", "--delete-list"], "--delete-list"), (["versions", "--config"], "--config"),
+    (["import-config"], "CONFIG"), (["import-journal", "--db", "j.sqlite"], "JOURNAL"), (["testdata"], "OUT"),
+    (["versions", "--config", "c.toml"], "c.toml [manifest] db"),
+])
+def test_a_dash_given_to_a_path_option_says_standard_input_or_output_is_not_taken(tmp_path, command, option):
+    """`--db -` (as other tools read standard input) said "no manifest at /home/x/-"; `run --parquet -` and
+    `--staging -` made a folder named '-' in the working folder; `--config -` was "config file not found". Now exit
+    2 saying '-' is not standard input or output there, and what to give; nothing made. report's --out - is standard
+    output still."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.toml").write_text("[manifest]\ndb = '-'\n")
+    site = ["--site", str(tmp_path / "site"), "--db", str(db)] if command[0] == "run" else []
+    out = cli(*command, *([] if option.startswith("c.toml") else ["-"]), *site, cwd=work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    reads = option in ("--delete-list", "--config", "CONFIG")
+    said = "standard input" if reads else "standard input or output"
+    assert f"{option} -: '-' is not {said} here; this takes a path" in out.stderr, out.stderr
+    assert (f"give {option} /dev/stdin" if reads else "./- for one named '-'") in out.stderr, out.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
+    report = cli("report", "--db", str(db), "--out", "-", cwd=work)
+    assert report.returncode == 0 and report.stdout.startswith("<!DOCTYPE html>"), report.stderr
 
 
 @pytest.mark.parametrize("where", ["--db", "config", "--out"])
@@ -1276,6 +1329,22 @@ def test_another_file_given_to_a_reading_command_is_not_said_to_start_a_new_mani
         assert db.read_bytes() == before
 
 
+@pytest.mark.parametrize("command, option, value, said", [
+    ("run", "--verify-sample", "200", "must be between 0 and 100, not 200"),
+    ("run", "--verify-sample", "150%", "must be between 0 and 100, not 150%"),
+    ("run", "--workers", "0", "must be at least 1, not 0"),
+    ("validate", "--workers", "999", "must be at most 256, not 999"),
+    ("status", "--limit", "0", "must be at least 1, not 0"), ("run", "--shards", "0", "must be at least 1, not 0"),
+    ("slurm-script", "--cpus-per-task", "0", "must be at least 1, not 0"),
+])
+def test_a_number_out_of_range_is_said_with_the_value_given(tmp_path, command, option, value, said):
+    """`--verify-sample 200` was "argument --verify-sample: must be between 0 and 100", the 200 not repeated (a long
+    cron line: which value?); every numeric option's range is checked in one place, which now says it."""
+    out = cli(command, option, value, cwd=tmp_path)
+    assert out.returncode == 2 and f"argument {option}: {said}" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_count_too_large_is_a_usage_error_not_an_internal_one(site, tmp_path):
     # status --limit 10**20 was "internal error: OverflowError: int too big to convert"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
@@ -1696,6 +1765,26 @@ def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp
         flag = [] if command[-1] == "--as-of" else ["--version"]
         out = cli(*command, *flag, "nope", "--db", str(db))
         assert out.returncode == 2 and "fix:" in out.stderr, (command, out.stderr)
+
+
+def test_files_and_the_other_readers_say_no_manifest_with_the_same_fix(tmp_path):
+    """`files --db none.sqlite` (and history, diff, report: they read through open_manifest) said "pass the manifest
+    file written by `chorus-batch run` (--db), or its --parquet folder", where versions, changes and registry say
+    "pass --db with the manifest's path; or start one there: `chorus-batch run --site DIR --db ...`". Now one fix."""
+    from chorus_batch.errors import UsageError
+    from chorus_batch.review import open_manifest
+
+    missing = tmp_path / "none.sqlite"
+    start = f"start one there: `chorus-batch run --site DIR --db {missing}`"
+    for command in (("versions",), ("files",), ("history", "a"), ("diff", "--from", "x"),
+                    ("report", "--out", str(tmp_path / "r.html"))):
+        out = cli(*command, "--db", str(missing))
+        assert out.returncode == 2 and f"no manifest at {missing}" in out.stderr, (command, out.stderr)
+        assert "fix:   pass --db with the manifest's path" in out.stderr and start in out.stderr, (command, out.stderr)
+    with pytest.raises(UsageError) as caught:  # the library: its own call, as Manifest() says it
+        open_manifest(str(missing))
+    assert "give Manifest() or open_manifest() the manifest's path" in caught.value.fix
+    assert f"chorus_batch.run(RunSettings(site=DIR, db={str(missing)!r}))" in caught.value.fix, caught.value.fix
 
 
 def test_every_spelling_of_a_local_root_records_the_same_rows(tmp_path):

@@ -649,7 +649,8 @@ def test_a_bad_path_pattern_is_said_on_one_line_with_its_reason_and_place(tmp_pa
 @pytest.mark.parametrize(("toml", "said", "fix"), [
     ('[site]\nroot = "D:\\chorus\\site"\n', "in double quotes a backslash starts an escape",
      "write the value in single quotes, where a backslash is itself"),
-    ('[site]\nname = "site-a\n', "a value in quotes is not closed on its line", "add the closing quote"),
+    ('[site]\nname = "site-a\n', 'opens a quote (") that is not closed on its line',
+     'end the value with the same quote ("): name = "site-a"'),
 ])
 def test_a_slip_in_a_quoted_value_is_said_with_what_to_write(tmp_path, toml, said, fix):
     """A Windows path in double quotes (`root = "D:\\chorus\\site"`, as on the site's Windows machine) and a value whose
