@@ -651,23 +651,75 @@ def test_validate_of_a_folder_without_a_manifest_does_not_log_a_version_committe
 
 
 @pytest.mark.parametrize("recorded", ["C:/data/site", "/mnt/not-mounted/site"])
-def test_validate_of_a_manifest_whose_recorded_root_is_not_there_says_so_not_that_each_file_is_gone(
+def test_validate_of_a_manifest_whose_recorded_root_is_not_there_says_so_once_and_records_nothing(
         clean, tmp_path, recorded):
     """A manifest copied from the site's Windows machine (its root recorded as C:/data/site, a folder under the working
     one here), or one whose disk is not mounted: `validate --force --db` said of every file "it is gone (removed or
-    moved since the run recorded it): the next run records that", which is untrue of both. It names the root and why
-    it is not there, and how to check the site where it is."""
+    moved since the run recorded it)", then (naming the root) one `file.unread` error per file, each repeating the same
+    cause, stored with the version: thousands on a real site. It stops once, before reading, as for a manifest that
+    does not record its roots: exit 2, the root and why it is not there, what to give; no finding is recorded."""
     db = tmp_path / "m.sqlite"
     run_site(clean, db)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE roots SET location = ?", (recorded,))
         con.execute("DELETE FROM file_facts")
+    before = query(db, "SELECT * FROM findings ORDER BY 1, 2, 3"), query(db, "SELECT * FROM validations")
     done = cli("validate", "--force", "--db", str(db), "--json", cwd=tmp_path)
-    messages = [f["message"] for f in json.loads(done.stdout)["findings"] if f["rule"] == "file.unread"]
-    assert messages and not [m for m in messages if "it is gone" in m], messages
-    said = messages[0]
-    assert "the root it is recorded under" in said and "validate --site DIR" in said, said
+    assert done.returncode == 2, done.stdout + done.stderr
+    said = done.stderr
+    assert said.count("chorus-batch: error:") == 1 and "Traceback" not in said, said
+    assert "must be read to check it" in said and "the root it is recorded under" in said, said
+    assert "give --site the folder the site is in now, or mount" in said, said
     assert ("Windows path" in said) == recorded.startswith("C:"), said
+    assert (query(db, "SELECT * FROM findings ORDER BY 1, 2, 3"), query(db, "SELECT * FROM validations")) == before
+
+
+SCHEMA8 = Path(__file__).resolve().parent / "fixtures" / "schema8"
+
+
+def test_validate_of_a_moved_site_stops_before_reading_any_file(tmp_path, reads):
+    """The schema-8 fixture's root, /tmp/s8/td/second, is not there: `validate --db` (an upgrade, then its latest
+    version checked again by today's rules) gave 24 `file.unread` errors, each saying the same of the root. It stops
+    once before reading a file, exit 2, naming the root; `--site` with the tree's new place checks it. The library
+    (validate_manifest, as cli calls it) says the same in its own words."""
+    import shutil
+
+    from chorus_batch.errors import ChorusError, ExitCode
+    from chorus_batch.validate.run import validate_manifest
+
+    shutil.copytree(SCHEMA8, tmp_path / "s8")
+    db, site = tmp_path / "s8" / "manifest.sqlite", tmp_path / "s8" / "site"
+    assert not Path("/tmp/s8/td/second").exists()
+    out = cli("validate", "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "file.unread" not in out.stdout + out.stderr, out.stdout
+    assert "24 files of version 20261203020000" in out.stderr, out.stderr
+    assert "/tmp/s8/td/second, does not exist (a typo, or a disk that is not mounted?)" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM findings WHERE version = '20261203020000'") == [(0,)]
+    with pytest.raises(ChorusError) as raised:
+        validate_manifest(str(db), argv=["test"])
+    assert raised.value.exit_code == ExitCode.USAGE and reads == []
+    assert "/tmp/s8/td/second" in str(raised.value) and "call validate_manifest(db, overrides={None: DIR})" in \
+        str(raised.value) and "--site" not in str(raised.value), str(raised.value)
+    label, findings = validate_manifest(str(db), argv=["test"], overrides={None: str(site)})
+    assert label == "20261203020000" and "file.unread" not in set(findings["rule"])
+    assert reads, "the files are read from the site's new place"
+
+
+def test_a_root_that_lost_some_files_keeps_a_finding_per_file(clean, tmp_path):
+    """Only a root that is not there at all stops validate: one that is there but lost files since the run says so of
+    each file (`file.unread`, "it is gone"), as before."""
+    db = tmp_path / "m.sqlite"
+    run_site(clean, db)
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM file_facts")
+    gone = next(clean.rglob("*.hea"))
+    gone.unlink()
+    done = cli("validate", "--force", "--db", str(db), "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    unread = [f for f in json.loads(done.stdout)["findings"] if f["rule"] == "file.unread"]
+    assert [f["srcfile"] for f in unread] == [gone.relative_to(clean).as_posix()], unread
+    assert "it is gone" in unread[0]["message"], unread
 
 
 def test_the_examples_of_a_summary_show_each_rule_before_a_second_of_any(clean, db):

@@ -26,7 +26,7 @@ from ..fsutil import nearly_full, scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
-from ..errors import first_run_command
+from ..errors import first_run_command, named
 from ..units import plural
 from ..store.validation import VALIDATION_SCHEMA
 
@@ -155,14 +155,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
                                                                           maintain_order=True)
     del needed
     readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
-    unreachable = todo.filter(pl.col("root_id").is_in([k for k, v in readers.items() if v is None])
-                              | (pl.col("root_id").is_null() & (readers.get(None) is None)))
-    if unreachable.height:
-        # Never guessed: a file that was not read is not reported as unreadable.
-        raise UsageError(
-            f"{plural(unreachable.height, 'file')} of {what} (e.g. {unreachable['srcfile'][0]}) "
-            f"{'has a header that was' if unreachable.height == 1 else 'have headers that were'} never read, and the manifest does not record where they are", where=where,
-            fix="pass --site with the site root (its roots are recorded by the next run)")
+    refuse_unreachable(todo, readers, what=what, where=where)
     if todo.height:
         progress.stage(f"reading {plural(todo.height, 'header', grouped=True)} and tables ({known_keys.height:,} known from earlier runs)")
     new_facts = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
@@ -191,6 +184,52 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     log.debug(f"validate: {todo.height} headers read, {known_keys.height} known, {findings.height} findings, "
               f"{plural(count, 'part')}")
     return Checked(findings, new_facts)
+
+
+def refuse_unreachable(todo: pl.DataFrame, readers: Mapping[int | None, Source | None], *, what: str,
+                       where: str) -> None:
+    """Stop before any file is read when files `todo` must read (srcfile, root_id) have nowhere to be read from: their
+    root not recorded (a manifest from before schema 3) and no --site, or a recorded local root that is not there (the
+    tree moved, its disk not mounted). Each such file was otherwise a `file.unread` error repeating the one cause about
+    the root: thousands on a real site, stored with the version as if the site were broken. Never guessed: a file
+    that was not read is not reported as unreadable. A root that is there but lost some files is read file by file."""
+    unreachable = todo.filter(pl.col("root_id").is_in([k for k, v in readers.items() if v is None])
+                              | (pl.col("root_id").is_null() & (readers.get(None) is None)))
+    if unreachable.height:
+        raise UsageError(
+            f"{plural(unreachable.height, 'file')} of {what} (e.g. {unreachable['srcfile'][0]}) "
+            f"{'has a header that was' if unreachable.height == 1 else 'have headers that were'} never read, and the "
+            "manifest does not record where they are; nothing was read, no finding recorded", where=where,
+            fix=f"{named('pass --site with the site root', 'call validate_manifest(db, overrides={None: DIR}), DIR the site root')} "
+                "(its roots are recorded by the next run)")
+    gone = {root_id: whys for root_id, source in readers.items() if (whys := _gone(source))}
+    if not gone:
+        return
+    stopped = todo.filter(pl.col("root_id").is_in([k for k in gone if k is not None])
+                          | (pl.col("root_id").is_null() & (None in gone)))
+    whys = list(dict.fromkeys(why for root_whys in gone.values() for why, _ in root_whys))
+    givens = list(dict.fromkeys(given for root_whys in gone.values() for _, given in root_whys))
+    site_root = [SITE_ROOT] if any(given == SITE_ROOT for given in givens) else []
+    modalities = [given.removeprefix("[site.roots] ") for given in givens if given != SITE_ROOT]
+    fix = named("give " + " and ".join(["--site the folder the site is in now"] * bool(site_root) + [
+                    f"[site.roots] {m} in chorus.toml the folder it is in now (read with --site)" for m in modalities]),
+                "call validate_manifest(db, overrides={" + ", ".join([*(["None: DIR"] if site_root else []),
+                                                                       *(f"{m!r}: DIR" for m in modalities)])
+                + "}), DIR the folder it is in now")
+    raise UsageError(
+        f"{plural(stopped.height, 'file', grouped=True)} of {what} (e.g. {stopped['srcfile'][0]}) must be read to "
+        f"check it, and {'; '.join(whys)}; nothing was read, no finding recorded", where=where,
+        fix=f"{fix}, or mount the file system where it was recorded, and check again")
+
+
+def _gone(source: Source | None) -> list[tuple[str, str]]:
+    """(why, where it is given) of each local root `source` reads from that is not there as a whole (sources.local.
+    root_gone: its words); FirstFound's only when all its roots are gone (it reads from the first that has a file)."""
+    from ..sources.local import root_gone
+
+    parts = source.sources if isinstance(source, FirstFound) else [source]
+    found = [(why, getattr(part, "what", SITE_ROOT)) for part in parts if (why := root_gone(part)) is not None]
+    return found if len(found) == len(parts) else []
 
 
 # The rules whose finding's srcfile is a file they looked for and did not find: one the run could not take is no
