@@ -215,21 +215,11 @@ def record_key() -> pl.Expr:
     ).alias("record_key")
 
 
-def _groups(pattern: PathPattern, extracted: pl.Expr) -> pl.Expr:
-    """A struct with every known group (NULL where the pattern lacks it), from the
-    pattern's extract_groups column (computed once: each reference would re-run the regex)."""
-    names = set(re.findall(r"\(\?P<(\w+)>", pattern.regex))
-    fields = [
-        (extracted.struct.field(g) if g in names else pl.lit(None, pl.String)).alias(g) for g in GROUPS
-    ]
-    # extract_groups yields NULL fields when the regex fails; a match always
-    # sets at least one group, or the empty string for an optional one.
-    matched = pl.any_horizontal([extracted.struct.field(g).is_not_null() for g in names]) if names else pl.lit(False)
-    return pl.struct([*fields, matched.alias("matched")])
+_DIGITS = [str(d) for d in range(10)]
 
 
-def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
-    """Why a path that matched the pattern's shape still fails it (NULL: it passes)."""
+def _checks(pattern: PathPattern, g: pl.Expr) -> list[tuple[pl.Expr, pl.Expr]]:
+    """The checks of a path that matched the pattern's shape, in order: (fails, why) each."""
     person, name_person = g.struct.field("person_id"), g.struct.field("name_person")
     session, file = g.struct.field("session"), g.struct.field("file")
     date, time = g.struct.field("date"), g.struct.field("time")
@@ -237,22 +227,36 @@ def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
     # A name starts with its session id only where the id ends there: 10001.h5 is named by session 10001, not 1000
     # (the procedures name a session's files <session_id>.<ext>, <session_id>n.csv, <session_id>_0001.dat, ...).
     def named_by(prefix: pl.Expr) -> pl.Expr:
+        # (the character after it is one of the ten: as a regex ^[0-9]$ on it, at a few times less the cost)
         return file.str.starts_with(prefix) & ~(
-            prefix.str.contains(r"[0-9]$") & file.str.slice(prefix.str.len_chars(), 1).str.contains(r"^[0-9]$"))
-    return (
-        pl.when(name_person.is_not_null() & (name_person != person))
-        .then(fmt("person id in the file name ({}) differs from the person folder ({})", name_person, person))
+            prefix.str.contains(r"[0-9]$") & file.str.slice(prefix.str.len_chars(), 1).is_in(_DIGITS))
+    return [
+        (name_person.is_not_null() & (name_person != person),
+         fmt("person id in the file name ({}) differs from the person folder ({})", name_person, person)),
         # v1.0's <session>/<file> also fits a file lying directly in Waveforms/Telemetry/ or EEG/: not a session
-        .when(pl.lit(pattern.layout == "waveforms-v1.0") & session.str.contains(r"^(?i:telemetry|eeg)$"))
-        .then(fmt("file {} lies directly in Waveforms/{}/, not in a session folder "
-                  "(Waveforms/{}/<session_id>/<session_id>[...].<ext>)", file, session, session))
-        .when(file.is_not_null() & session.is_not_null() & ~named_by(session)
-              & ~named_by(pl.concat_str([person, session], separator="_")) & (file != "RECORDS"))
-        .then(fmt("file name {} does not start with its session id {}", file, session))
-        .when(date.is_not_null() & ~stamp_ok)
-        .then(fmt("invalid date/time {}_{} in the file name", date, time))
-        .otherwise(pl.lit(None, pl.String))
-    )
+        (pl.lit(pattern.layout == "waveforms-v1.0") & session.str.contains(r"^(?i:telemetry|eeg)$"),
+         fmt("file {} lies directly in Waveforms/{}/, not in a session folder "
+             "(Waveforms/{}/<session_id>/<session_id>[...].<ext>)", file, session, session)),
+        (file.is_not_null() & session.is_not_null() & ~named_by(session)
+         & ~named_by(pl.concat_str([person, session], separator="_")) & (file != "RECORDS"),
+         fmt("file name {} does not start with its session id {}", file, session)),
+        (date.is_not_null() & ~stamp_ok, fmt("invalid date/time {}_{} in the file name", date, time)),
+    ]
+
+
+def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
+    """Why a path that matched the pattern's shape still fails it (NULL: it passes): the first check it fails."""
+    (fails, why), *rest = _checks(pattern, g)
+    chain = pl.when(fails).then(why)
+    for fails, why in rest:
+        chain = chain.when(fails).then(why)
+    return chain.otherwise(pl.lit(None, pl.String))
+
+
+def _fails(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
+    """Whether a path that matched the pattern's shape fails one of its checks (where _reason may be other than
+    NULL; a NULL test fails none, as in pl.when)."""
+    return pl.any_horizontal([fails.fill_null(False) for fails, _ in _checks(pattern, g)])
 
 
 # A line break, a tab or another control character: no layout's name holds one (some patterns' [^/]+ would take it,
@@ -339,72 +343,106 @@ def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_
     return _classify(listing, patterns)
 
 
-def _on_rows(frame: pl.DataFrame, rows: pl.Series, expr: pl.Expr) -> pl.Series:
-    """`expr` (a String column) worked out on the rows where `rows` is true alone, NULL on the others."""
-    where = rows.arg_true()
-    column = pl.repeat(None, frame.height, dtype=pl.String, eager=True)
-    if where.len():
-        values = frame.select(*dict.fromkeys(expr.meta.root_names())).filter(rows).select(expr).to_series()
-        column = column.scatter(where, values)
-    return column.alias(expr.meta.output_name())
+# The groups a hit gives the classified row: of the patterns a path hits, each field comes from the first that has
+# it (a later pattern's field fills one the first hit lacks: a current session file named with a start stamp takes
+# its duration from the flat pattern)
+_HIT_FIELDS = ("person_id", "session", "date", "time", "duration", "segment", "name_person", "category")
 
 
 def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
     if listing.height == 0:
         return listing.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in CLASSIFIED_SCHEMA.items())
-    # Each pattern's hit is kept as a column (as is `plain`): written into every expression that reads it, the
-    # control-character regex and the pattern's checks ran again for each output column (one run is enough).
-    groups = listing.lazy().with_columns(
-        [pl.col("srcfile").str.extract_groups(p.regex).alias(f"_x{i}") for i, p in enumerate(patterns)],
-        _plain=~pl.col("srcfile").str.contains(CONTROL_CHARACTER),
-    ).with_columns(
-        [_groups(p, pl.col(f"_x{i}")).alias(f"_g{i}") for i, p in enumerate(patterns)]
-    ).collect()
-    # A pattern's checks (_reason), on the paths that fit its shape alone: NULL elsewhere, where every group is
-    # (was: worked out for every path, each pattern's)
-    groups = groups.with_columns(
-        _on_rows(groups, groups[f"_g{i}"].struct.field("matched"), _reason(p, pl.col(f"_g{i}")).alias(f"_r{i}"))
-        for i, p in enumerate(patterns)
+    n = listing.height
+    srcfile = listing["srcfile"]
+    plain = ~srcfile.str.contains(CONTROL_CHARACTER)
+    # The first hit's groups, field by field (NULL until a hit gives one), which pattern hit first, and, for the
+    # paths no pattern hits, what each pattern that fits the path's shape said of it.
+    found = {f: pl.repeat(None, n, dtype=pl.String, eager=True) for f in _HIT_FIELDS}
+    first = pl.repeat(None, n, dtype=pl.Int32, eager=True)
+    hit_any = pl.repeat(False, n, dtype=pl.Boolean, eager=True)
+    near: list[tuple[int, pl.Series, pl.DataFrame]] = []  # (pattern, its rows, their person_id and _r)
+    for i, p in enumerate(patterns):
+        names = set(re.findall(r"\(\?P<(\w+)>", p.regex))
+        if not names:  # (no group to tell a match by: fits no path)
+            continue
+        gives = [f for f in _HIT_FIELDS if f in names]
+        # A pattern is run on the paths no earlier pattern hit, and on those whose first hits lack a field it has
+        # (that field is the only thing a later hit changes); the regex's test first, its groups on the paths
+        # that pass it alone (extracting the groups costs several times the test; was: both on every path)
+        need = ~hit_any
+        for f in gives:
+            need = need | found[f].is_null()
+        rows = need.arg_true()
+        if not rows.len():
+            continue
+        fits = (srcfile if rows.len() == n else srcfile.gather(rows)).str.contains(p.regex).fill_null(False)
+        rows = rows.filter(fits)
+        if not rows.len():
+            continue
+        extracted = srcfile.gather(rows).str.extract_groups(p.regex)
+        g = pl.DataFrame({name: extracted.struct.field(name) for name in sorted(names)}).with_columns(
+            _plain=plain.gather(rows), _row=rows)
+        # a match always sets at least one group, or the empty string for an optional one (a path whose match sets
+        # none was taken for no match, as where extract_groups yields NULL fields when the regex fails)
+        g = g.filter(pl.any_horizontal([pl.col(name).is_not_null() for name in names]))
+        if not g.height:
+            continue
+        struct = pl.struct([(pl.col(f) if f in names else pl.lit(None, pl.String)).alias(f) for f in GROUPS])
+        # the checks' reason, written out for the paths that fail one alone (most pass; was: for every path)
+        fails = g.select(_fails(p, struct)).to_series()
+        reason = pl.repeat(None, g.height, dtype=pl.String, eager=True)
+        if fails.any():
+            reason = reason.scatter(fails.arg_true(), g.filter(fails).select(_reason(p, struct)).to_series())
+        g = g.with_columns(_r=reason)
+        near.append((i, g["_row"], g.select("person_id" if "person_id" in names else pl.lit(None, pl.String)
+                                            .alias("person_id"), "_r", "_plain")))
+        hits = g.filter(pl.col("_r").is_null() & pl.col("_plain"))
+        if not hits.height:
+            continue
+        at = hits["_row"]
+        for f in gives:
+            empty = found[f].gather(at).is_null() & hits[f].is_not_null()
+            found[f] = found[f].scatter(at.filter(empty), hits[f].filter(empty))
+        first = first.scatter(at.filter(first.gather(at).is_null()), i)
+        hit_any = hit_any.scatter(at, True)
+    work = listing.with_columns(
+        _hit=hit_any,
+        **{f"_{'person' if f == 'person_id' else f}": found[f] for f in _HIT_FIELDS},
+        _modality=first.replace_strict({i: p.modality for i, p in enumerate(patterns)}, default=None,
+                                       return_dtype=pl.String),
+        _layout=first.replace_strict({i: p.layout for i, p in enumerate(patterns)}, default=None,
+                                     return_dtype=pl.String),
     )
-    frame = groups.lazy().with_columns(
-        [(pl.col(f"_g{i}").struct.field("matched") & pl.col(f"_r{i}").is_null() & pl.col("_plain")).alias(f"_h{i}")
-         for i in range(len(patterns))]
-    )
-    plain = pl.col("_plain")
-    hit = [pl.col(f"_h{i}") for i in range(len(patterns))]
-    near = [pl.col(f"_g{i}").struct.field("matched") for i in range(len(patterns))]
-
-    def first_hit(field: str) -> pl.Expr:
-        return pl.coalesce([pl.when(h).then(pl.col(f"_g{i}").struct.field(field)) for i, h in enumerate(hit)])
-
-    winner_modality = pl.coalesce([pl.when(h).then(pl.lit(p.modality)) for h, p in zip(hit, patterns)])
-    winner_layout = pl.coalesce([pl.when(h).then(pl.lit(p.layout)) for h, p in zip(hit, patterns)])
-    near_modality = pl.coalesce([pl.when(n).then(pl.lit(p.modality)) for n, p in zip(near, patterns)])
-    near_reason = pl.coalesce([pl.when(n & plain).then(pl.col(f"_r{i}")) for i, n in enumerate(near)])
-    near_person = [pl.when(n).then(pl.col(f"_g{i}").struct.field("person_id")) for i, n in enumerate(near)]
-    fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"), patterns)
-
-    work = frame.with_columns(
-        _hit=pl.any_horizontal(hit),
-        _person=first_hit("person_id"),
-        _session=first_hit("session"),
-        _date=first_hit("date"),
-        _time=first_hit("time"),
-        _duration=first_hit("duration"),
-        _segment=first_hit("segment"),
-        _name_person=first_hit("name_person"),
-        _category=first_hit("category"),
-        _modality=winner_modality,
-        _layout=winner_layout,
-    ).collect()
     # The modality, person and reason of a path that fits no pattern, worked out for those paths alone: the
     # fallback splits each path into its folders, and most paths of a site fit a pattern (was: for every path).
-    missed = ~work["_hit"]
-    work = work.with_columns(
-        _on_rows(work, missed, pl.coalesce(near_modality, fallback_modality).alias("_u_modality")),
-        _on_rows(work, missed, pl.coalesce([*near_person, fallback_person]).alias("_u_person")),
-        _on_rows(work, missed, pl.coalesce(near_reason, fallback_reason).alias("_u_reason")),
-    )
+    missed = ~hit_any
+    u_modality, u_person, u_reason = (pl.repeat(None, n, dtype=pl.String, eager=True) for _ in range(3))
+    where = missed.arg_true()
+    if where.len():
+        place = missed.cast(pl.UInt32).cum_sum() - 1  # a missed path's place among the missed
+        lost = pl.DataFrame({"srcfile": srcfile.gather(where)})
+        matched, persons, reasons = [], [], []
+        for i, rows, said in near:
+            keep = missed.gather(rows)
+            at = place.gather(rows.filter(keep))
+            said = said.filter(keep)
+            m = pl.repeat(False, len(where), dtype=pl.Boolean, eager=True).scatter(at, True)
+            person = pl.repeat(None, len(where), dtype=pl.String, eager=True).scatter(at, said["person_id"])
+            # (the checks' reason of a path with a control character is not its reason: that character is)
+            reason = pl.repeat(None, len(where), dtype=pl.String, eager=True).scatter(
+                at, pl.select(pl.when(said["_plain"]).then(said["_r"])).to_series())
+            matched.append((patterns[i], m)); persons.append(person); reasons.append(reason)
+        near_modality = [pl.when(m).then(pl.lit(p.modality)) for p, m in matched]
+        fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"), patterns)
+        u = lost.select(
+            pl.coalesce(*near_modality, fallback_modality).alias("m"),
+            pl.coalesce(*persons, fallback_person).alias("p"),
+            pl.coalesce(*reasons, fallback_reason).alias("r"),
+        )
+        u_modality = u_modality.scatter(where, u["m"])
+        u_person = u_person.scatter(where, u["p"])
+        u_reason = u_reason.scatter(where, u["r"])
+    work = work.with_columns(_u_modality=u_modality, _u_person=u_person, _u_reason=u_reason)
     # Sessions named <...>_<YYYYMMDD>_<HHMMSS> give the start when the file name does not.
     session_stamp = pl.col("_session").str.extract_groups(_SESSION_STAMP)
     date = pl.coalesce(pl.col("_date"), session_stamp.struct.field("date"))

@@ -36,6 +36,17 @@ def test_flat_waveform_in_session_folder_with_segment_belongs_to_the_folder_reco
     assert b["start_time"] == "10:30:00"
 
 
+def test_a_current_session_file_named_with_a_stamp_takes_duration_and_segment_from_the_flat_pattern_too():
+    """Of the patterns a path hits, each field comes from the first that has it: the current layout wins, and the
+    flat pattern, hit too, gives the duration and segment it lacks (classify runs a pattern on a path an earlier one
+    hit only for the fields still missing: this keeps that so)."""
+    row = one("000123/Waveforms/Telemetry/000123_20200101_100000/000123_20200101_100000_1800_0001.dat")
+    assert (row["layout"], row["category"], row["session_id"]) == ("current", "Telemetry", "000123_20200101_100000")
+    assert (row["duration_s"], row["segment"], row["start_time"], row["parse_error"]) == (1800.0, "0001", "10:00:00", None)
+    row = one("000123/Waveforms/Telemetry/000123_20200101_100000/000123_20200101_100000.hea")
+    assert (row["layout"], row["duration_s"], row["segment"], row["start_time"]) == ("current", None, None, "10:00:00")
+
+
 def test_flat_waveforms_moved_into_telemetry_or_eeg_are_a_record_each_of_that_category():
     """A site moving to v2.1 puts its flat files in Telemetry/ or EEG/ first: the folder was taken for a session, so
     every EEG recording of the person was one record named "EEG" (one registry group, one proc_id), of no category."""
