@@ -1139,36 +1139,36 @@ def test_a_person_folder_renamed_to_another_spelling_of_its_id_is_told_its_proce
             for r in read_csv(old / "waveform_registry.csv") + read_csv(old / "image_registry.csv")} == before
 
 
-def test_of_visits_starting_together_the_smallest_id_is_taken_as_a_number(tmp_path):
-    """Two visits of a person starting at the same time both enclose the capture: the smallest id was taken as text,
-    so visit 10 came before visit 9 (and 100 before 99)."""
+def _registry_of_visits(tmp_path, visits):
+    """`registry` of a one-person site whose visit_occurrence.csv holds these rows (a format string of {p}, the person
+    id, after the header): the command's outcome and the rows it wrote."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
     sitegen.build_clean_site(site, persons=1)
     (p0,) = sitegen.person_ids(1)
     (site / "OMOP" / "visit_occurrence.csv").write_text(
         "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
-        "visit_end_datetime,visit_type_concept_id\n"
-        f"10,{p0},9201,2023-12-30,2023-12-30 00:00:00,2024-02-01,2024-02-01 00:00:01,32817\n"
-        f"9,{p0},9201,2023-12-30,2023-12-30 00:00:00,2024-02-01,2024-02-01 00:00:01,32817\n")
+        "visit_end_datetime,visit_type_concept_id\n" + visits.format(p=p0))
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     done = cli("registry", "--db", str(db), "--out", str(out))
+    rows = [r for name in ("waveform_registry.csv", "image_registry.csv") if (out / name).exists()
+            for r in read_csv(out / name)]
+    return done, rows
+
+
+def test_of_visits_starting_together_the_smallest_id_is_taken_as_a_number(tmp_path):
+    """Two visits of a person starting at the same time both enclose the capture: the smallest id was taken as text,
+    so visit 10 came before visit 9 (and 100 before 99)."""
+    together = "9201,2023-12-30,2023-12-30 00:00:00,2024-02-01,2024-02-01 00:00:01,32817\n"
+    done, rows = _registry_of_visits(tmp_path, "10,{p}," + together + "9,{p}," + together)
     assert done.returncode == 0, done.stderr
-    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
     assert rows and {r["visit_id"] for r in rows} == {"9"}
 
 
 def test_a_visit_that_ends_before_it_starts_is_told_not_left_enclosing_nothing_silently(tmp_path):
     """A visit whose end an ETL or a date shift put before its start enclosed no capture: its files' visit_id was
     empty, exit 0, without a word. Now registry names it, as it names a visit whose dates it cannot read (exit 1)."""
-    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=1)
-    (p0,) = sitegen.person_ids(1)
-    (site / "OMOP" / "visit_occurrence.csv").write_text(
-        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
-        "visit_end_datetime,visit_type_concept_id\n"
-        f"5,{p0},9201,2024-02-01,2024-02-01 00:00:00,2023-12-30,2023-12-30 00:00:01,32817\n")
-    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
-    done = cli("registry", "--db", str(db), "--out", str(out))
+    done, _ = _registry_of_visits(
+        tmp_path, "5,{p},9201,2024-02-01,2024-02-01 00:00:00,2023-12-30,2023-12-30 00:00:01,32817\n")
     assert done.returncode == 1, done.stderr
     assert "an end before the start" in done.stderr and "visit 5: start '2024-02-01 00:00:00'" in done.stderr
     assert "Traceback" not in done.stderr
