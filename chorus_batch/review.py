@@ -269,17 +269,22 @@ class ManifestReader:
         rows = self._run_rows()
         if rows is None:
             return pl.DataFrame(schema=RUNS_SCHEMA)
-        # (times to the second: a run started in the second of a commit is after it, unless it made that version)
+        # (times are to the second: a run started in the second of a commit is before or after it as its run_id is
+        # before or after the run that made the version; a version no run made, an imported one: after it)
         for bound, asked, after in ((since, "since", True), (until, "until", False)):
             if bound is None:
                 continue
             label = self.resolve(bound, asked=asked)
             committed = self.versions().filter(pl.col("label") == label)["finished_at"]
             at = parse_time(str(committed[0])) if committed.len() and committed[0] else None
+            maker = rows.filter(pl.col("version") == label)["run_id"]
+            made_by = maker[0] if maker.len() else None
             if at is not None:
                 rows = rows.filter(pl.Series([
-                    v != label and ((t := parse_time(str(s or ""))) is None or (t >= at if after else t < at))
-                    for s, v in rows.select("started_at", "version").iter_rows()], dtype=pl.Boolean))
+                    v != label and ((t := parse_time(str(s or ""))) is None
+                                    or (t > at if after else t < at)
+                                    or (t == at and (after if made_by is None else (r > made_by) == after)))
+                    for r, s, v in rows.select("run_id", "started_at", "version").iter_rows()], dtype=pl.Boolean))
         if failed:
             rows = rows.filter(pl.col("exit_code").is_null().not_() & ~pl.col("exit_code").is_in(list(RUN_OK_CODES)))
         roots = self._root_locations_all()

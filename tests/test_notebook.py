@@ -510,7 +510,7 @@ def test_a_relative_manifest_is_named_tidied(manifests, tmp_path):
 def test_the_default_manifest_missing_is_told_to_be_set_in_the_parameters_cell(tmp_path):
     """Opened in Jupyter with the default `manifest` (none in notebooks/), the error's fix said "pass the manifest file
     written by `chorus-batch run` (--db)": a reviewer in Jupyter passes no --db. It says to set `manifest` in the
-    parameters cell, and from which folder a relative path is read; `chorus-batch review --db` still says --db."""
+    parameters cell, and from which folder a relative path is read; a script's open_manifest() names itself."""
     out = tmp_path / "out.ipynb"
     with pytest.raises(papermill.PapermillExecutionError) as failed:
         papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
@@ -518,8 +518,8 @@ def test_the_default_manifest_missing_is_told_to_be_set_in_the_parameters_cell(t
     assert failed.value.ename == "UsageError" and f"no manifest at {tmp_path.resolve()}/chorus_manifest.sqlite" in said
     assert "set `manifest` in the notebook's parameters cell" in said and "--db" not in said, said
     assert f"read from the notebook's folder, {home_relative(str(tmp_path.resolve()))}" in said, said
-    with pytest.raises(UsageError, match=r"\(--db\)"):
-        open_manifest(tmp_path / "none.sqlite")
+    with pytest.raises(UsageError, match=r"give Manifest\(\) or open_manifest\(\) the manifest's path"):
+        open_manifest(tmp_path / "none.sqlite")  # (a library call: the library's words; the commands say --db)
 
 
 @pytest.mark.parametrize("folder", [False, True])

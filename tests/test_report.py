@@ -895,6 +895,16 @@ def test_a_clean_month_shows_no_alarm_and_a_path_in_a_message_is_cut_at_the_root
     info = write_report(db, tmp_path / "first.html", version=first)  # up to the next version's commit
     section = runs_section(info.path.read_text(encoding="utf-8"))
     assert f"Since the first run and before version {second}: 2 runs; 1 committed a version" in section, section
+    # Times are to the second: on a fast machine the no-change night starts in the second the next version is committed
+    # (it was counted after that version): the run that made the version orders the two.
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        (made,) = con.execute("SELECT finished_at FROM versions WHERE label = ?", (second,)).fetchone()
+        con.execute("UPDATE runs SET started_at = ? WHERE run_id = 2", (made,))
+    con.close()
+    assert open_manifest(db).runs(until=second)["run_id"].to_list() == [2, 1]
+    assert open_manifest(db).runs(since=second)["run_id"].to_list() == [4]
 
     said = run_message(f"cannot read {site}/000007/Waveforms/x.dat: Input/output error; nothing was committed",
                        reader.root_locations())

@@ -406,10 +406,10 @@ _NO_PATH = r"(^|/)\.{0,2}(/|$)"
 
 
 def _folder_names_left_out(found: tuple[list, ...], errors: list[tuple[str, str, str]]) -> tuple[list, ...]:
-    """The listing's columns less the objects named like the folder of other objects (`a/b` beside `a/b/c.dat`): no
-    copy of the site can hold a file and a folder of one name, so such an object was tracked where a local copy lists
-    only the folder's files. An empty one is a folder marker (made without '/' or hdi_isfolder by some tools): left out
-    as the others are; one that holds bytes is recorded in `errors` (special_file), as a marker that holds bytes is."""
+    """The listing's columns less the empty objects named like the folder of other objects (`a/b` beside `a/b/c.dat`):
+    folder markers, as some tools make them without '/' or hdi_isfolder, left out as the others are. One that holds
+    bytes is data: tracked, uploaded and verified under its name, as an object store keeps it, and named by validation
+    (file.name_clash: a copy of the site on a disk keeps one of the two). `errors` is not added to."""
     paths, sizes = found[0], found[1]
     folders: set[str] = set()
     for path in paths:
@@ -420,13 +420,9 @@ def _folder_names_left_out(found: tuple[list, ...], errors: list[tuple[str, str,
                 break
             folders.add(folder)
             cut = path.rfind("/", 0, cut)
-    clash = [i for i, path in enumerate(paths) if path in folders]
-    if not clash:
+    drop = {i for i, path in enumerate(paths) if not sizes[i] and path in folders}
+    if not drop:
         return found
-    errors.extend((paths[i], "special_file", f"an object named like the folder of other objects ({paths[i]}/...) that "
-                   f"holds {sizes[i]} bytes: no copy of the site can hold a file and a folder of one name, so it is "
-                   "not tracked; move its bytes to another name") for i in clash if sizes[i])
-    drop = set(clash)
     return tuple([value for i, value in enumerate(column) if i not in drop] for column in found)
 
 
