@@ -411,6 +411,8 @@ def _folder_names_left_out(found: tuple[list, ...], errors: list[tuple[str, str,
     bytes is data: tracked, uploaded and verified under its name, as an object store keeps it, and named by validation
     (file.name_clash: a copy of the site on a disk keeps one of the two). `errors` is not added to."""
     paths, sizes = found[0], found[1]
+    if all(sizes):  # (no empty object, as in nearly every listing: the folders of a million names are not worked out)
+        return found
     folders: set[str] = set()
     for path in paths:
         cut = path.rfind("/")

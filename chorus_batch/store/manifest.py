@@ -98,12 +98,13 @@ def sqlite_words(exc: BaseException) -> str:
 
 
 def _update_cache(db_bytes: int) -> str:
-    """SQLite's page cache for a write to a manifest of `db_bytes` (a first load: about the bytes it writes). Updates land on random pages of a large manifest; with SQLite's default 2 MB page cache
-    they spill and are rewritten mid-transaction (30k row updates on a 1M-row manifest: 1.5 s -> 0.14 s with
-    128 MB; a 2% change of a 10M-row, ~7.7 GB manifest: ingest 5.3 -> 4.4 s, invalidation 2.7 -> 2.0 s with
-    512 MB). A sixteenth of the manifest, within 32-512 MiB: a 5%-mutated run of a 1M-row (775 MB) manifest
-    committed in 2.85-3.66 s with 32 MiB against 3.50-3.97 s with 512, and peaked at 1.19-1.20 GB instead of
-    1.51-1.53 (the dirty pages of its commit held in the cache)."""
+    """SQLite's page cache for a write to a manifest of `db_bytes` (a first load: about the bytes it writes).
+    Updates land on random pages of a large manifest; with SQLite's default 2 MB page cache they spill and are
+    rewritten mid-transaction (30k row updates on a 1M-row manifest: 1.5 s -> 0.14 s with 128 MB; a 2% change of a
+    10M-row, ~7.7 GB manifest: ingest 5.3 -> 4.4 s, invalidation 2.7 -> 2.0 s with 512 MB). A sixteenth of the
+    manifest, within 32-512 MiB: a 5%-mutated run of a 1M-row (775 MB) manifest committed in 2.85-3.66 s with 32 MiB
+    against 3.50-3.97 s with 512, and peaked at 1.19-1.20 GB instead of 1.51-1.53 (the dirty pages of its commit
+    held in the cache)."""
     return f"PRAGMA cache_size = -{min(max(db_bytes // 16, 32 << 20), 512 << 20) >> 10}"
 
 
