@@ -355,6 +355,46 @@ def test_review_stopped_while_its_kernel_runs_says_one_line_and_no_traceback(man
     assert done.returncode == 0 and done.stderr == "", done.stderr  # no kernel warning either
 
 
+def test_review_killed_while_its_kernel_runs_leaves_the_kernels_key_only_where_the_next_review_removes_it(
+        manifests, tmp_path):
+    """A review killed by SIGKILL (the out-of-memory killer, a job's time limit) left the kernel's connection
+    file (its ports and signing key), `tmpXXXX.json`, loose in the temporary folder, where nothing removed it.
+    It goes into a scratch folder of the review's now, whose lock the next review finds let go."""
+    import contextlib
+    import signal
+    import time
+
+    import psutil
+
+    from chorus_batch import fsutil
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]),
+                             "--out", str(tmp_path / "r.ipynb")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)})
+    deadline = time.monotonic() + 60
+    def kernels() -> list[psutil.Process]:
+        found = []
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # (a child that ended meanwhile)
+                if "ipykernel" in " ".join(child.cmdline()):
+                    found.append(child)
+        return found
+
+    while not (started := kernels()):
+        assert time.monotonic() < deadline and proc.poll() is None, "no kernel started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    psutil.wait_procs(started, timeout=30)  # each sees its parent gone and ends
+    assert list(tmp.glob("*.json")) == []
+    (left,) = tmp.glob("chorus-kernel-*")
+    old = time.time() - fsutil.ABANDONED_AFTER_S - 60
+    os.utime(left, (old, old))
+    with fsutil.scratch_folder("chorus-kernel-", tmp):  # what the next review makes first
+        assert not left.exists()
+
 def test_a_kernel_that_cannot_start_is_said_with_what_it_said(manifests, tmp_path):
     """With the kernel's stderr kept from the user's, a kernel that dies at start must still be explained: the
     error names the failure and the kernel's last lines, once (papermill's own log line is not repeated)."""

@@ -4,6 +4,7 @@ written owner-only. Run as `papermill notebooks/review.ipynb out.ipynb`, the cop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import ChorusError, UsageError
-from ..fsutil import check_not_manifest, check_target, write_private
+from ..fsutil import check_not_manifest, check_target, scratch_folder, write_private
 from ..units import home_relative
 
 
@@ -62,7 +63,11 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     # it raises: said once, by the error below
     quiet = logging.getLogger("papermill")
     was_disabled, quiet.disabled = quiet.disabled, True
+    # The kernel's connection file (its ports and signing key) in a scratch folder of ours, not loose in the
+    # temporary folder: a review killed by SIGKILL left it there for ever; the next review removes the folder.
+    scratch = contextlib.ExitStack()
     try:
+        kernel_folder = scratch.enter_context(scratch_folder("chorus-kernel-"))
         # The versions resolved here, by label: the notebook resolved "latest" (and a time) again, and a run that
         # committed in between had the checks made on one version and the command's checks on another.
         # The manifest with the home folder as '~' (open_manifest and --db read it back): the executed copy is shared,
@@ -73,7 +78,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
         nb = papermill.execute_notebook(str(notebook), None, parameters=parameters, kernel_name="python3",
                                         cwd=str(Path.cwd() if to_stdout else Path(out).resolve().parent),
                                         progress_bar=False, log_output=False,
-                                        kernel_manager_class=_kernel_manager(kernel_log))
+                                        kernel_manager_class=_kernel_manager(kernel_log, kernel_folder))
     except papermill.PapermillExecutionError as exc:
         raise ChorusError(f"the review notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
                           where=str(notebook), fix="run it in Jupyter on the same manifest to see the cell") from None
@@ -89,6 +94,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
                           fix="mend what the kernel said (its package: pip install \".[notebook]\" in this environment), "
                               "then run `chorus-batch review` again") from None
     finally:
+        scratch.close()
         os.umask(previous)
         kernel_log.close()
         quiet.disabled = was_disabled
@@ -100,11 +106,16 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     return time.perf_counter() - started
 
 
-def _kernel_manager(log):
-    """A kernel manager whose kernel writes its stderr to `log` (a file object)."""
+def _kernel_manager(log, folder: Path):
+    """A kernel manager whose kernel writes its stderr to `log` (a file object) and its connection file in
+    `folder`."""
     from jupyter_client.manager import AsyncKernelManager
 
     class _Kernel(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.connection_file = str(folder / "kernel.json")
+
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             kw["stderr"] = log
             return await super()._async_launch_kernel(kernel_cmd, **kw)
