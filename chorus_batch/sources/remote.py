@@ -108,6 +108,7 @@ class FsspecSource:
         self.empty_ok = False
         self.description = self.location = mask_url(url)  # (spelt as one root by open_source: urls.root_url)
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
+        self._whole_root_gone: str | None = None  # whole_root_gone(): "" when the root is there
         if storage_options is not None:
             import fsspec
 
@@ -145,6 +146,23 @@ class FsspecSource:
                                               known_top_missing=ok == "no_container", what=self.what)
             if not (self.empty_ok and getattr(error, "kind", None) == "empty_prefix"):
                 raise error
+
+    def whole_root_gone(self) -> str | None:
+        """Why the root is not there as a whole, for a check that must read its files (sources.local.root_gone): a
+        prefix with no object under it (an object store keeps no empty folder: the site moved, or all of it was
+        removed). None when it is there, is a whole container or bucket (whose absence each read says), or the
+        storage could not be asked (each read says why). Asked once per source (one listing of one object)."""
+        if self._whole_root_gone is None:
+            state: bool | str = True
+            if "/" in self.root.strip("/"):
+                try:
+                    state = cloud_access.root_exists(self.fs, self.root)
+                except cloud_access.storage_errors():
+                    state = True
+            self._whole_root_gone = (
+                f"the root it is recorded under, {self.description}, has no object under it (an object store keeps "
+                "no empty folder: the site moved, or all of its files were removed)" if state is False else "")
+        return self._whole_root_gone or None
 
     def holds_a_file(self) -> bool:
         """Whether any object under the root is a file, not a folder marker: check() takes a prefix holding only its
