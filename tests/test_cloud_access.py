@@ -1631,3 +1631,39 @@ def test_validate_of_a_manifest_whose_cloud_prefix_has_no_object_left_says_so_on
     assert f"the root it is recorded under, {url}, has no object under it" in said, said
     assert "give --site the place the site is in now, or record its files' removal with chorus-batch run" in said
     assert (query(db, "SELECT * FROM findings ORDER BY 1, 2, 3"), query(db, "SELECT * FROM validations")) == before
+
+
+def test_a_blob_whose_name_holds_a_tab_or_a_line_break_is_read_by_validation_not_called_gone(clean_env, azurite,
+                                                                                            tmp_path):
+    """adlfs parses a path as a URL, which drops tabs and line breaks: a blob just listed under such a name (a run
+    keeps it, and names it file.unportable_name) was "no such object (deleted or renamed since it was listed) ... it
+    is gone", a false file.unread error, on every check. It is read through the Blob service, seekable."""
+    from conftest import query
+    from services import upload_tree
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    container = azurite.new_container("tabs")
+    names = {"1/Images/CT/tab\there.dcm": b"not dicom, tab", "1/Images/CT/line\nbreak.dcm": b"not dicom, lf",
+             "1/Images/CT/cr\rhere.dcm": b"not dicom, cr"}
+    with azurite.service_client() as client:
+        upload_tree(client, container, _tree(tmp_path / "up", SITE_FILES), prefix="s")
+        box = client.get_container_client(container)
+        for name, data in names.items():
+            box.upload_blob(f"s/{name}", data)
+    source = open_source(f"az://{container}/s")
+    for name, data in names.items():
+        with source.open(name) as f:
+            assert f.read(3) == data[:3]
+            f.seek(-2, 2)
+            assert f.read() == data[-2:]
+            f.seek(0)
+            assert f.read() == data
+    with pytest.raises(FileNotFoundError):
+        source.open("1/Images/CT/not\there.dcm")
+    db = tmp_path / "m.sqlite"
+    done = cli("run", "--site", f"az://{container}/s", "--db", str(db), cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    unread = query(db, "SELECT srcfile, message FROM findings WHERE rule = 'file.unread'")
+    assert unread == [], unread
+    read = query(db, "SELECT srcfile FROM findings WHERE rule = 'dicom.unreadable' AND srcfile LIKE '%/CT/%'")
+    assert sorted(path for (path,) in read) == sorted(names), read
