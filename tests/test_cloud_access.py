@@ -1584,3 +1584,86 @@ def test_a_missing_bucket_whose_name_breaks_s3s_rules_is_said_so_with_the_bucket
     out = cli("run", "--site", "s3://no-such-bucket-x1", "--db", str(tmp_path / "m.sqlite"), "--no-validate", env=env)
     assert out.returncode == 3 and "does not exist" in out.stderr and "breaks" not in out.stderr
     assert not (tmp_path / "m.sqlite").exists()
+
+
+@pytest.mark.parametrize("store", ["azure", "s3"])
+def test_validate_of_a_manifest_whose_cloud_prefix_has_no_object_left_says_so_once_and_records_nothing(
+        clean_env, azurite, moto_s3, tmp_path, store):
+    """A cloud root whose every object was removed (the export moved to another prefix; an object store keeps no
+    empty folder): `validate --db` said of each file "no such object ... it is gone", a `file.unread` error per file
+    stored with the version, exit 1. A local root that is not there stops once, before reading, exit 2: so does this,
+    naming the root and what to do; no finding is recorded."""
+    from conftest import query, settings
+    from services import upload_tree, upload_tree_s3
+
+    from chorus_batch import run
+
+    env = {}
+    if store == "azure":
+        env["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
+        container = azurite.new_container("gone")
+        with azurite.service_client() as client:
+            upload_tree(client, container, _tree(tmp_path / "up", SITE_FILES), prefix="export")
+        url, cloud_settings = f"az://{container}/export", None
+    else:
+        env.update(moto_s3.env, AWS_ENDPOINT_URL_S3=moto_s3.endpoint_url)
+        bucket = moto_s3.new_bucket("gone")
+        upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "up", SITE_FILES), prefix="export")
+        url, cloud_settings = f"s3://{bucket}/export", CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    db = tmp_path / "m.sqlite"
+    run(settings(url, db, validate_site=False, **({"cloud": cloud_settings} if cloud_settings else {})))
+    if store == "azure":  # every blob under the prefix removed; the container stays
+        with azurite.service_client() as client:
+            box = client.get_container_client(container)
+            for blob in list(box.list_blobs(name_starts_with="export/")):
+                box.delete_blob(blob.name)
+    else:
+        s3 = moto_s3.client()
+        for item in s3.list_objects_v2(Bucket=bucket, Prefix="export/")["Contents"]:
+            s3.delete_object(Bucket=bucket, Key=item["Key"])
+    before = query(db, "SELECT * FROM findings ORDER BY 1, 2, 3"), query(db, "SELECT * FROM validations")
+    done = cli("validate", "--db", str(db), cwd=tmp_path, env=env)
+    said = done.stderr
+    assert done.returncode == 2, done.stdout + said
+    assert said.count("chorus-batch: error:") == 1 and "Traceback" not in said, said
+    assert f"the root it is recorded under, {url}, has no object under it" in said, said
+    assert "give --site the place the site is in now, or record its files' removal with chorus-batch run" in said
+    assert (query(db, "SELECT * FROM findings ORDER BY 1, 2, 3"), query(db, "SELECT * FROM validations")) == before
+
+
+def test_a_blob_whose_name_holds_a_tab_or_a_line_break_is_read_by_validation_not_called_gone(clean_env, azurite,
+                                                                                            tmp_path):
+    """adlfs parses a path as a URL, which drops tabs and line breaks: a blob just listed under such a name (a run
+    keeps it, and names it file.unportable_name) was "no such object (deleted or renamed since it was listed) ... it
+    is gone", a false file.unread error, on every check. It is read through the Blob service, seekable."""
+    from conftest import query
+    from services import upload_tree
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    container = azurite.new_container("tabs")
+    names = {"1/Images/CT/tab\there.dcm": b"not dicom, tab", "1/Images/CT/line\nbreak.dcm": b"not dicom, lf",
+             "1/Images/CT/cr\rhere.dcm": b"not dicom, cr"}
+    with azurite.service_client() as client:
+        upload_tree(client, container, _tree(tmp_path / "up", SITE_FILES), prefix="s")
+        box = client.get_container_client(container)
+        for name, data in names.items():
+            box.upload_blob(f"s/{name}", data)
+    source = open_source(f"az://{container}/s")
+    for name, data in names.items():
+        with source.open(name) as f:
+            assert f.read(3) == data[:3]
+            f.seek(-2, 2)
+            assert f.read() == data[-2:]
+            f.seek(0)
+            assert f.read() == data
+    with pytest.raises(FileNotFoundError):
+        source.open("1/Images/CT/not\there.dcm")
+    db = tmp_path / "m.sqlite"
+    done = cli("run", "--site", f"az://{container}/s", "--db", str(db), cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    unread = query(db, "SELECT srcfile, message FROM findings WHERE rule = 'file.unread'")
+    assert unread == [], unread
+    read = query(db, "SELECT srcfile FROM findings WHERE rule = 'dicom.unreadable' AND srcfile LIKE '%/CT/%'")
+    assert sorted(path for (path,) in read) == sorted(names), read

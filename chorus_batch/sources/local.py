@@ -151,8 +151,11 @@ def _why_no_folder(path: str) -> str:
 
 def root_gone(source) -> str | None:
     """Why a file of `source` could not be found when its root is not there as a whole (None: the root is there, or
-    `source` is no local folder): a recorded root on a disk not mounted, or one recorded on Windows (C:/data/site)
-    read elsewhere, where it is a folder under the working one. Each file was said "gone (removed or moved)"."""
+    `source` is no local folder or cloud prefix): a recorded root on a disk not mounted, or one recorded on Windows
+    (C:/data/site) read elsewhere, where it is a folder under the working one; a cloud prefix with no object left
+    (FsspecSource.whole_root_gone). Each file was said "gone (removed or moved)"."""
+    if callable(remote := getattr(source, "whole_root_gone", None)):  # a cloud prefix with no object under it
+        return remote()
     root = getattr(source, "root", None)
     if not isinstance(root, str) or not getattr(source, "parallel_local", False) or os.path.isdir(root):
         return None

@@ -7,6 +7,7 @@ import base64
 import binascii
 import errno
 import hashlib
+import io
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 # ETag of an object uploaded in one part) and an etag that changes whenever the object is written.
 _SERVER_MD5_PROTOCOLS = ("az", "abfs", "abfss", "s3", "s3a")
 _HEX_MD5 = re.compile(r"^[0-9a-f]{32}$")
+# What a URL parse drops from a name (urllib.parse's unsafe bytes): adlfs cannot open a blob whose name holds one
+_URL_DROPPED = re.compile(r"[\t\n\r]")
 # Bytes per ranged GET when a file is downloaded to be hashed: one request per 64 KiB read would spend
 # the time in round trips; 8 MiB keeps memory bounded (one block per hashing thread).
 DOWNLOAD_BLOCK = 8 << 20
@@ -108,6 +111,7 @@ class FsspecSource:
         self.empty_ok = False
         self.description = self.location = mask_url(url)  # (spelt as one root by open_source: urls.root_url)
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
+        self._whole_root_gone: str | None = None  # whole_root_gone(): "" when the root is there
         if storage_options is not None:
             import fsspec
 
@@ -145,6 +149,23 @@ class FsspecSource:
                                               known_top_missing=ok == "no_container", what=self.what)
             if not (self.empty_ok and getattr(error, "kind", None) == "empty_prefix"):
                 raise error
+
+    def whole_root_gone(self) -> str | None:
+        """Why the root is not there as a whole, for a check that must read its files (sources.local.root_gone): a
+        prefix with no object under it (an object store keeps no empty folder: the site moved, or all of it was
+        removed). None when it is there, is a whole container or bucket (whose absence each read says), or the
+        storage could not be asked (each read says why). Asked once per source (one listing of one object)."""
+        if self._whole_root_gone is None:
+            state: bool | str = True
+            if "/" in self.root.strip("/"):
+                try:
+                    state = cloud_access.root_exists(self.fs, self.root)
+                except cloud_access.storage_errors():
+                    state = True
+            self._whole_root_gone = (
+                f"the root it is recorded under, {self.description}, has no object under it (an object store keeps "
+                "no empty folder: the site moved, or all of its files were removed)" if state is False else "")
+        return self._whole_root_gone or None
 
     def holds_a_file(self) -> bool:
         """Whether any object under the root is a file, not a folder marker: check() takes a prefix holding only its
@@ -308,10 +329,25 @@ class FsspecSource:
         return FileStat(int(info.get("size") or 0), _mtime_ns(info), etag_of(info) if self.server_md5 else None)
 
     def open(self, srcfile: str) -> BinaryIO:
+        if self._azure_sign_in is not None and _URL_DROPPED.search(srcfile):
+            return self._open_blob(srcfile)
         try:
             return self.fs.open(self._path(srcfile), "rb", block_size=DOWNLOAD_BLOCK)
         except cloud_access.storage_errors() as exc:
             raise self._storage_failure(exc, srcfile) from None
+
+    def _open_blob(self, srcfile: str) -> BinaryIO:
+        """A blob whose name adlfs cannot open (a tab or line break: it parses the path as a URL, which drops them, and
+        said of a blob just listed "no such object ... it is gone"), read through the Blob service, as it is hashed."""
+        blob = self._blob(srcfile)
+        try:
+            props = blob.get_blob_properties()
+        except cloud_access.storage_errors() as exc:
+            if type(exc).__name__ == "ResourceNotFoundError" and not cloud_access.store_gone(exc):
+                raise _gone(srcfile) from None
+            raise self._storage_failure(exc, srcfile) from None
+        ranges = _BlobRanges(blob, int(props.size or 0), props.etag, srcfile)
+        return io.BufferedReader(ranges, DOWNLOAD_BLOCK)  # type: ignore[return-value]
 
     def hash_file(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
         try:  # a dropped connection or a busy service: the whole file again, with backoff
@@ -392,6 +428,46 @@ class FsspecSource:
             if etag_of(after) != etag_of(info) or int(after.get("size") or 0) != total:
                 raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}")
         return HashOutcome(digest.digest(), total, _mtime_ns(info), facts, etag_of(info) if self.server_md5 else None)
+
+
+class _BlobRanges(io.RawIOBase):
+    """A blob's bytes as stored, seekable (a DICOM reader seeks), in ranged GETs each conditional on the etag seen at
+    open: a blob written while it is read fails the read, never mixes two contents."""
+
+    def __init__(self, blob: Any, size: int, etag: str | None, srcfile: str):
+        self._blob, self._size, self._etag, self._srcfile, self._pos = blob, size, etag, srcfile, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = max(0, {0: 0, 1: self._pos, 2: self._size}[whence] + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+
+        wanted = min(len(buffer), self._size - self._pos)
+        if wanted <= 0:
+            return 0
+        try:
+            data = self._blob.download_blob(offset=self._pos, length=wanted, max_concurrency=1, decompress=False,
+                                            **({"etag": self._etag, "match_condition": MatchConditions.IfNotModified}
+                                               if self._etag else {})).readall()
+        except ResourceModifiedError:
+            raise OSError(f"written while it was read (its etag moved): {self._srcfile}") from None
+        except cloud_access.storage_errors() as exc:
+            raise cloud_access.read_error(exc, self._srcfile) from None
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def _gone(srcfile: str) -> FileNotFoundError:

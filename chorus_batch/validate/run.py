@@ -191,8 +191,9 @@ def refuse_unreachable(todo: pl.DataFrame, readers: Mapping[int | None, Source |
     """Stop before any file is read when files `todo` must read (srcfile, root_id) have nowhere to be read from: their
     root not recorded (a manifest from before schema 3) and no --site, or a recorded local root that is not there (the
     tree moved, its disk not mounted). Each such file was otherwise a `file.unread` error repeating the one cause about
-    the root: thousands on a real site, stored with the version as if the site were broken. Never guessed: a file
-    that was not read is not reported as unreadable. A root that is there but lost some files is read file by file."""
+    the root: thousands on a real site, stored with the version as if the site were broken (so of a cloud prefix with
+    no object left). Never guessed: a file that was not read is not reported as unreadable. A root that is there but
+    lost some files is read file by file."""
     unreachable = todo.filter(pl.col("root_id").is_in([k for k, v in readers.items() if v is None])
                               | (pl.col("root_id").is_null() & (readers.get(None) is None)))
     if unreachable.height:
@@ -208,10 +209,13 @@ def refuse_unreachable(todo: pl.DataFrame, readers: Mapping[int | None, Source |
     stopped = todo.filter(pl.col("root_id").is_in([k for k in gone if k is not None])
                           | (pl.col("root_id").is_null() & (None in gone)))
     whys = list(dict.fromkeys(why for root_whys in gone.values() for why, _ in root_whys))
+    # (a cloud prefix is not mounted: it moved, or its files were removed, which a run records)
+    cloud = all(callable(getattr(readers[root_id], "whole_root_gone", None)) for root_id in gone)
     givens = list(dict.fromkeys(given for root_whys in gone.values() for _, given in root_whys))
     site_root = [SITE_ROOT] if any(given == SITE_ROOT for given in givens) else []
     modalities = [given.removeprefix("[site.roots] ") for given in givens if given != SITE_ROOT]
-    fix = named("give " + " and ".join(["--site the folder the site is in now"] * bool(site_root) + [
+    fix = named("give " + " and ".join([f"--site the {'place' if cloud else 'folder'} the site is in now"]
+                                       * bool(site_root) + [
                     f"[site.roots] {m} in chorus.toml the folder it is in now (read with --site)" for m in modalities]),
                 "call validate_manifest(db, overrides={" + ", ".join([*(["None: DIR"] if site_root else []),
                                                                        *(f"{m!r}: DIR" for m in modalities)])
@@ -219,12 +223,14 @@ def refuse_unreachable(todo: pl.DataFrame, readers: Mapping[int | None, Source |
     raise UsageError(
         f"{plural(stopped.height, 'file', grouped=True)} of {what} (e.g. {stopped['srcfile'][0]}) must be read to "
         f"check it, and {'; '.join(whys)}; nothing was read, no finding recorded", where=where,
-        fix=f"{fix}, or mount the file system where it was recorded, and check again")
+        fix=f"{fix}, or " + ("record its files' removal with chorus-batch run" if cloud else
+                             "mount the file system where it was recorded") + ", and check again")
 
 
 def _gone(source: Source | None) -> list[tuple[str, str]]:
-    """(why, where it is given) of each local root `source` reads from that is not there as a whole (sources.local.
-    root_gone: its words); FirstFound's only when all its roots are gone (it reads from the first that has a file)."""
+    """(why, where it is given) of each local root or cloud prefix `source` reads from that is not there as a whole
+    (sources.local.root_gone: its words); FirstFound's only when all its roots are gone (it reads from the first that
+    has a file)."""
     from ..sources.local import root_gone
 
     parts = source.sources if isinstance(source, FirstFound) else [source]
