@@ -1525,15 +1525,18 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
 def _db(args: argparse.Namespace, target: _Target | None = None) -> str:
     """The manifest file a read-only command reads: --db, or a fresh local copy of a manifest in Azure."""
     target = target or _resolve(args)
-    from .store.remote import is_remote, read_copy
+    from .urls import is_remote
 
-    return str(read_copy(target.db, target.config.cloud)) if is_remote(target.db) else target.db
+    if not is_remote(target.db):  # the Azure client (store.remote: asyncio, ssl) loads for a manifest in Azure only
+        return target.db
+    from .store.remote import read_copy
+
+    return str(read_copy(target.db, target.config.cloud))
 
 
 def _local_db(target: _Target, command: str) -> str:
     """Commands that write into the manifest besides `run` work on a local file only (for now)."""
-    from .sources import mask_url
-    from .store.remote import is_remote
+    from .urls import is_remote, mask_url  # (not store.remote: no Azure client to refuse a URL)
 
     if is_remote(target.db):
         raise UsageError(f"`{command}` works on a local manifest only, not on {mask_url(target.db)}",
@@ -1919,8 +1922,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     from .report.html import write_report
-    from .store.remote import is_remote
-    from .urls import mask_url
+    from .urls import is_remote, mask_url
 
     target = _resolve(args)
     # A manifest in Azure is read from a local copy in the cache; the page names it, and the commands it suggests
@@ -1939,8 +1941,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_review(args: argparse.Namespace, argv: list[str]) -> int:
     from .report.notebook import run_review
-    from .store.remote import is_remote
-    from .urls import mask_url
+    from .urls import is_remote, mask_url
 
     target = _resolve(args)  # a manifest in Azure: the notebook reads a local copy, and names it by its URL
     with _page_on_stdout(args.out):

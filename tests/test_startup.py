@@ -56,6 +56,26 @@ def test_a_local_run_loads_no_cloud_client_and_a_no_change_run_no_checks(tmp_pat
     assert loaded(again, CLOUD + CHECKS + NEVER) == []
 
 
+def test_the_read_only_commands_on_a_local_manifest_load_no_cloud_client(tmp_path):
+    """versions, validate --db, changes, files and report asked whether --db is in Azure by loading the Azure client
+    (store.remote: asyncio, ssl, 20-50 ms of each command's start-up) for a local file."""
+    site = tmp_path / "site"
+    shutil.copytree(demo_site(), site)
+    db = tmp_path / "m.sqlite"
+    modules_after_run(site, db)
+    commands = [["versions"], ["validate"], ["changes"], ["files"], ["report", "--out", str(tmp_path / "r.html")]]
+    script = ("import contextlib, io, json, sys\nfrom chorus_batch.cli import main\ncodes = []\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              f"    for argv in {commands!r}:\n"
+              f"        codes.append(main([*argv, '--db', {str(db)!r}, '-q']))\n"
+              "print(json.dumps([codes, sorted(sys.modules)]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    codes, modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert codes == [0] * len(commands), out.stderr
+    assert loaded(set(modules), CLOUD) == []
+
+
 def test_help_loads_no_data_library():
     script = ("import contextlib, io, json, sys\nfrom chorus_batch.cli import main\n"
               "with contextlib.redirect_stdout(io.StringIO()):\n"
