@@ -1019,6 +1019,17 @@ def test_a_stream_based_submission_that_says_where_its_times_fall_is_not_told(cl
     assert found(clean) == set()
 
 
+def test_a_csv_named_by_its_session_is_a_high_frequency_or_annotation_file_not_misnamed_numerics(clean):
+    """Waveform File Format v2.1 names a session's high-frequency and annotation files <session_id>.<ext> in the
+    submitted format, and its numerics <session_id>n.csv: a 900001.csv (alarms) beside the WFDB record 900001 was told
+    to be renamed 900001n.csv. Another CSV name still is told."""
+    add(f"{SINGLE}.csv", "time,alarm\n0,ASYSTOLE\n")(clean)
+    assert found(clean) == {unlisted(f"{SINGLE}.csv")}
+    add(f"{SINGLE}_alarms.csv", "time,alarm\n0,ASYSTOLE\n")(clean)
+    assert found(clean) == {unlisted(f"{SINGLE}.csv"), unlisted(f"{SINGLE}_alarms.csv"),
+                            ("wfdb.numerics_name", f"{SINGLE}_alarms.csv")}
+
+
 def test_a_note_table_without_note_text_lacks_no_required_column(clean):
     """CDM 5.4 requires note_text; the upload procedure asks sites for the note table's ids, descriptors and keys,
     not the notes' text: a table without the column is not told to add it."""

@@ -448,7 +448,8 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
-         "A CSV in a WFDB session folder is not named <session_id>n.csv, the name for numerics."),
+         "A CSV in a WFDB session folder is named neither <session_id>n.csv, the name for numerics, nor "
+         "<session_id>.csv, that of a high-frequency or annotation file."),
     Rule("records.unlisted", "warning", "WFDB record not in RECORDS",
          "Where RECORDS files are kept (optional since v2.0), a WFDB record (not a segment) is not listed in any."),
     Rule("records.absent", "error", "RECORDS lists an absent record",
