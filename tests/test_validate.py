@@ -222,6 +222,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("layout.no_omop", "OMOP/"), ("layout.root_file", "OMOP")}),
     ("unexpected_folder", both(add("scratch/a.txt"), add("scratch/b/c.txt")),
      {("layout.unexpected_folder", "scratch/")}),
+    # OMOP/ and Metadata/ spelled otherwise were read as those and told nothing (images/ in a person folder was told)
+    ("omop_lower_case", rename("OMOP", "omop"), {("layout.unexpected_folder", "omop/")}),
+    ("metadata_upper_case", rename("Metadata", "METADATA"), {("layout.unexpected_folder", "METADATA/")}),
     ("person_no_data", both(add("000104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "000104"])),
      {("layout.person_no_data", "000104/"), ("layout.person_subfolder", "000104/Metadata/")}),
     # Multimodal-Linkage: a person folder is named by its person_id, "DATATYPE: integer or bigint"

@@ -309,7 +309,7 @@ RULES: tuple[Rule, ...] = (
     Rule("layout.unexpected_folder", "warning", "unknown top-level folder",
          "A top-level folder is neither OMOP/, Metadata/ nor a person folder (one holding Images/, Waveforms/ "
          "or Metadata/, or named in person.csv); one holding an OMOP/ folder is told as a submission's root (a dated "
-         "release folder) inside the site."),
+         "release folder) inside the site; omop/ or metadata/ is told to be spelled OMOP/, Metadata/."),
     Rule("layout.person_no_data", "warning", "person folder without data",
          "A person folder holds neither Images/ nor Waveforms/."),
     Rule("layout.person_file", "warning", "file directly in a person folder",
