@@ -921,6 +921,17 @@ def test_a_registry_is_known_by_the_modality_its_name_gives(clean, image, wavefo
     assert found(clean) == set()
 
 
+def test_a_registry_shipped_in_another_format_is_named_where_the_csv_is_asked_for(clean):
+    """Multimodal-Linkage: the registries are "delivered as CSV files". An image_registry.tsv at the root got
+    "ships no image_registry.csv" beside "only the linkage registries belong at the root", naming neither the file nor
+    what to do with it."""
+    rename("image_registry.csv", "Metadata/image_registry.tsv")(clean)
+    out = validate(clean)
+    assert {(r, s) for r, s in out.select("rule", "srcfile").rows()} == {("registry.absent", "image_registry.csv")}
+    assert ("(nor one in Metadata/; Metadata/image_registry.tsv is one, not read: the linkage procedure's registries "
+            "are \"delivered as CSV files\", write it comma-delimited as image_registry.csv)") in out["message"].item()
+
+
 def test_a_proc_id_whose_procedure_is_another_persons_is_told(clean):
     """A registry's proc_id whose PROCEDURE_OCCURRENCE row (concept 4180938) was another person's passed without a
     word: the files were linked to that person's procedure. Leading zeros do not make another person."""
