@@ -2053,6 +2053,23 @@ def test_a_metadata_file_out_of_its_place_is_told_where_it_is_not_to_be_added(cl
     assert "(Telemetry_mapping.csv is one, where it is not read" in told["Metadata/Telemetry_mapping.csv"], told
 
 
+def test_a_metadata_file_of_another_format_is_named_where_the_procedures_name_is_asked_for(clean):
+    """Waveform File Format v2.1 names the files SUBMISSION.md and <telemetry_or_eeg>_mapping.csv: a SUBMISSION.txt or a
+    Telemetry_mapping.xlsx got "no Metadata/SUBMISSION.md: add it", as if the site had written none."""
+    rename("Metadata/SUBMISSION.md", "Metadata/SUBMISSION.txt")(clean)
+    rename("Metadata/Telemetry_mapping.csv", "Metadata/Telemetry_mapping.xlsx")(clean)
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {
+        ("metadata.missing", "Metadata/SUBMISSION.md"), ("metadata.mapping_missing", "Metadata/Telemetry_mapping.csv")}
+    told = dict(out.select("srcfile", "message").rows())
+    assert told["Metadata/SUBMISSION.md"].endswith(
+        "(Metadata/SUBMISSION.txt is one, not read: the Waveform File Format procedure names the file SUBMISSION.md; "
+        "write it as Metadata/SUBMISSION.md)"), told
+    assert told["Metadata/Telemetry_mapping.csv"].endswith(
+        "(Metadata/Telemetry_mapping.xlsx is one, not read: the Waveform File Format procedure names the file "
+        "Telemetry_mapping.csv; write it as Metadata/Telemetry_mapping.csv, comma-delimited)"), told
+
+
 def test_an_omop_folder_in_a_person_folder_is_told_to_be_merged_into_the_root_tables(clean):
     """Multimodal-Linkage: OMOP data "are no longer included in the per-person file structure, as was recommended
     previously". A person's OMOP/ of that edition was "unknown folder OMOP/ in a person folder: ... move its files or
