@@ -222,6 +222,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("layout.no_omop", "OMOP/"), ("layout.root_file", "OMOP")}),
     ("unexpected_folder", both(add("scratch/a.txt"), add("scratch/b/c.txt")),
      {("layout.unexpected_folder", "scratch/")}),
+    # OMOP/ and Metadata/ spelled otherwise were read as those and told nothing (images/ in a person folder was told)
+    ("omop_lower_case", rename("OMOP", "omop"), {("layout.unexpected_folder", "omop/")}),
+    ("metadata_upper_case", rename("Metadata", "METADATA"), {("layout.unexpected_folder", "METADATA/")}),
     ("person_no_data", both(add("000104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "000104"])),
      {("layout.person_no_data", "000104/"), ("layout.person_subfolder", "000104/Metadata/")}),
     # Multimodal-Linkage: a person folder is named by its person_id, "DATATYPE: integer or bigint"
@@ -918,6 +921,17 @@ def test_a_registry_is_known_by_the_modality_its_name_gives(clean, image, wavefo
     assert found(clean) == set()
 
 
+def test_a_registry_shipped_in_another_format_is_named_where_the_csv_is_asked_for(clean):
+    """Multimodal-Linkage: the registries are "delivered as CSV files". An image_registry.tsv at the root got
+    "ships no image_registry.csv" beside "only the linkage registries belong at the root", naming neither the file nor
+    what to do with it."""
+    rename("image_registry.csv", "Metadata/image_registry.tsv")(clean)
+    out = validate(clean)
+    assert {(r, s) for r, s in out.select("rule", "srcfile").rows()} == {("registry.absent", "image_registry.csv")}
+    assert ("(nor one in Metadata/; Metadata/image_registry.tsv is one, not read: the linkage procedure's registries "
+            "are \"delivered as CSV files\", write it comma-delimited as image_registry.csv)") in out["message"].item()
+
+
 def test_a_proc_id_whose_procedure_is_another_persons_is_told(clean):
     """A registry's proc_id whose PROCEDURE_OCCURRENCE row (concept 4180938) was another person's passed without a
     word: the files were linked to that person's procedure. Leading zeros do not make another person."""
@@ -1017,6 +1031,17 @@ def test_a_stream_based_submission_that_says_where_its_times_fall_is_not_told(cl
     edit("Metadata/SUBMISSION.md", lambda t: t + "\nt0 is the time of the start of the first sample of a stream, t1 "
                                                  "the time of the end of its last sample.\n")(clean)
     assert found(clean) == set()
+
+
+def test_a_csv_named_by_its_session_is_a_high_frequency_or_annotation_file_not_misnamed_numerics(clean):
+    """Waveform File Format v2.1 names a session's high-frequency and annotation files <session_id>.<ext> in the
+    submitted format, and its numerics <session_id>n.csv: a 900001.csv (alarms) beside the WFDB record 900001 was told
+    to be renamed 900001n.csv. Another CSV name still is told."""
+    add(f"{SINGLE}.csv", "time,alarm\n0,ASYSTOLE\n")(clean)
+    assert found(clean) == {unlisted(f"{SINGLE}.csv")}
+    add(f"{SINGLE}_alarms.csv", "time,alarm\n0,ASYSTOLE\n")(clean)
+    assert found(clean) == {unlisted(f"{SINGLE}.csv"), unlisted(f"{SINGLE}_alarms.csv"),
+                            ("wfdb.numerics_name", f"{SINGLE}_alarms.csv")}
 
 
 def test_a_note_table_without_note_text_lacks_no_required_column(clean):
@@ -2026,6 +2051,23 @@ def test_a_metadata_file_out_of_its_place_is_told_where_it_is_not_to_be_added(cl
     assert "(Metadata/docs/READINESS.md is one, where it is not read: move it directly under Metadata/" in \
         told["Metadata/READINESS.md"] and "add it" not in told["Metadata/READINESS.md"], told
     assert "(Telemetry_mapping.csv is one, where it is not read" in told["Metadata/Telemetry_mapping.csv"], told
+
+
+def test_a_metadata_file_of_another_format_is_named_where_the_procedures_name_is_asked_for(clean):
+    """Waveform File Format v2.1 names the files SUBMISSION.md and <telemetry_or_eeg>_mapping.csv: a SUBMISSION.txt or a
+    Telemetry_mapping.xlsx got "no Metadata/SUBMISSION.md: add it", as if the site had written none."""
+    rename("Metadata/SUBMISSION.md", "Metadata/SUBMISSION.txt")(clean)
+    rename("Metadata/Telemetry_mapping.csv", "Metadata/Telemetry_mapping.xlsx")(clean)
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {
+        ("metadata.missing", "Metadata/SUBMISSION.md"), ("metadata.mapping_missing", "Metadata/Telemetry_mapping.csv")}
+    told = dict(out.select("srcfile", "message").rows())
+    assert told["Metadata/SUBMISSION.md"].endswith(
+        "(Metadata/SUBMISSION.txt is one, not read: the Waveform File Format procedure names the file SUBMISSION.md; "
+        "write it as Metadata/SUBMISSION.md)"), told
+    assert told["Metadata/Telemetry_mapping.csv"].endswith(
+        "(Metadata/Telemetry_mapping.xlsx is one, not read: the Waveform File Format procedure names the file "
+        "Telemetry_mapping.csv; write it as Metadata/Telemetry_mapping.csv, comma-delimited)"), told
 
 
 def test_an_omop_folder_in_a_person_folder_is_told_to_be_merged_into_the_root_tables(clean):

@@ -43,6 +43,14 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                    "folder", pl.col("_top"), pl.col("_top")))
                .otherwise(pl.lit("top-level folder is not OMOP/, Metadata/ or a person folder (no Images/, "
                                  "Waveforms/ or Metadata/ inside, and not a person_id in person.csv): move or remove it"))),
+        # OMOP/ or Metadata/ spelled otherwise (omop/, METADATA/): read as those, and told nothing, though every edition
+        # of the procedures spells them so and the centre's storage compares paths letter case and all
+        _found("layout.unexpected_folder", f.filter((pl.col("_n") >= 2) & pl.col("_top_l").is_in(["omop", "metadata"])
+                                                    & ~pl.col("_top").is_in(["OMOP", "Metadata"])).unique("_top"),
+               pl.col("_top") + "/",
+               fmt("{}/ at the site root: the procedures spell it {}/, and the centre's storage compares paths letter "
+                   "case and all; rename it {}/", pl.col("_top"),
+                   *[pl.col("_top_l").replace_strict({"omop": "OMOP", "metadata": "Metadata"})] * 2)),
         _found("layout.person_no_data", folders.filter(pl.col("_is_person") & ~pl.col("_has_data")),
                pl.col("_top") + "/",
                pl.lit("person folder has neither Images/ nor Waveforms/: add the person's data or remove the folder")),

@@ -24,8 +24,17 @@ def _elsewhere(site: _Site, name: str) -> str:
     there = (site.files.lazy().filter(shared_files(pl.col("srcfile")) & pl.col("kind").is_null()
                                       & (pl.col("_name").str.to_lowercase() == name.lower()))
              .select(pl.col("srcfile").min()).collect().item())
-    return "" if there is None else (f" ({there} is one, where it is not read: move it directly under Metadata/, "
-                                     f"where the Waveform File Format procedure puts it)")
+    if there is not None:
+        return (f" ({there} is one, where it is not read: move it directly under Metadata/, where the Waveform File "
+                f"Format procedure puts it)")
+    # the same name with another extension (SUBMISSION.txt, Telemetry_mapping.xlsx): "add it" was said beside it
+    stem = name.lower().rpartition(".")[0] + "."
+    other = (site.files.lazy().filter(shared_files(pl.col("srcfile")) & pl.col("kind").is_null()
+                                      & pl.col("_name").str.to_lowercase().str.starts_with(stem))
+             .select(pl.col("srcfile").min()).collect().item())
+    return "" if other is None else (f" ({other} is one, not read: the Waveform File Format procedure names the file "
+                                     f"{name}; write it as Metadata/{name}"
+                                     + (", comma-delimited)" if name.endswith(".csv") else ")"))
 
 
 def _metadata(site: _Site) -> list[pl.LazyFrame]:

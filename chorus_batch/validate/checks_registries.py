@@ -9,7 +9,7 @@ import polars as pl
 from ..classify import registry_listed
 from ..frames import STAMP, fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
-from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable
+from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable, shared_files
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -521,8 +521,22 @@ def _absent(site: _Site, registries: pl.DataFrame) -> list[pl.LazyFrame]:
     with no images needs no image registry (nor one without waveforms a waveform registry)."""
     shipped = set(registries["_of"].drop_nulls().to_list())
     has = site.files.lazy().select(Waveforms=pl.col("_waveforms").any(), Images=pl.col("_images").any()).collect()
+
+    def not_csv(name: str) -> str:
+        """A registry of that name in another format (image_registry.tsv, .xlsx) at the root or in Metadata/: no
+        rule reads it, and "ships no image_registry.csv" beside "only the linkage registries belong at the root"
+        left the site guessing."""
+        stem = name.lower().removesuffix("csv")
+        there = (site.files.lazy().filter(shared_files(pl.col("srcfile")) & pl.col("kind").is_null()
+                                          & pl.col("_name").str.to_lowercase().str.starts_with(stem)
+                                          & ~pl.col("_name").str.to_lowercase().str.ends_with(".csv"))
+                 .select(pl.col("srcfile").min()).collect().item())
+        return "" if there is None else (f"; {there} is one, not read: the linkage procedure's registries are "
+                                         f"\"delivered as CSV files\", write it comma-delimited as {name}")
+
     return [_one("registry.absent", name,
-                 f"the site has {modality.lower()[:-1]} files but ships no {name} (nor one in Metadata/): the linkage "
+                 f"the site has {modality.lower()[:-1]} files but ships no {name} (nor one in Metadata/"
+                 f"{not_csv(name)}): the linkage "
                  f"procedure asks for a registry with one row per {modality.lower()[:-1]} file (file_id, proc_id, "
                  f"person_id, group_id, visit_id, datetime, src_file, trg_file); `chorus-batch registry` writes it "
                  f"from the manifest, ship it at the site root")

@@ -204,10 +204,14 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             _join_list(pl.col("_name")), pl.col("session_id"))))
     csvs = f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null() & (pl.col("_ext_l") == "csv")).select(
         "srcfile", "_dir", "_name", "session_id").collect().join(wfdb_sessions, on="_dir", how="semi")
+    # <session_id>.csv is the name Waveform File Format v2.1 gives a high-frequency or annotation file (alarms, say)
+    # in the submitted format, not a misnamed numerics file: only other CSV names are told
+    misnamed = (pl.col("_name") != pl.col("session_id") + "n.csv") & (pl.col("_name") != pl.col("session_id") + ".csv")
     out.append(_found(
-        "wfdb.numerics_name", csvs.filter(pl.col("_name") != pl.col("session_id") + "n.csv"), "srcfile",
-        fmt("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
-                  pl.col("session_id"))))
+        "wfdb.numerics_name", csvs.filter(misnamed), "srcfile",
+        fmt("a CSV in WFDB session {} named neither {}n.csv (the procedure's name for low-frequency \"numerics\", "
+            "with an \"n\" before the extension) nor {}.csv (a high-frequency or annotation file): rename it",
+            pl.col("session_id"), pl.col("session_id"), pl.col("session_id"))))
     return out
 
 

@@ -309,7 +309,7 @@ RULES: tuple[Rule, ...] = (
     Rule("layout.unexpected_folder", "warning", "unknown top-level folder",
          "A top-level folder is neither OMOP/, Metadata/ nor a person folder (one holding Images/, Waveforms/ "
          "or Metadata/, or named in person.csv); one holding an OMOP/ folder is told as a submission's root (a dated "
-         "release folder) inside the site."),
+         "release folder) inside the site; omop/ or metadata/ is told to be spelled OMOP/, Metadata/."),
     Rule("layout.person_no_data", "warning", "person folder without data",
          "A person folder holds neither Images/ nor Waveforms/."),
     Rule("layout.person_file", "warning", "file directly in a person folder",
@@ -448,7 +448,8 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
-         "A CSV in a WFDB session folder is not named <session_id>n.csv, the name for numerics."),
+         "A CSV in a WFDB session folder is named neither <session_id>n.csv, the name for numerics, nor "
+         "<session_id>.csv, that of a high-frequency or annotation file."),
     Rule("records.unlisted", "warning", "WFDB record not in RECORDS",
          "Where RECORDS files are kept (optional since v2.0), a WFDB record (not a segment) is not listed in any."),
     Rule("records.absent", "error", "RECORDS lists an absent record",
