@@ -586,6 +586,28 @@ def test_the_walk_and_the_reads_go_through_the_long_path_form(tmp_path, monkeypa
                     str(site / "OMOP" / "person.csv")]
 
 
+@pytest.mark.skipif(os.sep != "/", reason="the POSIX form of a path (Windows: the long_path test above)")
+def test_hashing_a_file_joins_no_path_parts(tmp_path, monkeypatch):
+    """A listed path is relative and '/'-separated: on POSIX the root and it are put together as they are, not split
+    and joined again per file (os.path.join was a tenth of the hashing of a 4 KiB file); same file, same MD5, and the
+    root '/' gives no doubled slash."""
+    import hashlib
+    import posixpath
+
+    site = tmp_path / "site"
+    write(site, "000001/Waveforms/a/a.dat", b"x" * 4096)
+    source = LocalSource(site)
+
+    def no_join(*_parts):
+        raise AssertionError("os.path.join called per file")
+
+    monkeypatch.setattr(posixpath, "join", no_join)
+    out = source.hash_file("000001/Waveforms/a/a.dat", bytearray(1 << 16))
+    assert out.md5 == hashlib.md5(b"x" * 4096).hexdigest() and out.size == 4096
+    assert source.absolute("000001/Waveforms/a/a.dat") == str(site / "000001" / "Waveforms" / "a" / "a.dat")
+    assert LocalSource("/").absolute("etc/passwd") == "/etc/passwd"
+
+
 def test_links_and_folders_are_no_junctions_and_a_link_not_followed_is_named_as_one(tmp_path):
     """walk.is_junction takes a Windows directory junction for the link it is (the walk went through junctions
     whether links were followed or not). Here, with no junction to make: a folder is no junction (it is walked), a

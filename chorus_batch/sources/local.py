@@ -289,7 +289,10 @@ class LocalSource:
 
     def absolute(self, srcfile: str) -> str:
         """Where the file is, as the system calls take it (on Windows in the extended-length form: walk.long_path)."""
-        return long_path(os.path.join(self.root, *srcfile.split("/")))
+        root = self.root
+        if os.sep == "/":  # (a listed path is relative and '/'-separated: the join was 10% of hashing a 4 KiB file)
+            return long_path(root + srcfile if root.endswith("/") else root + "/" + srcfile)
+        return long_path(os.path.join(root, *srcfile.split("/")))
 
     def open(self, srcfile: str) -> BinaryIO:
         return open(_open_regular(self.absolute(srcfile))[0], "rb")
