@@ -447,7 +447,7 @@ def test_a_site_checked_in_parts_gets_the_findings_of_one_check(clean, tmp_path,
 
 def test_known_facts_are_found_alike_by_lookups_and_by_reading_all_keys(clean, db, monkeypatch):
     """A version's check wants most of the cache: its keys are then read all at once, not looked up one by one
-    (store/validation.py, _SCAN_FROM); both ways give the same pairs, new contents among them left out."""
+    (store/validation.py, _LOOKUP_RATIO); both ways give the same pairs, new contents among them left out."""
     from chorus_batch.store import Manifest
     from chorus_batch.store import validation as store_validation
     from chorus_batch.validate.kinds import facts_needed
@@ -456,8 +456,9 @@ def test_known_facts_are_found_alike_by_lookups_and_by_reading_all_keys(clean, d
     cache = Manifest(db).validation
     wanted = pl.concat([facts_needed(cache.current_files()).select("kind", "md5"),
                         pl.DataFrame({"kind": ["wfdb_header.v7"], "md5": ["0" * 32]})])  # a content never seen
+    monkeypatch.setattr(store_validation, "_LOOKUP_RATIO", 10**9)
     looked_up = cache.known_keys(wanted)
-    monkeypatch.setattr(store_validation, "_SCAN_FROM", 1)
+    monkeypatch.setattr(store_validation, "_LOOKUP_RATIO", 0)
     read_all = cache.known_keys(wanted)
     assert looked_up.height == wanted.height - 1
     assert read_all.sort("kind", "md5").equals(looked_up.sort("kind", "md5"))

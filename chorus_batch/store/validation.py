@@ -19,7 +19,9 @@ VALIDATION_SCHEMA = schema_of("source_files", (
     "segment", "parse_error", "category", "layout", "root_id", "etag", "mtime_ns"))
 
 
-_SCAN_FROM = 65_536  # pairs wanted: below, the cache's keys are looked up, never all read
+# The cache's keys are looked up only when it holds more than this many times the pairs wanted; otherwise all are
+# read at once (100k files, 62k pairs of a cache of 62k: 0.36 s looked up through a temporary table, 0.02 s read)
+_LOOKUP_RATIO = 4
 
 
 class ValidationCache:
@@ -87,8 +89,8 @@ class ValidationCache:
         keys = {"kind": FACTS_SCHEMA["kind"], "md5": FACTS_SCHEMA["md5"]}
         pairs = wanted.select("kind", "md5").unique()
         # Most of the cache wanted (a version's check): all its keys, in one pass, beat as many lookups
-        # (640k cached, 620k wanted: 0.51-0.57 s against 1.29-1.59 s)
-        if pairs.height < _SCAN_FROM or pairs.height * 4 < self.manifest._one("SELECT count(*) FROM file_facts")[0]:
+        # (640k cached, 620k wanted: 0.51-0.57 s against 1.29-1.59 s), at any size
+        if pairs.height * _LOOKUP_RATIO < self.manifest._one("SELECT count(*) FROM file_facts")[0]:
             return self._known(pairs, keys)
         cached = self.manifest.query_frame("SELECT kind, md5 FROM file_facts", schema=keys)
         return pairs.join(cached, on=["kind", "md5"], how="semi")
