@@ -192,14 +192,17 @@ def apply(listing: pl.DataFrame, excludes: Excludes) -> tuple[pl.DataFrame, dict
     counts = empty_counts()
     if not patterns or listing.height == 0:
         return listing, counts
+    # Every path against one regex (any glob), each glob only against the few paths that matched: a glob at a time
+    # over every path was ~20 regex passes, half the main thread's work in a 100k-file no-change scan
+    excluded = matched_by(pl.col("srcfile"), patterns)
+    if not listing.select(excluded.any()).item():
+        return listing, counts
     which = pl.coalesce([
         pl.when(pl.col("srcfile").str.contains(glob_to_regex(p, ignore_case=source == "default"))).then(pl.lit(i))
         for i, (source, p) in enumerate(patterns)
     ])
-    marked = listing.with_columns(_excluded_by=which)
-    hits = marked.filter(pl.col("_excluded_by").is_not_null()).select("srcfile", "_excluded_by")
-    if hits.height == 0:
-        return listing, counts
+    marked = listing.with_columns(_excluded=excluded.fill_null(False))
+    hits = marked.filter(pl.col("_excluded")).select("srcfile", _excluded_by=which)
     for i, n in hits.group_by("_excluded_by").len().sort("_excluded_by").iter_rows():
         source, pattern = patterns[i]
         counts["by_pattern"][pattern] = n
@@ -212,7 +215,7 @@ def apply(listing: pl.DataFrame, excludes: Excludes) -> tuple[pl.DataFrame, dict
     sample = hits.sort("srcfile").group_by("_excluded_by", maintain_order=True).head(EXAMPLES_PER_PATTERN)
     for i, paths in sample.group_by("_excluded_by").agg("srcfile").sort("_excluded_by").iter_rows():
         counts["examples"][patterns[i][1]] = paths
-    return marked.filter(pl.col("_excluded_by").is_null()).drop("_excluded_by"), counts
+    return marked.filter(~pl.col("_excluded")).drop("_excluded"), counts
 
 
 def _matches(srcfile: pl.Expr, excludes: Excludes) -> pl.Expr:
@@ -223,8 +226,9 @@ def matched_by(srcfile: pl.Expr, patterns: list[tuple[str, str]]) -> pl.Expr:
     """Whether a path is left out by any of `patterns` ((source, pattern) pairs, as Excludes.patterns)."""
     if not patterns:
         return pl.lit(False)
-    return pl.any_horizontal([srcfile.str.contains(glob_to_regex(p, ignore_case=source == "default"))
-                              for source, p in patterns])
+    # One alternation, one pass over each path; each glob's flags ((?i) of the default list) stay inside its group
+    return srcfile.str.contains("|".join(f"(?:{glob_to_regex(p, ignore_case=source == 'default')})"
+                                         for source, p in patterns))
 
 
 def note_removed(counts: dict, removed: pl.Series) -> None:

@@ -324,3 +324,23 @@ def test_a_missing_folder_or_file_left_out_by_a_glob_names_the_glob(site, db):
                 in findings[("metadata.missing", "Metadata/READINESS.md")])
         # a file missing that no glob matches is still missing, said as before
         assert "add it" in findings[("metadata.missing", "Metadata/SUBMISSION.md")]
+
+
+def test_globs_matched_at_once_keep_each_its_own_case_rule():
+    """apply and matched_by test every path against one alternation of the globs: the default list's
+    case-insensitivity stays inside its own globs (a user's `foo` keeps `FOO`), and the counts and order are those of
+    one glob at a time."""
+    from chorus_batch.exclude import matched_by
+
+    paths = ["a/FOO", "a/foo", "x.tmp", "y.TMP", "a/.ds_store", "b/.DS_Store", "scratch/x", "SCRATCH/y", "ok/file",
+             "a/b~", "Foo/z"]
+    excludes = Excludes(user=("foo", "*.TMP", "scratch/", ".DS_Store"))
+    kept, counts = apply(pl.DataFrame({"srcfile": paths}), excludes)
+    assert kept["srcfile"].to_list() == ["a/FOO", "x.tmp", "SCRATCH/y", "ok/file", "Foo/z"]
+    assert counts["by_pattern"] == {".DS_Store": 2, "*~": 1, "foo": 1, "*.TMP": 1, "scratch/": 1}
+    assert counts["default"] == 3 and counts["user"] == 3
+    one_at_a_time = [any(pl.Series([p]).str.contains(glob_to_regex(g, ignore_case=s == "default")).item()
+                         for s, g in excludes.patterns) for p in paths]
+    assert pl.select(matched_by(pl.lit(pl.Series(paths)), excludes.patterns)).to_series().to_list() == one_at_a_time
+    nothing, none = apply(pl.DataFrame({"srcfile": ["ok/file", "OMOP/person.csv"]}), excludes)
+    assert nothing["srcfile"].to_list() == ["ok/file", "OMOP/person.csv"] and none["total"] == 0
