@@ -193,6 +193,15 @@ def _check_regex(modality: str, index: int, regex: str, config: str = "chorus.to
 # A compressed copy or an archive (validate's file.compressed): no procedure ships one, nothing reads inside it
 COMPRESSED_NAME = r"(?i)\.(gz|gzip|bz2|xz|zst|lz4|zip|7z|rar|tgz|tar)$"
 RECORDS_NAME = r"(?:^|/)RECORDS$"
+# The Imaging SOP's de-identification lookup tables, image_map.csv and personal_map.csv: they map the original
+# PatientID and AccessionNumber (MRNs) to person_id and image_occurrence_id, the "identifiable cross-walk" that "stays
+# local at the site and is not shared" (validate's layout.identifiable_table; upload never sends one)
+LOCAL_ONLY_NAME = r"(?i)(?:^|/)(?:image|personal)_map\.csv$"
+LOCAL_ONLY_WHY = ("a de-identification lookup table (image_map.csv, personal_map.csv: original PatientID and "
+                  "AccessionNumber, MRNs, to person_id and image_occurrence_id), which the Imaging SOP keeps at the "
+                  "site: \"stays local at the site and is not shared\"")
+LOCAL_ONLY_FIX = ("move it out of the site's folder, or leave it out of every run (--exclude with its name, "
+                  "or exclude in chorus.toml's [run]), and keep it at the site")
 
 
 def registry_listed() -> pl.Expr:

@@ -2023,9 +2023,17 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
                   f"'%' not followed by two hex digits, which AzCopy cannot read (\"invalid URL escape\"; e.g. "
                   f"{script.bad_escapes[0]}); send them with `chorus-batch upload` or `upload --script bash`",
                   file=sys.stderr)
-        if script.bad_names:  # as `upload` itself: never sent, the blob would not be where the ledger says
-            name, why = script.bad_names[0]
-            print(f"chorus-batch: not in the script: {plural(len(script.bad_names), 'file')} whose name the central "
+        from .classify import LOCAL_ONLY_FIX, LOCAL_ONLY_WHY
+
+        local = [name for name, why in script.bad_names if why == LOCAL_ONLY_WHY]
+        if local:  # as `upload` itself: never sent, whatever validation said of the version
+            are = "is" if len(local) == 1 else "are"
+            print(f"chorus-batch: not in the script: {plural(len(local), 'file')} that {are} {LOCAL_ONLY_WHY} "
+                  f"(e.g. {local[0]!r}); {LOCAL_ONLY_FIX}", file=sys.stderr)
+        renamable = [(name, why) for name, why in script.bad_names if why != LOCAL_ONLY_WHY]
+        if renamable:  # as `upload` itself: never sent, the blob would not be where the ledger says
+            name, why = renamable[0]
+            print(f"chorus-batch: not in the script: {plural(len(renamable), 'file')} whose name the central "
                   f"container cannot keep as it is (e.g. {name!r}: {why}); rename them in the site (the next run "
                   "records the new names), then upload again", file=sys.stderr)
         if script.n_superseded:  # (as `upload` says of them; mark-uploaded records them)

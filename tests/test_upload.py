@@ -1228,6 +1228,36 @@ def test_names_azure_would_rewrite_are_refused_before_sending_and_never_called_m
     assert open_source(f"az://{site_container}/").stat("Metadata/tab\tx.md").size == 3
 
 
+def test_identifiable_lookup_tables_are_never_sent_whatever_validation_said(central, tmp_path):
+    """The Imaging SOP's image_map.csv and personal_map.csv map MRNs to person_id: "stays local at the site and is not
+    shared". Validation errors do not stop an upload (the centre decides), so these were sent with the version."""
+    site, db, label = tmp_path / "site", tmp_path / "m.sqlite", "20261101020000"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/death.csv", b"person_id\n")
+    write(site, "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n")
+    write(site, "Metadata/personal_map.csv", b"PatientID,person_id\nMRN123456,1\n")
+    write(site, "1/Images/Image_Map.CSV", b"AccessionNumber,image_occurrence_id\nACC99,5\n")
+    commit(site, db, label)
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    # neither table, and no manifest copy (not complete)
+    assert set(blobs(central)) == {f"{label}/OMOP/{t}.csv" for t in ("person", "death", "visit_occurrence")}
+    assert "bad_name: Metadata/personal_map.csv: a de-identification lookup table" in out.stdout, out.stdout
+    assert '"stays local at the site and is not shared"' in out.stdout
+    assert "move it out of the site's folder" in out.stdout
+    assert "rename it" not in out.stdout
+    script = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert script.returncode == 1 and "not in the script: 2 files that are a de-identification" in script.stderr
+    assert "personal_map" not in script.stdout and "Image_Map" not in script.stdout
+    # kept at the site, outside its folder: the next run records them gone, and the version completes without them
+    (site / "Metadata/personal_map.csv").rename(tmp_path / "personal_map.csv")
+    (site / "1/Images/Image_Map.CSV").unlink()
+    commit(site, db, "20261102020000")
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not [name for name in blobs(central) if "map" in name.lower()]
+
+
 def test_site_files_in_a_folder_named_manifest_are_refused_by_name_not_sent_and_called_missing_for_ever(central,
                                                                                                         tmp_path):
     """<version>/_manifest/ holds the manifest's copy and the claim. A site's own _manifest/ folder was sent there, then

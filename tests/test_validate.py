@@ -220,6 +220,14 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # omop.missing_table and "in a subfolder of OMOP/" instead of layout.no_omop
     ("root_file_named_omop", both(remove("OMOP"), add("OMOP")),
      {("layout.no_omop", "OMOP/"), ("layout.root_file", "OMOP")}),
+    # the Imaging SOP's de-identification lookup tables (MRNs to person_id), "stays local at the site and is not
+    # shared": anywhere in the tree one finding, and no other rule's "move it into OMOP/, Metadata/ ..." (root_file)
+    ("identifiable_table", both(add("personal_map.csv", "a"), add("Metadata/personal_map.csv", "b"),
+                                add("OMOP/image_map.csv", "c"), add(f"{P0}/image_map.csv", "d"),
+                                add(f"{P1}/Images/Image_Map.CSV", "e")),
+     {("layout.identifiable_table", name) for name in ("personal_map.csv", "Metadata/personal_map.csv",
+                                                       "OMOP/image_map.csv", f"{P0}/image_map.csv",
+                                                       f"{P1}/Images/Image_Map.CSV")}),
     ("unexpected_folder", both(add("scratch/a.txt"), add("scratch/b/c.txt")),
      {("layout.unexpected_folder", "scratch/")}),
     # OMOP/ and Metadata/ spelled otherwise were read as those and told nothing (images/ in a person folder was told)

@@ -8,6 +8,7 @@ offers what submission needs of it:
                                     are sent and the blob is committed only when they have the MD5 the
                                     manifest recorded (else FileChanged: nothing is committed)
   check_names(srcfile, version, prefix)   why a blob name cannot be stored as it is (null when it can)
+  why_not_sent(srcfile, version, prefix)  that, or an identifiable lookup table that stays at the site
   listing(version)                  name, size, Content-MD5 and etag of every blob under <version>/
   download_md5(name)                the MD5 of a blob's bytes, read back
   put_manifest(version, path)       the manifest's copy at <version>/_manifest/manifest.sqlite
@@ -44,6 +45,7 @@ from urllib.parse import urlsplit
 
 import polars as pl
 
+from ..classify import LOCAL_ONLY_FIX, LOCAL_ONLY_NAME, LOCAL_ONLY_WHY
 from ..errors import UsageError
 from ..fsutil import read_only_sqlite
 from ..sources import cloud as cloud_access
@@ -221,6 +223,19 @@ def check_names(names: pl.Expr, version: pl.Expr | str, prefix: str, *, reserved
             .when(full.str.count_matches("/") >= MAX_SEGMENTS)
             .then(pl.lit(f"its blob name has more than {MAX_SEGMENTS} parts ('/')"))
             .otherwise(pl.lit(None, pl.String)))
+
+
+def why_not_sent(names: pl.Expr, version: pl.Expr | str, prefix: str) -> pl.Expr:
+    """Why `upload` (and its script) never sends each site file, null when it may: an identifiable lookup table the
+    Imaging SOP keeps at the site (whatever validation said of the version), or a name the centre cannot store."""
+    return (pl.when(names.str.contains(LOCAL_ONLY_NAME)).then(pl.lit(LOCAL_ONLY_WHY))
+            .otherwise(check_names(names, version, prefix)))
+
+
+def remedy(why: pl.Expr) -> pl.Expr:
+    """What to do about a file why_not_sent refused."""
+    return (pl.when(why == LOCAL_ONLY_WHY).then(pl.lit(LOCAL_ONLY_FIX + " (the next run records it gone)"))
+            .otherwise(pl.lit("rename it in the site (the next run records the new name)")))
 
 
 def md5_b64(md5_hex: str) -> str:

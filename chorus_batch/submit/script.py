@@ -41,7 +41,7 @@ from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
 from ..urls import local_path
 from ..whole_script import whole_script_lines
-from .central import Central, central_url, check_names, parse_central
+from .central import Central, central_url, parse_central, why_not_sent
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -114,7 +114,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     unsent = pl.concat(plans).filter(~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
     n_superseded = unsent.filter(pl.col("superseded")).height  # named: the script's count alone hid them
     todo = unsent.filter(~pl.col("superseded") & pl.col("md5").is_not_null()).with_columns(
-        bad_name=check_names(pl.col("srcfile"), pl.col("version"), prefix))
+        bad_name=why_not_sent(pl.col("srcfile"), pl.col("version"), prefix))
     # Left out, as `upload` leaves them out, but named: the script's count alone hid them (and the run said 0).
     bad_names = [(f"{label}/{srcfile}", why) for label, srcfile, why in
                  todo.filter(pl.col("bad_name").is_not_null()).select("version", "srcfile", "bad_name").iter_rows()]

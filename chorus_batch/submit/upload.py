@@ -44,7 +44,7 @@ from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_versi
 from ..times import iso, utc_now
 from ..units import command_word, plural, shown_name
 from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
-                      check_apart, check_names, is_archived, parse_central)
+                      check_apart, is_archived, parse_central, remedy, why_not_sent)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -366,7 +366,7 @@ def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None
     plan = ledger.plan(label, modalities)
     done = plan.filter(pl.col("state").is_in(CONFIRMED) & ~pl.col("damaged"))
     todo = plan.join(done, on="file_id", how="anti").with_columns(
-        check_names(pl.col("srcfile"), label, prefix)
+        why_not_sent(pl.col("srcfile"), label, prefix)
         .alias("bad_name"))
     superseded = todo.filter(pl.col("superseded"))
     # Names the centre would rewrite or refuse: never sent, or the blob would not be where the ledger says.
@@ -375,8 +375,8 @@ def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None
     sendable = todo.filter(~pl.col("superseded") & pl.col("bad_name").is_null() & pl.col("md5").is_not_null())
     immediate = pl.concat([
         bad_name.select("file_id", "srcfile", pl.lit("bad_name").alias("state"),
-                        fmt("{}: not sent; rename it in the site (the next run records the new name), then "
-                                  "upload again", "bad_name").alias("message"), "damaged"),
+                        fmt("{}: not sent; {}, then upload again", "bad_name", remedy(pl.col("bad_name")))
+                        .alias("message"), "damaged"),
         superseded.select("file_id", "srcfile", pl.lit("superseded").alias("state"),
                           pl.when(pl.col("damaged"))
                           .then(pl.lit("verify found its central blob missing or damaged, and a later version replaced "

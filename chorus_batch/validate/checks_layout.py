@@ -8,7 +8,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt, shown
-from ..classify import CURRENT, SUPERSEDED
+from ..classify import CURRENT, LOCAL_ONLY_FIX, LOCAL_ONLY_WHY, SUPERSEDED
 from ..partitions import top_folder
 from ..units import plural
 from .site import _Across, _counted_list, _first_of, _found, _join_list, _norm_id, _one, _Site
@@ -22,8 +22,10 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                    "registries and mappings, WFDB records, DICOM images, markdown), and nothing reads inside an "
                    "archive; decompress it in place (e.g. gunzip) and remove the compressed copy",
                    pl.col("_name").str.extract(r"\.([^.]+)$"))),
+        _found("layout.identifiable_table", f.filter(pl.col("_local_only")), "srcfile",
+               pl.lit(f"{LOCAL_ONLY_WHY}; it would be uploaded with the site's files: {LOCAL_ONLY_FIX}")),
         _found("layout.root_file", f.filter((pl.col("_n") == 1) & pl.col("parse_error").is_not_null()
-                                            & ~pl.col("_compressed")), "srcfile",
+                                            & ~pl.col("_compressed") & ~pl.col("_local_only")), "srcfile",
                pl.lit("file in the site root: move it into OMOP/, Metadata/ or its person folder (only the linkage "
                       "registries belong at the root)")),
         _found("layout.unexpected_folder", folders.filter(~pl.col("_is_person")), pl.col("_top") + "/",
@@ -178,6 +180,7 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
     covered = (
         (pl.col("_n") == 1) | (~pl.col("_is_person") & ~pl.col("_top_l").is_in(["omop", "metadata"]))
         | pl.col("_person_file") | pl.col("_person_subfolder") | pl.col("_outside_series") | pl.col("_compressed")
+        | pl.col("_local_only")
     )
     unparsed = f.filter(pl.col("parse_error").is_not_null() & ~covered).join(
         site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti")

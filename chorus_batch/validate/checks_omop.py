@@ -92,7 +92,8 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     out.append(_found(
         "omop.unexpected_file",
         omop.filter((~in_folder | (~pl.col("_table").is_in([*known, *FORBIDDEN_TABLES])).fill_null(True))
-                    & ~pl.col("_compressed")), "srcfile",  # (a compressed table: file.compressed)
+                    # (file.compressed, layout.identifiable_table tell these)
+                    & ~pl.col("_compressed") & ~pl.col("_local_only")), "srcfile",
         pl.when(~in_folder & pl.col("_name").str.contains(r"^(_SUCCESS|_committed_.*|_started_.*|\..*\.crc)$")).then(pl.lit(
             "a marker or checksum file a Spark export writes beside a table's parts, not data: remove it"))
         .when(~in_folder).then(pl.lit(

@@ -306,6 +306,10 @@ RULES: tuple[Rule, ...] = (
          "dated release folder, the finding names it as the site's root)."),
     Rule("layout.root_file", "warning", "file in the site root",
          "A file lies directly in the site root and is not one the procedures place there (the linkage registries)."),
+    Rule("layout.identifiable_table", "error", "identifiable lookup table in the site",
+         "A de-identification lookup table (image_map.csv, personal_map.csv: original PatientID and AccessionNumber "
+         "to person_id and image_occurrence_id) lies in the site, anywhere: the Imaging SOP keeps it at the site, not "
+         "shared; upload never sends it."),
     Rule("layout.unexpected_folder", "warning", "unknown top-level folder",
          "A top-level folder is neither OMOP/, Metadata/ nor a person folder (one holding Images/, Waveforms/ "
          "or Metadata/, or named in person.csv); one holding an OMOP/ folder is told as a submission's root (a dated "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from ..classify import COMPRESSED_NAME
+from ..classify import COMPRESSED_NAME, LOCAL_ONLY_NAME
 from ..frames import fmt, shown, visit_moment
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
@@ -326,8 +326,11 @@ class _Site:
         files = files.with_columns(
             _is_person=pl.col("_top").is_in(self.folders.filter(pl.col("_is_person"))["_top"].implode()))
         p, n, second = pl.col("_is_person"), pl.col("_n"), pl.col("_second_l")
+        # an identifiable lookup table (layout.identifiable_table) anywhere: no other rule's "move it into ..." for it
+        local_only = pl.col("srcfile").str.contains(LOCAL_ONLY_NAME)
         self.files = files.with_columns(
-            _person_file=p & (n == 2),
+            _local_only=local_only,
+            _person_file=p & (n == 2) & ~local_only,
             # Metadata/ lies at the site root (Waveform File Format v2.1: READINESS.md, SUBMISSION.md and the mapping
             # files "directly under the Metadata folder"); a person folder holds "an Images folder and a Waveforms folder"
             _person_subfolder=p & (n >= 3) & ~second.is_in(["images", "waveforms"]),
