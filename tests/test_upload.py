@@ -160,7 +160,13 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
     write(site, "OMOP/person.csv", b"person_id\n1\n2\n")  # changed after the run that recorded it
     out = up(central, db)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "stale: OMOP/person.csv" in out.stdout and "the next run records the change" in out.stdout
+    assert "stale: OMOP/person.csv" in out.stdout, out.stdout
+    # Said of `chorus-batch run`: "the next run records the change" was taken for the next upload (a cron line
+    # running upload alone), which found the file stale night after night; and the summary's "(or after the next
+    # run)" the same.
+    assert "the next `chorus-batch run` records the change (an upload does not)" in out.stdout, out.stdout
+    assert "incomplete: once each file above is seen to" in out.stdout and "after the next run" not in out.stdout
+    assert up(central, db).stdout.count("stale: OMOP/person.csv") == 1  # (an upload alone records nothing of it)
     assert set(blobs(central)) == {"20261101020000/000001/Waveforms/Telemetry/S1/S1.dat"}  # no manifest copy yet
     assert query(db, "SELECT state FROM uploads u JOIN source_files f USING (file_id) WHERE f.srcfile = 'OMOP/person.csv'") \
         == [("stale",)]
@@ -240,7 +246,7 @@ def test_an_empty_site_root_an_unmounted_file_system_is_refused_not_every_file_c
         out = up(central, db, *extra)
         assert out.returncode == 2, out.stdout + out.stderr
         assert f"the site root {site} is empty" in out.stderr and "unmounted" in out.stderr, out.stderr
-        assert "the next run records it as removed" not in out.stdout + out.stderr
+        assert "records it as removed" not in out.stdout + out.stderr
     assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
     assert set(blobs(central)) == set()
     site.rmdir()
@@ -273,7 +279,7 @@ def test_a_cloud_root_holding_only_its_folder_marker_is_refused_not_every_file_c
         out = up(central, db, *extra)
         assert out.returncode == 2, out.stdout + out.stderr
         assert f"the site root az://{site}/site holds no file" in out.stderr and "nothing of it was sent" in out.stderr
-        assert "the next run records it as removed" not in out.stdout + out.stderr
+        assert "records it as removed" not in out.stdout + out.stderr
     assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
     assert set(blobs(central)) == set()
     with azurite.service_client() as service:
@@ -365,6 +371,7 @@ def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_
     assert dry.returncode == 1, dry.stdout + dry.stderr
     assert "would send 2 files" in dry.stdout and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in dry.stdout, dry.stdout
     assert "stale: 000001/Waveforms/Telemetry/S1/S1.dat" in dry.stdout and blobs(central) == {}
+    assert "the next `chorus-batch run` records it as removed (an upload does not)" in dry.stdout, dry.stdout
     js = json.loads(up(central, db, "--dry-run", "--json").stdout)
     assert js["exit_code"] == 1 and js["versions"][0]["sent"] == 2
     assert sorted(n["state"] for n in js["versions"][0]["not_sent"]) == ["missing", "stale"]
@@ -3157,3 +3164,43 @@ def test_the_sending_threads_go_on_sending_while_the_ledger_writes_a_batch(centr
     assert int(result.exit_code) == 0 and result.versions[0].n_sent == 40 and result.versions[0].complete
     assert during and max(during) > 2, during  # more files than threads: the queue did not run dry
     assert len(ledger_names(db)) == 40
+
+
+def test_the_listing_check_reads_the_list_blobs_xml_itself_and_lists_what_the_sdk_lists(central, monkeypatch):
+    # The listing check (upload's completion, every verify) spent about half its time in the SDK's model deserialiser
+    # (list_blobs: some fifty calls per blob). It reads the List Blobs XML itself now, page by page: the same names
+    # (odd characters, unicode), sizes, Content-MD5s and etags; folder markers and the manifest's copy left out.
+    from azure.storage.blob import ContentSettings
+    from azure.storage.blob._generated._utils import serialization
+
+    from chorus_batch.config import CloudSettings
+    from chorus_batch.submit.central import Central
+
+    names = ["OMOP/person.csv", "000001/Images/odd dir/a#b%20c ü.dcm", "000001/Images/empty.dcm", "x/y+z&w<v>.dat",
+             "no_md5.dat", "_manifest/manifest.sqlite"]
+    for i, name in enumerate(names):
+        data = b"" if "empty" in name else f"bytes {i}".encode()
+        central.client.upload_blob(f"20261101020000/{name}", data)
+    central.client.get_blob_client("20261101020000/no_md5.dat").set_http_headers(ContentSettings())
+    central.client.upload_blob("20261101020000/000001/Images", b"", metadata={"hdi_isfolder": "true"})
+    central.client.upload_blob("20261101020001/other.dat", b"another version's")
+    expected = sorted((item.name.removeprefix("20261101020000/"), item.size,
+                       bytes(item.content_settings.content_md5).hex() if item.content_settings.content_md5 else None,
+                       item.etag)
+                      for item in central.client.list_blobs(name_starts_with="20261101020000/")
+                      if "_manifest" not in item.name and not item.name.endswith("/Images"))
+    assert len(expected) == 5 and any(md5 is None for *_, md5, _ in expected)
+    for key, value in central.env.items():
+        monkeypatch.setenv(key, value)
+    deserialised = []
+    real = serialization.Deserializer._deserialize
+    monkeypatch.setattr(serialization.Deserializer, "_deserialize",
+                        lambda self, *args, **kwargs: deserialised.append(1) or real(self, *args, **kwargs))
+    monkeypatch.setattr(Central, "list_page", 2)  # (three pages)
+    listed = Central(central.url, CloudSettings())
+    try:
+        rows = listed.listing("20261101020000").sort("name").rows()
+    finally:
+        listed.close()
+    assert rows == expected
+    assert deserialised == []

@@ -75,7 +75,11 @@ def upload_text(result: UploadResult) -> str:
                 lines.append(f"  incomplete: {plural(conflicts, 'file')} in conflict with what the centre holds under "
                              f"{v.version}/: {CONFLICT_FIX}")
             if v.n_not_sent > conflicts or (not conflicts and not v.n_other_waiting):
-                lines.append("  incomplete: run upload again once the files above are in place (or after the next run)")
+                # "(or after the next run)" sent a site whose cron runs upload alone round in circles, and a run
+                # does nothing for a file changed in place or unreadable: each line above says its own remedy.
+                lines.append("  incomplete: once each file above is seen to as it says (a file changed or gone since "
+                             "the version: a `chorus-batch run` records that; an upload alone does not), upload "
+                             "again")
             if v.n_other_waiting:  # (left out on purpose: the version waits for them)
                 lines.append(f"  incomplete: {plural(v.n_other_waiting, 'file')} of other modalities than --modalities "
                              "not uploaded yet: upload without --modalities (or with theirs) sends them and completes "

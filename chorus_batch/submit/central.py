@@ -35,7 +35,7 @@ import base64
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -305,6 +305,8 @@ def _copy_owner(blob: Any, props: Any) -> str | None:
 
 
 class Central:
+    list_page = 5000  # blobs a List Blobs page holds (the service's most; tests page by fewer)
+
     def __init__(self, url: str, cloud: CloudSettings, *, connections: int = 8, block_buffers: int = 8):
         self.container_name, self.prefix = parse_central(url)
         self.url = central_url(url)
@@ -634,22 +636,60 @@ class Central:
             # listed as an empty blob carrying hdi_isfolder=true (Storage Explorer and azcopy make such markers
             # elsewhere too). They are no files: taken for blobs the manifest does not list, every version at such a
             # centre stayed unfinished, and verify exited 1, for the folders upload's own blobs made.
-            for item in self.container.list_blobs(name_starts_with=folder, include=["metadata"]):
-                name = item.name[len(folder):]
+            for full, size, content_md5, etag, metadata in self._list_raw(folder):
+                name = full[len(folder):]
                 if name.startswith(MANIFEST_FOLDER + "/") or name == MANIFEST_FOLDER:
                     continue
-                if not item.size and (name.endswith("/") or is_folder_blob(item.metadata)):
+                if not size and (name.endswith("/") or is_folder_blob(metadata)):
                     continue
                 rows["name"].append(name)
-                rows["size"].append(int(item.size or 0))
-                rows["content_md5"].append(_hex(item.content_settings.content_md5))
-                rows["etag"].append(item.etag)
+                rows["size"].append(size)
+                rows["content_md5"].append(base64.b64decode(content_md5).hex() if content_md5 else None)
+                rows["etag"].append(etag)
 
         try:
             cloud_access.retrying(collect)
         except cloud_access.storage_errors() as exc:
             raise self.explain(exc, "list", f"{self.url}/{version}/") from None
         return pl.DataFrame(rows, schema=LISTING_SCHEMA)
+
+    def _list_raw(self, prefix: str) -> Iterator[tuple[str, int, str | None, str | None, dict[str, str]]]:
+        """(name, size, Content-MD5 as base64, etag, metadata) of each blob under prefix, page by page: the List Blobs
+        XML read with ElementTree. The SDK's list_blobs spent three quarters of a listing check in its model
+        deserialiser (a million calls for 10,000 blobs), about half of the check's time. The request goes through the
+        client's own pipeline (sign-in, retries); a refusal is raised as the SDK raises it (error_code and all)."""
+        import xml.etree.ElementTree as ET
+        from urllib.parse import quote, unquote
+
+        from azure.core.exceptions import HttpResponseError
+        from azure.core.rest import HttpRequest
+        from azure.storage.blob._shared.response_handlers import process_storage_error
+
+        client = self.container._client  # (the generated client: its _send_request runs the pipeline)
+        base = (f"{self.container.url}?restype=container&comp=list&include=metadata&maxresults={self.list_page}"
+                f"&prefix={quote(prefix, safe='')}")
+        marker = ""
+        while True:
+            url = base + (f"&marker={quote(marker, safe='')}" if marker else "")
+            request = HttpRequest("GET", url, headers={"x-ms-version": self.container.api_version})
+            response = client._send_request(request)
+            try:
+                response.raise_for_status()
+            except HttpResponseError as exc:
+                process_storage_error(exc)
+            root = ET.fromstring(response.content)
+            for blob in root.iter("Blob"):
+                name_element = blob.find("Name")
+                name = (name_element.text or "") if name_element is not None else ""
+                if name_element is not None and name_element.get("Encoded") == "true":
+                    name = unquote(name)  # (a name with characters XML cannot hold comes percent-encoded)
+                props = blob.find("Properties")
+                get = props.findtext if props is not None else (lambda _key: None)
+                metadata = {m.tag: m.text or "" for m in blob.find("Metadata") or ()}
+                yield name, int(get("Content-Length") or 0), get("Content-MD5") or None, get("Etag"), metadata
+            marker = root.findtext("NextMarker") or ""
+            if not marker:
+                return
 
     def download_md5(self, version: str, srcfile: str) -> tuple[str, int] | str | None:
         """(MD5 of the bytes, size) of a blob, read back; None when it is not there; ARCHIVED when it is in the

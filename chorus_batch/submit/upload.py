@@ -56,6 +56,7 @@ log = logging.getLogger("chorus_batch")
 ENV_LEDGER_ROWS = "CHORUS_BATCH_LEDGER_ROWS"  # tests: a smaller batch, to kill an upload between two
 LEDGER_ROWS = 256
 LEDGER_SECONDS = 2.0
+RUN_RECORDS = "the next `chorus-batch run` records"  # (what a file that changed or went waits for)
 # Files handed to the sending threads ahead of them, per thread: the ledger's batches are written (a commit that waits
 # on the disk) by the thread that hands files out, and with one file ahead of each thread the threads ran dry during
 # every write (small files: a third slower than a plain SDK loop)
@@ -643,7 +644,7 @@ def _look_up(readers: dict[int | None, Source], row: dict) -> tuple[Source, File
     try:
         stat = source.stat(srcfile)
     except FileNotFoundError:
-        return "missing", f"not found in {source.description}: the next run records it as removed"
+        return "missing", f"not found in {source.description}: {RUN_RECORDS} it as removed (an upload does not)"
     except OSError as exc:
         return "failed", f"cannot read it in {source.description}: {exc.strerror or exc}"
     except SourceError as exc:
@@ -652,8 +653,11 @@ def _look_up(readers: dict[int | None, Source], row: dict) -> tuple[Source, File
         return "failed", _archived(source)
     # The mtime is compared where it is the file system's own (local roots); the MD5 check guards the rest.
     if stat.size != row["size"] or (source.parallel_local and stat.mtime_ns != row["mtime_ns"]):
-        return "stale", ("changed since the version recorded it (size or modification time differ): not sent; the next "
-                         "run records the change")
+        # Said of `chorus-batch run`, not "the next run": a site whose cron runs `upload` alone took that for the
+        # next upload, which records nothing of the site and found the file stale night after night.
+        return "stale", ("changed since the version recorded it (size or modification time differ): not sent; "
+                         f"{RUN_RECORDS} the change (an upload does not), and the upload after it sends it with that "
+                         "run's version")
     return source, stat
 
 
@@ -713,7 +717,7 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
         return "stale", f"changed since the version recorded it: {exc}; not sent"
     except ReadFailed as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
-            return "missing", f"not found in {source.description}: the next run records it as removed"
+            return "missing", f"not found in {source.description}: {RUN_RECORDS} it as removed (an upload does not)"
         if isinstance(exc.__cause__, cloud_access.Archived):
             # (the run's word, "nothing to do if it is meant to stay archived", is not true here: the version waits)
             return "failed", _archived(source)
