@@ -237,9 +237,20 @@ class ManifestReader:
         """version, modality, change, n: every version's change set by modality."""
         raise NotImplementedError
 
-    def findings(self, version: str | None = None) -> pl.DataFrame:
-        """The `validate` findings of a version (FINDINGS_SCHEMA); empty if it was not validated."""
+    def _findings(self, label: str) -> pl.DataFrame:
         raise NotImplementedError
+
+    def findings(self, version: str | None = None, *, rule: str | list[str] | None = None,
+                 severity: str | None = None, path: str | None = None) -> pl.DataFrame:
+        """The `validate` findings of a version (FINDINGS_SCHEMA); empty if it was not validated. `rule`, `severity`
+        and `path` keep what `validate --rule/--severity/--path` keep (one filter): a rule id, a family (`dicom.`) or
+        a glob, or a list of them; this severity or a more serious one (`"warning"`: errors and warnings); a file, or
+        the files under a folder (a person: `"000123"`), site-relative, or a glob of whole paths."""
+        from .validate.select import finding_filter
+
+        chosen = finding_filter(rule, severity, path)  # before anything is read: a misspelt rule is said at once
+        found = self._findings(self.resolve(version))
+        return found if chosen is None else chosen(found)
 
     def validated(self, version: str | None = None) -> bool | None:
         """Whether `validate` checked the version (by any release's rules): an empty `findings` is then a clean
@@ -1063,8 +1074,8 @@ class SQLiteReader(ManifestReader):
         label = self.resolve(version)
         return self._manifest.version_errors(label)
 
-    def findings(self, version: str | None = None) -> pl.DataFrame:
-        return self._manifest.validation.findings(self.resolve(version))
+    def _findings(self, label: str) -> pl.DataFrame:
+        return self._manifest.validation.findings(label)
 
     def validated(self, version: str | None = None) -> bool | None:
         return self.validation(version)[1]
