@@ -377,11 +377,25 @@ class ManifestReader:
                 error.args = (error.what,)
             raise
 
+    def _no_versions(self) -> UsageError:
+        """A manifest without versions (exit 2, as validate says it): where runs were recorded, what the latest of
+        them ended in and what to do about it, not `run` as if none had been (a cron job failing every night)."""
+        runs = self.runs()
+        if runs.height == 0:
+            return UsageError("the manifest has no versions yet", where=str(self.path),
+                              fix="run `chorus-batch run` to commit the first version")
+        last = runs.row(0, named=True)
+        said = (f"the manifest has no versions yet: {plural(runs.height, 'run')} recorded committed none; the latest, "
+                f"started {last['started_at']}: {last['outcome']}")
+        said += f" ({last['message']})" if last["message"] else ""
+        return UsageError(said, where=str(self.path),
+                          fix=(last["what_to_do"] or "see its log") + "; then `chorus-batch run` commits the first "
+                              "version")
+
     def _resolve(self, version: str | datetime | None) -> str:
         versions = self.versions()
         if versions.height == 0:
-            raise UsageError("the manifest has no versions yet", where=str(self.path),  # exit 2, as validate says it
-                              fix="run `chorus-batch run` to commit the first version")
+            raise self._no_versions()
         if version is None:
             return versions["label"][-1]
         if isinstance(version, numbers.Integral) and not isinstance(version, bool):
