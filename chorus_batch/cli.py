@@ -26,6 +26,7 @@ from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopp
                      forget_signals, handling_stop, interrupted_at_start, holding_signal, note_signal, machine_limit,
                      quiet_lost_stops, serving_command_line, signals_unwrapped)
 from .faults import pause
+from .units import closest as _close
 from .units import command_word, plural, quoted, shown, shown_name, shown_text
 
 pause("start-up")  # (tests: Ctrl-C while the command line loads)
@@ -1355,53 +1356,11 @@ def _filter_words(args: argparse.Namespace) -> str:
 
 def _finding_filter(args: argparse.Namespace):
     """What `validate --rule/--severity/--path` keep of the findings (None: all), checked before the check runs: a
-    rule id no rule has is refused (exit 2) with the ids it may mean, as an option misspelt is."""
-    if not args.rule and args.severity is None and args.path is None:
-        return None
-    import fnmatch
+    rule id no rule has is refused (exit 2) with the ids it may mean, as an option misspelt is. The review API's
+    `findings(rule=, severity=, path=)` keeps the same (one filter: validate.select)."""
+    from .validate.select import finding_filter
 
-    import polars as pl
-
-    from .validate import RULES
-
-    # (import.*: the findings `import-journal` gives a first version, named by the journal's rows, not checks here)
-    ids = [r.id for r in RULES] + ["import.*"]
-    patterns: list[str] = []
-    for typed in args.rule or ():
-        rule = typed.strip()
-        pattern = rule + "*" if rule.endswith(".") else rule  # dicom. is the family, as dicom.* is
-        if not rule or not (fnmatch.filter(ids, pattern) or rule.startswith("import.")):
-            families = sorted({i.split(".")[0] + "." for i in ids})
-            meant = _close(rule, ids) or _close(rule.rstrip(".*") + ".", families)
-            raise UsageError(f"no validation rule is {shown(typed)!s}" + (f"; did you mean {meant}?" if meant else ""),
-                             where="--rule",
-                             fix="give a rule id as `chorus-batch validate --help` lists them (wfdb.bad_header), a "
-                                 "family (dicom.) or a glob (*.missing*)")
-        patterns.append(pattern)
-    if args.path is not None and not args.path.strip():
-        raise UsageError("--path is empty", where="--path",
-                         fix="give a site-relative file or folder (OMOP, 000123) or a glob ('*/Images/*')")
-    order = {"error": 0, "warning": 1, "info": 2}
-
-    def chosen(findings: pl.DataFrame) -> pl.DataFrame:
-        keep = pl.lit(True)
-        if patterns:
-            rules = [r for r in findings["rule"].unique().to_list() if any(fnmatch.fnmatchcase(r, p) for p in patterns)]
-            keep = keep & pl.col("rule").is_in(rules)
-        if args.severity is not None:
-            keep = keep & pl.col("severity").is_in([s for s, n in order.items() if n <= order[args.severity]])
-        if args.path is not None:
-            path = args.path.strip().replace("\\", "/").strip("/")
-            if any(c in path for c in "*?["):
-                names = [f for f in findings["srcfile"].drop_nulls().unique().to_list()
-                         if fnmatch.fnmatchcase(f, path) or fnmatch.fnmatchcase(f.rstrip("/"), path)]
-                keep = keep & pl.col("srcfile").is_in(names)
-            else:
-                keep = keep & ((pl.col("srcfile").str.strip_chars_end("/") == path)
-                               | pl.col("srcfile").str.starts_with(path + "/"))
-        return findings.filter(keep)
-
-    return chosen
+    return finding_filter(args.rule, args.severity, args.path, cli=True)
 
 
 def _print_validation(args, label, where, findings, not_taken, code: int, *, every: int | None = None,
@@ -2169,22 +2128,6 @@ def _stop_on_signals() -> None:
         # one the caller ignores stays ignored: `nohup chorus-batch run &` was stopped (exit 129) at logout
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
             signal.signal(getattr(signal, name), stop)
-
-
-def _close(word: str, choices) -> str | None:
-    """The choice `word` is most likely a misspelling of, or None. Among difflib's close matches, the one sharing
-    the most letters: a swap (--stie) is nearer --site than --time, which difflib alone scores the same."""
-    from collections import Counter
-    from difflib import get_close_matches
-
-    def shared(choice: str) -> int:
-        return sum((Counter(word) & Counter(choice)).values())
-
-    # Flags are compared without their dashes: the "--" both share made --site look close to --quiet
-    bare = {choice.lstrip("-"): choice for choice in choices}
-    word = word.lstrip("-")
-    matches = get_close_matches(word, list(bare), n=5, cutoff=0.65)  # --out is not --account (0.6); rnu is run (0.67)
-    return bare[max(matches, key=shared)] if matches else None
 
 
 # A version as another command asks it: `files` takes --as-of, `changes`, `report`, `review` and `registry` --version

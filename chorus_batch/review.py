@@ -237,9 +237,20 @@ class ManifestReader:
         """version, modality, change, n: every version's change set by modality."""
         raise NotImplementedError
 
-    def findings(self, version: str | None = None) -> pl.DataFrame:
-        """The `validate` findings of a version (FINDINGS_SCHEMA); empty if it was not validated."""
+    def _findings(self, label: str) -> pl.DataFrame:
         raise NotImplementedError
+
+    def findings(self, version: str | None = None, *, rule: str | list[str] | None = None,
+                 severity: str | None = None, path: str | None = None) -> pl.DataFrame:
+        """The `validate` findings of a version (FINDINGS_SCHEMA); empty if it was not validated. `rule`, `severity`
+        and `path` keep what `validate --rule/--severity/--path` keep (one filter): a rule id, a family (`dicom.`) or
+        a glob, or a list of them; this severity or a more serious one (`"warning"`: errors and warnings); a file, or
+        the files under a folder (a person: `"000123"`), site-relative, or a glob of whole paths."""
+        from .validate.select import finding_filter
+
+        chosen = finding_filter(rule, severity, path)  # before anything is read: a misspelt rule is said at once
+        found = self._findings(self.resolve(version))
+        return found if chosen is None else chosen(found)
 
     def validated(self, version: str | None = None) -> bool | None:
         """Whether `validate` checked the version (by any release's rules): an empty `findings` is then a clean
@@ -366,11 +377,25 @@ class ManifestReader:
                 error.args = (error.what,)
             raise
 
+    def _no_versions(self) -> UsageError:
+        """A manifest without versions (exit 2, as validate says it): where runs were recorded, what the latest of
+        them ended in and what to do about it, not `run` as if none had been (a cron job failing every night)."""
+        runs = self.runs()
+        if runs.height == 0:
+            return UsageError("the manifest has no versions yet", where=str(self.path),
+                              fix="run `chorus-batch run` to commit the first version")
+        last = runs.row(0, named=True)
+        said = (f"the manifest has no versions yet: {plural(runs.height, 'run')} recorded committed none; the latest, "
+                f"started {last['started_at']}: {last['outcome']}")
+        said += f" ({last['message']})" if last["message"] else ""
+        return UsageError(said, where=str(self.path),
+                          fix=(last["what_to_do"] or "see its log") + "; then `chorus-batch run` commits the first "
+                              "version")
+
     def _resolve(self, version: str | datetime | None) -> str:
         versions = self.versions()
         if versions.height == 0:
-            raise UsageError("the manifest has no versions yet", where=str(self.path),  # exit 2, as validate says it
-                              fix="run `chorus-batch run` to commit the first version")
+            raise self._no_versions()
         if version is None:
             return versions["label"][-1]
         if isinstance(version, numbers.Integral) and not isinstance(version, bool):
@@ -1063,8 +1088,8 @@ class SQLiteReader(ManifestReader):
         label = self.resolve(version)
         return self._manifest.version_errors(label)
 
-    def findings(self, version: str | None = None) -> pl.DataFrame:
-        return self._manifest.validation.findings(self.resolve(version))
+    def _findings(self, label: str) -> pl.DataFrame:
+        return self._manifest.validation.findings(label)
 
     def validated(self, version: str | None = None) -> bool | None:
         return self.validation(version)[1]

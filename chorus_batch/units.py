@@ -181,3 +181,19 @@ def command_word(text: str, *, windows: bool | None = None) -> str:
     if '"' not in text and "$" not in text and "`" not in text:
         return f'"{text}"'
     return "'" + text.replace("'", "''") + "'"  # PowerShell's literal string ('' is one quote)
+
+
+def closest(word: str, choices) -> str | None:
+    """The choice `word` is most likely a misspelling of, or None. Among difflib's close matches, the one sharing
+    the most letters: a swap (--stie) is nearer --site than --time, which difflib alone scores the same."""
+    from collections import Counter
+    from difflib import get_close_matches
+
+    def shared(choice: str) -> int:
+        return sum((Counter(word) & Counter(choice)).values())
+
+    # Flags are compared without their dashes: the "--" both share made --site look close to --quiet
+    bare = {choice.lstrip("-"): choice for choice in choices}
+    word = word.lstrip("-")
+    matches = get_close_matches(word, list(bare), n=5, cutoff=0.65)  # --out is not --account (0.6); rnu is run (0.67)
+    return bare[max(matches, key=shared)] if matches else None

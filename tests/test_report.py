@@ -873,6 +873,43 @@ def test_nights_that_committed_nothing_are_listed_and_the_latest_failure_flagged
     assert "4 failed" in section and not any(f.startswith("The latest run") for f in info.flags)
 
 
+def test_a_manifest_whose_every_run_failed_says_what_the_latest_ended_in(tmp_path):
+    """A new site whose first nightly runs all failed (here stopped by SIGTERM before their commit): the manifest holds
+    their `runs` rows and no version. The report, the notebook, `files` and the review API said "the manifest has no
+    versions yet", fix "run `chorus-batch run`", as if no run had been made: the reviewer was sent to do what had
+    failed, not told why. They say how many runs committed none, what the latest ended in, and what to do."""
+    import signal
+
+    from conftest import paused
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    for _ in range(2):
+        proc = paused("run", "--no-validate", "--site", str(site), "--db", str(db), at="commit")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 143
+    assert open_manifest(db).versions().height == 0
+
+    with pytest.raises(UsageError) as said:
+        write_report(db, tmp_path / "report.html")
+    assert "no versions yet: 2 runs recorded committed none" in said.value.what
+    assert "stopped by SIGTERM" in said.value.what and "give the run the time it needs" in said.value.fix
+    for command in (["report", "--out", str(tmp_path / "r.html")], ["files"]):
+        done = cli(*command, "--db", str(db))
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "2 runs recorded committed none; the latest, started " in done.stderr, done.stderr
+        assert "stopped by SIGTERM" in done.stderr
+    assert not (tmp_path / "r.html").exists()
+
+    fresh = tmp_path / "fresh.sqlite"  # a manifest no run wrote to is still told to run
+    shutil.copy(db, fresh)
+    sqlite3.connect(fresh).execute("DELETE FROM runs").connection.commit()
+    with pytest.raises(UsageError) as said:
+        open_manifest(fresh).files()
+    assert said.value.what == "the manifest has no versions yet" and "run `chorus-batch run`" in said.value.fix
+
+
 def test_a_clean_month_shows_no_alarm_and_a_path_in_a_message_is_cut_at_the_root(tmp_path):
     """Nightly runs that committed a version or found nothing to commit: no failed run listed, nothing flagged. A
     message that quotes a file of the site shows the root only (the folder below it is a person's)."""

@@ -797,6 +797,51 @@ def test_validate_shows_the_findings_of_a_rule_a_severity_or_a_path_and_says_it_
     assert family.returncode == 2 and "did you mean dicom.?" in family.stderr
 
 
+def test_the_review_api_keeps_the_findings_validate_keeps_by_rule_severity_and_path(clean, db, tmp_path):
+    """A reviewer in a notebook asks `m.findings(rule=, severity=, path=)` for what `validate --rule/--severity/--path`
+    shows, and gets the same rows from the manifest and from its snapshot folder (one filter). Before, `findings()`
+    took a version only (TypeError: unexpected keyword argument 'rule'), so a notebook filtered by hand and could
+    keep other findings than the command line (a family `dicom.`, a folder, the severities above one)."""
+    from chorus_batch.errors import UsageError
+
+    (clean / "OMOP" / "death.csv").unlink()
+    person = sorted(p.name for p in clean.iterdir() if p.name.isdigit())[0]
+    for i in range(3):
+        (clean / person / f"stray{i}.txt").write_text(f"{i}\n")
+    snaps = tmp_path / "snaps"
+    run_site(clean, db, parquet=str(snaps))
+    readers_ = (open_manifest(db), open_manifest(snaps))
+
+    def by_cli(*args: str) -> list[tuple]:
+        done = cli("validate", "--db", str(db), "--json", *args)
+        assert "Traceback" not in done.stderr
+        return sorted((f["rule"], f["severity"], f["srcfile"]) for f in json.loads(done.stdout)["findings"])
+
+    for args, asked in [(("--rule", "omop.missing_table"), {"rule": "omop.missing_table"}),
+                        (("--rule", "layout.", "--rule", "omop.*"), {"rule": ["layout.", "omop.*"]}),
+                        (("--severity", "warning"), {"severity": "warning"}),
+                        (("--severity", "error"), {"severity": "error"}),
+                        (("--path", person), {"path": person}),
+                        (("--path", "*/stray1.txt", "--severity", "info"), {"path": "*/stray1.txt", "severity": "info"})]:
+        expected = by_cli(*args)
+        assert expected, args
+        for m in readers_:
+            got = m.findings(**asked)
+            assert sorted(got.select("rule", "severity", "srcfile").iter_rows()) == expected, (m, asked)
+    assert readers_[0].findings(rule="layout.").height == 3 < readers_[0].findings().height
+
+    # a misspelt rule or severity is said as an argument of findings(), with what it may mean, before anything is read
+    with pytest.raises(UsageError, match=r"no validation rule is omop.mising_table; did you mean omop.missing_table\?"
+                       ) as said:
+        readers_[0].findings(rule="omop.mising_table")
+    assert said.value.where == "rule="
+    with pytest.raises(UsageError, match="no severity is 'errors'") as said:
+        readers_[1].findings(severity="errors")
+    assert said.value.where == "severity="
+    wrong = cli("validate", "--db", str(db), "--rule", "omop.mising_table")
+    assert wrong.returncode == 2 and "--rule" in wrong.stderr and "did you mean omop.missing_table?" in wrong.stderr
+
+
 def test_validate_version_shows_an_earlier_versions_stored_findings_and_says_they_are_stored(clean, db):
     """`validate --version` of an earlier version: its findings as stored when it was checked (its files are no
     longer there as it recorded them), said so, never checked again; a version never checked is said, exit 2, not

@@ -642,5 +642,5 @@ class ParquetReader(ManifestReader):
         return self._read(self.resolve(version), "scan_errors",
                           schema={"srcfile": pl.String, "kind": pl.String, "message": pl.String})
 
-    def findings(self, version: str | None = None) -> pl.DataFrame:
-        return self._read(self.resolve(version), "findings", schema=FINDINGS_SCHEMA)
+    def _findings(self, label: str) -> pl.DataFrame:
+        return self._read(label, "findings", schema=FINDINGS_SCHEMA)
