@@ -969,6 +969,40 @@ def test_notes_alone_are_exit_code_0(tmp_path):
     assert [row[0] for row in query(db, "SELECT label FROM versions")] == [V1]
 
 
+
+V3 = "20250301000000"
+EVERY_FILE_GONE = f"""
+INSERT INTO versions (VERSION) VALUES ('{V3}');
+INSERT INTO command_history_v2 (DATETIME, COMMON_PARAMS, COMMAND, PARAMS, SRC_PATHS, DEST_PATH, Duration)
+    VALUES ('2026-12-01 14:48:50 UTC', '--config /data/config.toml', 'journal update', '--version {V3}',
+            '{{"OMOP": "/data/site"}}', 'None', 0.1);
+UPDATE journal_v2 SET TIME_INVALID_us = CAST(strftime('%s', '2026-12-01 14:48:50') AS INTEGER) * 1000000
+    WHERE TIME_INVALID_us IS NULL;
+"""
+
+
+@pytest.mark.parametrize("max_delete", [None, "all"])
+def test_a_version_that_removes_what_run_would_refuse_to_is_said_with_its_label_and_count(max_delete, tmp_path):
+    """chorus-upload has no mass-removal guard: a `journal update` run while the site was unmounted recorded every
+    file removed. Imported as recorded, but said (a warning, exit 1), as `run` would have refused it under [run]
+    max_delete, with what it means when it is the latest version: the next run adds every file back."""
+    journal = edited_journal(tmp_path, "A", EVERY_FILE_GONE)
+    if max_delete is not None:
+        (tmp_path / "chorus.toml").write_text(f'[run]\nmax_delete = "{max_delete}"\n', encoding="utf-8")
+    out = cli("import-journal", str(journal), "--db", "m.sqlite", "--to", "az://mgh/", "--json", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert [row[0] for row in query(tmp_path / "m.sqlite", "SELECT label FROM versions")] == [V1, V2, V3]
+    said = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.mass-removal"]
+    if max_delete == "all":  # (as `run --max-delete all` takes it without a word)
+        assert said == []
+        return
+    (finding,) = said
+    assert finding["severity"] == "warning"
+    assert (f"upstream version {V3} removes 41 of the 41 files of version {V2} (100.0%: every file)"
+            in finding["message"])
+    assert "max_delete 50%" in finding["message"] and "the next run adds back every file" in finding["message"]
+
+
 def test_credentials_in_the_journal_are_named_masked_and_never_kept(tmp_path):
     journal = tmp_path / "journal.db"
     shutil.copy(JOURNALS["A"], journal)
