@@ -224,6 +224,19 @@ def test_site_check_says_when_the_next_run_would_be_refused(kept, tmp_path):
                                      "--json").stdout)["site_check"]["refused"]["error"] in refusal
 
 
+
+def test_site_check_reads_max_delete_from_the_chorus_toml_as_the_next_run_will(tmp_path):
+    """The check against --site is what the next run will commit: under chorus.toml's [run] max_delete, which it
+    passed over (a person's 9 files gone, with max_delete = 5: "would change", not "would be refused")."""
+    site = build_site(tmp_path)
+    shutil.rmtree(site / "000123")
+    (tmp_path / "chorus.toml").write_text('[run]\nmax_delete = 5\n[central]\nto = "az://mgh/"\n', encoding="utf-8")
+    out = cli("import-journal", str(JOURNALS["A"]), "--db", "m.sqlite", "--site", str(site), cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert ("the next run would be refused (exit code 5): refused: the run would remove 9 of the previous version's 41 "
+            "files (22.0%), more than --max-delete / max_delete 5 allows") in out.stdout, out.stdout
+
+
 def test_site_check_does_not_blame_a_no_validate_nobody_gave(tmp_path):
     # The check ends as `status` does; it said "validation: not checked (--no-validate)" of a command line without it.
     site = build_site(tmp_path)
