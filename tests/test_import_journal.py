@@ -910,6 +910,10 @@ SPOILT = [
      "its path OMOP/f\\xff.csv is not UTF-8 text; not imported"),
     ("B", "UPDATE journal SET MD5 = CAST(X'ff' AS TEXT) WHERE FILE_ID = 2", "import.unusable-row",
      "its MD5 \\xff is not UTF-8 text"),
+    ("A", "UPDATE journal_v2 SET MD5 = '' WHERE FILE_ID = 2", "import.unusable-row",
+     "journal row FILE_ID 2: its MD5 is empty (no MD5 was recorded); not imported"),
+    ("B", "UPDATE journal SET MD5 = '  ' WHERE FILE_ID = 2", "import.unusable-row",
+     "journal row FILE_ID 2: its MD5 is empty (no MD5 was recorded); not imported"),
     ("B", "UPDATE journal SET UPLOAD_DTSTR = CAST(X'66ff' AS TEXT) WHERE FILE_ID = 2", "import.broken-link",
      "its upload mark f\\xff is not UTF-8 text (its upload mark is lost"),
     ("A", "UPDATE modalities SET MODALITY = CAST(X'4fff' AS TEXT) WHERE id = 1; UPDATE command_history_v2 SET "
