@@ -2060,7 +2060,8 @@ def cmd_import_journal(args: argparse.Namespace, argv: list[str]) -> int:
     config = target.config
     result = import_journal(args.journal, target.db, site=target.site, site_roots=config.site.roots if target.site else None,
                             central=args.to or config.central.to, patterns=config.patterns, dry_run=args.dry_run,
-                            argv=argv, cloud=config.cloud, progress=Progress(quiet=args.quiet))
+                            argv=argv, cloud=config.cloud, progress=Progress(quiet=args.quiet),
+                            max_delete=config.run.max_delete)
     with _kept_exit_code(int(result.exit_code)):
         print(json.dumps(import_dict(result), indent=2) if args.json else import_text(result))
     return result.exit_code

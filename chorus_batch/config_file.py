@@ -71,39 +71,43 @@ def read_toml_text(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
         said, fix = why_unreadable(path, exc)
         raise ConfigError(f"cannot read config file {path}: {said}", where=str(path), fix=fix) from None
     except tomllib.TOMLDecodeError as exc:
-        twice = _setting_twice(text) if str(exc).startswith("Cannot overwrite a value") else None
-        if twice is not None:  # (tomllib names neither the setting nor, at the file's end, its line)
-            setting, first, second = twice
-            raise ConfigError(f"config file is not valid TOML: the setting {setting!r} is given twice, on line {first} "
-                              f"and on line {second}", where=f"{path}, line {second}",
-                              fix="keep one of the two and remove the other") from None
-        said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
-        line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        if not said and re.search(r"\r(?!\n)", text):
-            # (lines ended by CR alone, as classic Mac OS and some exporters write them: TOML reads the whole file as
-            # line 1, and the error pointed at a column of it no editor shows as wrong)
-            raise ConfigError(f"config file is not valid TOML: {exc}: its lines end in a carriage return alone (CR, "
-                              "without LF), which TOML does not read as the end of a line",
-                              where=f"{path}, line {line.group(1)}" if line else str(path),
-                              fix="save it with LF (or CRLF) line ends, e.g. tr '\\r' '\\n' < chorus.toml > fixed.toml, "
-                                  "and run again") from None
-        unclosed = None if said else _unclosed_quote(text, str(exc), int(line.group(1)) if line else None)
-        if unclosed is not None:  # ("Unterminated string (at end of document)": which value, and where, unsaid)
-            number, quote, fix = unclosed
-            raise ConfigError(f"config file is not valid TOML: the value on line {number} opens a quote ({quote}) that "
-                              "is not closed" + (" on its line" if line else ", so the rest of the file was read as "
-                                                 "part of it") + f" ({exc})",
-                              where=f"{path}, line {number}", fix=fix) from None
-        quoted = next((hint for words, hint in _QUOTED.items() if str(exc).startswith(words)), None)
-        if quoted is not None:
-            raise ConfigError(f"config file is not valid TOML: {exc}: {quoted[0]}",
-                              where=f"{path}, line {line.group(1)}" if line else str(path), fix=quoted[1]) from None
-        unquoted = _unquoted_text(text, int(line.group(1))) if line and not said else None
-        raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""),
-                          where=f"{path}, line {line.group(1)}" if line else str(path),
-                          fix="keep one of the two and remove the other" if said else
-                              f"a text value is written in quotes in TOML: {unquoted}" if unquoted else
-                              "fix the TOML syntax at the position given") from None
+        what, where, fix = explain_toml_error(text, exc, path)
+        raise ConfigError(f"config file is not valid TOML: {what}", where=where, fix=fix) from None
+
+
+def explain_toml_error(text: str, exc: tomllib.TOMLDecodeError, path: Path, *,
+                       show_values: bool = True) -> tuple[str, str, str]:
+    """(what, where, fix) of a TOML file `text` tomllib refused with `exc`: which setting or value, on which line.
+    `show_values=False`: the fix never writes a line of the file back (a chorus-upload config holds secrets)."""
+    twice = _setting_twice(text) if str(exc).startswith("Cannot overwrite a value") else None
+    if twice is not None:  # (tomllib names neither the setting nor, at the file's end, its line)
+        setting, first, second = twice
+        return (f"the setting {setting!r} is given twice, on line {first} and on line {second}",
+                f"{path}, line {second}", "keep one of the two and remove the other")
+    said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
+    line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+    at = f"{path}, line {line.group(1)}" if line else str(path)
+    if not said and re.search(r"\r(?!\n)", text):
+        # (lines ended by CR alone, as classic Mac OS and some exporters write them: TOML reads the whole file as
+        # line 1, and the error pointed at a column of it no editor shows as wrong)
+        return (f"{exc}: its lines end in a carriage return alone (CR, without LF), which TOML does not read as the "
+                "end of a line", at,
+                f"save it with LF (or CRLF) line ends, e.g. tr '\\r' '\\n' < {path.name} > fixed.toml, and run again")
+    unclosed = None if said else _unclosed_quote(text, str(exc), int(line.group(1)) if line else None)
+    if unclosed is not None:  # ("Unterminated string (at end of document)": which value, and where, unsaid)
+        number, quote, fix = unclosed
+        return (f"the value on line {number} opens a quote ({quote}) that is not closed"
+                + (" on its line" if line else ", so the rest of the file was read as part of it") + f" ({exc})",
+                f"{path}, line {number}",
+                fix if show_values else f"end the value with the same quote ({quote}), and run again")
+    quoted = next((hint for words, hint in _QUOTED.items() if str(exc).startswith(words)), None)
+    if quoted is not None:
+        return f"{exc}: {quoted[0]}", at, quoted[1]
+    unquoted = _unquoted_text(text, int(line.group(1))) if line and not said and show_values else None
+    return (f"{exc}" + (f": {said}" if said else ""), at,
+            "keep one of the two and remove the other" if said else
+            f"a text value is written in quotes in TOML: {unquoted}" if unquoted else
+            "fix the TOML syntax at the position given")
 
 
 def setting_line(text: str, loc: tuple[str, ...]) -> int | None:

@@ -353,6 +353,24 @@ def test_bad_input_is_a_usage_error_without_traceback(tmp_path, content, message
     assert "fix:" in out.stderr and "Traceback" not in out.stderr
 
 
+
+@pytest.mark.parametrize("content,line", [
+    ('[site_path.default]\npath = "/data/site"\n[configuration]\nsupported_modalities = ["OMOP", "Images]\n', 4),
+    ('[site_path.default]\npath = "/data/site"\n[central_path.auth]\n'
+     'azure_account_key = "FAKEsecretKey0123456789abcdef==\n', 4),
+])
+def test_a_quote_left_open_is_named_by_its_line_as_in_chorus_toml_and_no_secret_is_echoed(tmp_path, content, line):
+    """import-config's TOML errors are said as chorus.toml's are (which value, which line), but the fix never
+    writes the line back: a chorus-upload config's value may be a secret."""
+    source = tmp_path / "config.toml"
+    source.write_text(content, encoding="utf-8")
+    out = cli("import-config", str(source))
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert f"the value on line {line} opens a quote (\") that is not closed" in out.stderr
+    assert f"where: {source}, line {line}" in out.stderr
+    assert "FAKEsecret" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_out_refuses_to_overwrite_unless_forced(tmp_path):
     source = FIXTURES / "config.toml"
     target = tmp_path / "chorus.toml"

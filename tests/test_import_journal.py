@@ -224,6 +224,19 @@ def test_site_check_says_when_the_next_run_would_be_refused(kept, tmp_path):
                                      "--json").stdout)["site_check"]["refused"]["error"] in refusal
 
 
+
+def test_site_check_reads_max_delete_from_the_chorus_toml_as_the_next_run_will(tmp_path):
+    """The check against --site is what the next run will commit: under chorus.toml's [run] max_delete, which it
+    passed over (a person's 9 files gone, with max_delete = 5: "would change", not "would be refused")."""
+    site = build_site(tmp_path)
+    shutil.rmtree(site / "000123")
+    (tmp_path / "chorus.toml").write_text('[run]\nmax_delete = 5\n[central]\nto = "az://mgh/"\n', encoding="utf-8")
+    out = cli("import-journal", str(JOURNALS["A"]), "--db", "m.sqlite", "--site", str(site), cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert ("the next run would be refused (exit code 5): refused: the run would remove 9 of the previous version's 41 "
+            "files (22.0%), more than --max-delete / max_delete 5 allows") in out.stdout, out.stdout
+
+
 def test_site_check_does_not_blame_a_no_validate_nobody_gave(tmp_path):
     # The check ends as `status` does; it said "validation: not checked (--no-validate)" of a command line without it.
     site = build_site(tmp_path)
@@ -897,6 +910,10 @@ SPOILT = [
      "its path OMOP/f\\xff.csv is not UTF-8 text; not imported"),
     ("B", "UPDATE journal SET MD5 = CAST(X'ff' AS TEXT) WHERE FILE_ID = 2", "import.unusable-row",
      "its MD5 \\xff is not UTF-8 text"),
+    ("A", "UPDATE journal_v2 SET MD5 = '' WHERE FILE_ID = 2", "import.unusable-row",
+     "journal row FILE_ID 2: its MD5 is empty (no MD5 was recorded); not imported"),
+    ("B", "UPDATE journal SET MD5 = '  ' WHERE FILE_ID = 2", "import.unusable-row",
+     "journal row FILE_ID 2: its MD5 is empty (no MD5 was recorded); not imported"),
     ("B", "UPDATE journal SET UPLOAD_DTSTR = CAST(X'66ff' AS TEXT) WHERE FILE_ID = 2", "import.broken-link",
      "its upload mark f\\xff is not UTF-8 text (its upload mark is lost"),
     ("A", "UPDATE modalities SET MODALITY = CAST(X'4fff' AS TEXT) WHERE id = 1; UPDATE command_history_v2 SET "
@@ -967,6 +984,40 @@ def test_notes_alone_are_exit_code_0(tmp_path):
     assert {f["severity"] for f in json.loads(out.stdout)["findings"]} == {"info"}
     assert query(db, "SELECT exit_code FROM runs") == [(0,)]
     assert [row[0] for row in query(db, "SELECT label FROM versions")] == [V1]
+
+
+
+V3 = "20250301000000"
+EVERY_FILE_GONE = f"""
+INSERT INTO versions (VERSION) VALUES ('{V3}');
+INSERT INTO command_history_v2 (DATETIME, COMMON_PARAMS, COMMAND, PARAMS, SRC_PATHS, DEST_PATH, Duration)
+    VALUES ('2026-12-01 14:48:50 UTC', '--config /data/config.toml', 'journal update', '--version {V3}',
+            '{{"OMOP": "/data/site"}}', 'None', 0.1);
+UPDATE journal_v2 SET TIME_INVALID_us = CAST(strftime('%s', '2026-12-01 14:48:50') AS INTEGER) * 1000000
+    WHERE TIME_INVALID_us IS NULL;
+"""
+
+
+@pytest.mark.parametrize("max_delete", [None, "all"])
+def test_a_version_that_removes_what_run_would_refuse_to_is_said_with_its_label_and_count(max_delete, tmp_path):
+    """chorus-upload has no mass-removal guard: a `journal update` run while the site was unmounted recorded every
+    file removed. Imported as recorded, but said (a warning, exit 1), as `run` would have refused it under [run]
+    max_delete, with what it means when it is the latest version: the next run adds every file back."""
+    journal = edited_journal(tmp_path, "A", EVERY_FILE_GONE)
+    if max_delete is not None:
+        (tmp_path / "chorus.toml").write_text(f'[run]\nmax_delete = "{max_delete}"\n', encoding="utf-8")
+    out = cli("import-journal", str(journal), "--db", "m.sqlite", "--to", "az://mgh/", "--json", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert [row[0] for row in query(tmp_path / "m.sqlite", "SELECT label FROM versions")] == [V1, V2, V3]
+    said = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.mass-removal"]
+    if max_delete == "all":  # (as `run --max-delete all` takes it without a word)
+        assert said == []
+        return
+    (finding,) = said
+    assert finding["severity"] == "warning"
+    assert (f"upstream version {V3} removes 41 of the 41 files of version {V2} (100.0%: every file)"
+            in finding["message"])
+    assert "max_delete 50%" in finding["message"] and "the next run adds back every file" in finding["message"]
 
 
 def test_credentials_in_the_journal_are_named_masked_and_never_kept(tmp_path):

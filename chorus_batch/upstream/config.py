@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..config import _SECRET_SETTINGS, _SECRET_TEXT, MODALITIES, ConfigFile
-from ..config_file import decode_toml, not_utf8, read_bytes, why_unreadable
+from ..config_file import decode_toml, explain_toml_error, not_utf8, read_bytes, why_unreadable
 from ..errors import UsageError, WriteError
 from ..fsutil import missing_folder, write_private
 
@@ -152,9 +152,10 @@ def _read(path: Path) -> dict:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}", where=str(path),
-                         fix="fix the TOML syntax at the position given (chorus-upload could not have read it either)"
-                         ) from None
+        # said as chorus.toml's errors are (which value, on which line), never with a line of the file: secrets
+        what, where, fix = explain_toml_error(text, exc, Path(path), show_values=False)
+        raise UsageError(f"{path} is not valid TOML: {what}", where=where,
+                         fix=f"{fix} (chorus-upload could not have read it either)") from None
     if not any(section in data for section in SECTIONS):
         ours = [name for name in ("site", "manifest", "run", "central", "azure") if name in data]
         raise UsageError(

@@ -79,10 +79,12 @@ def not_notes(findings: pl.DataFrame) -> pl.DataFrame:
 
 def import_journal(journal_path: str, db: str, *, site: str | None = None, site_roots: dict[str, str] | None = None,
                    central: str | None = None, patterns: dict[str, list[str]] | None = None, dry_run: bool = False,
-                   argv: list[str] | None = None, cloud=None, progress=None) -> ImportResult:
+                   argv: list[str] | None = None, cloud=None, progress=None,
+                   max_delete: str | int = "50%") -> ImportResult:
     """Import the journal at `journal_path` into a new manifest `db` (a dry run builds it in a temporary file and
     removes it). `site`: the tree as it is now, recorded as the root and checked as `status` would; `central`:
-    the az:// container the upload marks are for (default: the one upstream uploaded to, if it is one)."""
+    the az:// container the upload marks are for (default: the one upstream uploaded to, if it is one);
+    `max_delete`: [run] max_delete, what a version may remove before it is said (a run refuses it)."""
     from ..config import CloudSettings, RunSettings
     from ..progress import Progress
 
@@ -130,7 +132,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     tree_problems = pl.concat([tree_problems, unsent])
     central_url = _central(central, journal, marks.height, journal.path)
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
-                           cloud=cloud or CloudSettings(), validate_site=False)
+                           cloud=cloud or CloudSettings(), validate_site=False, max_delete=max_delete)
     roots = _roots(settings, site, trees[-1], journal.path)
 
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
@@ -324,6 +326,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     root_id = (pl.col("modality").replace_strict(by_modality, default=0, return_dtype=pl.Int64) if by_modality
                else pl.lit(0, pl.Int64))
     previous_label: str | None = None
+    mass_removals: list[dict] = []
     for tree in trees:
         files = tree.files(rows)
         progress.stage(f"importing version {tree.label} ({plural(files.height, 'file')})")
@@ -342,6 +345,11 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
         if committed.label is None:
             result.unchanged_updates.append(tree.label)
             continue
+        if previous_label is not None and _removes_too_many(committed.counts["removed"], result.versions[-1].n_files,
+                                                            settings.max_delete):
+            mass_removals.append({"label": tree.label, "previous": previous_label,
+                                  "removed": committed.counts["removed"], "of": result.versions[-1].n_files,
+                                  "left": committed.n_files})
         result.versions.append(ImportedVersion(label=tree.label, n_files=committed.n_files, counts=committed.counts,
                                                updates=len(tree.updates)))
         previous_label = committed.label
@@ -369,6 +377,16 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
                       "message": f"the journal's {table} table has columns chorus-batch does not read (a newer "
                                  f"chorus-upload's?): {', '.join(journal.unread_columns)}; what they hold is not "
                                  "imported"})
+    # What a run refuses (--max-delete) chorus-upload committed without a word (an unmounted site, a `journal update`
+    # run on the wrong folder): imported as recorded, but said, with what it means for the next run when it is the last
+    last = result.versions[-1].label
+    notes.extend({"rule": "import.mass-removal", "srcfile": None, "message": (
+        f"upstream version {cut['label']} removes {cut['removed']:,} of the {cut['of']:,} files of version "
+        f"{cut['previous']} ({100 * cut['removed'] / cut['of']:.1f}%" + (": every file" if not cut["left"] else "")
+        + f"), more than max_delete {settings.max_delete} allows: `run` would have refused it (was the site unmounted "
+        "when chorus-upload ran `journal update`?); imported as upstream recorded it"
+        + ("; it is the latest version, so the next run adds back every file the site still holds (hashed again, "
+           "and sent again by `upload`)" if cut["label"] == last else ""))} for cut in mass_removals)
     unmapped, result.n_marks = _record_marks(manifest, marks, central)
     unparseable = manifest.query_frame(
         "SELECT DISTINCT srcfile, message FROM scan_errors WHERE kind = 'unparseable' ORDER BY srcfile",
@@ -385,6 +403,15 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
                         scan_started_ns=trees[-1].started_us * 1000,
                         message=f"imported {plural(len(result.versions), 'version')} from {journal.path}")
     return findings
+
+
+def _removes_too_many(removed: int, previous: int, max_delete: str | int) -> bool:
+    """Whether a version removing `removed` of the previous version's `previous` files is one `run` refuses
+    (commit.guard_removals' share or count)."""
+    from ..config import parse_max_delete
+
+    kind, limit = parse_max_delete(max_delete)
+    return kind != "all" and previous > 0 and removed > (limit if kind == "count" else previous * limit / 100)
 
 
 def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> tuple[pl.DataFrame, int]:

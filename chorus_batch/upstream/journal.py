@@ -526,7 +526,9 @@ def checked_rows(rows: pl.DataFrame, *, windows: bool = False) -> tuple[pl.DataF
         .when(pl.col("srcfile").str.contains("\x00", literal=True)).then(fmt(
             "its path {} holds a NUL character, which no file's name can; ", "srcfile")),
         pl.when(pl.col("size") < 0).then(fmt("its SIZE {} is negative; ", "size")),
-        pl.when(pl.col("md5").is_not_null() & ~pl.col("md5").str.contains(_MD5.pattern)).then(
+        # (an empty one was "its MD5  is not 32 hex digits": a blank where the value should be, said as what it is)
+        pl.when(pl.col("md5").str.strip_chars() == "").then(pl.lit("its MD5 is empty (no MD5 was recorded); "))
+        .when(pl.col("md5").is_not_null() & ~pl.col("md5").str.contains(_MD5.pattern)).then(
             fmt("its MD5 {} is not 32 hex digits; ", pl.col("md5").str.slice(0, 40))),
         pl.when(pl.col("mtime_us").abs() >= _MTIME_LIMIT_US).then(
             fmt("its SRC_MODTIME_us {} is not a possible time; ", "mtime_us")),
