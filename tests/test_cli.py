@@ -617,6 +617,27 @@ def test_a_value_whose_quote_is_not_closed_is_said_with_its_line(tmp_path, toml,
     assert "fix the TOML syntax" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("toml, line, message, fix", [
+    # "Unclosed array (at line 3, column 1)": the next setting's line, as if that setting were wrong
+    ('[run]\nexclude = ["a", "b"\nworkers = 2\n', 2, "the list that opens on line 2 (exclude = ...) is not closed",
+     "a ',' between each two items and a ']' after the last"),
+    # "... (at end of document)": no line at all, and "fix the TOML syntax at the position given", which none was
+    ('[run]\nworkers = 2\nexclude = ["a",\n  "b"\n', 3, "the list that opens on line 3 (exclude = ...) is not "
+     "closed", "and a ']' after the last"),
+    ('[run]\nexclude = [\n  "a"\n  "b",\n]\n', 2, "the list that opens on line 2", "a ',' between each two items"),
+    ("[azure]\naccount_name = 'a'\nx = {a = 1\n[site]\n", 3, "the inline table that opens on line 3 (x = ...)",
+     "on the same line"),
+    ("[site]\nroot = '/s'\n[run]\nworkers = ", 4, "the file ends before what line 4 begins (workers = ...) is "
+     "complete", "complete it"),
+])
+def test_a_list_not_closed_or_a_file_ending_within_a_setting_is_said_with_its_line(tmp_path, toml, line, message, fix):
+    (tmp_path / "c.toml").write_text(toml)
+    out = cli("versions", "--config", str(tmp_path / "c.toml"))
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert f"where: {tmp_path / 'c.toml'}, line {line}\n" in out.stderr and fix in out.stderr, out.stderr
+    assert "fix the TOML syntax" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_a_setting_given_twice_in_a_piped_config_is_named_from_the_one_read(tmp_path):
     """The setting given twice is found in the text read, never by reading the file again: a pipe
     (`--config <(envsubst < chorus.toml.in)`) has given its text once."""
