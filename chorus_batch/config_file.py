@@ -197,8 +197,10 @@ def _unclosed_value(text: str, error: str) -> tuple[int, str, str] | None:
     number = next((m + 1 for m in range(len(lines), -1, -1) if _reads("\n".join(lines[:m]))), 0)
     if not 0 < number <= len(lines):
         return None
-    key = re.match(r"\s*([A-Za-z0-9_.-]+)\s*=", lines[number - 1])
+    key = re.match(r"\s*([A-Za-z0-9_.-]+)\s*=\s*(\S?)", lines[number - 1])
     named = f" ({key.group(1)} = ...)" if key else ""
+    if kind is None and key and key.group(2) and key.group(2) in "[{":  # (`exclude = ["a",` and the file ends:
+        kind = _OPEN["Unclosed array" if key.group(2) == "[" else "Unclosed inline table"]  # "Invalid value")
     if kind is not None:
         return (number, f"the {kind[0]} that opens on line {number}{named} is not closed",
                 f"write {kind[1]}, and run again")

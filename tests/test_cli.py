@@ -627,6 +627,7 @@ def test_a_value_whose_quote_is_not_closed_is_said_with_its_line(tmp_path, toml,
     ('[run]\nexclude = [\n  "a"\n  "b",\n]\n', 2, "the list that opens on line 2", "a ',' between each two items"),
     ("[azure]\naccount_name = 'a'\nx = {a = 1\n[site]\n", 3, "the inline table that opens on line 3 (x = ...)",
      "on the same line"),
+    ('[run]\nexclude = ["a",\n', 2, "the list that opens on line 2 (exclude = ...) is not closed", "a ']' after"),
     ("[site]\nroot = '/s'\n[run]\nworkers = ", 4, "the file ends before what line 4 begins (workers = ...) is "
      "complete", "complete it"),
 ])
