@@ -232,6 +232,32 @@ def _positive_int(text: str, most: int = INT_MAX) -> int:
     return _in_range(value, text, 1, most)
 
 
+def _whole(text: str) -> int:
+    """Any whole number (testdata's --seed: "invalid int value", where every other option says "not a whole number")."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _testdata_count(text: str) -> int:
+    """testdata's --persons and --files-per-person, each checked on its own: `--persons 0` was "testdata sizes out of
+    range: --persons 0, --files-per-person 12, --size 1024, --change-fraction 0.2", which of the four unsaid, and
+    `--persons 1e3` "invalid int value"."""
+    from .testdata import MAX_FILES
+
+    return _positive_int(text, MAX_FILES)
+
+
+def _fraction(text: str) -> float:
+    """A share from 0 to 1 (testdata's --change-fraction; nan and inf refused as out of range)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1 (e.g. 0.2)") from None
+    return _in_range(value, text, 0, 1)
+
+
 def _workers(text: str) -> int:
     """A number of worker processes or threads: 1 to 256 (as `workers` in chorus.toml; more would only thrash).
     (--workers 99999999999 was told "must be at most 2,147,483,647", a limit that is not the option's.)"""
@@ -329,14 +355,16 @@ def _parser() -> argparse.ArgumentParser:
                + EXIT_CODES_HELP,
     )
     td.add_argument("out", help="folder to write OUT/first and OUT/second into (new, or empty)")
-    td.add_argument("--persons", type=int, default=20, help="persons in the site (default 20)")
-    td.add_argument("--files-per-person", type=int, default=12,
+    td.add_argument("--persons", type=_testdata_count, default=20, help="persons in the site (default 20)")
+    td.add_argument("--files-per-person", type=_testdata_count, default=12,
                     help="files under each person's folder P/ in the first snapshot (default 12)")
     td.add_argument("--size", type=_byte_count, default=1024, metavar="BYTES",
                     help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M "
                          "(default 1024)")
-    td.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same site (default 0)")
-    td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot, 0 to 1 (default 0.2)")
+    td.add_argument("--seed", type=_whole, default=0,
+                    help="random seed: the same seed writes the same site (default 0)")
+    td.add_argument("--change-fraction", type=_fraction, default=0.2,
+                    help="share of files that differ in the second snapshot, 0 to 1 (default 0.2)")
     td.add_argument("--workers", type=_workers, help="processes writing files (default: the CPUs this process may use, at most 16)")
     td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
                     help="the procedures' edition the site follows: v2.1 (today's, the default), v2.0, v1.0 or flat (the initial SOP)")
