@@ -2007,6 +2007,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"upload --script prints a bash script and sends nothing itself; it does not go with {flags}",
                          where="upload --script", fix=f"leave out {flags}: the script lists what it would send; "
                                                      "`chorus-batch upload --dry-run [--json]` says it without a script")
+    modalities = _modalities(args.modalities)  # (checked before the account, the manifest or the container)
     from .processes import ensure_address_space
 
     ensure_address_space("upload")  # (its threads' stacks too: refused, they were said as `ulimit -u` reached)
@@ -2015,7 +2016,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         from .submit.script import write_script
 
         script = write_script(target.db, to, kind=args.script, cloud=target.config.cloud, version=args.version_label,
-                              modalities=_modalities(args.modalities), site=args.site,
+                              modalities=modalities, site=args.site,
                               site_roots=target.config.site.roots)
         _write_script(script.text)
         # A command to paste: quoted for the shell, and with the manifest this script was written from.
@@ -2065,7 +2066,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
 
     overrides = {None: args.site, **target.config.site.roots} if args.site else None
     result = upload(target.db, to, cloud=target.config.cloud, version=args.version_label,
-                    modalities=_modalities(args.modalities), workers=args.workers or target.config.central.workers,
+                    modalities=modalities, workers=args.workers or target.config.central.workers,
                     dry_run=args.dry_run, overrides=overrides, progress=Progress(quiet=args.quiet), argv=argv)
     with _kept_exit_code(int(result.exit_code)):
         print(json.dumps(upload_dict(result), indent=2) if args.json else upload_text(result))
@@ -2079,7 +2080,12 @@ def _modalities(text: str | None) -> list[str] | None:
         return None
     # in any letter case, as `files --modality` takes one (`--modalities waveforms` was "unknown modality")
     known = {name.lower(): name for name in (*MODALITIES, "Other")}
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",")]
+    if "" in names:  # (`--modalities "$A,$B"` with B unset sent A alone, and `--modalities ,` every modality)
+        raise UsageError(f"--modalities {text!r}: an empty name in the comma-separated list (a shell variable not "
+                         "set?); nothing was done", where="--modalities",
+                         fix=f"name each modality ({', '.join(known.values())}) with a comma between two, or leave "
+                             "--modalities out to send every modality")
     unknown = [name for name in names if name.lower() not in known]
     if unknown:
         raise UsageError(f"unknown modality {unknown[0]!r}", where="--modalities",
