@@ -1101,6 +1101,19 @@ def test_missing_site_is_a_usage_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("end, said", [("\r", "a carriage return"), (" ", "a space or a tab")])
+def test_a_site_whose_name_ends_in_white_space_names_the_folder_that_is_there(tmp_path, end, said):
+    # `--site "$(cat site.txt)"` of a file saved with Windows line ends, or `root = "/data/site "`: "does not exist
+    # (a typo, or a disk that is not mounted?)" of a folder that is there, where --db's name was said as such
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "c.toml").write_text(f'[site]\nroot = "site{end.encode("unicode_escape").decode()}"\n')
+    for args in (["--site", str(tmp_path / "site") + end], ["--config", str(tmp_path / "c.toml")]):
+        out = cli("status", *args, "--db", str(tmp_path / "m.sqlite"))
+        assert out.returncode == 2, out.stderr
+        assert f"does not exist, but {tmp_path / 'site'} does: the name ends with white space ({said}" in out.stderr
+        assert "give the path without it" in out.stderr and "a typo" not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize(("variable", "value"), [
     ("CHORUS_BATCH_PROGRESS_S", "5s"), ("CHORUS_BATCH_PROGRESS_S", "nan"), ("CHORUS_BATCH_CHECKPOINT_S", "-1"),
     ("CHORUS_BATCH_PARTITION_ROWS", "abc"), ("CHORUS_BATCH_LEDGER_ROWS", "2.5"), ("CHORUS_BATCH_RETRY_DEADLINE_S", "x"),
