@@ -233,6 +233,32 @@ def _positive_int(text: str, most: int = INT_MAX) -> int:
     return _in_range(value, text, 1, most)
 
 
+def _whole(text: str) -> int:
+    """Any whole number (testdata's --seed: "invalid int value", where every other option says "not a whole number")."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _testdata_count(text: str) -> int:
+    """testdata's --persons and --files-per-person, each checked on its own: `--persons 0` was "testdata sizes out of
+    range: --persons 0, --files-per-person 12, --size 1024, --change-fraction 0.2", which of the four unsaid, and
+    `--persons 1e3` "invalid int value"."""
+    from .testdata import MAX_FILES
+
+    return _positive_int(text, MAX_FILES)
+
+
+def _fraction(text: str) -> float:
+    """A share from 0 to 1 (testdata's --change-fraction; nan and inf refused as out of range)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1 (e.g. 0.2)") from None
+    return _in_range(value, text, 0, 1)
+
+
 def _workers(text: str) -> int:
     """A number of worker processes or threads: 1 to 256 (as `workers` in chorus.toml; more would only thrash).
     (--workers 99999999999 was told "must be at most 2,147,483,647", a limit that is not the option's.)"""
@@ -330,14 +356,16 @@ def _parser() -> argparse.ArgumentParser:
                + EXIT_CODES_HELP,
     )
     td.add_argument("out", help="folder to write OUT/first and OUT/second into (new, or empty)")
-    td.add_argument("--persons", type=int, default=20, help="persons in the site (default 20)")
-    td.add_argument("--files-per-person", type=int, default=12,
+    td.add_argument("--persons", type=_testdata_count, default=20, help="persons in the site (default 20)")
+    td.add_argument("--files-per-person", type=_testdata_count, default=12,
                     help="files under each person's folder P/ in the first snapshot (default 12)")
     td.add_argument("--size", type=_byte_count, default=1024, metavar="BYTES",
                     help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M "
                          "(default 1024)")
-    td.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same site (default 0)")
-    td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot, 0 to 1 (default 0.2)")
+    td.add_argument("--seed", type=_whole, default=0,
+                    help="random seed: the same seed writes the same site (default 0)")
+    td.add_argument("--change-fraction", type=_fraction, default=0.2,
+                    help="share of files that differ in the second snapshot, 0 to 1 (default 0.2)")
     td.add_argument("--workers", type=_workers, help="processes writing files (default: the CPUs this process may use, at most 16)")
     td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
                     help="the procedures' edition the site follows: v2.1 (today's, the default), v2.0, v1.0 or flat (the initial SOP)")
@@ -1939,6 +1967,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"upload --script prints a bash script and sends nothing itself; it does not go with {flags}",
                          where="upload --script", fix=f"leave out {flags}: the script lists what it would send; "
                                                      "`chorus-batch upload --dry-run [--json]` says it without a script")
+    modalities = _modalities(args.modalities)  # (checked before the account, the manifest or the container)
     from .processes import ensure_address_space
 
     ensure_address_space("upload")  # (its threads' stacks too: refused, they were said as `ulimit -u` reached)
@@ -1947,7 +1976,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         from .submit.script import write_script
 
         script = write_script(target.db, to, kind=args.script, cloud=target.config.cloud, version=args.version_label,
-                              modalities=_modalities(args.modalities), site=args.site,
+                              modalities=modalities, site=args.site,
                               site_roots=target.config.site.roots)
         _write_script(script.text)
         # A command to paste: quoted for the shell, and with the manifest this script was written from.
@@ -2005,7 +2034,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
 
     overrides = {None: args.site, **target.config.site.roots} if args.site else None
     result = upload(target.db, to, cloud=target.config.cloud, version=args.version_label,
-                    modalities=_modalities(args.modalities), workers=args.workers or target.config.central.workers,
+                    modalities=modalities, workers=args.workers or target.config.central.workers,
                     dry_run=args.dry_run, overrides=overrides, progress=Progress(quiet=args.quiet), argv=argv)
     with _kept_exit_code(int(result.exit_code)):
         print(json.dumps(upload_dict(result), indent=2) if args.json else upload_text(result))
@@ -2019,7 +2048,12 @@ def _modalities(text: str | None) -> list[str] | None:
         return None
     # in any letter case, as `files --modality` takes one (`--modalities waveforms` was "unknown modality")
     known = {name.lower(): name for name in (*MODALITIES, "Other")}
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",")]
+    if "" in names:  # (`--modalities "$A,$B"` with B unset sent A alone, and `--modalities ,` every modality)
+        raise UsageError(f"--modalities {text!r}: an empty name in the comma-separated list (a shell variable not "
+                         "set?); nothing was done", where="--modalities",
+                         fix=f"name each modality ({', '.join(known.values())}) with a comma between two, or leave "
+                             "--modalities out to send every modality")
     unknown = [name for name in names if name.lower() not in known]
     if unknown:
         raise UsageError(f"unknown modality {unknown[0]!r}", where="--modalities",

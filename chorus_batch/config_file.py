@@ -103,6 +103,10 @@ def explain_toml_error(text: str, exc: tomllib.TOMLDecodeError, path: Path, *,
     quoted = next((hint for words, hint in _QUOTED.items() if str(exc).startswith(words)), None)
     if quoted is not None:
         return f"{exc}: {quoted[0]}", at, quoted[1]
+    unopened = None if said else _unclosed_value(text, str(exc))
+    if unopened is not None:  # ("Unclosed array (at line 3, column 1)": the next setting's line, or none at all)
+        number, what, fix = unopened
+        return what + f" ({exc})", f"{path}, line {number}", fix
     unquoted = _unquoted_text(text, int(line.group(1))) if line and not said and show_values else None
     return (f"{exc}" + (f": {said}" if said else ""), at,
             "keep one of the two and remove the other" if said else
@@ -176,6 +180,35 @@ def _unclosed_quote(text: str, error: str, number: int | None) -> tuple[int, str
     simple = re.fullmatch(r"[A-Za-z0-9_.-]+\s*=\s*" + re.escape(quote) + r"[^\"'#\[{]*", written)
     return number, quote, (f"end the value with the same quote ({quote})" + (f": {written}{quote}" if simple else "")
                            + ", and run again")
+
+
+# tomllib's words for a list or an inline table left open -> (what it is, how it is written)
+_OPEN = {"Unclosed array": ("list", "a ',' between each two items and a ']' after the last"),
+         "Unclosed inline table": ("inline table", "a ',' between each two settings and a '}' after the last, on "
+                                                   "the same line (TOML keeps an inline table on one line)")}
+
+
+def _unclosed_value(text: str, error: str) -> tuple[int, str, str] | None:
+    """(line, what, fix) where tomllib's `error` is that of a list or inline table not closed (`exclude = ["a", "b"`
+    followed by `workers = 2` is "Unclosed array" at the start of workers' line; `["a" "b"]`, a comma missing, at the
+    second item), or of a file that ends within a setting ("Invalid value (at end of document)", no line at all): the
+    line it begins on, the first after the longest start of the file that reads. Else None."""
+    kind = next((found for words, found in _OPEN.items() if error.startswith(words)), None)
+    if kind is None and not error.endswith("(at end of document)"):
+        return None
+    lines = text.splitlines()
+    number = next((m + 1 for m in range(len(lines), -1, -1) if _reads("\n".join(lines[:m]))), 0)
+    if not 0 < number <= len(lines):
+        return None
+    key = re.match(r"\s*([A-Za-z0-9_.-]+)\s*=\s*(\S?)", lines[number - 1])
+    named = f" ({key.group(1)} = ...)" if key else ""
+    if kind is None and key and key.group(2) and key.group(2) in "[{":  # (`exclude = ["a",` and the file ends:
+        kind = _OPEN["Unclosed array" if key.group(2) == "[" else "Unclosed inline table"]  # "Invalid value")
+    if kind is not None:
+        return (number, f"the {kind[0]} that opens on line {number}{named} is not closed",
+                f"write {kind[1]}, and run again")
+    return (number, f"the file ends before what line {number} begins{named} is complete",
+            "complete it (a setting is name = value, a section [name]) or remove it, and run again")
 
 
 def _reads(text: str) -> bool:

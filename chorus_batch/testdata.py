@@ -209,8 +209,17 @@ class Spec:
             raise ValueError(f"unknown layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
         if (self.persons < 1 or self.files_per_person < 1 or self.persons * self.files_per_person > MAX_FILES
                 or not 0 <= self.size <= MAX_SIZE or not 0 <= self.change_fraction <= 1):
-            raise UsageError(f"testdata sizes out of range: --persons {self.persons}, --files-per-person "
-                             f"{self.files_per_person}, --size {self.size}, --change-fraction {self.change_fraction}",
+            # (which of them is out of range said first: all four were listed alike)
+            wrong = "; ".join(said for bad, said in [
+                (self.persons < 1, f"--persons {self.persons} is below 1"),
+                (self.files_per_person < 1, f"--files-per-person {self.files_per_person} is below 1"),
+                (self.persons >= 1 and self.files_per_person >= 1 and self.persons * self.files_per_person > MAX_FILES,
+                 f"--persons {self.persons} x --files-per-person {self.files_per_person} is "
+                 f"{self.persons * self.files_per_person:,} files, more than {MAX_FILES:,}"),
+                (not 0 <= self.size <= MAX_SIZE, f"--size {self.size} is not from 0 to {MAX_SIZE:,} bytes"),
+                (not 0 <= self.change_fraction <= 1, f"--change-fraction {self.change_fraction} is not from 0 to 1")]
+                if bad)
+            raise UsageError(f"testdata sizes out of range: {wrong}",
                              where="testdata arguments",
                              fix=f"--persons and --files-per-person at least 1 and at most {MAX_FILES:,} files in all "
                                  f"(persons x files per person), --size from 0 to {MAX_SIZE:,} bytes, "

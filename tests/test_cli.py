@@ -617,6 +617,28 @@ def test_a_value_whose_quote_is_not_closed_is_said_with_its_line(tmp_path, toml,
     assert "fix the TOML syntax" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("toml, line, message, fix", [
+    # "Unclosed array (at line 3, column 1)": the next setting's line, as if that setting were wrong
+    ('[run]\nexclude = ["a", "b"\nworkers = 2\n', 2, "the list that opens on line 2 (exclude = ...) is not closed",
+     "a ',' between each two items and a ']' after the last"),
+    # "... (at end of document)": no line at all, and "fix the TOML syntax at the position given", which none was
+    ('[run]\nworkers = 2\nexclude = ["a",\n  "b"\n', 3, "the list that opens on line 3 (exclude = ...) is not "
+     "closed", "and a ']' after the last"),
+    ('[run]\nexclude = [\n  "a"\n  "b",\n]\n', 2, "the list that opens on line 2", "a ',' between each two items"),
+    ("[azure]\naccount_name = 'a'\nx = {a = 1\n[site]\n", 3, "the inline table that opens on line 3 (x = ...)",
+     "on the same line"),
+    ('[run]\nexclude = ["a",\n', 2, "the list that opens on line 2 (exclude = ...) is not closed", "a ']' after"),
+    ("[site]\nroot = '/s'\n[run]\nworkers = ", 4, "the file ends before what line 4 begins (workers = ...) is "
+     "complete", "complete it"),
+])
+def test_a_list_not_closed_or_a_file_ending_within_a_setting_is_said_with_its_line(tmp_path, toml, line, message, fix):
+    (tmp_path / "c.toml").write_text(toml)
+    out = cli("versions", "--config", str(tmp_path / "c.toml"))
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert f"where: {tmp_path / 'c.toml'}, line {line}\n" in out.stderr and fix in out.stderr, out.stderr
+    assert "fix the TOML syntax" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_a_setting_given_twice_in_a_piped_config_is_named_from_the_one_read(tmp_path):
     """The setting given twice is found in the text read, never by reading the file again: a pipe
     (`--config <(envsubst < chorus.toml.in)`) has given its text once."""
@@ -1077,6 +1099,19 @@ def test_missing_site_is_a_usage_error(tmp_path):
     assert f"{tmp_path / 'nowhere'} does not exist (a typo, or a disk that is not mounted?)" in out.stderr, out.stderr
     # exit 2 is "nothing was done": no manifest (nor its lock) is created for a mistyped site
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("end, said", [("\r", "a carriage return"), (" ", "a space or a tab")])
+def test_a_site_whose_name_ends_in_white_space_names_the_folder_that_is_there(tmp_path, end, said):
+    # `--site "$(cat site.txt)"` of a file saved with Windows line ends, or `root = "/data/site "`: "does not exist
+    # (a typo, or a disk that is not mounted?)" of a folder that is there, where --db's name was said as such
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "c.toml").write_text(f'[site]\nroot = "site{end.encode("unicode_escape").decode()}"\n')
+    for args in (["--site", str(tmp_path / "site") + end], ["--config", str(tmp_path / "c.toml")]):
+        out = cli("status", *args, "--db", str(tmp_path / "m.sqlite"))
+        assert out.returncode == 2, out.stderr
+        assert f"does not exist, but {tmp_path / 'site'} does: the name ends with white space ({said}" in out.stderr
+        assert "give the path without it" in out.stderr and "a typo" not in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize(("variable", "value"), [

@@ -114,7 +114,7 @@ def test_a_value_the_readme_quotes_left_unquoted_is_answered_with_the_quotes(tmp
     (tmp_path / "chorus.toml").write_text("[run]\nexclude = [1, 2\n", encoding="utf-8")  # (no quoting fixes that)
     with pytest.raises(ConfigError) as raised:
         read_toml(tmp_path / "chorus.toml")
-    assert raised.value.fix == "fix the TOML syntax at the position given"
+    assert raised.value.fix == "write a ',' between each two items and a ']' after the last, and run again"
 
 
 def test_the_manifest_section_names_the_schema_and_its_tables(tmp_path):

@@ -601,6 +601,24 @@ def test_size_takes_a_byte_count_as_the_settings_do(tmp_path):
     assert bad.returncode == 2 and "'two' is not a byte count" in bad.stderr
 
 
+@pytest.mark.parametrize("args, said", [
+    # each was "testdata sizes out of range: --persons 0, --files-per-person 12, --size 1024, --change-fraction 0.2",
+    # which of the four unsaid, or argparse's "invalid int value" / "invalid float value"
+    (["--persons", "0"], "argument --persons: must be at least 1, not 0"),
+    (["--files-per-person", "1e3"], "argument --files-per-person: '1e3' is not a whole number"),
+    (["--seed", "abc"], "argument --seed: 'abc' is not a whole number"),
+    (["--change-fraction", "2"], "argument --change-fraction: must be between 0 and 1, not 2"),
+    (["--change-fraction", "nan"], "argument --change-fraction: must be between 0 and 1, not nan"),
+    (["--persons", "10000", "--files-per-person", "10000"],
+     "--persons 10000 x --files-per-person 10000 is 100,000,000 files, more than 10,000,000"),
+])
+def test_a_testdata_size_out_of_range_names_the_option(tmp_path, args, said):
+    out = cli("testdata", str(tmp_path / "t"), *args)
+    assert out.returncode == 2 and said in out.stderr, out.stderr
+    assert "invalid" not in out.stderr and "--size 1024" not in out.stderr, out.stderr
+    assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("point, said", [
     ("testdata-first", "{out}/first is incomplete and {out}/second was not written"),
     ("testdata-second", "{out}/first is complete (30 files), {out}/second is incomplete"),

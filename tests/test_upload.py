@@ -179,6 +179,23 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
         [("20261101020000", 1), ("20261102020000", 1)]
 
 
+@pytest.mark.parametrize("given", [",", "OMOP,", " , Waveforms"])
+def test_modalities_with_an_empty_name_is_refused_before_anything_is_sent(central, tmp_path, given):
+    # `--modalities "$A,$B"` with a variable unset: "OMOP," sent OMOP alone and ',' every modality, exit 0, where an
+    # empty argument is refused
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"signal")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    for extra in ([], ["--script", "bash"]):
+        out = up(central, db, "--modalities", given, *extra)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"--modalities {given!r}: an empty name in the comma-separated list" in out.stderr, out.stderr
+        assert "leave --modalities out to send every modality" in out.stderr and not out.stdout, out.stdout
+    assert blobs(central) == {} and query(db, "SELECT COUNT(*) FROM uploads") == [(0,)]
+
+
 def test_an_upload_of_some_modalities_leaves_the_version_incomplete_and_the_next_upload_sends_the_rest(central, tmp_path):
     # `upload --modalities OMOP` sent the OMOP files, called the version complete ("13 in its change set"), put the
     # manifest's copy next to it and recorded it as finished: the next plain upload said "nothing to upload" and the

@@ -136,6 +136,15 @@ def _why_no_folder(path: str) -> str:
             return (f"does not exist: it names the environment variable {variable}, but nothing filled it in "
                     "(chorus-batch expands none, only a leading ~); let a shell fill it in (in double quotes, not "
                     "single; in a container or unit file, through sh -c), or write the path out")
+        name = os.path.basename(path.rstrip("/" + os.sep))
+        meant = os.path.join(os.path.dirname(path.rstrip("/" + os.sep)), name.strip())
+        if name != name.strip() and name.strip() and os.path.isdir(meant):
+            # (`--site "$(cat site.txt)"` of a file saved with Windows line ends: "a typo?" of a folder that is there,
+            # as --db's name with a trailing '\r' is said)
+            end = "starts" if name != name.lstrip() else "ends"
+            return (f"does not exist, but {shown_name(meant)} does: the name {end} with white space (" + (
+                "a carriage return, as a file saved with Windows line ends leaves; dos2unix it" if "\r" in name
+                else "a space or a tab") + "); give the path without it")
         slashed = path.replace("\\", "/")
         if os.name != "nt" and slashed != path and os.path.isdir(slashed):
             # (`--site data\\site` from the Windows machine's notes: "a typo?" of a folder that is there)
