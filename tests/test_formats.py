@@ -190,6 +190,20 @@ def test_any_wfdb_header_gives_facts_the_manifest_holds_whole(text):
     json.loads(readers.facts_text(facts))
 
 
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), _JSON_VALUES, max_size=6))
+def test_facts_text_is_the_compact_json_text_of_the_facts(facts):
+    """The text the cache keeps (readers.facts_text, by json's C encoder built once) is json.dumps's compact text, key
+    order, non-ASCII escapes, floats, NaN and all: facts are keyed by MD5 for good, and the same facts must give the
+    same text whichever version of the tool wrote them."""
+    assert readers.facts_text(facts) == json.dumps(facts, separators=(",", ":"))
+
+
 # ----------------------------------------------------------------------------- compressed content under a file's name
 
 DCM = f"{P0}/Images/CT/{sitegen.accession_of(0)}/{sitegen.series_uid(P0, sitegen.person_day(0), 1)}/000.dcm"

@@ -186,16 +186,28 @@ def _plain_elements(head: bytes, wanted: frozenset[int], complete: bool,
                     pixels_at: list[tuple[int, int]] | None = None) -> dict[int, bytes] | None:
     if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
         return None
-    pos, syntax = 132, None
-    while pos + 2 <= len(head) and head[pos: pos + 2] == b"\x02\x00":  # the file meta group (explicit VR)
-        tag, vr, length, value = _header(head, pos, False)
-        if length == _UNDEFINED or value + length > len(head) or vr == b"SQ":
+    pos, syntax, end = 132, None, len(head)
+    short, short_vrs = _TAG_VR_SHORT.unpack_from, _SHORT_VRS
+    while pos + 8 <= end:  # the file meta group (explicit VR), its elements read inline as below
+        group, element, vr, length = short(head, pos)
+        if group != 2:
+            break
+        if vr in short_vrs:
+            value = pos + 8
+        elif vr in _LONG_VRS and pos + 12 <= end:
+            length, value = _LONG_LENGTH.unpack_from(head, pos + 8)[0], pos + 12
+        else:
             raise _Odd
-        if tag == TRANSFER_SYNTAX:
+        if length == _UNDEFINED or value + length > end or vr == b"SQ":
+            raise _Odd
+        if element == TRANSFER_SYNTAX & 0xFFFF:
             if vr != b"UI":
                 raise _Odd
             syntax = head[value: value + length]
         pos = value + length
+    else:
+        if head[pos: pos + 2] == b"\x02\x00":  # a meta element cut inside its header
+            raise _Odd
     if syntax is None:
         return None
     syntax_text = syntax.rstrip(b"\x00 ").decode("ascii", "replace")
@@ -209,38 +221,84 @@ def _plain_elements(head: bytes, wanted: frozenset[int], complete: bool,
     if implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):  # dcmread would switch (and warn)
         return None
     found: dict[int, bytes] = {}
-    end = len(head)
-    short, short_vrs = _TAG_VR_SHORT.unpack_from, _SHORT_VRS
-    while pos < end:
-        if not implicit and pos + 8 <= end:  # the usual element, inline (a call per element was half the time)
+    kept = _kept(wanted)
+    if not implicit:
+        # The usual element inline, and its checks in the order of their frequency: a short VR (no undefined
+        # length, no sequence), a group neither the pixel data's, the meta group's nor the items' (FFFE)
+        long_vrs, long_length = _LONG_VRS, _LONG_LENGTH.unpack_from
+        while pos < end:
+            if pos + 8 > end:
+                raise _Odd
             group, element, vr, length = short(head, pos)
-            tag, value = group << 16 | element, pos + 8
-            if vr not in short_vrs:
-                tag, vr, length, value = _header(head, pos, implicit)
-        else:
-            tag, vr, length, value = _header(head, pos, implicit)
-        if tag in PIXEL_TAGS:
-            if pixels_at is not None:
-                pixels_at.append((value, length))
-            return _checked(found)
-        if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
-            raise _Odd
-        if length == _UNDEFINED:
-            if vr != b"SQ" or tag in wanted:
+            if vr in short_vrs:
+                value = pos + 8
+                if group >= 0x7FE0 or group <= 2:
+                    tag = group << 16 | element
+                    if tag in PIXEL_TAGS:
+                        if pixels_at is not None:
+                            pixels_at.append((value, length))
+                        return _checked(found)
+                    if group == 0xFFFE or group == 0x0002:
+                        raise _Odd
+                # (a value past the end is told once the loop ends: its position is then past the end)
+                if (tag := group << 16 | element) in kept:
+                    found[tag] = head[value: value + length]
+                pos = value + length
+                continue
+            if vr not in long_vrs or pos + 12 > end:
                 raise _Odd
-            pos = _skip_sequence(head, value, implicit)
-            continue
-        if value + length > end:
-            raise _Odd
-        if tag in wanted or tag == CHARACTER_SET:
-            if vr == b"SQ":
+            length, value, tag = long_length(head, pos + 8)[0], pos + 12, group << 16 | element
+            if tag in PIXEL_TAGS:
+                if pixels_at is not None:
+                    pixels_at.append((value, length))
+                return _checked(found)
+            if group == 0xFFFE or group == 0x0002:
                 raise _Odd
-            found[tag] = head[value: value + length]
-        # else skipped, as pydicom's generator skips an unwanted element of defined length (a sequence too)
-        pos = value + length
+            if length == _UNDEFINED:
+                if vr != b"SQ" or tag in wanted:
+                    raise _Odd
+                pos = _skip_sequence(head, value, False)
+                continue
+            if value + length > end:
+                raise _Odd
+            if tag in kept:
+                if vr == b"SQ":
+                    raise _Odd
+                found[tag] = head[value: value + length]
+            # else skipped, as pydicom's generator skips an unwanted element of defined length (a sequence too)
+            pos = value + length
+        if pos > end:
+            raise _Odd
+    else:
+        while pos < end:
+            tag, vr, length, value = _header(head, pos, True)
+            if tag in PIXEL_TAGS:
+                if pixels_at is not None:
+                    pixels_at.append((value, length))
+                return _checked(found)
+            if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
+                raise _Odd
+            if length == _UNDEFINED:  # (no VR to say it is a sequence: pydicom decides)
+                raise _Odd
+            if value + length > end:
+                raise _Odd
+            if tag in kept:
+                found[tag] = head[value: value + length]
+            pos = value + length
     if not complete:  # ended where `head` ends, not at the pixel data: the header may go on
         return None
     return _checked(found)
+
+
+_KEPT: dict[frozenset[int], frozenset[int]] = {}
+
+
+def _kept(wanted: frozenset[int]) -> frozenset[int]:
+    """`wanted` and the Specific Character Set (one set lookup an element, not two)."""
+    kept = _KEPT.get(wanted)
+    if kept is None:
+        kept = _KEPT[wanted] = wanted | {CHARACTER_SET}
+    return kept
 
 
 def _checked(found: dict[int, bytes]) -> dict[int, bytes]:
