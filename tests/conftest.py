@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import zygote
+from hypothesis import settings
 
 from chorus_batch import RunSettings, run
 
@@ -22,6 +23,11 @@ from services import azurite, azurite_oauth, moto_s3  # noqa: F401  (fixtures re
 from slurm_cluster import slurm  # noqa: F401  (fixture registered by import)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# No property test is timed: hypothesis' default 200 ms deadline per example failed a date-parsing test whose first
+# call (strptime's lazy import) took 273 ms on a machine at load 20; speed is measured by benchmarks/, not tests.
+settings.register_profile("chorus", deadline=None)
+settings.load_profile("chorus")
 
 # The test files as pytest-xdist's --dist loadfile hands them to its two workers: the longest first, so that the two
 # end together. In the alphabetical order test_unattended.py, test_upload.py and test_validate.py (a third of the
