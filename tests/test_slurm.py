@@ -771,6 +771,29 @@ def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
     assert slurm.wait_job(job.merge_job, timeout=60) == "CANCELLED"
 
 
+def test_progress_says_a_cancelled_shard_cancelled_not_failed(slurm, stand_in, tmp_path, monkeypatch):
+    """`scancel <array>_0` of one task while `run --slurm` followed: the progress line counted it "1 failed" (as a
+    task that failed), though the final summary said "cancelled, none failed"."""
+    python, _log = stand_in
+    monkeypatch.setenv("STAND_IN_HANG", "1")
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        job = parse_submitted("\n".join(lines)) if line.startswith("shards ") else None
+        if job and "2 running" in line:
+            slurm.run(["scancel", f"{job.array_job}_0"], check=True)
+        elif job and "1 running" in line:  # (task 0 ended: the rest too)
+            slurm.run(["scancel", job.array_job, job.merge_job], check=True)
+
+    assert submit_and_follow(script, poll_s=0.3, out=out) == 2
+    seen = next(line for line in lines if line.startswith("shards ") and "1 running" in line)
+    assert "0 failed, 1 cancelled of 2" in seen, lines
+    slurm.wait_idle()
+
+
 _SUBMITTER = """
 import signal, sys
 from chorus_batch import slurm
