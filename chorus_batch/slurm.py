@@ -339,9 +339,10 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
 
     # The default staging folder, one per submission, held every night's shard lists (each file's path, person ids in
     # them) beside the manifest for ever. Once the merge committed (exit 0, or 1: findings), its shards are of no more
-    # use (a rerun of that merge says "merged already"): they go; the logs and merge.exit stay. A --staging is the site's.
-    tidy = (f'if [ "$code" -le 1 ]; then rm -rf -- "$CHORUS_STAGING"/shard-*-of-{shards}; fi\n' if staging is None
-            else "")
+    # use (a rerun of that merge says "merged already"): they go; the logs and merge.exit stay. A --staging too: its
+    # merged shards were kept for ever, undocumented, and the next submission rewrites them all anyway (the folder, its
+    # logs, other splits and whatever else the site keeps there stay).
+    tidy = f'if [ "$code" -le 1 ]; then rm -rf -- "$CHORUS_STAGING"/shard-*-of-{shards}; fi\n'
     if staging is None:
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'

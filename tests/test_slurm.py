@@ -990,6 +990,8 @@ def test_sbatch_the_script_as_is_then_run_slurm_match_a_single_node_run(slurm, s
                "--staging", str(tmp_path / "st2"), env=env, timeout=600)
     assert proc.returncode == ref_codes[1], proc.stdout + proc.stderr
     assert "merge job" in proc.stdout and "exited with code" in proc.stdout
+    # a --staging given loses its merged shards too (they were kept for ever), not its logs
+    assert sorted(p.name for p in (tmp_path / "st2").iterdir()) == ["logs", "merge.exit"]
 
     assert _manifest_view(db) == _manifest_view(ref)
     slurm.wait_idle()
