@@ -948,6 +948,13 @@ def _slurm_script(args: argparse.Namespace, command: str) -> tuple[str, str]:
         from .store import Manifest
 
         Manifest(target.db).schema_on_disk()
+        if not Path(target.db).exists():
+            # A manifest folder that is not there (an unmounted disk, a mistyped --db): `run --slurm` said "cannot
+            # create the lock ... make the folder writable", and the script's mkdir -p of <db>.staging made the folder,
+            # so the merge started a new manifest there, as a plain run refuses to
+            from .store.manifest import require_folder
+
+            require_folder(Path(os.path.abspath(target.db)))
     from .fsutil import check_outside_roots
 
     check_outside_roots(roots, [(path, where, name) for path, where, name in (

@@ -771,6 +771,18 @@ def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
     assert slurm.wait_job(job.merge_job, timeout=60) == "CANCELLED"
 
 
+def test_a_manifest_folder_that_is_not_there_is_refused_before_anything_is_made(slurm, tmp_path):
+    """`--db` in a folder that is not there (an unmounted disk): `run --slurm` said "cannot create the lock ... make
+    the folder writable", and the printed script's mkdir -p of <db>.staging made the folder, so its merge started a
+    new manifest there. Both refuse it as a plain run does (exit 2), and make nothing."""
+    (tmp_path / "site" / "OMOP").mkdir(parents=True)
+    db = tmp_path / "unmounted" / "m.sqlite"
+    for command in (["slurm-script"], ["run", "--slurm"]):
+        proc = cli(*command, "--site", str(tmp_path / "site"), "--db", str(db), env=slurm.env)
+        assert proc.returncode == 2 and f"the manifest's folder {db.parent} does not exist" in proc.stderr, proc.stderr
+        assert proc.stdout == "" and not db.parent.exists()
+
+
 def test_progress_says_a_cancelled_shard_cancelled_not_failed(slurm, stand_in, tmp_path, monkeypatch):
     """`scancel <array>_0` of one task while `run --slurm` followed: the progress line counted it "1 failed" (as a
     task that failed), though the final summary said "cancelled, none failed"."""
