@@ -198,6 +198,7 @@ def test_a_staging_folder_with_a_backslash_is_refused_before_a_script_is_made(tm
     assert proc.returncode == 2 and "holds a backslash" in proc.stderr and "give --staging a folder" in proc.stderr, \
         proc.stderr
     assert proc.stdout == "" and not odd.exists()
+    db.parent.mkdir(exist_ok=True)  # (a manifest's folder that is not there is refused too)
     fine = cli(*command[:1], "--site", str(tmp_path / "site"), "--db", str(db), "--staging", str(tmp_path / "st"),
                cwd=tmp_path) if command == ["slurm-script"] else None
     assert fine is None or fine.returncode == 0, fine.stderr
