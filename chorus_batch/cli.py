@@ -986,6 +986,13 @@ def _slurm_script(args: argparse.Namespace, command: str) -> tuple[str, str]:
                           staging=getattr(args, "staging", None), cpus_per_task=args.cpus_per_task or DEFAULT_CPUS,
                           mem=args.mem, time=args.time, partition=args.partition, account=args.account, config=config,
                           python=sys.executable)
+    if "://" not in target.db and not Path(target.db).exists():  # (after the script's own checks of its paths)
+        # A manifest folder that is not there (an unmounted disk, a mistyped --db): `run --slurm` said "cannot create
+        # the lock ... make the folder writable", and the script's mkdir -p of <db>.staging made the folder, so the
+        # merge started a new manifest there, as a plain run refuses to
+        from .store.manifest import require_folder
+
+        require_folder(Path(os.path.abspath(target.db)))
     # A local root that is not there now fails every shard tonight: said here, before anything is submitted
     # (a cloud root is left to the shards: checking it here would need the cluster's credentials).
     from .sources import open_source

@@ -339,9 +339,10 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
 
     # The default staging folder, one per submission, held every night's shard lists (each file's path, person ids in
     # them) beside the manifest for ever. Once the merge committed (exit 0, or 1: findings), its shards are of no more
-    # use (a rerun of that merge says "merged already"): they go; the logs and merge.exit stay. A --staging is the site's.
-    tidy = (f'if [ "$code" -le 1 ]; then rm -rf -- "$CHORUS_STAGING"/shard-*-of-{shards}; fi\n' if staging is None
-            else "")
+    # use (a rerun of that merge says "merged already"): they go; the logs and merge.exit stay. A --staging too: its
+    # merged shards were kept for ever, undocumented, and the next submission rewrites them all anyway (the folder, its
+    # logs, other splits and whatever else the site keeps there stay).
+    tidy = f'if [ "$code" -le 1 ]; then rm -rf -- "$CHORUS_STAGING"/shard-*-of-{shards}; fi\n'
     if staging is None:
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
@@ -730,11 +731,13 @@ def _stuck(job: Submitted, states: dict[str, tuple[str, str]], out: Callable[[st
 
 
 def _shard_progress(job: Submitted, states: dict[str, tuple[str, str]], k: int) -> str:
-    """"done", "failed", "running" or "pending": shard k's task by its state, or, once Slurm forgot it, by its
-    shard's scan.json (the script removes those of an earlier submission into the same staging folder)."""
+    """"done", "failed", "cancelled", "running" or "pending": shard k's task by its state, or, once Slurm forgot it,
+    by its shard's scan.json (the script removes those of an earlier submission into the same staging folder)."""
     state = states.get(f"{job.array_job}_{k}", ("", ""))[0]
     if state == "COMPLETED" or (not state and job.shard_done(k)):
         return "done"
+    if state == "CANCELLED":  # (by scancel or an administrator: the progress line said "failed", the summary not)
+        return "cancelled"
     if state in _TERMINAL:
         return "failed"
     return "running" if state in _RUNNING else "pending"
@@ -768,7 +771,7 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         if unknown_since is not None:
             out(f"squeue answers again after {int(time.monotonic() - unknown_since)} s")
         unknown_since = None
-        counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
+        counts = {"pending": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
         for k in range(job.shards):
             counts[_shard_progress(job, states, k)] += 1
         merge_state, reason = states.get(job.merge_job, ("", ""))
@@ -777,7 +780,7 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         merge_text = (merge_state.lower() + (f" ({reason})" if reason and reason != "None" else "")) or "gone"
         line = (f"shards {job.array_job}: " + ", ".join(f"{n} {what}" + (_pending_reasons(job, states)
                                                                           if what == "pending" and n else "")
-                                                       for what, n in counts.items())
+                                                       for what, n in counts.items() if n or what != "cancelled")
                 + f" of {job.shards}; merge {job.merge_job}: {merge_text}")
         if line != last:
             out(line)
@@ -809,7 +812,7 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         shard_states = {k: (states.get(f"{job.array_job}_{k}", ("", ""))[0]
                             or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
                             or "no longer known to Slurm") for k in missing}
-        if state == "CANCELLED" and counts["failed"] == 0 and reason != "DependencyNeverSatisfied":
+        if state == "CANCELLED" and not counts["failed"] + counts["cancelled"] and reason != "DependencyNeverSatisfied":
             # (no shard failed: the merge was cancelled by hand, `scancel <merge>`, while it waited for the shards.
             # It was said "did not run: N shards did not finish", as if they had failed, and the array ran on unsaid)
             out(f"the merge job {job.merge_job} was cancelled before it ran (by scancel or an administrator: no "

@@ -198,6 +198,7 @@ def test_a_staging_folder_with_a_backslash_is_refused_before_a_script_is_made(tm
     assert proc.returncode == 2 and "holds a backslash" in proc.stderr and "give --staging a folder" in proc.stderr, \
         proc.stderr
     assert proc.stdout == "" and not odd.exists()
+    db.parent.mkdir(exist_ok=True)  # (a manifest's folder that is not there is refused too)
     fine = cli(*command[:1], "--site", str(tmp_path / "site"), "--db", str(db), "--staging", str(tmp_path / "st"),
                cwd=tmp_path) if command == ["slurm-script"] else None
     assert fine is None or fine.returncode == 0, fine.stderr
@@ -771,6 +772,41 @@ def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
     assert slurm.wait_job(job.merge_job, timeout=60) == "CANCELLED"
 
 
+def test_a_manifest_folder_that_is_not_there_is_refused_before_anything_is_made(slurm, tmp_path):
+    """`--db` in a folder that is not there (an unmounted disk): `run --slurm` said "cannot create the lock ... make
+    the folder writable", and the printed script's mkdir -p of <db>.staging made the folder, so its merge started a
+    new manifest there. Both refuse it as a plain run does (exit 2), and make nothing."""
+    (tmp_path / "site" / "OMOP").mkdir(parents=True)
+    db = tmp_path / "unmounted" / "m.sqlite"
+    for command in (["slurm-script"], ["run", "--slurm"]):
+        proc = cli(*command, "--site", str(tmp_path / "site"), "--db", str(db), env=slurm.env)
+        assert proc.returncode == 2 and f"the manifest's folder {db.parent} does not exist" in proc.stderr, proc.stderr
+        assert proc.stdout == "" and not db.parent.exists()
+
+
+def test_progress_says_a_cancelled_shard_cancelled_not_failed(slurm, stand_in, tmp_path, monkeypatch):
+    """`scancel <array>_0` of one task while `run --slurm` followed: the progress line counted it "1 failed" (as a
+    task that failed), though the final summary said "cancelled, none failed"."""
+    python, _log = stand_in
+    monkeypatch.setenv("STAND_IN_HANG", "1")
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        job = parse_submitted("\n".join(lines)) if line.startswith("shards ") else None
+        if job and "2 running" in line:
+            slurm.run(["scancel", f"{job.array_job}_0"], check=True)
+        elif job and "1 running" in line:  # (task 0 ended: the rest too)
+            slurm.run(["scancel", job.array_job, job.merge_job], check=True)
+
+    assert submit_and_follow(script, poll_s=0.3, out=out) == 2
+    seen = next(line for line in lines if line.startswith("shards ") and "1 running" in line)
+    assert "0 failed, 1 cancelled of 2" in seen, lines
+    slurm.wait_idle()
+
+
 _SUBMITTER = """
 import signal, sys
 from chorus_batch import slurm
@@ -967,6 +1003,8 @@ def test_sbatch_the_script_as_is_then_run_slurm_match_a_single_node_run(slurm, s
                "--staging", str(tmp_path / "st2"), env=env, timeout=600)
     assert proc.returncode == ref_codes[1], proc.stdout + proc.stderr
     assert "merge job" in proc.stdout and "exited with code" in proc.stdout
+    # a --staging given loses its merged shards too (they were kept for ever), not its logs
+    assert sorted(p.name for p in (tmp_path / "st2").iterdir()) == ["logs", "merge.exit"]
 
     assert _manifest_view(db) == _manifest_view(ref)
     slurm.wait_idle()
