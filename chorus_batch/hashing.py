@@ -111,15 +111,23 @@ def previous_rows(previous: pl.DataFrame) -> pl.DataFrame:
         pl.col("modality").alias("prev_modality"),
         pl.col("verified_ns").alias("prev_verified_ns"),
         pl.col("etag").alias("prev_etag"),
-    )
+    ).sort("srcfile")  # (in path order already, as the manifest gives them: then this only marks it, for rows_for)
 
 
 def rows_for(table: pl.DataFrame, srcfile: pl.Series) -> pl.DataFrame:
     """The rows of `table` whose srcfile is one of `srcfile`, when that is much the smaller side: a join
     hashes all of its right side, so joining each block of a listing to the whole previous version would
-    cost that version's size per block; is_in hashes the block's paths and only scans the table."""
+    cost that version's size per block; is_in hashes the block's paths and only scans the table. A table known to be in
+    path order (previous_rows) is first cut to the blocks' range of paths by binary search: a listing comes in about
+    path order, so each block scanned the whole previous version for nothing (100k files: 31 -> 1 ms of CPU)."""
     if table.height <= 4 * srcfile.len():
         return table
+    if srcfile.len() and table["srcfile"].flags["SORTED_ASC"]:
+        paths = table["srcfile"]
+        start = paths.search_sorted(srcfile.min(), "left")
+        table = table.slice(start, paths.search_sorted(srcfile.max(), "right") - start)
+        if table.height <= 4 * srcfile.len():
+            return table
     return table.filter(pl.col("srcfile").is_in(srcfile.implode()))
 
 

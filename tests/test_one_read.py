@@ -369,6 +369,24 @@ def test_kind_of_and_the_vectorised_kinds_agree_with_each_other_and_the_old_expr
     assert {kind_of(p) for p in paths} - {None} == {rule.kind for rule in KIND_RULES}
 
 
+def test_the_kinds_in_a_batch_are_those_kind_of_finds_in_it():
+    """kinds_in classifies one path of each class it thinks decides a kind: a path with a kind batched with the
+    paths of its folder that have none shows any class that holds both (a rule testing more of the name than
+    kinds_in keys on) as its kind missing."""
+    from chorus_batch.validate.kinds import kinds_in
+
+    paths = _paths()
+    assert kinds_in(pl.Series(paths, dtype=pl.String)) == {kind_of(p) for p in paths} - {None}
+    folders: dict[str, list[str]] = {}
+    for p in paths:
+        folders.setdefault(p.rpartition("/")[0], []).append(p)
+    for inside in folders.values():
+        none = [p for p in inside if kind_of(p) is None]
+        for p in inside:
+            if kind_of(p) is not None:
+                assert kinds_in(pl.Series([*none, p], dtype=pl.String)) == {kind_of(p)}, p
+
+
 def test_a_remote_source_parses_the_bytes_it_downloads_to_hash(tmp_path):
     """fsspec sources (threads) hand the parser the bytes as they stream: the same facts as a separate read."""
     import fsspec

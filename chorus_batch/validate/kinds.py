@@ -179,10 +179,37 @@ def _kind_expr() -> pl.Expr:
     return expr.otherwise(pl.lit(None, pl.String)).alias("kind")
 
 
+# The places where a name's kind depends only on its extension and on whether it is one of the exact names
+# (KindRule.ext, .name): derived from KIND_RULES, so that a rule testing more of the name there drops its place.
+_EXT_PLACES = [place for place in (PLACE_ROOT, PLACE_METADATA, PLACE_OMOP, PLACE_WAVEFORMS, PLACE_IMAGES)
+               if all(not (rule.name_in or rule.suffix or rule.contains or rule.stem_in)
+                      for rule in KIND_RULES if place in rule.places)]
+_EXACT_NAMES = sorted({rule.name for rule in KIND_RULES if rule.name})
+
+
 def kinds_in(srcfile: pl.Series) -> frozenset[str]:
-    """The kinds among these paths (kind_of of each, vectorised)."""
-    kinds = _path_columns(pl.DataFrame({"srcfile": srcfile})).select(_kind_expr()).unique().collect()["kind"]
-    return frozenset(kinds.drop_nulls().to_list())
+    """The kinds among these paths (kind_of of each): kind_of of one path of each class that decides a kind, its
+    place and, in _EXT_PLACES, its lower-cased extension and exact name, elsewhere the whole path. The hashing
+    stage asks this of each batch of a first run's files; classifying every path (_kind_expr) cost 3x the CPU."""
+    src, parts = pl.col("srcfile"), pl.col("_parts")
+    named = pl.any_horizontal([(src == name) | src.str.ends_with("/" + name) for name in _EXACT_NAMES])
+    ext_l = src.str.extract(r"\.([^./]*)$").str.to_lowercase().fill_null("/")  # ("/": none, not an empty one)
+    tail = pl.when(pl.col("_place").is_in(_EXT_PLACES)).then(pl.concat_str(ext_l, named.cast(pl.String))).otherwise(src)
+    first = (
+        pl.DataFrame({"srcfile": srcfile}).lazy()
+        .with_columns(_parts=src.str.splitn("/", 3))
+        .with_columns(  # (_place_expr asks only whether there are 1, 2 or more parts)
+            _n=pl.when(parts.struct.field("field_1").is_null()).then(1)
+            .when(parts.struct.field("field_2").is_null()).then(2).otherwise(3),
+            _top_l=parts.struct.field("field_0").str.to_lowercase(),
+            _second_l=parts.struct.field("field_1").str.to_lowercase())
+        .select("srcfile", _place=_place_expr())
+        .filter(pl.col("_place").is_not_null())
+        .select("srcfile", "_place", _tail=tail)
+        .unique(["_place", "_tail"])
+        .collect()["srcfile"]
+    )
+    return frozenset(kind for path in first.to_list() if (kind := kind_of(path)) is not None)
 
 
 # Paths are classified this many at a time: the path columns of all at once cost more than the result
