@@ -862,3 +862,29 @@ def test_the_run_summary_says_what_was_fixed_what_is_new_and_what_is_still_open_
     (clean / person / "stray.txt").unlink()
     after_unchecked = run_site(clean, db)
     assert summary_dict(after_unchecked)["findings_since"] is None, "the previous version was not checked"
+
+
+def test_a_manifest_whose_runs_all_failed_is_said_so_not_as_if_no_run_was_tried(tmp_path):
+    """validate (and changes) said "no versions yet ... run `chorus-batch run`" to a cron whose first runs had all
+    failed: now how many runs were recorded and how the latest ended."""
+    from chorus_batch.store import Manifest
+
+    db = tmp_path / "m.sqlite"
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    for code, message in ((3, "the storage failed"), (143, "stopped by signal 15")):
+        manifest.finish_run(manifest.begin_run(["run"], "full", str(tmp_path / "site")), exit_code=code, version=None,
+                            message=message)
+    for command in ("validate", "changes"):
+        out = cli(command, "--db", str(db))
+        assert out.returncode == 2, out.stderr
+        assert "no versions yet: 2 runs were recorded, none committed a version" in out.stderr, out.stderr
+        assert "ended with exit code 143: stopped by signal 15" in out.stderr and "run again" in out.stderr
+        assert "commit one first" not in out.stderr and "Traceback" not in out.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    db2 = tmp_path / "e.sqlite"
+    assert cli("run", "-q", "--site", str(empty), "--db", str(db2), "--no-validate").returncode == 0
+    out = cli("validate", "--db", str(db2))
+    assert out.returncode == 2 and f"listed no files in {empty}" in out.stderr, out.stderr
+    assert "holds OMOP/ and the person folders" in out.stderr
