@@ -1320,10 +1320,12 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         findings = chosen(findings)
     # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
     unchecked = not_taken is not None and not_taken.height > 0
-    failing = has_errors(findings) if args.fail_on is None else failing
+    verdict = failing and chosen is not None and (f"--fail-on {args.fail_on}: exit 1, the version has {failing} "
+                                                  "(of all its findings, not only those shown)")
+    failing = has_errors(findings) if args.fail_on is None else bool(failing)
     code = int(ExitCode.FINDINGS if failing or unchecked else ExitCode.OK)
     with _kept_exit_code(code):  # (known before printing: `validate --json | head -1` ended 0 with errors found)
-        _print_validation(args, label, where, findings, not_taken, code, every=every, note=note)
+        _print_validation(args, label, where, findings, not_taken, code, every=every, note=note, verdict=verdict)
     return code
 
 
@@ -1355,14 +1357,16 @@ def _explain_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def _failing(findings, fail_on: str | None) -> bool:
-    """`validate --fail-on`: whether `findings` hold one of that severity or a more serious one."""
+def _failing(findings, fail_on: str | None) -> str:
+    """`validate --fail-on`: the findings of that severity or a more serious one, counted ("2 errors, 1 warning"), or
+    "" when there are none: said beside a filtered list, whose counts may show none of them."""
     if fail_on in (None, "never"):
-        return False
+        return ""
     import polars as pl
 
     severities = ["error"] if fail_on == "error" else ["error", "warning"]
-    return findings.filter(pl.col("severity").is_in(severities)).height > 0
+    counts = dict(findings.filter(pl.col("severity").is_in(severities))["severity"].value_counts().iter_rows())
+    return ", ".join(plural(counts[s], s) for s in severities if counts.get(s))
 
 
 def _stored_validation(args: argparse.Namespace, target: _Target):
@@ -1455,7 +1459,7 @@ def _finding_filter(args: argparse.Namespace):
 
 
 def _print_validation(args, label, where, findings, not_taken, code: int, *, every: int | None = None,
-                      note: str | None = None) -> None:
+                      note: str | None = None, verdict: str | None = None) -> None:
     from .report import findings_dict, findings_text
 
     words = _filter_words(args)
@@ -1465,7 +1469,7 @@ def _print_validation(args, label, where, findings, not_taken, code: int, *, eve
         print(json.dumps({"version": label, "manifest": where if label else None, **stored, **filtered,
                           **(findings_dict(findings) or {}), "findings": findings.to_dicts(),
                           **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {}),
-                          "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
+                          **({"fail_on": args.fail_on} if args.fail_on else {}), "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
         if note:
@@ -1473,6 +1477,8 @@ def _print_validation(args, label, where, findings, not_taken, code: int, *, eve
         if words:  # a filtered list is never taken for the whole
             print(f"{words}: {findings.height} of {plural(every or 0, 'finding')} shown")
         print("\n".join(findings_text(findings, examples=50, more="--json lists them all")))
+        if verdict:  # (the list shown may hold none of what makes the exit code 1)
+            print(verdict)
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
             print(f"not checked: {plural(not_taken.height, 'file')} the scan could not take")
             print("\n".join(f"    {shown_name(path)}: {shown_text(message)}" for path, message in

@@ -907,6 +907,9 @@ def test_validate_fail_on_judges_every_finding_whatever_the_filters_show(clean, 
     assert code("--path", person, "--fail-on", "error") == 1  # the error in OMOP/ counts, though not shown
     assert code("--rule", "layout.person_file", "--fail-on", "warning") == 1
     assert code("--fail-on", "never") == 0
+    text = cli("validate", "--db", str(db), "--path", person, "--fail-on", "error")  # why 1, when the list shows none
+    assert text.returncode == 1 and "validation: 0 errors, 1 warning" in text.stdout, text.stdout
+    assert "--fail-on error: exit 1, the version has 1 error (of all its findings, not only those shown)" in text.stdout
     (clean / person / "stray.txt").unlink()
     run_site(clean, db)
     assert code("--fail-on", "warning") == 1  # the error alone: warning means errors and warnings
