@@ -1469,7 +1469,8 @@ def _print_validation(args, label, where, findings, not_taken, code: int, *, eve
         print(json.dumps({"version": label, "manifest": where if label else None, **stored, **filtered,
                           **(findings_dict(findings) or {}), "findings": findings.to_dicts(),
                           **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {}),
-                          **({"fail_on": args.fail_on} if args.fail_on else {}), "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
+                          **({"fail_on": args.fail_on} if args.fail_on else {}),
+                          "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
         if note:
