@@ -423,12 +423,20 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--rule", action="append", metavar="RULE",
                           help="only the findings of this rule (wfdb.bad_header), of a family (dicom. or dicom.*) or of "
                                "rules matching a glob; repeat it for several. The counts, the list and the exit code "
-                               "are of the findings shown; every finding stays stored")
+                               "(unless --fail-on) are of the findings shown; every finding stays stored")
     validate.add_argument("--severity", choices=("error", "warning", "info"),
                           help="only findings of this severity or a more serious one (warning: errors and warnings)")
     validate.add_argument("--path", help="only the findings of this file, or of the files under this folder (a person "
                                          "folder: --path 000123), site-relative; a glob (*, ?, [..]) matches whole "
                                          "paths ('*/Images/*')")
+    validate.add_argument("--fail-on", choices=("error", "warning", "never"),
+                          help="exit 1 when the version has findings of this severity or a more serious one "
+                               "(warning: errors and warnings; never: findings never make it 1), counting every "
+                               "finding whatever --rule/--severity/--path show (a cron's check). Without it: exit 1 "
+                               "when the findings shown include an error")
+    validate.add_argument("--explain", metavar="RULE",
+                          help="print what a rule (or each rule of a family, dicom., or a glob) checks: its id, "
+                               "severity and text; reads no manifest")
 
     reg = command(
         "registry", help="write the linkage registries (waveforms, images) of a version",
@@ -1308,6 +1316,8 @@ def _run_shard(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.explain is not None:  # the rules' own text (validate.RULES, which the README's table repeats): no manifest
+        return _explain_rules(args)
     from .processes import ensure_address_space
 
     ensure_address_space("validate")  # before the libraries load: under too low a limit they abort, without a word
@@ -1341,14 +1351,58 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                                             cloud=target.config.cloud)
         where = str(Path(target.db).resolve())
     every = findings.height
+    failing = _failing(findings, args.fail_on)  # (of every finding: the filters choose what is shown, not this)
     if chosen is not None:
         findings = chosen(findings)
     # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
     unchecked = not_taken is not None and not_taken.height > 0
-    code = int(ExitCode.FINDINGS if has_errors(findings) or unchecked else ExitCode.OK)
+    verdict = failing and chosen is not None and (f"--fail-on {args.fail_on}: exit 1, the version has {failing} "
+                                                  "(of all its findings, not only those shown)")
+    failing = has_errors(findings) if args.fail_on is None else bool(failing)
+    code = int(ExitCode.FINDINGS if failing or unchecked else ExitCode.OK)
     with _kept_exit_code(code):  # (known before printing: `validate --json | head -1` ended 0 with errors found)
-        _print_validation(args, label, where, findings, not_taken, code, every=every, note=note)
+        _print_validation(args, label, where, findings, not_taken, code, every=every, note=note, verdict=verdict)
     return code
+
+
+def _explain_rules(args: argparse.Namespace) -> int:
+    """`validate --explain RULE`: each rule the id, family (dicom.) or glob names, with its severity and text."""
+    import fnmatch
+    import textwrap
+
+    from .validate import RULES
+
+    typed = args.explain.strip()
+    pattern = typed + "*" if typed.endswith(".") else typed  # dicom. is the family, as --rule reads it
+    rules = [rule for rule in RULES if fnmatch.fnmatchcase(rule.id, pattern)]
+    if not rules:
+        families = sorted({rule.id.split(".")[0] + "." for rule in RULES})
+        meant = _close(typed, [rule.id for rule in RULES]) or _close(typed.rstrip(".*") + ".", families)
+        raise UsageError(f"no validation rule is {shown(args.explain)!s}"
+                         + (f"; did you mean {meant}?" if meant else ""), where="--explain",
+                         fix="give a rule id as `chorus-batch validate --help` lists them (wfdb.bad_header), a "
+                             "family (dicom.) or a glob (*.missing*)")
+    if args.json:
+        print(json.dumps([{"rule": r.id, "severity": r.severity, "title": r.title, "checks": r.description}
+                          for r in rules], indent=2, ensure_ascii=False))
+        return 0
+    for n, rule in enumerate(rules):
+        print(("\n" if n else "") + f"{rule.id} ({rule.severity}): {rule.title}")
+        print("\n".join(textwrap.wrap(rule.description, 100, initial_indent="  ", subsequent_indent="  ",
+                                       break_on_hyphens=False)))
+    return 0
+
+
+def _failing(findings, fail_on: str | None) -> str:
+    """`validate --fail-on`: the findings of that severity or a more serious one, counted ("2 errors, 1 warning"), or
+    "" when there are none: said beside a filtered list, whose counts may show none of them."""
+    if fail_on in (None, "never"):
+        return ""
+    import polars as pl
+
+    severities = ["error"] if fail_on == "error" else ["error", "warning"]
+    counts = dict(findings.filter(pl.col("severity").is_in(severities))["severity"].value_counts().iter_rows())
+    return ", ".join(plural(counts[s], s) for s in severities if counts.get(s))
 
 
 def _stored_validation(args: argparse.Namespace, target: _Target):
@@ -1399,7 +1453,7 @@ def _finding_filter(args: argparse.Namespace):
 
 
 def _print_validation(args, label, where, findings, not_taken, code: int, *, every: int | None = None,
-                      note: str | None = None) -> None:
+                      note: str | None = None, verdict: str | None = None) -> None:
     from .report import findings_dict, findings_text
 
     words = _filter_words(args)
@@ -1409,6 +1463,7 @@ def _print_validation(args, label, where, findings, not_taken, code: int, *, eve
         print(json.dumps({"version": label, "manifest": where if label else None, **stored, **filtered,
                           **(findings_dict(findings) or {}), "findings": findings.to_dicts(),
                           **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {}),
+                          **({"fail_on": args.fail_on} if args.fail_on else {}),
                           "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
@@ -1417,6 +1472,8 @@ def _print_validation(args, label, where, findings, not_taken, code: int, *, eve
         if words:  # a filtered list is never taken for the whole
             print(f"{words}: {findings.height} of {plural(every or 0, 'finding')} shown")
         print("\n".join(findings_text(findings, examples=50, more="--json lists them all")))
+        if verdict:  # (the list shown may hold none of what makes the exit code 1)
+            print(verdict)
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
             print(f"not checked: {plural(not_taken.height, 'file')} the scan could not take")
             print("\n".join(f"    {shown_name(path)}: {shown_text(message)}" for path, message in

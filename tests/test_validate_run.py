@@ -908,3 +908,83 @@ def test_the_run_summary_says_what_was_fixed_what_is_new_and_what_is_still_open_
     (clean / person / "stray.txt").unlink()
     after_unchecked = run_site(clean, db)
     assert summary_dict(after_unchecked)["findings_since"] is None, "the previous version was not checked"
+
+
+def test_a_manifest_whose_runs_all_failed_is_said_so_not_as_if_no_run_was_tried(tmp_path):
+    """validate (and changes) said "no versions yet ... run `chorus-batch run`" to a cron whose first runs had all
+    failed: now how many runs were recorded and how the latest ended."""
+    from chorus_batch.store import Manifest
+
+    db = tmp_path / "m.sqlite"
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    for code, message in ((3, "the storage failed"), (143, "stopped by signal 15")):
+        manifest.finish_run(manifest.begin_run(["run"], "full", str(tmp_path / "site")), exit_code=code, version=None,
+                            message=message)
+    for command in ("validate", "changes"):
+        out = cli(command, "--db", str(db))
+        assert out.returncode == 2, out.stderr
+        assert "no versions yet: 2 runs were recorded, none committed a version" in out.stderr, out.stderr
+        assert "ended with exit code 143: stopped by signal 15" in out.stderr and "run again" in out.stderr
+        assert "commit one first" not in out.stderr and "Traceback" not in out.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    db2 = tmp_path / "e.sqlite"
+    assert cli("run", "-q", "--site", str(empty), "--db", str(db2), "--no-validate").returncode == 0
+    out = cli("validate", "--db", str(db2))
+    assert out.returncode == 2 and f"listed no files in {empty}" in out.stderr, out.stderr
+    assert "holds OMOP/ and the person folders" in out.stderr
+
+
+def test_validate_fail_on_judges_every_finding_whatever_the_filters_show(clean, db):
+    """A cron filtered what it logs (--path, --rule) and lost its exit code: the exit code was of the findings shown
+    only, so an error elsewhere ended 0; nor could it fail on warnings. --fail-on counts every finding."""
+    (clean / "OMOP" / "death.csv").unlink()  # an error (omop.missing_table)
+    person = sorted(p.name for p in clean.iterdir() if p.name.isdigit())[0]
+    (clean / person / "stray.txt").write_text("x\n")  # a warning (layout.person_file)
+    run_site(clean, db)
+
+    def code(*args: str) -> int:
+        done = cli("validate", "--db", str(db), "--json", *args)
+        assert "Traceback" not in done.stderr, done.stderr
+        return done.returncode
+
+    assert code("--path", person) == 0  # only a warning shown: without --fail-on, the shown findings decide
+    assert code("--path", person, "--fail-on", "error") == 1  # the error in OMOP/ counts, though not shown
+    assert code("--rule", "layout.person_file", "--fail-on", "warning") == 1
+    assert code("--fail-on", "never") == 0
+    text = cli("validate", "--db", str(db), "--path", person, "--fail-on", "error")  # why 1, when the list shows none
+    assert text.returncode == 1 and "validation: 0 errors, 1 warning" in text.stdout, text.stdout
+    assert "--fail-on error: exit 1, the version has 1 error (of all its findings, not only those shown)" in text.stdout
+    (clean / person / "stray.txt").unlink()
+    run_site(clean, db)
+    assert code("--fail-on", "warning") == 1  # the error alone: warning means errors and warnings
+    build_clean_site(clean, persons=3)  # death.csv back: no error left
+    run_site(clean, db)
+    assert code("--fail-on", "error") == 0 and code() == 0
+
+
+def test_validate_explain_prints_a_rules_text_from_the_registry():
+    rule = next(r for r in validate_module.RULES if r.id == "dicom.patient_id")
+    done = cli("validate", "--explain", rule.id, "--db", "/nonexistent/m.sqlite")  # reads no manifest
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{rule.id} ({rule.severity}): {rule.title}\n")
+    assert " ".join(done.stdout.split("\n", 1)[1].split()) == rule.description
+    family = cli("validate", "--explain", "registry.", "--json")
+    assert [r["rule"] for r in json.loads(family.stdout)] == [r.id for r in validate_module.RULES
+                                                               if r.id.startswith("registry.")]
+    wrong = cli("validate", "--explain", "dicom.patiant_id")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "did you mean dicom.patient_id?" in wrong.stderr
+
+
+def test_the_readmes_rules_table_is_the_registry_rule_for_rule():
+    """The README's table repeated the registry's texts by hand and had drifted (backticks one side only); only
+    ids and severities were compared, and a rule dropped from the code stayed in the table."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| (error|warning|info) \| (.*) \|$", readme, re.M)
+    table = {rule: (severity, text.replace("\\|", "|")) for rule, severity, text in rows}
+    assert len(table) == len(rows)
+    assert table == {r.id: (r.severity, r.description) for r in validate_module.RULES}

@@ -40,7 +40,7 @@ from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
-from ..units import command_word, shown_name
+from ..units import command_word, shown_name, shown_text
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
 from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
@@ -880,6 +880,29 @@ class Manifest:
             row = con.execute("SELECT * FROM versions ORDER BY label DESC LIMIT 1").fetchone()
             return dict(row) if row else None
 
+    def no_version_error(self, also: str = "") -> UsageError:
+        """"The manifest has no versions yet" (exit 2), said with the runs that tried and how the latest ended: a
+        cron's first runs that all failed were told "run `chorus-batch run`", as if none had been tried. `also`: an
+        alternative added to the fix ("or check a folder with ...")."""
+        tried = self._one("SELECT count(*), max(run_id) FROM runs WHERE mode IS NOT 'import'") or (0, None)
+        if not tried[0]:
+            return UsageError("the manifest has no versions yet", where=str(self.path),
+                              fix=f"commit one first, {first_run_command(self.path)}{also}")
+        started, finished, exit_code, message, site, n_files = self._one(
+            "SELECT started_at, finished_at, exit_code, message, site, n_files FROM runs WHERE run_id = ?", (tried[1],))
+        mend = "mend what the latest run's error says (its log has it whole)"
+        if not finished:
+            ended = "has no recorded end (it is still running, or was killed)"
+        elif exit_code in (0, 1) and not n_files:  # (a run over an empty folder commits no version, and ends 0)
+            ended = f"listed no files in {shown_name(site or '?')}"
+            mend = "check that the site root is the folder that holds OMOP/ and the person folders"
+        else:
+            ended = f"ended with exit code {exit_code}" + (f": {shown_text(message)}" if message else "")
+        runs = "1 run was recorded" if tried[0] == 1 else f"{tried[0]} runs were recorded"
+        return UsageError(f"the manifest has no versions yet: {runs}, none committed a version; the latest "
+                          f"(run {tried[1]}, started {started}) {ended}", where=str(self.path),
+                          fix=f"{mend}, then run again, {first_run_command(self.path)}{also}")
+
     def last_scan_started_ns(self) -> int | None:
         """Scan start of the last run that finished, or that committed a version however it ended (for the
         racily-clean check): a run stopped by a signal just after its commit was passed over, and the next run took
@@ -1589,8 +1612,7 @@ class Manifest:
         if label is None:
             latest = self.latest_version()
             if latest is None:  # exit 2 as files, diff and report say it, not an empty change set with exit 0
-                raise UsageError("the manifest has no versions yet", where=str(self.path),
-                                 fix="run `chorus-batch run` to commit the first version")
+                raise self.no_version_error()
             label = latest["label"]
         frame = self.changes_query("c.version = ?", (label,))
         if label is not None and frame.height == 0 and self._one("SELECT 1 FROM versions WHERE label = ?", (label,)) is None:

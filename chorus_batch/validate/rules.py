@@ -338,7 +338,7 @@ RULES: tuple[Rule, ...] = (
     Rule("metadata.submission_sections", "warning", "SUBMISSION.md incomplete",
          "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
          "waveform types, known issues, variables, sample intervals, linkage to visits): a heading, or a label of the "
-         "procedure's template answered (Hospital name: ...)."),
+         "procedure's template answered (`Hospital name: ...`)."),
     Rule("metadata.submission_answers", "warning", "SUBMISSION.md variables table incomplete",
          "SUBMISSION.md's table of variables (the template's Variable name, Description, Data type, Unit) describes no "
          "variable, or leaves a variable's description or data type empty, or the unit of a time variable (the "

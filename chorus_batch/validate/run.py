@@ -26,7 +26,7 @@ from ..fsutil import nearly_full, scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
-from ..errors import first_run_command, named
+from ..errors import named
 from ..units import plural
 from ..store.validation import VALIDATION_SCHEMA
 
@@ -371,9 +371,7 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
         manifest.ensure_schema()
         latest = manifest.latest_version()
         if latest is None:
-            raise UsageError("the manifest has no versions yet", where=str(manifest.path),
-                             fix=f"commit one first, {first_run_command(manifest.path)}, or check a folder with "
-                                 "`chorus-batch validate --site DIR` without --db")
+            raise manifest.no_version_error(", or check a folder with `chorus-batch validate --site DIR` without --db")
         sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
         findings = validate_version(manifest, latest["label"], sources, workers=workers, force=force)
     return latest["label"], findings
