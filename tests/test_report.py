@@ -893,12 +893,12 @@ def test_a_manifest_whose_every_run_failed_says_what_the_latest_ended_in(tmp_pat
 
     with pytest.raises(UsageError) as said:
         write_report(db, tmp_path / "report.html")
-    assert "no versions yet: 2 runs recorded committed none" in said.value.what
+    assert "no versions yet: 2 runs were recorded, none committed a version" in said.value.what
     assert "stopped by SIGTERM" in said.value.what and "give the run the time it needs" in said.value.fix
     for command in (["report", "--out", str(tmp_path / "r.html")], ["files"]):
         done = cli(*command, "--db", str(db))
         assert done.returncode == 2 and "Traceback" not in done.stderr
-        assert "2 runs recorded committed none; the latest, started " in done.stderr, done.stderr
+        assert "2 runs were recorded, none committed a version; the latest (run 2, started " in done.stderr, done.stderr
         assert "stopped by SIGTERM" in done.stderr
     assert not (tmp_path / "r.html").exists()
 
@@ -907,7 +907,7 @@ def test_a_manifest_whose_every_run_failed_says_what_the_latest_ended_in(tmp_pat
     sqlite3.connect(fresh).execute("DELETE FROM runs").connection.commit()
     with pytest.raises(UsageError) as said:
         open_manifest(fresh).files()
-    assert said.value.what == "the manifest has no versions yet" and "run `chorus-batch run`" in said.value.fix
+    assert said.value.what == "the manifest has no versions yet" and "commit one first" in said.value.fix
 
 
 def test_a_clean_month_shows_no_alarm_and_a_path_in_a_message_is_cut_at_the_root(tmp_path):

@@ -925,7 +925,8 @@ def test_a_manifest_whose_runs_all_failed_is_said_so_not_as_if_no_run_was_tried(
         out = cli(command, "--db", str(db))
         assert out.returncode == 2, out.stderr
         assert "no versions yet: 2 runs were recorded, none committed a version" in out.stderr, out.stderr
-        assert "ended with exit code 143: stopped by signal 15" in out.stderr and "run again" in out.stderr
+        assert "stopped by SIGTERM; no version committed (stopped by signal 15)" in out.stderr, out.stderr
+        assert "give the run the time it needs" in out.stderr and "then run again" in " ".join(out.stderr.split())
         assert "commit one first" not in out.stderr and "Traceback" not in out.stderr
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -40,9 +40,10 @@ from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
-from ..units import command_word, shown_name, shown_text
+from ..units import command_word, shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
+from .runs import KILLED_EXIT, run_advice, run_message, run_outcome
 from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
                      SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new, upgrade)
 
@@ -108,7 +109,6 @@ def _update_cache(db_bytes: int) -> str:
     return f"PRAGMA cache_size = -{min(max(db_bytes // 16, 32 << 20), 512 << 20) >> 10}"
 
 
-KILLED_EXIT = 137  # a run that died without recording its outcome, in `runs`: 128 + SIGKILL, as a shell or Slurm says it
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
 # Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
 # a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
@@ -881,27 +881,27 @@ class Manifest:
             return dict(row) if row else None
 
     def no_version_error(self, also: str = "") -> UsageError:
-        """"The manifest has no versions yet" (exit 2), said with the runs that tried and how the latest ended: a
-        cron's first runs that all failed were told "run `chorus-batch run`", as if none had been tried. `also`: an
-        alternative added to the fix ("or check a folder with ...")."""
+        """"The manifest has no versions yet" (exit 2), said with the runs that tried, what the latest ended in and
+        what to do about it (store.runs' words, as the report lists runs): a cron's first runs that all failed were
+        told "run `chorus-batch run`", as if none had been tried. `also`: an alternative added to the fix ("or check
+        a folder with ..."). The one message of validate, changes, files, report and the review API."""
         tried = self._one("SELECT count(*), max(run_id) FROM runs WHERE mode IS NOT 'import'") or (0, None)
         if not tried[0]:
             return UsageError("the manifest has no versions yet", where=str(self.path),
                               fix=f"commit one first, {first_run_command(self.path)}{also}")
-        started, finished, exit_code, message, site, n_files = self._one(
-            "SELECT started_at, finished_at, exit_code, message, site, n_files FROM runs WHERE run_id = ?", (tried[1],))
-        mend = "mend what the latest run's error says (its log has it whole)"
-        if not finished:
-            ended = "has no recorded end (it is still running, or was killed)"
-        elif exit_code in (0, 1) and not n_files:  # (a run over an empty folder commits no version, and ends 0)
-            ended = f"listed no files in {shown_name(site or '?')}"
-            mend = "check that the site root is the folder that holds OMOP/ and the person folders"
+        started, exit_code, message, site, n_files = self._one(
+            "SELECT started_at, exit_code, message, site, n_files FROM runs WHERE run_id = ?", (tried[1],))
+        if exit_code in (0, 1) and not n_files:  # (a run over an empty folder commits no version, and ends 0)
+            ended, advice = (f"listed no files in {shown_name(site or '?')}",
+                             "check that the site root is the folder that holds OMOP/ and the person folders")
         else:
-            ended = f"ended with exit code {exit_code}" + (f": {shown_text(message)}" if message else "")
+            roots = [site] if site else []
+            ended = run_outcome(exit_code, None) + (f" ({run_message(message, roots)})" if message else "")
+            advice = run_advice(exit_code) or "read the message and that night's log"
         runs = "1 run was recorded" if tried[0] == 1 else f"{tried[0]} runs were recorded"
         return UsageError(f"the manifest has no versions yet: {runs}, none committed a version; the latest "
-                          f"(run {tried[1]}, started {started}) {ended}", where=str(self.path),
-                          fix=f"{mend}, then run again, {first_run_command(self.path)}{also}")
+                          f"(run {tried[1]}, started {started}): {ended}", where=str(self.path),
+                          fix=f"{advice}; then run again, {first_run_command(self.path)}{also}")
 
     def last_scan_started_ns(self) -> int | None:
         """Scan start of the last run that finished, or that committed a version however it ended (for the
