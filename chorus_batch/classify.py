@@ -146,7 +146,7 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
 
 # Bumped when classification changes other than through the patterns (what a group means, how a
 # category is spelled): the manifest's current rows are then classified again (commit.py).
-CLASSIFY_LOGIC = 6
+CLASSIFY_LOGIC = 7  # (7: a hit's fields all come from the first pattern it hits)
 
 
 def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
@@ -343,9 +343,10 @@ def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_
     return _classify(listing, patterns)
 
 
-# The groups a hit gives the classified row: of the patterns a path hits, each field comes from the first that has
-# it (a later pattern's field fills one the first hit lacks: a current session file named with a start stamp takes
-# its duration from the flat pattern)
+# The groups a hit gives the classified row, all from the first pattern the path hits: a field that pattern lacks
+# stays NULL (was: filled from a later pattern the path hit too, so a current session's WFDB segment file
+# <person>_<YYYYMMDD>_<HHMMSS>_0001.dat, read with the flat naming, had a duration of 1 s; the current layout names
+# a file by its session id alone, and its layout reads the rest of the name as nothing)
 _HIT_FIELDS = ("person_id", "session", "date", "time", "duration", "segment", "name_person", "category")
 
 
@@ -355,7 +356,7 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
     n = listing.height
     srcfile = listing["srcfile"]
     plain = ~srcfile.str.contains(CONTROL_CHARACTER)
-    # The first hit's groups, field by field (NULL until a hit gives one), which pattern hit first, and, for the
+    # The first hit's groups (NULL until a hit gives them), which pattern hit first, and, for the
     # paths no pattern hits, what each pattern that fits the path's shape said of it.
     found = {f: pl.repeat(None, n, dtype=pl.String, eager=True) for f in _HIT_FIELDS}
     first = pl.repeat(None, n, dtype=pl.Int32, eager=True)
@@ -366,13 +367,9 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
         if not names:  # (no group to tell a match by: fits no path)
             continue
         gives = [f for f in _HIT_FIELDS if f in names]
-        # A pattern is run on the paths no earlier pattern hit, and on those whose first hits lack a field it has
-        # (that field is the only thing a later hit changes); the regex's test first, its groups on the paths
+        # A pattern is run on the paths no earlier pattern hit; the regex's test first, its groups on the paths
         # that pass it alone (extracting the groups costs several times the test; was: both on every path)
-        need = ~hit_any
-        for f in gives:
-            need = need | found[f].is_null()
-        rows = need.arg_true()
+        rows = (~hit_any).arg_true()
         if not rows.len():
             continue
         fits = (srcfile if rows.len() == n else srcfile.gather(rows)).str.contains(p.regex).fill_null(False)
@@ -401,9 +398,8 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
             continue
         at = hits["_row"]
         for f in gives:
-            empty = found[f].gather(at).is_null() & hits[f].is_not_null()
-            found[f] = found[f].scatter(at.filter(empty), hits[f].filter(empty))
-        first = first.scatter(at.filter(first.gather(at).is_null()), i)
+            found[f] = found[f].scatter(at, hits[f])
+        first = first.scatter(at, i)
         hit_any = hit_any.scatter(at, True)
     work = listing.with_columns(
         _hit=hit_any,
