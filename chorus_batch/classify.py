@@ -20,7 +20,7 @@ accepted, and validation names the current form (rule layout.superseded).
 
 from __future__ import annotations
 
-import re
+import functools
 from dataclasses import dataclass
 
 import polars as pl
@@ -173,14 +173,27 @@ def _regex_error(text: str, regex: str) -> str:
     return reason
 
 
+@functools.lru_cache(maxsize=256)
+def _group_names(regex: str) -> tuple[str, ...]:
+    """The named groups of a pattern, as the regex engine reads them: (?P<name>...) and (?<name>...) alike (a
+    pattern written the second way was taken for one with no group, and fitted no path); unnamed groups are
+    numbers there, which no name can be."""
+    fields = pl.Series("p", [""], dtype=pl.String).str.extract_groups(regex).struct.fields
+    return tuple(f for f in fields if not f.isdigit())
+
+
 def _check_regex(modality: str, index: int, regex: str, config: str = "chorus.toml") -> None:
     where = f"{config} [patterns] {modality}[{index}]"
     try:
-        pl.Series("p", ["x"]).str.extract_groups(regex)
+        names = set(_group_names(regex))
     except Exception as exc:  # polars raises ComputeError for bad regexes
         raise ConfigError(f"invalid path pattern '{regex}': {_regex_error(str(exc), regex)}", where=where,
                           fix="fix the regular expression (Rust regex syntax)") from None
-    names = set(re.findall(r"\(\?P<(\w+)>", regex))
+    if not names:
+        raise ConfigError(f"path pattern '{regex}' names no group: a path is taken by the groups a pattern sets, so "
+                          "it would fit no path (each file it fits recorded as unparsed)", where=where,
+                          fix="name the parts of the path, at least the person folder, (?P<person_id>[^/]+), and the "
+                              f"record, (?P<session>[^/]+); the group names: {', '.join(GROUPS)}")
     unknown = names - set(GROUPS)
     if unknown:
         raise ConfigError(
@@ -363,8 +376,8 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
     hit_any = pl.repeat(False, n, dtype=pl.Boolean, eager=True)
     near: list[tuple[int, pl.Series, pl.DataFrame]] = []  # (pattern, its rows, their person_id and _r)
     for i, p in enumerate(patterns):
-        names = set(re.findall(r"\(\?P<(\w+)>", p.regex))
-        if not names:  # (no group to tell a match by: fits no path)
+        names = set(_group_names(p.regex))
+        if not names:  # (no group to tell a match by: fits no path; [patterns] refuses one)
             continue
         gives = [f for f in _HIT_FIELDS if f in names]
         # A pattern is run on the paths no earlier pattern hit; the regex's test first, its groups on the paths

@@ -239,6 +239,27 @@ def test_bad_patterns_are_config_errors(regex, message):
     assert "[patterns] Images[0]" in str(info.value)
 
 
+def test_a_pattern_naming_its_groups_the_other_way_rust_allows_is_applied():
+    """The regex engine takes (?<name>...) as it takes (?P<name>...): its groups were not seen, so the pattern was
+    taken to fit no path and each path it fits was unparsed, told it "fits no pattern of [patterns]", naming it."""
+    patterns = build_patterns({"Waveforms": [r"^(?<person_id>[^/]+)/ecg/(?<session>[^/]+)\.xml$"]})
+    row = one("55/ecg/run1.xml", patterns)
+    assert (row["modality"], row["person_id"], row["session_id"], row["parse_error"]) == (
+        "Waveforms", "55", "run1", None)
+    # and its names are checked as the other spelling's (was: any name taken)
+    with pytest.raises(ConfigError, match="unknown group name patient"):
+        build_patterns({"Waveforms": [r"^(?<patient>[^/]+)/ecg/(?<session>[^/]+)\.xml$"]})
+
+
+@pytest.mark.parametrize("regex", [r"^[^/]+/Waveforms/[^/]+$", r"^([^/]+)/Waveforms/(?:[^/]+)$"])
+def test_a_pattern_with_no_named_group_is_refused(regex):
+    """A match is told by the groups it sets: a pattern naming none fitted no path, and a file it fits was told it
+    "fits no pattern of [patterns] Waveforms", the pattern named beside it."""
+    with pytest.raises(ConfigError, match="names no group") as info:
+        build_patterns({"Waveforms": [r"^(?P<person_id>[^/]+)/Waveforms/(?P<session>[^/]+)/(?P<file>[^/]+)$", regex]})
+    assert "[patterns] Waveforms[1]" in str(info.value) and "(?P<person_id>" in info.value.fix
+
+
 def test_classify_is_vectorised_over_many_rows():
     paths = [f"{i:06d}/Waveforms/{i:06d}_20200101_101010_60.dat" for i in range(20_000)]
     frame = classify(pl.DataFrame({"srcfile": paths}))
