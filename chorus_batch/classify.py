@@ -20,7 +20,7 @@ accepted, and validation names the current form (rule layout.superseded).
 
 from __future__ import annotations
 
-import re
+import functools
 from dataclasses import dataclass
 
 import polars as pl
@@ -146,7 +146,7 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
 
 # Bumped when classification changes other than through the patterns (what a group means, how a
 # category is spelled): the manifest's current rows are then classified again (commit.py).
-CLASSIFY_LOGIC = 6
+CLASSIFY_LOGIC = 7  # (7: a hit's fields all come from the first pattern it hits)
 
 
 def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
@@ -173,14 +173,27 @@ def _regex_error(text: str, regex: str) -> str:
     return reason
 
 
+@functools.lru_cache(maxsize=256)
+def _group_names(regex: str) -> tuple[str, ...]:
+    """The named groups of a pattern, as the regex engine reads them: (?P<name>...) and (?<name>...) alike (a
+    pattern written the second way was taken for one with no group, and fitted no path); unnamed groups are
+    numbers there, which no name can be."""
+    fields = pl.Series("p", [""], dtype=pl.String).str.extract_groups(regex).struct.fields
+    return tuple(f for f in fields if not f.isdigit())
+
+
 def _check_regex(modality: str, index: int, regex: str, config: str = "chorus.toml") -> None:
     where = f"{config} [patterns] {modality}[{index}]"
     try:
-        pl.Series("p", ["x"]).str.extract_groups(regex)
+        names = set(_group_names(regex))
     except Exception as exc:  # polars raises ComputeError for bad regexes
         raise ConfigError(f"invalid path pattern '{regex}': {_regex_error(str(exc), regex)}", where=where,
                           fix="fix the regular expression (Rust regex syntax)") from None
-    names = set(re.findall(r"\(\?P<(\w+)>", regex))
+    if not names:
+        raise ConfigError(f"path pattern '{regex}' names no group: a path is taken by the groups a pattern sets, so "
+                          "it would fit no path (each file it fits recorded as unparsed)", where=where,
+                          fix="name the parts of the path, at least the person folder, (?P<person_id>[^/]+), and the "
+                              f"record, (?P<session>[^/]+); the group names: {', '.join(GROUPS)}")
     unknown = names - set(GROUPS)
     if unknown:
         raise ConfigError(
@@ -352,9 +365,10 @@ def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_
     return _classify(listing, patterns)
 
 
-# The groups a hit gives the classified row: of the patterns a path hits, each field comes from the first that has
-# it (a later pattern's field fills one the first hit lacks: a current session file named with a start stamp takes
-# its duration from the flat pattern)
+# The groups a hit gives the classified row, all from the first pattern the path hits: a field that pattern lacks
+# stays NULL (was: filled from a later pattern the path hit too, so a current session's WFDB segment file
+# <person>_<YYYYMMDD>_<HHMMSS>_0001.dat, read with the flat naming, had a duration of 1 s; the current layout names
+# a file by its session id alone, and its layout reads the rest of the name as nothing)
 _HIT_FIELDS = ("person_id", "session", "date", "time", "duration", "segment", "name_person", "category")
 
 
@@ -364,24 +378,20 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
     n = listing.height
     srcfile = listing["srcfile"]
     plain = ~srcfile.str.contains(CONTROL_CHARACTER)
-    # The first hit's groups, field by field (NULL until a hit gives one), which pattern hit first, and, for the
+    # The first hit's groups (NULL until a hit gives them), which pattern hit first, and, for the
     # paths no pattern hits, what each pattern that fits the path's shape said of it.
     found = {f: pl.repeat(None, n, dtype=pl.String, eager=True) for f in _HIT_FIELDS}
     first = pl.repeat(None, n, dtype=pl.Int32, eager=True)
     hit_any = pl.repeat(False, n, dtype=pl.Boolean, eager=True)
     near: list[tuple[int, pl.Series, pl.DataFrame]] = []  # (pattern, its rows, their person_id and _r)
     for i, p in enumerate(patterns):
-        names = set(re.findall(r"\(\?P<(\w+)>", p.regex))
-        if not names:  # (no group to tell a match by: fits no path)
+        names = set(_group_names(p.regex))
+        if not names:  # (no group to tell a match by: fits no path; [patterns] refuses one)
             continue
         gives = [f for f in _HIT_FIELDS if f in names]
-        # A pattern is run on the paths no earlier pattern hit, and on those whose first hits lack a field it has
-        # (that field is the only thing a later hit changes); the regex's test first, its groups on the paths
+        # A pattern is run on the paths no earlier pattern hit; the regex's test first, its groups on the paths
         # that pass it alone (extracting the groups costs several times the test; was: both on every path)
-        need = ~hit_any
-        for f in gives:
-            need = need | found[f].is_null()
-        rows = need.arg_true()
+        rows = (~hit_any).arg_true()
         if not rows.len():
             continue
         fits = (srcfile if rows.len() == n else srcfile.gather(rows)).str.contains(p.regex).fill_null(False)
@@ -410,9 +420,8 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
             continue
         at = hits["_row"]
         for f in gives:
-            empty = found[f].gather(at).is_null() & hits[f].is_not_null()
-            found[f] = found[f].scatter(at.filter(empty), hits[f].filter(empty))
-        first = first.scatter(at.filter(first.gather(at).is_null()), i)
+            found[f] = found[f].scatter(at, hits[f])
+        first = first.scatter(at, i)
         hit_any = hit_any.scatter(at, True)
     work = listing.with_columns(
         _hit=hit_any,

@@ -36,15 +36,24 @@ def test_flat_waveform_in_session_folder_with_segment_belongs_to_the_folder_reco
     assert b["start_time"] == "10:30:00"
 
 
-def test_a_current_session_file_named_with_a_stamp_takes_duration_and_segment_from_the_flat_pattern_too():
-    """Of the patterns a path hits, each field comes from the first that has it: the current layout wins, and the
-    flat pattern, hit too, gives the duration and segment it lacks (classify runs a pattern on a path an earlier one
-    hit only for the fields still missing: this keeps that so)."""
-    row = one("000123/Waveforms/Telemetry/000123_20200101_100000/000123_20200101_100000_1800_0001.dat")
-    assert (row["layout"], row["category"], row["session_id"]) == ("current", "Telemetry", "000123_20200101_100000")
-    assert (row["duration_s"], row["segment"], row["start_time"], row["parse_error"]) == (1800.0, "0001", "10:00:00", None)
-    row = one("000123/Waveforms/Telemetry/000123_20200101_100000/000123_20200101_100000.hea")
-    assert (row["layout"], row["duration_s"], row["segment"], row["start_time"]) == ("current", None, None, "10:00:00")
+def test_a_current_session_file_takes_every_field_from_the_current_layout_alone():
+    """Of the patterns a path hits, the first gives every field: the current layout names a file by its session id
+    (Waveform File Format v2.1; Data-Upload-Update's 901234_0001.dat a WFDB segment file), so nothing after the id is
+    a duration. Was: each field from the first pattern that had it, so the flat naming, hit too, read a segment file
+    <person>_<YYYYMMDD>_<HHMMSS>_0001.dat as 1 s long (and not where the session id was spelled another way)."""
+    for name in ("000123_20200101_100000_0001.dat", "000123_20200101_100000_0001.hea",
+                 "000123_20200101_100000_1800_0001.dat", "000123_20200101_100000.hea"):
+        row = one(f"000123/Waveforms/Telemetry/000123_20200101_100000/{name}")
+        assert (row["layout"], row["category"], row["session_id"], row["parse_error"]) == (
+            "current", "Telemetry", "000123_20200101_100000", None), name
+        # the start from the session's stamp, as for a session spelled any way
+        assert (row["duration_s"], row["segment"], row["start_date"], row["start_time"]) == (
+            None, None, "2020-01-01", "10:00:00"), name
+    other = one("000123/Waveforms/Telemetry/999_20200101_100000/999_20200101_100000_0001.dat")
+    assert (other["layout"], other["duration_s"], other["segment"]) == ("current", None, None)
+    # lower-case v2.0 folders alike
+    row = one("000123/waveforms/eeg/000123_20200101_100000/000123_20200101_100000_3600.edf")
+    assert (row["layout"], row["category"], row["duration_s"]) == ("waveforms-v2.0", "EEG", None)
 
 
 def test_flat_waveforms_moved_into_telemetry_or_eeg_are_a_record_each_of_that_category():
@@ -228,6 +237,27 @@ def test_bad_patterns_are_config_errors(regex, message):
     with pytest.raises(ConfigError, match=message) as info:
         build_patterns({"Images": [regex]})
     assert "[patterns] Images[0]" in str(info.value)
+
+
+def test_a_pattern_naming_its_groups_the_other_way_rust_allows_is_applied():
+    """The regex engine takes (?<name>...) as it takes (?P<name>...): its groups were not seen, so the pattern was
+    taken to fit no path and each path it fits was unparsed, told it "fits no pattern of [patterns]", naming it."""
+    patterns = build_patterns({"Waveforms": [r"^(?<person_id>[^/]+)/ecg/(?<session>[^/]+)\.xml$"]})
+    row = one("55/ecg/run1.xml", patterns)
+    assert (row["modality"], row["person_id"], row["session_id"], row["parse_error"]) == (
+        "Waveforms", "55", "run1", None)
+    # and its names are checked as the other spelling's (was: any name taken)
+    with pytest.raises(ConfigError, match="unknown group name patient"):
+        build_patterns({"Waveforms": [r"^(?<patient>[^/]+)/ecg/(?<session>[^/]+)\.xml$"]})
+
+
+@pytest.mark.parametrize("regex", [r"^[^/]+/Waveforms/[^/]+$", r"^([^/]+)/Waveforms/(?:[^/]+)$"])
+def test_a_pattern_with_no_named_group_is_refused(regex):
+    """A match is told by the groups it sets: a pattern naming none fitted no path, and a file it fits was told it
+    "fits no pattern of [patterns] Waveforms", the pattern named beside it."""
+    with pytest.raises(ConfigError, match="names no group") as info:
+        build_patterns({"Waveforms": [r"^(?P<person_id>[^/]+)/Waveforms/(?P<session>[^/]+)/(?P<file>[^/]+)$", regex]})
+    assert "[patterns] Waveforms[1]" in str(info.value) and "(?P<person_id>" in info.value.fix
 
 
 def test_classify_is_vectorised_over_many_rows():
