@@ -2400,6 +2400,17 @@ def _expand_home(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Owner-only whatever the caller's umask (a cron line without `umask 077`): besides the outputs chmodded to
+    # 0600, scratch files made by libraries (upload's manifest copy, DuckDB's review database and WAL, SQLite's
+    # -wal/-shm) took the umask's mode, 0666 under umask 000, while they held person ids. Given back at the end.
+    previous = os.umask(0o077)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = _parse(parser, argv)
