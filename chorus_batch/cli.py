@@ -2399,6 +2399,12 @@ def _expand_home(args: argparse.Namespace) -> None:
                 refuse_too_long(getattr(args, dest), name)
 
 
+# Commands main does not hold to the address space a run maps: those that check it at their own moment (run, not
+# with --slurm, which only submits), and those whose work needs none of polars' and DuckDB's thread pools.
+_ADDRESS_SPACE_NOT_HERE = frozenset({"run", "status", "validate", "upload", "testdata", "import-config",
+                                     "slurm-script", "unlock"})
+
+
 def main(argv: list[str] | None = None) -> int:
     # Owner-only whatever the caller's umask (a cron line without `umask 077`): besides the outputs chmodded to
     # 0600, scratch files made by libraries (upload's manifest copy, DuckDB's review database and WAL, SQLite's
@@ -2429,6 +2435,12 @@ def _main(argv: list[str] | None = None) -> int:
             check_working_folder()
             check_environment()
             _expand_home(args)
+            if args.command not in _ADDRESS_SPACE_NOT_HERE:
+                from .processes import ensure_address_space
+
+                # Before the libraries load: the nightly report, registry and changes load polars and DuckDB as a
+                # run does, and under `ulimit -v` 2 GB aborted in their native code (exit 127/134, no word of ours).
+                ensure_address_space(args.command)
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code

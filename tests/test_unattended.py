@@ -673,6 +673,26 @@ def test_validate_and_upload_under_an_address_space_limit_are_refused_before_any
     assert unlimited.returncode in (0, 1), unlimited.stderr
 
 
+@pytest.mark.parametrize("command", ["report", "registry", "changes"])
+def test_the_reading_commands_under_an_address_space_limit_are_refused_before_any_work(site, db, tmp_path, command):
+    """The nightly report (and registry, changes) load polars and DuckDB as a run does, but were not held to the
+    address space it maps: under `ulimit -v` 2000 MiB `report` ended with "cannot allocate memory for thread-local
+    data: ABORT" (exit 127), `registry` and `changes` in polars' Rust code (exit 134), no message of ours and the
+    output not written. Exit 2 before any work, naming the limit, as `run` is."""
+    import resource
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    out = tmp_path / "out"
+    args = {"report": ["--out", str(out)], "registry": ["--out", str(out)], "changes": []}[command]
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", command, "--db", str(db), *args], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2000 * 2**20, resource.RLIM_INFINITY)))
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert f"the address-space limit (`ulimit -v`) is 2000 MiB: `{command}` maps about 3 GiB" in done.stderr, done.stderr
+    assert "ulimit -v unlimited" in done.stderr and not out.exists()
+
+
 _FORK_REFUSED = """
 import errno, os, sys
 from chorus_batch import cli
