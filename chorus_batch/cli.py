@@ -2435,6 +2435,8 @@ def _main(argv: list[str] | None = None) -> int:
             check_working_folder()
             check_environment()
             _expand_home(args)
+            if stdout is None:
+                _refuse_closed_output(args)
             if args.command not in _ADDRESS_SPACE_NOT_HERE:
                 from .processes import ensure_address_space
 
@@ -2538,6 +2540,23 @@ def _print_json_error(code: int, error: str, **details: str | None) -> None:
         print(json.dumps({"error": scrub(error), **{k: scrub(v) if v else None for k, v in fields.items()},
                           "exit_code": code}, indent=2))
         sys.stdout.flush()
+
+
+def _refuse_closed_output(args: argparse.Namespace) -> None:
+    """Standard output closed (`>&-`) where it is what the command makes (`report --out -`, `import-config` with no
+    --out): a closed stdout takes nothing (a run's summary is lost, its version is not), and `report --out -` said
+    "wrote the report to standard output", exit 0, of a page written nowhere. Refused before any work."""
+    out = getattr(args, "out", None)
+    if not (args.command in ("report", "review", "registry") and out == "-"
+            or args.command == "import-config" and out in (None, "-")):
+        return
+    made = {"report": "the report", "review": "the executed notebook", "registry": "the registry",
+            "import-config": "the converted chorus.toml"}[args.command]
+    refused = OutputError(f"standard output is closed (`>&-`): {made} would be written nowhere",
+                          where="standard output", fix="give --out FILE, or start the command with standard output "
+                          "open (`> FILE`)")
+    refused.outcome = "nothing was done"
+    raise refused
 
 
 class OutputError(ChorusError):

@@ -540,6 +540,19 @@ def test_a_run_with_stdin_stdout_and_stderr_closed_commits(site, db):
     assert query(db, "SELECT exit_code FROM runs") == [(0,)] and len(current_rows(db)) == 2100
 
 
+def test_a_report_to_a_closed_standard_output_is_not_said_written(site, db):
+    """`report --out - >&-`: a closed stdout takes nothing (right for a run's summary), and the report said "wrote
+    the report to standard output", exit 0, of a page written nowhere. Refused before any work: exit 3, saying so."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    command = " ".join([sys.executable, "-m", "chorus_batch", "report", "--db", str(db), "--out", "-"])
+    done = subprocess.run(["sh", "-c", f"{command} >&-"], capture_output=False, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "standard output is closed (`>&-`): the report would be written nowhere" in done.stderr, done.stderr
+    assert "wrote the report" not in done.stderr and "nothing was done" in done.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs CPU affinity and two usable CPUs")
 @pytest.mark.parametrize("how", ["taskset", "slurm"])
