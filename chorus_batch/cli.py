@@ -2450,7 +2450,24 @@ def _expand_home(args: argparse.Namespace) -> None:
                 refuse_too_long(getattr(args, dest), name)
 
 
+# Commands main does not hold to the address space a run maps: those that check it at their own moment (run, not
+# with --slurm, which only submits), and those whose work needs none of polars' and DuckDB's thread pools.
+_ADDRESS_SPACE_NOT_HERE = frozenset({"run", "status", "validate", "upload", "testdata", "import-config",
+                                     "slurm-script", "unlock"})
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Owner-only whatever the caller's umask (a cron line without `umask 077`): besides the outputs chmodded to
+    # 0600, scratch files made by libraries (upload's manifest copy, DuckDB's review database and WAL, SQLite's
+    # -wal/-shm) took the umask's mode, 0666 under umask 000, while they held person ids. Given back at the end.
+    previous = os.umask(0o077)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = _parse(parser, argv)
@@ -2469,6 +2486,14 @@ def main(argv: list[str] | None = None) -> int:
             check_working_folder()
             check_environment()
             _expand_home(args)
+            if stdout is None:
+                _refuse_closed_output(args)
+            if args.command not in _ADDRESS_SPACE_NOT_HERE:
+                from .processes import ensure_address_space
+
+                # Before the libraries load: the nightly report, registry and changes load polars and DuckDB as a
+                # run does, and under `ulimit -v` 2 GB aborted in their native code (exit 127/134, no word of ours).
+                ensure_address_space(args.command)
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code
@@ -2566,6 +2591,23 @@ def _print_json_error(code: int, error: str, **details: str | None) -> None:
         print(json.dumps({"error": scrub(error), **{k: scrub(v) if v else None for k, v in fields.items()},
                           "exit_code": code}, indent=2))
         sys.stdout.flush()
+
+
+def _refuse_closed_output(args: argparse.Namespace) -> None:
+    """Standard output closed (`>&-`) where it is what the command makes (`report --out -`, `import-config` with no
+    --out): a closed stdout takes nothing (a run's summary is lost, its version is not), and `report --out -` said
+    "wrote the report to standard output", exit 0, of a page written nowhere. Refused before any work."""
+    out = getattr(args, "out", None)
+    if not (args.command in ("report", "review", "registry") and out == "-"
+            or args.command == "import-config" and out in (None, "-")):
+        return
+    made = {"report": "the report", "review": "the executed notebook", "registry": "the registry",
+            "import-config": "the converted chorus.toml"}[args.command]
+    refused = OutputError(f"standard output is closed (`>&-`): {made} would be written nowhere",
+                          where="standard output", fix="give --out FILE, or start the command with standard output "
+                          "open (`> FILE`)")
+    refused.outcome = "nothing was done"
+    raise refused
 
 
 class OutputError(ChorusError):

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import FILE_SIZE_FIX, ManifestError, Stopped, UsageError, WriteError, named, pass_db
+from .faults import pause
 
 OWNER_ONLY = 0o600
 PRIVATE_FOLDER = 0o700
@@ -636,6 +637,7 @@ def scratch_folder(prefix: str, parent: str | os.PathLike[str] | None = None) ->
         owner.acquire()
         yield folder
     finally:
+        pause("scratch-folder-end")  # (tests: the modes of what the work left in it)
         owner.release()
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -150,3 +150,25 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     # --verbose keeps it (the SDK's own account of each credential tried).
     azure = logging.getLogger("azure")
     azure.handlers[:] = [] if verbose else [logging.NullHandler()]
+    # A record no handler takes (the SDK's under --verbose, botocore's, urllib3's) went to Python's last-resort
+    # handler as it was: a SAS URL or an account key in the SDK's warning reached the cron mail and the job log.
+    # The last resort masks too, as ours do (a handler on the root logger, set by whoever embeds us, still wins).
+    logging.lastResort = _LastResort()
+
+
+class _LastResort(logging.StreamHandler):
+    """Python's last resort (warnings and worse to whatever stderr is at the time), masked; lines named by their
+    logger, as they are not the tool's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.setFormatter(_MaskingFormatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+
+    @property  # type: ignore[override]
+    def stream(self):  # sys.stderr when written: a test's capture, or a stream replaced since
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass

@@ -1527,6 +1527,20 @@ def test_a_secret_a_message_quotes_is_masked_on_stderr_in_json_in_the_log_and_in
     assert "could not reach https://***@host/c?sig=***" in logged and secret not in logged, logged
 
 
+def test_a_libraries_own_warning_is_masked_too_under_verbose():
+    """-v took the Azure SDK's null handler away so that its own account of each credential tried is shown: its records
+    then went to Python's last-resort handler, unmasked (a retry's warning quotes the SAS URL it retried). A record
+    no handler of ours takes (the SDK's, urllib3's) is masked as the tool's own lines are. In a process of its own:
+    pytest's handler on the root logger would take the record before the last resort."""
+    code = ("import logging; from chorus_batch.progress import setup_logging; setup_logging(verbose=True); "
+            "logging.getLogger('azure.core.pipeline.policies._retry').warning("
+            "'Retrying https://a.blob.core.windows.net/c/x?sv=2024&sig=SECRETSIG, AccountKey=SECRETKEY;'); "
+            "logging.getLogger('urllib3.connectionpool').warning('pool full: https://h/c?sig=SECRETSIG')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "azure.core.pipeline.policies._retry: Retrying https://a.blob.core.windows.net/c/x?sv=***&sig=***" in out.stderr
+    assert "urllib3.connectionpool: pool full" in out.stderr and "SECRET" not in out.stderr, out.stderr
+
+
 def test_a_secret_given_as_an_exclusion_glob_or_a_path_is_never_quoted_back(site, db, tmp_path):
     """A SAS URL pasted into --exclude (or [run] exclude) was taken as a glob: the run went on, and the summary's
     "--exclude/exclude '...' matched no file" warning and --json's excluded.unmatched printed it whole. `files --path`

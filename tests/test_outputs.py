@@ -17,7 +17,7 @@ from chorus_batch.cli import main
 from chorus_batch.errors import ExitCode, UsageError, WriteError
 from chorus_batch.fsutil import write_private
 from chorus_batch.testdata import Spec, make_testdata
-from conftest import run_site
+from conftest import paused, run_site
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, sockets and modes are POSIX")
 
@@ -309,6 +309,29 @@ def test_every_file_is_0600_and_every_folder_made_0700_under_umask_000(manifest,
     assert len(paths) > 100
     wrong = {str(p): oct(mode(p)) for p in paths if mode(p) != (0o700 if p.is_dir() else 0o600)}
     assert not wrong
+
+
+@posix_only
+def test_the_scratch_files_a_command_makes_are_owner_only_under_umask_000(manifest, tmp_path):
+    """Files made by libraries, not by the tool's writer, took the umask's mode: the report's DuckDB database in its
+    scratch folder was 0666 under umask 000 (as upload's manifest copy and verify --download's, with SQLite's -wal
+    and -shm), holding every path. Looked at while the command still has them, before the folder is removed."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    old = os.umask(0)
+    try:
+        proc = paused("report", "--db", str(manifest), "--out", str(tmp_path / "r.html"), at="scratch-folder-end",
+                      env={"TMPDIR": str(scratch)})
+    finally:
+        os.umask(old)
+    try:
+        made = list(scratch.rglob("*"))
+        assert "review.duckdb" in {p.name for p in made}
+        wrong = {str(p): oct(mode(p)) for p in made if mode(p) & 0o077}
+        assert not wrong
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @posix_only

@@ -540,6 +540,19 @@ def test_a_run_with_stdin_stdout_and_stderr_closed_commits(site, db):
     assert query(db, "SELECT exit_code FROM runs") == [(0,)] and len(current_rows(db)) == 2100
 
 
+def test_a_report_to_a_closed_standard_output_is_not_said_written(site, db):
+    """`report --out - >&-`: a closed stdout takes nothing (right for a run's summary), and the report said "wrote
+    the report to standard output", exit 0, of a page written nowhere. Refused before any work: exit 3, saying so."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    command = " ".join([sys.executable, "-m", "chorus_batch", "report", "--db", str(db), "--out", "-"])
+    done = subprocess.run(["sh", "-c", f"{command} >&-"], capture_output=False, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "standard output is closed (`>&-`): the report would be written nowhere" in done.stderr, done.stderr
+    assert "wrote the report" not in done.stderr and "nothing was done" in done.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs CPU affinity and two usable CPUs")
 @pytest.mark.parametrize("how", ["taskset", "slurm"])
@@ -671,6 +684,26 @@ def test_validate_and_upload_under_an_address_space_limit_are_refused_before_any
     unlimited = subprocess.run([sys.executable, "-m", "chorus_batch", *args], capture_output=True, text=True,
                                timeout=120, env=env, stdin=subprocess.DEVNULL)
     assert unlimited.returncode in (0, 1), unlimited.stderr
+
+
+@pytest.mark.parametrize("command", ["report", "registry", "changes"])
+def test_the_reading_commands_under_an_address_space_limit_are_refused_before_any_work(site, db, tmp_path, command):
+    """The nightly report (and registry, changes) load polars and DuckDB as a run does, but were not held to the
+    address space it maps: under `ulimit -v` 2000 MiB `report` ended with "cannot allocate memory for thread-local
+    data: ABORT" (exit 127), `registry` and `changes` in polars' Rust code (exit 134), no message of ours and the
+    output not written. Exit 2 before any work, naming the limit, as `run` is."""
+    import resource
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    out = tmp_path / "out"
+    args = {"report": ["--out", str(out)], "registry": ["--out", str(out)], "changes": []}[command]
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", command, "--db", str(db), *args], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2000 * 2**20, resource.RLIM_INFINITY)))
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert f"the address-space limit (`ulimit -v`) is 2000 MiB: `{command}` maps about 3 GiB" in done.stderr, done.stderr
+    assert "ulimit -v unlimited" in done.stderr and not out.exists()
 
 
 _FORK_REFUSED = """

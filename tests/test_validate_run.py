@@ -651,16 +651,20 @@ def test_validate_of_a_folder_without_a_manifest_does_not_log_a_version_committe
     assert list(tmp_path.iterdir()) == [clean]
 
 
-@pytest.mark.parametrize("recorded", ["C:/data/site", "/mnt/not-mounted/site"])
+@pytest.mark.parametrize("recorded", ["C:/data/site", "/mnt/not-mounted/site", "EMPTY"])
 def test_validate_of_a_manifest_whose_recorded_root_is_not_there_says_so_once_and_records_nothing(
         clean, tmp_path, recorded):
     """A manifest copied from the site's Windows machine (its root recorded as C:/data/site, a folder under the working
     one here), or one whose disk is not mounted: `validate --force --db` said of every file "it is gone (removed or
     moved since the run recorded it)", then (naming the root) one `file.unread` error per file, each repeating the same
     cause, stored with the version: thousands on a real site. It stops once, before reading, as for a manifest that
-    does not record its roots: exit 2, the root and why it is not there, what to give; no finding is recorded."""
+    does not record its roots: exit 2, the root and why it is not there, what to give; no finding is recorded.
+    So for a root that is an empty folder (EMPTY: the mount point of an NFS share that did not come up)."""
     db = tmp_path / "m.sqlite"
     run_site(clean, db)
+    if recorded == "EMPTY":
+        recorded = str(tmp_path / "mnt")
+        os.mkdir(recorded)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE roots SET location = ?", (recorded,))
         con.execute("DELETE FROM file_facts")
@@ -669,7 +673,9 @@ def test_validate_of_a_manifest_whose_recorded_root_is_not_there_says_so_once_an
     assert done.returncode == 2, done.stdout + done.stderr
     said = done.stderr
     assert said.count("chorus-batch: error:") == 1 and "Traceback" not in said, said
-    assert "must be read to check it" in said and "the root it is recorded under" in said, said
+    assert "must be read to check it" in said, said
+    assert ("is an empty folder (a file system not mounted there?)" in said if recorded.endswith("mnt")
+            else "the root it is recorded under" in said), said
     assert "give --site the folder the site is in now, or mount" in said, said
     assert ("Windows path" in said) == recorded.startswith("C:"), said
     assert (query(db, "SELECT * FROM findings ORDER BY 1, 2, 3"), query(db, "SELECT * FROM validations")) == before

@@ -166,8 +166,18 @@ def root_gone(source) -> str | None:
     if callable(remote := getattr(source, "whole_root_gone", None)):  # a cloud prefix with no object under it
         return remote()
     root = getattr(source, "root", None)
-    if not isinstance(root, str) or not getattr(source, "parallel_local", False) or os.path.isdir(root):
+    if not isinstance(root, str) or not getattr(source, "parallel_local", False):
         return None
+    if os.path.isdir(root):
+        # An empty folder where files were recorded: an NFS mount that did not come up leaves its mount point so.
+        # Each file was a `file.unread` error of its own; one that lost only some files is read file by file.
+        try:
+            with os.scandir(root) as entries:
+                if next(entries, None) is not None:
+                    return None
+        except OSError:
+            return None  # (unreadable: each file's read says why)
+        return f"the root it is read from, {shown_name(root)}, is an empty folder (a file system not mounted there?)"
     return f"the root it is recorded under, {shown_name(root)}, {_why_no_folder(root)}"
 
 
