@@ -106,25 +106,27 @@ class _WouldWrite(Exception):
     """build_registries(write=False) met something to record (headers never read, proc_ids to allocate)."""
 
 
-def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[int | None, Source],
-           workers: int, progress: Progress | None = None, *, write: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The facts of `kind` for these files (srcfile, md5, root_id, size, mtime_ns, etag): cached ones, and the rest
-    read now; and the files (srcfile) whose header could not be read as recorded (written since, gone, unreadable)."""
-    from .validate.run import read_new_facts
+def _facts(manifest: Manifest, wanted: list[tuple[pl.DataFrame, str]], sources: Mapping[int | None, Source],
+           workers: int, progress: Progress | None = None, *, write: bool = True,
+           label: str = "") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The facts of each (files, kind) pair's files (srcfile, md5, root_id, size, mtime_ns, etag): cached ones, and
+    the rest read now; and the files (srcfile) whose header could not be read as recorded (written since, gone,
+    unreadable). All kinds at once: a root that is not there stops the command once, before anything is read."""
+    from .validate.run import read_new_facts, refuse_unreachable
 
     cache = manifest.validation
     # With the size, mtime and etag the MD5 was recorded with: a file written since gives no facts (a "retry"), never
     # the new content's facts cached under the recorded MD5 (the registry of that version, and validate, would take
     # them for good)
-    wanted = files.select("srcfile", "md5", "root_id", "size", "mtime_ns", "etag", kind=pl.lit(kind))
-    known = cache.known_facts(wanted)
-    todo = wanted.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
+    files = pl.concat([f.select("srcfile", "md5", "root_id", "size", "mtime_ns", "etag", kind=pl.lit(kind))
+                       for f, kind in wanted])
+    known = cache.known_facts(files)
+    todo = files.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
     readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
-    missing = [root_id for root_id, source in readers.items() if source is None]
-    if missing:
-        n = sum(todo.filter(pl.col("root_id").eq_missing(root_id)).height for root_id in missing)
-        raise UsageError(f"{plural(n, 'header')} {'was' if n == 1 else 'were'} never read and the manifest does not record where the "
-                         "site is", where=str(manifest.path), fix="pass --site with the site root")
+    # (validate's check: a root recorded but not there, a disk not mounted, was a "no longer as recorded" warning per
+    # header and registries written without their capture times, exit 1)
+    refuse_unreachable(todo, readers, what=f"version {label}", where=str(manifest.path), to="date their registry rows",
+                       nothing="nothing was read, no registry written", again="write the registries again")
     if todo.height and not write:
         raise _WouldWrite
     unread = pl.DataFrame(schema={"srcfile": pl.String})
@@ -133,7 +135,7 @@ def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[
         retry = pl.col("facts").str.contains('"retry":true', literal=True)
         cache.save_facts(new.filter(~retry))
         known = pl.concat([known, new.filter(~retry).select(known.columns)])
-        unread = files.join(new.filter(retry).select("md5"), on="md5", how="semi").select("srcfile")
+        unread = files.join(new.filter(retry).select("kind", "md5"), on=["kind", "md5"], how="semi").select("srcfile")
     return known, unread
 
 
@@ -341,12 +343,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     waves = linked.filter(pl.col("modality") == "Waveforms")
     headers = waves.filter(pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
     edf = waves.filter(pl.col("srcfile").str.to_lowercase().str.contains(r"\.(edf|bdf)$"))
-    (image_facts, image_unread), (wfdb_facts, wfdb_unread), (edf_facts, edf_unread) = (
-        _facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
-        _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write),
-        _facts(manifest, edf, KIND_EDF, sources, workers, progress, write=write))
-    facts = pl.concat([image_facts, wfdb_facts, edf_facts])
-    unread = pl.concat([image_unread, wfdb_unread, edf_unread])
+    facts, unread = _facts(manifest, [(dicom, KIND_DICOM), (headers, KIND_WFDB), (edf, KIND_EDF)], sources, workers,
+                           progress, write=write, label=label)
     warnings = _unread_warning(unread, label)
     if left_out.len():
         warnings.append(

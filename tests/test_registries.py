@@ -709,6 +709,28 @@ def test_a_site_moved_since_the_run_is_said_with_how_to_point_at_it(tmp_path):
     assert again.returncode == 0, again.stderr
 
 
+def test_a_root_gone_with_headers_never_read_stops_once_as_validate_does(tmp_path):
+    """A run without validation (its headers never read), then the site's disk not mounted: registry read each header
+    from the recorded root, warned that every one was "no longer as it recorded them", wrote registries without
+    capture times and exited 1. It stops once before reading (validate's refuse_unreachable), exit 2, nothing
+    written, naming the root and --site; with --site the capture times are read."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    for table in ("visit_occurrence", "procedure_occurrence"):  # (else reading the OMOP tables stops it first)
+        (site / "OMOP" / f"{table}.csv").unlink()
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    moved = site.rename(tmp_path / "moved")
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("error") == 1 and "no longer as it recorded" not in done.stderr, done.stderr
+    assert f"the root it is recorded under, {site}, does not exist" in done.stderr, done.stderr
+    assert "give --site the folder the site is in now" in done.stderr and "no registry written" in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+    again = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))
+    assert again.returncode == 1 and "no longer as it recorded" not in again.stderr, again.stderr
+    assert all(r["datetime"] for r in read_csv(out / "image_registry.csv"))
+
+
 def test_the_readmes_demo_registry_command_and_rows_are_what_the_demo_gives(tmp_path):
     """The README's "Linkage registries" shows a command and the demo site's first rows: `chorus-batch run &&
     chorus-batch registry --out release --omop` stopped at once (no site given; exit 2). Its command, run as written,
