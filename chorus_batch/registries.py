@@ -610,11 +610,10 @@ def _filled_by_hand(out: Path, registries: Registries) -> list[str]:
     said = []
     for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
         path = out / name
-        try:  # (a spreadsheet's BOM read too; only the three columns, as text)
-            old = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", columns=["file_id", "datetime", "visit_id"])
-        except Exception:  # noqa: BLE001 (none there, or not one to compare: it is replaced as before)
+        old = _read_registry(path, ["file_id", "datetime", "visit_id"])
+        if old is None:  # (none there, or not one to compare: it is replaced as before)
             continue
-        old = old.rename({c: c.lstrip("\ufeff") for c in old.columns}).select(
+        old = old.select(
             pl.col("file_id").str.strip_chars(), pl.col("datetime").str.strip_chars().alias("_old_datetime"),
             pl.col("visit_id").str.strip_chars().alias("_old_visit_id"))
         lost = (frame.select(pl.col("file_id").cast(pl.String), "datetime", "visit_id").join(old, on="file_id")
@@ -665,6 +664,25 @@ def _refuse_site_table(manifest: Manifest, target: Path) -> None:
                                                         "then add its rows to the site's procedure_occurrence.csv")
 
 
+def _read_registry(path: Path, columns: list[str]) -> pl.DataFrame | None:
+    """These columns (as text) of a registry already in --out, split by the delimiter its header row is (a spreadsheet
+    saves semicolons in much of Europe; its BOM and CRLF read too); None without the file or one of the columns. Read
+    as comma-delimited, a semicolon-saved registry had no columns: the site's own was replaced without a word, and
+    the values filled in by hand were lost without the warning."""
+    from .validate.readers import BadContent, _csv_header
+
+    try:
+        with open(path, "rb") as f:
+            delimiter = _csv_header(f)[0]["delimiter"]
+        frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", separator=delimiter or ",")
+    except (OSError, BadContent, pl.exceptions.PolarsError, ValueError):
+        return None
+    frame.columns = [c.lstrip("\ufeff").strip().strip('"').strip().lower() for c in frame.columns]
+    if not set(columns) <= set(frame.columns) or len(set(frame.columns)) != frame.width:
+        return None
+    return frame.select(columns)
+
+
 def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
     """A UsageError when `out` holds a waveform or image registry with proc_ids this manifest never gave: the site's
     own registry (shipped at its root, or copied to a release folder), whose proc_ids its PROCEDURE_OCCURRENCE rows
@@ -674,12 +692,10 @@ def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
                                  schema={"proc_id": pl.Int64})["proc_id"]
     for name in ("waveform_registry.csv", "image_registry.csv"):
         path = out / name
-        if not path.is_file():
-            continue
-        try:
-            written = pl.read_csv(path, infer_schema=False, columns=["proc_id"])["proc_id"]
-        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError):
+        frame = _read_registry(path, ["proc_id"])
+        if frame is None:
             continue  # (no proc_id column to read: no ids anyone joins on are lost by replacing it)
+        written = frame["proc_id"]
         ids = pl.select(_norm(pl.lit(written))).to_series()
         foreign = ids.filter(ids.is_not_null() & (ids != "")
                              & ~ids.cast(pl.Int64, strict=False).is_in(given.implode()).fill_null(False))

@@ -1047,6 +1047,13 @@ def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwi
     (copy / "image_registry.csv").write_bytes(shipped["image_registry.csv"])
     assert cli("registry", "--db", str(db), "--out", str(copy)).returncode == 2
     assert (copy / "image_registry.csv").read_bytes() == shipped["image_registry.csv"]
+    # ... also saved by a spreadsheet with semicolons, a BOM and CRLF (read as comma-delimited, it had no proc_id
+    # column and was replaced, exit 0)
+    semicolons = b"\xef\xbb\xbf" + shipped["image_registry.csv"].replace(b",", b";").replace(b"\n", b"\r\n")
+    (copy / "image_registry.csv").write_bytes(semicolons)
+    refused = cli("registry", "--db", str(db), "--out", str(copy))
+    assert refused.returncode == 2 and "image_registry.csv with" in refused.stderr, refused.stderr
+    assert (copy / "image_registry.csv").read_bytes() == semicolons
     assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
     for name in shipped:
         (site / name).unlink()
@@ -1196,10 +1203,12 @@ def test_a_visit_that_ends_before_it_starts_is_told_not_left_enclosing_nothing_s
     assert "Traceback" not in done.stderr
 
 
-def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_path):
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_path, delimiter):
     """The undated-session warning suggests filling in datetime and visit_id in waveform_registry.csv; writing the
     registries again into that folder replaced the filled-in cells by empty ones, exit 0 or 1 for other reasons,
-    without a word. Now registry names the rows and the values (a spreadsheet's BOM and CRLF read too)."""
+    without a word. Now registry names the rows and the values (a spreadsheet's BOM and CRLF read too, and the
+    semicolons it saves in much of Europe: read as comma-delimited, such a file was replaced without a word)."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
     sitegen.build_clean_site(site, persons=1)
     (site / "OMOP" / "visit_occurrence.csv").write_text(
@@ -1212,7 +1221,7 @@ def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_
     assert rows and not any(r["visit_id"] for r in rows)
     rows[0]["visit_id"] = "4242"
     with path.open("w", newline="", encoding="utf-8-sig") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\r\n")
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\r\n", delimiter=delimiter)
         w.writeheader()
         w.writerows(rows)
     done = cli("registry", "--db", str(db), "--out", str(out))
