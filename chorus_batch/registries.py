@@ -238,10 +238,12 @@ def _omop_rows(files: pl.DataFrame, table: str) -> pl.DataFrame:
     return files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
 
 
-def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); and the
-    visits of a person whose start or end reads as neither, or that end before they start (visit_id, _start_as,
-    _end_as: as written)."""
+def _visits(files: pl.DataFrame,
+            sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); the
+    visits of a person whose start or end reads as neither, or that end before they start; and those whose start or
+    end datetime names a time zone (Z, +01:00), read as the clock time written (the last two: _person, visit_id,
+    _start_as, _end_as: as written)."""
     cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
             "visit_end_datetime"]
     frame = _read_omop(files, "visit_occurrence", cols, sources)
@@ -255,8 +257,13 @@ def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[
     # (a visit ending before it starts, an ETL's or a date shift's slip, enclosed nothing either, without a word)
     bad = pl.col("_start").is_null() | pl.col("_end").is_null() | (pl.col("_end") < pl.col("_start"))
     unread = read.filter(pl.col("_person").is_not_null() & bad)
+    zone = r"\d:\d{2}(?:\.\d+)?\s*(?:[zZ]|[+-]\d{2}:?\d{2})$"
+    zoned = read.filter(pl.col("_person").is_not_null() & ~bad & (
+        frame["visit_start_datetime"].fill_null("").str.strip_chars().str.contains(zone)
+        | frame["visit_end_datetime"].fill_null("").str.strip_chars().str.contains(zone)))
     return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
-            unread.select("_person", "visit_id", "_start_as", "_end_as"))
+            unread.select("_person", "visit_id", "_start_as", "_end_as"),
+            zoned.select("_person", "visit_id", "_start_as", "_end_as"))
 
 
 def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
@@ -386,8 +393,24 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     removed = {table: _removed_since(manifest, omop, table)
                for table in ("visit_occurrence", "procedure_occurrence", "person")}
     omop = omop.filter(~pl.col("srcfile").is_in([path for path in removed.values() if path is not None]))
-    visits, undated_visits = _visits(omop, sources)
+    visits, undated_visits, zoned_visits = _visits(omop, sources)
     rows = _with_visits(rows, visits)
+    # A datetime with a time zone (2020-01-01T08:00:00Z, a database export's UTC) was read as that clock time without a
+    # word: the capture times are the headers' clock, the site's local time, so such a visit is off by the zone's
+    # offset and a file near its start or end took the neighbouring visit (or none)
+    zoned_visits = zoned_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",
+                                     how="semi").sort("visit_id")
+    if zoned_visits.height:
+        examples = "; ".join(f"visit {v}: start {s!r}, end {e!r}" for v, s, e in
+                             zoned_visits.head(3).select("visit_id", "_start_as", "_end_as").iter_rows())
+        warnings.append(
+            f"{plural(zoned_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
+            f"{'has' if zoned_visits.height == 1 else 'have'} a start or end datetime with a time zone (e.g. "
+            f"{examples}): read as the clock time written, the zone dropped and nothing converted, while the capture "
+            "times are the headers' clock, the site's local time (the linkage procedure's); a visit written in UTC or "
+            "another zone is off by its offset, and files captured near its start or end take another visit_id (or "
+            "none). Write visit_occurrence's datetimes in the site's local time without a zone, run, and write the "
+            "registries again")
     # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
     # the files it holds had an empty visit_id, exit 0, without a word
     undated_visits = undated_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",

@@ -1203,6 +1203,18 @@ def test_a_visit_that_ends_before_it_starts_is_told_not_left_enclosing_nothing_s
     assert "Traceback" not in done.stderr
 
 
+def test_a_visit_datetime_with_a_time_zone_is_told_not_read_as_local_time_silently(tmp_path):
+    """A visit_occurrence.csv whose datetimes a database export wrote in UTC (2023-12-30T00:00:00Z) or with an offset
+    was read as the clock time written, the zone dropped, exit 0, without a word: the capture times are the headers'
+    local clock, so files near the visit's start or end took another visit. Now registry says so (exit 1)."""
+    done, rows = _registry_of_visits(
+        tmp_path, "7,{p},9201,2023-12-30,2023-12-30T00:00:00Z,2024-02-01,2024-02-01T00:00:01+01:00,32817\n")
+    assert done.returncode == 1, done.stderr
+    assert "1 visit of persons with registry rows" in done.stderr and "with a time zone" in done.stderr, done.stderr
+    assert "visit 7: start '2023-12-30T00:00:00Z'" in done.stderr, done.stderr
+    assert rows and {r["visit_id"] for r in rows} == {"7"}
+
+
 @pytest.mark.parametrize("delimiter", [",", ";"])
 def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_path, delimiter):
     """The undated-session warning suggests filling in datetime and visit_id in waveform_registry.csv; writing the
