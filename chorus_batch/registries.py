@@ -106,25 +106,27 @@ class _WouldWrite(Exception):
     """build_registries(write=False) met something to record (headers never read, proc_ids to allocate)."""
 
 
-def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[int | None, Source],
-           workers: int, progress: Progress | None = None, *, write: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The facts of `kind` for these files (srcfile, md5, root_id, size, mtime_ns, etag): cached ones, and the rest
-    read now; and the files (srcfile) whose header could not be read as recorded (written since, gone, unreadable)."""
-    from .validate.run import read_new_facts
+def _facts(manifest: Manifest, wanted: list[tuple[pl.DataFrame, str]], sources: Mapping[int | None, Source],
+           workers: int, progress: Progress | None = None, *, write: bool = True,
+           label: str = "") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The facts of each (files, kind) pair's files (srcfile, md5, root_id, size, mtime_ns, etag): cached ones, and
+    the rest read now; and the files (srcfile) whose header could not be read as recorded (written since, gone,
+    unreadable). All kinds at once: a root that is not there stops the command once, before anything is read."""
+    from .validate.run import read_new_facts, refuse_unreachable
 
     cache = manifest.validation
     # With the size, mtime and etag the MD5 was recorded with: a file written since gives no facts (a "retry"), never
     # the new content's facts cached under the recorded MD5 (the registry of that version, and validate, would take
     # them for good)
-    wanted = files.select("srcfile", "md5", "root_id", "size", "mtime_ns", "etag", kind=pl.lit(kind))
-    known = cache.known_facts(wanted)
-    todo = wanted.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
+    files = pl.concat([f.select("srcfile", "md5", "root_id", "size", "mtime_ns", "etag", kind=pl.lit(kind))
+                       for f, kind in wanted])
+    known = cache.known_facts(files)
+    todo = files.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
     readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
-    missing = [root_id for root_id, source in readers.items() if source is None]
-    if missing:
-        n = sum(todo.filter(pl.col("root_id").eq_missing(root_id)).height for root_id in missing)
-        raise UsageError(f"{plural(n, 'header')} {'was' if n == 1 else 'were'} never read and the manifest does not record where the "
-                         "site is", where=str(manifest.path), fix="pass --site with the site root")
+    # (validate's check: a root recorded but not there, a disk not mounted, was a "no longer as recorded" warning per
+    # header and registries written without their capture times, exit 1)
+    refuse_unreachable(todo, readers, what=f"version {label}", where=str(manifest.path), to="date their registry rows",
+                       nothing="nothing was read, no registry written", again="write the registries again")
     if todo.height and not write:
         raise _WouldWrite
     unread = pl.DataFrame(schema={"srcfile": pl.String})
@@ -133,7 +135,7 @@ def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[
         retry = pl.col("facts").str.contains('"retry":true', literal=True)
         cache.save_facts(new.filter(~retry))
         known = pl.concat([known, new.filter(~retry).select(known.columns)])
-        unread = files.join(new.filter(retry).select("md5"), on="md5", how="semi").select("srcfile")
+        unread = files.join(new.filter(retry).select("kind", "md5"), on=["kind", "md5"], how="semi").select("srcfile")
     return known, unread
 
 
@@ -236,10 +238,12 @@ def _omop_rows(files: pl.DataFrame, table: str) -> pl.DataFrame:
     return files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
 
 
-def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); and the
-    visits of a person whose start or end reads as neither, or that end before they start (visit_id, _start_as,
-    _end_as: as written)."""
+def _visits(files: pl.DataFrame,
+            sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); the
+    visits of a person whose start or end reads as neither, or that end before they start; and those whose start or
+    end datetime names a time zone (Z, +01:00), read as the clock time written (the last two: _person, visit_id,
+    _start_as, _end_as: as written)."""
     cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
             "visit_end_datetime"]
     frame = _read_omop(files, "visit_occurrence", cols, sources)
@@ -253,8 +257,13 @@ def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[
     # (a visit ending before it starts, an ETL's or a date shift's slip, enclosed nothing either, without a word)
     bad = pl.col("_start").is_null() | pl.col("_end").is_null() | (pl.col("_end") < pl.col("_start"))
     unread = read.filter(pl.col("_person").is_not_null() & bad)
+    zone = r"\d:\d{2}(?:\.\d+)?\s*(?:[zZ]|[+-]\d{2}:?\d{2})$"
+    zoned = read.filter(pl.col("_person").is_not_null() & ~bad & (
+        frame["visit_start_datetime"].fill_null("").str.strip_chars().str.contains(zone)
+        | frame["visit_end_datetime"].fill_null("").str.strip_chars().str.contains(zone)))
     return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
-            unread.select("_person", "visit_id", "_start_as", "_end_as"))
+            unread.select("_person", "visit_id", "_start_as", "_end_as"),
+            zoned.select("_person", "visit_id", "_start_as", "_end_as"))
 
 
 def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
@@ -341,12 +350,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     waves = linked.filter(pl.col("modality") == "Waveforms")
     headers = waves.filter(pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
     edf = waves.filter(pl.col("srcfile").str.to_lowercase().str.contains(r"\.(edf|bdf)$"))
-    (image_facts, image_unread), (wfdb_facts, wfdb_unread), (edf_facts, edf_unread) = (
-        _facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
-        _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write),
-        _facts(manifest, edf, KIND_EDF, sources, workers, progress, write=write))
-    facts = pl.concat([image_facts, wfdb_facts, edf_facts])
-    unread = pl.concat([image_unread, wfdb_unread, edf_unread])
+    facts, unread = _facts(manifest, [(dicom, KIND_DICOM), (headers, KIND_WFDB), (edf, KIND_EDF)], sources, workers,
+                           progress, write=write, label=label)
     warnings = _unread_warning(unread, label)
     if left_out.len():
         warnings.append(
@@ -388,8 +393,24 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     removed = {table: _removed_since(manifest, omop, table)
                for table in ("visit_occurrence", "procedure_occurrence", "person")}
     omop = omop.filter(~pl.col("srcfile").is_in([path for path in removed.values() if path is not None]))
-    visits, undated_visits = _visits(omop, sources)
+    visits, undated_visits, zoned_visits = _visits(omop, sources)
     rows = _with_visits(rows, visits)
+    # A datetime with a time zone (2020-01-01T08:00:00Z, a database export's UTC) was read as that clock time without a
+    # word: the capture times are the headers' clock, the site's local time, so such a visit is off by the zone's
+    # offset and a file near its start or end took the neighbouring visit (or none)
+    zoned_visits = zoned_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",
+                                     how="semi").sort("visit_id")
+    if zoned_visits.height:
+        examples = "; ".join(f"visit {v}: start {s!r}, end {e!r}" for v, s, e in
+                             zoned_visits.head(3).select("visit_id", "_start_as", "_end_as").iter_rows())
+        warnings.append(
+            f"{plural(zoned_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
+            f"{'has' if zoned_visits.height == 1 else 'have'} a start or end datetime with a time zone (e.g. "
+            f"{examples}): read as the clock time written, the zone dropped and nothing converted, while the capture "
+            "times are the headers' clock, the site's local time (the linkage procedure's); a visit written in UTC or "
+            "another zone is off by its offset, and files captured near its start or end take another visit_id (or "
+            "none). Write visit_occurrence's datetimes in the site's local time without a zone, run, and write the "
+            "registries again")
     # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
     # the files it holds had an empty visit_id, exit 0, without a word
     undated_visits = undated_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",
@@ -612,11 +633,10 @@ def _filled_by_hand(out: Path, registries: Registries) -> list[str]:
     said = []
     for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
         path = out / name
-        try:  # (a spreadsheet's BOM read too; only the three columns, as text)
-            old = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", columns=["file_id", "datetime", "visit_id"])
-        except Exception:  # noqa: BLE001 (none there, or not one to compare: it is replaced as before)
+        old = _read_registry(path, ["file_id", "datetime", "visit_id"])
+        if old is None:  # (none there, or not one to compare: it is replaced as before)
             continue
-        old = old.rename({c: c.lstrip("\ufeff") for c in old.columns}).select(
+        old = old.select(
             pl.col("file_id").str.strip_chars(), pl.col("datetime").str.strip_chars().alias("_old_datetime"),
             pl.col("visit_id").str.strip_chars().alias("_old_visit_id"))
         lost = (frame.select(pl.col("file_id").cast(pl.String), "datetime", "visit_id").join(old, on="file_id")
@@ -667,6 +687,25 @@ def _refuse_site_table(manifest: Manifest, target: Path) -> None:
                                                         "then add its rows to the site's procedure_occurrence.csv")
 
 
+def _read_registry(path: Path, columns: list[str]) -> pl.DataFrame | None:
+    """These columns (as text) of a registry already in --out, split by the delimiter its header row is (a spreadsheet
+    saves semicolons in much of Europe; its BOM and CRLF read too); None without the file or one of the columns. Read
+    as comma-delimited, a semicolon-saved registry had no columns: the site's own was replaced without a word, and
+    the values filled in by hand were lost without the warning."""
+    from .validate.readers import BadContent, _csv_header
+
+    try:
+        with open(path, "rb") as f:
+            delimiter = _csv_header(f)[0]["delimiter"]
+        frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", separator=delimiter or ",")
+    except (OSError, BadContent, pl.exceptions.PolarsError, ValueError):
+        return None
+    frame.columns = [c.lstrip("\ufeff").strip().strip('"').strip().lower() for c in frame.columns]
+    if not set(columns) <= set(frame.columns) or len(set(frame.columns)) != frame.width:
+        return None
+    return frame.select(columns)
+
+
 def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
     """A UsageError when `out` holds a waveform or image registry with proc_ids this manifest never gave: the site's
     own registry (shipped at its root, or copied to a release folder), whose proc_ids its PROCEDURE_OCCURRENCE rows
@@ -676,12 +715,10 @@ def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
                                  schema={"proc_id": pl.Int64})["proc_id"]
     for name in ("waveform_registry.csv", "image_registry.csv"):
         path = out / name
-        if not path.is_file():
-            continue
-        try:
-            written = pl.read_csv(path, infer_schema=False, columns=["proc_id"])["proc_id"]
-        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError):
+        frame = _read_registry(path, ["proc_id"])
+        if frame is None:
             continue  # (no proc_id column to read: no ids anyone joins on are lost by replacing it)
+        written = frame["proc_id"]
         ids = pl.select(_norm(pl.lit(written))).to_series()
         foreign = ids.filter(ids.is_not_null() & (ids != "")
                              & ~ids.cast(pl.Int64, strict=False).is_in(given.implode()).fill_null(False))

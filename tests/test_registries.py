@@ -709,6 +709,28 @@ def test_a_site_moved_since_the_run_is_said_with_how_to_point_at_it(tmp_path):
     assert again.returncode == 0, again.stderr
 
 
+def test_a_root_gone_with_headers_never_read_stops_once_as_validate_does(tmp_path):
+    """A run without validation (its headers never read), then the site's disk not mounted: registry read each header
+    from the recorded root, warned that every one was "no longer as it recorded them", wrote registries without
+    capture times and exited 1. It stops once before reading (validate's refuse_unreachable), exit 2, nothing
+    written, naming the root and --site; with --site the capture times are read."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    for table in ("visit_occurrence", "procedure_occurrence"):  # (else reading the OMOP tables stops it first)
+        (site / "OMOP" / f"{table}.csv").unlink()
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    moved = site.rename(tmp_path / "moved")
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("error") == 1 and "no longer as it recorded" not in done.stderr, done.stderr
+    assert f"the root it is recorded under, {site}, does not exist" in done.stderr, done.stderr
+    assert "give --site the folder the site is in now" in done.stderr and "no registry written" in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+    again = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))
+    assert again.returncode == 1 and "no longer as it recorded" not in again.stderr, again.stderr
+    assert all(r["datetime"] for r in read_csv(out / "image_registry.csv"))
+
+
 def test_the_readmes_demo_registry_command_and_rows_are_what_the_demo_gives(tmp_path):
     """The README's "Linkage registries" shows a command and the demo site's first rows: `chorus-batch run &&
     chorus-batch registry --out release --omop` stopped at once (no site given; exit 2). Its command, run as written,
@@ -1025,6 +1047,13 @@ def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwi
     (copy / "image_registry.csv").write_bytes(shipped["image_registry.csv"])
     assert cli("registry", "--db", str(db), "--out", str(copy)).returncode == 2
     assert (copy / "image_registry.csv").read_bytes() == shipped["image_registry.csv"]
+    # ... also saved by a spreadsheet with semicolons, a BOM and CRLF (read as comma-delimited, it had no proc_id
+    # column and was replaced, exit 0)
+    semicolons = b"\xef\xbb\xbf" + shipped["image_registry.csv"].replace(b",", b";").replace(b"\n", b"\r\n")
+    (copy / "image_registry.csv").write_bytes(semicolons)
+    refused = cli("registry", "--db", str(db), "--out", str(copy))
+    assert refused.returncode == 2 and "image_registry.csv with" in refused.stderr, refused.stderr
+    assert (copy / "image_registry.csv").read_bytes() == semicolons
     assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
     for name in shipped:
         (site / name).unlink()
@@ -1174,10 +1203,24 @@ def test_a_visit_that_ends_before_it_starts_is_told_not_left_enclosing_nothing_s
     assert "Traceback" not in done.stderr
 
 
-def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_path):
+def test_a_visit_datetime_with_a_time_zone_is_told_not_read_as_local_time_silently(tmp_path):
+    """A visit_occurrence.csv whose datetimes a database export wrote in UTC (2023-12-30T00:00:00Z) or with an offset
+    was read as the clock time written, the zone dropped, exit 0, without a word: the capture times are the headers'
+    local clock, so files near the visit's start or end took another visit. Now registry says so (exit 1)."""
+    done, rows = _registry_of_visits(
+        tmp_path, "7,{p},9201,2023-12-30,2023-12-30T00:00:00Z,2024-02-01,2024-02-01T00:00:01+01:00,32817\n")
+    assert done.returncode == 1, done.stderr
+    assert "1 visit of persons with registry rows" in done.stderr and "with a time zone" in done.stderr, done.stderr
+    assert "visit 7: start '2023-12-30T00:00:00Z'" in done.stderr, done.stderr
+    assert rows and {r["visit_id"] for r in rows} == {"7"}
+
+
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_path, delimiter):
     """The undated-session warning suggests filling in datetime and visit_id in waveform_registry.csv; writing the
     registries again into that folder replaced the filled-in cells by empty ones, exit 0 or 1 for other reasons,
-    without a word. Now registry names the rows and the values (a spreadsheet's BOM and CRLF read too)."""
+    without a word. Now registry names the rows and the values (a spreadsheet's BOM and CRLF read too, and the
+    semicolons it saves in much of Europe: read as comma-delimited, such a file was replaced without a word)."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
     sitegen.build_clean_site(site, persons=1)
     (site / "OMOP" / "visit_occurrence.csv").write_text(
@@ -1190,7 +1233,7 @@ def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_
     assert rows and not any(r["visit_id"] for r in rows)
     rows[0]["visit_id"] = "4242"
     with path.open("w", newline="", encoding="utf-8-sig") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\r\n")
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\r\n", delimiter=delimiter)
         w.writeheader()
         w.writerows(rows)
     done = cli("registry", "--db", str(db), "--out", str(out))

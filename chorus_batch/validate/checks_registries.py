@@ -101,7 +101,12 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
     faults = {"no_file": "{} row{|s} with an empty file_id", "no_proc": "{} row{|s} with an empty proc_id",
               "bad_proc": "{} row{|s} with a proc_id that is not an integer from 0 to 9223372036854775807 (a bigint)",
-              "no_person": "{} row{|s} with an empty person_id", "no_datetime": "{} row{|s} with an empty datetime",
+              "no_person": "{} row{|s} with an empty person_id",
+              "bad_person": "{} row{|s} with a person_id that is not an integer (OMOP's person_id, an integer or "
+                            "bigint)",
+              "bad_visit": "{} row{|s} with a visit_id that is not an integer (a visit_occurrence_id, an integer or "
+                           "bigint; empty where no visit of the person overlaps)",
+              "no_datetime": "{} row{|s} with an empty datetime",
               "bad_datetime": "{} row{|s} with a datetime that is not yyyy-MM-dd HH:mm:ss"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)
@@ -117,8 +122,11 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             "linkage procedure asks person_id to match the file's person folder; fix person_id or trg_file",
             pl.col("n_other_person"), _rows("other_person_rows", pl.col("n_other_person")))))
     if site.person_ids is not None:
+        # (an id that is no integer, nor one written as a decimal, is registry.values': adding it to person.csv fixes
+        # nothing)
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
-            ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
+            ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode())
+            & pl.col("_p").str.strip_chars().str.strip_chars('"').str.contains(r"^[0-9]+(\.0*)?$"))
         # person.csv's ids written as decimals (101.0): the registry's 101 is the person, written otherwise there
         decimal = (site.person_ids.to_frame("_written").filter(pl.col("_written").str.contains(r"^\s*[0-9]+\.0*\s*$"))
                    .with_columns(_key=_integer(pl.col("_written"))).unique("_key"))

@@ -1201,10 +1201,18 @@ def _registry_facts(f) -> dict[str, Any]:
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp.
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
     # person_id too: the procedure's person (Multimodal-Linkage: "integer or bigint"; the Imaging SOP: NOT NULL)
+    # and visit_id, a visit_occurrence_id (integer or bigint). An integer written as a decimal (1.0, as pandas writes
+    # an integer column with empty cells) is not counted here: the rules comparing ids tell it, with its fix
     proc = pl.col("proc_id").fill_null("")
-    faults = ("no_file", "no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
+    visit = pl.col("visit_id").fill_null("").str.strip_chars().str.strip_chars('"')
+
+    def not_integer(cell: pl.Expr) -> pl.Expr:
+        return (cell != "") & ~cell.str.contains(BIGINT) & ~cell.str.contains(r"^[0-9]+\.0*$")
+
+    faults = ("no_file", "no_proc", "bad_proc", "no_person", "bad_person", "bad_visit", "no_datetime", "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
         "row", no_file=~given_id, no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(BIGINT), no_person=person == "",
+        bad_person=not_integer(person), bad_visit=not_integer(visit),
         no_datetime=when == "",
         bad_datetime=(when != "") & pl.col("_captured").is_null(),
     ).filter(pl.any_horizontal(faults))

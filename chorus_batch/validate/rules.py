@@ -284,7 +284,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v5
 # registry_csv.v14 also keeps each integer proc_id's visit_id(s) (registry.procedure_visit), and takes a proc_id and an
 # image_registry_id as integers up to a bigint's 9223372036854775807 (v13: 18 digits; registry.values passed a 19-digit
 # proc_id the other checks left out), telling one above as not an integer
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v14"
+# registry_csv.v15 also counts the rows whose person_id or visit_id is not an integer (v14: a person_id "abc" was told
+# only as a person not in person.csv, of another folder, of two persons' proc_id, never as not an integer)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v15"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -522,8 +524,9 @@ RULES: tuple[Rule, ...] = (
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}, or its header "
          "row is split by tabs, semicolons or pipes instead of commas."),
     Rule("registry.values", "warning", "registry values of the wrong type",
-         "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty, or its "
-         "datetime is empty or not a date and time (yyyy-MM-dd HH:mm:ss)."),
+         "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty or not an "
+         "integer, its visit_id is not an integer, or its datetime is empty or not a date and time "
+         "(yyyy-MM-dd HH:mm:ss)."),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
          "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),
@@ -560,7 +563,7 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.duplicate", "error", "registry lists a file twice",
          "A registry has more than one row for the same file (trg_file) or file_id."),
     Rule("registry.unknown_person", "error", "registry names an unknown person",
-         "A registry row's person_id is not in person.csv."),
+         "A registry row's person_id (an integer) is not in person.csv."),
     Rule("registry.person_folder", "error", "registry row under another person's folder",
          "A registry row's person_id differs from the person folder its trg_file lies in."),
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",

@@ -187,20 +187,22 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
 
 
 def refuse_unreachable(todo: pl.DataFrame, readers: Mapping[int | None, Source | None], *, what: str,
-                       where: str) -> None:
+                       where: str, to: str = "check it", nothing: str = "nothing was read, no finding recorded",
+                       again: str = "check again") -> None:
     """Stop before any file is read when files `todo` must read (srcfile, root_id) have nowhere to be read from: their
     root not recorded (a manifest from before schema 3) and no --site, or a recorded local root that is not there (the
     tree moved, its disk not mounted). Each such file was otherwise a `file.unread` error repeating the one cause about
     the root: thousands on a real site, stored with the version as if the site were broken (so of a cloud prefix with
     no object left). Never guessed: a file that was not read is not reported as unreadable. A root that is there but
-    lost some files is read file by file."""
+    lost some files is read file by file.
+    `to`, `nothing`, `again`: what the reading was for, what was not done and what to do again (`registry`'s words)."""
     unreachable = todo.filter(pl.col("root_id").is_in([k for k, v in readers.items() if v is None])
                               | (pl.col("root_id").is_null() & (readers.get(None) is None)))
     if unreachable.height:
         raise UsageError(
             f"{plural(unreachable.height, 'file')} of {what} (e.g. {unreachable['srcfile'][0]}) "
             f"{'has a header that was' if unreachable.height == 1 else 'have headers that were'} never read, and the "
-            "manifest does not record where they are; nothing was read, no finding recorded", where=where,
+            f"manifest does not record where they are; {nothing}", where=where,
             fix=f"{named('pass --site with the site root', 'call validate_manifest(db, overrides={None: DIR}), DIR the site root')} "
                 "(its roots are recorded by the next run)")
     gone = {root_id: whys for root_id, source in readers.items() if (whys := _gone(source))}
@@ -222,9 +224,9 @@ def refuse_unreachable(todo: pl.DataFrame, readers: Mapping[int | None, Source |
                 + "}), DIR the folder it is in now")
     raise UsageError(
         f"{plural(stopped.height, 'file', grouped=True)} of {what} (e.g. {stopped['srcfile'][0]}) must be read to "
-        f"check it, and {'; '.join(whys)}; nothing was read, no finding recorded", where=where,
+        f"{to}, and {'; '.join(whys)}; {nothing}", where=where,
         fix=f"{fix}, or " + ("record its files' removal with chorus-batch run" if cloud else
-                             "mount the file system where it was recorded") + ", and check again")
+                             "mount the file system where it was recorded") + f", and {again}")
 
 
 def _gone(source: Source | None) -> list[tuple[str, str]]:
