@@ -215,6 +215,9 @@ def test_registry_on_an_old_manifest_says_how_to_upgrade_and_leaves_it_as_it_was
     assert out.returncode == 3 and "schema version 2" in out.stderr, out.stderr
     assert f"chorus-batch upgrade --db {old}" in out.stderr and "upgraded the manifest" not in out.stderr
     assert old.read_bytes() == before and not (tmp_path / "r").exists()
+    # refused before it gave any: it said "the proc_ids given so far stay recorded in the manifest", its word on a
+    # failure midway
+    assert "proc_ids" not in out.stderr and "the manifest is as it was" in out.stderr, out.stderr
 
 
 def test_new_patterns_reclassify_the_current_rows_in_place(tmp_path):
