@@ -915,6 +915,31 @@ def test_an_upgrade_of_a_torn_copy_says_it_is_damaged_and_how_to_restore_it(old)
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
 
 
+@pytest.mark.parametrize("table", ["source_files", "runs"])
+def test_a_damaged_old_manifest_is_refused_before_the_upgrade_writes_it(tmp_path, table):
+    """A schema-10 manifest with a damaged page in a table no step reads (source_files, runs): the steps went past
+    it, `upgrade` said "upgraded ... from schema 10 to 11" (exit 0) of the damaged file, and a `run` upgraded it, then
+    failed "the manifest is damaged ... nothing was written to it". Checked before the first step: refused (exit 3),
+    the file as it was, as a damaged manifest is in every command."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+    with open(db, "r+b") as f:  # the start of the table's root page lost (a disk that lost a write)
+        f.seek((root - 1) * page)
+        f.write(b"\xff" * 64)
+    data = db.read_bytes()
+    site = tmp_path / "site"
+    shutil.copytree(RELEASE_F9A987F / "site", site)
+    for args in (("upgrade",), ("run", "--site", str(site)), ("validate", "--site", str(site))):
+        out = cli(*args, "--db", str(db))
+        assert out.returncode == 3 and "the manifest is damaged" in out.stderr, (args, out.stderr)
+        assert "restore it from a backup" in out.stderr and "nothing was written to it" in out.stderr, out.stderr
+        assert "upgraded the manifest" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert db.read_bytes() == data, args
+
+
 def test_a_sites_own_view_and_trigger_on_the_facts_table_do_not_stop_the_upgrade(tmp_path):
     """A view or trigger a site added by hand (sqlite3 `CREATE VIEW`) that reads file_facts: the step to schema 11
     failed with 'error in view ...: no such table: main.file_facts' between its DROP and RENAME, called the manifest

@@ -383,6 +383,21 @@ def upgrade(con: sqlite3.Connection, where: str,
         restore_indexes(con, where)
         return before, before
     target, index = before, None
+    # A page lost by the disk (a copy cut short) is met by a step only if that step reads it: the others wrote the
+    # damaged manifest on to this schema, `upgrade` said "upgraded" (exit 0) and the run that upgraded it then failed
+    # "damaged ... nothing was written to it". Checked first, once per upgrade (it reads every page): refused unwritten
+    problems = [part for (row,) in con.execute("PRAGMA quick_check(3)") for part in str(row).splitlines()
+                if not part.startswith("***")]  # ("*** in database main ***": a heading, no problem)
+    if problems != ["ok"]:
+        bad = sqlite3.DatabaseError(f"database disk image is malformed (PRAGMA quick_check: {'; '.join(problems)})")
+        if storage_failure is None:
+            raise bad
+        said = storage_failure(bad)  # (the manifest's own words on a damaged file: restore, salvage)
+        refused = ManifestError(f"upgrading the manifest from schema {before} was refused: {said.what}; it was left "
+                                f"unchanged at schema {before}", where=said.where or where, fix=said.fix)
+        if hasattr(said, "outcome"):
+            refused.outcome = said.outcome  # type: ignore[attr-defined]
+        raise refused
     _say_slow_steps(con, before, where)
     try:
         with con:  # one transaction: an upgrade that fails (or is killed) leaves the manifest exactly as it was
