@@ -940,6 +940,25 @@ def test_a_damaged_old_manifest_is_refused_before_the_upgrade_writes_it(tmp_path
         assert db.read_bytes() == data, args
 
 
+def test_an_upgrade_another_program_keeps_from_beginning_names_no_step(tmp_path):
+    """Another program writing the old manifest (a database browser's open transaction): the upgrade's transaction
+    could not begin, and it said "failed at the step to schema 10" of a manifest at schema 10, a step there is not.
+    It says it could not begin, that the manifest is busy, and the manifest stays as it was."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as writer, \
+            contextlib.closing(sqlite3.connect(db, timeout=0)) as con:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO meta VALUES ('browser', 'editing')")
+        with pytest.raises(ManifestError) as refused:
+            schema_module.upgrade(con, str(db), Manifest(db).failure)
+        writer.execute("ROLLBACK")
+    said = str(refused.value)
+    assert "from schema 10 could not begin" in said and "the manifest is busy" in said, said
+    assert "step to schema 10" not in said and "left unchanged at schema 10" in said, said
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+
+
 def test_a_sites_own_view_and_trigger_on_the_facts_table_do_not_stop_the_upgrade(tmp_path):
     """A view or trigger a site added by hand (sqlite3 `CREATE VIEW`) that reads file_facts: the step to schema 11
     failed with 'error in view ...: no such table: main.file_facts' between its DROP and RENAME, called the manifest

@@ -421,6 +421,9 @@ def upgrade(con: sqlite3.Connection, where: str,
                 "lacks it and its rows break it; they were edited while it was gone; it was left unchanged at schema "
                 f"{before}", where=where,
                 fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it") from None
+        # (a transaction SQLite would not begin, another program writing it: "failed at the step to schema 10", named
+        # a step of a manifest at schema 10, which none had started)
+        failed = f"failed at the step to schema {target}" if target > before else "could not begin"
         text = str(exc).lower()
         damaged = any(w in text for w in ("no such", "duplicate column", "already exists", "constraint"))
         if not damaged and storage_failure is not None:
@@ -428,10 +431,10 @@ def upgrade(con: sqlite3.Connection, where: str,
             # while step 11 built its index to a disk with gigabytes free: say which folder, as a run does
             said = storage_failure(exc)
             raise ManifestError(
-                f"upgrading the manifest from schema {before} failed at the step to schema {target}: {said.what}; it "
+                f"upgrading the manifest from schema {before} {failed}: {said.what}; it "
                 f"was left unchanged at schema {before}", where=said.where or where, fix=said.fix) from None
         raise ManifestError(
-            f"upgrading the manifest from schema {before} failed at the step to schema {target} ({exc}); it was left "
+            f"upgrading the manifest from schema {before} {failed} ({exc}); it was left "
             f"unchanged at schema {before}", where=where,
             fix=f"its tables are not those of schema {before} (edited or damaged): restore it from a backup, or report "
                 "it with this message" if damaged else
