@@ -98,7 +98,7 @@ def test_a_read_only_command_while_an_upgrade_runs_says_so_and_not_to_upgrade(ol
         assert f"locked by pid {os.getpid()}" in out.stderr and f"`chorus-batch {command}`" in out.stderr, out.stderr
         assert "upgrades it to schema" in out.stderr and "run it again once that one has finished" in out.stderr
     holder = Path(f"{old}.lock.json")
-    with manifest_lock(old, ["upload", "--db", str(old)]):
+    with manifest_lock(old, ["history", "--db", str(old)]):  # (a command that takes no run lock to upgrade)
         assert cli("versions", "--db", str(old)).returncode == 3
     with manifest_lock(old, ["upgrade", "--db", str(old)]):
         details = json.loads(holder.read_text())
@@ -107,6 +107,20 @@ def test_a_read_only_command_while_an_upgrade_runs_says_so_and_not_to_upgrade(ol
         out = cli("versions", "--db", str(old))
     assert out.returncode == 3 and "upgrade it in place" in out.stderr, out.stderr
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
+
+
+
+@pytest.mark.parametrize("command", ["upload", "verify", "mark-uploaded"])
+def test_a_read_only_command_while_upload_upgrades_the_manifest_says_so(old, command):
+    """`upload`, `verify` and `mark-uploaded` upgrade an older manifest first, under the run lock (before they sign
+    in to the centre): a reader meanwhile was told to upgrade it in place, which the lock then refused. It names the
+    upgrade under way, as for a run's (exit 4)."""
+    from chorus_batch.store.lock import manifest_lock
+
+    with manifest_lock(old, [command, "--db", str(old)]):  # (as submit.upload._upgraded takes it)
+        out = cli("versions", "--db", str(old))
+    assert out.returncode == 4 and f"`chorus-batch {command}`" in out.stderr, out.stderr
+    assert "upgrades it to schema" in out.stderr and "upgrade it in place" not in out.stderr, out.stderr
 
 
 @pytest.mark.skipif(os.name != "posix", reason="a process looked up by its pid")
