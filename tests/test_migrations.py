@@ -98,7 +98,7 @@ def test_a_read_only_command_while_an_upgrade_runs_says_so_and_not_to_upgrade(ol
         assert f"locked by pid {os.getpid()}" in out.stderr and f"`chorus-batch {command}`" in out.stderr, out.stderr
         assert "upgrades it to schema" in out.stderr and "run it again once that one has finished" in out.stderr
     holder = Path(f"{old}.lock.json")
-    with manifest_lock(old, ["upload", "--db", str(old)]):
+    with manifest_lock(old, ["history", "--db", str(old)]):  # (a command that takes no run lock to upgrade)
         assert cli("versions", "--db", str(old)).returncode == 3
     with manifest_lock(old, ["upgrade", "--db", str(old)]):
         details = json.loads(holder.read_text())
@@ -107,6 +107,20 @@ def test_a_read_only_command_while_an_upgrade_runs_says_so_and_not_to_upgrade(ol
         out = cli("versions", "--db", str(old))
     assert out.returncode == 3 and "upgrade it in place" in out.stderr, out.stderr
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
+
+
+
+@pytest.mark.parametrize("command", ["upload", "verify", "mark-uploaded"])
+def test_a_read_only_command_while_upload_upgrades_the_manifest_says_so(old, command):
+    """`upload`, `verify` and `mark-uploaded` upgrade an older manifest first, under the run lock (before they sign
+    in to the centre): a reader meanwhile was told to upgrade it in place, which the lock then refused. It names the
+    upgrade under way, as for a run's (exit 4)."""
+    from chorus_batch.store.lock import manifest_lock
+
+    with manifest_lock(old, [command, "--db", str(old)]):  # (as submit.upload._upgraded takes it)
+        out = cli("versions", "--db", str(old))
+    assert out.returncode == 4 and f"`chorus-batch {command}`" in out.stderr, out.stderr
+    assert "upgrades it to schema" in out.stderr and "upgrade it in place" not in out.stderr, out.stderr
 
 
 @pytest.mark.skipif(os.name != "posix", reason="a process looked up by its pid")
@@ -215,6 +229,9 @@ def test_registry_on_an_old_manifest_says_how_to_upgrade_and_leaves_it_as_it_was
     assert out.returncode == 3 and "schema version 2" in out.stderr, out.stderr
     assert f"chorus-batch upgrade --db {old}" in out.stderr and "upgraded the manifest" not in out.stderr
     assert old.read_bytes() == before and not (tmp_path / "r").exists()
+    # refused before it gave any: it said "the proc_ids given so far stay recorded in the manifest", its word on a
+    # failure midway
+    assert "proc_ids" not in out.stderr and "the manifest is as it was" in out.stderr, out.stderr
 
 
 def test_new_patterns_reclassify_the_current_rows_in_place(tmp_path):
@@ -910,6 +927,50 @@ def test_an_upgrade_of_a_torn_copy_says_it_is_damaged_and_how_to_restore_it(old)
     assert "restore it from a backup" in out.stderr and ".salvaged" in out.stderr, out.stderr
     assert "free space" not in out.stderr and "left unchanged at schema 2" in out.stderr, out.stderr
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+
+
+@pytest.mark.parametrize("table", ["source_files", "runs"])
+def test_a_damaged_old_manifest_is_refused_before_the_upgrade_writes_it(tmp_path, table):
+    """A schema-10 manifest with a damaged page in a table no step reads (source_files, runs): the steps went past
+    it, `upgrade` said "upgraded ... from schema 10 to 11" (exit 0) of the damaged file, and a `run` upgraded it, then
+    failed "the manifest is damaged ... nothing was written to it". Checked before the first step: refused (exit 3),
+    the file as it was, as a damaged manifest is in every command."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+    with open(db, "r+b") as f:  # the start of the table's root page lost (a disk that lost a write)
+        f.seek((root - 1) * page)
+        f.write(b"\xff" * 64)
+    data = db.read_bytes()
+    site = tmp_path / "site"
+    shutil.copytree(RELEASE_F9A987F / "site", site)
+    for args in (("upgrade",), ("run", "--site", str(site)), ("validate", "--site", str(site))):
+        out = cli(*args, "--db", str(db))
+        assert out.returncode == 3 and "the manifest is damaged" in out.stderr, (args, out.stderr)
+        assert "restore it from a backup" in out.stderr and "nothing was written to it" in out.stderr, out.stderr
+        assert "upgraded the manifest" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert db.read_bytes() == data, args
+
+
+def test_an_upgrade_another_program_keeps_from_beginning_names_no_step(tmp_path):
+    """Another program writing the old manifest (a database browser's open transaction): the upgrade's transaction
+    could not begin, and it said "failed at the step to schema 10" of a manifest at schema 10, a step there is not.
+    It says it could not begin, that the manifest is busy, and the manifest stays as it was."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as writer, \
+            contextlib.closing(sqlite3.connect(db, timeout=0)) as con:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO meta VALUES ('browser', 'editing')")
+        with pytest.raises(ManifestError) as refused:
+            schema_module.upgrade(con, str(db), Manifest(db).failure)
+        writer.execute("ROLLBACK")
+    said = str(refused.value)
+    assert "from schema 10 could not begin" in said and "the manifest is busy" in said, said
+    assert "step to schema 10" not in said and "left unchanged at schema 10" in said, said
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
 
 
 def test_a_sites_own_view_and_trigger_on_the_facts_table_do_not_stop_the_upgrade(tmp_path):

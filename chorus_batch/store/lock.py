@@ -151,7 +151,9 @@ def _holder_of(info: dict) -> str:
 
 
 # The commands that upgrade an older manifest under the run lock before anything else (Manifest.ensure_schema)
-UPGRADING_COMMANDS = frozenset({"upgrade", "run", "validate", "import-journal"})
+# (`upload`, `verify` and `mark-uploaded` too: they take the run lock only to upgrade first, submit/upload._upgraded; a
+# reader turned away meanwhile was told to upgrade the manifest, a second upgrade the lock refuses)
+UPGRADING_COMMANDS = frozenset({"upgrade", "run", "validate", "import-journal", "upload", "verify", "mark-uploaded"})
 
 
 def upgrade_under_way(db: Path, version: int) -> str | None:

@@ -45,7 +45,7 @@ from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
 from .runs import KILLED_EXIT, run_advice, run_message, run_outcome
 from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
-                     SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new, upgrade)
+                     SOURCE_FILES_INDEXES, _refused, check_release, missing_indexes, schema_version, too_new, upgrade)
 
 
 def _place(location: str) -> str:
@@ -809,7 +809,7 @@ class Manifest:
                     f"schema {SCHEMA_VERSION} before anything else", where=str(self.path),
                     fix="this command did nothing; run it again once that one has finished (if that process is gone, "
                         f"upgrade it: `chorus-batch upgrade --db {command_word(str(self.path))}`)")
-            raise ManifestError(
+            older = ManifestError(
                 f"the manifest has schema version {version}, written by an older chorus-batch; this one reads "
                 f"schema {SCHEMA_VERSION}",
                 where=str(self.path),
@@ -822,6 +822,9 @@ class Manifest:
                     f"`sqlite3 {shlex.quote(str(self.path))} '.backup copy.sqlite' && chorus-batch upgrade "
                     "--db copy.sqlite`",
             )
+            # refused before anything was read or written: `registry` said "the proc_ids given so far stay recorded"
+            # of proc_ids it never gave (its word on a failure midway)
+            raise _refused(older)
 
     def lock(self, argv: list[str], *, kind: str = "run"):
         self.check_path()

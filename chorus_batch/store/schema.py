@@ -383,6 +383,21 @@ def upgrade(con: sqlite3.Connection, where: str,
         restore_indexes(con, where)
         return before, before
     target, index = before, None
+    # A page lost by the disk (a copy cut short) is met by a step only if that step reads it: the others wrote the
+    # damaged manifest on to this schema, `upgrade` said "upgraded" (exit 0) and the run that upgraded it then failed
+    # "damaged ... nothing was written to it". Checked first, once per upgrade (it reads every page): refused unwritten
+    problems = [part for (row,) in con.execute("PRAGMA quick_check(3)") for part in str(row).splitlines()
+                if not part.startswith("***")]  # ("*** in database main ***": a heading, no problem)
+    if problems != ["ok"]:
+        bad = sqlite3.DatabaseError(f"database disk image is malformed (PRAGMA quick_check: {'; '.join(problems)})")
+        if storage_failure is None:
+            raise bad
+        said = storage_failure(bad)  # (the manifest's own words on a damaged file: restore, salvage)
+        refused = ManifestError(f"upgrading the manifest from schema {before} was refused: {said.what}; it was left "
+                                f"unchanged at schema {before}", where=said.where or where, fix=said.fix)
+        if hasattr(said, "outcome"):
+            refused.outcome = said.outcome  # type: ignore[attr-defined]
+        raise refused
     _say_slow_steps(con, before, where)
     try:
         with con:  # one transaction: an upgrade that fails (or is killed) leaves the manifest exactly as it was
@@ -406,6 +421,9 @@ def upgrade(con: sqlite3.Connection, where: str,
                 "lacks it and its rows break it; they were edited while it was gone; it was left unchanged at schema "
                 f"{before}", where=where,
                 fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it") from None
+        # (a transaction SQLite would not begin, another program writing it: "failed at the step to schema 10", named
+        # a step of a manifest at schema 10, which none had started)
+        failed = f"failed at the step to schema {target}" if target > before else "could not begin"
         text = str(exc).lower()
         damaged = any(w in text for w in ("no such", "duplicate column", "already exists", "constraint"))
         if not damaged and storage_failure is not None:
@@ -413,10 +431,10 @@ def upgrade(con: sqlite3.Connection, where: str,
             # while step 11 built its index to a disk with gigabytes free: say which folder, as a run does
             said = storage_failure(exc)
             raise ManifestError(
-                f"upgrading the manifest from schema {before} failed at the step to schema {target}: {said.what}; it "
+                f"upgrading the manifest from schema {before} {failed}: {said.what}; it "
                 f"was left unchanged at schema {before}", where=said.where or where, fix=said.fix) from None
         raise ManifestError(
-            f"upgrading the manifest from schema {before} failed at the step to schema {target} ({exc}); it was left "
+            f"upgrading the manifest from schema {before} {failed} ({exc}); it was left "
             f"unchanged at schema {before}", where=where,
             fix=f"its tables are not those of schema {before} (edited or damaged): restore it from a backup, or report "
                 "it with this message" if damaged else
