@@ -709,10 +709,10 @@ def test_a_config_that_is_a_pipe_is_read_where_the_os_has_no_o_nonblock(tmp_path
     writer.start()
     try:
         assert load_config(fifo).run.workers == 3
-    finally:  # (a failed read left the writer waiting for a reader: one opens, so that it ends)
-        if writer.is_alive():
-            os.close(os.open(fifo, os.O_RDONLY | nonblock))
+    finally:  # (a failed read left the writer waiting for a reader: one is held open until it ends)
+        reader = os.open(fifo, os.O_RDONLY | nonblock)
         writer.join()
+        os.close(reader)
 
 
 def test_a_delete_list_given_as_dash_is_told_of_dev_stdin(tmp_path, monkeypatch):
