@@ -354,7 +354,9 @@ def read_bytes(path: Path, what: str = "config file") -> bytes:
         raise ConfigError(f"{what} {path} is {kind_of}, not a file", where=str(path),
                           fix=f"pass the path of the {what} itself" + (
                               " (or a pipe: <(envsubst < chorus.toml.in))" if what == "config file" else ""))
-    if not stat.S_ISFIFO(kind):
+    # Windows: os.stat says S_IFIFO of a named pipe (\\.\pipe\NAME), but O_NONBLOCK is Unix only, and select()
+    # takes only sockets there (Python docs: os "open flag constants", select.select): read as a file is.
+    if not stat.S_ISFIFO(kind) or not hasattr(os, "O_NONBLOCK"):
         return path.read_bytes()
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (opened at once, writer or not)
     try:

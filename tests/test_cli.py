@@ -715,6 +715,28 @@ def test_a_config_that_is_a_pipe_nothing_writes_to_or_a_device_is_refused_not_wa
         read_delete_list("/dev/zero")
 
 
+def test_a_config_that_is_a_pipe_is_read_where_the_os_has_no_o_nonblock(tmp_path, monkeypatch):
+    """Windows' os.stat says S_IFIFO of a named pipe (\\\\.\\pipe\\NAME), and its os has no O_NONBLOCK (Unix only):
+    `--config \\\\.\\pipe\\chorus` ended in AttributeError ("module 'os' has no attribute 'O_NONBLOCK'"), a
+    traceback. Without it the pipe is read to its end as a file is (simulated here: O_NONBLOCK taken away)."""
+    import threading
+
+    from chorus_batch.config import load_config
+
+    nonblock = os.O_NONBLOCK
+    monkeypatch.delattr(os, "O_NONBLOCK")
+    fifo = tmp_path / "chorus.toml"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("[run]\nworkers = 3\n"), daemon=True)
+    writer.start()
+    try:
+        assert load_config(fifo).run.workers == 3
+    finally:  # (a failed read left the writer waiting for a reader: one is held open until it ends)
+        reader = os.open(fifo, os.O_RDONLY | nonblock)
+        writer.join()
+        os.close(reader)
+
+
 def test_a_delete_list_given_as_dash_is_told_of_dev_stdin(tmp_path, monkeypatch):
     """`--delete-list -`, as other tools read standard input, was "the delete list - does not exist" with nothing
     more: said as --config's is, with the name that reads standard input."""
