@@ -50,7 +50,9 @@ def signals_deferred() -> Iterator[None]:
             if callable(handler):
                 handler(held[0], None)  # the handler of the first signal held: it raises (Stopped, KeyboardInterrupt)
             elif handler == signal.SIG_DFL:  # (a library caller without handlers): what the signal would have done
-                os.kill(os.getpid(), held[0])
+                # raise_signal, not os.kill(getpid()): on Windows os.kill with a signal other than CTRL_C_EVENT or
+                # CTRL_BREAK_EVENT is TerminateProcess with the signal's number as exit code (Python docs, os.kill)
+                signal.raise_signal(held[0])
 
 
 def _affinity() -> int:
