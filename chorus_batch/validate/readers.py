@@ -452,7 +452,7 @@ def _dicom_facts(f) -> dict[str, Any]:
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         _import_pydicom()
         import pydicom
-        from pydicom.errors import InvalidDicomError
+        from pydicom.errors import BytesLengthException, InvalidDicomError
 
         f.seek(0)
         try:
@@ -469,8 +469,11 @@ def _dicom_facts(f) -> dict[str, Any]:
             raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
         except struct.error:  # (its reading of an element's 4-byte length met the file's end: cut inside it)
             raise truncated from None
-        except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
-            raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
+        except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError, NotImplementedError,
+                BytesLengthException) as exc:  # (NotImplementedError: a VR it does not know; BytesLength...: a
+            # value whose length its VR cannot have, as a damaged File Meta group gives: not a parser's bug)
+            advice = str(exc).split(" To replace this error with a warning", 1)[0]  # (pydicom's, to its users)
+            raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {advice}") from None
         # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
         # a header longer than DICOM_HEAD_MAX_BYTES (a large private or embedded-document element) cut inside it
         # read as a whole file without pixel data. It stopped past the file's end then.
@@ -647,7 +650,9 @@ def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
     no pixel data follow. pixel_data_at walks little-endian files only: a big-endian file (Explicit VR Big Endian)
     cut inside its pixel data read as whole. A deflated data set is read from its inflated bytes (zlib tells a cut)."""
     syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
-    if syntax is None or syntax.is_deflated:
+    # (compared as text: a UID pydicom does not know as a transfer syntax, a vendor's private one, raises on
+    # is_deflated; dcmread read the data set in the encoding it found, which original_encoding gives)
+    if syntax is None or syntax == _DEFLATED:
         return None
     implicit, little = ds.original_encoding
     if implicit is None or little is None:
