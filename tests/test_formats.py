@@ -468,3 +468,12 @@ def test_person_ids_are_gathered_without_holding_each_row_as_python_values():
         tracemalloc.stop()
     assert facts["person_id"][:3] == ["0", "1", "2"] and len(facts["person_id"]) == 200_000  # first appearance, once
     assert peak < 2 * held, (peak, held)
+
+
+def test_a_records_file_of_one_endless_line_is_told_not_kept_as_a_record_name(clean):
+    # 100 MB of text without a line end was one record's name: kept whole in the facts, quoted whole in records.absent
+    (clean / f"{P0}/Waveforms/RECORDS").write_bytes(b"900003\n" + b"a" * (1 << 20))
+    out = findings(clean)
+    told = [m for r, s, m in out if s == f"{P0}/Waveforms/RECORDS"]
+    assert told and all(len(m) < 1000 for m in told), [m[:200] for m in told]
+    assert any("line 2 is 1,048,576 characters long, more than a record name" in m for m in told), told

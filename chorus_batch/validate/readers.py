@@ -1254,7 +1254,16 @@ def _records_facts(f) -> dict[str, Any]:
     # first record's name (records.absent: "lists record \ufeff3004 but its header is not on the site", of one that is)
     text = _read_text(f, "utf-8-sig", limit=MAX_RECORDS_BYTES, too_large=RECORDS_TOO_LARGE)
     lines = [line.strip() for line in text.splitlines()]
+    # (a file of one endless line, binary-free text that is no RECORDS file: its "name" was kept whole in the facts
+    # and quoted whole in a finding, 100 MB of it)
+    longest = max(range(len(lines)), key=lambda k: len(lines[k]), default=None)
+    if longest is not None and len(lines[longest]) > MAX_RECORD_NAME:
+        raise BadContent(f"line {longest + 1:,} is {len(lines[longest]):,} characters long, more than a record name "
+                         f"(a path of at most {MAX_RECORD_NAME:,})")  # (records.unreadable says what to write)
     return {"records": [line for line in lines if line and not line.startswith("#")]}
+
+
+MAX_RECORD_NAME = 4096  # (Linux's PATH_MAX: a record named by its path from the RECORDS file's folder)
 
 
 _EDF_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
