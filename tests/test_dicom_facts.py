@@ -589,3 +589,33 @@ def test_a_file_holding_nothing_of_an_image_after_its_meta_group_is_told_so():
                                          f"(an interrupted copy?), or it is no image (a DICOMDIR?); copy the file "
                                          f"again, or export the image again"}
     assert facts(dicom(pixels=0)).get("patient_id") == "000177"  # (a header without pixel data still reads)
+
+
+# ----------------------------------------------------------------------------- a File Meta group dcmread reads oddly
+# Found by fuzzing the readers (test_formats.py's test_every_reader_tells_damage_as_what_is_wrong): each gave the
+# catch-all "cannot parse the file (AttributeError: 'MultiValue' object has no attribute 'is_deflated')", or a
+# ValueError of pydicom's UID, a NotImplementedError, a BytesLengthException, not what is wrong with the file.
+SYNTAX = ExplicitVRLittleEndian.encode() + b"\0"  # (as written: 20 bytes, NUL-padded)
+
+
+@pytest.mark.parametrize("syntax", [b"1.2.999.1.2.3.4.5.6\0", b"1.2.840\\1.2.840.1000"], ids=["private", "two"])
+def test_a_transfer_syntax_pydicom_does_not_know_is_read_in_the_encoding_dcmread_found(syntax):
+    # a vendor's private transfer syntax (its UID outside 1.2.840.10008), or a damaged value of two UIDs: dcmread
+    # reads the data set in the encoding it finds; the facts are those of the data set, not a crash on is_deflated
+    data = dicom(ExplicitVRLittleEndian)
+    assert data.count(SYNTAX) == 1 and len(syntax) == len(SYNTAX)
+    got = facts(data.replace(SYNTAX, syntax))
+    assert "error" not in got, got
+    assert got["patient_id"] == "000177" and got["modality"] == "CT"
+
+
+@pytest.mark.parametrize("old, new, told", [
+    (b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00UK", "Unknown Value Representation 'UK' in tag (0002,0010)"),
+    (b"\x02\x00\x01\x00OB", b"\x02\x00\x01\x00Ob", "(0002,0000)"),
+], ids=["unknown-vr", "group-length-misread"])
+def test_a_damaged_file_meta_group_is_told_as_a_header_not_parsed(old, new, told):
+    data = dicom(ExplicitVRLittleEndian)
+    assert data.count(old) == 1
+    error = facts(data.replace(old, new))["error"]
+    assert error.startswith("DICOM header cannot be parsed: ") and told in error, error
+    assert "pydicom.config" not in error  # (pydicom's advice to its own users: nothing a site can do)

@@ -14,13 +14,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sitegen
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sitegen import scan_current, sessions_of
 
 from chorus_batch.sources import LocalSource
 from chorus_batch.validate import check, extract_facts, facts_needed, readers
-from chorus_batch.validate.rules import KIND_MAPPING, KIND_PERSON, KIND_REGISTRY, KIND_WFDB
+from chorus_batch.validate.rules import KIND_DICOM, KIND_MAPPING, KIND_PERSON, KIND_REGISTRY, KIND_WFDB
 from chorus_batch.validate.site import _FACT_DTYPES
 
 # wfdb 4.x (the writers sitegen uses) warns about pandas deprecations.
@@ -370,3 +370,124 @@ def test_a_quote_left_open_in_the_header_row_is_told(data):
 def test_a_spreadsheet_delimiter_hint_before_a_mapping_or_registry_header_is_told(hint, kind):
     facts = readers.parse_facts(kind, io.BytesIO(hint + b"\r\nsignal_id,units\r\n1,mV\r\n"))
     assert facts == {"error": readers.SEP_LINE_REASON}
+
+
+# ----------------------------------------------------------------------------- every reader, fed damaged files
+
+
+def _valid_files() -> dict[str, bytes]:
+    """A small valid file of each kind a reader reads (as sitegen writes a clean site's)."""
+    from datetime import datetime
+
+    from chorus_batch.validate import rules
+
+    tables = ((rules.KIND_OMOP, "condition_occurrence"), (rules.KIND_PERSON, "person"),
+              (rules.KIND_VISITS, "visit_occurrence"), (rules.KIND_PROCEDURES, "procedure_occurrence"))
+    omop = {kind: sitegen.csv_text(sitegen.OMOP_COLUMNS[table], sitegen.omop_rows(table, ["101", "102"])).encode()
+            for kind, table in tables}
+    return {
+        **omop,
+        rules.KIND_WFDB: b"900003 2 256 2560 12:00:00 02/01/2024\n900003.dat 16 200/uV 16 0 0 0 0 Fp1\n"
+                         b"900003.dat 16 200/uV 16 0 0 0 0 Fp2\n# a comment\n",
+        rules.KIND_RECORDS: b"900003\n900004/900004\n",
+        rules.KIND_EDF: sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), seconds=2, signals=[("EEG Fp1", "uV", 8)]),
+        rules.KIND_DICOM: sitegen.dicom_bytes(person_id="101", series=1, instance=1, study_date="20240102",
+                                              study_time="120000"),
+        rules.KIND_MARKDOWN: b"# Readiness\n\n| variable | answer |\n|---|---|\n| site | yes |\n",
+        rules.KIND_MAPPING: sitegen.EEG_MAPPING.encode(),
+        rules.KIND_REGISTRY: sitegen.csv_text(list(rules.REGISTRY_COLUMNS), [[1, 2, "101", 3, 4, "2024-01-02 12:00:00",
+                                              "a.dcm", "101/Images/CT/1/2/000.dcm"]]).encode(),
+        rules.KIND_LINKS: sitegen.csv_text(list(rules.LINK_COLUMNS), [[9000, "900003"]]).encode(),
+    }
+
+
+VALID_FILES = _valid_files()
+_DIGITS = re.compile(rb"\d+")
+_HUGE = [b"99999999999999999999999", b"2147483648", b"9223372036854775808", b"-1", b"-2147483648", b"1e308", b"nan"]
+
+
+def _damage(data: bytes, op: str, at: int, some: bytes) -> bytes:
+    at = at % (len(data) + 1)
+    numbers = list(_DIGITS.finditer(data[:4096]))
+    number = numbers[at % len(numbers)] if numbers else None
+    return {
+        "cut": lambda: data[:at],
+        "flip": lambda: data[:at] + bytes([data[at] ^ (some[0] or 1)]) + data[at + 1:] if at < len(data) else data,
+        "insert": lambda: data[:at] + some + data[at:],
+        "nul": lambda: data[:at] + b"\0" * len(some) + data[at:],
+        "crlf": lambda: data.replace(b"\n", b"\r\n"),
+        "cr": lambda: data.replace(b"\n", b"\r"),
+        "bom": lambda: [b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"][some[0] % 3] + data,
+        "empty": lambda: b"",
+        "utf16": lambda: data.decode("latin-1").encode("utf-16"),
+        "latin1": lambda: data[:at] + "é".encode("latin-1") + data[at:],
+        # a number of the text made huge, negative or no integer; a binary length (DICOM's, EDF's) of 2 GiB
+        "number": lambda: data[:number.start()] + _HUGE[some[0] % len(_HUGE)] + data[number.end():] if number else data,
+        "length": lambda: data[:at] + (0x7FFFFFF0).to_bytes(4, "little") + data[at + 4:],
+    }[op]()
+
+
+# Where the DICOM file's Transfer Syntax UID's VR and (0002,0001)'s lie: a flip there gave "cannot parse the file
+# (NotImplementedError: Unknown Value Representation 'UK' ...)", "(BytesLengthException: ...)" (dicom.v11)
+_DICOM_VR = {tag: VALID_FILES[KIND_DICOM].index(tag) + 5 for tag in (b"\x02\x00\x10\x00UI", b"\x02\x00\x01\x00OB")}
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(kind=KIND_DICOM, edits=[("flip", _DICOM_VR[b"\x02\x00\x10\x00UI"], b"\x02")])  # UI -> UK
+@example(kind=KIND_DICOM, edits=[("flip", _DICOM_VR[b"\x02\x00\x01\x00OB"], b" ")])  # OB -> Ob
+@given(kind=st.sampled_from(sorted(VALID_FILES)), edits=st.lists(st.tuples(
+    st.sampled_from(["cut", "flip", "insert", "nul", "crlf", "cr", "bom", "empty", "utf16", "latin1", "number",
+                     "length"]),
+    st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)), min_size=1, max_size=3))
+def test_every_reader_tells_damage_as_what_is_wrong(kind, edits):
+    """Any damage to a valid file (cut at any byte, bytes flipped or inserted, NULs, other line ends, a byte-order
+    mark, another encoding, a huge or negative number, a 2 GiB length in a 1 KiB file) gives facts or an error that
+    says what is wrong: never an exception, nor the catch-all "cannot parse the file (<exception>)", which tells a
+    site only that the reader did not foresee it."""
+    data = VALID_FILES[kind]
+    for edit in edits:
+        data = _damage(data, *edit)
+    facts = readers.parse_facts(kind, io.BytesIO(data))
+    assert isinstance(facts, dict)
+    json.loads(readers.facts_text(facts))
+    if "error" in facts:
+        assert facts["error"] and not facts["error"].startswith("cannot parse the file ("), (kind, data[:300], facts)
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_FILES))
+def test_every_reader_tells_a_file_cut_at_any_byte_as_what_is_wrong(kind):
+    """An interrupted copy ends anywhere: each cut of a valid file gives facts or an error that says what is wrong."""
+    data = VALID_FILES[kind]
+    caught = {}
+    for end in range(len(data) + 1):
+        facts = readers.parse_facts(kind, io.BytesIO(data[:end]))
+        if facts.get("error", "").startswith("cannot parse the file ("):
+            caught.setdefault(facts["error"][:80], end)
+    assert not caught, caught
+
+
+def test_person_ids_are_gathered_without_holding_each_row_as_python_values():
+    # person.csv of 30M ids (259 MB) held 5.2 GiB as a dict of Python tuples, read batch by batch (3.4 GiB now: the
+    # facts' list itself); here, by tracemalloc, the reader's peak of Python memory stays near the list it returns
+    import tracemalloc
+
+    rows = b"".join(b" %d \n" % (i // 2) for i in range(400_000))  # each id twice, padded
+    data = b"person_id\n\n" + rows + b"7\n"
+    readers.parse_facts(KIND_PERSON, io.BytesIO(b"person_id\n1\n"))  # (pyarrow imported, outside the measure)
+    tracemalloc.start()
+    try:
+        facts = readers.parse_facts(KIND_PERSON, io.BytesIO(data))
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert facts["person_id"][:3] == ["0", "1", "2"] and len(facts["person_id"]) == 200_000  # first appearance, once
+    assert peak < 2 * held, (peak, held)
+
+
+def test_a_records_file_of_one_endless_line_is_told_not_kept_as_a_record_name(clean):
+    # 100 MB of text without a line end was one record's name: kept whole in the facts, quoted whole in records.absent
+    (clean / f"{P0}/Waveforms/RECORDS").write_bytes(b"900003\n" + b"a" * (1 << 20))
+    out = findings(clean)
+    told = [m for r, s, m in out if s == f"{P0}/Waveforms/RECORDS"]
+    assert told and all(len(m) < 1000 for m in told), [m[:200] for m in told]
+    assert any("line 2 is 1,048,576 characters long, more than a record name" in m for m in told), told

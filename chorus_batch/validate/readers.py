@@ -465,7 +465,7 @@ def _dicom_facts(f) -> dict[str, Any]:
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         _import_pydicom()
         import pydicom
-        from pydicom.errors import InvalidDicomError
+        from pydicom.errors import BytesLengthException, InvalidDicomError
 
         f.seek(0)
         try:
@@ -482,8 +482,11 @@ def _dicom_facts(f) -> dict[str, Any]:
             raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
         except struct.error:  # (its reading of an element's 4-byte length met the file's end: cut inside it)
             raise truncated from None
-        except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
-            raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
+        except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError, NotImplementedError,
+                BytesLengthException) as exc:  # (NotImplementedError: a VR it does not know; BytesLength...: a
+            # value whose length its VR cannot have, as a damaged File Meta group gives: not a parser's bug)
+            advice = str(exc).split(" To replace this error with a warning", 1)[0]  # (pydicom's, to its users)
+            raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {advice}") from None
         # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
         # a header longer than DICOM_HEAD_MAX_BYTES (a large private or embedded-document element) cut inside it
         # read as a whole file without pixel data. It stopped past the file's end then.
@@ -666,7 +669,9 @@ def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
     no pixel data follow. pixel_data_at walks little-endian files only: a big-endian file (Explicit VR Big Endian)
     cut inside its pixel data read as whole. A deflated data set is read from its inflated bytes (zlib tells a cut)."""
     syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
-    if syntax is None or syntax.is_deflated:
+    # (compared as text: a UID pydicom does not know as a transfer syntax, a vendor's private one, raises on
+    # is_deflated; dcmread read the data set in the encoding it found, which original_encoding gives)
+    if syntax is None or syntax == _DEFLATED:
         return None
     implicit, little = ds.original_encoding
     if implicit is None or little is None:
@@ -1277,7 +1282,16 @@ def _records_facts(f) -> dict[str, Any]:
     # first record's name (records.absent: "lists record \ufeff3004 but its header is not on the site", of one that is)
     text = _read_text(f, "utf-8-sig", limit=MAX_RECORDS_BYTES, too_large=RECORDS_TOO_LARGE)
     lines = [line.strip() for line in text.splitlines()]
+    # (a file of one endless line, binary-free text that is no RECORDS file: its "name" was kept whole in the facts
+    # and quoted whole in a finding, 100 MB of it)
+    longest = max(range(len(lines)), key=lambda k: len(lines[k]), default=None)
+    if longest is not None and len(lines[longest]) > MAX_RECORD_NAME:
+        raise BadContent(f"line {longest + 1:,} is {len(lines[longest]):,} characters long, more than a record name "
+                         f"(a path of at most {MAX_RECORD_NAME:,})")  # (records.unreadable says what to write)
     return {"records": [line for line in lines if line and not line.startswith("#")]}
+
+
+MAX_RECORD_NAME = 4096  # (Linux's PATH_MAX: a record named by its path from the RECORDS file's folder)
 
 
 _EDF_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -1796,6 +1810,13 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
     the file."""
     if any(w not in columns for w in wanted):
         return None
+    if len(wanted) == 1:  # (person.csv: each batch's distinct ids kept as Arrow, not as Python strings: 30M ids held
+        import pyarrow as pa  # 5.2 GiB as a dict of tuples; pc.unique keeps the order of first appearance)
+        import pyarrow.compute as pc
+
+        parts = [pc.unique(batch[0].filter(pc.cast(pc.binary_length(batch[0]), pa.bool_())))  # ("": false)
+                 for batch in _csv_batches(f, raw_names, columns, wanted)]
+        return {wanted[0]: pc.unique(pa.chunked_array(parts, pa.string())).to_pylist() if parts else []}
     seen: dict[tuple[str, ...], None] = {}
     for batch in _csv_batches(f, raw_names, columns, wanted):
         values = [column.to_pylist() for column in batch]

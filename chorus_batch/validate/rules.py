@@ -224,7 +224,11 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v11 tells a file cut inside an element's 4-byte length as cut (v10: "cannot parse the file (error: unpack
 # requires a buffer of 4 bytes)"), and one holding nothing after its File Meta Information (cut there) as such (v10: no
 # facts, told as a header lacking PatientID, Modality, ... in turn)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v11", "records.v4"
+# dicom.v12 reads a file of a transfer syntax pydicom does not know (a vendor's private UID) in the encoding dcmread
+# found (v11: "cannot parse the file (ValueError: UID is not a transfer syntax.)"), and tells a File Meta group of an
+# unknown VR or a length its VR cannot have as a header not parsed (v11: "cannot parse the file (NotImplementedError..")
+# records.v5 tells a line longer than any record name's path (v4: a file of one 100 MB line was one record's name)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v12", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
