@@ -247,7 +247,7 @@ def test_new_patterns_reclassify_the_current_rows_in_place(tmp_path):
     for path in site.rglob("*"):  # (written long enough ago: a racily clean file is read again, and its read recorded)
         if path.is_file():
             os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 60 * 10**9))
-    first = run_site(site, db, validate_site=False, patterns={"Waveforms": ["^nomatch$"]})
+    first = run_site(site, db, validate_site=False, patterns={"Waveforms": ["^(?P<person_id>nomatch)$"]})
     assert first.errors.filter(pl.col("kind") == "unparseable").height == 2
     second = run_site(site, db, validate_site=False)
     assert second.label is None  # no file changed: no version; the rows are classified again in place
