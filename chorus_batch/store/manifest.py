@@ -1660,7 +1660,7 @@ def fetch_frame(cur) -> pl.DataFrame:
         frame = pl.from_arrow(pa.Table.from_batches([], schema))
         assert isinstance(frame, pl.DataFrame)
         return frame
-    frame = pl.concat(parts, rechunk=True)  # (numeric columns copied here, when there was more than one batch)
+    frame = pl.concat(parts, rechunk=True)
     if len(parts) > 1:
         del parts
         give_back_freed_memory()  # the driver's buffers went back to the C heap, which keeps them otherwise
@@ -1668,9 +1668,13 @@ def fetch_frame(cur) -> pl.DataFrame:
 
 
 def _own_copy(part: pl.DataFrame) -> pl.DataFrame:
-    """`part` with its text columns copied into new buffers (their views pointed into the driver's)."""
+    """`part` with every column copied into new buffers: its text views and its numbers pointed into the driver's
+    batch, which any one of them kept whole until the concat (a 1M-row read of a version's files peaked 796 ->
+    653 MiB once the numbers were copied here too)."""
     text = [name for name, dtype in part.schema.items() if dtype == pl.String]
-    return part.with_columns(pl.col(text) + pl.lit("")) if text else part
+    other = [name for name in part.columns if name not in text]
+    return part.with_columns(*([pl.col(text) + pl.lit("")] if text else []),
+                             *([pl.col(other).gather(pl.int_range(pl.len()))] if other else []))
 
 
 @functools.cache
