@@ -238,6 +238,15 @@ def _omop_rows(files: pl.DataFrame, table: str) -> pl.DataFrame:
     return files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
 
 
+def _of_registry_persons(visits: pl.DataFrame, rows: pl.DataFrame) -> tuple[pl.DataFrame, str]:
+    """The `visits` (visit_id, _person, _start_as, _end_as) of persons with registry `rows`, by visit_id, and the
+    first three as a warning quotes them ("visit 7: start '...', end '...'")."""
+    visits = visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person", how="semi"
+                         ).sort("visit_id")
+    return visits, "; ".join(f"visit {v}: start {s!r}, end {e!r}" for v, s, e in
+                             visits.head(3).select("visit_id", "_start_as", "_end_as").iter_rows())
+
+
 def _visits(files: pl.DataFrame,
             sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); the
@@ -398,11 +407,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # A datetime with a time zone (2020-01-01T08:00:00Z, a database export's UTC) was read as that clock time without a
     # word: the capture times are the headers' clock, the site's local time, so such a visit is off by the zone's
     # offset and a file near its start or end took the neighbouring visit (or none)
-    zoned_visits = zoned_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",
-                                     how="semi").sort("visit_id")
+    zoned_visits, examples = _of_registry_persons(zoned_visits, rows)
     if zoned_visits.height:
-        examples = "; ".join(f"visit {v}: start {s!r}, end {e!r}" for v, s, e in
-                             zoned_visits.head(3).select("visit_id", "_start_as", "_end_as").iter_rows())
         warnings.append(
             f"{plural(zoned_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if zoned_visits.height == 1 else 'have'} a start or end datetime with a time zone (e.g. "
@@ -413,11 +419,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "registries again")
     # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
     # the files it holds had an empty visit_id, exit 0, without a word
-    undated_visits = undated_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",
-                                         how="semi").sort("visit_id")
+    undated_visits, examples = _of_registry_persons(undated_visits, rows)
     if undated_visits.height:
-        examples = "; ".join(f"visit {v}: start {s!r}, end {e!r}" for v, s, e in
-                             undated_visits.head(3).select("visit_id", "_start_as", "_end_as").iter_rows())
         warnings.append(
             f"{plural(undated_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if undated_visits.height == 1 else 'have'} a start or end that is not a date (yyyy-mm-dd) or "
