@@ -32,7 +32,7 @@ import polars as pl
 
 from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
-from .frames import STAMP, fmt, visit_moment
+from .frames import STAMP, ZONE_DROPPED, fmt, has_zone, visit_moment
 from .fsutil import (complete_interrupted_sets, missing_folders, private_folder, remove_empty_folders,
                      write_private_together)
 from .progress import Progress, log
@@ -257,10 +257,8 @@ def _visits(files: pl.DataFrame,
     # (a visit ending before it starts, an ETL's or a date shift's slip, enclosed nothing either, without a word)
     bad = pl.col("_start").is_null() | pl.col("_end").is_null() | (pl.col("_end") < pl.col("_start"))
     unread = read.filter(pl.col("_person").is_not_null() & bad)
-    zone = r"\d:\d{2}(?:\.\d+)?\s*(?:[zZ]|[+-]\d{2}:?\d{2})$"
     zoned = read.filter(pl.col("_person").is_not_null() & ~bad & (
-        frame["visit_start_datetime"].fill_null("").str.strip_chars().str.contains(zone)
-        | frame["visit_end_datetime"].fill_null("").str.strip_chars().str.contains(zone)))
+        has_zone(frame["visit_start_datetime"]) | has_zone(frame["visit_end_datetime"])))
     return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
             unread.select("_person", "visit_id", "_start_as", "_end_as"),
             zoned.select("_person", "visit_id", "_start_as", "_end_as"))
@@ -406,11 +404,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(
             f"{plural(zoned_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if zoned_visits.height == 1 else 'have'} a start or end datetime with a time zone (e.g. "
-            f"{examples}): read as the clock time written, the zone dropped and nothing converted, while the capture "
-            "times are the headers' clock, the site's local time (the linkage procedure's); a visit written in UTC or "
-            "another zone is off by its offset, and files captured near its start or end take another visit_id (or "
-            "none). Write visit_occurrence's datetimes in the site's local time without a zone, run, and write the "
-            "registries again")
+            f"{examples}): {ZONE_DROPPED}. Write visit_occurrence's datetimes in the site's local time without a zone, "
+            "run, and write the registries again")
     # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
     # the files it holds had an empty visit_id, exit 0, without a word
     undated_visits = undated_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",
