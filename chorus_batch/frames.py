@@ -337,6 +337,18 @@ def under_folders(paths: pl.Series, folders: list[str]) -> pl.Series:
 STAMP = "%Y-%m-%d %H:%M:%S"  # the linkage procedure's datetime (yyyy-MM-dd HH:mm:ss; 'T' and fractions read too)
 
 
+# A visit datetime as written that names a time zone (2020-01-01T08:00:00Z, +01:00): visit_moment reads its clock time,
+# the zone dropped; `registry` and validate's registry.visit_time/visit_missing say so in these words
+ZONE_DROPPED = ("read as the clock time written, the zone dropped and nothing converted, while the capture times are "
+                "the site's local time (the linkage procedure's): a visit written in UTC or another zone is off by its "
+                "offset, and files captured near its start or end take another visit_id (or none)")
+
+
+def has_zone(text: pl.Expr) -> pl.Expr:
+    """True where a visit datetime as written (text) names a time zone (Z, +01:00, -0500) after its clock time."""
+    return text.fill_null("").str.strip_chars().str.contains(r"\d:\d{2}(?:\.\d+)?\s*(?:[zZ]|[+-]\d{2}:?\d{2})$")
+
+
 def visit_moment(exact: pl.Expr, day: pl.Expr, *, end: bool) -> pl.Expr:
     """A visit's start (or end) as a Datetime: `exact` (visit_*_datetime) where it reads as one, else `day`
     (visit_*_date) as the whole day: its first second, or its last for an end. A DATE column a database export wrote

@@ -32,7 +32,7 @@ import polars as pl
 
 from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
-from .frames import STAMP, fmt, visit_moment
+from .frames import STAMP, ZONE_DROPPED, fmt, has_zone, visit_moment
 from .fsutil import (complete_interrupted_sets, missing_folders, private_folder, remove_empty_folders,
                      write_private_together)
 from .progress import Progress, log
@@ -266,10 +266,8 @@ def _visits(files: pl.DataFrame,
     # (a visit ending before it starts, an ETL's or a date shift's slip, enclosed nothing either, without a word)
     bad = pl.col("_start").is_null() | pl.col("_end").is_null() | (pl.col("_end") < pl.col("_start"))
     unread = read.filter(pl.col("_person").is_not_null() & bad)
-    zone = r"\d:\d{2}(?:\.\d+)?\s*(?:[zZ]|[+-]\d{2}:?\d{2})$"
     zoned = read.filter(pl.col("_person").is_not_null() & ~bad & (
-        frame["visit_start_datetime"].fill_null("").str.strip_chars().str.contains(zone)
-        | frame["visit_end_datetime"].fill_null("").str.strip_chars().str.contains(zone)))
+        has_zone(frame["visit_start_datetime"]) | has_zone(frame["visit_end_datetime"])))
     return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
             unread.select("_person", "visit_id", "_start_as", "_end_as"),
             zoned.select("_person", "visit_id", "_start_as", "_end_as"))
@@ -412,11 +410,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(
             f"{plural(zoned_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if zoned_visits.height == 1 else 'have'} a start or end datetime with a time zone (e.g. "
-            f"{examples}): read as the clock time written, the zone dropped and nothing converted, while the capture "
-            "times are the headers' clock, the site's local time (the linkage procedure's); a visit written in UTC or "
-            "another zone is off by its offset, and files captured near its start or end take another visit_id (or "
-            "none). Write visit_occurrence's datetimes in the site's local time without a zone, run, and write the "
-            "registries again")
+            f"{examples}): {ZONE_DROPPED}. Write visit_occurrence's datetimes in the site's local time without a zone, "
+            "run, and write the registries again")
     # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
     # the files it holds had an empty visit_id, exit 0, without a word
     undated_visits, examples = _of_registry_persons(undated_visits, rows)
@@ -690,7 +685,7 @@ def _refuse_site_table(manifest: Manifest, target: Path) -> None:
                                                         "then add its rows to the site's procedure_occurrence.csv")
 
 
-def _read_registry(path: Path, columns: list[str]) -> pl.DataFrame | None:
+def _read_registry(path: Path, columns: list[str], *, every: bool = False) -> pl.DataFrame | None:
     """These columns (as text) of a registry already in --out, split by the delimiter its header row is (a spreadsheet
     saves semicolons in much of Europe; its BOM and CRLF read too); None without the file or one of the columns. Read
     as comma-delimited, a semicolon-saved registry had no columns: the site's own was replaced without a word, and
@@ -706,7 +701,41 @@ def _read_registry(path: Path, columns: list[str]) -> pl.DataFrame | None:
     frame.columns = [c.lstrip("\ufeff").strip().strip('"').strip().lower() for c in frame.columns]
     if not set(columns) <= set(frame.columns) or len(set(frame.columns)) != frame.width:
         return None
-    return frame.select(columns)
+    return frame if every else frame.select(columns)
+
+
+def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> list[str]:
+    """A warning for each registry in `out` about to be replaced with rows of file_ids no file of the manifest has
+    (typed in by the site: a file delivered otherwise) or columns this tool does not write that hold values (the
+    site's notes): the file was written anew without them, exit 0, without a word."""
+    known = manifest.query_frame("SELECT DISTINCT file_id FROM source_files", schema={"file_id": pl.Int64})["file_id"]
+    said = []
+    for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
+        path = out / name
+        old = _read_registry(path, ["file_id"], every=True)
+        if old is None:  # (none there, or not one to compare: it is replaced as before)
+            continue
+        ids = old["file_id"].str.strip_chars().fill_null("")  # (an empty one is a row typed in too)
+        # (a row of a file an earlier version had is the manifest's own: written again for this version, or not)
+        extra = ids.filter(~ids.cast(pl.Int64, strict=False).is_in(known.implode()).fill_null(False)
+                           & ~ids.is_in(frame["file_id"].cast(pl.String).implode()))
+        columns = [c for c in old.columns if c not in frame.columns
+                   and old[c].str.strip_chars().fill_null("").ne("").any()]
+        if not (extra.len() or columns):
+            continue
+        lost = []
+        if extra.len():
+            shown = ", ".join(i or "''" for i in extra.head(3).to_list())
+            lost.append(f"{plural(extra.len(), 'row')} whose file_id is no file of this manifest (file_id {shown}), "
+                        "added by hand perhaps")
+        if columns:
+            lost.append(f"{plural(len(columns), 'column')} this tool does not write ("
+                        f"{', '.join(repr(c) for c in columns[:5])}), holding values")
+        said.append(f"{path} had {', and '.join(lost)}: the registry written now has only the manifest's files and "
+                    f"the procedure's columns, so those are gone from it. A copy of the old file is not kept: take "
+                    "them from a backup (or type them in again) and add them to the new file before shipping it, or "
+                    "give the files a place in the site and run, then write the registries again")
+    return said
 
 
 def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
@@ -839,7 +868,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                 # is given by this release's rules (it gave them, exit 0, where validate --force refused)
                 manifest.ensure_schema(create=False)
                 registries = build()
-        registries.warnings += _filled_by_hand(Path(out), registries)
+        registries.warnings += _filled_by_hand(Path(out), registries) + _added_by_hand(manifest, Path(out), registries)
         return registries, write_registries(registries, out, omop=omop)
     finally:  # stopped or failed before writing (a signal, a refusal): no empty --out folder of its own is left
         remove_empty_folders(made)

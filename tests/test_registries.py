@@ -1241,3 +1241,30 @@ def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_
     assert f"file_id {rows[0]['file_id']}: visit_id '4242'" in done.stderr and "1 row" in done.stderr, done.stderr
     again = cli("registry", "--db", str(db), "--out", str(out))  # (nothing filled in now: nothing to tell)
     assert again.returncode == 0, again.stderr
+
+
+def test_rows_and_columns_a_site_added_by_hand_are_told_when_the_registry_is_written_again(tmp_path):
+    """A row a site typed into waveform_registry.csv in --out (a file_id of no file in the manifest: a file delivered
+    otherwise) and a column it added (notes) were gone after `registry` wrote the folder again, exit 0, without a
+    word. Now registry names them, with the count and what to do (exit 1); a registry as this tool wrote it is not."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    first = cli("registry", "--db", str(db), "--out", str(out))
+    path = out / "waveform_registry.csv"
+    rows = read_csv(path)
+    assert rows, first.stderr
+    rows = [{**r, "notes": ""} for r in rows]
+    rows[0]["notes"] = "checked by JD"
+    rows.append({**rows[0], "file_id": "990001", "src_file": "/elsewhere/x.dat", "trg_file": "x.dat", "notes": ""})
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "1 row" in done.stderr and "file_id 990001" in done.stderr, done.stderr
+    assert "'notes'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    again = cli("registry", "--db", str(db), "--out", str(out))  # (as the tool wrote it: nothing to tell)
+    assert again.returncode == first.returncode, again.stderr

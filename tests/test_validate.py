@@ -1000,6 +1000,31 @@ def test_a_registry_visit_left_empty_is_checked_against_the_persons_visits(clean
     assert persons[1] not in message and str(int(persons[1])) not in message.split("(e.g.")[1], message
 
 
+@pytest.mark.parametrize("given", [True, False])
+def test_a_visit_datetime_with_a_time_zone_is_told_as_registry_tells_it(clean, given):
+    """visit_occurrence.csv with an end datetime in UTC (2024-01-01T12:00:00Z): registry.visit_time (the rows' visit
+    given) and registry.visit_missing (left empty) compared the capture times with the clock time written, the zone
+    dropped, without a word, while `registry` warns of it; now they say so, in its words."""
+    person = sitegen.person_ids(3)[0]
+    visit = sitegen.visit_id(0, 0)
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        f"{visit},{person},9201,2024-01-01,2024-01-01 00:00:00,2024-01-01,2024-01-01 12:00:00",
+        f"{visit},{person},9201,2024-01-01,2024-01-01 00:00:00,2024-01-01,2024-01-01T12:00:00Z"))(clean)
+    assert "T12:00:00Z" in (clean / "OMOP" / "visit_occurrence.csv").read_text()
+    if not given:
+        registry("Waveforms", lambda rows: [[*r[:4], "" if r[2] == person else r[4], *r[5:]] for r in rows])(clean)
+    rule = "registry.visit_time" if given else "registry.visit_missing"
+    told = validate(clean).filter((pl.col("rule") == rule) & pl.col("message").str.contains("time zone")
+                                  & (pl.col("srcfile") == "waveform_registry.csv"))
+    assert told.height == 1, validate(clean).select("rule", "message").rows()
+    message = told["message"].item()
+    whose = "that these rows name" if given else "of the persons of rows that leave visit_id empty"
+    assert message.startswith(f"1 visit {whose} has, in visit_occurrence.csv, a start or end datetime with a time "
+                              "zone"), message
+    assert f"visit {visit}: start '2024-01-01 00:00:00', end '2024-01-01T12:00:00Z'" in message, message
+    assert "nothing converted" in message, message
+
+
 def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
     """The Imaging SOP's image_registry (its CREATE TABLE and its "CSV: Header labels") spells the column "visit_ id";
     a site that copied it got registry.columns, and no other rule looked at its registry."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..classify import registry_listed
-from ..frames import STAMP, fmt
+from ..frames import STAMP, ZONE_DROPPED, fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
 from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable, shared_files
 
@@ -229,6 +229,7 @@ def _visit_times(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     spans = site.visit_spans(given["_visit"].unique()) if given.height else None
     if spans is None:
         return []
+    zoned = _zoned("registry.visit_time", given.join(spans.filter("_zoned"), on="_visit"), "that these rows name")
     outside = (
         given.lazy().join(spans.lazy(), on="_visit")
         .with_columns(_first=pl.col("_first_as").str.strptime(pl.Datetime, STAMP, strict=False),
@@ -242,11 +243,28 @@ def _visit_times(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
             pl.when(pl.col("_first") == pl.col("_last")).then(pl.col("_first_as"))
             .otherwise(fmt("from {} to {}", pl.col("_first_as"), pl.col("_last_as")))))
     )
-    return [_found("registry.visit_time", outside, "srcfile", fmt(
+    return [*zoned, _found("registry.visit_time", outside, "srcfile", fmt(
         "{} visit_id{|s} {is|are} given to rows captured outside the visit's start and end in visit_occurrence.csv "
         "(e.g. {}): the linkage procedure asks for the person's visit that overlaps the capture time; fix visit_id (or "
         "the datetime, or the visit's start and end), or leave visit_id empty where no visit of the person overlaps",
         pl.col("_n"), pl.col("_told").list.head(3).list.join("; ")))]
+
+
+def _zoned(rule: str, pairs: pl.DataFrame, whose: str) -> list[pl.LazyFrame]:
+    """`rule`'s finding for the visits of `pairs` (srcfile, _visit, _start_as, _end_as) whose start or end datetime
+    visit_occurrence.csv writes with a time zone: compared with the capture times as the clock time written (as
+    `registry` reads them, and warns), which sat in either rule's silence when it happened to hold them."""
+    if pairs.height == 0:
+        return []
+    told = (pairs.lazy().unique(["srcfile", "_visit"]).sort("srcfile", pl.col("_visit").cast(pl.Int64, strict=False))
+            .group_by("srcfile", maintain_order=True)
+            .agg(_n=pl.len(), _told=fmt("visit {}: start '{}', end '{}'", pl.col("_visit"), pl.col("_start_as"),
+                                        pl.col("_end_as"))))
+    return [_found(rule, told, "srcfile", fmt(
+        f"{{}} visit{{|s}} {whose} {{has|have}}, in visit_occurrence.csv, a start or end datetime with a time zone "
+        f"(e.g. {{}}): {ZONE_DROPPED}. Write visit_occurrence's datetimes in the site's local time without a "
+        "zone, then check the rows' visit_id", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "),
+        n=pl.col("_n")))]
 
 
 def _visit_missing(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -260,6 +278,8 @@ def _visit_missing(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     spans = site.person_visit_spans(empty["_visit_person"].unique()) if empty.height else None
     if spans is None:
         return []
+    zoned = _zoned("registry.visit_missing", empty.join(spans.filter("_zoned"), on="_visit_person"),
+                   "of the persons of rows that leave visit_id empty")
     covered = (
         empty.lazy().with_columns(_when=pl.col("_when_as").str.strptime(pl.Datetime, STAMP, strict=False))
         .join(spans.lazy(), on="_visit_person")
@@ -270,7 +290,7 @@ def _visit_missing(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         .agg(_n=pl.len(), _told=fmt("person {} captured {} (visit {})", pl.col("_visit_person"), pl.col("_when_as"),
                                      pl.col("_visit").list.head(3).list.join(" or ")))
     )
-    return [_found("registry.visit_missing", covered, "srcfile", fmt(
+    return [*zoned, _found("registry.visit_missing", covered, "srcfile", fmt(
         "{} capture time{|s} of rows that leave visit_id empty {lies|lie} inside a visit of the row's person in "
         "visit_occurrence.csv (e.g. {}): the linkage procedure infers the visit from the datetime where the file has no "
         "explicit link, and leaves visit_id empty only where no visit of the person overlaps; fill in visit_id (or fix "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from ..classify import COMPRESSED_NAME, LOCAL_ONLY_NAME
-from ..frames import fmt, shown, visit_moment
+from ..frames import fmt, has_zone, shown, visit_moment
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS, JOINED, OWN_REMEDY
@@ -379,7 +379,8 @@ class _Site:
                          .select(pl.col("_top").min()).collect().item())
 
     def person_visit_spans(self, persons: pl.Series) -> pl.DataFrame | None:
-        """The visits of the persons `persons` (norm ids) with their start and end (_visit_person, _visit, _start, _end;
+        """The visits of the persons `persons` (norm ids) with their start and end (_visit_person, _visit, _start, _end,
+        _zoned: written with a time zone, _start_as, _end_as: as written;
         a date alone is the whole day), as visit_occurrence.csv gives them; None where it gives no persons, starts and
         ends."""
         visits = self.of_kind(KIND_VISITS).filter(
@@ -395,14 +396,17 @@ class _Site:
             .filter(pl.col("_visit_person").is_in(persons.implode()))  # (the few persons of the rows, of millions)
             .select("_visit_person", _visit=pl.col("visit_occurrence_id").str.strip_chars(),
                     _start=visit_moment(pl.col("visit_start"), pl.col("visit_start"), end=False),
-                    _end=visit_moment(pl.col("visit_end"), pl.col("visit_end"), end=True))
+                    _end=visit_moment(pl.col("visit_end"), pl.col("visit_end"), end=True),
+                    _zoned=has_zone(pl.col("visit_start")) | has_zone(pl.col("visit_end")),
+                    _start_as=pl.col("visit_start"), _end_as=pl.col("visit_end"))
             .drop_nulls()
             .collect())
 
     def visit_spans(self, named: pl.Series) -> pl.DataFrame | None:
         """The start and end (Datetime; a date alone is the whole day) of the visits `named` (norm ids) that
-        visit_occurrence.csv gives (_visit, _start, _end); None where it gives no starts and ends. A visit_occurrence_id
-        the table repeats spans from its first start to its last end (registry.visit_person tells of the repeat)."""
+        visit_occurrence.csv gives (_visit, _start, _end; _zoned, _start_as, _end_as as person_visit_spans gives them);
+        None where it gives no starts and ends. A visit_occurrence_id the table repeats spans from its first start to
+        its last end (registry.visit_person tells of the repeat)."""
         visits = self.of_kind(KIND_VISITS).filter(
             pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null()
             & pl.col("visit_start").is_not_null() & pl.col("visit_end").is_not_null())
@@ -413,8 +417,13 @@ class _Site:
             .explode("visit_occurrence_id", "visit_start", "visit_end")
             .with_columns(_visit=_norm_id(pl.col("visit_occurrence_id")))
             .filter(pl.col("_visit").is_in(named.implode()))  # (the few a registry names, of millions of rows)
+            .with_columns(_zoned=has_zone(pl.col("visit_start")) | has_zone(pl.col("visit_end")))
             .group_by("_visit").agg(_start=visit_moment(pl.col("visit_start"), pl.col("visit_start"), end=False).min(),
-                                    _end=visit_moment(pl.col("visit_end"), pl.col("visit_end"), end=True).max())
+                                    _end=visit_moment(pl.col("visit_end"), pl.col("visit_end"), end=True).max(),
+                                    # (as written, of a row with a zone: registry.visit_time says the zone was dropped)
+                                    _start_as=pl.col("visit_start").sort_by("_zoned", descending=True).first(),
+                                    _end_as=pl.col("visit_end").sort_by("_zoned", descending=True).first(),
+                                    _zoned=pl.col("_zoned").any())
             .collect())
 
     def with_untaken(self, missing: pl.DataFrame | pl.LazyFrame, path: str = "_path") -> pl.DataFrame:
