@@ -323,7 +323,8 @@ def test_the_notebook_on_a_manifest_without_versions_says_so_without_a_traceback
               for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert len(errors) == 1, errors
     shown = "\n".join(errors[0]["traceback"])
-    assert "the manifest has no versions yet" in shown and "fix:   run `chorus-batch run`" in shown, shown
+    # (a notebook is a library caller: the fix names the library's call, as open_manifest's other messages do)
+    assert "the manifest has no versions yet" in shown and "fix:   commit one first, `chorus_batch.run(" in shown, shown
     assert "chorus_batch/review.py" not in shown and "File " not in shown and "Traceback" not in shown, shown
 
 
