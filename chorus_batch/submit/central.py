@@ -663,16 +663,24 @@ class Central:
 
         from azure.core.exceptions import HttpResponseError
         from azure.core.rest import HttpRequest
-        from azure.storage.blob._shared.response_handlers import process_storage_error
 
-        client = self.container._client  # (the generated client: its _send_request runs the pipeline)
+        try:  # (two private names of the SDK: a release that moves them gets the SDK's own listing, slower, the same)
+            from azure.storage.blob._shared.response_handlers import process_storage_error
+
+            send = self.container._client._send_request  # (the generated client's: it runs the pipeline)
+        except (ImportError, AttributeError):
+            for item in self.container.list_blobs(name_starts_with=prefix, include=["metadata"]):
+                md5 = item.content_settings.content_md5
+                yield (item.name, int(item.size or 0), base64.b64encode(bytes(md5)).decode() if md5 else None,
+                       item.etag, item.metadata or {})
+            return
         base = (f"{self.container.url}?restype=container&comp=list&include=metadata&maxresults={self.list_page}"
                 f"&prefix={quote(prefix, safe='')}")
         marker = ""
         while True:
             url = base + (f"&marker={quote(marker, safe='')}" if marker else "")
             request = HttpRequest("GET", url, headers={"x-ms-version": self.container.api_version})
-            response = client._send_request(request)
+            response = send(request)
             try:
                 response.raise_for_status()
             except HttpResponseError as exc:
