@@ -575,11 +575,13 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.visit_time", "warning", "registry visit does not overlap the capture time",
          "A registry row's datetime lies outside the start and end visit_occurrence.csv gives its visit_id (the linkage "
          "procedure's visit is the one that overlaps the file's capture time, its visit_id left empty where none does; "
-         "a date given without a time is the whole day)."),
+         "a date given without a time is the whole day); a visit whose start or end datetime has a time zone (`Z`, "
+         "`+01:00`) is told too, as `registry` tells it: compared as the clock time written, nothing converted."),
     Rule("registry.visit_missing", "warning", "registry visit left empty though one overlaps",
          "A registry row leaves visit_id empty though a visit of its person in visit_occurrence.csv overlaps its capture "
          "time (the linkage procedure infers the visit from the datetime where the file has no explicit link, and "
-         "leaves visit_id empty only where no visit of the person overlaps)."),
+         "leaves visit_id empty only where no visit of the person overlaps); a visit of the person whose start or end "
+         "datetime has a time zone is told too, as for `registry.visit_time`."),
     Rule("registry.visit_person", "error", "registry visit of another person",
          "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
          "(the linkage procedure asks for the visit of the file's patient), or one visit_occurrence.csv gives to more "
