@@ -752,11 +752,17 @@ def test_sbatch_the_script_on_a_partition_with_a_short_time_limit(slurm, stand_i
         slurm.run(["scontrol", "delete", "PartitionName=short"])
 
 
-def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
+def _two_hanging_shards(stand_in, tmp_path: Path, monkeypatch) -> str:
+    """The script of two shards (and a merge) of tmp_path/site into tmp_path/m.sqlite, run by the stand-in
+    interpreter, whose shards run until cancelled."""
     python, _log = stand_in
     monkeypatch.setenv("STAND_IN_HANG", "1")
-    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
-                          python=str(python), staging=str(tmp_path / "st"))
+    return slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                        python=str(python), staging=str(tmp_path / "st"))
+
+
+def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
+    script = _two_hanging_shards(stand_in, tmp_path, monkeypatch)
     lines: list[str] = []
 
     def out(line: str) -> None:
@@ -787,10 +793,7 @@ def test_a_manifest_folder_that_is_not_there_is_refused_before_anything_is_made(
 def test_progress_says_a_cancelled_shard_cancelled_not_failed(slurm, stand_in, tmp_path, monkeypatch):
     """`scancel <array>_0` of one task while `run --slurm` followed: the progress line counted it "1 failed" (as a
     task that failed), though the final summary said "cancelled, none failed"."""
-    python, _log = stand_in
-    monkeypatch.setenv("STAND_IN_HANG", "1")
-    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
-                          python=str(python), staging=str(tmp_path / "st"))
+    script = _two_hanging_shards(stand_in, tmp_path, monkeypatch)
     lines: list[str] = []
 
     def out(line: str) -> None:
@@ -913,12 +916,9 @@ def test_a_stop_once_the_jobs_are_queued_before_they_are_followed_cancels_them(s
     they are cancelled and said so."""
     import signal
 
-    python, _log = stand_in
-    monkeypatch.setenv("STAND_IN_HANG", "1")  # the shards run until cancelled
     script = tmp_path / "job.sbatch"
     db = tmp_path / "m.sqlite"
-    script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(db), shards=2, cpus_per_task=1,
-                                   python=str(python), staging=str(tmp_path / "st")))
+    script.write_text(_two_hanging_shards(stand_in, tmp_path, monkeypatch))
     before = {row["id"].split("_")[0] for row in slurm.squeue()}
     submitter = _SUBMITTER.replace("poll_s=0.3)", "poll_s=0.3, db=sys.argv[3], argv=['run', '--slurm'])")
     proc = subprocess.Popen([sys.executable, "-c", submitter, str(script), "120", str(db)], stdout=subprocess.PIPE,
