@@ -1366,7 +1366,8 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _explain_rules(args: argparse.Namespace) -> int:
-    """`validate --explain RULE`: each rule the id, family (dicom.) or glob names, with its severity and text."""
+    """`validate --explain RULE`: each rule the id, family (dicom.) or glob names, with its severity and text, the
+    procedure's document and section it enforces, and what to do where its text does not say."""
     import fnmatch
     import textwrap
 
@@ -1383,13 +1384,21 @@ def _explain_rules(args: argparse.Namespace) -> int:
                          fix="give a rule id as `chorus-batch validate --help` lists them (wfdb.bad_header), a "
                              "family (dicom.) or a glob (*.missing*)")
     if args.json:
-        print(json.dumps([{"rule": r.id, "severity": r.severity, "title": r.title, "checks": r.description}
+        print(json.dumps([{"rule": r.id, "severity": r.severity, "title": r.title, "checks": r.description,
+                           "procedure": [{"document": document or None, "section": section} for document, section
+                                         in r.sop], "remedy": r.remedy or None}
                           for r in rules], indent=2, ensure_ascii=False))
         return 0
+
+    def wrapped(text: str, first: str = "  ") -> str:
+        return "\n".join(textwrap.wrap(text, 100, initial_indent=first, subsequent_indent="  ", break_on_hyphens=False))
+
     for n, rule in enumerate(rules):
         print(("\n" if n else "") + f"{rule.id} ({rule.severity}): {rule.title}")
-        print("\n".join(textwrap.wrap(rule.description, 100, initial_indent="  ", subsequent_indent="  ",
-                                       break_on_hyphens=False)))
+        print(wrapped(rule.description))
+        print(wrapped("Procedure: " + rule.procedure() + "."))
+        if rule.remedy:
+            print(wrapped("What to do: " + rule.remedy))
     return 0
 
 

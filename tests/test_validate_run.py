@@ -976,7 +976,13 @@ def test_validate_explain_prints_a_rules_text_from_the_registry():
     done = cli("validate", "--explain", rule.id, "--db", "/nonexistent/m.sqlite")  # reads no manifest
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{rule.id} ({rule.severity}): {rule.title}\n")
-    assert " ".join(done.stdout.split("\n", 1)[1].split()) == rule.description
+    assert " ".join(done.stdout.split("\n", 1)[1].split()) == " ".join(
+        [rule.description, f"Procedure: {rule.procedure()}.", f"What to do: {rule.remedy}"])
+    assert "Imaging-Data: DICOM with metadata that needs deidentification" in done.stdout
+    own = cli("validate", "--explain", "file.unread").stdout  # a check of the tool's own says so
+    assert "Procedure: none (the tool's own" in own
+    kept = cli("validate", "--explain", "dicom.study_metadata").stdout  # its text says what to do: said once
+    assert "keep them when de-identifying" in kept and "What to do" not in kept
     family = cli("validate", "--explain", "registry.", "--json")
     assert [r["rule"] for r in json.loads(family.stdout)] == [r.id for r in validate_module.RULES
                                                                if r.id.startswith("registry.")]
@@ -985,13 +991,39 @@ def test_validate_explain_prints_a_rules_text_from_the_registry():
     assert "did you mean dicom.patient_id?" in wrong.stderr
 
 
+def test_every_rule_cites_a_section_of_the_procedures_text_or_says_it_is_the_tools_own():
+    """`validate --explain` told what a rule checks, not which procedure asks for it nor what to do. Every rule now
+    cites (document, section) pairs; each document is a file of the procedures' text and each section is written in
+    it (CHORUS_SOP_DIR: the folder of that text), or the rule says why it is the tool's own."""
+    import os
+
+    from chorus_batch.validate.rules import OWN, SOP_DOCUMENTS
+
+    folder = Path(os.environ.get("CHORUS_SOP_DIR", "/work/shared/reference/chorus-sop"))
+    if not folder.is_dir():
+        pytest.skip(f"the procedures' text is not at {folder} (set CHORUS_SOP_DIR)")
+    texts = {document: " ".join((folder / document).read_text(encoding="utf-8").replace("\u200b", "").split())
+             for document in SOP_DOCUMENTS}  # (a document cited but not in the folder: FileNotFoundError here)
+    for rule in validate_module.RULES:
+        assert rule.sop, rule.id
+        for document, section in rule.sop:
+            assert section.strip(), rule.id
+            if document == OWN:
+                assert section.startswith("the tool's own") or "not kept as text" in section, rule.id
+                continue
+            assert document in SOP_DOCUMENTS, (rule.id, document)
+            assert " ".join(section.split()) in texts[document], (rule.id, document, section)
+        assert rule.remedy == "" or rule.remedy.endswith((".", "...")), rule.id
+
+
 def test_the_readmes_rules_table_is_the_registry_rule_for_rule():
     """The README's table repeated the registry's texts by hand and had drifted (backticks one side only); only
     ids and severities were compared, and a rule dropped from the code stayed in the table."""
     import re
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| (error|warning|info) \| (.*) \|$", readme, re.M)
-    table = {rule: (severity, text.replace("\\|", "|")) for rule, severity, text in rows}
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| (error|warning|info) \| (.*) \| (.*) \|$", readme, re.M)
+    table = {rule: (severity, text.replace("\\|", "|"), procedure.replace("\\|", "|"))
+             for rule, severity, text, procedure in rows}
     assert len(table) == len(rows)
-    assert table == {r.id: (r.severity, r.description) for r in validate_module.RULES}
+    assert table == {r.id: (r.severity, r.description, r.procedure()) for r in validate_module.RULES}

@@ -15,9 +15,30 @@ class Rule:
     severity: str  # "error" | "warning" | "info"
     title: str
     description: str  # one sentence for the README
+    # Where the procedures ask for it: (document, section) pairs, the document a file of the procedures' text (the
+    # SOP_DOCUMENTS), the section its heading (or the words that open it) as the text writes it; a check of the tool's
+    # own, which no procedure asks for, is (OWN, why).
+    sop: tuple[tuple[str, str], ...] = ()
+    remedy: str = ""  # what to do, where the description does not already say it
+
+    def procedure(self) -> str:
+        """Where the rule comes from, in words: "Imaging-Data: Folder and file structure and naming"."""
+        return "; ".join(f"none ({section})" if document == OWN
+                         else f"{document.removesuffix('.txt')}: {section.rstrip(':')}" for document, section in self.sop)
 
 
 # ----------------------------------------------------------------------------- the procedures
+
+# The procedures' documents (their text as published: chorus-ai/Chorus_SOP) that rules cite (Rule.sop).
+UPLOAD = "Data-Upload-Update-Uploading-to-Central-Staging-Data-Warehouse.txt"
+IMAGING = "Imaging-Data.txt"
+LINKAGE = "Multimodal-Linkage.txt"
+WAVEFORM = "Waveform-Data.txt"
+WAVEFORM_FORMAT = "Waveform-Data-Waveform-File-Format.txt"  # v2.1
+WAVEFORM_FORMAT_V1 = "DEPRECATED-Waveform-File-Format.txt"  # v1.0: WFDB headers, segments, RECORDS
+UPLOAD_V1 = "DEPRECATED-OLD-Data-Uploading-SOP.txt"  # the first upload SOP's file names
+SOP_DOCUMENTS = (UPLOAD, IMAGING, LINKAGE, WAVEFORM, WAVEFORM_FORMAT, WAVEFORM_FORMAT_V1, UPLOAD_V1)
+OWN = ""  # a rule of the tool's own: (OWN, why no procedure asks for it)
 
 # OMOP CDM 5.4 clinical tables CHoRUS collects, each with the column that identifies its rows.
 OMOP_KEYS: dict[str, str] = {
@@ -309,102 +330,177 @@ RULES: tuple[Rule, ...] = (
     # -- layout
     Rule("layout.no_omop", "error", "no OMOP folder",
          "The site root has no OMOP/ folder with the clinical tables (where a top-level folder holds one, such as a "
-         "dated release folder, the finding names it as the site's root)."),
+         "dated release folder, the finding names it as the site's root).",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy="Put the OMOP tables in an OMOP/ folder at the site's root, or give the folder that holds OMOP/ as the site."),
     Rule("layout.root_file", "warning", "file in the site root",
-         "A file lies directly in the site root and is not one the procedures place there (the linkage registries)."),
+         "A file lies directly in the site root and is not one the procedures place there (the linkage registries).",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy='Move the file into OMOP/, Metadata/ or its person folder, or out of the site.'),
     Rule("layout.identifiable_table", "error", "identifiable lookup table in the site",
          "A de-identification lookup table (image_map.csv, personal_map.csv: original PatientID and AccessionNumber "
          "to person_id and image_occurrence_id) lies in the site, anywhere: the Imaging SOP keeps it at the site, not "
-         "shared; upload never sends it."),
+         "shared; upload never sends it.",
+         sop=((IMAGING, 'Identifiable cross-walk table creation'),),
+         remedy="Move it out of the site's folder: it stays at the site, outside what is uploaded."),
     Rule("layout.unexpected_folder", "warning", "unknown top-level folder",
          "A top-level folder is neither OMOP/, Metadata/ nor a person folder (one holding Images/, Waveforms/ "
          "or Metadata/, or named in person.csv); one holding an OMOP/ folder is told as a submission's root (a dated "
-         "release folder) inside the site; omop/ or metadata/ is told to be spelled OMOP/, Metadata/."),
+         "release folder) inside the site; omop/ or metadata/ is told to be spelled OMOP/, Metadata/.",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy='Move the folder out of the site, or into the folder it belongs in.'),
     Rule("layout.person_no_data", "warning", "person folder without data",
-         "A person folder holds neither Images/ nor Waveforms/."),
+         "A person folder holds neither Images/ nor Waveforms/.",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy="Check that the person's files were copied; remove a folder left empty."),
     Rule("layout.person_file", "warning", "file directly in a person folder",
-         "A file lies directly in a person folder instead of its Images/ or Waveforms/."),
+         "A file lies directly in a person folder instead of its Images/ or Waveforms/.",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy="Move the file into the person's Images/ or Waveforms/ folder."),
     Rule("layout.person_subfolder", "warning", "unknown folder in a person folder",
-         "A person folder has a subfolder other than Images/ and Waveforms/ (Metadata/ belongs at the site root; images/ is told to be spelled Images/)."),
+         "A person folder has a subfolder other than Images/ and Waveforms/ (Metadata/ belongs at the site root; images/ is told to be spelled Images/).",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy='Move its files into Images/ or Waveforms/, or out of the site.'),
     Rule("layout.superseded", "info", "superseded layout",
-         "Files follow a layout of an earlier edition of the procedures (still accepted); the finding names today's form."),
+         "Files follow a layout of an earlier edition of the procedures (still accepted); the finding names today's form.",
+         sop=((UPLOAD, 'Existing Data Uploaded with Different Folder Structure'),),
+         remedy="Re-organize the files into today's form when you can (the upload procedure recommends re-organizing, then submitting all again)."),
     # -- Metadata/
     Rule("metadata.missing", "error", "Metadata file missing",
-         "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md."),
+         "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md.",
+         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'), (WAVEFORM, '6.2. Submission Process')),
+         remedy="Add the file under Metadata/, from the procedure's template."),
     Rule("metadata.mapping_missing", "error", "waveform mapping file missing",
          "The site has Telemetry (or EEG) waveforms but no Metadata/Telemetry_mapping.csv (or EEG_mapping.csv), or "
-         "one with only its header row."),
+         "one with only its header row.",
+         sop=((WAVEFORM_FORMAT, '4.1.1. Mapping File'),),
+         remedy='Add the mapping file under Metadata/, with a row for each signal of the data.'),
     Rule("metadata.mapping_columns", "error", "mapping file lacks columns",
          "A mapping CSV lacks signal_id, standardized_label, sampling_rate or units, or has neither timestamp_id "
-         "nor start_time and end_time."),
+         "nor start_time and end_time.",
+         sop=((WAVEFORM_FORMAT, '4.1.1. Mapping File'),),
+         remedy="Add the columns the finding names to the file's header row."),
     Rule("metadata.mapping_values", "warning", "mapping file values",
          "A mapping CSV has rows without a signal_id, a sampling_rate that is not a positive number (Hz), a "
          "standardized_label that is not an ISO/IEEE 11073 label (MDC_...), no units, or no timestamp_id (nor "
-         "start_time and end_time)."),
+         "start_time and end_time).",
+         sop=((WAVEFORM_FORMAT, '4.1.1. Mapping File'), (WAVEFORM_FORMAT, '3.4. Standardized Channel Naming')),
+         remedy="Fill the cells the finding names; map each signal to a label of the procedure's signal label lists."),
     Rule("metadata.submission_sections", "warning", "SUBMISSION.md incomplete",
          "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
          "waveform types, known issues, variables, sample intervals, linkage to visits): a heading, or a label of the "
-         "procedure's template answered (`Hospital name: ...`)."),
+         "procedure's template answered (`Hospital name: ...`).",
+         sop=((WAVEFORM, '6.2. Submission Process'), (WAVEFORM_FORMAT, '4.1. Submit in Preferred Format with a Mapping File'), (WAVEFORM_FORMAT, '5. Linking Waveform Sessions to Visits')),
+         remedy="Add a heading (or answer the template's label) for each topic the finding names."),
     Rule("metadata.submission_answers", "warning", "SUBMISSION.md variables table incomplete",
          "SUBMISSION.md's table of variables (the template's Variable name, Description, Data type, Unit) describes no "
          "variable, or leaves a variable's description or data type empty, or the unit of a time variable (the "
          "waveform procedure asks for each variable's description and data type, and the time units of the sample "
          "times); or, where a mapping file is stream-based (start_time, end_time), says nothing of the first or last "
-         "sample (whether the stream's times are at the start or end of its first and last samples)."),
+         "sample (whether the stream's times are at the start or end of its first and last samples).",
+         sop=((WAVEFORM_FORMAT, '4.1. Submit in Preferred Format with a Mapping File'),),
+         remedy="Fill the table's empty cells; for stream-based data, say whether the start and end times are those of the first and last samples' start or end."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
          "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted), or no "
-         "checklist item at all."),
+         "checklist item at all.",
+         sop=((WAVEFORM, '6.2. Submission Process'),),
+         remedy='Tick ([x]) each item the submission meets; settle the others before submitting.'),
     Rule("metadata.unreadable", "error", "Metadata file unreadable",
-         "A Metadata markdown or mapping file is empty or not UTF-8 text."),
+         "A Metadata markdown or mapping file is empty or not UTF-8 text.",
+         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'),),
+         remedy='Save the file again as UTF-8 text.'),
     # -- OMOP/
     Rule("omop.missing_table", "error", "OMOP table missing",
-         f"One of the 13 OMOP clinical tables is missing from OMOP/ ({', '.join(REQUIRED_TABLES)})."),
+         f"One of the 13 OMOP clinical tables is missing from OMOP/ ({', '.join(REQUIRED_TABLES)}).",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export the table into OMOP/ as <table>.csv (its header row alone where the site has no rows).'),
     Rule("omop.specimen", "error", "specimen table submitted",
-         "OMOP/specimen.csv is present, but CHoRUS does not collect the specimen table."),
+         "OMOP/specimen.csv is present, but CHoRUS does not collect the specimen table.",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Remove specimen.csv from OMOP/.'),
     Rule("omop.unexpected_file", "warning", "unknown file in OMOP",
-         "A file in OMOP/ is not one of the CDM 5.4 table CSVs CHoRUS collects nor waveform_visit_links.csv."),
+         "A file in OMOP/ is not one of the CDM 5.4 table CSVs CHoRUS collects nor waveform_visit_links.csv.",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Move the file out of OMOP/, or name it as its CDM 5.4 table.'),
     Rule("omop.unreadable", "error", "OMOP table unreadable",
-         "An OMOP CSV cannot be read (empty, not UTF-8 text, or malformed rows in a column that is cross-checked)."),
+         "An OMOP CSV cannot be read (empty, not UTF-8 text, or malformed rows in a column that is cross-checked).",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export the table again as a UTF-8, comma-delimited CSV with a header row.'),
     Rule("omop.delimiter", "error", "OMOP table not comma-delimited",
-         "An OMOP CSV's header row is split by tabs, semicolons or pipes instead of commas."),
+         "An OMOP CSV's header row is split by tabs, semicolons or pipes instead of commas.",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export the table again, comma-delimited.'),
     Rule("omop.duplicate_column", "error", "OMOP table names a column twice",
-         "An OMOP CSV's header row names a column more than once (case aside: PERSON_ID and person_id are one)."),
+         "An OMOP CSV's header row names a column more than once (case aside: PERSON_ID and person_id are one).",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export the table again with each column once.'),
     Rule("omop.no_header", "error", "OMOP table without header row",
-         "An OMOP CSV's first line holds values, not column names."),
+         "An OMOP CSV's first line holds values, not column names.",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export the table again with its header row of CDM 5.4 column names.'),
     Rule("omop.missing_key", "error", "OMOP table lacks its key column",
-         "An OMOP CSV's header lacks the table's key column (e.g. person_id in person.csv)."),
+         "An OMOP CSV's header lacks the table's key column (e.g. person_id in person.csv).",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export the table again with its key column, named as CDM 5.4 names it.'),
     Rule("omop.required_columns", "error", "OMOP table lacks required columns",
          "An OMOP CSV's header lacks a column CDM 5.4 requires of its table (e.g. visit_end_date in "
-         "visit_occurrence.csv; note_text excepted, which the upload procedure does not ask for)."),
+         "visit_occurrence.csv; note_text excepted, which the upload procedure does not ask for).",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export the table again with the columns the finding names.'),
     Rule("omop.note_columns", "error", "note table lacks columns",
          "OMOP/note.csv lacks a column the upload procedure asks the note table to keep even without the notes' "
-         f"text ({', '.join(OMOP_MIN_COLUMNS['note'])})."),
+         f"text ({', '.join(OMOP_MIN_COLUMNS['note'])}).",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy='Export note.csv again with those columns (note_text may stay empty).'),
     # -- the superseded waveform-visit links table (v2.0), where a site still ships it
     Rule("links.columns", "error", "waveform-visit links lack columns",
-         "OMOP/waveform_visit_links.csv lacks a visit_occurrence_id or a session_id (or session) column."),
+         "OMOP/waveform_visit_links.csv lacks a visit_occurrence_id or a session_id (or session) column.",
+         sop=((OWN, "Waveform File Format v2.0's links table, an edition not kept as text; v2.1 links sessions to "
+                  "visits in the waveform registry"),),
+         remedy="Add the column, or drop the table and give each file's visit in waveform_registry.csv."),
     Rule("links.unknown_session", "warning", "link to an unknown session",
-         "OMOP/waveform_visit_links.csv names a session that is not on the site."),
+         "OMOP/waveform_visit_links.csv names a session that is not on the site.",
+         sop=((OWN, "Waveform File Format v2.0's links table, an edition not kept as text; v2.1 links sessions to "
+                  "visits in the waveform registry"),),
+         remedy="Remove the row, or copy the session's files."),
     Rule("links.unknown_visit", "error", "link to an unknown visit",
-         "OMOP/waveform_visit_links.csv names a visit_occurrence_id that is not in visit_occurrence.csv."),
+         "OMOP/waveform_visit_links.csv names a visit_occurrence_id that is not in visit_occurrence.csv.",
+         sop=((OWN, "Waveform File Format v2.0's links table, an edition not kept as text; v2.1 links sessions to "
+                  "visits in the waveform registry"),),
+         remedy="Fix the row's visit_occurrence_id, or add the visit to visit_occurrence.csv."),
     # -- persons
     Rule("person.no_omop_row", "error", "person folder not in person.csv",
-         "A person folder's id is not a person_id in OMOP/person.csv."),
+         "A person folder's id is not a person_id in OMOP/person.csv.",
+         sop=((UPLOAD, 'Local File Organization'), (LINKAGE, 'C: OMOP INTEGRATION')),
+         remedy="Add the person to person.csv, or name the folder by the person's person_id."),
     Rule("person.no_folder", "info", "persons without a folder",
-         "Some person_ids in OMOP/person.csv have no person folder (normal for persons without waveforms or images)."),
+         "Some person_ids in OMOP/person.csv have no person folder (normal for persons without waveforms or images).",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy='Nothing, where those persons have no waveforms or images.'),
     Rule("person.id_format", "warning", "person id not an integer",
          "A person folder's name is not an integer (digits 0-9): it names the person_id, an integer in OMOP and in "
-         "the linkage registries."),
+         "the linkage registries.",
+         sop=((UPLOAD, 'Local File Organization'), (LINKAGE, 'B: REGISTRY CONSTRUCTION')),
+         remedy="Name the folder by the person's person_id."),
     Rule("person.split_folders", "error", "one person in two folders",
          "Person folders name the same person_id in other spellings (0001/ and 000001/: ids are compared without "
-         "leading zeros, as OMOP stores them): the person's files lie in more than one folder."),
+         "leading zeros, as OMOP stores them): the person's files lie in more than one folder.",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy="Move the person's files into one folder, named as person.csv writes the id."),
     # -- waveforms
     Rule("waveforms.session_id", "warning", "session id not an integer",
          "A waveform session id (its folder under Telemetry/ or EEG/) is not an integer, as the procedure asks; or a "
-         "session folder's name ends in a start stamp (_YYYYMMDD_HHMMSS) that is no real date and time."),
+         "session folder's name ends in a start stamp (_YYYYMMDD_HHMMSS) that is no real date and time.",
+         sop=((WAVEFORM_FORMAT, '3.1. Session Definition'),),
+         remedy="Rename the session's folder and files to an integer session id."),
     Rule("waveforms.id_collision", "warning", "session id used twice",
-         "The same session id is used by more than one person, or by both a Telemetry and an EEG session, or by two session folders in other spellings (0900 and 900)."),
+         "The same session id is used by more than one person, or by both a Telemetry and an EEG session, or by two session folders in other spellings (0900 and 900).",
+         sop=((WAVEFORM_FORMAT, '3.1. Session Definition'),),
+         remedy='Give each session an id of its own.'),
     Rule("wfdb.bad_header", "error", "WFDB header unreadable",
-         "A .hea file under Waveforms/ is not a parseable WFDB header."),
+         "A .hea file under Waveforms/ is not a parseable WFDB header.",
+         sop=((WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format'),),
+         remedy="Write the header again (wfdb's wrsamp writes it), or fix the line the finding quotes."),
     Rule("edf.bad_header", "error", "EDF header unreadable",
          "A .edf (or .bdf) file under Waveforms/ does not begin with the format's 256-byte ASCII header (a version, a "
          "start date dd.mm.yy and time hh.mm.ss that are a real date and time, the header's length, the number of "
@@ -413,220 +509,351 @@ RULES: tuple[Rule, ...] = (
          "its number of data records is -1, which the EDF specification allows only while the file is being recorded "
          "(\"as soon as the file is closed, the correct number is known and must be entered\"): a delivered file "
          "that still says -1 is an unfinished recording, not the complete session CHoRUS Central reviews for "
-         "completeness."),
+         "completeness.",
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
+         remedy='Export the recording again from its source, finished and whole.'),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
-         "A WFDB header's record name differs from its file name without .hea."),
+         "A WFDB header's record name differs from its file name without .hea.",
+         sop=((WAVEFORM_FORMAT_V1, '3.2. Explanation of Header Content'),),
+         remedy="Rename the file, or fix the header's record name, so that they agree."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
-         f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are)."),
+         f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are).",
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
+         remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
-         "A signal file named in a WFDB header is not in the header's folder."),
+         "A signal file named in a WFDB header is not in the header's folder.",
+         sop=((WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure'),),
+         remedy="Copy the signal file into the header's folder."),
     Rule("wfdb.dat_size", "error", "WFDB signal file has the wrong size",
          "A signal file's size differs from what its header implies (byte offset + samples x bytes per sample); so "
-         "does an EDF (BDF) file's from its header's (header bytes + data records x bytes per data record)."),
+         "does an EDF (BDF) file's from its header's (header bytes + data records x bytes per data record).",
+         sop=((WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format'),),
+         remedy='Copy the file again from its source (a cut copy, usually).'),
     Rule("wfdb.unreferenced_dat", "warning", "WFDB signal file not in any header",
-         "A .dat file lies in a folder of WFDB headers but none of them names it."),
+         "A .dat file lies in a folder of WFDB headers but none of them names it.",
+         sop=((WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure'),),
+         remedy="Remove the file, or name it in its record's header."),
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
-         "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder."),
+         "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder.",
+         sop=((WAVEFORM_FORMAT_V1, '5.1. Segment Definition'),),
+         remedy="Copy the segment's header and signal files into the folder."),
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
-         "not add up to the record's length."),
+         "not add up to the record's length.",
+         sop=((WAVEFORM_FORMAT_V1, '5.1. Segment Definition'),),
+         remedy='Copy the segments again, or write the record again with wfdb (MultiRecord).'),
     Rule("wfdb.nested_segment", "error", "WFDB segment is a multi-segment record",
          "A multi-segment WFDB header lists a segment whose own header lists segments (or the record itself): a WFDB "
-         "segment is a single-segment record, and wfdb cannot read the record."),
+         "segment is a single-segment record, and wfdb cannot read the record.",
+         sop=((WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms'),),
+         remedy='Write the record again with wfdb (MultiRecord), each segment a single-segment record.'),
     Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
          "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
-         "its frequency)."),
+         "its frequency).",
+         sop=((WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms'),),
+         remedy="Write the record again with its segments at the record's frequency."),
     Rule("wfdb.sampling_frequency", "error", "WFDB sampling frequency not positive",
          "A WFDB header's record line gives a sampling frequency of 0 Hz: no sample has a time, and wfdb (the "
-         "CHoRUS converter's library) writes only positive frequencies."),
+         "CHoRUS converter's library) writes only positive frequencies.",
+         sop=((WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms'),),
+         remedy="Write the header again with the device's sampling frequency."),
     Rule("wfdb.name_mismatch", "warning", "WFDB name's start or duration disagrees with the header",
          "In the first upload SOP's naming (<person>_<YYYYMMDD>_<HHMMSS>_<duration>.hea), the WFDB header's base date "
          "or time differs from the name's start, or its length (samples / frequency) from the name's duration by more "
-         "than a second."),
+         "than a second.",
+         sop=((UPLOAD_V1, 'The Waveforms folder'),),
+         remedy="Rename the file to the header's start and duration, or fix the header."),
     Rule("wfdb.unmapped_signal", "warning", "waveform signal not in the mapping file",
          "A WFDB record (or an EDF/BDF file: its signal labels, not EDF+'s annotations) of Telemetry (or EEG) has "
          "signals whose names are no signal_id of Metadata/Telemetry_mapping.csv (or EEG_mapping.csv): the procedure "
-         "asks for a row for each signal in the data."),
+         "asks for a row for each signal in the data.",
+         sop=((WAVEFORM_FORMAT, '4.1.1. Mapping File'),),
+         remedy='Add a row for each signal the finding names to the mapping file.'),
     Rule("wfdb.mapping_rate", "warning", "mapping sampling rate differs from the header",
          "A mapped signal's sampling_rate in the mapping file differs by more than 1% from its rate in the WFDB "
-         "header (frequency x samples per frame) or EDF header (samples per data record / the record's duration)."),
+         "header (frequency x samples per frame) or EDF header (samples per data record / the record's duration).",
+         sop=((WAVEFORM_FORMAT, '4.1.1. Mapping File'),),
+         remedy="Give the signal's sampling rate in the mapping file as the header records it (or fix the header)."),
     Rule("wfdb.mapping_units", "warning", "mapping units differ from the header",
          "A mapped signal's units in the mapping file differ from its units in the WFDB header, or its physical "
          "dimension in the EDF header (uV, µV and μV are one unit in the mapping; case counts, mV is not MV: units that "
          "differ only in case are told so, with the usual spelling; a WFDB header is read as wfdb reads it, as ASCII: a "
-         "µV there is V; an EDF's blank dimension is not compared)."),
+         "µV there is V; an EDF's blank dimension is not compared).",
+         sop=((WAVEFORM_FORMAT, '4.1.1. Mapping File'),),
+         remedy="Write the signal's units in the mapping file as the header gives them (or fix the header)."),
     Rule("wfdb.session_record", "warning", "session without its record header",
-         "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
+         "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea.",
+         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'),),
+         remedy="Name the record's header <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
          "A CSV in a WFDB session folder is named neither <session_id>n.csv, the name for numerics, nor "
-         "<session_id>.csv, that of a high-frequency or annotation file."),
+         "<session_id>.csv, that of a high-frequency or annotation file.",
+         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'),),
+         remedy='Rename the CSV <session_id>n.csv (numerics) or <session_id>.csv.'),
     Rule("records.unlisted", "warning", "WFDB record not in RECORDS",
-         "Where RECORDS files are kept (optional since v2.0), a WFDB record (not a segment) is not listed in any."),
+         "Where RECORDS files are kept (optional since v2.0), a WFDB record (not a segment) is not listed in any.",
+         sop=((WAVEFORM_FORMAT_V1, '2.1. Example File Structure'),),
+         remedy='Add the record to a RECORDS file, or remove the RECORDS files.'),
     Rule("records.absent", "error", "RECORDS lists an absent record",
-         "A RECORDS file lists a record whose header is not on the site."),
+         "A RECORDS file lists a record whose header is not on the site.",
+         sop=((WAVEFORM_FORMAT_V1, '2.1. Example File Structure'),),
+         remedy='Remove the line from RECORDS, or copy the record.'),
     Rule("records.unreadable", "error", "RECORDS unreadable",
          "A RECORDS file is empty or not UTF-8 text, or larger than 256 MiB (about 6M records: keep one per person "
-         "folder instead)."),
+         "folder instead).",
+         sop=((WAVEFORM_FORMAT_V1, '2.1. Example File Structure'),),
+         remedy='Write it again as UTF-8 text, one record per line.'),
     # -- images
     Rule("dicom.unreadable", "error", "DICOM file unreadable",
          "A .dcm file under Images/ has no readable DICOM header, or ends inside the pixel data its header declares "
-         "(an interrupted copy)."),
+         "(an interrupted copy).",
+         sop=((IMAGING, 'Test deidentified DICOM readability'),),
+         remedy='Copy the file again from its source, or export it again from the de-identification tool.'),
     Rule("dicom.outside_series", "error", "DICOM file outside the image folders",
          "A .dcm file does not lie in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/ (nor in the "
-         "study/series folders of earlier editions)."),
+         "study/series folders of earlier editions).",
+         sop=((IMAGING, 'Folder and file structure and naming'), (UPLOAD, 'Images Folder')),
+         remedy='Move the file into <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/.'),
     Rule("dicom.path_mismatch", "error", "DICOM folders disagree with the header",
          "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
          "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber (an accession number is the integer "
          "image_occurrence_id: 00123 and 123 agree; the modality folder is spelled as the header's Modality: CT/, not "
-         "ct/; an XR folder, as the procedures name X-ray, holds CR, DX, RG, XA and RF images)."),
+         "ct/; an XR folder, as the procedures name X-ray, holds CR, DX, RG, XA and RF images).",
+         sop=((IMAGING, 'Folder and file structure and naming'), (UPLOAD, 'Images Folder')),
+         remedy="Move or rename the file to the header's values (or fix the header)."),
     Rule("dicom.instance_repeated", "warning", "one InstanceNumber for two images of a series",
          "Two or more DICOM files of one series folder (and SeriesInstanceUID) have the same InstanceNumber: the "
-         "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice)."),
+         "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice).",
+         sop=((IMAGING, 'Folder and file structure and naming'),),
+         remedy="Remove the copy, or number the series' images again."),
     Rule("dicom.accession_split", "warning", "one accession in two folders",
          "Two accession folders of one person name the same accession in different spellings (070000 and 70000): "
-         "the study is split."),
+         "the study is split.",
+         sop=((IMAGING, 'Folder and file structure and naming'),),
+         remedy="Move the study's series into one accession folder."),
     Rule("dicom.accession_shared", "warning", "one accession id for two persons",
-         "The same accession folder id (the image_occurrence_id, one per study) is used by more than one person."),
+         "The same accession folder id (the image_occurrence_id, one per study) is used by more than one person.",
+         sop=((IMAGING, 'Data Preparation'), (IMAGING, 'DICOM with metadata that needs deidentification')),
+         remedy='Give each study an image_occurrence_id of its own when de-identifying.'),
     Rule("dicom.name_mismatch", "error", "DICOM name disagrees with its header",
          "In an earlier edition's naming, a DICOM file name's modality, series or instance differs from the header's "
-         "Modality, SeriesNumber or InstanceNumber."),
+         "Modality, SeriesNumber or InstanceNumber.",
+         sop=((UPLOAD, 'Images Folder'), (UPLOAD_V1, 'The Images folder')),
+         remedy="Rename the file to the header's values, or into today's naming."),
     Rule("dicom.datetime_mismatch", "warning", "DICOM name date/time not in the header",
          "A DICOM file name's date and time match none of the header's study, series, acquisition or content "
-         "date/time."),
+         "date/time.",
+         sop=((UPLOAD, 'Images Folder'), (UPLOAD_V1, 'The Images folder')),
+         remedy="Rename the file to the study's date and time, or into today's naming."),
     Rule("dicom.patient_id", "error", "DICOM PatientID is not the person",
          "A DICOM header's PatientID differs from the person folder it lies in (the person_id after "
          "de-identification). The finding quotes it only when it is a person_id of the site; another value (a medical "
-         "record number) is told by its length."),
+         "record number) is told by its length.",
+         sop=((IMAGING, 'DICOM with metadata that needs deidentification'),),
+         remedy='De-identify the file again, with personal_map.csv mapping its PatientID to the person_id.'),
     Rule("dicom.accession_id", "error", "DICOM AccessionNumber not an image_occurrence_id",
          "A DICOM header's AccessionNumber is absent or not an integer (the Imaging SOP replaces it by the study's "
-         "OMOP image_occurrence_id when de-identifying)."),
+         "OMOP image_occurrence_id when de-identifying).",
+         sop=((IMAGING, 'DICOM with metadata that needs deidentification'), (IMAGING, 'Data Preparation')),
+         remedy='De-identify the file again, with image_map.csv mapping its AccessionNumber to the image_occurrence_id.'),
     Rule("dicom.study_metadata", "warning", "DICOM study metadata missing",
          "DICOM headers of a series folder lack study-level attributes the Imaging SOP selects for CHoRUS "
          f"({', '.join(k for k, _ in STUDY_DICOM_TAGS.values())}; MagneticFieldStrength in MR studies): keep them "
-         "when de-identifying."),
+         "when de-identifying.",
+         sop=((IMAGING, 'Data Preparation'),)),
     Rule("dicom.series_metadata", "warning", "DICOM series metadata missing",
          "DICOM headers of a series folder lack series-level attributes the Imaging SOP selects for CHoRUS "
          f"({', '.join(k for k, _ in SERIES_DICOM_TAGS.values())}; "
          + "; ".join(f"{k} in {'/'.join(m)} series" for k, _, m in SERIES_DICOM_TAGS_BY_MODALITY.values())
-         + "): keep them when de-identifying."),
+         + "): keep them when de-identifying.",
+         sop=((IMAGING, 'Data Preparation'),)),
     Rule("dicom.recommended", "info", "DICOM attributes recommended to keep missing",
          "DICOM headers of a series folder lack attributes the Imaging SOP recommends keeping, of those the series' "
          "modality carries (" + "; ".join(
              f"{', '.join(keywords)} {'of every image' if modalities is None else 'in ' + '/'.join(modalities)}"
              for modalities, keywords in _by_modalities(RECOMMENDED_DICOM_TAGS).items())
-         + "): keep them when de-identifying, where the source has them."),
+         + "): keep them when de-identifying, where the source has them.",
+         sop=((IMAGING, 'DICOM Tags Recommended to Keep'),)),
     Rule("dicom.identifying_tag", "error", "identifying DICOM attribute left filled",
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
-         "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
+         "PatientBirthDate, PatientAddress, OtherPatientIDs, ...).",
+         sop=((IMAGING, 'DICOM with metadata that needs deidentification'),),
+         remedy='De-identify the file again with the CHoRUS CTP tool.'),
     # -- the linkage registries a site ships
     Rule("registry.absent", "error", "registry not shipped",
          "The site has waveform (or image) files but ships no waveform_registry.csv (or image_registry.csv) at its "
-         "root or in Metadata/, the registry the linkage procedure asks for, one row per file."),
+         "root or in Metadata/, the registry the linkage procedure asks for, one row per file.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
+         remedy="Build the registry, one row per file, and place it at the site's root or in Metadata/."),
     Rule("registry.unreadable", "error", "registry unreadable",
-         "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows)."),
+         "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows).",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
+         remedy='Export the registry again as a UTF-8, comma-delimited CSV with a header row.'),
     Rule("registry.columns", "error", "registry lacks columns",
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}, or its header "
-         "row is split by tabs, semicolons or pipes instead of commas."),
+         "row is split by tabs, semicolons or pipes instead of commas.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (IMAGING, '2.0 Image Data Preparation')),
+         remedy='Export the registry again, comma-delimited, with every column.'),
     Rule("registry.values", "warning", "registry values of the wrong type",
          "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty or not an "
          "integer, its visit_id is not an integer, or its datetime is empty or not a date and time "
-         "(yyyy-MM-dd HH:mm:ss)."),
+         "(yyyy-MM-dd HH:mm:ss).",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (IMAGING, '2.0 Image Data Preparation')),
+         remedy='Fill the cells the finding names with values of their type.'),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
-         "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),
+         "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651).",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (LINKAGE, 'C: OMOP INTEGRATION')),
+         remedy="Give the registries' procedures ids that no EHR procedure uses (a range of their own)."),
     Rule("registry.no_procedure", "error", "registry proc_id without its procedure row",
          "A registry's proc_id is not a procedure_occurrence_id of OMOP/procedure_occurrence.csv (the linkage "
-         "procedure makes each one a PROCEDURE_OCCURRENCE row; the Imaging SOP gives every imaging study one)."),
+         "procedure makes each one a PROCEDURE_OCCURRENCE row; the Imaging SOP gives every imaging study one).",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy='Add the PROCEDURE_OCCURRENCE rows made from the registries to procedure_occurrence.csv.'),
     Rule("registry.procedure_concept", "error", "registry proc_id under the other modality's concept",
          "A waveform registry's proc_id is a procedure_occurrence.csv row of concept 4180938 (Imaging Procedure), or "
          "an image registry's one of 4141651 (Monitoring Procedure): the linkage procedure gives waveform files "
-         "4141651 and images 4180938."),
+         "4141651 and images 4180938.",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy='Give image procedures concept 4180938 and waveform procedures 4141651.'),
     Rule("registry.procedure_person", "error", "registry proc_id is another person's procedure",
          "A registry's proc_id is, in procedure_occurrence.csv, a procedure (of concept 4180938 or 4141651) of a person "
          "other than the registry row's person_id (the linkage procedure makes each proc_id the PROCEDURE_OCCURRENCE "
-         "row of the files' person)."),
+         "row of the files' person).",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy="Make the procedure row's person_id the registry row's, or fix the proc_id."),
     Rule("registry.procedure_visit", "error", "registry proc_id's procedure row names another visit",
          "A registry's proc_id is, in procedure_occurrence.csv, a procedure (of concept 4180938 or 4141651) whose "
          "visit_occurrence_id differs from the registry rows' visit_id, or is given where they leave it empty or left "
          "empty where they give one (the linkage procedure makes the registry's visit_id the PROCEDURE_OCCURRENCE "
-         "row's visit_occurrence_id)."),
+         "row's visit_occurrence_id).",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy="Make the procedure row's visit_occurrence_id the registry rows' visit_id, or fix the proc_id."),
     Rule("registry.proc_conflict", "error", "one proc_id for two procedures",
          "A proc_id has rows of more than one person, or is used by both the image and the waveform registry (each "
-         "proc_id becomes one PROCEDURE_OCCURRENCE row, of one person and one procedure concept)."),
+         "proc_id becomes one PROCEDURE_OCCURRENCE row, of one person and one procedure concept).",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy='Give each procedure a proc_id of its own.'),
     Rule("registry.column_order", "warning", "image registry columns out of order",
          "The image registry's columns are not in the order the Imaging SOP lists them (image_registry_id, "
-         f"{', '.join(REGISTRY_COLUMNS)})."),
+         f"{', '.join(REGISTRY_COLUMNS)}).",
+         sop=((IMAGING, '2.0 Image Data Preparation'),),
+         remedy='Export the columns in that order.'),
     Rule("registry.image_registry_id", "error", "image_registry_id not a key",
-         "A registry's image_registry_id (the Imaging SOP's primary key) is empty, not an integer, or repeated."),
+         "A registry's image_registry_id (the Imaging SOP's primary key) is empty, not an integer, or repeated.",
+         sop=((IMAGING, '2.0 Image Data Preparation'),),
+         remedy='Number the rows 1, 2, 3, ...'),
     Rule("registry.image_registry_order", "warning", "image_registry_id out of sequence",
          "A registry's image_registry_id is not above the ids of the rows before it (the Imaging SOP asks for a "
-         "sequential integer)."),
+         "sequential integer).",
+         sop=((IMAGING, '2.0 Image Data Preparation'),),
+         remedy='Number the rows 1, 2, 3, ...'),
     Rule("registry.several", "error", "more than one registry of a modality",
          "The site ships two or more waveform (or image) registries (a second download, a copy in Metadata/ and at the "
-         "root): the linkage procedure asks for one of each, with one row per file."),
+         "root): the linkage procedure asks for one of each, with one row per file.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
+         remedy='Keep one registry of each modality; remove the copies.'),
     Rule("registry.duplicate", "error", "registry lists a file twice",
-         "A registry has more than one row for the same file (trg_file) or file_id."),
+         "A registry has more than one row for the same file (trg_file) or file_id.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
+         remedy='Remove the repeated rows; give each file a file_id of its own.'),
     Rule("registry.unknown_person", "error", "registry names an unknown person",
-         "A registry row's person_id (an integer) is not in person.csv."),
+         "A registry row's person_id (an integer) is not in person.csv.",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy="Fix the row's person_id, or add the person to person.csv."),
     Rule("registry.person_folder", "error", "registry row under another person's folder",
-         "A registry row's person_id differs from the person folder its trg_file lies in."),
+         "A registry row's person_id differs from the person folder its trg_file lies in.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (LINKAGE, 'C: OMOP INTEGRATION')),
+         remedy="Fix the row's person_id, or move the file into its person's folder."),
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",
-         "A registry row's visit_id is not in visit_occurrence.csv."),
+         "A registry row's visit_id is not in visit_occurrence.csv.",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy="Fix the row's visit_id, or add the visit to visit_occurrence.csv."),
     Rule("registry.visit_time", "warning", "registry visit does not overlap the capture time",
          "A registry row's datetime lies outside the start and end visit_occurrence.csv gives its visit_id (the linkage "
          "procedure's visit is the one that overlaps the file's capture time, its visit_id left empty where none does; "
          "a date given without a time is the whole day); a visit whose start or end datetime has a time zone (`Z`, "
-         "`+01:00`) is told too, as `registry` tells it: compared as the clock time written, nothing converted."),
+         "`+01:00`) is told too, as `registry` tells it: compared as the clock time written, nothing converted.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
+         remedy="Give the row the visit that overlaps its capture time (empty where none does); check its datetime is shifted as the EHR's dates are."),
     Rule("registry.visit_missing", "warning", "registry visit left empty though one overlaps",
          "A registry row leaves visit_id empty though a visit of its person in visit_occurrence.csv overlaps its capture "
          "time (the linkage procedure infers the visit from the datetime where the file has no explicit link, and "
          "leaves visit_id empty only where no visit of the person overlaps); a visit of the person whose start or end "
-         "datetime has a time zone is told too, as for `registry.visit_time`."),
+         "datetime has a time zone is told too, as for `registry.visit_time`.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
+         remedy='Give the row the visit_occurrence_id of the visit that overlaps its capture time.'),
     Rule("registry.visit_person", "error", "registry visit of another person",
          "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
          "(the linkage procedure asks for the visit of the file's patient), or one visit_occurrence.csv gives to more "
-         "than one person (its key repeated)."),
+         "than one person (its key repeated).",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy='Give the row a visit of its person.'),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
          "registry's trg_file to the centre), or a trg_file is not on the site, or is a file of the site outside the "
          "persons' Waveforms/ (or Images/) folders the registry lists; or an image registry that leaves "
-         "trg_file blank has more rows of a person than the person has image files."),
+         "trg_file blank has more rows of a person than the person has image files.",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (IMAGING, '2.0 Image Data Preparation')),
+         remedy="Fix the row's src_file or trg_file, or copy the file it names."),
     Rule("registry.unlisted_file", "warning", "file not in the registry",
          "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships (where "
-         "the image registry leaves trg_file blank, as the Imaging SOP allows: a person has more image files than rows)."),
+         "the image registry leaves trg_file blank, as the Imaging SOP allows: a person has more image files than rows).",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
+         remedy='Add a row for the file to the registry.'),
     # -- any file
     Rule("path.person_mismatch", "error", "file name names another person",
-         "A file name starts with a person id other than that of the person folder it lies in."),
+         "A file name starts with a person id other than that of the person folder it lies in.",
+         sop=((UPLOAD, 'Local File Organization'), (LINKAGE, 'C: OMOP INTEGRATION')),
+         remedy="Move the file into its person's folder, or rename it."),
     Rule("path.unparsed", "warning", "path fits no naming pattern",
-         "A file's path fits none of the site's naming patterns (and no more specific rule explains why)."),
+         "A file's path fits none of the site's naming patterns (and no more specific rule explains why).",
+         sop=((UPLOAD, 'Local File Organization'),),
+         remedy="Move or rename the file into a layout of the procedures (or add its pattern to the site's configuration)."),
     Rule("file.compressed", "error", "compressed file or archive",
          "A file is compressed or an archive (.gz, .bz2, .xz, .zst, .zip, .7z, .tar, ...): the procedures ask for the "
-         "files themselves, and no check reads inside it."),
+         "files themselves, and no check reads inside it.",
+         sop=((OWN, "the tool's own: no procedure speaks of archives, and no check reads inside one"),),
+         remedy="Unpack it into the site's folders and remove the archive."),
     Rule("file.empty", "warning", "empty file",
          "A file is empty (0 bytes), usually an interrupted copy (a file a rule reads, such as an OMOP table or a WFDB "
-         "header, is told by that rule instead)."),
+         "header, is told by that rule instead).",
+         sop=((OWN, "the tool's own: an interrupted copy"),),
+         remedy='Copy the file again from its source, or remove it.'),
     Rule("file.duplicate", "warning", "same content under two persons",
-         "Files with identical content (MD5) lie under more than one person folder."),
+         "Files with identical content (MD5) lie under more than one person folder.",
+         sop=((OWN, "the tool's own: one file under two persons"),),
+         remedy='Check which person the file belongs to; remove the other copy.'),
     Rule("file.name_clash", "error", "names a Windows or macOS disk cannot hold apart",
          "Two paths differ only in letter case or Unicode form (person.csv and Person.csv; é as one character or as "
          "e + accent), or a file's path is also a folder of other files (possible in a container): a copy of the "
-         "site on Windows or macOS keeps one of them, and validation reads such twins as one table."),
+         "site on Windows or macOS keeps one of them, and validation reads such twins as one table.",
+         sop=((OWN, "the tool's own: the disks a site is copied to"),),
+         remedy='Rename one of the two.'),
     # Windows cannot hold them at all (nor any disk, a name over 255 bytes): an error, as file.name_clash
     Rule("file.unportable_name", "error", "name a Windows disk cannot hold",
          "A file or folder name is a device name Windows reserves (CON, PRN, AUX, NUL, CONIN$, CONOUT$, COM0-9, "
          "LPT0-9, with any extension, spaces before it, in any case: `nul .txt`), ends with '.' or a space, holds < > : \" | ? * \\ or a control character, or is "
-         "longer than 255 bytes: a copy of the site on Windows (or any disk, for the length) loses or renames it."),
+         "longer than 255 bytes: a copy of the site on Windows (or any disk, for the length) loses or renames it.",
+         sop=((OWN, "the tool's own: the disks a site is copied to"),),
+         remedy='Rename it.'),
     # Windows holds them where long paths are enabled: a warning
     Rule("file.long_path", "warning", "path longer than Windows' 260 characters",
          "A file's site-relative path is longer than 260 characters, the most Windows holds unless long paths are "
-         "enabled (the folder the site is copied into adds to it)."),
+         "enabled (the folder the site is copied into adds to it).",
+         sop=((OWN, "the tool's own: the disks a site is copied to"),),
+         remedy='Shorten the names along its path.'),
     Rule("file.unread", "error", "file could not be read when it was checked",
          "Validation could not read a file whose header it needed: it vanished, access was refused, the storage "
          "failed, or it was written since the run recorded it. Nothing is kept of that read: the next check reads "
-         "it again."),
+         "it again.",
+         sop=((OWN, "the tool's own: reading the site"),),
+         remedy="Check the file's permissions and storage, then validate again."),
     Rule("file.silent_change", "error", "content changed behind an unchanged size and mtime",
          "Rolling re-verification (or `--rehash`) read a file whose size and mtime had not changed and found other "
-         "bytes (storage corruption, or a copy that kept the old timestamps); the version records it as replaced."),
+         "bytes (storage corruption, or a copy that kept the old timestamps); the version records it as replaced.",
+         sop=((OWN, "the tool's own: the storage keeping what it was given"),),
+         remedy='Check the storage and the copy the file came from; the version keeps the new content.'),
 )
 # Rules whose findings come from what a run saw (its recorded problems), not from the files and headers.
 RUN_RULES = {"file.silent_change": "silent_change"}
