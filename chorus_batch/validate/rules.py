@@ -23,8 +23,8 @@ class Rule:
 
     def procedure(self) -> str:
         """Where the rule comes from, in words: "Imaging-Data: Folder and file structure and naming"."""
-        return "; ".join(f"none ({section})" if document == OWN
-                         else f"{document.removesuffix('.txt')}: {section.rstrip(':')}" for document, section in self.sop)
+        return "; ".join(f"none ({section})" if document == OWN else f"{document.removesuffix('.txt')}: {section}"
+                         for document, section in self.sop)
 
 
 # ----------------------------------------------------------------------------- the procedures
@@ -332,7 +332,8 @@ RULES: tuple[Rule, ...] = (
          "The site root has no OMOP/ folder with the clinical tables (where a top-level folder holds one, such as a "
          "dated release folder, the finding names it as the site's root).",
          sop=((UPLOAD, 'Local File Organization'),),
-         remedy="Put the OMOP tables in an OMOP/ folder at the site's root, or give the folder that holds OMOP/ as the site."),
+         remedy="Put the OMOP tables in an OMOP/ folder at the site's root, or give the folder that holds OMOP/ as "
+                "the site."),
     Rule("layout.root_file", "warning", "file in the site root",
          "A file lies directly in the site root and is not one the procedures place there (the linkage registries).",
          sop=((UPLOAD, 'Local File Organization'),),
@@ -364,7 +365,8 @@ RULES: tuple[Rule, ...] = (
     Rule("layout.superseded", "info", "superseded layout",
          "Files follow a layout of an earlier edition of the procedures (still accepted); the finding names today's form.",
          sop=((UPLOAD, 'Existing Data Uploaded with Different Folder Structure'),),
-         remedy="Re-organize the files into today's form when you can (the upload procedure recommends re-organizing, then submitting all again)."),
+         remedy="Re-organize the files into today's form when you can (the upload procedure recommends "
+                "re-organizing, then submitting all again)."),
     # -- Metadata/
     Rule("metadata.missing", "error", "Metadata file missing",
          "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md.",
@@ -390,7 +392,9 @@ RULES: tuple[Rule, ...] = (
          "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
          "waveform types, known issues, variables, sample intervals, linkage to visits): a heading, or a label of the "
          "procedure's template answered (`Hospital name: ...`).",
-         sop=((WAVEFORM, '6.2. Submission Process'), (WAVEFORM_FORMAT, '4.1. Submit in Preferred Format with a Mapping File'), (WAVEFORM_FORMAT, '5. Linking Waveform Sessions to Visits')),
+         sop=((WAVEFORM, '6.2. Submission Process'),
+              (WAVEFORM_FORMAT, '4.1. Submit in Preferred Format with a Mapping File'),
+              (WAVEFORM_FORMAT, '5. Linking Waveform Sessions to Visits')),
          remedy="Add a heading (or answer the template's label) for each topic the finding names."),
     Rule("metadata.submission_answers", "warning", "SUBMISSION.md variables table incomplete",
          "SUBMISSION.md's table of variables (the template's Variable name, Description, Data type, Unit) describes no "
@@ -399,7 +403,8 @@ RULES: tuple[Rule, ...] = (
          "times); or, where a mapping file is stream-based (start_time, end_time), says nothing of the first or last "
          "sample (whether the stream's times are at the start or end of its first and last samples).",
          sop=((WAVEFORM_FORMAT, '4.1. Submit in Preferred Format with a Mapping File'),),
-         remedy="Fill the table's empty cells; for stream-based data, say whether the start and end times are those of the first and last samples' start or end."),
+         remedy="Fill the table's empty cells; for stream-based data, say whether the start and end times are "
+                "those of the first and last samples' start or end."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
          "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted), or no "
          "checklist item at all.",
@@ -655,7 +660,8 @@ RULES: tuple[Rule, ...] = (
          "A DICOM header's AccessionNumber is absent or not an integer (the Imaging SOP replaces it by the study's "
          "OMOP image_occurrence_id when de-identifying).",
          sop=((IMAGING, 'DICOM with metadata that needs deidentification'), (IMAGING, 'Data Preparation')),
-         remedy='De-identify the file again, with image_map.csv mapping its AccessionNumber to the image_occurrence_id.'),
+         remedy="De-identify the file again, with image_map.csv mapping its AccessionNumber to the "
+                "image_occurrence_id."),
     Rule("dicom.study_metadata", "warning", "DICOM study metadata missing",
          "DICOM headers of a series folder lack study-level attributes the Imaging SOP selects for CHoRUS "
          f"({', '.join(k for k, _ in STUDY_DICOM_TAGS.values())}; MagneticFieldStrength in MR studies): keep them "
@@ -775,7 +781,8 @@ RULES: tuple[Rule, ...] = (
          "a date given without a time is the whole day); a visit whose start or end datetime has a time zone (`Z`, "
          "`+01:00`) is told too, as `registry` tells it: compared as the clock time written, nothing converted.",
          sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
-         remedy="Give the row the visit that overlaps its capture time (empty where none does); check its datetime is shifted as the EHR's dates are."),
+         remedy="Give the row the visit that overlaps its capture time (empty where none does); check its datetime "
+                "is shifted as the EHR's dates are."),
     Rule("registry.visit_missing", "warning", "registry visit left empty though one overlaps",
          "A registry row leaves visit_id empty though a visit of its person in visit_occurrence.csv overlaps its capture "
          "time (the linkage procedure infers the visit from the datetime where the file has no explicit link, and "
@@ -809,7 +816,8 @@ RULES: tuple[Rule, ...] = (
     Rule("path.unparsed", "warning", "path fits no naming pattern",
          "A file's path fits none of the site's naming patterns (and no more specific rule explains why).",
          sop=((UPLOAD, 'Local File Organization'),),
-         remedy="Move or rename the file into a layout of the procedures (or add its pattern to the site's configuration)."),
+         remedy="Move or rename the file into a layout of the procedures (or add its pattern to the site's "
+                "configuration)."),
     Rule("file.compressed", "error", "compressed file or archive",
          "A file is compressed or an archive (.gz, .bz2, .xz, .zst, .zip, .7z, .tar, ...): the procedures ask for the "
          "files themselves, and no check reads inside it.",
