@@ -999,11 +999,11 @@ def test_every_rule_cites_a_section_of_the_procedures_text_or_says_it_is_the_too
 
     from chorus_batch.validate.rules import OWN, SOP_DOCUMENTS
 
-    folder = Path(os.environ.get("CHORUS_SOP_DIR", "/work/shared/reference/chorus-sop"))
-    if not folder.is_dir():
-        pytest.skip(f"the procedures' text is not at {folder} (set CHORUS_SOP_DIR)")
-    texts = {document: " ".join((folder / document).read_text(encoding="utf-8").replace("\u200b", "").split())
-             for document in SOP_DOCUMENTS}  # (a document cited but not in the folder: FileNotFoundError here)
+    # The procedures' text is not part of the project: where it is on the machine (a developer's, beside the
+    # project), every cited section is found in it; elsewhere the citations are checked for their form only.
+    folder = Path(os.environ.get("CHORUS_SOP_DIR", Path(__file__).resolve().parents[2] / "shared/reference/chorus-sop"))
+    texts = ({document: " ".join((folder / document).read_text(encoding="utf-8").replace("\u200b", "").split())
+              for document in SOP_DOCUMENTS} if folder.is_dir() else {})
     for rule in validate_module.RULES:
         assert rule.sop, rule.id
         for document, section in rule.sop:
@@ -1012,7 +1012,8 @@ def test_every_rule_cites_a_section_of_the_procedures_text_or_says_it_is_the_too
                 assert section.startswith("the tool's own") or "not kept as text" in section, rule.id
                 continue
             assert document in SOP_DOCUMENTS, (rule.id, document)
-            assert " ".join(section.split()) in texts[document], (rule.id, document, section)
+            if texts:
+                assert " ".join(section.split()) in texts[document], (rule.id, document, section)
         assert rule.remedy == "" or rule.remedy.endswith((".", "...")), rule.id
 
 
