@@ -2607,16 +2607,42 @@ def _refuse_closed_output(args: argparse.Namespace) -> None:
     --out): a closed stdout takes nothing (a run's summary is lost, its version is not), and `report --out -` said
     "wrote the report to standard output", exit 0, of a page written nowhere. Refused before any work."""
     out = getattr(args, "out", None)
-    if not (args.command in ("report", "review", "registry") and out == "-"
-            or args.command == "import-config" and out in (None, "-")):
+    if args.command in ("report", "review", "registry") and out == "-" or args.command == "import-config" and out in (
+            None, "-"):
+        made = {"report": "the report", "review": "the executed notebook", "registry": "the registry",
+                "import-config": "the converted chorus.toml"}[args.command]
+    elif _output_is_the_product(args):  # (`files --md5sum >&- && echo ok` said ok of a list written nowhere)
+        shape = next((f"its {word}" for flag, word in (("json", "JSON"), ("csv", "CSV"), ("md5sum", "md5sum list"))
+                      if getattr(args, flag, False)), "its output")
+        refused = OutputError(f"standard output is closed (`>&-`): {shape}, all that `{args.command}` makes here, "
+                              "would be written nowhere", where="standard output",
+                              fix="start the command with standard output open (`> FILE`; `> /dev/null` to discard "
+                              "it)")
+        refused.outcome = "nothing was done"
+        raise refused
+    else:
         return
-    made = {"report": "the report", "review": "the executed notebook", "registry": "the registry",
-            "import-config": "the converted chorus.toml"}[args.command]
     refused = OutputError(f"standard output is closed (`>&-`): {made} would be written nowhere",
                           where="standard output", fix="give --out FILE, or start the command with standard output "
                           "open (`> FILE`)")
     refused.outcome = "nothing was done"
     raise refused
+
+
+# Commands whose one product is what they print (they change nothing, or only record what they print).
+_PRINTING_COMMANDS = frozenset({"status", "versions", "changes", "validate", "files", "diff", "history",
+                                "slurm-script"})
+
+
+def _output_is_the_product(args: argparse.Namespace) -> bool:
+    """Standard output is all the command makes: a listing, a check's findings, a dry run's account, a script. Not
+    so for `run`, `upload`, `verify`, ...: their product is a version, blobs, ledger rows (their summary, `--json`
+    too, is an account of it, and a closed stdout loses only that; `run` says on stderr what it committed)."""
+    if args.command in _PRINTING_COMMANDS:
+        return True
+    if args.command == "upload":
+        return bool(getattr(args, "dry_run", False) or getattr(args, "script", None))
+    return args.command in ("run", "import-journal") and bool(getattr(args, "dry_run", False))
 
 
 class OutputError(ChorusError):

@@ -639,6 +639,19 @@ def test_a_site_root_typed_with_windows_separators_is_said_to_be_one(tmp_path):
         LocalSource(str(tmp_path / "data") + "\\other").check()
 
 
+def test_a_site_root_given_as_dash_is_said_not_to_be_standard_input(tmp_path):
+    """`--site -` (as `report --out -` writes to standard output): "/work/- does not exist (a typo, or a disk that is
+    not mounted?)". Said as what it is; a folder of that very name is still taken."""
+    for command in (["status", "--db", "m.sqlite"], ["run", "--db", "m.sqlite"], ["validate"]):
+        done = cli(*command, "--site", "-", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "`-` is not standard input here" in done.stderr and "a typo" not in done.stderr, done.stderr
+        assert not (tmp_path / "m.sqlite").exists()
+    write(tmp_path / "-", "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "--site", "-", "--db", "m.sqlite", "-q", "--no-validate", cwd=tmp_path).returncode == 0
+    assert len(current_rows(tmp_path / "m.sqlite")) == 1
+
+
 def test_a_site_root_with_dot_dot_after_a_link_is_the_folder_the_system_names(tmp_path):
     """`--site /scratch/me/../project/site`, /scratch/me a link (as HPC home and scratch folders are): '..' is the
     folder above where the link leads, as the shell and every other tool take it. os.path.abspath dropped `me/..` as

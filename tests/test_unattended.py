@@ -553,6 +553,37 @@ def test_a_report_to_a_closed_standard_output_is_not_said_written(site, db):
     assert "wrote the report" not in done.stderr and "nothing was done" in done.stderr
 
 
+@pytest.mark.parametrize("words", [["files", "--md5sum"], ["files", "--json"], ["versions", "--json"],
+                                   ["history", "OMOP/person.csv"], ["status", "--json", "--site", "{site}"],
+                                   ["validate", "--json"], ["run", "--dry-run", "--site", "{site}"],
+                                   ["slurm-script", "--site", "{site}"]])
+def test_a_command_whose_product_is_standard_output_refuses_it_closed(site, db, words):
+    """`files --md5sum >&-`, `versions --json >&-`: a closed stdout took the listing, and the command exited 0 of a
+    list written nowhere (a script's `files --md5sum >&- && echo ok` said ok). Where standard output is what the
+    command makes, a closed one is refused before any work, exit 3, saying so, as `report --out -` is."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    before = query(db, "SELECT count(*) FROM runs")
+    command = [sys.executable, "-m", "chorus_batch", *(w.format(site=site) for w in words), "--db", str(db)]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "standard output is closed (`>&-`)" in done.stderr and "nothing was done" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert query(db, "SELECT count(*) FROM runs") == before  # (refused before any work)
+
+
+def test_a_run_with_standard_output_closed_still_commits_and_exits_0(site, db):
+    """The run's product is its version, not its summary: `run >&-` (a cron line) is not refused, `--json` or not."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    command = [sys.executable, "-m", "chorus_batch", "run", "--json", "--no-validate", "-q", "--site", str(site),
+               "--db", str(db)]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0, done.stderr
+    assert len(current_rows(db)) == 1
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs CPU affinity and two usable CPUs")
 @pytest.mark.parametrize("how", ["taskset", "slurm"])

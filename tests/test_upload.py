@@ -2631,6 +2631,21 @@ def test_verify_with_nothing_uploaded_still_signs_in_and_lists_what_to_points_at
     assert "can be listed" in fine.stdout
 
 
+def test_verify_all_with_nothing_uploaded_names_the_versions_not_uploaded_yet(central, tmp_path):
+    # README: `verify --all` names every version none of whose files is recorded as uploaded, exit 1. With nothing
+    # uploaded at all it said "nothing to verify", exit 0: a nightly `verify --all` of a site whose upload never ran
+    # passed for ever.
+    db = committed_site(tmp_path, 2)
+    every = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
+    assert every.returncode == 1, every.stdout + every.stderr
+    assert "version 20261101020000: 2 of its 2 files not uploaded yet" in every.stdout, every.stdout
+    assert "chorus-batch upload" in every.stdout and "all as recorded" not in every.stdout
+    shown = cli("verify", "--db", str(db), "--to", central.url, "--all", "--json", env=central.env)
+    said = json.loads(shown.stdout)
+    assert shown.returncode == 1 and said["exit_code"] == 1 and said["versions"] == []
+    assert said["not_uploaded_yet"] == [{"version": "20261101020000", "not_uploaded": 2, "files": 2}], said
+
+
 def test_the_readmes_checksums_for_a_version_folder_check_what_upload_put_there(central, tmp_path):
     """The README (and `files --help`) said to ship `files --as-of V --md5sum` with a version and run `md5sum -c` in
     its central folder: a version folder holds that version's changes only, so every file of an earlier version

@@ -142,7 +142,7 @@ def verify_text(result: VerifyResult) -> str:
         return (f"not verified: no file is recorded as uploaded to {result.central}; the uploads ledger records files "
                 f"uploaded to {', '.join(result.elsewhere)}\n"
                 f"  fix:   check --to (or [central] to): verify checks the container the files were uploaded to")
-    if not result.versions:
+    if not result.versions and not result.waiting.height:
         return (f"nothing to verify: no file is recorded as uploaded to {result.central} (the container is there and "
                 "can be listed with this sign-in)")
     how = ("read back and hashed" if result.method == "download"
@@ -151,6 +151,7 @@ def verify_text(result: VerifyResult) -> str:
     shown = ", ".join(result.versions[:5]) + (", ..." if len(result.versions) > 5 else "")
     lines = [f"verified {plural(result.n_checked, 'file')}{copies} of {plural(len(result.versions), 'version')} ({shown}) at "
              f"{result.central} ({how}) in {result.elapsed_s:.1f} s" if result.n_checked or result.n_copies else
+             f"not verified: no file is recorded as uploaded to {result.central}" if not result.versions else
              # (the versions' only files recorded there are in conflict, listed below: there was nothing to verify)
              f"not verified: no file of {plural(len(result.versions), 'version')} ({', '.join(result.versions)}) is "
              f"recorded as uploaded to {result.central}"]
@@ -166,7 +167,7 @@ def verify_text(result: VerifyResult) -> str:
             lines.append("  fix:   `chorus-batch verify --download` checks the bytes of blobs without a Content-MD5")
     elif not result.unlisted.height and not result.waiting.height:
         lines.append("  all as recorded")
-    elif not result.unlisted.height:
+    elif not result.unlisted.height and result.versions:
         lines.append("  the files uploaded are as recorded")
     if result.unlisted.height:
         lines.extend(_unlisted_lines(result.unlisted, "verify"))

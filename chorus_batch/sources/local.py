@@ -150,6 +150,10 @@ def _why_no_folder(path: str) -> str:
             # (`--site data\\site` from the Windows machine's notes: "a typo?" of a folder that is there)
             return (f"does not exist, but {shown_name(slashed)} does: '\\' separates folders on Windows only, and is "
                     "part of a name on this machine; give the path with '/'")
+        if os.path.basename(path.rstrip("/" + os.sep)) == "-":
+            # (`--site -`, as `report --out -` writes to standard output: "a typo, or a disk?" of a folder named '-')
+            return ("does not exist: `-` is not standard input here; a site root is a folder (or a cloud URL): give "
+                    "its path")
         return "does not exist (a typo, or a disk that is not mounted?)"
     except PermissionError:
         return "cannot be reached by this user (permission denied on a folder above it)"

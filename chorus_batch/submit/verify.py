@@ -296,13 +296,15 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             # named none of them, and the default (the latest version with files uploaded) checked the one before and
             # said "all as recorded", exit 0, with the latest version not at the centre at all. `--all`: every such
             # version (upload sends them too, oldest first); the default: those after the one verified.
-            if labels and version is None:
+            # (`--all` with nothing uploaded at all: every version waits; it said "nothing to verify", exit 0)
+            if version is None and (labels or every):
                 for label in ledger.versions_not_finished():
                     if label not in labels and (every or label > labels[-1]):
                         waiting.append(_waiting(label, ledger.plan(label)))
             if problems:
                 result.problems = pl.concat(problems)
                 result.unlisted = pl.concat(unlisted)
+            if waiting:
                 result.waiting = pl.concat(waiting).sort("version")
             result.elapsed_s = time.monotonic() - started
             return result
