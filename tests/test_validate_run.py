@@ -1028,3 +1028,32 @@ def test_the_readmes_rules_table_is_the_registry_rule_for_rule():
              for rule, severity, text, procedure in rows}
     assert len(table) == len(rows)
     assert table == {r.id: (r.severity, r.description, r.procedure()) for r in validate_module.RULES}
+
+
+def test_a_mutated_runs_findings_are_those_of_a_full_check(tmp_path):
+    """A run after part of the site changed checks the new version from the facts it has (most of them cached by the
+    run before): its findings are exactly those of `validate --force` of that version, the findings of files that did
+    not change among them (an empty DICOM and a duplicate written before the first run, left alone by the change) as
+    well as those of the files that did. The guard for any step that reuses an earlier version's findings."""
+    from chorus_batch.testdata import Spec, sync_tree, write_snapshot
+    from chorus_batch.validate import run as validate_run
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    spec = Spec(persons=6, files_per_person=12, size=512, seed=3, change_fraction=0.3)
+    write_snapshot(site, spec)
+    person = sorted(p.name for p in site.iterdir() if p.name[0].isdigit())[1]
+    some_dicom = next((site / person).rglob("*.dcm"))
+    write(site, f"{person}/Images/empty.dcm", b"")  # per file, in no folder the change touches
+    write(site, f"{person}/Metadata/kept_copy.dcm", some_dicom.read_bytes())  # a content twice on the site
+    first = run_site(site, db)
+    assert first.findings["rule"].n_unique() >= 3, first.findings.to_dicts()
+    time.sleep(1.1)  # the change is not in the first run's racy window
+    assert sync_tree(site, spec) > 0
+    write(site, f"{person}/Images/empty_too.dcm", b"")  # a new file with a finding
+    mutated = run_site(site, db)
+    assert mutated.label != first.label and mutated.findings["rule"].n_unique() >= 3
+    assert mutated.findings.filter(pl.col("srcfile").str.ends_with("/Images/empty.dcm")).height
+    label, forced = validate_run.validate_manifest(str(db), argv=["validate", "--force"], force=True)
+    assert label == mutated.label
+    assert mutated.findings.equals(forced), (mutated.findings.join(forced, on=list(forced.columns), how="anti").to_dicts(),
+                                             forced.join(mutated.findings, on=list(forced.columns), how="anti").to_dicts())
