@@ -2524,6 +2524,10 @@ def _main(argv: list[str] | None = None) -> int:
             # with a full --out: the files there as they were)
             outcome = NOT_COMMITTED.get(args.command)
         _print_error(exc, outcome)
+        committed = getattr(exc, "committed", None)
+        if outcome is None and committed:  # (a failure after the commit: its message says so, `outcome` must too:
+            # a script reading it got null, as of a usage error, for a version that stays)
+            outcome = f"version {committed} was committed before the failure; it stays"
         _json_error(args, int(exc.exit_code), exc.what, where=exc.where, fix=exc.fix, outcome=outcome)
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:

@@ -262,8 +262,11 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                     )
             except ChorusError as exc:
                 committed = getattr(exc, "committed", None) or manifest.committed_by_run(run_id)
-                _finish_run(manifest, run_id, exit_code=int(exc.exit_code), version=committed,
-                            message=_with_what_stands(exc.what, committed, latest))
+                if isinstance(getattr(exc, "outcome", None), str):  # (what stands, said by the error itself)
+                    message = f"{exc.what}; {exc.outcome}"  # type: ignore[attr-defined]
+                else:
+                    message = _with_what_stands(exc.what, committed, latest)
+                _finish_run(manifest, run_id, exit_code=int(exc.exit_code), version=committed, message=message)
                 raise
             except (KeyboardInterrupt, Stopped) as exc:
                 code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
@@ -362,6 +365,28 @@ def _resumes(settings: RunSettings, manifest: Manifest) -> str:
             return (f"; the files it hashed are checkpointed in {folder}: run the same command again, and they are not "
                     "read again")
     return ""
+
+
+def _check_still_latest(settings: RunSettings, manifest: Manifest, previous_label: str | None) -> None:
+    """Refuse the commit when another run committed a version while this one listed and hashed: its lock file was
+    removed or replaced under it (a clean-up of old files in the manifest's folder, a file system that does not keep
+    locks), so both held "the" lock. The commit's own guard refused it as a caller's mistake ("previous_label is ...,
+    fix: pass previous_label=manifest.latest_version()..."), exit 2, and `runs` said the older version stayed the
+    latest."""
+    now = manifest.latest_version()
+    label = now["label"] if now else None
+    if label == previous_label:
+        return
+    lock = f"{manifest.path}.lock"
+    error = ManifestLocked(
+        f"another run committed version {label} to {manifest.path} while this run listed and hashed the site "
+        f"(against version {previous_label or '(none)'}): the lock file {lock} was removed or replaced while this run "
+        "held it, so both ran at once", where=lock,
+        fix="run the same command again (it compares the site with the new latest version); keep the manifest's "
+            "lock file out of clean-ups of its folder, and the manifest on a file system that keeps locks")
+    error.outcome = (f"nothing was committed by this run; version {label}, the other run's, is the latest"  # type: ignore[attr-defined]
+                     + _resumes(settings, manifest))
+    raise error
 
 
 def _what_stands(committed: str | None, latest: dict | None) -> str:
@@ -782,6 +807,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         cache_facts(scanned.facts)
         scanned.facts = None
         t = mark("cache_facts", t)
+    if not settings.dry_run:
+        _check_still_latest(settings, manifest, previous_label)
     try:
         committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
                            mode=settings.mode, delete_list=delete_list, started=started,

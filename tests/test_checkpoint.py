@@ -437,6 +437,10 @@ def test_a_checkpoint_that_could_not_be_written_leaves_no_folder_nor_a_word_of_i
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3 and "the disk is full" in err, err
     assert "cannot write the hash checkpoint" in err, err
+    # the warning is one line, ending with what it means for the run (the write error's own "where:" and "fix:"
+    # lines split it, read in the log as the run's error)
+    (warning,) = [line for line in err.splitlines() if "cannot write the hash checkpoint" in line]
+    assert warning.endswith("the next run hashes these files again"), err
     assert not folder_of(db).exists() and "checkpointed in" not in err, err
 
 

@@ -2312,3 +2312,23 @@ def test_a_site_root_named_with_a_line_break_keeps_the_error_on_its_first_line(t
     first, *rest = out.stderr.splitlines()
     assert first.startswith("chorus-batch: error: refused: root ") and "r\\nx lists no files at all" in first, out.stderr
     assert [line[:9] for line in rest] == ["  where: ", "  fix:   "], out.stderr
+
+
+def test_a_failure_after_the_commit_says_in_json_outcome_that_the_version_stays(site, db, tmp_path):
+    """`run --json` whose Parquet snapshot failed once the version was committed (a full disk, a file where the folder
+    was) printed `"outcome": null` in its error object, as of a usage error where nothing was done: a nightly script
+    reading `outcome` to learn whether the night made a version was told nothing, while the version stays."""
+    write(site, "OMOP/a.csv")
+    snapshots = tmp_path / "snap"
+    resume = tmp_path / "resume"
+    run = paused("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snapshots), "--json",
+                 at="committed+60", resume=resume)
+    shutil.rmtree(snapshots, ignore_errors=True)
+    snapshots.write_bytes(b"a file where the snapshot folder was")
+    resume.touch()
+    stdout, stderr = run.communicate(timeout=60)
+    d = json.loads(stdout)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert run.returncode == d["exit_code"] == 3 and "was committed" in d["error"], (stdout, stderr)
+    assert d["outcome"] and f"version {label} was committed" in d["outcome"] and "stays" in d["outcome"], d
+    assert "Traceback" not in stderr and "nothing was committed" not in stdout + stderr, stderr

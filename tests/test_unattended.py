@@ -2145,3 +2145,30 @@ def test_a_run_whose_summary_went_nowhere_says_on_stderr_what_it_committed(site,
     ((code, version, message),) = query(db, "SELECT exit_code, version, message FROM runs")
     assert (code, version) == (0, label)
     assert (message is None) if how == "closed" else ("its summary was cut" in message), message
+
+
+def test_a_run_whose_lock_file_was_removed_under_it_is_refused_with_what_happened(site, tmp_path):
+    """A clean-up of old files in the manifest's folder removed the lock file while a night's run hashed: a second run
+    took a new lock and committed, and the first was refused at its commit by the library's guard, as a caller's
+    mistake ("previous_label is ..., fix: pass previous_label=manifest.latest_version()..."), exit 2 (bad usage),
+    and `runs` recorded that the older version "stays the latest". Said as what happened, exit 4 (another run)."""
+    db = tmp_path / "m.sqlite"
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    (first,) = query(db, "SELECT label FROM versions")[0]
+    write(site, "OMOP/b.csv", b"b")
+    resume = tmp_path / "resume"
+    run = paused("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), at="hashing+60", resume=resume)
+    Path(f"{db}.lock").unlink()
+    other = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db))
+    assert other.returncode == 0, other.stderr
+    (second,) = query(db, "SELECT label FROM versions WHERE label <> ?", (first,))[0]
+    resume.touch()
+    _out, err = run.communicate(timeout=60)
+    assert run.returncode == ExitCode.LOCKED, err
+    assert "previous_label" not in err and "Traceback" not in err, err
+    assert f"another run committed version {second}" in err and "lock file" in err and "removed" in err, err
+    assert f"version {second}, the other run's, is the latest" in err, err
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]  # nothing lost, nothing committed twice
+    (message,) = query(db, "SELECT message FROM runs WHERE exit_code = 4")[0]
+    assert f"version {second}" in message and f"{first} stays the latest" not in message, message
