@@ -487,7 +487,9 @@ def test_a_sas_token_that_may_only_read_asks_for_write_permission_to_lock_the_ma
     """A SAS token with read and list (rl) only, for `run --db az://...`: "cannot create the lock blob beside ...:
     signed in, but not allowed to list or read ... use a SAS token with read (r) and list (l) permissions" -- what the
     token already had; the lease (the lock blob there from an earlier run) and `unlock` said the same. They now say
-    the token may not write there and ask for a Contributor role or a SAS token with racwl."""
+    the token may not write there and ask for a SAS token with racwl. They name what the token allows (its sp=, 'rl'),
+    as a site's listing and an upload do, and no longer ask to grant a Contributor role: a SAS token sign-in has
+    no identity to grant it to."""
     import datetime
 
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
@@ -506,8 +508,9 @@ def test_a_sas_token_that_may_only_read_asks_for_write_permission_to_lock_the_ma
     unlock = cli("unlock", "--config", str(config), "--db", az.url, "--yes", env=env)
     for out in (first, second, unlock):
         assert out.returncode == 3, (out.returncode, out.stderr)
-        assert "not allowed to write" in out.stderr and "racwl" in out.stderr, out.stderr
-        assert "'Storage Blob Data Reader'" not in out.stderr and "sig=" not in out.stderr, out.stderr
+        assert "not allowed to add, create and write (a, c, w)" in out.stderr and "racwl" in out.stderr, out.stderr
+        assert "the SAS token allows only 'rl' (its sp=)" in out.stderr, out.stderr
+        assert "Storage Blob Data" not in out.stderr and "sig=" not in out.stderr, out.stderr
 
 
 def test_a_signal_after_the_manifest_was_uploaded_back_says_the_version_is_there(az, tmp_path):

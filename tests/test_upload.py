@@ -3244,3 +3244,26 @@ def test_the_listing_check_reads_the_list_blobs_xml_itself_and_lists_what_the_sd
     finally:
         listed.close()
     assert deserialised
+
+
+def test_an_upload_to_a_stopped_storage_says_why_the_connection_failed_not_the_request_it_was(central, azurite,
+                                                                                                tmp_path):
+    """`upload` to an Azurite that is down said "(ServiceRequestError: HTTPConnectionPool(host=…): Max retries
+    exceeded with url: /devstoreaccount1/<container>?restype=container&comp=list&maxresults=1 (Caused by
+    NewConnectionError("HTTPConnection(" -- the request's path and query, cut before the cause, where `run` and
+    `verify` say "Failed to establish a new connection: [Errno 111] Connection refused"."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "v1")
+    azurite.stop()
+    try:  # (a process of its own, as from a shell: the tests' pre-imported zygote's HTTP pools answered otherwise)
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url],
+                             env={**os.environ, **central.env}, capture_output=True, text=True, timeout=120)
+    finally:
+        azurite.start()
+    first = out.stderr.split("\n  where:")[0]
+    assert out.returncode == 3, out.stderr
+    assert f"cannot list az://{central.container}: the storage endpoint cannot be reached" in first, first
+    assert "Failed to establish a new connection" in first and "Connection refused" in first, first
+    assert "Max retries exceeded" not in first and "restype=" not in first, first
+    assert "nothing was sent or recorded" in out.stderr, out.stderr

@@ -996,7 +996,12 @@ def _reason(exc: BaseException) -> str:
         message = message.strip().splitlines()[0] if message and message.strip() else type(e).__name__
         if code:
             return _tidy(f"{code}: {message}")
-    message = str(exc).strip().splitlines()
+    # urllib3's "HTTPConnectionPool(...): Max retries exceeded with url: <the request, its query> (Caused by ...)"
+    # (the SDK's own retries turned off, as upload's listing has them): the cause it wraps is the reason; its
+    # 300 characters were spent on the request's path and query, cut before the cause was said
+    cause = next((e.reason for e in _chain(exc) if isinstance(getattr(e, "reason", None), BaseException)
+                  and "Max retries exceeded" in str(e)), None)
+    message = str(cause if cause is not None else exc).strip().splitlines()
     return _tidy(f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__)
 
 

@@ -214,12 +214,17 @@ class RemoteManifest:
 
     # ------------------------------------------------------------------ storage calls
 
+    def _explain(self, exc: BaseException, action: str, *, writes: bool | None = None) -> ChorusError:
+        """A refusal named as the sources' and the upload's are: with a SAS token, what its sp= lacks."""
+        return explain(exc, where=self.where, how=self.sign_in.how, action=action, writes=writes,
+                       sas_permissions=getattr(self.sign_in, "sas_permissions", None))
+
     def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True, writes: bool | None = None) -> T:
         """`writes`: the call writes (the lock blob, its lease): a refusal asks for write permission, not read."""
         try:
             return retrying(fn) if retry else fn()
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action=action, writes=writes) from None
+            raise self._explain(exc, action=action, writes=writes) from None
 
     def blob(self) -> Any:
         if self._client is None:
@@ -343,10 +348,10 @@ class RemoteManifest:
                     fix=f"wait for that {other} to finish (the lock of a run that died expires within a minute); if "
                         f"it is gone and cannot finish, break it with `chorus-batch unlock --db {self.where}`",
                 ) from None
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)",
+            raise self._explain(exc, action="lock (lease)",
                           writes=True) from None
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)",
+            raise self._explain(exc, action="lock (lease)",
                           writes=True) from None
 
     @contextlib.contextmanager
@@ -457,7 +462,7 @@ class RemoteManifest:
         except HttpResponseError as exc:
             raise self._lost(str(getattr(exc, "error_code", "") or "")) from None
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="renew the lock (lease) on",
+            raise self._explain(exc, action="renew the lock (lease) on",
                           writes=True) from None
         # Only over the blob this run downloaded (If-Match), or where none is yet (If-None-Match: *).
         condition = ({"overwrite": True, "etag": etag, "match_condition": MatchConditions.IfNotModified}
@@ -476,9 +481,9 @@ class RemoteManifest:
             code = str(getattr(exc, "error_code", "") or "")
             if code in _LOST_CODES or code == "BlobAlreadyExists" or getattr(exc, "status_code", None) in (409, 412):
                 raise self._lost(code) from None
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
+            raise self._explain(exc, action="upload the manifest to") from None
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
+            raise self._explain(exc, action="upload the manifest to") from None
         self._uploaded = "done"
         pause("manifest-uploaded")  # (tests: a signal between the upload and its record)
         self._record(self.local, str(response["etag"]))
