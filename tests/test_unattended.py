@@ -2172,3 +2172,32 @@ def test_a_run_whose_lock_file_was_removed_under_it_is_refused_with_what_happene
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]  # nothing lost, nothing committed twice
     (message,) = query(db, "SELECT message FROM runs WHERE exit_code = 4")[0]
     assert f"version {second}" in message and f"{first} stays the latest" not in message, message
+
+
+def test_a_run_that_lost_its_lock_file_leaves_the_details_of_the_run_that_took_the_lock(tmp_path):
+    """A run whose lock file a clean-up deleted, ending, removed the details the run that took the lock since had
+    written beside it: a third run was refused naming "an unknown process"."""
+    import json
+    import subprocess
+    import sys
+
+    from chorus_batch.store.lock import manifest_lock, write_holder
+
+    db = tmp_path / "m.sqlite"
+    holder = Path(f"{db}.lock.json")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with manifest_lock(db, ["run"]):
+            assert json.loads(holder.read_text())["pid"] == os.getpid()
+            Path(f"{db}.lock").unlink()  # the clean-up; then another run locks anew and writes its details
+            write_holder(holder, {"command": "run"})
+            details = json.loads(holder.read_text())
+            details["pid"] = other.pid
+            holder.write_text(json.dumps(details))
+        assert json.loads(holder.read_text())["pid"] == other.pid
+        with manifest_lock(db, ["run"]):
+            pass
+        assert not holder.exists()  # its own details, as ever, go with it
+    finally:
+        other.kill()
+        other.wait()

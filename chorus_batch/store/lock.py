@@ -353,6 +353,19 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         write_holder(holder_path, {"command": command_of(argv), "slurm_task": _slurm_task(), "schema": SCHEMA_VERSION})
         yield
     finally:
+        _remove_own_holder(holder_path)
+        lock.release()
+
+
+def _remove_own_holder(holder_path: Path) -> None:
+    """Remove the details beside a lock if they are this process's. A clean-up job that deleted the lock file while
+    a run went on let a second run lock and write its own details; the first, ending, removed those, and a third run
+    was told of "an unknown process" holding the lock."""
+    try:
+        info = json.loads(_details(holder_path).decode("utf-8"))
+        ours = info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()
+    except (OSError, ValueError, TypeError, AttributeError):
+        ours = True  # (cut short or damaged: not another holder's that can be told)
+    if ours:
         with contextlib.suppress(OSError):
             holder_path.unlink()
-        lock.release()
