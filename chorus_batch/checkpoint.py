@@ -41,8 +41,8 @@ import pyarrow as pa
 from .frames import packed_frame
 from .fsutil import other_owner, restrict, write_private
 from .progress import log
-from .errors import ChorusError
-from .units import shown, shown_name
+from .errors import in_one_line
+from .units import shown_name
 
 FORMAT = 2  # 2: with the header facts parsed from the bytes hashed (a checkpoint of format 1 is removed unread)
 CHECKPOINT_S = 5.0  # seconds of hashing between flushes (CHORUS_BATCH_CHECKPOINT_S overrides it)
@@ -384,10 +384,8 @@ class Writer:
             if not self.checkpoint._segments() and self.checkpoint.folder.is_dir() \
                     and not self.checkpoint.folder.is_symlink():
                 remove(self.checkpoint.folder)
-            # (what failed, in one line: a ChorusError's text adds its own "where:" and "fix:" lines, which the log
-            # showed as the run's own error, the warning's end cut off on the third line)
-            said = exc.what if isinstance(exc, ChorusError) else str(exc)
-            log.warning(f"cannot write the hash checkpoint in {shown_name(str(self.checkpoint.folder))} ({shown(said)}); "
+            said = in_one_line(exc, typed=False)
+            log.warning(f"cannot write the hash checkpoint in {shown_name(str(self.checkpoint.folder))} ({said}); "
                         "the run goes on, but if it is killed the next run hashes these files again")
             return False
         return True

@@ -130,6 +130,17 @@ class ChorusError(Exception):
 _command_line = False
 
 
+def in_one_line(exc: BaseException, *, typed: bool = True) -> str:
+    """What went wrong, in one line, to quote inside another message or a warning: a ChorusError's text adds its own
+    "where:" and "fix:" lines, which a log showed as the run's own error (the warning's end cut off on the third
+    line). Another exception is said with its type (`typed`), as "ValueError: ..." tells more than "..."."""
+    from .units import shown
+
+    if isinstance(exc, ChorusError):
+        return shown(exc.what)
+    return shown(f"{type(exc).__name__}: {exc}" if typed else str(exc))
+
+
 @contextmanager
 def serving_command_line() -> Iterator[None]:
     """Within it, messages name the command line's flags (cli.main runs each command in it)."""

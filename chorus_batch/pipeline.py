@@ -25,7 +25,7 @@ from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
 from .errors import (AfterCommitError, ChorusError, ExitCode, ForeignSnapshots, ManifestError, ManifestLocked, SourceError, Stopped,
-                     UsageError, machine_limit, raise_lost_stop, signals_unwrapped)
+                     UsageError, in_one_line, machine_limit, raise_lost_stop, signals_unwrapped)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
@@ -424,7 +424,7 @@ def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:
     try:
         manifest.finish_run(run_id, **outcome)
     except Exception as exc:
-        said = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
+        said = in_one_line(exc)
         # noted beside it for the next run to record: left unfinished, the run was recorded as killed (137)
         noted = (f"it is noted in {shown_name(manifest.run_outcome.name)} beside it, and the next run records it there"
                  if manifest.note_run_outcome(run_id, **outcome) else
@@ -857,7 +857,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
             if label is None:
                 raise
             exc = machine_limit(exc) or exc  # (said as the machine's limit, with its fix, as before the commit)
-            what = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
+            what = in_one_line(exc)
             # what is left, read from the manifest and the snapshot folder: a failed snapshot of a checked version
             # was said as "the next run checks it again"
             left = _left_after_commit(settings, manifest, label)
@@ -877,7 +877,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
             before, rules = manifest.validation.checked(previous_label)
             findings_before = before if any(rules) or before.height else None
         except Exception as exc:  # pragma: no cover - a manifest read just written
-            log.warning(f"the findings of version {previous_label} could not be read to compare: {exc}")
+            log.warning(f"the findings of version {previous_label} could not be read to compare: {in_one_line(exc)}")
     if label is None and not settings.dry_run and settings.version_label is not None:
         # (the label was warned of up front as this version's folder: said unused, so no one looks for it at the centre)
         log.warning(f"version label {settings.version_label!r} (--version) was not used: this run made no version "
