@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError,
+from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, committed_stays,
                      forget_signals, handling_stop, interrupted_at_start, holding_signal, note_signal, machine_limit,
                      quiet_lost_stops, serving_command_line, signals_unwrapped)
 from .faults import pause
@@ -2527,7 +2527,7 @@ def _main(argv: list[str] | None = None) -> int:
         committed = getattr(exc, "committed", None)
         if outcome is None and committed:  # (a failure after the commit: its message says so, `outcome` must too:
             # a script reading it got null, as of a usage error, for a version that stays)
-            outcome = f"version {committed} was committed before the failure; it stays"
+            outcome = committed_stays(committed)
         _json_error(args, int(exc.exit_code), exc.what, where=exc.where, fix=exc.fix, outcome=outcome)
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:

@@ -395,6 +395,11 @@ class AfterCommitError(ChorusError):
     committed: str | None = None  # the version label that was committed
 
 
+def committed_stays(label: str) -> str:
+    """What stands after a failure that followed a commit: `runs`' record and `--json`'s `outcome` say it alike."""
+    return f"version {label} was committed before the failure; it stays"
+
+
 class Stopped(BaseException):
     """A signal asked the run to stop (SIGTERM, SIGHUP); raised in the main thread like KeyboardInterrupt."""
 

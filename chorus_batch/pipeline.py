@@ -25,7 +25,7 @@ from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
 from .errors import (AfterCommitError, ChorusError, ExitCode, ForeignSnapshots, ManifestError, ManifestLocked, SourceError, Stopped,
-                     UsageError, in_one_line, machine_limit, raise_lost_stop, signals_unwrapped)
+                     UsageError, committed_stays, in_one_line, machine_limit, raise_lost_stop, signals_unwrapped)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
@@ -392,7 +392,7 @@ def _check_still_latest(settings: RunSettings, manifest: Manifest, previous_labe
 def _what_stands(committed: str | None, latest: dict | None) -> str:
     """What `runs` records beside a failed run's error: the version it committed, or that it committed none."""
     if committed:
-        return f"version {committed} was committed before the failure; it stays"
+        return committed_stays(committed)
     return nothing_committed(latest["label"] if latest else None)
 
 
@@ -401,6 +401,10 @@ def _with_what_stands(what: str, committed: str | None, latest: dict | None) -> 
     committed (a refusal: --max-delete, an empty root) is not told so twice ("...; nothing was committed (the run
     would remove ...); nothing was committed; version ... stays the latest"): only which version stays is added."""
     stands = _what_stands(committed, latest)
+    if committed and what.startswith(f"version {committed} was committed"):
+        # (said already: "version X was committed to M, but what follows the commit failed: ...; version X was
+        # committed before the failure; it stays")
+        stands = f"version {committed} stays"
     if not committed and "nothing was committed" in what:
         stands = stands.removeprefix("nothing was committed; ").removeprefix("nothing was committed: ")
     return f"{what}; {stands}"

@@ -208,6 +208,9 @@ def test_memory_refused_after_the_commit_is_said_as_out_of_memory(site, db, monk
     assert "the version stays committed" in said and "rerun with -v" not in said, said
     # what the next run finishes, as the manifest holds it (the check only where it failed)
     assert ("(the next run finishes its check against the procedures)" in said) == (stage == "validate"), said
+    # `runs` records it once ("version X was committed to M, but ...; version X was committed before the failure")
+    (message,) = query(db, "SELECT message FROM runs ORDER BY run_id DESC LIMIT 1")[0]
+    assert message.count(f"version {label} was committed") == 1 and message.endswith("stays"), message
 
 
 def test_a_run_through_a_symbolic_link_is_refused_while_one_holds_the_manifest(site, db, tmp_path):
