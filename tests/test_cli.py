@@ -2332,3 +2332,34 @@ def test_a_failure_after_the_commit_says_in_json_outcome_that_the_version_stays(
     assert run.returncode == d["exit_code"] == 3 and "was committed" in d["error"], (stdout, stderr)
     assert d["outcome"] and f"version {label} was committed" in d["outcome"] and "stays" in d["outcome"], d
     assert "Traceback" not in stderr and "nothing was committed" not in stdout + stderr, stderr
+
+
+def test_changes_json_of_many_changes_is_written_a_slice_at_a_time(tmp_path, monkeypatch):
+    """`changes --json` of a version of 1M changes peaked at 3.1 GiB: a Python dict of every row and the whole text at
+    once (json.dumps(frame.to_dicts())). It writes the same text JSON_SLICE_ROWS rows at a time; here, by tracemalloc,
+    its Python memory is a slice's, not the version's."""
+    import contextlib
+    import tracemalloc
+
+    from test_notebook import manifest_of
+
+    from chorus_batch import cli as cli_module
+    from chorus_batch.store import Manifest
+
+    db = manifest_of(20_000, tmp_path / "m")
+    first = Manifest(db).versions()["label"][0]  # 20,000 added
+    expected = json.dumps(Manifest(db).changes(first)[1].to_dicts(), indent=2) + "\n"
+    monkeypatch.setattr(cli_module, "JSON_SLICE_ROWS", 1_000)
+    out = tmp_path / "changes.json"
+    for measured in (False, True):  # (imports and first queries, outside the measure)
+        with open(out, "w", encoding="utf-8") as stream, contextlib.redirect_stdout(stream):
+            if measured:
+                tracemalloc.start()
+            try:
+                assert cli_module.main(["changes", "--db", str(db), "--version", first, "--json"]) == 0
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+    assert out.read_text(encoding="utf-8") == expected  # the same text, byte for byte
+    # whole: ~30 MB of dicts and text; a slice of 1,000 rows: ~2 MB
+    assert peak < 8 * 2**20, peak

@@ -956,3 +956,42 @@ def test_a_snapshot_folder_says_it_does_not_record_runs(two_versions, tmp_path):
     assert not reader.records_runs and reader.runs().height == 0
     info = write_report(reader, tmp_path / "r.html")
     assert "Runs are not recorded in a snapshot folder" in runs_section(info.path.read_text(encoding="utf-8"))
+
+
+def test_a_versions_findings_and_scan_errors_are_read_without_a_python_tuple_per_row(tmp_path, monkeypatch):
+    """`report` of a 1M-file site with 500,000 findings and 500,000 scan errors peaked at 634 MiB: each was fetched
+    whole (fetchall), a Python tuple of strings per row held beside the frame built from them (1M findings: past
+    1 GiB). They are fetched FETCH_ROWS at a time; here, by tracemalloc, the read's Python memory is one batch's,
+    and the rows are the manifest's, in its order."""
+    import tracemalloc
+
+    from chorus_batch import frames
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    label = run_site(site, db).label
+    rows = 40_000
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.executemany("INSERT INTO findings VALUES (?, 'warning', 'layout.person_file', ?, ?)",
+                        ((label, f"{i}/x_{i:06d}.dat", f"a file lies directly in person folder {i}/" + "m" * 60)
+                         for i in range(rows)))
+        con.executemany("INSERT INTO scan_errors VALUES (?, ?, 'unparseable', ?)",
+                        ((label, f"{i}/y_{i:06d}.dat", f"the path {i}/y_{i:06d}.dat follows no layout" + "e" * 60)
+                         for i in range(rows)))
+        expected = {"findings": con.execute("SELECT severity, rule, srcfile, message FROM findings WHERE version = ? "
+                                            "ORDER BY srcfile, rule, message", (label,)).fetchall(),
+                    "scan_errors": con.execute("SELECT srcfile, kind, message FROM scan_errors WHERE version = ? "
+                                               "ORDER BY srcfile, kind, message", (label,)).fetchall()}
+    monkeypatch.setattr(frames, "FETCH_ROWS", 1_000)
+    reader = open_manifest(db)
+    reader.validation(label), reader.scan_errors(label)  # (imports and first queries, outside the measure)
+    for name, read in (("findings", lambda: reader.validation(label)[0]), ("scan_errors", lambda: reader.scan_errors(label))):
+        tracemalloc.start()
+        try:
+            frame = read()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert frame.rows() == expected[name]
+        # fetched whole: ~20 MB of tuples and strings; a batch of 1,000 rows: ~0.5 MB
+        assert peak < 4 * 2**20, (name, peak)

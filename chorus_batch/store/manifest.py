@@ -33,7 +33,7 @@ from .. import release
 from ..classify import record_key
 from ..errors import (FILE_SIZE_FIX, ManifestError, ManifestLocked, UsageError, file_size_limit, first_run_command,
                       named, pass_db, salvage_command)
-from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
+from ..frames import STATE_SCHEMA, columns_of, empty_state, fetched_frame, schema_of
 from ..faults import pause
 from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict, unicode_twin,
                       sqlite_temp_folder, write_private)
@@ -943,9 +943,8 @@ class Manifest:
         if label is None or not self.path.exists():
             return pl.DataFrame(schema=schema)
         with self._open() as con:
-            rows = con.execute("SELECT srcfile, kind, message FROM scan_errors WHERE version = ? "
-                               "ORDER BY srcfile, kind, message", (label,)).fetchall()
-        return pl.DataFrame(rows, schema=schema, orient="row")
+            return fetched_frame(con.execute("SELECT srcfile, kind, message FROM scan_errors WHERE version = ? "
+                                             "ORDER BY srcfile, kind, message", (label,)), schema)
 
     def state_identity(self) -> tuple[str | None, str | None]:
         """(manifest_id, state_generation): which manifest, and which state of it (bumped by every write

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..frames import FACTS_SCHEMA, FINDINGS_SCHEMA, schema_of
+from ..frames import FACTS_SCHEMA, FINDINGS_SCHEMA, fetched_frame, schema_of
 from ..times import iso, utc_now
 
 if TYPE_CHECKING:
@@ -57,21 +57,20 @@ class ValidationCache:
         with self.manifest._open() as con:
             con.execute("BEGIN")  # one snapshot of the manifest for both reads
             try:
-                rows = con.execute("SELECT severity, rule, srcfile, message FROM findings WHERE version = ? "
-                                   "ORDER BY srcfile, rule, message", (label,)).fetchall()
+                found = fetched_frame(con.execute("SELECT severity, rule, srcfile, message FROM findings WHERE version = ? "
+                                                  "ORDER BY srcfile, rule, message", (label,)), FINDINGS_SCHEMA)
                 rules = [r[0] for r in con.execute("SELECT rules FROM validations WHERE version = ?", (label,))]
             finally:
                 con.rollback()
-        return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row"), rules
+        return found, rules
 
     def findings(self, label: str) -> pl.DataFrame:
         if not self.manifest.path.exists():
             return pl.DataFrame(schema=FINDINGS_SCHEMA)
         with self.manifest._open() as con:  # few rows: plain sqlite3, no ADBC start-up on a no-change run
-            rows = con.execute(
+            return fetched_frame(con.execute(
                 "SELECT severity, rule, srcfile, message FROM findings WHERE version = ? ORDER BY srcfile, rule, message",
-                (label,)).fetchall()
-        return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row")
+                (label,)), FINDINGS_SCHEMA)
 
     def current_files(self, *, with_file_id: bool = False) -> pl.DataFrame:
         """The current files with the columns the rules read (and their file_id: a dry run leaves out the
