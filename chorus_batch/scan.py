@@ -408,8 +408,11 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
          coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0,
          cloud_md5: str = "stored-or-download", excludes: Excludes | None = None,
          checkpoint: Checkpoint | None = None, facts: bool = False, mtime_unit_ns: int = 1,
-         on_facts: Callable[[pl.DataFrame], None] | None = None) -> ScanResult:
-    """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA). With
+         on_facts: Callable[[pl.DataFrame], None] | None = None,
+         whole_sample: Callable[[float, int, list[int]], pl.Series] | None = None) -> ScanResult:
+    """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA), for a shard those of
+    its own folders at least, then with `whole_sample` (percent, byte cap, roots not to read: the paths of the whole
+    site's re-verification sample, Manifest.site_sample) to choose the sample among the whole version's. With
     `verify_percent`, that share of the site's files (within `verify_max_bytes`) is read again though
     unchanged, the longest unverified first (rolling re-verification). `cloud_md5` says where the MD5 of
     a file under a remote root may come from (see hashing.plan). `excludes` (default: the OS-junk list) are
@@ -480,8 +483,10 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         if coverage.whole:
             planned = hashing.reverify(pl.concat(parts), math.ceil(n_listed * verify_percent / 100), verify_max_bytes)
         else:  # a shard: its part of the site's one sample (the site's listing is not known here: its previous rows)
-            chosen = hashing.site_sample(previous, math.ceil(previous.height * verify_percent / 100), verify_max_bytes,
-                                         no_read_roots=list(rules.cloud_roots) if cloud_md5 == "stored-only" else [])
+            no_read = list(rules.cloud_roots) if cloud_md5 == "stored-only" else []
+            chosen = (whole_sample(verify_percent, verify_max_bytes, no_read) if whole_sample is not None else
+                      hashing.site_sample(previous, math.ceil(previous.height * verify_percent / 100), verify_max_bytes,
+                                          no_read_roots=no_read))
             planned = hashing.reverify(pl.concat(parts), chosen.len(), verify_max_bytes, chosen=chosen)
         parts.clear()
         verify_rows = hashing.to_read(planned.filter(pl.col("sampled")))

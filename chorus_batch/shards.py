@@ -390,7 +390,10 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
         based_on = latest["label"] if latest else None
         last_scan_ns = manifest.last_scan_started_ns()
         mtime_unit_ns = manifest.mtime_unit_ns()
-    previous = manifest.previous_state(write_cache=False) if exists else empty_state()  # no manifest yet: no rows
+    # Only the rows of its own folders (at 1M files the whole version is ~260 MiB and ~1 s to read, in each shard), and
+    # the site's one re-verification sample chosen in SQL among all rows; no manifest yet: no rows
+    previous = manifest.shard_state(coverage) if exists else empty_state()
+    whole_sample = (lambda percent, cap, no_read: manifest.site_sample(percent, cap, no_read_roots=no_read)) if exists else None
     folder = shard_folder(staging, coverage)
     empty_roots = _empty_roots(roots)  # (before the listing: a folder emptied meanwhile is the merge's to see)
     with staging_lock(staging, merge=False), shard_lock(staging, coverage):
@@ -404,7 +407,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                            progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
                            verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
                            excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
-                           mtime_unit_ns=mtime_unit_ns,
+                           mtime_unit_ns=mtime_unit_ns, whole_sample=whole_sample,
                            # header facts from the bytes hashed, for the merge's validation: one read per file here too
                            facts=settings.validate_site and not settings.dry_run)
             scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)

@@ -1417,3 +1417,44 @@ def test_the_advice_to_submit_again_names_what_submitted_the_shards(tmp_path, mo
     fix = raised.value.fix
     assert ("run the `chorus-batch run --slurm` command again" in fix) == by_run_slurm, fix
     assert ("submit the Slurm script again" in fix) != by_run_slurm, fix
+
+
+def test_a_shard_reads_only_its_folders_rows_and_the_sites_one_sample(tmp_path):
+    """Every shard read the whole previous version (at 1M files ~260 MiB and ~1 s a shard) to use its own folders'
+    rows. It reads those alone, from the state cache's row groups or, the cache stale, from the manifest's index of
+    current paths, folder by folder (paths that sort between a folder's: "p1.x", "p1-a", "p10"; files at the root,
+    OMOP/ and Metadata/ are shard 0's); and still finds the whole site's one re-verification sample."""
+    import math
+
+    from chorus_batch.coverage import Coverage
+    from chorus_batch.hashing import site_sample
+    from chorus_batch.scan import shard_of
+    from chorus_batch.store import Manifest
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    names = ["p1", "p1.x", "p1-a", "p10", "p1/../q", "OMOP", "metadata", "Z\u00e9", *(f"person{i}" for i in range(40))]
+    for i, name in enumerate(names):
+        folder = site / name.replace("/../", "_") / "Waveforms"
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(1 + i % 3):
+            (folder / f"f{j}.dat").write_bytes(f"{name} {j}".encode())
+    (site / "README.txt").write_text("root file")
+    (site / "p1.txt").write_text("root file sorting among the folders")
+    assert cli("run", "--site", str(site), "--db", str(db), "--no-validate").returncode in (0, 1)
+    manifest = Manifest(db)
+    assert manifest._cache_fresh(manifest._cache_identity())  # (the run cached its rows)
+    whole = manifest.previous_state(write_cache=False)
+    for fresh in (True, False):
+        if not fresh:
+            manifest.cache_path.unlink()
+        for shards in (1, 2, 4, 7):
+            for shard in range(shards):
+                mine = manifest.shard_state(Coverage(shard, shards))
+                expected = whole.filter(shard_of(whole["srcfile"], shards) == shard)
+                assert mine.schema == expected.schema
+                assert mine.sort("srcfile").equals(expected.sort("srcfile")), (fresh, shard, shards)
+        for percent, cap in ((1.0, 10**12), (30.0, 60), (100.0, 10**9)):
+            one = site_sample(whole, math.ceil(whole.height * percent / 100), cap, no_read_roots=[])
+            assert manifest.site_sample(percent, cap, no_read_roots=[]).equals(one), (fresh, percent, cap)
+            roots = whole["root_id"].unique().to_list()  # (none to read: none chosen)
+            assert manifest.site_sample(percent, cap, no_read_roots=roots).len() == 0
