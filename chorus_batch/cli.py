@@ -1469,11 +1469,11 @@ def _print_validation(args, label, where, findings, not_taken, code: int, *, eve
     if args.json:
         filtered = {"filter": words, "all_findings": every} if words else {}
         stored = {"stored": note} if note else {}
-        print(json.dumps({"version": label, "manifest": where if label else None, **stored, **filtered,
-                          **(findings_dict(findings) or {}), "findings": findings.to_dicts(),
-                          **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {}),
-                          **({"fail_on": args.fail_on} if args.fail_on else {}),
-                          "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
+        _write_json({"version": label, "manifest": where if label else None, **stored, **filtered,
+                     **(findings_dict(findings) or {}), "findings": findings,
+                     **({"not_checked": not_taken} if not_taken is not None else {}),
+                     **({"fail_on": args.fail_on} if args.fail_on else {}),
+                     "exit_code": code})  # (as `run --json` has it: a script reads one object)
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
         if note:
@@ -1701,7 +1701,7 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
-        _print_json_rows(frame)
+        _write_json(frame)
         return 0
     if not args.csv:
         from .units import plural
@@ -1714,21 +1714,57 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
 JSON_SLICE_ROWS = 10_000
 
 
-def _print_json_rows(frame) -> None:
-    """`json.dumps(frame.to_dicts(), indent=2)`, the same text, written JSON_SLICE_ROWS rows at a time: `changes --json`
-    of a version of 1M changes made a Python dict of each row and the whole text at once (3.1 GiB)."""
+def _write_sliced(write, frame, render, *, before: str, between: str, after: str, empty: str | None = None) -> None:
+    """`before + render(a slice) + between + render(the next slice) ... + after` (`empty`: for a frame of no rows),
+    JSON_SLICE_ROWS rows at a time, where `render(slice)` is the slice's part of the whole text. The one way the
+    commands write a version's rows: the whole text of 1M rows and what it was made of (a dict per row, polars'
+    whole JSON or CSV, then a copy) took 1-3 GiB at once, a slice's takes a few MiB; the text is the same."""
     if frame.height == 0:
-        print("[]")
+        write(before + after if empty is None else empty)
         return
-    out = sys.stdout
-    out.write("[\n")
+    write(before)
     for start in range(0, frame.height, JSON_SLICE_ROWS):
-        rows = frame.slice(start, JSON_SLICE_ROWS).to_dicts()
-        # each row as json.dumps(list, indent=2) writes it: indented by one level (a JSON string holds no line end)
-        last = start + JSON_SLICE_ROWS >= frame.height
-        out.write(",\n".join("  " + json.dumps(row, indent=2).replace("\n", "\n  ") for row in rows)
-                  + ("\n" if last else ",\n"))
-    out.write("]\n")
+        write((between if start else "") + render(frame.slice(start, JSON_SLICE_ROWS)))
+    write(after)
+
+
+_FRAME_MARK = "\0frame %d\0"  # where a frame goes in a JSON text (json.dumps writes a NUL as \u0000)
+
+
+def _write_json(value, write=None) -> None:
+    """`print(json.dumps(value, indent=2))`, the same text, where `value` is a frame (as its `to_dicts()`) or a dict
+    whose values may be frames: their rows are written a slice at a time (_write_sliced), not as a dict per row of
+    the whole version in one text (`changes --json` of 1M changes: 3.1 GiB; `validate --json` of 990k: 2.1 GiB)."""
+    write = write or sys.stdout.write
+    frames: list = []
+
+    def marked(item):
+        if not _is_frame(item):
+            return item
+        frames.append(item)
+        return _FRAME_MARK % (len(frames) - 1)
+
+    nested = isinstance(value, dict)
+    text = json.dumps({key: marked(item) for key, item in value.items()} if nested else marked(value), indent=2)
+    marks = [json.dumps(_FRAME_MARK % n) for n in range(len(frames))]
+    if any(text.count(mark) != 1 for mark in marks):  # (a text of the dict's own that is a mark: written whole)
+        write(json.dumps({k: v.to_dicts() if _is_frame(v) else v for k, v in value.items()} if nested
+                         else value.to_dicts(), indent=2) + "\n")
+        return
+    inner, outer = ("    ", "  ") if nested else ("  ", "")
+    for frame, mark in zip(frames, marks):
+        head, text = text.split(mark, 1)
+        write(head)
+        _write_sliced(write, frame,  # each row as json.dumps(a list, indent=2) writes it (a JSON string holds no line end)
+                      lambda rows: ",\n".join(inner + json.dumps(row, indent=2).replace("\n", "\n" + inner)
+                                              for row in rows.to_dicts()),
+                      before="[\n", between=",\n", after="\n" + outer + "]", empty="[]")
+    write(text + "\n")
+
+
+def _is_frame(value) -> bool:
+    """A polars frame (checked without importing polars: most outputs hold none)."""
+    return type(value).__name__ == "DataFrame" and type(value).__module__.startswith("polars")
 
 
 def _print_md5sum(frame) -> int:
@@ -1755,19 +1791,35 @@ def _print_md5sum(frame) -> int:
     return int(ExitCode.FINDINGS)
 
 
-def _json_for_stdout(text: str) -> str:
-    """polars' JSON (raw UTF-8) as standard output can hold it: where its encoding cannot (PYTHONIOENCODING=ascii),
-    the stream's backslash escapes (`\\xe9`) made it invalid JSON; JSON's own escapes (`\\u00e9`) keep it valid."""
+def _print_frame_json(frame) -> None:
+    """polars' JSON of the frame (`write_json`), a slice at a time (_write_sliced), as standard output can hold it:
+    where its encoding cannot (PYTHONIOENCODING=ascii), the stream's backslash escapes (`\\xe9`) made it invalid
+    JSON; JSON's own escapes (`\\u00e9`) keep it valid. `files --json` of 1M files made the whole text, then a copy
+    (2.2 GiB)."""
+    frame = _json_safe(frame)
+    if _stdout_holds(frame):
+        render, between = (lambda rows: rows.write_json()[1:-1]), ","
+    else:  # json.dumps of a list: its items joined by ", "
+        render, between = (lambda rows: json.dumps(json.loads(rows.write_json()), ensure_ascii=True)[1:-1]), ", "
+    _write_sliced(sys.stdout.write, frame, render, before="[", between=between, after="]\n")
+
+
+def _stdout_holds(frame) -> bool:
+    """Whether standard output's encoding holds polars' JSON of the frame (a slice at a time: no copy of a 1M-row
+    output to find out; only where the encoding is not UTF-8)."""
     import codecs
 
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
-        if codecs.lookup(encoding).name == "utf-8" or text.isascii():  # (no copy of a 1M-row output to find out)
-            return text
-        text.encode(encoding)
-        return text
+        if codecs.lookup(encoding).name == "utf-8":
+            return True
+        for start in range(0, frame.height, JSON_SLICE_ROWS):
+            text = frame.slice(start, JSON_SLICE_ROWS).write_json()
+            if not text.isascii():
+                text.encode(encoding)
+        return True
     except (UnicodeEncodeError, LookupError):
-        return json.dumps(json.loads(text), ensure_ascii=True)
+        return False
 
 
 def _json_safe(frame):
@@ -1785,7 +1837,7 @@ def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, l
     from .report import head_text
 
     if args.json:
-        sys.stdout.write(_json_for_stdout(_json_safe(frame).write_json()) + "\n")
+        _print_frame_json(frame)
     elif args.csv:
         _print_csv(frame)
     else:
@@ -1793,22 +1845,32 @@ def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, l
 
 
 def _print_csv(frame) -> None:
-    """CSV a spreadsheet opens without running a name as a formula (report.spreadsheet); stderr says what was quoted."""
-    from .report.spreadsheet import csv_text, protected_note
+    """CSV a spreadsheet opens without running a name as a formula (report.spreadsheet), a slice at a time
+    (_write_sliced: `files --csv` of 1M files made the whole text at once); stderr says what was quoted."""
+    from .report.spreadsheet import protect, protected_note
 
-    text, quoted = csv_text(frame)
     out = sys.stdout
     if hasattr(out, "buffer") and not getattr(out, "isatty", lambda: True)():  # (stdout closed: no isatty)
         # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding: Windows' redirected
         # output is in the ANSI code page, and a name outside it was written with escapes (note_\u4e2d.csv), a path
         # the site does not hold. (On a terminal: text, its control characters shown as escapes.)
         out.flush()
-        out.buffer.write(text.encode("utf-8", "surrogateescape"))
-        out.flush()
+
+        def write(text: str) -> None:
+            out.buffer.write(text.encode("utf-8", "surrogateescape"))
     else:
-        out.write(text)
+        write = out.write
+    quoted = 0
+
+    def render(rows) -> str:  # (report.spreadsheet.csv_text of the slice, without its header)
+        nonlocal quoted
+        safe, count = protect(rows)
+        quoted += count
+        return safe.write_csv(include_header=False)
+
+    _write_sliced(write, frame, render, before=frame.head(0).write_csv(), between="", after="")
+    out.flush()
     if quoted:
-        sys.stdout.flush()
         print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
 
 

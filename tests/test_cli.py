@@ -2363,3 +2363,124 @@ def test_changes_json_of_many_changes_is_written_a_slice_at_a_time(tmp_path, mon
     assert out.read_text(encoding="utf-8") == expected  # the same text, byte for byte
     # whole: ~30 MB of dicts and text; a slice of 1,000 rows: ~2 MB
     assert peak < 8 * 2**20, peak
+
+
+def _person_file_manifest(rows: int, folder: Path) -> Path:
+    """A one-version manifest of `rows` waveform files (benchmarks/merge_benchmark.py's), half of them directly in their
+    person folder (a layout.person_file finding each), validated: no file on disk (validate reads the manifest)."""
+    import time
+
+    import polars as pl
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from merge_benchmark import site_files
+
+    from chorus_batch import commit as commit_module
+    from chorus_batch.classify import build_patterns
+    from chorus_batch.frames import SCANNED_SCHEMA, empty_errors
+    from chorus_batch.scan import WHOLE_SITE, ScanResult
+    from chorus_batch.store import Manifest
+
+    person = (pl.col("i") // 1000 + 1_000_000).cast(pl.String)
+    files = site_files(rows).with_columns(srcfile=pl.when(pl.col("i") % 2 == 0).then(
+        pl.concat_str([person, pl.lit("/"), pl.col("srcfile").str.extract(r"([^/]+)$")])).otherwise(pl.col("srcfile")))
+    files = files.select(list(SCANNED_SCHEMA)).with_columns(read=pl.lit(True), md5_source=pl.lit("computed"))
+    scanned = ScanResult(files=files, errors=empty_errors(), roots=[("/site", None)], scan_started_ns=time.time_ns(),
+                         coverage=WHOLE_SITE, based_on=None)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(folder / "m.sqlite")
+    manifest.ensure_schema()
+    commit_module.commit(manifest, scanned, manifest.previous_state(write_cache=True), previous_label=None,
+                         patterns=build_patterns(None), site="/site")
+    return manifest.path
+
+
+def _python_peak(argv: list[str], out: Path) -> int:
+    """tracemalloc's peak of Python memory while the command line runs `argv` with its output to `out` (run once first,
+    unmeasured: imports, first queries, and validate's check itself)."""
+    import contextlib
+    import tracemalloc
+
+    from chorus_batch import cli as cli_module
+
+    for measured in (False, True):
+        with open(out, "w", encoding="utf-8") as stream, contextlib.redirect_stdout(stream):
+            if measured:
+                tracemalloc.start()
+            try:
+                cli_module.main(argv)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+    return peak
+
+
+def test_validate_json_of_many_findings_is_written_a_slice_at_a_time(tmp_path, monkeypatch):
+    """`validate --json` of 990k findings peaked at 2.1 GiB: the findings as a dict per row inside one json.dumps of
+    the whole object. The findings (and not_checked) are written JSON_SLICE_ROWS rows at a time, the text unchanged:
+    what json.dumps(indent=2) writes of the same object, byte for byte."""
+    from chorus_batch import cli as cli_module
+    from chorus_batch.review import open_manifest
+
+    db = _person_file_manifest(20_000, tmp_path / "m")
+    monkeypatch.setattr(cli_module, "JSON_SLICE_ROWS", 1_000)
+    out = tmp_path / "validate.json"
+    peak = _python_peak(["validate", "--db", str(db), "--json"], out)
+    text = out.read_text(encoding="utf-8")
+    whole = json.loads(text)
+    assert text == json.dumps(whole, indent=2) + "\n"  # json.dumps' text of the object, byte for byte
+    findings = open_manifest(db).findings()
+    assert findings.height >= 10_000 and whole["findings"] == findings.to_dicts()
+    assert whole["total"] == findings.height and whole["exit_code"] == 1
+    # whole: ~15 MB of dicts and text; a slice of 1,000 rows: ~1 MB
+    assert peak < 6 * 2**20, peak
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+def test_files_json_and_csv_of_many_files_are_written_a_slice_at_a_time(tmp_path, monkeypatch, flag):
+    """`files --json` of 1M files peaked at 2.2 GiB (polars' whole JSON, then a copy), `files --csv` at 930 MiB (the
+    whole CSV text). Both are written JSON_SLICE_ROWS rows at a time, the text unchanged, byte for byte."""
+    from chorus_batch import cli as cli_module
+    from chorus_batch.report.spreadsheet import csv_text
+    from chorus_batch.review import open_manifest
+
+    db = _person_file_manifest(20_000, tmp_path / "m")
+    frame = open_manifest(db).files()
+    # as they were written: polars' JSON of the frame (times as text), or report.spreadsheet's CSV
+    expected = cli_module._json_safe(frame).write_json() + "\n" if flag == "--json" else csv_text(frame)[0]
+    monkeypatch.setattr(cli_module, "JSON_SLICE_ROWS", 1_000)
+    out = tmp_path / "files.out"
+    peak = _python_peak(["files", "--db", str(db), flag], out)
+    assert out.read_bytes() == expected.encode("utf-8")
+    # whole: ~13 MB of JSON (~6 MB of CSV), held once or twice; a slice of 1,000 rows: under 1 MB
+    assert peak < 4 * 2**20, peak
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "ascii"])
+def test_files_json_in_slices_is_valid_json_in_any_stream_encoding(monkeypatch, encoding):
+    """`files --json` to a stream whose encoding cannot hold a name (PYTHONIOENCODING=ascii) writes JSON's escapes
+    (`\\u00e9`) throughout, not the stream's (invalid JSON); written a slice at a time, a name no stream encoding
+    holds in a later slice than the first still decides it for the whole text, as when it was written at once."""
+    import io
+
+    import polars as pl
+
+    from chorus_batch import cli as cli_module
+
+    names = ["a", "b", "caf\u00e9", "d", "e", "\u4e2d"]
+    frame = pl.DataFrame({"srcfile": names, "size": list(range(6)), "mtime_ns": [1796475490969854383] * 6})
+    text = cli_module._json_safe(frame).write_json()
+    try:
+        text.encode(encoding)
+        expected = text
+    except UnicodeEncodeError:
+        expected = json.dumps(json.loads(text), ensure_ascii=True)
+    monkeypatch.setattr(cli_module, "JSON_SLICE_ROWS", 2)
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding=encoding, newline="")
+    monkeypatch.setattr(sys, "stdout", stream)
+    cli_module._print_frame_json(frame)
+    stream.flush()
+    assert raw.getvalue() == (expected + "\n").encode(encoding)
+    assert json.loads(raw.getvalue().decode(encoding))[2]["srcfile"] == "caf\u00e9"
+    assert (expected == text) == (encoding == "utf-8")
