@@ -182,7 +182,7 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
     if requested is not None:
         if not _LABEL_RE.fullmatch(requested):
             raise UsageError(f"invalid version label {quoted(requested)}", where="--version",
-                             fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
+                             fix=f"use up to {HAND_LABEL_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit and not "
                                  "ending in '.' (the version's folder at the central container; Azure does not keep a name "
                                  "part ending in '.'); the default is the UTC start, YYYYMMDDhhmmss")
         if (device := _DEVICE_LABEL.match(requested)) is not None:

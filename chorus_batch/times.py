@@ -21,6 +21,10 @@ ISO_LIKE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8}T\d{2})", re.IGNORECASE)
 
 _ZONE_WORD = re.compile(r"\s*(UTC|GMT|Z)$", re.IGNORECASE)
 _SPACED_OFFSET = re.compile(r"\s+(?=[+-]\d\d:?\d\d$)")
+# A date with a zone (XML Schema's xs:date, 2026-12-07+05:00 or 2026-12-07-05:00): that day's start in that zone.
+# Python's fromisoformat takes any one character between the date and the time, so it read the zone as a time of day
+# in UTC (05:00Z), and 2026-12-07x07:00 or 2026-12-07/08 as times: a version other than the one meant, silently.
+_DATE_ZONE = re.compile(r"^(\d{4}-\d{2}-\d{2})([+-]\d\d:?\d\d)$")
 
 
 def parse_time(text: str) -> datetime | None:
@@ -29,8 +33,13 @@ def parse_time(text: str) -> datetime | None:
     text = text.strip()
     if not ISO_LIKE.match(text):
         return None
+    text = _SPACED_OFFSET.sub("", _ZONE_WORD.sub("+00:00", text))
+    if dated := _DATE_ZONE.match(text):
+        text = f"{dated.group(1)}T00:00:00{dated.group(2)}"
+    elif len(text) > 10 and text[4] == "-" and text[10] not in "Tt ":  # the extended form: T or a space, as ISO 8601
+        return None
     try:
-        moment = datetime.fromisoformat(_SPACED_OFFSET.sub("", _ZONE_WORD.sub("+00:00", text)))
+        moment = datetime.fromisoformat(text)
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

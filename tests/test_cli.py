@@ -1601,6 +1601,12 @@ def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1\n")
     assert out.returncode == 2 and "invalid version label" in out.stderr, out.stderr
     assert not db.exists()
+    # a label too long for the pattern was told to "use up to 64" characters, and one of 50 to 64 then "at most 49"
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v" * 70)
+    assert out.returncode == 2 and "use up to 49 letters" in out.stderr and "64 letters" not in out.stderr, out.stderr
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v" * 60)
+    assert out.returncode == 2 and "use at most 49 characters" in out.stderr, out.stderr
+    assert not db.exists()
 
 
 def test_a_version_label_windows_reserves_as_a_device_name_is_refused(site, db):

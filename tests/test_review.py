@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -132,6 +133,34 @@ def test_files_as_of_a_time_picks_the_version_committed_then(history):
         reader.files(day)
     with pytest.raises(UsageError, match="no version 'v9'"):
         reader.files("v9")
+
+
+def test_a_date_in_another_zone_is_that_days_start_there_and_a_time_needs_a_t_or_a_space(history):
+    """`--version 2026-12-07+05:00` (a date with its zone, as XML Schema writes one) selected the version of 05:00 UTC
+    that day: Python's fromisoformat takes any one character between the date and a time, so the zone was read as a
+    time of day; `2026-12-07x07:00` or `2026-12-07/08` were times too. A date with a zone is its start in that zone
+    (the day before in UTC, east of Greenwich), and a date and a time are joined by a T or a space, or refused."""
+    reader = open_manifest(history["db"])
+    day = reader.versions()["finished_at"][0][:10]
+    start_utc = (datetime.fromisoformat(day) - timedelta(hours=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for spelled in (f"{day}+05:00", f"{day} +05:00", f"{day}+0500"):
+        with pytest.raises(UsageError) as said:
+            reader.resolve(spelled)
+        assert f"at or before {day}T00:00:00+05:00 ({start_utc})" in str(said.value), (spelled, str(said.value))
+    west = (datetime.fromisoformat(day) + timedelta(hours=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with pytest.raises(UsageError, match=re.escape(f"at or before {day}T00:00:00-05:00 ({west})")):
+        reader.resolve(f"{day}-05:00")
+    tomorrow = (datetime.fromisoformat(day) + timedelta(days=1)).date().isoformat()
+    assert reader.resolve(f"{tomorrow}-05:00") == history["labels"][-1]
+    committed = reader.versions()["finished_at"][0]
+    for odd in (committed.replace("T", "x"), committed.replace("T", "/"), f"{day}_23:59:59"):
+        with pytest.raises(UsageError, match="not a valid ISO date-time"):
+            reader.resolve(odd)
+    assert reader.resolve(committed.replace("T", " ")) == reader.resolve(committed.replace("T", "t")) == history["labels"][0]
+    out = cli("changes", "--db", str(history["db"]), "--version", f"{day}+05:00", "--json")
+    assert out.returncode == 2 and f"({start_utc})" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = cli("changes", "--db", str(history["db"]), "--version", committed.replace("T", "x"), "--json")
+    assert out.returncode == 2 and "not a valid ISO date-time" in out.stderr, out.stderr
 
 
 def test_a_time_in_a_named_zone_or_at_the_edge_of_the_calendar_picks_its_version(reader, history):
