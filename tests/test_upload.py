@@ -1764,6 +1764,23 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     assert "(r) and list (l)" in no_list.stderr
 
 
+def test_a_connection_string_carrying_a_sas_completes_the_version_and_verifies_it(central, azurite, tmp_path):
+    # The portal's "SAS connection string" (BlobEndpoint=...;SharedAccessSignature=...): the SDK keeps the token as
+    # the query of the container's url, and the listing check put its parameters after a second '?'. The service
+    # answered "Bad Request": upload sent every file but never completed the version (exit 3, "cannot list"), and
+    # verify verified nothing, each time the same.
+    db = committed_site(tmp_path, 3)
+    token = sas_for(azurite, central.container, read=True, add=True, create=True, write=True, list=True)
+    env = {"AZURE_STORAGE_CONNECTION_STRING": f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={token}"}
+    sent = up(central, db, env=env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "complete; checked against the container's listing" in sent.stdout, sent.stdout
+    assert "20261101020000/_manifest/manifest.sqlite" in blobs(central)
+    verified = cli("verify", "--db", str(db), "--to", central.url, env={**central.env, **env})
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+    assert token.split("sig=")[1] not in sent.stdout + sent.stderr + verified.stdout + verified.stderr
+
+
 def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upload_is_refused(central, tmp_path):
     # A run's commit holds SQLite's write lock for its whole transaction (minutes for a large site); the
     # upload's first ledger write gave up after one busy timeout (30 s): exit 3, "another program holds it".
