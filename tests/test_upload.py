@@ -1819,6 +1819,39 @@ def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upl
     assert after.returncode == 0 and "version 20261102020000" in after.stdout, after.stdout + after.stderr
 
 
+def test_a_file_a_run_replaces_while_the_upload_of_its_version_runs_is_superseded_not_stale(central, tmp_path):
+    # A file of the version being sent was changed in the site, and a run committed the change as the upload ran: the
+    # upload called it 'stale' ("a `chorus-batch run` records the change", as it just had), left the version
+    # incomplete (exit 1, no manifest copy) and recorded it so, until the next upload called it superseded.
+    db = committed_site(tmp_path, 4)
+    changed = next(iter(sorted(submitted(db, "20261101020000"))))
+    write(tmp_path / "site", changed, b"new bytes, a longer file than before")
+    resume = tmp_path / "resume-the-commit"
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+120", "CHORUS_BATCH_TEST_RESUME": str(resume),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(tmp_path / "site"), "--db", str(db),
+                            "--version", "20261102020000", "--workers", "2", "--no-validate"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(run, "test pause at commit")
+        first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
+                                  "--workers", "2"], env={**os.environ, **central.env},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = wait_for(first, "waiting for it to finish")  # (it judged the file stale; the commit holds the lock)
+        resume.touch()
+        out, err = first.communicate(timeout=120)
+    finally:
+        resume.touch()
+        run.communicate(timeout=120)
+    assert run.returncode == 0
+    assert first.returncode == 0, out + said + err
+    assert f"superseded: {changed}: replaced, renamed or removed by a later version" in out and "stale" not in out, out
+    assert "complete; checked against the container's listing" in out, out
+    assert query(db, "SELECT u.state FROM uploads u JOIN source_files f USING (file_id) WHERE f.srcfile = ? "
+                     "AND u.version = '20261101020000'", (changed,)) == [("superseded",)]
+    assert "20261101020000/_manifest/manifest.sqlite" in blobs(central)
+
+
 def test_the_wait_for_a_run_committing_is_set_by_the_environment(central, tmp_path):
     # The 15-minute wait had no setting: a site whose commit takes longer failed its upload, and a cron upload that
     # must not block could not say so. CHORUS_BATCH_BUSY_WAIT_S=2 gives up after about 2 s, naming the setting.
