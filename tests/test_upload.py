@@ -1764,6 +1764,23 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     assert "(r) and list (l)" in no_list.stderr
 
 
+def test_a_connection_string_carrying_a_sas_completes_the_version_and_verifies_it(central, azurite, tmp_path):
+    # The portal's "SAS connection string" (BlobEndpoint=...;SharedAccessSignature=...): the SDK keeps the token as
+    # the query of the container's url, and the listing check put its parameters after a second '?'. The service
+    # answered "Bad Request": upload sent every file but never completed the version (exit 3, "cannot list"), and
+    # verify verified nothing, each time the same.
+    db = committed_site(tmp_path, 3)
+    token = sas_for(azurite, central.container, read=True, add=True, create=True, write=True, list=True)
+    env = {"AZURE_STORAGE_CONNECTION_STRING": f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={token}"}
+    sent = up(central, db, env=env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "complete; checked against the container's listing" in sent.stdout, sent.stdout
+    assert "20261101020000/_manifest/manifest.sqlite" in blobs(central)
+    verified = cli("verify", "--db", str(db), "--to", central.url, env={**central.env, **env})
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+    assert token.split("sig=")[1] not in sent.stdout + sent.stderr + verified.stdout + verified.stderr
+
+
 def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upload_is_refused(central, tmp_path):
     # A run's commit holds SQLite's write lock for its whole transaction (minutes for a large site); the
     # upload's first ledger write gave up after one busy timeout (30 s): exit 3, "another program holds it".
@@ -1800,6 +1817,39 @@ def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upl
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
     after = up(central, db)  # the version the run committed meanwhile is the next upload's
     assert after.returncode == 0 and "version 20261102020000" in after.stdout, after.stdout + after.stderr
+
+
+def test_a_file_a_run_replaces_while_the_upload_of_its_version_runs_is_superseded_not_stale(central, tmp_path):
+    # A file of the version being sent was changed in the site, and a run committed the change as the upload ran: the
+    # upload called it 'stale' ("a `chorus-batch run` records the change", as it just had), left the version
+    # incomplete (exit 1, no manifest copy) and recorded it so, until the next upload called it superseded.
+    db = committed_site(tmp_path, 4)
+    changed = next(iter(sorted(submitted(db, "20261101020000"))))
+    write(tmp_path / "site", changed, b"new bytes, a longer file than before")
+    resume = tmp_path / "resume-the-commit"
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+120", "CHORUS_BATCH_TEST_RESUME": str(resume),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(tmp_path / "site"), "--db", str(db),
+                            "--version", "20261102020000", "--workers", "2", "--no-validate"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(run, "test pause at commit")
+        first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
+                                  "--workers", "2"], env={**os.environ, **central.env},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = wait_for(first, "waiting for it to finish")  # (it judged the file stale; the commit holds the lock)
+        resume.touch()
+        out, err = first.communicate(timeout=120)
+    finally:
+        resume.touch()
+        run.communicate(timeout=120)
+    assert run.returncode == 0
+    assert first.returncode == 0, out + said + err
+    assert f"superseded: {changed}: replaced, renamed or removed by a later version" in out and "stale" not in out, out
+    assert "complete; checked against the container's listing" in out, out
+    assert query(db, "SELECT u.state FROM uploads u JOIN source_files f USING (file_id) WHERE f.srcfile = ? "
+                     "AND u.version = '20261101020000'", (changed,)) == [("superseded",)]
+    assert "20261101020000/_manifest/manifest.sqlite" in blobs(central)
 
 
 def test_the_wait_for_a_run_committing_is_set_by_the_environment(central, tmp_path):

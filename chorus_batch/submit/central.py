@@ -674,8 +674,12 @@ class Central:
                 yield (item.name, int(item.size or 0), base64.b64encode(bytes(md5)).decode() if md5 else None,
                        item.etag, item.metadata or {})
             return
-        base = (f"{self.container.url}?restype=container&comp=list&include=metadata&maxresults={self.list_page}"
-                f"&prefix={quote(prefix, safe='')}")
+        # (a client signed in with a SAS in its connection string, SharedAccessSignature=, carries the token as the
+        # query of its url: the listing's parameters go after it, not after a second '?', which the service refused
+        # as "Bad Request": upload never completed a version, verify verified nothing)
+        address, _, query = self.container.url.partition("?")
+        base = (f"{address}?{query + '&' if query else ''}restype=container&comp=list&include=metadata"
+                f"&maxresults={self.list_page}&prefix={quote(prefix, safe='')}")
         marker = ""
         while True:
             url = base + (f"&marker={quote(marker, safe='')}" if marker else "")

@@ -469,6 +469,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     foreign = owner if owner is not None and owner.manifest_id != mine else None
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress, foreign=foreign)
     outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
+    not_sent = _superseded_meanwhile(manifest, ledger, central, label, sendable, not_sent)
     try:
         _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate, finished=finished)
     except BaseException as exc:  # (the listing check or the manifest's copy failed: what was sent is recorded)
@@ -476,6 +477,35 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             exc.n_confirmed = outcome.n_sent  # type: ignore[union-attr]
         raise
     return outcome
+
+
+def _superseded_meanwhile(manifest: Manifest, ledger: UploadLedger, central: Central, label: str,
+                          sendable: pl.DataFrame, not_sent: pl.DataFrame) -> pl.DataFrame:
+    """Files found changed or gone while a run committed beside this upload a version that replaced or removed them:
+    superseded, as the next upload would call them. They were said to be 'stale' ("a chorus-batch run records the
+    change": it had) and the version incomplete (exit 1) until the next upload called them superseded."""
+    gone = not_sent.filter(pl.col("state").is_in(["stale", "missing"]))
+    if gone.height == 0:
+        return not_sent
+    ids = sendable.select("file_id", "srcfile").join(gone.select("srcfile"), on="srcfile")
+    ended: set[int] = set()
+    for chunk in [ids["file_id"].to_list()[i:i + 500] for i in range(0, ids.height, 500)]:
+        ended.update(manifest.query_frame(
+            f"SELECT file_id FROM source_files WHERE version_invalid IS NOT NULL AND file_id IN ({', '.join('?' * len(chunk))})",
+            tuple(chunk), schema={"file_id": pl.Int64})["file_id"].to_list())
+    if not ended:
+        return not_sent
+    why = ("replaced, renamed or removed by a later version (a run committed it while this upload ran) before it was "
+           "sent: these bytes are no longer at this path in the site (a file that replaced it, or its new name, goes "
+           "with that later version)")
+    superseded = ids.filter(pl.col("file_id").is_in(list(ended)))
+    ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
+                    "state": "superseded", "last_error": why, "attempts": 0}
+                   for file_id, srcfile in superseded.iter_rows()])
+    names = set(superseded["srcfile"].to_list())
+    return not_sent.with_columns(
+        pl.when(pl.col("srcfile").is_in(list(names))).then(pl.lit("superseded")).otherwise(pl.col("state")).alias("state"),
+        pl.when(pl.col("srcfile").is_in(list(names))).then(pl.lit(why)).otherwise(pl.col("message")).alias("message"))
 
 
 def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, label: str, outcome: VersionUpload,
