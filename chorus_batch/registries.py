@@ -473,7 +473,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
         "WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)) GROUP BY srcfile",
         (label, label), schema={"srcfile": pl.String, "file_id": pl.Int64})
-    locations = manifest.roots().select("root_id", "location")
+    # where the files are now: a root given again (--site, the site moved) is the location read, not the recorded one
+    # (src_file named the old folder, which may hold nothing any more, exit 0, without a word)
+    locations = manifest.roots().select("root_id", "location").with_columns(
+        location=pl.col("root_id").replace_strict(
+            {root_id: source.location for root_id, source in sources.items() if root_id is not None},
+            default=pl.col("location"), return_dtype=pl.String))
     out = (
         rows.drop("file_id").join(first_ids, on="srcfile", how="left").join(proc_ids, on="record_id", how="left")
         .join(locations, on="root_id", how="left")
@@ -708,26 +713,36 @@ def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> lis
     """A warning for each registry in `out` about to be replaced with rows of file_ids no file of the manifest has
     (typed in by the site: a file delivered otherwise) or columns this tool does not write that hold values (the
     site's notes): the file was written anew without them, exit 0, without a word."""
-    known = manifest.query_frame("SELECT DISTINCT file_id FROM source_files", schema={"file_id": pl.Int64})["file_id"]
+    # (a file_id and the path it names: a row is the manifest's own when its src_file is that file, at the root
+    # recorded or at one given since, --site; a row typed in with a file_id an earlier version's file had, or that
+    # another row has, was taken for the manifest's and dropped without a word)
+    known = manifest.query_frame("SELECT file_id, srcfile FROM source_files",
+                                 schema={"file_id": pl.Int64, "srcfile": pl.String})
     said = []
     for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
         path = out / name
         old = _read_registry(path, ["file_id"], every=True)
         if old is None:  # (none there, or not one to compare: it is replaced as before)
             continue
-        ids = old["file_id"].str.strip_chars().fill_null("")  # (an empty one is a row typed in too)
-        # (a row of a file an earlier version had is the manifest's own: written again for this version, or not)
-        extra = ids.filter(~ids.cast(pl.Int64, strict=False).is_in(known.implode()).fill_null(False)
-                           & ~ids.is_in(frame["file_id"].cast(pl.String).implode()))
+        rows = old.select(_id=pl.col("file_id").str.strip_chars().fill_null(""),  # (an empty one is a row typed in too)
+                          _src=(pl.col("src_file").str.strip_chars().fill_null("") if "src_file" in old.columns
+                                else pl.lit(None, pl.String)))
+        rows = rows.join(known, left_on=pl.col("_id").cast(pl.Int64, strict=False), right_on="file_id", how="left")
+        ours = pl.col("srcfile").is_not_null() & (
+            pl.col("_src").is_null() | (pl.col("_src") == pl.col("srcfile"))
+            | pl.col("_src").str.ends_with("/" + pl.col("srcfile"))).fill_null(False)
+        extra = rows.filter(~ours)
         columns = [c for c in old.columns if c not in frame.columns
                    and old[c].str.strip_chars().fill_null("").ne("").any()]
-        if not (extra.len() or columns):
+        if not (extra.height or columns):
             continue
         lost = []
-        if extra.len():
-            shown = ", ".join(i or "''" for i in extra.head(3).to_list())
-            lost.append(f"{plural(extra.len(), 'row')} whose file_id is no file of this manifest (file_id {shown}), "
-                        "added by hand perhaps")
+        if extra.height:
+            shown = ", ".join(f"file_id {i or repr(i)}" + (f" src_file {src!r}" if src else "")
+                              for i, src in extra.head(3).select("_id", "_src").iter_rows())
+            lost.append(f"{plural(extra.height, 'row')} that {'is' if extra.height == 1 else 'are'} not the "
+                        f"manifest's ({shown}): a file_id of no file of this manifest, or of another file than the "
+                        "row's src_file (a file of an earlier version), added by hand perhaps")
         if columns:
             lost.append(f"{plural(len(columns), 'column')} this tool does not write ("
                         f"{', '.join(repr(c) for c in columns[:5])}), holding values")

@@ -1268,3 +1268,44 @@ def test_rows_and_columns_a_site_added_by_hand_are_told_when_the_registry_is_wri
     assert "Traceback" not in done.stderr
     again = cli("registry", "--db", str(db), "--out", str(out))  # (as the tool wrote it: nothing to tell)
     assert again.returncode == first.returncode, again.stderr
+
+
+def test_a_row_typed_in_with_the_file_id_of_an_earlier_versions_file_is_told_not_dropped_silently(tmp_path):
+    """A row a site typed into waveform_registry.csv whose file_id is that of a file an earlier version had (a file
+    since removed; its own src_file elsewhere) was taken for the manifest's row and dropped, exit 0, without a word,
+    when `registry` wrote the folder again. Now it is named (exit 1); the manifest's own row of the removed file,
+    written before (at the site's old root too), is not."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
+    path = out / "waveform_registry.csv"
+    rows = read_csv(path)
+    gone = next(r for r in rows if r["trg_file"].endswith(".dat"))
+    (site / gone["trg_file"]).unlink()
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    moved = site.rename(tmp_path / "moved")  # (the old rows name the old root: still the manifest's own)
+    typed = {**gone, "src_file": "/mnt/ecg-export/9000.xml", "trg_file": f"{gone['person_id']}/Waveforms/9000.xml"}
+    with path.open("a", newline="", encoding="utf-8") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(typed)
+    done = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))
+    assert done.returncode == 1, done.stderr
+    assert f"1 row that is not the manifest's (file_id {gone['file_id']} src_file '/mnt/ecg-export/9000.xml')" \
+        in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    again = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))  # (as the tool wrote it)
+    assert "not the manifest's" not in again.stderr, again.stderr
+
+
+def test_registry_of_a_site_given_with_site_names_the_files_where_they_are_now(tmp_path):
+    """`registry --site NEW` after the site moved read the headers at NEW but wrote src_file at the root the manifest
+    recorded, a folder that holds nothing any more, exit 0. src_file is where the file is: under NEW."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    moved = site.rename(tmp_path / "moved")
+    done = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))
+    assert done.returncode == 0, done.stderr
+    rows = [r for name in ("waveform_registry.csv", "image_registry.csv") for r in read_csv(out / name)]
+    assert rows and all(r["src_file"].startswith(f"{moved.as_posix()}/") for r in rows), rows[0]
+    assert all(Path(r["src_file"]).is_file() for r in rows)
