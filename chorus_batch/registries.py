@@ -270,7 +270,7 @@ def _visits(files: pl.DataFrame,
         has_zone(frame["visit_start_datetime"]) | has_zone(frame["visit_end_datetime"])))
     return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
             unread.select("_person", "visit_id", "_start_as", "_end_as"),
-            zoned.select("_person", "visit_id", "_start_as", "_end_as"))
+            zoned.select("_person", "visit_id", "_start_as", "_end_as", "_start", "_end"))
 
 
 def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
@@ -407,11 +407,23 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # offset and a file near its start or end took the neighbouring visit (or none)
     zoned_visits, examples = _of_registry_persons(zoned_visits, rows)
     if zoned_visits.height:
+        # the rows whose visit_id the zone decides (captured within a zone's reach, 14 hours, of such a visit's start or
+        # end), named: the warning said which visits only, leaving the site to find the files it put in doubt
+        reach = pl.duration(hours=14)
+        near = (rows.select("srcfile", "_when", _person=_norm(pl.col("person_id"))).drop_nulls("_when")
+                .join(zoned_visits.select("_person", "_start", "_end"), on="_person")
+                .filter(((pl.col("_when") - pl.col("_start")).abs() <= reach)
+                        | ((pl.col("_when") - pl.col("_end")).abs() <= reach))
+                ["srcfile"].unique().sort())
+        doubt = (f"; {plural(near.len(), 'registry row')} {'was' if near.len() == 1 else 'were'} captured within 14 "
+                 f"hours of such a start or end, where the zone decides the visit_id (e.g. "
+                 f"{', '.join(near.head(3).to_list())})" if near.len() else
+                 "; no registry row was captured within 14 hours of such a start or end, so no visit_id is in doubt")
         warnings.append(
             f"{plural(zoned_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if zoned_visits.height == 1 else 'have'} a start or end datetime with a time zone (e.g. "
-            f"{examples}): {ZONE_DROPPED}. Write visit_occurrence's datetimes in the site's local time without a zone, "
-            "run, and write the registries again")
+            f"{examples}): {ZONE_DROPPED}{doubt}. Write visit_occurrence's datetimes in the site's local time without "
+            "a zone, run, and write the registries again")
     # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
     # the files it holds had an empty visit_id, exit 0, without a word
     undated_visits, examples = _of_registry_persons(undated_visits, rows)

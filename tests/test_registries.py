@@ -1309,3 +1309,19 @@ def test_registry_of_a_site_given_with_site_names_the_files_where_they_are_now(t
     rows = [r for name in ("waveform_registry.csv", "image_registry.csv") for r in read_csv(out / name)]
     assert rows and all(r["src_file"].startswith(f"{moved.as_posix()}/") for r in rows), rows[0]
     assert all(Path(r["src_file"]).is_file() for r in rows)
+
+
+def test_a_visit_with_a_time_zone_names_the_registry_rows_whose_visit_id_the_zone_decides(tmp_path):
+    """The time-zone warning named the visits (the table's fault, told once) but not which registry rows it put in
+    doubt: a site had to work out itself which files were captured near such a visit's start or end. Now it says how
+    many rows were captured within a zone's reach (14 hours) of one, naming some; and that none were, where none."""
+    near, rows = _registry_of_visits(
+        tmp_path / "near", "7,{p},9201,2024-01-01,2024-01-01T00:00:00Z,2024-01-01,2024-01-01T23:59:59Z,32817\n")
+    assert near.returncode == 1, near.stderr
+    assert rows and "registry rows were captured within 14 hours of such a start or end" in near.stderr, near.stderr
+    named = near.stderr.split("within 14 hours")[1]
+    assert "/Images/" in named or "/Waveforms/" in named, near.stderr
+    far, _ = _registry_of_visits(
+        tmp_path / "far", "7,{p},9201,2023-12-01,2023-12-01T00:00:00Z,2024-02-01,2024-02-01T00:00:01Z,32817\n")
+    assert far.returncode == 1, far.stderr
+    assert "no registry row was captured within 14 hours of such a start or end" in far.stderr, far.stderr
