@@ -718,7 +718,33 @@ def _read_registry(path: Path, columns: list[str], *, every: bool = False) -> pl
     frame.columns = [c.lstrip("\ufeff").strip().strip('"').strip().lower() for c in frame.columns]
     if not set(columns) <= set(frame.columns) or len(set(frame.columns)) != frame.width:
         return None
+    if frame.width:  # (an empty line, or one a spreadsheet saves as ",,,,": no row anyone typed in)
+        frame = frame.filter(~pl.all_horizontal(pl.all().str.strip_chars().fill_null("") == ""))
     return frame if every else frame.select(columns)
+
+
+def _refuse_unreadable_registries(out: Path) -> None:
+    """A UsageError when `out` holds a waveform or image registry with rows that cannot be read as one (saved as
+    UTF-16 "Unicode Text" by a spreadsheet, or another table under the name, without file_id): replaced, its rows,
+    added by hand perhaps, were gone, exit 0, without a word, as no row of it could be compared."""
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        path = out / name
+        try:
+            if not path.is_file() or path.stat().st_size == 0:
+                continue
+        except OSError:
+            continue  # (writing there says what is wrong)
+        if _read_registry(path, ["file_id"]) is not None:
+            continue
+        whole = _read_registry(path, [], every=True)
+        if whole is not None and whole.height == 0:
+            continue  # (a header alone: no row to lose)
+        raise UsageError(f"--out {out} holds {name}, which cannot be read as a registry (not CSV text in UTF-8 with "
+                         "a file_id column: saved as UTF-16 \"Unicode Text\", perhaps, or another table); "
+                         "`registry` would replace it without comparing its rows, losing any added by hand; nothing was "
+                         "written", where=str(path),
+                         fix="save it as \"CSV UTF-8\" with the registry's header row and write the registries again; "
+                             "or move it away (keep a copy of rows you added) or give another --out folder")
 
 
 def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> list[str]:
@@ -877,6 +903,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
     if omop:
         _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
+    _refuse_unreadable_registries(Path(out))
     _refuse_foreign_registries(manifest, Path(out))
     _refuse_second_registry(manifest, Path(out), overrides)
     made = missing_folders(Path(out))
