@@ -723,6 +723,22 @@ def _read_registry(path: Path, columns: list[str], *, every: bool = False) -> pl
     return frame if every else frame.select(columns)
 
 
+def _refuse_open_in_a_spreadsheet(out: Path, omop: bool) -> None:
+    """A UsageError when a file `registry` writes in `out` is open in a spreadsheet, as its lock file says
+    (LibreOffice's .~lock.<name>#, Excel's ~$<name>): replaced under it, the next save there put the old rows (and
+    the edits) back over the new registry, or the edits were lost when the spreadsheet saw the file change."""
+    names = ["waveform_registry.csv", "image_registry.csv"] + (["procedure_occurrence.csv"] if omop else [])
+    for name in names:
+        for lock in (f".~lock.{name}#", f"~${name}", f"~${name[2:]}"):
+            if os.path.lexists(out / lock):
+                raise UsageError(f"{out / name} is open in a spreadsheet (its lock file {lock} is beside it), which "
+                                 "would save its copy over the registries written now; nothing was written",
+                                 where=str(out / lock),
+                                 fix="save your changes there and close the file, then write the registries again "
+                                     "(changes to rows are told then); if no spreadsheet has it open (one that "
+                                     f"crashed), remove {out / lock}")
+
+
 def _refuse_unreadable_registries(out: Path) -> None:
     """A UsageError when `out` holds a waveform or image registry with rows that cannot be read as one (saved as
     UTF-16 "Unicode Text" by a spreadsheet, or another table under the name, without file_id): replaced, its rows,
@@ -903,6 +919,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
     if omop:
         _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
+    _refuse_open_in_a_spreadsheet(Path(out), omop)
     _refuse_unreadable_registries(Path(out))
     _refuse_foreign_registries(manifest, Path(out))
     _refuse_second_registry(manifest, Path(out), overrides)

@@ -1348,3 +1348,19 @@ def test_a_registry_in_out_saved_as_utf16_is_refused_not_replaced_with_its_rows_
     path.write_text(text + "\n,,,,,,,\n", encoding="utf-8")
     blank = cli("registry", "--db", str(db), "--out", str(out))
     assert blank.returncode == first.returncode and "not the manifest's" not in blank.stderr, blank.stderr
+
+
+@pytest.mark.parametrize("lock", [".~lock.waveform_registry.csv#", "~$image_registry.csv"])
+def test_a_registry_open_in_a_spreadsheet_is_not_replaced_under_it(released, lock):
+    """`registry` into a folder whose waveform_registry.csv a site had open in LibreOffice (or Excel) to fill in
+    values replaced it, exit 0: the spreadsheet's next save put its copy back over the new registries. Now it is
+    refused (exit 2, nothing written), naming the lock file and what to do; without it the registry is written."""
+    _, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / lock).write_text("J,host,/home/j,07.12.2026 07:00;")
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 2 and "is open in a spreadsheet" in done.stderr and lock in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != lock} == before
+    (out / lock).unlink()
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
