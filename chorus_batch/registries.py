@@ -770,10 +770,12 @@ def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> lis
     # (a file_id and the path it names: a row is the manifest's own when its src_file is that file, at the root
     # recorded or at one given since, --site; a row typed in with a file_id an earlier version's file had, or that
     # another row has, was taken for the manifest's and dropped without a word)
-    known = manifest.query_frame("SELECT file_id, srcfile FROM source_files",
-                                 schema={"file_id": pl.Int64, "srcfile": pl.String})
+    # (and of the registry's modality: a waveform file's row typed into image_registry.csv is no row of the manifest's)
+    known = manifest.query_frame("SELECT file_id, srcfile, modality FROM source_files",
+                                 schema={"file_id": pl.Int64, "srcfile": pl.String, "modality": pl.String})
     said = []
-    for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
+    for name, frame, modality in (("waveform_registry.csv", registries.waveforms, "Waveforms"),
+                                  ("image_registry.csv", registries.images, "Images")):
         path = out / name
         old = _read_registry(path, ["file_id"], every=True)
         if old is None:  # (none there, or not one to compare: it is replaced as before)
@@ -781,7 +783,8 @@ def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> lis
         rows = old.select(_id=pl.col("file_id").str.strip_chars().fill_null(""),  # (an empty one is a row typed in too)
                           _src=(pl.col("src_file").str.strip_chars().fill_null("") if "src_file" in old.columns
                                 else pl.lit(None, pl.String)))
-        rows = rows.join(known, left_on=pl.col("_id").cast(pl.Int64, strict=False), right_on="file_id", how="left")
+        rows = rows.join(known.filter(pl.col("modality") == modality).drop("modality"),
+                         left_on=pl.col("_id").cast(pl.Int64, strict=False), right_on="file_id", how="left")
         ours = pl.col("srcfile").is_not_null() & (
             pl.col("_src").is_null() | (pl.col("_src") == pl.col("srcfile"))
             | pl.col("_src").str.ends_with("/" + pl.col("srcfile"))).fill_null(False)
@@ -796,7 +799,7 @@ def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> lis
                               for i, src in extra.head(3).select("_id", "_src").iter_rows())
             lost.append(f"{plural(extra.height, 'row')} that {'is' if extra.height == 1 else 'are'} not the "
                         f"manifest's ({shown}): a file_id of no file of this manifest, or of another file than the "
-                        "row's src_file (a file of an earlier version), added by hand perhaps")
+                        "row's src_file (a file of an earlier version), or a file of the other registry, added by hand perhaps")
         if columns:
             lost.append(f"{plural(len(columns), 'column')} this tool does not write ("
                         f"{', '.join(repr(c) for c in columns[:5])}), holding values")

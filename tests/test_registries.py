@@ -1364,3 +1364,16 @@ def test_a_registry_open_in_a_spreadsheet_is_not_replaced_under_it(released, loc
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != lock} == before
     (out / lock).unlink()
     assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+
+
+def test_a_waveform_files_row_typed_into_the_image_registry_is_told_not_dropped_silently(released):
+    """A row naming a waveform file (its file_id and src_file) that a site copied into image_registry.csv, two
+    registries naming the same file, was taken for the manifest's own and dropped, exit 0, without a word."""
+    _, db, out = released
+    wave = read_csv(out / "waveform_registry.csv")[0]
+    with (out / "image_registry.csv").open("a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow(["99", *(wave[c] for c in list(wave)[:7]), ""])
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    assert f"image_registry.csv had 1 row that is not the manifest's (file_id {wave['file_id']} " in done.stderr, \
+        done.stderr
