@@ -270,7 +270,7 @@ def _visits(files: pl.DataFrame,
         has_zone(frame["visit_start_datetime"]) | has_zone(frame["visit_end_datetime"])))
     return (read.filter(~bad).drop_nulls(["_person"]).drop("_start_as", "_end_as"),
             unread.select("_person", "visit_id", "_start_as", "_end_as"),
-            zoned.select("_person", "visit_id", "_start_as", "_end_as"))
+            zoned.select("_person", "visit_id", "_start_as", "_end_as", "_start", "_end"))
 
 
 def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
@@ -407,11 +407,23 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # offset and a file near its start or end took the neighbouring visit (or none)
     zoned_visits, examples = _of_registry_persons(zoned_visits, rows)
     if zoned_visits.height:
+        # the rows whose visit_id the zone decides (captured within a zone's reach, 14 hours, of such a visit's start or
+        # end), named: the warning said which visits only, leaving the site to find the files it put in doubt
+        reach = pl.duration(hours=14)
+        near = (rows.select("srcfile", "_when", _person=_norm(pl.col("person_id"))).drop_nulls("_when")
+                .join(zoned_visits.select("_person", "_start", "_end"), on="_person")
+                .filter(((pl.col("_when") - pl.col("_start")).abs() <= reach)
+                        | ((pl.col("_when") - pl.col("_end")).abs() <= reach))
+                ["srcfile"].unique().sort())
+        doubt = (f"; {plural(near.len(), 'registry row')} {'was' if near.len() == 1 else 'were'} captured within 14 "
+                 f"hours of such a start or end, where the zone decides the visit_id (e.g. "
+                 f"{', '.join(near.head(3).to_list())})" if near.len() else
+                 "; no registry row was captured within 14 hours of such a start or end, so no visit_id is in doubt")
         warnings.append(
             f"{plural(zoned_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
             f"{'has' if zoned_visits.height == 1 else 'have'} a start or end datetime with a time zone (e.g. "
-            f"{examples}): {ZONE_DROPPED}. Write visit_occurrence's datetimes in the site's local time without a zone, "
-            "run, and write the registries again")
+            f"{examples}): {ZONE_DROPPED}{doubt}. Write visit_occurrence's datetimes in the site's local time without "
+            "a zone, run, and write the registries again")
     # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
     # the files it holds had an empty visit_id, exit 0, without a word
     undated_visits, examples = _of_registry_persons(undated_visits, rows)
@@ -473,7 +485,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
         "WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)) GROUP BY srcfile",
         (label, label), schema={"srcfile": pl.String, "file_id": pl.Int64})
-    locations = manifest.roots().select("root_id", "location")
+    # where the files are now: a root given again (--site, the site moved) is the location read, not the recorded one
+    # (src_file named the old folder, which may hold nothing any more, exit 0, without a word)
+    locations = manifest.roots().select("root_id", "location").with_columns(
+        location=pl.col("root_id").replace_strict(
+            {root_id: source.location for root_id, source in sources.items() if root_id is not None},
+            default=pl.col("location"), return_dtype=pl.String))
     out = (
         rows.drop("file_id").join(first_ids, on="srcfile", how="left").join(proc_ids, on="record_id", how="left")
         .join(locations, on="root_id", how="left")
@@ -701,33 +718,88 @@ def _read_registry(path: Path, columns: list[str], *, every: bool = False) -> pl
     frame.columns = [c.lstrip("\ufeff").strip().strip('"').strip().lower() for c in frame.columns]
     if not set(columns) <= set(frame.columns) or len(set(frame.columns)) != frame.width:
         return None
+    if frame.width:  # (an empty line, or one a spreadsheet saves as ",,,,": no row anyone typed in)
+        frame = frame.filter(~pl.all_horizontal(pl.all().str.strip_chars().fill_null("") == ""))
     return frame if every else frame.select(columns)
+
+
+def _refuse_open_in_a_spreadsheet(out: Path, omop: bool) -> None:
+    """A UsageError when a file `registry` writes in `out` is open in a spreadsheet, as its lock file says
+    (LibreOffice's .~lock.<name>#, Excel's ~$<name>): replaced under it, the next save there put the old rows (and
+    the edits) back over the new registry, or the edits were lost when the spreadsheet saw the file change."""
+    names = ["waveform_registry.csv", "image_registry.csv"] + (["procedure_occurrence.csv"] if omop else [])
+    for name in names:
+        for lock in (f".~lock.{name}#", f"~${name}", f"~${name[2:]}"):
+            if os.path.lexists(out / lock):
+                raise UsageError(f"{out / name} is open in a spreadsheet (its lock file {lock} is beside it), which "
+                                 "would save its copy over the registries written now; nothing was written",
+                                 where=str(out / lock),
+                                 fix="save your changes there and close the file, then write the registries again "
+                                     "(changes to rows are told then); if no spreadsheet has it open (one that "
+                                     f"crashed), remove {out / lock}")
+
+
+def _refuse_unreadable_registries(out: Path) -> None:
+    """A UsageError when `out` holds a waveform or image registry with rows that cannot be read as one (saved as
+    UTF-16 "Unicode Text" by a spreadsheet, or another table under the name, without file_id): replaced, its rows,
+    added by hand perhaps, were gone, exit 0, without a word, as no row of it could be compared."""
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        path = out / name
+        try:
+            if not path.is_file() or path.stat().st_size == 0:
+                continue
+        except OSError:
+            continue  # (writing there says what is wrong)
+        if _read_registry(path, ["file_id"]) is not None:
+            continue
+        whole = _read_registry(path, [], every=True)
+        if whole is not None and whole.height == 0:
+            continue  # (a header alone: no row to lose)
+        raise UsageError(f"--out {out} holds {name}, which cannot be read as a registry (not CSV text in UTF-8 with "
+                         "a file_id column: saved as UTF-16 \"Unicode Text\", perhaps, or another table); "
+                         "`registry` would replace it without comparing its rows, losing any added by hand; nothing was "
+                         "written", where=str(path),
+                         fix="save it as \"CSV UTF-8\" with the registry's header row and write the registries again; "
+                             "or move it away (keep a copy of rows you added) or give another --out folder")
 
 
 def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> list[str]:
     """A warning for each registry in `out` about to be replaced with rows of file_ids no file of the manifest has
     (typed in by the site: a file delivered otherwise) or columns this tool does not write that hold values (the
     site's notes): the file was written anew without them, exit 0, without a word."""
-    known = manifest.query_frame("SELECT DISTINCT file_id FROM source_files", schema={"file_id": pl.Int64})["file_id"]
+    # (a file_id and the path it names: a row is the manifest's own when its src_file is that file, at the root
+    # recorded or at one given since, --site; a row typed in with a file_id an earlier version's file had, or that
+    # another row has, was taken for the manifest's and dropped without a word)
+    # (and of the registry's modality: a waveform file's row typed into image_registry.csv is no row of the manifest's)
+    known = manifest.query_frame("SELECT file_id, srcfile, modality FROM source_files",
+                                 schema={"file_id": pl.Int64, "srcfile": pl.String, "modality": pl.String})
     said = []
-    for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
+    for name, frame, modality in (("waveform_registry.csv", registries.waveforms, "Waveforms"),
+                                  ("image_registry.csv", registries.images, "Images")):
         path = out / name
         old = _read_registry(path, ["file_id"], every=True)
         if old is None:  # (none there, or not one to compare: it is replaced as before)
             continue
-        ids = old["file_id"].str.strip_chars().fill_null("")  # (an empty one is a row typed in too)
-        # (a row of a file an earlier version had is the manifest's own: written again for this version, or not)
-        extra = ids.filter(~ids.cast(pl.Int64, strict=False).is_in(known.implode()).fill_null(False)
-                           & ~ids.is_in(frame["file_id"].cast(pl.String).implode()))
+        rows = old.select(_id=pl.col("file_id").str.strip_chars().fill_null(""),  # (an empty one is a row typed in too)
+                          _src=(pl.col("src_file").str.strip_chars().fill_null("") if "src_file" in old.columns
+                                else pl.lit(None, pl.String)))
+        rows = rows.join(known.filter(pl.col("modality") == modality).drop("modality"),
+                         left_on=pl.col("_id").cast(pl.Int64, strict=False), right_on="file_id", how="left")
+        ours = pl.col("srcfile").is_not_null() & (
+            pl.col("_src").is_null() | (pl.col("_src") == pl.col("srcfile"))
+            | pl.col("_src").str.ends_with("/" + pl.col("srcfile"))).fill_null(False)
+        extra = rows.filter(~ours)
         columns = [c for c in old.columns if c not in frame.columns
                    and old[c].str.strip_chars().fill_null("").ne("").any()]
-        if not (extra.len() or columns):
+        if not (extra.height or columns):
             continue
         lost = []
-        if extra.len():
-            shown = ", ".join(i or "''" for i in extra.head(3).to_list())
-            lost.append(f"{plural(extra.len(), 'row')} whose file_id is no file of this manifest (file_id {shown}), "
-                        "added by hand perhaps")
+        if extra.height:
+            shown = ", ".join(f"file_id {i or repr(i)}" + (f" src_file {src!r}" if src else "")
+                              for i, src in extra.head(3).select("_id", "_src").iter_rows())
+            lost.append(f"{plural(extra.height, 'row')} that {'is' if extra.height == 1 else 'are'} not the "
+                        f"manifest's ({shown}): a file_id of no file of this manifest, or of another file than the "
+                        "row's src_file (a file of an earlier version), or a file of the other registry, added by hand perhaps")
         if columns:
             lost.append(f"{plural(len(columns), 'column')} this tool does not write ("
                         f"{', '.join(repr(c) for c in columns[:5])}), holding values")
@@ -850,6 +922,8 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
     if omop:
         _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
+    _refuse_open_in_a_spreadsheet(Path(out), omop)
+    _refuse_unreadable_registries(Path(out))
     _refuse_foreign_registries(manifest, Path(out))
     _refuse_second_registry(manifest, Path(out), overrides)
     made = missing_folders(Path(out))

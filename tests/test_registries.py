@@ -1268,3 +1268,112 @@ def test_rows_and_columns_a_site_added_by_hand_are_told_when_the_registry_is_wri
     assert "Traceback" not in done.stderr
     again = cli("registry", "--db", str(db), "--out", str(out))  # (as the tool wrote it: nothing to tell)
     assert again.returncode == first.returncode, again.stderr
+
+
+def test_a_row_typed_in_with_the_file_id_of_an_earlier_versions_file_is_told_not_dropped_silently(tmp_path):
+    """A row a site typed into waveform_registry.csv whose file_id is that of a file an earlier version had (a file
+    since removed; its own src_file elsewhere) was taken for the manifest's row and dropped, exit 0, without a word,
+    when `registry` wrote the folder again. Now it is named (exit 1); the manifest's own row of the removed file,
+    written before (at the site's old root too), is not."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
+    path = out / "waveform_registry.csv"
+    rows = read_csv(path)
+    gone = next(r for r in rows if r["trg_file"].endswith(".dat"))
+    (site / gone["trg_file"]).unlink()
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    moved = site.rename(tmp_path / "moved")  # (the old rows name the old root: still the manifest's own)
+    typed = {**gone, "src_file": "/mnt/ecg-export/9000.xml", "trg_file": f"{gone['person_id']}/Waveforms/9000.xml"}
+    with path.open("a", newline="", encoding="utf-8") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(typed)
+    done = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))
+    assert done.returncode == 1, done.stderr
+    assert f"1 row that is not the manifest's (file_id {gone['file_id']} src_file '/mnt/ecg-export/9000.xml')" \
+        in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    again = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))  # (as the tool wrote it)
+    assert "not the manifest's" not in again.stderr, again.stderr
+
+
+def test_registry_of_a_site_given_with_site_names_the_files_where_they_are_now(tmp_path):
+    """`registry --site NEW` after the site moved read the headers at NEW but wrote src_file at the root the manifest
+    recorded, a folder that holds nothing any more, exit 0. src_file is where the file is: under NEW."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    moved = site.rename(tmp_path / "moved")
+    done = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))
+    assert done.returncode == 0, done.stderr
+    rows = [r for name in ("waveform_registry.csv", "image_registry.csv") for r in read_csv(out / name)]
+    assert rows and all(r["src_file"].startswith(f"{moved.as_posix()}/") for r in rows), rows[0]
+    assert all(Path(r["src_file"]).is_file() for r in rows)
+
+
+def test_a_visit_with_a_time_zone_names_the_registry_rows_whose_visit_id_the_zone_decides(tmp_path):
+    """The time-zone warning named the visits (the table's fault, told once) but not which registry rows it put in
+    doubt: a site had to work out itself which files were captured near such a visit's start or end. Now it says how
+    many rows were captured within a zone's reach (14 hours) of one, naming some; and that none were, where none."""
+    near, rows = _registry_of_visits(
+        tmp_path / "near", "7,{p},9201,2024-01-01,2024-01-01T00:00:00Z,2024-01-01,2024-01-01T23:59:59Z,32817\n")
+    assert near.returncode == 1, near.stderr
+    assert rows and "registry rows were captured within 14 hours of such a start or end" in near.stderr, near.stderr
+    named = near.stderr.split("within 14 hours")[1]
+    assert "/Images/" in named or "/Waveforms/" in named, near.stderr
+    far, _ = _registry_of_visits(
+        tmp_path / "far", "7,{p},9201,2023-12-01,2023-12-01T00:00:00Z,2024-02-01,2024-02-01T00:00:01Z,32817\n")
+    assert far.returncode == 1, far.stderr
+    assert "no registry row was captured within 14 hours of such a start or end" in far.stderr, far.stderr
+
+
+def test_a_registry_in_out_saved_as_utf16_is_refused_not_replaced_with_its_rows_lost(tmp_path):
+    """A waveform_registry.csv in --out that a spreadsheet saved as UTF-16 ("Unicode Text"), with a row typed in,
+    could not be read, so nothing was compared: it was replaced, the row gone, exit 0, without a word. Now registry
+    refuses (exit 2, nothing written, naming the file and what to do). An empty line (or a spreadsheet's ",,,,")
+    between its rows is no row typed in: not told as one."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=1)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    first = cli("registry", "--db", str(db), "--out", str(out))
+    path = out / "waveform_registry.csv"
+    text = path.read_text(encoding="utf-8")
+    typed = "990001,2001000000,000101,900001,,2024-01-01 08:00:00,/elsewhere/x.dat,x.dat\n"
+    path.write_text(text + typed, encoding="utf-16")
+    before = path.read_bytes()
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert "waveform_registry.csv, which cannot be read as a registry" in done.stderr and "UTF-8" in done.stderr
+    assert "Traceback" not in done.stderr and path.read_bytes() == before
+    path.write_text(text + "\n,,,,,,,\n", encoding="utf-8")
+    blank = cli("registry", "--db", str(db), "--out", str(out))
+    assert blank.returncode == first.returncode and "not the manifest's" not in blank.stderr, blank.stderr
+
+
+@pytest.mark.parametrize("lock", [".~lock.waveform_registry.csv#", "~$image_registry.csv"])
+def test_a_registry_open_in_a_spreadsheet_is_not_replaced_under_it(released, lock):
+    """`registry` into a folder whose waveform_registry.csv a site had open in LibreOffice (or Excel) to fill in
+    values replaced it, exit 0: the spreadsheet's next save put its copy back over the new registries. Now it is
+    refused (exit 2, nothing written), naming the lock file and what to do; without it the registry is written."""
+    _, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / lock).write_text("J,host,/home/j,07.12.2026 07:00;")
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 2 and "is open in a spreadsheet" in done.stderr and lock in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != lock} == before
+    (out / lock).unlink()
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+
+
+def test_a_waveform_files_row_typed_into_the_image_registry_is_told_not_dropped_silently(released):
+    """A row naming a waveform file (its file_id and src_file) that a site copied into image_registry.csv, two
+    registries naming the same file, was taken for the manifest's own and dropped, exit 0, without a word."""
+    _, db, out = released
+    wave = read_csv(out / "waveform_registry.csv")[0]
+    with (out / "image_registry.csv").open("a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow(["99", *(wave[c] for c in list(wave)[:7]), ""])
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    assert f"image_registry.csv had 1 row that is not the manifest's (file_id {wave['file_id']} " in done.stderr, \
+        done.stderr
