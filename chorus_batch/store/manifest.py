@@ -44,7 +44,7 @@ from ..units import command_word, shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
 from .runs import KILLED_EXIT, run_advice, run_message, run_outcome
-from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
+from .schema import (LEFT_AS_IT_WAS, NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
                      SOURCE_FILES_INDEXES, _refused, check_release, missing_indexes, schema_version, too_new, upgrade)
 
 
@@ -164,6 +164,9 @@ class CommitResult:
 # same file is refused before it opens, so that such a change fails loudly instead of damaging a site's history.
 _OPEN_BY_LIBRARY: dict[str, dict[str, int]] = {}
 _OPEN_LOCK = threading.Lock()
+# How long a command waits on SQLite's lock of the manifest when it opens it, and when it upgrades it under the run
+# lock, before it says another program holds it (exit 4): a transaction of this tool is a short one
+OTHER_PROGRAM_WAIT_MS = 5_000
 
 
 def _acquire(key: str, library: str) -> None:
@@ -448,9 +451,14 @@ class Manifest:
                 self._check_no_wal()
             con = connect_sqlite3(self.path, source)
             try:
+                # Another program's transaction (an sqlite3 shell's BEGIN EXCLUSIVE on a rollback-journal manifest, a
+                # database browser's unsaved edit): each open waited SQLite's 30 s, twice, and said "busy", exit 3
+                con.execute(f"PRAGMA busy_timeout = {OTHER_PROGRAM_WAIT_MS}")
                 con.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as exc:
                 low = str(exc).lower()
+                if "locked" in low or "busy" in low:
+                    raise self.held_by_another_program(exc) from None
                 if "readonly" in low or "read-only" in low or "unable to open" in low:
                     continue  # no -shm to be had (with a -wal: "unable to open"): the next, more restricted way in
                 if ("disk i/o error" in low or "full" in low) and nearly_full(self.path.parent):
@@ -548,6 +556,19 @@ class Manifest:
         except (adbc_driver_manager.Error, sqlite3.Error) as exc:
             raise self.failure(exc) from None
 
+    def held_by_another_program(self, exc: BaseException) -> ManifestLocked:
+        """SQLite's lock on the manifest held past OTHER_PROGRAM_WAIT_MS by a program that is not a chorus-batch
+        run (those take the run lock first, and say who holds it): exit 4, what holds it and how to let it go."""
+        here = shlex.quote(str(self.path))
+        held = ManifestLocked(
+            f"another program holds the manifest locked in SQLite ({sqlite_words(exc)}, still after "
+            f"{OTHER_PROGRAM_WAIT_MS // 1000} s): an sqlite3 shell or database browser with a transaction open (BEGIN, "
+            "unsaved changes), or a program reading it as it was to be written", where=str(self.path),
+            fix=f"end that program's transaction (COMMIT or ROLLBACK in the sqlite3 shell; write or revert the changes "
+                f"in a browser) or close it, then run again; `fuser -v {here}` or `lsof {here}` names it")
+        held.outcome = LEFT_AS_IT_WAS  # type: ignore[attr-defined]
+        return held
+
     def failure(self, exc: BaseException) -> ManifestError:
         """What an SQLite error means for the user: what happened, where, and what to do."""
         text = sqlite_words(exc)
@@ -637,6 +658,10 @@ class Manifest:
         return ManifestError(f"SQLite failed on the manifest: {text}", where=where,
                              fix="rerun with -v for details, and report it with that output if it fails again")
 
+    def _held_or_failure(self, exc: BaseException) -> ManifestError | ManifestLocked:
+        low = str(exc).lower()
+        return self.held_by_another_program(exc) if "locked" in low or "busy" in low else self.failure(exc)
+
     def ensure_schema(self, *, create: bool = True) -> tuple[int | None, int]:
         """Create the manifest (owner-only; not if `create` is False: `upgrade`), or migrate an older one in
         place; (schema before, now)."""
@@ -655,16 +680,23 @@ class Manifest:
                 raise ManifestError(f"cannot create the manifest: {exc.strerror or exc}", where=str(self.path),
                                     fix=pass_db("a file path in a folder this user can write")) from None
         with self._open() as con:
-            # what is not a manifest is refused before anything is written to it
-            if schema_version(con, str(self.path)) is None and not create:
-                raise empty
-            con.execute("PRAGMA journal_mode = WAL")
-            if schema_version(con, str(self.path)) is None:
-                # A new manifest's tables in one transaction: each CREATE was its own commit, and a second run started
-                # by the same cron minute (its preflight reads the schema before it meets the lock) saw a `meta`
-                # table without its schema_version row: "edited or damaged", exit 3, instead of locked (exit 4)
-                con.execute("BEGIN IMMEDIATE")
-            versions = upgrade(con, str(self.path), self.failure)
+            # Under the run lock, no chorus-batch run writes it: SQLite's lock held longer is another program's
+            con.execute(f"PRAGMA busy_timeout = {OTHER_PROGRAM_WAIT_MS}")
+            try:
+                # what is not a manifest is refused before anything is written to it
+                if schema_version(con, str(self.path)) is None and not create:
+                    raise empty
+                con.execute("PRAGMA journal_mode = WAL")
+                if schema_version(con, str(self.path)) is None:
+                    # A new manifest's tables in one transaction: each CREATE was its own commit, and a second run
+                    # started by the same cron minute (its preflight reads the schema before it meets the lock) saw a
+                    # `meta` table without its schema_version row: "edited or damaged", exit 3, instead of locked
+                    con.execute("BEGIN IMMEDIATE")
+                versions = upgrade(con, str(self.path), self._held_or_failure)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+                    raise self.held_by_another_program(exc) from None
+                raise
         self.after_commit()
         before, after = versions
         if before is not None and before != after:  # said even with -q: it stays whatever the command does next
