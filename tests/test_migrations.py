@@ -1050,3 +1050,42 @@ def test_an_upgrade_of_a_manifest_another_program_holds_exclusively_says_so_with
     assert "another program holds the manifest locked" in out.stderr and "ROLLBACK" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "as it was" in out.stderr, out.stderr
     assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+
+
+def test_a_run_killed_while_it_upgrades_is_said_by_status_and_recorded_by_the_next_run(tmp_path):
+    """A `run` SIGKILLed in its own upgrade's transaction left no `runs` row: the next run upgraded the manifest again
+    and nothing said the killed one had been, nor what became of it. A reading command says it (the manifest still at
+    the old schema), and the next run records it as killed (137), its upgrade undone; once only."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    site = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"]
+    before = query(db, "SELECT count(*) FROM runs")[0][0]
+    proc = paused("run", "--db", str(db), *site, at="upgrade", cwd=tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+    status = cli("status", "--db", str(db), *site, cwd=tmp_path)
+    assert status.returncode == 3, status.stderr
+    assert f"pid {proc.pid} " in status.stderr and "was killed before or while it upgraded it" in status.stderr, status.stderr
+    assert "the upgrade was undone" in status.stderr and "Traceback" not in status.stderr, status.stderr
+    for _ in range(2):  # (the second finds nothing left behind: no row again)
+        again = cli("run", "--db", str(db), *site, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+    killed = query(db, "SELECT pid, exit_code, message FROM runs WHERE exit_code = 137")
+    assert len(killed) == 1 and killed[0][:2] == (proc.pid, 137), killed
+    assert "while it upgraded the manifest from schema 10 to 11" in killed[0][2], killed
+    assert "the upgrade was undone" in killed[0][2] and "nothing was committed" in killed[0][2], killed
+    assert query(db, "SELECT count(*) FROM runs")[0][0] == before + 3
+
+
+def test_a_run_killed_after_it_began_is_recorded_once_as_killed(tmp_path):
+    """A run killed once its own `runs` row is written is finished by the next as before, not given a second row."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    site = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"]
+    proc = paused("run", "--db", str(db), *site, at="run-finished", cwd=tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert cli("run", "--db", str(db), *site, cwd=tmp_path).returncode == 0
+    killed = query(db, "SELECT pid, message FROM runs WHERE pid = ?", (proc.pid,))
+    assert len(killed) == 1 and "found by the next run" in killed[0][1] and "upgraded" not in killed[0][1], killed

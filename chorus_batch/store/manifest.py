@@ -42,7 +42,7 @@ from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from ..units import command_word, shown_name
 from ..urls import root_url, scrub, storable
-from .lock import manifest_lock, upgrade_under_way, user_name
+from .lock import killed_upgrade, manifest_lock, upgrade_under_way, user_name
 from .runs import KILLED_EXIT, run_advice, run_message, run_outcome
 from .schema import (LEFT_AS_IT_WAS, NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
                      SOURCE_FILES_INDEXES, _refused, check_release, missing_indexes, schema_version, too_new, upgrade)
@@ -358,6 +358,7 @@ class Manifest:
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self.run_outcome = Path(f"{self.path}.run-outcome")  # (note_run_outcome)
+        self.left_by_killed: dict | None = None  # (the lock's details a killed holder left: Manifest.lock)
         self._manifest_id: str | None = None
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
@@ -841,9 +842,12 @@ class Manifest:
                     f"schema {SCHEMA_VERSION} before anything else", where=str(self.path),
                     fix="this command did nothing; run it again once that one has finished (if that process is gone, "
                         f"upgrade it: `chorus-batch upgrade --db {command_word(str(self.path))}`)")
+            killed = killed_upgrade(self.path, version)
             older = ManifestError(
                 f"the manifest has schema version {version}, written by an older chorus-batch; this one reads "
-                f"schema {SCHEMA_VERSION}",
+                f"schema {SCHEMA_VERSION}" + ("" if killed is None else
+                f"; {killed} was killed before or while it upgraded it (its process is gone): the upgrade was undone, "
+                "nothing of it was written"),
                 where=str(self.path),
                 # commands that paste: the path quoted, the copy's command naming it (`cp <manifest> ...` before)
                 fix=f"upgrade it in place with `chorus-batch upgrade --db {command_word(str(self.path))}` (the next "
@@ -873,7 +877,13 @@ class Manifest:
                 where=str(self.path),
                 fix=f"keep one name: remove the others (find / -xdev -samefile {self.path}), or copy the "
                     "manifest (cp) instead of linking it")
-        return manifest_lock(self.path, argv, kind=kind)
+        return self._locked(argv, kind)
+
+    @contextlib.contextmanager
+    def _locked(self, argv: list[str], kind: str) -> Iterator[dict | None]:
+        with manifest_lock(self.path, argv, kind=kind) as left:
+            self.left_by_killed = left if kind == "run" else None  # (begin_run records a run's that has no row)
+            yield left
 
     # ------------------------------------------------------------------ reads
 
@@ -1180,12 +1190,13 @@ class Manifest:
 
     # ------------------------------------------------------------------ runs
 
-    def begin_run(self, argv: list[str], mode: str, site: str) -> int:
+    def begin_run(self, argv: list[str], mode: str, site: str, *, upgraded_from: int | None = None) -> int:
         """A `runs` row for this run (under the lock). Rows left unfinished are of runs that died without a word
         (SIGKILL, a Slurm time limit, the out-of-memory killer, a reboot): no run holds the lock but this one, so
         they are finished here, with the version each committed if any, rather than left with no exit code."""
         with self._open() as con, con:
             noted = self._take_noted_outcome(con)  # (first: the outcome of a run whose disk was too full for `runs`)
+            self._record_killed_before_start(con, upgraded_from)
             con.execute(
                 "UPDATE runs SET exit_code = ?, version = coalesce(version, (SELECT label FROM versions v "
                 "WHERE v.run_id = runs.run_id)), message = ? WHERE exit_code IS NULL",
@@ -1201,6 +1212,28 @@ class Manifest:
                 self.run_outcome.unlink()
         self._reserve_outcome(run_id)
         return run_id
+
+    def _record_killed_before_start(self, con: sqlite3.Connection, upgraded_from: int | None) -> None:
+        """A `runs` row for a run killed before it wrote its own (inside the caller's transaction): while it upgraded
+        the manifest (its upgrade undone), or before. Its lock details stay (SIGKILL runs no clean-up) and name it; it
+        left no row, and the next run upgraded the manifest again with no word of it in `runs` or `status`."""
+        info = self.left_by_killed
+        if not info or info.get("command") != "run":
+            return
+        pid, host, started = info.get("pid"), info.get("host"), str(info.get("started_at", ""))
+        if con.execute("SELECT 1 FROM runs WHERE pid IS ? AND host IS ? AND started_at >= ?",
+                       (pid, host, started)).fetchone():
+            return  # (it began: its row, unfinished, is finished below as killed)
+        schema = info.get("schema")
+        if upgraded_from is not None and isinstance(schema, int) and upgraded_from < schema:
+            when = (f"while it upgraded the manifest from schema {upgraded_from} to {schema}, before its work began: "
+                    f"the upgrade was undone (the manifest stayed at schema {upgraded_from}) and nothing was committed")
+        else:
+            when = "before it recorded its start (it had the lock): nothing was committed"
+        con.execute("INSERT INTO runs (started_at, host, user, pid, argv, exit_code, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (started, host, info.get("user"), pid, json.dumps(["run"]), KILLED_EXIT,
+                     f"killed (SIGKILL, a job time limit, the out-of-memory killer, a reboot) {when}; its arguments "
+                     f"were not recorded; found by the next run at {iso(utc_now())}"))
 
     # Room for a run's outcome, taken when it begins and written over in place when `runs` cannot be written (a full
     # disk: the failed commit filled it, or the run's own checkpoint took its last blocks). It had no room then: the
