@@ -282,6 +282,16 @@ def killed_upgrade(db: Path, version: int) -> str | None:
         return None
 
 
+def live_holder(holder_path: Path) -> str | None:
+    """The holder the lock's details at `holder_path` name, unless they are a holder's of this host that is gone
+    (left by a killed one); None when there are none. Read without taking the lock."""
+    try:
+        info = json.loads(_details(holder_path).decode("utf-8"))
+        return None if _gone(info) else _holder_of(info)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def holder_named(holder_path: Path) -> str | None:
     """The holder the details at `holder_path` name ('pid 12 on host h (user u), started T'); None if none are there."""
     try:
