@@ -243,11 +243,11 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
     result: RunResult | None = None
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
-            upgraded_from, _ = manifest.ensure_schema()
+            manifest.ensure_schema()
             manifest.hold()  # a manifest removed or moved from here on is said as such (Manifest.vanished)
             latest = manifest.latest_version()
             kept = nothing_committed(latest["label"] if latest else None)
-            run_id = manifest.begin_run(redact(argv), settings.mode, site, upgraded_from=upgraded_from)
+            run_id = manifest.begin_run(redact(argv), settings.mode, site)
             try:
                 with signals_unwrapped():  # a signal a library wrapped into its own error is the signal
                     result = _run(settings, manifest, roots, progress, run_id=run_id, delete_list=delete_list)

@@ -698,8 +698,13 @@ class Manifest:
                 if "locked" in str(exc).lower() or "busy" in str(exc).lower():
                     raise self.held_by_another_program(exc) from None
                 raise
-        self.after_commit()
         before, after = versions
+        if before is not None and self.left_by_killed is not None:
+            # (every command that upgrades, under the run lock: `upgrade` before the next run took the details away)
+            with self._open() as con, con:
+                self._record_killed_before_start(con, before)
+            self.left_by_killed = None
+        self.after_commit()
         if before is not None and before != after:  # said even with -q: it stays whatever the command does next
             from ..progress import log
 
@@ -1190,13 +1195,12 @@ class Manifest:
 
     # ------------------------------------------------------------------ runs
 
-    def begin_run(self, argv: list[str], mode: str, site: str, *, upgraded_from: int | None = None) -> int:
+    def begin_run(self, argv: list[str], mode: str, site: str) -> int:
         """A `runs` row for this run (under the lock). Rows left unfinished are of runs that died without a word
         (SIGKILL, a Slurm time limit, the out-of-memory killer, a reboot): no run holds the lock but this one, so
         they are finished here, with the version each committed if any, rather than left with no exit code."""
         with self._open() as con, con:
             noted = self._take_noted_outcome(con)  # (first: the outcome of a run whose disk was too full for `runs`)
-            self._record_killed_before_start(con, upgraded_from)
             con.execute(
                 "UPDATE runs SET exit_code = ?, version = coalesce(version, (SELECT label FROM versions v "
                 "WHERE v.run_id = runs.run_id)), message = ? WHERE exit_code IS NULL",
@@ -1223,7 +1227,7 @@ class Manifest:
         pid, host, started = info.get("pid"), info.get("host"), str(info.get("started_at", ""))
         if con.execute("SELECT 1 FROM runs WHERE pid IS ? AND host IS ? AND started_at >= ?",
                        (pid, host, started)).fetchone():
-            return  # (it began: its row, unfinished, is finished below as killed)
+            return  # (it began: its row, unfinished, is finished as killed by the next run's begin_run)
         schema = info.get("schema")
         if upgraded_from is not None and isinstance(schema, int) and upgraded_from < schema:
             when = (f"while it upgraded the manifest from schema {upgraded_from} to {schema}, before its work began: "
@@ -1233,7 +1237,7 @@ class Manifest:
         con.execute("INSERT INTO runs (started_at, host, user, pid, argv, exit_code, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (started, host, info.get("user"), pid, json.dumps(["run"]), KILLED_EXIT,
                      f"killed (SIGKILL, a job time limit, the out-of-memory killer, a reboot) {when}; its arguments "
-                     f"were not recorded; found by the next run at {iso(utc_now())}"))
+                     f"were not recorded; found by the next command that locked the manifest at {iso(utc_now())}"))
 
     # Room for a run's outcome, taken when it begins and written over in place when `runs` cannot be written (a full
     # disk: the failed commit filled it, or the run's own checkpoint took its last blocks). It had no room then: the
