@@ -1518,6 +1518,8 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
     manifest = Manifest(_local_db(target, "upgrade"))
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
+    if manifest.is_empty_file():  # (said before the lock: "nothing was changed" left a new <db>.lock beside it)
+        manifest.ensure_schema(create=False)
     from .store.schema import SCHEMA_VERSION
 
     restored: list[str] = []

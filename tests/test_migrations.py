@@ -552,6 +552,7 @@ def test_upgrade_of_an_empty_file_creates_nothing(tmp_path):
     out = cli("upgrade", "--db", str(empty))
     assert out.returncode == 2 and "an empty file" in out.stderr and "schema None" not in out.stdout, out.stdout
     assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]  # (no lock file: "nothing was changed")
 
 
 # ----------------------------------------------------------------------------- the release before (schema 8)
