@@ -1527,6 +1527,8 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
     manifest = Manifest(_local_db(target, "upgrade"))
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
+    if manifest.is_empty_file():  # (said before the lock: "nothing was changed" left a new <db>.lock beside it)
+        manifest.ensure_schema(create=False)
     from .store.schema import SCHEMA_VERSION
 
     restored: list[str] = []
@@ -1622,8 +1624,17 @@ def cmd_unlock(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError(exc.what, where=exc.where,
                              fix="unlock breaks the lease of a manifest in Azure: pass --db az://CONTAINER/path/"
                                  "manifest.sqlite (a local manifest's lock needs no unlock)") from None
-        print(f"{Path(target.db).resolve()} is a local manifest: its lock is an OS file lock, released by the OS "
-              "as soon as the run holding it exits or is killed. Nothing to unlock.")
+        from .store.lock import live_holder
+
+        db = Path(target.db).resolve()
+        # (a run holding it now: "nothing to unlock" alone sent the user looking for no holder, or to remove the file)
+        held = [f"{what} by {holder}" for what, suffix in (("runs and upgrades", ".lock.json"),
+                                                            ("uploads", ".upload.lock.json"))
+                if (holder := live_holder(Path(f"{db}{suffix}"))) is not None]
+        print(f"{db} is a local manifest: its lock is an OS file lock, released by the OS as soon as the run holding "
+              "it exits or is killed. Nothing to unlock." + (
+                  f" It is held now for {'; for '.join(held)}: to end it, stop that process (Ctrl-C or `kill PID`: it "
+                  "records its end and lets go of the lock; removing the lock file does not end it)" if held else ""))
         return 0
     remote = RemoteManifest(target.db, target.config.cloud)
     where = mask_url(target.db)

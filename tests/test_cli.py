@@ -1815,6 +1815,22 @@ def test_unlock_of_a_path_that_names_no_manifest_is_a_usage_error(site, db, tmp_
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     local = cli("unlock", "--db", str(db), "--yes")
     assert local.returncode == 0 and "released by the OS" in local.stdout, local.stderr
+    assert "held now" not in local.stdout, local.stdout
+
+
+def test_unlock_of_a_local_manifest_a_run_holds_names_that_run(site, db, tmp_path):
+    """`unlock` of a local manifest while a run holds it said only "Nothing to unlock", as of a free one: it names the
+    run holding it and how to end it (the lock file's removal does not)."""
+    write(site, "OMOP/a.csv")
+    proc = paused("run", "--no-validate", "--site", str(site), "--db", str(db), at="run-finished", cwd=tmp_path)
+    try:
+        out = cli("unlock", "--db", str(db), "--yes", cwd=tmp_path)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"held now for runs and upgrades by pid {proc.pid} " in out.stdout and "`chorus-batch run`" in out.stdout, out.stdout
+    assert "kill PID" in out.stdout and "Traceback" not in out.stderr, out.stdout
 
 
 def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp_path):

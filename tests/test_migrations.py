@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -551,6 +552,7 @@ def test_upgrade_of_an_empty_file_creates_nothing(tmp_path):
     out = cli("upgrade", "--db", str(empty))
     assert out.returncode == 2 and "an empty file" in out.stderr and "schema None" not in out.stdout, out.stdout
     assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]  # (no lock file: "nothing was changed")
 
 
 # ----------------------------------------------------------------------------- the release before (schema 8)
@@ -1026,3 +1028,81 @@ def test_upgrade_help_says_the_whole_upgrade_is_one_transaction():
     text = " ".join(out.stdout.split())
     assert out.returncode == 0 and "all in one transaction" in text and "each one transaction" not in text, out.stdout
     assert "leaves the manifest at the schema it had" in text, out.stdout
+
+
+@pytest.mark.parametrize("command", ["upgrade", "run"])
+def test_an_upgrade_of_a_manifest_another_program_holds_exclusively_says_so_within_seconds(tmp_path, command):
+    """An sqlite3 shell's `BEGIN EXCLUSIVE` held open on a rollback-journal manifest: every open waited SQLite's 30 s
+    (the probe, then the schema read), about a minute, and said "the manifest is busy", exit 3. It says another
+    program holds it, how to let it go, exit 4 (locked) within seconds, and the manifest is as it was."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as shell:
+        shell.execute("PRAGMA journal_mode = DELETE")
+        shell.execute("BEGIN EXCLUSIVE")
+        shell.execute("SELECT count(*) FROM meta").fetchone()
+        args = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"] if command == "run" else []
+        started = time.monotonic()
+        out = cli(command, "--db", str(db), *args, cwd=tmp_path, timeout=55)
+        took = time.monotonic() - started
+        shell.execute("ROLLBACK")
+    assert out.returncode == 4, out.stderr
+    assert took < 25, took  # (the lock's wait is a sleep: under load too)
+    assert "another program holds the manifest locked" in out.stderr and "ROLLBACK" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "as it was" in out.stderr, out.stderr
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+
+
+def test_a_run_killed_while_it_upgrades_is_said_by_status_and_recorded_by_the_next_run(tmp_path):
+    """A `run` SIGKILLed in its own upgrade's transaction left no `runs` row: the next run upgraded the manifest again
+    and nothing said the killed one had been, nor what became of it. A reading command says it (the manifest still at
+    the old schema), and the next run records it as killed (137), its upgrade undone; once only."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    site = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"]
+    before = query(db, "SELECT count(*) FROM runs")[0][0]
+    proc = paused("run", "--db", str(db), *site, at="upgrade", cwd=tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+    status = cli("status", "--db", str(db), *site, cwd=tmp_path)
+    assert status.returncode == 3, status.stderr
+    assert f"pid {proc.pid} " in status.stderr and "was killed before or while it upgraded it" in status.stderr, status.stderr
+    assert "the upgrade was undone" in status.stderr and "Traceback" not in status.stderr, status.stderr
+    # `upgrade`, as the message says, records it (it takes the details away); the run after it adds no second row
+    upgraded = cli("upgrade", "--db", str(db), cwd=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    again = cli("run", "--db", str(db), *site, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    killed = query(db, "SELECT pid, exit_code, message FROM runs WHERE exit_code = 137")
+    assert len(killed) == 1 and killed[0][:2] == (proc.pid, 137), killed
+    assert "while it upgraded the manifest from schema 10 to 11" in killed[0][2], killed
+    assert "the upgrade was undone" in killed[0][2] and "nothing was committed" in killed[0][2], killed
+    assert query(db, "SELECT count(*) FROM runs")[0][0] == before + 2
+
+
+@pytest.mark.parametrize("after", ["run", "validate"])
+def test_a_run_killed_while_it_upgrades_is_recorded_by_the_next_command_that_upgrades(tmp_path, after):
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    site = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"]
+    proc = paused("run", "--db", str(db), *site, at="upgrade", cwd=tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    out = cli(after, "--db", str(db), *(site if after == "run" else site[:2]), cwd=tmp_path)
+    assert out.returncode in (0, 1), out.stderr
+    killed = query(db, "SELECT pid, message FROM runs WHERE exit_code = 137")
+    assert len(killed) == 1 and killed[0][0] == proc.pid and "from schema 10 to 11" in killed[0][1], killed
+
+
+def test_a_run_killed_after_it_began_is_recorded_once_as_killed(tmp_path):
+    """A run killed once its own `runs` row is written is finished by the next as before, not given a second row."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    site = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"]
+    proc = paused("run", "--db", str(db), *site, at="run-finished", cwd=tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert cli("run", "--db", str(db), *site, cwd=tmp_path).returncode == 0
+    killed = query(db, "SELECT pid, message FROM runs WHERE pid = ?", (proc.pid,))
+    assert len(killed) == 1 and "found by the next run" in killed[0][1] and "upgraded" not in killed[0][1], killed

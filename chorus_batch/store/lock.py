@@ -259,6 +259,39 @@ def _details(holder_path: Path) -> bytes:
         os.close(fd)
 
 
+def _left_behind(holder_path: Path) -> dict | None:
+    """The details a holder left when it ended without its clean-up (SIGKILL, a job time limit, a reboot: an ending it
+    had a word in removes them), read once this process holds the lock; None when there are none, or none to read."""
+    try:
+        info = json.loads(_details(holder_path).decode("utf-8"))
+        _holder_of(info)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def killed_upgrade(db: Path, version: int) -> str | None:
+    """The holder of the run lock beside `db` whose details name a command that upgrades a manifest of schema `version`
+    first, and whose process (of this host) is gone: killed before or while it upgraded it (the upgrade was undone).
+    None otherwise, or when it cannot be told (another host's)."""
+    try:
+        info = json.loads(_details(Path(f"{db}.lock.json")).decode("utf-8"))
+        upgrades = info.get("command") in UPGRADING_COMMANDS and int(info.get("schema", 0)) > version
+        return _holder_of(info) if upgrades and _gone(info) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def live_holder(holder_path: Path) -> str | None:
+    """The holder the lock's details at `holder_path` name, unless they are a holder's of this host that is gone
+    (left by a killed one); None when there are none. Read without taking the lock."""
+    try:
+        info = json.loads(_details(holder_path).decode("utf-8"))
+        return None if _gone(info) else _holder_of(info)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def holder_named(holder_path: Path) -> str | None:
     """The holder the details at `holder_path` name ('pid 12 on host h (user u), started T'); None if none are there."""
     try:
@@ -293,9 +326,10 @@ def _holder_now(holder_path: Path) -> tuple[str, dict]:
 
 
 @contextlib.contextmanager
-def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
+def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[dict | None]:
     """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
-    writes its own tables in short transactions); a second one fails at once, naming the holder."""
+    writes its own tables in short transactions); a second one fails at once, naming the holder. Yields the details
+    a holder before it left behind (_left_behind): one that ended without a word, for the caller to record."""
     suffix = ".lock" if kind == "run" else f".{kind}.lock"
     lock_path, holder_path = Path(f"{db}{suffix}"), Path(f"{db}{suffix}.json")
     # Never a "soft" lock (the file's being there) where flock fails with ENOSYS (Lustre mounted without -o flock, some
@@ -350,8 +384,9 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     except OSError as exc:
         raise _cannot_lock(db, lock_path, exc) from None
     try:
+        left = _left_behind(holder_path)
         write_holder(holder_path, {"command": command_of(argv), "slurm_task": _slurm_task(), "schema": SCHEMA_VERSION})
-        yield
+        yield left
     finally:
         _remove_own_holder(holder_path)
         lock.release()

@@ -43,9 +43,9 @@ from ..partitions import BUCKET, bucket_range, in_range, with_bucket, with_bucke
 from ..times import iso, utc_now
 from ..units import command_word, shown_name
 from ..urls import root_url, scrub, storable
-from .lock import manifest_lock, upgrade_under_way, user_name
+from .lock import killed_upgrade, manifest_lock, upgrade_under_way, user_name
 from .runs import KILLED_EXIT, run_advice, run_message, run_outcome
-from .schema import (NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
+from .schema import (LEFT_AS_IT_WAS, NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
                      SOURCE_FILES_INDEXES, _refused, check_release, missing_indexes, schema_version, too_new, upgrade)
 
 
@@ -165,6 +165,9 @@ class CommitResult:
 # same file is refused before it opens, so that such a change fails loudly instead of damaging a site's history.
 _OPEN_BY_LIBRARY: dict[str, dict[str, int]] = {}
 _OPEN_LOCK = threading.Lock()
+# How long a command waits on SQLite's lock of the manifest when it opens it, and when it upgrades it under the run
+# lock, before it says another program holds it (exit 4): a transaction of this tool is a short one
+OTHER_PROGRAM_WAIT_MS = 5_000
 
 
 def _acquire(key: str, library: str) -> None:
@@ -356,6 +359,7 @@ class Manifest:
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self.run_outcome = Path(f"{self.path}.run-outcome")  # (note_run_outcome)
+        self.left_by_killed: dict | None = None  # (the lock's details a killed holder left: Manifest.lock)
         self._manifest_id: str | None = None
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
@@ -449,9 +453,14 @@ class Manifest:
                 self._check_no_wal()
             con = connect_sqlite3(self.path, source)
             try:
+                # Another program's transaction (an sqlite3 shell's BEGIN EXCLUSIVE on a rollback-journal manifest, a
+                # database browser's unsaved edit): each open waited SQLite's 30 s, twice, and said "busy", exit 3
+                con.execute(f"PRAGMA busy_timeout = {OTHER_PROGRAM_WAIT_MS}")
                 con.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as exc:
                 low = str(exc).lower()
+                if "locked" in low or "busy" in low:
+                    raise self.held_by_another_program(exc) from None
                 if "readonly" in low or "read-only" in low or "unable to open" in low:
                     continue  # no -shm to be had (with a -wal: "unable to open"): the next, more restricted way in
                 if ("disk i/o error" in low or "full" in low) and nearly_full(self.path.parent):
@@ -549,6 +558,19 @@ class Manifest:
         except (adbc_driver_manager.Error, sqlite3.Error) as exc:
             raise self.failure(exc) from None
 
+    def held_by_another_program(self, exc: BaseException) -> ManifestLocked:
+        """SQLite's lock on the manifest held past OTHER_PROGRAM_WAIT_MS by a program that is not a chorus-batch
+        run (those take the run lock first, and say who holds it): exit 4, what holds it and how to let it go."""
+        here = shlex.quote(str(self.path))
+        held = ManifestLocked(
+            f"another program holds the manifest locked in SQLite ({sqlite_words(exc)}, still after "
+            f"{OTHER_PROGRAM_WAIT_MS // 1000} s): an sqlite3 shell or database browser with a transaction open (BEGIN, "
+            "unsaved changes), or a program reading it as it was to be written", where=str(self.path),
+            fix=f"end that program's transaction (COMMIT or ROLLBACK in the sqlite3 shell; write or revert the changes "
+                f"in a browser) or close it, then run again; `fuser -v {here}` or `lsof {here}` names it")
+        held.outcome = LEFT_AS_IT_WAS  # type: ignore[attr-defined]
+        return held
+
     def failure(self, exc: BaseException) -> ManifestError:
         """What an SQLite error means for the user: what happened, where, and what to do."""
         text = sqlite_words(exc)
@@ -638,6 +660,10 @@ class Manifest:
         return ManifestError(f"SQLite failed on the manifest: {text}", where=where,
                              fix="rerun with -v for details, and report it with that output if it fails again")
 
+    def _held_or_failure(self, exc: BaseException) -> ManifestError | ManifestLocked:
+        low = str(exc).lower()
+        return self.held_by_another_program(exc) if "locked" in low or "busy" in low else self.failure(exc)
+
     def ensure_schema(self, *, create: bool = True) -> tuple[int | None, int]:
         """Create the manifest (owner-only; not if `create` is False: `upgrade`), or migrate an older one in
         place; (schema before, now)."""
@@ -656,18 +682,30 @@ class Manifest:
                 raise ManifestError(f"cannot create the manifest: {exc.strerror or exc}", where=str(self.path),
                                     fix=pass_db("a file path in a folder this user can write")) from None
         with self._open() as con:
-            # what is not a manifest is refused before anything is written to it
-            if schema_version(con, str(self.path)) is None and not create:
-                raise empty
-            con.execute("PRAGMA journal_mode = WAL")
-            if schema_version(con, str(self.path)) is None:
-                # A new manifest's tables in one transaction: each CREATE was its own commit, and a second run started
-                # by the same cron minute (its preflight reads the schema before it meets the lock) saw a `meta`
-                # table without its schema_version row: "edited or damaged", exit 3, instead of locked (exit 4)
-                con.execute("BEGIN IMMEDIATE")
-            versions = upgrade(con, str(self.path), self.failure)
-        self.after_commit()
+            # Under the run lock, no chorus-batch run writes it: SQLite's lock held longer is another program's
+            con.execute(f"PRAGMA busy_timeout = {OTHER_PROGRAM_WAIT_MS}")
+            try:
+                # what is not a manifest is refused before anything is written to it
+                if schema_version(con, str(self.path)) is None and not create:
+                    raise empty
+                con.execute("PRAGMA journal_mode = WAL")
+                if schema_version(con, str(self.path)) is None:
+                    # A new manifest's tables in one transaction: each CREATE was its own commit, and a second run
+                    # started by the same cron minute (its preflight reads the schema before it meets the lock) saw a
+                    # `meta` table without its schema_version row: "edited or damaged", exit 3, instead of locked
+                    con.execute("BEGIN IMMEDIATE")
+                versions = upgrade(con, str(self.path), self._held_or_failure)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+                    raise self.held_by_another_program(exc) from None
+                raise
         before, after = versions
+        if before is not None and self.left_by_killed is not None:
+            # (every command that upgrades, under the run lock: `upgrade` before the next run took the details away)
+            with self._open() as con, con:
+                self._record_killed_before_start(con, before)
+            self.left_by_killed = None
+        self.after_commit()
         if before is not None and before != after:  # said even with -q: it stays whatever the command does next
             from ..progress import log
 
@@ -810,9 +848,12 @@ class Manifest:
                     f"schema {SCHEMA_VERSION} before anything else", where=str(self.path),
                     fix="this command did nothing; run it again once that one has finished (if that process is gone, "
                         f"upgrade it: `chorus-batch upgrade --db {command_word(str(self.path))}`)")
+            killed = killed_upgrade(self.path, version)
             older = ManifestError(
                 f"the manifest has schema version {version}, written by an older chorus-batch; this one reads "
-                f"schema {SCHEMA_VERSION}",
+                f"schema {SCHEMA_VERSION}" + ("" if killed is None else
+                f"; {killed} was killed before or while it upgraded it (its process is gone): the upgrade was undone, "
+                "nothing of it was written"),
                 where=str(self.path),
                 # commands that paste: the path quoted, the copy's command naming it (`cp <manifest> ...` before)
                 fix=f"upgrade it in place with `chorus-batch upgrade --db {command_word(str(self.path))}` (the next "
@@ -842,7 +883,13 @@ class Manifest:
                 where=str(self.path),
                 fix=f"keep one name: remove the others (find / -xdev -samefile {self.path}), or copy the "
                     "manifest (cp) instead of linking it")
-        return manifest_lock(self.path, argv, kind=kind)
+        return self._locked(argv, kind)
+
+    @contextlib.contextmanager
+    def _locked(self, argv: list[str], kind: str) -> Iterator[dict | None]:
+        with manifest_lock(self.path, argv, kind=kind) as left:
+            self.left_by_killed = left if kind == "run" else None  # (begin_run records a run's that has no row)
+            yield left
 
     # ------------------------------------------------------------------ reads
 
@@ -1233,6 +1280,28 @@ class Manifest:
                 self.run_outcome.unlink()
         self._reserve_outcome(run_id)
         return run_id
+
+    def _record_killed_before_start(self, con: sqlite3.Connection, upgraded_from: int | None) -> None:
+        """A `runs` row for a run killed before it wrote its own (inside the caller's transaction): while it upgraded
+        the manifest (its upgrade undone), or before. Its lock details stay (SIGKILL runs no clean-up) and name it; it
+        left no row, and the next run upgraded the manifest again with no word of it in `runs` or `status`."""
+        info = self.left_by_killed
+        if not info or info.get("command") != "run":
+            return
+        pid, host, started = info.get("pid"), info.get("host"), str(info.get("started_at", ""))
+        if con.execute("SELECT 1 FROM runs WHERE pid IS ? AND host IS ? AND started_at >= ?",
+                       (pid, host, started)).fetchone():
+            return  # (it began: its row, unfinished, is finished as killed by the next run's begin_run)
+        schema = info.get("schema")
+        if upgraded_from is not None and isinstance(schema, int) and upgraded_from < schema:
+            when = (f"while it upgraded the manifest from schema {upgraded_from} to {schema}, before its work began: "
+                    f"the upgrade was undone (the manifest stayed at schema {upgraded_from}) and nothing was committed")
+        else:
+            when = "before it recorded its start (it had the lock): nothing was committed"
+        con.execute("INSERT INTO runs (started_at, host, user, pid, argv, exit_code, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (started, host, info.get("user"), pid, json.dumps(["run"]), KILLED_EXIT,
+                     f"killed (SIGKILL, a job time limit, the out-of-memory killer, a reboot) {when}; its arguments "
+                     f"were not recorded; found by the next command that locked the manifest at {iso(utc_now())}"))
 
     # Room for a run's outcome, taken when it begins and written over in place when `runs` cannot be written (a full
     # disk: the failed commit filled it, or the run's own checkpoint took its last blocks). It had no room then: the

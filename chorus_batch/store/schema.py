@@ -20,7 +20,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 
-from ..errors import ManifestError
+from ..errors import ManifestError, ManifestLocked
 from ..faults import pause
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
@@ -366,7 +366,7 @@ def _say_slow_steps(con: sqlite3.Connection, before: int, where: str) -> None:
 
 
 def upgrade(con: sqlite3.Connection, where: str,
-            storage_failure: Callable[[BaseException], ManifestError] | None = None) -> tuple[int | None, int]:
+            storage_failure: Callable[[BaseException], ManifestError | ManifestLocked] | None = None) -> tuple[int | None, int]:
     """Create the schema, or migrate it; returns (version before, version now). A manifest a later release marked
     as not to be written by this one is refused (check_release). storage_failure: what an SQLite error of the
     storage (a full disk or temporary folder, a file that cannot be written) means, as the manifest's own commands
@@ -430,7 +430,8 @@ def upgrade(con: sqlite3.Connection, where: str,
             # "check the free space of the manifest's folder" sent a site whose $TMPDIR (a node's small tmpfs) filled
             # while step 11 built its index to a disk with gigabytes free: say which folder, as a run does
             said = storage_failure(exc)
-            raise ManifestError(
+            # (another program's lock on it: exit 4, as the run lock says it, not a failure of the upgrade's own)
+            raise (ManifestLocked if isinstance(said, ManifestLocked) else ManifestError)(
                 f"upgrading the manifest from schema {before} {failed}: {said.what}; it "
                 f"was left unchanged at schema {before}", where=said.where or where, fix=said.fix) from None
         raise ManifestError(
