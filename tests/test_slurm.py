@@ -1680,3 +1680,18 @@ def test_a_shard_task_does_not_write_over_another_manifests_shard_in_a_shared_st
     assert merged.returncode == ref_codes[0], merged.stdout + merged.stderr
     assert _manifest_view(theirs) == _manifest_view(ref)
     slurm.wait_idle()
+
+
+def test_more_shards_than_the_site_has_person_folders_is_said(slurm, small_site, tmp_path, monkeypatch):
+    """`--shards 1000` on a site of a few person folders: 990-odd jobs queued, each starting Python to list nothing
+    (over 5 minutes on one node for a site a single run takes a second), without a word. Said, with the --shards
+    that does the same work; the default on a small site stays quiet."""
+    first, _second = small_site
+    tops = len(list(first.iterdir()))
+    db = tmp_path / "m.sqlite"
+    many = cli("slurm-script", "--site", str(first), "--db", str(db), "--shards", "1000", env=slurm.env)
+    assert many.returncode == 0, many.stderr
+    assert f"warning: --shards 1000: the site's {tops} top-level folders fall in " in many.stderr, many.stderr
+    assert f"give --shards {tops} or fewer" in many.stderr and "Traceback" not in many.stderr
+    few = cli("slurm-script", "--site", str(first), "--db", str(db), env=slurm.env)
+    assert few.returncode == 0 and "warning" not in few.stderr, few.stderr
