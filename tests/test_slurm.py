@@ -1674,6 +1674,11 @@ def test_a_shard_task_does_not_write_over_another_manifests_shard_in_a_shared_st
     assert f"holds that shard of another manifest, {theirs}" in log and "a --staging of their own" in log, log
     assert "Traceback" not in log
     assert (staging / "shard-0-of-1" / "scan.json").read_bytes() == record  # theirs, as written
+    # the other manifest's merge in the same folder writes its merge.exit there: not this submission's outcome
+    (staging / "merge.exit").write_text("0\n")
+    lines: list[str] = []
+    assert follow(job, poll_s=0.5, out=lines.append) == 2, lines
+    assert not any("exited with code 0" in line for line in lines), lines
     assert not ours.exists() or query(ours, "SELECT count(*) FROM versions") == [(0,)]
     ref, ref_codes = _reference(tmp_path, second)
     merged = cli("run", "-q", "--site", str(second), "--db", str(theirs), "--merge", str(staging), timeout=300)
