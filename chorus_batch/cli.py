@@ -1008,7 +1008,31 @@ def _slurm_script(args: argparse.Namespace, command: str) -> tuple[str, str]:
     for location, what in roots:
         if location and ("://" not in location or location.startswith("file://")):
             open_source(location, what=what).check()
+    _say_shards_that_list_nothing(roots, args.shards or DEFAULT_SHARDS)
     return script, target.db
+
+
+def _say_shards_that_list_nothing(roots: list, shards: int) -> None:
+    """A warning when most of the --shards would list nothing: a shard is a range of the 4096 buckets the site's
+    top-level (person) folders hash to, so `--shards 1000` on a site of 10 person folders queued 990 jobs that each
+    started Python, listed nothing and wrote an empty shard (minutes on a busy cluster, for a one-second job)."""
+    from .coverage import BUCKETS, top_bucket
+
+    if shards <= 1 or len(roots) != 1 or not roots[0][0] or "://" in roots[0][0]:
+        return  # ([site.roots]: folders per modality, each split alike; a cloud root: not listed from here)
+    try:
+        with os.scandir(roots[0][0]) as entries:
+            tops = [entry.name for entry in entries]
+    except OSError:
+        return
+    if not tops:  # (an empty site root: not mounted? the shards and the merge say so)
+        return
+    used = {top_bucket(top) * shards // BUCKETS for top in tops}
+    if shards - len(used) >= 64 and len(used) * 2 <= shards:  # (a few empty of the default 8 on a small site: quiet)
+        print(f"chorus-batch: warning: --shards {shards}: the site's {len(tops)} top-level folders fall in "
+              f"{len(used)} of the {shards} shards (each shard is a range of the {BUCKETS} buckets person folders "
+              f"hash to); the other {shards - len(used)} jobs list nothing, yet each is queued and starts Python: "
+              f"give --shards {max(len(tops), 1)} or fewer", file=sys.stderr)
 
 
 def _write_script(text: str) -> None:

@@ -121,6 +121,33 @@ def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
     return None if os.path.realpath(recorded) == os.path.realpath(db) else recorded
 
 
+def _refuse_another_manifests_shard(folder: Path, coverage: Coverage, db: str | Path) -> None:
+    """In a job array task of a Slurm submission (the script exports CHORUS_STAGING, this staging folder), a UsageError
+    if `folder` holds a complete shard written for another manifest (its scan.json's `--db`). The submission removed
+    every completion record of its split before it queued the array, so that shard was written since, by another
+    submission into the same --staging at the same time (two sites' `run --slurm`, one --shards): written over, that
+    manifest's merge committed this site's files (and removed them) and this one's was told "merged already". A shard
+    rerun by hand over another manifest's (as a merge refusing them says to) is still written."""
+    submitted = os.environ.get("CHORUS_STAGING")
+    if not submitted or os.path.realpath(submitted) != os.path.realpath(folder.parent):
+        return
+    try:
+        record = json.loads((folder / "scan.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return
+    arguments = record.get("arguments") if isinstance(record, dict) else None
+    other = _other_manifest(arguments if isinstance(arguments, list) else None, db)
+    if other is None:
+        return
+    raise UsageError(f"{coverage} was not written: {folder.absolute()} holds that shard of another manifest, {other}, "
+                     "written since this submission was queued (another submission gave its jobs the same --staging "
+                     "at the same time); written over, that manifest's merge would commit this site's files and "
+                     "this one's would find its shards gone; nothing was written, and this submission's merge is "
+                     "cancelled with this task", where=str(folder.absolute()),
+                     fix="submit this manifest's jobs again with a --staging of their own (or without --staging: "
+                         "each submission then makes its own folder beside its manifest)")
+
+
 def _split_manifest(folders: list[Path], db: str | Path) -> str | None:
     """The other manifest (`--db`) every complete shard of one split was written for, or None (this one's, not
     said, or no shard complete)."""
@@ -397,6 +424,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     folder = shard_folder(staging, coverage)
     empty_roots = _empty_roots(roots)  # (before the listing: a folder emptied meanwhile is the merge's to see)
     with staging_lock(staging, merge=False), shard_lock(staging, coverage):
+        _refuse_another_manifests_shard(folder, coverage, settings.db)
         (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
         # Whatever stops a shard (a signal, Slurm's time limit, a full disk), it is said of the shard with its rerun, not
         # in a run's words ("the manifest holds what it held before": a shard never writes the manifest)

@@ -793,6 +793,10 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         time.sleep(poll_s)
 
     code = _read_exit(job.staging / MERGE_EXIT, exit_wait_s if merge_state in ("COMPLETED", "FAILED", "") else 1)
+    if code is not None and merge_state == "CANCELLED" and not job.merge_log().exists():
+        # Cancelled before it started (a shard failed): that merge.exit is another merge's in the same --staging (two
+        # manifests' submissions given one folder), and was said as this one's, its exit code this command's
+        code = None
     if code is not None:
         out(f"merge job {job.merge_job} exited with code {code} (log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'})"
             + (":" if (said := _merge_outcome(job.merge_log(), code)) else ""))

@@ -1646,3 +1646,57 @@ def test_a_named_pipe_in_place_of_the_submissions_record_does_not_hold_run_slurm
             "p = Path(sys.argv[1]); _jobs_left_running(p, p.with_suffix(''), 'm.sqlite'); print('returned')")
     out = subprocess.run([sys.executable, "-c", code, str(record)], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "returned", out.stderr
+
+
+def test_a_shard_task_does_not_write_over_another_manifests_shard_in_a_shared_staging_folder(slurm, small_site, tmp_path,
+                                                                                             monkeypatch):
+    """Two sites' `run --slurm` given one --staging at the same time, with the same --shards: both wrote
+    shard-K-of-N; the second site's shards replaced the first's, the second's merge committed and removed them, and
+    the first's merge, run again, was told its shards were "merged already" (its manifest had no version at all).
+    A task of a submission now refuses a shard of another manifest written since it was queued: its merge is
+    cancelled, the other manifest's shard stays and merges."""
+    first, second = small_site
+    staging, ours, theirs = tmp_path / "shared", tmp_path / "ours.sqlite", tmp_path / "theirs.sqlite"
+    for key, value in slurm.env.items():
+        monkeypatch.setenv(key, value)
+    script = slurm_script(site=str(first), db=str(ours), shards=1, cpus_per_task=1, staging=str(staging))
+    assert script.count(" --array=0-0 ") == 1
+    # the array queued held: the other submission's shard is written meanwhile
+    job = submit(script.replace(" --array=0-0 ", " --hold --array=0-0 "))
+    theirs_shard = cli("run", "-q", "--site", str(second), "--db", str(theirs), "--workers", "1", "--shard", "0/1",
+                       "--staging", str(staging))
+    assert theirs_shard.returncode == 0, theirs_shard.stderr
+    record = (staging / "shard-0-of-1" / "scan.json").read_bytes()
+    assert slurm.run(["scontrol", "release", job.array_job]).returncode == 0
+    assert slurm.wait_job(job.array_job, timeout=300) == "FAILED", _logs(job)
+    assert slurm.wait_job(job.merge_job, timeout=120) == "CANCELLED", _logs(job)
+    log = (staging / "logs" / f"chorus-shard-{job.array_job}_0.out").read_text()
+    assert f"holds that shard of another manifest, {theirs}" in log and "a --staging of their own" in log, log
+    assert "Traceback" not in log
+    assert (staging / "shard-0-of-1" / "scan.json").read_bytes() == record  # theirs, as written
+    # the other manifest's merge in the same folder writes its merge.exit there: not this submission's outcome
+    (staging / "merge.exit").write_text("0\n")
+    lines: list[str] = []
+    assert follow(job, poll_s=0.5, out=lines.append) == 2, lines
+    assert not any("exited with code 0" in line for line in lines), lines
+    assert not ours.exists() or query(ours, "SELECT count(*) FROM versions") == [(0,)]
+    ref, ref_codes = _reference(tmp_path, second)
+    merged = cli("run", "-q", "--site", str(second), "--db", str(theirs), "--merge", str(staging), timeout=300)
+    assert merged.returncode == ref_codes[0], merged.stdout + merged.stderr
+    assert _manifest_view(theirs) == _manifest_view(ref)
+    slurm.wait_idle()
+
+
+def test_more_shards_than_the_site_has_person_folders_is_said(slurm, small_site, tmp_path, monkeypatch):
+    """`--shards 1000` on a site of a few person folders: 990-odd jobs queued, each starting Python to list nothing
+    (over 5 minutes on one node for a site a single run takes a second), without a word. Said, with the --shards
+    that does the same work; the default on a small site stays quiet."""
+    first, _second = small_site
+    tops = len(list(first.iterdir()))
+    db = tmp_path / "m.sqlite"
+    many = cli("slurm-script", "--site", str(first), "--db", str(db), "--shards", "1000", env=slurm.env)
+    assert many.returncode == 0, many.stderr
+    assert f"warning: --shards 1000: the site's {tops} top-level folders fall in " in many.stderr, many.stderr
+    assert f"give --shards {tops} or fewer" in many.stderr and "Traceback" not in many.stderr
+    few = cli("slurm-script", "--site", str(first), "--db", str(db), env=slurm.env)
+    assert few.returncode == 0 and "warning" not in few.stderr, few.stderr
