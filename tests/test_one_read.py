@@ -369,6 +369,27 @@ def test_kind_of_and_the_vectorised_kinds_agree_with_each_other_and_the_old_expr
     assert {kind_of(p) for p in paths} - {None} == {rule.kind for rule in KIND_RULES}
 
 
+def test_a_check_classifies_each_file_once_and_its_site_keeps_that_kind():
+    """check_files classifies every file once (kinds.with_kind, from the few path columns it reads): the same kind as
+    kind_of of each path, and the rules' _Site keeps it rather than classifying every file again (issue 15)."""
+    from chorus_batch.validate.kinds import facts_needed, with_kind
+    from chorus_batch.validate.site import _Site
+    from chorus_batch.frames import FACTS_SCHEMA
+    from chorus_batch.store.validation import VALIDATION_SCHEMA
+
+    paths = _paths()
+    current = pl.DataFrame({"srcfile": paths, "md5": [f"{i:032x}" for i in range(len(paths))]}).with_columns(
+        [pl.lit(None, dtype).alias(c) for c, dtype in VALIDATION_SCHEMA.items() if c not in ("srcfile", "md5")])
+    classified = with_kind(current)
+    assert classified.columns == [*current.columns, "kind"]
+    assert classified["kind"].to_list() == [kind_of(p) for p in paths]
+    assert facts_needed(classified).rows() == facts_needed(current).rows()
+    # (a kind given is kept: here none, so no rule looks inside any file; the site classified them again before)
+    site = _Site(classified.with_columns(kind=pl.lit(None, pl.String)), pl.DataFrame(schema=FACTS_SCHEMA))
+    assert site.files["kind"].null_count() == len(paths)
+    assert _Site(current, pl.DataFrame(schema=FACTS_SCHEMA)).files["kind"].to_list() == classified["kind"].to_list()
+
+
 def test_the_kinds_in_a_batch_are_those_kind_of_finds_in_it():
     """kinds_in classifies one path of each class it thinks decides a kind: a path with a kind batched with the
     paths of its folder that have none shows any class that holds both (a rule testing more of the name than

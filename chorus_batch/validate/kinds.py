@@ -217,12 +217,33 @@ def kinds_in(srcfile: pl.Series) -> frozenset[str]:
 _SLICE_ROWS = 131_072
 
 
+def with_kind(current: pl.DataFrame) -> pl.DataFrame:
+    """`current` with `kind` (kind_of of each srcfile; None: no rule looks inside it). From the few path columns the
+    classification reads, not all of _path_columns: a check classifies every file once, here, and _Site keeps the
+    kind it is given (each classified every file again: 100k files, 0.03 s of CPU of the check's 1.6 s)."""
+    def classified(rows: pl.DataFrame) -> pl.DataFrame:
+        parts, name = pl.col("_parts"), pl.col("_name")
+        return (
+            rows.lazy()
+            .with_columns(_parts=pl.col("srcfile").str.split("/"))
+            .with_columns(_n=parts.list.len(), _top_l=parts.list.first().str.to_lowercase(),
+                          _second_l=parts.list.get(1, null_on_oob=True).str.to_lowercase(), _name=parts.list.last())
+            .with_columns(_ext_l=name.str.extract(r"\.([^.]*)$").str.to_lowercase())
+            .with_columns(_kind_expr())
+            .select(*rows.columns, "kind")
+            .collect()
+        )
+
+    return pl.concat([classified(rows) for rows in current.iter_slices(_SLICE_ROWS)]) if current.height else \
+        classified(current)
+
+
 def facts_needed(current: pl.DataFrame, *, keep: tuple[str, ...] = ()) -> pl.DataFrame:
-    """Rows (srcfile, md5, kind, *keep) of the files whose header facts a rule needs; kind from the name."""
+    """Rows (srcfile, md5, kind, *keep) of the files whose header facts a rule needs; kind from the name (a `kind`
+    column of `current`, with_kind's, where it has one)."""
     def needed(rows: pl.DataFrame) -> pl.DataFrame:
         return (
-            _path_columns(rows.select("srcfile", "md5", *keep))
-            .with_columns(_kind_expr())
+            (rows if "kind" in rows.columns else with_kind(rows.select("srcfile", "md5", *keep))).lazy()
             .filter(pl.col("kind").is_not_null() & pl.col("md5").is_not_null())
             .select("srcfile", "md5", "kind", *keep)
             .collect()

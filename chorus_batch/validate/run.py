@@ -145,9 +145,10 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     from ..partitions import part_of
     from .checks import check  # here: a run whose findings are cached checks nothing (validate/__init__.py)
     from .site import _there_untaken, untaken, why_untaken
-    from .kinds import facts_needed
+    from .kinds import facts_needed, with_kind
 
     progress = progress or Progress(quiet=True)
+    current = with_kind(current)  # (once: the rules' _Site keeps it)
     # (size, mtime_ns, etag: the facts read are of the content recorded, not of what was written since)
     needed = facts_needed(current, keep=("root_id", "size", "mtime_ns", "etag"))
     known_keys = known.keys(needed)

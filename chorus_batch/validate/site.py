@@ -286,8 +286,9 @@ class _Site:
                  shared: dict[str, pl.DataFrame] | None = None, untaken: dict[str, str] | None = None):
         # paths the run saw but took no file of (site.untaken), which rules do not call missing
         self.untaken = untaken or {}
+        # (the kind as check_files classified every file (kinds.with_kind), where it did)
         files = _path_columns(current).with_columns(
-            _kind_expr(),
+            *([] if "kind" in current.columns else [_kind_expr()]),
             # the classification, under names no decoded fact uses (DICOM facts have a `modality`)
             _modality=pl.col("modality"), _category=pl.col("category"), _session=pl.col("session_id"),
             _segment=pl.col("segment"), _layout=pl.col("layout"),
