@@ -1014,9 +1014,11 @@ def _slurm_script(args: argparse.Namespace, command: str) -> tuple[str, str]:
 def _write_script(text: str) -> None:
     """A shell script on standard output with '\n' line ends whatever the system: Windows' standard output writes
     each as '\r\n', and bash (Git Bash, WSL) reads the '\r' as part of every line ($'\r': command not found)."""
+    from .fsutil import write_stdout
+
     with contextlib.suppress(AttributeError, ValueError):  # (a caller's own stream: left as it is)
         sys.stdout.reconfigure(newline="\n")
-    sys.stdout.write(text)
+    write_stdout(text)  # (redirected: UTF-8 bytes, whatever the code page: the paths in it as the site names them)
 
 
 def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1767,17 +1769,13 @@ def _print_csv(frame) -> None:
     """CSV a spreadsheet opens without running a name as a formula (report.spreadsheet); stderr says what was quoted."""
     from .report.spreadsheet import csv_text, protected_note
 
+    from .fsutil import write_stdout
+
     text, quoted = csv_text(frame)
-    out = sys.stdout
-    if hasattr(out, "buffer") and not getattr(out, "isatty", lambda: True)():  # (stdout closed: no isatty)
-        # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding: Windows' redirected
-        # output is in the ANSI code page, and a name outside it was written with escapes (note_\u4e2d.csv), a path
-        # the site does not hold. (On a terminal: text, its control characters shown as escapes.)
-        out.flush()
-        out.buffer.write(text.encode("utf-8", "surrogateescape"))
-        out.flush()
-    else:
-        out.write(text)
+    # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding: Windows' redirected
+    # output is in the ANSI code page, and a name outside it was written with escapes (note_\u4e2d.csv), a path
+    # the site does not hold. (On a terminal: text, its control characters shown as escapes.)
+    write_stdout(text)
     if quoted:
         sys.stdout.flush()
         print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
@@ -2176,8 +2174,10 @@ def cmd_import_config(args: argparse.Namespace, argv: list[str]) -> int:
            if args.out and args.out != "-" else None)
     for warning in converted.warnings:
         print(f"chorus-batch: warning: {warning}", file=sys.stderr)
-    if out is None:
-        sys.stdout.write(converted.text)
+    if out is None:  # (UTF-8, as --out writes it, whatever the code page a Windows redirect writes in)
+        from .fsutil import write_stdout
+
+        write_stdout(converted.text)
     else:
         from .units import plural
 
