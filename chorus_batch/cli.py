@@ -1385,8 +1385,8 @@ def _explain_rules(args: argparse.Namespace) -> int:
                          fix="give a rule id as `chorus-batch validate --help` lists them (wfdb.bad_header), a "
                              "family (dicom.) or a glob (*.missing*)")
     if args.json:
-        print(json.dumps([{"rule": r.id, "severity": r.severity, "title": r.title, "checks": r.description}
-                          for r in rules], indent=2, ensure_ascii=False))
+        print(_json_for_stdout(json.dumps([{"rule": r.id, "severity": r.severity, "title": r.title,
+                                            "checks": r.description} for r in rules], indent=2, ensure_ascii=False)))
         return 0
     for n, rule in enumerate(rules):
         print(("\n" if n else "") + f"{rule.id} ({rule.severity}): {rule.title}")
@@ -1730,17 +1730,18 @@ def _print_md5sum(frame) -> int:
 
 def _json_for_stdout(text: str) -> str:
     """polars' JSON (raw UTF-8) as standard output can hold it: where its encoding cannot (PYTHONIOENCODING=ascii),
-    the stream's backslash escapes (`\\xe9`) made it invalid JSON; JSON's own escapes (`\\u00e9`) keep it valid."""
+    the stream's backslash escapes (`\\xe9`) made it invalid JSON; JSON's own escapes (`\\u00e9`) keep it valid.
+    So on any stream that does not write UTF-8: a Windows redirect writes the ANSI code page (cp1252), which holds
+    é, and `files --json > files.json` wrote it as the byte 0xE9, which a JSON reader (UTF-8, RFC 8259) refuses."""
     import codecs
 
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
         if codecs.lookup(encoding).name == "utf-8" or text.isascii():  # (no copy of a 1M-row output to find out)
             return text
-        text.encode(encoding)
-        return text
-    except (UnicodeEncodeError, LookupError):
-        return json.dumps(json.loads(text), ensure_ascii=True)
+    except LookupError:
+        pass
+    return json.dumps(json.loads(text), ensure_ascii=True)
 
 
 def _json_safe(frame):

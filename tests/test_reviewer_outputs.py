@@ -315,6 +315,28 @@ def test_a_page_a_script_or_a_config_on_standard_output_is_utf8_whatever_its_enc
     assert tomllib.loads(config)["site"]["root"] == "/data/donn\u00e9es/\u4e2d\u6587", config
 
 
+def test_json_on_standard_output_is_utf8_json_whatever_its_encoding(tmp_path):
+    """A Windows redirect writes the ANSI code page (cp1252, made here with PYTHONIOENCODING), which holds \u00e9:
+    `files --json > files.json` wrote it as the byte 0xE9, and so did `validate --explain --json` its rules' text:
+    JSON that a reader (UTF-8, RFC 8259) refuses. Written with JSON's own escapes, it reads back exactly."""
+    name = "OMOP/r\u00e9sum\u00e9.csv"
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    (site / "OMOP").mkdir(parents=True)
+    (site / name).write_bytes(b"x\n")
+    assert run_site(site, db).n_files == 1
+    windows = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    for command in (["files", "--json", "--db", str(db)], ["changes", "--json", "--db", str(db)],
+                    ["validate", "--explain", "file.name_clash", "--json"]):
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *command], capture_output=True, env=windows,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr.decode()
+        read = json.loads(out.stdout.decode("utf-8"))  # (strict: a cp1252 byte fails here)
+        if command[0] == "validate":
+            assert "\u00e9" in read[0]["checks"], read
+        else:
+            assert [row["srcfile"] for row in read] == [name], read
+
+
 def test_csv_outputs_do_not_hand_a_spreadsheet_a_formula(tmp_path):
     """`files --csv > files.csv` wrote a file named `=HYPERLINK(...)`, `+cmd`, `-1+1` or `@SUM(..)` as it is: opened
     in a spreadsheet, the reviewer's cell was a formula (a link that sends data away, a command). Every --csv
