@@ -1038,9 +1038,11 @@ def _say_shards_that_list_nothing(roots: list, shards: int) -> None:
 def _write_script(text: str) -> None:
     """A shell script on standard output with '\n' line ends whatever the system: Windows' standard output writes
     each as '\r\n', and bash (Git Bash, WSL) reads the '\r' as part of every line ($'\r': command not found)."""
+    from .fsutil import write_stdout
+
     with contextlib.suppress(AttributeError, ValueError):  # (a caller's own stream: left as it is)
         sys.stdout.reconfigure(newline="\n")
-    sys.stdout.write(text)
+    write_stdout(text)  # (redirected: UTF-8 bytes, whatever the code page: the paths in it as the site names them)
 
 
 def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1411,7 +1413,7 @@ def _explain_rules(args: argparse.Namespace) -> int:
         print(json.dumps([{"rule": r.id, "severity": r.severity, "title": r.title, "checks": r.description,
                            "procedure": [{"document": document or None, "section": section} for document, section
                                          in r.sop], "remedy": r.remedy or None}
-                          for r in rules], indent=2, ensure_ascii=False))
+                          for r in rules], indent=2, ensure_ascii=not _stdout_utf8()))
         return 0
 
     def wrapped(text: str, first: str = "  ") -> str:
@@ -1839,22 +1841,23 @@ def _print_frame_json(frame) -> None:
     _write_sliced(sys.stdout.write, frame, render, before="[", between=between, after="]\n")
 
 
-def _stdout_holds(frame) -> bool:
-    """Whether standard output's encoding holds polars' JSON of the frame (a slice at a time: no copy of a 1M-row
-    output to find out; only where the encoding is not UTF-8)."""
+def _stdout_utf8() -> bool:
+    """Whether standard output writes UTF-8. Where it does not, JSON takes its own escapes (`\u00e9`) for every
+    letter outside ASCII: a Windows redirect writes the ANSI code page (cp1252), which holds é, and
+    `files --json > files.json` wrote it as the byte 0xE9, which a JSON reader (UTF-8, RFC 8259) refuses."""
     import codecs
 
-    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
-        if codecs.lookup(encoding).name == "utf-8":
-            return True
-        for start in range(0, frame.height, JSON_SLICE_ROWS):
-            text = frame.slice(start, JSON_SLICE_ROWS).write_json()
-            if not text.isascii():
-                text.encode(encoding)
-        return True
-    except (UnicodeEncodeError, LookupError):
+        return codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name == "utf-8"
+    except LookupError:
         return False
+
+
+def _stdout_holds(frame) -> bool:
+    """Whether polars' JSON of the frame (raw UTF-8) can go to standard output as it is: UTF-8 there, or ASCII
+    (a slice at a time: no copy of a 1M-row output to find out; only where the stream is not UTF-8)."""
+    return _stdout_utf8() or all(frame.slice(start, JSON_SLICE_ROWS).write_json().isascii()
+               for start in range(0, frame.height, JSON_SLICE_ROWS))
 
 
 def _json_safe(frame):
@@ -1882,19 +1885,9 @@ def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, l
 def _print_csv(frame) -> None:
     """CSV a spreadsheet opens without running a name as a formula (report.spreadsheet), a slice at a time
     (_write_sliced: `files --csv` of 1M files made the whole text at once); stderr says what was quoted."""
+    from .fsutil import write_stdout
     from .report.spreadsheet import protect, protected_note
 
-    out = sys.stdout
-    if hasattr(out, "buffer") and not getattr(out, "isatty", lambda: True)():  # (stdout closed: no isatty)
-        # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding: Windows' redirected
-        # output is in the ANSI code page, and a name outside it was written with escapes (note_\u4e2d.csv), a path
-        # the site does not hold. (On a terminal: text, its control characters shown as escapes.)
-        out.flush()
-
-        def write(text: str) -> None:
-            out.buffer.write(text.encode("utf-8", "surrogateescape"))
-    else:
-        write = out.write
     quoted = 0
 
     def render(rows) -> str:  # (report.spreadsheet.csv_text of the slice, without its header)
@@ -1903,8 +1896,8 @@ def _print_csv(frame) -> None:
         quoted += count
         return safe.write_csv(include_header=False)
 
-    _write_sliced(write, frame, render, before=frame.head(0).write_csv(), between="", after="")
-    out.flush()
+    # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding (write_stdout)
+    _write_sliced(write_stdout, frame, render, before=frame.head(0).write_csv(), between="", after="")
     if quoted:
         print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
 
@@ -2302,8 +2295,10 @@ def cmd_import_config(args: argparse.Namespace, argv: list[str]) -> int:
            if args.out and args.out != "-" else None)
     for warning in converted.warnings:
         print(f"chorus-batch: warning: {warning}", file=sys.stderr)
-    if out is None:
-        sys.stdout.write(converted.text)
+    if out is None:  # (UTF-8, as --out writes it, whatever the code page a Windows redirect writes in)
+        from .fsutil import write_stdout
+
+        write_stdout(converted.text)
     else:
         from .units import plural
 

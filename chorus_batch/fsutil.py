@@ -729,6 +729,25 @@ def check_outside_roots(roots: list[tuple[str, str]], written: list[tuple[str | 
                     fix=f"keep {name} outside the site's roots, e.g. in {root.parent / (root.name + '-chorus')}")
 
 
+def write_stdout(text: str) -> None:
+    """`text` on standard output as the file a redirect keeps (`> report.html`, `> upload.sh`, `> chorus.toml`):
+    UTF-8, with its own line ends, whatever the stream's encoding and newline. On Windows, Python writes redirected
+    output in the ANSI code page (cp1252): `report --out - > r.html` gave a page that says it is UTF-8 with its
+    dashes as cp1252 bytes (shown as a replacement character) and a letter outside cp1252 as the text "\\u2081";
+    `upload --script bash > upload.sh` named a file such as note_<Chinese>.csv as note_\\u4e2d.csv, a path the
+    site does not hold, and é as a cp1252 byte that bash does not read as é: the file was not sent. On a terminal:
+    text, as the stream shows it (stdout.errors escapes what it cannot hold)."""
+    import sys
+
+    out = sys.stdout
+    if not hasattr(out, "buffer") or getattr(out, "isatty", lambda: True)():  # (stdout closed: no isatty)
+        out.write(text)
+        return
+    out.flush()
+    out.buffer.write(text.encode("utf-8", "surrogateescape"))
+    out.flush()
+
+
 def standard_streams_open() -> None:
     """Open /dev/null on stdin, stdout or stderr if the caller closed them (`<&- >&- 2>&-` in a cron line), before
     anything else opens a file: the lowest free descriptors would go to the manifest or a worker pool's pipes,

@@ -274,12 +274,17 @@ def test_review_writes_the_executed_notebook_owner_only(manifests, tmp_path, uma
 
 def test_review_out_dash_writes_the_notebook_to_standard_output(manifests, tmp_path):
     """`review --out -` wrote a file named "-" in the current folder (and said "wrote .../-"); as `report --out -`,
-    the executed notebook goes to standard output and the line that says so to standard error."""
+    the executed notebook goes to standard output and the line that says so to standard error. In UTF-8, as nbformat
+    reads a notebook, whatever the stream's encoding: a Windows redirect writes the ANSI code page (cp1252, made here
+    with PYTHONIOENCODING), in which the notebook's dashes were bytes no notebook reader takes, and its \u26a0 the
+    text "\\u26a0"."""
     done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]), "--out", "-"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "wrote the executed notebook to standard output" in done.stderr and not (tmp_path / "-").exists()
-    check_run(nbformat.reads(done.stdout, as_version=4), PLOTS)
+                          capture_output=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"wrote the executed notebook to standard output" in done.stderr and not (tmp_path / "-").exists()
+    text = done.stdout.decode("utf-8")  # (strict: a cp1252 byte fails here)
+    assert "\u2014" in text and "\u26a0" in text and "\\u26a0" not in text
+    check_run(nbformat.reads(text, as_version=4), PLOTS)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import polars as pl
@@ -277,6 +278,63 @@ def test_csv_on_standard_output_is_utf8_whatever_its_encoding(tmp_path):
     table = subprocess.run([sys.executable, "-m", "chorus_batch", "files", "--db", str(db)], capture_output=True,
                            env=windows, timeout=120)
     assert b"note_\\u4e2d\\u6587_\xe9.csv" in table.stdout  # (cp1252 holds the e-acute)
+
+
+def test_a_page_a_script_or_a_config_on_standard_output_is_utf8_whatever_its_encoding(tmp_path):
+    """What `> file` keeps of `report --out -`, `upload --script`, `slurm-script` and `import-config` is a file, in
+    UTF-8 as --out writes one. On Windows, Python writes redirected output in the ANSI code page (cp1252): the page,
+    which says it is UTF-8, had its dashes as cp1252 bytes and log\u2081\u2080 as the text "\\u2081\\u2080"; the
+    script named note_\u4e2d\u6587_\u00e9.csv as note_\\u4e2d\\u6587_ and a cp1252 byte (a file not there: never
+    sent); the converted chorus.toml held its site folder in cp1252. Standard output is made here as Windows makes
+    it (PYTHONIOENCODING=cp1252); the scripts' line ends are test_upload's."""
+    import base64
+
+    name = "OMOP/note_\u4e2d\u6587_\u00e9.csv"
+    site, db = tmp_path / "sit\u00e9", tmp_path / "m.sqlite"
+    (site / "OMOP").mkdir(parents=True)
+    (site / name).write_bytes(b"x\n")
+    assert run_site(site, db).n_files == 1
+    key = base64.b64encode(b"not a real key").decode()
+    windows = {**{k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}, "PYTHONIOENCODING": "cp1252",
+               "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    (tmp_path / "up.toml").write_text('[site_path.default]\npath = "/data/donn\u00e9es/\u4e2d\u6587"\n', encoding="utf-8")
+
+    def stdout(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *args], capture_output=True, env=windows,
+                             cwd=tmp_path, timeout=120)
+        assert out.returncode in (0, 1) and b"Traceback" not in out.stderr, (args, out.stderr.decode())  # (1: warnings)
+        return out.stdout.decode("utf-8")  # (strict: a cp1252 byte fails here)
+
+    page = stdout("report", "--db", str(db), "--out", "-")
+    assert "log\u2081\u2080" in page and "\\u2081" not in page
+    for kind in ("bash", "azcopy"):
+        script = stdout("upload", "--db", str(db), "--to", "az://central/", "--script", kind)
+        assert f"{site}/{name}" in script and "\\u4e2d" not in script, script
+    assert str(site) in stdout("slurm-script", "--site", str(site), "--db", str(db))
+    config = stdout("import-config", "up.toml")
+    assert tomllib.loads(config)["site"]["root"] == "/data/donn\u00e9es/\u4e2d\u6587", config
+
+
+def test_json_on_standard_output_is_utf8_json_whatever_its_encoding(tmp_path):
+    """A Windows redirect writes the ANSI code page (cp1252, made here with PYTHONIOENCODING), which holds \u00e9:
+    `files --json > files.json` wrote it as the byte 0xE9, and so did `validate --explain --json` its rules' text:
+    JSON that a reader (UTF-8, RFC 8259) refuses. Written with JSON's own escapes, it reads back exactly."""
+    name = "OMOP/r\u00e9sum\u00e9.csv"
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    (site / "OMOP").mkdir(parents=True)
+    (site / name).write_bytes(b"x\n")
+    assert run_site(site, db).n_files == 1
+    windows = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    for command in (["files", "--json", "--db", str(db)], ["changes", "--json", "--db", str(db)],
+                    ["validate", "--explain", "file.name_clash", "--json"]):
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *command], capture_output=True, env=windows,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr.decode()
+        read = json.loads(out.stdout.decode("utf-8"))  # (strict: a cp1252 byte fails here)
+        if command[0] == "validate":
+            assert "\u00e9" in read[0]["checks"], read
+        else:
+            assert [row["srcfile"] for row in read] == [name], read
 
 
 def test_csv_outputs_do_not_hand_a_spreadsheet_a_formula(tmp_path):

@@ -36,7 +36,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from .. import __version__
 from ..frames import SEVERITY_ORDER
-from ..fsutil import check_not_manifest, check_target, write_private
+from ..fsutil import check_not_manifest, check_target, write_private, write_stdout
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, RUN_OK_CODES,
                       RUNS_SHOWN, ManifestReader, open_manifest, other_rules_advice, severity_counts, size_flags,
                       unvalidated_advice)
@@ -93,8 +93,8 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
     out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
     with _Report(reader, reader.resolve(version), named) as report:
-        if to_stdout:
-            sys.stdout.write(report.render())
+        if to_stdout:  # (UTF-8, as its <meta charset> says, whatever the code page a Windows redirect writes in)
+            write_stdout(report.render())
             sys.stdout.flush()
         else:  # rendered into the temporary file once it is made: an unwritable folder fails now, not after the work
             write_private(out, lambda tmp: tmp.write_bytes(report.render().encode("utf-8")))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import ChorusError, UsageError
-from ..fsutil import check_not_manifest, check_target, scratch_folder, write_private
+from ..fsutil import check_not_manifest, check_target, scratch_folder, write_private, write_stdout
 from ..units import home_relative
 
 
@@ -98,8 +98,8 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
         os.umask(previous)
         kernel_log.close()
         quiet.disabled = was_disabled
-    if to_stdout:
-        sys.stdout.write(nbformat.writes(nb))
+    if to_stdout:  # (UTF-8, as nbformat reads a notebook, whatever the code page a Windows redirect writes in)
+        write_stdout(nbformat.writes(nb))
         sys.stdout.flush()
     else:
         write_private(out, nbformat.writes(nb).encode("utf-8"))
