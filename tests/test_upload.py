@@ -3229,3 +3229,29 @@ def test_the_listing_check_reads_the_list_blobs_xml_itself_and_lists_what_the_sd
     finally:
         listed.close()
     assert deserialised
+
+
+def test_mark_uploaded_says_a_last_line_without_its_line_end_is_cut_short(central, tmp_path):
+    # A log whose last line was cut mid-name (a script stopped while it wrote it, a log copied while it ran): the
+    # start of a real name was rejected as "not in that version's change set", which sent users looking for a
+    # manifest problem. It is said to be cut short, with its line; a complete name whose line end alone is missing
+    # is still recorded when the centre shows it.
+    db = committed_site(tmp_path, 3)
+    srcfile = put_first_file(central, db, tmp_path / "site")
+    log = tmp_path / "upload.log"
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    for cut in (f"20261101020000/{srcfile[:-2]}", "2026110"):
+        log.write_text(f"uploaded\t20261101020000/{srcfile}\nuploaded\t{cut}")
+        out = cli(*mark, env=central.env)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "not in that version's change set" not in out.stdout, out.stdout
+        assert "line 2, the log's last, is cut short" in out.stdout, out.stdout
+        assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
+    log.write_text("uploa")
+    out = cli(*mark, env=central.env)
+    assert out.returncode == 1 and "line 1: 'uploa' (cut short: the log's last line has no line end)" in out.stdout, \
+        out.stdout
+    log.write_bytes(f"uploaded\t20261101020000/{srcfile}".encode())  # only the line end missing: the blob is there
+    out = cli(*mark, env=central.env)
+    assert out.returncode == 0 and "cut short" not in out.stdout, out.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
