@@ -441,8 +441,9 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                 good = good.join(before.select("file_id"), on="file_id", how="anti")
                 marked.n_before += before.height
                 for srcfile, size, blob_size in bad.select("srcfile", "size", "size_right").iter_rows():
-                    marked.rejected.append((f"{label}/{srcfile}", log.cut_short(blob(label, srcfile), (
-                        "not in the container" if blob_size is None else "its size or Content-MD5 is not the manifest's"))))
+                    # (a blob of that name, not as the manifest has it: the name is whole, even on a cut line)
+                    marked.rejected.append((f"{label}/{srcfile}", log.cut_short(blob(label, srcfile), "not in the container")
+                                            if blob_size is None else "its size or Content-MD5 is not the manifest's"))
                 ledger.start(label)
                 ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
                                 "state": "uploaded", "uploaded_at": iso(utc_now()), "bytes": size, "md5": md5,

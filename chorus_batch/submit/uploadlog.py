@@ -34,8 +34,8 @@ class UploadLog:
         if self.cut is None or name != self.cut[0]:
             return why
         return (f"line {self.cut[1]}, the log's last, is cut short (it has no line end: the script was stopped while it "
-                f"wrote it, or the log was copied while the script ran): this is the start of a name the centre does not "
-                f"show; run the script again to send and log that file, or `chorus-batch upload`")
+                f"wrote it, or the log was copied while the script ran): the name may be only the start of one, and the centre "
+                f"shows no blob of that name; run the script again to send and log that file, or `chorus-batch upload`")
 
 
 def read_log(path: str, prefix: str, url: str) -> UploadLog:
