@@ -3255,3 +3255,21 @@ def test_mark_uploaded_says_a_last_line_without_its_line_end_is_cut_short(centra
     out = cli(*mark, env=central.env)
     assert out.returncode == 0 and "cut short" not in out.stdout, out.stdout
     assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
+
+
+def test_an_upload_script_ends_a_line_an_earlier_run_left_cut_short_before_it_logs(central, tmp_path):
+    # A run stopped mid-write (or a full disk) left the log's last line without its line end; the next run appended
+    # its first line to it, and mark-uploaded read the two as one name of no file: a file sent and logged, not recorded.
+    db = committed_site(tmp_path, 2)
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "up.sh").write_text(out.stdout)
+    log = tmp_path / "upload.log"
+    log.write_bytes(b"uploaded\t20261101020000/000000/Wav")
+    subprocess.run(["bash", "up.sh"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **central.env})
+    text = log.read_text()
+    assert text.startswith("uploaded\t20261101020000/000000/Wav\n"), text
+    assert all(line.startswith("uploaded\t20261101020000/") for line in text.splitlines()), text
+    log.write_bytes(b"uploaded\t20261101020000/000000/Wav\n")  # a log that ends whole is left as it is
+    subprocess.run(["bash", "up.sh"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **central.env})
+    assert log.read_text().startswith("uploaded\t20261101020000/000000/Wav\n") and "\n\n" not in log.read_text()

@@ -162,6 +162,9 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "UMASK_BEFORE=$(umask)  # (given back at the end when pasted into an interactive shell)",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
+        # (a line an earlier run left cut short, the disk full or the run stopped mid-write, is ended first: the next
+        # line logged was joined to it, and mark-uploaded read the two as one name of no file, a sent file unrecorded)
+        'if [ -s "$LOG" ] && [ -n "$(tail -c 1 -- "$LOG" 2> /dev/null)" ]; then printf \'\\n\' >> "$LOG"; fi',
         f"CONTAINER={shlex.quote(container)}",
         f"ACCOUNT_URL={shlex.quote(account_url)}",
         f"ACCOUNT={shlex.quote(sign_in.account_name or '')}",
