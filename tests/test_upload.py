@@ -3317,3 +3317,47 @@ def test_an_upload_to_a_stopped_storage_says_why_the_connection_failed_not_the_r
     assert "Failed to establish a new connection" in first and "Connection refused" in first, first
     assert "Max retries exceeded" not in first and "restype=" not in first, first
     assert "nothing was sent or recorded" in out.stderr, out.stderr
+
+
+def test_mark_uploaded_says_a_last_line_without_its_line_end_is_cut_short(central, tmp_path):
+    # A log whose last line was cut mid-name (a script stopped while it wrote it, a log copied while it ran): the
+    # start of a real name was rejected as "not in that version's change set", which sent users looking for a
+    # manifest problem. It is said to be cut short, with its line; a complete name whose line end alone is missing
+    # is still recorded when the centre shows it.
+    db = committed_site(tmp_path, 3)
+    srcfile = put_first_file(central, db, tmp_path / "site")
+    log = tmp_path / "upload.log"
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    for cut in (f"20261101020000/{srcfile[:-2]}", "2026110"):
+        log.write_text(f"uploaded\t20261101020000/{srcfile}\nuploaded\t{cut}")
+        out = cli(*mark, env=central.env)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "not in that version's change set" not in out.stdout, out.stdout
+        assert "line 2, the log's last, is cut short" in out.stdout, out.stdout
+        assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
+    log.write_text("uploa")
+    out = cli(*mark, env=central.env)
+    assert out.returncode == 1 and "line 1: 'uploa' (cut short: the log's last line has no line end)" in out.stdout, \
+        out.stdout
+    log.write_bytes(f"uploaded\t20261101020000/{srcfile}".encode())  # only the line end missing: the blob is there
+    out = cli(*mark, env=central.env)
+    assert out.returncode == 0 and "cut short" not in out.stdout, out.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
+
+
+def test_an_upload_script_ends_a_line_an_earlier_run_left_cut_short_before_it_logs(central, tmp_path):
+    # A run stopped mid-write (or a full disk) left the log's last line without its line end; the next run appended
+    # its first line to it, and mark-uploaded read the two as one name of no file: a file sent and logged, not recorded.
+    db = committed_site(tmp_path, 2)
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "up.sh").write_text(out.stdout)
+    log = tmp_path / "upload.log"
+    log.write_bytes(b"uploaded\t20261101020000/000000/Wav")
+    subprocess.run(["bash", "up.sh"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **central.env})
+    text = log.read_text()
+    assert text.startswith("uploaded\t20261101020000/000000/Wav\n"), text
+    assert all(line.startswith("uploaded\t20261101020000/") for line in text.splitlines()), text
+    log.write_bytes(b"uploaded\t20261101020000/000000/Wav\n")  # a log that ends whole is left as it is
+    subprocess.run(["bash", "up.sh"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **central.env})
+    assert log.read_text().startswith("uploaded\t20261101020000/000000/Wav\n") and "\n\n" not in log.read_text()

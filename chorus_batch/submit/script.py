@@ -162,6 +162,9 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "UMASK_BEFORE=$(umask)  # (given back at the end when pasted into an interactive shell)",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
+        # (a line an earlier run left cut short, the disk full or the run stopped mid-write, is ended first: the next
+        # line logged was joined to it, and mark-uploaded read the two as one name of no file, a sent file unrecorded)
+        'if [ -s "$LOG" ] && [ -n "$(tail -c 1 -- "$LOG" 2> /dev/null)" ]; then printf \'\\n\' >> "$LOG"; fi',
         f"CONTAINER={shlex.quote(container)}",
         f"ACCOUNT_URL={shlex.quote(account_url)}",
         f"ACCOUNT={shlex.quote(sign_in.account_name or '')}",
@@ -396,6 +399,11 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
     from .uploadlog import read_log
 
     log = read_log(log_path, parse_central(to)[1], central_url(to))
+    prefix = parse_central(to)[1]
+
+    def blob(label: str, srcfile: str) -> str:  # the name as the log holds it
+        return f"{prefix}/{label}/{srcfile}" if prefix else f"{label}/{srcfile}"
+
     central = Central(to, cloud)
     marked = Marked(central.url, rejected=log.invalid, not_understood=log.not_understood, example=log.example)
     ledger = None
@@ -410,7 +418,8 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
             central.check(write=False)
             for label, srcfiles in by_version.items():
                 if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
-                    marked.rejected += [(f"{label}/{s}", f"the manifest has no version {label}") for s in srcfiles]
+                    marked.rejected += [(f"{label}/{s}", log.cut_short(blob(label, s), f"the manifest has no version {label}"))
+                                        for s in srcfiles]
                     continue
                 # Whose folder it is, as upload asks before its first file (and claimed for this manifest if nobody's):
                 # a script sent into another manifest's submission or upload under way, and mark-uploaded recorded
@@ -424,7 +433,8 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                     continue
                 plan = ledger.plan(label).filter(pl.col("srcfile").is_in(srcfiles))
                 unknown = set(srcfiles) - set(plan["srcfile"].to_list())
-                marked.rejected += [(f"{label}/{s}", "not in that version's change set") for s in sorted(unknown)]
+                marked.rejected += [(f"{label}/{s}", log.cut_short(blob(label, s), "not in that version's change set"))
+                                    for s in sorted(unknown)]
                 listing = central.listing(label).rename({"name": "srcfile"})
                 checked = plan.join(listing, on="srcfile", how="left")
                 good = checked.filter((pl.col("size") == pl.col("size_right")) & (pl.col("content_md5") == pl.col("md5")))
@@ -434,8 +444,9 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                 good = good.join(before.select("file_id"), on="file_id", how="anti")
                 marked.n_before += before.height
                 for srcfile, size, blob_size in bad.select("srcfile", "size", "size_right").iter_rows():
-                    marked.rejected.append((f"{label}/{srcfile}", "not in the container" if blob_size is None else
-                                            "its size or Content-MD5 is not the manifest's"))
+                    # (a blob of that name, not as the manifest has it: the name is whole, even on a cut line)
+                    marked.rejected.append((f"{label}/{srcfile}", log.cut_short(blob(label, srcfile), "not in the container")
+                                            if blob_size is None else "its size or Content-MD5 is not the manifest's"))
                 ledger.start(label)
                 ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
                                 "state": "uploaded", "uploaded_at": iso(utc_now()), "bytes": size, "md5": md5,

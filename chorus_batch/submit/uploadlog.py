@@ -23,6 +23,19 @@ class UploadLog:
     n_lines: int  # lines that are not blank
     not_understood: int  # lines that are not `uploaded<TAB><blob name>`
     example: str = ""  # the first of them: 'line N: ...'
+    # the blob name of the log's last line when that line has no line end (the script ends every line it writes with
+    # '\n': the script was stopped while it wrote it, or the log was copied while it ran), and its line number: it may
+    # be only the start of a name, so what rejects it says so (a complete one the centre shows is still recorded)
+    cut: tuple[str, int] | None = None
+
+    def cut_short(self, name: str, why: str) -> str:
+        """Why the blob `name` is not recorded: `why`, or that its line is cut short when it is the log's cut last line
+        (then `why`, "not in that version's change set" of the start of a real name, sends the reader astray)."""
+        if self.cut is None or name != self.cut[0]:
+            return why
+        return (f"line {self.cut[1]}, the log's last, is cut short (it has no line end: the script was stopped while it "
+                f"wrote it, or the log was copied while the script ran): the name may be only the start of one, and the centre "
+                f"shows no blob of that name; run the script again to send and log that file, or `chorus-batch upload`")
 
 
 def read_log(path: str, prefix: str, url: str) -> UploadLog:
@@ -46,7 +59,12 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
         pl.col("text").str.strip_chars() != "").with_columns(pl.col("text").str.strip_suffix("\r"))
     lines = lines.with_columns(name=pl.col("text").str.extract(_LINE))
     unknown = lines.filter(pl.col("name").is_null() | (pl.col("name") == ""))
-    example = "".join(f"line {n}: {t.strip()[:80]!r}" for n, t in unknown.head(1).select("line", "text").iter_rows())
+    last = lines.tail(1)
+    cut_line = last["line"][0] if last.height and not text.endswith("\n") and last["line"][0] == text.count("\n") + 1 \
+        else None
+    example = "".join(f"line {n}: {t.strip()[:80]!r}"
+                      + (" (cut short: the log's last line has no line end)" if n == cut_line else "")
+                      for n, t in unknown.head(1).select("line", "text").iter_rows())
     names = lines.filter(pl.col("name") != "").unique("name", keep="first", maintain_order=True).select("name")
     under = pl.col("name").str.starts_with(prefix + "/") if prefix else pl.lit(True)
     relative = pl.col("name").str.slice(len(prefix) + 1) if prefix else pl.col("name")
@@ -61,6 +79,11 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
                "not a valid blob name: {} is not a site-relative path", pl.col("srcfile").str.slice(0, 200))))
     names = names.with_columns(why=why)
     invalid = names.filter(pl.col("why").is_not_null())
-    return UploadLog(names=names.filter(pl.col("why").is_null()).select("name", "label", "srcfile"),
-                     invalid=list(invalid.select("name", "why").iter_rows()), n_lines=lines.height,
-                     not_understood=unknown.height, example=example)
+    cut_name = last["name"][0] if cut_line is not None else None
+    log = UploadLog(names=names.filter(pl.col("why").is_null()).select("name", "label", "srcfile"),
+                    invalid=[], n_lines=lines.height, not_understood=unknown.height, example=example,
+                    # (a cut name logged whole on an earlier line is that whole name: nothing of it is cut)
+                    cut=(cut_name, cut_line) if cut_name and lines.filter(pl.col("name") == cut_name).height == 1
+                    else None)
+    log.invalid = [(name, log.cut_short(name, why)) for name, why in invalid.select("name", "why").iter_rows()]
+    return log
