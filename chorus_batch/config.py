@@ -410,13 +410,16 @@ class ConfigFile(_Strict):
     _source: tuple[str, str] | None = PrivateAttr(default=None)
 
     def where_written(self, where: str | None, what: str = "", *, site_given: bool = False,
-                      db_given: bool = False, db: str | None = None) -> str | None:
+                      db_given: bool = False, db: str | None = None,
+                      given_flags: frozenset[str] | set[str] = frozenset()) -> str | None:
         """An error's `where` with the file and line of the setting it names, when that setting was read from this
         file: `[site.roots] Waveforms` -> `chorus.toml, line 6: [site.roots] Waveforms`. The checks made after the
         file was read (a root that is not there, roots inside each other, a glob or a path pattern refused, a
         manifest path that is a device) named the setting but neither the file nor the line. `site_given`,
         `db_given`: --site, --db were given (then [site] root, [manifest] db were not read); `db`: the manifest path
-        used; `what`: the error's text (an exclusion glob it quotes is of [run] exclude, or of --exclude)."""
+        used; `what`: the error's text (an exclusion glob it quotes is of [run] exclude, or of --exclude);
+        `given_flags`: the options given on the command line, without their dashes ("parquet", "to"): a
+        `--parquet / [manifest] parquet` is the file's setting when --parquet was not given."""
         if self._source is None or not where:
             return where
         path, text = self._source
@@ -441,9 +444,16 @@ class ConfigFile(_Strict):
             return at(("site", "root"), "[site] root") if not site_given and written(("site", "root")) else where
         if where.startswith("--exclude / exclude in [run]"):
             globs = self.run.exclude if written(("run", "exclude")) else []
-            return at(("run", "exclude"), "[run] exclude") if any(repr(g) in what for g in globs) else where
+            # (a glob is quoted as repr gives it, or as written: 'a\\b', refused for its backslash, is said 'a\b')
+            return at(("run", "exclude"), "[run] exclude") if any(
+                repr(g) in what or f"'{g}'" in what for g in globs) else where
         if db is not None and not db_given and where == db and self.manifest.db == db and written(("manifest", "db")):
             return at(("manifest", "db"), f"[manifest] db ({db})")
+        flag = re.fullmatch(r"--([a-z-]+) / \[([a-z.]+)\] ([a-z_]+)", where)
+        if flag is not None:  # ("--parquet / [manifest] parquet", "--to / [central] to": the file's when no flag gave it)
+            loc = (*flag.group(2).split("."), flag.group(3))
+            given = flag.group(1) in given_flags
+            return at(loc, f"[{flag.group(2)}] {flag.group(3)}") if not given and written(loc) else where
         found = re.fullmatch(r"(?:(.+) )?\[([A-Za-z0-9_.-]+)\] ([A-Za-z0-9_-]+)(\[\d+\])?", where)
         if found is None or found.group(1) not in (None, path):
             return where
@@ -862,6 +872,12 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         for key, value in written.items():
             if value is not None and "://" not in value:
                 refuse_windows_path(value, f"{path} [manifest] {key}", getattr(config.manifest, key))
+        if config.central.to is not None:
+            # (the container as --to's is checked: `to = "az://UPPER/"` or "az://a_b/" was taken, and refused only by
+            # `upload` or `verify`, after the manifest was opened, without the file's line, and never by a nightly run)
+            from .urls import check_location
+
+            check_location(config.central.to, f"{path} [central] to")
     except ChorusError as exc:  # (a pattern, a path with a NUL, a $VARIABLE or a Windows path: with its line)
         exc.where = config.where_written(exc.where, exc.what)
         raise
