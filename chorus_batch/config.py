@@ -612,11 +612,33 @@ def _known_settings(loc: tuple) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
+# Other words for a setting, as a site engineer writes them (from another tool's config, or from memory): no
+# spelling is close, so `database = ...` was told only "unknown setting", and `excludes` "did you mean
+# 'default_excludes'?", an on/off setting that then refused the list. The first of a word's settings the [section]
+# has is the one meant.
+_OTHER_WORDS = {
+    "database": ("db",), "sqlite": ("db",), "manifest": ("db",), "file": ("db",), "path": ("root", "db"),
+    "dir": ("root",), "directory": ("root",), "folder": ("root",), "site": ("root",), "site_root": ("root",),
+    "threads": ("workers",), "jobs": ("workers",), "processes": ("workers",), "procs": ("workers",),
+    "cpus": ("workers",), "parallel": ("workers",), "ignore": ("exclude",), "ignores": ("exclude",),
+    "excluded": ("exclude",), "container": ("to",), "destination": ("to",), "dest": ("to",),
+}
+
+
 def _close(word: str, choices: list[str]) -> str | None:
-    """The choice `word` is most likely a misspelling of (difflib's close matches, then the most shared letters)."""
+    """The choice `word` is most likely a misspelling of: itself in the singular or plural (`excludes`: exclude),
+    another word for it (_OTHER_WORDS), else difflib's close matches, then the most shared letters."""
     from collections import Counter
     from difflib import get_close_matches
 
+    lower = word.lower().replace("-", "_")
+    number = next((c for c in choices if c.lower() in (lower.removesuffix("s"), lower + "s") and c.lower() != lower),
+                  None)
+    if number is not None:
+        return number
+    other = next((c for c in _OTHER_WORDS.get(lower, ()) if c in choices), None)
+    if other is not None:
+        return other
     matches = get_close_matches(word, choices, n=5)
     return max(matches, key=lambda choice: sum((Counter(word) & Counter(choice)).values())) if matches else None
 

@@ -284,6 +284,14 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
         ("[zzzqq]\nx = 1\n", "unknown section [zzzqq]\n  where: chorus.toml, line 1: [zzzqq]\n  fix:   remove it"),
         ('[azure]\nacount_url = "https://a.blob.core.windows.net"\n',
          "unknown setting 'azure.acount_url'; did you mean 'azure.account_url'?"),
+        # the plural of a setting (it was "did you mean 'run.default_excludes'?", an on/off setting that then refused
+        # the list), and the words other tools use for one (no spelling close: "unknown setting 'manifest.database'")
+        ('[run]\nexcludes = ["*.tmp"]\n', "unknown setting 'run.excludes'; did you mean 'run.exclude'?"),
+        ('[manifest]\ndatabase = "m.sqlite"\n', "unknown setting 'manifest.database'; did you mean 'manifest.db'?"),
+        ('[manifest]\npath = "m.sqlite"\n', "unknown setting 'manifest.path'; did you mean 'manifest.db'?"),
+        ('[site]\npath = "/data/site"\n', "unknown setting 'site.path'; did you mean 'site.root'?"),
+        ("[run]\nthreads = 4\n", "unknown setting 'run.threads'; did you mean 'run.workers'?"),
+        ('[central]\ncontainer = "az://mgh/"\n', "unknown setting 'central.container'; did you mean 'central.to'?"),
         # written above its [section]: it said "unknown setting 'workers'", where "[workers]", and "remove it"
         ("workers = 8\n[run]\nmode = 'full'\n", "unknown setting 'workers' at the top of the file, before any "
                                                  "[section]; did you mean 'run.workers' or 'central.workers'?"),
