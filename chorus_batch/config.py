@@ -665,6 +665,22 @@ def _as_toml(value: object) -> str:
     return json.dumps(value, default=str)
 
 
+def _number_in_quotes(kind: str, value: object) -> str | None:
+    """The number a setting that takes one was given as text ("8", "2.5", "5%": a percentage as max_delete writes it),
+    as TOML writes it bare; else None."""
+    import math
+
+    if kind not in ("int_type", "float_type") or not isinstance(value, str):
+        return None
+    text = value.strip()
+    bare = text.removesuffix("%").strip() if kind == "float_type" else text
+    try:
+        number = float(bare) if kind == "float_type" else int(bare)
+    except ValueError:
+        return None
+    return bare if math.isfinite(number) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", bare) else None
+
+
 def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
     """Where a value `exc` refuses is (the setting's location) and what is wrong with it, in a person's words, not
     pydantic's ("Input should be a valid integer"); the value as `spell` writes it (_as_toml, or repr for Python)."""
@@ -685,6 +701,10 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
         loc = loc[:-1]
     elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
         message = f"should be {_KINDS[first['type']]}, not {spell(first['input'])}"
+        written = _number_in_quotes(first["type"], first.get("input")) if spell is _as_toml and loc else None
+        if written is not None:  # (verify_sample = "5%", as max_delete = "50%" is written: what to write instead)
+            message += f"; write {loc[-1]} = {written}" + (
+                ", without quotes" + (" or %" if str(first["input"]).strip().endswith("%") else ""))
     elif first["type"] != "value_error" and isinstance(first.get("input"), float) and first["input"] != first["input"]:
         # TOML's nan is in no range
         # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
