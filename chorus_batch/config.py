@@ -371,6 +371,8 @@ class AzureSection(_CloudSection):
 
 # An S3 endpoint as [s3] endpoint_url and AWS_ENDPOINT_URL(_S3) must give it: no user, password, path or query.
 S3_ENDPOINT = re.compile(r"^https?://[^/?#@]+/?$")
+# A region name as botocore takes it (botocore.utils.validate_region_name)
+S3_REGION = re.compile(r"^(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
 
 
 class S3Section(_CloudSection):
@@ -386,6 +388,17 @@ class S3Section(_CloudSection):
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not S3_ENDPOINT.fullmatch(value):
             raise ValueError("give the endpoint as http(s)://host[:port]")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        # (botocore's own form of a region name: "us east 1" or " us-east-1" was taken, and every command on an s3://
+        # root then failed with exit 3, "cannot reach s3://...: InvalidRegionError", told to check the URL and the
+        # credentials)
+        if value is not None and value.strip() and not S3_REGION.fullmatch(value):  # (blank: said as empty)
+            raise ValueError(f"{value!r} is not a region name: up to 63 letters, digits and hyphens, without spaces "
+                             "(e.g. us-east-1; a MinIO server's is its MINIO_REGION, us-east-1 unless set)")
         return value
 
 

@@ -440,6 +440,9 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[site]\nroot = "x"\nname = "site-a\\u001b[2J\\nX"\n', "invalid setting 'site.name': 'site-a\\x1b[2J\\nX' holds a "
          "control character"),
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
+        # a region botocore refuses was taken, and every command on an s3:// root failed, exit 3, "cannot reach"
+        ('[s3]\nregion = "us east 1"\n', "invalid setting 's3.region': 'us east 1' is not a region name"),
+        ('[s3]\nregion = "us-east-1 "\n', "invalid setting 's3.region': 'us-east-1 ' is not a region name"),
         ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
         ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
         # taken: every waveform file of the site (recorded ones too) then fit no pattern, unparsed and classified Other
