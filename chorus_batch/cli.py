@@ -2624,7 +2624,9 @@ def _main(argv: list[str] | None = None) -> int:
         config = getattr(args, "config_read", None)
         if config is not None:  # a setting of chorus.toml refused after it was read: with its file and line
             exc.where = config.where_written(exc.where, exc.what, site_given=bool(getattr(args, "site", None)),
-                                             db_given=bool(getattr(args, "db", None)), db=config.manifest.db)
+                                             db_given=bool(getattr(args, "db", None)), db=config.manifest.db,
+                                             given_flags={name.replace("_", "-") for name, value in vars(args).items()
+                                                          if value not in (None, False, [], "")})
             if exc.what.startswith("--db ") and (exc.where or "").endswith(f"[manifest] db ({config.manifest.db})"):
                 exc.what = "[manifest] db " + exc.what[len("--db "):]  # (the store's word for the manifest path)
         outcome = getattr(exc, "outcome", None) or (

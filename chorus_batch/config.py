@@ -371,6 +371,8 @@ class AzureSection(_CloudSection):
 
 # An S3 endpoint as [s3] endpoint_url and AWS_ENDPOINT_URL(_S3) must give it: no user, password, path or query.
 S3_ENDPOINT = re.compile(r"^https?://[^/?#@]+/?$")
+# A region name as botocore takes it (botocore.utils.validate_region_name)
+S3_REGION = re.compile(r"^(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
 
 
 class S3Section(_CloudSection):
@@ -386,6 +388,17 @@ class S3Section(_CloudSection):
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not S3_ENDPOINT.fullmatch(value):
             raise ValueError("give the endpoint as http(s)://host[:port]")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        # (botocore's own form of a region name: "us east 1" or " us-east-1" was taken, and every command on an s3://
+        # root then failed with exit 3, "cannot reach s3://...: InvalidRegionError", told to check the URL and the
+        # credentials)
+        if value is not None and value.strip() and not S3_REGION.fullmatch(value):  # (blank: said as empty)
+            raise ValueError(f"{value!r} is not a region name: up to 63 letters, digits and hyphens, without spaces "
+                             "(e.g. us-east-1; a MinIO server's is its MINIO_REGION, us-east-1 unless set)")
         return value
 
 
@@ -410,13 +423,16 @@ class ConfigFile(_Strict):
     _source: tuple[str, str] | None = PrivateAttr(default=None)
 
     def where_written(self, where: str | None, what: str = "", *, site_given: bool = False,
-                      db_given: bool = False, db: str | None = None) -> str | None:
+                      db_given: bool = False, db: str | None = None,
+                      given_flags: frozenset[str] | set[str] = frozenset()) -> str | None:
         """An error's `where` with the file and line of the setting it names, when that setting was read from this
         file: `[site.roots] Waveforms` -> `chorus.toml, line 6: [site.roots] Waveforms`. The checks made after the
         file was read (a root that is not there, roots inside each other, a glob or a path pattern refused, a
         manifest path that is a device) named the setting but neither the file nor the line. `site_given`,
         `db_given`: --site, --db were given (then [site] root, [manifest] db were not read); `db`: the manifest path
-        used; `what`: the error's text (an exclusion glob it quotes is of [run] exclude, or of --exclude)."""
+        used; `what`: the error's text (an exclusion glob it quotes is of [run] exclude, or of --exclude);
+        `given_flags`: the options given on the command line, without their dashes ("parquet", "to"): a
+        `--parquet / [manifest] parquet` is the file's setting when --parquet was not given."""
         if self._source is None or not where:
             return where
         path, text = self._source
@@ -441,9 +457,16 @@ class ConfigFile(_Strict):
             return at(("site", "root"), "[site] root") if not site_given and written(("site", "root")) else where
         if where.startswith("--exclude / exclude in [run]"):
             globs = self.run.exclude if written(("run", "exclude")) else []
-            return at(("run", "exclude"), "[run] exclude") if any(repr(g) in what for g in globs) else where
+            # (a glob is quoted as repr gives it, or as written: 'a\\b', refused for its backslash, is said 'a\b')
+            return at(("run", "exclude"), "[run] exclude") if any(
+                repr(g) in what or f"'{g}'" in what for g in globs) else where
         if db is not None and not db_given and where == db and self.manifest.db == db and written(("manifest", "db")):
             return at(("manifest", "db"), f"[manifest] db ({db})")
+        flag = re.fullmatch(r"--([a-z-]+) / \[([a-z.]+)\] ([a-z_]+)", where)
+        if flag is not None:  # ("--parquet / [manifest] parquet", "--to / [central] to": the file's when no flag gave it)
+            loc = (*flag.group(2).split("."), flag.group(3))
+            given = flag.group(1) in given_flags
+            return at(loc, f"[{flag.group(2)}] {flag.group(3)}") if not given and written(loc) else where
         found = re.fullmatch(r"(?:(.+) )?\[([A-Za-z0-9_.-]+)\] ([A-Za-z0-9_-]+)(\[\d+\])?", where)
         if found is None or found.group(1) not in (None, path):
             return where
@@ -602,11 +625,33 @@ def _known_settings(loc: tuple) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
+# Other words for a setting, as a site engineer writes them (from another tool's config, or from memory): no
+# spelling is close, so `database = ...` was told only "unknown setting", and `excludes` "did you mean
+# 'default_excludes'?", an on/off setting that then refused the list. The first of a word's settings the [section]
+# has is the one meant.
+_OTHER_WORDS = {
+    "database": ("db",), "sqlite": ("db",), "manifest": ("db",), "file": ("db",), "path": ("root", "db"),
+    "dir": ("root",), "directory": ("root",), "folder": ("root",), "site": ("root",), "site_root": ("root",),
+    "threads": ("workers",), "jobs": ("workers",), "processes": ("workers",), "procs": ("workers",),
+    "cpus": ("workers",), "parallel": ("workers",), "ignore": ("exclude",), "ignores": ("exclude",),
+    "excluded": ("exclude",), "container": ("to",), "destination": ("to",), "dest": ("to",),
+}
+
+
 def _close(word: str, choices: list[str]) -> str | None:
-    """The choice `word` is most likely a misspelling of (difflib's close matches, then the most shared letters)."""
+    """The choice `word` is most likely a misspelling of: itself in the singular or plural (`excludes`: exclude),
+    another word for it (_OTHER_WORDS), else difflib's close matches, then the most shared letters."""
     from collections import Counter
     from difflib import get_close_matches
 
+    lower = word.lower().replace("-", "_")
+    number = next((c for c in choices if c.lower() in (lower.removesuffix("s"), lower + "s") and c.lower() != lower),
+                  None)
+    if number is not None:
+        return number
+    other = next((c for c in _OTHER_WORDS.get(lower, ()) if c in choices), None)
+    if other is not None:
+        return other
     matches = get_close_matches(word, choices, n=5)
     return max(matches, key=lambda choice: sum((Counter(word) & Counter(choice)).values())) if matches else None
 
@@ -633,6 +678,22 @@ def _as_toml(value: object) -> str:
     return json.dumps(value, default=str)
 
 
+def _number_in_quotes(kind: str, value: object) -> str | None:
+    """The number a setting that takes one was given as text ("8", "2.5", "5%": a percentage as max_delete writes it),
+    as TOML writes it bare; else None."""
+    import math
+
+    if kind not in ("int_type", "float_type") or not isinstance(value, str):
+        return None
+    text = value.strip()
+    bare = text.removesuffix("%").strip() if kind == "float_type" else text
+    try:
+        number = float(bare) if kind == "float_type" else int(bare)
+    except ValueError:
+        return None
+    return bare if math.isfinite(number) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", bare) else None
+
+
 def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
     """Where a value `exc` refuses is (the setting's location) and what is wrong with it, in a person's words, not
     pydantic's ("Input should be a valid integer"); the value as `spell` writes it (_as_toml, or repr for Python)."""
@@ -653,6 +714,10 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
         loc = loc[:-1]
     elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
         message = f"should be {_KINDS[first['type']]}, not {spell(first['input'])}"
+        written = _number_in_quotes(first["type"], first.get("input")) if spell is _as_toml and loc else None
+        if written is not None:  # (verify_sample = "5%", as max_delete = "50%" is written: what to write instead)
+            message += f"; write {loc[-1]} = {written}" + (
+                ", without quotes" + (" or %" if str(first["input"]).strip().endswith("%") else ""))
     elif first["type"] != "value_error" and isinstance(first.get("input"), float) and first["input"] != first["input"]:
         # TOML's nan is in no range
         # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
@@ -862,6 +927,12 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         for key, value in written.items():
             if value is not None and "://" not in value:
                 refuse_windows_path(value, f"{path} [manifest] {key}", getattr(config.manifest, key))
+        if config.central.to is not None:
+            # (the container as --to's is checked: `to = "az://UPPER/"` or "az://a_b/" was taken, and refused only by
+            # `upload` or `verify`, after the manifest was opened, without the file's line, and never by a nightly run)
+            from .urls import check_location
+
+            check_location(config.central.to, f"{path} [central] to")
     except ChorusError as exc:  # (a pattern, a path with a NUL, a $VARIABLE or a Windows path: with its line)
         exc.where = config.where_written(exc.where, exc.what)
         raise

@@ -440,6 +440,9 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[site]\nroot = "x"\nname = "site-a\\u001b[2J\\nX"\n', "invalid setting 'site.name': 'site-a\\x1b[2J\\nX' holds a "
          "control character"),
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
+        # a region botocore refuses was taken, and every command on an s3:// root failed, exit 3, "cannot reach"
+        ('[s3]\nregion = "us east 1"\n', "invalid setting 's3.region': 'us east 1' is not a region name"),
+        ('[s3]\nregion = "us-east-1 "\n', "invalid setting 's3.region': 'us-east-1 ' is not a region name"),
         ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
         ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
         # taken: every waveform file of the site (recorded ones too) then fit no pattern, unparsed and classified Other
@@ -452,6 +455,10 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # "Input should be a valid integer" said neither what was written nor what it should be; a list's entry was
         # 'run.exclude.0'
         ("[run]\nworkers = 8.0\n", "invalid setting 'run.workers': should be a whole number, not 8.0"),
+        # a number in quotes (a percentage as max_delete's "50%" is written) said what it should be, not what to write
+        ('[run]\nverify_sample = "5%"\n', "invalid setting 'run.verify_sample': should be a number, not \"5%\"; write "
+                                          "verify_sample = 5, without quotes or %\n"),
+        ('[central]\nworkers = "8"\n', "should be a whole number, not \"8\"; write workers = 8, without quotes\n"),
         ("[run]\nworkers = 0\n", "invalid setting 'run.workers': should be greater than or equal to 1, not 0"),
         ('[run]\nexclude = ["a", 1]\n', "invalid setting 'run.exclude': its entry 2 should be text in quotes, not 1"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),

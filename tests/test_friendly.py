@@ -284,6 +284,14 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
         ("[zzzqq]\nx = 1\n", "unknown section [zzzqq]\n  where: chorus.toml, line 1: [zzzqq]\n  fix:   remove it"),
         ('[azure]\nacount_url = "https://a.blob.core.windows.net"\n',
          "unknown setting 'azure.acount_url'; did you mean 'azure.account_url'?"),
+        # the plural of a setting (it was "did you mean 'run.default_excludes'?", an on/off setting that then refused
+        # the list), and the words other tools use for one (no spelling close: "unknown setting 'manifest.database'")
+        ('[run]\nexcludes = ["*.tmp"]\n', "unknown setting 'run.excludes'; did you mean 'run.exclude'?"),
+        ('[manifest]\ndatabase = "m.sqlite"\n', "unknown setting 'manifest.database'; did you mean 'manifest.db'?"),
+        ('[manifest]\npath = "m.sqlite"\n', "unknown setting 'manifest.path'; did you mean 'manifest.db'?"),
+        ('[site]\npath = "/data/site"\n', "unknown setting 'site.path'; did you mean 'site.root'?"),
+        ("[run]\nthreads = 4\n", "unknown setting 'run.threads'; did you mean 'run.workers'?"),
+        ('[central]\ncontainer = "az://mgh/"\n', "unknown setting 'central.container'; did you mean 'central.to'?"),
         # written above its [section]: it said "unknown setting 'workers'", where "[workers]", and "remove it"
         ("workers = 8\n[run]\nmode = 'full'\n", "unknown setting 'workers' at the top of the file, before any "
                                                  "[section]; did you mean 'run.workers' or 'central.workers'?"),
@@ -352,6 +360,18 @@ def test_a_misspelt_setting_suggests_the_setting_and_points_at_help_that_exists(
         # a path pattern: "where: chorus.toml [patterns] Waveforms[0]"
         ('[site]\nroot = "site"\n[patterns]\nWaveforms = ["^(x"]\n', ("run",), "invalid path pattern",
          "chorus.toml, line 4: [patterns] Waveforms[0]"),
+        # [manifest] parquet refused after the file was read: "where: --parquet / [manifest] parquet", no --parquet given
+        ('[site]\nroot = "site"\n[manifest]\nparquet = " snaps"\n', ("run",),
+         "the snapshot folder's name starts with white space", "chorus.toml, line 4: [manifest] parquet"),
+        # a glob refused for its backslash is quoted as written ('a\b'), not as repr gives it: "where: --exclude / ..."
+        ("[site]\nroot = \"site\"\n[run]\nexclude = ['a\\b']\n", ("run",),
+         "invalid exclusion glob 'a\\b'", "chorus.toml, line 4: [run] exclude"),
+        # [central] to naming no valid container: taken by `run` (never refused), and by `upload` refused only after
+        # the manifest was opened, as "where: --to / [central] to"
+        ('[site]\nroot = "site"\n[central]\nto = "az://UPPER/"\n', ("run",),
+         "'UPPER' is not a valid Azure container name", "chorus.toml, line 4: [central] to"),
+        ('[site]\nroot = "site"\n[central]\nto = "az://a_b/"\n', ("upload", "--dry-run"),
+         "'a_b' is not a valid Azure container name", "chorus.toml, line 4: [central] to"),
         # [manifest] db that is a device: "--db names a device", "where: /dev/null", with no --db given
         ('[site]\nroot = "site"\n[manifest]\ndb = "/dev/null"\n', ("versions",),
          "[manifest] db names a device, not a manifest file: /dev/null", "chorus.toml, line 4: [manifest] db (/dev/null)"),
@@ -381,6 +401,13 @@ def test_a_setting_the_command_line_gave_is_named_as_the_flag_not_as_the_file(tm
     assert out.returncode == 2 and "\n  where: --exclude / exclude in [run]\n" in out.stderr, out.stderr
     out = cli("versions", "--db", "/dev/null", cwd=tmp_path)
     assert out.returncode == 2 and "--db names a device" in out.stderr and "\n  where: /dev/null\n" in out.stderr
+    (tmp_path / "chorus.toml").write_text('[manifest]\ndb = "m.sqlite"\nparquet = "snaps"\n[central]\nto = "az://mgh/"\n')
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "--site", str(tmp_path / "site"), "--no-validate", cwd=tmp_path).returncode == 0
+    out = cli("upload", "--dry-run", "--to", "az://UPPER/", cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: --to / [central] to\n" in out.stderr, out.stderr
+    out = cli("run", "--site", str(tmp_path / "site"), "--parquet", " x", cwd=tmp_path)
+    assert out.returncode == 2 and "\n  where: --parquet" in out.stderr and "line" not in out.stderr, out.stderr
 
 
 # ----------------------------------------------------------------------------- plurals
