@@ -613,7 +613,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Check every file version the uploads ledger says was sent: the blob is there, has the manifest's "
                     "size, and its Content-MD5 is the manifest's MD5 (one listing per version). The uploader set that "
                     "Content-MD5, so only --download checks the bytes: every blob is read back and hashed. Results are "
-                    "recorded in the ledger; mismatches and missing blobs are listed and make the exit code 1.",
+                    "recorded in the ledger; mismatches and missing blobs are listed and make the exit code 1, and so do "
+                    "files of a verified version not uploaded yet (an upload interrupted, or --modalities): the centre "
+                    "holds only a part of that version.",
         epilog="examples:\n  chorus-batch verify --to az://mgh/                     # the latest uploaded version\n"
                "  chorus-batch verify --all --download --workers 16\n\n" + EXIT_CODES_HELP,
     )
