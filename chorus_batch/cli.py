@@ -402,8 +402,8 @@ def _parser() -> argparse.ArgumentParser:
                     "With a manifest: its latest version is checked, reading files from the roots the manifest "
                     "records (or --site); findings are stored per version and headers are read only for contents new "
                     "since they were last read. `run` does this after each commit unless --no-validate.\n"
-                    "With --site and no manifest (and no --db): the folder is checked in a temporary manifest that is "
-                    "removed afterwards; nothing is left behind. With --db NEW: the manifest is created.",
+                    "With --site and no manifest (and no --db), or a ./chorus_manifest.sqlite that records no root at --site: the "
+                    "folder is checked in a temporary manifest that is removed afterwards; nothing is left behind. With --db NEW: the manifest is created.",
         epilog="examples:\n  chorus-batch validate --site /data/new_submission          # a folder, before any run\n"
                "  chorus-batch validate --db site_manifest.sqlite             # the latest version, from its roots\n"
                "  chorus-batch validate --json | jq '.findings[] | select(.severity == \"error\")'\n\n"
@@ -613,7 +613,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Check every file version the uploads ledger says was sent: the blob is there, has the manifest's "
                     "size, and its Content-MD5 is the manifest's MD5 (one listing per version). The uploader set that "
                     "Content-MD5, so only --download checks the bytes: every blob is read back and hashed. Results are "
-                    "recorded in the ledger; mismatches and missing blobs are listed and make the exit code 1.",
+                    "recorded in the ledger; mismatches and missing blobs are listed and make the exit code 1, and so do "
+                    "files of a verified version not uploaded yet (an upload interrupted, or --modalities): the centre "
+                    "holds only a part of that version.",
         epilog="examples:\n  chorus-batch verify --to az://mgh/                     # the latest uploaded version\n"
                "  chorus-batch verify --all --download --workers 16\n\n" + EXIT_CODES_HELP,
     )
@@ -1355,7 +1357,15 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     _local_db(target, "validate")
     note = None
-    if target.site is not None and not Path(target.db).exists():
+    alone = _folder_beside_a_manifest(args, target)
+    if alone:
+        # `validate --site /data/new_submission` where the site's own ./chorus_manifest.sqlite lies (the folder its
+        # cron line cd's into): that manifest's latest version was shown, "0 errors", for a folder it never listed.
+        # A folder the manifest does not record is checked on its own, as where there is no manifest.
+        print(f"chorus-batch: note: {args.site} is not a site root {target.db} records: checking the folder on its own, in a "
+              f"temporary manifest (to check that manifest's latest version reading its files from {args.site}, "
+              f"a site that moved, give --db {target.db})", file=sys.stderr)
+    if target.site is not None and (alone or not Path(target.db).exists()):
         if args.version_label is not None:  # (it was ignored: the folder's findings shown as the version's)
             raise UsageError(f"--version {shown(args.version_label)}: there is no manifest at {target.db} to hold "
                              "versions; --site alone checks the folder as it is now", where="--version",
@@ -1389,6 +1399,26 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     with _kept_exit_code(code):  # (known before printing: `validate --json | head -1` ended 0 with errors found)
         _print_validation(args, label, where, findings, not_taken, code, every=every, note=note, verdict=verdict)
     return code
+
+
+def _folder_beside_a_manifest(args: argparse.Namespace, target: _Target) -> bool:
+    """`validate --site DIR` given no manifest (no --db, no [manifest] db) where a ./chorus_manifest.sqlite lies that
+    records no root at DIR: the folder is what the user asked about, not that manifest's latest version."""
+    if not getattr(args, "site", None) or args.version_label is not None or target.db_given or target.demo \
+            or not Path(target.db).is_file():  # (--version: a version the manifest stored, whatever --site says)
+        return False
+    from .store.manifest import Manifest
+
+    given = args.site.rstrip("/") if "://" in args.site else args.site
+    for location in Manifest(target.db).roots()["location"].to_list():
+        if "://" in location or "://" in given:
+            if location.rstrip("/") == given:
+                return False
+        elif Path(location).exists() and Path(given).exists() and os.path.samefile(location, given):
+            return False
+        elif Path(location).resolve() == Path(given).resolve():
+            return False
+    return True
 
 
 def _explain_rules(args: argparse.Namespace) -> int:

@@ -39,8 +39,8 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    success
   1    success with findings (scan errors, unparseable paths, unverifiable cloud files or validation
-       errors were recorded; upload: files not sent; verify: blobs missing or not matching;
-       mark-uploaded: blobs not recorded, log lines not understood, or nothing recorded;
+       errors were recorded; upload: files not sent; verify: blobs missing or not matching, or files of
+       the verified version not uploaded yet; mark-uploaded: blobs not recorded, log lines not understood, or nothing recorded;
        import-journal: parts of the journal could not be mapped; import-config: warnings;
        registry: written, with warnings: files without a row, a capture time or a table not as recorded;
        validate --site: files its scan could not take, not checked)

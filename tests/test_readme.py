@@ -201,3 +201,40 @@ def test_a_command_given_no_manifest_names_the_run_that_starts_it_there(tmp_path
     assert cli(*argv[1:], "-q", "--no-validate", cwd=tmp_path).returncode == 0
     checked = cli("validate", "--db", "m.sqlite", cwd=here)  # (1: the one-file site's findings)
     assert checked.returncode in (0, 1) and "validation:" in checked.stdout, checked.stderr
+
+
+def test_validation_examples_do_what_their_comments_say_in_the_sites_own_folder(tmp_path):
+    # The Validation section's example lines, pasted with their paths filled in, in the folder a site's cron line cd's
+    # into (its ./chorus_manifest.sqlite there). `validate --site /data/new_submission  # a folder before its first
+    # run` showed that manifest's latest version, "0 errors", exit 0, for a folder with 13 errors it never listed.
+    import shlex
+
+    from conftest import cli, write
+    from sitegen import build_clean_site, person_ids
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("\n## Validation\n"):]
+    section = section[:section.index("\n## ", 1)]
+    examples = re.findall(r"^    chorus-batch (validate [^#\n]*?)\s*(?:#.*)?$", section, re.M)
+    assert len(examples) >= 6 and any("--site /data/new_submission" in e for e in examples), examples
+    site, submission, here = tmp_path / "site", tmp_path / "new_submission", tmp_path / "srv chorus"
+    build_clean_site(site, persons=2)
+    write(submission, "OMOP/person.csv", b"x\n")  # (no person_id column, 12 tables missing)
+    here.mkdir()
+    assert cli("run", "-q", "--site", str(site), cwd=here).returncode == 0  # ./chorus_manifest.sqlite
+    db = here / "chorus_manifest.sqlite"
+    person = person_ids(2)[0]
+    for example in examples:
+        argv = [str(submission) if w == "/data/new_submission" else str(db) if w == "site_manifest.sqlite"
+                else person if w == "000123" else w for w in shlex.split(example)]
+        out = cli(*argv, cwd=here)
+        assert "Traceback" not in out.stderr and out.returncode in (0, 1), (example, out.stderr)
+        if "--site" in argv:  # the folder's own findings, not the manifest's version; nothing left beside it
+            assert out.returncode == 1 and "omop.missing_table" in out.stdout, (example, out.stdout, out.stderr)
+            assert "checking the folder on its own" in out.stderr and f"--db {db.name}" in out.stderr, out.stderr
+            assert sorted(p.name for p in submission.rglob("*")) == ["OMOP", "person.csv"]
+        elif "--explain" not in argv:
+            assert str(db) in out.stdout and out.returncode == 0, (example, out.stdout)  # (a clean site)
+    # given by its recorded root, the site is the manifest's: its stored version, no folder checked on its own
+    same = cli("validate", "--site", str(site), cwd=here)
+    assert same.returncode == 0 and f"of {db}" in same.stdout and "on its own" not in same.stderr, same.stderr

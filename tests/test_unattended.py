@@ -467,6 +467,22 @@ def test_a_run_stopped_just_after_its_commit_does_not_make_the_next_run_hash_its
     assert "hashing 0 new or changed files" in out.stderr, out.stderr
 
 
+def test_files_read_again_only_as_racily_clean_are_not_called_new_or_changed(site, db, tmp_path):
+    # a run right after a delivery (or after the first run of a copied tree) reads again the files modified around the
+    # last listing: the log said "hashing 3 new or changed files", and then the summary showed nothing changed
+    for name in ("a", "b", "c"):
+        write(site, f"OMOP/{name}.csv", b"x\n")
+    config = tmp_path / "chorus.toml"
+    config.write_text("[run]\nracy_window_s = 600.0\nverify_sample = 0\n", encoding="utf-8")
+    assert run(site, db, "--config", str(config)).returncode == 0
+    again = run(site, db, "--config", str(config))
+    assert again.returncode == 0 and "no changes since version" in again.stdout, again.stdout + again.stderr
+    assert "3 files listed; hashing 0 new or changed files, 3 modified around an earlier run's listing (racily " \
+           "clean)" in again.stderr, again.stderr
+    write(site, "OMOP/d.csv", b"y\n")  # a new file beside them: counted as the only new one
+    assert "hashing 1 new or changed file, 3 modified around" in run(site, db, "--config", str(config)).stderr
+
+
 def test_workers_die_with_a_killed_parent(site, db):
     proc, workers = paused_at_hashing(site, db)
     proc.kill()

@@ -986,6 +986,10 @@ def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_e
     assert "all as recorded" not in out.stdout
     assert f"version 20261101020000: {20 - n_recorded} of its 20 files not uploaded yet" in out.stdout
     assert "run `chorus-batch upload`" in out.stdout
+    # ... and `verify --help` says so: its exit codes and description named only blobs missing or not matching
+    said = " ".join(cli("verify", "--help").stdout.split())
+    assert "verify: blobs missing or not matching, or files of the verified version not uploaded yet" in said, said
+    assert "and so do files of a verified version not uploaded yet" in said, said
     as_json = json.loads(cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env).stdout)
     assert as_json["not_uploaded_yet"] == [{"version": "20261101020000", "not_uploaded": 20 - n_recorded, "files": 20}]
     assert up(central, db).returncode == 0
