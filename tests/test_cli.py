@@ -2513,3 +2513,35 @@ def test_files_json_in_slices_is_valid_json_in_any_stream_encoding(monkeypatch, 
     assert raw.getvalue() == (expected + "\n").encode(encoding)
     assert json.loads(raw.getvalue().decode(encoding))[2]["srcfile"] == "caf\u00e9"
     assert (expected == text) == (encoding == "utf-8")
+
+
+@pytest.mark.parametrize("flag", [None, "--md5sum"])
+def test_files_table_and_md5sum_read_only_what_they_print(tmp_path, monkeypatch, capsys, flag):
+    """`files` of 1M files read every row and column of the version (~890 MiB peak) to show 200 rows; `--md5sum`
+    read 16 columns for two. The table now counts the rows and reads the 200 it shows; --md5sum reads path and MD5.
+    The output is what the whole version gave, byte for byte."""
+    from chorus_batch import cli as cli_module
+    from chorus_batch.report import head_text
+    from chorus_batch.review import md5sum_lines, open_manifest
+    from chorus_batch.store import manifest as manifest_module
+
+    db = _person_file_manifest(3_000, tmp_path / "m")
+    frame = open_manifest(db).files()
+    if flag is None:
+        expected = (f"version {open_manifest(db).latest()}: 3000 files\n" + "\n".join(head_text(
+            frame.select("srcfile", "modality", "person_id", "size", "md5", "version_valid"), 200, "--csv or --json lists them all")) + "\n")
+    else:
+        expected = "".join(line + "\n" for line in md5sum_lines(frame))
+    read: list[tuple[int, int]] = []  # (rows, columns) of each frame read from the manifest
+    fetch = manifest_module.fetch_frame
+
+    def counted(cur):
+        frame = fetch(cur)
+        read.append(frame.shape)
+        return frame
+
+    monkeypatch.setattr(manifest_module, "fetch_frame", counted)
+    assert cli_module.main(["files", "--db", str(db), *([flag] if flag else [])]) == 0
+    assert capsys.readouterr().out == expected
+    big = [shape for shape in read if shape[0] > 200]
+    assert big == ([] if flag is None else [(3_000, 3)]), read  # --md5sum: srcfile, md5 (and version_valid)

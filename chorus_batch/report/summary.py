@@ -281,11 +281,13 @@ def _changes(result: RunResult) -> pl.DataFrame:
     return result.change_set.select(CHANGE_COLUMNS)
 
 
-def head_text(frame: pl.DataFrame, limit: int | None, more: str) -> list[str]:
-    """The first `limit` rows (None: all) as a table, then how many more there are and how to see them."""
-    if limit is None or frame.height <= limit:
+def head_text(frame: pl.DataFrame, limit: int | None, more: str, *, total: int | None = None) -> list[str]:
+    """The first `limit` rows (None: all) as a table, then how many more there are and how to see them. `total`: how
+    many rows there are, where `frame` holds only the first ones (default: its own)."""
+    total = frame.height if total is None else total
+    if limit is None or total <= limit:
         return [frame_text(frame)]
-    return [frame_text(frame.head(limit)), f"... and {frame.height - limit} more rows ({frame.height} in all); {more}"]
+    return [frame_text(frame.head(limit)), f"... and {total - limit} more rows ({total} in all); {more}"]
 
 
 def changes_text(result: RunResult, *, limit: int | None, more: str) -> str:
