@@ -2545,3 +2545,40 @@ def test_files_table_and_md5sum_read_only_what_they_print(tmp_path, monkeypatch,
     assert capsys.readouterr().out == expected
     big = [shape for shape in read if shape[0] > 200]
     assert big == ([] if flag is None else [(3_000, 3)]), read  # --md5sum: srcfile, md5 (and version_valid)
+
+
+@pytest.mark.parametrize("flags", [[], ["--md5sum"], ["--person"], ["--md5sum", "--modality", "Waveforms"]])
+def test_files_of_an_earlier_version_read_in_part_is_what_the_whole_version_gives(tmp_path, capsys, flags):
+    """`files` reads only what it prints (the rows shown, or path and MD5): of an earlier version too, whose rows
+    are those valid then, not the latest's; byte for byte what the whole version's frame gives."""
+    import time
+
+    from chorus_batch import cli as cli_module
+    from chorus_batch.report import head_text
+    from chorus_batch.review import md5sum_lines, open_manifest
+    from chorus_batch.testdata import Spec, sync_tree, write_snapshot
+    from conftest import run_site
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    spec = Spec(persons=3, files_per_person=80, size=64, seed=5, change_fraction=0.4)
+    write_snapshot(site, spec)
+    first = run_site(site, db, validate_site=False).label
+    time.sleep(1.1)
+    assert sync_tree(site, spec) > 0
+    assert run_site(site, db, validate_site=False).label != first
+    reader = open_manifest(db)
+    person = reader.files(first)["person_id"].drop_nulls().sort()[0] if "--person" in flags else None
+    flags = [*flags, person] if person else flags  # (the person id: one the earlier version holds)
+    modality = "Waveforms" if "--modality" in flags else None
+    frame = reader.files(first, person=person, modality=modality)
+    assert 0 < frame.height != reader.files(person=person, modality=modality).height or \
+        frame["md5"].to_list() != reader.files(person=person, modality=modality)["md5"].to_list()
+    if "--md5sum" in flags:
+        expected = "".join(line + "\n" for line in md5sum_lines(frame))
+    else:
+        expected = "\n".join(head_text(frame.select("srcfile", "modality", "person_id", "size", "md5", "version_valid"),
+                                       200, "--csv or --json lists them all")) + "\n"
+    capsys.readouterr()
+    assert cli_module.main(["files", "--db", str(db), "--as-of", first, *flags]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith(expected), (out[:400], expected[:400])
