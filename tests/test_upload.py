@@ -1785,13 +1785,9 @@ def test_a_connection_string_carrying_a_sas_completes_the_version_and_verifies_i
     assert token.split("sig=")[1] not in sent.stdout + sent.stderr + verified.stdout + verified.stderr
 
 
-def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upload_is_refused(central, tmp_path):
-    # A run's commit holds SQLite's write lock for its whole transaction (minutes for a large site); the
-    # upload's first ledger write gave up after one busy timeout (30 s): exit 3, "another program holds it".
-    # The run's commit waits at its pause until the test has seen the first upload waiting and the second refused
-    # (CHORUS_BATCH_TEST_RESUME), not a fixed 40 s; the first upload says it waits after its first 1 s try.
-    db = committed_site(tmp_path, 4)
-    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+def _an_upload_beside_a_run_held_in_its_commit(central, tmp_path: Path, db: Path):
+    """A run committing version 20261102020000, held in its commit until the file it returns is made (its pause
+    at "commit"), and an upload started once the run is held: (that file, the run, the upload)."""
     resume = tmp_path / "resume-the-commit"
     env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+120", "CHORUS_BATCH_TEST_RESUME": str(resume),
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -1800,9 +1796,25 @@ def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upl
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(run, "test pause at commit")
-        first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
-                                  "--workers", "2"], env={**os.environ, **central.env},
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        upload = subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
+                                   "--workers", "2"], env={**os.environ, **central.env},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except BaseException:
+        resume.touch()
+        run.communicate(timeout=120)
+        raise
+    return resume, run, upload
+
+
+def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upload_is_refused(central, tmp_path):
+    # A run's commit holds SQLite's write lock for its whole transaction (minutes for a large site); the
+    # upload's first ledger write gave up after one busy timeout (30 s): exit 3, "another program holds it".
+    # The run's commit waits at its pause until the test has seen the first upload waiting and the second refused
+    # (CHORUS_BATCH_TEST_RESUME), not a fixed 40 s; the first upload says it waits after its first 1 s try.
+    db = committed_site(tmp_path, 4)
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    resume, run, first = _an_upload_beside_a_run_held_in_its_commit(central, tmp_path, db)
+    try:
         started = time.monotonic()
         said = wait_for(first, "waiting for it to finish")  # (the commit still holds the write lock)
         assert time.monotonic() - started < 28, said  # said at its first try, not after 30 s of silence
@@ -1830,17 +1842,8 @@ def test_a_file_a_run_replaces_while_the_upload_of_its_version_runs_is_supersede
     db = committed_site(tmp_path, 4)
     changed = next(iter(sorted(submitted(db, "20261101020000"))))
     write(tmp_path / "site", changed, b"new bytes, a longer file than before")
-    resume = tmp_path / "resume-the-commit"
-    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+120", "CHORUS_BATCH_TEST_RESUME": str(resume),
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    run = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(tmp_path / "site"), "--db", str(db),
-                            "--version", "20261102020000", "--workers", "2", "--no-validate"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    resume, run, first = _an_upload_beside_a_run_held_in_its_commit(central, tmp_path, db)
     try:
-        wait_for(run, "test pause at commit")
-        first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
-                                  "--workers", "2"], env={**os.environ, **central.env},
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         said = wait_for(first, "waiting for it to finish")  # (it judged the file stale; the commit holds the lock)
         resume.touch()
         out, err = first.communicate(timeout=120)
