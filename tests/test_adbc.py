@@ -144,18 +144,24 @@ def test_a_read_frame_holds_none_of_the_drivers_buffers(path, monkeypatch):
     assert held < data // 4, f"{held:,} bytes of the C heap held after the read (the result: {data:,})"
 
 
+def _manifest_with_table(path, rows: int) -> Manifest:
+    """A manifest holding, beside its own tables, t(k, size, name) of `rows` rows (waveform-like names)."""
+    manifest = Manifest(path)
+    manifest.ensure_schema()
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (k INTEGER, size INTEGER, name TEXT)")
+        con.executemany("INSERT INTO t VALUES (?, ?, ?)",
+                        ((i, i * 7, f"{i:06d}/Waveforms/Telemetry/1000/record_{i:08d}.dat") for i in range(rows)))
+    return manifest
+
+
 def test_a_read_frame_is_its_batches_copies_not_a_copy_of_them(path, monkeypatch):
     """The copies of the driver's batches are the frame's chunks: joined into one chunk, the whole result was copied
     again while every batch's copy was still held (`files` of 1M files: the read peaked at 860 MiB, now 645 MiB)."""
     from chorus_batch.store import manifest as manifest_module
 
-    manifest = Manifest(path)
-    manifest.ensure_schema()
     rows = 50_000
-    with sqlite3.connect(path) as con:
-        con.execute("CREATE TABLE t (k INTEGER, size INTEGER, name TEXT)")
-        con.executemany("INSERT INTO t VALUES (?, ?, ?)",
-                        ((i, i * 7, f"{i:06d}/Waveforms/Telemetry/1000/record_{i:08d}.dat") for i in range(rows)))
+    manifest = _manifest_with_table(path, rows)
     monkeypatch.setattr(manifest_module, "QUERY_BATCH_ROWS", 8_192)
     copies: list[pl.DataFrame] = []
     own_copy = manifest_module._own_copy
@@ -181,13 +187,8 @@ def test_each_batch_is_copied_whole_as_it_comes(path, monkeypatch):
     of a version's files peaked at 796 MiB (653 MiB with the numbers copied as they come)."""
     from chorus_batch.store import manifest as manifest_module
 
-    manifest = Manifest(path)
-    manifest.ensure_schema()
     rows = 120_000
-    with sqlite3.connect(path) as con:
-        con.execute("CREATE TABLE t (k INTEGER, size INTEGER, name TEXT)")
-        con.executemany("INSERT INTO t VALUES (?, ?, ?)",
-                        ((i, i * 7, f"{i:06d}/Waveforms/Telemetry/1000/record_{i:08d}.dat") for i in range(rows)))
+    manifest = _manifest_with_table(path, rows)
     manifest.query_frame("SELECT k, size, name FROM t LIMIT 10")  # the driver and its libraries loaded first
     with manifest.adbc() as con, con.cursor() as cur:
         cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "16384"})

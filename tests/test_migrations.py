@@ -1081,14 +1081,21 @@ def test_a_run_killed_while_it_upgrades_is_said_by_status_and_recorded_by_the_ne
     assert query(db, "SELECT count(*) FROM runs")[0][0] == before + 2
 
 
-@pytest.mark.parametrize("after", ["run", "validate"])
-def test_a_run_killed_while_it_upgrades_is_recorded_by_the_next_command_that_upgrades(tmp_path, after):
+def _release_run_killed_at(tmp_path: Path, at: str):
+    """A copy of release f9a987f's manifest and a `run` of its site SIGKILLed at its pause `at`: (db, the run's
+    site arguments, the killed process)."""
     db = tmp_path / "manifest.sqlite"
     shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
     site = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"]
-    proc = paused("run", "--db", str(db), *site, at="upgrade", cwd=tmp_path)
+    proc = paused("run", "--db", str(db), *site, at=at, cwd=tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
+    return db, site, proc
+
+
+@pytest.mark.parametrize("after", ["run", "validate"])
+def test_a_run_killed_while_it_upgrades_is_recorded_by_the_next_command_that_upgrades(tmp_path, after):
+    db, site, proc = _release_run_killed_at(tmp_path, "upgrade")
     out = cli(after, "--db", str(db), *(site if after == "run" else site[:2]), cwd=tmp_path)
     assert out.returncode in (0, 1), out.stderr
     killed = query(db, "SELECT pid, message FROM runs WHERE exit_code = 137")
@@ -1097,12 +1104,7 @@ def test_a_run_killed_while_it_upgrades_is_recorded_by_the_next_command_that_upg
 
 def test_a_run_killed_after_it_began_is_recorded_once_as_killed(tmp_path):
     """A run killed once its own `runs` row is written is finished by the next as before, not given a second row."""
-    db = tmp_path / "manifest.sqlite"
-    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
-    site = ["--site", str(RELEASE_F9A987F / "site"), "--no-validate"]
-    proc = paused("run", "--db", str(db), *site, at="run-finished", cwd=tmp_path)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    db, site, proc = _release_run_killed_at(tmp_path, "run-finished")
     assert cli("run", "--db", str(db), *site, cwd=tmp_path).returncode == 0
     killed = query(db, "SELECT pid, message FROM runs WHERE pid = ?", (proc.pid,))
     assert len(killed) == 1 and "found by the next run" in killed[0][1] and "upgraded" not in killed[0][1], killed
