@@ -27,7 +27,9 @@ class Progress:
     def __init__(self, *, stream: TextIO | None = None, quiet: bool = False, interval_s: float | None = None):
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        # tqdm's bars need a width: a terminal that reports 0 columns (`script`, some CI consoles and serial
+        # lines, with no `stty cols`) showed no bar at all, a 9-second stage silent; there, the log lines
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) and terminal_columns(self.stream) > 0
         self.interval_s = interval_s if interval_s is not None else log_interval_s()
 
     def stage(self, message: str) -> None:
@@ -82,6 +84,14 @@ class Progress:
             thread.join()
             if bar is not None:
                 bar.close()
+
+
+def terminal_columns(stream: TextIO) -> int:
+    """The width the terminal `stream` reports (0: none reported, or not known)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # (no file descriptor, or not a terminal's)
+        return 0
 
 
 def log_interval_s() -> float:

@@ -197,3 +197,36 @@ def closest(word: str, choices) -> str | None:
     word = word.lstrip("-")
     matches = get_close_matches(word, list(bare), n=5, cutoff=0.65)  # --out is not --account (0.6); rnu is run (0.67)
     return bare[max(matches, key=shared)] if matches else None
+
+
+# The kinds of problem a run records (scan_errors' kind; --json and the manifest keep them as they are), in words a
+# reader of `status` or a run's summary knows; the kind follows in brackets, as the README and scan_errors name it.
+ERROR_KIND_WORDS = {
+    "unparseable": "path fits no part of the site layout",
+    "vanished": "gone before it could be read",
+    "vanished_dir": "folder gone while it was listed",
+    "unreadable": "file could not be read",
+    "unreadable_dir": "folder could not be listed",
+    "unreadable_link": "link could not be followed",
+    "changed_while_hashing": "written to while it was read",
+    "special_file": "not a regular file",
+    "symlink": "link not followed",
+    "symlink_inside": "link into the site itself, not followed",
+    "symlink_loop": "loop of links",
+    "symlink_duplicate": "files reached through two links",
+    "broken_symlink": "link to nothing",
+    "mount_loop": "mount of a folder inside itself",
+    "mount_inside": "mount of a folder of the site",
+    "mtime_out_of_range": "modification time out of range",
+    "silent_change": "stored MD5 does not match the bytes",
+    "duplicate_path": "same path under two roots",
+    "unverifiable": "no MD5 to check it by",
+    "delete_list": "delete-list line not applied",
+}
+
+
+def error_kind(kind: str) -> str:
+    """A recorded problem's kind as text output shows it: in words, the kind's own name after them (an unknown kind:
+    its name alone)."""
+    words = ERROR_KIND_WORDS.get(kind)
+    return f"{words} ({kind})" if words else kind

@@ -19,17 +19,18 @@ from conftest import ROOT, cli, query, write
 DEMO_DB = "chorus_demo_manifest.sqlite"
 
 
-def cli_on_a_terminal(*args: str, cwd: Path) -> tuple[int, str]:
-    """The real command line with a terminal (a pty) as stdin, stdout and stderr: what a person sees."""
+def cli_on_a_terminal(*args: str, cwd: Path, columns: int = 120, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """The real command line with a terminal (a pty) as stdin, stdout and stderr: what a person sees. `columns`:
+    the width the terminal reports (0: none, as `script` without `stty cols`)."""
     import fcntl
     import pty
     import struct
     import termios
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40 if columns else 0, columns, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", *args], cwd=cwd, stdin=slave, stdout=slave,
-                            stderr=slave)
+                            stderr=slave, env={**os.environ, **(env or {})})
     os.close(slave)
     chunks = []
     while True:
@@ -63,6 +64,21 @@ def test_run_with_no_site_is_the_same_usage_error_on_a_terminal(tmp_path):
     assert code == 2
     assert "--site" in out and "chorus.toml" in out and "--demo" in out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name == "nt", reason="pty")
+def test_on_a_terminal_that_reports_no_width_progress_is_said_in_timestamped_lines(tmp_path):
+    """`script` without `stty cols` gives a terminal of 0 columns: tqdm drew nothing there, and a 9-second hashing
+    stage showed no progress at all. With no width, progress is the log's timestamped lines, as under cron."""
+    env = {"CHORUS_BATCH_PROGRESS_S": "0"}  # (a line at each stage's end however short it is)
+    code, out = cli_on_a_terminal("run", "--demo", "--no-validate", cwd=tmp_path, columns=0, env=env)
+    assert code in (0, 1), out
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* chorus-batch: hashing: .* files?, .*done in ", out, re.M), out
+    # a terminal with a width keeps its bar (no such line)
+    (tmp_path / "wide").mkdir()
+    code, out = cli_on_a_terminal("run", "--demo", "--no-validate", cwd=tmp_path / "wide", columns=120, env=env)
+    assert code in (0, 1), out
+    assert not re.search(r"chorus-batch: hashing: .*done in ", out), out
 
 
 @pytest.mark.skipif(os.name == "nt", reason="pty")

@@ -184,7 +184,7 @@ def test_one_path_far_longer_than_the_others_overflows_its_cell_and_does_not_wid
                           "old_srcfile": [None, None, None, "Metadata/a.md"], "size": [3, 2, 184, 9],
                           "md5": ["a" * 32, "b" * 32, "c" * 32, "d" * 32]})
     lines = frame_text(frame).splitlines()
-    assert lines[0] == "change   srcfile          old_srcfile    size  md5", lines
+    assert lines[0] == "change   path             renamed from   size  md5", lines  # (headed in words)
     assert [len(line) for line in lines[1:] if long not in line] == [len(lines[1])] * 4, lines
     assert f"added    {long}  " in lines[2] and lines[2].endswith(" 3  " + "a" * 32), lines
     # names alike in width keep their column however wide it is (DICOM paths of two UIDs: 150 characters each)

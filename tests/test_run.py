@@ -307,8 +307,10 @@ def test_the_error_summary_lists_each_kinds_examples_under_its_own_heading(site,
     out = cli("run", "--site", str(site), "--db", str(db), "-q", "--no-validate")
     assert out.returncode == 1, out.stderr  # (errors: exit 1)
     errors = out.stdout.split("\nerrors: 13 (")[1].split("\n")[1:]
-    assert errors[:3] == ["  special_file: 1", "    OMOP/pipe: not a regular file (device, socket or FIFO); skipped",
-                          "  symlink: 12"], out.stdout
+    # (each kind in words, its name as scan_errors holds it after them)
+    assert errors[:3] == ["  not a regular file (special_file): 1",
+                          "    OMOP/pipe: not a regular file (device, socket or FIFO); skipped",
+                          "  link not followed (symlink): 12"], out.stdout
     assert [line.split(":")[0] for line in errors[3:8]] == [f"    OMOP/link{i:02d}.csv" for i in range(5)], out.stdout
     assert errors[8].startswith("  ... and 7 more: `chorus-batch report"), out.stdout  # 10 examples in all
 

@@ -74,6 +74,9 @@ def test_status_lists_every_change_path_by_path_in_table_json_and_csv_and_writes
     assert "would change: 1 added, 1 removed, 1 replaced, 1 renamed" in table.stdout
     assert "nothing was written" in table.stdout
     lines = table.stdout.splitlines()
+    # the table is headed in words (the manifest's column names srcfile and old_srcfile stay in --csv and --json)
+    assert next(line for line in lines if line.startswith("change ")).split() == \
+        ["change", "path", "renamed", "from", "modality", "person_id", "size", "md5"], table.stdout
     for change, path, old in _expected():
         row = next(line for line in lines if line.startswith(change + " ") and f" {path} " in f" {line} ")
         assert old is None or old in row, row
@@ -146,6 +149,10 @@ def test_status_before_the_first_run_creates_no_manifest_and_lists_the_findings(
     assert "validation: not checked" in unchecked.stdout
     # still exit code 1: the run would record a problem (empty.txt fits no naming pattern), and lists it
     assert unchecked.returncode == 1 and "problems the run would record: 1" in unchecked.stdout
+    # its kind in words, the kind's name (as scan_errors and --json hold it) after them: "unparseable: " alone was
+    # a word of the code's
+    assert (f"    path fits no part of the site layout (unparseable): {PERSON}/Waveforms/Telemetry/1001/empty.txt: "
+            in unchecked.stdout), unchecked.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
     # append mode with a delete list: it made an empty file at --db, then "SQLite failed on the manifest: no such
@@ -155,7 +162,8 @@ def test_status_before_the_first_run_creates_no_manifest_and_lists_the_findings(
     appended = cli("status", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list", str(listed),
                    "--no-validate", "-q")
     assert appended.returncode == 1, appended.stderr
-    assert "delete_list: gone.csv: listed for deletion (line 1) but not in the manifest" in appended.stdout
+    assert "delete-list line not applied (delete_list): gone.csv: listed for deletion (line 1) but not in the " \
+        "manifest" in appended.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "deleted.txt"])
 
 

@@ -165,7 +165,10 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
     # running upload alone), which found the file stale night after night; and the summary's "(or after the next
     # run)" the same.
     assert "the next `chorus-batch run` records the change (an upload does not)" in out.stdout, out.stdout
-    assert "incomplete: once each file above is seen to" in out.stdout and "after the next run" not in out.stdout
+    # What is incomplete and what to do ("once each file above is seen to as it says" said neither)
+    assert "incomplete: 1 file of this version not sent (listed above, each with what to do): do that, then upload " \
+        "again; for a file changed or gone since the version, run `chorus-batch run` first" in out.stdout, out.stdout
+    assert "after the next run" not in out.stdout
     assert up(central, db).stdout.count("stale: OMOP/person.csv") == 1  # (an upload alone records nothing of it)
     assert set(blobs(central)) == {"20261101020000/000001/Waveforms/Telemetry/S1/S1.dat"}  # no manifest copy yet
     assert query(db, "SELECT state FROM uploads u JOIN source_files f USING (file_id) WHERE f.srcfile = 'OMOP/person.csv'") \

@@ -77,9 +77,12 @@ def upload_text(result: UploadResult) -> str:
             if v.n_not_sent > conflicts or (not conflicts and not v.n_other_waiting):
                 # "(or after the next run)" sent a site whose cron runs upload alone round in circles, and a run
                 # does nothing for a file changed in place or unreadable: each line above says its own remedy.
-                lines.append("  incomplete: once each file above is seen to as it says (a file changed or gone since "
-                             "the version: a `chorus-batch run` records that; an upload alone does not), upload "
-                             "again")
+                # ("once each file above is seen to as it says" said neither what was incomplete nor what to do)
+                left = v.not_sent.filter(~pl.col("state").is_in(("conflict", *NOTHING_TO_DO))).height if v.n_not_sent else 0
+                lines.append(f"  incomplete: {plural(left, 'file')} of this version not sent (listed above, each with "
+                             "what to do): do that, then upload again; for a file changed or gone since the version, "
+                             "run `chorus-batch run` first (it records the change; an upload alone does not)" if left
+                             else "  incomplete: see the lines above; once each is dealt with as it says, upload again")
             if v.n_other_waiting:  # (left out on purpose: the version waits for them)
                 lines.append(f"  incomplete: {plural(v.n_other_waiting, 'file')} of other modalities than --modalities "
                              "not uploaded yet: upload without --modalities (or with theirs) sends them and completes "

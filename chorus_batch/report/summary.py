@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..frames import SEVERITY_ORDER
-from ..units import human_bytes, pad, plural, shown, shown_name, shown_text, text_width
+from ..units import error_kind, human_bytes, pad, plural, shown, shown_name, shown_text, text_width
 
 if TYPE_CHECKING:
     from ..pipeline import RunResult
@@ -240,7 +240,7 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
         each = max(1, 10 // max(len(by_kind), 1))
         shown = 0
         for kind, n in by_kind.items():
-            lines.append(f"  {kind}: {n}")
+            lines.append(f"  {error_kind(kind)}: {n}")
             for row in result.errors.filter(pl.col("kind") == kind).head(each).iter_rows(named=True):
                 lines.append(f"    {shown_name(row['srcfile'])}: {shown_text(row['message'])}")
                 shown += 1
@@ -308,7 +308,7 @@ def status_text(result: RunResult, *, limit: int | None,
     lines += excluded_text(result.excluded, committed=False)
     if result.errors.height:
         lines += ["", f"problems the run would record: {result.errors.height}"]
-        lines += [f"    {row['kind']}: {shown_name(row['srcfile'])}: {shown_text(row['message'])}"
+        lines += [f"    {error_kind(row['kind'])}: {shown_name(row['srcfile'])}: {shown_text(row['message'])}"
                   for row in result.errors.head(limit if limit is not None else result.errors.height).iter_rows(named=True)]
         if limit is not None and result.errors.height > limit:
             lines.append(f"    ... and {result.errors.height - limit} more; --all or --json lists them all")
@@ -339,10 +339,15 @@ def status_csv(result: RunResult) -> pl.DataFrame:
 NAME_COLUMNS = frozenset({"srcfile", "old_srcfile", "renamed_to", "person_id", "session_id"})
 
 
+# The manifest's column names a table for a person heads in words (--csv, --json and the manifest keep the names)
+HEADINGS = {"srcfile": "path", "old_srcfile": "renamed from"}
+
+
 def frame_text(frame: pl.DataFrame) -> str:
     if frame.height == 0:
         return "(none)"
     names = [c in NAME_COLUMNS for c in frame.columns]
     rows = [[shown_name(v) if name else "" if v is None else str(v) for v, name in zip(row, names)]
             for row in frame.iter_rows()]
-    return "\n".join(_table(rows, frame.columns, frozenset(i for i, name in enumerate(names) if name)))
+    return "\n".join(_table(rows, [HEADINGS.get(c, c) for c in frame.columns],
+                             frozenset(i for i, name in enumerate(names) if name)))
