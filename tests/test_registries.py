@@ -1268,3 +1268,23 @@ def test_rows_and_columns_a_site_added_by_hand_are_told_when_the_registry_is_wri
     assert "Traceback" not in done.stderr
     again = cli("registry", "--db", str(db), "--out", str(out))  # (as the tool wrote it: nothing to tell)
     assert again.returncode == first.returncode, again.stderr
+
+
+def test_a_registry_after_a_run_opens_no_header_and_each_earlier_registry_once(tmp_path):
+    """A run that validates caches every header's facts by content (issue 15: one read per file): the registries
+    after it open no WFDB, EDF or DICOM file of the site. Written again into the same folder, the registries there
+    before were each opened three times (the proc_ids checked, the values filled in by hand, the rows added by
+    hand): now once."""
+    from test_one_read import _opens
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    headers = {p.relative_to(tmp_path).as_posix() for p in site.rglob("*")
+               if p.suffix.lower() in (".hea", ".dcm", ".edf", ".bdf")}
+    assert headers
+    for _ in range(2):
+        opens = _opens(tmp_path, tmp_path, "registry", "--db", str(db), "--out", str(out), "-q")
+        assert not headers & set(opens), sorted(headers & set(opens))[:3]
+    assert {path: n for path, n in opens.items() if path.startswith("release/") and path.endswith("registry.csv")} == {
+        "release/waveform_registry.csv": 1, "release/image_registry.csv": 1}
