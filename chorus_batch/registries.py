@@ -357,6 +357,9 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     waves = linked.filter(pl.col("modality") == "Waveforms")
     headers = waves.filter(pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
     edf = waves.filter(pl.col("srcfile").str.to_lowercase().str.contains(r"\.(edf|bdf)$"))
+    if not write:  # proc_ids to allocate: said before the headers' facts and the site's visits are read (all read
+        # again under the lock: the facts of 100k files and their capture times were read twice by a first registry)
+        _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     facts, unread = _facts(manifest, [(dicom, KIND_DICOM), (headers, KIND_WFDB), (edf, KIND_EDF)], sources, workers,
                            progress, write=write, label=label)
     warnings = _unread_warning(unread, label)
@@ -393,8 +396,6 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         linked.join(image_times, on="srcfile", how="left").join(record_times, on="record_id", how="left")
         .with_columns(_when=pl.coalesce("_when", "_record_when", path_time))
     )
-    if not write:  # proc_ids to allocate: said before the site's visits are read (read again under the lock)
-        _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     # An earlier version's OMOP table that a later version removed is not on the site: read, it stopped the registry
     # (exit 2, "if the site moved, pass --site") for good. Its visits are not known; the rows are written without them
     removed = {table: _removed_since(manifest, omop, table)
