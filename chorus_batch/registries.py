@@ -357,6 +357,9 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     waves = linked.filter(pl.col("modality") == "Waveforms")
     headers = waves.filter(pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
     edf = waves.filter(pl.col("srcfile").str.to_lowercase().str.contains(r"\.(edf|bdf)$"))
+    if not write:  # proc_ids to allocate: said before the headers' facts and the site's visits are read (all read
+        # again under the lock: the facts of 100k files and their capture times were read twice by a first registry)
+        _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     facts, unread = _facts(manifest, [(dicom, KIND_DICOM), (headers, KIND_WFDB), (edf, KIND_EDF)], sources, workers,
                            progress, write=write, label=label)
     warnings = _unread_warning(unread, label)
@@ -393,8 +396,6 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         linked.join(image_times, on="srcfile", how="left").join(record_times, on="record_id", how="left")
         .with_columns(_when=pl.coalesce("_when", "_record_when", path_time))
     )
-    if not write:  # proc_ids to allocate: said before the site's visits are read (read again under the lock)
-        _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     # An earlier version's OMOP table that a later version removed is not on the site: read, it stopped the registry
     # (exit 2, "if the site moved, pass --site") for good. Its visits are not known; the rows are written without them
     removed = {table: _removed_since(manifest, omop, table)
@@ -641,14 +642,14 @@ def _common_folder(frame: pl.DataFrame, first: str, last: str) -> pl.Expr:
     return a.list.head(shared).list.join("/")
 
 
-def _filled_by_hand(out: Path, registries: Registries) -> list[str]:
+def _filled_by_hand(out: Path, registries: Registries, earlier: Mapping[str, pl.DataFrame | None]) -> list[str]:
     """A warning for each registry in `out` about to be replaced whose rows give a datetime or visit_id where the new
     rows of the same file_id have none: filled in by hand (as the undated-session warning suggests), they were lost
     without a word when the registries were written again."""
     said = []
     for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
         path = out / name
-        old = _read_registry(path, ["file_id", "datetime", "visit_id"])
+        old = _with_columns(earlier[name], ["file_id", "datetime", "visit_id"])
         if old is None:  # (none there, or not one to compare: it is replaced as before)
             continue
         old = old.select(
@@ -702,11 +703,11 @@ def _refuse_site_table(manifest: Manifest, target: Path) -> None:
                                                         "then add its rows to the site's procedure_occurrence.csv")
 
 
-def _read_registry(path: Path, columns: list[str], *, every: bool = False) -> pl.DataFrame | None:
-    """These columns (as text) of a registry already in --out, split by the delimiter its header row is (a spreadsheet
-    saves semicolons in much of Europe; its BOM and CRLF read too); None without the file or one of the columns. Read
-    as comma-delimited, a semicolon-saved registry had no columns: the site's own was replaced without a word, and
-    the values filled in by hand were lost without the warning."""
+def _read_registry(path: Path) -> pl.DataFrame | None:
+    """A registry already in --out (every column, as text, named in lower case), split by the delimiter its header row
+    is (a spreadsheet saves semicolons in much of Europe; its BOM and CRLF read too); None without the file or with a
+    column named twice. Read as comma-delimited, a semicolon-saved registry had no columns: the site's own was replaced
+    without a word, and the values filled in by hand were lost without the warning."""
     from .validate.readers import BadContent, _csv_header
 
     try:
@@ -716,7 +717,18 @@ def _read_registry(path: Path, columns: list[str], *, every: bool = False) -> pl
     except (OSError, BadContent, pl.exceptions.PolarsError, ValueError):
         return None
     frame.columns = [c.lstrip("\ufeff").strip().strip('"').strip().lower() for c in frame.columns]
-    if not set(columns) <= set(frame.columns) or len(set(frame.columns)) != frame.width:
+    return frame if len(set(frame.columns)) == frame.width else None
+
+
+def _earlier_registries(out: Path) -> dict[str, pl.DataFrame | None]:
+    """The registries already in `out`, each read once (its proc_ids, and the values and rows added by hand, are
+    compared with those read: each was read three times, a million-row registry ~0.5 s each)."""
+    return {name: _read_registry(out / name) for name in ("waveform_registry.csv", "image_registry.csv")}
+
+
+def _with_columns(frame: pl.DataFrame | None, columns: list[str], *, every: bool = False) -> pl.DataFrame | None:
+    """These columns of an earlier registry (every column with `every`); None without it or one of the columns."""
+    if frame is None or not set(columns) <= set(frame.columns):
         return None
     if frame.width:  # (an empty line, or one a spreadsheet saves as ",,,,": no row anyone typed in)
         frame = frame.filter(~pl.all_horizontal(pl.all().str.strip_chars().fill_null("") == ""))
@@ -739,7 +751,7 @@ def _refuse_open_in_a_spreadsheet(out: Path, omop: bool) -> None:
                                      f"crashed), remove {out / lock}")
 
 
-def _refuse_unreadable_registries(out: Path) -> None:
+def _refuse_unreadable_registries(out: Path, earlier: Mapping[str, pl.DataFrame | None]) -> None:
     """A UsageError when `out` holds a waveform or image registry with rows that cannot be read as one (saved as
     UTF-16 "Unicode Text" by a spreadsheet, or another table under the name, without file_id): replaced, its rows,
     added by hand perhaps, were gone, exit 0, without a word, as no row of it could be compared."""
@@ -750,9 +762,9 @@ def _refuse_unreadable_registries(out: Path) -> None:
                 continue
         except OSError:
             continue  # (writing there says what is wrong)
-        if _read_registry(path, ["file_id"]) is not None:
+        if _with_columns(earlier[name], ["file_id"]) is not None:
             continue
-        whole = _read_registry(path, [], every=True)
+        whole = _with_columns(earlier[name], [], every=True)
         if whole is not None and whole.height == 0:
             continue  # (a header alone: no row to lose)
         raise UsageError(f"--out {out} holds {name}, which cannot be read as a registry (not CSV text in UTF-8 with "
@@ -763,7 +775,8 @@ def _refuse_unreadable_registries(out: Path) -> None:
                              "or move it away (keep a copy of rows you added) or give another --out folder")
 
 
-def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> list[str]:
+def _added_by_hand(manifest: Manifest, out: Path, registries: Registries,
+                   earlier: Mapping[str, pl.DataFrame | None]) -> list[str]:
     """A warning for each registry in `out` about to be replaced with rows of file_ids no file of the manifest has
     (typed in by the site: a file delivered otherwise) or columns this tool does not write that hold values (the
     site's notes): the file was written anew without them, exit 0, without a word."""
@@ -777,7 +790,7 @@ def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> lis
     for name, frame, modality in (("waveform_registry.csv", registries.waveforms, "Waveforms"),
                                   ("image_registry.csv", registries.images, "Images")):
         path = out / name
-        old = _read_registry(path, ["file_id"], every=True)
+        old = _with_columns(earlier[name], ["file_id"], every=True)
         if old is None:  # (none there, or not one to compare: it is replaced as before)
             continue
         rows = old.select(_id=pl.col("file_id").str.strip_chars().fill_null(""),  # (an empty one is a row typed in too)
@@ -810,7 +823,7 @@ def _added_by_hand(manifest: Manifest, out: Path, registries: Registries) -> lis
     return said
 
 
-def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
+def _refuse_foreign_registries(manifest: Manifest, out: Path, earlier: Mapping[str, pl.DataFrame | None]) -> None:
     """A UsageError when `out` holds a waveform or image registry with proc_ids this manifest never gave: the site's
     own registry (shipped at its root, or copied to a release folder), whose proc_ids its PROCEDURE_OCCURRENCE rows
     and the centre's joins use. `--out <site>` replaced it by one numbered otherwise, exit 0, without a word, and the
@@ -819,7 +832,7 @@ def _refuse_foreign_registries(manifest: Manifest, out: Path) -> None:
                                  schema={"proc_id": pl.Int64})["proc_id"]
     for name in ("waveform_registry.csv", "image_registry.csv"):
         path = out / name
-        frame = _read_registry(path, ["proc_id"])
+        frame = _with_columns(earlier[name], ["proc_id"])
         if frame is None:
             continue  # (no proc_id column to read: no ids anyone joins on are lost by replacing it)
         written = frame["proc_id"]
@@ -923,8 +936,9 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     if omop:
         _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
     _refuse_open_in_a_spreadsheet(Path(out), omop)
-    _refuse_unreadable_registries(Path(out))
-    _refuse_foreign_registries(manifest, Path(out))
+    earlier = _earlier_registries(Path(out))
+    _refuse_unreadable_registries(Path(out), earlier)
+    _refuse_foreign_registries(manifest, Path(out), earlier)
     _refuse_second_registry(manifest, Path(out), overrides)
     made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
@@ -942,7 +956,8 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                 # is given by this release's rules (it gave them, exit 0, where validate --force refused)
                 manifest.ensure_schema(create=False)
                 registries = build()
-        registries.warnings += _filled_by_hand(Path(out), registries) + _added_by_hand(manifest, Path(out), registries)
+        registries.warnings += (_filled_by_hand(Path(out), registries, earlier)
+                                + _added_by_hand(manifest, Path(out), registries, earlier))
         return registries, write_registries(registries, out, omop=omop)
     finally:  # stopped or failed before writing (a signal, a refusal): no empty --out folder of its own is left
         remove_empty_folders(made)
