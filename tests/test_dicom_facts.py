@@ -619,3 +619,33 @@ def test_a_damaged_file_meta_group_is_told_as_a_header_not_parsed(old, new, told
     error = facts(data.replace(old, new))["error"]
     assert error.startswith("DICOM header cannot be parsed: ") and told in error, error
     assert "pydicom.config" not in error  # (pydicom's advice to its own users: nothing a site can do)
+
+
+class _Pieces:
+    """A stream giving its bytes in the pieces given (as a network stream's short reads), then b"" for good."""
+
+    def __init__(self, *pieces: bytes):
+        self.pieces, self.reads = list(pieces), 0
+
+    def read(self, n: int) -> bytes:
+        self.reads += 1
+        if not self.pieces:
+            return b""
+        piece = self.pieces.pop(0)
+        assert len(piece) <= n
+        return piece
+
+
+def test_a_header_shorter_than_the_head_read_is_its_one_read_not_a_copy():
+    # A DICOM file smaller than DICOM_HEAD_BYTES (most of a site's: 64 KiB images) was joined with the b"" of the
+    # read that found its end: a copy of the whole file for each header parsed, a sixth of the parse's CPU
+    whole = dicom(pixels=32 * 1024)
+    assert len(whole) < readers.DICOM_HEAD_BYTES
+    stream = _Pieces(whole)
+    assert readers._read_up_to(stream, readers.DICOM_HEAD_BYTES) is whole
+    assert stream.reads == 2  # (the second found the end)
+    # short reads are still joined into all the bytes asked for, and stop at the end or at n
+    stream = _Pieces(whole[:100], whole[100:5000], whole[5000:])
+    assert readers._read_up_to(stream, readers.DICOM_HEAD_BYTES) == whole
+    assert readers._read_up_to(_Pieces(b"ab", b"cd"), 4) == b"abcd"
+    assert readers._read_up_to(_Pieces(), 4) == b""

@@ -756,8 +756,11 @@ def _read_up_to(f, n: int) -> bytes:
     pieces = [f.read(n)]
     got = len(pieces[0])
     while pieces[-1] and got < n:  # (pieces joined once: `data += more` copied all read so far at each short read)
-        pieces.append(f.read(n - got))
-        got += len(pieces[-1])
+        more = f.read(n - got)
+        if not more:  # the end: a file shorter than n (most: a 64 KiB DICOM file read for 256 KiB of header) is
+            break  # its first read, not a join of it and b"", which copied it whole (a sixth of a DICOM header's parse)
+        pieces.append(more)
+        got += len(more)
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
