@@ -162,6 +162,9 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "UMASK_BEFORE=$(umask)  # (given back at the end when pasted into an interactive shell)",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
+        # (a log kept from an earlier run, made under umask 022 before this line was there or copied back from a backup,
+        # was appended to as it was: readable by all)
+        'if [ -f "$LOG" ] && [ -O "$LOG" ]; then chmod go= -- "$LOG" 2>/dev/null || true; fi',
         f"CONTAINER={shlex.quote(container)}",
         f"ACCOUNT_URL={shlex.quote(account_url)}",
         f"ACCOUNT={shlex.quote(sign_in.account_name or '')}",
