@@ -2983,9 +2983,10 @@ def entry() -> None:
     interpreter's teardown. Every resource is closed by then (pools, SQLite, DuckDB,
     the lock); tearing down a heap of a million-row run only costs 0.2-0.3 s."""
     try:  # Ctrl-C before main's own handling begins (arguments read, handlers installed): one line, exit 130
-        from .fsutil import standard_streams_open  # (its imports take a while: tempfile, shutil)
+        from .fsutil import private_streams, standard_streams_open  # (its imports take a while: tempfile, shutil)
 
         standard_streams_open()  # first: before any file or pipe can take descriptor 0, 1 or 2
+        private_streams()  # (what is said names person folders: a file it goes to is owner-only)
         in_utf8_mode()
         if sys.stderr is not None:
             sys.stderr = _Messages(sys.stderr)  # type: ignore[assignment]

@@ -763,6 +763,18 @@ def standard_streams_open() -> None:
                 os.close(null)
 
 
+def private_streams() -> None:
+    """Make stdout and stderr owner-only where they are a regular file of this user's: `upload --script bash >
+    upload.sh`, `validate --json > findings.json`, `run -v 2>> nightly.log` name every file sent, each finding's path
+    or each person folder, and the shell made the file with its umask (0644 under 022: readable by all). A pipe, a
+    terminal, /dev/null or another user's file is left as it is; the owner's own bits stay."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+
+
 def _no_manifest_path(path: str | os.PathLike[str], exc: OSError) -> UsageError | None:
     """Why a manifest path that cannot be stat'ed can hold no manifest, as every command says it (None: there is nothing
     there yet, which a command that reads says as "no manifest", and `run` starts one in): a symbolic link to nothing

@@ -49,7 +49,16 @@ _SCRUB = [
                 r"((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
                 r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
                 r"X-Amz-Signature|Signature)[\"']?\s*(?:[:=]|%3D)\s*[\"']?)(?!\*\*\*)[^\s\"'&;,]+"), r"\1***"),
+    # an Azure account key alone (64 bytes in base64: 86 characters and '=='), as "$AZURE_STORAGE_KEY" pasted into
+    # the wrong option: without its name it was quoted back whole, and recorded in `runs`
+    (re.compile(r"(?<![A-Za-z0-9+])[A-Za-z0-9+/]{86}==(?![A-Za-z0-9+/=])"), "***"),
 ]
+# The secrets this tool reads from the environment: their values, wherever they turn up in text (an AWS secret key has
+# no shape of its own to be known by). Values shorter than this are left: a test's "testing" is no secret, and masking
+# a short word would mangle the paths and messages it is part of.
+SECRET_VARIABLES = ("AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET",
+                    "AZURE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_SECRET_VALUE_MIN = 16
 
 
 def _userinfo(found: re.Match) -> str:
@@ -80,6 +89,10 @@ def scrub(text: str) -> str:
     secrets outside a URL become ***. Messages quote what they were given (`no version 'az://c/x?sig=...'`,
     argparse's `unrecognized arguments: ...`): a secret given in the wrong place was printed back, and so kept in
     cron mails and job logs."""
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if len(value) >= _SECRET_VALUE_MIN and value in text:
+            text = text.replace(value, "***")
     text = _TEXT_URL.sub(_masked_in_text, text)
     for pattern, replacement in _SCRUB:
         text = pattern.sub(replacement, text)

@@ -1615,6 +1615,30 @@ def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     assert out.returncode == 2 and "use at most 49 characters" in out.stderr, out.stderr
     assert not db.exists()
 
+def test_a_bare_account_key_or_a_secret_of_the_environment_given_in_the_wrong_place_is_never_quoted_or_recorded(
+        site, db, tmp_path):
+    """Only a secret with its name (sig=, AccountKey=, password=) was masked: an Azure account key pasted alone
+    ("$AZURE_STORAGE_KEY" as --exclude, --version, --rule, --to, --db) was quoted back whole in the error, and as an
+    --exclude glob the run went on and recorded it in `runs`.argv; so was the value of AWS_SECRET_ACCESS_KEY. A key of
+    an account key's shape (88 base64 characters ending '==') and the values of the secret variables the tool reads
+    are masked wherever text is shown or kept."""
+    key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+    aws = "wJalrXUtnFEMIDUMMYbPxRfiCYEXAMPLEKEYaw12"
+    env = {"AWS_SECRET_ACCESS_KEY": aws}
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for secret in (key, aws):
+        for args in (["run", "--no-validate", "--site", str(site), "--db", str(db), "--version", secret],
+                     ["validate", "--db", str(db), "--rule", secret], ["upload", "--db", str(db), "--to", secret],
+                     ["versions", "--db", secret], ["run", "--no-validate", "--site", str(site), "--db", str(db),
+                                                    "--exclude", secret, "--json"]):
+            out = cli(*args, cwd=tmp_path, env=env)
+            assert secret not in out.stdout + out.stderr and "***" in out.stdout + out.stderr, (args, out.stdout,
+                                                                                                 out.stderr)
+    argv = " ".join(a for (a,) in query(db, "SELECT argv FROM runs"))
+    assert key not in argv and aws not in argv, argv
+
+
 
 def test_a_version_label_windows_reserves_as_a_device_name_is_refused(site, db):
     """The label is the version's folder at the central container, which a reviewer downloads (and

@@ -445,3 +445,26 @@ def test_out_never_lands_in_the_parquet_snapshot_folder_it_reads(tmp_path):
     check_not_manifest(tmp_path / "r.html", snaps)
     (tmp_path / "plain").mkdir()
     check_not_manifest(tmp_path / "plain" / "r.html", tmp_path / "plain")
+
+
+@posix_only
+def test_a_file_the_shell_made_for_the_output_or_the_log_is_made_owner_only(manifest, tmp_path):
+    """`validate --json > findings.json` and `run -v 2>> nightly.log` (or `upload --script bash > upload.sh`) went to
+    a file the shell made with its umask: 0644 under 022, readable by all, naming each finding's file and each person
+    folder. A regular file of this user's on stdout or stderr is made owner-only; a pipe or /dev/null is left."""
+    import subprocess
+
+    out, log = tmp_path / "findings.json", tmp_path / "nightly.log"
+    for path in (out, log):
+        path.write_bytes(b"")
+        path.chmod(0o644)
+    with open(out, "ab") as stdout, open(log, "ab") as stderr:
+        done = subprocess.run([sys.executable, "-m", "chorus_batch", "validate", "--db", str(manifest), "--json", "-v"],
+                              stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    assert done.returncode in (0, 1), log.read_text()
+    assert '"findings"' in out.read_text() and log.read_text()
+    assert (mode(out), mode(log)) == (0o600, 0o600)
+    before = stat.S_IMODE(os.stat(os.devnull).st_mode)  # (a device: never changed, though this user may be root)
+    subprocess.run([sys.executable, "-m", "chorus_batch", "versions", "--db", str(manifest)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    assert stat.S_IMODE(os.stat(os.devnull).st_mode) == before

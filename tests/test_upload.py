@@ -2035,9 +2035,12 @@ def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_
     assert central.client.download_blob("20261101020000/OMOP/st*r.csv").readall() == b"star"
 
 
-def test_an_upload_scripts_log_is_owner_only_whatever_the_umask(central, azurite, tmp_path):
+@pytest.mark.parametrize("kept", [False, True], ids=["new", "kept-readable"])
+def test_an_upload_scripts_log_is_owner_only_whatever_the_umask(central, azurite, tmp_path, kept):
     """upload.log names every file sent (person ids in the paths); the script appended to it with the caller's umask:
-    0644 under umask 022, 0666 under 000. The script sets umask 077: the log is 0600. Run for real with AzCopy."""
+    0644 under umask 022, 0666 under 000. The script sets umask 077: the log is 0600. Run for real with AzCopy.
+    A log kept from an earlier run (made readable by all under an earlier script, or copied back) is made 0600 too:
+    it was appended to as it was."""
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
@@ -2055,6 +2058,9 @@ def test_an_upload_scripts_log_is_owner_only_whatever_the_umask(central, azurite
     env = {**os.environ, **central.env, "CHORUS_SAS": sas, "CHORUS_UPLOAD_LOG": str(log),
            "PATH": f"{azcopy_tools(tmp_path)}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
            "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    if kept:
+        log.write_text("uploaded\t20261001020000/OMOP/person.csv\n")
+        log.chmod(0o644)
     ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300,
                          preexec_fn=lambda: os.umask(0), check=False)
     assert ran.returncode == 0, ran.stdout + ran.stderr

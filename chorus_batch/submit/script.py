@@ -162,6 +162,9 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "UMASK_BEFORE=$(umask)  # (given back at the end when pasted into an interactive shell)",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
+        # (a log kept from an earlier run, made under umask 022 before this line was there or copied back from a backup,
+        # was appended to as it was: readable by all)
+        'if [ -f "$LOG" ] && [ -O "$LOG" ]; then chmod go= -- "$LOG" 2>/dev/null || true; fi',
         # (a line an earlier run left cut short, the disk full or the run stopped mid-write, is ended first: the next
         # line logged was joined to it, and mark-uploaded read the two as one name of no file, a sent file unrecorded)
         'if [ -s "$LOG" ] && [ -n "$(tail -c 1 -- "$LOG" 2> /dev/null)" ]; then printf \'\\n\' >> "$LOG"; fi',
