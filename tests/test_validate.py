@@ -2693,3 +2693,22 @@ def test_registry_persons_person_csv_writes_as_decimals_are_told_so(clean):
     assert len(messages) == 2 and all(m.endswith(
         " (person.csv writes person_ids as decimals, such as 000101 as 101.0: OMOP's person_id is an integer; write "
         "person.csv's person_ids as integers)") for m in messages), messages
+
+
+def test_a_current_image_path_of_other_depth_is_compared_by_its_modality_folder_as_written(clean):
+    """dicom.path_mismatch reads the modality folder of today's <person>/Images/<Modality>/<accession>/<series>/<file>
+    from the path's parts, and of any other path a site's own patterns call current from the pattern: both name the
+    folder as written (MR, against the header's CT), and a path the pattern does not fit falls back to the category."""
+    current = scan_current(clean)
+    dicom = current.filter(pl.col("srcfile") == DCM)
+    series = SERIES1.rsplit("/", 1)[1]
+    paths = {f"{P0}/Images/MR/{ACCESSION}/{series}/000.dcm": "MR",  # the usual depth: from the parts
+             f"{P0}/Images/x/images/mr/{ACCESSION}/{series}/000.dcm": "mr",  # deeper: from the pattern
+             f"{P0}/Images/{ACCESSION}/{series}/000.dcm": "NM"}  # the pattern does not fit: the category
+    copies = pl.concat([dicom.with_columns(srcfile=pl.lit(path), layout=pl.lit("current"), category=pl.lit("NM"))
+                        for path in paths])
+    out = check(pl.concat([current.filter(pl.col("srcfile") != DCM), copies]),
+                extract_facts(LocalSource(clean), facts_needed(current)))
+    told = dict(out.filter(pl.col("rule") == "dicom.path_mismatch").select("srcfile", "message").rows())
+    assert {path: told.get(path, "").split(" but ")[0] for path in paths} == {
+        path: f"modality folder {folder}" for path, folder in paths.items()}

@@ -13,10 +13,12 @@ from ..times import iso, utc_now
 if TYPE_CHECKING:
     from .manifest import Manifest
 
-# What the validation rules read of each current file (and the root to open it from).
+# What the validation rules read of each current file (and the root to open it from). Not the start and duration the
+# path gives (start_date, start_time, duration_s): no rule reads them (an EDF header's own are its facts), and each
+# column read costs (100k files: 0.164 s of CPU with them, 0.148 without), and is copied into every part.
 VALIDATION_SCHEMA = schema_of("source_files", (
-    "srcfile", "size", "md5", "modality", "person_id", "session_id", "start_date", "start_time", "duration_s",
-    "segment", "parse_error", "category", "layout", "root_id", "etag", "mtime_ns"))
+    "srcfile", "size", "md5", "modality", "person_id", "session_id", "segment", "parse_error", "category", "layout",
+    "root_id", "etag", "mtime_ns"))
 
 
 # The cache's keys are looked up only when it holds more than this many times the pairs wanted; otherwise all are

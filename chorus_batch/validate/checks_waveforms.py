@@ -81,7 +81,8 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     ).with_columns(_path=pl.col("_dir") + "/" + pl.col("file_name"))
     present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
                                                     ).collect()
-    missing = site.with_untaken(data.unique(["_header", "_path"]).join(present, on="_path", how="anti"))
+    # (the few not present, then each once: de-duplicating all 50k signal files first cost 10 ms at 100k files)
+    missing = site.with_untaken(data.join(present, on="_path", how="anti").unique(["_header", "_path"]))
     out.append(_found(
         "wfdb.missing_dat", missing, "_header",
         pl.when(pl.col("_why").is_null() & pl.col("file_name_written").is_not_null()).then(
