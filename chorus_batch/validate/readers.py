@@ -688,6 +688,11 @@ def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
         return stopped + 8, int.from_bytes(header[4:8], order)
     if header[4:6] in (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"):
         return (stopped + 12, int.from_bytes(header[8:12], order)) if len(header) == 12 else None
+    if not b"AA" <= header[4:6] <= b"ZZ":
+        # no VR (pydicom's generator then reads the element as implicit VR, its length the 4 bytes after the tag, as
+        # the elements' walk does): a damaged 'OW' (b"\x00W") read here as a 2-byte length of 0, so the file read
+        # whole by dcmread and cut inside its pixel data by the walk
+        return stopped + 8, int.from_bytes(header[4:8], order)
     return stopped + 8, int.from_bytes(header[6:8], order)
 
 

@@ -248,8 +248,11 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v12 reads a file of a transfer syntax pydicom does not know (a vendor's private UID) in the encoding dcmread
 # found (v11: "cannot parse the file (ValueError: UID is not a transfer syntax.)"), and tells a File Meta group of an
 # unknown VR or a length its VR cannot have as a header not parsed (v11: "cannot parse the file (NotImplementedError..")
+# dicom.v13 reads a Pixel Data element whose VR is no VR (not two capitals: a damaged 'OW') as implicit VR, as pydicom's
+# generator does, when dcmread read the header too (v12: its length taken as 0: a file cut inside its pixel data read
+# as whole by that path, and as cut by the elements' walk)
 # records.v5 tells a line longer than any record name's path (v4: a file of one 100 MB line was one record's name)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v12", "records.v5"
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v13", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
