@@ -5,7 +5,13 @@ the session, segment, duration and waveform or image category it names are parts
 layout or has a reason, and a path is classified alike alone, among others, and in batches.
 
 Shards (scan.shard_of, pipeline.scan_shard): for random trees and N in 1..7, the shards' listings are disjoint,
-together the whole tree, each file in the shard shard_of says, and their merge commits the tree.
+together the whole tree, each file in the shard shard_of says, and their merge commits the tree and the problems of
+a whole-site run; over several nights (test_property.py's richer edits), merged shards commit the change sets of
+whole-site runs.
+
+The upload ledger: after runs and uploads in any order (edits no run saw before an upload too), the ledger's confirmed
+files are the container's, and `verify` names of each version exactly the files the ledger holds neither as sent nor
+as superseded.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from hypothesis import HealthCheck, example, given, settings as hyp_settings, st
 from chorus_batch import classify as classify_module
 from chorus_batch.classify import classify
 from chorus_batch.frames import CLASSIFIED_SCHEMA
+from test_property import rich_op
 
 # --- Classification -----------------------------------------------------------------------------------------------
 
@@ -220,5 +227,36 @@ def test_after_runs_and_uploads_in_any_order_verify_says_what_the_ledger_holds(a
                                  f"WHERE u.version = c.version AND u.file_id = c.file_id AND u.{done}) GROUP BY c.version"))
         assert {row["version"]: row["not_uploaded"] for row in said["not_uploaded_yet"]} == missing, said
         assert out.returncode == (1 if missing else 0), out.stdout + out.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@given(st.lists(st.lists(rich_op, min_size=1, max_size=4), min_size=2, max_size=3),
+       st.integers(2, 5))
+@hyp_settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+def test_a_history_committed_by_merged_shards_has_the_change_sets_of_whole_site_runs(history, n):
+    """Moves between persons (between shards), swaps, case-only renames, copies, a file turned folder: each night's
+    shards merged commit what a run of the whole site commits (the previous rows read partition by partition)."""
+    from chorus_batch.pipeline import scan_shard
+    from conftest import current_rows, query, run_site, settings, tree_md5
+    from test_property import apply_rich  # (the richer nights of test_property.py)
+
+    work = Path(tempfile.mkdtemp(prefix="chorus-shard-history-"))
+    try:
+        site, sharded, whole = work / "site", work / "sharded.sqlite", work / "whole.sqlite"
+        site.mkdir()
+        for night, ops in enumerate(history):
+            for op in ops:
+                apply_rich(site, op)
+            staging = work / f"staging-{night}"
+            for k in range(n):
+                scan_shard(settings(site, sharded, shard=f"{k}/{n}", staging=str(staging), max_delete="all"))
+            run_site(site, sharded, merge=str(staging), max_delete="all")
+            run_site(site, whole, max_delete="all")
+            assert current_rows(sharded) == tree_md5(site)
+            counts = "SELECT n_added, n_removed, n_replaced, n_renamed, n_unchanged, n_files FROM versions ORDER BY label"
+            assert query(sharded, counts) == query(whole, counts)
+            changes = "SELECT change, srcfile, old_srcfile FROM changes ORDER BY change, srcfile, old_srcfile"
+            assert query(sharded, changes) == query(whole, changes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
