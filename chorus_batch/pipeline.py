@@ -243,7 +243,12 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
     result: RunResult | None = None
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
-            manifest.ensure_schema()
+            try:
+                manifest.ensure_schema()
+            except BaseException as exc:
+                if not new_manifest:  # an older manifest's upgrade that failed (a full disk, a damaged file)
+                    _log_unupgraded_run(manifest, argv, settings.mode, site, exc)
+                raise
             manifest.hold()  # a manifest removed or moved from here on is said as such (Manifest.vanished)
             latest = manifest.latest_version()
             kept = nothing_committed(latest["label"] if latest else None)
@@ -315,6 +320,21 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 exc.outcome = kept + _resumes(settings, manifest)  # type: ignore[union-attr]
         raise
     return result
+
+
+def _log_unupgraded_run(manifest: Manifest, argv: list[str], mode: str, site: str, exc: BaseException) -> None:
+    """A run whose upgrade of an older manifest failed (a full disk, a damaged manifest, a signal meanwhile) had no
+    `runs` row: its table could not be written, and a month of such nights read as a quiet site. Its row waits beside
+    the manifest (as a run the lock turned away does) for the next run that ends on it, once upgraded."""
+    if isinstance(exc, (KeyboardInterrupt, Stopped)):
+        code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
+        what = f"stopped by signal {code - 128} while the manifest was upgraded"
+    else:
+        known = exc if isinstance(exc, ChorusError) else machine_limit(exc)
+        code = int(known.exit_code) if known is not None else int(ExitCode.FAILED)
+        what = known.what if known is not None else f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(Exception):  # (best effort: what failed is what the command line says)
+        manifest.log_refused_run(redact(argv), mode, site, code, f"{what}; nothing was committed")
 
 
 def _reported(report: Callable[[RunResult], None] | None, result: RunResult) -> BaseException | None:
