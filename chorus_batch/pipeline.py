@@ -223,6 +223,12 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                     unrooted=position == 0):
                 if not manifest.path.exists() and getattr(exc, "outcome", None) is None:  # (not "the manifest holds
                     exc.outcome = f"nothing was committed; no manifest was made at {manifest.path}"  # what it held")
+                elif _held_files_under(manifest, root, position):
+                    # A root the latest version has files under, gone tonight (its mount point removed, a share
+                    # renamed): a night without a version, recorded as every such run is (a mistyped --site is not)
+                    with contextlib.suppress(Exception):
+                        manifest.log_refused_run(redact(argv), settings.mode, site_location(settings.site),
+                                                 int(exc.exit_code), f"{exc.what}; nothing was committed")
                 raise
             root.source.empty_ok = True
     site = site_location(settings.site)
@@ -320,6 +326,15 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 exc.outcome = kept + _resumes(settings, manifest)  # type: ignore[union-attr]
         raise
     return result
+
+
+def _held_files_under(manifest: Manifest, root: Root, position: int) -> bool:
+    """Whether the manifest's latest version has files under `root` (False where it cannot be read)."""
+    try:
+        return bool(manifest.holds_files_under(
+            manifest.same_root_ids([(root.source.location, root.modality)]).get(0, set()), unrooted=position == 0))
+    except Exception:  # noqa: BLE001 - an older or damaged manifest: said by what follows, not here
+        return False
 
 
 def _log_unupgraded_run(manifest: Manifest, argv: list[str], mode: str, site: str, exc: BaseException) -> None:

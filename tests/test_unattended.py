@@ -2114,3 +2114,23 @@ def test_a_run_whose_summary_went_nowhere_says_on_stderr_what_it_committed(site,
     ((code, version, message),) = query(db, "SELECT exit_code, version, message FROM runs")
     assert (code, version) == (0, label)
     assert (message is None) if how == "closed" else ("its summary was cut" in message), message
+
+
+def test_a_recorded_root_gone_tonight_is_recorded_in_runs_a_mistyped_site_is_not(site, db, tmp_path):
+    """A root the latest version has files under that is not there at all (its mount point removed with the share,
+    a folder renamed) is exit 2 before the manifest is locked, and left no `runs` row: a week of such nights read as
+    a quiet site in the report. It is recorded (by the next run that ends on the manifest, as a run the lock turned
+    away is); a --site that names no root the manifest knows (a typo) still is not."""
+    many(site, 5)
+    assert run(site, db).returncode in (0, 1)
+    moved = tmp_path / "moved"
+    site.rename(moved)
+    gone = run(site, db)
+    assert gone.returncode == 2 and "does not exist" in gone.stderr, gone.stderr
+    typo = run(tmp_path / "sitte", db)
+    assert typo.returncode == 2, typo.stderr
+    moved.rename(site)
+    assert run(site, db).returncode in (0, 1)
+    rows = query(db, "SELECT site, exit_code, version, message FROM runs ORDER BY started_at")
+    assert [(where, code) for where, code, _, _ in rows] == [(str(site), 0), (str(site), 2), (str(site), 0)], rows
+    assert "does not exist" in rows[1][3] and "nothing was committed" in rows[1][3] and rows[1][2] is None
