@@ -321,7 +321,7 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
             kept = f"nothing was committed; no manifest was made at {manifest.path}"
         said = kept is not None and getattr(exc, "committed", None) is None and getattr(exc, "outcome", None) is None
         if said and (isinstance(exc, (KeyboardInterrupt, Stopped)) or not isinstance(exc, ChorusError)
-                     or exc.exit_code == ExitCode.FAILED):
+                     or exc.exit_code in (ExitCode.FAILED, ExitCode.REFUSED)):  # (a refusal's --json outcome was null)
             with contextlib.suppress(AttributeError, TypeError):  # (an exception type that takes no attributes)
                 exc.outcome = kept + _resumes(settings, manifest)  # type: ignore[union-attr]
         raise

@@ -2134,3 +2134,19 @@ def test_a_recorded_root_gone_tonight_is_recorded_in_runs_a_mistyped_site_is_not
     rows = query(db, "SELECT site, exit_code, version, message FROM runs ORDER BY started_at")
     assert [(where, code) for where, code, _, _ in rows] == [(str(site), 0), (str(site), 2), (str(site), 0)], rows
     assert "does not exist" in rows[1][3] and "nothing was committed" in rows[1][3] and rows[1][2] is None
+
+
+def test_a_refused_run_says_in_json_what_stands_as_a_failed_one_does(site, db):
+    """--json's `outcome` of a run refused (exit 5: --max-delete, an emptied root) was null, where a failed or
+    stopped run's (exit 3, 143) says "nothing was committed; version ... stays the latest": a script reading it
+    learned nothing of what the manifest holds. It says so now, as the `runs` row does."""
+    many(site, 5)
+    assert run(site, db).returncode in (0, 1)
+    latest = query(db, "SELECT label FROM versions")[0][0]
+    for rel in [f"{i:06d}" for i in range(4)]:
+        shutil.rmtree(site / rel)
+    out = run(site, db, "--json", "-q")
+    assert out.returncode == 5, out.stdout + out.stderr
+    said = json.loads(out.stdout)
+    assert said["exit_code"] == 5 and said["error"].startswith("refused: "), said
+    assert said["outcome"] and f"version {latest} stays the latest" in said["outcome"], said
