@@ -679,3 +679,12 @@ def test_a_setting_written_as_a_dotted_key_is_named_on_its_own_line(tmp_path):
     (tmp_path / "chorus.toml").write_text('[run]\nmode = "full"\nworkers.x = 2\n')
     out = cli("versions", cwd=tmp_path)
     assert out.returncode == 2 and "where: chorus.toml, line 3: [run] workers" in out.stderr, out.stderr
+
+
+def test_a_first_run_on_an_empty_root_with_max_delete_all_ends_with_nothing_to_commit(tmp_path):
+    """`--max-delete all` passes a root that lists nothing once a version exists; so it does on a first run (a site
+    whose files are to come): nothing to commit, exit 0, as before the first-run refusal."""
+    (tmp_path / "empty").mkdir()
+    out = cli("run", "--site", str(tmp_path / "empty"), "--db", str(tmp_path / "m.sqlite"), "-q", "--max-delete", "all")
+    assert out.returncode == 0, out.stderr
+    assert "the site lists no files, so no first version was committed" in out.stdout
