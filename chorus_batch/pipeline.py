@@ -223,6 +223,12 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                     unrooted=position == 0):
                 if not manifest.path.exists() and getattr(exc, "outcome", None) is None:  # (not "the manifest holds
                     exc.outcome = f"nothing was committed; no manifest was made at {manifest.path}"  # what it held")
+                elif _held_files_under(manifest, root, position):
+                    # A root the latest version has files under, gone tonight (its mount point removed, a share
+                    # renamed): a night without a version, recorded as every such run is (a mistyped --site is not)
+                    with contextlib.suppress(Exception):
+                        manifest.log_refused_run(redact(argv), settings.mode, site_location(settings.site),
+                                                 int(exc.exit_code), f"{exc.what}; nothing was committed")
                 raise
             root.source.empty_ok = True
     site = site_location(settings.site)
@@ -243,7 +249,12 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
     result: RunResult | None = None
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
-            manifest.ensure_schema()
+            try:
+                manifest.ensure_schema()
+            except BaseException as exc:
+                if not new_manifest:  # an older manifest's upgrade that failed (a full disk, a damaged file)
+                    _log_unupgraded_run(manifest, argv, settings.mode, site, exc)
+                raise
             manifest.hold()  # a manifest removed or moved from here on is said as such (Manifest.vanished)
             latest = manifest.latest_version()
             kept = nothing_committed(latest["label"] if latest else None)
@@ -313,11 +324,35 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
             kept = f"nothing was committed; no manifest was made at {manifest.path}"
         said = kept is not None and getattr(exc, "committed", None) is None and getattr(exc, "outcome", None) is None
         if said and (isinstance(exc, (KeyboardInterrupt, Stopped)) or not isinstance(exc, ChorusError)
-                     or exc.exit_code == ExitCode.FAILED):
+                     or exc.exit_code in (ExitCode.FAILED, ExitCode.REFUSED)):  # (a refusal's --json outcome was null)
             with contextlib.suppress(AttributeError, TypeError):  # (an exception type that takes no attributes)
                 exc.outcome = kept + _resumes(settings, manifest)  # type: ignore[union-attr]
         raise
     return result
+
+
+def _held_files_under(manifest: Manifest, root: Root, position: int) -> bool:
+    """Whether the manifest's latest version has files under `root` (False where it cannot be read)."""
+    try:
+        return bool(manifest.holds_files_under(
+            manifest.same_root_ids([(root.source.location, root.modality)]).get(0, set()), unrooted=position == 0))
+    except Exception:  # noqa: BLE001 - an older or damaged manifest: said by what follows, not here
+        return False
+
+
+def _log_unupgraded_run(manifest: Manifest, argv: list[str], mode: str, site: str, exc: BaseException) -> None:
+    """A run whose upgrade of an older manifest failed (a full disk, a damaged manifest, a signal meanwhile) had no
+    `runs` row: its table could not be written, and a month of such nights read as a quiet site. Its row waits beside
+    the manifest (as a run the lock turned away does) for the next run that ends on it, once upgraded."""
+    if isinstance(exc, (KeyboardInterrupt, Stopped)):
+        code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
+        what = f"stopped by signal {code - 128} while the manifest was upgraded"
+    else:
+        known = exc if isinstance(exc, ChorusError) else machine_limit(exc)
+        code = int(known.exit_code) if known is not None else int(ExitCode.FAILED)
+        what = known.what if known is not None else f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(Exception):  # (best effort: what failed is what the command line says)
+        manifest.log_refused_run(redact(argv), mode, site, code, f"{what}; nothing was committed")
 
 
 def _reported(report: Callable[[RunResult], None] | None, result: RunResult) -> BaseException | None:

@@ -2364,7 +2364,7 @@ def test_a_site_root_named_with_a_line_break_keeps_the_error_on_its_first_line(t
     assert out.returncode == 5, out.stderr
     first, *rest = out.stderr.splitlines()
     assert first.startswith("chorus-batch: error: refused: root ") and "r\\nx lists no files at all" in first, out.stderr
-    assert [line[:9] for line in rest] == ["  where: ", "  fix:   "], out.stderr
+    assert [line[:9] for line in rest] == ["  where: ", "  fix:   ", "  nothing"], out.stderr  # (what stands)
 
 
 def test_a_failure_after_the_commit_says_in_json_outcome_that_the_version_stays(site, db, tmp_path):

@@ -931,6 +931,31 @@ def test_an_upgrade_of_a_torn_copy_says_it_is_damaged_and_how_to_restore_it(old)
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
 
 
+def test_a_run_whose_upgrade_fails_is_recorded_in_runs_once_the_manifest_is_back(old, tmp_path):
+    """A `run` whose upgrade of an older manifest failed (here a torn copy; a full disk alike) left no `runs` row: its
+    table could not be written, and the nights it failed read as a quiet site in the report. Its row waits beside the
+    manifest, as a run the lock turned away does, and the next run that ends on it (restored from a backup) records
+    it, with its exit code and why."""
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE / "site", site)
+    with contextlib.closing(sqlite3.connect(old)) as con:
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'source_files'").fetchone()[0]
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+    with open(old, "r+b") as f:
+        f.seek((root - 1) * page)
+        f.write(b"\x0d" + b"\xff" * (page - 1))
+    failed = cli("run", "--site", str(site), "--db", str(old), "--no-validate", "-q")
+    assert failed.returncode == 3 and "the manifest is damaged" in failed.stderr, failed.stderr
+    shutil.copy(FIXTURE / "manifest.sqlite", old)  # restored from a backup
+    before = query(old, "SELECT count(*) FROM runs")[0][0]
+    again = cli("run", "--site", str(site), "--db", str(old), "--no-validate", "-q")
+    assert again.returncode in (0, 1), again.stderr
+    rows = query(old, "SELECT exit_code, version, message FROM runs ORDER BY run_id")[before:]
+    assert sorted(code for code, _, _ in rows) == [again.returncode, 3], rows
+    code, version, message = next(row for row in rows if row[0] == 3)
+    assert version is None and "the manifest is damaged" in message and "nothing was committed" in message, message
+
+
 @pytest.mark.parametrize("table", ["source_files", "runs"])
 def test_a_damaged_old_manifest_is_refused_before_the_upgrade_writes_it(tmp_path, table):
     """A schema-10 manifest with a damaged page in a table no step reads (source_files, runs): the steps went past

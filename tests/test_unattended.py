@@ -900,12 +900,12 @@ def test_a_run_that_commits_nothing_leaves_no_empty_parquet_folder_it_made(site,
     a run that then committed nothing (an empty site, a refusal) left it empty, and readers refuse an empty snapshot
     folder ("no Parquet snapshots in ..."). A folder that was there stays, empty or not."""
     snap = tmp_path / "new" / "snap"
-    out = run(site, db, "--parquet", str(snap))  # the site lists no files: no version
-    assert out.returncode == 0 and "no first version was committed" in out.stdout, out.stdout + out.stderr
+    out = run(site, db, "--parquet", str(snap))  # the site lists no files: refused, no version
+    assert out.returncode == 5 and "lists no files at all" in out.stderr, out.stdout + out.stderr
     assert not (tmp_path / "new").exists()
     there = tmp_path / "there"
     there.mkdir()
-    assert run(site, db, "--parquet", str(there)).returncode == 0 and there.is_dir()
+    assert run(site, db, "--parquet", str(there)).returncode == 5 and there.is_dir()
     write(site, "OMOP/a.csv")
     assert run(site, db, "--parquet", str(snap)).returncode in (0, 1)
     assert (snap / "versions.parquet").is_file()
@@ -2217,3 +2217,39 @@ def test_a_run_that_lost_its_lock_file_leaves_the_details_of_the_run_that_took_t
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_recorded_root_gone_tonight_is_recorded_in_runs_a_mistyped_site_is_not(site, db, tmp_path):
+    """A root the latest version has files under that is not there at all (its mount point removed with the share,
+    a folder renamed) is exit 2 before the manifest is locked, and left no `runs` row: a week of such nights read as
+    a quiet site in the report. It is recorded (by the next run that ends on the manifest, as a run the lock turned
+    away is); a --site that names no root the manifest knows (a typo) still is not."""
+    many(site, 5)
+    assert run(site, db).returncode in (0, 1)
+    moved = tmp_path / "moved"
+    site.rename(moved)
+    gone = run(site, db)
+    assert gone.returncode == 2 and "does not exist" in gone.stderr, gone.stderr
+    typo = run(tmp_path / "sitte", db)
+    assert typo.returncode == 2, typo.stderr
+    moved.rename(site)
+    assert run(site, db).returncode in (0, 1)
+    rows = query(db, "SELECT site, exit_code, version, message FROM runs ORDER BY started_at")
+    assert [(where, code) for where, code, _, _ in rows] == [(str(site), 0), (str(site), 2), (str(site), 0)], rows
+    assert "does not exist" in rows[1][3] and "nothing was committed" in rows[1][3] and rows[1][2] is None
+
+
+def test_a_refused_run_says_in_json_what_stands_as_a_failed_one_does(site, db):
+    """--json's `outcome` of a run refused (exit 5: --max-delete, an emptied root) was null, where a failed or
+    stopped run's (exit 3, 143) says "nothing was committed; version ... stays the latest": a script reading it
+    learned nothing of what the manifest holds. It says so now, as the `runs` row does."""
+    many(site, 5)
+    assert run(site, db).returncode in (0, 1)
+    latest = query(db, "SELECT label FROM versions")[0][0]
+    for rel in [f"{i:06d}" for i in range(4)]:
+        shutil.rmtree(site / rel)
+    out = run(site, db, "--json", "-q")
+    assert out.returncode == 5, out.stdout + out.stderr
+    said = json.loads(out.stdout)
+    assert said["exit_code"] == 5 and said["error"].startswith("refused: "), said
+    assert said["outcome"] and f"version {latest} stays the latest" in said["outcome"], said
