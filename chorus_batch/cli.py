@@ -27,7 +27,7 @@ from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopp
                      quiet_lost_stops, serving_command_line, signals_unwrapped)
 from .faults import pause
 from .units import closest as _close
-from .units import command_word, plural, quoted, shown, shown_name, shown_text
+from .units import command_word, plural, quoted, shown, shown_name, shown_text, stage_words
 
 pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
@@ -1207,7 +1207,7 @@ def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> Non
         if result.dry_run:  # (the same command with --json: a bare `status` lacks the run's --site, --config, --mode...)
             print("\n" + changes_text(result, limit=DRY_RUN_LIMIT, more="--json lists them all"))
         if args.verbose:
-            print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
+            print("time by stage: " + ", ".join(f"{stage_words(k)} {v:.3f} s" for k, v in result.timings.items()))
         if demo:
             db = "" if args.db is None else f" --db {command_word(args.db)}"
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"

@@ -34,7 +34,7 @@ from .sources import open_source
 from .urls import is_remote, local_path, mask_url, protocol_of, redact, storable
 from .store import Manifest
 from .times import utc_now
-from .units import plural, shown_name
+from .units import plural, shown_name, stage_words
 
 
 @dataclass(kw_only=True)  # after the commit's fields, one of which has a default
@@ -791,7 +791,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         raise_lost_stop()
         now = time.perf_counter()
         timings[stage] = round(now - since, 4)
-        log.debug(f"{stage}: {now - since:.3f} s, peak RSS {_peak_rss_mb():.0f} MB")
+        log.debug(f"{stage_words(stage)} took {now - since:.3f} s (peak RSS {_peak_rss_mb():.0f} MB)")
         return now
 
     patterns = build_patterns(settings.patterns)

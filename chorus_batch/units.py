@@ -230,3 +230,20 @@ def error_kind(kind: str) -> str:
     its name alone)."""
     words = ERROR_KIND_WORDS.get(kind)
     return f"{words} ({kind})" if words else kind
+
+
+# A run's stages (the keys of --json's `stage_s`, which stay as they are: benchmarks read them), in words a site
+# engineer knows, as `run -v` says what each took.
+STAGE_WORDS = {
+    "load_previous": "reading the previous version",
+    "scan": "listing",
+    "hash": "hashing",
+    "cache_facts": "saving header facts",
+    "commit": "commit",
+    "validate": "checking against the procedures",
+}
+
+
+def stage_words(stage: str) -> str:
+    """A run's stage as `run -v` names it (an unknown stage: its own name)."""
+    return STAGE_WORDS.get(stage, stage)

@@ -631,9 +631,30 @@ def test_quiet_and_verbose_together_give_the_timings_without_the_progress(site, 
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     out = cli("-q", "run", "-v", "--no-validate", "--site", str(site), "--db", str(db))
     assert out.returncode == 0, out.stderr
-    assert "load_previous:" in out.stderr and "listing:" not in out.stderr, out.stderr
+    assert "reading the previous version took" in out.stderr and "listing:" not in out.stderr, out.stderr
     quiet = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db))
-    assert quiet.returncode == 0 and "load_previous:" not in quiet.stderr, quiet.stderr
+    assert quiet.returncode == 0 and "reading the previous version took" not in quiet.stderr, quiet.stderr
+
+
+def test_verbose_names_the_stages_in_words_and_json_keeps_their_keys(site, db):
+    """`run -v` ended its stdout with `stage seconds: load_previous 0.021, scan …, cache_facts …` and logged
+    `load_previous: 0.021 s, peak RSS …`: the code's names for its stages. Said in words; --json's `stage_s`
+    keeps the keys (benchmarks read them)."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    import re
+
+    out = cli("run", "-v", "--site", str(site), "--db", str(db))
+    assert out.returncode in (0, 1), out.stderr  # (1: the one-file site's findings)
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("time by stage: ")]
+    for words in ("reading the previous version", "listing", "hashing", "saving header facts", "commit",
+                  "checking against the procedures"):
+        assert f"{words} " in line, line
+    assert not re.search(r"\b(load_previous|scan|hash|cache_facts|validate)\b", line), line
+    assert "load_previous" not in out.stderr and "cache_facts" not in out.stderr, out.stderr
+    assert "commit took" in out.stderr and "checking against the procedures took" in out.stderr, out.stderr
+    write(site, "OMOP/visit.csv", b"visit_id\n1\n")
+    summary = json.loads(cli("run", "--json", "--site", str(site), "--db", str(db)).stdout)
+    assert {"load_previous", "scan", "hash", "commit", "validate"} <= set(summary["stage_s"]), summary["stage_s"]
 
 
 def test_a_slurm_job_of_one_cpu_runs_one_polars_thread(site, db):
