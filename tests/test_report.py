@@ -206,6 +206,20 @@ def test_earlier_version_from_an_open_reader(two_versions, tmp_path):
     assert str(escape(ODD_PATH)) not in text  # as it was then
 
 
+def test_scan_errors_by_kind_are_named_in_words(two_versions, tmp_path):
+    """The "By kind" table showed bare kind names (`unparseable`, `special_file`): named as `status` names them,
+    the words and the kind after them."""
+    from chorus_batch.units import error_kind
+
+    db, _parquet = two_versions
+    text = write_report(db, tmp_path / "r.html").path.read_text(encoding="utf-8")
+    section = text.split('<section id="scan-errors">', 1)[1].split("</section>", 1)[0]
+    table = section.split("<h3>By kind</h3>", 1)[1].split("</table>", 1)[0]
+    kinds = re.findall(r"<tr><td class=\"\">\s*([^<]*?)\s*</td>", table)
+    assert kinds == [str(escape(error_kind("unparseable")))], table
+    assert error_kind("unparseable") != "unparseable"
+
+
 def test_one_version_without_waveforms_or_images(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     write(site, "OMOP/person.csv", b"person_id\n1\n")

@@ -41,7 +41,7 @@ from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MI
                       RUNS_SHOWN, ManifestReader, open_manifest, other_rules_advice, severity_counts, size_flags,
                       unvalidated_advice)
 from ..times import iso, utc_now
-from ..units import counted, home_relative, human_bytes, number, shown_name, shown_text
+from ..units import counted, error_kind, home_relative, human_bytes, number, shown_name, shown_text
 from . import plots
 
 # Stable element ids of the sections, in page order, and their titles.
@@ -511,7 +511,7 @@ class _Report:
                     .group_by("message").agg(ex=pl.col("srcfile").head(EXAMPLES)))
         by_reason = shown.join(examples, on="message", how="left", maintain_order="left")
         return {
-            "by_kind": [(kind, n, Examples(list(zip(ex, msg)), n)) for kind, n, ex, msg in by_kind.iter_rows()],
+            "by_kind": [(error_kind(kind), n, Examples(list(zip(ex, msg)), n)) for kind, n, ex, msg in by_kind.iter_rows()],
             "by_reason": [(reason, n, Examples(ex, n)) for reason, n, ex in by_reason.iter_rows()],
             "reasons": unparseable["message"].n_unique(),
             "command": self.py(f"m.scan_errors({json.dumps(self.label)})", "scan_errors.csv"),
