@@ -1636,7 +1636,15 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     # Spec checks the sizes
     spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction, args.layout)
     first, second = make_testdata(args.out, spec, workers=args.workers or default_workers())
-    print(f"wrote {plural(first, 'file')} to {Path(args.out) / 'first'} and {plural(second, 'file')} to {Path(args.out) / 'second'}")
+    try:
+        print(f"wrote {plural(first, 'file')} to {Path(args.out) / 'first'} and {plural(second, 'file')} to {Path(args.out) / 'second'}")
+        sys.stdout.flush()
+    except OutputError as exc:  # (no manifest here: "`chorus-batch versions` shows what the manifest holds" misled)
+        exc.fix = "write it where there is room (another file or folder), or leave stdout to the terminal"
+        exc.outcome = (f"the test data was written ({plural(first, 'file')} in {Path(args.out) / 'first'}, "
+                       f"{plural(second, 'file')} in {Path(args.out) / 'second'}) and stands; only this line saying "
+                       "so was not written")
+        raise
     return 0
 
 

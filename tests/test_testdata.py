@@ -645,3 +645,21 @@ def test_testdata_stopped_by_ctrl_c_says_in_one_line_what_was_written(tmp_path, 
     assert err.strip().splitlines() == [f"chorus-batch: interrupted; {said.format(out=out)}; remove {out} (testdata "
                                         "writes into a new or empty folder only) and run the same command again"], err
     assert stdout == ""
+
+
+def test_testdata_to_a_full_standard_output_says_the_site_written_stands(tmp_path):
+    """`testdata > /dev/full` exits 3 after writing the whole site; it said "what the command did before stands" and
+    pointed at `chorus-batch versions` and the manifest, which testdata has none of. It says what was written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "chorus_batch", "testdata", str(out), "--persons", "3",
+                               "--files-per-person", "4"], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 3 and "could not write the output to standard output" in done.stderr, done.stderr
+    first, second = (sum(p.is_file() for p in (out / name).rglob("*")) for name in ("first", "second"))
+    assert first and second
+    assert (f"the test data was written ({first} files in {out / 'first'}, {second} files in {out / 'second'}) and "
+            "stands; only this line saying so was not written") in done.stderr, done.stderr
+    assert "manifest" not in done.stderr and "versions" not in done.stderr, done.stderr
