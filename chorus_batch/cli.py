@@ -1956,12 +1956,12 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     reader = open_manifest(_db(args))
     table = not (args.md5sum or args.json or args.csv)
     # Of the version's rows, the table reads its first 200 (and counts the rest), --md5sum two columns: read whole,
-    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json and --csv read it a slice at a time.
-    # (--path: the whole version, filtered here.)
+    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json, --csv and --path read it a slice at a time
+    # (--path: each slice filtered, the rows under the path kept).
     narrow = args.path is None and (table or args.md5sum)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", NoSuchPerson)
-        if args.path is None and not narrow:  # --json, --csv: the version a slice at a time, as they write it
+        if not narrow:  # --json, --csv, --path: the version a slice at a time, as they write it or filter it
             first = reader.files_sliced(args.as_of, modality=args.modality, person=args.person, rows=JSON_SLICE_ROWS)
 
             def frame():  # (the slices read, then read again: --json to a stream not UTF-8 reads them twice)
@@ -1974,12 +1974,12 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
                     return reader.files_sliced(args.as_of, modality=args.modality, person=args.person,
                                                rows=JSON_SLICE_ROWS)
             count = None
-        elif narrow:
+        else:
             count, frame = reader.files_part(args.as_of, modality=args.modality, person=args.person,
                                              columns=FILE_TABLE_COLUMNS if table else ("srcfile", "md5"),
                                              limit=FILE_TABLE_ROWS if table else None)
-        else:
-            frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+        if args.path is not None:  # (in the warnings' block: the slices read again for another spelling say none)
+            frame = reader.rows_under(frame, args.path)
             count = frame.height
     for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
         if issubclass(warning.category, NoSuchPerson):  # (scrubbed: it quotes the --person given, a SAS pasted too)
@@ -1987,8 +1987,6 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
 
             print(scrub(f"chorus-batch: {warning.message}"), file=sys.stderr)
     if args.path is not None:
-        frame = reader.rows_under(frame, args.path)
-        count = frame.height
         if frame.height == 0 and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
             _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of), db=args.db)

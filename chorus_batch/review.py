@@ -780,11 +780,17 @@ class ManifestReader:
         """The rows of `frame` under `path` (see under) in the first of its spellings that has any, as
         `history_of` reads a path."""
         path = text_argument(path, "a path", str(self.path), '"OMOP"')  # a pathlib path too
-        rows = frame.filter(self.under(path, columns, backslash_separates=False))
+
+        def kept(spelling: str) -> pl.DataFrame:  # `frame` may be a function giving its slices (files_sliced): the
+            chosen = self.under(spelling, columns, backslash_separates=False)  # rows under, not the whole, held
+            return frame.filter(chosen) if isinstance(frame, pl.DataFrame) else pl.concat(
+                [part.filter(chosen) for part in frame()], how="vertical")
+
+        rows = kept(path)
         if rows.height:
             return rows
         for spelling in self.spellings(path)[1:]:  # already site-relative, backslashes resolved as they were meant
-            rows = frame.filter(self.under(spelling, columns, backslash_separates=False))
+            rows = kept(spelling)
             if rows.height:
                 return rows
         return rows
@@ -1039,19 +1045,16 @@ class SQLiteReader(ManifestReader):
     def _files_sliced(self, label: str, modality: str | None, person: str | None, rows: int) -> Iterator[pl.DataFrame]:
         # Pages by path (keyset: the paths after the last one read, by the index on srcfile), each one bounded query;
         # a path is one file of a version. Each page is of the version's rows whatever a run commits between two.
-        from .store.manifest import read_frame
-
-        with self._manifest.adbc() as con, con.cursor() as cur:
-            after: str | None = None
-            while True:
-                sql, params = self._files_sql(label, modality, person, FILE_COLUMNS, after=after)
-                frame = read_frame(cur, f"{sql} LIMIT ?", (*params, rows))
-                frame = pl.DataFrame(schema=FILE_SCHEMA) if frame.width == 0 or frame.height == 0 else frame.cast(FILE_SCHEMA)
-                if frame.height or after is None:
-                    yield self._known(frame)
-                if frame.height < rows:
-                    return
-                after = frame["srcfile"][-1]
+        # (A connection a page: none held open between two, when the caller reads the manifest in between.)
+        after: str | None = None
+        while True:
+            sql, params = self._files_sql(label, modality, person, FILE_COLUMNS, after=after)
+            frame = self._query(f"{sql} LIMIT ?", (*params, rows), FILE_SCHEMA)
+            if frame.height or after is None:
+                yield self._known(frame)
+            if frame.height < rows:
+                return
+            after = frame["srcfile"][-1]
 
     def _files_sql(self, label: str, modality: str | None, person: str | None,
                    columns: tuple[str, ...], *, after: str | None = None) -> tuple[str, tuple]:
