@@ -10,6 +10,7 @@ import argparse
 import codecs
 import contextlib
 import functools
+import itertools
 import io
 import json
 import logging
@@ -1793,14 +1794,21 @@ def _write_sliced(write, frame, render, *, before: str, between: str, after: str
     """`before + render(a slice) + between + render(the next slice) ... + after` (`empty`: for a frame of no rows),
     JSON_SLICE_ROWS rows at a time, where `render(slice)` is the slice's part of the whole text. The one way the
     commands write a version's rows: the whole text of 1M rows and what it was made of (a dict per row, polars'
-    whole JSON or CSV, then a copy) took 1-3 GiB at once, a slice's takes a few MiB; the text is the same."""
-    if frame.height == 0:
-        write(before + after if empty is None else empty)
-        return
-    write(before)
-    for start in range(0, frame.height, JSON_SLICE_ROWS):
-        write((between if start else "") + render(frame.slice(start, JSON_SLICE_ROWS)))
-    write(after)
+    whole JSON or CSV, then a copy) took 1-3 GiB at once, a slice's takes a few MiB; the text is the same.
+    `frame` may be slices of one (an iterable of frames, as `ManifestReader.files_sliced` reads them)."""
+    written = False
+    for part in _slices(frame):
+        if part.height:
+            write((between if written else before) + render(part))
+            written = True
+    write(after if written else before + after if empty is None else empty)
+
+
+def _slices(frame):
+    """A frame in slices of JSON_SLICE_ROWS rows; slices (an iterable of frames) as they are."""
+    if not _is_frame(frame):
+        return frame
+    return (frame.slice(start, JSON_SLICE_ROWS) for start in range(0, frame.height, JSON_SLICE_ROWS))
 
 
 _FRAME_MARK = "\0frame %d\0"  # where a frame goes in a JSON text (json.dumps writes a NUL as \u0000)
@@ -1870,13 +1878,16 @@ def _print_frame_json(frame) -> None:
     """polars' JSON of the frame (`write_json`), a slice at a time (_write_sliced), as standard output can hold it:
     where its encoding cannot (PYTHONIOENCODING=ascii), the stream's backslash escapes (`\\xe9`) made it invalid
     JSON; JSON's own escapes (`\\u00e9`) keep it valid. `files --json` of 1M files made the whole text, then a copy
-    (2.2 GiB)."""
-    frame = _json_safe(frame)
-    if _stdout_holds(frame):
-        render, between = (lambda rows: rows.write_json()[1:-1]), ","
+    (2.2 GiB). `frame` may be a function giving its slices (read again where the stream is not UTF-8: once to
+    find out whether it is ASCII)."""
+    def again():
+        return _slices(frame() if callable(frame) else frame)
+
+    if _stdout_holds(again):
+        render, between = (lambda rows: _json_safe(rows).write_json()[1:-1]), ","
     else:  # json.dumps of a list: its items joined by ", "
-        render, between = (lambda rows: json.dumps(json.loads(rows.write_json()), ensure_ascii=True)[1:-1]), ", "
-    _write_sliced(sys.stdout.write, frame, render, before="[", between=between, after="]\n")
+        render, between = (lambda rows: json.dumps(json.loads(_json_safe(rows).write_json()), ensure_ascii=True)[1:-1]), ", "
+    _write_sliced(sys.stdout.write, again(), render, before="[", between=between, after="]\n")
 
 
 def _stdout_utf8() -> bool:
@@ -1891,11 +1902,11 @@ def _stdout_utf8() -> bool:
         return False
 
 
-def _stdout_holds(frame) -> bool:
+def _stdout_holds(slices) -> bool:
     """Whether polars' JSON of the frame (raw UTF-8) can go to standard output as it is: UTF-8 there, or ASCII
-    (a slice at a time: no copy of a 1M-row output to find out; only where the stream is not UTF-8)."""
-    return _stdout_utf8() or all(frame.slice(start, JSON_SLICE_ROWS).write_json().isascii()
-               for start in range(0, frame.height, JSON_SLICE_ROWS))
+    (a slice at a time, `slices()` giving them: no copy of a 1M-row output to find out; only where the stream is
+    not UTF-8)."""
+    return _stdout_utf8() or all(_json_safe(part).write_json().isascii() for part in slices())
 
 
 def _json_safe(frame):
@@ -1917,7 +1928,7 @@ def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, l
     if args.json:
         _print_frame_json(frame)
     elif args.csv:
-        _print_csv(frame)
+        _print_csv(frame() if callable(frame) else frame)
     else:
         print("\n".join(head_text(frame.select(table_columns), limit, "--csv or --json lists them all", total=total)))
 
@@ -1937,7 +1948,10 @@ def _print_csv(frame) -> None:
         return safe.write_csv(include_header=False)
 
     # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding (write_stdout)
-    _write_sliced(write_stdout, frame, render, before=frame.head(0).write_csv(), between="", after="")
+    slices = iter(_slices(frame))  # (slices, as files_sliced gives them: the first gives the header, empty or not)
+    first = frame.head(0) if _is_frame(frame) else next(slices)
+    _write_sliced(write_stdout, itertools.chain([first], slices), render, before=first.head(0).write_csv(),
+                  between="", after="")
     if quoted:
         print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
 
@@ -1950,16 +1964,30 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     reader = open_manifest(_db(args))
     table = not (args.md5sum or args.json or args.csv)
     # Of the version's rows, the table reads its first 200 (and counts the rest), --md5sum two columns: read whole,
-    # `files` of 1M files peaked at ~890 MiB whatever it printed. (--path: the whole version, filtered here.)
+    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json, --csv and --path read it a slice at a time
+    # (--path: each slice filtered, the rows under the path kept).
     narrow = args.path is None and (table or args.md5sum)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", NoSuchPerson)
-        if narrow:
+        if not narrow:  # --json, --csv, --path: the version a slice at a time, as they write it or filter it
+            first = reader.files_sliced(args.as_of, modality=args.modality, person=args.person, rows=JSON_SLICE_ROWS)
+
+            def frame():  # (the slices read, then read again: --json to a stream not UTF-8 reads them twice)
+                nonlocal first
+                if first is not None:
+                    given, first = first, None
+                    return given
+                with warnings.catch_warnings():  # (said once, above)
+                    warnings.simplefilter("ignore", NoSuchPerson)
+                    return reader.files_sliced(args.as_of, modality=args.modality, person=args.person,
+                                               rows=JSON_SLICE_ROWS)
+            count = None
+        else:
             count, frame = reader.files_part(args.as_of, modality=args.modality, person=args.person,
                                              columns=FILE_TABLE_COLUMNS if table else ("srcfile", "md5"),
                                              limit=FILE_TABLE_ROWS if table else None)
-        else:
-            frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+        if args.path is not None:  # (in the warnings' block: the slices read again for another spelling say none)
+            frame = reader.rows_under(frame, args.path)
             count = frame.height
     for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
         if issubclass(warning.category, NoSuchPerson):  # (scrubbed: it quotes the --person given, a SAS pasted too)
@@ -1967,8 +1995,6 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
 
             print(scrub(f"chorus-batch: {warning.message}"), file=sys.stderr)
     if args.path is not None:
-        frame = reader.rows_under(frame, args.path)
-        count = frame.height
         if frame.height == 0 and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
             _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of), db=args.db)

@@ -17,6 +17,7 @@ snapshot per version.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import numbers
 import os
 import re
@@ -556,6 +557,28 @@ class ManifestReader:
         frame = self._known(self._files_at(label, modality, person).select(FILE_COLUMNS))
         return frame.height, frame.select(columns) if limit is None else frame.select(columns).head(limit)
 
+    def files_sliced(self, as_of: str | datetime | None = None, *, modality: str | None = None,
+                     person: str | None = None, rows: int = SLICE_ROWS) -> Iterator[pl.DataFrame]:
+        """The rows `files` of the same arguments gives, in its order, `rows` at a time (the first slice possibly
+        empty, the others not): a storage that can reads a slice at a time. `files --json`/`--csv` of 1M files read
+        the whole version first (~640 MiB peak) to write it a slice at a time. A person the version has no file of is
+        said (NoSuchPerson) before this returns."""
+        label = self.resolve(as_of)
+        if modality is not None:
+            modality = self.modality_name(modality)
+        if person is not None:
+            person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
+        slices = iter(self._files_sliced(label, modality, person, rows))
+        first = next(slices)
+        self._said_unknown_person(person, label, first)
+        return itertools.chain([first], slices)
+
+    def _files_sliced(self, label: str, modality: str | None, person: str | None, rows: int) -> Iterator[pl.DataFrame]:
+        frame = self._known(self._files_at(label, modality, person).select(FILE_COLUMNS))  # (read whole, given in slices)
+        if frame.height == 0:
+            yield frame
+        yield from frame.iter_slices(rows)
+
     def _said_unknown_person(self, person: str | None, label: str, frame: pl.DataFrame) -> None:
         """A person the version has no file of is said (a NoSuchPerson warning: Jupyter shows it, the command line
         prints it): an empty frame alone read as "this person has no files", where '12' meant '000012'."""
@@ -757,11 +780,17 @@ class ManifestReader:
         """The rows of `frame` under `path` (see under) in the first of its spellings that has any, as
         `history_of` reads a path."""
         path = text_argument(path, "a path", str(self.path), '"OMOP"')  # a pathlib path too
-        rows = frame.filter(self.under(path, columns, backslash_separates=False))
+
+        def kept(spelling: str) -> pl.DataFrame:  # `frame` may be a function giving its slices (files_sliced): the
+            chosen = self.under(spelling, columns, backslash_separates=False)  # rows under, not the whole, held
+            return frame.filter(chosen) if isinstance(frame, pl.DataFrame) else pl.concat(
+                [part.filter(chosen) for part in frame()], how="vertical")
+
+        rows = kept(path)
         if rows.height:
             return rows
         for spelling in self.spellings(path)[1:]:  # already site-relative, backslashes resolved as they were meant
-            rows = frame.filter(self.under(spelling, columns, backslash_separates=False))
+            rows = kept(spelling)
             if rows.height:
                 return rows
         return rows
@@ -1013,13 +1042,28 @@ class SQLiteReader(ManifestReader):
         frame = pl.DataFrame(schema=schema) if frame.width == 0 or frame.height == 0 else frame.cast(schema)
         return count, self._known(frame)
 
+    def _files_sliced(self, label: str, modality: str | None, person: str | None, rows: int) -> Iterator[pl.DataFrame]:
+        # Pages by path (keyset: the paths after the last one read, by the index on srcfile), each one bounded query;
+        # a path is one file of a version. Each page is of the version's rows whatever a run commits between two.
+        # (A connection a page: none held open between two, when the caller reads the manifest in between.)
+        after: str | None = None
+        while True:
+            sql, params = self._files_sql(label, modality, person, FILE_COLUMNS, after=after)
+            frame = self._query(f"{sql} LIMIT ?", (*params, rows), FILE_SCHEMA)
+            if frame.height or after is None:
+                yield self._known(frame)
+            if frame.height < rows:
+                return
+            after = frame["srcfile"][-1]
+
     def _files_sql(self, label: str, modality: str | None, person: str | None,
-                   columns: tuple[str, ...]) -> tuple[str, tuple]:
-        """The query of the files of version `label` (one modality, one person), `columns` of each, by path."""
+                   columns: tuple[str, ...], *, after: str | None = None) -> tuple[str, tuple]:
+        """The query of the files of version `label` (one modality, one person), `columns` of each, by path; `after`:
+        those whose path sorts after it."""
         filters, extra = "", []
-        for column, value in (("modality", modality), ("person_id", person)):
+        for column, value in (("modality", modality), ("person_id", person), ("srcfile", after)):
             if value is not None:
-                filters += f" AND {column} = ?"
+                filters += f" AND {column} {'>' if column == 'srcfile' else '='} ?"
                 extra.append(value)
         cols = ", ".join(columns)
         if label == self.latest():

@@ -2571,6 +2571,44 @@ def test_files_table_and_md5sum_read_only_what_they_print(tmp_path, monkeypatch,
     assert big == ([] if flag is None else [(3_000, 3)]), read  # --md5sum: srcfile, md5 (and version_valid)
 
 
+@pytest.mark.parametrize("flags", [["--json"], ["--csv"], ["--json", "--person", "1000001"],
+                                   ["--csv", "--modality", "Waveforms", "--person", "1000002"]])
+def test_files_json_and_csv_read_the_version_a_slice_at_a_time(tmp_path, monkeypatch, capsys, flags):
+    """`files --json`/`--csv` of 1M files read the whole version (~640 MiB peak) before writing it a slice at a time;
+    they now read it a slice at a time too (by path: pages of JSON_SLICE_ROWS rows, here 200). The output is what
+    the whole version's frame gives, byte for byte."""
+    import polars as pl
+
+    from chorus_batch import cli as cli_module
+    from chorus_batch.report.spreadsheet import protect
+    from chorus_batch.review import open_manifest
+    from chorus_batch.store import manifest as manifest_module
+
+    db = _person_file_manifest(3_000, tmp_path / "m")
+    person = flags[flags.index("--person") + 1] if "--person" in flags else None
+    frame = open_manifest(db).files(person=person, modality="Waveforms" if "--modality" in flags else None)
+    assert frame.height > 200
+    if "--json" in flags:
+        expected = cli_module._json_safe(frame).write_json() + "\n"
+    else:
+        expected = protect(frame)[0].write_csv()
+    read: list[int] = []  # the rows of each frame read from the manifest
+    fetch = manifest_module.fetch_frame
+
+    def counted(cur):
+        got = fetch(cur)
+        read.append(got.height)
+        return got
+
+    monkeypatch.setattr(manifest_module, "fetch_frame", counted)
+    monkeypatch.setattr(cli_module, "JSON_SLICE_ROWS", 200)
+    assert cli_module.main(["files", "--db", str(db), *flags]) == 0
+    out = capsys.readouterr().out
+    assert out == expected
+    assert max(read) <= 200 and sum(read) >= frame.height, read
+    assert (len(json.loads(out)) if "--json" in flags else pl.read_csv(out.encode()).height) == frame.height
+
+
 @pytest.mark.parametrize("flags", [[], ["--md5sum"], ["--person"], ["--md5sum", "--modality", "Waveforms"]])
 def test_files_of_an_earlier_version_read_in_part_is_what_the_whole_version_gives(tmp_path, capsys, flags):
     """`files` reads only what it prints (the rows shown, or path and MD5): of an earlier version too, whose rows
