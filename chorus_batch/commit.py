@@ -331,15 +331,6 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         if not dry_run:
             raise
         refused = exc
-    if refused is None and previous_label is None and tree.n_previous == 0 and diff.is_empty \
-            and not scanned.errors.height and parse_max_delete(max_delete)[0] != "all":
-        # A first run that lists nothing to record (a root not mounted, the wrong folder, globs that leave out every
-        # file: '?*' passes the up-front check): refused as the same run is once a version exists (exit 5). It ended
-        # "no first version was committed", exit 0, which a nightly script cannot tell from a quiet night. (`all`
-        # passes it, as it passes a root that lists nothing once a version exists: nothing to commit, exit 0.)
-        refused = _nothing_to_record(scanned.roots, scanned.n_excluded)
-        if not dry_run:
-            raise refused
 
     new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
         current_candidates.drop("unchanged_modality", "unchanged_id"), on="srcfile", how="left", maintain_order="left")
@@ -693,25 +684,6 @@ def _dropped_roots(manifest, tree: Tally, roots: list[tuple[str, str | None]], r
                 for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows()}
     return [(*recorded[root_id], n) for root_id, n in sorted(removed.group_by("root_id").len("n").iter_rows())
             if root_id not in given and root_id in recorded and n == tree.held_by_root.get(root_id)]
-
-
-def _nothing_to_record(roots: list[tuple[str, str | None]], n_excluded: int) -> MassRemovalRefused:
-    """The refusal of a first run that would record no file (exit 5, as a root that lists nothing is refused once a
-    version exists): the exclusion globs left out every file listed, or the roots list none."""
-    where = [_root_where(location, modality) for location, modality in roots]
-    files = f"{n_excluded:,} file" + ("" if n_excluded == 1 else "s")
-    if n_excluded:
-        return MassRemovalRefused(
-            f"refused: the exclusion globs leave out every file {named('root', where)} "
-            f"{'lists' if len(where) == 1 else 'list'} ({files} excluded); nothing was committed", where="--exclude / exclude in [run]",
-            fix="check the exclusion globs (the summary of `chorus-batch status` names what each leaves out), "
-                "and run again (--max-delete all lets such a run end with nothing to commit)")
-    return MassRemovalRefused(
-        f"refused: {named('root', where)} {'lists' if len(where) == 1 else 'list'} no files at all; nothing was "
-        "committed", where=", ".join(where),
-        fix="check that the site root is the folder (or container and prefix) that holds OMOP/ and the person "
-            "folders, and that it is mounted and complete; then run again (--max-delete all lets a run on a site with no "
-            "file yet end with nothing to commit)")
 
 
 def _root_where(location: str, modality: str | None) -> str:
