@@ -408,9 +408,11 @@ def _check_still_latest(settings: RunSettings, manifest: Manifest, previous_labe
     locks), so both held "the" lock. The commit's own guard refused it as a caller's mistake ("previous_label is ...,
     fix: pass previous_label=manifest.latest_version()..."), exit 2, and `runs` said the older version stayed the
     latest."""
+    if manifest.vanished() is not None:
+        return  # (the manifest itself removed or replaced under the run: said as such by the commit, not as a run)
     now = manifest.latest_version()
     label = now["label"] if now else None
-    if label == previous_label:
+    if label == previous_label or label is None:  # (no version now where there was one: not another run's commit)
         return
     lock = f"{manifest.path}.lock"
     error = ManifestLocked(

@@ -95,7 +95,10 @@ ODD_NAMES = {
 
 def path_cells(stdout: str, column: str) -> list[str]:
     """The cells of a text table's column (the tables are two spaces between columns, text padded to the left)."""
+    from chorus_batch.report.summary import HEADINGS
+
     lines = stdout.splitlines()
+    column = HEADINGS.get(column, column)  # (as the tables head it: srcfile is "path")
     header = next(i for i, line in enumerate(lines) if line.startswith(column) or f"  {column}  " in line)
     start = lines[header].index(column)
     rows = [line for line in lines[header + 2:] if line and not line.startswith("... and")]
@@ -162,8 +165,10 @@ def test_wide_characters_keep_the_text_tables_columns_in_line():
                           "old_srcfile": ["データ", None, "x"], "md5": ["a" * 32, "b" * 32, "c" * 32]})
     lines = frame_text(frame).splitlines()
     header = lines[0]
+    from chorus_batch.report.summary import HEADINGS
+
     for column in ("modality", "old_srcfile", "md5"):  # where each column starts, in terminal columns
-        at = text_width(header[:header.index(column)])
+        at = text_width(header[:header.index(HEADINGS.get(column, column))])
         for line, value in zip(lines[2:], frame[column].to_list()):
             if value is not None:
                 assert text_width(line[:line.index(f"  {value}") + 2]) == at, (column, lines)
