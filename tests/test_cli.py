@@ -2539,24 +2539,11 @@ def test_files_json_in_slices_is_valid_json_in_any_stream_encoding(monkeypatch, 
     assert (expected == text) == (encoding == "utf-8")
 
 
-@pytest.mark.parametrize("flag", [None, "--md5sum"])
-def test_files_table_and_md5sum_read_only_what_they_print(tmp_path, monkeypatch, capsys, flag):
-    """`files` of 1M files read every row and column of the version (~890 MiB peak) to show 200 rows; `--md5sum`
-    read 16 columns for two. The table now counts the rows and reads the 200 it shows; --md5sum reads path and MD5.
-    The output is what the whole version gave, byte for byte."""
-    from chorus_batch import cli as cli_module
-    from chorus_batch.report import head_text
-    from chorus_batch.review import md5sum_lines, open_manifest
+def _frames_read(monkeypatch) -> list[tuple[int, int]]:
+    """(rows, columns) of each frame read from a manifest from here on, as the list returned fills."""
     from chorus_batch.store import manifest as manifest_module
 
-    db = _person_file_manifest(3_000, tmp_path / "m")
-    frame = open_manifest(db).files()
-    if flag is None:
-        expected = (f"version {open_manifest(db).latest()}: 3000 files\n" + "\n".join(head_text(
-            frame.select("srcfile", "modality", "person_id", "size", "md5", "version_valid"), 200, "--csv or --json lists them all")) + "\n")
-    else:
-        expected = "".join(line + "\n" for line in md5sum_lines(frame))
-    read: list[tuple[int, int]] = []  # (rows, columns) of each frame read from the manifest
+    read: list[tuple[int, int]] = []
     fetch = manifest_module.fetch_frame
 
     def counted(cur):
@@ -2565,6 +2552,26 @@ def test_files_table_and_md5sum_read_only_what_they_print(tmp_path, monkeypatch,
         return frame
 
     monkeypatch.setattr(manifest_module, "fetch_frame", counted)
+    return read
+
+
+@pytest.mark.parametrize("flag", [None, "--md5sum"])
+def test_files_table_and_md5sum_read_only_what_they_print(tmp_path, monkeypatch, capsys, flag):
+    """`files` of 1M files read every row and column of the version (~890 MiB peak) to show 200 rows; `--md5sum`
+    read 16 columns for two. The table now counts the rows and reads the 200 it shows; --md5sum reads path and MD5.
+    The output is what the whole version gave, byte for byte."""
+    from chorus_batch import cli as cli_module
+    from chorus_batch.report import head_text
+    from chorus_batch.review import md5sum_lines, open_manifest
+
+    db = _person_file_manifest(3_000, tmp_path / "m")
+    frame = open_manifest(db).files()
+    if flag is None:
+        expected = (f"version {open_manifest(db).latest()}: 3000 files\n" + "\n".join(head_text(
+            frame.select("srcfile", "modality", "person_id", "size", "md5", "version_valid"), 200, "--csv or --json lists them all")) + "\n")
+    else:
+        expected = "".join(line + "\n" for line in md5sum_lines(frame))
+    read = _frames_read(monkeypatch)
     assert cli_module.main(["files", "--db", str(db), *([flag] if flag else [])]) == 0
     assert capsys.readouterr().out == expected
     big = [shape for shape in read if shape[0] > 200]
@@ -2582,7 +2589,6 @@ def test_files_json_and_csv_read_the_version_a_slice_at_a_time(tmp_path, monkeyp
     from chorus_batch import cli as cli_module
     from chorus_batch.report.spreadsheet import protect
     from chorus_batch.review import open_manifest
-    from chorus_batch.store import manifest as manifest_module
 
     db = _person_file_manifest(3_000, tmp_path / "m")
     person = flags[flags.index("--person") + 1] if "--person" in flags else None
@@ -2592,19 +2598,12 @@ def test_files_json_and_csv_read_the_version_a_slice_at_a_time(tmp_path, monkeyp
         expected = cli_module._json_safe(frame).write_json() + "\n"
     else:
         expected = protect(frame)[0].write_csv()
-    read: list[int] = []  # the rows of each frame read from the manifest
-    fetch = manifest_module.fetch_frame
-
-    def counted(cur):
-        got = fetch(cur)
-        read.append(got.height)
-        return got
-
-    monkeypatch.setattr(manifest_module, "fetch_frame", counted)
+    shapes = _frames_read(monkeypatch)
     monkeypatch.setattr(cli_module, "JSON_SLICE_ROWS", 200)
     assert cli_module.main(["files", "--db", str(db), *flags]) == 0
     out = capsys.readouterr().out
     assert out == expected
+    read = [rows for rows, _ in shapes]
     assert max(read) <= 200 and sum(read) >= frame.height, read
     assert (len(json.loads(out)) if "--json" in flags else pl.read_csv(out.encode()).height) == frame.height
 
