@@ -512,16 +512,23 @@ class ManifestReader:
                                  f"before (`{self.versions_command()}` lists them)")
         return base
 
-    def files(self, as_of: str | datetime | None = None, *, modality: str | None = None,
-              person: str | None = None) -> pl.DataFrame:
-        """The file set as it was at a version (default: now), optionally one modality or person.
-        The whole set of the version asked last is kept, so a review's many questions about one
-        version read it once (polars frames are immutable: sharing it is safe)."""
+    def _file_question(self, as_of: str | datetime | None, modality: str | None,
+                       person: str | None) -> tuple[str, str | None, str | None]:
+        """(the version's label, the modality as the manifest names it, the person id as text) of a question about
+        a version's files: `files`, `files_part` and `files_sliced` read their arguments alike."""
         label = self.resolve(as_of)
         if modality is not None:
             modality = self.modality_name(modality)
         if person is not None:
             person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
+        return label, modality, person
+
+    def files(self, as_of: str | datetime | None = None, *, modality: str | None = None,
+              person: str | None = None) -> pl.DataFrame:
+        """The file set as it was at a version (default: now), optionally one modality or person.
+        The whole set of the version asked last is kept, so a review's many questions about one
+        version read it once (polars frames are immutable: sharing it is safe)."""
+        label, modality, person = self._file_question(as_of, modality, person)
         cached = getattr(self, "_file_set", None)
         if cached is None or cached[0] != label:
             if modality is not None or person is not None:  # a narrow question: let the storage filter
@@ -543,11 +550,7 @@ class ManifestReader:
         """(how many files `files` of the same arguments gives, `columns` of its first `limit` rows (None: all)): a
         storage that can reads only those. `files` of 1M files read all 16 columns of each to show 200 (893 MiB
         peak), `files --md5sum` all of them for two."""
-        label = self.resolve(as_of)
-        if modality is not None:
-            modality = self.modality_name(modality)
-        if person is not None:
-            person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
+        label, modality, person = self._file_question(as_of, modality, person)
         count, frame = self._files_part(label, modality, person, columns, limit)
         self._said_unknown_person(person, label, frame)
         return count, frame.select(columns)
@@ -563,11 +566,7 @@ class ManifestReader:
         empty, the others not): a storage that can reads a slice at a time. `files --json`/`--csv` of 1M files read
         the whole version first (~640 MiB peak) to write it a slice at a time. A person the version has no file of is
         said (NoSuchPerson) before this returns."""
-        label = self.resolve(as_of)
-        if modality is not None:
-            modality = self.modality_name(modality)
-        if person is not None:
-            person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
+        label, modality, person = self._file_question(as_of, modality, person)
         slices = iter(self._files_sliced(label, modality, person, rows))
         first = next(slices)
         self._said_unknown_person(person, label, first)
