@@ -1153,7 +1153,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
             # The summary is written by the run, before `runs` records its end: a summary lost (a full disk, a
             # reader that left) is recorded as the run's outcome (its exit code), not as a success
-            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet), report=summary)
+            # (refuse_empty_first: a first run whose roots list no file to record is refused, exit 5, as once a
+            # version exists; validate --site's temporary manifest is not: an empty folder is "nothing to check")
+            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet), report=summary, refuse_empty_first=True)
             faults.pause("run-returned")  # (tests: a signal as the early listing is shut down, the version committed)
         if not result.reported:  # (a dry run; a manifest in Azure, whose summary names it once uploaded back)
             summary(result)
@@ -1246,7 +1248,7 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
         from .pipeline import status
         from .progress import Progress
 
-        result = status(settings, argv=argv, progress=Progress(quiet=args.quiet))
+        result = status(settings, argv=argv, progress=Progress(quiet=args.quiet), refuse_empty_first=True)
     from .report import findings_text, status_csv, status_dict, status_text
 
     with _kept_exit_code(int(result.exit_code)):

@@ -686,6 +686,34 @@ def _dropped_roots(manifest, tree: Tally, roots: list[tuple[str, str | None]], r
             if root_id not in given and root_id in recorded and n == tree.held_by_root.get(root_id)]
 
 
+def first_run_refusal(roots: list[tuple[str, str | None]], n_excluded: int,
+                      max_delete: str | int) -> MassRemovalRefused | None:
+    """The refusal of a first run (no version yet) that would record no file, as the command line's `run` and
+    `status` give it (pipeline.run(refuse_empty_first=True)): its roots list none (a disk not mounted yet, the wrong
+    folder), or the exclusion globs leave out every file listed ('?*' passes the up-front check). Once a version
+    exists the same run is refused by guard_removals (exit 5); a first run ended "no first version was committed"
+    with exit 0, which a nightly cron took for a quiet night. None where `max_delete` is `all`, which passes it as it
+    passes a root that lists nothing once a version exists. (Not of validate --site's temporary manifest, whose
+    empty folder is "nothing to check", nor of a library caller, which reads the result.)"""
+    if parse_max_delete(max_delete)[0] == "all":
+        return None
+    where = [_root_where(location, modality) for location, modality in roots]
+    lists = "lists" if len(where) == 1 else "list"
+    if n_excluded:
+        return MassRemovalRefused(
+            f"refused: the exclusion globs leave out every file {named('root', where)} {lists} "
+            f"({plural(n_excluded, 'file', grouped=True)} excluded), and the manifest holds no version yet; nothing was committed",
+            where="--exclude / exclude in [run]",
+            fix="check the exclusion globs (the summary of `chorus-batch status` names what each leaves out), and run "
+                "again (--max-delete all lets such a run end with nothing to commit)")
+    return MassRemovalRefused(
+        f"refused: {named('root', where)} {lists} no files at all, and the manifest holds no version yet; nothing was "
+        "committed", where=", ".join(where),
+        fix="check that the site root is the folder (or container and prefix) that holds OMOP/ and the person "
+            "folders, and that it is mounted and complete; then run again (--max-delete all lets a run on a site with "
+            "no file yet end with nothing to commit)")
+
+
 def _root_where(location: str, modality: str | None) -> str:
     """A root as it was given: a mount point of [site.roots] names the setting that points at it."""
     return location if modality is None else f"{location} ([site.roots] {modality})"

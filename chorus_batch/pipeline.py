@@ -20,12 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from .classify import build_patterns
-from .commit import Committed, commit, read_delete_list
+from .commit import Committed, commit, first_run_refusal, read_delete_list
 from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
-from .errors import (AfterCommitError, ChorusError, ExitCode, ForeignSnapshots, ManifestError, ManifestLocked, SourceError, Stopped,
-                     UsageError, committed_stays, in_one_line, machine_limit, raise_lost_stop, signals_unwrapped)
+from .errors import (AfterCommitError, ChorusError, ExitCode, ForeignSnapshots, ManifestError, ManifestLocked, MassRemovalRefused,
+                     SourceError, Stopped, UsageError, committed_stays, in_one_line, machine_limit, raise_lost_stop, signals_unwrapped)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
@@ -89,14 +89,21 @@ def open_roots(settings: RunSettings) -> list[Root]:
 
 
 def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None,
-        report: Callable[[RunResult], None] | None = None) -> RunResult:
+        report: Callable[[RunResult], None] | None = None, refuse_empty_first: bool = False) -> RunResult:
     """Run the pipeline once and (unless dry_run) commit a new version if anything changed.
+
+    `refuse_empty_first` (the command line's `run` and `status`): a first run (no version yet) that would record no
+    file — its roots list none, or the exclusion globs leave out every one — is refused (MassRemovalRefused, exit 5,
+    recorded in `runs`; a dry run: RunResult.refused), as the same run is once a version exists (commit.
+    first_run_refusal). Without it such a run ends with nothing to commit: validate --site's temporary manifest (an
+    empty folder is "nothing to check") and a library caller, which reads the result.
 
     `report` (the command line's summary) is called with the result before the run's end is recorded in `runs`
     (RunResult.reported is then True): a summary that cannot be written (a full disk, a reader that left) is part of
     how the run ended, and `runs` records that, not the 0 of a run whose output was lost."""
     try:
-        return _run_settings(settings, argv=argv, progress=progress, report=report)
+        return _run_settings(settings, argv=argv, progress=progress, report=report,
+                             refuse_empty_first=refuse_empty_first)
     except KeyboardInterrupt as exc:  # (the command line says it from the same attributes)
         _note_what_stands(exc)
         raise
@@ -119,7 +126,7 @@ def _note_what_stands(exc: BaseException) -> None:
 
 
 def _run_settings(settings: RunSettings, *, argv: list[str] | None, progress: Progress | None,
-                  report: Callable[[RunResult], None] | None) -> RunResult:
+                  report: Callable[[RunResult], None] | None, refuse_empty_first: bool = False) -> RunResult:
     """run, its note on a Ctrl-C aside."""
     refuse_while_starting()  # (a worker importing a caller's unguarded script: before the manifest is locked)
     if not isinstance(settings, RunSettings):  # a library caller's dict or path: said, not an AttributeError
@@ -147,7 +154,8 @@ def _run_settings(settings: RunSettings, *, argv: list[str] | None, progress: Pr
         result = None
         try:
             with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
-                result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)  # (its summary
+                result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress,  # (its summary
+                             refuse_empty_first=refuse_empty_first)
                 # names the manifest in Azure: printed by the caller once the result says so)
                 result.change_set  # noqa: B018  read from the working copy while it exists
         except (KeyboardInterrupt, Stopped) as exc:
@@ -170,8 +178,8 @@ def _run_settings(settings: RunSettings, *, argv: list[str] | None, progress: Pr
                             [(settings.merge, "--merge", "the shards' staging folder")])
         check_staging(settings.merge)
         with staging_lock(settings.merge, merge=True):  # no shard rewritten while it is read and committed
-            return _run_logged(settings, argv, progress, delete_list, report)
-    return _run_logged(settings, argv, progress, delete_list, report)
+            return _run_logged(settings, argv, progress, delete_list, report, refuse_empty_first)
+    return _run_logged(settings, argv, progress, delete_list, report, refuse_empty_first)
 
 
 def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
@@ -195,13 +203,14 @@ def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
 
 
 def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
-                delete_list: pl.DataFrame | None, report: Callable[[RunResult], None] | None = None) -> RunResult:
+                delete_list: pl.DataFrame | None, report: Callable[[RunResult], None] | None = None,
+                refuse_empty_first: bool = False) -> RunResult:
     """run, from its roots on: under the manifest's lock, logged in `runs`."""
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     made = preflight(settings, manifest)
     try:
-        return _checked_run(settings, argv, progress, delete_list, roots, manifest, report)
+        return _checked_run(settings, argv, progress, delete_list, roots, manifest, report, refuse_empty_first)
     finally:
         # a --parquet folder this run made and wrote nothing into (nothing committed, a refusal) is not left behind:
         # a reader refuses an empty snapshot folder
@@ -209,7 +218,8 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
 
 
 def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, delete_list: pl.DataFrame | None,
-                 roots: list, manifest: Manifest, report: Callable[[RunResult], None] | None = None) -> RunResult:
+                 roots: list, manifest: Manifest, report: Callable[[RunResult], None] | None = None,
+                 refuse_empty_first: bool = False) -> RunResult:
     """_run_logged once every setting was checked."""
     for position, root in enumerate(roots):  # a mistyped --site is exit 2 before the manifest is created or a `runs` row written
         try:
@@ -235,7 +245,10 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
     if settings.dry_run:
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
-        return _run(settings, manifest, roots, progress, run_id=None, delete_list=delete_list)
+        result = _run(settings, manifest, roots, progress, run_id=None, delete_list=delete_list)
+        if refuse_empty_first and result.refused is None:
+            result.refused = _first_run_refused(settings, roots, result)
+        return result
     new_manifest = not manifest.path.exists() or not manifest.path.stat().st_size
     if settings.merge is not None and new_manifest:
         # Shards refused (missing, stale, another manifest's) once the manifest was made left a new manifest with no
@@ -262,6 +275,8 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
             try:
                 with signals_unwrapped():  # a signal a library wrapped into its own error is the signal
                     result = _run(settings, manifest, roots, progress, run_id=run_id, delete_list=delete_list)
+                    if refuse_empty_first and (refused := _first_run_refused(settings, roots, result)) is not None:
+                        raise refused  # (recorded in `runs` with its exit code, below)
                     # Its end recorded in here: a signal meanwhile is said with the version committed (below)
                     pause("run-finished")  # (tests: a signal after the run's work, as `runs` records its end)
                     lost = _reported(report, result)
@@ -329,6 +344,16 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 exc.outcome = kept + _resumes(settings, manifest)  # type: ignore[union-attr]
         raise
     return result
+
+
+def _first_run_refused(settings: RunSettings, roots: list[Root], result: RunResult) -> MassRemovalRefused | None:
+    """The refusal of a first run that records no file (commit.first_run_refusal), or None. Not of one that listed
+    files none of which could be taken (unreadable, vanished): those are scan errors, exit 1, as the same files are
+    once a version exists, and their run records them (`run_errors`)."""
+    if result.label is not None or result.previous_label is not None or result.n_files or result.errors.height:
+        return None
+    return first_run_refusal([(root.source.location, root.modality) for root in roots],
+                             int((result.excluded or {}).get("total", 0)), settings.max_delete)
 
 
 def _held_files_under(manifest: Manifest, root: Root, position: int) -> bool:
@@ -474,10 +499,13 @@ def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:
                     f"{noted}; what follows is what the run did")
 
 
-def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
+def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None,
+           refuse_empty_first: bool = False) -> RunResult:
     """`chorus-batch status`: what a run would commit, path by path (RunResult.change_set), and the findings
-    validation would give (RunResult.findings, unless validation is off); nothing is written."""
-    return run(settings.model_copy(update={"dry_run": True}), argv=argv, progress=progress)
+    validation would give (RunResult.findings, unless validation is off); nothing is written. `refuse_empty_first`:
+    as run's (RunResult.refused)."""
+    return run(settings.model_copy(update={"dry_run": True}), argv=argv, progress=progress,
+               refuse_empty_first=refuse_empty_first)
 
 
 def site_location(site: str) -> str:

@@ -217,12 +217,24 @@ def test_scan_result_carries_the_counts(tmp_path):
     assert merge_counts([]) == {"total": 0, "default": 0, "user": 0, "by_pattern": {}, "examples": {}}
 
 
-def test_a_first_run_whose_globs_exclude_every_file_says_so(site, db):
+def test_a_first_run_whose_globs_exclude_every_file_is_refused_and_says_so(site, db):
     """`--exclude '*.*'` left nothing of a full site; the run said the site "lists no files" and to check the site
-    root, which was right. It now says the globs excluded every file."""
+    root, which was wrong. It said "no first version was committed" with exit 0 ('?*', '[!.]*' and '*.*' pass the
+    up-front check), which a nightly script took for success, while the same globs once a version exists are
+    refused, exit 5: now refused as those are, saying the globs left out every file; `runs` records the 5.
+    `--max-delete all` lets it end with nothing to commit, said as the globs' doing."""
     for rel in DATA:
         write(site, rel, b"data " + rel.encode())
-    text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.*")
+    for glob in ("*.*", "?*", "[!.]*"):
+        text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", glob)
+        assert text.returncode == 5, (glob, text.stdout + text.stderr)
+        assert f"refused: the exclusion globs leave out every file root {site} lists" in text.stderr, text.stderr
+        assert "where: --exclude / exclude in [run]" in text.stderr and "check that the site root" not in text.stderr
+    assert query(db, "select exit_code, version from runs") == [(5, None)] * 3
+    status = cli("status", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "?*")
+    assert status.returncode == 5 and "refused: the exclusion globs leave out every file" in status.stderr, status.stderr
+    text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.*", "--max-delete", "all")
+    assert text.returncode == 0, text.stderr
     assert "every file the site lists was excluded, so no first version was committed" in text.stdout, text.stdout
     assert "check that the site root" not in text.stdout
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -561,9 +562,35 @@ def test_changes_stops_at_200_rows_as_files_does_and_says_how_to_see_all(tmp_pat
         assert len(cli(command, "--db", str(db), "--csv").stdout.splitlines()) == 206
 
 
-def test_a_first_run_on_an_empty_root_says_it_found_nothing_and_hints_at_the_root(tmp_path):
+def test_a_first_run_on_an_empty_root_is_refused_and_hints_at_the_root(tmp_path):
+    """A first run on a root that lists no file (a disk not mounted yet, the wrong folder) said "no first version
+    was committed" with exit 0: a nightly cron took it for a quiet night, every night, while the same root once a
+    version exists is refused, exit 5. It is refused the same way, and `runs` records the 5; `status` (and
+    `run --dry-run`) says the run would be refused."""
     (tmp_path / "empty").mkdir()
-    out = cli("run", "--site", str(tmp_path / "empty"), "--db", str(tmp_path / "m.sqlite"), "-q")
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--site", str(tmp_path / "empty"), "--db", str(db), "-q")
+    assert out.returncode == 5, out.stdout + out.stderr
+    assert f"refused: root {tmp_path / 'empty'} lists no files at all, and the manifest holds no version yet; " \
+           "nothing was committed" in out.stderr, out.stderr
+    assert "check that the site root" in out.stderr and "no changes since" not in out.stdout + out.stderr
+    assert "no version was written, and the manifest holds none yet" in out.stderr, out.stderr
+    assert query(db, "select exit_code, version from runs") == [(5, None)]
+    assert query(db, "select count(*) from versions") == [(0,)]
+    as_json = cli("run", "--site", str(tmp_path / "empty"), "--db", str(db), "-q", "--json")
+    assert as_json.returncode == 5 and json.loads(as_json.stdout)["exit_code"] == 5, as_json.stdout
+    for command in (["status"], ["run", "--dry-run"]):
+        dry = cli(*command, "--site", str(tmp_path / "empty"), "--db", str(db), "-q", "--json")
+        assert dry.returncode == 5, (command, dry.stderr)
+        assert "lists no files at all" in json.loads(dry.stdout)["refused"]["error"], dry.stdout
+    assert query(db, "select exit_code from runs") == [(5,), (5,)]  # (the dry runs record nothing)
+
+
+def test_a_first_run_on_an_empty_root_with_max_delete_all_ends_with_nothing_to_commit(tmp_path):
+    """`--max-delete all` passes a root that lists nothing once a version exists; so it does on a first run (a site
+    whose files are to come): nothing to commit, exit 0, said as before the first-run refusal."""
+    (tmp_path / "empty").mkdir()
+    out = cli("run", "--site", str(tmp_path / "empty"), "--db", str(tmp_path / "m.sqlite"), "-q", "--max-delete", "all")
     assert out.returncode == 0, out.stderr
     assert "the site lists no files, so no first version was committed" in out.stdout
     assert "check that the site root" in out.stdout and "no changes since" not in out.stdout

@@ -193,7 +193,7 @@ def test_a_command_given_no_manifest_names_the_run_that_starts_it_there(tmp_path
             for f in here.glob(name + "*"):
                 f.unlink()
     # a manifest with no version yet (a first run over an empty site), given to validate
-    assert cli("run", "-q", "--site", str(empty), "--db", "m.sqlite", cwd=here).returncode == 0
+    assert cli("run", "-q", "--site", str(empty), "--db", "m.sqlite", cwd=here).returncode == 5  # refused, the manifest made
     out = cli("validate", "--db", "m.sqlite", cwd=here)
     assert out.returncode == 2 and "no versions yet" in out.stderr, out.stderr
     pasted = re.search(r"`(chorus-batch run --site DIR --db [^`]+)`", out.stderr)

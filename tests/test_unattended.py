@@ -921,12 +921,12 @@ def test_a_run_that_commits_nothing_leaves_no_empty_parquet_folder_it_made(site,
     a run that then committed nothing (an empty site, a refusal) left it empty, and readers refuse an empty snapshot
     folder ("no Parquet snapshots in ..."). A folder that was there stays, empty or not."""
     snap = tmp_path / "new" / "snap"
-    out = run(site, db, "--parquet", str(snap))  # the site lists no files: no version
-    assert out.returncode == 0 and "no first version was committed" in out.stdout, out.stdout + out.stderr
+    out = run(site, db, "--parquet", str(snap))  # the site lists no files: refused, no version
+    assert out.returncode == 5 and "lists no files at all" in out.stderr, out.stdout + out.stderr
     assert not (tmp_path / "new").exists()
     there = tmp_path / "there"
     there.mkdir()
-    assert run(site, db, "--parquet", str(there)).returncode == 0 and there.is_dir()
+    assert run(site, db, "--parquet", str(there)).returncode == 5 and there.is_dir()
     write(site, "OMOP/a.csv")
     assert run(site, db, "--parquet", str(snap)).returncode in (0, 1)
     assert (snap / "versions.parquet").is_file()

@@ -937,8 +937,15 @@ def test_a_manifest_whose_runs_all_failed_is_said_so_not_as_if_no_run_was_tried(
     empty = tmp_path / "empty"
     empty.mkdir()
     db2 = tmp_path / "e.sqlite"
-    assert cli("run", "-q", "--site", str(empty), "--db", str(db2), "--no-validate").returncode == 0
+    # a first run refused as its root lists no file: said with its refusal, and what to do about it
+    assert cli("run", "-q", "--site", str(empty), "--db", str(db2), "--no-validate").returncode == 5
     out = cli("validate", "--db", str(db2))
+    assert out.returncode == 2 and f"refused: root {empty} lists no files at all" in out.stderr, out.stderr
+    assert "holds OMOP/ and the person folders" in " ".join(out.stderr.split()), out.stderr
+    # one let through (--max-delete all: a site whose files are to come) ended with nothing to commit
+    db3 = tmp_path / "a.sqlite"
+    assert cli("run", "-q", "--site", str(empty), "--db", str(db3), "--no-validate", "--max-delete", "all").returncode == 0
+    out = cli("validate", "--db", str(db3))
     assert out.returncode == 2 and f"listed no files in {empty}" in out.stderr, out.stderr
     assert "holds OMOP/ and the person folders" in out.stderr
 

@@ -22,7 +22,7 @@ def run_outcome(exit_code: int | None, version: str | None) -> str:
     if exit_code == 1:
         return f"{done}, with findings" if version else "nothing to commit; with findings (scan or validation errors)"
     said = {2: "refused: bad usage or configuration", 3: "failed", 4: "refused: the manifest was locked by another run",
-            5: "refused: it would remove too many files, or a root listed none",
+            5: "refused: it would remove too many files, or a root listed none (or none its exclusion globs kept)",
             KILLED_EXIT: "killed without a word (SIGKILL, a time limit, the out-of-memory killer, a reboot)"}
     what = said.get(exit_code) or (f"stopped by {_SIGNALS[exit_code]}" if exit_code in _SIGNALS else
                                    f"ended with exit code {exit_code}")
@@ -40,7 +40,9 @@ def run_advice(exit_code: int | None) -> str:
         3: "fix what the message names (a full disk: free space; a site not mounted: mount it), then run again",
         4: "runs overlap: if every night is refused, a run takes longer than the time between them (start them "
            "further apart); else find what held the manifest (the message names its command)",
-        5: "check that the site is mounted and complete; if the removals are real, run once with --max-delete all",
+        5: "check that the site is mounted and complete, and the exclusion globs; if the removals are real, run once "
+           "with --max-delete all (a first run that lists nothing to record: give it the folder that holds OMOP/ and "
+           "the person folders)",
         KILLED_EXIT: "look for what killed it (dmesg or journalctl: the out-of-memory killer; the job's time or memory "
                 "limit; a reboot) and give the run the memory or time it needs; the next run resumes from its checkpoint",
     }.get(exit_code)
