@@ -1144,3 +1144,23 @@ def test_a_folder_renamed_aside_and_back_while_its_folder_is_listed_keeps_its_re
     gone = third.errors.filter(pl.col("kind").str.starts_with("vanished"))
     assert third.counts["removed"] == 1 and gone.height == 0, (third.counts, gone)
     assert set(current_rows(db)) == set(before) - {"000123/Waveforms/gone.dat"}
+
+
+def test_a_first_run_whose_every_file_is_unreadable_ends_with_findings_not_refused(site, db):
+    """A first run that lists files none of which can be read (permissions) records no version but is not the
+    refusal of a root that lists nothing (exit 5): it is exit 1 with each file's error recorded with the run, as the
+    same files unreadable are once a version exists, and the summary says no first version was committed and why."""
+    import json
+
+    files = [write(site, "OMOP/person.csv", b"person_id\n1\n"), write(site, "OMOP/visit_occurrence.csv", b"v\n")]
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db), "-q"]
+    with unreadable(*files):
+        first = run_without_override(args)
+        as_json = run_without_override([*args, "--json"])
+    assert first.returncode == ExitCode.FINDINGS, first.stdout + first.stderr
+    assert "no file the site lists could be recorded (2 errors, below), so no first version was committed" in first.stdout
+    assert "refused" not in first.stderr and "permission denied" in first.stdout, first.stdout
+    assert as_json.returncode == ExitCode.FINDINGS and json.loads(as_json.stdout)["errors"]["total"] == 2, as_json.stdout
+    assert query(db, "SELECT exit_code, version FROM runs") == [(1, None), (1, None)]
+    assert query(db, "SELECT count(*) FROM run_errors") == [(4,)]
+    assert query(db, "SELECT count(*) FROM versions") == [(0,)]
