@@ -429,7 +429,7 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
             marked.rejected += [(name, log.cut_short(name, why)) for name, why in log.invalid]
             for label, srcfiles in by_version.items():
                 if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
-                    log.ended_cut(pl.Series([blob(label, s) for s in srcfiles], dtype=pl.String), folders)
+                    log.ended_cut(blob(label, "") + pl.Series(srcfiles, dtype=pl.String), folders)
                     marked.rejected += [(f"{label}/{s}", log.cut_short(blob(label, s), f"the manifest has no version {label}"))
                                         for s in srcfiles]
                     continue
@@ -446,8 +446,8 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                 whole = ledger.plan(label)
                 plan = whole.filter(pl.col("srcfile").is_in(srcfiles))
                 unknown = set(srcfiles) - set(plan["srcfile"].to_list())
-                log.ended_cut(pl.Series([blob(label, s) for s in unknown], dtype=pl.String),
-                              pl.Series([blob(label, s) for s in whole["srcfile"]], dtype=pl.String))
+                folder = blob(label, "")
+                log.ended_cut(folder + pl.Series(sorted(unknown), dtype=pl.String), folder + whole["srcfile"])
                 marked.rejected += [(f"{label}/{s}", log.cut_short(blob(label, s), "not in that version's change set"))
                                     for s in sorted(unknown)]
                 listing = central.listing(label).rename({"name": "srcfile"})

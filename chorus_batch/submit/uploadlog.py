@@ -38,7 +38,8 @@ class UploadLog:
     # '\n'): the name may be only the start of one, so what rejects it says so (a complete one the centre shows is still
     # recorded, and a name also logged whole on another line is that whole name)
     cut: dict[str, tuple[int, str]] = field(default_factory=dict)
-    lines: dict[str, int] = field(default_factory=dict)  # blob name -> the first line that logs it
+    lines: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"name": pl.String, "line": pl.UInt32}))
+    # (name, line: the first line that logs it) of every blob name logged
 
     def cut_short(self, name: str, why: str) -> str:
         """Why the blob `name` is not recorded: `why`, or that its line is cut short when it is one of the log's cut
@@ -53,9 +54,9 @@ class UploadLog:
     def ended_cut(self, names: pl.Series, known: pl.Series) -> None:
         """Note as cut short those of the logged `names` that are the start of one of the `known` blob names (the
         manifest's) and not one of them: a line a later run ended and logged after."""
-        starts = names.filter(strict_starts(names, known))
-        self.cut.update({name: (self.lines[name], "ended") for name in starts if name in self.lines
-                         and name not in self.cut})
+        starts = pl.DataFrame({"name": names.filter(strict_starts(names, known))}, schema={"name": pl.String})
+        found = self.lines.join(starts, on="name", how="semi").filter(~pl.col("name").is_in(list(self.cut)))
+        self.cut.update({name: (line, "ended") for name, line in found.iter_rows()})
 
 
 def strict_starts(names: pl.Series, of: pl.Series) -> pl.Series:
@@ -121,6 +122,6 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
     log = UploadLog(names=names.filter(pl.col("why").is_null()).select("name", "label", "srcfile"),
                     invalid=[], n_lines=lines.height, not_understood=unknown.height, example=example,
                     cut={name: (line, how) for name, line, how in cut.select("name", "line", "cut").iter_rows()},
-                    lines=dict(names.select("name", "line").iter_rows()))
+                    lines=names.select("name", "line"))
     log.invalid = [(name, why) for name, why in invalid.select("name", "why").iter_rows()]
     return log
