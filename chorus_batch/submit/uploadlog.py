@@ -89,10 +89,13 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
     # short, and a later run of an older script logged straight after it (a tab is no part of a name either).
     lines = pl.DataFrame({"text": pl.Series(text.split("\n"), dtype=pl.String)}).with_row_index("line", offset=1)
     last_line = text.count("\n") + 1 if not text.endswith("\n") else 0  # (0: none, lines count from 1)
-    lines = (lines.with_columns(pl.col("text").str.strip_suffix("\r").str.replace_all("(.)uploaded\t", "${1}\0uploaded\t")
-                                .str.split("\0"))
-             .explode("text").with_columns(joined=pl.int_range(pl.len()).over("line") < pl.len().over("line") - 1)
-             .filter(pl.col("text").str.strip_chars() != ""))
+    lines = lines.with_columns(pl.col("text").str.strip_suffix("\r"), joined=pl.lit(False))
+    two = pl.col("text").str.slice(1).str.contains("uploaded\t", literal=True)
+    if (joined := lines.filter(two)).height:
+        joined = (joined.with_columns(pl.col("text").str.replace_all("(.)uploaded\t", "${1}\0uploaded\t").str.split("\0"))
+                  .explode("text").with_columns(joined=pl.int_range(pl.len()).over("line") < pl.len().over("line") - 1))
+        lines = pl.concat([lines.filter(~two), joined]).sort("line", maintain_order=True)
+    lines = lines.filter(pl.col("text").str.strip_chars() != "")
     lines = lines.with_columns(name=pl.col("text").str.extract(_LINE)).with_columns(
         cut=pl.when(pl.col("joined")).then(pl.lit("joined"))
         .when((pl.col("line") == last_line) & (pl.int_range(pl.len()) == pl.len() - 1)).then(pl.lit("last"))
@@ -103,8 +106,8 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
                       for n, t, how in unknown.head(1).select("line", "text", "cut").iter_rows())
     logged = lines.filter(pl.col("name") != "")
     # a name cut short on one line and logged whole on another is that whole name: nothing of it is cut
-    cut = logged.group_by("name").agg(pl.col("line").first(), pl.col("cut").first(),
-                                      whole=pl.col("cut").is_null().any()).filter(~pl.col("whole") & pl.col("cut").is_not_null())
+    cut = logged.filter(pl.col("cut").is_not_null()).unique("name", keep="first", maintain_order=True).join(
+        logged.filter(pl.col("cut").is_null()), on="name", how="anti")
     names = logged.unique("name", keep="first", maintain_order=True).select("name", "line")
     under = pl.col("name").str.starts_with(prefix + "/") if prefix else pl.lit(True)
     relative = pl.col("name").str.slice(len(prefix) + 1) if prefix else pl.col("name")
