@@ -3374,7 +3374,8 @@ def test_mark_uploaded_says_a_line_cut_in_the_middle_of_the_log_is_cut_short_and
     mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
     whole = f"uploaded\t20261101020000/{srcfile}"
     for cut in (f"uploaded\t20261101020000/{srcfile[:-2]}", "uploaded\t2026110", "uploa"):
-        for joined in ("\n", ""):  # ended by a later script before it logged, or not (an older script)
+        # ended by a later script before it logged (a log copied through Windows: CRLF), or not (an older script)
+        for joined in ("\n", "\r\n", ""):
             with contextlib.closing(sqlite3.connect(db)) as con, con:
                 con.execute("DELETE FROM uploads")
             log.write_text(f"{cut}{joined}{whole}\n")
