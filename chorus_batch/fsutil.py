@@ -38,9 +38,16 @@ ABANDONED_AFTER_S = 600
 
 
 def create_private(path: str | os.PathLike[str], *, truncate: bool = True) -> int:
-    """Open (creating) a file readable by its owner only; returns the descriptor."""
+    """Open (creating) a file readable by its owner only; returns the descriptor. A file already there is made so
+    too (the mode os.open is given applies to a new file only: one a backup restored, or made under umask 022, was
+    written to, or appended to, as group/other readable as it was); best effort, as `restrict`."""
     flags = os.O_CREAT | os.O_WRONLY | getattr(os, "O_BINARY", 0) | (os.O_TRUNC if truncate else 0)
-    return os.open(path, flags, OWNER_ONLY)
+    fd = os.open(path, flags, OWNER_ONLY)
+    with contextlib.suppress(OSError, AttributeError):  # (not its owner; no fchmod on Windows)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077 and stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, mode & 0o700)
+    return fd
 
 
 def restrict(path: str | os.PathLike[str]) -> None:

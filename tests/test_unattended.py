@@ -10,6 +10,7 @@ import shutil
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -1093,6 +1094,27 @@ def test_a_command_turned_away_by_the_lock_is_named_as_itself(site, db, command)
     this = "this run" if command[0] == "run" else f"this `chorus-batch {command[0]}`"
     assert f"fix:   {this} did nothing; run it again once that run has finished" in out.stderr, out.stderr
 
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_turned_away_run_tightens_the_pending_runs_file_it_appends_to(site, db):
+    """<db>.runs-pending.jsonl (a run the lock turned away notes itself there; it names the site and the command line)
+    was appended to as it was: one left group/other readable (a backup restored, a copy under umask 022) stayed so.
+    Outputs are owner-only: it is made so; the rows it held stay and go into `runs`."""
+    from chorus_batch.store.lock import manifest_lock
+
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    pending = Path(f"{db}.runs-pending.jsonl")
+    pending.write_text("")
+    pending.chmod(0o644)
+    with manifest_lock(db, ["run", "--site", str(site)]):
+        assert run(site, db).returncode == 4
+    assert stat.S_IMODE(pending.stat().st_mode) == 0o600, oct(pending.stat().st_mode)
+    assert len(pending.read_text().splitlines()) == 1
+    assert run(site, db, "-q").returncode == 0  # the holder moves it into `runs`
+    assert not pending.exists()
+    assert query(db, "SELECT count(*) FROM runs WHERE exit_code = 4") == [(1,)]
 
 @contextlib.contextmanager
 def _held_without_details(db: Path):

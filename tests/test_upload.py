@@ -14,6 +14,7 @@ import os
 import shutil
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -3359,6 +3360,34 @@ def test_mark_uploaded_says_a_last_line_without_its_line_end_is_cut_short(centra
     out = cli(*mark, env=central.env)
     assert out.returncode == 0 and "cut short" not in out.stdout, out.stdout
     assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
+
+
+def test_mark_uploaded_says_a_line_cut_in_the_middle_of_the_log_is_cut_short_and_reads_on(central, tmp_path):
+    # A run of an older script stopped while it wrote a line; later runs appended to the log: a newer script ends the
+    # cut line first, an older one wrote straight after it. The cut line was read as a name "not in that version's
+    # change set" (or "not a valid blob name", the next line's name swallowed into it): a user looked for a manifest
+    # problem, and a file sent and logged whole was not recorded. It is said to be cut short, with its line, and the
+    # lines after it are read on.
+    db = committed_site(tmp_path, 3)
+    srcfile = put_first_file(central, db, tmp_path / "site")
+    log = tmp_path / "upload.log"
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    whole = f"uploaded\t20261101020000/{srcfile}"
+    for cut in (f"uploaded\t20261101020000/{srcfile[:-2]}", "uploaded\t2026110", "uploa"):
+        # ended by a later script before it logged (a log copied through Windows: CRLF), or not (an older script)
+        for joined in ("\n", "\r\n", ""):
+            with contextlib.closing(sqlite3.connect(db)) as con, con:
+                con.execute("DELETE FROM uploads")
+            log.write_text(f"{cut}{joined}{whole}\n")
+            out = cli(*mark, env=central.env)
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert "not in that version's change set" not in out.stdout, out.stdout
+            assert "not a valid blob name" not in out.stdout and "has no version" not in out.stdout, out.stdout
+            said = "line 1: 'uploa' (cut short: a run of the script was stopped" if cut == "uploa" else "line 1 is cut short"
+            assert said in out.stdout, (cut, joined, out.stdout)
+            assert "Warning" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+            assert "recorded 1 upload confirmed" in out.stdout, out.stdout
+            assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)], (cut, joined, out.stdout)
 
 
 def test_an_upload_script_ends_a_line_an_earlier_run_left_cut_short_before_it_logs(central, tmp_path):

@@ -408,7 +408,7 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
         return f"{prefix}/{label}/{srcfile}" if prefix else f"{label}/{srcfile}"
 
     central = Central(to, cloud)
-    marked = Marked(central.url, rejected=log.invalid, not_understood=log.not_understood, example=log.example)
+    marked = Marked(central.url, rejected=[], not_understood=log.not_understood, example=log.example)
     ledger = None
     try:
         with _working_manifest(db, cloud, argv, read_only=False) as manifest:
@@ -419,8 +419,17 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
             # (before anything is recorded, whatever the log holds: an empty one recorded the superseded files as the
             # uploads of a container that is not there)
             central.check(write=False)
+            # A line a later run ended and logged after, cut short in the version label: the start of one of its blob
+            # names (a cut srcfile is found against its version's change set below)
+            folders = manifest.query_frame("SELECT label FROM versions", schema={"label": pl.String})["label"]
+            folders = (prefix + "/" if prefix else "") + folders + "/"
+            logged = pl.Series([name for name, _ in log.invalid], dtype=pl.String)
+            log.ended_cut(logged, folders)
+            log.ended_cut(logged.filter(logged.is_in(folders.implode())), folders + "x")  # ("<version>/": no name yet)
+            marked.rejected += [(name, log.cut_short(name, why)) for name, why in log.invalid]
             for label, srcfiles in by_version.items():
                 if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
+                    log.ended_cut(blob(label, "") + pl.Series(srcfiles, dtype=pl.String), folders)
                     marked.rejected += [(f"{label}/{s}", log.cut_short(blob(label, s), f"the manifest has no version {label}"))
                                         for s in srcfiles]
                     continue
@@ -434,8 +443,11 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                                          f"this manifest's (the script's blob is mixed into that submission); "
                                          f"{CONFLICT_FIX}") for s in srcfiles]
                     continue
-                plan = ledger.plan(label).filter(pl.col("srcfile").is_in(srcfiles))
+                whole = ledger.plan(label)
+                plan = whole.filter(pl.col("srcfile").is_in(srcfiles))
                 unknown = set(srcfiles) - set(plan["srcfile"].to_list())
+                folder = blob(label, "")
+                log.ended_cut(folder + pl.Series(sorted(unknown), dtype=pl.String), folder + whole["srcfile"])
                 marked.rejected += [(f"{label}/{s}", log.cut_short(blob(label, s), "not in that version's change set"))
                                     for s in sorted(unknown)]
                 listing = central.listing(label).rename({"name": "srcfile"})
