@@ -744,6 +744,31 @@ def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
     return found
 
 
+def _refuse_overlapping_ranges(registry: RegistrySection, written: object, path: Path, text: str) -> None:
+    """[registry] ranges that share ids are refused as the file is read, naming the line of each (or saying it is the
+    default): an image accession and a waveform session could be given one proc_id; `registry` gave each the ids
+    after the other's, so which ids a kind got depended on which was allocated first, and the site's procedure rows
+    and the centre's joins could not tell the kinds apart by range."""
+    given = written if isinstance(written, dict) else {}
+    ranges = [(key, getattr(registry, key)) for key in ("image_proc_ids", "waveform_proc_ids")]
+    (a, (a_first, a_last)), (b, (b_first, b_last)) = ranges
+    if a_last < b_first or b_last < a_first:
+        return
+
+    def said(key: str, first: int, last: int) -> str:
+        line = setting_line(text, ("registry", key)) if key in given else None
+        return f"{key} = [{first}, {last}] " + (f"(line {line})" if line else "(the default: not written in the file)")
+
+    lines = [setting_line(text, ("registry", key)) for key in (a, b) if key in given]
+    shared = f"{max(a_first, b_first)}-{min(a_last, b_last)}"
+    raise ConfigError(f"[registry] ranges overlap: {said(a, a_first, a_last)} and {said(b, b_first, b_last)} share the "
+                      f"ids {shared}, so an image accession and a waveform session could be given one proc_id",
+                      where=f"{path}, line {max(filter(None, lines))}: [registry]" if any(lines) else f"{path}: [registry]",
+                      fix="give the two ranges ids apart (e.g. image_proc_ids = [2000000000, 2000999999], "
+                          "waveform_proc_ids = [2001000000, 2999999999]); a range the manifest already gave ids from "
+                          f"should keep holding them ({CONFIG_HELP})")
+
+
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read and validate chorus.toml; paths in it become absolute."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):  # a notebook's None: said, not a TypeError
@@ -907,6 +932,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                           fix=("remove the empty entry from the list" if listed else
                                (f"give a path (relative to {base})" if is_path else f"give {key} a value")
                                + ", or remove the line for the default") + f" ({CONFIG_HELP})")
+    _refuse_overlapping_ranges(config.registry, data.get("registry"), path, text)
     config._source = (str(path), text)
     try:
         if config.patterns:  # checked here, where the file is named, not when a run has started (polars: only then)

@@ -2290,11 +2290,12 @@ def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
-def test_registry_ranges_that_share_ids_give_each_procedure_its_own_id(tmp_path):
-    """`[registry]` with the same first id for images and waveforms (one range copied for the other): `registry` gave
-    the first image accession and the first waveform session one proc_id and failed with exit 3, "UNIQUE constraint
-    failed: registry.proc_id ... report it with the -v output", for a setting it had taken. Ids given by the same call
-    to the other modality now count as used, as those given before do."""
+def test_registry_ranges_that_share_ids_are_refused_as_the_file_is_read_naming_both_lines(tmp_path):
+    """`[registry]` ranges that overlap (one range copied for the other, or an image range widened into the default
+    waveform one) were taken: two kinds of procedure could be given ids of one range (at first "UNIQUE constraint
+    failed: registry.proc_id", exit 3; later ids after the other kind's, the ranges no longer telling the kinds
+    apart). Refused as chorus.toml is read, exit 2, naming each range's line (or that it is the default), the ids
+    shared and what to write; nothing is allocated. Ranges apart are taken."""
     import csv
 
     db = tmp_path / "m.sqlite"
@@ -2302,14 +2303,28 @@ def test_registry_ranges_that_share_ids_give_each_procedure_its_own_id(tmp_path)
     (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
                                      "waveform_proc_ids = [3000000000, 3000000100]\n")
     out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2, out.stderr
+    assert "image_proc_ids = [3000000000, 3000000100] (line 2) and waveform_proc_ids = [3000000000, 3000000100] " \
+           "(line 3) share the ids 3000000000-3000000100" in out.stderr, out.stderr
+    assert "c.toml, line 3" in out.stderr and "ids apart" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()
+    assert query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
+    # one range written, overlapping the other's default
+    (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [2000000000, 2001000005]\n")
+    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2 and "(line 2) and waveform_proc_ids = [2001000000, 2999999999] (the default: not " \
+        "written in the file) share the ids 2001000000-2001000005" in out.stderr, out.stderr
+    assert cli("status", "--db", str(db), "--config", str(tmp_path / "c.toml")).returncode == 2  # (every command)
+    (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
+                                     "waveform_proc_ids = [3000000101, 3000000200]\n")
+    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     ids = {}
     for name in ("image_registry.csv", "waveform_registry.csv"):
         with open(tmp_path / "out" / name, newline="") as f:
             ids[name] = {int(row["proc_id"]) for row in csv.DictReader(f)}
-    assert ids["image_registry.csv"] and ids["waveform_registry.csv"], ids
-    assert not ids["image_registry.csv"] & ids["waveform_registry.csv"], ids
-    assert all(3000000000 <= i <= 3000000100 for found in ids.values() for i in found), ids
+    assert ids["image_registry.csv"] and all(3000000000 <= i <= 3000000100 for i in ids["image_registry.csv"]), ids
+    assert ids["waveform_registry.csv"] and all(3000000101 <= i <= 3000000200 for i in ids["waveform_registry.csv"])
 
 
 def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_matches(site, tmp_path):
