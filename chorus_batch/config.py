@@ -123,7 +123,9 @@ def parse_max_delete(value: str | int | float) -> tuple[str, float]:
 
 def printable_name(value: str | None) -> str | None:
     """The site's name, recorded with each version and printed in summaries, logs and the report: one with a control
-    character was taken as it was (an escape sequence rewrote the terminal, a line break split the cron log's lines)."""
+    character was taken as it was (an escape sequence rewrote the terminal, a line break split the cron log's lines).
+    White space around it is left out: `name = " Site A "` was recorded so in every version's row, shown padded, and
+    was another site than "Site A" to whatever compares names (never meant: no name starts or ends with a space)."""
     if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{value!r} holds a control character (a line break, a tab, an escape); write the name "
                          "without it")
@@ -131,7 +133,7 @@ def printable_name(value: str | None) -> str | None:
         # (a SAS token pasted as the name was recorded in every version's row and shown in each report; never quoted)
         raise ValueError("looks like a secret (a SAS token, an account key, a password), not a site's name; its value "
                          "is not shown, and it is not recorded: write the site's name, and rotate the secret")
-    return value
+    return value if value is None else value.strip()
 
 
 class SiteSection(_Strict):

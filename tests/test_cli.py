@@ -2070,6 +2070,20 @@ def test_a_secret_written_as_the_site_name_is_refused_not_recorded(tmp_path, nam
     assert "TOPSECRETVALUE" not in str(raised.value)
 
 
+def test_white_space_around_the_site_name_is_left_out_of_what_is_recorded(tmp_path):
+    """`[site] name = " Site A "` was recorded so in every version's row (and shown padded): another site than
+    "Site A" to whatever compares the names. The name is recorded without it; so is RunSettings(site_name=...)."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "site"\nname = " Site A\u00a0"\n', encoding="utf-8")
+    out = cli("run", "--no-validate", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert query(tmp_path / "chorus_manifest.sqlite", "SELECT site FROM versions") == [("Site A",)]
+    from chorus_batch.config import RunSettings
+
+    assert RunSettings(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), site_name=" Site A ").site_name \
+        == "Site A"
+
+
 def test_status_says_which_setting_turned_validation_off(tmp_path):
     """`[run] validate = false` in chorus.toml: `status` said "validation: not checked (--no-validate)", a flag never
     given, and not where validation was turned off."""
