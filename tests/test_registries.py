@@ -1063,6 +1063,26 @@ def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwi
         assert read_csv(site / "waveform_registry.csv") == read_csv(out / "waveform_registry.csv")
 
 
+def test_a_registry_in_out_with_its_header_repeated_is_refused_naming_the_line(released):
+    """Two exports pasted into one registry (`cat a.csv b.csv`, the second with its BOM): refused as "1 proc_id this
+    manifest never gave (e.g. proc_id)". Said as what it is, with the line the header repeats on; nothing written."""
+    site, db, out = released
+    path = out / "waveform_registry.csv"
+    written = path.read_bytes()
+    lines = written.count(b"\n")
+    pasted = written + b"\xef\xbb\xbf" + written
+    path.write_bytes(pasted)
+    refused = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert refused.returncode == 2, refused.stderr
+    assert f"whose header row (file_id,proc_id,person_id,...) is repeated on line {lines + 1}" in refused.stderr, \
+        refused.stderr
+    assert f"waveform_registry.csv, line {lines + 1}" in refused.stderr and "never gave" not in refused.stderr
+    assert "nothing was written" in refused.stderr and "Traceback" not in refused.stderr
+    assert path.read_bytes() == pasted
+    path.write_bytes(written)
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+
+
 def test_out_the_site_root_beside_the_sites_own_registry_in_metadata_is_refused(released, tmp_path):
     """A site that ships its registries in Metadata/ (the linkage procedure's place for them is the release; validate
     takes the root or Metadata/) and ran `registry --out <site>` got a second pair at the root, exit 0; the next run
