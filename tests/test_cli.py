@@ -588,11 +588,15 @@ def test_a_config_that_cannot_be_read_says_why_and_what_mends_it(tmp_path):
      "the setting 'run.workers' is given twice, on line 5 and on line 7", "keep one of the two"),
     ("[run]\nexclude = [\n  'a',\n  'b',\n]\n# more\nexclude = ['c']\n",
      "the setting 'run.exclude' is given twice, on line 2 and on line 7", "keep one of the two"),
-    ("[site]\nroots.OMOP = '/a'\n[run]\nworkers = 2\n[site.roots]\nOMOP = '/b'\n", "a section is declared twice",
-     "keep one of the two"),
-    ("[site.roots]\nOMOP = '/a'\n\n[run]\nworkers = 2\n\n[ site . roots ]\nWaveforms = '/w'\n", "Cannot declare",
-     "keep one of the two"),
-    ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "a section is declared twice", "keep one of the two"),
+    # a section declared twice was "Cannot declare ('run',) twice", without the first one's line, and told to "keep
+    # one of the two and remove the other", which loses the settings of the other
+    ("[site]\nroots.OMOP = '/a'\n[run]\nworkers = 2\n[site.roots]\nOMOP = '/b'\n",
+     "the section [site.roots] is declared twice, on line 2 and on line 5", "merge them"),
+    ("[site.roots]\nOMOP = '/a'\n\n[run]\nworkers = 2\n\n[ site . roots ]\nWaveforms = '/w'\n",
+     "the section [site.roots] is declared twice, on line 1 and on line 7\n  where: {toml}, line 7",
+     "move the settings below the second [site.roots] up to the first (line 1), and remove the second header line"),
+    ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "the section [run] is declared twice, on line 1 and on line 3",
+     "merge them"),
 ])
 def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     (tmp_path / "c.toml").write_text(toml)
