@@ -714,6 +714,15 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
         said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
         message = f"should be {' or '.join(said)}, not {spell(first['input'])}"  # as TOML spells it
         loc = loc[:-1]
+    elif (first["type"] in ("model_type", "dict_type") and spell is _as_toml and isinstance(first.get("input"), list)
+          and first["input"] and all(isinstance(item, dict) for item in first["input"])):
+        # `[[run]]`, an array of tables: it was "should be a table of settings ([section]), not [{"workers": 2}]",
+        # on a line said as [run], without the brackets that were wrong
+        name = ".".join(str(p) for p in loc)
+        message = (f"is a list of tables (written [[{name}]], with double brackets: an array of tables), not one "
+                   f"table; write [{name}], with single brackets" + (
+                       f", once (it is written {len(first['input'])} times: merge their settings)"
+                       if len(first["input"]) > 1 else ""))
     elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
         message = f"should be {_KINDS[first['type']]}, not {spell(first['input'])}"
         written = _number_in_quotes(first["type"], first.get("input")) if spell is _as_toml and loc else None

@@ -439,6 +439,11 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # recorded with each version and printed: an escape rewrote the terminal, a line break split the cron log
         ('[site]\nroot = "x"\nname = "site-a\\u001b[2J\\nX"\n', "invalid setting 'site.name': 'site-a\\x1b[2J\\nX' holds a "
          "control character"),
+        # an array of tables: "should be a table of settings ([section]), not [{"workers": 2}]", the brackets unsaid
+        ('[[run]]\nworkers = 2\n', "invalid setting 'run': is a list of tables (written [[run]], with double brackets"
+                                   ": an array of tables), not one table; write [run], with single brackets"),
+        ('[site]\nroot = "x"\n[[registry]]\n[[registry]]\n', "write [registry], with single brackets, once (it is "
+                                                              "written 2 times: merge their settings)"),
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
         # a region botocore refuses was taken, and every command on an s3:// root failed, exit 3, "cannot reach"
         ('[s3]\nregion = "us east 1"\n', "invalid setting 's3.region': 'us east 1' is not a region name"),
