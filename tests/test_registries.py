@@ -496,10 +496,11 @@ def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     assert out.returncode == 2 and "2000000005" in out.stderr and "image_proc_ids" in out.stderr
     assert "Traceback" not in out.stderr
     assert query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
-    (tmp_path / "chorus.toml").write_text('[registry]\nimage_proc_ids = [2100000000, 2100999999]\n')
+    # (a range apart from the default waveform one, 2001000000-2999999999: one inside it is refused as overlapping)
+    (tmp_path / "chorus.toml").write_text('[registry]\nimage_proc_ids = [1500000000, 1500999999]\n')
     moved = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert moved.returncode == 0, moved.stderr
-    assert read_csv(tmp_path / "r" / "image_registry.csv")[0]["proc_id"] == "2100000000"
+    assert read_csv(tmp_path / "r" / "image_registry.csv")[0]["proc_id"] == "1500000000"
 
 
 def test_registry_needs_a_manifest(tmp_path):
