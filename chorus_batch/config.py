@@ -123,7 +123,9 @@ def parse_max_delete(value: str | int | float) -> tuple[str, float]:
 
 def printable_name(value: str | None) -> str | None:
     """The site's name, recorded with each version and printed in summaries, logs and the report: one with a control
-    character was taken as it was (an escape sequence rewrote the terminal, a line break split the cron log's lines)."""
+    character was taken as it was (an escape sequence rewrote the terminal, a line break split the cron log's lines).
+    White space around it is left out: `name = " Site A "` was recorded so in every version's row, shown padded, and
+    was another site than "Site A" to whatever compares names (never meant: no name starts or ends with a space)."""
     if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{value!r} holds a control character (a line break, a tab, an escape); write the name "
                          "without it")
@@ -131,7 +133,7 @@ def printable_name(value: str | None) -> str | None:
         # (a SAS token pasted as the name was recorded in every version's row and shown in each report; never quoted)
         raise ValueError("looks like a secret (a SAS token, an account key, a password), not a site's name; its value "
                          "is not shown, and it is not recorded: write the site's name, and rotate the secret")
-    return value
+    return value if value is None else value.strip()
 
 
 class SiteSection(_Strict):
@@ -712,6 +714,15 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
         said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
         message = f"should be {' or '.join(said)}, not {spell(first['input'])}"  # as TOML spells it
         loc = loc[:-1]
+    elif (first["type"] in ("model_type", "dict_type") and spell is _as_toml and isinstance(first.get("input"), list)
+          and first["input"] and all(isinstance(item, dict) for item in first["input"])):
+        # `[[run]]`, an array of tables: it was "should be a table of settings ([section]), not [{"workers": 2}]",
+        # on a line said as [run], without the brackets that were wrong
+        name = ".".join(str(p) for p in loc)
+        message = (f"is a list of tables (written [[{name}]], with double brackets: an array of tables), not one "
+                   f"table; write [{name}], with single brackets" + (
+                       f", once (it is written {len(first['input'])} times: merge their settings)"
+                       if len(first["input"]) > 1 else ""))
     elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
         message = f"should be {_KINDS[first['type']]}, not {spell(first['input'])}"
         written = _number_in_quotes(first["type"], first.get("input")) if spell is _as_toml and loc else None
@@ -742,6 +753,31 @@ def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
         elif isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
             found.append((setting, True))
     return found
+
+
+def _refuse_overlapping_ranges(registry: RegistrySection, written: object, path: Path, text: str) -> None:
+    """[registry] ranges that share ids are refused as the file is read, naming the line of each (or saying it is the
+    default): an image accession and a waveform session could be given one proc_id; `registry` gave each the ids
+    after the other's, so which ids a kind got depended on which was allocated first, and the site's procedure rows
+    and the centre's joins could not tell the kinds apart by range."""
+    given = written if isinstance(written, dict) else {}
+    ranges = [(key, getattr(registry, key)) for key in ("image_proc_ids", "waveform_proc_ids")]
+    (a, (a_first, a_last)), (b, (b_first, b_last)) = ranges
+    if a_last < b_first or b_last < a_first:
+        return
+
+    def said(key: str, first: int, last: int) -> str:
+        line = setting_line(text, ("registry", key)) if key in given else None
+        return f"{key} = [{first}, {last}] " + (f"(line {line})" if line else "(the default: not written in the file)")
+
+    lines = [setting_line(text, ("registry", key)) for key in (a, b) if key in given]
+    shared = f"{max(a_first, b_first)}-{min(a_last, b_last)}"
+    raise ConfigError(f"[registry] ranges overlap: {said(a, a_first, a_last)} and {said(b, b_first, b_last)} share the "
+                      f"ids {shared}, so an image accession and a waveform session could be given one proc_id",
+                      where=f"{path}, line {max(filter(None, lines))}: [registry]" if any(lines) else f"{path}: [registry]",
+                      fix="give the two ranges ids apart (e.g. image_proc_ids = [2000000000, 2000999999], "
+                          "waveform_proc_ids = [2001000000, 2999999999]); a range the manifest already gave ids from "
+                          f"should keep holding them ({CONFIG_HELP})")
 
 
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
@@ -907,6 +943,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                           fix=("remove the empty entry from the list" if listed else
                                (f"give a path (relative to {base})" if is_path else f"give {key} a value")
                                + ", or remove the line for the default") + f" ({CONFIG_HELP})")
+    _refuse_overlapping_ranges(config.registry, data.get("registry"), path, text)
     config._source = (str(path), text)
     try:
         if config.patterns:  # checked here, where the file is named, not when a run has started (polars: only then)

@@ -86,6 +86,14 @@ def explain_toml_error(text: str, exc: tomllib.TOMLDecodeError, path: Path, *,
                 f"{path}, line {second}", "keep one of the two and remove the other")
     said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
     line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+    declared = _section_twice(text, int(line.group(1))) if line and str(exc).startswith("Cannot declare") else None
+    if declared is not None:  # ("Cannot declare ('run',) twice": not the first's line, and "keep one of the two" lost
+        # the settings of the other)
+        section, first = declared
+        return (f"the section [{section}] is declared twice, on line {first} and on line {line.group(1)}",  # type: ignore[union-attr]
+                f"{path}, line {line.group(1)}",  # type: ignore[union-attr]
+                f"merge them: move the settings below the second [{section}] up to the first (line {first}), and "
+                "remove the second header line")
     at = f"{path}, line {line.group(1)}" if line else str(path)
     if not said and re.search(r"\r(?!\n)", text):
         # (lines ended by CR alone, as classic Mac OS and some exporters write them: TOML reads the whole file as
@@ -253,6 +261,35 @@ def why_unreadable(path: Path, exc: OSError, option: str = "--config") -> tuple[
                 f"give {option} the file's path as it is on disk")
     return (exc.strerror or str(exc), "check the disk or share the file is on (an I/O error, a share that dropped), "
                                       "then run again")
+
+
+def _header_names(line: str) -> tuple[str, ...] | None:
+    """The table a [section] header line names (`[site.roots]`: ("site", "roots")), read with tomllib; else None."""
+    if not line.lstrip().startswith("[") or line.lstrip().startswith("[["):
+        return None
+    try:
+        header = tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return None
+    names: tuple[str, ...] = ()
+    while isinstance(header, dict) and len(header) == 1:
+        name, header = next(iter(header.items()))
+        names = (*names, name)
+    return names or None
+
+
+def _section_twice(text: str, second: int) -> tuple[str, int] | None:
+    """(the section, the line of its first header, or of the dotted key that made it) where tomllib refused the header
+    on line `second` as a table declared twice; else None."""
+    lines = text.splitlines()
+    if not 0 < second <= len(lines):
+        return None
+    names = _header_names(lines[second - 1])
+    if names is None:
+        return None
+    # (its header, or a dotted key above that made it: `roots.OMOP = ...` under [site] is [site.roots])
+    first = setting_line("\n".join(lines[:second - 1]), names)
+    return None if first is None else (".".join(names), first)
 
 
 def _setting_twice(text: str) -> tuple[str, int, int] | None:

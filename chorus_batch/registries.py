@@ -823,6 +823,31 @@ def _added_by_hand(manifest: Manifest, out: Path, registries: Registries,
     return said
 
 
+def _refuse_repeated_header(out: Path, earlier: Mapping[str, pl.DataFrame | None]) -> None:
+    """A UsageError when a waveform or image registry in `out` holds its header row again below its first line (two
+    exports pasted into one, `cat a.csv b.csv`): it was refused as a registry "with 1 proc_id this manifest never gave
+    (e.g. proc_id)", which said neither what was wrong nor where."""
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        frame = earlier[name]
+        if frame is None or frame.width == 0 or frame.height == 0:
+            continue
+        cell = [pl.col(c).str.strip_chars().str.strip_chars("\ufeff\"").str.strip_chars().str.to_lowercase() == c
+                for c in frame.columns]
+        # (line numbers: the header is line 1, and an empty line is a row of nulls, so row i is line i + 2)
+        lines = frame.with_row_index("_row").filter(pl.all_horizontal(cell).fill_null(False))["_row"] + 2
+        if lines.len():
+            shown = ", ".join(str(n) for n in lines.head(3).to_list())
+            raise UsageError(f"--out {out} holds a {name} whose header row ({','.join(frame.columns[:3])},...) is "
+                             f"repeated on line {shown}" + (f" and {plural(lines.len() - 3, 'other line')}"
+                                                              if lines.len() > 3 else "")
+                             + ": two registries pasted into one file, perhaps (a header line is no row of a registry, "
+                               "and the rows below it may be another's); nothing was written",
+                             where=f"{out / name}, line {lines[0]}",
+                             fix="remove the repeated header line (and any rows of the other copy that are not this "
+                                 "registry's), then write the registries again; or move the file away or give "
+                                 "another --out folder")
+
+
 def _refuse_foreign_registries(manifest: Manifest, out: Path, earlier: Mapping[str, pl.DataFrame | None]) -> None:
     """A UsageError when `out` holds a waveform or image registry with proc_ids this manifest never gave: the site's
     own registry (shipped at its root, or copied to a release folder), whose proc_ids its PROCEDURE_OCCURRENCE rows
@@ -938,6 +963,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     _refuse_open_in_a_spreadsheet(Path(out), omop)
     earlier = _earlier_registries(Path(out))
     _refuse_unreadable_registries(Path(out), earlier)
+    _refuse_repeated_header(Path(out), earlier)
     _refuse_foreign_registries(manifest, Path(out), earlier)
     _refuse_second_registry(manifest, Path(out), overrides)
     made = missing_folders(Path(out))

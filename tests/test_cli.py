@@ -439,6 +439,11 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # recorded with each version and printed: an escape rewrote the terminal, a line break split the cron log
         ('[site]\nroot = "x"\nname = "site-a\\u001b[2J\\nX"\n', "invalid setting 'site.name': 'site-a\\x1b[2J\\nX' holds a "
          "control character"),
+        # an array of tables: "should be a table of settings ([section]), not [{"workers": 2}]", the brackets unsaid
+        ('[[run]]\nworkers = 2\n', "invalid setting 'run': is a list of tables (written [[run]], with double brackets"
+                                   ": an array of tables), not one table; write [run], with single brackets"),
+        ('[site]\nroot = "x"\n[[registry]]\n[[registry]]\n', "write [registry], with single brackets, once (it is "
+                                                              "written 2 times: merge their settings)"),
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
         # a region botocore refuses was taken, and every command on an s3:// root failed, exit 3, "cannot reach"
         ('[s3]\nregion = "us east 1"\n', "invalid setting 's3.region': 'us east 1' is not a region name"),
@@ -588,11 +593,15 @@ def test_a_config_that_cannot_be_read_says_why_and_what_mends_it(tmp_path):
      "the setting 'run.workers' is given twice, on line 5 and on line 7", "keep one of the two"),
     ("[run]\nexclude = [\n  'a',\n  'b',\n]\n# more\nexclude = ['c']\n",
      "the setting 'run.exclude' is given twice, on line 2 and on line 7", "keep one of the two"),
-    ("[site]\nroots.OMOP = '/a'\n[run]\nworkers = 2\n[site.roots]\nOMOP = '/b'\n", "a section is declared twice",
-     "keep one of the two"),
-    ("[site.roots]\nOMOP = '/a'\n\n[run]\nworkers = 2\n\n[ site . roots ]\nWaveforms = '/w'\n", "Cannot declare",
-     "keep one of the two"),
-    ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "a section is declared twice", "keep one of the two"),
+    # a section declared twice was "Cannot declare ('run',) twice", without the first one's line, and told to "keep
+    # one of the two and remove the other", which loses the settings of the other
+    ("[site]\nroots.OMOP = '/a'\n[run]\nworkers = 2\n[site.roots]\nOMOP = '/b'\n",
+     "the section [site.roots] is declared twice, on line 2 and on line 5", "merge them"),
+    ("[site.roots]\nOMOP = '/a'\n\n[run]\nworkers = 2\n\n[ site . roots ]\nWaveforms = '/w'\n",
+     "the section [site.roots] is declared twice, on line 1 and on line 7\n  where: {toml}, line 7",
+     "move the settings below the second [site.roots] up to the first (line 1), and remove the second header line"),
+    ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "the section [run] is declared twice, on line 1 and on line 3",
+     "merge them"),
 ])
 def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     (tmp_path / "c.toml").write_text(toml)
@@ -2070,6 +2079,20 @@ def test_a_secret_written_as_the_site_name_is_refused_not_recorded(tmp_path, nam
     assert "TOPSECRETVALUE" not in str(raised.value)
 
 
+def test_white_space_around_the_site_name_is_left_out_of_what_is_recorded(tmp_path):
+    """`[site] name = " Site A "` was recorded so in every version's row (and shown padded): another site than
+    "Site A" to whatever compares the names. The name is recorded without it; so is RunSettings(site_name=...)."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "site"\nname = " Site A\u00a0"\n', encoding="utf-8")
+    out = cli("run", "--no-validate", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert query(tmp_path / "chorus_manifest.sqlite", "SELECT site FROM versions") == [("Site A",)]
+    from chorus_batch.config import RunSettings
+
+    assert RunSettings(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), site_name=" Site A ").site_name \
+        == "Site A"
+
+
 def test_status_says_which_setting_turned_validation_off(tmp_path):
     """`[run] validate = false` in chorus.toml: `status` said "validation: not checked (--no-validate)", a flag never
     given, and not where validation was turned off."""
@@ -2290,11 +2313,12 @@ def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
-def test_registry_ranges_that_share_ids_give_each_procedure_its_own_id(tmp_path):
-    """`[registry]` with the same first id for images and waveforms (one range copied for the other): `registry` gave
-    the first image accession and the first waveform session one proc_id and failed with exit 3, "UNIQUE constraint
-    failed: registry.proc_id ... report it with the -v output", for a setting it had taken. Ids given by the same call
-    to the other modality now count as used, as those given before do."""
+def test_registry_ranges_that_share_ids_are_refused_as_the_file_is_read_naming_both_lines(tmp_path):
+    """`[registry]` ranges that overlap (one range copied for the other, or an image range widened into the default
+    waveform one) were taken: two kinds of procedure could be given ids of one range (at first "UNIQUE constraint
+    failed: registry.proc_id", exit 3; later ids after the other kind's, the ranges no longer telling the kinds
+    apart). Refused as chorus.toml is read, exit 2, naming each range's line (or that it is the default), the ids
+    shared and what to write; nothing is allocated. Ranges apart are taken."""
     import csv
 
     db = tmp_path / "m.sqlite"
@@ -2302,14 +2326,28 @@ def test_registry_ranges_that_share_ids_give_each_procedure_its_own_id(tmp_path)
     (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
                                      "waveform_proc_ids = [3000000000, 3000000100]\n")
     out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2, out.stderr
+    assert "image_proc_ids = [3000000000, 3000000100] (line 2) and waveform_proc_ids = [3000000000, 3000000100] " \
+           "(line 3) share the ids 3000000000-3000000100" in out.stderr, out.stderr
+    assert "c.toml, line 3" in out.stderr and "ids apart" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()
+    assert query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
+    # one range written, overlapping the other's default
+    (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [2000000000, 2001000005]\n")
+    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2 and "(line 2) and waveform_proc_ids = [2001000000, 2999999999] (the default: not " \
+        "written in the file) share the ids 2001000000-2001000005" in out.stderr, out.stderr
+    assert cli("status", "--db", str(db), "--config", str(tmp_path / "c.toml")).returncode == 2  # (every command)
+    (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
+                                     "waveform_proc_ids = [3000000101, 3000000200]\n")
+    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     ids = {}
     for name in ("image_registry.csv", "waveform_registry.csv"):
         with open(tmp_path / "out" / name, newline="") as f:
             ids[name] = {int(row["proc_id"]) for row in csv.DictReader(f)}
-    assert ids["image_registry.csv"] and ids["waveform_registry.csv"], ids
-    assert not ids["image_registry.csv"] & ids["waveform_registry.csv"], ids
-    assert all(3000000000 <= i <= 3000000100 for found in ids.values() for i in found), ids
+    assert ids["image_registry.csv"] and all(3000000000 <= i <= 3000000100 for i in ids["image_registry.csv"]), ids
+    assert ids["waveform_registry.csv"] and all(3000000101 <= i <= 3000000200 for i in ids["waveform_registry.csv"])
 
 
 def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_matches(site, tmp_path):

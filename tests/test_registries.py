@@ -496,10 +496,11 @@ def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     assert out.returncode == 2 and "2000000005" in out.stderr and "image_proc_ids" in out.stderr
     assert "Traceback" not in out.stderr
     assert query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
-    (tmp_path / "chorus.toml").write_text('[registry]\nimage_proc_ids = [2100000000, 2100999999]\n')
+    # (a range apart from the default waveform one, 2001000000-2999999999: one inside it is refused as overlapping)
+    (tmp_path / "chorus.toml").write_text('[registry]\nimage_proc_ids = [1500000000, 1500999999]\n')
     moved = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert moved.returncode == 0, moved.stderr
-    assert read_csv(tmp_path / "r" / "image_registry.csv")[0]["proc_id"] == "2100000000"
+    assert read_csv(tmp_path / "r" / "image_registry.csv")[0]["proc_id"] == "1500000000"
 
 
 def test_registry_needs_a_manifest(tmp_path):
@@ -1061,6 +1062,26 @@ def test_a_registry_the_site_made_itself_is_not_replaced_by_one_numbered_otherwi
         again = cli("registry", "--db", str(db), "--out", str(site))
         assert again.returncode == 0, again.stderr
         assert read_csv(site / "waveform_registry.csv") == read_csv(out / "waveform_registry.csv")
+
+
+def test_a_registry_in_out_with_its_header_repeated_is_refused_naming_the_line(released):
+    """Two exports pasted into one registry (`cat a.csv b.csv`, the second with its BOM): refused as "1 proc_id this
+    manifest never gave (e.g. proc_id)". Said as what it is, with the line the header repeats on; nothing written."""
+    site, db, out = released
+    path = out / "waveform_registry.csv"
+    written = path.read_bytes()
+    lines = written.count(b"\n")
+    pasted = written + b"\xef\xbb\xbf" + written
+    path.write_bytes(pasted)
+    refused = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert refused.returncode == 2, refused.stderr
+    assert f"whose header row (file_id,proc_id,person_id,...) is repeated on line {lines + 1}" in refused.stderr, \
+        refused.stderr
+    assert f"waveform_registry.csv, line {lines + 1}" in refused.stderr and "never gave" not in refused.stderr
+    assert "nothing was written" in refused.stderr and "Traceback" not in refused.stderr
+    assert path.read_bytes() == pasted
+    path.write_bytes(written)
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
 
 
 def test_out_the_site_root_beside_the_sites_own_registry_in_metadata_is_refused(released, tmp_path):

@@ -66,6 +66,15 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     usable = _usable(registries)
     if usable.height == 0:
         return out
+    out.append(_found(
+        "registry.unreadable", usable.filter(pl.col("n_header_rows").fill_null(0) > 0), "srcfile",
+        fmt("its header row is repeated, on {} line{|s} ({}{}): two registries pasted into one file, perhaps; {that "
+            "line is not read as a row|those lines are not read as rows}, the rows below {it|them} are read as this registry's: remove "
+            "{it|them}, and any rows that are not this registry's", pl.col("n_header_rows").cast(pl.String),
+            pl.concat_str(pl.lit("line "), pl.col("header_rows").list.join(", ")),
+            pl.when(pl.col("n_header_rows") > pl.col("header_rows").list.len()).then(
+                fmt(" and {} more", (pl.col("n_header_rows") - pl.col("header_rows").list.len()).cast(pl.String)))
+            .otherwise(pl.lit("")), n="n_header_rows")))
     out += [
         # each kind of repeat the registry has, with examples (a file_id alone repeated was "0 file(s) have more
         # than one row (e.g. ) and 1 file_id(s) repeat")

@@ -1152,6 +1152,15 @@ def _registry_facts(f) -> dict[str, Any]:
     if frame is None or not all(c in frame.columns for c in REGISTRY_COLUMNS):
         return facts
     frame = frame.select([c for c in (*REGISTRY_COLUMNS, "image_registry_id") if c in frame.columns])
+    # The header row again below the first line (two registries pasted into one file: `cat a.csv b.csv`): told with
+    # its lines (registry.unreadable) and left out of the rows, which were told "trg_file names no file (e.g.
+    # trg_file)", "visit_id visit_id is not in visit_occurrence.csv", a proc_id that is no integer, ...
+    header = pl.all_horizontal([pl.col(c).fill_null("").str.strip_chars().str.strip_chars('\ufeff"').str.strip_chars()
+                                .str.to_lowercase() == c for c in REGISTRY_COLUMNS])
+    repeated = frame.with_row_index("_line", offset=2).filter(header)["_line"]
+    facts.update(n_header_rows=repeated.len(), header_rows=repeated.head(5).cast(pl.String).to_list())
+    if repeated.len():
+        frame = frame.filter(~header)
     # A NULL written as text is an empty cell: the Imaging SOP's trg_file is "blank or null" (its example writes
     # null), visit_id is left NULL where no visit overlaps; SQL exports write NULL, MySQL's (its CREATE TABLE) \N
     said_null = [c for c, n in frame.select(pl.all().is_in(_NULL_CELLS).any()).row(0, named=True).items() if n]

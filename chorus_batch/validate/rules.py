@@ -314,7 +314,7 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v5
 # proc_id the other checks left out), telling one above as not an integer
 # registry_csv.v15 also counts the rows whose person_id or visit_id is not an integer (v14: a person_id "abc" was told
 # only as a person not in person.csv, of another folder, of two persons' proc_id, never as not an integer)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v15"
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v16"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -695,7 +695,8 @@ RULES: tuple[Rule, ...] = (
          sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
          remedy="Build the registry, one row per file, and place it at the site's root or in Metadata/."),
     Rule("registry.unreadable", "error", "registry unreadable",
-         "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows).",
+         "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows), or holds its "
+         "header row again below its first line (two registries pasted into one file; those lines are not read as rows).",
          sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'),),
          remedy='Export the registry again as a UTF-8, comma-delimited CSV with a header row.'),
     Rule("registry.columns", "error", "registry lacks columns",

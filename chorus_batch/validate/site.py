@@ -78,7 +78,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "visit_persons": pl.List(pl.List(pl.String)), "visit_times": pl.List(pl.List(pl.String)), "unvisited_times": pl.List(pl.List(pl.String)),
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
                               "bad_rows": pl.List(pl.String), "n_bad_rows": pl.Int64, "n_other_person": pl.Int64,
-                              "other_person_rows": pl.List(pl.String),
+                              "other_person_rows": pl.List(pl.String), "n_header_rows": pl.Int64, "header_rows": pl.List(pl.String),
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
                               "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64),
                               "n_proc_persons": pl.Int64, "proc_persons": pl.List(pl.String),
