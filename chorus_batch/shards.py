@@ -110,15 +110,34 @@ def _with_secrets_said(command: str) -> str:
 def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
     """The manifest a shard's recorded flags name (`--db`) when it is not `db` (by the file it is), else None (the
     same, or not said: a --db given in chorus.toml)."""
-    recorded = None
+    recorded = config = None
     for position, word in enumerate(arguments or []):
-        if word == "--db" and position + 1 < len(arguments or []):
-            recorded = (arguments or [])[position + 1]
+        if word in ("--db", "--config") and position + 1 < len(arguments or []):
+            if word == "--db":
+                recorded = (arguments or [])[position + 1]
+            else:
+                config = (arguments or [])[position + 1]
         elif word.startswith("--db="):
             recorded = word.split("=", 1)[1]
+    if recorded is None and config is not None:
+        # (a --db in the shard's chorus.toml, [manifest] db: two sites' config files with one --staging were not told
+        # apart, and the second's shards were written over the first's)
+        recorded = _config_db(config)
     if recorded is None or "://" in recorded:
         return None
     return None if os.path.realpath(recorded) == os.path.realpath(db) else recorded
+
+
+def _config_db(config: str) -> str | None:
+    """The manifest a config file's [manifest] db names (resolved as a run resolves it), or None (none, or unreadable)."""
+    from .config_file import read_toml, resolve_path
+
+    with contextlib.suppress(ChorusError, OSError, ValueError, TypeError, AttributeError):
+        manifest = read_toml(config).get("manifest")
+        value = manifest.get("db") if isinstance(manifest, dict) else None
+        if isinstance(value, str):
+            return resolve_path(Path(config).parent, value, f"{config} [manifest] db")
+    return None
 
 
 def _refuse_another_manifests_shard(folder: Path, coverage: Coverage, db: str | Path) -> None:
@@ -156,8 +175,8 @@ def _refuse_another_manifests_shard(folder: Path, coverage: Coverage, db: str | 
     from .times import iso
 
     when = iso(datetime.fromtimestamp(written_ns / 1e9, timezone.utc))
-    raise UsageError(f"{coverage} was not written: {folder.absolute()} holds that shard of another manifest, {other} "
-                     f"(its --db), written {when} and not merged yet; written over, that manifest's merge would find "
+    raise UsageError(f"{coverage} was not written: {folder.absolute()} holds that shard of another manifest, {other}, "
+                     f"written {when} and not merged yet; written over, that manifest's merge would find "
                      "its shard gone (or another site's in its place) and its site would have to be hashed again; "
                      "nothing was listed or written", where=str(folder.absolute()),
                      fix="give this manifest's shards a --staging folder of their own; or merge that manifest's shards "

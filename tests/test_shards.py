@@ -1472,7 +1472,7 @@ def test_a_second_manifests_shards_are_not_written_over_the_firsts_unmerged_ones
         out = cli("run", "--site", str(other), "--db", str(second), "--shard", f"1/{N}", "--staging", str(staging))
         assert out.returncode == 2, out.stdout + out.stderr
         assert (f"shard 1 of {N} was not written: {staging}/shard-1-of-{N} holds that shard of another manifest, "
-                f"{first} (its --db)") in out.stderr, out.stderr
+                f"{first}, written ") in out.stderr, out.stderr
         assert f"--site {site} --db {first} --merge {staging}" in out.stderr, out.stderr
         assert f"rm -r {staging}/shard-*-of-{N}" in out.stderr and "a --staging folder of their own" in out.stderr
     merged = cli("run", "--site", str(site), "--db", str(first), "--merge", str(staging), "--no-validate")
@@ -1490,3 +1490,19 @@ def test_a_second_manifests_shards_are_not_written_over_the_firsts_unmerged_ones
     for merge_site in (other_site, site):  # (another site's shard; the same site's, of another manifest)
         out = cli("run", "--site", str(merge_site), "--db", str(second), "--merge", str(staging), "--no-validate")
         assert out.returncode == 2 and "(once that one has merged them, or they are removed" in out.stderr, out.stderr
+
+
+def test_shards_of_two_config_files_naming_two_manifests_are_told_apart(snapshots, tmp_path):
+    """Two sites run from their chorus.toml, each naming its manifest in [manifest] db, one --staging folder: a shard
+    records --config, not --db, so the second's shard was written over the first's unmerged one without a word. It is
+    refused as another manifest's; the first's own rerun is written."""
+    staging = tmp_path / "st"
+    for name, site in (("one", "first"), ("two", "second")):
+        (tmp_path / f"{name}.toml").write_text(f'[site]\nroot = "{snapshots / site}"\n[manifest]\ndb = "{name}.sqlite"\n')
+    shard = ("--shard", "0/1", "--staging", str(staging))
+    assert cli("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0
+    out = cli("run", "-q", "--config", str(tmp_path / "two.toml"), *shard)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"holds that shard of another manifest, {tmp_path / 'one.sqlite'}, written " in out.stderr, out.stderr
+    assert f"--config {tmp_path / 'one.toml'} --merge {staging}" in out.stderr, out.stderr
+    assert cli("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0
