@@ -110,42 +110,150 @@ def _with_secrets_said(command: str) -> str:
 def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
     """The manifest a shard's recorded flags name (`--db`) when it is not `db` (by the file it is), else None (the
     same, or not said: a --db given in chorus.toml)."""
-    recorded = None
+    recorded = config = None
     for position, word in enumerate(arguments or []):
-        if word == "--db" and position + 1 < len(arguments or []):
-            recorded = (arguments or [])[position + 1]
+        if word in ("--db", "--config") and position + 1 < len(arguments or []):
+            if word == "--db":
+                recorded = (arguments or [])[position + 1]
+            else:
+                config = (arguments or [])[position + 1]
         elif word.startswith("--db="):
             recorded = word.split("=", 1)[1]
+    if recorded is None and config is not None:
+        # (a --db in the shard's chorus.toml, [manifest] db: two sites' config files with one --staging were not told
+        # apart, and the second's shards were written over the first's)
+        recorded = _config_db(config)
     if recorded is None or "://" in recorded:
         return None
     return None if os.path.realpath(recorded) == os.path.realpath(db) else recorded
 
 
+def _config_db(config: str) -> str | None:
+    """The manifest a config file's [manifest] db names (resolved as a run resolves it), or None (none, or unreadable)."""
+    from .config_file import read_toml, resolve_path
+
+    with contextlib.suppress(ChorusError, OSError, ValueError, TypeError, AttributeError):
+        manifest = read_toml(config).get("manifest")
+        value = manifest.get("db") if isinstance(manifest, dict) else None
+        if isinstance(value, str):
+            return resolve_path(Path(config).parent, value, f"{config} [manifest] db")
+    return None
+
+
 def _refuse_another_manifests_shard(folder: Path, coverage: Coverage, db: str | Path) -> None:
-    """In a job array task of a Slurm submission (the script exports CHORUS_STAGING, this staging folder), a UsageError
-    if `folder` holds a complete shard written for another manifest (its scan.json's `--db`). The submission removed
-    every completion record of its split before it queued the array, so that shard was written since, by another
-    submission into the same --staging at the same time (two sites' `run --slurm`, one --shards): written over, that
-    manifest's merge committed this site's files (and removed them) and this one's was told "merged already". A shard
-    rerun by hand over another manifest's (as a merge refusing them says to) is still written."""
-    submitted = os.environ.get("CHORUS_STAGING")
-    if not submitted or os.path.realpath(submitted) != os.path.realpath(folder.parent):
-        return
+    """A UsageError if `folder` holds a complete shard written for another manifest (its scan.json's `--db`) that this
+    one would write over: two manifests (two sites, or one site's two) given one --staging folder one after the other
+    wrote the second's shards over the first's, which its merge then refused as another site's, with nothing left to
+    merge and the whole site to hash again. Such a shard is refused while that manifest can still merge it (not
+    merged: no run of it ended since the shard was written with a listing begun before it; nor stale: that manifest
+    still at the version it reused), and always in a job array task of a Slurm submission (the script exports
+    CHORUS_STAGING, this staging folder): the submission refused to start over another manifest's unmerged shards, so
+    that one was written since, by another submission into the same --staging at the same time."""
     try:
         record = json.loads((folder / "scan.json").read_text("utf-8"))
+        written_ns = (folder / "scan.json").stat().st_mtime_ns
     except (OSError, ValueError):
         return
     arguments = record.get("arguments") if isinstance(record, dict) else None
-    other = _other_manifest(arguments if isinstance(arguments, list) else None, db)
+    arguments = arguments if isinstance(arguments, list) else None
+    other = _other_manifest(arguments, db)
     if other is None:
         return
+    submitted = os.environ.get("CHORUS_STAGING")
+    if submitted and os.path.realpath(submitted) == os.path.realpath(folder.parent):
+        raise UsageError(f"{coverage} was not written: {folder.absolute()} holds that shard of another manifest, "
+                         f"{other}, written since this submission was queued (another submission gave its jobs the "
+                         "same --staging at the same time); written over, that manifest's merge would commit this "
+                         "site's files and this one's would find its shards gone; nothing was written, and this "
+                         "submission's merge is cancelled with this task", where=str(folder.absolute()),
+                         fix="submit this manifest's jobs again with a --staging of their own (or without --staging: "
+                             "each submission then makes its own folder beside its manifest)")
+    if not unmerged_elsewhere(record, other, written_ns):
+        return
+    from datetime import datetime, timezone
+
+    from .times import iso
+
+    when = iso(datetime.fromtimestamp(written_ns / 1e9, timezone.utc))
     raise UsageError(f"{coverage} was not written: {folder.absolute()} holds that shard of another manifest, {other}, "
-                     "written since this submission was queued (another submission gave its jobs the same --staging "
-                     "at the same time); written over, that manifest's merge would commit this site's files and "
-                     "this one's would find its shards gone; nothing was written, and this submission's merge is "
-                     "cancelled with this task", where=str(folder.absolute()),
-                     fix="submit this manifest's jobs again with a --staging of their own (or without --staging: "
-                         "each submission then makes its own folder beside its manifest)")
+                     f"written {when} and not merged yet; written over, that manifest's merge would find "
+                     "its shard gone (or another site's in its place) and its site would have to be hashed again; "
+                     "nothing was listed or written", where=str(folder.absolute()),
+                     fix="give this manifest's shards a --staging folder of their own; or merge that manifest's shards "
+                         f"first ({merge_command(arguments, folder.parent)}), then run this one again; or, if that "
+                         f"manifest has no use for them, remove them: rm -r "
+                         f"{shlex.quote(os.path.abspath(folder.parent))}/shard-*-of-{coverage.shards}")
+
+
+def unmerged_elsewhere(record: dict, other: str, written_ns: int) -> bool:
+    """Whether the shard recorded as `record` (its scan.json), written at `written_ns` for the manifest `other`, can
+    still be merged there: that manifest is still at the version the shard reused (none yet: none made, or empty) and
+    no run of it took the shard (Manifest.took_shard). Unreadable, or not a manifest: assumed so (kept)."""
+    from datetime import datetime, timezone
+
+    from .times import iso
+
+    based_on, started = record.get("based_on"), record.get("scan_started_ns")
+    try:
+        manifest = Manifest(other)
+        if manifest.schema_on_disk() is None:
+            return based_on is None
+        latest = manifest.latest_version()
+        if (latest["label"] if latest else None) != based_on:
+            return False  # stale there: of no use to it
+        if not isinstance(started, int):
+            return True
+        written = iso(datetime.fromtimestamp(written_ns // 10**9, timezone.utc))
+        return not manifest.took_shard(started, written)
+    except (ChorusError, OSError, sqlite3.Error, TypeError, KeyError):
+        return True
+
+
+def submission_may_clear(staging: str, db: str, shards: str) -> int:
+    """The Slurm script's check before it removes the completion records (scan.json) of the shard-K-of-N folders in
+    a --staging folder it reuses: 0 when it may; else 4, having said on stderr which of them hold shards of another
+    manifest that manifest can still merge (unmerged_elsewhere). A second manifest's submission into the first's
+    --staging removed them, and the first's merge, pending or run again by hand, found every shard "incomplete"."""
+    import sys
+
+    from .slurm import REFUSED_BUSY
+
+    held: dict[str, list[tuple[Path, list | None]]] = {}
+    for folder in sorted(Path(staging).glob(f"shard-*-of-{int(shards)}")):
+        try:
+            record = json.loads((folder / "scan.json").read_text("utf-8"))
+            written_ns = (folder / "scan.json").stat().st_mtime_ns
+        except (OSError, ValueError):
+            continue
+        arguments = record.get("arguments") if isinstance(record, dict) else None
+        arguments = arguments if isinstance(arguments, list) else None
+        other = _other_manifest(arguments, db)
+        if other is not None and unmerged_elsewhere(record, other, written_ns):
+            held.setdefault(other, []).append((folder, arguments))
+    if not held:
+        return 0
+    other, folders = next(iter(held.items()))
+    names = ", ".join(folder.name for folder, _arguments in folders)
+    sys.stderr.write(f"{REFUSED_BUSY}: the staging folder {staging} holds shards of another manifest, {other} (their "
+                     f"--db), not merged yet ({names}): this submission would remove their completion records, and "
+                     "that manifest's merge would find them incomplete and its site would have to be hashed again; "
+                     "nothing was submitted; give --staging another folder (or none: each submission then makes its "
+                     "own beside its manifest), or merge them into that manifest first: "
+                     f"{merge_command(folders[0][1], staging)}, or, if it has no use for them, remove them: rm -r "
+                     f"{shlex.quote(os.path.abspath(staging))}/shard-*-of-{int(shards)}; then submit again\n")
+    return 4
+
+
+def _once_merged(part: ScanResult, other: str, folder: Path) -> str:
+    """How a merge's "rerun it for this one" is said of a shard of another manifest `other` in `folder`: the rerun is
+    refused while that manifest can still merge the shard (_refuse_another_manifests_shard), and was told as if not."""
+    try:
+        written_ns = (folder / "scan.json").stat().st_mtime_ns
+    except OSError:
+        return ""
+    record = {"based_on": part.based_on, "scan_started_ns": part.scan_started_ns}
+    return (" (once that one has merged them, or they are removed: a shard is not written over another manifest's that "
+            "it can still merge)" if unmerged_elsewhere(record, other, written_ns) else "")
 
 
 def _split_manifest(folders: list[Path], db: str | Path) -> str | None:
@@ -775,8 +883,11 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
             # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
             # different roots", naming none of them)
             unlike.append(part)
+            other_db = _other_manifest(part.arguments, settings.db)
             problems.append(f"shard {k}/{shards} listed other roots ({roots_text(part.roots)}) than this merge's site "
-                            f"({roots_text(roots)}); rerun it with: {rerun_command(settings, coverage, staging)}")
+                            f"({roots_text(roots)}); rerun it"
+                            + (_once_merged(part, other_db, folder) if other_db else "")
+                            + f" with: {rerun_command(settings, coverage, staging)}")
             continue
         if not same_globs(part.exclude_patterns, expected_patterns):
             unlike.append(part)
@@ -802,7 +913,8 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                                 f"merge's {os.path.abspath(settings.db)}: it reused that one's version "
                                 f"{part.based_on or '(none)'}, this one's latest is {latest_label or '(none)'}; merge "
                                 f"the shards into that one: {merge_command(part.arguments, staging)}, or rerun it for "
-                                f"this one: {rerun_command(settings, coverage, staging)}")
+                                f"this one{_once_merged(part, other_db, folder)}: "
+                                f"{rerun_command(settings, coverage, staging)}")
                 continue
             problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
                             f"latest is {latest_label or '(none)'}: rerun it with: "
@@ -818,7 +930,8 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                             f"merge's {os.path.abspath(settings.db)}" + ("" if latest_label is None else
                                                                           f" (both at version {latest_label})")
                             + f": merge the shards into that one: {merge_command(part.arguments, staging)}, or rerun "
-                            f"it for this one: {rerun_command(settings, coverage, staging)}")
+                            f"it for this one{_once_merged(part, other_db, folder)}: "
+                            f"{rerun_command(settings, coverage, staging)}")
             continue
         parts.append(part)
         numbered.append((k, part))

@@ -19,7 +19,8 @@ environment of the submitting shell (`--export=ALL`), in the staging folder.
 One submission per manifest at a time: the script first takes `<db>.slurm.lock` (the lock `run --slurm` holds while
 it submits and follows) and refuses (exit 4) while jobs of another submission for the manifest, named by their
 --comment, are queued or running (_guard_lines); it clears an earlier submission's completion records in a --staging
-folder under that folder's lock (shards.staging_lock), alone.
+folder under that folder's lock (shards.staging_lock), alone, and refuses (exit 4) while they are shards of another
+manifest that it has not merged yet (shards.submission_may_clear).
 
 `submit_and_follow(script)` runs such a script with bash, follows the jobs with `squeue`, and
 returns the merge's exit code; Ctrl-C (SIGTERM, SIGHUP) cancels the jobs it submitted and says whether the merge
@@ -454,10 +455,19 @@ rm -f -- "$staging/{MERGE_EXIT}"
 # hand took it. Their completion records go (the shards write them again; other splits are the merge's to leave out).
 # Under the staging folder's lock, alone (shards hold it shared, a merge alone): a merge reading last submission's shards,
 # or a shard rerun by hand, was left with a shard said "incomplete (it failed or is still running)"
-if ! ( {{ ! command -v flock >/dev/null 2>&1 || flock -n -x 9; }} || exit 4
-       rm -f -- "$staging"/shard-*-of-{shards}/scan.json
-       rm -f -- "$staging/{STAGING_LOCK}"  # (as the last holder does: an opener of it then finds it gone and opens anew)
-     ) 9>>"$staging/{STAGING_LOCK}"; then
+# Not while they are another manifest's shards, not merged yet (one --staging given to two manifests one after the
+# other): that manifest's merge then found them all incomplete; refused (exit 4), naming them and what to do.
+cleared=0
+( {{ ! command -v flock >/dev/null 2>&1 || flock -n -x 9; }} || exit 4
+  if compgen -G "$staging/shard-*-of-{shards}/scan.json" >/dev/null; then
+      "$python" -c 'import sys; from chorus_batch.shards import submission_may_clear as may; sys.exit(may(*sys.argv[1:]))' \
+          "$staging" "$db" {shards} >&2 || exit 5
+  fi
+  rm -f -- "$staging"/shard-*-of-{shards}/scan.json
+  rm -f -- "$staging/{STAGING_LOCK}"  # (as the last holder does: an opener of it then finds it gone and opens anew)
+) 9>>"$staging/{STAGING_LOCK}" || cleared=$?
+if [ "$cleared" = 5 ]; then exit 4; fi  # (said above)
+if [ "$cleared" != 0 ]; then
     echo "{REFUSED_BUSY}: a merge or a shard is running in the staging folder $staging (it holds $staging/{STAGING_LOCK}): this submission would remove its shards' completion records and the merge would find them incomplete; nothing was submitted; let it end (squeue -u $(id -un) shows its job), then submit again, or give --staging another folder" >&2
     exit 4
 fi

@@ -1458,3 +1458,51 @@ def test_a_shard_reads_only_its_folders_rows_and_the_sites_one_sample(tmp_path):
             assert manifest.site_sample(percent, cap, no_read_roots=[]).equals(one), (fresh, percent, cap)
             roots = whole["root_id"].unique().to_list()  # (none to read: none chosen)
             assert manifest.site_sample(percent, cap, no_read_roots=roots).len() == 0
+
+
+def test_a_second_manifests_shards_are_not_written_over_the_firsts_unmerged_ones(snapshots, tmp_path):
+    """Two manifests' shards run one after the other into one --staging folder (two sites; or one site's two
+    manifests): the second's shards were written over the first's, whose merge then had nothing of its own to merge
+    (another site's shards in their place) and hashed the whole site again. The second is refused, naming the first's
+    manifest, its merge and what to do; once that merge took them (a version, or no changes), they may be written over."""
+    site, other_site = snapshots / "first", snapshots / "second"
+    staging, first, second = tmp_path / "st", tmp_path / "first.sqlite", tmp_path / "second.sqlite"
+    run_shards(site, first, staging)
+    for other in (other_site, site):  # another site's manifest; the same site's other manifest
+        out = cli("run", "--site", str(other), "--db", str(second), "--shard", f"1/{N}", "--staging", str(staging))
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert (f"shard 1 of {N} was not written: {staging}/shard-1-of-{N} holds that shard of another manifest, "
+                f"{first}, written ") in out.stderr, out.stderr
+        assert f"--site {site} --db {first} --merge {staging}" in out.stderr, out.stderr
+        assert f"rm -r {staging}/shard-*-of-{N}" in out.stderr and "a --staging folder of their own" in out.stderr
+    merged = cli("run", "--site", str(site), "--db", str(first), "--merge", str(staging), "--no-validate")
+    assert merged.returncode in (0, 1), merged.stderr
+    assert query(first, "SELECT count(*) FROM versions") == [(1,)]
+    run_shards(site, first, staging)  # merged again with no changes: taken all the same
+    assert cli("run", "-q", "--site", str(site), "--db", str(first), "--merge", str(staging), "--no-validate"
+               ).returncode in (0, 1)
+    run_shards(other_site, second, staging)  # merged: written over
+    out = cli("run", "--site", str(other_site), "--db", str(second), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    # the merge of a manifest whose shard another one's holds says the rerun is refused until that one merged them
+    (staging / f"shard-0-of-{N}" / "scan.json").unlink()
+    cli("run", "--site", str(site), "--db", str(first), "--shard", f"0/{N}", "--staging", str(staging))
+    for merge_site in (other_site, site):  # (another site's shard; the same site's, of another manifest)
+        out = cli("run", "--site", str(merge_site), "--db", str(second), "--merge", str(staging), "--no-validate")
+        assert out.returncode == 2 and "(once that one has merged them, or they are removed" in out.stderr, out.stderr
+
+
+def test_shards_of_two_config_files_naming_two_manifests_are_told_apart(snapshots, tmp_path):
+    """Two sites run from their chorus.toml, each naming its manifest in [manifest] db, one --staging folder: a shard
+    records --config, not --db, so the second's shard was written over the first's unmerged one without a word. It is
+    refused as another manifest's; the first's own rerun is written."""
+    staging = tmp_path / "st"
+    for name, site in (("one", "first"), ("two", "second")):
+        (tmp_path / f"{name}.toml").write_text(f'[site]\nroot = "{snapshots / site}"\n[manifest]\ndb = "{name}.sqlite"\n')
+    shard = ("--shard", "0/1", "--staging", str(staging))
+    assert cli("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0
+    out = cli("run", "-q", "--config", str(tmp_path / "two.toml"), *shard)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"holds that shard of another manifest, {tmp_path / 'one.sqlite'}, written " in out.stderr, out.stderr
+    assert f"--config {tmp_path / 'one.toml'} --merge {staging}" in out.stderr, out.stderr
+    assert cli("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0

@@ -1700,3 +1700,36 @@ def test_more_shards_than_the_site_has_person_folders_is_said(slurm, small_site,
     assert f"give --shards {tops} or fewer" in many.stderr and "Traceback" not in many.stderr
     few = cli("slurm-script", "--site", str(first), "--db", str(db), env=slurm.env)
     assert few.returncode == 0 and "warning" not in few.stderr, few.stderr
+
+
+def test_a_submission_into_a_staging_folder_with_another_manifests_unmerged_shards_submits_nothing(small_site,
+                                                                                                   tmp_path):
+    """One --staging given to two manifests one after the other: the second's submission removed the completion
+    records of the first's shards, not merged yet, and that manifest's merge (pending, or run again by hand) found
+    every shard "incomplete", its site to be hashed again. It is refused (exit 4), naming them and what to do, and
+    removes nothing; once that manifest merged them, the next submission goes ahead."""
+    first, second = small_site
+    staging, ours, theirs = tmp_path / "shared", tmp_path / "ours.sqlite", tmp_path / "theirs.sqlite"
+    bin_dir, called = tmp_path / "bin", tmp_path / "sbatch-called"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "squeue", "scancel"):  # (a stand-in that says it was called and refuses: nothing queued)
+        _executable(bin_dir / tool, f"#!/bin/sh\necho {tool} >> '{called}'\n[ {tool} = squeue ] || exit 1\n")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    for k in (0, 1):
+        shard = cli("run", "-q", "--site", str(second), "--db", str(theirs), "--workers", "1", "--shard", f"{k}/2",
+                    "--staging", str(staging))
+        assert shard.returncode == 0, shard.stderr
+    proc = cli("run", "--slurm", "--site", str(first), "--db", str(ours), "--shards", "2", "--staging", str(staging),
+               env=env, timeout=60)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert (f"the staging folder {staging} holds shards of another manifest, {theirs} (their --db), not merged yet "
+            "(shard-0-of-2, shard-1-of-2)") in proc.stderr, proc.stderr
+    assert f"--db {theirs} --workers 1 --merge {staging}" in proc.stderr and "give --staging another" in proc.stderr
+    assert "sbatch" not in (called.read_text() if called.exists() else "")
+    assert all((staging / f"shard-{k}-of-2" / "scan.json").exists() for k in (0, 1))
+    merged = cli("run", "-q", "--no-validate", "--site", str(second), "--db", str(theirs), "--merge", str(staging))
+    assert merged.returncode in (0, 1), merged.stderr
+    after = cli("run", "--slurm", "--site", str(first), "--db", str(ours), "--shards", "2", "--staging", str(staging),
+                env=env, timeout=60)
+    assert after.returncode == 2 and "sbatch" in called.read_text(), after.stdout + after.stderr
+    assert not (staging / "shard-0-of-2" / "scan.json").exists()  # (merged: its record cleared as before)

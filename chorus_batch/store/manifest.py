@@ -970,6 +970,14 @@ class Manifest:
                         "ORDER BY run_id DESC LIMIT 1", (scan_started_ns,))
         return row[0] if row else None
 
+    def took_shard(self, scan_started_ns: int, written_at: str) -> bool:
+        """Whether a run ended (exit 0 or 1) at or after `written_at` (ISO, seconds) whose listing began no later than
+        `scan_started_ns`: the merge that took a shard listed then and written at that time (committing a version,
+        or finding no changes), as no plain run started after the shard was written lists the site before it."""
+        row = self._one("SELECT 1 FROM runs WHERE exit_code IN (0, 1) AND scan_started_ns IS NOT NULL "
+                        "AND scan_started_ns <= ? AND finished_at >= ? LIMIT 1", (scan_started_ns, written_at))
+        return row is not None
+
     def scan_of_version(self, version: str) -> int | None:
         """When the listing of the run that committed `version` started (a merge's: its shards' earliest), or None."""
         if not self.path.exists():
