@@ -1959,18 +1959,26 @@ def _print_csv(frame) -> None:
 def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     import warnings
 
+    import polars as pl
+
     from .review import NoSuchPerson, open_manifest
 
     reader = open_manifest(_db(args))
     table = not (args.md5sum or args.json or args.csv)
     # Of the version's rows, the table reads its first 200 (and counts the rest), --md5sum two columns: read whole,
-    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json, --csv and --path read it a slice at a time
-    # (--path: each slice filtered, the rows under the path kept).
+    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json, --csv and --path read it a slice at a time,
+    # --path only the rows under the path (the query's: each slice of the whole version was filtered here, and the
+    # rows under the path held whole before --json/--csv wrote them).
     narrow = args.path is None and (table or args.md5sum)
+    empty = None  # (--path: whether no row is under it)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", NoSuchPerson)
         if not narrow:  # --json, --csv, --path: the version a slice at a time, as they write it or filter it
-            first = reader.files_sliced(args.as_of, modality=args.modality, person=args.person, rows=JSON_SLICE_ROWS)
+            read = reader.files_sliced(args.as_of, modality=args.modality, person=args.person, path=args.path,
+                                       rows=JSON_SLICE_ROWS)
+            head = next(read)
+            empty = head.height == 0
+            first = itertools.chain([head], read)
 
             def frame():  # (the slices read, then read again: --json to a stream not UTF-8 reads them twice)
                 nonlocal first
@@ -1980,22 +1988,22 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
                 with warnings.catch_warnings():  # (said once, above)
                     warnings.simplefilter("ignore", NoSuchPerson)
                     return reader.files_sliced(args.as_of, modality=args.modality, person=args.person,
-                                               rows=JSON_SLICE_ROWS)
+                                               path=args.path, rows=JSON_SLICE_ROWS)
             count = None
+            if args.path is not None and not (args.json or args.csv):  # the table and --md5sum: the rows under it
+                frame = pl.concat(list(frame()), how="vertical")
+                count = frame.height
         else:
             count, frame = reader.files_part(args.as_of, modality=args.modality, person=args.person,
                                              columns=FILE_TABLE_COLUMNS if table else ("srcfile", "md5"),
                                              limit=FILE_TABLE_ROWS if table else None)
-        if args.path is not None:  # (in the warnings' block: the slices read again for another spelling say none)
-            frame = reader.rows_under(frame, args.path)
-            count = frame.height
     for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
         if issubclass(warning.category, NoSuchPerson):  # (scrubbed: it quotes the --person given, a SAS pasted too)
             from .urls import scrub
 
             print(scrub(f"chorus-batch: {warning.message}"), file=sys.stderr)
     if args.path is not None:
-        if frame.height == 0 and args.person is None and args.modality is None:
+        if empty and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
             _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of), db=args.db)
     if args.md5sum:
