@@ -1242,6 +1242,7 @@ def _findings_command(args: argparse.Namespace, result) -> str:
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     settings = _run_settings(args, target)
+    _output_checked()  # (before the listing)
     with _early_listing(settings, "status"):
         from .pipeline import status
         from .progress import Progress
@@ -1373,6 +1374,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                              fix="give the manifest that holds the version (--db), or leave out --version")
         # A folder with no manifest yet: checked in a temporary one, or in a new one at --db.
         settings = _run_settings(args, target)
+        _output_checked()
         label, findings, not_taken = validate_folder(settings, keep=target.db_given, argv=argv,
                                                      progress=Progress(quiet=args.quiet))
         where = str(Path(settings.db).resolve()) if target.db_given else f"{settings.site} (checked in a temporary manifest, now removed)"
@@ -1383,6 +1385,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         not_taken = None
         overrides = {None: target.site} if target.site else {}
         overrides.update(target.config.site.roots if target.site else {})
+        _output_checked()  # (before the check records its findings)
         label, findings = validate_manifest(target.db, argv=argv, overrides=overrides,
                                             workers=args.workers or target.config.run.workers, force=args.force,
                                             cloud=target.config.cloud)
@@ -2826,6 +2829,12 @@ def _refuse_closed_output(args: argparse.Namespace) -> None:
                               fix="start the command with standard output open (`> FILE`; `> /dev/null` to discard "
                               "it)")
         refused.outcome = "nothing was done"
+        if args.command in _PRINTING_COMMANDS:
+            # Said when the command first writes, or where it would start its work (_output_checked): a usage error
+            # found by the command (`files --as-of nosuch >&-`, `validate --rule nosuch >&-`) is said as one, exit 2,
+            # not as the closed stdout, exit 3. They only read before that (validate records nothing before it).
+            sys.stdout.refused = refused
+            return
         raise refused
     else:
         return
@@ -2834,6 +2843,15 @@ def _refuse_closed_output(args: argparse.Namespace) -> None:
                           "open (`> FILE`)")
     refused.outcome = "nothing was done"
     raise refused
+
+
+def _output_checked() -> None:
+    """Where a command whose product is standard output starts its work (after its arguments are checked): a closed
+    standard output is refused here (see _refuse_closed_output), before the work, not at its first write."""
+    refused = getattr(sys.stdout, "refused", None)
+    if refused is not None:
+        sys.stdout.refused = None  # (said once: the error's own JSON object is then written nowhere, as before)
+        raise refused
 
 
 # Commands whose one product is what they print (they change nothing, or only record what they print).
@@ -2867,6 +2885,7 @@ class _Output:
         self.used = False  # something was written (main's --json error object is then left out)
         # On a terminal, what a name holds is shown, not obeyed (escape sequences); a file or pipe gets the bytes.
         self._terminal = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.refused: OutputError | None = None  # a closed stdout refused at the first write (_output_checked)
 
     def _guarded(self, call, *args):
         if self._stream is None:  # started with stdout closed (>&-)
@@ -2881,6 +2900,7 @@ class _Output:
                               "or leave stdout to the terminal; `chorus-batch versions` shows what the manifest holds") from None
 
     def write(self, text: str) -> int:
+        _output_checked()
         self.used = self.used or bool(text)
         text = shown(text, lines=True) if self._terminal else text
         written = self._guarded(self._write_all, text) if self._stream is not None else None
@@ -2901,6 +2921,7 @@ class _Output:
         return len(text)
 
     def flush(self) -> None:
+        _output_checked()  # (a command that wrote nothing: refused at its end, as before)
         if self._stream is not None:
             self._guarded(self._stream.flush)
 
@@ -2922,6 +2943,7 @@ class _OutputBytes:
         self._output = output
 
     def write(self, data: bytes) -> int:
+        _output_checked()
         self._output.used = self._output.used or bool(data)
         stream = self._output._stream
         if stream is None:
@@ -2935,6 +2957,7 @@ class _OutputBytes:
         return self._output._guarded(write_all)
 
     def flush(self) -> None:
+        _output_checked()
         if self._output._stream is not None:
             self._output._guarded(self._output._stream.buffer.flush)
 
