@@ -1374,6 +1374,8 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                              fix="give the manifest that holds the version (--db), or leave out --version")
         # A folder with no manifest yet: checked in a temporary one, or in a new one at --db.
         settings = _run_settings(args, target)
+        if not target.db_given:  # (a temporary manifest, removed: no `versions` to look at after a failed output)
+            sys.stdout.manifest_written = False
         _output_checked()
         label, findings, not_taken = validate_folder(settings, keep=target.db_given, argv=argv,
                                                      progress=Progress(quiet=args.quiet))
@@ -1643,8 +1645,7 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         print(f"wrote {plural(first, 'file')} to {Path(args.out) / 'first'} and {plural(second, 'file')} to {Path(args.out) / 'second'}")
         sys.stdout.flush()
-    except OutputError as exc:  # (no manifest here: "`chorus-batch versions` shows what the manifest holds" misled)
-        exc.fix = "write it where there is room (another file or folder), or leave stdout to the terminal"
+    except OutputError as exc:
         exc.outcome = (f"the test data was written ({plural(first, 'file')} in {Path(args.out) / 'first'}, "
                        f"{plural(second, 'file')} in {Path(args.out) / 'second'}) and stands; only this line saying "
                        "so was not written")
@@ -2689,7 +2690,7 @@ def _main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=args.verbose, quiet=args.quiet)
     pause("arguments-read")  # (tests: Ctrl-C before the command's own handling begins)
     _stop_on_signals()
-    stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
+    stdout, sys.stdout = sys.stdout, _Output(sys.stdout, _writes_a_manifest(args))  # type: ignore[assignment]
     code = int(ExitCode.OK)
     try:
         # (serving_command_line: messages name the flags, --db, --from, not the library's arguments)
@@ -2870,6 +2871,16 @@ def _output_is_the_product(args: argparse.Namespace) -> bool:
     return args.command in ("run", "import-journal") and bool(getattr(args, "dry_run", False))
 
 
+def _writes_a_manifest(args: argparse.Namespace) -> bool:
+    """Whether the command may have recorded something in a manifest before its output failed (a version, ledger rows,
+    findings, proc_ids, an upgrade), so that its fix points at what the manifest holds. `testdata`, `slurm-script`,
+    `import-config`, the dry runs, `upload --script` and the reading commands record nothing: "`chorus-batch
+    versions` shows what the manifest holds" was said of them too (`testdata > /dev/full`, where there is none)."""
+    if args.command in ("run", "import-journal", "upload"):
+        return not (getattr(args, "dry_run", False) or getattr(args, "script", None))
+    return args.command in ("validate", "registry", "upgrade", "unlock", "verify", "mark-uploaded")
+
+
 class OutputError(ChorusError):
     """The command's output could not be written to standard output (a full disk, a closed descriptor)."""
 
@@ -2880,8 +2891,11 @@ class _Output:
     """Standard output for a command: a write that fails (other than a closed pipe, which ends the command quietly)
     is an OutputError with what/where/fix, not an internal error; a closed descriptor takes nothing."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, manifest_written: bool = False):
         self._stream = stream
+        # the fix of a failed write names `versions` where the command may have recorded something in a manifest
+        # (validate of a folder in a temporary manifest sets it False: it leaves none)
+        self.manifest_written = manifest_written
         self.used = False  # something was written (main's --json error object is then left out)
         # On a terminal, what a name holds is shown, not obeyed (escape sequences); a file or pipe gets the bytes.
         self._terminal = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
@@ -2897,7 +2911,8 @@ class _Output:
         except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
             raise OutputError(f"could not write the output to standard output ({getattr(exc, 'strerror', None) or exc})",
                               where="standard output", fix="write it where there is room (another file or folder), "
-                              "or leave stdout to the terminal; `chorus-batch versions` shows what the manifest holds") from None
+                              "or leave stdout to the terminal" + ("; `chorus-batch versions` shows what the manifest "
+                                                                   "holds" if self.manifest_written else "")) from None
 
     def write(self, text: str) -> int:
         _output_checked()

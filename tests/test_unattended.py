@@ -608,6 +608,26 @@ def test_a_usage_error_with_standard_output_closed_is_a_usage_error(site, db, wo
     assert query(db, "SELECT count(*) FROM runs") == before
 
 
+@pytest.mark.parametrize("words, names_versions", [
+    (["slurm-script", "--site", "{site}", "--db", "{db}"], False),
+    (["validate", "--site", "{site}"], False), (["run", "--dry-run", "--site", "{site}", "--db", "{db}"], False),
+    (["files", "--json", "--db", "{db}"], False), (["validate", "--db", "{db}"], True)])
+def test_an_output_to_a_full_disk_names_the_manifest_only_where_the_command_wrote_one(site, db, tmp_path, words,
+                                                                                     names_versions):
+    """`slurm-script > /dev/full`, `validate --site DIR` (a temporary manifest, removed), a dry run: their fix said
+    "`chorus-batch versions` shows what the manifest holds", of a manifest they did not write or that is not there;
+    it is said only by a command that may have recorded something in one (validate's findings, a run's version)."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    (tmp_path / "elsewhere").mkdir()
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "chorus_batch", *(w.format(site=site, db=db) for w in words)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=tmp_path / "elsewhere")
+    assert done.returncode == ExitCode.FAILED and "could not write the output" in done.stderr, done.stderr
+    assert "fix:   write it where there is room" in done.stderr, done.stderr
+    assert ("`chorus-batch versions` shows what the manifest holds" in done.stderr) == names_versions, done.stderr
+
+
 def test_a_run_with_standard_output_closed_still_commits_and_exits_0(site, db):
     """The run's product is its version, not its summary: `run >&-` (a cron line) is not refused, `--json` or not."""
     write(site, "OMOP/person.csv", b"person_id\n1\n")
