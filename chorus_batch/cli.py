@@ -1355,6 +1355,8 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     from .progress import Progress
     from .validate.run import validate_folder, validate_manifest
 
+    from .review import open_manifest
+
     chosen = _finding_filter(args)  # before anything is read: a misspelt rule is said at once, not after the check
     target = _resolve(args)
     _local_db(target, "validate")
@@ -1395,7 +1397,10 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     every = findings.height
     failing = _failing(findings, args.fail_on)  # (of every finding: the filters choose what is shown, not this)
     if chosen is not None:
-        findings = chosen(findings)
+        # --path read as `files --path` reads it (./, the site's absolute path), where the manifest is kept
+        kept = target.db_given or not (target.site is not None and (alone or not Path(target.db).exists()))
+        folder_of = open_manifest(target.db)._folder if kept else None
+        findings = chosen(findings, folder_of)
     # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
     unchecked = not_taken is not None and not_taken.height > 0
     verdict = failing and chosen is not None and (f"--fail-on {args.fail_on}: exit 1, the version has {failing} "

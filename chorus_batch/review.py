@@ -261,7 +261,7 @@ class ManifestReader:
 
         chosen = finding_filter(rule, severity, path)  # before anything is read: a misspelt rule is said at once
         found = self._findings(self.resolve(version))
-        return found if chosen is None else chosen(found)
+        return found if chosen is None else chosen(found, self._folder)
 
     def validated(self, version: str | None = None) -> bool | None:
         """Whether `validate` checked the version (by any release's rules): an empty `findings` is then a clean
