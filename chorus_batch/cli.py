@@ -1244,6 +1244,7 @@ def _findings_command(args: argparse.Namespace, result) -> str:
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     settings = _run_settings(args, target)
+    _output_checked()  # (before the listing)
     with _early_listing(settings, "status"):
         from .pipeline import status
         from .progress import Progress
@@ -1356,6 +1357,8 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     from .progress import Progress
     from .validate.run import validate_folder, validate_manifest
 
+    from .review import open_manifest
+
     chosen = _finding_filter(args)  # before anything is read: a misspelt rule is said at once, not after the check
     target = _resolve(args)
     _local_db(target, "validate")
@@ -1375,6 +1378,9 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                              fix="give the manifest that holds the version (--db), or leave out --version")
         # A folder with no manifest yet: checked in a temporary one, or in a new one at --db.
         settings = _run_settings(args, target)
+        if not target.db_given:  # (a temporary manifest, removed: no `versions` to look at after a failed output)
+            sys.stdout.manifest_written = False
+        _output_checked()
         label, findings, not_taken = validate_folder(settings, keep=target.db_given, argv=argv,
                                                      progress=Progress(quiet=args.quiet))
         where = str(Path(settings.db).resolve()) if target.db_given else f"{settings.site} (checked in a temporary manifest, now removed)"
@@ -1385,6 +1391,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         not_taken = None
         overrides = {None: target.site} if target.site else {}
         overrides.update(target.config.site.roots if target.site else {})
+        _output_checked()  # (before the check records its findings)
         label, findings = validate_manifest(target.db, argv=argv, overrides=overrides,
                                             workers=args.workers or target.config.run.workers, force=args.force,
                                             cloud=target.config.cloud)
@@ -1392,7 +1399,10 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     every = findings.height
     failing = _failing(findings, args.fail_on)  # (of every finding: the filters choose what is shown, not this)
     if chosen is not None:
-        findings = chosen(findings)
+        # --path read as `files --path` reads it (./, the site's absolute path), where the manifest is kept
+        kept = target.db_given or not (target.site is not None and (alone or not Path(target.db).exists()))
+        folder_of = open_manifest(target.db)._folder if kept else None
+        findings = chosen(findings, folder_of)
     # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
     unchecked = not_taken is not None and not_taken.height > 0
     verdict = failing and chosen is not None and (f"--fail-on {args.fail_on}: exit 1, the version has {failing} "
@@ -1642,8 +1652,7 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         print(f"wrote {plural(first, 'file')} to {Path(args.out) / 'first'} and {plural(second, 'file')} to {Path(args.out) / 'second'}")
         sys.stdout.flush()
-    except OutputError as exc:  # (no manifest here: "`chorus-batch versions` shows what the manifest holds" misled)
-        exc.fix = "write it where there is room (another file or folder), or leave stdout to the terminal"
+    except OutputError as exc:
         exc.outcome = (f"the test data was written ({plural(first, 'file')} in {Path(args.out) / 'first'}, "
                        f"{plural(second, 'file')} in {Path(args.out) / 'second'}) and stands; only this line saying "
                        "so was not written")
@@ -1961,18 +1970,26 @@ def _print_csv(frame) -> None:
 def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     import warnings
 
+    import polars as pl
+
     from .review import NoSuchPerson, open_manifest
 
     reader = open_manifest(_db(args))
     table = not (args.md5sum or args.json or args.csv)
     # Of the version's rows, the table reads its first 200 (and counts the rest), --md5sum two columns: read whole,
-    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json, --csv and --path read it a slice at a time
-    # (--path: each slice filtered, the rows under the path kept).
+    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json, --csv and --path read it a slice at a time,
+    # --path only the rows under the path (the query's: each slice of the whole version was filtered here, and the
+    # rows under the path held whole before --json/--csv wrote them).
     narrow = args.path is None and (table or args.md5sum)
+    empty = None  # (--path: whether no row is under it)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", NoSuchPerson)
         if not narrow:  # --json, --csv, --path: the version a slice at a time, as they write it or filter it
-            first = reader.files_sliced(args.as_of, modality=args.modality, person=args.person, rows=JSON_SLICE_ROWS)
+            read = reader.files_sliced(args.as_of, modality=args.modality, person=args.person, path=args.path,
+                                       rows=JSON_SLICE_ROWS)
+            head = next(read)
+            empty = head.height == 0
+            first = itertools.chain([head], read)
 
             def frame():  # (the slices read, then read again: --json to a stream not UTF-8 reads them twice)
                 nonlocal first
@@ -1982,22 +1999,22 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
                 with warnings.catch_warnings():  # (said once, above)
                     warnings.simplefilter("ignore", NoSuchPerson)
                     return reader.files_sliced(args.as_of, modality=args.modality, person=args.person,
-                                               rows=JSON_SLICE_ROWS)
+                                               path=args.path, rows=JSON_SLICE_ROWS)
             count = None
+            if args.path is not None and not (args.json or args.csv):  # the table and --md5sum: the rows under it
+                frame = pl.concat(list(frame()), how="vertical")
+                count = frame.height
         else:
             count, frame = reader.files_part(args.as_of, modality=args.modality, person=args.person,
                                              columns=FILE_TABLE_COLUMNS if table else ("srcfile", "md5"),
                                              limit=FILE_TABLE_ROWS if table else None)
-        if args.path is not None:  # (in the warnings' block: the slices read again for another spelling say none)
-            frame = reader.rows_under(frame, args.path)
-            count = frame.height
     for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
         if issubclass(warning.category, NoSuchPerson):  # (scrubbed: it quotes the --person given, a SAS pasted too)
             from .urls import scrub
 
             print(scrub(f"chorus-batch: {warning.message}"), file=sys.stderr)
     if args.path is not None:
-        if frame.height == 0 and args.person is None and args.modality is None:
+        if empty and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
             _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of), db=args.db)
     if args.md5sum:
@@ -2680,7 +2697,7 @@ def _main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=args.verbose, quiet=args.quiet)
     pause("arguments-read")  # (tests: Ctrl-C before the command's own handling begins)
     _stop_on_signals()
-    stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
+    stdout, sys.stdout = sys.stdout, _Output(sys.stdout, _writes_a_manifest(args))  # type: ignore[assignment]
     code = int(ExitCode.OK)
     try:
         # (serving_command_line: messages name the flags, --db, --from, not the library's arguments)
@@ -2820,6 +2837,12 @@ def _refuse_closed_output(args: argparse.Namespace) -> None:
                               fix="start the command with standard output open (`> FILE`; `> /dev/null` to discard "
                               "it)")
         refused.outcome = "nothing was done"
+        if args.command in _PRINTING_COMMANDS:
+            # Said when the command first writes, or where it would start its work (_output_checked): a usage error
+            # found by the command (`files --as-of nosuch >&-`, `validate --rule nosuch >&-`) is said as one, exit 2,
+            # not as the closed stdout, exit 3. They only read before that (validate records nothing before it).
+            sys.stdout.refused = refused
+            return
         raise refused
     else:
         return
@@ -2828,6 +2851,15 @@ def _refuse_closed_output(args: argparse.Namespace) -> None:
                           "open (`> FILE`)")
     refused.outcome = "nothing was done"
     raise refused
+
+
+def _output_checked() -> None:
+    """Where a command whose product is standard output starts its work (after its arguments are checked): a closed
+    standard output is refused here (see _refuse_closed_output), before the work, not at its first write."""
+    refused = getattr(sys.stdout, "refused", None)
+    if refused is not None:
+        sys.stdout.refused = None  # (said once: the error's own JSON object is then written nowhere, as before)
+        raise refused
 
 
 # Commands whose one product is what they print (they change nothing, or only record what they print).
@@ -2846,6 +2878,16 @@ def _output_is_the_product(args: argparse.Namespace) -> bool:
     return args.command in ("run", "import-journal") and bool(getattr(args, "dry_run", False))
 
 
+def _writes_a_manifest(args: argparse.Namespace) -> bool:
+    """Whether the command may have recorded something in a manifest before its output failed (a version, ledger rows,
+    findings, proc_ids, an upgrade), so that its fix points at what the manifest holds. `testdata`, `slurm-script`,
+    `import-config`, the dry runs, `upload --script` and the reading commands record nothing: "`chorus-batch
+    versions` shows what the manifest holds" was said of them too (`testdata > /dev/full`, where there is none)."""
+    if args.command in ("run", "import-journal", "upload"):
+        return not (getattr(args, "dry_run", False) or getattr(args, "script", None))
+    return args.command in ("validate", "registry", "upgrade", "unlock", "verify", "mark-uploaded")
+
+
 class OutputError(ChorusError):
     """The command's output could not be written to standard output (a full disk, a closed descriptor)."""
 
@@ -2856,11 +2898,15 @@ class _Output:
     """Standard output for a command: a write that fails (other than a closed pipe, which ends the command quietly)
     is an OutputError with what/where/fix, not an internal error; a closed descriptor takes nothing."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, manifest_written: bool = False):
         self._stream = stream
+        # the fix of a failed write names `versions` where the command may have recorded something in a manifest
+        # (validate of a folder in a temporary manifest sets it False: it leaves none)
+        self.manifest_written = manifest_written
         self.used = False  # something was written (main's --json error object is then left out)
         # On a terminal, what a name holds is shown, not obeyed (escape sequences); a file or pipe gets the bytes.
         self._terminal = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.refused: OutputError | None = None  # a closed stdout refused at the first write (_output_checked)
 
     def _guarded(self, call, *args):
         if self._stream is None:  # started with stdout closed (>&-)
@@ -2872,9 +2918,11 @@ class _Output:
         except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
             raise OutputError(f"could not write the output to standard output ({getattr(exc, 'strerror', None) or exc})",
                               where="standard output", fix="write it where there is room (another file or folder), "
-                              "or leave stdout to the terminal; `chorus-batch versions` shows what the manifest holds") from None
+                              "or leave stdout to the terminal" + ("; `chorus-batch versions` shows what the manifest "
+                                                                   "holds" if self.manifest_written else "")) from None
 
     def write(self, text: str) -> int:
+        _output_checked()
         self.used = self.used or bool(text)
         text = shown(text, lines=True) if self._terminal else text
         written = self._guarded(self._write_all, text) if self._stream is not None else None
@@ -2895,6 +2943,7 @@ class _Output:
         return len(text)
 
     def flush(self) -> None:
+        _output_checked()  # (a command that wrote nothing: refused at its end, as before)
         if self._stream is not None:
             self._guarded(self._stream.flush)
 
@@ -2916,6 +2965,7 @@ class _OutputBytes:
         self._output = output
 
     def write(self, data: bytes) -> int:
+        _output_checked()
         self._output.used = self._output.used or bool(data)
         stream = self._output._stream
         if stream is None:
@@ -2929,6 +2979,7 @@ class _OutputBytes:
         return self._output._guarded(write_all)
 
     def flush(self) -> None:
+        _output_checked()
         if self._output._stream is not None:
             self._output._guarded(self._output._stream.buffer.flush)
 

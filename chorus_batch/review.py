@@ -205,6 +205,16 @@ def open_manifest(path: str | Path, *, parameter: str | None = None) -> "Manifes
     return SQLiteReader(tidy)
 
 
+def _under_folder(folder: str | None, columns: tuple[str, ...] = ("srcfile",)) -> pl.Expr:
+    """Rows whose path (any of `columns`) is `folder` or lies under it (see ManifestReader._folder: "" every row,
+    None none)."""
+    if folder is None:
+        return pl.lit(False)
+    if not folder:
+        return pl.lit(True)
+    return pl.any_horizontal([(pl.col(c) == folder) | pl.col(c).str.starts_with(folder + "/") for c in columns])
+
+
 class ManifestReader:
     """What a reviewer can ask of a manifest; two storages below (SQLite, Parquet)."""
 
@@ -251,7 +261,7 @@ class ManifestReader:
 
         chosen = finding_filter(rule, severity, path)  # before anything is read: a misspelt rule is said at once
         found = self._findings(self.resolve(version))
-        return found if chosen is None else chosen(found)
+        return found if chosen is None else chosen(found, self._folder)
 
     def validated(self, version: str | None = None) -> bool | None:
         """Whether `validate` checked the version (by any release's rules): an empty `findings` is then a clean
@@ -561,19 +571,29 @@ class ManifestReader:
         return frame.height, frame.select(columns) if limit is None else frame.select(columns).head(limit)
 
     def files_sliced(self, as_of: str | datetime | None = None, *, modality: str | None = None,
-                     person: str | None = None, rows: int = SLICE_ROWS) -> Iterator[pl.DataFrame]:
+                     person: str | None = None, path: str | None = None,
+                     rows: int = SLICE_ROWS) -> Iterator[pl.DataFrame]:
         """The rows `files` of the same arguments gives, in its order, `rows` at a time (the first slice possibly
         empty, the others not): a storage that can reads a slice at a time. `files --json`/`--csv` of 1M files read
-        the whole version first (~640 MiB peak) to write it a slice at a time. A person the version has no file of is
-        said (NoSuchPerson) before this returns."""
+        the whole version first (~640 MiB peak) to write it a slice at a time. `path`: only the rows `rows_under`
+        keeps of them, chosen by the storage where it can (`files --path P --json` read every slice of the version and
+        held the rows under P). A person the version has no file of is said (NoSuchPerson) before this returns."""
         label, modality, person = self._file_question(as_of, modality, person)
-        slices = iter(self._files_sliced(label, modality, person, rows))
+        folders = None if path is None else self._folders(path)
+        slices = iter(self._files_sliced(label, modality, person, rows, folders))
         first = next(slices)
         self._said_unknown_person(person, label, first)
         return itertools.chain([first], slices)
 
-    def _files_sliced(self, label: str, modality: str | None, person: str | None, rows: int) -> Iterator[pl.DataFrame]:
+    def _files_sliced(self, label: str, modality: str | None, person: str | None, rows: int,
+                      folders: list[str | None] | None = None) -> Iterator[pl.DataFrame]:
+        """`folders` (see _folders): the rows under the first that has any, else none."""
         frame = self._known(self._files_at(label, modality, person).select(FILE_COLUMNS))  # (read whole, given in slices)
+        for tried, folder in enumerate(folders or [], 1):
+            kept = frame.filter(_under_folder(folder))
+            if kept.height or tried == len(folders):
+                frame = kept
+                break
         if frame.height == 0:
             yield frame
         yield from frame.iter_slices(rows)
@@ -763,17 +783,25 @@ class ManifestReader:
         return sorted({"/".join(srcfile.split("/")[:depth]) + "/" for prefix, depth in under
                        for srcfile in keyed.filter(pl.col("key").str.starts_with(prefix))["srcfile"].head(1000)})[:limit]
 
-    def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
-        """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
-        (site_relative: absolute under a recorded root, Windows separators, './'); the site root: every row."""
+    def _folder(self, path: str, *, backslash_separates: bool = True) -> str | None:
+        """The site-relative path `under` keeps the rows of: "" the site root (every row), None nothing (an absolute
+        path under no recorded root)."""
         path = text_argument(path, "a path", str(self.path), '"OMOP"')  # a pathlib path too
         folder = self.site_relative(path.rstrip("/\\") + "/", backslash_separates=backslash_separates)
         if folder.startswith("/"):  # absolute, under no recorded root (`/`: not the site's root, which matched all)
-            return pl.lit(False)
-        folder = folder.rstrip("/")
-        if not folder:
-            return pl.lit(True)
-        return pl.any_horizontal([(pl.col(c) == folder) | pl.col(c).str.starts_with(folder + "/") for c in columns])
+            return None
+        return folder.rstrip("/")
+
+    def _folders(self, path: str) -> list[str | None]:
+        """The folders (see _folder) `rows_under` tries in turn for `path`, the first that keeps any rows kept."""
+        path = text_argument(path, "a path", str(self.path), '"OMOP"')
+        return list(dict.fromkeys([self._folder(spelling, backslash_separates=False)
+                                   for spelling in [path, *self.spellings(path)[1:]]]))
+
+    def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
+        """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
+        (site_relative: absolute under a recorded root, Windows separators, './'); the site root: every row."""
+        return _under_folder(self._folder(path, backslash_separates=backslash_separates), columns)
 
     def rows_under(self, frame: pl.DataFrame, path: str, columns: tuple[str, ...] = ("srcfile",)) -> pl.DataFrame:
         """The rows of `frame` under `path` (see under) in the first of its spellings that has any, as
@@ -1041,30 +1069,44 @@ class SQLiteReader(ManifestReader):
         frame = pl.DataFrame(schema=schema) if frame.width == 0 or frame.height == 0 else frame.cast(schema)
         return count, self._known(frame)
 
-    def _files_sliced(self, label: str, modality: str | None, person: str | None, rows: int) -> Iterator[pl.DataFrame]:
+    def _files_sliced(self, label: str, modality: str | None, person: str | None, rows: int,
+                      folders: list[str | None] | None = None) -> Iterator[pl.DataFrame]:
         # Pages by path (keyset: the paths after the last one read, by the index on srcfile), each one bounded query;
         # a path is one file of a version. Each page is of the version's rows whatever a run commits between two.
         # (A connection a page: none held open between two, when the caller reads the manifest in between.)
-        after: str | None = None
-        while True:
-            sql, params = self._files_sql(label, modality, person, FILE_COLUMNS, after=after)
-            frame = self._query(f"{sql} LIMIT ?", (*params, rows), FILE_SCHEMA)
-            if frame.height or after is None:
-                yield self._known(frame)
-            if frame.height < rows:
-                return
-            after = frame["srcfile"][-1]
+        # `folders`: in the query too, the first that has rows (`files --path P --json` held every row under P).
+        tried = [""] if folders is None else folders
+        for number, folder in enumerate(tried, 1):
+            after: str | None = None
+            while True:
+                sql, params = self._files_sql(label, modality, person, FILE_COLUMNS, after=after, folder=folder)
+                frame = self._query(f"{sql} LIMIT ?", (*params, rows), FILE_SCHEMA)
+                if after is None and frame.height == 0 and number < len(tried):
+                    break  # none under this spelling: the next
+                if frame.height or after is None:
+                    yield self._known(frame)
+                if frame.height < rows:
+                    return
+                after = frame["srcfile"][-1]
 
-    def _files_sql(self, label: str, modality: str | None, person: str | None,
-                   columns: tuple[str, ...], *, after: str | None = None) -> tuple[str, tuple]:
+    def _files_sql(self, label: str, modality: str | None, person: str | None, columns: tuple[str, ...], *,
+                   after: str | None = None, folder: str | None = "") -> tuple[str, tuple]:
         """The query of the files of version `label` (one modality, one person), `columns` of each, by path; `after`:
-        those whose path sorts after it."""
+        those whose path sorts after it; `folder` (see ManifestReader._folder): those under it."""
         filters, extra = "", []
         for column, value in (("modality", modality), ("person_id", person), ("srcfile", after)):
             if value is not None:
                 filters += f" AND {column} {'>' if column == 'srcfile' else '='} ?"
                 extra.append(value)
+        if folder is None:
+            filters += " AND 0"
+        elif folder:
+            # the path itself, or one in [folder/, folder0): '0' follows '/', and SQLite compares text byte by byte
+            # as polars' starts_with does (no LIKE: a '%' or '_' of a name is no pattern; the index on srcfile serves)
+            filters += " AND (srcfile = ? OR (srcfile >= ? AND srcfile < ?))"
+            extra += [folder, folder + "/", folder + "0"]
         cols = ", ".join(columns)
+        ended_filters = re.sub(r"\b(modality|person_id|srcfile)\b", r"s.\1", filters)  # (of the joined rows)
         if label == self.latest():
             # The latest version this reader knows: the current rows (their partial index), less those a run
             # committed since, plus the rows such a run ended (the change sets' version index; none if no run did).
@@ -1073,7 +1115,7 @@ class SQLiteReader(ManifestReader):
             sql = (f"SELECT {cols} FROM source_files WHERE time_invalid IS NULL AND version_valid <= ?{filters} "
                    f"UNION ALL SELECT {', '.join(f's.{c}' for c in columns)} FROM changes c "
                    "JOIN source_files s ON s.file_id = c.old_file_id "
-                   f"WHERE c.version > ? AND s.version_valid <= ?{filters.replace(' AND ', ' AND s.')} ORDER BY srcfile")
+                   f"WHERE c.version > ? AND s.version_valid <= ?{ended_filters} ORDER BY srcfile")
             params = (label, *extra, label, label, *extra)
         else:
             sql = (f"SELECT {cols} FROM source_files WHERE version_valid <= ? AND (version_invalid IS NULL OR "

@@ -2646,6 +2646,50 @@ def test_files_json_and_csv_read_the_version_a_slice_at_a_time(tmp_path, monkeyp
     assert (len(json.loads(out)) if "--json" in flags else pl.read_csv(out.encode()).height) == frame.height
 
 
+@pytest.mark.parametrize("flag", ["--json", "--csv", None, "--md5sum"])
+def test_files_path_reads_only_the_rows_under_it(tmp_path, monkeypatch, capsys, flag):
+    """`files --path P --json`/`--csv` read every slice of the version and filtered it here, holding the rows under P
+    whole (memory grew with them) before writing them: the query now keeps only the rows under P, and those are
+    written a slice at a time. A '%' or '_' in P is a name, never a pattern; P as typed is matched as before (the
+    folder, a './' or trailing '/', the exact file, a Windows separator). Output byte for byte the same."""
+    import polars as pl
+
+    from chorus_batch import cli as cli_module
+    from chorus_batch.report import head_text
+    from chorus_batch.report.spreadsheet import protect
+    from chorus_batch.review import md5sum_lines, open_manifest
+
+    db = _person_file_manifest(3_000, tmp_path / "m")
+    reader = open_manifest(db)
+    files = reader.files()
+    folder = files["srcfile"].filter(files["srcfile"].str.count_matches("/") >= 2).str.extract(r"^(.*)/[^/]+$")
+    folder = folder.value_counts(sort=True)["srcfile"][0]  # the folder holding most files
+    typed = {"folder": folder, "slash": folder + "/", "dot": "./" + folder, "windows": folder.replace("/", "\\"),
+             "pattern": folder[:-1] + "_", "percent": folder[:-1] + "%", "file": files["srcfile"][7]}
+    for name, path in typed.items():
+        frame = reader.rows_under(files, path)
+        assert (frame.height > 0) == (name not in ("pattern", "percent")), name
+        if flag == "--json":
+            expected = cli_module._json_safe(frame).write_json() + "\n"
+        elif flag == "--csv":
+            expected = protect(frame)[0].write_csv()
+        elif flag == "--md5sum":
+            expected = "".join(line + "\n" for line in md5sum_lines(frame))
+        else:
+            expected = (f"version {reader.latest()}: {frame.height} file{'' if frame.height == 1 else 's'}\n" + "\n".join(
+                head_text(frame.select(list(cli_module.FILE_TABLE_COLUMNS)), 200, "--csv or --json lists them all")) + "\n")
+        shapes = _frames_read(monkeypatch)
+        monkeypatch.setattr(cli_module, "JSON_SLICE_ROWS", 50)
+        assert cli_module.main(["files", "--db", str(db), "--path", path, *([flag] if flag else [])]) == 0
+        assert capsys.readouterr().out == expected, name
+        read = [rows for rows, _ in shapes]
+        # the rows under the path, 50 at a time, and no more than a few others (none of the version's other rows;
+        # a path naming nothing is said with the paths it may mean, from the whole version)
+        assert not frame.height or (max(read) <= 50 and sum(read) <= frame.height + 50), (name, read)
+        if flag is None and frame.height:
+            assert pl.concat(list(reader.files_sliced(path=path, rows=50))).equals(frame)
+
+
 @pytest.mark.parametrize("flags", [[], ["--md5sum"], ["--person"], ["--md5sum", "--modality", "Waveforms"]])
 def test_files_of_an_earlier_version_read_in_part_is_what_the_whole_version_gives(tmp_path, capsys, flags):
     """`files` reads only what it prints (the rows shown, or path and MD5): of an earlier version too, whose rows

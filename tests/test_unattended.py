@@ -590,6 +590,45 @@ def test_a_command_whose_product_is_standard_output_refuses_it_closed(site, db, 
     assert query(db, "SELECT count(*) FROM runs") == before  # (refused before any work)
 
 
+@pytest.mark.parametrize("words", [["files", "--as-of", "nosuch"], ["files", "--json", "--modality", "nosuch"],
+                                   ["validate", "--rule", "nosuch"], ["validate", "--explain", "nosuch"],
+                                   ["validate", "--json", "--version", "nosuch"], ["diff", "--from", "nosuch"]])
+def test_a_usage_error_with_standard_output_closed_is_a_usage_error(site, db, words):
+    """`files --as-of nosuch >&-`, `validate --rule nosuch >&-`: the closed standard output was refused before the
+    command checked its arguments, exit 3, where a usage error is 2 (README's exit codes) and says what to fix. The
+    usage error wins; a closed stdout with good arguments is still refused before any work (the test above)."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    before = query(db, "SELECT count(*) FROM runs")
+    command = [sys.executable, "-m", "chorus_batch", *words, "--db", str(db)]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "nosuch" in done.stderr and "standard output is closed" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert query(db, "SELECT count(*) FROM runs") == before
+
+
+@pytest.mark.parametrize("words, names_versions", [
+    (["slurm-script", "--site", "{site}", "--db", "{db}"], False),
+    (["validate", "--site", "{site}"], False), (["run", "--dry-run", "--site", "{site}", "--db", "{db}"], False),
+    (["files", "--json", "--db", "{db}"], False), (["validate", "--db", "{db}"], True)])
+def test_an_output_to_a_full_disk_names_the_manifest_only_where_the_command_wrote_one(site, db, tmp_path, words,
+                                                                                     names_versions):
+    """`slurm-script > /dev/full`, `validate --site DIR` (a temporary manifest, removed), a dry run: their fix said
+    "`chorus-batch versions` shows what the manifest holds", of a manifest they did not write or that is not there;
+    it is said only by a command that may have recorded something in one (validate's findings, a run's version)."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--no-validate").returncode == 0
+    (tmp_path / "elsewhere").mkdir()
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "chorus_batch", *(w.format(site=site, db=db) for w in words)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=tmp_path / "elsewhere")
+    assert done.returncode == ExitCode.FAILED and "could not write the output" in done.stderr, done.stderr
+    assert "fix:   write it where there is room" in done.stderr, done.stderr
+    assert ("`chorus-batch versions` shows what the manifest holds" in done.stderr) == names_versions, done.stderr
+
+
 def test_a_run_with_standard_output_closed_still_commits_and_exits_0(site, db):
     """The run's product is its version, not its summary: `run >&-` (a cron line) is not refused, `--json` or not."""
     write(site, "OMOP/person.csv", b"person_id\n1\n")

@@ -1064,3 +1064,26 @@ def test_a_mutated_runs_findings_are_those_of_a_full_check(tmp_path):
     assert label == mutated.label
     assert mutated.findings.equals(forced), (mutated.findings.join(forced, on=list(forced.columns), how="anti").to_dicts(),
                                              forced.join(mutated.findings, on=list(forced.columns), how="anti").to_dicts())
+
+
+def test_validate_path_reads_a_path_as_files_path_does(clean, db):
+    """`validate --path ./000001` and the site's absolute path of a person folder showed no finding of it, and
+    `--path /000001` (an absolute path under no folder the manifest records) those of 000001: the filter read the
+    path its own way (stripping '/'). It is read as `files --path` reads it; the review API's findings(path=) too."""
+    from chorus_batch.review import open_manifest
+
+    person = sorted(p.name for p in clean.iterdir() if p.name.isdigit())[0]
+    (clean / person / "stray.txt").write_text("x\n")  # a warning (layout.person_file)
+    run_site(clean, db)
+
+    def shown(path: str) -> int:
+        done = cli("validate", "--db", str(db), "--json", "--path", path)
+        assert "Traceback" not in done.stderr, done.stderr
+        return len(json.loads(done.stdout)["findings"])
+
+    assert shown(person) == 1
+    assert shown(f"./{person}") == shown(str(clean / person)) == shown(f"{person}/") == 1
+    assert shown(f"/{person}") == 0
+    reader = open_manifest(db)
+    assert reader.findings(path=f"./{person}").height == reader.findings(path=str(clean / person)).height == 1
+    assert reader.findings(path=f"/{person}").height == 0

@@ -53,7 +53,10 @@ def finding_filter(rule: str | Iterable[str] | None = None, severity: str | None
                          where=named("path"),
                          fix="give a site-relative file or folder (OMOP, 000123) or a glob ('*/Images/*')")
 
-    def chosen(findings: pl.DataFrame) -> pl.DataFrame:
+    def chosen(findings: pl.DataFrame, folder_of: Callable[[str], str | None] | None = None) -> pl.DataFrame:
+        """`folder_of`: a reader's ManifestReader._folder, reading a path as `files --path` does (`./`, an absolute
+        path under a recorded root; one under none: nothing). Without it `validate --path ./000001` or the site's
+        absolute path showed no finding, and `/000001` (no root) those of 000001."""
         keep = pl.lit(True)
         if patterns:
             names = [r for r in findings["rule"].unique().to_list() if any(fnmatch.fnmatchcase(r, p) for p in patterns)]
@@ -67,8 +70,13 @@ def finding_filter(rule: str | Iterable[str] | None = None, severity: str | None
                          if fnmatch.fnmatchcase(f, where) or fnmatch.fnmatchcase(f.rstrip("/"), where)]
                 keep = keep & pl.col("srcfile").is_in(files)
             else:
-                keep = keep & ((pl.col("srcfile").str.strip_chars_end("/") == where)
-                               | pl.col("srcfile").str.starts_with(where + "/"))
+                if folder_of is not None:
+                    where = folder_of(path.strip())
+                if where is None:
+                    keep = pl.lit(False)
+                elif where or folder_of is None:  # (read by a reader, "" is the site's root: every finding)
+                    keep = keep & ((pl.col("srcfile").str.strip_chars_end("/") == where)
+                                   | pl.col("srcfile").str.starts_with(where + "/"))
         return findings.filter(keep)
 
     return chosen
