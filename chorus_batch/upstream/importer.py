@@ -419,16 +419,26 @@ def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> tuple[p
     (PROBLEM_SCHEMA), and how many file versions the ledger now holds as sent."""
     from ..store.uploads import UploadLedger
 
-    files = manifest.query_frame(
-        "SELECT srcfile, version_valid AS label, md5, file_id FROM source_files",
-        schema={"srcfile": pl.String, "label": pl.String, "md5": pl.String, "file_id": pl.Int64})
     from ..submit.central import check_names, parse_central
+    from ..store.manifest import _arrow_stream, read_frame
 
+    # Each mark's file version, found in SQLite through its path index: the import's whole history read into a frame
+    # and joined there on three text columns held 1.5 GiB at once at 1M files (the paths twice, as keys).
+    keys = marks.select(_at=pl.int_range(pl.len(), dtype=pl.Int64), srcfile="srcfile", label="label", md5="md5")
+    with manifest.adbc() as con, con.cursor() as cur:
+        cur.adbc_ingest("_marks", _arrow_stream(keys), mode="create", temporary=True)
+        del keys
+        ids = read_frame(cur, "SELECT m._at, s.file_id FROM temp._marks m JOIN source_files s ON s.srcfile = m.srcfile "
+                              "AND s.version_valid = m.label AND s.md5 = m.md5")
+    ids = ids.cast({"_at": pl.Int64, "file_id": pl.Int64}) if ids.width else pl.DataFrame(
+        schema={"_at": pl.Int64, "file_id": pl.Int64})
     # A name Azure rewrites or refuses (a backslash, a control character, a part ending in '.', too long) cannot be
     # the blob the mark claims: upstream's blob, if any, has another name. `upload` refuses these names (bad_name).
     no_blob = check_names(pl.col("srcfile"), pl.col("label"), parse_central(central)[1] if central else "")
-    matched = marks.join(files, on=["srcfile", "label", "md5"], how="left").with_columns(_no_blob=no_blob)
-    del files
+    # (a left join in the marks' order, a mark matching more than one file version once for each, as they come)
+    matched = marks.with_row_index("_at").with_columns(pl.col("_at").cast(pl.Int64)).join(
+        ids.sort("_at", "file_id"), on="_at", how="left", maintain_order="left").drop("_at").with_columns(_no_blob=no_blob)
+    del ids
     unmapped = matched.filter(pl.col("file_id").is_null() | pl.col("_no_blob").is_not_null()).select(
         rule=pl.lit("import.unmapped-mark"), srcfile="srcfile",
         message=pl.when(pl.col("label").is_null())
