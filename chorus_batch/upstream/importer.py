@@ -34,7 +34,7 @@ from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
-from ..store.manifest import refuse_unwritable_name
+from ..store.manifest import give_back_freed_memory, refuse_unwritable_name
 from ..units import command_word, plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
@@ -111,6 +111,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
 
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
+    give_back_freed_memory()  # (the rows were fetched as Python tuples: their C heap pages, ~140 MiB at 1M rows)
     rows, problems, ended_marks = checked_rows(journal.rows, windows=journal.windows or os.name == "nt")
     n_rows, journal.rows = journal.rows.height, journal.rows.clear()  # one copy of the rows in memory, not two
     trees, tree_problems, rows = version_trees(journal, rows)
@@ -128,9 +129,9 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
         raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
     _check_labels(trees, journal.path)
-    marks, unsent = upload_marks(pl.concat([rows, ended_marks.select(rows.columns)]))
-    tree_problems = pl.concat([tree_problems, unsent])
-    central_url = _central(central, journal, marks.height, journal.path)
+    # (the marks are made when they are recorded, after the versions: held through the commits, they took 110 MiB
+    # of the 1M-row import's peak; counted here only when the container they are for is to be named)
+    central_url = _central(central, journal, lambda: upload_marks(_marked(rows, ended_marks))[0].height, journal.path)
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
                            cloud=cloud or CloudSettings(), validate_site=False, max_delete=max_delete)
     roots = _roots(settings, site, trees[-1], journal.path)
@@ -146,7 +147,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     with manifest_lock(target, list(argv or [])):
         _remove_stale(target)
         try:
-            findings = _build(building, journal, trees, rows, marks, roots, settings, central_url, argv or [], result,
+            findings = _build(building, journal, trees, rows, ended_marks, roots, settings, central_url, argv or [], result,
                               progress, pl.concat([problems, tree_problems]))
             result.findings = findings
             if dry_run:
@@ -249,14 +250,20 @@ def _check_labels(trees: list[VersionTree], where: str) -> None:
                 "(Windows, macOS); nothing was imported", where=where, fix=_LABEL_FIX)
 
 
-def _central(central: str | None, journal: Journal, n_marks: int, where: str) -> str | None:
+def _marked(rows: pl.DataFrame, ended_marks: pl.DataFrame) -> pl.DataFrame:
+    """The rows upload_marks reads: the imported rows and the marked ones that hold no state."""
+    return pl.concat([rows, ended_marks.select(rows.columns)])
+
+
+def _central(central: str | None, journal: Journal, count_marks, where: str) -> str | None:
+    """count_marks(): how many upload marks the journal holds (read only when no container is named)."""
     from ..submit.central import central_url
 
     if central:
         return central_url(central)
     if journal.central and _azure(journal.central):
         return central_url(journal.central)
-    if n_marks:
+    if n_marks := count_marks():
         raise UsageError(
             f"the journal holds {n_marks} upload marks, and the central container they are for is not an Azure "
             f"container chorus-batch can name (upstream sent to {journal.central or 'an unrecorded place'})",
@@ -308,7 +315,7 @@ def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
 
 
-def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.DataFrame, marks: pl.DataFrame,
+def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.DataFrame, ended_marks: pl.DataFrame,
            roots: list[tuple[str, str | None]], settings, central: str | None, argv: list[str], result: ImportResult,
            progress, problems: pl.DataFrame) -> pl.DataFrame:
     from ..classify import build_patterns
@@ -387,7 +394,10 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
         "when chorus-upload ran `journal update`?); imported as upstream recorded it"
         + ("; it is the latest version, so the next run adds back every file the site still holds (hashed again, "
            "and sent again by `upload`)" if cut["label"] == last else ""))} for cut in mass_removals)
+    marks, unsent = upload_marks(_marked(rows, ended_marks))
+    problems = pl.concat([problems, unsent])
     unmapped, result.n_marks = _record_marks(manifest, marks, central)
+    del marks
     unparseable = manifest.query_frame(
         "SELECT DISTINCT srcfile, message FROM scan_errors WHERE kind = 'unparseable' ORDER BY srcfile",
         schema={"srcfile": pl.String, "message": pl.String})
