@@ -39,7 +39,7 @@ from ..units import command_word, plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
-_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info",
+_SEVERITY = {"import.replaced-empty-manifest": "info", "import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info",
              "import.unsent-mark": "info"}  # others: warning
 
 
@@ -62,6 +62,7 @@ class ImportResult:
     unchanged_updates: list[str] = field(default_factory=list)  # updates that changed no file's content: no version
     n_rows: int = 0
     n_marks: int = 0  # upload marks recorded in the ledger
+    replaced: bool = False  # the import took the place of a manifest without history (a first run's, stopped)
     findings: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"severity": pl.String, **PROBLEM_SCHEMA}))
     status: object | None = None  # pipeline.RunResult of the check against --site
     elapsed_s: float = 0.0
@@ -97,7 +98,11 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     if target.is_dir():  # (`run --db FOLDER` says the same; "move the existing manifest away" fits no folder)
         raise UsageError(f"--db names a folder, not a manifest file: {db}", where=db,
                          fix=f"pass --db with a new file path, e.g. {target / 'chorus_manifest.sqlite'}")
-    if target.exists() or target.is_symlink():
+    # A manifest that a first run left without any version (stopped or killed before its commit) holds no history of
+    # the site: the import takes its place, as the user who meant to start from the journal expects (it was refused
+    # with "move the existing manifest away", though nothing in it was worth keeping).
+    empty = not target.is_symlink() and _without_history(target)
+    if (target.exists() or target.is_symlink()) and not empty:
         raise UsageError(f"{db} exists{' (a symbolic link)' if target.is_symlink() else ''}; import-journal builds a "
                          "new manifest and never writes over one", where=db,
                          fix="pass --db with a new file name (or move the existing manifest away first)")
@@ -137,7 +142,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     roots = _roots(settings, site, trees[-1], journal.path)
 
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
-                          central=central_url, n_rows=n_rows)
+                          central=central_url, n_rows=n_rows, replaced=empty)
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
     written = f"the manifest was written to {db}, with the journal's {plural(len(trees), 'version')}"  # (what a stop after it says)
     # The manifest's own lock (as a run takes it): one import at a time, and no run creating it meanwhile. A dry
@@ -146,6 +151,9 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     published = False
     with manifest_lock(target, list(argv or [])):
         _remove_stale(target)
+        if empty and not _without_history(target):  # (a run committed a version meanwhile)
+            raise UsageError(f"{db} received a version while the journal was read; it was left as it is", where=db,
+                             fix="pass --db with a new file name")
         try:
             findings = _build(building, journal, trees, rows, ended_marks, roots, settings, central_url, argv or [], result,
                               progress, pl.concat([problems, tree_problems]))
@@ -154,7 +162,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                 if site is not None:
                     result.status = _check_site(settings.model_copy(update={"db": str(building)}), argv, progress)
                 return result
-            _publish(building, target)
+            _publish(building, target, replace_empty=empty)
             published = True
             _keep_wal(target)
         except BaseException as exc:
@@ -378,6 +386,10 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     notes = [{"rule": "import.merged-updates", "srcfile": None,
               "message": f"version {t.label} was written by {len(t.updates)} `journal update` runs with the same "
                          "--version: imported as one version (the tree after the last of them)"} for t in merged]
+    if result.replaced:
+        notes.append({"rule": "import.replaced-empty-manifest", "srcfile": None, "message": (
+            f"{result.db} held no version (a first run stopped before its commit): the import "
+            + ("would take" if result.dry_run else "took") + " its place")})
     if journal.unread_columns:  # (a newer chorus-upload's: what they hold is not imported, so said, not passed over)
         table = "journal_v2" if journal.schema == 2 else "journal"
         notes.append({"rule": "import.unread-columns", "srcfile": None,
@@ -481,13 +493,39 @@ def _save_findings(manifest, label: str, findings: pl.DataFrame) -> None:
         ValidationCache(manifest).save(label, pl.DataFrame(schema=FACTS_SCHEMA), findings, complete=False)
 
 
-def _publish(building: Path, target: Path) -> None:
-    """Give the finished manifest its name, never over a file that appeared meanwhile."""
+def _without_history(target: Path) -> bool:
+    """Whether `target` is a chorus-batch manifest that holds no version and no upload (a first run stopped before its
+    commit left it): nothing of a site's history. False for anything else, a file that is not a manifest among them."""
+    import sqlite3
+
+    if not target.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"versions", "source_files", "meta"} <= tables:
+                return False
+            return not any(con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                           for table in ("versions", "source_files", "uploads", "submissions") if table in tables)
+    except sqlite3.Error:
+        return False
+
+
+def _publish(building: Path, target: Path, *, replace_empty: bool = False) -> None:
+    """Give the finished manifest its name, never over a file that appeared meanwhile; `replace_empty`: over the
+    manifest without history that is there (_without_history, checked under the manifest's lock)."""
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(building)) as con:  # fold the WAL into the file: one file to move
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.execute("PRAGMA journal_mode = DELETE")
+    if replace_empty:
+        # The old manifest's WAL folded into it and gone first: SQLite would apply a WAL left beside it to the new file.
+        with contextlib.closing(sqlite3.connect(target)) as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA journal_mode = DELETE")
+        os.replace(building, target)
+        return
     try:
         os.link(building, target)
     except FileExistsError:
