@@ -558,6 +558,25 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
     assert db.read_bytes() == b"precious"
 
 
+def test_a_manifest_a_killed_first_run_left_without_a_version_is_imported_into(tmp_path):
+    # (it was refused with "never writes over one; move the existing manifest away", though it held nothing)
+    db, site = tmp_path / "m.sqlite", build_site(tmp_path)
+    proc = paused("run", "--site", str(site), "--db", str(db), "-q", at="commit")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert db.exists() and query(db, "SELECT count(*) FROM versions") == [(0,)]
+    out = import_journal(JOURNALS["A"], db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr  # (journal A's own warnings)
+    notes = [f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.replaced-empty-manifest"]
+    assert notes and "held no version" in notes[0], out.stdout
+    assert [label for (label,) in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert files_as_of(db, V2) == tree("v2", schema="A")
+    # a manifest with a version is history: still never written over
+    again = import_journal(JOURNALS["A"], db, "--to", "az://central/")
+    assert again.returncode == 2 and "never writes over" in again.stderr
+
+
 
 def test_a_db_that_is_a_folder_is_said_to_be_a_folder(tmp_path):
     folder = tmp_path / "manifests"

@@ -34,12 +34,12 @@ from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
-from ..store.manifest import refuse_unwritable_name
+from ..store.manifest import give_back_freed_memory, refuse_unwritable_name
 from ..units import command_word, plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
-_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info",
+_SEVERITY = {"import.replaced-empty-manifest": "info", "import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info",
              "import.unsent-mark": "info"}  # others: warning
 
 
@@ -62,6 +62,7 @@ class ImportResult:
     unchanged_updates: list[str] = field(default_factory=list)  # updates that changed no file's content: no version
     n_rows: int = 0
     n_marks: int = 0  # upload marks recorded in the ledger
+    replaced: bool = False  # the import took the place of a manifest without history (a first run's, stopped)
     findings: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"severity": pl.String, **PROBLEM_SCHEMA}))
     status: object | None = None  # pipeline.RunResult of the check against --site
     elapsed_s: float = 0.0
@@ -97,7 +98,11 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     if target.is_dir():  # (`run --db FOLDER` says the same; "move the existing manifest away" fits no folder)
         raise UsageError(f"--db names a folder, not a manifest file: {db}", where=db,
                          fix=f"pass --db with a new file path, e.g. {target / 'chorus_manifest.sqlite'}")
-    if target.exists() or target.is_symlink():
+    # A manifest that a first run left without any version (stopped or killed before its commit) holds no history of
+    # the site: the import takes its place, as the user who meant to start from the journal expects (it was refused
+    # with "move the existing manifest away", though nothing in it was worth keeping).
+    empty = not target.is_symlink() and _without_history(target)
+    if (target.exists() or target.is_symlink()) and not empty:
         raise UsageError(f"{db} exists{' (a symbolic link)' if target.is_symlink() else ''}; import-journal builds a "
                          "new manifest and never writes over one", where=db,
                          fix="pass --db with a new file name (or move the existing manifest away first)")
@@ -111,6 +116,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
 
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
+    give_back_freed_memory()  # (the rows were fetched as Python tuples: their C heap pages, ~140 MiB at 1M rows)
     rows, problems, ended_marks = checked_rows(journal.rows, windows=journal.windows or os.name == "nt")
     n_rows, journal.rows = journal.rows.height, journal.rows.clear()  # one copy of the rows in memory, not two
     trees, tree_problems, rows = version_trees(journal, rows)
@@ -128,15 +134,15 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
         raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
     _check_labels(trees, journal.path)
-    marks, unsent = upload_marks(pl.concat([rows, ended_marks.select(rows.columns)]))
-    tree_problems = pl.concat([tree_problems, unsent])
-    central_url = _central(central, journal, marks.height, journal.path)
+    # (the marks are made when they are recorded, after the versions: held through the commits, they took 110 MiB
+    # of the 1M-row import's peak; counted here only when the container they are for is to be named)
+    central_url = _central(central, journal, lambda: upload_marks(_marked(rows, ended_marks))[0].height, journal.path)
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
                            cloud=cloud or CloudSettings(), validate_site=False, max_delete=max_delete)
     roots = _roots(settings, site, trees[-1], journal.path)
 
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
-                          central=central_url, n_rows=n_rows)
+                          central=central_url, n_rows=n_rows, replaced=empty)
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
     written = f"the manifest was written to {db}, with the journal's {plural(len(trees), 'version')}"  # (what a stop after it says)
     # The manifest's own lock (as a run takes it): one import at a time, and no run creating it meanwhile. A dry
@@ -145,15 +151,18 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     published = False
     with manifest_lock(target, list(argv or [])):
         _remove_stale(target)
+        if empty and not _without_history(target):  # (a run committed a version meanwhile)
+            raise UsageError(f"{db} received a version while the journal was read; it was left as it is", where=db,
+                             fix="pass --db with a new file name")
         try:
-            findings = _build(building, journal, trees, rows, marks, roots, settings, central_url, argv or [], result,
+            findings = _build(building, journal, trees, rows, ended_marks, roots, settings, central_url, argv or [], result,
                               progress, pl.concat([problems, tree_problems]))
             result.findings = findings
             if dry_run:
                 if site is not None:
                     result.status = _check_site(settings.model_copy(update={"db": str(building)}), argv, progress)
                 return result
-            _publish(building, target)
+            _publish(building, target, replace_empty=empty)
             published = True
             _keep_wal(target)
         except BaseException as exc:
@@ -249,14 +258,20 @@ def _check_labels(trees: list[VersionTree], where: str) -> None:
                 "(Windows, macOS); nothing was imported", where=where, fix=_LABEL_FIX)
 
 
-def _central(central: str | None, journal: Journal, n_marks: int, where: str) -> str | None:
+def _marked(rows: pl.DataFrame, ended_marks: pl.DataFrame) -> pl.DataFrame:
+    """The rows upload_marks reads: the imported rows and the marked ones that hold no state."""
+    return pl.concat([rows, ended_marks.select(rows.columns)])
+
+
+def _central(central: str | None, journal: Journal, count_marks, where: str) -> str | None:
+    """count_marks(): how many upload marks the journal holds (read only when no container is named)."""
     from ..submit.central import central_url
 
     if central:
         return central_url(central)
     if journal.central and _azure(journal.central):
         return central_url(journal.central)
-    if n_marks:
+    if n_marks := count_marks():
         raise UsageError(
             f"the journal holds {n_marks} upload marks, and the central container they are for is not an Azure "
             f"container chorus-batch can name (upstream sent to {journal.central or 'an unrecorded place'})",
@@ -308,7 +323,7 @@ def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
 
 
-def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.DataFrame, marks: pl.DataFrame,
+def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.DataFrame, ended_marks: pl.DataFrame,
            roots: list[tuple[str, str | None]], settings, central: str | None, argv: list[str], result: ImportResult,
            progress, problems: pl.DataFrame) -> pl.DataFrame:
     from ..classify import build_patterns
@@ -371,6 +386,10 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     notes = [{"rule": "import.merged-updates", "srcfile": None,
               "message": f"version {t.label} was written by {len(t.updates)} `journal update` runs with the same "
                          "--version: imported as one version (the tree after the last of them)"} for t in merged]
+    if result.replaced:
+        notes.append({"rule": "import.replaced-empty-manifest", "srcfile": None, "message": (
+            f"{result.db} held no version (a first run stopped before its commit): the import "
+            + ("would take" if result.dry_run else "took") + " its place")})
     if journal.unread_columns:  # (a newer chorus-upload's: what they hold is not imported, so said, not passed over)
         table = "journal_v2" if journal.schema == 2 else "journal"
         notes.append({"rule": "import.unread-columns", "srcfile": None,
@@ -387,7 +406,10 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
         "when chorus-upload ran `journal update`?); imported as upstream recorded it"
         + ("; it is the latest version, so the next run adds back every file the site still holds (hashed again, "
            "and sent again by `upload`)" if cut["label"] == last else ""))} for cut in mass_removals)
+    marks, unsent = upload_marks(_marked(rows, ended_marks))
+    problems = pl.concat([problems, unsent])
     unmapped, result.n_marks = _record_marks(manifest, marks, central)
+    del marks
     unparseable = manifest.query_frame(
         "SELECT DISTINCT srcfile, message FROM scan_errors WHERE kind = 'unparseable' ORDER BY srcfile",
         schema={"srcfile": pl.String, "message": pl.String})
@@ -419,16 +441,26 @@ def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> tuple[p
     (PROBLEM_SCHEMA), and how many file versions the ledger now holds as sent."""
     from ..store.uploads import UploadLedger
 
-    files = manifest.query_frame(
-        "SELECT srcfile, version_valid AS label, md5, file_id FROM source_files",
-        schema={"srcfile": pl.String, "label": pl.String, "md5": pl.String, "file_id": pl.Int64})
     from ..submit.central import check_names, parse_central
+    from ..store.manifest import _arrow_stream, read_frame
 
+    # Each mark's file version, found in SQLite through its path index: the import's whole history read into a frame
+    # and joined there on three text columns held 1.5 GiB at once at 1M files (the paths twice, as keys).
+    keys = marks.select(_at=pl.int_range(pl.len(), dtype=pl.Int64), srcfile="srcfile", label="label", md5="md5")
+    with manifest.adbc() as con, con.cursor() as cur:
+        cur.adbc_ingest("_marks", _arrow_stream(keys), mode="create", temporary=True)
+        del keys
+        ids = read_frame(cur, "SELECT m._at, s.file_id FROM temp._marks m JOIN source_files s ON s.srcfile = m.srcfile "
+                              "AND s.version_valid = m.label AND s.md5 = m.md5")
+    ids = ids.cast({"_at": pl.Int64, "file_id": pl.Int64}) if ids.width else pl.DataFrame(
+        schema={"_at": pl.Int64, "file_id": pl.Int64})
     # A name Azure rewrites or refuses (a backslash, a control character, a part ending in '.', too long) cannot be
     # the blob the mark claims: upstream's blob, if any, has another name. `upload` refuses these names (bad_name).
     no_blob = check_names(pl.col("srcfile"), pl.col("label"), parse_central(central)[1] if central else "")
-    matched = marks.join(files, on=["srcfile", "label", "md5"], how="left").with_columns(_no_blob=no_blob)
-    del files
+    # (a left join in the marks' order, a mark matching more than one file version once for each, as they come)
+    matched = marks.with_row_index("_at").with_columns(pl.col("_at").cast(pl.Int64)).join(
+        ids.sort("_at", "file_id"), on="_at", how="left", maintain_order="left").drop("_at").with_columns(_no_blob=no_blob)
+    del ids
     unmapped = matched.filter(pl.col("file_id").is_null() | pl.col("_no_blob").is_not_null()).select(
         rule=pl.lit("import.unmapped-mark"), srcfile="srcfile",
         message=pl.when(pl.col("label").is_null())
@@ -461,13 +493,39 @@ def _save_findings(manifest, label: str, findings: pl.DataFrame) -> None:
         ValidationCache(manifest).save(label, pl.DataFrame(schema=FACTS_SCHEMA), findings, complete=False)
 
 
-def _publish(building: Path, target: Path) -> None:
-    """Give the finished manifest its name, never over a file that appeared meanwhile."""
+def _without_history(target: Path) -> bool:
+    """Whether `target` is a chorus-batch manifest that holds no version and no upload (a first run stopped before its
+    commit left it): nothing of a site's history. False for anything else, a file that is not a manifest among them."""
+    import sqlite3
+
+    if not target.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"versions", "source_files", "meta"} <= tables:
+                return False
+            return not any(con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                           for table in ("versions", "source_files", "uploads", "submissions") if table in tables)
+    except sqlite3.Error:
+        return False
+
+
+def _publish(building: Path, target: Path, *, replace_empty: bool = False) -> None:
+    """Give the finished manifest its name, never over a file that appeared meanwhile; `replace_empty`: over the
+    manifest without history that is there (_without_history, checked under the manifest's lock)."""
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(building)) as con:  # fold the WAL into the file: one file to move
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.execute("PRAGMA journal_mode = DELETE")
+    if replace_empty:
+        # The old manifest's WAL folded into it and gone first: SQLite would apply a WAL left beside it to the new file.
+        with contextlib.closing(sqlite3.connect(target)) as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA journal_mode = DELETE")
+        os.replace(building, target)
+        return
     try:
         os.link(building, target)
     except FileExistsError:
