@@ -342,9 +342,15 @@ def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tupl
         if (other := first.setdefault(real, rel)) == rel:
             kept.append((rel, size, mtime))
             continue
-        # the same file under the other path: the link's folder there, and the place outside it leads to
-        below = len(rel) - len(link)  # "/<path below the link>" ("" for a link to a file)
-        where, folder, n = left.get(link, (other[:len(other) - below], real[:len(real) - below], 0))
+        # the same file under the other path: the link's folder there, and the place outside it leads to; or, where
+        # the other path (or the file) does not end in the same path below its link (a link to a file of the same
+        # outside folder, inside it: reached through `<link>/a` and `<link>/dir/f.txt`), that path and that file
+        below = rel[len(link):]  # "/<path below the link>" ("" for a link to a file)
+        if other.endswith(below) and real.endswith(below):
+            seen = (other[:len(other) - len(below)], real[:len(real) - len(below)], 0)
+        else:
+            seen = (other, real, 0)
+        where, folder, n = left.get(link, seen)
         left[link] = (where, folder, n + 1)
     errors = [(printable(link), "symlink_duplicate", (
         f"{plural(n, 'file')} here {'is' if n == 1 else 'are'} also reached through {printable(where)} (links to one place outside the site, "
