@@ -437,7 +437,8 @@ def link_problem(target: str, real_dir: str, real_root: str) -> tuple[str, str] 
     """Why a link (in the folder whose real path is `real_dir`) to the folder `target` (real) is not followed, as
     (kind, message); None: it is followed, once. A link to the root or to a folder above the link is a loop; one to
     another folder of the site would list its files a second time (they are listed under their own path)."""
-    if _within(real_dir, target):
+    # (the root from a folder outside the site, linked in, is a loop too: it was said to be 'link to ./')
+    if _within(real_dir, target) or target == real_root:
         where = "the site root" if target == real_root else "a folder that contains the link"
         return "symlink_loop", f"link to {where} ({target}): a loop, not followed"
     if _within(target, real_root):

@@ -382,6 +382,20 @@ def test_a_link_inside_an_outside_folder_to_its_own_file_names_the_other_path_wh
         f"{os.path.realpath(outside / 'ext/dir/f.txt')}): listed once, there; remove one of the links"))]
 
 
+def test_a_link_back_to_the_site_root_from_an_outside_folder_is_a_loop(tmp_path):
+    """A folder outside the site, linked in, holding a link back to the site root: said 'link to ./, a folder of the
+    site' (symlink_inside), a name of no folder to the user; it is the loop a link to the root is from inside."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    outside.mkdir()
+    (outside / "back").symlink_to(site, target_is_directory=True)
+    (site / "ext").symlink_to(outside, target_is_directory=True)
+    errors: list = []
+    listed = pl.from_arrow(pa.Table.from_batches(list(LocalSource(site, follow_symlinks=True).list_files(errors))))
+    assert listed["srcfile"].to_list() == ["OMOP/person.csv"]
+    assert errors == [("ext/back", "symlink_loop", f"link to the site root ({os.path.realpath(site)}): a loop, not followed")]
+
+
 def test_a_site_folder_named_with_a_control_character_is_recorded_as_it_is_and_shown_escaped(tmp_path):
     """`--site` of a folder whose name holds a line break: the manifest records the real path (the next run finds the
     folder again), but the progress line printed it raw, splitting a cron log's line (the summary escapes it)."""
