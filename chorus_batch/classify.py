@@ -322,7 +322,7 @@ def _fallback(srcfile: pl.Expr, patterns: tuple[PathPattern, ...] = DEFAULT_PATT
     reason = (
         # (no pattern takes one: blaming the folder, as below, sent the user to rename a folder that was right)
         pl.when(srcfile.str.contains(CONTROL_CHARACTER))
-        .then(pl.lit("the path holds a control character (a line break or a tab, shown escaped)"))
+        .then(pl.lit("the path holds a control character (a line break, a tab, an escape or another, shown escaped)"))
         .when(n_parts == 1)
         .then(pl.lit("file at the site root: expected it in OMOP/, Metadata/ or a person folder"))
         .when(second == "waveforms")

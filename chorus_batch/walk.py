@@ -342,9 +342,15 @@ def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tupl
         if (other := first.setdefault(real, rel)) == rel:
             kept.append((rel, size, mtime))
             continue
-        # the same file under the other path: the link's folder there, and the place outside it leads to
-        below = len(rel) - len(link)  # "/<path below the link>" ("" for a link to a file)
-        where, folder, n = left.get(link, (other[:len(other) - below], real[:len(real) - below], 0))
+        # the same file under the other path: the link's folder there, and the place outside it leads to; or, where
+        # the other path (or the file) does not end in the same path below its link (a link to a file of the same
+        # outside folder, inside it: reached through `<link>/a` and `<link>/dir/f.txt`), that path and that file
+        below = rel[len(link):]  # "/<path below the link>" ("" for a link to a file)
+        if other.endswith(below) and real.endswith(below):
+            seen = (other[:len(other) - len(below)], real[:len(real) - len(below)], 0)
+        else:
+            seen = (other, real, 0)
+        where, folder, n = left.get(link, seen)
         left[link] = (where, folder, n + 1)
     errors = [(printable(link), "symlink_duplicate", (
         f"{plural(n, 'file')} here {'is' if n == 1 else 'are'} also reached through {printable(where)} (links to one place outside the site, "
@@ -431,7 +437,8 @@ def link_problem(target: str, real_dir: str, real_root: str) -> tuple[str, str] 
     """Why a link (in the folder whose real path is `real_dir`) to the folder `target` (real) is not followed, as
     (kind, message); None: it is followed, once. A link to the root or to a folder above the link is a loop; one to
     another folder of the site would list its files a second time (they are listed under their own path)."""
-    if _within(real_dir, target):
+    # (the root from a folder outside the site, linked in, is a loop too: it was said to be 'link to ./')
+    if _within(real_dir, target) or target == real_root:
         where = "the site root" if target == real_root else "a folder that contains the link"
         return "symlink_loop", f"link to {where} ({target}): a loop, not followed"
     if _within(target, real_root):

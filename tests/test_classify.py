@@ -185,6 +185,9 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         # a line break in the name, not the folder (it was "folder OMOP/ is not OMOP/, ...")
         ("OMOP/a\nb.csv", "the path holds a control character"),
         ("Meta\tdata/a.md", "the path holds a control character"),
+        # an escape (a terminal's colour code): the reason said it was "a line break or a tab"
+        ("OMOP/\x1b[31mred.csv", "the path holds a control character (a line break, a tab, an escape or another, "
+                                 "shown escaped)"),
         # a person's folder copied into itself (cp -r 000123 000123/), or the whole site a level down: "folder 000123/
         # is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/" blamed a person folder that was right
         ("000123/000123/Waveforms/Telemetry/901/901.hea", "Waveforms/ lies two folders down, in 000123/000123/: "

@@ -362,6 +362,40 @@ def test_links_to_one_outside_folder_list_its_files_once(tmp_path, workers, budg
         ("b.txt", "symlink_duplicate", "1 file here is also reached through a.txt")]
 
 
+@pytest.mark.parametrize("workers, budget", [(1, 60.0), (2, 0.0)])  # walked here; by worker processes
+def test_a_link_inside_an_outside_folder_to_its_own_file_names_the_other_path_whole(tmp_path, workers, budget):
+    """A folder outside the site, linked in, holding a link to one of its own files (/etc holds many): that file is
+    reached twice through the one link into the site. The message named a path cut at the wrong length, one that is
+    nowhere in the site ('000001/W'), as the other place it is reached through."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    write(outside, "ext/dir/f.txt", b"f")
+    (outside / "ext/a").symlink_to(outside / "ext/dir/f.txt")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "000001").mkdir()
+    (site / "000001/Waveforms").symlink_to(outside / "ext", target_is_directory=True)
+    errors: list = []
+    source = LocalSource(site, follow_symlinks=True, workers=workers, inprocess_budget_s=budget)
+    listed = pl.from_arrow(pa.Table.from_batches(list(source.list_files(errors))))
+    assert sorted(listed["srcfile"]) == ["000001/Waveforms/a", "OMOP/person.csv"]
+    assert errors == [("000001/Waveforms", "symlink_duplicate", (
+        "1 file here is also reached through 000001/Waveforms/a (links to one place outside the site, "
+        f"{os.path.realpath(outside / 'ext/dir/f.txt')}): listed once, there; remove one of the links"))]
+
+
+def test_a_link_back_to_the_site_root_from_an_outside_folder_is_a_loop(tmp_path):
+    """A folder outside the site, linked in, holding a link back to the site root: said 'link to ./, a folder of the
+    site' (symlink_inside), a name of no folder to the user; it is the loop a link to the root is from inside."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    outside.mkdir()
+    (outside / "back").symlink_to(site, target_is_directory=True)
+    (site / "ext").symlink_to(outside, target_is_directory=True)
+    errors: list = []
+    listed = pl.from_arrow(pa.Table.from_batches(list(LocalSource(site, follow_symlinks=True).list_files(errors))))
+    assert listed["srcfile"].to_list() == ["OMOP/person.csv"]
+    assert errors == [("ext/back", "symlink_loop", f"link to the site root ({os.path.realpath(site)}): a loop, not followed")]
+
+
 def test_a_site_folder_named_with_a_control_character_is_recorded_as_it_is_and_shown_escaped(tmp_path):
     """`--site` of a folder whose name holds a line break: the manifest records the real path (the next run finds the
     folder again), but the progress line printed it raw, splitting a cron log's line (the summary escapes it)."""
