@@ -390,6 +390,15 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/"), GONE_FROM_REGISTRY}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),
      {("wfdb.numerics_name", f"{SINGLE}_numerics.csv"), unlisted(f"{SINGLE}_numerics.csv")}),
+    # Waveform File Format v2.1 asks for numerics "in a CSV file with a 'n' before the extension": a file named as the
+    # numerics (<session_id>n.<ext>) in another format, in a WFDB session or in one of another format, was told nothing
+    ("numerics_not_csv", both(add(f"{SINGLE}n.parquet", "PAR1"), add(f"{TELEMETRY}/900098/900098.parquet", "PAR1"),
+                              add(f"{TELEMETRY}/900098/900098n.parquet", "PAR1"),
+                              add(f"{TELEMETRY}/900098/900098n.csv.gz", "x")),
+     {("wfdb.numerics_name", f"{SINGLE}n.parquet"), ("wfdb.numerics_name", f"{TELEMETRY}/900098/900098n.parquet"),
+      ("file.compressed", f"{TELEMETRY}/900098/900098n.csv.gz")}
+     | {unlisted(p) for p in (f"{SINGLE}n.parquet", f"{TELEMETRY}/900098/900098.parquet",
+                              f"{TELEMETRY}/900098/900098n.parquet")}),
     ("records_unlisted", add(f"{P0}/Waveforms/RECORDS", f"Telemetry/{S0['single']}/{S0['single']}\n"),
      {("records.unlisted", f"{MULTI}.hea"), ("records.unlisted", f"{EEG}.hea"),
       ("layout.superseded", f"{P0}/Waveforms/RECORDS")}),

@@ -595,9 +595,11 @@ RULES: tuple[Rule, ...] = (
          remedy="Name the record's header <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
          "A CSV in a WFDB session folder is named neither <session_id>n.csv, the name for numerics, nor "
-         "<session_id>.csv, that of a high-frequency or annotation file.",
-         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'),),
-         remedy='Rename the CSV <session_id>n.csv (numerics) or <session_id>.csv.'),
+         "<session_id>.csv, that of a high-frequency or annotation file; or a file of a session folder is named "
+         "<session_id>n.<ext>, the name for numerics, but is not a CSV (numerics are asked for as CSV).",
+         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'),
+              (WAVEFORM_FORMAT, '3.6. Low Frequency Signals ("Numerics")')),
+         remedy='Rename the CSV <session_id>n.csv (numerics) or <session_id>.csv; write numerics as <session_id>n.csv.'),
     Rule("records.unlisted", "warning", "WFDB record not in RECORDS",
          "Where RECORDS files are kept (optional since v2.0), a WFDB record (not a segment) is not listed in any.",
          sop=((WAVEFORM_FORMAT_V1, '2.1. Example File Structure'),),
