@@ -246,6 +246,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("layout.person_subfolder", f"{P0}/Metadata/"), ("layout.person_subfolder", f"{P1}/metadata/")}),
     ("superseded", rename("Metadata/SUBMISSION.md", "SUBMISSION.md"), {("layout.superseded", "SUBMISSION.md")}),
     ("metadata_missing", remove("Metadata/READINESS.md"), {("metadata.missing", "Metadata/READINESS.md")}),
+    # Waveform File Format v2.1: READINESS.md "directly under the Metadata folder"; no edition put it at the root (v2.0
+    # put SUBMISSION.md there): one at the root was read as the checklist, and only layout.root_file (a warning) told
+    ("readiness_at_root", rename("Metadata/READINESS.md", "READINESS.md"),
+     {("metadata.missing", "Metadata/READINESS.md"), ("layout.root_file", "READINESS.md")}),
     ("mapping_missing", remove("Metadata/EEG_mapping.csv"), {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),
     ("mapping_header_only", add("Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id\r\n"),
      {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),

@@ -372,7 +372,8 @@ RULES: tuple[Rule, ...] = (
                 "re-organizing, then submitting all again)."),
     # -- Metadata/
     Rule("metadata.missing", "error", "Metadata file missing",
-         "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md.",
+         "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md (a SUBMISSION.md at the site "
+         "root, Waveform File Format v2.0's place, counts; a READINESS.md there, or in a subfolder, does not).",
          sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'), (WAVEFORM, '6.2. Submission Process')),
          remedy="Add the file under Metadata/, from the procedure's template."),
     Rule("metadata.mapping_missing", "error", "waveform mapping file missing",
