@@ -314,7 +314,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v5
 # proc_id the other checks left out), telling one above as not an integer
 # registry_csv.v15 also counts the rows whose person_id or visit_id is not an integer (v14: a person_id "abc" was told
 # only as a person not in person.csv, of another folder, of two persons' proc_id, never as not an integer)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v15"
+# registry_csv.v16 also counts the rows whose group_id is empty (v15: a row without its session or accession was told
+# nothing, though the Imaging SOP's registry has group_id NOT NULL)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v16"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -708,8 +710,8 @@ RULES: tuple[Rule, ...] = (
          remedy='Export the registry again, comma-delimited, with every column.'),
     Rule("registry.values", "warning", "registry values of the wrong type",
          "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty or not an "
-         "integer, its visit_id is not an integer, or its datetime is empty or not a date and time "
-         "(yyyy-MM-dd HH:mm:ss).",
+         "integer, its group_id is empty, its visit_id is not an integer, or its datetime is empty or not a date and "
+         "time (yyyy-MM-dd HH:mm:ss).",
          sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (IMAGING, '2.0 Image Data Preparation')),
          remedy='Fill the cells the finding names with values of their type.'),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
