@@ -246,6 +246,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("layout.person_subfolder", f"{P0}/Metadata/"), ("layout.person_subfolder", f"{P1}/metadata/")}),
     ("superseded", rename("Metadata/SUBMISSION.md", "SUBMISSION.md"), {("layout.superseded", "SUBMISSION.md")}),
     ("metadata_missing", remove("Metadata/READINESS.md"), {("metadata.missing", "Metadata/READINESS.md")}),
+    # Waveform File Format v2.1: READINESS.md "directly under the Metadata folder"; no edition put it at the root (v2.0
+    # put SUBMISSION.md there): one at the root was read as the checklist, and only layout.root_file (a warning) told
+    ("readiness_at_root", rename("Metadata/READINESS.md", "READINESS.md"),
+     {("metadata.missing", "Metadata/READINESS.md"), ("layout.root_file", "READINESS.md")}),
     ("mapping_missing", remove("Metadata/EEG_mapping.csv"), {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),
     ("mapping_header_only", add("Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id\r\n"),
      {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),
@@ -390,6 +394,15 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/"), GONE_FROM_REGISTRY}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),
      {("wfdb.numerics_name", f"{SINGLE}_numerics.csv"), unlisted(f"{SINGLE}_numerics.csv")}),
+    # Waveform File Format v2.1 asks for numerics "in a CSV file with a 'n' before the extension": a file named as the
+    # numerics (<session_id>n.<ext>) in another format, in a WFDB session or in one of another format, was told nothing
+    ("numerics_not_csv", both(add(f"{SINGLE}n.parquet", "PAR1"), add(f"{TELEMETRY}/900098/900098.parquet", "PAR1"),
+                              add(f"{TELEMETRY}/900098/900098n.parquet", "PAR1"),
+                              add(f"{TELEMETRY}/900098/900098n.csv.gz", "x")),
+     {("wfdb.numerics_name", f"{SINGLE}n.parquet"), ("wfdb.numerics_name", f"{TELEMETRY}/900098/900098n.parquet"),
+      ("file.compressed", f"{TELEMETRY}/900098/900098n.csv.gz")}
+     | {unlisted(p) for p in (f"{SINGLE}n.parquet", f"{TELEMETRY}/900098/900098.parquet",
+                              f"{TELEMETRY}/900098/900098n.parquet")}),
     ("records_unlisted", add(f"{P0}/Waveforms/RECORDS", f"Telemetry/{S0['single']}/{S0['single']}\n"),
      {("records.unlisted", f"{MULTI}.hea"), ("records.unlisted", f"{EEG}.hea"),
       ("layout.superseded", f"{P0}/Waveforms/RECORDS")}),
@@ -2185,6 +2198,21 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
     registry("Waveforms", lambda rows: [[*r[:5], "" if i == 0 else r[5], *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
     assert message.startswith("1 row with an empty datetime (rows 2)") and "yyyy" not in message, message
+
+
+def test_a_registry_row_without_its_group_id_is_told(clean):
+    """group_id links a row's files "together via session/accession" (Multimodal-Linkage) and the Imaging SOP's
+    registry has it NOT NULL: rows left without one were told nothing (registry_csv.v15 did not count them). Its type
+    is not asked (the linkage SOP says string, the Imaging SOP integer): a session id written as text is no finding."""
+    registry("Waveforms", lambda rows: [[*r[:3], "" if i == 0 else ("NULL" if i == 1 else f"s-{r[3]}"), *r[4:]]
+                                        for i, r in enumerate(rows)])(clean)
+    registry("Images", lambda rows: [[*r[:3], "" if i == 2 else r[3], *r[4:]] for i, r in enumerate(rows)])(clean)
+    out = validate(clean)
+    assert set(zip(out["rule"], out["srcfile"])) == {("registry.values", "waveform_registry.csv"),
+                                                     ("registry.values", "image_registry.csv")}, out.to_dicts()
+    messages = dict(zip(out["srcfile"], out["message"]))
+    assert messages["waveform_registry.csv"].startswith("2 rows with an empty group_id (rows 2, 3)"), messages
+    assert messages["image_registry.csv"].startswith("1 row with an empty group_id (rows 4)"), messages
 
 
 def test_a_registry_finding_says_how_many_faulty_rows_it_does_not_list(clean):

@@ -1024,6 +1024,22 @@ def test_every_rule_cites_a_section_of_the_procedures_text_or_says_it_is_the_too
         assert rule.remedy == "" or rule.remedy.endswith((".", "...")), rule.id
 
 
+def test_a_rule_citing_an_earlier_edition_cites_todays_text_unless_it_checks_only_earlier_layouts():
+    """The WFDB rules (bad_header, missing_dat, dat_size, the segment rules, ...) cited only
+    DEPRECATED-Waveform-File-Format, the v1.0 edition sites are not to follow: `--explain` named a superseded text as
+    the procedure asking for them. Today's Waveform File Format asks for files the CHoRUS to WFDB converter can read
+    (3. Preparing Waveforms); a rule that still cites only an earlier edition checks only that edition's files."""
+    from chorus_batch.validate.rules import OWN, UPLOAD_V1, WAVEFORM_FORMAT_V1
+
+    earlier_only = {"records.unlisted", "records.absent", "records.unreadable", "wfdb.name_mismatch"}
+    cites_only_earlier = {rule.id for rule in validate_module.RULES
+                          if rule.sop and all(doc in (UPLOAD_V1, WAVEFORM_FORMAT_V1) for doc, _ in rule.sop)}
+    assert cites_only_earlier == earlier_only
+    for rule in validate_module.RULES:  # today's text first: --explain's "Procedure:" leads with it
+        if rule.id not in earlier_only and rule.sop[0][0] != OWN:
+            assert rule.sop[0][0] not in (UPLOAD_V1, WAVEFORM_FORMAT_V1), rule.id
+
+
 def test_the_readmes_rules_table_is_the_registry_rule_for_rule():
     """The README's table repeated the registry's texts by hand and had drifted (backticks one side only); only
     ids and severities were compared, and a rule dropped from the code stayed in the table."""

@@ -113,6 +113,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
               "no_person": "{} row{|s} with an empty person_id",
               "bad_person": "{} row{|s} with a person_id that is not an integer (OMOP's person_id, an integer or "
                             "bigint)",
+              "no_group": "{} row{|s} with an empty group_id",
               "bad_visit": "{} row{|s} with a visit_id that is not an integer (a visit_occurrence_id, an integer or "
                            "bigint; empty where no visit of the person overlaps)",
               "no_datetime": "{} row{|s} with an empty datetime",
@@ -122,7 +123,8 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out.append(_found(
         "registry.values", usable.filter(pl.any_horizontal(pl.col(key).fill_null(0) > 0 for key in faults)), "srcfile",
         fmt("{} ({}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
-            "time, file_id is the registry's key (the Imaging SOP's registry has all four NOT NULL); fill in or fix "
+            "time, file_id is the registry's key, group_id the session or accession joining a procedure's files (the "
+            "Imaging SOP's registry has all five NOT NULL); fill in or fix "
             "the values", told,
             _rows("bad_rows", pl.col("n_bad_rows")))))
     out.append(_found(

@@ -213,6 +213,18 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         fmt("a CSV in WFDB session {} named neither {}n.csv (the procedure's name for low-frequency \"numerics\", "
             "with an \"n\" before the extension) nor {}.csv (a high-frequency or annotation file): rename it",
             pl.col("session_id"), pl.col("session_id"), pl.col("session_id"))))
+    # In any session folder (WFDB or another format): a file named <session_id>n.<ext> is named as the procedure names
+    # the numerics file, which it asks for as a CSV ("a CSV file with a 'n' before the extension"; "saved as a CSV
+    # file"): numerics in another format (a WFDB numerics record, Parquet) were told nothing
+    out.append(_found(
+        "wfdb.numerics_name",
+        f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null() & _IN_SESSION_FOLDER & ~pl.col("_compressed")
+                 & pl.col("_ext_l").ne_missing("csv")
+                 & (pl.col("_name").str.replace(r"\.[^.]*$", "") == pl.col("session_id") + "n")),
+        "srcfile",
+        fmt("{} is named as the procedure names a session's low-frequency \"numerics\" file ({}n.csv) but is not a "
+            "CSV: the procedure asks for numerics as a CSV file; write them as {}n.csv (or, if it holds no numerics, "
+            "rename it)", pl.col("_name"), pl.col("session_id"), pl.col("session_id"))))
     return out
 
 

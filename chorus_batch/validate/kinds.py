@@ -88,7 +88,10 @@ KIND_RULES: tuple[KindRule, ...] = (
     KindRule(KIND_EDF, (PLACE_WAVEFORMS,), ext="edf"),
     KindRule(KIND_EDF, (PLACE_WAVEFORMS,), ext="bdf"),
     KindRule(KIND_RECORDS, (PLACE_WAVEFORMS, PLACE_ROOT), name="RECORDS"),
-    KindRule(KIND_MARKDOWN, (PLACE_METADATA, PLACE_ROOT), name_in=("readiness.md", "submission.md")),
+    KindRule(KIND_MARKDOWN, (PLACE_METADATA,), name_in=("readiness.md", "submission.md")),
+    # SUBMISSION.md at the root: Waveform File Format v2.0's place (still read, layout.superseded); no edition put
+    # READINESS.md there (v2.1: "directly under the Metadata folder"), so one at the root is not read as the checklist
+    KindRule(KIND_MARKDOWN, (PLACE_ROOT,), name_in=("submission.md",)),
     KindRule(KIND_MAPPING, (PLACE_METADATA,), suffix="_mapping.csv"),
     KindRule(KIND_REGISTRY, (PLACE_METADATA, PLACE_ROOT), contains="registry", ext="csv"),
     KindRule(KIND_DICOM, (PLACE_IMAGES,), ext="dcm"),

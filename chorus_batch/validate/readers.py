@@ -1231,10 +1231,15 @@ def _registry_facts(f) -> dict[str, Any]:
     def not_integer(cell: pl.Expr) -> pl.Expr:
         return (cell != "") & ~cell.str.contains(BIGINT) & ~cell.str.contains(r"^[0-9]+\.0*$")
 
-    faults = ("no_file", "no_proc", "bad_proc", "no_person", "bad_person", "bad_visit", "no_datetime", "bad_datetime")
+    # group_id: the session or accession that links a row's files "together via session/accession" (Multimodal-Linkage;
+    # the Imaging SOP's registry has it NOT NULL); its type is not asked (the one says string, the other integer)
+    group = (pl.col("group_id").fill_null("").str.strip_chars().str.strip_chars('"') if "group_id" in frame.columns
+             else pl.lit("x"))  # (a registry without the column is registry.columns')
+    faults = ("no_file", "no_proc", "bad_proc", "no_person", "bad_person", "no_group", "bad_visit", "no_datetime",
+              "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
         "row", no_file=~given_id, no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(BIGINT), no_person=person == "",
-        bad_person=not_integer(person), bad_visit=not_integer(visit),
+        bad_person=not_integer(person), no_group=group == "", bad_visit=not_integer(visit),
         no_datetime=when == "",
         bad_datetime=(when != "") & pl.col("_captured").is_null(),
     ).filter(pl.any_horizontal(faults))

@@ -314,6 +314,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v5
 # proc_id the other checks left out), telling one above as not an integer
 # registry_csv.v15 also counts the rows whose person_id or visit_id is not an integer (v14: a person_id "abc" was told
 # only as a person not in person.csv, of another folder, of two persons' proc_id, never as not an integer)
+# registry_csv.v16 also counts the rows whose group_id is empty (v15: a row without its session or accession was told
+# nothing, though the Imaging SOP's registry has group_id NOT NULL), and tells a header row repeated further down (two
+# registries pasted into one file) by its line, not reading it as a row (v15: three wrong findings of values 'trg_file')
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v16"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
@@ -372,7 +375,8 @@ RULES: tuple[Rule, ...] = (
                 "re-organizing, then submitting all again)."),
     # -- Metadata/
     Rule("metadata.missing", "error", "Metadata file missing",
-         "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md.",
+         "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md (a SUBMISSION.md at the site "
+         "root, Waveform File Format v2.0's place, counts; a READINESS.md there, or in a subfolder, does not).",
          sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'), (WAVEFORM, '6.2. Submission Process')),
          remedy="Add the file under Metadata/, from the procedure's template."),
     Rule("metadata.mapping_missing", "error", "waveform mapping file missing",
@@ -507,7 +511,7 @@ RULES: tuple[Rule, ...] = (
          remedy='Give each session an id of its own.'),
     Rule("wfdb.bad_header", "error", "WFDB header unreadable",
          "A .hea file under Waveforms/ is not a parseable WFDB header.",
-         sop=((WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format')),
          remedy="Write the header again (wfdb's wrsamp writes it), or fix the line the finding quotes."),
     Rule("edf.bad_header", "error", "EDF header unreadable",
          "A .edf (or .bdf) file under Waveforms/ does not begin with the format's 256-byte ASCII header (a version, a "
@@ -522,7 +526,7 @@ RULES: tuple[Rule, ...] = (
          remedy='Export the recording again from its source, finished and whole.'),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
          "A WFDB header's record name differs from its file name without .hea.",
-         sop=((WAVEFORM_FORMAT_V1, '3.2. Explanation of Header Content'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3.2. Explanation of Header Content')),
          remedy="Rename the file, or fix the header's record name, so that they agree."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
          f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are).",
@@ -530,40 +534,40 @@ RULES: tuple[Rule, ...] = (
          remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
          "A signal file named in a WFDB header is not in the header's folder.",
-         sop=((WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure')),
          remedy="Copy the signal file into the header's folder."),
     Rule("wfdb.dat_size", "error", "WFDB signal file has the wrong size",
          "A signal file's size differs from what its header implies (byte offset + samples x bytes per sample); so "
          "does an EDF (BDF) file's from its header's (header bytes + data records x bytes per data record).",
-         sop=((WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format')),
          remedy='Copy the file again from its source (a cut copy, usually).'),
     Rule("wfdb.unreferenced_dat", "warning", "WFDB signal file not in any header",
          "A .dat file lies in a folder of WFDB headers but none of them names it.",
-         sop=((WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure')),
          remedy="Remove the file, or name it in its record's header."),
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
          "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder.",
-         sop=((WAVEFORM_FORMAT_V1, '5.1. Segment Definition'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy="Copy the segment's header and signal files into the folder."),
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length.",
-         sop=((WAVEFORM_FORMAT_V1, '5.1. Segment Definition'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy='Copy the segments again, or write the record again with wfdb (MultiRecord).'),
     Rule("wfdb.nested_segment", "error", "WFDB segment is a multi-segment record",
          "A multi-segment WFDB header lists a segment whose own header lists segments (or the record itself): a WFDB "
          "segment is a single-segment record, and wfdb cannot read the record.",
-         sop=((WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms')),
          remedy='Write the record again with wfdb (MultiRecord), each segment a single-segment record.'),
     Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
          "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
          "its frequency).",
-         sop=((WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms')),
          remedy="Write the record again with its segments at the record's frequency."),
     Rule("wfdb.sampling_frequency", "error", "WFDB sampling frequency not positive",
          "A WFDB header's record line gives a sampling frequency of 0 Hz: no sample has a time, and wfdb (the "
          "CHoRUS converter's library) writes only positive frequencies.",
-         sop=((WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms'),),
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.4. High Frequency Waveforms')),
          remedy="Write the header again with the device's sampling frequency."),
     Rule("wfdb.name_mismatch", "warning", "WFDB name's start or duration disagrees with the header",
          "In the first upload SOP's naming (<person>_<YYYYMMDD>_<HHMMSS>_<duration>.hea), the WFDB header's base date "
@@ -595,9 +599,11 @@ RULES: tuple[Rule, ...] = (
          remedy="Name the record's header <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
          "A CSV in a WFDB session folder is named neither <session_id>n.csv, the name for numerics, nor "
-         "<session_id>.csv, that of a high-frequency or annotation file.",
-         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'),),
-         remedy='Rename the CSV <session_id>n.csv (numerics) or <session_id>.csv.'),
+         "<session_id>.csv, that of a high-frequency or annotation file; or a file of a session folder is named "
+         "<session_id>n.<ext>, the name for numerics, but is not a CSV (numerics are asked for as CSV).",
+         sop=((WAVEFORM_FORMAT, '2.2. Explanation of File Structure'),
+              (WAVEFORM_FORMAT, '3.6. Low Frequency Signals ("Numerics")')),
+         remedy='Rename the CSV <session_id>n.csv (numerics) or <session_id>.csv; write numerics as <session_id>n.csv.'),
     Rule("records.unlisted", "warning", "WFDB record not in RECORDS",
          "Where RECORDS files are kept (optional since v2.0), a WFDB record (not a segment) is not listed in any.",
          sop=((WAVEFORM_FORMAT_V1, '2.1. Example File Structure'),),
@@ -706,8 +712,8 @@ RULES: tuple[Rule, ...] = (
          remedy='Export the registry again, comma-delimited, with every column.'),
     Rule("registry.values", "warning", "registry values of the wrong type",
          "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty or not an "
-         "integer, its visit_id is not an integer, or its datetime is empty or not a date and time "
-         "(yyyy-MM-dd HH:mm:ss).",
+         "integer, its group_id is empty, its visit_id is not an integer, or its datetime is empty or not a date and "
+         "time (yyyy-MM-dd HH:mm:ss).",
          sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (IMAGING, '2.0 Image Data Preparation')),
          remedy='Fill the cells the finding names with values of their type.'),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",

@@ -74,7 +74,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64,
                               "duplicate_ids": pl.List(pl.String), "no_src": pl.Int64,
                               "no_trg": pl.Int64, "no_file": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
-                              "bad_person": pl.Int64, "bad_visit": pl.Int64,
+                              "bad_person": pl.Int64, "no_group": pl.Int64, "bad_visit": pl.Int64,
                               "visit_persons": pl.List(pl.List(pl.String)), "visit_times": pl.List(pl.List(pl.String)), "unvisited_times": pl.List(pl.List(pl.String)),
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
                               "bad_rows": pl.List(pl.String), "n_bad_rows": pl.Int64, "n_other_person": pl.Int64,
