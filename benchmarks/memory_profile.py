@@ -9,7 +9,8 @@
                         holds, the checks part by part, the findings stored), in a fresh process that loads
                         nothing else first; --part-files N: N files a part (1000000000: the whole at once)
 
-A thread samples this process's RSS (/proc/self/status) every 5 ms; each phase is the time inside one of
+A thread samples this process's RSS (/proc/self/status) every 5 ms, and another every 50 ms the proportional set size
+(Pss) summed over this process and its descendants (the listing and hashing workers: run_benchmarks' tree RSS); each phase is the time inside one of
 the functions named below (wrapped from outside: the code under test is not changed), and "after X" the time
 from X's return to the next phase. RSS includes what polars' allocator keeps after a free (jemalloc), so a
 phase's figure is what the process held then, not what that step allocated. The allocator is set as the command
@@ -43,7 +44,9 @@ class Phases:
     def __init__(self, first: str = "start") -> None:
         self.current = first
         self.peaks: dict[str, float] = {}
+        self.tree_peaks: dict[str, float] = {}
         threading.Thread(target=self._sample, daemon=True).start()
+        threading.Thread(target=self._sample_tree, daemon=True).start()
 
     @staticmethod
     def rss_mib() -> float:
@@ -59,6 +62,17 @@ class Phases:
             self.peaks[phase] = max(self.peaks.get(phase, 0.0), self.rss_mib())
             time.sleep(0.005)
 
+    def _sample_tree(self) -> None:
+        import os
+
+        from run_benchmarks import _process_tree_rss_kib
+
+        while True:
+            phase = self.current
+            kib = _process_tree_rss_kib(os.getpid()) or 0
+            self.tree_peaks[phase] = max(self.tree_peaks.get(phase, 0.0), kib / 1024)
+            time.sleep(0.05)
+
     def wrap(self, owner, name: str) -> None:
         function = getattr(owner, name)
 
@@ -73,10 +87,17 @@ class Phases:
         setattr(owner, name, wrapped)
 
     def report(self) -> None:
-        time.sleep(0.05)
+        import resource
+
+        time.sleep(0.1)
+        print("     RSS  tree Pss  phase (RSS: this process; tree Pss: it and its workers)")
         for phase, peak in self.peaks.items():
-            print(f"{peak:8.0f} MiB  {phase}")
-        print(f"{max(self.peaks.values()):8.0f} MiB  peak")
+            tree = self.tree_peaks.get(phase)
+            print(f"{peak:8.0f} {'' if tree is None else f'{tree:8.0f}':>9}  {phase}")
+        print(f"{max(self.peaks.values()):8.0f} {max(self.tree_peaks.values(), default=0):9.0f}  peak (MiB)")
+        cpu = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+                  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        print(f"CPU time (user+sys, this process and its waited-for workers): {cpu:.1f} s")
 
 
 def profile_commit(rows: int, workdir: Path) -> None:

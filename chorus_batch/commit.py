@@ -403,6 +403,10 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
             label=label, started_at=iso(started), finished_at=iso(finished or utc_now()), mode=mode, site=site, counts=counts,
             n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id,
             scan_started_ns=scanned.scan_started_ns)
+        # In the order commit_version writes them (path order), sorted here, not there: its sorted copy came beside
+        # this frame, which the commit holds until it returns (1M-file first commit: both held through the ingest).
+        # Sorted, the frame is taken as it is there (polars keeps a sorted column's flag: no second sort, no copy).
+        new_rows = new_rows.sort("srcfile")
         rows_written = [0]  # source_files rows streamed into SQLite so far (the commit's bulk of work)
         with (progress or Progress(quiet=True)).counter(f"committing version {label}", "row",
                                                          lambda: (rows_written[0], 0), total=(new_rows.height, 0)):
