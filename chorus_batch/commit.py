@@ -327,7 +327,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         guard_removals(tree, scanned.roots, counts["removed"] - left_out.len(), root_ids, max_delete=max_delete,
                        mode=mode, same_roots=same, dropped=dropped,
                        excluded_removed=int(scanned.excluded.get("removed", 0)), n_excluded=scanned.n_excluded,
-                       unseen=bool(unseen_dirs))
+                       unseen=bool(unseen_dirs), user_excluded=int(scanned.excluded.get("user", 0)))
     except MassRemovalRefused as exc:
         if not dry_run:
             raise
@@ -723,7 +723,7 @@ def _root_where(location: str, modality: str | None) -> str:
 def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: int, root_ids: dict[int, int], *,
                    max_delete: str | int, mode: str, same_roots: dict[int, set[int]] | None = None,
                    dropped: list[tuple[str, str | None, int]] | None = None, excluded_removed: int = 0,
-                   n_excluded: int = 0, unseen: bool = False) -> None:
+                   n_excluded: int = 0, unseen: bool = False, user_excluded: int = 0) -> None:
     """Refuse a version that removes more of the previous version's files than `max_delete` allows, or
     one where a root that held files lists none: an unmounted file system, not a deletion; or one that
     removes every file of a root it was not given (`dropped`: _dropped_roots).
@@ -741,6 +741,12 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
              if position not in tree.listed_roots and (mode == "full" and n_removed or mode == "append" and not unseen)
              and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
                   or (position == 0 and tree.unrooted))]
+    # (append mode: a delivery the globs leave out whole, under a root no recorded file is under, is no night with
+    # nothing delivered either: files were delivered, and none would be recorded)
+    # (the user's globs: a folder that holds only what the default list leaves out, .DS_Store, delivered nothing)
+    wholly_excluded = mode == "append" and not empty and not tree.listed_roots and user_excluded > 0 and not unseen
+    if wholly_excluded:
+        empty = [location for location, _modality in roots]
     empty_where = [_root_where(location, modality) for location, modality in roots if location in empty]
     allowed = limit if kind == "count" else tree.n_previous * limit / 100
     if not empty and not dropped and n_removed <= allowed:
@@ -761,7 +767,8 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     excluded_all = bool(empty) and (by_globs or mode == "append" and n_excluded > 0)
     if excluded_all:
         why = (f"the exclusion globs leave out every file {named('root', empty)} {'lists' if len(empty) == 1 else 'list'} "
-               f"({files(n_excluded)} excluded), and the previous version had files there")
+               f"({files(n_excluded)} excluded), " + ("so none of them would be recorded" if wholly_excluded else
+                                                       "and the previous version had files there"))
     elif empty:
         why = (f"{named('root', empty)} {'lists' if len(empty) == 1 else 'list'} no files at all, though the previous "
                "version had files there")

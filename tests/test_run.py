@@ -613,6 +613,13 @@ def test_an_append_run_whose_root_lists_nothing_where_files_were_recorded_is_ref
     (tmp_path / "person.csv").rename(site / "OMOP/person.csv")
     out = cli("run", "--site", str(site), *base, "--exclude", "person*")
     assert out.returncode == 5 and "the exclusion globs leave out every file root" in out.stderr, out.stderr
+    # tonight's own folder whose delivery the user's globs leave out whole: files delivered, none recorded
+    write(tonight, "OMOP/note.csv", b"note_id\n")
+    out = cli("run", "--site", str(tonight), *base, "--exclude", "note*")
+    assert out.returncode == 5 and "so none of them would be recorded" in out.stderr, out.stderr
+    (tonight / "OMOP/note.csv").unlink()
+    write(tonight, ".DS_Store", b"x")  # (the default list's: nothing was delivered)
+    assert cli("run", "--site", str(tonight), *base).returncode == 0
     assert len(query(db, "SELECT label FROM versions")) == 1
 
 
