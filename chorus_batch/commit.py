@@ -307,7 +307,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     counts = diff.counts()
     # A root that listed nothing is compared with the previous version's roots by folder, not by root_id alone: an
     # older release recorded one folder twice (through a symlink), and the previous files may lie under the other.
-    silent = mode == "full" and tree.n_previous and set(range(len(scanned.roots))) - tree.listed_roots
+    silent = tree.n_previous and set(range(len(scanned.roots))) - tree.listed_roots
     same = manifest.same_root_ids(scanned.roots) if silent else {}
     # Listed, but no file that is tracked (an object named with '//', '.' or '..' an earlier release tracked; a file
     # now a FIFO): removed by a rule, not gone from the site, so not what --max-delete guards against (an unmounted
@@ -326,7 +326,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     try:
         guard_removals(tree, scanned.roots, counts["removed"] - left_out.len(), root_ids, max_delete=max_delete,
                        mode=mode, same_roots=same, dropped=dropped,
-                       excluded_removed=int(scanned.excluded.get("removed", 0)), n_excluded=scanned.n_excluded)
+                       excluded_removed=int(scanned.excluded.get("removed", 0)), n_excluded=scanned.n_excluded,
+                       unseen=bool(unseen_dirs), user_excluded=int(scanned.excluded.get("user", 0)))
     except MassRemovalRefused as exc:
         if not dry_run:
             raise
@@ -726,20 +727,30 @@ def _root_where(location: str, modality: str | None) -> str:
 def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: int, root_ids: dict[int, int], *,
                    max_delete: str | int, mode: str, same_roots: dict[int, set[int]] | None = None,
                    dropped: list[tuple[str, str | None, int]] | None = None, excluded_removed: int = 0,
-                   n_excluded: int = 0) -> None:
+                   n_excluded: int = 0, unseen: bool = False, user_excluded: int = 0) -> None:
     """Refuse a version that removes more of the previous version's files than `max_delete` allows, or
-    (full mode) one where a root that held files lists none: an unmounted file system, not a deletion; or one that
+    one where a root that held files lists none: an unmounted file system, not a deletion; or one that
     removes every file of a root it was not given (`dropped`: _dropped_roots).
-    `same_roots`: every recorded root_id of each root's folder (Manifest.same_root_ids), beside `root_ids`."""
+    `same_roots`: every recorded root_id of each root's folder (Manifest.same_root_ids), beside `root_ids`.
+    Append mode removes nothing but the delete list, yet a root the previous version holds files under (the site, a
+    delivery folder whose files stay) that lists none is the same unmounted disk: it ended "no changes", exit 0, every
+    night the disk was missing. Refused there too, unless folders could not be listed (`unseen`: scan errors, exit 1).
+    A root no recorded file is under (tonight's own delivery folder, empty) is a night with nothing delivered."""
     kind, limit = parse_max_delete(max_delete)
     if kind == "all" or tree.n_previous == 0:
         return
     # (a root that lists nothing but removes nothing: its folders could not be listed, their files kept, each named
     # with its scan error; refused, it was taken for an unmounted file system and the permissions went unsaid)
     empty = [location for position, (location, _modality) in enumerate(roots)
-             if position not in tree.listed_roots and mode == "full" and n_removed
+             if position not in tree.listed_roots and (mode == "full" and n_removed or mode == "append" and not unseen)
              and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
                   or (position == 0 and tree.unrooted))]
+    # (append mode: a delivery the globs leave out whole, under a root no recorded file is under, is no night with
+    # nothing delivered either: files were delivered, and none would be recorded)
+    # (the user's globs: a folder that holds only what the default list leaves out, .DS_Store, delivered nothing)
+    wholly_excluded = mode == "append" and not empty and not tree.listed_roots and user_excluded > 0 and not unseen
+    if wholly_excluded:
+        empty = [location for location, _modality in roots]
     empty_where = [_root_where(location, modality) for location, modality in roots if location in empty]
     allowed = limit if kind == "count" else tree.n_previous * limit / 100
     if not empty and not dropped and n_removed <= allowed:
@@ -757,10 +768,11 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     # said as a root that lists no files at all, with "check that each root named is mounted", of a root that was
     # (and a share over --max-delete that the globs alone remove was told "check that the site is mounted")
     by_globs = n_excluded > 0 and excluded_removed >= n_removed > 0
-    excluded_all = bool(empty) and by_globs
+    excluded_all = bool(empty) and (by_globs or mode == "append" and n_excluded > 0)
     if excluded_all:
         why = (f"the exclusion globs leave out every file {named('root', empty)} {'lists' if len(empty) == 1 else 'list'} "
-               f"({files(n_excluded)} excluded), and the previous version had files there")
+               f"({files(n_excluded)} excluded), " + ("so none of them would be recorded" if wholly_excluded else
+                                                       "and the previous version had files there"))
     elif empty:
         why = (f"{named('root', empty)} {'lists' if len(empty) == 1 else 'list'} no files at all, though the previous "
                "version had files there")
@@ -773,14 +785,20 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
         why = (f"the run would remove {share}, more than --max-delete / max_delete {max_delete} allows "
                f"({limit_text})" + (", each a file the exclusion globs now leave out" if by_globs else ""))
     raise MassRemovalRefused(
-        f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if empty or dropped else ""),
+        f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if (empty or dropped) and n_removed
+                                                    else ""),
         where="--exclude / exclude in [run]" if excluded_all or (by_globs and not dropped)
         else ", ".join(empty_where or dropped_where) if empty or dropped else "--max-delete / max_delete in [run]",
         # a root that lists nothing passes only `all` (a larger share or count still refused it: the fix said otherwise)
-        fix=("check the exclusion globs (the summary of `chorus-batch status` names what each leaves out); if those "
-             "files are meant to leave the version, run again with --max-delete all") if excluded_all else
+        fix=("check the exclusion globs (the summary of `chorus-batch status` names what each leaves out); "
+             + ("if those files are meant to leave the version, run again with --max-delete all" if mode == "full" else
+                "if tonight's delivery is meant to be left out whole, run again with --max-delete all")) if excluded_all else
             ("check that each root named is mounted and complete; if all of its files were really removed, run again "
              "with --max-delete all (a larger percentage or number of files does not pass a root that lists nothing)")
+            if empty and mode == "full" else
+            ("check that each root named is mounted and holds its deliveries; on a night with nothing delivered into a "
+             "folder emptied after each delivery, run again with --max-delete all (or deliver each night into a folder "
+             "of its own, whose empty nights pass)")
             if empty else
             ("give the run that root again (its [site.roots] line in the chorus.toml the run reads, --config with the "
              "file that has it, or --site); if its files were really all removed, or the root given up, run again "

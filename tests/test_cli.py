@@ -2354,6 +2354,7 @@ def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_match
     """`exclude = ["OMOP\\\\*.csv"]` in a TOML literal string (or a doubled escape) was told "write OMOP//*.csv": a glob
     with an empty folder name, taken and matching nothing."""
     write(site, "OMOP/a.csv", b"a")
+    write(site, "Metadata/READINESS.md", b"r")  # (a first run whose globs leave out every file is refused, exit 5)
     out = cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude", "OMOP\\\\*.csv")
     assert out.returncode == 2, out.stderr
     assert "it holds a backslash: folders are separated by '/' on every system (write OMOP/*.csv)" in out.stderr, \

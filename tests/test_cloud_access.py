@@ -853,6 +853,9 @@ def test_a_cloud_root_whose_files_are_all_gone_is_refused_as_an_empty_root(clean
         run(settings(url, db, validate_site=False, cloud=s3_cloud))
     assert caught.value.exit_code == ExitCode.REFUSED, caught.value
     assert "no files at all, though the previous version had files there" in str(caught.value)
+    with pytest.raises(ChorusError) as appended:  # (append mode ended "no changes", exit 0)
+        run(settings(url, db, validate_site=False, cloud=s3_cloud, mode="append"))
+    assert appended.value.exit_code == ExitCode.REFUSED, appended.value
     assert run(settings(url, db, validate_site=False, cloud=s3_cloud, max_delete="all")).label
     assert current_rows(db) == {}
     with pytest.raises(SourceError) as never:  # a prefix that never held files: a mistyped one

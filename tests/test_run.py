@@ -588,6 +588,41 @@ def test_append_mode_keeps_unlisted_files_and_applies_the_delete_list(site, db, 
     assert result.errors.filter(pl.col("kind") == "delete_list")["srcfile"].to_list() == ["OMOP/missing.csv"]
 
 
+def test_an_append_run_whose_root_lists_nothing_where_files_were_recorded_is_refused(site, db, tmp_path):
+    """`--mode append` on a root the previous version holds files under (the site, a delivery folder whose files
+    stay) that lists none — an emptied folder, a mount point not mounted — ended "no changes since version ...",
+    exit 0, every night the disk was missing: a cron took it for a quiet night. It is refused as full mode refuses
+    it (exit 5, recorded in `runs`; `status` says it), and so is one whose exclusion globs leave out every file; a
+    delivery folder of its own that holds nothing tonight (no recorded file under it) is a night with nothing
+    delivered, and `--max-delete all` passes an emptied folder."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    (site / "OMOP/person.csv").rename(tmp_path / "person.csv")
+    base = ("--no-validate", "--mode", "append", "--db", str(db), "-q")
+    out = cli("run", "--site", str(site), *base)
+    assert out.returncode == 5, out.stdout + out.stderr
+    assert f"refused: root {site} lists no files at all, though the previous version had files there; nothing was " \
+           "committed" in out.stderr and "holds its deliveries" in out.stderr, out.stderr
+    assert "no changes since" not in out.stdout
+    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(5,)]
+    assert cli("status", "--site", str(site), *base).returncode == 5
+    tonight = tmp_path / "delivery-tonight"
+    tonight.mkdir()
+    assert cli("run", "--site", str(tonight), *base).returncode == 0
+    assert cli("run", "--site", str(site), *base, "--max-delete", "all").returncode == 0
+    (tmp_path / "person.csv").rename(site / "OMOP/person.csv")
+    out = cli("run", "--site", str(site), *base, "--exclude", "person*")
+    assert out.returncode == 5 and "the exclusion globs leave out every file root" in out.stderr, out.stderr
+    # tonight's own folder whose delivery the user's globs leave out whole: files delivered, none recorded
+    write(tonight, "OMOP/note.csv", b"note_id\n")
+    out = cli("run", "--site", str(tonight), *base, "--exclude", "note*")
+    assert out.returncode == 5 and "so none of them would be recorded" in out.stderr, out.stderr
+    (tonight / "OMOP/note.csv").unlink()
+    write(tonight, ".DS_Store", b"x")  # (the default list's: nothing was delivered)
+    assert cli("run", "--site", str(tonight), *base).returncode == 0
+    assert len(query(db, "SELECT label FROM versions")) == 1
+
+
 def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db, tmp_path):
     """A line with a space at either end, or a leading '/', was stripped and matched (' OMOP/a.csv' removed
     OMOP/a.csv; a name may end with a space), and the messages showed the stripped path. Such lines are refused by
