@@ -97,6 +97,10 @@ def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writ
      "the record line is read only up to 'rec 1 250 1000 10:00:00 01/01/2020': 'extra' is not read"),
     # no frequency read, a negative one taken for a counter frequency: the default 250 Hz, without a word
     ("rec 1 -500 1000", "the record line's sampling frequency '-500' is not a positive number of Hz"),
+    # a frequency with two points: wfdb's expression read 250.5 Hz and a counter frequency of .5 (no '/'), without a word
+    ("rec 1 250.5.5 1000", "the record line's sampling frequency '250.5.5' is not a number"),
+    # a point alone: was Python's "could not convert string to float: '.'"
+    ("rec 1 . 1000", "the record line's sampling frequency '.' is not a number"),
 ])
 def test_a_record_line_wfdb_reads_only_in_part_or_without_its_frequency_is_told(line, told):
     data = line.encode() + b"\n100.dat 16\n"

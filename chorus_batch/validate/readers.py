@@ -247,7 +247,7 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "n_sig": n_sig,
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
-            "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
+            "fs": _frequency(lines[0], found) if rec["fs"] else WFDB_DEFAULT_FS,
             "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", lines[0], rec["base_time"])
             if rec["base_time"] else None,
             "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", lines[0], rec["base_date"])
@@ -369,6 +369,19 @@ def _base(convert: Callable[[], str], what: str, line: str, read: str) -> str:
 
 _RECORD_FIELDS = ("the fields are: the record name, the number of signals, the sampling frequency (a decimal number of "
                   "Hz: 1000, not 1e3), the number of samples, the base time and the base date")
+
+
+def _frequency(line: str, found: re.Match) -> float:
+    """The record line's sampling frequency (Hz); BadContent where it is written as no number WFDB reads: "." (was
+    Python's "could not convert string to float: '.'"), or "250.5.5", which wfdb's expression reads as 250.5 Hz and a
+    counter frequency of .5, without the '/' that writes one (read 250.5 Hz without a word, a typo passed)."""
+    at = found.start("counter_freq")
+    if found["fs"] == "." or (found["counter_freq"] and line[at - 1:at] != "/"):
+        shown = line if len(line) <= 80 else line[:77] + "..."
+        written = line[found.start("fs"):].split(maxsplit=1)[0]  # (the field as written, whatever follows it)
+        raise BadContent(f"invalid header syntax (the record line's sampling frequency '{written}' is not a number "
+                         f"({_RECORD_FIELDS}; a counter frequency follows it after a '/', 250/1000): '{shown}')")
+    return float(found["fs"])
 
 
 def _record_line_whole(line: str, rec: dict[str, str], read_to: int) -> None:

@@ -252,7 +252,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # generator does, when dcmread read the header too (v12: its length taken as 0: a file cut inside its pixel data read
 # as whole by that path, and as cut by the elements' walk)
 # records.v5 tells a line longer than any record name's path (v4: a file of one 100 MB line was one record's name)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v13", "records.v5"
+# wfdb_header.v8 tells a sampling frequency written as no number, '250.5.5' or '.' (v7: the first read as 250.5 Hz
+# without a word, the second told in Python's words, "could not convert string to float")
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v13", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
