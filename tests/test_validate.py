@@ -364,6 +364,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
     ("format", edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 999 ")), {("wfdb.format", f"{SINGLE}.hea")}),
+    # two formats in one signal file: wfdb reads every signal of a file in its first signal's format (the V signal's
+    # 212 read as 16, and the file's size left unchecked), without a word
+    ("format_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 212 ".join(t.rsplit(".dat 16 ", 1))),
+     {("wfdb.format", f"{SINGLE}.hea")}),
     ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),
     ("dat_size_212", truncate(f"{MULTI}_0001.dat", 1), {("wfdb.dat_size", f"{MULTI}_0001.dat")}),
     ("dat_size_16", add(f"{SINGLE}.dat", bytes(999)), {("wfdb.dat_size", f"{SINGLE}.dat")}),

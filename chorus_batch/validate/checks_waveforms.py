@@ -79,6 +79,16 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     data = signals.filter(
         (pl.col("fmt") != "0") & pl.col("file_name").is_not_null() & ~pl.col("file_name").is_in(["", "~", "-"])
     ).with_columns(_path=pl.col("_dir") + "/" + pl.col("file_name"))
+    # WFDB keeps a signal file's signals in one format: wfdb (and the WFDB library) read all of them in its first
+    # signal's, so "16" and "212" in one file were read as 16 bits each without a word (and the file's size, which
+    # needs one format, went unchecked)
+    mixed = (data.filter(pl.col("fmt").is_in(WFDB_FORMATS))
+             .group_by("_header", "file_name").agg(pl.col("fmt").unique(maintain_order=True).alias("_fmts"))
+             .filter(pl.col("_fmts").list.len() > 1).sort("_header", "file_name"))
+    out.append(_found("wfdb.format", mixed, "_header", fmt(
+        "signal file {} holds signals in formats {}: a WFDB signal file holds its signals in one format (wfdb reads them "
+        "all in its first signal's, {}); write the record again with one format for each signal file",
+        pl.col("file_name"), pl.col("_fmts").list.join(" and "), pl.col("_fmts").list.first())))
     present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
                                                     ).collect()
     # (the few not present, then each once: de-duplicating all 50k signal files first cost 10 ms at 100k files)

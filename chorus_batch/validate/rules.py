@@ -527,7 +527,8 @@ RULES: tuple[Rule, ...] = (
          sop=((WAVEFORM_FORMAT_V1, '3.2. Explanation of Header Content'),),
          remedy="Rename the file, or fix the header's record name, so that they agree."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
-         f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are).",
+         f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are), or "
+         "gives the signals of one signal file different formats (wfdb reads them all in the first's).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
