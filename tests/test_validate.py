@@ -687,6 +687,20 @@ def test_a_records_line_written_with_backslashes_is_told_to_use_slashes(tmp_path
                         f"part of a name, so no header is found for it: write the line with '/' ({entry})"], messages
 
 
+def test_a_records_line_leaving_its_folder_by_dots_is_told_so_not_as_a_record_not_on_the_site(tmp_path):
+    """A person's RECORDS listing another person's record by '..' ("../../000102/waveforms/rec"): told "its header
+    (000101/waveforms/../../000102/waveforms/rec.hea) is not on the site: add the record", of a record that is there;
+    a RECORDS file lists the records under its own folder, and the line is what to fix."""
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout="v1.0")
+    entry = next(e for e in (root / "RECORDS").read_text().split() if e.startswith(f"{P1}/"))
+    add(f"{P0}/waveforms/RECORDS", f"../../{entry}\n")(root)
+    messages = validate(root).filter(pl.col("rule") == "records.absent")["message"].to_list()
+    assert messages == [f"lists record ../../{entry} by a path with '..', out of the RECORDS file's folder: a RECORDS "
+                        "file lists the records under its own folder, by their paths from it; list the record in the "
+                        "RECORDS file of a folder above it, or remove the line"], messages
+
+
 def test_records_entries_naming_folders_list_the_records_under_them(tmp_path):
     """PhysioNet's nested RECORDS lists folders ("000101/", each with a RECORDS of its own): such an entry was taken
     for a record "000101" whose header 000101.hea is not on the site (records.absent), and the records under it for

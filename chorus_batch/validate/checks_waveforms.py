@@ -471,6 +471,11 @@ _ABSENT = pl.when(pl.col("_entry").str.contains("\\", literal=True)).then(fmt(
     # (written on Windows: "Telemetry\\3004\\3004" was told only as absent, and the file named no fix)
     "lists record {} with '\\' between its folders, which WFDB reads as part of a name, so no header is found for it: "
     "write the line with '/' ({})", pl.col("_entry"), pl.col("_entry").str.replace_all("\\", "/", literal=True),
+)).when(pl.col("_entry").str.contains(r"(^|/)\.\.(/|$)")).then(fmt(
+    # (a record of another folder by '..': its header was told "not on the site", of one that is there)
+    "lists record {} by a path with '..', out of the RECORDS file's folder: a RECORDS file lists the records under its "
+    "own folder, by their paths from it; list the record in the RECORDS file of a folder above it, or remove the line",
+    pl.col("_entry"),
 )).when(pl.col("_folder")).then(fmt(
     "lists folder {}/ but no WFDB header lies under {}/: remove the line, or add the folder's records",
     pl.col("_entry"), pl.col("_path"))).otherwise(fmt(
