@@ -262,6 +262,14 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
                 raise BadContent(f"the record line declares {plural(n_sig, 'signal')} but {plural(len(lines) - 1, 'signal line')} follow")
             for number, line in enumerate(lines[1:], 1):
                 sig = _match(grammar.rx_signal, line, "signal line", number)
+                if sig["samps_per_frame"] and not sig["samps_per_frame"].strip("0"):
+                    # ('16x0': wfdb fails to read the record, "cannot reshape array of size 0"; its size was told as
+                    # "implies 0 bytes" and its rate as 0 Hz against the mapping's)
+                    shown = line.strip() if len(line.strip()) <= 80 else line.strip()[:77] + "..."
+                    raise BadContent(f"invalid header syntax (signal line {number} gives 0 samples per frame "
+                                     f"('{sig['fmt']}x{sig['samps_per_frame']}'), which wfdb cannot read: write the "
+                                     f"format alone ({sig['fmt']}: 1 sample a frame) or the samples each frame holds: "
+                                     f"'{shown}')")
                 facts["signals"].append({
                     "file_name": sig["file_name"], "fmt": sig["fmt"],
                     "samps_per_frame": _count(sig["samps_per_frame"] or "1", "samples per frame"),

@@ -253,7 +253,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # as whole by that path, and as cut by the elements' walk)
 # records.v5 tells a line longer than any record name's path (v4: a file of one 100 MB line was one record's name)
 # wfdb_header.v8 tells a sampling frequency written as no number, '250.5.5' or '.' (v7: the first read as 250.5 Hz
-# without a word, the second told in Python's words, "could not convert string to float")
+# without a word, the second told in Python's words, "could not convert string to float"), and a signal line of 0
+# samples per frame, '16x0', which wfdb cannot read (v7: read, its file told as "implies 0 bytes")
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v13", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
