@@ -89,6 +89,17 @@ def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writ
     assert "base_date" in readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 0 250 1000 10:00:00.5 02/01/2020\n"))
 
 
+def test_a_signal_line_of_0_samples_per_frame_is_told_as_wfdb_cannot_read_it():
+    # '16x0' was read (its .dat told "implies 0 bytes (... x 0 samples per frame)", its rate 0 Hz against the
+    # mapping's), and wfdb fails to read the record ("cannot reshape array of size 0")
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 1 250 100\nrec.dat 16x0 200/mV 16 0 0 0 0 II\n"))
+    assert facts["error"] == ("invalid header syntax (signal line 1 gives 0 samples per frame ('16x0'), which wfdb "
+                              "cannot read: write the format alone (16: 1 sample a frame) or the samples each frame "
+                              "holds: 'rec.dat 16x0 200/mV 16 0 0 0 0 II')"), facts
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 1 250 100\nrec.dat 16x2 200/mV 16 0 0 0 0 II\n"))
+    assert facts["signals"][0]["samps_per_frame"] == 2, facts
+
+
 @pytest.mark.parametrize("line, told", [
     # wfdb's expression read 1 Hz and no number of samples ('e3 1000' left unread), without a word; the WFDB library
     # reads 1e3 as 1000 Hz
@@ -97,6 +108,10 @@ def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writ
      "the record line is read only up to 'rec 1 250 1000 10:00:00 01/01/2020': 'extra' is not read"),
     # no frequency read, a negative one taken for a counter frequency: the default 250 Hz, without a word
     ("rec 1 -500 1000", "the record line's sampling frequency '-500' is not a positive number of Hz"),
+    # a frequency with two points: wfdb's expression read 250.5 Hz and a counter frequency of .5 (no '/'), without a word
+    ("rec 1 250.5.5 1000", "the record line's sampling frequency '250.5.5' is not a number"),
+    # a point alone: was Python's "could not convert string to float: '.'"
+    ("rec 1 . 1000", "the record line's sampling frequency '.' is not a number"),
 ])
 def test_a_record_line_wfdb_reads_only_in_part_or_without_its_frequency_is_told(line, told):
     data = line.encode() + b"\n100.dat 16\n"

@@ -58,6 +58,26 @@ def broken_site(root: Path) -> Path:
     write(root, "OMOP/death.csv", "")
     write(root, "Metadata/Extra_mapping.csv", "signal_id,sampling_rate\nx,-1\n")
     write(root, "registry.csv", "src_file,trg_file\n")
+    # waveforms: a header named otherwise, one naming a signal file by '..', one of two formats in a file, a truncated
+    # .dat, a frequency that is no number, a header with a byte-order mark, comments, blank lines and CRLF, one over
+    # the reader's byte cap, one in UTF-16; a multi-segment record of a missing segment, a gap and a segment of another
+    # frequency; a RECORDS file listing a record absent, itself and one by '..'
+    t = "P900/Waveforms/Telemetry"
+    write(root, f"{t}/2/2.hea", "3 1 250 100\n2.dat 16 200/mV 16 0 0 0 0 II\n")
+    write(root, f"{t}/2/2.dat", bytes(200))
+    write(root, f"{t}/3/3.hea", "3 1 250 100\n../2/2.dat 16 200/mV 16 0 0 0 0 II\n")
+    write(root, f"{t}/4/4.hea", "4 2 250 100\n4.dat 16 200/mV 16 0 0 0 0 II\n4.dat 212 200/mV 12 0 0 0 0 V\n")
+    write(root, f"{t}/4/4.dat", bytes(399))
+    write(root, f"{t}/5/5.hea", "5 1 250.5.5 100\n5.dat 16 200/mV 16 0 0 0 0 II\n")
+    write(root, f"{t}/6/6.hea", b"\xef\xbb\xbf# c\r\n\r\n6 1 250 100 10:00:00.5 1/2/2020\r\n# d\r\n6.dat 16 200/mV 16 0 0 0 0 II\r\n")
+    write(root, f"{t}/6/6.dat", bytes(199))
+    write(root, f"{t}/7/7.hea", "7 0\n#" + "x" * (readers.MAX_TEXT_BYTES + 1) + "\n")
+    write(root, f"{t}/8/8.hea", "8 0\n".encode("utf-16"))
+    write(root, f"{t}/9/9.hea", "9/4 1 250 300\n9_layout 0\n9_0001 100\n~ 100\n9_0002 100\n")
+    write(root, f"{t}/9/9_layout.hea", "9_layout 0 250 0\n")
+    write(root, f"{t}/9/9_0001.hea", "9_0001 1 500 100\n9_0001.dat 16 200/mV 16 0 0 0 0 II\n")
+    write(root, f"{t}/9/9_0001.dat", bytes(200))
+    write(root, "P900/Waveforms/RECORDS", "Telemetry/2/2\nTelemetry/99/99\nRECORDS\n../P900/Waveforms/Telemetry/4/4\n")
     return root
 
 
@@ -140,6 +160,8 @@ def test_findings_equal_those_of_a_separate_validation_pass(tmp_path, monkeypatc
     assert separate.findings is None and query(two, "SELECT count(*) FROM file_facts") == [(0,)]
     _label, findings = validate_manifest(str(two), argv=["validate"], workers=workers)
     assert together.findings is not None and together.findings.height > 5
+    assert {"wfdb.record_name", "wfdb.bad_header", "wfdb.format", "wfdb.dat_size", "wfdb.missing_segment",
+            "wfdb.segment_rate", "records.absent"} <= set(together.findings["rule"]), "broken_site's waveform cases"
     assert together.findings.sort("srcfile", "rule", "message").equals(findings.sort("srcfile", "rule", "message"))
     assert (_table(one, "SELECT kind, md5, facts FROM file_facts")
             == _table(two, "SELECT kind, md5, facts FROM file_facts")), "the same facts, byte for byte"

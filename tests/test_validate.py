@@ -368,6 +368,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
     ("format", edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 999 ")), {("wfdb.format", f"{SINGLE}.hea")}),
+    # two formats in one signal file: wfdb reads every signal of a file in its first signal's format (the V signal's
+    # 212 read as 16, and the file's size left unchecked), without a word
+    ("format_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 212 ".join(t.rsplit(".dat 16 ", 1))),
+     {("wfdb.format", f"{SINGLE}.hea")}),
     ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),
     ("dat_size_212", truncate(f"{MULTI}_0001.dat", 1), {("wfdb.dat_size", f"{MULTI}_0001.dat")}),
     ("dat_size_16", add(f"{SINGLE}.dat", bytes(999)), {("wfdb.dat_size", f"{SINGLE}.dat")}),
@@ -694,6 +698,20 @@ def test_a_records_line_written_with_backslashes_is_told_to_use_slashes(tmp_path
     messages = validate(root).filter(pl.col("rule") == "records.absent")["message"].to_list()
     assert messages == [f"lists record {entry.replace('/', chr(92))} with '\\' between its folders, which WFDB reads as "
                         f"part of a name, so no header is found for it: write the line with '/' ({entry})"], messages
+
+
+def test_a_records_line_leaving_its_folder_by_dots_is_told_so_not_as_a_record_not_on_the_site(tmp_path):
+    """A person's RECORDS listing another person's record by '..' ("../../000102/waveforms/rec"): told "its header
+    (000101/waveforms/../../000102/waveforms/rec.hea) is not on the site: add the record", of a record that is there;
+    a RECORDS file lists the records under its own folder, and the line is what to fix."""
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout="v1.0")
+    entry = next(e for e in (root / "RECORDS").read_text().split() if e.startswith(f"{P1}/"))
+    add(f"{P0}/waveforms/RECORDS", f"../../{entry}\n")(root)
+    messages = validate(root).filter(pl.col("rule") == "records.absent")["message"].to_list()
+    assert messages == [f"lists record ../../{entry} by a path with '..', out of the RECORDS file's folder: a RECORDS "
+                        "file lists the records under its own folder, by their paths from it; list the record in the "
+                        "RECORDS file of a folder above it, or remove the line"], messages
 
 
 def test_records_entries_naming_folders_list_the_records_under_them(tmp_path):
@@ -1143,7 +1161,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v7", "dicom.v13", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v8", "dicom.v13", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1159,7 +1177,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v7"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v8"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -1247,7 +1265,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v7", "dicom.v13", "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v13", "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v16", "omop_procedures.v6"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1413,7 +1431,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 @pytest.mark.parametrize("kind, text, expected", [
     (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v7", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    ("wfdb_header.v8", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts

@@ -79,6 +79,16 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     data = signals.filter(
         (pl.col("fmt") != "0") & pl.col("file_name").is_not_null() & ~pl.col("file_name").is_in(["", "~", "-"])
     ).with_columns(_path=pl.col("_dir") + "/" + pl.col("file_name"))
+    # WFDB keeps a signal file's signals in one format: wfdb (and the WFDB library) read all of them in its first
+    # signal's, so "16" and "212" in one file were read as 16 bits each without a word (and the file's size, which
+    # needs one format, went unchecked)
+    mixed = (data.filter(pl.col("fmt").is_in(WFDB_FORMATS))
+             .group_by("_header", "file_name").agg(pl.col("fmt").unique(maintain_order=True).alias("_fmts"))
+             .filter(pl.col("_fmts").list.len() > 1).sort("_header", "file_name"))
+    out.append(_found("wfdb.format", mixed, "_header", fmt(
+        "signal file {} holds signals in formats {}: a WFDB signal file holds its signals in one format (wfdb reads them "
+        "all in its first signal's, {}); write the record again with one format for each signal file",
+        pl.col("file_name"), pl.col("_fmts").list.join(" and "), pl.col("_fmts").list.first())))
     present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
                                                     ).collect()
     # (the few not present, then each once: de-duplicating all 50k signal files first cost 10 ms at 100k files)
@@ -473,6 +483,11 @@ _ABSENT = pl.when(pl.col("_entry").str.contains("\\", literal=True)).then(fmt(
     # (written on Windows: "Telemetry\\3004\\3004" was told only as absent, and the file named no fix)
     "lists record {} with '\\' between its folders, which WFDB reads as part of a name, so no header is found for it: "
     "write the line with '/' ({})", pl.col("_entry"), pl.col("_entry").str.replace_all("\\", "/", literal=True),
+)).when(pl.col("_entry").str.contains(r"(^|/)\.\.(/|$)")).then(fmt(
+    # (a record of another folder by '..': its header was told "not on the site", of one that is there)
+    "lists record {} by a path with '..', out of the RECORDS file's folder: a RECORDS file lists the records under its "
+    "own folder, by their paths from it; list the record in the RECORDS file of a folder above it, or remove the line",
+    pl.col("_entry"),
 )).when(pl.col("_folder")).then(fmt(
     "lists folder {}/ but no WFDB header lies under {}/: remove the line, or add the folder's records",
     pl.col("_entry"), pl.col("_path"))).otherwise(fmt(

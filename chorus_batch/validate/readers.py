@@ -247,7 +247,7 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "n_sig": n_sig,
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
-            "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
+            "fs": _frequency(lines[0], found) if rec["fs"] else WFDB_DEFAULT_FS,
             "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", lines[0], rec["base_time"])
             if rec["base_time"] else None,
             "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", lines[0], rec["base_date"])
@@ -262,6 +262,14 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
                 raise BadContent(f"the record line declares {plural(n_sig, 'signal')} but {plural(len(lines) - 1, 'signal line')} follow")
             for number, line in enumerate(lines[1:], 1):
                 sig = _match(grammar.rx_signal, line, "signal line", number)
+                if sig["samps_per_frame"] and not sig["samps_per_frame"].strip("0"):
+                    # ('16x0': wfdb fails to read the record, "cannot reshape array of size 0"; its size was told as
+                    # "implies 0 bytes" and its rate as 0 Hz against the mapping's)
+                    shown = line.strip() if len(line.strip()) <= 80 else line.strip()[:77] + "..."
+                    raise BadContent(f"invalid header syntax (signal line {number} gives 0 samples per frame "
+                                     f"('{sig['fmt']}x{sig['samps_per_frame']}'), which wfdb cannot read: write the "
+                                     f"format alone ({sig['fmt']}: 1 sample a frame) or the samples each frame holds: "
+                                     f"'{shown}')")
                 facts["signals"].append({
                     "file_name": sig["file_name"], "fmt": sig["fmt"],
                     "samps_per_frame": _count(sig["samps_per_frame"] or "1", "samples per frame"),
@@ -369,6 +377,19 @@ def _base(convert: Callable[[], str], what: str, line: str, read: str) -> str:
 
 _RECORD_FIELDS = ("the fields are: the record name, the number of signals, the sampling frequency (a decimal number of "
                   "Hz: 1000, not 1e3), the number of samples, the base time and the base date")
+
+
+def _frequency(line: str, found: re.Match) -> float:
+    """The record line's sampling frequency (Hz); BadContent where it is written as no number WFDB reads: "." (was
+    Python's "could not convert string to float: '.'"), or "250.5.5", which wfdb's expression reads as 250.5 Hz and a
+    counter frequency of .5, without the '/' that writes one (read 250.5 Hz without a word, a typo passed)."""
+    at = found.start("counter_freq")
+    if found["fs"] == "." or (found["counter_freq"] and line[at - 1:at] != "/"):
+        shown = line if len(line) <= 80 else line[:77] + "..."
+        written = line[found.start("fs"):].split(maxsplit=1)[0]  # (the field as written, whatever follows it)
+        raise BadContent(f"invalid header syntax (the record line's sampling frequency '{written}' is not a number "
+                         f"({_RECORD_FIELDS}; a counter frequency follows it after a '/', 250/1000): '{shown}')")
+    return float(found["fs"])
 
 
 def _record_line_whole(line: str, rec: dict[str, str], read_to: int) -> None:

@@ -252,7 +252,10 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # generator does, when dcmread read the header too (v12: its length taken as 0: a file cut inside its pixel data read
 # as whole by that path, and as cut by the elements' walk)
 # records.v5 tells a line longer than any record name's path (v4: a file of one 100 MB line was one record's name)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v7", "dicom.v13", "records.v5"
+# wfdb_header.v8 tells a sampling frequency written as no number, '250.5.5' or '.' (v7: the first read as 250.5 Hz
+# without a word, the second told in Python's words, "could not convert string to float"), and a signal line of 0
+# samples per frame, '16x0', which wfdb cannot read (v7: read, its file told as "implies 0 bytes")
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v13", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -529,7 +532,8 @@ RULES: tuple[Rule, ...] = (
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3.2. Explanation of Header Content')),
          remedy="Rename the file, or fix the header's record name, so that they agree."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
-         f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are).",
+         f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are), or "
+         "gives the signals of one signal file different formats (wfdb reads them all in the first's).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
