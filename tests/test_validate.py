@@ -439,7 +439,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # one accession id (the image_occurrence_id of one study) in two persons' folders
     ("accession_shared", add(f"{P1}/Images/CT/{ACCESSION}/{sitegen.series_uid(P1, DAY1, 1)}/000.dcm", dicom_bytes(
         person_id=P1, series=1, instance=0, study_date=DAY1, study_time="081500", accession=ACCESSION,
-        SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 1))),
+        SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 1), SOPInstanceUID=sitegen.series_uid(P1, DAY1, 901))),
+     # (an image of its own: the same SOPInstanceUID as P1's image of that day is one image twice, instance_repeated)
      {("dicom.accession_shared", f"{P0}/Images/CT/{ACCESSION}/"), ("dicom.accession_shared", f"{P1}/Images/CT/{ACCESSION}/"),
       ("registry.unlisted_file", "image_registry.csv")}),  # (an image added without its row)
     ("path_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm"),
@@ -1161,7 +1162,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v8", "dicom.v13", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v8", "dicom.v14", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1265,7 +1266,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v13", "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v14", "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v16", "omop_procedures.v6"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1273,7 +1274,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v13"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v14"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -2779,3 +2780,25 @@ def test_a_registry_with_its_header_row_repeated_is_told_the_line_and_its_rows_a
     out = validate(clean)
     assert out.select("rule", "srcfile").rows() == [("registry.unreadable", "waveform_registry.csv")], out.to_dicts()
     assert f"its header row is repeated, on 1 line (line {line}): two registries pasted" in out["message"].item()
+
+
+def test_two_images_of_a_person_with_one_sop_instance_uid_are_told(clean):
+    """SOPInstanceUID names one image, the world over: two files of a person holding the same one (an image exported
+    twice and renumbered, an edited copy kept beside its original) are one image to a PACS or a viewer, which keeps
+    one of them. Their bytes differ, so no duplicate-file rule told them, and their InstanceNumbers differ, so
+    dicom.instance_repeated did not either; it now tells the files sharing a SOPInstanceUID, with their names."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(clean / DCM)
+    ds.InstanceNumber = 5
+    out_bytes = io.BytesIO()
+    ds.save_as(out_bytes)
+    add(f"{SERIES1}/005.dcm", out_bytes.getvalue())(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.instance_repeated")
+    assert out.select("srcfile", "severity").rows() == [(f"{SERIES1}/", "warning")]
+    message = out["message"][0]
+    assert "SOPInstanceUID" in message and "000.dcm and 005.dcm" in message, message
+    remove(f"{SERIES1}/005.dcm")(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.instance_repeated").height == 0

@@ -56,7 +56,7 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
         *_current_paths(d), *_deidentified(d, _known_persons(site)), _study_metadata(d), _series_metadata(d),
-        _recommended(d), _repeated_instances(d),
+        _recommended(d), _repeated_instances(d), _repeated_uids(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -212,6 +212,29 @@ def _repeated_instances(d: pl.DataFrame) -> pl.LazyFrame:
         "<InstanceNumber>.dcm, one file per number; remove copies of one image, or give each image its own "
         "InstanceNumber and name the file after it", pl.col("_files"), _join_list(pl.col("_numbers"), 10),
         pl.col("_example"), n=pl.col("_numbers").list.len()))
+
+
+def _repeated_uids(d: pl.DataFrame) -> pl.LazyFrame:
+    """SOPInstanceUID names one image, the world over: two files of a person holding the same one (an image exported
+    twice and renumbered, an edited copy kept beside its original) are one image to a PACS or viewer, which keeps one
+    of them. Once per such UID, at the folder of its first file; files of one folder that share their InstanceNumber
+    too are told by _repeated_instances alone."""
+    shared = (
+        d.lazy().filter(pl.col("_ok") & pl.col("sop_instance_uid").is_not_null())
+        .filter(pl.len().over("_top", "sop_instance_uid") > 1)
+        .with_columns(_number=_dicom_number(pl.col("instance_number")))
+        .group_by("_top", "sop_instance_uid")
+        .agg(_n=pl.len(), _dirs=pl.col("_dir").n_unique(), _numbers=pl.col("_number").n_unique(),
+             _numbered=pl.col("_number").is_not_null().all(), _first=pl.col("_dir").sort_by("srcfile").first(),
+             _names=pl.col("_name").sort(), _paths=pl.col("srcfile").sort())
+        .filter(~((pl.col("_dirs") == 1) & (pl.col("_numbers") == 1) & pl.col("_numbered")))
+        .with_columns(_example=pl.when(pl.col("_dirs") == 1).then(pl.col("_names").list.head(2).list.join(" and "))
+                      .otherwise(pl.col("_paths").list.head(2).list.join(" and ")))
+    )
+    return _found("dicom.instance_repeated", shared, pl.col("_first") + "/", fmt(
+        "{} DICOM files of person {} share one SOPInstanceUID (e.g. {}): a SOPInstanceUID names one image, and a PACS "
+        "or viewer keeps one of them; remove copies of one image, or give each image its own SOPInstanceUID",
+        pl.col("_n"), shown(pl.col("_top")), pl.col("_example")))
 
 
 def _accession_folders(site: _Site, across: _Across) -> None:

@@ -255,7 +255,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # wfdb_header.v8 tells a sampling frequency written as no number, '250.5.5' or '.' (v7: the first read as 250.5 Hz
 # without a word, the second told in Python's words, "could not convert string to float"), and a signal line of 0
 # samples per frame, '16x0', which wfdb cannot read (v7: read, its file told as "implies 0 bytes")
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v13", "records.v5"
+# dicom.v14 also keeps the SOPInstanceUID (sop_instance_uid): two files of a person naming one image
+# (dicom.instance_repeated; v13: not read, an image exported twice and renumbered passed without a word)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v14", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -639,11 +641,13 @@ RULES: tuple[Rule, ...] = (
          "ct/; an XR folder, as the procedures name X-ray, holds CR, DX, RG, XA and RF images).",
          sop=((IMAGING, 'Folder and file structure and naming'), (UPLOAD, 'Images Folder')),
          remedy="Move or rename the file to the header's values (or fix the header)."),
-    Rule("dicom.instance_repeated", "warning", "one InstanceNumber for two images of a series",
+    Rule("dicom.instance_repeated", "warning", "one InstanceNumber or SOPInstanceUID for two images",
          "Two or more DICOM files of one series folder (and SeriesInstanceUID) have the same InstanceNumber: the "
-         "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice).",
+         "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice); "
+         "or two or more DICOM files of one person share a SOPInstanceUID, which names one image (a PACS or viewer "
+         "keeps one of them).",
          sop=((IMAGING, 'Folder and file structure and naming'),),
-         remedy="Remove the copy, or number the series' images again."),
+         remedy="Remove the copy, or number the series' images again (give each image its own SOPInstanceUID)."),
     Rule("dicom.accession_split", "warning", "one accession in two folders",
          "Two accession folders of one person name the same accession in different spellings (070000 and 70000): "
          "the study is split.",
