@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,14 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
             raise UsageError(f"cannot read {srcfile}: its header row is split by {split}, not commas, as the "
                              "procedures' CSV tables are", where=srcfile, fix=fix)
         present = [n for n in header if n.strip().strip('"').strip().lower() in columns]
+        # a column named twice (person_id,PERSON_ID; validate's omop.duplicate_column): which one is meant cannot be
+        # told (pyarrow gave both, and polars refused them: an internal error)
+        twice = sorted({c for c, k in Counter(head["columns"]).items() if k > 1 and c in columns})
+        if twice:
+            raise UsageError(f"cannot read {srcfile}: its header row names column{'s' if len(twice) > 1 else ''} "
+                             f"{', '.join(twice)} more than once (column names are compared case aside), so which "
+                             "one is meant cannot be told", where=srcfile,
+                             fix="export the table with each column once (`chorus-batch validate` says more)")
         if ended:  # the header row alone, unterminated (pyarrow: "Empty CSV file")
             return pl.DataFrame(schema={c: pl.String for c in columns})
         f.seek(0)

@@ -944,6 +944,28 @@ def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_pat
     assert "internal error" not in done.stderr
 
 
+@pytest.mark.parametrize(("table", "code"), [("person", 1), ("visit_occurrence", 2), ("procedure_occurrence", 2)])
+def test_an_omop_table_naming_its_key_twice_is_told_not_an_internal_error(tmp_path, table, code):
+    """A header naming its key column twice (person_id,...,PERSON_ID: validate's omop.duplicate_column) gave pyarrow
+    both columns, which polars refused ("internal error: DuplicateError", exit 3). Now it is told as a table that
+    cannot be read: person.csv as a warning (the registries are written), the others refused as other unreadable
+    tables are."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    path = site / "OMOP" / f"{table}.csv"
+    header, rest = path.read_text().split("\n", 1)
+    names = header.split(",")
+    key = f"{table}_id" if table != "person" else "person_id"
+    names[-1] = key.upper()  # (case aside, the same name)
+    path.write_text(",".join(names) + "\n" + rest)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == code, done.stderr
+    assert f"cannot read OMOP/{table}.csv: its header row names column {key} more than once" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    assert (out / "waveform_registry.csv").exists() == (code == 1)
+
+
 def test_a_set_is_put_in_place_without_renaming_or_removing_an_open_file_where_there_is_no_flock(tmp_path, monkeypatch):
     """Windows has no flock, and a file open there can be neither renamed nor removed (Python opens files without
     FILE_SHARE_DELETE). The set's marker was renamed into place and removed while its descriptor was open: every
