@@ -2016,6 +2016,20 @@ def test_a_table_under_another_extension_is_told_once_as_the_file_to_rename(clea
          "CDM 5.4 clinical tables and waveform_visit_links.csv only; rename or remove it")]
 
 
+@pytest.mark.parametrize("name", ["measurement.parquet", "Measurement.XLSX"])
+def test_a_table_in_a_binary_format_is_told_to_be_exported_not_renamed(clean, name):
+    """OMOP/measurement.parquet (a Spark or pandas export) was told "rename OMOP/measurement.parquet to
+    OMOP/measurement.csv if it is the table": renamed, its bytes stay Parquet, which no rule or loader reads as CSV.
+    The upload procedure asks for "comma delimited files with header rows": it is told to be exported as one."""
+    rename("OMOP/measurement.csv", f"OMOP/{name}")(clean)
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert out.select("rule", "srcfile").rows() == [("omop.missing_table", "OMOP/measurement.csv")], out
+    message = out["message"].item()
+    assert message.startswith(f"OMOP table measurement is missing: OMOP/{name} is {name.split('.')[1].lower()} data, "
+                              "not comma-delimited text"), message
+    assert "export it as OMOP/measurement.csv" in message and "rename" not in message.replace("renaming", ""), message
+
+
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):
     add(f"{P0}/Metadata/SUBMISSION.md", "# Submission\n")(clean)
     message = validate(clean).filter(pl.col("rule") == "layout.person_subfolder")["message"].to_list()
