@@ -929,6 +929,27 @@ def test_a_person_folder_without_a_person_row_is_told_and_a_person_table_it_cann
     assert (out / "waveform_registry.csv").exists() and "Traceback" not in done.stderr
 
 
+def test_a_person_folder_whose_person_id_is_written_as_a_decimal_is_told(tmp_path):
+    """person.csv writing a folder's person_id as 3.0 (pandas, an integer column with empty cells): registry matched
+    it and said nothing (exit 0), while validate refuses the folder (person.no_omop_row) and the shipped rows
+    (registry.unknown_person). Now registry warns, naming the folder and the id as written (exit 1); an id also
+    written as an integer is not told."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0, p1, _p2 = sitegen.person_ids(3)
+    table = site / "OMOP" / "person.csv"
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1].replace(p0, f"{int(p0)}.0", 1)
+    lines.append(lines[2].replace(p1, f"{int(p1)}.0", 1))  # (p1 also written as an integer)
+    table.write_text("\n".join(lines) + "\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert ("1 person folder with registry rows of version" in done.stderr
+            and f"is in OMOP/person.csv only as a decimal ({p0}/ as {int(p0)}.0)" in done.stderr), done.stderr
+    assert f"{p1}/" not in done.stderr and (out / "waveform_registry.csv").exists()
+
+
 @pytest.mark.parametrize("table", ["visit_occurrence", "procedure_occurrence"])
 def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_path, table):
     """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
