@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,14 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
             raise UsageError(f"cannot read {srcfile}: its header row is split by {split}, not commas, as the "
                              "procedures' CSV tables are", where=srcfile, fix=fix)
         present = [n for n in header if n.strip().strip('"').strip().lower() in columns]
+        # a column named twice (person_id,PERSON_ID; validate's omop.duplicate_column): which one is meant cannot be
+        # told (pyarrow gave both, and polars refused them: an internal error)
+        twice = sorted({c for c, k in Counter(head["columns"]).items() if k > 1 and c in columns})
+        if twice:
+            raise UsageError(f"cannot read {srcfile}: its header row names column{'s' if len(twice) > 1 else ''} "
+                             f"{', '.join(twice)} more than once (column names are compared case aside), so which "
+                             "one is meant cannot be told", where=srcfile,
+                             fix="export the table with each column once (`chorus-batch validate` says more)")
         if ended:  # the header row alone, unterminated (pyarrow: "Empty CSV file")
             return pl.DataFrame(schema={c: pl.String for c in columns})
         f.seek(0)
@@ -471,6 +480,24 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
                 "references the PERSON table, and `validate` refuses such rows in a shipped registry "
                 "(registry.unknown_person). Add the persons to OMOP/person.csv (or fix the folder names), run, and "
                 "write the registries again")
+        # matched only through an id person.csv writes as a decimal (3.0): validate refuses that table's ids
+        # (person.no_omop_row) and so the shipped rows (registry.unknown_person); said nothing, exit 0
+        written = people.select(_person=pl.col("person_id").cast(pl.String).str.strip_chars().str.strip_chars('"'))
+        decimal = (rows.select("person_id").unique()
+                   .join(written.filter(pl.col("_person").str.contains(r"^\d+\.0*$"))
+                         .with_columns(_as=_norm(pl.col("_person"))), left_on=_norm(pl.col("person_id")),
+                         right_on="_as", how="inner")
+                   .join(written.filter(~pl.col("_person").str.contains(r"^\d+\.0*$")).select(_as=_norm(pl.col("_person"))),
+                         left_on=_norm(pl.col("person_id")), right_on="_as", how="anti")
+                   .sort("person_id"))
+        if decimal.height:
+            shown = ", ".join(f"{p}/ as {w}" for p, w in decimal.select("person_id", "_person").head(3).rows())
+            warnings.append(
+                f"{plural(decimal.height, 'person folder')} with registry rows of version {label} "
+                f"{'is' if decimal.height == 1 else 'are'} in OMOP/person.csv only as a decimal ({shown}): OMOP's "
+                "person_id is an integer, and `validate` refuses such rows in a shipped registry "
+                "(registry.unknown_person). Write person.csv's person_ids as integers, run, and write the registries "
+                "again")
     changed = _not_as_recorded(omop, "visit_occurrence", sources)
     if changed is not None and rows.height:
         warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "

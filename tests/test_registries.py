@@ -930,6 +930,27 @@ def test_a_person_folder_without_a_person_row_is_told_and_a_person_table_it_cann
     assert (out / "waveform_registry.csv").exists() and "Traceback" not in done.stderr
 
 
+def test_a_person_folder_whose_person_id_is_written_as_a_decimal_is_told(tmp_path):
+    """person.csv writing a folder's person_id as 3.0 (pandas, an integer column with empty cells): registry matched
+    it and said nothing (exit 0), while validate refuses the folder (person.no_omop_row) and the shipped rows
+    (registry.unknown_person). Now registry warns, naming the folder and the id as written (exit 1); an id also
+    written as an integer is not told."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0, p1, _p2 = sitegen.person_ids(3)
+    table = site / "OMOP" / "person.csv"
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1].replace(p0, f"{int(p0)}.0", 1)
+    lines.append(lines[2].replace(p1, f"{int(p1)}.0", 1))  # (p1 also written as an integer)
+    table.write_text("\n".join(lines) + "\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert ("1 person folder with registry rows of version" in done.stderr
+            and f"is in OMOP/person.csv only as a decimal ({p0}/ as {int(p0)}.0)" in done.stderr), done.stderr
+    assert f"{p1}/" not in done.stderr and (out / "waveform_registry.csv").exists()
+
+
 @pytest.mark.parametrize("table", ["visit_occurrence", "procedure_occurrence"])
 def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_path, table):
     """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
@@ -943,6 +964,28 @@ def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_pat
     assert done.returncode == 2, done.stderr
     assert f"cannot read OMOP/{table}.csv: its header row is split by semicolons, not commas" in done.stderr, done.stderr
     assert "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize(("table", "code"), [("person", 1), ("visit_occurrence", 2), ("procedure_occurrence", 2)])
+def test_an_omop_table_naming_its_key_twice_is_told_not_an_internal_error(tmp_path, table, code):
+    """A header naming its key column twice (person_id,...,PERSON_ID: validate's omop.duplicate_column) gave pyarrow
+    both columns, which polars refused ("internal error: DuplicateError", exit 3). Now it is told as a table that
+    cannot be read: person.csv as a warning (the registries are written), the others refused as other unreadable
+    tables are."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    path = site / "OMOP" / f"{table}.csv"
+    header, rest = path.read_text().split("\n", 1)
+    names = header.split(",")
+    key = f"{table}_id" if table != "person" else "person_id"
+    names[-1] = key.upper()  # (case aside, the same name)
+    path.write_text(",".join(names) + "\n" + rest)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == code, done.stderr
+    assert f"cannot read OMOP/{table}.csv: its header row names column {key} more than once" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    assert (out / "waveform_registry.csv").exists() == (code == 1)
 
 
 def test_a_set_is_put_in_place_without_renaming_or_removing_an_open_file_where_there_is_no_flock(tmp_path, monkeypatch):

@@ -1266,8 +1266,8 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v14", "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "metadata_md.v5",
-                                 "mapping_csv.v7", "registry_csv.v16", "omop_procedures.v6"}
+    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v14", "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "metadata_md.v5",
+                                 "mapping_csv.v7", "registry_csv.v16", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1345,9 +1345,29 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
     body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
     write(tmp_path, "OMOP/person.csv", body)
-    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v5"))
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v6"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
+
+
+@pytest.mark.parametrize(("kind", "name", "header"), [
+    ("omop_person.v6", "OMOP/person.csv", "person_id,note"),
+    ("omop_visits.v9", "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id"),
+    ("waveform_links.v6", "OMOP/waveform_visit_links.csv", "visit_occurrence_id,session_id"),
+    ("omop_procedures.v7", "OMOP/procedure_occurrence.csv", "procedure_occurrence_id,procedure_concept_id")])
+def test_a_csv_row_too_long_to_parse_is_named_by_its_row(tmp_path, kind, name, header):
+    """A 10 MiB value in row 200,002 of a table was told "a row or a quoted value is longer than 4 MiB": which
+    row of millions, not said. pyarrow hands on every row before it: the finding names it, and what to do."""
+    from chorus_batch.validate.readers import parser
+
+    rows = b"".join(b"%06d,4141651\n" % i for i in range(200_000))
+    body = header.encode() + b"\n" + rows + b"000001,\"" + b"a" * (10 << 20) + b"\"\n000002,b\n"
+    write(tmp_path, name, body)
+    outcome = LocalSource(tmp_path).hash_file(name, bytearray(1 << 20), parser(kind))
+    facts = json.loads(outcome.facts)
+    assert ("row 200002 (counting the header row as 1) is longer than 4 MiB, or a quoted value from it is"
+            in facts["error"]), facts
+    assert facts["error"].endswith("close its quote or shorten its value"), facts
 
 
 @pytest.mark.parametrize("first", [b"\xef\xbb\xbf", b"\r\n", b",,,\n"])
@@ -1370,13 +1390,13 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     body = b"person_id,note\n000001,a\n000002,b\n" + b"\0" * (12 << 20)
     write(tmp_path, "OMOP/person.csv", body)
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v5", f)
+        facts = parse_facts("omop_person.v6", f)
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
-    ("omop_person.v5", "OMOP/person.csv", "person_id,note\n000001,a\n"),
-    ("omop_procedures.v6", "OMOP/procedure_occurrence.csv",
+    ("omop_person.v6", "OMOP/person.csv", "person_id,note\n000001,a\n"),
+    ("omop_procedures.v7", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
@@ -1499,7 +1519,7 @@ def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_
     assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v5", "OMOP/person.csv"), ("registry_csv.v16", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v16", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1515,7 +1535,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v5", "OMOP/person.csv"), ("registry_csv.v16", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v16", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1532,7 +1552,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v16", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
-    ("omop_person.v5", "OMOP/person.csv", "person_id (column 2)"),
+    ("omop_person.v6", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
     """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
@@ -1543,7 +1563,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
-            "omop_person.v5": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+            "omop_person.v6": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
     with open(tmp_path / name, "rb") as f:
         error = parse_facts(kind, f)["error"]
@@ -1552,8 +1572,8 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 @pytest.mark.parametrize("kind, name", [("registry_csv.v16", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
-                                        ("omop_person.v5", "OMOP/person.csv"), ("omop_visits.v8", "OMOP/visit_occurrence.csv"),
-                                        ("omop_procedures.v6", "OMOP/procedure_occurrence.csv")])
+                                        ("omop_person.v6", "OMOP/person.csv"), ("omop_visits.v9", "OMOP/visit_occurrence.csv"),
+                                        ("omop_procedures.v7", "OMOP/procedure_occurrence.csv")])
 def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, kind, name):
     """A spreadsheet's Latin-1 export (µV as the byte 0xB5) was told as pyarrow's "CSV conversion error to string:
     invalid UTF8 data": the finding says the file is not UTF-8, its row, column and first such byte, and to save it
@@ -1562,9 +1582,9 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
 
     header = {"registry_csv.v16": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
-              "omop_person.v5": "person_id,gender_concept_id",
-              "omop_visits.v8": "visit_occurrence_id,person_id",
-              "omop_procedures.v6": "procedure_occurrence_id,procedure_concept_id"}[kind]
+              "omop_person.v6": "person_id,gender_concept_id",
+              "omop_visits.v9": "visit_occurrence_id,person_id",
+              "omop_procedures.v7": "procedure_occurrence_id,procedure_concept_id"}[kind]
     n = header.count(",") + 1
     good = ",".join(["1"] * n) + "\r\n"
     body = (header + "\r\n" + good * 3).encode() + b",".join([b"\xb5V"] * n) + b"\n"
@@ -1579,14 +1599,14 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
 
 @pytest.mark.parametrize("kind, name", [("registry_csv.v16", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
-                                        ("omop_visits.v8", "OMOP/visit_occurrence.csv")])
+                                        ("omop_visits.v9", "OMOP/visit_occurrence.csv")])
 def test_a_line_of_spaces_among_a_csvs_rows_is_told_as_a_blank_line(tmp_path, kind, name):
     """A line of spaces or tabs (pyarrow passes over an empty one) was told "Row #4: Expected 8 columns, got 1"."""
     from chorus_batch.validate.readers import OWN_REMEDY, parse_facts
 
     header = {"registry_csv.v16": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
-              "omop_visits.v8": "visit_occurrence_id,person_id"}[kind]
+              "omop_visits.v9": "visit_occurrence_id,person_id"}[kind]
     good = ",".join(["1"] * (header.count(",") + 1)) + "\n"
     write(tmp_path, name, header + "\n" + good * 2 + " \t \n" + good)
     with open(tmp_path / name, "rb") as f:
@@ -1615,13 +1635,13 @@ def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
     write(tmp_path, "OMOP/procedure_occurrence.csv",
           f"procedure_occurrence_id,procedure_concept_id\n{big},4000\n{too_big},4000\n9223372036854775806,4180938\n")
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_procedures.v6", f)
+        facts = parse_facts("omop_procedures.v7", f)
     assert facts["ehr_runs"] == [[int(big), int(big)]] and facts["image_runs"] == [[int(big) - 1, int(big) - 1]], facts
 
 
 @pytest.mark.parametrize("kind, name, header, empty", [
-    ("omop_person.v5", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v8", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("omop_person.v6", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
+    ("omop_visits.v9", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v7", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v16", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
@@ -1636,7 +1656,7 @@ def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadab
     with open(tmp_path / name, "rb") as f:
         facts = parse_facts(kind, f)
     assert "error" not in facts, facts
-    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v8 keeps a column as one text)
+    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v9 keeps a column as one text)
 
 
 def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
@@ -2048,6 +2068,20 @@ def test_a_table_under_another_extension_is_told_once_as_the_file_to_rename(clea
          "CDM 5.4 clinical tables and waveform_visit_links.csv only; rename or remove it")]
 
 
+@pytest.mark.parametrize("name", ["measurement.parquet", "Measurement.XLSX"])
+def test_a_table_in_a_binary_format_is_told_to_be_exported_not_renamed(clean, name):
+    """OMOP/measurement.parquet (a Spark or pandas export) was told "rename OMOP/measurement.parquet to
+    OMOP/measurement.csv if it is the table": renamed, its bytes stay Parquet, which no rule or loader reads as CSV.
+    The upload procedure asks for "comma delimited files with header rows": it is told to be exported as one."""
+    rename("OMOP/measurement.csv", f"OMOP/{name}")(clean)
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert out.select("rule", "srcfile").rows() == [("omop.missing_table", "OMOP/measurement.csv")], out
+    message = out["message"].item()
+    assert message.startswith(f"OMOP table measurement is missing: OMOP/{name} is {name.split('.')[1].lower()} data, "
+                              "not comma-delimited text"), message
+    assert "export it as OMOP/measurement.csv" in message and "rename" not in message.replace("renaming", ""), message
+
+
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):
     add(f"{P0}/Metadata/SUBMISSION.md", "# Submission\n")(clean)
     message = validate(clean).filter(pl.col("rule") == "layout.person_subfolder")["message"].to_list()
@@ -2305,7 +2339,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
             f"x9,1,4000\n2001000000,{P0},4141651\n2000000001,1,4180938\n")  # (2001000000: the registry's first row, P0's)
     write(tmp_path, "OMOP/procedure_occurrence.csv", body)
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_procedures.v6", f)
+        facts = parse_facts("omop_procedures.v7", f)
     assert facts["ehr_runs"] == [[9000, 9001], [9003, 9003]]
     assert facts["runs"] == [[9000, 9001], [9003, 9003], [2000000001, 2000000001], [2001000000, 2001000000]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k
@@ -2596,7 +2630,7 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     write(tmp_path, "OMOP/visit_occurrence.csv",
           'visit_occurrence_id,person_id\n1,000001\n 2 , 2 \n,3\n4,\n"5\n6",7\n')
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v8", f)
+        facts = parse_facts("omop_visits.v9", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
 

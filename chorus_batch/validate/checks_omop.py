@@ -4,6 +4,8 @@ optional, but checked where a site still ships it)."""
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from ..frames import fmt
@@ -23,6 +25,12 @@ from .site import _Across, _found, _norm_id, _one, _Site, _unreadable
 # What ends the name of one part of a table exported in several files: _1, -00001, _part1, _part_2, _chunk3,
 # _2019, _2024-01 (a table split by year or month)
 _PART_SUFFIX = r"(?:[_-]*(?:part|chunk)?[_-]*[0-9]+)+$"
+
+
+# The extensions of tables in a format that is not text (a column store, a workbook, a statistics package's file, a
+# database): renamed to .csv, such a file is still not comma-delimited text
+_BINARY_FORMAT = re.compile(r"\.(parquet|pq|orc|avro|feather|arrow|ipc|xlsx|xlsm|xlsb|xls|ods|sas7bdat|xpt|dta|sav|rds|"
+                            r"rdata|pkl|pickle|h5|hdf5|sqlite|db|duckdb|mdb|accdb)$")
 
 
 def _omop(site: _Site) -> list[pl.LazyFrame]:
@@ -69,7 +77,13 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         # a folder where the table's file belongs (Spark's OMOP/person.csv/part-00000-*.csv, with _SUCCESS beside)
         instead = (f" (a file, in place of the folder {omop_dir}/{table}.csv/ and its other files)"
                    if any(f.lower().startswith(f"omop/{table}.csv/") for f in found) else "")
-        if len(found) == 1:
+        if len(found) == 1 and (binary := _BINARY_FORMAT.search(found[0].lower())):
+            # (a table saved as Parquet or a workbook was told to be renamed to .csv: its bytes would stay Parquet)
+            message = (f"OMOP table {table} is missing: {found[0]} is {binary.group(1).lower()} data, not comma-delimited "
+                       f"text, and renaming it does not make it one; if it is the table, export it as "
+                       f"{omop_dir}/{table}.csv{instead} (comma-delimited UTF-8 text with a header row, as the upload "
+                       f"procedure asks) and remove {found[0]}")
+        elif len(found) == 1:
             message = (f"OMOP table {table} is missing: {'rename' if found[0].count('/') == 1 else 'move'} {found[0]} "
                        f"to {omop_dir}/{table}.csv{instead} if it is the table (a comma-delimited snapshot with a header "
                        f"row)")

@@ -1709,9 +1709,9 @@ class _Feed(io.RawIOBase):
         return self._gate.closed
 
 
-def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
+def _arrow_reason(exc: Exception, block: int, names: list[str], rows: int | None = None) -> str:
     """pyarrow's CSV error in the site's terms (its own text suggests settings the user cannot change). `names`:
-    the header's column names, as written."""
+    the header's column names, as written; `rows`: the rows read before the failure, where the file is streamed."""
     text = str(exc)
 
     def column(found: re.Match) -> str:  # pyarrow counts columns from 0: "column #7" was the 8th, told by name
@@ -1719,6 +1719,12 @@ def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
         return f"In column {names[k]} (column {k + 1})" if k < len(names) else found.group(0)
     text = re.sub(r"In CSV column #(\d+)", column, text)
     if "straddl" in text:
+        # (streamed block by block, pyarrow hands on every row before the long one: it is the next; a 10 MiB row
+        # among millions was not said where)
+        if rows is not None:
+            return (f"row {rows + 2} (counting the header row as 1) is longer than {block // (1024 * 1024)} MiB, or "
+                    "a quoted value from it is (a quote that is never closed runs to the end of the file): close its "
+                    "quote or shorten its value")
         return (f"a row or a quoted value is longer than {block // (1024 * 1024)} MiB (a quote that is never closed "
                 "runs to the end of the file)")
     # pyarrow quotes the offending row after the reason: rows hold person ids and clinical values, which a
@@ -1747,7 +1753,7 @@ TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data
 # copy is copied again, not "written as UTF-8 text"; "copy it again": site.EMPTY_READ, an empty file's). (`the table`: the
 # wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|so that the header row comes first|write the names without quotes|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again|copy it again|export it again as CSV UTF-8|delete that line|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
+              r"again|copy the file again|copy it again|export it again as CSV UTF-8|delete that line|shorten its value|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
 
 
 def _nul_where(table: Any, columns: list[str]) -> str:
@@ -1766,12 +1772,12 @@ def _nul_where(table: Any, columns: list[str]) -> str:
                               f"1, column {columns[first[1]]}):", 1)
 
 
-def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:
+def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str], rows: int | None = None) -> str:
     """Why pyarrow could not parse a CSV read through `gate`, in the site's terms: the zeros of an unfinished copy
     hold no line break (pyarrow finds one endless row, or a row of too few fields, not the zeros): told as such."""
     if gate.nul:
         return NUL_REASON
-    reason = _arrow_reason(exc, block, names)
+    reason = _arrow_reason(exc, block, names, rows)
     if "invalid UTF8" not in reason:
         return reason
     # "In column units (column 4): Row #3: CSV conversion error to string: invalid UTF8 data": a spreadsheet that
@@ -1825,7 +1831,7 @@ def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
 
     names = [raw_names[columns.index(w)] for w in wanted]
     f.seek(0)
-    gate, reader = _Gate(f), None
+    gate, reader, rows = _Gate(f), None, 0
     try:
         reader = pacsv.open_csv(
             gate.feed(),
@@ -1834,6 +1840,7 @@ def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             convert_options=pacsv.ConvertOptions(include_columns=names, column_types={n: pa.string() for n in names}),
         )
         for batch in reader:
+            rows += batch.num_rows
             yield [pc.utf8_trim(batch.column(n), _WHITESPACE) for n in names]
         if gate.nul:
             # pyarrow reads a NUL byte as any other character: the zeros of a copy that did not finish, in rows that
@@ -1841,7 +1848,7 @@ def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             raise BadContent(f"cannot read {named('column', wanted)}: {NUL_REASON}")
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read {named('column', wanted)}: "
-                         f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names)}") from None
+                         f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names, rows)}") from None
     finally:
         reader = None  # (let go before close(), which waits until pyarrow's threads have let go too)
         gate.close()  # pyarrow's read-ahead thread may still be reading: it must stop before the caller reads on
@@ -1977,7 +1984,7 @@ def _procedure_facts(f) -> dict[str, Any]:
     every: list[Any] = []  # all integer ids, of any concept (registry.no_procedure)
     # the ids of rows of each linkage concept (registry.procedure_concept): 4180938 images, 4141651 waveforms
     per_concept: dict[str, list[Any]] = {concept: [] for concept in LINKAGE_CONCEPTS}
-    gate, reader = _Gate(f), None
+    gate, reader, rows = _Gate(f), None, 0
     try:
         reader = pacsv.open_csv(
             gate.feed(), read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
@@ -1991,6 +1998,7 @@ def _procedure_facts(f) -> dict[str, Any]:
         # columns hold no nulls (ConvertOptions' strings_can_be_null is False): an empty cell is "".
         linkage = "^(" + "|".join(LINKAGE_CONCEPTS) + ")$"
         for batch in reader:
+            rows += batch.num_rows
             ids = pc.utf8_trim_whitespace(batch.column(ids_name))
             concept = pc.utf8_trim_whitespace(batch.column(concept_name))
             integer = pc.match_substring_regex(ids, BIGINT)
@@ -2011,7 +2019,7 @@ def _procedure_facts(f) -> dict[str, Any]:
                 visited += [[i, v] for i, v in zip(pc.filter(ids, of_linkage).to_pylist(),
                                                    pc.filter(visits, of_linkage).to_pylist())]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read {named('column', wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
+        raise BadContent(f"cannot read {named('column', wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw, rows)}") from None
     finally:
         reader = None  # (let go before close(), which waits until pyarrow's threads have let go too)
         gate.close()

@@ -282,7 +282,9 @@ KIND_EDF = "edf_header.v4"
 # omop_person.v5, omop_visits.v8, waveform_links.v5 (and mapping_csv.v7, registry_csv.v14, omop_procedures.v6) tell a
 # file not UTF-8 as such (its row, column and first such byte) and a line of spaces only as a blank line (v4, v7, v4:
 # pyarrow's "invalid UTF8 data", "Expected 8 columns, got 1")
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v5", "omop_visits.v8", "waveform_links.v5"
+# omop_person.v6, omop_visits.v9, waveform_links.v6 (and omop_procedures.v7) name the row longer than pyarrow's block
+# (v5, v8, v5, v6: "a row or a quoted value is longer than 4 MiB", not said which)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "waveform_links.v6"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -330,7 +332,8 @@ KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7",
 # v5: the header row read as a CSV record (see omop_csv.v2 above)
 # v6 also keeps the visit_occurrence_id of each row of a linkage concept (registry.procedure_visit), and the ids up to a
 # bigint's 9223372036854775807 (v5: 18 digits)
-KIND_PROCEDURES = "omop_procedures.v6"
+# v7 names the row longer than pyarrow's block (see omop_person.v6 above)
+KIND_PROCEDURES = "omop_procedures.v7"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_EDF, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
