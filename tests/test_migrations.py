@@ -459,6 +459,45 @@ def test_a_manifest_refused_for_what_it_holds_is_not_said_to_need_the_command_ru
     assert not (tmp_path / "reg").exists()
 
 
+def test_a_manifest_of_a_newer_schema_names_the_release_that_wrote_it_to_every_command(old, tmp_path):
+    """A manifest a later release wrote (a schema this one does not know; a site that rolled back, a reviewer's
+    older install): every command said "upgrade chorus-batch (pip install -U chorus-batch)", naming no release, of a
+    manifest that records which release wrote it (its latest run's). Each now names it, and leaves the file as it was."""
+    from chorus_batch import release
+    from chorus_batch.review import open_manifest
+
+    assert cli("upgrade", "--db", str(old)).returncode == 0
+    with sqlite3.connect(old) as con:
+        con.execute("UPDATE meta SET value = '12' WHERE key = 'schema_version'")
+        con.execute("INSERT INTO runs (run_id, started_at, release) VALUES (99, '2027-01-05T02:00:00Z', '7.3.1+abc')")
+    con.close()
+    data = old.read_bytes()
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE / "site", site)
+    azure = {"AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=a2V5;"
+                                                "BlobEndpoint=http://127.0.0.1:9/a;"}
+    for args in (("versions",), ("files",), ("changes",), ("diff", "--from", "20261101020000"), ("history", "x"),
+                 ("report", "--out", str(tmp_path / "r.html")), ("status", "--site", str(site)),
+                 ("run", "--site", str(site)), ("upgrade",), ("validate",), ("registry", "--out", str(tmp_path / "reg")),
+                 ("upload", "--dry-run", "--site", str(site), "--to", "az://central/"), ("verify", "--to", "az://central/")):
+        out = cli(*args, "--db", str(old), cwd=tmp_path, env=azure)
+        assert out.returncode == 3 and "schema version 12, newer than" in out.stderr, (args, out.stderr)
+        assert "chorus-batch 7.3.1 wrote it" in out.stderr and "pip install -U 'chorus-batch>=7.3.1'" in out.stderr, (
+            args, out.stderr)
+        assert "the manifest is as it was" in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert old.read_bytes() == data
+    with pytest.raises(ManifestError) as refused:
+        open_manifest(old)
+    assert "chorus-batch 7.3.1 wrote it" in str(refused.value) and f"({release()})" in str(refused.value)
+    assert old.read_bytes() == data
+    # one that recorded no later release than this one's is sent to a later release, not told to install this one
+    with sqlite3.connect(old) as con:
+        con.execute("DELETE FROM runs WHERE run_id = 99")
+    con.close()
+    out = cli("versions", "--db", str(old))
+    assert out.returncode == 3 and "7.3.1" not in out.stderr and f"one later than {release()}" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("edit, words", [
     ("DROP TABLE uploads", "lacks its table uploads"),
     ("DROP TABLE changes", "lacks its table changes"),

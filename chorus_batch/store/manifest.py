@@ -783,8 +783,8 @@ class Manifest:
             return None
         with self._open() as con:
             version = schema_version(con, str(self.path))
-        if version is not None and version > SCHEMA_VERSION:
-            raise too_new(version, str(self.path))
+            if version is not None and version > SCHEMA_VERSION:
+                raise too_new(version, str(self.path), con)
         return version
 
     def is_empty_file(self) -> bool:
@@ -825,6 +825,8 @@ class Manifest:
         try:
             with self._open() as con:
                 version = schema_version(con, str(self.path))
+                if version is not None and version > SCHEMA_VERSION:
+                    raise too_new(version, str(self.path), con)
                 lacking = missing_indexes(con) if version == SCHEMA_VERSION else []
         except ManifestError as exc:
             # Another file given as the manifest: "move this one aside to start a new manifest" (or "a new file name

@@ -324,10 +324,38 @@ def _check_tables(con: sqlite3.Connection, tables: set[str], where: str) -> None
                 f"out what is still there: {salvage_command(where)}"))
 
 
-def too_new(version: int, where: str) -> ManifestError:
+def _newer_release(con: sqlite3.Connection) -> str | None:
+    """The release that wrote a manifest of a newer schema, as it recorded itself (meta.min_release, the release of
+    its latest run), when it is later than this one; None when it recorded none (columns and rows of a schema this
+    release does not know are read as far as they go)."""
+    from .. import release
+
+    said = []
+    for sql in ("SELECT value FROM meta WHERE key = 'min_release'",
+                "SELECT release FROM runs WHERE release IS NOT NULL ORDER BY run_id DESC LIMIT 1"):
+        try:
+            row = con.execute(sql).fetchone()
+        except sqlite3.Error:
+            continue
+        if row is not None and re.match(r"[0-9]+(\.[0-9]+)*", str(row[0])):
+            said.append(re.match(r"[0-9]+(\.[0-9]+)*", str(row[0])).group(0))
+    later = [r for r in said if _release_key(r) > _release_key(release())]
+    return max(later, key=_release_key) if later else None
+
+
+def too_new(version: int, where: str, con: sqlite3.Connection | None = None) -> ManifestError:
+    """A manifest of a newer schema, refused by every command: "upgrade chorus-batch" named no release, and a site
+    whose index serves several (a pinned requirement, an internal mirror) could not tell which reads it. con: the
+    manifest, to name the release that wrote it."""
+    from .. import release
+
+    writer = _newer_release(con) if con is not None else None
+    wrote = f"; chorus-batch {writer} wrote it" if writer else ""
     return _refused(ManifestError(
-        f"the manifest has schema version {version}, newer than this chorus-batch understands ({SCHEMA_VERSION})",
-        where=where, fix="upgrade chorus-batch (pip install -U chorus-batch)"))
+        f"the manifest has schema version {version}, newer than this chorus-batch ({release()}) understands "
+        f"({SCHEMA_VERSION}){wrote}: this release neither reads nor writes it", where=where,
+        fix=f"upgrade chorus-batch to {writer} or later (pip install -U 'chorus-batch>={writer}')" if writer else
+            f"upgrade chorus-batch to the release that wrote it, one later than {release()} (pip install -U chorus-batch)"))
 
 
 def _release_key(text: str) -> tuple[int, ...]:
@@ -377,7 +405,7 @@ def upgrade(con: sqlite3.Connection, where: str,
             _create_latest(con)
         return None, SCHEMA_VERSION
     if before > SCHEMA_VERSION:
-        raise too_new(before, where)
+        raise too_new(before, where, con)
     if before == SCHEMA_VERSION:
         check_release(con, where)
         restore_indexes(con, where)
