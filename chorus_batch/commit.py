@@ -567,7 +567,7 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
         unchanged=[current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality")],
         parse_errors=[held(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error"))],
         silent_changes=[held(silent_changes(files, previous))], unverifiable=[held(unverifiable_files(files))],
-        md5_sources=md5_sources(files), reverified=[reverified.height, int(reverified["size"].sum() or 0)],
+        md5_sources=md5_sources(files, previous), reverified=[reverified.height, int(reverified["size"].sum() or 0)],
         verified=_verified_tally(when, verified_ns),
     )
 
@@ -1040,12 +1040,20 @@ def unverifiable_files(files: pl.DataFrame) -> pl.DataFrame:
             "without an MD5, so nothing vouches for its bytes; run with --cloud-md5 stored-or-download to hash it"))
 
 
-def md5_sources(files: pl.DataFrame) -> dict[str, int]:
+def md5_sources(files: pl.DataFrame, previous: pl.DataFrame) -> dict[str, int]:
     """How this run obtained the MD5 of each listed file (frames.MD5_SOURCES; a re-verified file counts as
-    reused: its MD5 was confirmed, not new)."""
+    reused when its bytes still have the MD5 recorded: confirmed, not new). One whose bytes were found changed
+    (silent_changes; or, in the cloud, written between the listing and the read) is recorded as replaced with the MD5
+    it read: `computed`, not reused (the summary counted it "unchanged (reused)" beside its own "replaced")."""
     counts = dict.fromkeys(MD5_SOURCES, 0)
-    source = pl.when(pl.col("verify")).then(pl.lit("reused")).otherwise(pl.col("md5_source"))
-    for name, n in files.select(source.alias("s")).drop_nulls().group_by("s").len().iter_rows():
+    verified = files.filter(pl.col("verify")).select("srcfile", "md5", "md5_source").join(
+        previous.select("srcfile", _md5="md5"), on="srcfile", how="left")  # (the re-verified ones: a few a night; all with --rehash)
+    # (no MD5 read: it vanished or could not be read while re-verified, and its recorded one is kept: reused)
+    confirmed = (pl.when(pl.col("md5").is_null() | pl.col("md5").eq_missing(pl.col("_md5"))).then(pl.lit("reused"))
+                 .otherwise(pl.col("md5_source")))
+    listed = pl.concat([files.filter(~pl.col("verify").fill_null(False)).select(s=pl.col("md5_source")),
+                        verified.select(s=confirmed)])
+    for name, n in listed.drop_nulls().group_by("s").len().iter_rows():
         counts[name] = n
     return counts
 
