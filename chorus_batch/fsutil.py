@@ -774,7 +774,11 @@ def private_streams() -> None:
     """Make stdout and stderr owner-only where they are a regular file of this user's: `upload --script bash >
     upload.sh`, `validate --json > findings.json`, `run -v 2>> nightly.log` name every file sent, each finding's path
     or each person folder, and the shell made the file with its umask (0644 under 022: readable by all). A pipe, a
-    terminal, /dev/null or another user's file is left as it is; the owner's own bits stay."""
+    terminal, /dev/null or another user's file is left as it is; the owner's own bits stay. Windows (no os.geteuid, and
+    a file's mode says only whether it is read-only; its ACL, inherited from the folder, says who reads it) is left
+    alone: every command with its output in a file ended in AttributeError there (`validate --json > findings.json`)."""
+    if not hasattr(os, "geteuid") or not hasattr(os, "fchmod"):
+        return
     for fd in (1, 2):
         with contextlib.suppress(OSError):
             st = os.fstat(fd)

@@ -734,13 +734,24 @@ def _read_registry(path: Path) -> pl.DataFrame | None:
     """A registry already in --out (every column, as text, named in lower case), split by the delimiter its header row
     is (a spreadsheet saves semicolons in much of Europe; its BOM and CRLF read too); None without the file or with a
     column named twice. Read as comma-delimited, a semicolon-saved registry had no columns: the site's own was replaced
-    without a word, and the values filled in by hand were lost without the warning."""
+    without a word, and the values filled in by hand were lost without the warning. UTF-16 that begins with its
+    byte-order mark (a spreadsheet's "Unicode Text", tab-delimited; Windows PowerShell 5's `>`) is read too, as the
+    mark makes it unambiguous: it was refused as unreadable (its rows could not be compared); it is replaced by the
+    UTF-8 CSV `registry` writes, its rows compared as a UTF-8 one's are. Without the mark it is still refused."""
+    import io
+
     from .validate.readers import BadContent, _csv_header
 
     try:
+        source: Path | io.BytesIO = path
         with open(path, "rb") as f:
-            delimiter = _csv_header(f)[0]["delimiter"]
-        frame = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", separator=delimiter or ",")
+            if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):  # (UnicodeDecodeError, cut short: a ValueError, unreadable)
+                source = io.BytesIO(path.read_bytes().decode("utf-16").encode("utf-8"))
+            f.seek(0)
+            delimiter = _csv_header(source if isinstance(source, io.BytesIO) else f)[0]["delimiter"]
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        frame = pl.read_csv(source, infer_schema=False, encoding="utf8-lossy", separator=delimiter or ",")
     except (OSError, BadContent, pl.exceptions.PolarsError, ValueError):
         return None
     frame.columns = [c.lstrip("\ufeff").strip().strip('"').strip().lower() for c in frame.columns]
@@ -780,7 +791,7 @@ def _refuse_open_in_a_spreadsheet(out: Path, omop: bool) -> None:
 
 def _refuse_unreadable_registries(out: Path, earlier: Mapping[str, pl.DataFrame | None]) -> None:
     """A UsageError when `out` holds a waveform or image registry with rows that cannot be read as one (saved as
-    UTF-16 "Unicode Text" by a spreadsheet, or another table under the name, without file_id): replaced, its rows,
+    UTF-16 without its byte-order mark, or another table under the name, without file_id): replaced, its rows,
     added by hand perhaps, were gone, exit 0, without a word, as no row of it could be compared."""
     for name in ("waveform_registry.csv", "image_registry.csv"):
         path = out / name
@@ -794,8 +805,8 @@ def _refuse_unreadable_registries(out: Path, earlier: Mapping[str, pl.DataFrame 
         whole = _with_columns(earlier[name], [], every=True)
         if whole is not None and whole.height == 0:
             continue  # (a header alone: no row to lose)
-        raise UsageError(f"--out {out} holds {name}, which cannot be read as a registry (not CSV text in UTF-8 with "
-                         "a file_id column: saved as UTF-16 \"Unicode Text\", perhaps, or another table); "
+        raise UsageError(f"--out {out} holds {name}, which cannot be read as a registry (not CSV text in UTF-8, or "
+                         "UTF-16 with a byte-order mark, with a file_id column: saved as UTF-16 without a byte-order mark, perhaps, or another table); "
                          "`registry` would replace it without comparing its rows, losing any added by hand; nothing was "
                          "written", where=str(path),
                          fix="save it as \"CSV UTF-8\" with the registry's header row and write the registries again; "

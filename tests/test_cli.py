@@ -2726,3 +2726,19 @@ def test_files_of_an_earlier_version_read_in_part_is_what_the_whole_version_give
     assert cli_module.main(["files", "--db", str(db), "--as-of", first, *flags]) == 0
     out = capsys.readouterr().out
     assert out.endswith(expected), (out[:400], expected[:400])
+
+
+def test_a_command_with_its_output_in_a_file_runs_where_os_has_no_geteuid(tmp_path):
+    """Windows has no os.geteuid (nor os.fchmod before Python 3.13): private_streams, which every command runs first,
+    asked it of a stdout that is a regular file, and every command so redirected there (`validate --json >
+    findings.json`, `upload --script azcopy > upload.cmd`) ended in an AttributeError traceback, exit 1, nothing done.
+    Simulated by removing both from os in a real CLI process."""
+    out = tmp_path / "versions.txt"
+    code = ("import os, sys; del os.geteuid; del os.fchmod; "
+            "sys.argv = ['chorus-batch', 'versions', '--db', sys.argv[1]]; "
+            "from chorus_batch.cli import entry; entry()")
+    with open(out, "w") as f:
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.sqlite")], stdout=f,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "no manifest at" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "AttributeError" not in done.stderr

@@ -1392,10 +1392,12 @@ def test_a_visit_with_a_time_zone_names_the_registry_rows_whose_visit_id_the_zon
 
 
 def test_a_registry_in_out_saved_as_utf16_is_refused_not_replaced_with_its_rows_lost(tmp_path):
-    """A waveform_registry.csv in --out that a spreadsheet saved as UTF-16 ("Unicode Text"), with a row typed in,
-    could not be read, so nothing was compared: it was replaced, the row gone, exit 0, without a word. Now registry
-    refuses (exit 2, nothing written, naming the file and what to do). An empty line (or a spreadsheet's ",,,,")
-    between its rows is no row typed in: not told as one."""
+    """A waveform_registry.csv in --out saved as UTF-16 without a byte-order mark, with a row typed in, could not be
+    read, so nothing was compared: it was replaced, the row gone, exit 0, without a word. Now registry refuses (exit 2,
+    nothing written, naming the file and what to do). With the mark (a spreadsheet's "Unicode Text", tab-delimited)
+    it is read, as the mark makes it unambiguous (it was refused as well): the row typed in is told, as in a UTF-8
+    one, exit 1, and the registry written as UTF-8. An empty line (or a spreadsheet's ",,,,") between its rows is no
+    row typed in: not told as one."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
     sitegen.build_clean_site(site, persons=1)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
@@ -1403,12 +1405,19 @@ def test_a_registry_in_out_saved_as_utf16_is_refused_not_replaced_with_its_rows_
     path = out / "waveform_registry.csv"
     text = path.read_text(encoding="utf-8")
     typed = "990001,2001000000,000101,900001,,2024-01-01 08:00:00,/elsewhere/x.dat,x.dat\n"
-    path.write_text(text + typed, encoding="utf-16")
+    path.write_text(text + typed, encoding="utf-16-le")
     before = path.read_bytes()
     done = cli("registry", "--db", str(db), "--out", str(out))
     assert done.returncode == 2, done.stderr
     assert "waveform_registry.csv, which cannot be read as a registry" in done.stderr and "UTF-8" in done.stderr
     assert "Traceback" not in done.stderr and path.read_bytes() == before
+    for encoding in ("utf-16", "utf-16-be"):  # (Python's utf-16 writes the mark; utf-16-be does not: it is added)
+        path.write_bytes(("" if encoding == "utf-16" else "\ufeff").encode(encoding)
+                         + (text + typed).replace(",", "\t").replace("\n", "\r\n").encode(encoding))
+        marked = cli("registry", "--db", str(db), "--out", str(out))
+        assert marked.returncode == 1 and "not the manifest's" in marked.stderr, marked.stderr
+        assert "cannot be read as a registry" not in marked.stderr
+        assert path.read_text(encoding="utf-8") == text
     path.write_text(text + "\n,,,,,,,\n", encoding="utf-8")
     blank = cli("registry", "--db", str(db), "--out", str(out))
     assert blank.returncode == first.returncode and "not the manifest's" not in blank.stderr, blank.stderr

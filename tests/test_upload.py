@@ -1542,8 +1542,11 @@ def test_a_central_container_inside_the_site_or_holding_it_is_refused(central, a
     assert [b.name for b in client.list_blobs()] == ["site/OMOP/person.csv"]
     elsewhere = cli("upload", "--db", str(db), "--to", f"az://{site_container}/submissions/", env=central.env)
     assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "uploaded\t20261101020000/x\n".encode("utf-16"),
-                                     b"uploaded\t20261101020000/caf\xe9.csv\n"], ids=["binary", "utf-16", "latin-1"])
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "uploaded\t20261101020000/x\n".encode("utf-16-le"),
+                                     "uploaded\t20261101020000/x\n".encode("utf-16")[:-1],
+                                     "uploaded\t20261101020000/x\n".encode("utf-32"),
+                                     b"uploaded\t20261101020000/caf\xe9.csv\n"],
+                         ids=["binary", "utf-16-without-bom", "utf-16-cut-short", "utf-32", "latin-1"])
 def test_mark_uploaded_refuses_a_log_that_is_not_text(central, tmp_path, content):
     db = committed_site(tmp_path, 1)
     log = tmp_path / "bin.log"
@@ -1553,6 +1556,21 @@ def test_mark_uploaded_refuses_a_log_that_is_not_text(central, tmp_path, content
     assert "is not a text log of `upload --script`" in out.stderr and str(log) in out.stderr
     assert "internal error" not in out.stderr and "Traceback" not in out.stderr
     assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8"])
+def test_mark_uploaded_reads_a_log_saved_on_windows_with_its_byte_order_mark(central, tmp_path, encoding):
+    """A log Windows PowerShell 5 wrote (`.\\upload.ps1 > upload.log`, Out-File: UTF-16LE with its byte-order mark,
+    CRLF line ends), or saved as "Unicode" / "UTF-8 with BOM": the mark says how to read it. UTF-16 was refused as
+    "not a text log of `upload --script`", exit 2, nothing of what was sent recorded."""
+    db = committed_site(tmp_path, 1)
+    srcfile = put_first_file(central, db, tmp_path / "site")
+    log = tmp_path / "upload.log"
+    log.write_bytes("\ufeff".encode(encoding) + f"uploaded\t20261101020000/{srcfile}\r\n".encode(encoding))
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "recorded 1 upload confirmed" in out.stdout and "not understood" not in out.stdout, out.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
 
 
 def test_mark_uploaded_says_what_it_did_not_understand_and_what_it_did_not_record(central, tmp_path):

@@ -13,7 +13,8 @@ from ..errors import UsageError
 from ..frames import UNSAFE_PATH, fmt
 
 _LINE = r"^uploaded\t(.*)$"
-_FIX = "pass --from-log with the log the upload script wrote (upload.log by default, or $CHORUS_UPLOAD_LOG)"
+_FIX = ("pass --from-log with the log the upload script wrote (upload.log by default, or $CHORUS_UPLOAD_LOG), as it "
+        "wrote it or saved as UTF-8 (or UTF-16 with a byte-order mark, as Windows saves \"Unicode\")")
 
 
 # How a line came to be cut short (a run of the script was stopped while it wrote it): the log ends in it, without its
@@ -70,18 +71,29 @@ def strict_starts(names: pl.Series, of: pl.Series) -> pl.Series:
 
 
 def read_log(path: str, prefix: str, url: str) -> UploadLog:
-    """The log at `path`; a UsageError when it cannot be read or is not text (a binary file, UTF-16)."""
+    """The log at `path`; a UsageError when it cannot be read or is not text (a binary file, UTF-16 without a
+    byte-order mark). UTF-8, with or without a byte-order mark, or UTF-16 with one: Windows PowerShell 5's `>` and
+    Out-File write UTF-16LE with its mark (`.\\upload.ps1 > upload.log`, a log copied through Notepad's "Unicode"),
+    whose encoding the mark makes unambiguous; it was refused as "not a text log", nothing recorded of what was sent."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read the log: {exc.strerror or exc}", where=path, fix=_FIX) from None
+    utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
     try:
-        if b"\0" in raw:  # UTF-16 or binary: valid UTF-8 of nothing the script writes
-            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "a NUL byte")
-        text = raw.decode("utf-8").removeprefix("\ufeff")
+        if utf16:
+            text = raw.decode("utf-16")
+            if "\0" in text:  # (UTF-32LE begins with the same two bytes; or binary: nothing the script writes)
+                raise UnicodeDecodeError("utf-16", raw, 0, 2, "a NUL character")
+        else:
+            if b"\0" in raw:  # UTF-16 without its mark, or binary: valid UTF-8 of nothing the script writes
+                raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "a NUL byte")
+            text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not a text log of `upload --script` (byte {exc.start} is not UTF-8 text: a binary "
-                         "file, or a log saved in another encoding such as UTF-16)", where=path, fix=_FIX) from None
+        raise UsageError(f"{path} is not a text log of `upload --script` (" + (
+            "it begins with a UTF-16 byte-order mark but is not UTF-16 text: cut short within a character, or a "
+            "binary file" if utf16 else f"byte {exc.start} is not UTF-8 text: a binary file, or a log saved in another "
+            "encoding such as UTF-16 without a byte-order mark") + ")", where=path, fix=_FIX) from None
     # Lines as the script ends them, '\n' (a '\r' before it, a log copied through Windows, is no part of a name: a
     # control character is no blob name upload sends). Not str.splitlines(), nor white space stripped: a name may
     # hold U+2028 or end with a space, sent as it is, and the log was read as another name ("not in that version's
