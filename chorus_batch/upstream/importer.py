@@ -335,6 +335,8 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     manifest = Manifest(path)
     manifest.ensure_schema()
     manifest.set_meta({"mtime_unit_ns": str(MTIME_UNIT_NS), "imported_from": f"chorus-upload journal v{journal.schema}"})
+    if result.replaced:  # (before the import's own run: begin_run says the killed one as a run after it says it)
+        _carry_runs(Path(result.db), path)
     run_id = manifest.begin_run(redact(argv), "import", roots[0][0])
     patterns = build_patterns(settings.patterns)
     by_modality = {modality: i for i, (_, modality) in enumerate(roots) if modality is not None}
@@ -389,7 +391,8 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     if result.replaced:
         notes.append({"rule": "import.replaced-empty-manifest", "srcfile": None, "message": (
             f"{result.db} held no version (a first run stopped before its commit): the import "
-            + ("would take" if result.dry_run else "took") + " its place")})
+            + ("would take" if result.dry_run else "took") + " its place; the runs it recorded (`runs`, `run_errors`) "
+            + ("would be" if result.dry_run else "are") + " kept in the imported manifest")})
     if journal.unread_columns:  # (a newer chorus-upload's: what they hold is not imported, so said, not passed over)
         table = "journal_v2" if journal.schema == 2 else "journal"
         notes.append({"rule": "import.unread-columns", "srcfile": None,
@@ -509,6 +512,25 @@ def _without_history(target: Path) -> bool:
                            for table in ("versions", "source_files", "uploads", "submissions") if table in tables)
     except sqlite3.Error:
         return False
+
+
+def _carry_runs(replaced: Path, building: Path) -> None:
+    """The runs the manifest without history recorded (a killed first run's `runs` row, its run_errors) copied into
+    the manifest that takes its place, with their ids (the import's run comes after them): they went with the file
+    it replaced. Called under the manifest's lock, once _without_history(replaced) was checked under it. The columns
+    both have (a manifest an older release left may lack some)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(building.resolve().as_uri(), uri=True)) as con:
+        con.execute("ATTACH DATABASE ? AS replaced", (f"{replaced.resolve().as_uri()}?mode=ro",))
+        with con:
+            for table in ("runs", "run_errors"):
+                mine = [name for (name,) in con.execute("SELECT name FROM pragma_table_info(?, 'main')", (table,))]
+                theirs = {name for (name,) in con.execute("SELECT name FROM pragma_table_info(?, 'replaced')", (table,))}
+                columns = ", ".join(f'"{name}"' for name in mine if name in theirs)
+                if columns:
+                    con.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM replaced.{table}")
+        con.execute("DETACH DATABASE replaced")
 
 
 def _publish(building: Path, target: Path, *, replace_empty: bool = False) -> None:
