@@ -586,7 +586,10 @@ def checked_rows(rows: pl.DataFrame, *, windows: bool = False) -> tuple[pl.DataF
         problem(rows.filter(~unusable & (pl.col("flaws") != "")), "import.broken-link",
                 fmt("{}: {}", row, pl.col("flaws").str.strip_chars_end("; "))),
     ]
-    rows = rows.filter(~unusable & ~backwards).drop("_why").with_columns(pl.col("md5").str.to_lowercase())
+    # (what is wrong with a row is said above: `unusable` and `flaws`, empty on the rows kept, are not held through the
+    # import, 37 MiB at 1M rows)
+    rows = rows.filter(~unusable & ~backwards).drop("_why", "unusable", "flaws").with_columns(
+        pl.col("md5").str.to_lowercase())
     # Overlaps: each row ends at the latest when the next row of its path (by start) begins.
     ordered = rows.sort("srcfile", "valid_us", "row_id").with_columns(
         _next_valid=pl.col("valid_us").shift(-1).over("srcfile"), _next_row=pl.col("row_id").shift(-1).over("srcfile"))
