@@ -577,6 +577,34 @@ def test_a_manifest_a_killed_first_run_left_without_a_version_is_imported_into(t
     assert again.returncode == 2 and "never writes over" in again.stderr
 
 
+def test_the_runs_a_replaced_manifest_recorded_are_kept_in_the_import(tmp_path):
+    # (the killed run's `runs` row and its run_errors went with the file the import replaced: recorded, then lost)
+    db, site = tmp_path / "m.sqlite", build_site(tmp_path)
+    proc = paused("run", "--site", str(site), "--db", str(db), "-q", at="commit")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # what a run records of a file it could not read
+        (killed,) = con.execute("SELECT run_id FROM runs").fetchone()
+        con.execute("INSERT INTO run_errors VALUES (?, 'OMOP/person.csv', 'unreadable', 'permission denied')",
+                    (killed,))
+    before = query(db, "SELECT run_id, started_at, pid, argv, mode, site FROM runs")
+    assert len(before) == 1
+    out = import_journal(JOURNALS["A"], db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    runs = query(db, "SELECT run_id, started_at, pid, argv, mode, site FROM runs ORDER BY run_id")
+    assert runs[0] == before[0] and len(runs) == 2, runs
+    # the killed run is said as such (as the next run says it), the import is the run after it and made the versions
+    assert query(db, "SELECT exit_code, message LIKE 'killed:%' FROM runs WHERE run_id = ?", (killed,)) == [(137, 1)]
+    (imported,) = [run_id for run_id, *_ in runs if run_id != killed]
+    assert imported > killed
+    assert query(db, "SELECT DISTINCT run_id FROM versions") == [(imported,)]
+    assert query(db, "SELECT mode, exit_code FROM runs WHERE run_id = ?", (imported,)) == [("import", 1)]
+    assert query(db, "SELECT run_id, srcfile, kind, message FROM run_errors") == [
+        (killed, "OMOP/person.csv", "unreadable", "permission denied")]
+    notes = [f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.replaced-empty-manifest"]
+    assert notes and "kept" in notes[0], notes
+
+
 
 def test_a_db_that_is_a_folder_is_said_to_be_a_folder(tmp_path):
     folder = tmp_path / "manifests"

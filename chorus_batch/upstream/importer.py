@@ -140,6 +140,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
                            cloud=cloud or CloudSettings(), validate_site=False, max_delete=max_delete)
     roots = _roots(settings, site, trees[-1], journal.path)
+    rows = _Packed(rows)  # (the only reference: the frame is let go)
 
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
                           central=central_url, n_rows=n_rows, replaced=empty)
@@ -258,6 +259,24 @@ def _check_labels(trees: list[VersionTree], where: str) -> None:
                 "(Windows, macOS); nothing was imported", where=where, fix=_LABEL_FIX)
 
 
+class _Packed:
+    """The journal's rows, held compressed (Arrow IPC, LZ4) through the commits and read back whole for each version's
+    tree and for the upload marks: held as a frame, they stayed through every version's commit, whose own peak they
+    topped (1M-row journal: ~170 MiB as a frame, ~50 in here; the import peaked at 1.13 GiB)."""
+
+    def __init__(self, rows: pl.DataFrame):
+        import io
+
+        buffer = io.BytesIO()
+        rows.write_ipc(buffer, compression="lz4")
+        self._data = buffer.getbuffer()
+
+    def frame(self) -> pl.DataFrame:
+        import io
+
+        return pl.read_ipc(io.BytesIO(self._data))
+
+
 def _marked(rows: pl.DataFrame, ended_marks: pl.DataFrame) -> pl.DataFrame:
     """The rows upload_marks reads: the imported rows and the marked ones that hold no state."""
     return pl.concat([rows, ended_marks.select(rows.columns)])
@@ -323,7 +342,7 @@ def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
 
 
-def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.DataFrame, ended_marks: pl.DataFrame,
+def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: _Packed, ended_marks: pl.DataFrame,
            roots: list[tuple[str, str | None]], settings, central: str | None, argv: list[str], result: ImportResult,
            progress, problems: pl.DataFrame) -> pl.DataFrame:
     from ..classify import build_patterns
@@ -335,6 +354,8 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     manifest = Manifest(path)
     manifest.ensure_schema()
     manifest.set_meta({"mtime_unit_ns": str(MTIME_UNIT_NS), "imported_from": f"chorus-upload journal v{journal.schema}"})
+    if result.replaced:  # (before the import's own run: begin_run says the killed one as a run after it says it)
+        _carry_runs(Path(result.db), path)
     run_id = manifest.begin_run(redact(argv), "import", roots[0][0])
     patterns = build_patterns(settings.patterns)
     by_modality = {modality: i for i, (_, modality) in enumerate(roots) if modality is not None}
@@ -343,20 +364,25 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     previous_label: str | None = None
     mass_removals: list[dict] = []
     for tree in trees:
-        files = tree.files(rows)
+        files = tree.files(rows.frame())
         progress.stage(f"importing version {tree.label} ({plural(files.height, 'file')})")
-        files = files.select(
+        scanned = ScanResult(files=files.select(
             root_id.alias("root_id"), "srcfile", "size", (pl.col("mtime_us") * 1000).alias("mtime_ns"), "md5",
             # hashed by upstream in this run (or these runs): when its bytes were last seen to have this MD5
             (pl.col("valid_us") >= tree.started_us).alias("read"), pl.lit(False).alias("verify"),
             pl.lit("imported").alias("md5_source"), pl.lit(None, pl.String).alias("etag"),
-        ).cast(SCANNED_SCHEMA)  # type: ignore[arg-type]
-        scanned = ScanResult(files=files, errors=empty_errors(), roots=roots, scan_started_ns=tree.started_us * 1000,
-                             based_on=previous_label)
+        ).cast(SCANNED_SCHEMA), errors=empty_errors(), roots=roots,  # type: ignore[arg-type]
+                             scan_started_ns=tree.started_us * 1000, based_on=previous_label)
+        # The tree only in `scanned`, which commit empties once it is compared (keep_scan=False, as a run commits):
+        # held here, it stayed through the diff and the commit (1M files: ~100 MiB of the import's peak)
+        del files
         committed = commit(manifest, scanned, manifest.previous_state(), previous_label=previous_label,
                            patterns=patterns, mode="full", started=_dt(tree.started_us), finished=_dt(tree.finished_us),
                            version_label=tree.label, site=roots[0][0], run_id=run_id, max_delete="all",
-                           threads=settings.workers)
+                           threads=settings.workers, keep_scan=False)
+        # (what the commit's SQLite and ADBC work freed, back to the system before the next version's: the C heap kept
+        # it, and each version's commit peaked above the one before, 900 -> 1,024 MiB at 1M files)
+        give_back_freed_memory()
         if committed.label is None:
             result.unchanged_updates.append(tree.label)
             continue
@@ -389,7 +415,8 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     if result.replaced:
         notes.append({"rule": "import.replaced-empty-manifest", "srcfile": None, "message": (
             f"{result.db} held no version (a first run stopped before its commit): the import "
-            + ("would take" if result.dry_run else "took") + " its place")})
+            + ("would take" if result.dry_run else "took") + " its place; the runs it recorded (`runs`, `run_errors`) "
+            + ("would be" if result.dry_run else "are") + " kept in the imported manifest")})
     if journal.unread_columns:  # (a newer chorus-upload's: what they hold is not imported, so said, not passed over)
         table = "journal_v2" if journal.schema == 2 else "journal"
         notes.append({"rule": "import.unread-columns", "srcfile": None,
@@ -406,7 +433,8 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
         "when chorus-upload ran `journal update`?); imported as upstream recorded it"
         + ("; it is the latest version, so the next run adds back every file the site still holds (hashed again, "
            "and sent again by `upload`)" if cut["label"] == last else ""))} for cut in mass_removals)
-    marks, unsent = upload_marks(_marked(rows, ended_marks))
+    give_back_freed_memory()  # (as after each commit: the marks' group-by topped what the commits left, 1.10 GiB)
+    marks, unsent = upload_marks(_marked(rows.frame(), ended_marks))
     problems = pl.concat([problems, unsent])
     unmapped, result.n_marks = _record_marks(manifest, marks, central)
     del marks
@@ -509,6 +537,25 @@ def _without_history(target: Path) -> bool:
                            for table in ("versions", "source_files", "uploads", "submissions") if table in tables)
     except sqlite3.Error:
         return False
+
+
+def _carry_runs(replaced: Path, building: Path) -> None:
+    """The runs the manifest without history recorded (a killed first run's `runs` row, its run_errors) copied into
+    the manifest that takes its place, with their ids (the import's run comes after them): they went with the file
+    it replaced. Called under the manifest's lock, once _without_history(replaced) was checked under it. The columns
+    both have (a manifest an older release left may lack some)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(building.resolve().as_uri(), uri=True)) as con:
+        con.execute("ATTACH DATABASE ? AS replaced", (f"{replaced.resolve().as_uri()}?mode=ro",))
+        with con:
+            for table in ("runs", "run_errors"):
+                mine = [name for (name,) in con.execute("SELECT name FROM pragma_table_info(?, 'main')", (table,))]
+                theirs = {name for (name,) in con.execute("SELECT name FROM pragma_table_info(?, 'replaced')", (table,))}
+                columns = ", ".join(f'"{name}"' for name in mine if name in theirs)
+                if columns:
+                    con.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM replaced.{table}")
+        con.execute("DETACH DATABASE replaced")
 
 
 def _publish(building: Path, target: Path, *, replace_empty: bool = False) -> None:

@@ -264,7 +264,8 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             _check_columns(con, shown, [*(["journal_v2", "srcpaths", "modalities", "versions", "uploads"]
                                           if schema == 2 else ["journal"]), *([history] if history in tables else [])])
             try:
-                rows = _rows(con, sql)
+                rows = _arrow_rows(path, sql)
+                rows = _rows(con, sql) if rows is None else rows
             except sqlite3.OperationalError as exc:
                 if "decode to UTF-8" not in str(exc):
                     raise
@@ -322,6 +323,39 @@ def _check_columns(con: sqlite3.Connection, shown: str, tables: list[str]) -> No
                 fix="import the journal as chorus-upload wrote it (its [journal.source] copy, or a backup); a column "
                     "renamed by another tool can be renamed back in a copy (sqlite3 COPY.db 'ALTER TABLE "
                     f"{table} RENAME COLUMN <its name> TO {missing[0]}') and the copy imported")
+
+
+def _arrow_rows(path: str, sql: str) -> pl.DataFrame | None:
+    """The rows read through ADBC, as Arrow batches column by column (1M-row journal: 2.7 CPU-s instead of 6.6 through
+    sqlite3's tuples, and a read peak of 519 MiB instead of 630); None when a column holds a value of another type than
+    the first batch gave it, or text that is not UTF-8 (the driver checks neither): _rows reads those and says them."""
+    import adbc_driver_manager
+    import pyarrow as pa
+
+    from ..store import adbc
+    from ..store.manifest import _own_copy, give_back_freed_memory
+
+    numbers = {name for name, dtype in ROW_SCHEMA.items() if dtype == pl.Int64}
+    parts = []
+    try:
+        with adbc.connect(f"{Path(path).resolve().as_uri()}?mode=ro") as con, con.cursor() as cur:
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(_FETCH_ROWS)})
+            cur.execute(sql)
+            _, batches = cur.fetch_batches()
+            for batch in batches:
+                batch.validate(full=True)  # (text that is not UTF-8: ArrowInvalid)
+                for name, column in zip(ROW_SCHEMA, batch.columns):
+                    fits = pa.types.is_int64(column.type) if name in numbers else pa.types.is_string(column.type)
+                    if not fits and column.null_count < len(column):
+                        return None
+                frame = pl.from_arrow(pa.Table.from_batches([batch]))
+                assert isinstance(frame, pl.DataFrame)
+                frame.columns = list(ROW_SCHEMA)
+                parts.append(_own_copy(frame.cast(ROW_SCHEMA)))  # type: ignore[arg-type]
+    except (adbc_driver_manager.Error, pa.ArrowException, OSError, UnicodeDecodeError):
+        return None
+    give_back_freed_memory()
+    return pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=ROW_SCHEMA)
 
 
 def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
@@ -552,7 +586,10 @@ def checked_rows(rows: pl.DataFrame, *, windows: bool = False) -> tuple[pl.DataF
         problem(rows.filter(~unusable & (pl.col("flaws") != "")), "import.broken-link",
                 fmt("{}: {}", row, pl.col("flaws").str.strip_chars_end("; "))),
     ]
-    rows = rows.filter(~unusable & ~backwards).drop("_why").with_columns(pl.col("md5").str.to_lowercase())
+    # (what is wrong with a row is said above: `unusable` and `flaws`, empty on the rows kept, are not held through the
+    # import, 37 MiB at 1M rows)
+    rows = rows.filter(~unusable & ~backwards).drop("_why", "unusable", "flaws").with_columns(
+        pl.col("md5").str.to_lowercase())
     # Overlaps: each row ends at the latest when the next row of its path (by start) begins.
     ordered = rows.sort("srcfile", "valid_us", "row_id").with_columns(
         _next_valid=pl.col("valid_us").shift(-1).over("srcfile"), _next_row=pl.col("row_id").shift(-1).over("srcfile"))
