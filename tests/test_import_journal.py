@@ -1430,3 +1430,26 @@ def test_a_history_with_no_duration_at_all_is_no_unfinished_update(schema, tmp_p
     findings = _imports_both_versions(journal, tmp_path / "m.sqlite", schema)
     assert not [f for f in findings if f["rule"] == "import.unreadable-history"]
 
+
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_tables_the_import_does_not_read_are_a_note_with_their_rows(schema, tmp_path):
+    """A journal with tables chorus-upload's known releases do not write (a newer release's `journal_v3`, a settings
+    table) or the other schema's table left beside the one read: imported as before, and a note names each with its
+    rows (what they hold is not imported); it said nothing, so a history kept in such a table was lost unsaid."""
+    other = {"A": "journal", "B": "journal_v2"}[schema]
+    journal = edited_journal(tmp_path, schema, "CREATE TABLE journal_v3 (FILE_ID INTEGER, MD5 TEXT); "
+                                               "INSERT INTO journal_v3 VALUES (1, 'x'), (2, 'y'); "
+                                               f"CREATE TABLE \"{other}\" (FILE_ID INTEGER);"
+                                               if schema == "A" else
+                                               "CREATE TABLE journal_v3 (FILE_ID INTEGER, MD5 TEXT); "
+                                               "INSERT INTO journal_v3 VALUES (1, 'x'), (2, 'y'); "
+                                               "CREATE TABLE settings (k TEXT, v TEXT);")
+    plain = import_journal(JOURNALS[schema], tmp_path / "plain.sqlite", "--to", "az://central/", "--json")
+    assert not [f for f in json.loads(plain.stdout)["findings"] if f["rule"] == "import.unread-columns"]
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/", "--json")
+    assert out.returncode == plain.returncode, out.stderr
+    (note,) = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unread-columns"]
+    unread = "journal (0 rows), journal_v3 (2 rows)" if schema == "A" else "journal_v3 (2 rows), settings (0 rows)"
+    assert note["severity"] == "info" and f"does not read (a newer chorus-upload's, or the other schema's left " \
+        f"beside it?): {unread}; what they hold is not imported" in note["message"], note
+    assert query(tmp_path / "m.sqlite", "SELECT count(*) FROM versions") == [(2,)]

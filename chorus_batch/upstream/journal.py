@@ -163,6 +163,8 @@ class Journal:
     secrets: list[tuple[str, str]] = field(default_factory=list)
     # columns of its journal table chorus-upload's releases known here do not write (a newer release's): not read
     unread_columns: list[str] = field(default_factory=list)
+    # its tables chorus-batch does not read, each with its row count (a newer release's, the other schema's)
+    unread_tables: list[str] = field(default_factory=list)
 
     @property
     def windows(self) -> bool:
@@ -283,6 +285,7 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             table = "journal_v2" if schema == 2 else "journal"
             unread = [name for (name,) in con.execute(f"SELECT name FROM pragma_table_info('{table}')")
                       if name.upper() not in _KNOWN_COLUMNS[table]]
+            unread_tables = _unread_tables(con, tables, schema)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
                 raise _unreadable(shown, exc, path) from None
@@ -296,7 +299,24 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
     finally:
         con.close()
     return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
-                   history=history, times=times, unread_columns=unread)
+                   history=history, times=times, unread_columns=unread, unread_tables=unread_tables)
+
+
+_READ_TABLES = {2: {"journal_v2", "srcpaths", "modalities", "versions", "uploads", "command_history_v2"},
+                1: {"journal", "command_history"}}
+
+
+def _unread_tables(con: sqlite3.Connection, tables: set[str], schema: int) -> list[str]:
+    """The journal's tables the import does not read, each with its row count ('journal_v3 (1,204 rows)'): a newer
+    chorus-upload's, or the other schema's left beside it. Passed over without a word, what they held was lost."""
+    out = []
+    for name in sorted(t for t in tables if t not in _READ_TABLES[schema] and not t.lower().startswith("sqlite_")):
+        try:
+            (count,) = con.execute('SELECT count(*) FROM "{}"'.format(name.replace('"', '""'))).fetchone()
+            out.append(f"{name} ({count:,} row{'' if count == 1 else 's'})")
+        except sqlite3.Error:
+            out.append(f"{name} (its rows cannot be counted)")
+    return out
 
 
 def _check_pages(con: sqlite3.Connection, shown: str, file: str) -> None:
