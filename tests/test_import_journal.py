@@ -1448,3 +1448,55 @@ def test_a_journal_or_db_whose_name_is_not_utf8(tmp_path):
     assert b"internal error" not in out.stderr
     assert b"m\\xe9.sqlite is not valid UTF-8" in out.stderr and b"nothing was done" in out.stderr
     assert not [name for name in os.listdir(tmp_path) if "m\udce9" in name]  # nothing left beside it
+
+
+# chorus-upload writes a command's Duration once the command has returned: a `journal update` without one was stopped or
+# crashed midway (or, the last command of the history, may still be running, its journal read mid-write), and its
+# version holds only what it had written by then. Imported without a word, such a half-scanned version passed for the
+# site's tree.
+@pytest.mark.parametrize("schema", ["A", "B"])
+@pytest.mark.parametrize("later, said", [(True, "was stopped or crashed (a later command ran)"),
+                                         (False, "if a chorus-upload command is running, wait for it to end and import again")],
+                         ids=["stopped", "last-command"])
+def test_an_update_that_did_not_finish_is_said_with_its_version(schema, later, said, tmp_path):
+    table = {"A": "command_history_v2", "B": "command_history"}[schema]
+    journal = edited_journal(tmp_path, schema, f"UPDATE {table} SET Duration = NULL WHERE PARAMS = '--version {V2}';"
+                                               + ("" if later else f"DELETE FROM {table} WHERE COMMAND_ID > 3;"))
+    findings = _imports_both_versions(journal, tmp_path / "m.sqlite", schema)
+    unfinished = [f["message"] for f in findings if f["rule"] == "import.unreadable-history"]
+    assert len(unfinished) == 1, findings
+    assert f"{table} row COMMAND_ID 3 (`journal update --version {V2}`) has no Duration" in unfinished[0]
+    assert f"version {V2} holds only what it had written" in unfinished[0] and said in unfinished[0]
+
+
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_a_history_with_no_duration_at_all_is_no_unfinished_update(schema, tmp_path):
+    """A release that never wrote Duration: nothing can be told of its updates, and nothing is said."""
+    table = {"A": "command_history_v2", "B": "command_history"}[schema]
+    journal = edited_journal(tmp_path, schema, f"UPDATE {table} SET Duration = NULL")
+    findings = _imports_both_versions(journal, tmp_path / "m.sqlite", schema)
+    assert not [f for f in findings if f["rule"] == "import.unreadable-history"]
+
+
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_tables_the_import_does_not_read_are_a_note_with_their_rows(schema, tmp_path):
+    """A journal with tables chorus-upload's known releases do not write (a newer release's `journal_v3`, a settings
+    table) or the other schema's table left beside the one read: imported as before, and a note names each with its
+    rows (what they hold is not imported); it said nothing, so a history kept in such a table was lost unsaid."""
+    other = {"A": "journal", "B": "journal_v2"}[schema]
+    journal = edited_journal(tmp_path, schema, "CREATE TABLE journal_v3 (FILE_ID INTEGER, MD5 TEXT); "
+                                               "INSERT INTO journal_v3 VALUES (1, 'x'), (2, 'y'); "
+                                               f"CREATE TABLE \"{other}\" (FILE_ID INTEGER);"
+                                               if schema == "A" else
+                                               "CREATE TABLE journal_v3 (FILE_ID INTEGER, MD5 TEXT); "
+                                               "INSERT INTO journal_v3 VALUES (1, 'x'), (2, 'y'); "
+                                               "CREATE TABLE settings (k TEXT, v TEXT);")
+    plain = import_journal(JOURNALS[schema], tmp_path / "plain.sqlite", "--to", "az://central/", "--json")
+    assert not [f for f in json.loads(plain.stdout)["findings"] if f["rule"] == "import.unread-columns"]
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/", "--json")
+    assert out.returncode == plain.returncode, out.stderr
+    (note,) = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unread-columns"]
+    unread = "journal (0 rows), journal_v3 (2 rows)" if schema == "A" else "journal_v3 (2 rows), settings (0 rows)"
+    assert note["severity"] == "info" and f"does not read (a newer chorus-upload's, or the other schema's left " \
+        f"beside it?): {unread}; what they hold is not imported" in note["message"], note
+    assert query(tmp_path / "m.sqlite", "SELECT count(*) FROM versions") == [(2,)]

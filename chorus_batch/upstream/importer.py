@@ -423,6 +423,11 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: _Packed
                       "message": f"the journal's {table} table has columns chorus-batch does not read (a newer "
                                  f"chorus-upload's?): {', '.join(journal.unread_columns)}; what they hold is not "
                                  "imported"})
+    if journal.unread_tables:  # (the same for tables: named with their rows, not passed over)
+        notes.append({"rule": "import.unread-columns", "srcfile": None,
+                      "message": f"the journal has tables chorus-batch does not read (a newer chorus-upload's, or the "
+                                 f"other schema's left beside it?): {', '.join(journal.unread_tables)}; what they hold "
+                                 "is not imported"})
     # What a run refuses (--max-delete) chorus-upload committed without a word (an unmounted site, a `journal update`
     # run on the wrong folder): imported as recorded, but said, with what it means for the next run when it is the last
     last = result.versions[-1].label

@@ -24,7 +24,7 @@ import re
 import shlex
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -145,6 +145,9 @@ class Update:
     label: str | None  # its --version
     roots: dict[str, str]  # modality -> the site path it scanned (SRC_PATHS)
     datetime: str = ""  # its DATETIME as written (said when it cannot be read)
+    # its Duration is empty (chorus-upload writes it once the command has returned): "stopped" (a later command ran),
+    # "open" (the last command: stopped, or still running); its rows are what it had written by then. "": it ended
+    unfinished: str = ""
 
 
 @dataclass
@@ -160,6 +163,8 @@ class Journal:
     secrets: list[tuple[str, str]] = field(default_factory=list)
     # columns of its journal table chorus-upload's releases known here do not write (a newer release's): not read
     unread_columns: list[str] = field(default_factory=list)
+    # its tables chorus-batch does not read, each with its row count (a newer release's, the other schema's)
+    unread_tables: list[str] = field(default_factory=list)
 
     @property
     def windows(self) -> bool:
@@ -281,6 +286,7 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             table = "journal_v2" if schema == 2 else "journal"
             unread = [name for (name,) in con.execute(f"SELECT name FROM pragma_table_info('{table}')")
                       if name.upper() not in _KNOWN_COLUMNS[table]]
+            unread_tables = _unread_tables(con, tables, schema)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
                 raise _unreadable(shown, exc, path) from None
@@ -294,7 +300,24 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
     finally:
         con.close()
     return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
-                   history=history, times=times, unread_columns=unread)
+                   history=history, times=times, unread_columns=unread, unread_tables=unread_tables)
+
+
+_READ_TABLES = {2: {"journal_v2", "srcpaths", "modalities", "versions", "uploads", "command_history_v2"},
+                1: {"journal", "command_history"}}
+
+
+def _unread_tables(con: sqlite3.Connection, tables: set[str], schema: int) -> list[str]:
+    """The journal's tables the import does not read, each with its row count ('journal_v3 (1,204 rows)'): a newer
+    chorus-upload's, or the other schema's left beside it. Passed over without a word, what they held was lost."""
+    out = []
+    for name in sorted(t for t in tables if t not in _READ_TABLES[schema] and not t.lower().startswith("sqlite_")):
+        try:
+            (count,) = con.execute('SELECT count(*) FROM "{}"'.format(name.replace('"', '""'))).fetchone()
+            out.append(f"{name} ({count:,} row{'' if count == 1 else 's'})")
+        except sqlite3.Error:
+            out.append(f"{name} (its rows cannot be counted)")
+    return out
 
 
 def _check_pages(con: sqlite3.Connection, shown: str, file: str) -> None:
@@ -404,12 +427,19 @@ def _not_utf8(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]],
              times: dict[int, int], labels: set[str] = frozenset()) -> tuple[list[Update], str | None]:
-    updates, central = [], None
-    for command_id, when, command, params, src_paths, dest_path in con.execute(
-            f"SELECT COMMAND_ID, DATETIME, COMMAND, PARAMS, SRC_PATHS, DEST_PATH FROM {table} ORDER BY COMMAND_ID"):
+    updates, central, timed = [], None, False
+    # Duration (chorus-upload's releases all write it, once the command has returned): read when the table has it
+    columns = {name.upper() for (name,) in con.execute(f"SELECT name FROM pragma_table_info('{table}')")}
+    duration = "Duration" if "DURATION" in columns else "1"
+    for command_id, when, command, params, src_paths, dest_path, took in con.execute(
+            f"SELECT COMMAND_ID, DATETIME, COMMAND, PARAMS, SRC_PATHS, DEST_PATH, {duration} FROM {table} "
+            "ORDER BY COMMAND_ID"):
         # SQLite keeps any value in any column (a blob in a TEXT column): each is taken as text, never trusted.
         command, params, src_paths, dest_path = (_text(v) for v in (command, params, src_paths, dest_path))
         command = (command or "").strip()
+        timed = timed or took is not None
+        if updates and updates[-1].unfinished == "open":  # a command ran after it: it is not running
+            updates[-1].unfinished = "stopped"
         start = _start_us(when)
         if start is not None:
             times[int(command_id)] = start
@@ -420,7 +450,9 @@ def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]]
         roots = {modality: _without_secret(path, f"SRC_PATHS ({modality}) of command {command_id}", secrets)
                  for modality, path in _roots(src_paths).items()}
         updates.append(Update(command_id=int(command_id), start_us=start, label=_version_of(params, labels), roots=roots,
-                              datetime=_text(when) or ""))
+                              datetime=_text(when) or "", unfinished="" if took is not None else "open"))
+    if not timed:  # no command has one: a release that does not write it (each update is taken as ended)
+        updates = [replace(u, unfinished="") for u in updates]
     return updates, central
 
 
@@ -657,7 +689,30 @@ def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTre
             trees[-1] = tree
         else:
             trees.append(tree)
+    problems += _unfinished(journal, trees)
     return trees, pl.DataFrame(problems, schema=PROBLEM_SCHEMA), rows
+
+
+def _unfinished(journal: Journal, trees: list[VersionTree]) -> list[dict]:
+    """A problem for each `journal update` whose Duration is empty: chorus-upload writes it once the command has
+    returned, so the update was stopped or crashed (or, the last command of the history, may still be running), and
+    its version holds only what it had written by then. Imported without a word, a half-scanned version passed for
+    the site's (and the journal of a running update was read mid-write)."""
+    unfinished = {u.command_id: u for u in journal.updates if u.unfinished}
+    out = []
+    for tree in trees:
+        for update in (unfinished[c] for c in tree.updates if c in unfinished):
+            command_id, running = update.command_id, update.unfinished == "open"
+            out.append({"rule": "import.unreadable-history", "srcfile": None, "message": (
+                f"{journal.history} row COMMAND_ID {command_id} (`journal update"
+                f"{' --version ' + update.label if update.label else ''}`) has no Duration, which chorus-upload "
+                "writes when a command ends: this update "
+                + ("was stopped, crashed or is still running" if running else
+                   "was stopped or crashed (a later command ran)")
+                + f", so version {tree.label} holds only what it had written to the journal by then"
+                + ("; if a chorus-upload command is running, wait for it to end and import again" if running else "")
+                + "; the next `chorus-batch run` records the site as it is")})
+    return out
 
 
 def _placed(journal: Journal, rows: pl.DataFrame, problems: list[dict]) -> list[Update]:
@@ -708,8 +763,7 @@ def _placed(journal: Journal, rows: pl.DataFrame, problems: list[dict]) -> list[
                 f"{row}, and nothing else places it: its changes are part of the version before it")})
             continue
         start = min(starts)
-        placed.append(Update(command_id=update.command_id, start_us=start, label=update.label, roots=update.roots,
-                             datetime=update.datetime))
+        placed.append(replace(update, start_us=start))
         problems.append({"rule": "import.unreadable-history", "srcfile": None, "message": (
             f"{row}; its version is taken to start at {starts[start]} (TIME_VALID_us {start})")})
     return placed
