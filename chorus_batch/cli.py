@@ -285,6 +285,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser, for "did you mean"
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        # `versions --help`, `changes --help` went from the usage straight to the options: what the command does, in
+        # its one line from `chorus-batch --help`, where it has no longer description of its own
+        if "description" not in kwargs and kwargs.get("help"):
+            kwargs["description"] = kwargs["help"][:1].upper() + kwargs["help"][1:] + "."
         return sub.add_parser(name, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     run = command(

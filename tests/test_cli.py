@@ -294,11 +294,15 @@ def test_the_readmes_command_table_names_every_option_of_every_command():
 
 def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
     """Each command's --help has an example, says what every option is, and lists the exit codes: `testdata`'s
-    --persons, `versions --json` and `diff --from` had no word, and ten commands' help had no exit codes."""
+    --persons, `versions --json` and `diff --from` had no word, and ten commands' help had no exit codes; `versions
+    --help` and `changes --help` went from the usage straight to the options, with no word of what they do."""
     from chorus_batch.cli import _parser
     from chorus_batch.errors import EXIT_CODES_HELP
 
     for name, command in _parser().commands.items():
+        # what the command does, between the usage and the options
+        said = command.format_help().split("\n\n")[1]
+        assert not said.startswith(("options:", "positional arguments:")) and len(said.split()) >= 4, (name, said)
         assert "example" in (command.epilog or ""), name
         assert EXIT_CODES_HELP in (command.epilog or ""), name
         unexplained = [action.option_strings or action.dest for action in command._actions if not action.help]
