@@ -285,6 +285,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser, for "did you mean"
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        # `versions --help`, `changes --help` went from the usage straight to the options: what the command does, in
+        # its one line from `chorus-batch --help`, where it has no longer description of its own
+        if "description" not in kwargs and kwargs.get("help"):
+            kwargs["description"] = kwargs["help"][:1].upper() + kwargs["help"][1:] + "."
         return sub.add_parser(name, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     run = command(
@@ -2456,11 +2460,26 @@ _SAME_QUESTION = {"--version": ("--as-of",), "--as-of": ("--version",), "--at": 
                   "--when": ("--as-of", "--version")}
 
 
+def _without_idle_double_dash(argv: list[str], top_flags: set[str]) -> list[str]:
+    """The command line without a `--` that ends no argument: one in the command's place (`chorus-batch -- versions
+    --json`, as a wrapper passing "$@" after -- writes it), or one at the very end with nothing after it
+    (`versions --db m.sqlite --`), both taken as getopt's tools take them. argparse answered the first "invalid
+    choice: '--'" with the list of commands, and without the JSON error --json asks for (the --json came after a
+    --), the second "unrecognized argument --" with no word of what to do."""
+    at = next((i for i, word in enumerate(argv) if word not in top_flags), len(argv))
+    if at < len(argv) and argv[at] == "--" and (at + 1 == len(argv) or not argv[at + 1].startswith("-")):
+        argv = argv[:at] + argv[at + 1:]
+    if argv and argv[-1] == "--" and argv.count("--") == 1:
+        argv = argv[:-1]
+    return argv
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """argparse's parse_args (exit 2 on bad usage), saying which command or flag was probably meant."""
     commands = parser.commands  # type: ignore[attr-defined]
-    _Parser.words = list(argv)
     top_flags = {option for action in parser._actions for option in action.option_strings}
+    argv = _without_idle_double_dash(argv, top_flags)
+    _Parser.words = list(argv)
     at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)  # top-level flags take no values
     first = None if at is None else argv[at]
     flag = argv[at - 1] if at else None

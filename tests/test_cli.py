@@ -132,6 +132,25 @@ def test_an_option_after_double_dash_is_said_as_such_not_as_a_misspelling_of_its
     assert _said(["status", "--db", "m.sqlite", "--dbb", "x"]).endswith("did you mean --db?")  # a misspelling still is
 
 
+def test_a_double_dash_that_ends_no_argument_is_taken_as_getopt_takes_it(tmp_path):
+    """`chorus-batch -- versions --db m --json` (a wrapper passing "$@" after --) was "argument COMMAND: invalid
+    choice: '--'" and, the --json coming after a --, no JSON error on stdout; `versions --db m --` (nothing after
+    the --) was "unrecognized argument --" with no word of what to do. getopt's tools (ls, cp, git) take both."""
+    db = tmp_path / "m.sqlite"
+    for words in (["--", "versions", "--db", str(db), "--json"], ["versions", "--db", str(db), "--json", "--"],
+                  ["-q", "--", "versions", "--db", str(db), "--json"]):
+        out = cli(*words, cwd=tmp_path)
+        # the command ran: its own word on the missing manifest, as JSON
+        assert out.returncode == 2 and json.loads(out.stdout)["error"] == f"no manifest at {db}", (words, out.stdout,
+                                                                                                    out.stderr)
+    assert _said(["--", "ru", "--site", "s"]).endswith("unknown command 'ru'; did you mean 'run'? (commands: run, "
+                                                      "status, testdata, versions, changes, validate, registry, upgrade, "
+                                                      "files, diff, history, report, review, unlock, slurm-script, "
+                                                      "upload, verify, mark-uploaded, import-journal, import-config)")
+    assert _said(["history", "--db", "m.sqlite", "--", "--"]) == ""  # a path named '--' after the --: still taken
+    assert "versions takes no argument after it" in _said(["versions", "--", "--db=m.sqlite"])  # as before
+
+
 def test_an_option_of_other_commands_names_them():
     """`status --version 3` (status compares the site with the latest version) was "unrecognized argument --version"
     and nothing more; --site given to a command that reads the manifest only, the same."""
@@ -275,11 +294,15 @@ def test_the_readmes_command_table_names_every_option_of_every_command():
 
 def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
     """Each command's --help has an example, says what every option is, and lists the exit codes: `testdata`'s
-    --persons, `versions --json` and `diff --from` had no word, and ten commands' help had no exit codes."""
+    --persons, `versions --json` and `diff --from` had no word, and ten commands' help had no exit codes; `versions
+    --help` and `changes --help` went from the usage straight to the options, with no word of what they do."""
     from chorus_batch.cli import _parser
     from chorus_batch.errors import EXIT_CODES_HELP
 
     for name, command in _parser().commands.items():
+        # what the command does, between the usage and the options
+        said = command.format_help().split("\n\n")[1]
+        assert not said.startswith(("options:", "positional arguments:")) and len(said.split()) >= 4, (name, said)
         assert "example" in (command.epilog or ""), name
         assert EXIT_CODES_HELP in (command.epilog or ""), name
         unexplained = [action.option_strings or action.dest for action in command._actions if not action.help]
