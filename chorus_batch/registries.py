@@ -343,12 +343,20 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     reader = reader or SQLiteReader(manifest.path)
     label = reader.resolve(version)
     files = reader.files(label)
-    linked = files.filter(registry_listed() & pl.col("record_id").is_not_null())
+    listed = files.filter(registry_listed() & pl.col("record_id").is_not_null())
     # Multimodal-Linkage: a row per file of the Images and Waveforms folders; one that fits no layout has no session or
     # accession (no group_id, no proc_id) and no row: told, never left out without a word
     left_out = (files.filter(pl.col("modality").is_in(["Waveforms", "Images"])
                              & ~pl.col("srcfile").str.contains(RECORDS_NAME))
-                .join(linked, on="srcfile", how="anti"))
+                .join(listed, on="srcfile", how="anti"))
+    # person_id is an integer (Multimodal-Linkage: "DATATYPE: integer or bigint", the person folder's name; [0-9], as
+    # validate's person.id_format), and a group_id a spreadsheet would run as a formula (=, +, -, @, a tab or CR first)
+    # is no session or accession name a site opening its registry in Excel can keep: a folder named =1+2, +cmd, -rf or
+    # @x was written into person_id, group_id and trg_file, exit 0 (or 1 for person.csv), run as a formula when opened.
+    # Those files have no row (nor proc_id, nor procedure): told by folder, as files that fit no layout are
+    unfit = ~pl.col("person_id").str.contains(r"^[0-9]+$") | pl.col("session_id").str.contains(r"^[=+\-@\t\r]")
+    refused = listed.filter(unfit)
+    linked = listed.filter(~unfit)
     compressed = left_out.filter(pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
     left_out = left_out.filter(~pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
     omop = files.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5")
@@ -372,6 +380,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "each). Move or rename them "
             "to <person_id>/Waveforms/<Telemetry|EEG>/<session_id>/<session_id>[...].<ext> or <person_id>/Images/"
             "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
+    warnings += _refused_names(refused, label)
     if compressed.len():
         warnings.append(
             f"{plural(compressed.len(), 'compressed waveform or image file')} of version {label} "
@@ -608,6 +617,41 @@ def _renamed_persons(manifest: Manifest, given: pl.DataFrame, label: str) -> lis
             "before the folder was renamed name other ids for these procedures. Name each person folder as before (or "
             "as the centre already has it), run, and write the registries again; else replace the earlier ids in the "
             "site's procedure_occurrence.csv by these"]
+
+
+def _refused_names(refused: pl.DataFrame, label: str) -> list[str]:
+    """What the registries of `label` say of the files left out for their person folder's or session's (accession's)
+    name: one warning per kind of folder, naming the first three."""
+    said = []
+    persons = refused.filter(~pl.col("person_id").str.contains(r"^[0-9]+$"))
+    if persons.height:
+        names = persons["person_id"].unique().sort()
+        said.append(
+            f"{plural(names.len(), 'person folder')} of version {label} {'is' if names.len() == 1 else 'are'} not "
+            f"named by an integer person_id (e.g. {', '.join(f'{n}/' for n in names.head(3).to_list())}), so "
+            f"{'its' if names.len() == 1 else 'their'} {plural(persons.height, 'waveform or image file')} "
+            f"{'has' if persons.height == 1 else 'have'} no row in the registries (nor procedure, --omop): the "
+            "linkage procedure's person_id is the folder's name and an integer (a name such as =1+2, +cmd, -rf or @x "
+            "is run as a formula by a spreadsheet opening the registry; validate's person.id_format). Rename each "
+            "folder to the person's person_id in OMOP/person.csv (and the DICOM PatientID), run, and write the "
+            "registries again")
+    groups = refused.filter(pl.col("person_id").str.contains(r"^[0-9]+$"))
+    if groups.height:
+        at = pl.col("srcfile").str.find("/" + pl.col("session_id") + "/", literal=True)  # its folder, else the file's
+        folders = groups.select(pl.when(at.is_not_null()).then(
+            pl.col("srcfile").str.slice(0, at + 1 + pl.col("session_id").str.len_chars()))
+            .otherwise(pl.col("srcfile").str.extract(r"^(.*)/[^/]+$"))).to_series().unique().sort()
+        names = groups["session_id"].unique().sort()
+        said.append(
+            f"{plural(names.len(), 'session or accession')} of version {label} {'is' if names.len() == 1 else 'are'} "
+            f"named with =, +, -, @, a tab or a carriage return first (e.g. "
+            f"{', '.join(f'{f}/' for f in folders.head(3).to_list())}), which a spreadsheet opening the registry "
+            "runs as a formula in group_id, so "
+            f"{'its' if names.len() == 1 else 'their'} {plural(groups.height, 'file')} "
+            f"{'has' if groups.height == 1 else 'have'} no row in the registries (nor procedure, --omop). Rename the "
+            "session (its folder and files) or accession folder without that first character, run, and write the "
+            "registries again")
+    return said
 
 
 def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:

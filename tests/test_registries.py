@@ -1415,3 +1415,40 @@ def test_a_first_registry_reads_the_header_facts_once(tmp_path, monkeypatch):
     registries, written = make_registries(str(db), tmp_path / "release", argv=["registry"])
     assert registries.new_proc_ids > 0 and len(written) == 2  # (it did build twice: the second under the lock)
     assert len(reads) == 1 and reads[0] > 0, reads
+
+
+def test_folders_named_so_a_spreadsheet_runs_them_as_formulas_have_no_rows_and_are_told(tmp_path):
+    """A person folder named =1+2, +cmd, -rf or @x (not the integer person_id the linkage procedure fixes) was written
+    into person_id and trg_file, and a session or accession folder so named into group_id, exit 0 or 1: a site opening
+    its registry in Excel ran them as formulas. Now those files have no row, proc_id or procedure, and the folders are
+    named (exit 1)."""
+    import shutil
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0, p1, p2 = sitegen.person_ids(3)
+    for name, person in (("=1+2", p0), ("+cmd", p1), ("-rf", p2), ("@x", p0)):
+        shutil.copytree(site / person, site / name)
+    session = next((site / p1 / "Waveforms" / "EEG").iterdir())
+    renamed = session.with_name("=" + session.name)
+    session.rename(renamed)
+    for f in renamed.iterdir():
+        f.rename(renamed / ("=" + f.name))
+    accession = next((site / p2 / "Images" / "CT").iterdir())
+    accession.rename(accession.with_name("@" + accession.name))
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert rows and {r["person_id"] for r in rows} == {p0, p1, p2}
+    risky = [cell for r in rows + read_csv(out / "procedure_occurrence.csv") for cell in r.values()
+             if cell[:1] in ("=", "+", "-", "@")]
+    assert risky == []
+    assert "4 person folders of version" in done.stderr and "(e.g. +cmd/, -rf/, =1+2/)" in done.stderr, done.stderr
+    assert "2 sessions or accessions of version" in done.stderr, done.stderr
+    assert f"{p1}/Waveforms/EEG/={session.name}/" in done.stderr and f"{p2}/Images/CT/@{accession.name}/" in done.stderr
+    assert "Traceback" not in done.stderr
+    # no proc_id was given to them
+    given = query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL")[0][0]
+    assert given == len({r["proc_id"] for r in rows})
+
