@@ -1452,3 +1452,30 @@ def test_folders_named_so_a_spreadsheet_runs_them_as_formulas_have_no_rows_and_a
     given = query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL")[0][0]
     assert given == len({r["proc_id"] for r in rows})
 
+
+def test_a_second_sites_registry_into_the_same_out_folder_is_refused_not_written_over_the_first(tmp_path):
+    """Two sites (two manifests) writing `registry --out` into one folder: the second's proc_ids, from the same default
+    ranges, were ids its manifest gave too, so the first site's registries were replaced, every row gone, exit 1 with
+    a warning of rows "added by hand perhaps". Now it is refused (exit 2), nothing written; the first site writes there
+    again as before."""
+    out = tmp_path / "release"
+    made = {}
+    for name, persons in (("a", 1), ("b", 2)):  # (b gave every proc_id a did)
+        site, db = tmp_path / name, tmp_path / f"{name}.sqlite"
+        sitegen.build_clean_site(site, persons=persons)
+        if name == "b":  # (another site's persons)
+            for person in sitegen.person_ids(persons):
+                (site / person).rename(site / person.replace("01", "02", 1))
+        assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+        assert cli("registry", "--db", str(db), "--out", str(tmp_path / f"own-{name}")).returncode in (0, 1)
+        made[name] = db
+    assert cli("registry", "--db", str(made["a"]), "--out", str(out)).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = cli("registry", "--db", str(made["b"]), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert "none of whose" in done.stderr and "nothing was written" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    again = cli("registry", "--db", str(made["a"]), "--out", str(out))
+    assert again.returncode == 0, again.stderr
+
