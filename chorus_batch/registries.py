@@ -566,9 +566,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "the site, as trg_file is; "
             "put the root the site had then in front of it before shipping the registry")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
-    # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
-    images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(
-        REGISTRY_COLUMNS).with_row_index("image_registry_id", offset=1)
+    # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file.
+    # image_registry_id, its AUTO_INCREMENT primary key, is the file's file_id (the same while the path lives), the rows
+    # in that order, new files last: as the row's number in path order, a file added under a folder sorting first, or
+    # one removed, renumbered every row after it between two registries of the site
+    images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).sort(
+        "file_id").select(pl.col("file_id").alias("image_registry_id"), *REGISTRY_COLUMNS)
     folder = pl.col("srcfile").str.extract(r"^(.*)/[^/]+$")
     procedures = (
         out.group_by("proc_id").agg(

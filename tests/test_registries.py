@@ -1479,3 +1479,29 @@ def test_a_second_sites_registry_into_the_same_out_folder_is_refused_not_written
     again = cli("registry", "--db", str(made["a"]), "--out", str(out))
     assert again.returncode == 0, again.stderr
 
+
+def test_an_image_rows_image_registry_id_stays_when_files_are_added_before_it_or_removed(tmp_path):
+    """image_registry_id, the Imaging SOP's AUTO_INCREMENT primary key, was the row's number in path order: an accession
+    added under a folder that sorts first (or a file removed) renumbered every row after it between two registries of
+    the site. Now a file keeps its id while its path lives (its file_id), rows in that order: new files come last."""
+    import shutil
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=2)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
+    before = {r["file_id"]: r["image_registry_id"] for r in read_csv(out / "image_registry.csv")}
+    p0 = sitegen.person_ids(1)[0]
+    accession = next((site / p0 / "Images" / "CT").iterdir())
+    shutil.copytree(accession, accession.with_name("1" + accession.name))  # (sorts before it)
+    gone = next(p for p in sorted((site / sitegen.person_ids(2)[1]).rglob("*.dcm")))
+    gone.unlink()
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode in (0, 1)
+    rows = read_csv(out / "image_registry.csv")
+    after = {r["file_id"]: r["image_registry_id"] for r in rows}
+    kept = set(before) & set(after)
+    assert len(kept) == len(before) - 1 and len(after) == len(before) - 1 + 3
+    assert {f: after[f] for f in kept} == {f: before[f] for f in kept}
+    ids = [int(r["image_registry_id"]) for r in rows]
+    assert ids == sorted(set(ids)) and ids[-3:] == [int(r["file_id"]) for r in rows[-3:]]
