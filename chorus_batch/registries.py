@@ -352,12 +352,20 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     reader = reader or SQLiteReader(manifest.path)
     label = reader.resolve(version)
     files = reader.files(label)
-    linked = files.filter(registry_listed() & pl.col("record_id").is_not_null())
+    listed = files.filter(registry_listed() & pl.col("record_id").is_not_null())
     # Multimodal-Linkage: a row per file of the Images and Waveforms folders; one that fits no layout has no session or
     # accession (no group_id, no proc_id) and no row: told, never left out without a word
     left_out = (files.filter(pl.col("modality").is_in(["Waveforms", "Images"])
                              & ~pl.col("srcfile").str.contains(RECORDS_NAME))
-                .join(linked, on="srcfile", how="anti"))
+                .join(listed, on="srcfile", how="anti"))
+    # person_id is an integer (Multimodal-Linkage: "DATATYPE: integer or bigint", the person folder's name; [0-9], as
+    # validate's person.id_format), and a group_id a spreadsheet would run as a formula (=, +, -, @, a tab or CR first)
+    # is no session or accession name a site opening its registry in Excel can keep: a folder named =1+2, +cmd, -rf or
+    # @x was written into person_id, group_id and trg_file, exit 0 (or 1 for person.csv), run as a formula when opened.
+    # Those files have no row (nor proc_id, nor procedure): told by folder, as files that fit no layout are
+    unfit = ~pl.col("person_id").str.contains(r"^[0-9]+$") | pl.col("session_id").str.contains(r"^[=+\-@\t\r]")
+    refused = listed.filter(unfit)
+    linked = listed.filter(~unfit)
     compressed = left_out.filter(pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
     left_out = left_out.filter(~pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
     omop = files.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5")
@@ -381,6 +389,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "each). Move or rename them "
             "to <person_id>/Waveforms/<Telemetry|EEG>/<session_id>/<session_id>[...].<ext> or <person_id>/Images/"
             "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
+    warnings += _refused_names(refused, label)
     if compressed.len():
         warnings.append(
             f"{plural(compressed.len(), 'compressed waveform or image file')} of version {label} "
@@ -584,9 +593,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "the site, as trg_file is; "
             "put the root the site had then in front of it before shipping the registry")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
-    # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
-    images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(
-        REGISTRY_COLUMNS).with_row_index("image_registry_id", offset=1)
+    # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file.
+    # image_registry_id, its AUTO_INCREMENT primary key, is the file's file_id (the same while the path lives), the rows
+    # in that order, new files last: as the row's number in path order, a file added under a folder sorting first, or
+    # one removed, renumbered every row after it between two registries of the site
+    images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).sort(
+        "file_id").select(pl.col("file_id").alias("image_registry_id"), *REGISTRY_COLUMNS)
     folder = pl.col("srcfile").str.extract(r"^(.*)/[^/]+$")
     procedures = (
         out.group_by("proc_id").agg(
@@ -635,6 +647,41 @@ def _renamed_persons(manifest: Manifest, given: pl.DataFrame, label: str) -> lis
             "before the folder was renamed name other ids for these procedures. Name each person folder as before (or "
             "as the centre already has it), run, and write the registries again; else replace the earlier ids in the "
             "site's procedure_occurrence.csv by these"]
+
+
+def _refused_names(refused: pl.DataFrame, label: str) -> list[str]:
+    """What the registries of `label` say of the files left out for their person folder's or session's (accession's)
+    name: one warning per kind of folder, naming the first three."""
+    said = []
+    persons = refused.filter(~pl.col("person_id").str.contains(r"^[0-9]+$"))
+    if persons.height:
+        names = persons["person_id"].unique().sort()
+        said.append(
+            f"{plural(names.len(), 'person folder')} of version {label} {'is' if names.len() == 1 else 'are'} not "
+            f"named by an integer person_id (e.g. {', '.join(f'{n}/' for n in names.head(3).to_list())}), so "
+            f"{'its' if names.len() == 1 else 'their'} {plural(persons.height, 'waveform or image file')} "
+            f"{'has' if persons.height == 1 else 'have'} no row in the registries (nor procedure, --omop): the "
+            "linkage procedure's person_id is the folder's name and an integer (a name such as =1+2, +cmd, -rf or @x "
+            "is run as a formula by a spreadsheet opening the registry; validate's person.id_format). Rename each "
+            "folder to the person's person_id in OMOP/person.csv (and the DICOM PatientID), run, and write the "
+            "registries again")
+    groups = refused.filter(pl.col("person_id").str.contains(r"^[0-9]+$"))
+    if groups.height:
+        at = pl.col("srcfile").str.find("/" + pl.col("session_id") + "/", literal=True)  # its folder, else the file's
+        folders = groups.select(pl.when(at.is_not_null()).then(
+            pl.col("srcfile").str.slice(0, at + 1 + pl.col("session_id").str.len_chars()))
+            .otherwise(pl.col("srcfile").str.extract(r"^(.*)/[^/]+$"))).to_series().unique().sort()
+        names = groups["session_id"].unique().sort()
+        said.append(
+            f"{names.len()} {'session or accession' if names.len() == 1 else 'sessions or accessions'} of version {label} {'is' if names.len() == 1 else 'are'} "
+            f"named with =, +, -, @, a tab or a carriage return first (e.g. "
+            f"{', '.join(f'{f}/' for f in folders.head(3).to_list())}), which a spreadsheet opening the registry "
+            "runs as a formula in group_id, so "
+            f"{'its' if names.len() == 1 else 'their'} {plural(groups.height, 'file')} "
+            f"{'has' if groups.height == 1 else 'have'} no row in the registries (nor procedure, --omop). Rename the "
+            "session (its folder and files) or accession folder without that first character, run, and write the "
+            "registries again")
+    return said
 
 
 def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:
@@ -813,33 +860,65 @@ def _refuse_unreadable_registries(out: Path, earlier: Mapping[str, pl.DataFrame 
                              "or move it away (keep a copy of rows you added) or give another --out folder")
 
 
-def _added_by_hand(manifest: Manifest, out: Path, registries: Registries,
-                   earlier: Mapping[str, pl.DataFrame | None]) -> list[str]:
-    """A warning for each registry in `out` about to be replaced with rows of file_ids no file of the manifest has
-    (typed in by the site: a file delivered otherwise) or columns this tool does not write that hold values (the
-    site's notes): the file was written anew without them, exit 0, without a word."""
+def _known_files(manifest: Manifest) -> dict[str, pl.DataFrame]:
+    """Every file the manifest has recorded (file_id, srcfile), by the registry its modality's rows go to."""
+    known = manifest.query_frame("SELECT file_id, srcfile, modality FROM source_files WHERE modality IN "
+                                 "('Waveforms', 'Images')",
+                                 schema={"file_id": pl.Int64, "srcfile": pl.String, "modality": pl.String})
+    return {name: known.filter(pl.col("modality") == modality).drop("modality")
+            for name, modality in (("waveform_registry.csv", "Waveforms"), ("image_registry.csv", "Images"))}
+
+
+def _not_the_manifests(old: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
+    """The rows (_id, _src) of an earlier registry that are not the manifest's own."""
     # (a file_id and the path it names: a row is the manifest's own when its src_file is that file, at the root
     # recorded or at one given since, --site; a row typed in with a file_id an earlier version's file had, or that
     # another row has, was taken for the manifest's and dropped without a word)
     # (and of the registry's modality: a waveform file's row typed into image_registry.csv is no row of the manifest's)
-    known = manifest.query_frame("SELECT file_id, srcfile, modality FROM source_files",
-                                 schema={"file_id": pl.Int64, "srcfile": pl.String, "modality": pl.String})
+    rows = old.select(_id=pl.col("file_id").str.strip_chars().fill_null(""),  # (an empty one is a row typed in too)
+                      _src=(pl.col("src_file").str.strip_chars().fill_null("") if "src_file" in old.columns
+                            else pl.lit(None, pl.String)))
+    rows = rows.join(known, left_on=pl.col("_id").cast(pl.Int64, strict=False), right_on="file_id", how="left")
+    ours = pl.col("srcfile").is_not_null() & (
+        pl.col("_src").is_null() | (pl.col("_src") == pl.col("srcfile"))
+        | pl.col("_src").str.ends_with("/" + pl.col("srcfile"))).fill_null(False)
+    return rows.filter(~ours)
+
+
+def _refuse_other_manifests_registries(out: Path, known: Mapping[str, pl.DataFrame],
+                                       earlier: Mapping[str, pl.DataFrame | None]) -> None:
+    """A UsageError when `out` holds a waveform or image registry none of whose rows is a file of this manifest:
+    another site's (two sites writing one --out folder) or another manifest's. Its proc_ids, from the same default
+    ranges, were this manifest's too, so it was replaced, every row of it gone, exit 1 with a warning that they were
+    rows "added by hand perhaps"."""
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        old = _with_columns(earlier[name], ["file_id"], every=True)
+        if old is None or old.height == 0:
+            continue
+        extra = _not_the_manifests(old, known[name])
+        if extra.height < old.height:
+            continue  # (some rows are the manifest's: the others, typed in, are told when it is written)
+        shown = ", ".join(f"file_id {i or repr(i)}" + (f" src_file {src!r}" if src else "")
+                          for i, src in extra.head(2).select("_id", "_src").iter_rows())
+        raise UsageError(f"--out {out} holds a {name} none of whose {plural(old.height, 'row')} is a file of this "
+                         f"manifest (e.g. {shown}): another site's registry, or another manifest's, which `registry` "
+                         "would replace; nothing was written", where=str(out / name),
+                         fix="give each site (each manifest) its own --out folder (e.g. --out release/<site>/); or "
+                             "move that registry away first")
+
+
+def _added_by_hand(manifest: Manifest, out: Path, registries: Registries,
+                   earlier: Mapping[str, pl.DataFrame | None], known: Mapping[str, pl.DataFrame]) -> list[str]:
+    """A warning for each registry in `out` about to be replaced with rows of file_ids no file of the manifest has
+    (typed in by the site: a file delivered otherwise) or columns this tool does not write that hold values (the
+    site's notes): the file was written anew without them, exit 0, without a word."""
     said = []
-    for name, frame, modality in (("waveform_registry.csv", registries.waveforms, "Waveforms"),
-                                  ("image_registry.csv", registries.images, "Images")):
+    for name, frame in (("waveform_registry.csv", registries.waveforms), ("image_registry.csv", registries.images)):
         path = out / name
         old = _with_columns(earlier[name], ["file_id"], every=True)
         if old is None:  # (none there, or not one to compare: it is replaced as before)
             continue
-        rows = old.select(_id=pl.col("file_id").str.strip_chars().fill_null(""),  # (an empty one is a row typed in too)
-                          _src=(pl.col("src_file").str.strip_chars().fill_null("") if "src_file" in old.columns
-                                else pl.lit(None, pl.String)))
-        rows = rows.join(known.filter(pl.col("modality") == modality).drop("modality"),
-                         left_on=pl.col("_id").cast(pl.Int64, strict=False), right_on="file_id", how="left")
-        ours = pl.col("srcfile").is_not_null() & (
-            pl.col("_src").is_null() | (pl.col("_src") == pl.col("srcfile"))
-            | pl.col("_src").str.ends_with("/" + pl.col("srcfile"))).fill_null(False)
-        extra = rows.filter(~ours)
+        extra = _not_the_manifests(old, known[name])
         columns = [c for c in old.columns if c not in frame.columns
                    and old[c].str.strip_chars().fill_null("").ne("").any()]
         if not (extra.height or columns):
@@ -1003,6 +1082,8 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     _refuse_unreadable_registries(Path(out), earlier)
     _refuse_repeated_header(Path(out), earlier)
     _refuse_foreign_registries(manifest, Path(out), earlier)
+    known = _known_files(manifest)
+    _refuse_other_manifests_registries(Path(out), known, earlier)
     _refuse_second_registry(manifest, Path(out), overrides)
     made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
@@ -1021,7 +1102,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                 manifest.ensure_schema(create=False)
                 registries = build()
         registries.warnings += (_filled_by_hand(Path(out), registries, earlier)
-                                + _added_by_hand(manifest, Path(out), registries, earlier))
+                                + _added_by_hand(manifest, Path(out), registries, earlier, known))
         return registries, write_registries(registries, out, omop=omop)
     finally:  # stopped or failed before writing (a signal, a refusal): no empty --out folder of its own is left
         remove_empty_folders(made)

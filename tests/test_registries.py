@@ -1488,3 +1488,93 @@ def test_a_first_registry_reads_the_header_facts_once(tmp_path, monkeypatch):
     registries, written = make_registries(str(db), tmp_path / "release", argv=["registry"])
     assert registries.new_proc_ids > 0 and len(written) == 2  # (it did build twice: the second under the lock)
     assert len(reads) == 1 and reads[0] > 0, reads
+
+
+def test_folders_named_so_a_spreadsheet_runs_them_as_formulas_have_no_rows_and_are_told(tmp_path):
+    """A person folder named =1+2, +cmd, -rf or @x (not the integer person_id the linkage procedure fixes) was written
+    into person_id and trg_file, and a session or accession folder so named into group_id, exit 0 or 1: a site opening
+    its registry in Excel ran them as formulas. Now those files have no row, proc_id or procedure, and the folders are
+    named (exit 1)."""
+    import shutil
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0, p1, p2 = sitegen.person_ids(3)
+    for name, person in (("=1+2", p0), ("+cmd", p1), ("-rf", p2), ("@x", p0)):
+        shutil.copytree(site / person, site / name)
+    session = next((site / p1 / "Waveforms" / "EEG").iterdir())
+    renamed = session.with_name("=" + session.name)
+    session.rename(renamed)
+    for f in renamed.iterdir():
+        f.rename(renamed / ("=" + f.name))
+    accession = next((site / p2 / "Images" / "CT").iterdir())
+    accession.rename(accession.with_name("@" + accession.name))
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    assert rows and {r["person_id"] for r in rows} == {p0, p1, p2}
+    risky = [cell for r in rows + read_csv(out / "procedure_occurrence.csv") for cell in r.values()
+             if cell[:1] in ("=", "+", "-", "@")]
+    assert risky == []
+    assert "4 person folders of version" in done.stderr and "(e.g. +cmd/, -rf/, =1+2/)" in done.stderr, done.stderr
+    assert "2 sessions or accessions of version" in done.stderr, done.stderr
+    assert f"{p1}/Waveforms/EEG/={session.name}/" in done.stderr and f"{p2}/Images/CT/@{accession.name}/" in done.stderr
+    assert "Traceback" not in done.stderr
+    # no proc_id was given to them
+    given = query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL")[0][0]
+    assert given == len({r["proc_id"] for r in rows})
+
+
+def test_a_second_sites_registry_into_the_same_out_folder_is_refused_not_written_over_the_first(tmp_path):
+    """Two sites (two manifests) writing `registry --out` into one folder: the second's proc_ids, from the same default
+    ranges, were ids its manifest gave too, so the first site's registries were replaced, every row gone, exit 1 with
+    a warning of rows "added by hand perhaps". Now it is refused (exit 2), nothing written; the first site writes there
+    again as before."""
+    out = tmp_path / "release"
+    made = {}
+    for name, persons in (("a", 1), ("b", 2)):  # (b gave every proc_id a did)
+        site, db = tmp_path / name, tmp_path / f"{name}.sqlite"
+        sitegen.build_clean_site(site, persons=persons)
+        if name == "b":  # (another site's persons)
+            for person in sitegen.person_ids(persons):
+                (site / person).rename(site / person.replace("01", "02", 1))
+        assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+        assert cli("registry", "--db", str(db), "--out", str(tmp_path / f"own-{name}")).returncode in (0, 1)
+        made[name] = db
+    assert cli("registry", "--db", str(made["a"]), "--out", str(out)).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = cli("registry", "--db", str(made["b"]), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert "none of whose" in done.stderr and "nothing was written" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    again = cli("registry", "--db", str(made["a"]), "--out", str(out))
+    assert again.returncode == 0, again.stderr
+
+
+def test_an_image_rows_image_registry_id_stays_when_files_are_added_before_it_or_removed(tmp_path):
+    """image_registry_id, the Imaging SOP's AUTO_INCREMENT primary key, was the row's number in path order: an accession
+    added under a folder that sorts first (or a file removed) renumbered every row after it between two registries of
+    the site. Now a file keeps its id while its path lives (its file_id), rows in that order: new files come last."""
+    import shutil
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site, persons=2)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
+    before = {r["file_id"]: r["image_registry_id"] for r in read_csv(out / "image_registry.csv")}
+    p0 = sitegen.person_ids(1)[0]
+    accession = next((site / p0 / "Images" / "CT").iterdir())
+    shutil.copytree(accession, accession.with_name("1" + accession.name))  # (sorts before it)
+    gone = next(p for p in sorted((site / sitegen.person_ids(2)[1]).rglob("*.dcm")))
+    gone.unlink()
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode in (0, 1)
+    rows = read_csv(out / "image_registry.csv")
+    after = {r["file_id"]: r["image_registry_id"] for r in rows}
+    kept = set(before) & set(after)
+    assert len(kept) == len(before) - 1 and len(after) == len(before) - 1 + 3
+    assert {f: after[f] for f in kept} == {f: before[f] for f in kept}
+    ids = [int(r["image_registry_id"]) for r in rows]
+    assert ids == sorted(set(ids)) and ids[-3:] == [int(r["file_id"]) for r in rows[-3:]]
