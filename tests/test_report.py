@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from markupsafe import escape
 
 from chorus_batch.errors import UsageError
-from chorus_batch.report import SECTION_IDS, ReportInfo, write_report
+from chorus_batch.report import SECTION_IDS, ReportInfo, summary_text, write_report
 from chorus_batch.review import open_manifest, size_flags
 from chorus_batch.testdata import Spec, write_snapshot
 from chorus_batch.validate.rules import edition
@@ -342,6 +342,34 @@ def test_one_file_removed_is_said_in_the_singular(tmp_path):
     run_site(site, db, max_delete="all")
     text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text())).split())
     assert "(2 files): 1 file removed or replaced (50.0%)" in text
+
+
+def test_the_findings_fixed_new_and_still_open_since_the_previous_version_are_said(tmp_path):
+    """A version compared with the previous one: the run's summary said "since version X: fixed 1 (...); new ...", the
+    page only this version's findings ("No findings" for a version that fixed the only error), so a reviewer could
+    not tell a site's work from nothing done. The page says what the run said, read in Chromium; nothing where
+    the previous version was not checked."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "Metadata/site.json", b"{}")
+    write(site, "bad:name/x.txt", b"x")  # file.unportable_name (error) and an unparseable path
+    first = run_site(site, db)
+    shutil.rmtree(site / "bad:name")
+    second = run_site(site, db, max_delete="all")
+    line = next(x.strip() for x in summary_text(second).splitlines() if x.strip().startswith("since version"))
+    assert re.fullmatch(rf"since version {first.label}: fixed [1-9].*; new 0; still open [1-9].*", line), line
+
+    info = write_report(db, tmp_path / "r.html")
+    text = " ".join(probe(info.path)["text"].split())
+    assert f"S{line[1:]}." in text, (line, text)
+    earlier = write_report(db, tmp_path / "first.html", version=first.label)  # the first version: nothing to compare
+    assert "Since version" not in " ".join(re.sub(r"<[^>]+>", " ", earlier.path.read_text()).split())
+
+    # the previous version not checked: no comparison (its findings are unknown, not none)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("DELETE FROM validations WHERE version = ?", (first.label,))
+    text = " ".join(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text()).split())
+    assert "still open" not in text and "Findings:" in text
 
 
 def test_the_sessions_without_a_duration_are_counted_in_words_that_agree(tmp_path):
