@@ -185,6 +185,49 @@ def test_report_in_chromium(two_versions, tmp_path):
     assert colours is None or len(colours) > 200, "the screenshot looks blank"
 
 
+_PRINT_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="report" src="%(src)s" style="width:718px;height:3000px;border:0"></iframe>
+<pre id="probe-result">pending</pre>
+<script>
+document.getElementById('report').addEventListener('load', () => {
+  const d = document.getElementById('report').contentDocument;
+  // the page's own print rules, applied as printing applies them (on A4: about 718 CSS px between the margins)
+  for (const sheet of d.styleSheets) for (const rule of sheet.cssRules)
+    if (rule.media && rule.media.mediaText.includes('print')) rule.media.mediaText = 'all';
+  const cut = [];
+  for (const el of d.querySelectorAll('th, dt, nav a, h2, h3')) {  // the page's words (h1 holds the site's path)
+    for (const node of el.childNodes) {
+      if (node.nodeType !== 3) continue;
+      for (const m of node.data.matchAll(/\\S+/g)) {
+        const r = d.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+        if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) cut.push(m[0]);
+      }
+    }
+  }
+  document.getElementById('probe-result').textContent = JSON.stringify({cut: cut,
+    scrollWidth: d.documentElement.scrollWidth, clientWidth: d.documentElement.clientWidth});
+});
+</script></body></html>
+"""
+
+
+def test_a_printed_page_cuts_no_header_inside_a_word(two_versions, tmp_path):
+    """Printed on A4 (about 718 CSS px wide), the tables' fixed layout cut their headers inside words ("person|s",
+    "remov|ed", "outlier|s") and kept the screen's grey margin: the page's print rules let each column take its
+    header's words, and a long path still breaks, so nothing is cut off at the side."""
+    db, _parquet = two_versions
+    out = write_report(db, tmp_path / "report.html").path
+    page = tmp_path / "probe-print.html"
+    page.write_text(_PRINT_PROBE % {"src": out.name}, encoding="utf-8")
+    dom = chromium("--allow-file-access-from-files", "--window-size=800,3200", "--virtual-time-budget=10000",
+                   "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["cut"] == [], seen["cut"]
+    assert seen["scrollWidth"] <= seen["clientWidth"], seen
+
+
 def test_report_from_parquet_snapshots(two_versions, tmp_path):
     db, parquet = two_versions
     info = write_report(parquet, tmp_path / "report.html")
