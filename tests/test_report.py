@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from markupsafe import escape
 
 from chorus_batch.errors import UsageError
-from chorus_batch.report import SECTION_IDS, ReportInfo, write_report
+from chorus_batch.report import SECTION_IDS, ReportInfo, summary_text, write_report
 from chorus_batch.review import open_manifest, size_flags
 from chorus_batch.testdata import Spec, write_snapshot
 from chorus_batch.validate.rules import edition
@@ -183,6 +183,49 @@ def test_report_in_chromium(two_versions, tmp_path):
         assert image.size == (1280, 4000)
         colours = image.convert("RGB").resize((320, 1000)).getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 200, "the screenshot looks blank"
+
+
+_PRINT_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="report" src="%(src)s" style="width:718px;height:3000px;border:0"></iframe>
+<pre id="probe-result">pending</pre>
+<script>
+document.getElementById('report').addEventListener('load', () => {
+  const d = document.getElementById('report').contentDocument;
+  // the page's own print rules, applied as printing applies them (on A4: about 718 CSS px between the margins)
+  for (const sheet of d.styleSheets) for (const rule of sheet.cssRules)
+    if (rule.media && rule.media.mediaText.includes('print')) rule.media.mediaText = 'all';
+  const cut = [];
+  for (const el of d.querySelectorAll('th, dt, nav a, h2, h3')) {  // the page's words (h1 holds the site's path)
+    for (const node of el.childNodes) {
+      if (node.nodeType !== 3) continue;
+      for (const m of node.data.matchAll(/\\S+/g)) {
+        const r = d.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+        if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) cut.push(m[0]);
+      }
+    }
+  }
+  document.getElementById('probe-result').textContent = JSON.stringify({cut: cut,
+    scrollWidth: d.documentElement.scrollWidth, clientWidth: d.documentElement.clientWidth});
+});
+</script></body></html>
+"""
+
+
+def test_a_printed_page_cuts_no_header_inside_a_word(two_versions, tmp_path):
+    """Printed on A4 (about 718 CSS px wide), the tables' fixed layout cut their headers inside words ("person|s",
+    "remov|ed", "outlier|s") and kept the screen's grey margin: the page's print rules let each column take its
+    header's words, and a long path still breaks, so nothing is cut off at the side."""
+    db, _parquet = two_versions
+    out = write_report(db, tmp_path / "report.html").path
+    page = tmp_path / "probe-print.html"
+    page.write_text(_PRINT_PROBE % {"src": out.name}, encoding="utf-8")
+    dom = chromium("--allow-file-access-from-files", "--window-size=800,3200", "--virtual-time-budget=10000",
+                   "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["cut"] == [], seen["cut"]
+    assert seen["scrollWidth"] <= seen["clientWidth"], seen
 
 
 def test_report_from_parquet_snapshots(two_versions, tmp_path):
@@ -342,6 +385,34 @@ def test_one_file_removed_is_said_in_the_singular(tmp_path):
     run_site(site, db, max_delete="all")
     text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text())).split())
     assert "(2 files): 1 file removed or replaced (50.0%)" in text
+
+
+def test_the_findings_fixed_new_and_still_open_since_the_previous_version_are_said(tmp_path):
+    """A version compared with the previous one: the run's summary said "since version X: fixed 1 (...); new ...", the
+    page only this version's findings ("No findings" for a version that fixed the only error), so a reviewer could
+    not tell a site's work from nothing done. The page says what the run said, read in Chromium; nothing where
+    the previous version was not checked."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "Metadata/site.json", b"{}")
+    write(site, "bad:name/x.txt", b"x")  # file.unportable_name (error) and an unparseable path
+    first = run_site(site, db)
+    shutil.rmtree(site / "bad:name")
+    second = run_site(site, db, max_delete="all")
+    line = next(x.strip() for x in summary_text(second).splitlines() if x.strip().startswith("since version"))
+    assert re.fullmatch(rf"since version {first.label}: fixed [1-9].*; new 0; still open [1-9].*", line), line
+
+    info = write_report(db, tmp_path / "r.html")
+    text = " ".join(probe(info.path)["text"].split())
+    assert f"S{line[1:]}." in text, (line, text)
+    earlier = write_report(db, tmp_path / "first.html", version=first.label)  # the first version: nothing to compare
+    assert "Since version" not in " ".join(re.sub(r"<[^>]+>", " ", earlier.path.read_text()).split())
+
+    # the previous version not checked: no comparison (its findings are unknown, not none)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("DELETE FROM validations WHERE version = ?", (first.label,))
+    text = " ".join(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text()).split())
+    assert "still open" not in text and "Findings:" in text
 
 
 def test_the_sessions_without_a_duration_are_counted_in_words_that_agree(tmp_path):

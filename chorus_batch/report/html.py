@@ -43,6 +43,7 @@ from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MI
 from ..times import iso, utc_now
 from ..units import counted, error_kind, home_relative, human_bytes, number, shown_name, shown_text
 from . import plots
+from .summary import findings_compared, findings_since_text
 
 # Stable element ids of the sections, in page order, and their titles.
 SECTION_IDS = (
@@ -524,9 +525,10 @@ class _Report:
         # an earlier release's findings were shown as this release's
         old_rules = rules and self.flag(other_rules_advice(self.label, rules, self.reader.latest(), self.db,
                                                            remote=self.remote))
+        since = self.findings_since(findings, validated)
         if findings.height == 0:
             if validated:
-                return {"old_rules": old_rules} if old_rules else None
+                return {"old_rules": old_rules, "since": since} if old_rules or since else None
             if validated is None:  # a snapshot folder does not record which versions were checked
                 return {"unchecked": None}
             # no findings because nothing was checked (`run --no-validate`): not a clean version
@@ -543,12 +545,28 @@ class _Report:
             self.flags.append(f"{_n(n_errors, 'validation finding')} of severity error.")
         return {
             "old_rules": old_rules,
+            "since": since,
             # said as `validate` says them ("2 errors, 1 warning, 3 notes"), not "2 error"
             "by_severity": severity_counts(findings),  # (review.severity_counts: the notebook says them so too)
             "rows": [(r["severity"], r["rule"], r["n"], Examples(list(zip(r["ex"], r["msg"])), r["n"]))
                      for r in grouped.iter_rows(named=True)],
             "command": self.py(f"m.findings({json.dumps(self.label)})", "findings.csv"),
         }
+
+    def findings_since(self, findings: pl.DataFrame, validated: bool | None) -> str | None:
+        """What this version fixed, brought and kept of the previous version's findings, as the run's summary says it
+        ('since version X: fixed 3 (...); new 0; still open 2 (...)'): the page said only this version's findings, so a
+        reviewer could not tell 5 errors fixed and 5 new from nothing done. None where either version was not
+        checked (a snapshot folder does not say: None too), or there is no previous version."""
+        if self.previous is None or validated is not True:
+            return None
+        before, checked, _rules = self.reader.validation(self.previous)
+        if checked is not True:
+            return None
+        since = findings_compared(before, findings, self.previous)
+        if not (since["fixed"]["total"] or since["new"]["total"] or since["still_open"]["total"]):
+            return None  # nothing found in either: "No findings" says it
+        return findings_since_text(since, grouped=True).capitalize() + "."
 
     # 9
     def deleted(self) -> dict | None:

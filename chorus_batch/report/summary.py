@@ -97,23 +97,41 @@ def _is_number(text: str) -> bool:
 
 
 def findings_since(result: RunResult) -> dict[str, Any] | None:
-    """What the run's version fixed, brought and kept of the previous version's findings, a finding being its
-    severity, rule and file (its message may name counts that change: 30 person folders, then 29); by severity.
+    """What the run's version fixed, brought and kept of the previous version's findings (`findings_compared`).
     None where there is nothing to compare (no new version, or either not checked)."""
     before, after = result.findings_before, result.findings
     if before is None or after is None or result.label is None:
         return None
+    return findings_compared(before, after, result.previous_label)
+
+
+def findings_compared(before: pl.DataFrame, after: pl.DataFrame, since: str | None) -> dict[str, Any]:
+    """What a version fixed, brought and kept of version `since`'s findings (`before`), a finding being its
+    severity, rule and file (its message may name counts that change: 30 person folders, then 29); by severity.
+    The run's summary and the HTML report compare so (the report showed no comparison at all)."""
     key = ["severity", "rule", "srcfile"]
     old, new = before.select(key).unique(), after.select(key).unique()
     parts = {"fixed": old.join(new, on=key, how="anti", nulls_equal=True),
              "new": new.join(old, on=key, how="anti", nulls_equal=True),
              "still_open": new.join(old, on=key, how="semi", nulls_equal=True)}
-    out: dict[str, Any] = {"since": result.previous_label}
+    out: dict[str, Any] = {"since": since}
     for name, frame in parts.items():
         counts = {k: 0 for k in ("error", "warning", "info")}
         counts.update(dict(frame.group_by("severity").len().iter_rows()))
         out[name] = {"total": frame.height, **counts}
     return out
+
+
+def findings_since_text(since: dict[str, Any], *, grouped: bool = False) -> str:
+    """'since version X: fixed 0; new 12 (5 errors, 7 warnings, 0 notes); still open 2 (...)' (`findings_compared`);
+    `grouped`: counts with thousands separators, as the HTML report writes every number."""
+    def told(part: dict) -> str:
+        total = f"{part['total']:,}" if grouped else str(part["total"])
+        return (f"{total} ({plural(part['error'], 'error', grouped=grouped)}, "
+                f"{plural(part['warning'], 'warning', grouped=grouped)}, {plural(part['info'], 'note', grouped=grouped)})"
+                if part["total"] else "0")
+    return (f"since version {since['since']}: fixed {told(since['fixed'])}; new {told(since['new'])}; "
+            f"still open {told(since['still_open'])}")
 
 
 def findings_dict(findings: pl.DataFrame | None) -> dict[str, Any] | None:
@@ -264,11 +282,7 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
         found = findings_text(result.findings, more=more)
         since = findings_since(result)
         if since is not None:  # under the counts: what the site's work since the last version did
-            def told(part: dict) -> str:
-                return (f"{part['total']} ({plural(part['error'], 'error')}, {plural(part['warning'], 'warning')}, "
-                        f"{plural(part['info'], 'note')})" if part["total"] else "0")
-            found.insert(1, f"  since version {since['since']}: fixed {told(since['fixed'])}; new {told(since['new'])}; "
-                            f"still open {told(since['still_open'])}")
+            found.insert(1, f"  {findings_since_text(since)}")
         lines += ["", *found]
     return "\n".join(lines)
 
