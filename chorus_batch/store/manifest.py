@@ -897,7 +897,7 @@ class Manifest:
 
     def _take_pending_runs_at_release(self) -> None:
         """Move the runs turned away while this process held the lock into `runs`, as it lets go: a holder that is
-        no run (`validate --force`, `registry`, `upgrade`, `import-journal`) never finishes a run, and the nights it
+        no run (`validate --force`, `registry`, `upgrade`) never finishes a run, and the nights it
         turned away stayed in <manifest>.runs-pending.jsonl, not in `runs` nor `history`, until a later run ended.
         (A run's own end took them already: nothing then.) Best effort: the file waits for the next holder."""
         if not self.pending_runs.is_file() or not self.path.is_file():
