@@ -88,6 +88,7 @@ class Checkpoint:
         self.identity = identity
         self.writable = writable
         self.broken = False  # a write failed: the run goes on without checkpoints
+        self.by = "an interrupted run"  # whose hashes these are, as the run's lines say
 
     # ------------------------------------------------------------------ opening
 
@@ -127,7 +128,16 @@ class Checkpoint:
             restrict(folder)
             for path in cls(folder, identity, writable=False)._segments() + [folder / "meta.json"]:
                 restrict(path)
-        return cls(folder, identity, writable=writable)
+        checkpoint = cls(folder, identity, writable=writable)
+        if not writable:
+            # A dry run (`status`) takes no lock: the checkpoint it reads may be a run's still going on (hashing, or in
+            # its commit), which "an interrupted run" sent a reviewer looking for a killed one
+            from .store.lock import running_run
+
+            live = running_run(Path(db))
+            if live is not None:
+                checkpoint.by = f"the run going on now ({live})"
+        return checkpoint
 
     # ------------------------------------------------------------------ reading
 
@@ -442,6 +452,7 @@ def resume(planned: pl.DataFrame, known: pl.DataFrame | None) -> pl.DataFrame:
 
 def announce(n: int, checkpoint: Checkpoint | None) -> None:
     if n:
-        log.info(f"resuming: {n:,} file{'s' if n != 1 else ''} hashed by an interrupted run {'are' if n != 1 else 'is'} "
+        log.info(f"resuming: {n:,} file{'s' if n != 1 else ''} hashed by "
+                 f"{checkpoint.by if checkpoint else 'an interrupted run'} {'are' if n != 1 else 'is'} "
                  "not read again "
                  f"({checkpoint.folder if checkpoint else ''})")

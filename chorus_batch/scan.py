@@ -511,7 +511,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
                        + (f", {unsure[0]} modified around an earlier run's listing (racily clean)" if unsure[0] else "")
                        + (f" and re-verifying {plural(n_verify, 'unchanged one')}" if n_verify else "")
                        + f" ({human_bytes(todo_bytes)})"
-                       + (f"; {plural(n_resumed, 'file')} hashed by an interrupted run reused" if n_resumed else ""))
+                       + (f"; {plural(n_resumed, 'file')} hashed by {checkpoint.by if checkpoint else 'an interrupted run'} "
+                          "reused" if n_resumed else ""))
         with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_read()),
                               total=(todo_n, todo_bytes)):
             hashed = hasher.finish()

@@ -458,3 +458,30 @@ def test_the_resuming_line_is_said_in_the_right_number(caplog):
         logger.removeHandler(caplog.handler)
     assert "resuming: 1 file hashed by an interrupted run is not read again" in caplog.text, caplog.text
     assert "resuming: 1,200 files hashed by an interrupted run are not read again" in caplog.text, caplog.text
+
+
+def test_a_status_beside_a_run_still_going_names_that_run_not_an_interrupted_one(site, db, tmp_path):
+    """`status` (a dry run, no lock) while the nightly run waits in its commit read that run's checkpoint and said
+    "N files hashed by an interrupted run reused": the run was not interrupted, it was going on (pid named in the
+    lock's details); a reviewer went looking for a killed run that never was."""
+    from conftest import paused
+
+    for i in range(6):
+        write(site, f"OMOP/t{i}.csv", b"x" * (i + 1))
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for i in range(6):
+        write(site, f"OMOP/n{i}.csv", b"y" * (i + 1))
+    past = time.time() - 3600  # (older than any racy window: the checkpointed hashes are trusted)
+    for p in (site / "OMOP").iterdir():
+        os.utime(p, (past, past))
+    resume = tmp_path / "resume"
+    holder = paused("run", "--no-validate", "--site", str(site), "--db", str(db), at="commit", resume=resume)
+    try:
+        status = cli("status", "--no-validate", "--site", str(site), "--db", str(db))
+    finally:
+        resume.touch()
+        holder.communicate(timeout=120)
+    assert holder.returncode == 0
+    assert "reused" in status.stderr or "not read again" in status.stderr, status.stderr
+    assert "interrupted run" not in status.stderr, status.stderr
+    assert f"pid {holder.pid}" in status.stderr, status.stderr

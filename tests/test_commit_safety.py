@@ -86,6 +86,27 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
     assert (int(ExitCode.LOCKED),) in query(db, "SELECT exit_code FROM runs")
 
 
+def test_a_run_turned_away_by_validate_is_in_runs_once_validate_ends(site, db, tmp_path):
+    """A run refused while `validate --force` held the manifest's lock (cron's nightly run beside a reviewer's check)
+    was appended to <manifest>.runs-pending.jsonl, and only a later run's end moved it into `runs`: once the validate
+    ended, `runs` (and `history`) showed no night turned away, against "recorded by the holder when it ends"."""
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    resume = tmp_path / "resume"
+    holder = paused("validate", "--force", "--db", str(db), at="validate", resume=resume)
+    try:
+        second = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    finally:
+        resume.touch()
+        holder.communicate(timeout=120)
+    assert second.returncode == ExitCode.LOCKED, second.stderr
+    assert "`chorus-batch validate`" in second.stderr and f"pid {holder.pid}" in second.stderr
+    assert holder.returncode in (0, 1)  # (1: findings of its own)
+    turned_away = query(db, "SELECT message FROM runs WHERE exit_code = ?", (int(ExitCode.LOCKED),))
+    assert len(turned_away) == 1 and "`chorus-batch validate`" in turned_away[0][0], turned_away
+    assert not Path(f"{db}.runs-pending.jsonl").exists()
+
+
 @pytest.mark.parametrize("first, said", [(("run",), "`chorus-batch run`"),
                                          (("--exclude", "scratch-SECRETWORD"), None)])
 def test_the_lock_holder_is_named_by_its_command_never_by_its_arguments(site, db, first, said):

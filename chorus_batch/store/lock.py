@@ -292,6 +292,17 @@ def live_holder(holder_path: Path) -> str | None:
         return None
 
 
+def running_run(db: Path) -> str | None:
+    """The holder of the run lock beside `db` when its details name a `chorus-batch run` still going (one of another
+    host cannot be told gone: named too); None otherwise. Read without taking the lock: what a dry run, which takes
+    none, says of the hash checkpoint it reads (that run's, not an interrupted one's)."""
+    try:
+        info = json.loads(_details(Path(f"{db}.lock.json")).decode("utf-8"))
+        return _holder_of(info) if info.get("command") == "run" and not _gone(info) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def holder_named(holder_path: Path) -> str | None:
     """The holder the details at `holder_path` name ('pid 12 on host h (user u), started T'); None if none are there."""
     try:

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import (FILE_SIZE_FIX, ManifestError, ManifestLocked, UsageError, file_size_limit, first_run_command,
+from ..errors import (FILE_SIZE_FIX, ChorusError, ManifestError, ManifestLocked, UsageError, file_size_limit, first_run_command,
                       named, pass_db, salvage_command)
 from ..frames import STATE_SCHEMA, columns_of, empty_state, fetched_frame, schema_of
 from ..faults import pause
@@ -891,7 +891,23 @@ class Manifest:
     def _locked(self, argv: list[str], kind: str) -> Iterator[dict | None]:
         with manifest_lock(self.path, argv, kind=kind) as left:
             self.left_by_killed = left if kind == "run" else None  # (begin_run records a run's that has no row)
-            yield left
+            try:
+                yield left
+            finally:
+                if kind == "run":
+                    self._take_pending_runs_at_release()
+
+    def _take_pending_runs_at_release(self) -> None:
+        """Move the runs turned away while this process held the lock into `runs`, as it lets go: a holder that is
+        no run (`validate --force`, `registry`, `upgrade`) never finishes a run, and the nights it
+        turned away stayed in <manifest>.runs-pending.jsonl, not in `runs` nor `history`, until a later run ended.
+        (A run's own end took them already: nothing then.) Best effort: the file waits for the next holder."""
+        if not self.pending_runs.is_file() or not self.path.is_file():
+            return
+        with contextlib.suppress(ChorusError, sqlite3.Error, OSError):  # (a damaged manifest, another program's lock)
+            with self._open() as con, con:
+                if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+                    self._take_pending_runs(con)
 
     # ------------------------------------------------------------------ reads
 
