@@ -2665,11 +2665,14 @@ def _expand_home(args: argparse.Namespace) -> None:
     import-config --out and testdata OUT made a folder named '~' in the working folder; --config "~/chorus.toml" was
     "config file not found: ~/chorus.toml" (a systemd unit's ExecStart expands no '~'), --delete-list, --parquet
     and the others alike."""
-    from .urls import expand_home, refuse_blank_ends, refuse_too_long, refuse_url, refuse_windows_path
+    from .urls import (expand_home, refuse_blank_ends, refuse_secret_path, refuse_too_long, refuse_url,
+                       refuse_windows_path)
 
     for dest, name in _HOME_PATHS.items():
         value = getattr(args, dest, None)
         given_as = "OUT" if dest == "out" and args.command == "testdata" else name  # (testdata's OUT is positional)
+        if isinstance(value, str):  # (first: the checks below quote the value)
+            refuse_secret_path(value, given_as)
         if isinstance(value, str) and value.startswith("~"):
             setattr(args, dest, expand_home(value, given_as))
         if isinstance(value, str) and dest in _LOCAL_ONLY:  # (JOURNAL takes az://; --staging, --merge and

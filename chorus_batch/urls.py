@@ -375,6 +375,7 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
     be taken for a local path (s3://b/m.sqlite would make a folder named 's3:' here). A local path ending in a
     separator names a folder: `run --db dir/` made a manifest file named `dir` (the '/' is lost once it is a Path)."""
     if "://" not in db:
+        refuse_secret_path(db, what)
         if db.endswith(("/", os.sep)) and db.strip("/" + os.sep):
             raise UsageError(f"{what} {db} ends in a path separator, so it names a folder, not a manifest file",
                              where=what, fix=f"give the manifest's file path, e.g. {db}chorus_manifest.sqlite")
@@ -438,6 +439,7 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None, *, d
     'C:\\chorus\\manifest.sqlite', and added every file again; the reading commands said "no manifest at
     /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken.
     `dash` says what '-' is to this setting (see refuse_dash)."""
+    refuse_secret_path(value, what, resolved)
     refuse_dash(value, what, resolved, dash=dash)
     refuse_file_url(value, what, resolved)
     refuse_variable(value, what, resolved)
@@ -463,6 +465,24 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None, *, d
                      f"here it names {here}, which is not there; nothing was done", where=what,
                      fix="give the path as this machine names it (under the mount point of that disk or share here), "
                          "or run on the Windows machine it is of")
+
+
+def refuse_secret_path(value: str, what: str, resolved: str | None = None) -> None:
+    """A UsageError, the value not shown, for a path (`--out`, `--parquet`, `--staging`, `--db`, `[manifest] db`, ...)
+    that holds what looks like a secret: a SAS token, an account key, a connection string, the value of a secret
+    variable of the environment, pasted into the wrong option. It was taken as a name: `report --out "$SAS"`,
+    `registry --out`, `--parquet` and `--staging` wrote files and folders named by the secret, and printed their
+    paths whole ("wrote .../sig=..."); a SAS or key, holding '/', was split into folders, and a message naming the
+    last of them ("no manifest lX69...%3D there") showed the part after the '/' unmasked. A file or folder of that
+    very name (`resolved`, the path read) is taken. A URL is left to the checks of URLs (refuse_url, check_location),
+    which say what it is, masked."""
+    masked = scrub(value)
+    if masked == value or "://" in value or os.path.lexists(resolved if resolved is not None else value):
+        return
+    raise UsageError(f"{what} {masked}: looks like a secret (a SAS token, an account key, a connection string, a "
+                     "password), not a file or folder name; nothing was written", where=what,
+                     fix="give a path here; secrets are read from the environment only (see the README's \"Cloud "
+                         "sites: Azure Blob and S3\"): rotate the one given here, as it may be in your shell's history")
 
 
 def refuse_dash(value: str, what: str, resolved: str | None = None, *, dash: str = "") -> None:

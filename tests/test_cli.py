@@ -1539,11 +1539,47 @@ def test_a_db_path_ending_in_a_separator_is_refused_not_made_a_file(site, tmp_pa
 
 def test_runs_are_logged_without_secrets(site, db, tmp_path):
     write(site, "OMOP/a.csv")
+    (tmp_path / "s?sv=1&sig=abc").mkdir()  # (a folder of that very name is taken: see the next test)
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(tmp_path / "s?sv=1&sig=abc"),
               "-q")
     assert out.returncode == 0, out.stderr
     (argv,) = query(db, "SELECT argv FROM runs")[0]
     assert "sig=abc" not in argv
+
+
+SAS = "se=2026-12-08T11%3A48%3A37Z&sp=rwdlac&sv=2026-10-06&ss=b&srt=sco&sig=eNJpj6z/lX69A0UvviBaaCuTNPpK42ODSiLLA5MZCyo%3D"
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.mark.parametrize("secret", [SAS, "?" + SAS, KEY, "AWSKEY"])
+def test_a_secret_pasted_as_a_path_is_refused_unshown_and_nothing_is_named_by_it(site, db, tmp_path, secret):
+    """A SAS token or an account key pasted into a path option was taken as a name: `report --out "$SAS.html"`,
+    `registry --out`, `--parquet` and `--staging` wrote files and folders named by the secret and printed their paths
+    whole on standard output ("wrote .../sig=eNJ.../lX69...%3D.html", the shard's merge command); `--db "$SAS"` (or
+    a key) was split at its '/' and "no manifest lX69A0...%3D there" showed the signature's part after it unmasked.
+    Every path option refuses it up front, without showing it; nothing is written."""
+    aws = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzSECRETKEY"
+    secret = aws if secret == "AWSKEY" else secret
+    env = {"AWS_SECRET_ACCESS_KEY": aws}
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    before = set(tmp_path.rglob("*"))
+    for args in (["run", "--no-validate", "--site", str(site), "--db", secret],
+                 ["versions", "--db", "/data/" + secret],
+                 ["run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", secret],
+                 ["run", "--no-validate", "--site", str(site), "--db", str(db), "--shard", "0/1", "--staging", secret],
+                 ["report", "--db", str(db), "--out", secret + ".html"],
+                 ["registry", "--db", str(db), "--out", secret],
+                 ["testdata", secret]):
+        out = cli(*args, cwd=tmp_path, env=env)
+        assert out.returncode == 2 and "looks like a secret" in out.stderr, (args, out.stdout, out.stderr)
+        shown = out.stdout + out.stderr
+        for part in secret.split("/"):
+            assert part.removeprefix("?")[-12:] not in shown, (args, part, shown)
+    assert set(tmp_path.rglob("*")) == before
+    (tmp_path / "chorus.toml").write_text(f'[manifest]\nparquet = "{secret}"\n')
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "looks like a secret" in out.stderr and secret[-12:] not in out.stderr, out.stderr
 
 
 def test_a_secret_a_message_quotes_is_masked_on_stderr_in_json_in_the_log_and_in_runs(site, db, tmp_path, capfd):
@@ -1564,6 +1600,7 @@ def test_a_secret_a_message_quotes_is_masked_on_stderr_in_json_in_the_log_and_in
 
     # A failure after the commit quotes the --parquet path it could not write: in the message and in `runs`.
     snapshots = tmp_path / f"snap?sv=2024&sig={secret}"
+    snapshots.mkdir()  # (a path holding a secret is refused unless it is there)
     write(site, "OMOP/b.csv")
     run = paused("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snapshots), "--json",
                  at="committed+2")
