@@ -1080,3 +1080,16 @@ def test_a_versions_findings_and_scan_errors_are_read_without_a_python_tuple_per
         assert frame.rows() == expected[name]
         # fetched whole: ~20 MB of tuples and strings; a batch of 1,000 rows: ~0.5 MB
         assert peak < 4 * 2**20, (name, peak)
+
+
+def test_the_pages_policy_forbids_a_base_and_form_targets_as_well(two_versions, tmp_path):
+    """`default-src 'none'` does not cover `base-uri` nor `form-action` (no fallback to it): a `<base>` or a form
+    smuggled into the page could still point its links or a submission anywhere. The policy names both 'none'."""
+    db, _parquet = two_versions
+    text = write_report(db, tmp_path / "r.html").path.read_text(encoding="utf-8")
+    metas = re.findall(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', text)
+    assert len(metas) == 1, metas
+    policy = {d.split()[0]: d.split()[1:] for d in (p.strip() for p in html.unescape(metas[0]).split(";")) if d}
+    assert policy["default-src"] == ["'none'"]
+    assert policy.get("base-uri") == ["'none'"], policy
+    assert policy.get("form-action") == ["'none'"], policy
