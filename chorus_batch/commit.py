@@ -33,6 +33,7 @@ import polars as pl
 from .classify import PathPattern, classify, fingerprint
 from .diff import Diff, compute_diff
 from .config import parse_max_delete
+from .exclude import DEFAULT_EXCLUDES
 from .errors import MassRemovalRefused, UsageError, raise_lost_stop
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt, under_folders
 from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
@@ -40,7 +41,7 @@ from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
-from .units import named, plural, quoted
+from .units import named, plural, quoted, shown_name
 from .workers import VANISHED_KEPT
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
@@ -691,11 +692,13 @@ def _dropped_roots(manifest, tree: Tally, roots: list[tuple[str, str | None]], r
             if root_id not in given and root_id in recorded and n == tree.held_by_root.get(root_id)]
 
 
-def first_run_refusal(roots: list[tuple[str, str | None]], n_excluded: int,
+def first_run_refusal(roots: list[tuple[str, str | None]], excluded: dict,
                       max_delete: str | int) -> MassRemovalRefused | None:
     """The refusal of a first run (no version yet) that would record no file, as the command line's `run` and
     `status` give it (pipeline.run(refuse_empty_first=True)): its roots list none (a disk not mounted yet, the wrong
-    folder), or the exclusion globs leave out every file listed ('?*' passes the up-front check). Once a version
+    folder), or the exclusion globs leave out every file listed ('?*' passes the up-front check), or the folder holds
+    only what the default list always leaves out (.DS_Store, Thumbs.db: the wrong folder, a site not copied yet), said
+    as such, not as globs the user never gave. `excluded`: the run's exclusion counts (exclude.apply). Once a version
     exists the same run is refused by guard_removals (exit 5); a first run ended "no first version was committed"
     with exit 0, which a nightly cron took for a quiet night. None where `max_delete` is `all`, which passes it as it
     passes a root that lists nothing once a version exists. (Not of validate --site's temporary manifest, whose
@@ -704,9 +707,25 @@ def first_run_refusal(roots: list[tuple[str, str | None]], n_excluded: int,
         return None
     where = [_root_where(location, modality) for location, modality in roots]
     lists = "lists" if len(where) == 1 else "list"
-    if n_excluded:
+    n_excluded, n_user = int(excluded.get("total", 0)), int(excluded.get("user", 0))
+    by_pattern = sorted((excluded.get("by_pattern") or {}).items(), key=lambda item: (-item[1], item[0]))
+    # (with the default list on, a glob of it counts its files even where the user gave it too: exclude.apply)
+    defaults = ", ".join(f"{shown_name(p)} ({n:,})" for p, n in by_pattern if p in DEFAULT_EXCLUDES)
+    leftovers = "the operating-system and editor leftovers of its default exclusion list"
+    if n_excluded and not n_user:
         return MassRemovalRefused(
-            f"refused: the exclusion globs leave out every file {named('root', where)} {lists} "
+            f"refused: {named('root', where)} {'holds' if len(where) == 1 else 'hold'} only files chorus-batch always "
+            f"leaves out, {leftovers} ({plural(n_excluded, 'file', grouped=True)}: {defaults}), so no file would be "
+            "recorded, and the manifest holds no version yet; nothing was committed", where=", ".join(where),
+            fix="check that the site root is the folder (or container and prefix) that holds OMOP/ and the person "
+                "folders, and that it is mounted and complete; then run again (--max-delete all lets such a run end with "
+                "nothing to commit)")
+    if n_excluded:
+        users = [f"{quoted(p)} ({plural(n, 'file', grouped=True)})" for p, n in by_pattern if p not in DEFAULT_EXCLUDES]
+        globs = (f"the {named('exclusion glob', users)} and the default list of operating-system and editor leftovers "
+                 f"({defaults})" if n_user < n_excluded else "the exclusion globs")
+        return MassRemovalRefused(
+            f"refused: {globs} leave out every file {named('root', where)} {lists} "
             f"({plural(n_excluded, 'file', grouped=True)} excluded), and the manifest holds no version yet; nothing was committed",
             where="--exclude / exclude in [run]",
             fix="check the exclusion globs (the summary of `chorus-batch status` names what each leaves out), and run "

@@ -215,6 +215,11 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
         lines.append(f"dry run: nothing written (manifest {result.db})")
     elif result.label:
         lines.append(f"version {result.label} committed to {result.db}")
+    elif result.previous_label is None and result.n_files == 0 and excluded_dict(result.excluded)["total"] \
+            and not excluded_dict(result.excluded)["user"]:  # only what the default list leaves out: no glob of the user's
+        lines.append(f"the site holds only files chorus-batch always leaves out (operating-system and editor leftovers "
+                     f"of its default exclusion list, below), so no first version was committed ({result.db}); check "
+                     "that the site root is the folder (or container and prefix) that holds OMOP/ and the person folders")
     elif result.previous_label is None and result.n_files == 0 and excluded_dict(result.excluded)["total"]:
         lines.append(f"every file the site lists was excluded, so no first version was committed ({result.db}); "
                      "check the exclusion globs (--exclude, [run] exclude) below")
