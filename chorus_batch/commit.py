@@ -490,7 +490,8 @@ class Tally:
     silent_changes: list[pl.DataFrame] = field(default_factory=list)  # ERRORS_SCHEMA
     unverifiable: list[pl.DataFrame] = field(default_factory=list)  # ERRORS_SCHEMA
     md5_sources: dict = field(default_factory=lambda: dict.fromkeys(MD5_SOURCES, 0))
-    reverified: list[int] = field(default_factory=lambda: [0, 0])  # files, bytes read again though unchanged
+    # files, bytes read again though unchanged (by size and mtime, or etag), and how many of them were found changed
+    reverified: list[int] = field(default_factory=lambda: [0, 0, 0])
     # of the kept rows found unchanged: how many, how many read in the last 30 days, never read, the oldest read
     verified: list[int | None] = field(default_factory=lambda: [0, 0, 0, None])
 
@@ -555,6 +556,9 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
     # What is kept of each partition is compacted, or it would keep the whole partition in memory.
     held = compact if parts.count > 1 else (lambda frame: frame)
     reverified = files.filter(pl.col("verify") & pl.col("read"))
+    # (found changed: an MD5 read that is not the one recorded, as md5_sources counts it `computed`, not reused)
+    changed = reverified.select("srcfile", "md5").join(previous.select("srcfile", _md5="md5"), on="srcfile", how="left") \
+        .filter(pl.col("md5").is_not_null() & ~pl.col("md5").eq_missing(pl.col("_md5"))).height
     when = kept.select("file_id", "verified_ns").join(
         touched.select("file_id", _v="verified_ns"), on="file_id", how="left").select(
         pl.coalesce("_v", "verified_ns").alias("verified_ns"))["verified_ns"]
@@ -568,7 +572,7 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
         unchanged=[current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality")],
         parse_errors=[held(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error"))],
         silent_changes=[held(silent_changes(files, previous))], unverifiable=[held(unverifiable_files(files))],
-        md5_sources=md5_sources(files, previous), reverified=[reverified.height, int(reverified["size"].sum() or 0)],
+        md5_sources=md5_sources(files, previous), reverified=[reverified.height, int(reverified["size"].sum() or 0), changed],
         verified=_verified_tally(when, verified_ns),
     )
 
@@ -870,6 +874,7 @@ def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows:
     return {
         "files_reverified": tree.reverified[0],
         "bytes_reverified": tree.reverified[1],
+        "files_found_changed": tree.reverified[2],  # of files_reverified: their bytes no longer had their MD5
         "share_read_in_30_days": round(float(recent) / n, 4) if n else None,
         "never_verified": never,
         "oldest_verification_days": round((now - oldest) / _DAY_NS, 1) if oldest is not None else None,

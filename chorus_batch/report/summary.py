@@ -276,8 +276,13 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
     v = result.verification
     if v and v.get("share_read_in_30_days") is not None:
         oldest = v["oldest_verification_days"]
+        read, changed = v["files_reverified"], v.get("files_found_changed", 0)
+        # (a file it found changed was counted among the "unchanged files": one rewritten behind its size and mtime)
+        reread = (f"{plural(read, 'file')} ({human_bytes(v['bytes_reverified'])}) this run, {read - changed:,} unchanged "
+                  f"and {changed:,} whose bytes did not have the MD5 recorded (recorded replaced)" if changed else
+                  f"{plural(read, 'unchanged file')} ({human_bytes(v['bytes_reverified'])}) this run")
         lines.append(
-            f"re-verified: {plural(v['files_reverified'], 'unchanged file')} ({human_bytes(v['bytes_reverified'])}) this run; "
+            f"re-verified: {reread}; "
             f"{100 * v['share_read_in_30_days']:.1f}% of the site's files read in the last 30 days"
             + (f", the longest unverified {oldest:g} day{'' if oldest == 1 else 's'} ago" if oldest is not None else "")
             + (f", {v['never_verified']} never read (their MD5 as the storage holds it, or recorded by an older "
