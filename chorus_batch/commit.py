@@ -33,6 +33,7 @@ import polars as pl
 from .classify import PathPattern, classify, fingerprint
 from .diff import Diff, compute_diff
 from .config import parse_max_delete
+from .exclude import DEFAULT_EXCLUDES
 from .errors import MassRemovalRefused, UsageError, raise_lost_stop
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt, under_folders
 from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
@@ -40,7 +41,7 @@ from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
-from .units import named, plural, quoted
+from .units import named, plural, quoted, shown_name
 from .workers import VANISHED_KEPT
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
@@ -489,7 +490,8 @@ class Tally:
     silent_changes: list[pl.DataFrame] = field(default_factory=list)  # ERRORS_SCHEMA
     unverifiable: list[pl.DataFrame] = field(default_factory=list)  # ERRORS_SCHEMA
     md5_sources: dict = field(default_factory=lambda: dict.fromkeys(MD5_SOURCES, 0))
-    reverified: list[int] = field(default_factory=lambda: [0, 0])  # files, bytes read again though unchanged
+    # files, bytes read again though unchanged (by size and mtime, or etag), and how many of them were found changed
+    reverified: list[int] = field(default_factory=lambda: [0, 0, 0])
     # of the kept rows found unchanged: how many, how many read in the last 30 days, never read, the oldest read
     verified: list[int | None] = field(default_factory=lambda: [0, 0, 0, None])
 
@@ -554,6 +556,9 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
     # What is kept of each partition is compacted, or it would keep the whole partition in memory.
     held = compact if parts.count > 1 else (lambda frame: frame)
     reverified = files.filter(pl.col("verify") & pl.col("read"))
+    # (found changed: an MD5 read that is not the one recorded, as md5_sources counts it `computed`, not reused)
+    changed = reverified.select("srcfile", "md5").join(previous.select("srcfile", _md5="md5"), on="srcfile", how="left") \
+        .filter(pl.col("md5").is_not_null() & ~pl.col("md5").eq_missing(pl.col("_md5"))).height
     when = kept.select("file_id", "verified_ns").join(
         touched.select("file_id", _v="verified_ns"), on="file_id", how="left").select(
         pl.coalesce("_v", "verified_ns").alias("verified_ns"))["verified_ns"]
@@ -567,7 +572,7 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
         unchanged=[current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality")],
         parse_errors=[held(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error"))],
         silent_changes=[held(silent_changes(files, previous))], unverifiable=[held(unverifiable_files(files))],
-        md5_sources=md5_sources(files, previous), reverified=[reverified.height, int(reverified["size"].sum() or 0)],
+        md5_sources=md5_sources(files, previous), reverified=[reverified.height, int(reverified["size"].sum() or 0), changed],
         verified=_verified_tally(when, verified_ns),
     )
 
@@ -691,11 +696,13 @@ def _dropped_roots(manifest, tree: Tally, roots: list[tuple[str, str | None]], r
             if root_id not in given and root_id in recorded and n == tree.held_by_root.get(root_id)]
 
 
-def first_run_refusal(roots: list[tuple[str, str | None]], n_excluded: int,
+def first_run_refusal(roots: list[tuple[str, str | None]], excluded: dict,
                       max_delete: str | int) -> MassRemovalRefused | None:
     """The refusal of a first run (no version yet) that would record no file, as the command line's `run` and
     `status` give it (pipeline.run(refuse_empty_first=True)): its roots list none (a disk not mounted yet, the wrong
-    folder), or the exclusion globs leave out every file listed ('?*' passes the up-front check). Once a version
+    folder), or the exclusion globs leave out every file listed ('?*' passes the up-front check), or the folder holds
+    only what the default list always leaves out (.DS_Store, Thumbs.db: the wrong folder, a site not copied yet), said
+    as such, not as globs the user never gave. `excluded`: the run's exclusion counts (exclude.apply). Once a version
     exists the same run is refused by guard_removals (exit 5); a first run ended "no first version was committed"
     with exit 0, which a nightly cron took for a quiet night. None where `max_delete` is `all`, which passes it as it
     passes a root that lists nothing once a version exists. (Not of validate --site's temporary manifest, whose
@@ -704,9 +711,25 @@ def first_run_refusal(roots: list[tuple[str, str | None]], n_excluded: int,
         return None
     where = [_root_where(location, modality) for location, modality in roots]
     lists = "lists" if len(where) == 1 else "list"
-    if n_excluded:
+    n_excluded, n_user = int(excluded.get("total", 0)), int(excluded.get("user", 0))
+    by_pattern = sorted((excluded.get("by_pattern") or {}).items(), key=lambda item: (-item[1], item[0]))
+    # (with the default list on, a glob of it counts its files even where the user gave it too: exclude.apply)
+    defaults = ", ".join(f"{shown_name(p)} ({n:,})" for p, n in by_pattern if p in DEFAULT_EXCLUDES)
+    leftovers = "the operating-system and editor leftovers of its default exclusion list"
+    if n_excluded and not n_user:
         return MassRemovalRefused(
-            f"refused: the exclusion globs leave out every file {named('root', where)} {lists} "
+            f"refused: {named('root', where)} {'holds' if len(where) == 1 else 'hold'} only files chorus-batch always "
+            f"leaves out, {leftovers} ({plural(n_excluded, 'file', grouped=True)}: {defaults}), so no file would be "
+            "recorded, and the manifest holds no version yet; nothing was committed", where=", ".join(where),
+            fix="check that the site root is the folder (or container and prefix) that holds OMOP/ and the person "
+                "folders, and that it is mounted and complete; then run again (--max-delete all lets such a run end with "
+                "nothing to commit)")
+    if n_excluded:
+        users = [f"{quoted(p)} ({plural(n, 'file', grouped=True)})" for p, n in by_pattern if p not in DEFAULT_EXCLUDES]
+        globs = (f"the {named('exclusion glob', users)} and the default list of operating-system and editor leftovers "
+                 f"({defaults})" if n_user < n_excluded else "the exclusion globs")
+        return MassRemovalRefused(
+            f"refused: {globs} leave out every file {named('root', where)} {lists} "
             f"({plural(n_excluded, 'file', grouped=True)} excluded), and the manifest holds no version yet; nothing was committed",
             where="--exclude / exclude in [run]",
             fix="check the exclusion globs (the summary of `chorus-batch status` names what each leaves out), and run "
@@ -851,6 +874,7 @@ def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows:
     return {
         "files_reverified": tree.reverified[0],
         "bytes_reverified": tree.reverified[1],
+        "files_found_changed": tree.reverified[2],  # of files_reverified: their bytes no longer had their MD5
         "share_read_in_30_days": round(float(recent) / n, 4) if n else None,
         "never_verified": never,
         "oldest_verification_days": round((now - oldest) / _DAY_NS, 1) if oldest is not None else None,

@@ -353,7 +353,7 @@ def _first_run_refused(settings: RunSettings, roots: list[Root], result: RunResu
     if result.label is not None or result.previous_label is not None or result.n_files or result.errors.height:
         return None
     return first_run_refusal([(root.source.location, root.modality) for root in roots],
-                             int((result.excluded or {}).get("total", 0)), settings.max_delete)
+                             result.excluded or {}, settings.max_delete)
 
 
 def _held_files_under(manifest: Manifest, root: Root, position: int) -> bool:

@@ -158,6 +158,7 @@ def test_a_wrong_stored_md5_found_by_reverification_is_named_as_such_not_as_chan
     # The one found wrong was read for its new MD5 (recorded `computed`): the summary counted it among the 5 reused
     assert rows(db)[hand][1] == "computed"
     assert result.md5_sources == {"computed": 1, "stored": 0, "reused": 4, "unverifiable": 0}, result.md5_sources
+    assert result.verification["files_found_changed"] == 1, result.verification  # (the summary said "5 unchanged files")
     (message,), = query(db, f"SELECT message FROM scan_errors WHERE srcfile = '{hand}' AND kind = 'silent_change'")
     assert "the stored MD5 is wrong" in message and "not written since (same etag)" in message, message
     assert WRONG_MD5.hex() in message and real[hand] in message and "content changed" not in message

@@ -356,3 +356,33 @@ def test_globs_matched_at_once_keep_each_its_own_case_rule():
     assert pl.select(matched_by(pl.lit(pl.Series(paths)), excludes.patterns)).to_series().to_list() == one_at_a_time
     nothing, none = apply(pl.DataFrame({"srcfile": ["ok/file", "OMOP/person.csv"]}), excludes)
     assert nothing["srcfile"].to_list() == ["ok/file", "OMOP/person.csv"] and none["total"] == 0
+
+
+def test_a_first_run_on_a_folder_of_only_os_leftovers_says_so_not_the_globs(site, db):
+    """A first run on a folder holding only `.DS_Store` and `Thumbs.db` (the wrong folder, or a site not copied yet)
+    was refused, exit 5, rightly, but said "the exclusion globs leave out every file" and "check the exclusion globs"
+    of globs the user never gave: it says the folder holds only files the tool always leaves out, names them, and
+    what to do. Globs the user gave are still named as the user's, beside the default list's share."""
+    write(site, ".DS_Store", b"x")
+    write(site, "1001/Thumbs.db", b"x")
+    write(site, "1001/.DS_Store", b"x")
+    done = cli("run", "--site", str(site), "--db", str(db), "--no-validate")
+    assert done.returncode == 5, done.stdout + done.stderr
+    said = done.stderr
+    assert "exclusion globs" not in said and "--exclude" not in said.split("fix:")[0], said
+    assert f"refused: root {site} holds only files chorus-batch always leaves out" in said, said
+    assert ".DS_Store (2)" in said and "Thumbs.db (1)" in said, said
+    assert "the manifest holds no version yet; nothing was committed" in said, said
+    assert query(db, "select exit_code, version from runs") == [(5, None)]
+    # the user's glob and the default list together: the user's glob named as such, the default list's share too
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    mixed = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "OMOP")
+    assert mixed.returncode == 5, mixed.stdout + mixed.stderr
+    assert "refused: the exclusion glob 'OMOP' (1 file) and the default list of operating-system and editor leftovers " \
+        "(.DS_Store (2), Thumbs.db (1)) leave out every file root" in mixed.stderr, mixed.stderr
+    # --max-delete all lets it end with nothing to commit, said the same way (it said "check the exclusion globs")
+    (site / "OMOP" / "person.csv").unlink()
+    allowed = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--max-delete", "all")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "the site holds only files chorus-batch always leaves out" in allowed.stdout, allowed.stdout
+    assert "check the exclusion globs" not in allowed.stdout, allowed.stdout

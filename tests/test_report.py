@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import cli, run_site, write
 from hypothesis import given, settings
@@ -1080,3 +1081,34 @@ def test_a_versions_findings_and_scan_errors_are_read_without_a_python_tuple_per
         assert frame.rows() == expected[name]
         # fetched whole: ~20 MB of tuples and strings; a batch of 1,000 rows: ~0.5 MB
         assert peak < 4 * 2**20, (name, peak)
+
+
+def test_the_pages_policy_forbids_a_base_and_form_targets_as_well(two_versions, tmp_path):
+    """`default-src 'none'` does not cover `base-uri` nor `form-action` (no fallback to it): a `<base>` or a form
+    smuggled into the page could still point its links or a submission anywhere. The policy names both 'none'."""
+    db, _parquet = two_versions
+    text = write_report(db, tmp_path / "r.html").path.read_text(encoding="utf-8")
+    metas = re.findall(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', text)
+    assert len(metas) == 1, metas
+    policy = {d.split()[0]: d.split()[1:] for d in (p.strip() for p in html.unescape(metas[0]).split(";")) if d}
+    assert policy["default-src"] == ["'none'"]
+    assert policy.get("base-uri") == ["'none'"], policy
+    assert policy.get("form-action") == ["'none'"], policy
+
+
+@pytest.mark.parametrize("values", [[1, 2, 3], [1, 2, 2, 3, 4], [2, 2], [0, 5, 17], [1, 40, 200], [3, 1000, 5000]])
+def test_a_count_histograms_axis_has_whole_number_ticks(values):
+    """Sessions per person 1 to 3: the x axis read 1.50, 1.75, ... 3.50, fractions of a count. The histograms of
+    counts (files per person, sessions per person) tick at whole numbers, written as counts are (1,000)."""
+    from matplotlib.figure import Figure
+
+    from chorus_batch.report.plots import _hist
+
+    ax = Figure().subplots()
+    _hist(ax, np.array(values, dtype=float), integer=True)
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert shown and all(float(t).is_integer() for t in shown), shown
+    labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+    assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", text) for text in labels), labels

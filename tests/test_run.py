@@ -541,6 +541,16 @@ def test_rehash_is_a_re_verification_a_silent_change_is_an_error_and_the_reads_a
     assert result.exit_code == ExitCode.FINDINGS
     assert result.verification["files_reverified"] == 2 and result.verification["never_verified"] == 0
     assert query(db, "SELECT count(*) FROM source_files WHERE time_invalid IS NULL AND verified_ns IS NULL") == [(0,)]
+    # the summary said "re-verified: 2 unchanged files", one of them the file it had just found changed
+    from chorus_batch.report.summary import summary_text
+    assert result.verification["files_found_changed"] == 1
+    line = next(line for line in summary_text(result).splitlines() if line.startswith("re-verified:"))
+    assert line.startswith("re-verified: 2 files (8 B) this run, 1 unchanged and 1 whose bytes did not have the MD5 recorded "
+                           "(recorded replaced);"), line
+    again = run_site(site, db, rehash=True)  # nothing changed since: the line as it was
+    assert again.verification["files_found_changed"] == 0
+    line = next(line for line in summary_text(again).splitlines() if line.startswith("re-verified:"))
+    assert line.startswith("re-verified: 2 unchanged files (8 B) this run;"), line
 
 
 def test_touched_file_is_not_a_change_and_is_not_hashed_again(site, db):

@@ -5,7 +5,8 @@
     info.sections, info.images
 
 One file, no external CSS, scripts, fonts or images: the plots (`plots`) are PNGs embedded as
-`data:` URIs, and a Content-Security-Policy forbids loading anything else. `_Report` gathers each
+`data:` URIs, and a Content-Security-Policy forbids loading anything else (and, as `default-src` does not cover
+them, a `<base>` or a form target: `base-uri 'none'; form-action 'none'`). `_Report` gathers each
 section's values from a `ManifestReader`; `templates/report.html.j2` lays them out, and Jinja2's
 autoescaping escapes every value. Long tables are cut after `MAX_ROWS` rows with the command that
 lists them all. The page holds person identifiers, so it is written owner-only.

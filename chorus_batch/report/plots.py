@@ -57,7 +57,7 @@ def _style(ax) -> None:
 
 
 def _hist(ax, values: np.ndarray, *, log: bool = False, integer: bool = False, color: str = "#4263eb") -> None:
-    """Histogram from counts (np.histogram), drawn as bars."""
+    """Histogram from counts (np.histogram), drawn as bars; `integer`: the values are counts, so are its x ticks."""
     values = values[np.isfinite(values)]
     if log:
         values = values[values > 0]
@@ -79,6 +79,9 @@ def _hist(ax, values: np.ndarray, *, log: bool = False, integer: bool = False, c
            linewidth=0.6)
     ax.set_ylabel("count", fontsize=9)
     _style(ax)
+    if integer:  # a count per bar: whole-number ticks (not 1.50, 1.75, ...), written out as the y axis is
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one bar: its one whole number
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:,.0f}"))
 
 
 def _bytes_tick(value: float, _pos=None) -> str:

@@ -215,6 +215,11 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
         lines.append(f"dry run: nothing written (manifest {result.db})")
     elif result.label:
         lines.append(f"version {result.label} committed to {result.db}")
+    elif result.previous_label is None and result.n_files == 0 and excluded_dict(result.excluded)["total"] \
+            and not excluded_dict(result.excluded)["user"]:  # only what the default list leaves out: no glob of the user's
+        lines.append(f"the site holds only files chorus-batch always leaves out (operating-system and editor leftovers "
+                     f"of its default exclusion list, below), so no first version was committed ({result.db}); check "
+                     "that the site root is the folder (or container and prefix) that holds OMOP/ and the person folders")
     elif result.previous_label is None and result.n_files == 0 and excluded_dict(result.excluded)["total"]:
         lines.append(f"every file the site lists was excluded, so no first version was committed ({result.db}); "
                      "check the exclusion globs (--exclude, [run] exclude) below")
@@ -271,8 +276,13 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
     v = result.verification
     if v and v.get("share_read_in_30_days") is not None:
         oldest = v["oldest_verification_days"]
+        read, changed = v["files_reverified"], v.get("files_found_changed", 0)
+        # (a file it found changed was counted among the "unchanged files": one rewritten behind its size and mtime)
+        reread = (f"{plural(read, 'file')} ({human_bytes(v['bytes_reverified'])}) this run, {read - changed:,} unchanged "
+                  f"and {changed:,} whose bytes did not have the MD5 recorded (recorded replaced)" if changed else
+                  f"{plural(read, 'unchanged file')} ({human_bytes(v['bytes_reverified'])}) this run")
         lines.append(
-            f"re-verified: {plural(v['files_reverified'], 'unchanged file')} ({human_bytes(v['bytes_reverified'])}) this run; "
+            f"re-verified: {reread}; "
             f"{100 * v['share_read_in_30_days']:.1f}% of the site's files read in the last 30 days"
             + (f", the longest unverified {oldest:g} day{'' if oldest == 1 else 's'} ago" if oldest is not None else "")
             + (f", {v['never_verified']} never read (their MD5 as the storage holds it, or recorded by an older "
