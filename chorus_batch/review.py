@@ -133,6 +133,30 @@ def count_argument(value: object, name: str, where: str) -> int:
     return value
 
 
+def columns_argument(columns: object, where: str) -> tuple[str, ...]:
+    """The file columns a notebook asks for (`files_part(columns=...)`): names of `FILE_COLUMNS`, one name alone as
+    text too; anything else is a UsageError that names the columns there are (a misspelt name was a KeyError from
+    the schema, one name as text a KeyError of its first letter, an empty tuple an empty frame without a count)."""
+    if isinstance(columns, str):
+        columns = (columns,)
+    try:
+        names = tuple(columns)  # type: ignore[arg-type]
+    except TypeError:
+        names = None
+    unknown = [c for c in names or () if not isinstance(c, str) or c not in FILE_COLUMNS]
+    if not names or unknown:
+        import difflib
+
+        meant = (difflib.get_close_matches(unknown[0], FILE_COLUMNS, n=1)
+                 if unknown and isinstance(unknown[0], str) else [])
+        said = (f"no file column {unknown[0]!r}" + (f"; did you mean {meant[0]!r}?" if meant else "") if unknown
+                else f"columns names no column: {columns!r}")
+        raise UsageError(said[:200], where=where,
+                         fix=f"give names of the columns `files` returns, such as columns=(\"srcfile\", \"md5\"): "
+                             f"{', '.join(FILE_COLUMNS)}")
+    return tuple(dict.fromkeys(names))
+
+
 def _as_date(text: str) -> str:
     """What a date written without its dashes (20261205, as the labels' own digits are) means as a time: `--as-of
     20261205` was "no version '20261205'", with an example of a whole ISO time only."""
@@ -550,6 +574,9 @@ class ManifestReader:
         """(how many files `files` of the same arguments gives, `columns` of its first `limit` rows (None: all)): a
         storage that can reads only those. `files` of 1M files read all 16 columns of each to show 200 (893 MiB
         peak), `files --md5sum` all of them for two."""
+        columns = columns_argument(columns, "files_part(columns=...)")
+        if limit is not None:
+            limit = count_argument(limit, "limit", "files_part(limit=...)")  # (-1 gave every row but the last)
         label, modality, person = self._file_question(as_of, modality, person)
         count, frame = self._files_part(label, modality, person, columns, limit)
         self._said_unknown_person(person, label, frame)
@@ -566,6 +593,9 @@ class ManifestReader:
         empty, the others not): a storage that can reads a slice at a time. `files --json`/`--csv` of 1M files read
         the whole version first (~640 MiB peak) to write it a slice at a time. A person the version has no file of is
         said (NoSuchPerson) before this returns."""
+        if count_argument(rows, "rows", "files_sliced(rows=...)") == 0:  # (an IndexError from the first slice)
+            raise UsageError("rows is the number of rows a slice holds: 1 or more, not 0", where="files_sliced(rows=...)",
+                             fix=f"give rows as a number such as rows={SLICE_ROWS}, or leave it out")
         label, modality, person = self._file_question(as_of, modality, person)
         slices = iter(self._files_sliced(label, modality, person, rows))
         first = next(slices)
@@ -1028,7 +1058,9 @@ class SQLiteReader(ManifestReader):
                     limit: int | None) -> tuple[int, pl.DataFrame]:
         from .store.manifest import read_frame
 
-        columns = tuple(dict.fromkeys([*columns, "version_valid"]))  # (_known reads it)
+        # (_known reads version_valid; the latest version's query, a UNION, is ordered by srcfile, which a compound
+        # SELECT can only order by a column it gives: columns=("md5",) was "SQLite failed on the manifest")
+        columns = tuple(dict.fromkeys([*columns, "version_valid", "srcfile"]))
         sql, params = self._files_sql(label, modality, person, columns)
         schema = {c: FILE_SCHEMA[c] for c in columns}
         with self._manifest.adbc() as con, con.cursor() as cur:  # one transaction: the count and the rows of one state

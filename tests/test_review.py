@@ -511,6 +511,37 @@ def test_a_count_of_a_wrong_type_or_below_zero_is_a_usage_error_that_says_what_t
     assert len(reader.person_suggestions("0", limit=1)) == 1
 
 
+def test_files_part_and_files_sliced_say_a_wrong_column_limit_or_slice_size_as_usage_errors(reader):
+    """files_part(columns=("srcfil",)) was a KeyError, columns="srcfile" a KeyError of 's', limit=-1 every row but the
+    last (the Parquet reader); files_sliced(rows=0) an IndexError, rows=-1 alike."""
+    whole = reader.files()
+    for columns, said in ((("srcfil",), "no file column 'srcfil'; did you mean 'srcfile'?"), (("md5", 3), "no file column 3"),
+                          ((), "columns names no column"), (5, "columns names no column")):
+        with pytest.raises(UsageError, match=re.escape(said)) as raised:
+            reader.files_part(columns=columns)
+        assert raised.value.where == "files_part(columns=...)" and "srcfile, md5, size" in raised.value.fix
+    for bad in (-1, "3", True):
+        with pytest.raises(UsageError, match=r"^limit is a whole number of 0 or more"):
+            reader.files_part(limit=bad)
+    for bad, said in ((0, "1 or more, not 0"), (-1, "0 or more, not int -1"), ("5", "not str '5'")):
+        with pytest.raises(UsageError, match=re.escape(said)):
+            reader.files_sliced(rows=bad)
+    # one column named alone, as text; rows counted as files gives them
+    count, frame = reader.files_part(columns="srcfile")
+    assert count == whole.height and frame.equals(whole.select("srcfile"))
+    assert pl.concat(list(reader.files_sliced(rows=1))).equals(whole)
+
+
+def test_files_part_of_columns_without_the_path_reads_the_latest_version(reader):
+    """The latest version's query orders a UNION by srcfile: columns=("md5",) was "SQLite failed on the manifest: 1st
+    ORDER BY term does not match any column in the result set" (an earlier version's query had no UNION)."""
+    whole = reader.files()
+    for limit in (None, 2):
+        count, frame = reader.files_part(columns=("md5", "size"), limit=limit)
+        assert count == whole.height
+        assert frame.equals(whole.select("md5", "size").head(limit or whole.height))
+
+
 def test_a_reader_used_in_a_with_block_is_closed_at_its_end(reader):
     """The reader's `close()` removes the scratch folders of the DuckDB connections it gave; `with open_manifest(db)
     as m:` was a TypeError (no context manager), so a notebook had to remember to close it."""
