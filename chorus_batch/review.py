@@ -302,6 +302,9 @@ class ManifestReader:
         signal, killed), the nights a cron job committed nothing. No host, user, pid or command line: a message's
         paths inside the site are cut at its root (a path names a person's folder) and a user it names is left out.
         Empty from a snapshot folder, which does not record runs (`records_runs` is False)."""
+        if isinstance(failed, str) or failed not in (True, False):  # failed="no" kept the failed runs
+            raise UsageError(f"failed is True or False, not {type(failed).__name__} {failed!r}"[:200],
+                             where="runs(failed=...)", fix="give failed=True for the failed runs only, or leave it out")
         rows = self._run_rows()
         if rows is None:
             return pl.DataFrame(schema=RUNS_SCHEMA)

@@ -532,6 +532,21 @@ def test_files_part_and_files_sliced_say_a_wrong_column_limit_or_slice_size_as_u
     assert pl.concat(list(reader.files_sliced(rows=1))).equals(whole)
 
 
+def test_findings_of_a_rule_not_text_and_runs_of_failed_not_a_truth_value_are_usage_errors(reader):
+    """findings(rule=5) was a TypeError ('int' object is not iterable); runs(failed="no") kept the failed runs only
+    (any text is true), runs(failed="yes") alike, unsaid."""
+    for rule in (5, [5]):
+        with pytest.raises(UsageError, match=r"^a rule is text, not int 5") as said:
+            reader.findings(rule=rule)
+        assert said.value.where == "rule="
+    for failed in ("no", "yes", 2, None):
+        with pytest.raises(UsageError, match=r"^failed is True or False, not ") as said:
+            reader.runs(failed=failed)
+        assert said.value.where == "runs(failed=...)" and "failed=True" in said.value.fix
+    assert reader.findings(rule=None).equals(reader.findings())
+    assert reader.runs(failed=False).equals(reader.runs()) and reader.runs(failed=True).height <= reader.runs().height
+
+
 def test_files_part_of_columns_without_the_path_reads_the_latest_version(reader):
     """The latest version's query orders a UNION by srcfile: columns=("md5",) was "SQLite failed on the manifest: 1st
     ORDER BY term does not match any column in the result set" (an earlier version's query had no UNION)."""
