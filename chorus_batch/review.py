@@ -49,6 +49,8 @@ FILE_SCHEMA = schema_of("source_files", FILE_COLUMNS)
 DIFF_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "old_md5": pl.String, **FILE_SCHEMA}
 HISTORY_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "ended_by": pl.String, "renamed_to": pl.String, **FILE_SCHEMA}
 CHANGE_KINDS = ("added", "removed", "replaced", "renamed")
+# What `change_counts` returns, from either storage (the snapshot folder's count was UInt32, the manifest's Int64)
+CHANGE_COUNTS_SCHEMA = {"version": pl.String, "modality": pl.String, "change": pl.String, "n": pl.Int64}
 REVIEW_MEMORY = "64MB"  # DuckDB's cap in `ManifestReader.duckdb`
 SLICE_ROWS = 20_000  # manifest rows read at a time into `ManifestReader.duckdb`'s tables (about 20 MB of polars frame)
 # The version whose files each review database (`ManifestReader.review_database`) holds in its table `files`.
@@ -1175,7 +1177,7 @@ class SQLiteReader(ManifestReader):
             "SELECT c.version, coalesce(n.modality, o.modality, 'Other') AS modality, c.change, count(*) AS n "
             "FROM changes c LEFT JOIN source_files n ON n.file_id = c.file_id LEFT JOIN source_files o ON o.file_id = c.old_file_id "
             "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-            schema={"version": pl.String, "modality": pl.String, "change": pl.String, "n": pl.Int64})
+            schema=CHANGE_COUNTS_SCHEMA)
 
     def registry(self) -> pl.DataFrame:
         # Typed as the table is: a column null throughout (`date`, `time` of a site whose session names carry no

@@ -649,6 +649,23 @@ def test_sqlite_and_parquet_readers_agree(history):
     assert sqlite.registry().height == parquet.registry().height
 
 
+def test_the_two_readers_give_frames_of_the_same_columns_and_types(history):
+    """A reviewer's code reads a manifest or its snapshot folder alike: `change_counts()["n"]` was Int64 from the
+    manifest and UInt32 from the snapshots (`equals` does not compare types: the test above could not see it)."""
+    sqlite, parquet = open_manifest(history["db"]), open_manifest(history["snaps"])
+    first, second, last = history["labels"]
+    some = sorted(history["trees"][0])[3]
+    asked = {"files": lambda m: m.files(first), "changes": lambda m: m.changes(second), "all_changes": lambda m: m.all_changes(),
+             "change_counts": lambda m: m.change_counts(), "registry": lambda m: m.registry(),
+             "scan_errors": lambda m: m.scan_errors(last), "findings": lambda m: m.findings(last),
+             "diff": lambda m: m.diff(first, last), "history": lambda m: m.history(some),
+             "files_per_person": lambda m: m.files_per_person(), "sessions": lambda m: m.sessions(),
+             "duplicates": lambda m: m.duplicates(), "runs": lambda m: m.runs(),
+             "files_part": lambda m: m.files_part(columns=("md5", "size"))[1]}
+    for name, ask in asked.items():
+        assert ask(sqlite).schema == ask(parquet).schema, name
+
+
 def test_cli_json_and_csv_have_the_documented_fields(history):
     db = str(history["db"])
     files = cli("files", "--db", db, "--as-of", "v1", "--json")
