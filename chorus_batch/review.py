@@ -49,6 +49,8 @@ FILE_SCHEMA = schema_of("source_files", FILE_COLUMNS)
 DIFF_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "old_md5": pl.String, **FILE_SCHEMA}
 HISTORY_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "ended_by": pl.String, "renamed_to": pl.String, **FILE_SCHEMA}
 CHANGE_KINDS = ("added", "removed", "replaced", "renamed")
+# What `change_counts` returns, from either storage (the snapshot folder's count was UInt32, the manifest's Int64)
+CHANGE_COUNTS_SCHEMA = {"version": pl.String, "modality": pl.String, "change": pl.String, "n": pl.Int64}
 REVIEW_MEMORY = "64MB"  # DuckDB's cap in `ManifestReader.duckdb`
 SLICE_ROWS = 20_000  # manifest rows read at a time into `ManifestReader.duckdb`'s tables (about 20 MB of polars frame)
 # The version whose files each review database (`ManifestReader.review_database`) holds in its table `files`.
@@ -131,6 +133,30 @@ def count_argument(value: object, name: str, where: str) -> int:
         raise UsageError(f"{name} is a whole number of 0 or more, not {type(value).__name__} {value!r}"[:200],
                          where=where, fix=f"give {name} as a number such as {name}=5")
     return value
+
+
+def columns_argument(columns: object, where: str) -> tuple[str, ...]:
+    """The file columns a notebook asks for (`files_part(columns=...)`): names of `FILE_COLUMNS`, one name alone as
+    text too; anything else is a UsageError that names the columns there are (a misspelt name was a KeyError from
+    the schema, one name as text a KeyError of its first letter, an empty tuple an empty frame without a count)."""
+    if isinstance(columns, str):
+        columns = (columns,)
+    try:
+        names = tuple(columns)  # type: ignore[arg-type]
+    except TypeError:
+        names = None
+    unknown = [c for c in names or () if not isinstance(c, str) or c not in FILE_COLUMNS]
+    if not names or unknown:
+        import difflib
+
+        meant = (difflib.get_close_matches(unknown[0], FILE_COLUMNS, n=1)
+                 if unknown and isinstance(unknown[0], str) else [])
+        said = (f"no file column {unknown[0]!r}" + (f"; did you mean {meant[0]!r}?" if meant else "") if unknown
+                else f"columns names no column: {columns!r}")
+        raise UsageError(said[:200], where=where,
+                         fix=f"give names of the columns `files` returns, such as columns=(\"srcfile\", \"md5\"): "
+                             f"{', '.join(FILE_COLUMNS)}")
+    return tuple(dict.fromkeys(names))
 
 
 def _as_date(text: str) -> str:
@@ -288,6 +314,9 @@ class ManifestReader:
         signal, killed), the nights a cron job committed nothing. No host, user, pid or command line: a message's
         paths inside the site are cut at its root (a path names a person's folder) and a user it names is left out.
         Empty from a snapshot folder, which does not record runs (`records_runs` is False)."""
+        if isinstance(failed, str) or failed not in (True, False):  # failed="no" kept the failed runs
+            raise UsageError(f"failed is True or False, not {type(failed).__name__} {failed!r}"[:200],
+                             where="runs(failed=...)", fix="give failed=True for the failed runs only, or leave it out")
         rows = self._run_rows()
         if rows is None:
             return pl.DataFrame(schema=RUNS_SCHEMA)
@@ -560,6 +589,9 @@ class ManifestReader:
         """(how many files `files` of the same arguments gives, `columns` of its first `limit` rows (None: all)): a
         storage that can reads only those. `files` of 1M files read all 16 columns of each to show 200 (893 MiB
         peak), `files --md5sum` all of them for two."""
+        columns = columns_argument(columns, "files_part(columns=...)")
+        if limit is not None:
+            limit = count_argument(limit, "limit", "files_part(limit=...)")  # (-1 gave every row but the last)
         label, modality, person = self._file_question(as_of, modality, person)
         count, frame = self._files_part(label, modality, person, columns, limit)
         self._said_unknown_person(person, label, frame)
@@ -578,6 +610,9 @@ class ManifestReader:
         the whole version first (~640 MiB peak) to write it a slice at a time. `path`: only the rows `rows_under`
         keeps of them, chosen by the storage where it can (`files --path P --json` read every slice of the version and
         held the rows under P). A person the version has no file of is said (NoSuchPerson) before this returns."""
+        if count_argument(rows, "rows", "files_sliced(rows=...)") == 0:  # (an IndexError from the first slice)
+            raise UsageError("rows is the number of rows a slice holds: 1 or more, not 0", where="files_sliced(rows=...)",
+                             fix=f"give rows as a number such as rows={SLICE_ROWS}, or leave it out")
         label, modality, person = self._file_question(as_of, modality, person)
         folders = None if path is None else self._folders(path)
         slices = iter(self._files_sliced(label, modality, person, rows, folders))
@@ -1056,7 +1091,9 @@ class SQLiteReader(ManifestReader):
                     limit: int | None) -> tuple[int, pl.DataFrame]:
         from .store.manifest import read_frame
 
-        columns = tuple(dict.fromkeys([*columns, "version_valid"]))  # (_known reads it)
+        # (_known reads version_valid; the latest version's query, a UNION, is ordered by srcfile, which a compound
+        # SELECT can only order by a column it gives: columns=("md5",) was "SQLite failed on the manifest")
+        columns = tuple(dict.fromkeys([*columns, "version_valid", "srcfile"]))
         sql, params = self._files_sql(label, modality, person, columns)
         schema = {c: FILE_SCHEMA[c] for c in columns}
         with self._manifest.adbc() as con, con.cursor() as cur:  # one transaction: the count and the rows of one state
@@ -1182,7 +1219,7 @@ class SQLiteReader(ManifestReader):
             "SELECT c.version, coalesce(n.modality, o.modality, 'Other') AS modality, c.change, count(*) AS n "
             "FROM changes c LEFT JOIN source_files n ON n.file_id = c.file_id LEFT JOIN source_files o ON o.file_id = c.old_file_id "
             "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-            schema={"version": pl.String, "modality": pl.String, "change": pl.String, "n": pl.Int64})
+            schema=CHANGE_COUNTS_SCHEMA)
 
     def registry(self) -> pl.DataFrame:
         # Typed as the table is: a column null throughout (`date`, `time` of a site whose session names carry no

@@ -511,6 +511,52 @@ def test_a_count_of_a_wrong_type_or_below_zero_is_a_usage_error_that_says_what_t
     assert len(reader.person_suggestions("0", limit=1)) == 1
 
 
+def test_files_part_and_files_sliced_say_a_wrong_column_limit_or_slice_size_as_usage_errors(reader):
+    """files_part(columns=("srcfil",)) was a KeyError, columns="srcfile" a KeyError of 's', limit=-1 every row but the
+    last (the Parquet reader); files_sliced(rows=0) an IndexError, rows=-1 alike."""
+    whole = reader.files()
+    for columns, said in ((("srcfil",), "no file column 'srcfil'; did you mean 'srcfile'?"), (("md5", 3), "no file column 3"),
+                          ((), "columns names no column"), (5, "columns names no column")):
+        with pytest.raises(UsageError, match=re.escape(said)) as raised:
+            reader.files_part(columns=columns)
+        assert raised.value.where == "files_part(columns=...)" and "srcfile, md5, size" in raised.value.fix
+    for bad in (-1, "3", True):
+        with pytest.raises(UsageError, match=r"^limit is a whole number of 0 or more"):
+            reader.files_part(limit=bad)
+    for bad, said in ((0, "1 or more, not 0"), (-1, "0 or more, not int -1"), ("5", "not str '5'")):
+        with pytest.raises(UsageError, match=re.escape(said)):
+            reader.files_sliced(rows=bad)
+    # one column named alone, as text; rows counted as files gives them
+    count, frame = reader.files_part(columns="srcfile")
+    assert count == whole.height and frame.equals(whole.select("srcfile"))
+    assert pl.concat(list(reader.files_sliced(rows=1))).equals(whole)
+
+
+def test_findings_of_a_rule_not_text_and_runs_of_failed_not_a_truth_value_are_usage_errors(reader):
+    """findings(rule=5) was a TypeError ('int' object is not iterable); runs(failed="no") kept the failed runs only
+    (any text is true), runs(failed="yes") alike, unsaid."""
+    for rule in (5, [5]):
+        with pytest.raises(UsageError, match=r"^a rule is text, not int 5") as said:
+            reader.findings(rule=rule)
+        assert said.value.where == "rule="
+    for failed in ("no", "yes", 2, None):
+        with pytest.raises(UsageError, match=r"^failed is True or False, not ") as said:
+            reader.runs(failed=failed)
+        assert said.value.where == "runs(failed=...)" and "failed=True" in said.value.fix
+    assert reader.findings(rule=None).equals(reader.findings())
+    assert reader.runs(failed=False).equals(reader.runs()) and reader.runs(failed=True).height <= reader.runs().height
+
+
+def test_files_part_of_columns_without_the_path_reads_the_latest_version(reader):
+    """The latest version's query orders a UNION by srcfile: columns=("md5",) was "SQLite failed on the manifest: 1st
+    ORDER BY term does not match any column in the result set" (an earlier version's query had no UNION)."""
+    whole = reader.files()
+    for limit in (None, 2):
+        count, frame = reader.files_part(columns=("md5", "size"), limit=limit)
+        assert count == whole.height
+        assert frame.equals(whole.select("md5", "size").head(limit or whole.height))
+
+
 def test_a_reader_used_in_a_with_block_is_closed_at_its_end(reader):
     """The reader's `close()` removes the scratch folders of the DuckDB connections it gave; `with open_manifest(db)
     as m:` was a TypeError (no context manager), so a notebook had to remember to close it."""
@@ -601,6 +647,23 @@ def test_sqlite_and_parquet_readers_agree(history):
             parquet.changes(label).sort("change", "srcfile").select("change", "srcfile", "md5"))
     assert sqlite.change_counts().equals(parquet.change_counts())
     assert sqlite.registry().height == parquet.registry().height
+
+
+def test_the_two_readers_give_frames_of_the_same_columns_and_types(history):
+    """A reviewer's code reads a manifest or its snapshot folder alike: `change_counts()["n"]` was Int64 from the
+    manifest and UInt32 from the snapshots (`equals` does not compare types: the test above could not see it)."""
+    sqlite, parquet = open_manifest(history["db"]), open_manifest(history["snaps"])
+    first, second, last = history["labels"]
+    some = sorted(history["trees"][0])[3]
+    asked = {"files": lambda m: m.files(first), "changes": lambda m: m.changes(second), "all_changes": lambda m: m.all_changes(),
+             "change_counts": lambda m: m.change_counts(), "registry": lambda m: m.registry(),
+             "scan_errors": lambda m: m.scan_errors(last), "findings": lambda m: m.findings(last),
+             "diff": lambda m: m.diff(first, last), "history": lambda m: m.history(some),
+             "files_per_person": lambda m: m.files_per_person(), "sessions": lambda m: m.sessions(),
+             "duplicates": lambda m: m.duplicates(), "runs": lambda m: m.runs(),
+             "files_part": lambda m: m.files_part(columns=("md5", "size"))[1]}
+    for name, ask in asked.items():
+        assert ask(sqlite).schema == ask(parquet).schema, name
 
 
 def test_cli_json_and_csv_have_the_documented_fields(history):

@@ -21,7 +21,7 @@ from ..errors import ForeignSnapshots, ManifestError, UsageError
 from ..faults import pause
 from ..frames import FINDINGS_SCHEMA, schema_of
 from ..fsutil import private_folder, remove_abandoned, write_private
-from ..review import FILE_COLUMNS, FILE_SCHEMA, HISTORY_SCHEMA, SLICE_ROWS, ManifestReader
+from ..review import CHANGE_COUNTS_SCHEMA, FILE_COLUMNS, FILE_SCHEMA, HISTORY_SCHEMA, SLICE_ROWS, ManifestReader
 from .manifest import Manifest
 
 
@@ -633,7 +633,8 @@ class ParquetReader(ManifestReader):
     def change_counts(self) -> pl.DataFrame:
         frames = [self.changes(label).select("version", pl.col("modality").fill_null("Other"), "change")
                   for label in self._labels]
-        return pl.concat(frames).group_by("version", "modality", "change").len("n").sort("version", "modality", "change")
+        counts = pl.concat(frames).group_by("version", "modality", "change").len("n").cast(CHANGE_COUNTS_SCHEMA)  # type: ignore[arg-type]
+        return counts.sort("version", "modality", "change")
 
     def registry(self) -> pl.DataFrame:
         return self._read(self._labels[-1], "registry")

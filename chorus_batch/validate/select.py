@@ -23,7 +23,9 @@ def finding_filter(rule: str | Iterable[str] | None = None, severity: str | None
     def named(option: str) -> str:
         return f"--{option}" if cli else f"{option}="
 
-    rules = [rule] if isinstance(rule, str) else list(rule or ())
+    # (one rule not text, rule=5, is said as such below: it was a TypeError, 'int' object is not iterable)
+    rules = [rule] if isinstance(rule, str) or not isinstance(rule, Iterable) else list(rule)
+    rules = [] if rules == [None] else rules
     if not rules and severity is None and path is None:
         return None
     from . import RULES
