@@ -65,12 +65,16 @@ _UNSEEN_LINK_KINDS = ("unreadable_link", "broken_symlink")
 class Pending:
     """What a dry run would write, for checking it without writing: the new file rows (classified; root_id the
     position of the scan's root), the file ids they end, kept rows classified anew (file_id + CLASSIFIED_SCHEMA;
-    None when the classification did not change), and the manifest's root_id of each recorded root (by position)."""
+    None when the classification did not change), the manifest's root_id of each recorded root (by position), and
+    the kept files whose stat, etag or root the scan found moved (current_tree's `touched`: file_id, mtime_ns, root_id
+    as the scan's position, verified_ns, etag, md5, md5_source), which a run records (_touch) before its check reads
+    them."""
 
     new_rows: pl.DataFrame
     invalidated: pl.Series
     reclassified: pl.DataFrame | None
     root_ids: dict[int, int]
+    touched: pl.DataFrame
 
 
 @dataclass
@@ -390,7 +394,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     del previous_candidates, kept_candidates
     if dry_run:
         outcome.pending = Pending(new_rows=new_rows, invalidated=invalidated, reclassified=reclassified,
-                                  root_ids=root_ids)
+                                  root_ids=root_ids, touched=touched)
         return outcome
     if reclassified is not None:  # rows this version ends keep the classification they were recorded with
         reclassified = reclassified.filter(~pl.col("file_id").is_in(invalidated.implode()))

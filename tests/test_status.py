@@ -387,3 +387,33 @@ def test_the_commit_logs_its_rows_when_not_a_terminal(tmp_path):
               "--no-validate", env={"CHORUS_BATCH_PROGRESS_S": "0"})
     assert out.returncode in (0, 1), out.stderr
     assert "committing version 20261101020000: 3/3 rows" in out.stderr, out.stderr
+
+
+def test_status_of_a_site_at_a_new_folder_finds_what_the_run_would_not_files_written_since_listed(tmp_path):
+    """A manifest of one folder, status given another snapshot of the site (same content, new modification times):
+    the kept files are read where this scan listed them and compared with the stat it listed, as the run records them
+    before its check. They were compared with the stat recorded under the old folder: every kept file whose facts
+    were not cached was "written since it was listed", errors the run itself does not give."""
+    import shutil
+
+    from chorus_batch.pipeline import run, status
+    from chorus_batch.testdata import Spec, make_testdata
+
+    make_testdata(tmp_path / "td", Spec(persons=2, files_per_person=6))
+    first, second, db = tmp_path / "td" / "first", tmp_path / "td" / "second", tmp_path / "manifest.sqlite"
+    for path in second.rglob("*"):  # (the unchanged files' stat moved for sure, not by the clock's grain)
+        if path.is_file():
+            os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    run(settings(first, db, validate_site=False))  # no facts cached: the check reads every header
+    copy = tmp_path / "copy.sqlite"
+    shutil.copyfile(db, copy)
+
+    said = status(settings(second, db)).findings
+    done = run(settings(second, copy)).findings
+    assert said is not None and done is not None
+    assert not said.filter(said["message"].str.contains("written since it was listed")).height
+    assert sorted(said.select("severity", "rule", "srcfile").rows()) == sorted(done.select("severity", "rule", "srcfile").rows())
+    # the recorded folder: as before
+    shutil.copyfile(db, copy)
+    assert sorted(status(settings(first, db)).findings.select("rule", "srcfile").rows()) == \
+        sorted(run(settings(first, copy)).findings.select("rule", "srcfile").rows())

@@ -333,6 +333,17 @@ def validate_pending(manifest: Manifest, pending, roots: list, *, errors: pl.Dat
     # Read by the run's roots (by position); a kept file of a root this run does not have: from the first that has it.
     position = {root_id: i for i, root_id in pending.root_ids.items()}
     kept = kept.with_columns(root_id=pl.col("root_id").replace_strict(position, default=None, return_dtype=pl.Int64))
+    # A kept file the scan found with a new stat, etag or root (a site copied or moved: same content) is read as the run
+    # records it (commit._touch) before its check: where it was listed now, compared with the stat it was listed
+    # with. As recorded, a file of a site given at a new folder was read there and found not as recorded ("written
+    # since it was listed"): errors the run does not give.
+    if pending.touched.height:
+        moved = pending.touched.select("file_id", _mtime="mtime_ns", _root="root_id", _etag="etag", _md5="md5",
+                                       _hit=pl.lit(True))
+        kept = kept.join(moved, on="file_id", how="left", maintain_order="left").with_columns(
+            mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id"),
+            etag=pl.when(pl.col("_hit").fill_null(False)).then(pl.col("_etag")).otherwise(pl.col("etag")),
+            md5=pl.coalesce("md5", "_md5")).drop("_mtime", "_root", "_etag", "_md5", "_hit")
     current = pl.concat([kept.select(list(VALIDATION_SCHEMA)),
                          pending.new_rows.select(list(VALIDATION_SCHEMA)).cast(VALIDATION_SCHEMA)])  # type: ignore[arg-type]
     sources: dict[int | None, Source] = {i: root.source for i, root in enumerate(roots)}
