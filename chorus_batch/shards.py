@@ -140,6 +140,20 @@ def _config_db(config: str) -> str | None:
     return None
 
 
+def _other_manifests_shard(folder: Path, db: str | Path) -> tuple[dict, int, list | None, str] | None:
+    """(its scan.json's record, when that was written (ns), the arguments it records, the other manifest) of a shard
+    folder written for another manifest than `db`; None if the folder holds no readable record, or one of `db`'s."""
+    try:
+        record = json.loads((folder / "scan.json").read_text("utf-8"))
+        written_ns = (folder / "scan.json").stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    arguments = record.get("arguments") if isinstance(record, dict) else None
+    arguments = arguments if isinstance(arguments, list) else None
+    other = _other_manifest(arguments, db)
+    return None if other is None else (record, written_ns, arguments, other)
+
+
 def _refuse_another_manifests_shard(folder: Path, coverage: Coverage, db: str | Path) -> None:
     """A UsageError if `folder` holds a complete shard written for another manifest (its scan.json's `--db`) that this
     one would write over: two manifests (two sites, or one site's two) given one --staging folder one after the other
@@ -149,16 +163,10 @@ def _refuse_another_manifests_shard(folder: Path, coverage: Coverage, db: str | 
     still at the version it reused), and always in a job array task of a Slurm submission (the script exports
     CHORUS_STAGING, this staging folder): the submission refused to start over another manifest's unmerged shards, so
     that one was written since, by another submission into the same --staging at the same time."""
-    try:
-        record = json.loads((folder / "scan.json").read_text("utf-8"))
-        written_ns = (folder / "scan.json").stat().st_mtime_ns
-    except (OSError, ValueError):
+    found = _other_manifests_shard(folder, db)
+    if found is None:
         return
-    arguments = record.get("arguments") if isinstance(record, dict) else None
-    arguments = arguments if isinstance(arguments, list) else None
-    other = _other_manifest(arguments, db)
-    if other is None:
-        return
+    record, written_ns, arguments, other = found
     submitted = os.environ.get("CHORUS_STAGING")
     if submitted and os.path.realpath(submitted) == os.path.realpath(folder.parent):
         raise UsageError(f"{coverage} was not written: {folder.absolute()} holds that shard of another manifest, "
@@ -220,16 +228,9 @@ def submission_may_clear(staging: str, db: str, shards: str) -> int:
 
     held: dict[str, list[tuple[Path, list | None]]] = {}
     for folder in sorted(Path(staging).glob(f"shard-*-of-{int(shards)}")):
-        try:
-            record = json.loads((folder / "scan.json").read_text("utf-8"))
-            written_ns = (folder / "scan.json").stat().st_mtime_ns
-        except (OSError, ValueError):
-            continue
-        arguments = record.get("arguments") if isinstance(record, dict) else None
-        arguments = arguments if isinstance(arguments, list) else None
-        other = _other_manifest(arguments, db)
-        if other is not None and unmerged_elsewhere(record, other, written_ns):
-            held.setdefault(other, []).append((folder, arguments))
+        found = _other_manifests_shard(folder, db)
+        if found is not None and unmerged_elsewhere(found[0], found[3], found[1]):
+            held.setdefault(found[3], []).append((folder, found[2]))
     if not held:
         return 0
     other, folders = next(iter(held.items()))
