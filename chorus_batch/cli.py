@@ -1974,17 +1974,15 @@ def _print_csv(frame) -> None:
 def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     import warnings
 
-    import polars as pl
-
     from .review import NoSuchPerson, open_manifest
 
     reader = open_manifest(_db(args))
     table = not (args.md5sum or args.json or args.csv)
     # Of the version's rows, the table reads its first 200 (and counts the rest), --md5sum two columns: read whole,
-    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json, --csv and --path read it a slice at a time,
-    # --path only the rows under the path (the query's: each slice of the whole version was filtered here, and the
-    # rows under the path held whole before --json/--csv wrote them).
-    narrow = args.path is None and (table or args.md5sum)
+    # `files` of 1M files peaked at ~890 MiB whatever it printed; --json and --csv read it a slice at a time. --path:
+    # only the rows under the path (the query's: each slice of the whole version was filtered here, and the rows
+    # under the path held whole, all 16 columns, before the table showed 200 of them or --md5sum wrote two).
+    narrow = table or args.md5sum
     empty = None  # (--path: whether no row is under it)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", NoSuchPerson)
@@ -2005,13 +2003,11 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
                     return reader.files_sliced(args.as_of, modality=args.modality, person=args.person,
                                                path=args.path, rows=JSON_SLICE_ROWS)
             count = None
-            if args.path is not None and not (args.json or args.csv):  # the table and --md5sum: the rows under it
-                frame = pl.concat(list(frame()), how="vertical")
-                count = frame.height
         else:
             count, frame = reader.files_part(args.as_of, modality=args.modality, person=args.person,
                                              columns=FILE_TABLE_COLUMNS if table else ("srcfile", "md5"),
-                                             limit=FILE_TABLE_ROWS if table else None)
+                                             limit=FILE_TABLE_ROWS if table else None, path=args.path)
+            empty = count == 0
     for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
         if issubclass(warning.category, NoSuchPerson):  # (scrubbed: it quotes the --person given, a SAS pasted too)
             from .urls import scrub
@@ -2074,11 +2070,13 @@ def _held_in_other_versions(reader, path: str, db: str | None = None) -> str:
 def _absolute_elsewhere(reader, path: str, paths: Any) -> str:
     """What to add where a path typed absolute named nothing because it lies under no root the manifest records (a
     manifest or a snapshot folder copied to another machine or folder, read beside a copy of the site): the roots it
-    records, and the site-relative path the typed one ends in that `paths` (the paths asked of) hold. It was said
-    only as `no file '/copy/site/OMOP/a.csv' in the manifest`, as if the file were not tracked."""
+    records, and the site-relative path the typed one ends in that `paths()` (the paths asked of) hold. It was said
+    only as `no file '/copy/site/OMOP/a.csv' in the manifest`, as if the file were not tracked. `paths` is called
+    only for an absolute path: `files --path` of a relative one that named nothing read the whole version here."""
     relative = reader.site_relative(path)
     if not (relative.startswith("/") or re.match(r"^[A-Za-z]:/", relative)):
         return ""
+    paths = paths()
     roots = reader.root_locations()
     said = (f"; it is an absolute path under none of the folders the manifest records its site in "
             f"({', '.join(repr(root) for root in roots[:3])}{' and more' if len(roots) > 3 else ''})" if roots
@@ -2105,7 +2103,7 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None, *
     if held:
         print(f"chorus-batch: {what} under {quoted(path)}{held}", file=sys.stderr)
         return
-    elsewhere = _absolute_elsewhere(reader, path, reader.files(label)["srcfile"]) if reader.latest() else ""
+    elsewhere = _absolute_elsewhere(reader, path, lambda: reader._paths_at(label)["srcfile"]) if reader.latest() else ""
     if elsewhere:
         print(scrub(f"chorus-batch: {what} under {quoted(path)}{elsewhere}"), file=sys.stderr)
         return
@@ -2180,7 +2178,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         if scan_error:
             raise UsageError(f"no file {shown} in the manifest{scan_error}", where=where,
                              fix="do what the scan error says, then run again to track the file")
-        elsewhere = _absolute_elsewhere(reader, args.path, reader._paths_ever()["srcfile"])
+        elsewhere = _absolute_elsewhere(reader, args.path, lambda: reader._paths_ever()["srcfile"])
         if elsewhere:
             raise UsageError(f"no file {shown} in the manifest{elsewhere}", where=where,
                              fix="give the path relative to the site's folder, as `chorus-batch files` prints it")

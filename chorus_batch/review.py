@@ -585,21 +585,29 @@ class ManifestReader:
 
     def files_part(self, as_of: str | datetime | None = None, *, modality: str | None = None,
                    person: str | None = None, columns: tuple[str, ...] = FILE_COLUMNS,
-                   limit: int | None = None) -> tuple[int, pl.DataFrame]:
+                   limit: int | None = None, path: str | None = None) -> tuple[int, pl.DataFrame]:
         """(how many files `files` of the same arguments gives, `columns` of its first `limit` rows (None: all)): a
         storage that can reads only those. `files` of 1M files read all 16 columns of each to show 200 (893 MiB
-        peak), `files --md5sum` all of them for two."""
+        peak), `files --md5sum` all of them for two. `path`: of the rows `rows_under` keeps (as files_sliced), counted
+        and chosen by the storage where it can (`files --path P` held every row under P to show 200)."""
         columns = columns_argument(columns, "files_part(columns=...)")
         if limit is not None:
             limit = count_argument(limit, "limit", "files_part(limit=...)")  # (-1 gave every row but the last)
         label, modality, person = self._file_question(as_of, modality, person)
-        count, frame = self._files_part(label, modality, person, columns, limit)
+        folders = None if path is None else self._folders(path)
+        count, frame = self._files_part(label, modality, person, columns, limit, folders)
         self._said_unknown_person(person, label, frame)
         return count, frame.select(columns)
 
     def _files_part(self, label: str, modality: str | None, person: str | None, columns: tuple[str, ...],
-                    limit: int | None) -> tuple[int, pl.DataFrame]:
+                    limit: int | None, folders: list[str | None] | None = None) -> tuple[int, pl.DataFrame]:
+        """`folders` (see _folders): the rows under the first that has any, else none."""
         frame = self._known(self._files_at(label, modality, person).select(FILE_COLUMNS))
+        for tried, folder in enumerate(folders or [], 1):
+            kept = frame.filter(_under_folder(folder))
+            if kept.height or tried == len(folders):
+                frame = kept
+                break
         return frame.height, frame.select(columns) if limit is None else frame.select(columns).head(limit)
 
     def files_sliced(self, as_of: str | datetime | None = None, *, modality: str | None = None,
@@ -806,7 +814,7 @@ class ManifestReader:
             return (expr.str.normalize("NFC").str.to_lowercase().str.split("/")
                     .list.eval(pl.element().str.strip_chars(" ")).list.join("/"))
 
-        files = self._paths_ever() if ever else self.files(as_of).select("srcfile")
+        files = self._paths_ever() if ever else self._paths_at(as_of)
         wanted = pl.DataFrame({"srcfile": self.spellings(path)}).select(key(pl.col("srcfile")))["srcfile"]
         found = files.filter(key(pl.col("srcfile")).is_in(wanted.implode()))["srcfile"].sort().head(limit).to_list()
         if found or not folders:
@@ -817,6 +825,16 @@ class ManifestReader:
         under = [(w.rstrip("/") + "/", w.rstrip("/").count("/") + 1) for w in wanted.unique().to_list() if w.strip("/")]
         return sorted({"/".join(srcfile.split("/")[:depth]) + "/" for prefix, depth in under
                        for srcfile in keyed.filter(pl.col("key").str.starts_with(prefix))["srcfile"].head(1000)})[:limit]
+
+    def _paths_at(self, as_of: str | datetime | None = None) -> pl.DataFrame:
+        """The paths (`srcfile`) of the files of version `as_of`, as `files` orders them: the version `files` holds,
+        or the path column alone (`files --path` of a path naming nothing read all 16 columns of the version to
+        suggest the paths it may mean)."""
+        label = self.resolve(as_of)
+        cached = getattr(self, "_file_set", None)
+        if cached is not None and cached[0] == label:
+            return cached[1].select("srcfile")
+        return self.files_part(label, columns=("srcfile",))[1]
 
     def _folder(self, path: str, *, backslash_separates: bool = True) -> str | None:
         """The site-relative path `under` keeps the rows of: "" the site root (every row), None nothing (an absolute
@@ -1088,21 +1106,27 @@ class SQLiteReader(ManifestReader):
         return self._query(sql, params, FILE_SCHEMA)
 
     def _files_part(self, label: str, modality: str | None, person: str | None, columns: tuple[str, ...],
-                    limit: int | None) -> tuple[int, pl.DataFrame]:
+                    limit: int | None, folders: list[str | None] | None = None) -> tuple[int, pl.DataFrame]:
         from .store.manifest import read_frame
 
         # (_known reads version_valid; the latest version's query, a UNION, is ordered by srcfile, which a compound
         # SELECT can only order by a column it gives: columns=("md5",) was "SQLite failed on the manifest")
         columns = tuple(dict.fromkeys([*columns, "version_valid", "srcfile"]))
-        sql, params = self._files_sql(label, modality, person, columns)
         schema = {c: FILE_SCHEMA[c] for c in columns}
+        tried = [""] if folders is None else folders
         with self._manifest.adbc() as con, con.cursor() as cur:  # one transaction: the count and the rows of one state
-            if limit is None:
-                frame = read_frame(cur, sql, params)
-                count = frame.height
-            else:
-                count = int(read_frame(cur, f"SELECT count(*) AS n FROM ({sql})", params)["n"][0])
-                frame = read_frame(cur, f"{sql} LIMIT ?", (*params, limit))
+            for number, folder in enumerate(tried, 1):  # `folders`: the first with rows, counted in the query
+                sql, params = self._files_sql(label, modality, person, columns, folder=folder)
+                if limit is None:
+                    frame = read_frame(cur, sql, params)
+                    count = frame.height
+                else:
+                    count = int(read_frame(cur, f"SELECT count(*) AS n FROM ({sql})", params)["n"][0])
+                if count == 0 and number < len(tried):
+                    continue  # none under this spelling: the next
+                if limit is not None:
+                    frame = read_frame(cur, f"{sql} LIMIT ?", (*params, limit))
+                break
         frame = pl.DataFrame(schema=schema) if frame.width == 0 or frame.height == 0 else frame.cast(schema)
         return count, self._known(frame)
 

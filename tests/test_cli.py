@@ -2751,6 +2751,37 @@ def test_files_path_reads_only_the_rows_under_it(tmp_path, monkeypatch, capsys, 
             assert pl.concat(list(reader.files_sliced(path=path, rows=50))).equals(frame)
 
 
+@pytest.mark.parametrize("flag", [None, "--md5sum"])
+def test_files_path_table_and_md5sum_read_only_what_they_print(tmp_path, monkeypatch, capsys, flag):
+    """`files --path P` as a table held every row under P, all 16 columns, to show 200 and count them; `--md5sum`
+    all 16 for two; a P naming nothing read the version's 16 columns to suggest paths. The table now counts in the
+    query and reads the 200 rows it shows, --md5sum path and MD5, the suggestions the path column alone."""
+    from chorus_batch import cli as cli_module
+    from chorus_batch.report import head_text
+    from chorus_batch.review import md5sum_lines, open_manifest
+
+    db = _person_file_manifest(3_000, tmp_path / "m")
+    reader = open_manifest(db)
+    files = reader.files()
+    top = files["srcfile"].str.extract(r"^([^/]+)/").value_counts(sort=True)["srcfile"][0]  # the folder of most files
+    frame = reader.rows_under(files, top)
+    assert frame.height > 200
+    if flag is None:
+        expected = (f"version {reader.latest()}: {frame.height} files\n" + "\n".join(head_text(
+            frame.select(list(cli_module.FILE_TABLE_COLUMNS)), 200, "--csv or --json lists them all")) + "\n")
+    else:
+        expected = "".join(line + "\n" for line in md5sum_lines(frame))
+    read = _frames_read(monkeypatch)
+    assert cli_module.main(["files", "--db", str(db), "--path", top, *([flag] if flag else [])]) == 0
+    assert capsys.readouterr().out == expected
+    # the table: a count and its 200 rows; --md5sum: srcfile, md5 (and version_valid) of the rows under the path
+    assert all(rows <= 200 or (flag and columns <= 3) for rows, columns in read), read
+    read.clear()
+    assert cli_module.main(["files", "--db", str(db), "--path", top + "-nothing", *([flag] if flag else [])]) == 0
+    assert "no files under" in capsys.readouterr().err
+    assert all(rows <= 1 or columns <= 3 for rows, columns in read), read  # (the paths, to suggest from)
+
+
 @pytest.mark.parametrize("flags", [[], ["--md5sum"], ["--person"], ["--md5sum", "--modality", "Waveforms"]])
 def test_files_of_an_earlier_version_read_in_part_is_what_the_whole_version_gives(tmp_path, capsys, flags):
     """`files` reads only what it prints (the rows shown, or path and MD5): of an earlier version too, whose rows
