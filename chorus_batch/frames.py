@@ -221,6 +221,7 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
     # size and MD5: not sent again), 'listing' (mark-uploaded: size and
     # Content-MD5 found at the centre), 'journal' (imported). verify_state: ok | missing | size | md5 | content (bytes
     # differ) | no_md5 (the blob has no Content-MD5 to compare: sent by another tool; --download checks the bytes) |
+    # rewritten (written at the centre since the ledger recorded its etag; --download checks the bytes) |
     # archived (--download: the blob is in the Archive tier, its bytes could not be read back; not sent again).
     # etag: the blob's as sent, or as verify found it damaged (the one blob the next upload may replace).
     "uploads": _columns(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ..store.uploads import CONFLICT_FIX, DAMAGED
+from ..store.uploads import CONFLICT_FIX, DAMAGED, REWRITTEN, REWRITTEN_FIX
 from ..units import human_bytes, plural, shown_name, shown_text
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ def upload_text(result: UploadResult) -> str:
                 if v.verify_problems.filter(pl.col("verify_state").is_in(DAMAGED)).height:
                     lines.append("  incomplete: run upload again (same --db and --to): it sends the missing and "
                                  "damaged files again")
+                if v.verify_problems.filter(pl.col("verify_state") == REWRITTEN).height:
+                    lines.append(f"  incomplete: {REWRITTEN_FIX}")
             elif v.unlisted is not None and v.unlisted.height:  # (not complete: said below)
                 lines.append("  checked against the container's listing (size, Content-MD5): all its files there; "
                              "not complete while the blobs below are in its folder")
@@ -168,6 +170,8 @@ def verify_text(result: VerifyResult) -> str:
                          "files again")
         if result.problems.filter(pl.col("verify_state") == "no_md5").height:
             lines.append("  fix:   `chorus-batch verify --download` checks the bytes of blobs without a Content-MD5")
+        if result.problems.filter(pl.col("verify_state") == REWRITTEN).height:
+            lines.append(f"  fix:   {REWRITTEN_FIX}")
     elif not result.unlisted.height and not result.waiting.height:
         lines.append("  all as recorded")
     elif not result.unlisted.height and result.versions:

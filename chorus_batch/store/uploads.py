@@ -25,6 +25,11 @@ SUBMITTED = ("added", "replaced", "renamed")  # the changes a version sends; rem
 CONFIRMED = ("uploaded", "imported")  # the centre holds it: never sent again
 # What verify found wrong with a confirmed blob: the next upload sends the file again.
 DAMAGED = ("missing", "size", "md5", "content")
+# A blob written at the centre since the ledger recorded it (its etag changed), size and Content-MD5 as recorded
+REWRITTEN = "rewritten"
+REWRITTEN_FIX = ("`chorus-batch verify --download` (same --db and --to) reads back the blobs written at the centre since "
+                 "they were uploaded: those whose bytes are right count as verified again, and the next `chorus-batch "
+                 "upload` sends the others again")
 # Not sent, and never will be from this tree: its bytes were replaced or removed before it was sent.
 FINAL_NOT_SENT = ("superseded",)
 
@@ -108,15 +113,17 @@ class UploadLedger:
 
     def confirmed(self, version: str) -> pl.DataFrame:
         """The file versions the ledger says this container holds for `version`, with the manifest's size and MD5, and
-        read_etag: the etag of the blob whose bytes the last `verify --download` read back and found right (else null)."""
+        read_etag: the etag of the blob whose bytes the last `verify --download` read back and found right (else null);
+        recorded_etag: the blob's etag as the ledger holds it (as sent or found, or as verify last read it back)."""
         return self.manifest.query_frame(
             "SELECT u.file_id, f.srcfile, f.size, f.md5, u.md5 AS confirmed_md5, u.state, "
-            "CASE WHEN u.verify_state = 'ok' AND u.verify_method = 'download' THEN u.etag END AS read_etag "
-            "FROM uploads u JOIN source_files f ON f.file_id = u.file_id "
+            "CASE WHEN u.verify_state = 'ok' AND u.verify_method = 'download' THEN u.etag END AS read_etag, "
+            "u.etag AS recorded_etag FROM uploads u JOIN source_files f ON f.file_id = u.file_id "
             f"WHERE u.central = ? AND u.version = ? AND u.state IN ({_in(CONFIRMED)}) ORDER BY f.srcfile",
             (self.central, version, *CONFIRMED),
             schema={"file_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "md5": pl.String,
-                    "confirmed_md5": pl.String, "state": pl.String, "read_etag": pl.String})
+                    "confirmed_md5": pl.String, "state": pl.String, "read_etag": pl.String,
+                    "recorded_etag": pl.String})
 
     def versions_uploaded(self) -> list[str]:
         """Versions with at least one file version confirmed at this container, oldest first."""

@@ -2,7 +2,8 @@
 
 Without --download the container's listing is compared (one listing per version, not a request per
 blob): the blob is there, has the manifest's size, and its Content-MD5 is the manifest's MD5. That
-Content-MD5 was set by the uploader, so this proves the upload's bookkeeping, not the bytes. With
+Content-MD5 was set by the uploader, so this proves the upload's bookkeeping, not the bytes; a blob whose etag is not
+the one the ledger recorded was written since by someone else, whose Content-MD5 vouches for nothing ('rewritten'). With
 --download every blob is read back and hashed: the only check of the bytes the centre holds.
 """
 
@@ -21,7 +22,7 @@ from ..faults import pause
 from ..frames import fmt
 from ..units import plural
 from ..sources import cloud as cloud_access
-from ..store.uploads import CONFIRMED, UploadLedger, require_version
+from ..store.uploads import CONFIRMED, REWRITTEN, UploadLedger, require_version
 from .central import ARCHIVED, ARCHIVED_FIX, MANIFEST_FOLDER, MANIFEST_NAME, Central
 
 if TYPE_CHECKING:
@@ -60,6 +61,11 @@ class VerifyResult:
                 or self.waiting.height else ExitCode.OK)
 
 
+def _etag(column: pl.Expr) -> pl.Expr:
+    """An etag as the listing gives it and as a reply does (quoted), alike; null stays null (no comparison)."""
+    return column.str.strip_chars('"').str.to_lowercase()
+
+
 def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
     """file_id, srcfile, verify_state, message and the blob's etag of each expected file version against the listing;
     vouched: a blob without a Content-MD5 that an earlier --download read back and found right, not written since."""
@@ -73,6 +79,10 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
              # back by a --download (which found them right, and the blob has not been written since: ok)
              .when(pl.col("content_md5").is_null() & ~vouched).then(pl.lit("no_md5"))
              .when(pl.col("content_md5") != pl.col("md5")).then(pl.lit("md5"))
+             # written at the centre since the ledger recorded it (its etag changes with every write): its Content-MD5
+             # is then the writer's, not the uploader's, and vouches for nothing (a copy that kept it, a tool that set
+             # it): the listing said "all as recorded", exit 0, of a blob someone else had rewritten
+             .when(_etag(pl.col("recorded_etag")) != _etag(pl.col("etag"))).then(pl.lit(REWRITTEN))
              .otherwise(pl.lit("ok")))
     message = (pl.when(pl.col("verify_state") == "missing").then(pl.lit("not in the central container"))
                .when(pl.col("verify_state") == "size").then(
@@ -81,6 +91,11 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
                    "the central blob has the manifest's size but no Content-MD5 (it was sent by another tool): "
                    "only `chorus-batch verify --download` can check its bytes (bytes it finds right count as verified "
                    "until the blob is written again)"))
+               .when(pl.col("verify_state") == REWRITTEN).then(pl.lit(
+                   "the central blob was written since the ledger recorded it (its etag is another): its size and "
+                   "Content-MD5 are as recorded, but that Content-MD5 was set by whoever wrote it last, not by this "
+                   "manifest's upload: only `chorus-batch verify --download` can check its bytes (bytes it finds right count as verified until the blob is "
+                   "written again)"))
                .when(pl.col("verify_state") == "md5").then(
                    fmt("the central blob's Content-MD5 is {}, the manifest's MD5 {}",
                              pl.col("content_md5").fill_null("(none)"), "md5"))
@@ -126,9 +141,9 @@ def _waiting(version: str, plan: pl.DataFrame) -> pl.DataFrame:
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
                     progress: Progress | None) -> pl.DataFrame:
-    """Read back every blob that passed the listing check (or has no Content-MD5 to check) and hash it: 'content'
-    when its bytes differ."""
-    candidates = (results.filter(pl.col("verify_state").is_in(["ok", "no_md5"]))
+    """Read back every blob that passed the listing check (or has no Content-MD5 to check, or was written since the
+    ledger recorded it) and hash it: 'content' when its bytes differ."""
+    candidates = (results.filter(pl.col("verify_state").is_in(["ok", "no_md5", REWRITTEN]))
                   .join(expected.select("file_id", "md5", "size"), on="file_id")
                   .select("file_id", "srcfile", "verify_state", "message", "md5", "size"))
     done = [0, 0]
