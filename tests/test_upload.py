@@ -50,6 +50,20 @@ def central(azurite, monkeypatch, tmp_path):
     return central_for(azurite, monkeypatch, tmp_path)
 
 
+def settled_blobs(central, prefix: str = "") -> dict[str, tuple[int, str | None, str]]:
+    """blobs() once the storage has finished the writes of an upload killed with SIGKILL: a request it had sent
+    completes at the storage after the process is gone (a loaded machine: one blob of the killed upload appeared after
+    the listing taken as "before" and was taken for the second upload's). Two listings 0.5 s apart that agree."""
+    listed = blobs(central, prefix)
+    for _ in range(40):
+        time.sleep(0.5)
+        again = blobs(central, prefix)
+        if again == listed:
+            return listed
+        listed = again
+    return listed
+
+
 def blobs(central, prefix: str = "") -> dict[str, tuple[int, str | None, str]]:
     """name -> (size, Content-MD5 as hex, etag) of every blob (under prefix) but the claims upload writes in each
     version folder before its first file (<version>/_manifest/owner: claim_of() reads them)."""
@@ -2446,7 +2460,7 @@ def test_a_manifest_adds_nothing_to_a_folder_another_manifest_is_still_uploading
     wait_for(proc, "test pause at upload")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = blobs(central)
+    before = settled_blobs(central)
     assert f"{label}/_manifest/manifest.sqlite" not in before and len(before) < 20  # a's upload is unfinished
     a_id = query(dbs["a"], "SELECT value FROM meta WHERE key = 'manifest_id'")[0][0]
     assert claim_of(central, label) == a_id  # written before a's first file
