@@ -341,8 +341,8 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
         ('[site]\nroot = "x"\n[patterns]\nwaveforms = ["^x$"]\n',
          "unknown modality 'waveforms'; did you mean 'Waveforms'?"),
         # a section written as an array of tables: "where: chorus.toml [run]", no line
-        ('[site]\nroot = "x"\n\n[[run]]\nworkers = 4\n', "invalid setting 'run': should be a table of settings "
-                                                          "([section])"),
+        ('[site]\nroot = "x"\n\n[[run]]\nworkers = 4\n', "invalid setting 'run': is a list of tables (written [[run]], "
+                                                          "with double brackets"),
         # the name of the site written below [site.roots], which holds it: it was "unknown modality 'name'"
         ('[site]\nroot = "x"\n[site.roots]\nWaveforms = "w"\nname = "site-a"\n',
          "name = ... below [site.roots] is read as the root of a modality 'name': a [section] holds every line below "

@@ -906,7 +906,9 @@ class Manifest:
             return
         with contextlib.suppress(ChorusError, sqlite3.Error, OSError):  # (a damaged manifest, another program's lock)
             with self._open() as con, con:
-                if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+                # (only into a manifest of this release's schema: an older one, refused as damaged before its upgrade
+                # wrote it, took the row its own refused run noted beside it; the run that upgrades it moves them in)
+                if schema_version(con, str(self.path)) == SCHEMA_VERSION:
                     self._take_pending_runs(con)
 
     # ------------------------------------------------------------------ reads
