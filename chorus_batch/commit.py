@@ -561,8 +561,7 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
     held = compact if parts.count > 1 else (lambda frame: frame)
     reverified = files.filter(pl.col("verify") & pl.col("read"))
     # (found changed: an MD5 read that is not the one recorded, as md5_sources counts it `computed`, not reused)
-    changed = reverified.select("srcfile", "md5").join(previous.select("srcfile", _md5="md5"), on="srcfile", how="left") \
-        .filter(pl.col("md5").is_not_null() & ~pl.col("md5").eq_missing(pl.col("_md5"))).height
+    changed = _beside_recorded_md5(reverified.select("srcfile", "md5"), previous).filter(FOUND_CHANGED).height
     when = kept.select("file_id", "verified_ns").join(
         touched.select("file_id", _v="verified_ns"), on="file_id", how="left").select(
         pl.coalesce("_v", "verified_ns").alias("verified_ns"))["verified_ns"]
@@ -1068,17 +1067,25 @@ def unverifiable_files(files: pl.DataFrame) -> pl.DataFrame:
             "without an MD5, so nothing vouches for its bytes; run with --cloud-md5 stored-or-download to hash it"))
 
 
+# A re-verified file (_beside_recorded_md5) whose MD5 read is not the one recorded: its bytes were found changed. (No
+# MD5 read: it vanished or could not be read while re-verified, and its recorded one is kept: confirmed, reused.)
+FOUND_CHANGED = pl.col("md5").is_not_null() & ~pl.col("md5").eq_missing(pl.col("_md5"))
+
+
+def _beside_recorded_md5(rows: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """`rows` (srcfile, md5, ...) with `_md5`, the MD5 the previous version recorded of each path (FOUND_CHANGED)."""
+    return rows.join(previous.select("srcfile", _md5="md5"), on="srcfile", how="left")
+
+
 def md5_sources(files: pl.DataFrame, previous: pl.DataFrame) -> dict[str, int]:
     """How this run obtained the MD5 of each listed file (frames.MD5_SOURCES; a re-verified file counts as
     reused when its bytes still have the MD5 recorded: confirmed, not new). One whose bytes were found changed
     (silent_changes; or, in the cloud, written between the listing and the read) is recorded as replaced with the MD5
     it read: `computed`, not reused (the summary counted it "unchanged (reused)" beside its own "replaced")."""
     counts = dict.fromkeys(MD5_SOURCES, 0)
-    verified = files.filter(pl.col("verify")).select("srcfile", "md5", "md5_source").join(
-        previous.select("srcfile", _md5="md5"), on="srcfile", how="left")  # (the re-verified ones: a few a night; all with --rehash)
-    # (no MD5 read: it vanished or could not be read while re-verified, and its recorded one is kept: reused)
-    confirmed = (pl.when(pl.col("md5").is_null() | pl.col("md5").eq_missing(pl.col("_md5"))).then(pl.lit("reused"))
-                 .otherwise(pl.col("md5_source")))
+    # (the re-verified ones: a few a night; all with --rehash)
+    verified = _beside_recorded_md5(files.filter(pl.col("verify")).select("srcfile", "md5", "md5_source"), previous)
+    confirmed = pl.when(FOUND_CHANGED).then(pl.col("md5_source")).otherwise(pl.lit("reused"))
     listed = pl.concat([files.filter(~pl.col("verify").fill_null(False)).select(s=pl.col("md5_source")),
                         verified.select(s=confirmed)])
     for name, n in listed.drop_nulls().group_by("s").len().iter_rows():

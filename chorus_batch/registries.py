@@ -667,10 +667,9 @@ def _refused_names(refused: pl.DataFrame, label: str) -> list[str]:
             "registries again")
     groups = refused.filter(pl.col("person_id").str.contains(r"^[0-9]+$"))
     if groups.height:
-        at = pl.col("srcfile").str.find("/" + pl.col("session_id") + "/", literal=True)  # its folder, else the file's
-        folders = groups.select(pl.when(at.is_not_null()).then(
-            pl.col("srcfile").str.slice(0, at + 1 + pl.col("session_id").str.len_chars()))
-            .otherwise(pl.col("srcfile").str.extract(r"^(.*)/[^/]+$"))).to_series().unique().sort()
+        folders = groups.select(pl.coalesce(  # its folder, else the file's
+            _folder_named(pl.col("srcfile"), pl.col("session_id")), pl.col("srcfile").str.extract(r"^(.*)/[^/]+$"))
+        ).to_series().unique().sort()
         names = groups["session_id"].unique().sort()
         said.append(
             f"{names.len()} {'session or accession' if names.len() == 1 else 'sessions or accessions'} of version {label} {'is' if names.len() == 1 else 'are'} "
@@ -699,9 +698,14 @@ def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:
 def _group_folder(frame: pl.DataFrame) -> pl.Expr:
     """A procedure's folder: that of its session or accession (group_id), where a folder of its files' paths is
     named so (an accession's, not the first of its series folders); else the folder that holds all its files."""
-    at = (pl.col("_first") + "/").str.find("/" + pl.col("group_id") + "/", literal=True)  # (never the person folder)
-    return pl.when(at.is_not_null()).then(pl.col("_first").str.slice(0, at + 1 + pl.col("group_id").str.len_chars())
-                                          ).otherwise(_common_folder(frame, "_first", "_last"))
+    return pl.coalesce(_folder_named(pl.col("_first") + "/", pl.col("group_id")), _common_folder(frame, "_first", "_last"))
+
+
+def _folder_named(path: pl.Expr, name: pl.Expr) -> pl.Expr:
+    """The part of `path` up to its first folder called `name`, below the first part (never the person folder); null
+    where no folder of it is."""
+    at = path.str.find("/" + name + "/", literal=True)
+    return pl.when(at.is_not_null()).then(path.str.slice(0, at + 1 + name.str.len_chars()))
 
 
 def _common_folder(frame: pl.DataFrame, first: str, last: str) -> pl.Expr:
