@@ -612,6 +612,17 @@ def test_a_transfer_syntax_pydicom_does_not_know_is_read_in_the_encoding_dcmread
     got = facts(data.replace(SYNTAX, syntax))
     assert "error" not in got, got
     assert got["patient_id"] == "000177" and got["modality"] == "CT"
+    # ... and the UID is kept, for dicom.transfer_syntax: no standard viewer decodes such a file's pixel data
+    assert got["unknown_transfer_syntax"] == syntax.rstrip(b"\0").decode(), got
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, ExplicitVRBigEndian,
+                                    DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2.4.94"])  # (JPIP Referenced)
+def test_a_transfer_syntax_of_the_standard_is_not_kept(syntax):
+    # (a JPIP-referenced file's pixel data lie on a server: it holds none; and pydicom reads none of these retired
+    # syntaxes, which its UID dictionary holds)
+    got = facts(dicom(syntax, pixels=0 if syntax.endswith(".94") else 64))
+    assert "error" not in got and "unknown_transfer_syntax" not in got, got
 
 
 @pytest.mark.parametrize("old, new, told", [
@@ -694,3 +705,29 @@ def test_damaged_files_of_other_encodings_give_what_dcmread_gives(base, edits, m
     got = facts(data)
     assert got == by_dcmread(data, monkeypatch)
     assert not got.get("error", "").startswith("cannot parse the file"), got  # (a reader's bug, not the file's)
+
+
+def _dicomdir() -> bytes:
+    """A DICOMDIR (Media Storage Directory Storage) as pydicom's FileSet writes one, of one image."""
+    import tempfile
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    with tempfile.TemporaryDirectory() as folder:
+        image = Path(folder) / "image.dcm"
+        image.write_bytes(dicom(StudyID="1", StudyInstanceUID=generate_uid(entropy_srcs=["study"])))
+        fs = FileSet()
+        fs.add(pydicom.dcmread(image))
+        fs.write(Path(folder) / "out")
+        return (Path(folder) / "out" / "DICOMDIR").read_bytes()
+
+
+def test_a_dicomdir_under_a_dcm_name_is_told_as_no_image(monkeypatch):
+    """A DICOMDIR saved as 000.dcm was told as a file cut after its File Meta Information ("copy the file again"), to
+    no avail. It is told as the export's index, not an image, by either path."""
+    data = _dicomdir()
+    error = facts(data)["error"]
+    assert error.startswith("a DICOMDIR (MediaStorageSOPClassUID 1.2.840.10008.1.3.10") and "leave it out of Images/" in error, error
+    assert by_dcmread(data, monkeypatch)["error"] == error

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from pydicom.uid import generate_uid
 
 from chorus_batch.sources import FsspecSource, LocalSource
 from chorus_batch.validate.rules import KIND_RECORDS, RUN_RULES
@@ -111,6 +112,15 @@ def edit(rel: str, change: Callable[[str], str]) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         path = root / rel
         path.write_text(change(path.read_text()))
+    return go
+
+
+def edit_bytes(rel: str, change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def go(root: Path) -> None:
+        path = root / rel
+        data = path.read_bytes()
+        path.write_bytes(changed := change(data))
+        assert changed != data
     return go
 
 
@@ -443,6 +453,16 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      # (an image of its own: the same SOPInstanceUID as P1's image of that day is one image twice, instance_repeated)
      {("dicom.accession_shared", f"{P0}/Images/CT/{ACCESSION}/"), ("dicom.accession_shared", f"{P1}/Images/CT/{ACCESSION}/"),
       ("registry.unlisted_file", "image_registry.csv")}),  # (an image added without its row)
+    # P0's image (its SOPInstanceUID) under P1, with P1's PatientID and ids: a copy filed under the wrong person, or
+    # one patient under two person_ids; its bytes differ (file.duplicate is silent), and each person alone is well
+    ("uid_shared", add(f"{P1}/Images/CT/{sitegen.accession_of(1)}/{sitegen.series_uid(P1, DAY1, 1)}/000.dcm", dicom_bytes(
+        person_id=P1, series=1, instance=0, study_date=DAY1, study_time="081500", accession=sitegen.accession_of(1),
+        SOPInstanceUID=generate_uid(entropy_srcs=[P0, "1", "0", DAY0]))),
+     {("dicom.uid_shared", f"{SERIES1}/"),
+      ("dicom.uid_shared", f"{P1}/Images/CT/{sitegen.accession_of(1)}/{sitegen.series_uid(P1, DAY1, 1)}/")}),
+    # a vendor's private transfer syntax: the header reads, its pixel data open in no standard viewer
+    ("transfer_syntax", edit_bytes(DCM, lambda data: data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.999.1.2.3.4.5.6\0")),
+     {("dicom.transfer_syntax", f"{SERIES1}/")}),
     ("path_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm"),
      {("dicom.path_mismatch", f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm")}),
     ("patient_id", add(DCM, dicom_bytes(person_id="999999", series=1, instance=0, study_date=DAY0,
@@ -1162,7 +1182,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v8", "dicom.v14", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v8", "dicom.v15", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1266,7 +1286,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v14", "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v15", "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v16", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1274,7 +1294,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v14"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v15"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import polars as pl
 
 from ..frames import FINDINGS_SCHEMA
-from .checks_images import _accessions, _dicom
+from .checks_images import _accessions, _dicom, _uids_shared
 from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_folder, _no_omop, _persons,
                             _split_persons, _superseded, _unportable_names)
 from .checks_metadata import _metadata
@@ -114,6 +114,7 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
         *_unportable_names(current),
         *_id_collisions(across),
         *_accessions(across),
+        *_uids_shared(across),
         *_unknown_sessions(site, across),
         *_records_absent(site, across),
         *_not_on_site(site, current),

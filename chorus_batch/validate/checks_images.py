@@ -56,8 +56,9 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
         *_current_paths(d), *_deidentified(d, _known_persons(site)), _study_metadata(d), _series_metadata(d),
-        _recommended(d), _repeated_instances(d), _repeated_uids(d),
+        _recommended(d), _repeated_instances(d), _repeated_uids(d), _unknown_syntaxes(d),
     ]
+    _uids_of_persons(d, across)
 
     def named_as(day: str, tm: str) -> pl.Expr:
         return pl.col("_name").str.ends_with(pl.concat_str(
@@ -235,6 +236,53 @@ def _repeated_uids(d: pl.DataFrame) -> pl.LazyFrame:
         "{} DICOM files of person {} share one SOPInstanceUID (e.g. {}): a SOPInstanceUID names one image, and a PACS "
         "or viewer keeps one of them; remove copies of one image, or give each image its own SOPInstanceUID",
         pl.col("_n"), shown(pl.col("_top")), pl.col("_example")))
+
+
+def _uids_of_persons(d: pl.DataFrame, across: _Across) -> None:
+    """The SOPInstanceUIDs of each series folder, for _uids_shared (across parts: the persons of one part may share
+    none with each other and all with another part's). Kept as their 64-bit hashes, a list per series folder: eight
+    bytes a file beside the folder's path once."""
+    across.sop_uids.append(
+        d.lazy().filter(pl.col("_ok") & pl.col("sop_instance_uid").is_not_null())
+        .group_by("_top", "_dir").agg(_uids=pl.col("sop_instance_uid").hash().unique())
+        .collect())
+
+
+def _uids_shared(across: _Across) -> list[pl.LazyFrame]:
+    """SOPInstanceUID names one image, the world over: the same one in two persons' folders is an image filed under
+    the wrong person (a copy error), or a person's images kept under two person_ids (one identity split, or the
+    other person's image leaked into this one's data); _repeated_uids tells those within one person. Once per series
+    folder, with the other persons' folders that hold its images."""
+    if not across.sop_uids:
+        return []
+    uids = pl.concat(across.sop_uids).lazy().explode("_uids")
+    shared = uids.filter(pl.col("_top").n_unique().over("_uids") > 1)
+    pairs = (shared.join(shared.select("_uids", _other_top="_top", _other_dir="_dir"), on="_uids")
+             .filter(pl.col("_top") != pl.col("_other_top")))
+    found = (pairs.group_by("_top", "_dir")
+             .agg(_n=pl.col("_uids").n_unique(), _others=_first_of(pl.col("_other_dir")),
+                  _n_others=pl.col("_other_dir").n_unique(), _persons=_first_of(pl.col("_other_top")),
+                  _n_persons=pl.col("_other_top").n_unique()))
+    return [_found("dicom.uid_shared", found, pl.col("_dir") + "/", fmt(
+        "{} image{|s} of this series of person {} {has|have} the SOPInstanceUID of an image of person{|s} {} (in {}): a "
+        "SOPInstanceUID names one image, so one of them is filed under the wrong person (a copy put in the wrong "
+        "folder), or one patient's images are kept under two person_ids; keep each image under its own person only, "
+        "and check personal_map.csv maps each patient to one person_id",
+        pl.col("_n"), shown(pl.col("_top")), _counted_list(pl.col("_persons"), pl.col("_n_persons")),
+        _counted_list(pl.col("_others"), pl.col("_n_others")), n=pl.col("_n_persons")))]
+
+
+def _unknown_syntaxes(d: pl.DataFrame) -> pl.LazyFrame:
+    """A transfer syntax UID that is none of the DICOM standard's (a vendor's private one, or a damaged value): the
+    header reads, but no standard viewer decodes the pixel data, and the Imaging SOP asks that each de-identified
+    image open in one (Horos/OsiriX). Once per series folder (a series is exported in one syntax)."""
+    odd = (d.lazy().filter(pl.col("_ok") & pl.col("unknown_transfer_syntax").is_not_null())
+           .group_by("_dir").agg(_n=pl.len(), _syntaxes=pl.col("unknown_transfer_syntax").unique().sort()))
+    return _found("dicom.transfer_syntax", odd, pl.col("_dir") + "/", fmt(
+        "{} DICOM file{|s} of this series {is|are} written in transfer syntax {}, none of the DICOM standard's (a "
+        "vendor's private one, or a damaged value): no standard viewer decodes {its|their} pixel data; export the series "
+        "again in a standard transfer syntax (Explicit VR Little Endian, 1.2.840.10008.1.2.1)", pl.col("_n"),
+        _join_list(pl.col("_syntaxes"), 3), n=pl.col("_n")))
 
 
 def _accession_folders(site: _Site, across: _Across) -> None:

@@ -35,6 +35,7 @@ from ..frames import FACTS_SCHEMA, STAMP  # FACTS_SCHEMA: kind, md5, facts (JSON
 from ..units import named, plural
 from .dicom_walk import (
     CHARACTER_SET,
+    ENCAPSULATED_SYNTAXES,
     META_GROUP_LENGTH,
     PIXEL_TAGS,
     TRANSFER_SYNTAX,
@@ -449,7 +450,16 @@ def _dicom_facts(f) -> dict[str, Any]:
         raise BadContent("the file is empty")
     if head[128:132] != b"DICM":  # (a preamble may begin with any bytes)
         _compressed(head)
-    if (inflated := _Inflated.of(f, head)) is not None:  # a deflated data set: its header inflated, not the whole file
+    meta = _Inflated.meta_group(head)
+    if meta is not None and any(element.startswith(b"\x02\x00\x02\x00UI") and element[8:].rstrip(b"\x00 ")
+                                == _MEDIA_STORAGE_DIRECTORY for element in meta[1]):
+        # a DICOMDIR saved under a .dcm name (its File Meta's MediaStorageSOPClassUID): read as an image, it was told
+        # as "holds no image ... the copy is cut (an interrupted copy?)", to copy it again (a file named DICOMDIR:
+        # path.unparsed)
+        raise BadContent(f"a DICOMDIR (MediaStorageSOPClassUID {_MEDIA_STORAGE_DIRECTORY.decode()}, Media Storage "
+                         f"Directory: the index a DICOM export writes beside its images), not an image: "
+                         f"{_DICOMDIR_REMEDY}")
+    if (inflated := _Inflated.of(f, head, meta)) is not None:  # a deflated data set: its header inflated, not the whole file
         try:
             return _dicom_facts(inflated)
         except BadContent as exc:
@@ -549,6 +559,10 @@ def _dicom_facts(f) -> dict[str, Any]:
             facts[key] = IDENTIFYING_FILLED
     if lacking := _lacking(elements, facts.get("modality"), pixels is not None):
         facts["lacking"] = lacking
+    if meta is not None and meta[2] is not None and not _syntax_known(syntax := meta[2].decode("latin-1")):
+        # a vendor's private transfer syntax (or a damaged UID): its header reads (dcmread reads the data set in the
+        # encoding it finds, v12), but no viewer decodes its pixel data (dicom.transfer_syntax; v14: untold)
+        facts["unknown_transfer_syntax"] = syntax if len(syntax) <= 80 else syntax[:77] + "..."
     return facts
 
 
@@ -569,8 +583,20 @@ class _Inflated(io.RawIOBase):
     end (an interrupted copy) or does not inflate (damage) is BadContent, as dcmread's zlib error was."""
 
     @classmethod
-    def of(cls, f, head: bytes) -> "_Inflated | None":
-        """The inflated view of a deflated DICOM file whose first bytes are `head`; None for any other file."""
+    def of(cls, f, head: bytes, meta: "tuple[int, list[bytes], bytes | None] | None") -> "_Inflated | None":
+        """The inflated view of a deflated DICOM file whose first bytes are `head` (`meta`: _meta_group(head)); None
+        for any other file."""
+        if meta is None or meta[2] != _DEFLATED.encode():
+            return None
+        pos, elements, _ = meta
+        meta_bytes = b"".join([b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00", *elements])
+        prefix = head[:132] + b"\x02\x00\x00\x00UL\x04\x00" + len(meta_bytes).to_bytes(4, "little") + meta_bytes
+        return cls(f, prefix, pos)
+
+    @staticmethod
+    def meta_group(head: bytes) -> "tuple[int, list[bytes], bytes | None] | None":
+        """(where the File Meta group ends, its elements but the group length and transfer syntax, the transfer
+        syntax UID) of a Part 10 file whose first bytes are `head`; None where it has none, or one not read whole."""
         if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
             return None
         pos, elements, syntax, end = 132, [], None, len(head)
@@ -591,11 +617,7 @@ class _Inflated(io.RawIOBase):
             elif element != META_GROUP_LENGTH & 0xFFFF:
                 elements.append(head[pos: value + length])
             pos = value + length
-        if syntax != _DEFLATED.encode():
-            return None
-        meta = b"".join([b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00", *elements])
-        prefix = head[:132] + b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little") + meta
-        return cls(f, prefix, pos)
+        return pos, elements, syntax
 
     def __init__(self, f, prefix: bytes, start: int) -> None:
         super().__init__()
@@ -718,6 +740,8 @@ def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
     return stopped + 8, int.from_bytes(header[6:8], order)
 
 
+_MEDIA_STORAGE_DIRECTORY = b"1.2.840.10008.1.3.10"
+_DICOMDIR_REMEDY = "the procedures' Images/ holds the images alone; leave it out of Images/"
 IDENTIFYING_FILLED = "(filled; the value is not kept)"
 _IDENTIFYING_KEYS = frozenset(IDENTIFYING_DICOM_TAGS)
 _PSEUDONYM = re.compile(r"(?=[^0-9]*[0-9])[0-9A-Za-z._-]{1,64}")
@@ -926,6 +950,26 @@ def _known_vrs() -> frozenset[str]:
     from pydicom.valuerep import VR
 
     return frozenset(str(vr) for vr in VR)
+
+
+# Implicit and Explicit VR Little Endian, Explicit VR Big Endian (retired, still written), deflated, encapsulated
+_COMMON_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", _DEFLATED,
+                              *ENCAPSULATED_SYNTAXES})
+
+
+@functools.cache
+def _syntax_known(syntax: str) -> bool:
+    """Whether `syntax` (as the File Meta group writes it, its pad stripped) is a transfer syntax of the DICOM
+    standard, as pydicom's UID dictionary has them: nearly every file's is one of dicom_walk's, for which pydicom is
+    not imported."""
+    if syntax in _COMMON_SYNTAXES:
+        return True
+    _import_pydicom()
+    from pydicom import uid
+
+    # (the dictionary's, retired ones too: JPIP Referenced, 1.2.840.10008.1.2.4.94, is none that pydicom reads; not
+    # UID(...).is_transfer_syntax, which warns of a value that is no UID)
+    return (entry := uid.UID_dictionary.get(syntax)) is not None and entry[1] == "Transfer Syntax"
 
 
 @functools.cache
@@ -1753,7 +1797,7 @@ TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data
 # copy is copied again, not "written as UTF-8 text"; "copy it again": site.EMPTY_READ, an empty file's). (`the table`: the
 # wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|so that the header row comes first|write the names without quotes|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again|copy it again|export it again as CSV UTF-8|delete that line|shorten its value|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
+              r"again|copy the file again|copy it again|export it again as CSV UTF-8|delete that line|shorten its value|Waveforms/RECORDS\) instead|leave it out of Images/|" + COMPRESSED_REMEDY + ")$")
 
 
 def _nul_where(table: Any, columns: list[str]) -> str:

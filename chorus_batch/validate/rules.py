@@ -257,7 +257,10 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # samples per frame, '16x0', which wfdb cannot read (v7: read, its file told as "implies 0 bytes")
 # dicom.v14 also keeps the SOPInstanceUID (sop_instance_uid): two files of a person naming one image
 # (dicom.instance_repeated; v13: not read, an image exported twice and renumbered passed without a word)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v14", "records.v5"
+# dicom.v15 keeps a transfer syntax UID that is none of the DICOM standard's (unknown_transfer_syntax: a vendor's
+# private one, or a damaged value), whose pixel data no viewer decodes (dicom.transfer_syntax; v14: read, untold), and
+# tells a DICOMDIR under a .dcm name as such (v14: "holds no image after its File Meta ... copy the file again")
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v15", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -651,6 +654,16 @@ RULES: tuple[Rule, ...] = (
          "keeps one of them).",
          sop=((IMAGING, 'Folder and file structure and naming'),),
          remedy="Remove the copy, or number the series' images again (give each image its own SOPInstanceUID)."),
+    Rule("dicom.uid_shared", "error", "one SOPInstanceUID under two persons",
+         "DICOM files in two or more persons' folders share a SOPInstanceUID, which names one image: an image filed "
+         "under the wrong person (a copy error), or one patient's images kept under two person_ids.",
+         sop=((IMAGING, 'DICOM with metadata that needs deidentification'), (IMAGING, 'Folder and file structure and naming')),
+         remedy="Keep each image under its own person only; check personal_map.csv maps each patient to one person_id."),
+    Rule("dicom.transfer_syntax", "error", "DICOM transfer syntax not a standard one",
+         "A DICOM file's transfer syntax UID is none of the DICOM standard's (a vendor's private one, or a damaged "
+         "value): its header reads, but no standard viewer decodes its pixel data.",
+         sop=((IMAGING, 'Test deidentified DICOM readability'),),
+         remedy="Export the series again in a standard transfer syntax (Explicit VR Little Endian)."),
     Rule("dicom.accession_split", "warning", "one accession in two folders",
          "Two accession folders of one person name the same accession in different spellings (070000 and 70000): "
          "the study is split.",

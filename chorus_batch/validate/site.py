@@ -49,7 +49,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                                       "file_name_written": pl.String})),
         "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64, "name_written": pl.String})),
     }),
-    KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}, "lacking": pl.List(pl.String)}),
+    KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}, "lacking": pl.List(pl.String),
+                           "unknown_transfer_syntax": pl.String}),
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
     KIND_EDF: pl.Struct({"error": pl.String, "start_date": pl.String, "start_time": pl.String,
                          "duration_s": pl.Float64, "edf_plus": pl.Boolean, "records": pl.Int64,
@@ -237,6 +238,7 @@ class _Across:
     session_ids: list[pl.DataFrame] = field(default_factory=list)  # session_id of every waveform file that has one
     records_found: list[pl.DataFrame] = field(default_factory=list)  # srcfile, _entry: a root RECORDS entry found
     accessions: list[pl.DataFrame] = field(default_factory=list)  # _top, _session, _folder, _key of today's layout
+    sop_uids: list[pl.DataFrame] = field(default_factory=list)  # _top, _dir, _uids: a series folder's SOPInstanceUID hashes
 
 
 FactsOf = Callable[[pl.DataFrame], pl.DataFrame]  # (kind, md5) rows wanted -> their FACTS_SCHEMA rows
