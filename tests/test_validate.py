@@ -2246,7 +2246,8 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
                                          *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
     assert message.startswith("1 row with an empty proc_id, 1 row with an empty datetime, 1 row with a "
-                              "datetime that is not yyyy-MM-dd HH:mm:ss (rows 2, 3, 4)"), message
+                              "datetime that is not yyyy-MM-dd HH:mm:ss (nor M/d/yyyy H:mm:ss, as the Imaging SOP's "
+                              "example writes it) (rows 2, 3, 4)"), message
     assert "not an integer" not in message
     registry("Waveforms", lambda rows: [[*r[:5], "" if i == 0 else r[5], *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
@@ -2836,3 +2837,33 @@ def test_two_images_of_a_person_with_one_sop_instance_uid_are_told(clean):
     assert "SOPInstanceUID" in message and "000.dcm and 005.dcm" in message, message
     remove(f"{SERIES1}/005.dcm")(clean)
     assert validate(clean).filter(pl.col("rule") == "dicom.instance_repeated").height == 0
+
+
+def _as_table_2(stamp: str) -> str:
+    """A yyyy-MM-dd HH:mm:ss datetime as the Imaging SOP's example registry (Table 2.0) writes one: 8/18/2022 22:41:11."""
+    from datetime import datetime as dt
+    at = dt.strptime(stamp, "%Y-%m-%d %H:%M:%S")
+    return f"{at.month}/{at.day}/{at.year} {at:%H:%M:%S}"
+
+
+def test_the_imaging_sops_example_registry_as_written_is_no_finding(clean):
+    """The Imaging SOP's Table 2.0 writes its registry without image_registry_id, its datetimes as 8/18/2022 22:41:11,
+    src_file a bare name (124.dcm) and trg_file null: a site copying it got a registry.values warning on every row
+    ('not yyyy-MM-dd HH:mm:ss'), and the rows' visits went unchecked."""
+    registry("Images", lambda rows: [[*r[:5], _as_table_2(r[5]), f"{k}24.dcm", "null"]
+                                     for k, r in enumerate(rows)])(clean)
+    registry("Waveforms", lambda rows: [[*r[:5], _as_table_2(r[5]), *r[6:]] for r in rows])(clean)
+    assert found(clean) == set()
+
+
+def test_a_table_2_datetime_is_checked_against_its_visit(clean):
+    """A month/day/year datetime is read as one: a capture a year off its visit is told (registry.visit_time);
+    a day-first date (18/8/2022) or a two-digit year stays not a datetime (registry.values)."""
+    from datetime import datetime as dt
+    registry("Waveforms", lambda rows: [[*r[:5], _as_table_2(str(dt.strptime(r[5], "%Y-%m-%d %H:%M:%S")
+                                                                  .replace(year=2001))), *r[6:]] for r in rows])(clean)
+    assert ("registry.visit_time", "waveform_registry.csv") in found(clean)
+    registry("Waveforms", lambda rows: [[*r[:5], {0: "18/8/2022 22:41:11", 1: "8/18/22 22:41:11"}.get(k, r[5]),
+                                         *r[6:]] for k, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
+    assert message.startswith("2 rows with a datetime that is not yyyy-MM-dd HH:mm:ss"), message
