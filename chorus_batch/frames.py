@@ -352,6 +352,17 @@ def under_folders(paths: pl.Series, folders: list[str]) -> pl.Series:
 STAMP = "%Y-%m-%d %H:%M:%S"  # the linkage procedure's datetime (yyyy-MM-dd HH:mm:ss; 'T' and fractions read too)
 
 
+def capture_moment(text: pl.Expr) -> pl.Expr:
+    """A registry row's datetime (as written) as a Datetime, null where it reads as none: yyyy-MM-dd HH:mm:ss as the
+    Imaging SOP's text asks (a 'T' and fractions of a second read too), or month/day/year H:mm:ss as its example
+    registry (Table 2.0) writes it, 8/18/2022 22:41:11 (a four-digit year; the month first, as 9/22/2023 shows)."""
+    text = text.fill_null("").str.strip_chars()
+    iso = text.str.replace("T", " ").str.replace(r"\.\d+$", "").str.strptime(pl.Datetime, STAMP, strict=False)
+    us = (pl.when(text.str.contains(r"^\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}:\d{2}$"))
+          .then(text).str.strptime(pl.Datetime, "%m/%d/%Y %H:%M:%S", strict=False))
+    return pl.coalesce(iso, us)
+
+
 # A visit datetime as written that names a time zone (2020-01-01T08:00:00Z, +01:00): visit_moment reads its clock time,
 # the zone dropped; `registry` and validate's registry.visit_time/visit_missing say so in these words
 ZONE_DROPPED = ("read as the clock time written, the zone dropped and nothing converted, while the capture times are "

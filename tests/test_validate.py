@@ -1287,7 +1287,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v15", "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "metadata_md.v5",
-                                 "mapping_csv.v7", "registry_csv.v16", "omop_procedures.v7"}
+                                 "mapping_csv.v7", "registry_csv.v17", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1420,7 +1420,7 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v16", "image_registry.csv",
+    ("registry_csv.v17", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1518,7 +1518,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
 
 
 @pytest.mark.parametrize("kind, name, body, where", [
-    ("registry_csv.v16", "image_registry.csv",
+    ("registry_csv.v17", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
      "1,2,000777,g,5,2024-01-01 00:00:00,a.dcm,x.dcm\n\x002,2,000777,g,5,2024-01-01 00:00:00,b.dcm,y\x00.dcm\n",
      "row 3, counting the header row as 1, column file_id"),
@@ -1539,7 +1539,7 @@ def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_
     assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v16", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1555,7 +1555,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v16", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1570,7 +1570,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v16", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v17", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v6", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1579,7 +1579,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v16": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1590,7 +1590,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     assert f"column {column}" in error and "#" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("registry_csv.v16", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("registry_csv.v17", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
                                         ("omop_person.v6", "OMOP/person.csv"), ("omop_visits.v9", "OMOP/visit_occurrence.csv"),
                                         ("omop_procedures.v7", "OMOP/procedure_occurrence.csv")])
@@ -1600,7 +1600,7 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
     as CSV UTF-8."""
     from chorus_batch.validate.readers import parse_facts
 
-    header = {"registry_csv.v16": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    header = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
               "omop_person.v6": "person_id,gender_concept_id",
               "omop_visits.v9": "visit_occurrence_id,person_id",
@@ -1617,14 +1617,14 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
     assert error.endswith("save or export it again as CSV UTF-8") and "invalid UTF8" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("registry_csv.v16", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("registry_csv.v17", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
                                         ("omop_visits.v9", "OMOP/visit_occurrence.csv")])
 def test_a_line_of_spaces_among_a_csvs_rows_is_told_as_a_blank_line(tmp_path, kind, name):
     """A line of spaces or tabs (pyarrow passes over an empty one) was told "Row #4: Expected 8 columns, got 1"."""
     from chorus_batch.validate.readers import OWN_REMEDY, parse_facts
 
-    header = {"registry_csv.v16": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    header = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
               "omop_visits.v9": "visit_occurrence_id,person_id"}[kind]
     good = ",".join(["1"] * (header.count(",") + 1)) + "\n"
@@ -1648,7 +1648,7 @@ def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
             f"3,0001000000000000000,000777,g,5,2024-01-01 00:00:00,c.dcm,000777/Images/z.dcm\n")
     write(tmp_path, "image_registry.csv", body)
     with open(tmp_path / "image_registry.csv", "rb") as f:
-        facts = parse_facts("registry_csv.v16", f)
+        facts = parse_facts("registry_csv.v17", f)
     assert facts["proc_ids"] == [1000000000000000, int(big)], facts
     assert ["9223372036854775807", "000777"] in facts["proc_person_pairs"], facts
     assert facts["bad_proc"] == 1 and facts["bad_rows"] == ["3"], facts
@@ -1663,7 +1663,7 @@ def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
     ("omop_person.v6", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v9", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v7", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v16", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v17", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -2266,7 +2266,8 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
                                          *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
     assert message.startswith("1 row with an empty proc_id, 1 row with an empty datetime, 1 row with a "
-                              "datetime that is not yyyy-MM-dd HH:mm:ss (rows 2, 3, 4)"), message
+                              "datetime that is not yyyy-MM-dd HH:mm:ss (nor M/d/yyyy H:mm:ss, as the Imaging SOP's "
+                              "example writes it) (rows 2, 3, 4)"), message
     assert "not an integer" not in message
     registry("Waveforms", lambda rows: [[*r[:5], "" if i == 0 else r[5], *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
@@ -2376,7 +2377,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v16", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v17", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v7", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
@@ -2856,3 +2857,33 @@ def test_two_images_of_a_person_with_one_sop_instance_uid_are_told(clean):
     assert "SOPInstanceUID" in message and "000.dcm and 005.dcm" in message, message
     remove(f"{SERIES1}/005.dcm")(clean)
     assert validate(clean).filter(pl.col("rule") == "dicom.instance_repeated").height == 0
+
+
+def _as_table_2(stamp: str) -> str:
+    """A yyyy-MM-dd HH:mm:ss datetime as the Imaging SOP's example registry (Table 2.0) writes one: 8/18/2022 22:41:11."""
+    from datetime import datetime as dt
+    at = dt.strptime(stamp, "%Y-%m-%d %H:%M:%S")
+    return f"{at.month}/{at.day}/{at.year} {at:%H:%M:%S}"
+
+
+def test_the_imaging_sops_example_registry_as_written_is_no_finding(clean):
+    """The Imaging SOP's Table 2.0 writes its registry without image_registry_id, its datetimes as 8/18/2022 22:41:11,
+    src_file a bare name (124.dcm) and trg_file null: a site copying it got a registry.values warning on every row
+    ('not yyyy-MM-dd HH:mm:ss'), and the rows' visits went unchecked."""
+    registry("Images", lambda rows: [[*r[:5], _as_table_2(r[5]), f"{k}24.dcm", "null"]
+                                     for k, r in enumerate(rows)])(clean)
+    registry("Waveforms", lambda rows: [[*r[:5], _as_table_2(r[5]), *r[6:]] for r in rows])(clean)
+    assert found(clean) == set()
+
+
+def test_a_table_2_datetime_is_checked_against_its_visit(clean):
+    """A month/day/year datetime is read as one: a capture a year off its visit is told (registry.visit_time);
+    a day-first date (18/8/2022) or a two-digit year stays not a datetime (registry.values)."""
+    from datetime import datetime as dt
+    registry("Waveforms", lambda rows: [[*r[:5], _as_table_2(str(dt.strptime(r[5], "%Y-%m-%d %H:%M:%S")
+                                                                  .replace(year=2001))), *r[6:]] for r in rows])(clean)
+    assert ("registry.visit_time", "waveform_registry.csv") in found(clean)
+    registry("Waveforms", lambda rows: [[*r[:5], {0: "18/8/2022 22:41:11", 1: "8/18/22 22:41:11"}.get(k, r[5]),
+                                         *r[6:]] for k, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
+    assert message.startswith("2 rows with a datetime that is not yyyy-MM-dd HH:mm:ss"), message

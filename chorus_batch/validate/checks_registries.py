@@ -117,7 +117,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
               "bad_visit": "{} row{|s} with a visit_id that is not an integer (a visit_occurrence_id, an integer or "
                            "bigint; empty where no visit of the person overlaps)",
               "no_datetime": "{} row{|s} with an empty datetime",
-              "bad_datetime": "{} row{|s} with a datetime that is not yyyy-MM-dd HH:mm:ss"}
+              "bad_datetime": "{} row{|s} with a datetime that is not yyyy-MM-dd HH:mm:ss (nor M/d/yyyy H:mm:ss, as the Imaging SOP's example writes it)"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)
     out.append(_found(

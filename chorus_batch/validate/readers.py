@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from ..frames import FACTS_SCHEMA, STAMP  # FACTS_SCHEMA: kind, md5, facts (JSON text)
+from ..frames import FACTS_SCHEMA, STAMP, capture_moment  # FACTS_SCHEMA: kind, md5, facts (JSON text)
 from ..units import named, plural
 from .dicom_walk import (
     CHARACTER_SET,
@@ -1239,10 +1239,9 @@ def _registry_facts(f) -> dict[str, Any]:
         trg = trg.scatter(cut.arg_true(), trg.filter(cut).str.replace(_TO_PERSON_FOLDER, "${1}"))
     person = pl.col("person_id").fill_null("").str.strip_chars().str.strip_chars('"')
     when = pl.col("datetime").fill_null("")
-    # Multimodal-Linkage: datetime a timestamp, "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and
-    # fractions of a second are read too)
-    frame = frame.with_columns(trg_file=trg, _captured=when.str.replace("T", " ").str.replace(r"\.\d+$", "")
-                               .str.strptime(pl.Datetime, STAMP, strict=False))
+    # Multimodal-Linkage: datetime a timestamp, "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it, or as its example
+    # registry writes it (8/18/2022 22:41:11: it was told as not a datetime, and its rows' visits went unchecked)
+    frame = frame.with_columns(trg_file=trg, _captured=capture_moment(when))
     given_trg = trg.filter(trg != "")
     trg_files = given_trg.unique()
     duplicated = (given_trg.filter(given_trg.is_duplicated()).unique() if trg_files.len() < given_trg.len()

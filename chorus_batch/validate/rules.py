@@ -327,7 +327,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v6
 # registry_csv.v16 also counts the rows whose group_id is empty (v15: a row without its session or accession was told
 # nothing, though the Imaging SOP's registry has group_id NOT NULL), and tells a header row repeated further down (two
 # registries pasted into one file) by its line, not reading it as a row (v15: three wrong findings of values 'trg_file')
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v16"
+# registry_csv.v17 reads a datetime written as the Imaging SOP's example registry writes it, 8/18/2022 22:41:11
+# (month/day/year; v16 told it as not a datetime, and the rows' visits went unchecked)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v17"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -737,7 +739,7 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.values", "warning", "registry values of the wrong type",
          "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty or not an "
          "integer, its group_id is empty, its visit_id is not an integer, or its datetime is empty or not a date and "
-         "time (yyyy-MM-dd HH:mm:ss).",
+         "time (yyyy-MM-dd HH:mm:ss, or M/d/yyyy H:mm:ss as the Imaging SOP's example registry writes it).",
          sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (IMAGING, '2.0 Image Data Preparation')),
          remedy='Fill the cells the finding names with values of their type.'),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
