@@ -383,6 +383,31 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
+    # a segment of length 0 that is not the first (a variable layout's layout segment): wfdb checks each segment's
+    # length against its header's; passed unchecked, its 50 samples lost without a word
+    ("segment_length_zero", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 101").replace("_0002 50", "_0002 0")),
+     {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
+    # a segment of a fixed layout holding 1 signal of the record's 2 (wfdb joins the segments signal by signal), and a
+    # record line giving 3 of a variable layout whose layout segment lists 2: both passed unchecked
+    ("segment_signals", both(add(f"{MULTI}_0002.hea", f"{S0['multi']}_0002 1 125 50\n"
+                                                       f"{S0['multi']}_0002.dat 16 200.0(0)/mV 16 0 0 0 0 II\n"),
+                             add(f"{MULTI}_0002.dat", bytes(100))),
+     {("wfdb.segment_signals", f"{MULTI}_0002.hea")}),
+    ("segment_signals_layout", both(
+        edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 3 125 151").replace(
+            f"{S0['multi']}_0001 101", f"{S0['multi']}_layout 0\n{S0['multi']}_0001 101")),
+        add(f"{MULTI}_layout.hea", f"{S0['multi']}_layout 2 125 0\n~ 0 200.0(0)/mV 16 0 0 0 0 II\n"
+                                   f"~ 0 200.0(0)/mV 16 0 0 0 0 V\n")),
+     {("wfdb.segment_signals", f"{MULTI}_layout.hea"), unlisted(f"{MULTI}_layout.hea")}),
+    # a variable layout's segment holding some of the record's signals, as its layout segment lists them: no finding
+    ("segment_signals_variable", both(
+        edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 2 125 151").replace(
+            f"{S0['multi']}_0001 101", f"{S0['multi']}_layout 0\n{S0['multi']}_0001 101")),
+        add(f"{MULTI}_layout.hea", f"{S0['multi']}_layout 2 125 0\n~ 0 200.0(0)/mV 16 0 0 0 0 II\n"
+                                   f"~ 0 200.0(0)/mV 16 0 0 0 0 V\n"),
+        add(f"{MULTI}_0002.hea", f"{S0['multi']}_0002 1 125 50\n{S0['multi']}_0002.dat 16 200.0(0)/mV 16 0 0 0 0 II\n"),
+        add(f"{MULTI}_0002.dat", bytes(100))),
+     {unlisted(f"{MULTI}_layout.hea")}),
     # a segment that is a multi-segment record itself: wfdb cannot read the record (its segments are single-segment)
     ("nested_segment", edit(f"{MULTI}_0002.hea", lambda t: f"{S0['multi']}_0002/1 2 125 50\n~ 50\n"),
      {("wfdb.nested_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat")}),

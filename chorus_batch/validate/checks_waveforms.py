@@ -149,6 +149,8 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                 pl.col("fs").alias("_master_fs"), "segments")
         .explode("segments")
         .unnest("segments")
+        # (the segment's place in its list: the first, of length 0, is a variable layout's layout segment)
+        .with_columns(_seg_no=pl.int_range(pl.len()).over("_master"))
     )
     real = segments.filter(pl.col("name").is_not_null() & (pl.col("name") != "~")).with_columns(
         _path=pl.col("_dir") + "/" + pl.col("name") + ".hea")
@@ -164,14 +166,45 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
                 "or fix the list", pl.col("name"), pl.col("name"))).otherwise(
             _there_untaken(fmt("segment {} is listed: {}.hea", pl.col("name"), pl.col("name"))))))
-    seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len")), on="_path")
+    seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len"),
+                                  pl.col("n_sig").alias("_seg_n_sig")), on="_path")
+    # (a length of 0 is the layout segment's, first in a variable layout's list; told where given to another segment:
+    # wfdb's read checks every segment's length against its header's, and reads none of that segment's samples)
+    layout = (pl.col("_seg_no") == 0) & (pl.col("length") == 0)
     out.append(_found(
         "wfdb.segment_length",
-        seg_len.filter((pl.col("length") > 0) & pl.col("_seg_len").is_not_null()
-                       & (pl.col("_seg_len") != pl.col("length"))),
+        seg_len.filter(~layout & pl.col("_seg_len").is_not_null() & (pl.col("_seg_len") != pl.col("length"))),
         "_path",
         fmt("this segment has {} samples but its multi-segment header gives {}: make them agree",
                   pl.col("_seg_len"), pl.col("length"))))
+    # WFDB: a fixed layout's segments (the first not of length 0) each hold the record's signals, and a variable
+    # layout's layout segment (its first, of length 0) lists them; the others hold some of them, by name. wfdb joins
+    # a fixed layout's segments column by column (one of other signals failed its read, or put a signal under
+    # another's name), and reads a variable layout's signals as its layout segment lists them: both passed unchecked
+    fixed = pl.col("_first_len").ne_missing(0)
+    seg_sig = seg_len.join(segments.filter(pl.col("_seg_no") == 0).select("_master", pl.col("length").alias("_first_len")),
+                           on="_master", how="left").join(
+        ok.select(pl.col("srcfile").alias("_master"), pl.col("n_sig").alias("_master_n_sig")), on="_master")
+    out.append(_found(
+        "wfdb.segment_signals",
+        seg_sig.filter((fixed | layout) & (pl.col("_seg_n_sig") != pl.col("_master_n_sig"))
+                       | ~fixed & ~layout & (pl.col("_seg_n_sig") > pl.col("_master_n_sig"))),
+        "_path",
+        pl.when(fixed).then(
+            fmt("this segment has {} signal{|s} but its multi-segment header {} gives the record {} signal{|s}: each segment of a fixed layout "
+                "holds the record's signals, in its order; write the segment with the record's signals (or the record "
+                "with a layout segment, of length 0, listing them all, if its segments hold different signals)",
+                pl.col("_seg_n_sig"), pl.col("_master").str.split("/").list.last(),
+                pl.col("_master_n_sig")))
+        .when(layout).then(
+            fmt("this layout segment lists {} signal{|s} but its multi-segment header {} gives the record {} signal{|s}: the layout segment "
+                "lists each of the record's signals once; make them agree", pl.col("_seg_n_sig"),
+                pl.col("_master").str.split("/").list.last(), pl.col("_master_n_sig")))
+        .otherwise(
+            fmt("this segment has {} signal{|s} but its multi-segment header {} gives the record {} signal{|s}: a segment holds some of the "
+                "record's signals (its layout segment lists them all); add the missing signals to the layout segment "
+                "and to the record line", pl.col("_seg_n_sig"), pl.col("_master").str.split("/").list.last(),
+                pl.col("_master_n_sig")))))
     # WFDB: a segment is a single-segment record (wfdb's rdrecord fails on one of segments of its own, with a
     # TypeError); a record listed among its own segments never ends
     nested = real.join(ok.filter(pl.col("segments").is_not_null()).select(pl.col("srcfile").alias("_path")),

@@ -559,10 +559,19 @@ RULES: tuple[Rule, ...] = (
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy="Copy the segment's header and signal files into the folder."),
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
-         "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
+         "A segment header's length differs from the length its multi-segment header gives (a length of 0 is only the first, "
+         "layout, segment's), or the segment lengths do "
          "not add up to the record's length.",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy='Copy the segments again, or write the record again with wfdb (MultiRecord).'),
+    Rule("wfdb.segment_signals", "error", "WFDB segment holds other signals than its record",
+         "A segment header's number of signals differs from its multi-segment header's: in a fixed layout each segment "
+         "holds the record's signals, and a variable layout's layout segment (its first, of length 0) lists them all; "
+         "a variable layout's other segments hold at most as many. wfdb joins a fixed layout's segments signal by "
+         "signal (one of other signals fails its read, or puts a signal under another's name).",
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
+         remedy='Write the record again with wfdb (MultiRecord): each segment with the record\'s signals, or a layout '
+                'segment listing them all.'),
     Rule("wfdb.nested_segment", "error", "WFDB segment is a multi-segment record",
          "A multi-segment WFDB header lists a segment whose own header lists segments (or the record itself): a WFDB "
          "segment is a single-segment record, and wfdb cannot read the record.",
