@@ -257,7 +257,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # samples per frame, '16x0', which wfdb cannot read (v7: read, its file told as "implies 0 bytes")
 # dicom.v14 also keeps the SOPInstanceUID (sop_instance_uid): two files of a person naming one image
 # (dicom.instance_repeated; v13: not read, an image exported twice and renumbered passed without a word)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v14", "records.v5"
+# wfdb_header.v9 tells a base time written without all of its hours, minutes and seconds ('10:00'), which the WFDB
+# header format writes HH:MM:SS and its readers read as minutes and seconds (v8: read as 00:10:00 without a word)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v9", "dicom.v14", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
