@@ -372,6 +372,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # 212 read as 16, and the file's size left unchecked), without a word
     ("format_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 212 ".join(t.rsplit(".dat 16 ", 1))),
      {("wfdb.format", f"{SINGLE}.hea")}),
+    # two byte offsets in one signal file ('16' and '16+24'): wfdb reads all its signals after the first's offset
+    ("byte_offset_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 16+24 ".join(t.rsplit(".dat 16 ", 1))),
+     {("wfdb.format", f"{SINGLE}.hea")}),
     ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),
     ("dat_size_212", truncate(f"{MULTI}_0001.dat", 1), {("wfdb.dat_size", f"{MULTI}_0001.dat")}),
     ("dat_size_16", add(f"{SINGLE}.dat", bytes(999)), {("wfdb.dat_size", f"{SINGLE}.dat")}),
@@ -788,6 +791,16 @@ def test_a_name_over_255_bytes_is_found_where_a_container_holds_it(clean):
     assert out.select("rule", "srcfile", "message").rows() == [
         ("file.unportable_name", f"{P1}/Metadata/{name}", f"the name '{name}' is 260 bytes long: no common file system "
          "(NTFS, ext4, APFS) holds a name over 255 bytes, so no copy of the site on a disk can hold it; rename it")]
+
+
+def test_a_signal_file_after_one_byte_offset_on_each_line_is_sized_with_it(clean):
+    # '16+24' on each signal line: 24 bytes before the samples, in the size the header implies (24 + 1000)
+    edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 16+24 "))(clean)
+    dat = clean / f"{SINGLE}.dat"
+    dat.write_bytes(bytes(24) + dat.read_bytes())
+    assert validate(clean).is_empty()
+    dat.write_bytes(dat.read_bytes()[24:])  # the samples alone: 24 bytes short of what the header implies
+    assert validate(clean).select("rule", "srcfile").rows() == [("wfdb.dat_size", f"{SINGLE}.dat")]
 
 
 def test_clean_site_has_no_findings(clean):

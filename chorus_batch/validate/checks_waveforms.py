@@ -89,6 +89,17 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "signal file {} holds signals in formats {}: a WFDB signal file holds its signals in one format (wfdb reads them "
         "all in its first signal's, {}); write the record again with one format for each signal file",
         pl.col("file_name"), pl.col("_fmts").list.join(" and "), pl.col("_fmts").list.first())))
+    # and its signals after one byte offset (the '+24' of '16+24': bytes before the samples): wfdb (and the WFDB
+    # library) skip the first signal's for all of them, so '16' and '16+24' in one file were read from byte 0 without
+    # a word, and the file's size checked against the first's offset alone
+    offsets = (data.group_by("_header", "file_name")
+               .agg(pl.col("byte_offset").fill_null(0).unique(maintain_order=True).alias("_offsets"))
+               .filter(pl.col("_offsets").list.len() > 1).sort("_header", "file_name"))
+    out.append(_found("wfdb.format", offsets, "_header", fmt(
+        "signal file {} holds signals after byte offsets {} (the '+n' after the format): a WFDB signal file's samples "
+        "begin at one offset (wfdb reads them all after its first signal's, {} bytes); write the same offset on each of "
+        "its signal lines, or the record again", pl.col("file_name"),
+        pl.col("_offsets").cast(pl.List(pl.String)).list.join(" and "), pl.col("_offsets").list.first())))
     present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
                                                     ).collect()
     # (the few not present, then each once: de-duplicating all 50k signal files first cost 10 ms at 100k files)

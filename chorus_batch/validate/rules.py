@@ -540,7 +540,8 @@ RULES: tuple[Rule, ...] = (
          remedy="Rename the file, or fix the header's record name, so that they agree."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
          f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are), or "
-         "gives the signals of one signal file different formats (wfdb reads them all in the first's).",
+         "gives the signals of one signal file different formats or byte offsets (wfdb reads them all in the first's "
+         "format, after its offset).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
