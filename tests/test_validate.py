@@ -386,6 +386,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
+    # '~' (a gap) in a fixed layout, and '~' where a variable layout's layout segment is: wfdb cannot read either record
+    # (a gap it joins only after a layout segment; the layout segment it looks for as '~.hea')
+    ("segment_gap_fixed", edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 2 125 161").replace(
+        f"{S0['multi']}_0002 50", f"~ 10\n{S0['multi']}_0002 50")), {("wfdb.missing_segment", f"{MULTI}.hea")}),
+    ("layout_segment_gap", edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 2 125 151").replace(
+        f"{S0['multi']}_0001 101", f"~ 0\n{S0['multi']}_0001 101")), {("wfdb.missing_segment", f"{MULTI}.hea")}),
     # a segment of length 0 that is not the first (a variable layout's layout segment): wfdb checks each segment's
     # length against its header's; passed unchecked, its 50 samples lost without a word
     ("segment_length_zero", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 101").replace("_0002 50", "_0002 0")),
@@ -409,11 +415,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
         add(f"{MULTI}_layout.hea", f"{S0['multi']}_layout 2 125 0\n~ 0 200.0(0)/mV 16 0 0 0 0 II\n"
                                    f"~ 0 200.0(0)/mV 16 0 0 0 0 V\n"),
         add(f"{MULTI}_0002.hea", f"{S0['multi']}_0002 1 125 50\n{S0['multi']}_0002.dat 16 200.0(0)/mV 16 0 0 0 0 II\n"),
-        add(f"{MULTI}_0002.dat", bytes(100))),
+        add(f"{MULTI}_0002.dat", bytes(100)),
+        edit(f"{MULTI}.hea", lambda t: t.replace("/3 2 125 151", "/4 2 125 161") + "~ 10\n")),  # (and a gap: read)
      {unlisted(f"{MULTI}_layout.hea")}),
     # a segment that is a multi-segment record itself: wfdb cannot read the record (its segments are single-segment)
     ("nested_segment", edit(f"{MULTI}_0002.hea", lambda t: f"{S0['multi']}_0002/1 2 125 50\n~ 50\n"),
-     {("wfdb.nested_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat")}),
+     {("wfdb.nested_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat"),
+      ("wfdb.missing_segment", f"{MULTI}_0002.hea")}),  # (its own list a gap without a layout segment: unread by wfdb)
     ("segment_rate", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 250 ", 1)),
      {("wfdb.segment_rate", f"{MULTI}_0002.hea"), ("wfdb.mapping_rate", f"{MULTI}.hea")}),  # (the mapping's 125 Hz)
     # a frequency of 0 Hz: no sample has a time (wfdb writes only positive frequencies); told once, not again as a

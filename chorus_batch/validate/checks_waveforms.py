@@ -177,6 +177,26 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
                 "or fix the list", pl.col("name"), pl.col("name"))).otherwise(
             _there_untaken(fmt("segment {} is listed: {}.hea", pl.col("name"), pl.col("name"))))))
+    # '~' in a segment list is a gap of that many samples, which wfdb (the converter's library) reads only in a variable
+    # layout, after a layout segment (a header listing the record's signals, first, of length 0): a record whose first
+    # segment is '~' of length 0 (its layout segment left out) it looks for as '~.hea', and one of a fixed layout with a
+    # gap it fails to join ("'NoneType' object has no attribute ..."); both passed without a word
+    firsts = segments.filter(pl.col("_seg_no") == 0).select("_master", pl.col("name").alias("_first"),
+                                                           pl.col("length").alias("_first_len"))
+    gaps = (segments.filter(pl.col("name") == "~").join(firsts, on="_master")
+            .group_by("_master", "_first", "_first_len").agg(pl.len().alias("_gaps"))
+            .filter((pl.col("_first_len") != 0) | (pl.col("_first") == "~")))
+    out.append(_found(
+        "wfdb.missing_segment", gaps, "_master",
+        pl.when(pl.col("_first_len") == 0).then(pl.lit(
+            "the first segment, of length 0, is '~': a variable layout's first segment is its layout segment, a header "
+            "(of length 0) listing the record's signals, which wfdb reads before the others (it looks for '~.hea' and "
+            "cannot read the record); add the layout segment's header and name it here"))
+        .otherwise(fmt(
+            "{} of the segments {is|are} '~' (a gap of samples) but the record has no layout segment: wfdb reads gaps "
+            "only in a variable layout (a first segment of length 0, a header listing the record's signals) and cannot "
+            "read this record; add a layout segment first in the list (or write the record again with wfdb)",
+            pl.col("_gaps")))))
     seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len"),
                                   pl.col("n_sig").alias("_seg_n_sig")), on="_path")
     # (a length of 0 is the layout segment's, first in a variable layout's list; told where given to another segment:
@@ -193,8 +213,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     # a fixed layout's segments column by column (one of other signals failed its read, or put a signal under
     # another's name), and reads a variable layout's signals as its layout segment lists them: both passed unchecked
     fixed = pl.col("_first_len").ne_missing(0)
-    seg_sig = seg_len.join(segments.filter(pl.col("_seg_no") == 0).select("_master", pl.col("length").alias("_first_len")),
-                           on="_master", how="left").join(
+    seg_sig = seg_len.join(firsts.select("_master", "_first_len"), on="_master", how="left").join(
         ok.select(pl.col("srcfile").alias("_master"), pl.col("n_sig").alias("_master_n_sig")), on="_master")
     out.append(_found(
         "wfdb.segment_signals",

@@ -558,7 +558,9 @@ RULES: tuple[Rule, ...] = (
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure')),
          remedy="Remove the file, or name it in its record's header."),
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
-         "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder.",
+         "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder, or lacks the layout "
+         "segment (a header first in its list, of length 0, listing the record's signals) that wfdb needs: its first "
+         "segment is '~' of length 0, or it lists '~' gaps without one (wfdb reads gaps only in a variable layout).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy="Copy the segment's header and signal files into the folder."),
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
