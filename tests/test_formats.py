@@ -77,6 +77,12 @@ def test_a_wfdb_line_not_read_is_named_and_quoted_and_a_folder_in_a_signal_file_
     ("rec 0 250 1000 2020-01-02", "time", "2020-01-02", "(HH:MM:SS 02/01/2020)"),
     ("rec 0 250 1000 10:00:00 31/02/2020", "date", "31/02/2020", ""),
     ("rec 0 250 1000 25:00:00 01/01/2020", "time", "25:00:00", ""),
+    # a time without its seconds: the WFDB format writes HH:MM:SS, and its readers read '10:00' as minutes and seconds,
+    # 00:10:00 (v8: read so without a word, a session begun at 10 o'clock dated 9 h 50 min early)
+    ("rec 0 250 1000 10:00 01/01/2020", "time", "10:00", "as minutes and seconds after midnight (00:10:00), not as "
+                                                         "hours; write all three, 10:00:00 for a recording begun at 10:00"),
+    ("rec 0 250 1000 10:00", "time", "10:00", "10:00:00 for a recording begun at 10:00"),
+    ("rec 0 250 1000 7", "time", "7", "as seconds after midnight (00:00:07)"),
 ])
 def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writes(line, what, read, hint):
     # wfdb's strptime said "time data '2020/01' does not match format '%d/%m/%Y'": no field named, a part of the

@@ -382,6 +382,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # 212 read as 16, and the file's size left unchecked), without a word
     ("format_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 212 ".join(t.rsplit(".dat 16 ", 1))),
      {("wfdb.format", f"{SINGLE}.hea")}),
+    # two byte offsets in one signal file ('16' and '16+24'): wfdb reads all its signals after the first's offset
+    ("byte_offset_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 16+24 ".join(t.rsplit(".dat 16 ", 1))),
+     {("wfdb.format", f"{SINGLE}.hea")}),
     ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),
     ("dat_size_212", truncate(f"{MULTI}_0001.dat", 1), {("wfdb.dat_size", f"{MULTI}_0001.dat")}),
     ("dat_size_16", add(f"{SINGLE}.dat", bytes(999)), {("wfdb.dat_size", f"{SINGLE}.dat")}),
@@ -393,9 +396,42 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
+    # '~' (a gap) in a fixed layout, and '~' where a variable layout's layout segment is: wfdb cannot read either record
+    # (a gap it joins only after a layout segment; the layout segment it looks for as '~.hea')
+    ("segment_gap_fixed", edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 2 125 161").replace(
+        f"{S0['multi']}_0002 50", f"~ 10\n{S0['multi']}_0002 50")), {("wfdb.missing_segment", f"{MULTI}.hea")}),
+    ("layout_segment_gap", edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 2 125 151").replace(
+        f"{S0['multi']}_0001 101", f"~ 0\n{S0['multi']}_0001 101")), {("wfdb.missing_segment", f"{MULTI}.hea")}),
+    # a segment of length 0 that is not the first (a variable layout's layout segment): wfdb checks each segment's
+    # length against its header's; passed unchecked, its 50 samples lost without a word
+    ("segment_length_zero", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 101").replace("_0002 50", "_0002 0")),
+     {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
+    # a segment of a fixed layout holding 1 signal of the record's 2 (wfdb joins the segments signal by signal), and a
+    # record line giving 3 of a variable layout whose layout segment lists 2: both passed unchecked
+    ("segment_signals", both(add(f"{MULTI}_0002.hea", f"{S0['multi']}_0002 1 125 50\n"
+                                                       f"{S0['multi']}_0002.dat 16 200.0(0)/mV 16 0 0 0 0 II\n"),
+                             add(f"{MULTI}_0002.dat", bytes(100))),
+     {("wfdb.segment_signals", f"{MULTI}_0002.hea")}),
+    ("segment_signals_layout", both(
+        edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 3 125 151").replace(
+            f"{S0['multi']}_0001 101", f"{S0['multi']}_layout 0\n{S0['multi']}_0001 101")),
+        add(f"{MULTI}_layout.hea", f"{S0['multi']}_layout 2 125 0\n~ 0 200.0(0)/mV 16 0 0 0 0 II\n"
+                                   f"~ 0 200.0(0)/mV 16 0 0 0 0 V\n")),
+     {("wfdb.segment_signals", f"{MULTI}_layout.hea"), unlisted(f"{MULTI}_layout.hea")}),
+    # a variable layout's segment holding some of the record's signals, as its layout segment lists them: no finding
+    ("segment_signals_variable", both(
+        edit(f"{MULTI}.hea", lambda t: t.replace("/2 2 125 151", "/3 2 125 151").replace(
+            f"{S0['multi']}_0001 101", f"{S0['multi']}_layout 0\n{S0['multi']}_0001 101")),
+        add(f"{MULTI}_layout.hea", f"{S0['multi']}_layout 2 125 0\n~ 0 200.0(0)/mV 16 0 0 0 0 II\n"
+                                   f"~ 0 200.0(0)/mV 16 0 0 0 0 V\n"),
+        add(f"{MULTI}_0002.hea", f"{S0['multi']}_0002 1 125 50\n{S0['multi']}_0002.dat 16 200.0(0)/mV 16 0 0 0 0 II\n"),
+        add(f"{MULTI}_0002.dat", bytes(100)),
+        edit(f"{MULTI}.hea", lambda t: t.replace("/3 2 125 151", "/4 2 125 161") + "~ 10\n")),  # (and a gap: read)
+     {unlisted(f"{MULTI}_layout.hea")}),
     # a segment that is a multi-segment record itself: wfdb cannot read the record (its segments are single-segment)
     ("nested_segment", edit(f"{MULTI}_0002.hea", lambda t: f"{S0['multi']}_0002/1 2 125 50\n~ 50\n"),
-     {("wfdb.nested_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat")}),
+     {("wfdb.nested_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat"),
+      ("wfdb.missing_segment", f"{MULTI}_0002.hea")}),  # (its own list a gap without a layout segment: unread by wfdb)
     ("segment_rate", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 250 ", 1)),
      {("wfdb.segment_rate", f"{MULTI}_0002.hea"), ("wfdb.mapping_rate", f"{MULTI}.hea")}),  # (the mapping's 125 Hz)
     # a frequency of 0 Hz: no sample has a time (wfdb writes only positive frequencies); told once, not again as a
@@ -783,6 +819,16 @@ def test_a_name_over_255_bytes_is_found_where_a_container_holds_it(clean):
     assert out.select("rule", "srcfile", "message").rows() == [
         ("file.unportable_name", f"{P1}/Metadata/{name}", f"the name '{name}' is 260 bytes long: no common file system "
          "(NTFS, ext4, APFS) holds a name over 255 bytes, so no copy of the site on a disk can hold it; rename it")]
+
+
+def test_a_signal_file_after_one_byte_offset_on_each_line_is_sized_with_it(clean):
+    # '16+24' on each signal line: 24 bytes before the samples, in the size the header implies (24 + 1000)
+    edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 16+24 "))(clean)
+    dat = clean / f"{SINGLE}.dat"
+    dat.write_bytes(bytes(24) + dat.read_bytes())
+    assert validate(clean).is_empty()
+    dat.write_bytes(dat.read_bytes()[24:])  # the samples alone: 24 bytes short of what the header implies
+    assert validate(clean).select("rule", "srcfile").rows() == [("wfdb.dat_size", f"{SINGLE}.dat")]
 
 
 def test_clean_site_has_no_findings(clean):
@@ -1182,7 +1228,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v8", "dicom.v15", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1198,7 +1244,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v8"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v9"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -1286,7 +1332,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v8", "dicom.v15", "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v17", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1472,7 +1518,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 @pytest.mark.parametrize("kind, text, expected", [
     (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v8", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    ("wfdb_header.v9", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts

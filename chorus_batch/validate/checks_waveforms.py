@@ -89,6 +89,17 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "signal file {} holds signals in formats {}: a WFDB signal file holds its signals in one format (wfdb reads them "
         "all in its first signal's, {}); write the record again with one format for each signal file",
         pl.col("file_name"), pl.col("_fmts").list.join(" and "), pl.col("_fmts").list.first())))
+    # and its signals after one byte offset (the '+24' of '16+24': bytes before the samples): wfdb (and the WFDB
+    # library) skip the first signal's for all of them, so '16' and '16+24' in one file were read from byte 0 without
+    # a word, and the file's size checked against the first's offset alone
+    offsets = (data.group_by("_header", "file_name")
+               .agg(pl.col("byte_offset").fill_null(0).unique(maintain_order=True).alias("_offsets"))
+               .filter(pl.col("_offsets").list.len() > 1).sort("_header", "file_name"))
+    out.append(_found("wfdb.format", offsets, "_header", fmt(
+        "signal file {} holds signals after byte offsets {} (the '+n' after the format): a WFDB signal file's samples "
+        "begin at one offset (wfdb reads them all after its first signal's, {} bytes); write the same offset on each of "
+        "its signal lines, or the record again", pl.col("file_name"),
+        pl.col("_offsets").cast(pl.List(pl.String)).list.join(" and "), pl.col("_offsets").list.first())))
     present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
                                                     ).collect()
     # (the few not present, then each once: de-duplicating all 50k signal files first cost 10 ms at 100k files)
@@ -149,6 +160,8 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                 pl.col("fs").alias("_master_fs"), "segments")
         .explode("segments")
         .unnest("segments")
+        # (the segment's place in its list: the first, of length 0, is a variable layout's layout segment)
+        .with_columns(_seg_no=pl.int_range(pl.len()).over("_master"))
     )
     real = segments.filter(pl.col("name").is_not_null() & (pl.col("name") != "~")).with_columns(
         _path=pl.col("_dir") + "/" + pl.col("name") + ".hea")
@@ -164,14 +177,64 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
                 "or fix the list", pl.col("name"), pl.col("name"))).otherwise(
             _there_untaken(fmt("segment {} is listed: {}.hea", pl.col("name"), pl.col("name"))))))
-    seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len")), on="_path")
+    # '~' in a segment list is a gap of that many samples, which wfdb (the converter's library) reads only in a variable
+    # layout, after a layout segment (a header listing the record's signals, first, of length 0): a record whose first
+    # segment is '~' of length 0 (its layout segment left out) it looks for as '~.hea', and one of a fixed layout with a
+    # gap it fails to join ("'NoneType' object has no attribute ..."); both passed without a word
+    firsts = segments.filter(pl.col("_seg_no") == 0).select("_master", pl.col("name").alias("_first"),
+                                                           pl.col("length").alias("_first_len"))
+    gaps = (segments.filter(pl.col("name") == "~").join(firsts, on="_master")
+            .group_by("_master", "_first", "_first_len").agg(pl.len().alias("_gaps"))
+            .filter((pl.col("_first_len") != 0) | (pl.col("_first") == "~")))
+    out.append(_found(
+        "wfdb.missing_segment", gaps, "_master",
+        pl.when(pl.col("_first_len") == 0).then(pl.lit(
+            "the first segment, of length 0, is '~': a variable layout's first segment is its layout segment, a header "
+            "(of length 0) listing the record's signals, which wfdb reads before the others (it looks for '~.hea' and "
+            "cannot read the record); add the layout segment's header and name it here"))
+        .otherwise(fmt(
+            "{} of the segments {is|are} '~' (a gap of samples) but the record has no layout segment: wfdb reads gaps "
+            "only in a variable layout (a first segment of length 0, a header listing the record's signals) and cannot "
+            "read this record; add a layout segment first in the list (or write the record again with wfdb)",
+            pl.col("_gaps")))))
+    seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len"),
+                                  pl.col("n_sig").alias("_seg_n_sig")), on="_path")
+    # (a length of 0 is the layout segment's, first in a variable layout's list; told where given to another segment:
+    # wfdb's read checks every segment's length against its header's, and reads none of that segment's samples)
+    layout = (pl.col("_seg_no") == 0) & (pl.col("length") == 0)
     out.append(_found(
         "wfdb.segment_length",
-        seg_len.filter((pl.col("length") > 0) & pl.col("_seg_len").is_not_null()
-                       & (pl.col("_seg_len") != pl.col("length"))),
+        seg_len.filter(~layout & pl.col("_seg_len").is_not_null() & (pl.col("_seg_len") != pl.col("length"))),
         "_path",
         fmt("this segment has {} samples but its multi-segment header gives {}: make them agree",
                   pl.col("_seg_len"), pl.col("length"))))
+    # WFDB: a fixed layout's segments (the first not of length 0) each hold the record's signals, and a variable
+    # layout's layout segment (its first, of length 0) lists them; the others hold some of them, by name. wfdb joins
+    # a fixed layout's segments column by column (one of other signals failed its read, or put a signal under
+    # another's name), and reads a variable layout's signals as its layout segment lists them: both passed unchecked
+    fixed = pl.col("_first_len").ne_missing(0)
+    seg_sig = seg_len.join(firsts.select("_master", "_first_len"), on="_master", how="left").join(
+        ok.select(pl.col("srcfile").alias("_master"), pl.col("n_sig").alias("_master_n_sig")), on="_master")
+    out.append(_found(
+        "wfdb.segment_signals",
+        seg_sig.filter((fixed | layout) & (pl.col("_seg_n_sig") != pl.col("_master_n_sig"))
+                       | ~fixed & ~layout & (pl.col("_seg_n_sig") > pl.col("_master_n_sig"))),
+        "_path",
+        pl.when(fixed).then(
+            fmt("this segment has {} signal{|s} but its multi-segment header {} gives the record {} signal{|s}: each segment of a fixed layout "
+                "holds the record's signals, in its order; write the segment with the record's signals (or the record "
+                "with a layout segment, of length 0, listing them all, if its segments hold different signals)",
+                pl.col("_seg_n_sig"), pl.col("_master").str.split("/").list.last(),
+                pl.col("_master_n_sig")))
+        .when(layout).then(
+            fmt("this layout segment lists {} signal{|s} but its multi-segment header {} gives the record {} signal{|s}: the layout segment "
+                "lists each of the record's signals once; make them agree", pl.col("_seg_n_sig"),
+                pl.col("_master").str.split("/").list.last(), pl.col("_master_n_sig")))
+        .otherwise(
+            fmt("this segment has {} signal{|s} but its multi-segment header {} gives the record {} signal{|s}: a segment holds some of the "
+                "record's signals (its layout segment lists them all); add the missing signals to the layout segment "
+                "and to the record line", pl.col("_seg_n_sig"), pl.col("_master").str.split("/").list.last(),
+                pl.col("_master_n_sig")))))
     # WFDB: a segment is a single-segment record (wfdb's rdrecord fails on one of segments of its own, with a
     # TypeError); a record listed among its own segments never ends
     nested = real.join(ok.filter(pl.col("segments").is_not_null()).select(pl.col("srcfile").alias("_path")),

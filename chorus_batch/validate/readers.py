@@ -250,7 +250,8 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": _frequency(lines[0], found) if rec["fs"] else WFDB_DEFAULT_FS,
-            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", lines[0], rec["base_time"])
+            "base_time": _base(lambda: _iso_time(grammar, _all_three(rec["base_time"])), "time", lines[0],
+                               rec["base_time"])
             if rec["base_time"] else None,
             "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", lines[0], rec["base_date"])
             if rec["base_date"] else None,
@@ -324,6 +325,16 @@ def _iso_time(grammar: Any, text: str) -> str:
     return grammar.wfdb_strptime(text).isoformat()
 
 
+def _all_three(text: str) -> str:
+    """`text`, a base time written with its hours, minutes and seconds; ValueError where fewer are written. The WFDB
+    header format gives the base time as HH:MM:SS (header(5): "13:05:00, or 13:5:0"); its readers (the WFDB library's
+    strtim, wfdb's strptime) read '10:00' as minutes and seconds, 00:10:00, not as the 10 o'clock a site writing it
+    means: a session's start read 9 h 50 min early, without a word."""
+    if text.count(":") != 2:
+        raise ValueError(f"base time {text!r} is not HH:MM:SS")
+    return text
+
+
 def _iso_date(text: str) -> str:
     if found := _DD_MM_YYYY.fullmatch(text):
         try:
@@ -338,6 +349,7 @@ _BASE_FORMS = {"time": "HH:MM:SS (a 24-hour clock, seconds with a fraction if an
 
 
 _YEAR_FIRST = re.compile(r"([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})")
+_PART_TIME = re.compile(r"([0-9]{1,2})(?::([0-9]{1,2}))?(\.[0-9]*)?")  # a base time without its seconds, or minutes
 _DAY_FIRST_OTHER = re.compile(r"([0-9]{1,2})[-.]([0-9]{1,2})[-.]([0-9]{4})")
 
 
@@ -369,6 +381,17 @@ def _base(convert: Callable[[], str], what: str, line: str, read: str) -> str:
         elif what == "time" and ("/" in written or _DAY_FIRST_OTHER.fullmatch(written)):
             hint = (": a date where the base time is written; WFDB reads a base date only after a base time, "
                     "'HH:MM:SS DD/MM/YYYY' (the time the recording started, then its date)")
+        elif what == "time" and (found := _PART_TIME.fullmatch(written)):
+            minutes = found[2] is not None
+            try:
+                read_as = f" ({_wfdb_grammar().wfdb_strptime(written).isoformat()})"
+            except ValueError:
+                read_as = ""
+            hint = (f": the WFDB readers read a time of {'two fields' if minutes else 'one field'} as "
+                    f"{'minutes and seconds' if minutes else 'seconds'} after midnight{read_as}, not as hours; write "
+                    f"all three" + (f", {int(found[1]):02d}:{int(found[2]):02d}:00 for a recording begun at "
+                                    f"{int(found[1])}:{int(found[2]):02d}" if minutes and not found[3] and int(found[1]) < 24
+                                    and int(found[2]) < 60 else ""))
         elif what == "date" and (found := _DAY_FIRST_OTHER.fullmatch(written)):
             hint = f": WFDB writes the date with slashes, {int(found[1]):02d}/{int(found[2]):02d}/{found[3]}"
         elif what == "date" and re.fullmatch(r"[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,3}", written):

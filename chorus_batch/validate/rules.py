@@ -260,7 +260,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v15 keeps a transfer syntax UID that is none of the DICOM standard's (unknown_transfer_syntax: a vendor's
 # private one, or a damaged value), whose pixel data no viewer decodes (dicom.transfer_syntax; v14: read, untold), and
 # tells a DICOMDIR under a .dcm name as such (v14: "holds no image after its File Meta ... copy the file again")
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v8", "dicom.v15", "records.v5"
+# wfdb_header.v9 tells a base time written without all of its hours, minutes and seconds ('10:00'), which the WFDB
+# header format writes HH:MM:SS and its readers read as minutes and seconds (v8: read as 00:10:00 without a word)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v9", "dicom.v15", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -543,7 +545,8 @@ RULES: tuple[Rule, ...] = (
          remedy="Rename the file, or fix the header's record name, so that they agree."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
          f"A WFDB header uses a signal format the wfdb readers do not support ({', '.join(WFDB_FORMATS)} are), or "
-         "gives the signals of one signal file different formats (wfdb reads them all in the first's).",
+         "gives the signals of one signal file different formats or byte offsets (wfdb reads them all in the first's "
+         "format, after its offset).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
@@ -560,14 +563,25 @@ RULES: tuple[Rule, ...] = (
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure')),
          remedy="Remove the file, or name it in its record's header."),
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
-         "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder.",
+         "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder, or lacks the layout "
+         "segment (a header first in its list, of length 0, listing the record's signals) that wfdb needs: its first "
+         "segment is '~' of length 0, or it lists '~' gaps without one (wfdb reads gaps only in a variable layout).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy="Copy the segment's header and signal files into the folder."),
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
-         "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
+         "A segment header's length differs from the length its multi-segment header gives (a length of 0 is only the first, "
+         "layout, segment's), or the segment lengths do "
          "not add up to the record's length.",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy='Copy the segments again, or write the record again with wfdb (MultiRecord).'),
+    Rule("wfdb.segment_signals", "error", "WFDB segment holds other signals than its record",
+         "A segment header's number of signals differs from its multi-segment header's: in a fixed layout each segment "
+         "holds the record's signals, and a variable layout's layout segment (its first, of length 0) lists them all; "
+         "a variable layout's other segments hold at most as many. wfdb joins a fixed layout's segments signal by "
+         "signal (one of other signals fails its read, or puts a signal under another's name).",
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
+         remedy='Write the record again with wfdb (MultiRecord): each segment with the record\'s signals, or a layout '
+                'segment listing them all.'),
     Rule("wfdb.nested_segment", "error", "WFDB segment is a multi-segment record",
          "A multi-segment WFDB header lists a segment whose own header lists segments (or the record itself): a WFDB "
          "segment is a single-segment record, and wfdb cannot read the record.",
