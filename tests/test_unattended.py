@@ -1054,6 +1054,25 @@ def test_a_lock_file_that_cannot_be_made_is_not_called_locked(site):
     assert "locked" not in out.stderr and "fix:" in out.stderr
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_manifest_folder_this_user_cannot_write_is_a_setting_to_fix_as_every_output_is(site, tmp_path):
+    """`run --db` in a folder this user cannot write was exit 3, a failure, where `registry --out`, `testdata`,
+    `--parquet` and `import-journal --db` in such a folder are exit 2: a path to fix, nothing done. A cron wrapper
+    tells a night that failed from a line to fix by that code."""
+    write(site, "OMOP/a.csv")
+    shut = tmp_path / "shut"
+    shut.mkdir()
+    os.chmod(shut, 0o555)
+    try:
+        out = run_without_override(["run", "--no-validate", "--site", str(site), "--db", str(shut / "m.sqlite"),
+                                    "--json"])
+    finally:
+        os.chmod(shut, 0o755)
+    assert out.returncode == 2, out.stderr
+    assert "Permission denied" in out.stderr and "a folder this user can write" in out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2 and not list(shut.iterdir())
+
+
 def test_a_manifest_on_nfs_whose_lock_service_is_unreachable_is_said_to_be_so(db, monkeypatch):
     """flock on an NFS mount whose lock service (lockd, rpc.statd) is not reachable fails with ENOLCK: the run said
     "cannot create or open the manifest's lock file" of a file it had made, and "an ordinary file system"."""
