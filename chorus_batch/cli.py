@@ -25,7 +25,7 @@ from typing import Any
 from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, committed_stays,
                      forget_signals, handling_stop, interrupted_at_start, holding_signal, note_signal, machine_limit,
-                     quiet_lost_stops, serving_command_line, signals_unwrapped)
+                     quiet_lost_stops, serving_command_line, signals_unwrapped, hold_until_work, work_starts)
 from .faults import pause
 from .units import closest as _close
 from .units import command_word, plural, quoted, shown, shown_name, shown_text, stage_words
@@ -2736,6 +2736,7 @@ def _main(argv: list[str] | None = None) -> int:
                 # run does, and under `ulimit -v` 2 GB aborted in their native code (exit 127/134, no word of ours).
                 ensure_address_space(args.command)
             code = COMMANDS[args.command](args, argv)
+            work_starts()  # (a command that wrote nothing to the closed standard output it makes: refused at its end)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
@@ -2806,6 +2807,7 @@ def _main(argv: list[str] | None = None) -> int:
         return int(ExitCode.FAILED)
     finally:
         sys.stdout = stdout
+        hold_until_work(None)  # (main called again in one process: nothing held over)
 
 
 def _print_error(exc: ChorusError, outcome: str | None = None) -> None:
@@ -2842,44 +2844,40 @@ def _print_json_error(code: int, error: str, **details: str | None) -> None:
 
 def _refuse_closed_output(args: argparse.Namespace) -> None:
     """Standard output closed (`>&-`) where it is what the command makes (`report --out -`, `import-config` with no
-    --out): a closed stdout takes nothing (a run's summary is lost, its version is not), and `report --out -` said
-    "wrote the report to standard output", exit 0, of a page written nowhere. Refused before any work."""
+    --out, a listing, a dry run's account, a script): a closed stdout takes nothing, and `report --out -` said "wrote
+    the report to standard output", exit 0, of a page written nowhere (`files --md5sum >&- && echo ok` said ok of a
+    list written nowhere).
+
+    The refusal (exit 3) is said when the command first writes, or where it would start its work (_output_checked,
+    also where a site's listing starts): a usage error the command finds in its arguments (`files --as-of nosuch >&-`,
+    `report --version nosuch --out - >&-`, `upload --script bash --version nosuch >&-`) is said as one, exit 2, in
+    every command alike. It was so for the listing commands alone, and the others said the closed output, exit 3, of a
+    command line that was wrong: a cron wrapper took a line to fix for a failed night. None of these commands changes
+    anything before it writes (a dry run, `upload --script` and `import-config` record nothing)."""
     out = getattr(args, "out", None)
-    if args.command in ("report", "review", "registry") and out == "-" or args.command == "import-config" and out in (
-            None, "-"):
-        made = {"report": "the report", "review": "the executed notebook", "registry": "the registry",
+    if args.command in ("report", "review") and out == "-" or args.command == "import-config" and out in (None, "-"):
+        made = {"report": "the report", "review": "the executed notebook",
                 "import-config": "the converted chorus.toml"}[args.command]
-    elif _output_is_the_product(args):  # (`files --md5sum >&- && echo ok` said ok of a list written nowhere)
+        refused = OutputError(f"standard output is closed (`>&-`): {made} would be written nowhere",
+                              where="standard output", fix="give --out FILE, or start the command with standard "
+                              "output open (`> FILE`)")
+    elif _output_is_the_product(args):
         shape = next((f"its {word}" for flag, word in (("json", "JSON"), ("csv", "CSV"), ("md5sum", "md5sum list"))
                       if getattr(args, flag, False)), "its output")
         refused = OutputError(f"standard output is closed (`>&-`): {shape}, all that `{args.command}` makes here, "
                               "would be written nowhere", where="standard output",
                               fix="start the command with standard output open (`> FILE`; `> /dev/null` to discard "
                               "it)")
-        refused.outcome = "nothing was done"
-        if args.command in _PRINTING_COMMANDS:
-            # Said when the command first writes, or where it would start its work (_output_checked): a usage error
-            # found by the command (`files --as-of nosuch >&-`, `validate --rule nosuch >&-`) is said as one, exit 2,
-            # not as the closed stdout, exit 3. They only read before that (validate records nothing before it).
-            sys.stdout.refused = refused
-            return
-        raise refused
-    else:
+    else:  # (`registry --out -` is a usage error of its own: the registries are files in a folder)
         return
-    refused = OutputError(f"standard output is closed (`>&-`): {made} would be written nowhere",
-                          where="standard output", fix="give --out FILE, or start the command with standard output "
-                          "open (`> FILE`)")
     refused.outcome = "nothing was done"
-    raise refused
+    hold_until_work(refused)
 
 
 def _output_checked() -> None:
     """Where a command whose product is standard output starts its work (after its arguments are checked): a closed
     standard output is refused here (see _refuse_closed_output), before the work, not at its first write."""
-    refused = getattr(sys.stdout, "refused", None)
-    if refused is not None:
-        sys.stdout.refused = None  # (said once: the error's own JSON object is then written nowhere, as before)
-        raise refused
+    work_starts()
 
 
 # Commands whose one product is what they print (they change nothing, or only record what they print).
@@ -2926,7 +2924,6 @@ class _Output:
         self.used = False  # something was written (main's --json error object is then left out)
         # On a terminal, what a name holds is shown, not obeyed (escape sequences); a file or pipe gets the bytes.
         self._terminal = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
-        self.refused: OutputError | None = None  # a closed stdout refused at the first write (_output_checked)
 
     def _guarded(self, call, *args):
         if self._stream is None:  # started with stdout closed (>&-)
@@ -2963,7 +2960,8 @@ class _Output:
         return len(text)
 
     def flush(self) -> None:
-        _output_checked()  # (a command that wrote nothing: refused at its end, as before)
+        # (not the held refusal: a flush is no work, and libraries flush the streams of their own accord, as
+        # multiprocessing does before it starts a process: `run --dry-run --delete-list x >&-` was refused there)
         if self._stream is not None:
             self._guarded(self._stream.flush)
 

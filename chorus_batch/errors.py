@@ -400,6 +400,23 @@ def committed_stays(label: str) -> str:
     return f"version {label} was committed before the failure; it stays"
 
 
+# A refusal the command line holds until the command has checked its arguments (a closed standard output where it is
+# the command's product): a usage error is said first, as one (exit 2), and the refusal where the work would start.
+_HELD: list[ChorusError] = []
+
+
+def hold_until_work(refusal: ChorusError | None) -> None:
+    """Hold `refusal` (None: let go of one held) until work_starts()."""
+    _HELD[:] = [refusal] if refusal is not None else []
+
+
+def work_starts() -> None:
+    """Where a command has checked every argument and setting and starts its work (the first write to standard output,
+    a run's listing after its preflight, a listing command's query): the refusal held, if any, is raised here, once."""
+    if _HELD:
+        raise _HELD.pop()
+
+
 class Stopped(BaseException):
     """A signal asked the run to stop (SIGTERM, SIGHUP); raised in the main thread like KeyboardInterrupt."""
 

@@ -25,7 +25,8 @@ from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
 from .errors import (AfterCommitError, ChorusError, ExitCode, ForeignSnapshots, ManifestError, ManifestLocked, MassRemovalRefused,
-                     SourceError, Stopped, UsageError, committed_stays, in_one_line, machine_limit, raise_lost_stop, signals_unwrapped)
+                     SourceError, Stopped, UsageError, committed_stays, in_one_line, machine_limit, raise_lost_stop, signals_unwrapped,
+                     work_starts)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
@@ -241,6 +242,7 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                                                  int(exc.exit_code), f"{exc.what}; nothing was committed")
                 raise
             root.source.empty_ok = True
+    work_starts()  # every argument and root checked: a `run --dry-run >&-` is refused here (README: exit codes)
     site = site_location(settings.site)
     if settings.dry_run:
         if manifest.path.exists():

@@ -592,21 +592,41 @@ def test_a_command_whose_product_is_standard_output_refuses_it_closed(site, db, 
 
 @pytest.mark.parametrize("words", [["files", "--as-of", "nosuch"], ["files", "--json", "--modality", "nosuch"],
                                    ["validate", "--rule", "nosuch"], ["validate", "--explain", "nosuch"],
-                                   ["validate", "--json", "--version", "nosuch"], ["diff", "--from", "nosuch"]])
+                                   ["validate", "--json", "--version", "nosuch"], ["diff", "--from", "nosuch"],
+                                   ["report", "--out", "-", "--version", "nosuch"],
+                                   ["upload", "--script", "bash", "--to", "az://nosuch-container/", "--version",
+                                    "nosuch"],
+                                   ["run", "--dry-run", "--site", "{site}", "--delete-list", "nosuch.txt"],
+                                   ["run", "--dry-run", "--site", "{site}/nosuch"],
+                                   ["import-journal", "nosuch.journal", "--dry-run"]])
 def test_a_usage_error_with_standard_output_closed_is_a_usage_error(site, db, words):
     """`files --as-of nosuch >&-`, `validate --rule nosuch >&-`: the closed standard output was refused before the
     command checked its arguments, exit 3, where a usage error is 2 (README's exit codes) and says what to fix. The
-    usage error wins; a closed stdout with good arguments is still refused before any work (the test above)."""
+    usage error wins; a closed stdout with good arguments is still refused before any work (the test above). So in
+    every command whose product is standard output: `report --out -`, `upload --script`, the dry runs said the closed
+    output, exit 3, of a command line that was wrong (`--delete-list` without `--mode append`, a missing --site)."""
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     assert run(site, db, "-q", "--no-validate").returncode == 0
     before = query(db, "SELECT count(*) FROM runs")
-    command = [sys.executable, "-m", "chorus_batch", *words, "--db", str(db)]
+    command = [sys.executable, "-m", "chorus_batch", *(w.format(site=site) for w in words), "--db", str(db)]
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
                           preexec_fn=lambda: os.close(1))
     assert done.returncode == ExitCode.USAGE, done.stderr
-    assert "nosuch" in done.stderr and "standard output is closed" not in done.stderr, done.stderr
+    said = ("append mode only" if "--delete-list" in words else "never writes over one" if "import-journal" in words
+            else "nosuch")
+    assert said in done.stderr and "standard output is closed" not in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert query(db, "SELECT count(*) FROM runs") == before
+
+
+def test_import_config_with_standard_output_closed_says_its_usage_error_first(tmp_path):
+    """`import-config CONFIG >&-` with no --out: a CONFIG that is not there was said as the closed standard output,
+    exit 3; it is a usage error, exit 2, as in the other commands."""
+    command = [sys.executable, "-m", "chorus_batch", "import-config", str(tmp_path / "nosuch.toml")]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == ExitCode.USAGE and "config not found" in done.stderr, done.stderr
+    assert "standard output is closed" not in done.stderr
 
 
 @pytest.mark.parametrize("words, names_versions", [
@@ -1054,6 +1074,25 @@ def test_a_lock_file_that_cannot_be_made_is_not_called_locked(site):
     assert "locked" not in out.stderr and "fix:" in out.stderr
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_manifest_folder_this_user_cannot_write_is_a_setting_to_fix_as_every_output_is(site, tmp_path):
+    """`run --db` in a folder this user cannot write was exit 3, a failure, where `registry --out`, `testdata`,
+    `--parquet` and `import-journal --db` in such a folder are exit 2: a path to fix, nothing done. A cron wrapper
+    tells a night that failed from a line to fix by that code."""
+    write(site, "OMOP/a.csv")
+    shut = tmp_path / "shut"
+    shut.mkdir()
+    os.chmod(shut, 0o555)
+    try:
+        out = run_without_override(["run", "--no-validate", "--site", str(site), "--db", str(shut / "m.sqlite"),
+                                    "--json"])
+    finally:
+        os.chmod(shut, 0o755)
+    assert out.returncode == 2, out.stderr
+    assert "Permission denied" in out.stderr and "a folder this user can write" in out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2 and not list(shut.iterdir())
+
+
 def test_a_manifest_on_nfs_whose_lock_service_is_unreachable_is_said_to_be_so(db, monkeypatch):
     """flock on an NFS mount whose lock service (lockd, rpc.statd) is not reachable fails with ENOLCK: the run said
     "cannot create or open the manifest's lock file" of a file it had made, and "an ordinary file system"."""
@@ -1303,7 +1342,8 @@ def test_a_read_only_manifest_says_what_to_do(site, db, tmp_path):
         out = run_without_override(["run", "--no-validate", "--site", str(site), "--db", str(folder / "m.sqlite")])
     finally:
         os.chmod(folder, 0o700)
-    assert out.returncode == 3 and "fix:" in out.stderr and "internal error" not in out.stderr, out.stderr
+    # (a new manifest in a folder this user cannot write: a path to fix, exit 2, as every output's there)
+    assert out.returncode == 2 and "fix:" in out.stderr and "internal error" not in out.stderr, out.stderr
 
 
 def test_a_secret_in_the_site_url_is_never_stored(tmp_path):

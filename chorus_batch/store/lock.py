@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError, pass_db
+from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError, WriteError, pass_db
 from ..fsutil import OWNER_ONLY, file_above, other_owner
 from ..times import iso, parse_time, utc_now
 from .schema import SCHEMA_VERSION
@@ -59,11 +59,15 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                              fix=f"make it writable (chmod u+w {shlex.quote(str(lock_path))}; on Windows, clear its "
                                  "read-only attribute), or remove it once no run is going on: it holds nothing between "
                                  "runs; then run again")
-    if isinstance(exc, PermissionError) and not os.access(db.parent, os.W_OK):
+    if isinstance(exc, PermissionError) and not os.access(db.parent, os.W_OK) or exc.errno == errno.EROFS:
+        # An output the command line names where this user cannot write: a setting to fix, nothing done, exit 2 as
+        # for every other output (`registry --out`, `testdata`, `--parquet`, `import-journal --db`); it was exit 3,
+        # a failure, and a cron wrapper told a night's failure from a line to fix by it. WriteError maps the errno.
         fix = (pass_db("a path in a folder this user can write", run=True)
-               + " (the lock and the manifest's -wal file live beside it)")
-    elif exc.errno == errno.EROFS:
-        fix = pass_db("a path on a writable file system", run=True)
+               + " (the lock and the manifest's -wal file live beside it)" if exc.errno != errno.EROFS
+               else pass_db("a path on a writable file system", run=True))
+        return WriteError(f"cannot create or open the manifest's lock file: {reason}", where=str(lock_path), fix=fix,
+                          cause=exc)
     elif exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # (the file was made; its lock is what failed)
         return ManifestError(f"the file system holding the manifest cannot lock files ({reason}): an NFS mount whose "
                              "lock service is not reachable, or a FUSE file system; unlocked, two runs could both "
