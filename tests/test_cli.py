@@ -1708,6 +1708,24 @@ def test_a_bare_account_key_or_a_secret_of_the_environment_given_in_the_wrong_pl
     assert key not in argv and aws not in argv, argv
 
 
+def test_the_value_of_a_variable_chorus_toml_names_for_a_secret_is_never_quoted_or_recorded(site, db, tmp_path):
+    """Only the default variables' values were masked (AZURE_STORAGE_KEY, ...): with `[azure] account_key_env =
+    "SITE_KEY"` the value of SITE_KEY, a secret of no shape of its own, given as an --exclude glob was taken, printed
+    in the run's JSON and recorded in `runs`.argv."""
+    secret = "no-shape-site-secret-0123456789"
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "{db}"\n[azure]\naccount_key_env = "SITE_KEY"\n')
+    write(site, "OMOP/a.csv")
+    env = {"SITE_KEY": secret}
+    out = cli("run", "--no-validate", "--config", str(config), "--exclude", secret, "--json", cwd=tmp_path, env=env)
+    # refused as a secret given as a glob is (it was taken, and the run went on and recorded it)
+    assert out.returncode == 2 and "invalid exclusion glob '***'" in out.stderr, out.stdout + out.stderr
+    assert secret not in out.stdout + out.stderr
+    if db.exists():
+        argv = " ".join(a for (a,) in query(db, "SELECT argv FROM runs"))
+        assert secret not in argv, argv
+
+
 
 def test_a_version_label_windows_reserves_as_a_device_name_is_refused(site, db):
     """The label is the version's folder at the central container, which a reviewer downloads (and
