@@ -2851,3 +2851,30 @@ def test_a_command_with_its_output_in_a_file_runs_where_os_has_no_geteuid(tmp_pa
                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert done.returncode == 2 and "no manifest at" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "AttributeError" not in done.stderr
+
+
+def test_a_traceback_python_prints_itself_from_a_finaliser_or_a_thread_has_its_secrets_masked(tmp_path):
+    """The messages and the log were masked, but Python's own "Exception ignored in: <...>" (an SDK's session closed
+    in a finaliser) and "Exception in thread ..." (an exception in a worker thread) went to stderr as they were, with
+    the SAS or key of the request they quote."""
+    code = """if True:
+        import threading
+        from chorus_batch import cli
+        cli._stop_on_signals()
+        class Session:
+            def __repr__(self):
+                return "<Session https://a.blob.core.windows.net/c/x?sv=1&sig=SIGNATURE0123456789>"
+            def __del__(self):
+                raise ValueError("closing https://a.blob.core.windows.net/c/x?sv=1&sig=SIGNATURE0123456789 failed")
+        Session()
+        def fail():
+            raise OSError('{"conn": "DefaultEndpointsProtocol=https;AccountKey=KEYVALUE0123456789==;x"}')
+        thread = threading.Thread(target=fail, name="chorus-hash-1")
+        thread.start()
+        thread.join()
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "Exception ignored in: " in out.stderr, out.stderr
+    assert "ValueError: closing https://a.blob.core.windows.net/c/x?sv=***&sig=*** failed" in out.stderr, out.stderr
+    assert "Exception in thread chorus-hash-1:" in out.stderr and "AccountKey=***" in out.stderr, out.stderr
+    assert "SIGNATURE0123456789" not in out.stderr and "KEYVALUE0123456789" not in out.stderr, out.stderr
