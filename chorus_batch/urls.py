@@ -46,13 +46,14 @@ _SCRUB = [
     (re.compile(r"(?i)" + _NAME_START + r"((?:AccountKey|SharedAccessSignature)(?:=|%3D))(?!\*\*\*)"
                 r"(?:(?!%3B)[^;\s\"',<>])+"), r"\1***"),
     # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys, and the same names
-    # as JSON or a Python dict shows them ('"sig": "XYZ"', "'account_key': 'XYZ'", in an SDK's exception message)
+    # as JSON or a Python dict shows them ('"sig": "XYZ"', "'account_key': 'XYZ'", in an SDK's exception message; a
+# header's bytes as botocore logs them: "'X-Amz-Security-Token': b'...'")
     (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
     (re.compile(r"(?i)" + _NAME_START +
                 r"((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
                 r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
                 r"X-Amz-Signature|Signature|sig|AccountKey|account_key|sas_token|sastoken|credential|"
-                r"connection_string)[\"']?\s*(?:[:=]|%3D)\s*[\"']?)(?!\*\*\*)[^\s\"'&;,<>]+"), r"\1***"),
+                r"connection_string)[\"']?\s*(?:[:=]|%3D)\s*(?:b?[\"'])?)(?!\*\*\*)[^\s\"'&;,<>]+"), r"\1***"),
     # the Azure CLI's and other tools' options, the value after a space (an error quoting its command line)
     (re.compile(r"(?i)(--(?:account-key|sas-token|connection-string|client-secret|password)(?:\s+|=)[\"']?)"
                 r"(?!\*\*\*)[^\s\"']+"), r"\1***"),
@@ -147,7 +148,7 @@ SED_SCRUB = tuple(expression.replace('\\"', '"') for expression in (  # (in a br
         "x-amz-security-token", "x-amz-credential", "aws_secret_access_key", "aws_session_token", "secret_access_key",
         "session_token", "client_secret", "access_token", "refresh_token", "password", "secret", "X-Amz-Signature",
         "Signature", "sig", "AccountKey", "account_key", "sas_token", "sastoken", "credential", "connection_string")
-    + r"[\"']?[[:space:]]*([:=]|%3[Dd])[[:space:]]*[\"']?)[^[:space:]\"'&;,<>]+#\1\2***#g",
+    + r"[\"']?[[:space:]]*([:=]|%3[Dd])[[:space:]]*(b?[\"'])?)[^[:space:]\"'&;,<>]+#\1\2***#g",
     r"s#(--" + _names("account-key", "sas-token", "connection-string", "client-secret", "password")
     + r"([[:space:]]+|=)[\"']?)[^[:space:]\"']+#\1***#g",
     r"s#(<" + _names("SignatureProvided", "Signature", "sig", "AccountKey", "SecretAccessKey", "SessionToken")

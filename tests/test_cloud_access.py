@@ -98,6 +98,7 @@ SECRET_TEXTS = [
     f"The MAC signature found in the HTTP request '{KEY}' is not the same as any computed signature.",
     f"az storage blob upload --account-key {KEY[:40]} --sas-token '{SAS}'",
     f"BlobServiceClient(account_url, credential={KEY[:40]})",
+    f"headers={{'X-Amz-Security-Token': b'{SIG}', 'Authorization': b'AWS4-HMAC-SHA256 Signature={SIG}'}}",
 ]
 
 
