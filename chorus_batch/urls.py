@@ -41,7 +41,7 @@ _TEXT_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 _SCRUB = [
     # SAS query parameters (sig is the secret; the rest say what it allows and until when), wherever the name starts
     # (after '...', '(', '[', '\u0026' or a %-escape: "...sig=XYZ&foo" was left whole), '=' plain or %-escaped
-    (re.compile(r"(?i)((?<![A-Za-z0-9])sig(?:=|%3D))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), r"\1***"),
+    (re.compile(r"(?i)(?:(?<![A-Za-z0-9])|(?<=%26)|(?<=%3F)|(?<=%3B))(sig(?:=|%3D|[\"']?\s*:\s*[\"']?))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), r"\1***"),
     # connection-string fields, '=' and ';' plain or %-escaped (a connection string URL-encoded in a message)
     (re.compile(r"(?i)" + _NAME_START + r"((?:AccountKey|SharedAccessSignature)(?:=|%3D))(?!\*\*\*)"
                 r"(?:(?!%3B)[^;\s\"',<>])+"), r"\1***"),
@@ -52,7 +52,7 @@ _SCRUB = [
     (re.compile(r"(?i)" + _NAME_START +
                 r"((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
                 r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
-                r"X-Amz-Signature|Signature|sig|AccountKey|account_key|sas_token|sastoken|credential|"
+                r"X-Amz-Signature|Signature|AccountKey|account_key|sas_token|sastoken|credential|"
                 r"connection_string)[\"']?\s*(?:[:=]|%3D)\s*(?:b?[\"'])?)(?!\*\*\*)[^\s\"'&;,<>]+"), r"\1***"),
     # the Azure CLI's and other tools' options, the value after a space (an error quoting its command line)
     (re.compile(r"(?i)(--(?:account-key|sas-token|connection-string|client-secret|password)(?:\s+|=)[\"']?)"
@@ -140,14 +140,14 @@ def _names(*names: str) -> str:
 # (a name starts a word, or follows a %-escaped '&', '?' or ';': _NAME_START)
 _ESCAPED_NOT_SEMICOLON = "%([0-24-9A-Fa-f][0-9A-Fa-f]|3[0-9ACDEFacdef])"
 SED_SCRUB = tuple(expression.replace('\\"', '"') for expression in (  # (in a bracket, '\\' is itself)
-    rf"s#(^|[^A-Za-z0-9]|%26|%3[FfBb])({_any_case('sig')}(=|%3[Dd]))[^]&[:space:]\"';,)}}<>]+#\1\2***#g",
+    rf"s#(^|[^A-Za-z0-9]|%26|%3[FfBb])({_any_case('sig')}(=|%3[Dd]|[\"']?[[:space:]]*:[[:space:]]*[\"']?))[^]&[:space:]\"';,)}}<>]+#\1\2***#g",
     rf"s#{_names('AccountKey', 'SharedAccessSignature')}(=|%3[Dd])([^;[:space:]\"',<>%]|{_ESCAPED_NOT_SEMICOLON})+"
     r"#\1\2***#g",
     rf"s#{_names('Bearer', 'SharedKey', 'SharedKeyLite')}[[:space:]]+[A-Za-z0-9._~+/=:-]+#\1 ***#g",
     r"s#(^|[^A-Za-z0-9]|%26|%3[FfBb])(" + _names(
         "x-amz-security-token", "x-amz-credential", "aws_secret_access_key", "aws_session_token", "secret_access_key",
         "session_token", "client_secret", "access_token", "refresh_token", "password", "secret", "X-Amz-Signature",
-        "Signature", "sig", "AccountKey", "account_key", "sas_token", "sastoken", "credential", "connection_string")
+        "Signature", "AccountKey", "account_key", "sas_token", "sastoken", "credential", "connection_string")
     + r"[\"']?[[:space:]]*([:=]|%3[Dd])[[:space:]]*(b?[\"'])?)[^[:space:]\"'&;,<>]+#\1\2***#g",
     r"s#(--" + _names("account-key", "sas-token", "connection-string", "client-secret", "password")
     + r"([[:space:]]+|=)[\"']?)[^[:space:]\"']+#\1***#g",
