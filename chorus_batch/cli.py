@@ -25,7 +25,8 @@ from typing import Any
 from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, committed_stays,
                      forget_signals, handling_stop, interrupted_at_start, holding_signal, note_signal, machine_limit,
-                     quiet_lost_stops, serving_command_line, signals_unwrapped, hold_until_work, work_starts)
+                     masked_thread_exceptions, quiet_lost_stops, serving_command_line, signals_unwrapped,
+                     hold_until_work, work_starts)
 from .faults import pause
 from .units import closest as _close
 from .units import command_word, plural, quoted, shown, shown_name, shown_text, stage_words
@@ -2443,6 +2444,10 @@ def _stop_on_signals() -> None:
 
     forget_signals()
     sys.unraisablehook = quiet_lost_stops(sys.unraisablehook)
+    import threading
+
+    if threading.excepthook is threading.__excepthook__:  # (a test runner's own is kept)
+        threading.excepthook = masked_thread_exceptions
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupt)
 

@@ -60,7 +60,7 @@ from pydantic_core import PydanticCustomError
 from .config_file import read_toml_text, resolve_path, setting_line
 from .errors import ChorusError, ConfigError, SettingError
 from .processes import default_workers
-from .urls import holds_userinfo, mask_url
+from .urls import holds_userinfo, mask_url, secret_variable
 
 # Where a person finds every setting with an example (a config error's fix points there).
 CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
@@ -337,6 +337,7 @@ class AzureSection(_CloudSection):
             raise ValueError("is not an environment variable's name (letters, digits and _, not starting with a "
                              "digit; its value is not shown): it names the variable that holds the secret, never the "
                              "secret itself; if the secret was written here, remove it and rotate it")
+        secret_variable(value)  # (its value masked wherever it turns up in a message or a log, as the defaults' are)
         return value
 
     @field_validator("account_url")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -482,11 +483,40 @@ def quiet_lost_stops(hook: Callable) -> Callable:
         return hook
 
     def said(unraisable) -> None:
-        if not (isinstance(unraisable.exc_value, (KeyboardInterrupt, Stopped)) and _received):
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Stopped)) and _received:
+            return
+        if hook is not sys.__unraisablehook__:  # (another's hook: a test runner's)
             hook(unraisable)
+            return
+        # Python's own, masked: "Exception ignored in: <aiohttp session ...>" and its traceback quote what the object
+        # and the exception hold (a request's URL with its SAS), printed past every masked message and log line
+        said_in = f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n" \
+            if unraisable.object is not None else f"{unraisable.err_msg or 'Exception ignored'}\n"
+        _write_masked(said_in, unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
 
     said.quiet_lost_stops = True  # type: ignore[attr-defined]
     return said
+
+
+def masked_thread_exceptions(args) -> None:
+    """A threading.excepthook: Python's "Exception in thread ..." and its traceback with secrets masked, as the log's
+    (an exception raised in a worker thread of the SDK's quotes the request it made: its URL, its SAS)."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _write_masked(f"Exception in thread {name}:\n", args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def _write_masked(first: str, exc_type, exc_value, exc_traceback) -> None:
+    import traceback
+
+    from .urls import scrub
+
+    try:
+        sys.stderr.write(scrub(first + "".join(traceback.format_exception(exc_type, exc_value, exc_traceback))))
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # (no stderr left: a closed pipe, a daemon's)
+        pass
 
 
 # Stop signals held off while a few renames put a set of files in place (held_signals): raised at its end.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+from collections.abc import Sequence
 
 from .errors import UsageError
 
@@ -27,8 +29,8 @@ _SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|
 # one piece, 'sv%3D...%26sig%3D...', has no '=' and was shown in full)
 _URL_QUERY_ITEM = re.compile(r"([?&])([^=&#]*)(=[^&#]*)?")
 # where a secret's name starts in free text: a word's start, or after a %-escaped '&' or '?' ('%26sig%3D': no word
-# boundary between '6' and 's', so an escaped SAS was left as it was)
-_NAME_START = r"(?:\b|(?<=%26)|(?<=%3F))"
+# boundary between '6' and 's', so an escaped SAS was left as it was; '%3B', an escaped ';' of a connection string)
+_NAME_START = r"(?:\b|(?<=%26)|(?<=%3F)|(?<=%3B))"
 # A URL's userinfo: user:password@ up to the last '@' (a password may hold '@' or '/', as AWS secret keys do:
 # https://user:p@ss@host/ showed 'ss', s3://KEY:a/b@bucket/ all of it), or a user (a token) before the first '/'.
 _USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/?#@:\s]+:\S*|[^/?#\s]*)@", re.IGNORECASE)
@@ -37,28 +39,67 @@ _TEXT_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 # Secrets in free text outside a URL (an SDK's message, a connection string, a header); a value a URL's mask made
 # *** already is left as it is (with the colon or bracket after it: "?sig=***: not found" lost its colon)
 _SCRUB = [
-    # SAS query parameters (sig is the secret; the rest say what it allows and until when)
-    (re.compile(r"(?i)((?:^|[?&;\s\"'])sig=)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
-    (re.compile(r"(?i)" + _NAME_START + r"(sig%3D)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
-    # connection-string fields
-    (re.compile(r"(?i)\b(AccountKey=)(?!\*\*\*)[^;\s\"',]+"), r"\1***"),
-    (re.compile(r"(?i)\b(SharedAccessSignature=)(?!\*\*\*)[^;\s\"',]+"), r"\1***"),
-    # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys
+    # SAS query parameters (sig is the secret; the rest say what it allows and until when), wherever the name starts
+    # (after '...', '(', '[', '\u0026' or a %-escape: "...sig=XYZ&foo" was left whole), '=' plain or %-escaped
+    (re.compile(r"(?i)(?:(?<![A-Za-z0-9])|(?<=%26)|(?<=%3F)|(?<=%3B))(sig(?:=|%3D|[\"']?\s*:\s*[\"']?))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), r"\1***"),
+    # connection-string fields, '=' and ';' plain or %-escaped (a connection string URL-encoded in a message)
+    (re.compile(r"(?i)" + _NAME_START + r"((?:AccountKey|SharedAccessSignature)(?:=|%3D))(?!\*\*\*)"
+                r"(?:(?!%3B)[^;\s\"',<>])+"), r"\1***"),
+    # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys, and the same names
+    # as JSON or a Python dict shows them ('"sig": "XYZ"', "'account_key': 'XYZ'", in an SDK's exception message; a
+# header's bytes as botocore logs them: "'X-Amz-Security-Token': b'...'")
     (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
     (re.compile(r"(?i)" + _NAME_START +
                 r"((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
                 r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
-                r"X-Amz-Signature|Signature)[\"']?\s*(?:[:=]|%3D)\s*[\"']?)(?!\*\*\*)[^\s\"'&;,]+"), r"\1***"),
+                r"X-Amz-Signature|Signature|AccountKey|account_key|sas_token|sastoken|credential|"
+                r"connection_string)[\"']?\s*(?:[:=]|%3D)\s*(?:b?[\"'])?)(?!\*\*\*)[^\s\"'&;,<>]+"), r"\1***"),
+    # the Azure CLI's and other tools' options, the value after a space (an error quoting its command line)
+    (re.compile(r"(?i)(--(?:account-key|sas-token|connection-string|client-secret|password)(?:\s+|=)[\"']?)"
+                r"(?!\*\*\*)[^\s\"']+"), r"\1***"),
+    # the same in XML (an S3 or Azure error body: <SignatureProvided>, <AccountKey>) and in Azure's "MAC signature
+    # found in the HTTP request 'XYZ='" (a Shared Key signature, valid for its request)
+    (re.compile(r"(?i)(<(SignatureProvided|Signature|sig|AccountKey|SecretAccessKey|SessionToken)>)[^<]+(</\2>)"),
+     r"\1***\3"),
+    (re.compile(r"(?i)(MAC signature found in the HTTP request ')[^']+'"), r"\1***'"),
     # an Azure account key alone (64 bytes in base64: 86 characters and '=='), as "$AZURE_STORAGE_KEY" pasted into
     # the wrong option: without its name it was quoted back whole, and recorded in `runs`
     (re.compile(r"(?<![A-Za-z0-9+])[A-Za-z0-9+/]{86}==(?![A-Za-z0-9+/=])"), "***"),
 ]
 # The secrets this tool reads from the environment: their values, wherever they turn up in text (an AWS secret key has
-# no shape of its own to be known by). Values shorter than this are left: a test's "testing" is no secret, and masking
-# a short word would mangle the paths and messages it is part of.
+# no shape of its own to be known by), as given and %-escaped (an SDK quotes a URL's query, a form's body). Values
+# shorter than this are left: a test's "testing" is no secret, and masking a short word would mangle the paths and
+# messages it is part of. A connection string's key and SAS are its secrets (the rest, its account and endpoints,
+# are no secret, and appear alone in every message about the account).
 SECRET_VARIABLES = ("AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET",
-                    "AZURE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+                    "AZURE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_CONNECTION_STRING")
 _SECRET_VALUE_MIN = 16
+# variables a chorus.toml names for its secrets ([azure] connection_string_env, sas_token_env, account_key_env):
+# masked as those above once the config is read (secret_variable)
+_NAMED_SECRET_VARIABLES: set[str] = set()
+
+
+def secret_variable(name: str) -> None:
+    """Mask the value of the environment variable `name` wherever scrub sees it, as the SECRET_VARIABLES' values."""
+    _NAMED_SECRET_VARIABLES.add(name)
+
+
+def secret_values() -> list[str]:
+    """The secrets of the environment as they may appear in text, longest first: each secret variable's value, the
+    key and SAS of a connection string, a SAS token without its '?', and their %-escaped forms."""
+    from urllib.parse import quote
+
+    found: set[str] = set()
+    for name in (*SECRET_VARIABLES, *sorted(_NAMED_SECRET_VARIABLES)):
+        value = os.environ.get(name, "").strip()
+        parts = [value, value.lstrip("?")]
+        parts += [field.split("=", 1)[1] for field in value.split(";")
+                  if field.split("=", 1)[0].strip().lower() in ("accountkey", "sharedaccesssignature") and "=" in field]
+        parts += [item.split("=", 1)[1] for part in list(parts) for item in part.lstrip("?").split("&")
+                  if item.split("=", 1)[0].lower() == "sig" and "=" in item]
+        for part in parts:
+            found.update((part, quote(part, safe=""), quote(part), part.replace("/", "\\/")))
+    return sorted((v for v in found if len(v) >= _SECRET_VALUE_MIN), key=len, reverse=True)
 
 
 def _userinfo(found: re.Match) -> str:
@@ -83,16 +124,67 @@ def _masked_query_item(found: re.Match) -> str:
     return f"{separator}***" if name else separator
 
 
+def _any_case(word: str) -> str:
+    """`word` as a POSIX bracket pattern of either case of each letter (sed -E has no case-blind flag on every system)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)  # (names hold '-' and '_' only)
+
+
+def _names(*names: str) -> str:
+    return "(" + "|".join(_any_case(name) for name in names) + ")"
+
+
+# What a shell script this tool writes (upload --script) masks in what the tools it runs say (the Azure CLI's and
+# AzCopy's errors quote a request's URL, its SAS, a connection string): the _SCRUB rules above, as sed -E (POSIX ERE,
+# GNU and BSD sed alike) expressions, '#' their delimiter. The script masks the values of its secret variables itself (shell_mask).
+# Kept in step with _SCRUB: test_upload checks both on one list of texts.
+# (a name starts a word, or follows a %-escaped '&', '?' or ';': _NAME_START)
+_ESCAPED_NOT_SEMICOLON = "%([0-24-9A-Fa-f][0-9A-Fa-f]|3[0-9ACDEFacdef])"
+SED_SCRUB = tuple(expression.replace('\\"', '"') for expression in (  # (in a bracket, '\\' is itself)
+    rf"s#(^|[^A-Za-z0-9]|%26|%3[FfBb])({_any_case('sig')}(=|%3[Dd]|[\"']?[[:space:]]*:[[:space:]]*[\"']?))[^]&[:space:]\"';,)}}<>]+#\1\2***#g",
+    rf"s#{_names('AccountKey', 'SharedAccessSignature')}(=|%3[Dd])([^;[:space:]\"',<>%]|{_ESCAPED_NOT_SEMICOLON})+"
+    r"#\1\2***#g",
+    rf"s#{_names('Bearer', 'SharedKey', 'SharedKeyLite')}[[:space:]]+[A-Za-z0-9._~+/=:-]+#\1 ***#g",
+    r"s#(^|[^A-Za-z0-9]|%26|%3[FfBb])(" + _names(
+        "x-amz-security-token", "x-amz-credential", "aws_secret_access_key", "aws_session_token", "secret_access_key",
+        "session_token", "client_secret", "access_token", "refresh_token", "password", "secret", "X-Amz-Signature",
+        "Signature", "AccountKey", "account_key", "sas_token", "sastoken", "credential", "connection_string")
+    + r"[\"']?[[:space:]]*([:=]|%3[Dd])[[:space:]]*(b?[\"'])?)[^[:space:]\"'&;,<>]+#\1\2***#g",
+    r"s#(--" + _names("account-key", "sas-token", "connection-string", "client-secret", "password")
+    + r"([[:space:]]+|=)[\"']?)[^[:space:]\"']+#\1***#g",
+    r"s#(<" + _names("SignatureProvided", "Signature", "sig", "AccountKey", "SecretAccessKey", "SessionToken")
+    + r">)[^<]+#\1***#g",
+    r"s#(MAC signature found in the HTTP request ')[^']+'#\1***'#g",
+    r"s#(^|[^A-Za-z0-9+])[A-Za-z0-9+/]{86}==#\1***#g",
+))
+
+
+def shell_mask(variables: Sequence[str]) -> list[str]:
+    """A bash function `mask`, standard input to standard output with secrets masked as scrub masks them: the values
+    of `variables` (as given, a SAS token also without its '?'), then SED_SCRUB."""
+    sed = " ".join(f"-e {shlex.quote(expression)}" for expression in SED_SCRUB)
+    values = " ".join(f'"${{{name}:-}}"' for name in variables)
+    return [
+        "mask() {  # standard input to standard output, every secret masked (what the Azure CLI or AzCopy says may "
+        "quote one)",
+        "  local text value",
+        "  text=$(cat)",
+        f"  for value in {values}; do",
+        "    value=${value#\\?}",
+        f"    if [ ${{#value}} -ge {_SECRET_VALUE_MIN} ]; then text=${{text//\"$value\"/***}}; fi",
+        "  done",
+        f"  printf '%s\\n' \"$text\" | LC_ALL=C sed -E {sed}",
+        "}",
+    ]
+
+
 def scrub(text: str) -> str:
     """Free text as it may be shown, logged or kept (an error message, a log line with its traceback, an SDK's
     message): each URL in it as mask_url shows it; SAS signatures, account keys, bearer tokens, passwords and AWS
     secrets outside a URL become ***. Messages quote what they were given (`no version 'az://c/x?sig=...'`,
     argparse's `unrecognized arguments: ...`): a secret given in the wrong place was printed back, and so kept in
     cron mails and job logs."""
-    for name in SECRET_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if len(value) >= _SECRET_VALUE_MIN and value in text:
-            text = text.replace(value, "***")
+    for value in secret_values():
+        text = text.replace(value, "***")
     text = _TEXT_URL.sub(_masked_in_text, text)
     for pattern, replacement in _SCRUB:
         text = pattern.sub(replacement, text)

@@ -1708,6 +1708,24 @@ def test_a_bare_account_key_or_a_secret_of_the_environment_given_in_the_wrong_pl
     assert key not in argv and aws not in argv, argv
 
 
+def test_the_value_of_a_variable_chorus_toml_names_for_a_secret_is_never_quoted_or_recorded(site, db, tmp_path):
+    """Only the default variables' values were masked (AZURE_STORAGE_KEY, ...): with `[azure] account_key_env =
+    "SITE_KEY"` the value of SITE_KEY, a secret of no shape of its own, given as an --exclude glob was taken, printed
+    in the run's JSON and recorded in `runs`.argv."""
+    secret = "no-shape-site-secret-0123456789"
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "{db}"\n[azure]\naccount_key_env = "SITE_KEY"\n')
+    write(site, "OMOP/a.csv")
+    env = {"SITE_KEY": secret}
+    out = cli("run", "--no-validate", "--config", str(config), "--exclude", secret, "--json", cwd=tmp_path, env=env)
+    # refused as a secret given as a glob is (it was taken, and the run went on and recorded it)
+    assert out.returncode == 2 and "invalid exclusion glob '***'" in out.stderr, out.stdout + out.stderr
+    assert secret not in out.stdout + out.stderr
+    if db.exists():
+        argv = " ".join(a for (a,) in query(db, "SELECT argv FROM runs"))
+        assert secret not in argv, argv
+
+
 
 def test_a_version_label_windows_reserves_as_a_device_name_is_refused(site, db):
     """The label is the version's folder at the central container, which a reviewer downloads (and
@@ -2833,3 +2851,30 @@ def test_a_command_with_its_output_in_a_file_runs_where_os_has_no_geteuid(tmp_pa
                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert done.returncode == 2 and "no manifest at" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "AttributeError" not in done.stderr
+
+
+def test_a_traceback_python_prints_itself_from_a_finaliser_or_a_thread_has_its_secrets_masked(tmp_path):
+    """The messages and the log were masked, but Python's own "Exception ignored in: <...>" (an SDK's session closed
+    in a finaliser) and "Exception in thread ..." (an exception in a worker thread) went to stderr as they were, with
+    the SAS or key of the request they quote."""
+    code = """if True:
+        import threading
+        from chorus_batch import cli
+        cli._stop_on_signals()
+        class Session:
+            def __repr__(self):
+                return "<Session https://a.blob.core.windows.net/c/x?sv=1&sig=SIGNATURE0123456789>"
+            def __del__(self):
+                raise ValueError("closing https://a.blob.core.windows.net/c/x?sv=1&sig=SIGNATURE0123456789 failed")
+        Session()
+        def fail():
+            raise OSError('{"conn": "DefaultEndpointsProtocol=https;AccountKey=KEYVALUE0123456789==;x"}')
+        thread = threading.Thread(target=fail, name="chorus-hash-1")
+        thread.start()
+        thread.join()
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "Exception ignored in: " in out.stderr, out.stderr
+    assert "ValueError: closing https://a.blob.core.windows.net/c/x?sv=***&sig=*** failed" in out.stderr, out.stderr
+    assert "Exception in thread chorus-hash-1:" in out.stderr and "AccountKey=***" in out.stderr, out.stderr
+    assert "SIGNATURE0123456789" not in out.stderr and "KEYVALUE0123456789" not in out.stderr, out.stderr

@@ -6,8 +6,10 @@ The pure parts are tested here without a service; the integration tests against 
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -66,7 +68,8 @@ def cloud(**azure) -> CloudSettings:
 # ----------------------------------------------------------------------------- scrub
 
 
-@pytest.mark.parametrize("text", [
+# texts with secrets in them, as messages and logs quote them (scrub, and the upload script's sed, mask each)
+SECRET_TEXTS = [
     f"https://myacct.blob.core.windows.net/c/x?{SAS}",
     CONN,
     f"BlobEndpoint=https://h/;SharedAccessSignature={SAS}",
@@ -80,7 +83,26 @@ def cloud(**azure) -> CloudSettings:
     # %-escaped SAS in free text: 'sig%3D' after '%26' (no word boundary before it) was left as it was
     f"the token was sv%3D2024%26sr%3Dc%26sig%3D{SIG}",
     f"X-Amz-Credential%3DAKIA%26X-Amz-Signature%3D{SIG}",
-])
+    # glued to other text: after '...', '(' or '[' (only '?', '&', ';', a space or a quote was a start), URL-encoded
+    # (AccountKey%3D, sig%3d), in JSON or a Python dict (an SDK's exception message), in XML, on a command line
+    f"...sig={SIG}&foo",
+    f"(sig={SIG})",
+    f"[sig={SIG}]",
+    f"AccountKey=abc{KEY}==;EndpointSuffix=core.windows.net",
+    f"DefaultEndpointsProtocol%3Dhttps%3BAccountKey%3D{KEY.replace('/', '%2F').replace('=', '%3D')}%3BEndpointSuffix",
+    f"sv%3d2024%26sig%3d{SIG}",
+    f'{{"error": {{"url": "https://a.blob.core.windows.net/c?{SAS}", "sig": "{SIG}"}}}}',
+    f"{{'sig': '{SIG}', 'account_key': '{KEY}'}}",
+    f'{{"AccountKey": "{KEY}"}}',
+    f"<Error><SignatureProvided>{SIG}</SignatureProvided></Error>",
+    f"The MAC signature found in the HTTP request '{KEY}' is not the same as any computed signature.",
+    f"az storage blob upload --account-key {KEY[:40]} --sas-token '{SAS}'",
+    f"BlobServiceClient(account_url, credential={KEY[:40]})",
+    f"headers={{'X-Amz-Security-Token': b'{SIG}', 'Authorization': b'AWS4-HMAC-SHA256 Signature={SIG}'}}",
+]
+
+
+@pytest.mark.parametrize("text", SECRET_TEXTS)
 def test_scrub_removes_secrets(text):
     out = scrub(text)
     no_secret(out)
@@ -96,6 +118,59 @@ def test_scrub_removes_secrets(text):
 def test_scrub_keeps_what_follows_a_masked_url(text, shown):
     """The colon after a URL was masked with its last query value: "...?sig=*** not found"."""
     assert scrub(text) == shown
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("AZURE_STORAGE_CONNECTION_STRING", CONN),
+    ("AZURE_STORAGE_SAS_TOKEN", f"?{SAS}"),
+    ("AZURE_STORAGE_KEY", KEY),
+    ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+])
+def test_scrub_masks_a_secret_of_the_environment_glued_to_text_or_url_encoded(monkeypatch, variable, value):
+    import chorus_batch.urls
+
+    """A variable's value was masked only as given: a connection string's key alone, a SAS token's signature without
+    its '?', a key %-escaped in an SDK's message, or glued into a word of it, were shown."""
+    from urllib.parse import quote
+
+    from chorus_batch.urls import secret_variable
+
+    monkeypatch.setenv(variable, value)
+    secret = KEY if variable == "AZURE_STORAGE_CONNECTION_STRING" else value.lstrip("?")
+    for text in (f"x{secret}y", f"body=x{quote(secret, safe='')}y", f"key:{quote(secret)}", secret.replace("/", "\\/")):
+        out = scrub(text)
+        assert secret not in out and quote(secret, safe="") not in out and "***" in out, (text, out)
+        assert not any(secret[i:i + 16] in out for i in range(0, len(secret) - 16, 8)), (text, out)
+    # a variable a chorus.toml names for a secret ([azure] account_key_env = "SITE_KEY") is masked as these are
+    monkeypatch.setattr(chorus_batch.urls, "_NAMED_SECRET_VARIABLES", set())
+    monkeypatch.setenv("SITE_KEY_FOR_TEST", "a-secret-of-no-shape-0123456789")
+    assert scrub("hit a-secret-of-no-shape-0123456789!") == "hit a-secret-of-no-shape-0123456789!"
+    secret_variable("SITE_KEY_FOR_TEST")
+    assert scrub("hit a-secret-of-no-shape-0123456789!") == "hit ***!"
+
+
+def test_the_shell_mask_of_an_upload_script_masks_what_scrub_masks(monkeypatch):
+    """The bash upload script printed the Azure CLI's errors as they were (a SAS, a key quoted from the request): its
+    `mask` (SED_SCRUB, and the values of the secret variables) masks each of these texts, in bash and sed, keeping
+    what is no secret."""
+    from chorus_batch.urls import shell_mask
+
+    aws = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    texts = [*SECRET_TEXTS, f"glued{aws}here", f"the SAS x{SAS}y was refused"]
+    script = "\n".join([*shell_mask(("AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_SAS_TOKEN")),
+                        'while IFS= read -r -d "" text; do printf "%s" "$text" | mask; printf "\\0"; done'])
+    ran = subprocess.run(["bash", "-c", script], input="".join(t + "\0" for t in texts), capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "AWS_SECRET_ACCESS_KEY": aws,
+                              "AZURE_STORAGE_SAS_TOKEN": "?" + SAS}, timeout=60)
+    assert ran.returncode == 0 and not ran.stderr, ran.stderr
+    masked = ran.stdout.split("\0")[:-1]
+    assert len(masked) == len(texts), masked
+    for text, out in zip(texts, masked):
+        no_secret(out)
+        assert aws not in out and "***" in out, (text, out)
+    kept = "container site1 of account myacct: ContainerNotFound (se=2030-01-01T00:00:00Z)"
+    assert subprocess.run(["bash", "-c", "\n".join([*shell_mask(()), "mask"])], input=kept, capture_output=True,
+                          text=True, timeout=60).stdout == kept + "\n"
 
 
 def test_scrub_keeps_what_is_not_secret():

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 
@@ -3471,3 +3472,54 @@ def test_an_upload_script_ends_a_line_an_earlier_run_left_cut_short_before_it_lo
     log.write_bytes(b"uploaded\t20261101020000/000000/Wav\n")  # a log that ends whole is left as it is
     subprocess.run(["bash", "up.sh"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **central.env})
     assert log.read_text().startswith("uploaded\t20261101020000/000000/Wav\n") and "\n\n" not in log.read_text()
+
+
+def test_a_bash_upload_script_masks_a_sas_or_key_in_what_the_azure_cli_says(central, azurite, tmp_path):
+    """The bash script printed what `az storage blob upload` said of a file it failed as it was: a SAS or an account
+    key that the CLI's message quotes (a request's URL in a connection error, a connection string, JSON of the error)
+    went to the terminal and to cron's mail. It goes through the script's `mask`; what is no secret is kept."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import BlobClient, ContainerSasPermissions, generate_container_sas
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert out.returncode == 0, out.stderr
+    script = out.stdout
+    assert "| mask >&2; echo \"failed: $2\"" in script  # what the CLI said of a failed file, masked
+    start = script.index("mask() {")
+    mask = script[start:script.index("\n}\n", start) + 3]
+    sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True),
+                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    signature = sas.split("sig=")[1].split("&")[0]
+    with pytest.raises(HttpResponseError) as refused:  # what the storage says of a SAS that may not write (no secret)
+        BlobClient.from_blob_url(f"{azurite.blob_endpoint}/{central.container}/x?{sas}", retry_total=0
+                                 ).upload_blob(b"x")
+    said = str(refused.value)
+    texts = [said,
+             f"HTTPConnectionPool(host='127.0.0.1'): Max retries exceeded with url: /c/x?{sas}(Caused by x)",
+             f'{{"error": "{said[:40]}", "url": "/c/x?{quote(sas, safe="")}", "sig": "{signature}"}}',
+             f"ValueError: Connection string is either blank or malformed: {azurite.connection_string};x",
+             f"token:{sas}:end"]
+    env = {"PATH": os.environ["PATH"], "AZURE_STORAGE_SAS_TOKEN": f"?{sas}",
+           "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    for text in texts:
+        ran = subprocess.run(["bash", "-c", mask + "mask"], input=text, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert ran.returncode == 0 and not ran.stderr, ran.stderr
+        shown = ran.stdout
+        assert signature not in shown and quote(signature, safe="") not in shown, shown
+        assert azurite.account_key not in shown and azurite.account_key[:20] not in shown, shown
+    kept = subprocess.run(["bash", "-c", mask + "mask"], input=said, env=env, capture_output=True, text=True,
+                          timeout=60).stdout
+    assert kept == said + "\n"  # the storage's own words, RequestId and XML, as they were
+    # The script run whole (no Azure CLI on this machine: each upload fails, and what bash said of it is shown through
+    # `mask`, not swallowed by it)
+    (tmp_path / "up.sh").write_text(script)
+    ran = subprocess.run(["bash", str(tmp_path / "up.sh")], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, **central.env, "AZURE_STORAGE_SAS_TOKEN": sas}, timeout=300)
+    if shutil.which("az") is None:
+        assert ran.returncode == 1 and "az: command not found" in ran.stderr, ran.stderr
+        assert "failed: " in ran.stderr and signature not in ran.stdout + ran.stderr, ran.stderr

@@ -39,7 +39,7 @@ from ..errors import ChorusError, ExitCode, UsageError
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, FINAL_NOT_SENT, PLAN_SCHEMA, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
-from ..urls import local_path
+from ..urls import local_path, shell_mask
 from ..whole_script import whole_script_lines
 from .central import Central, central_url, parse_central, why_not_sent
 
@@ -182,6 +182,9 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         'LOCAL=$(mktemp) || exit 1',
         "trap 'rm -f \"$EMPTY\" \"$NAME\" \"$LOCAL\"' EXIT",
         "OTHER=''  # the version folder being sent to is another manifest's: nothing is added to it",
+        # (what the Azure CLI and AzCopy say of a refused file quotes the request: its SAS, a key, printed as it was)
+        *shell_mask(("AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+                     "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET", "CHORUS_SAS")),
     ]
     if kind == "bash":
         lines += [
@@ -279,7 +282,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "  else",
     ]
     if kind == "bash":  # (what the Azure CLI said, then the file)
-        lines.append('    printf \'%s\\n\' "$err" >&2; echo "failed: $2" >&2; failed=1')
+        lines.append('    printf \'%s\\n\' "$err" | mask >&2; echo "failed: $2" >&2; failed=1')
     else:
         # AzCopy says why only in its log (its output went nowhere: "failed: FILE" alone left no reason, for every
         # file): the log's first error (AzCopy writes the SAS there as sig=-REDACTED-), and where the log is.
@@ -288,7 +291,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             "    azlog=$(printf '%s\\n' \"$out\" | sed -n 's/^Log file is located at: //p' | head -n 1)",
             "    if [ -n \"$azlog\" ]; then why=$(grep -m 1 ' ERR: ' \"$azlog\" 2>/dev/null | sed 's/^.* ERR: \\[[^]]*\\] //'); fi",
             "    if [ -z \"$why\" ]; then why=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -n 1); fi",
-            "    why=$(printf '%s' \"$why\" | sed 's/[s]ig=[^&[:space:]]*/sig:REDACTED/g')",
+            "    why=$(printf '%s' \"$why\" | mask)",
             '    echo "failed: $2: ${why:-AzCopy said nothing}${azlog:+ (AzCopy log: $azlog)}" >&2; failed=1',
         ]
     lines += [
