@@ -431,7 +431,7 @@ def test_a_site_checked_in_parts_gets_the_findings_of_one_check(clean, tmp_path,
 
     parts: list[int] = []
     in_part = checks._in_part
-    monkeypatch.setattr(checks, "_in_part", lambda site, across: parts.append(1) or in_part(site, across))
+    monkeypatch.setattr(checks, "_in_part", lambda site, across, **kw: parts.append(1) or in_part(site, across, **kw))
     monkeypatch.setattr(validate_run, "PART_FILES", 1)  # as many parts as files: each person in its own
     parted = run_site(clean, tmp_path / "parts.sqlite")
     assert len(parts) >= 3, "three person folders, checked a part at a time"
