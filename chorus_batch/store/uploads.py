@@ -25,11 +25,13 @@ SUBMITTED = ("added", "replaced", "renamed")  # the changes a version sends; rem
 CONFIRMED = ("uploaded", "imported")  # the centre holds it: never sent again
 # What verify found wrong with a confirmed blob: the next upload sends the file again.
 DAMAGED = ("missing", "size", "md5", "content")
-# A blob written at the centre since the ledger recorded it (its etag changed), size and Content-MD5 as recorded
+# A blob changed at the centre since the ledger recorded it (its etag changed), size and Content-MD5 as recorded, its bytes
+# not read back (an earlier release's listing check; now the listing reads such blobs: bytes as sent verified, others
+# 'content')
 REWRITTEN = "rewritten"
-REWRITTEN_FIX = ("`chorus-batch verify --download` (same --db and --to) reads back the blobs written at the centre since "
-                 "they were uploaded: those whose bytes are right count as verified again, and the next `chorus-batch "
-                 "upload` sends the others again")
+REWRITTEN_FIX = ("`chorus-batch verify --download` (same --db and --to), signed in with read permission, reads back the "
+                 "blobs changed at the centre since they were uploaded: those whose bytes are right count as verified "
+                 "again, and the next `chorus-batch upload` sends the others again")
 # Not sent, and never will be from this tree: its bytes were replaced or removed before it was sent.
 FINAL_NOT_SENT = ("superseded",)
 
@@ -293,11 +295,17 @@ class UploadLedger:
         blob; so is the etag of a blob whose bytes a download found right: while it is the same blob, they vouch for it."""
         now = iso(utc_now())
         rows = results.filter(~pl.col("vouched")) if "vouched" in results.columns else results
+        if "read_back" not in rows.columns:
+            rows = rows.with_columns(read_back=pl.lit(False))
+        # read_back: a blob a listing check read back (its etag had moved, size and Content-MD5 as recorded) and found
+        # right: its new etag is recorded, as a download's is, so that the next listing finds it as recorded
         self._write("UPDATE uploads SET verify_state = ?, verified_at = ?, verify_method = ?, "
-                    f"etag = CASE WHEN ? IN ({_in(DAMAGED)}) OR (? = 'ok' AND ? = 'download') THEN ? ELSE etag END "
+                    f"etag = CASE WHEN ? IN ({_in(DAMAGED)}) OR (? = 'ok' AND (? = 'download' OR ?)) THEN ? ELSE etag END "
                     "WHERE central = ? AND version = ? AND file_id = ?",
-                    [(state, now, method, state, *DAMAGED, state, method, etag, self.central, version, file_id)
-                     for file_id, state, etag in rows.select("file_id", "verify_state", "etag").iter_rows()])
+                    [(state, now, method, state, *DAMAGED, state, method, bool(read), etag, self.central, version,
+                      file_id)
+                     for file_id, state, etag, read in rows.select("file_id", "verify_state", "etag",
+                                                                   "read_back").iter_rows()])
         n_bad = results.filter(pl.col("verify_state") != "ok").height
         self.submission(version, verified_at=now, verify_method=method, n_bad=n_bad)
 
