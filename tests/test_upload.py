@@ -1261,6 +1261,41 @@ def test_another_manifests_blobs_and_copy_with_the_same_labels_are_never_replace
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
 
 
+def test_two_copies_of_one_manifest_each_with_its_own_commit_of_a_label_never_mix_at_the_centre(central, tmp_path):
+    # A manifest copied to another node (or restored from a backup) has the same manifest id. Each copy committed its own
+    # version under one label (a fixed --version): the second upload took the first's folder, claimed and finished by
+    # "this manifest", for its own, added its files to it and replaced its manifest copy: a submission of two sites'
+    # files. The folder's claim and copy carry which commit of the label they hold: the other copy is refused as another
+    # manifest is. A copy holding the same commit (copied after it) confirms what is there, as one manifest does.
+    label = "20261101020000"
+    write(tmp_path / "a", "OMOP/person.csv", b"person_id\n1\n")
+    a = tmp_path / "a.sqlite"
+    commit(tmp_path / "a", a, "20261101010000")
+    b = tmp_path / "b.sqlite"
+    shutil.copyfile(a, b)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    write(tmp_path / "a", "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    commit(tmp_path / "a", a, label)
+    same = tmp_path / "same.sqlite"
+    shutil.copyfile(a, same)  # (copied after the commit: the same version)
+    write(tmp_path / "b", "OMOP/death.csv", b"person_id\n1\n")
+    time.sleep(1.1)  # (b's commit starts at another second, as another node's would)
+    commit(tmp_path / "b", b, label)
+    first = up(central, a)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = blobs(central, label)
+    # (b sends 20261101010000 too, the commit both copies hold: found there, its copy put again)
+    second = up(central, b)
+    assert second.returncode == 5, second.stdout + second.stderr
+    assert "another commit of this version label by a copy of this manifest" in second.stdout, second.stdout
+    assert blobs(central, label) == before  # death.csv not added, a's manifest copy not replaced
+    again = up(central, same)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert set(blobs(central, label)) == set(before)
+    verified = cli("verify", "--db", str(a), "--to", central.url, "--all", env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
 def committed_with_names(tmp_path, names: list[str], label: str):
     """A site of OMOP/person.csv and files of these (odd) names, committed as version `label`; its manifest."""
     site = tmp_path / "site"

@@ -8,6 +8,8 @@ transaction each, so that an upload killed at any moment loses at most the batch
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 import os
 import sqlite3
@@ -112,6 +114,18 @@ class UploadLedger:
             "LEFT JOIN uploads u ON u.central = ? AND u.version = c.version AND u.file_id = c.file_id "
             f"WHERE c.version = ? AND c.change IN ({_in(SUBMITTED)}){where} ORDER BY f.srcfile",
             tuple(params), schema=PLAN_SCHEMA)
+
+    def version_fingerprint(self, version: str) -> str | None:
+        """Which commit of `version` this is (its label, start, end, mode and site, set once when it was committed): the
+        same in every copy of the manifest made after it, another in a copy that committed its own version under
+        the label. Kept at the centre with the manifest's id (central.VERSION_OWNER)."""
+        row = self.manifest.query_frame(
+            "SELECT label, started_at, finished_at, mode, site FROM versions WHERE label = ?", (version,),
+            schema={"label": pl.String, "started_at": pl.String, "finished_at": pl.String, "mode": pl.String,
+                    "site": pl.String})
+        if row.height == 0:
+            return None
+        return hashlib.sha256("\x1f".join(str(v) for v in row.row(0)).encode()).hexdigest()[:32]
 
     def confirmed(self, version: str) -> pl.DataFrame:
         """The file versions the ledger says this container holds for `version`, with the manifest's size and MD5, and
