@@ -446,12 +446,12 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
     assert up(central, db).returncode == 0
     name = "20261101020000/000002/Waveforms/Telemetry/S2/S2.dat"
     damage_keeping_content_md5(central, azurite, name, lambda data: bytes([data[0] ^ 1]) + data[1:])
-    # Size and Content-MD5 are as recorded, but the blob was written since the upload (its etag): the listing says so
-    # (it said "all as recorded", exit 0) and names --download, which tells
-    listing = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    # Size and Content-MD5 are as recorded, but the blob was changed since the upload (its etag): the listing reads that
+    # blob back (it said "all as recorded", exit 0), and finds its bytes damaged; so does --download
+    listing = cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env)
     assert listing.returncode == 1, listing.stdout + listing.stderr
-    assert "rewritten: 000002/Waveforms/Telemetry/S2/S2.dat: the central blob was written since" in listing.stdout
-    assert "verify --download" in listing.stdout
+    assert [(p["srcfile"], p["verify_state"]) for p in json.loads(listing.stdout)["problems"]] == [
+        ("000002/Waveforms/Telemetry/S2/S2.dat", "content")]
     download = cli("verify", "--db", str(db), "--to", central.url, "--download", "--json", env=central.env)
     assert download.returncode == 1, download.stdout + download.stderr
     problems = json.loads(download.stdout)["problems"]
@@ -463,33 +463,32 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
     assert missing.returncode == 1 and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in missing.stdout
 
 
-def test_a_blob_written_at_the_centre_after_the_upload_is_named_by_the_listing_until_a_download_reads_it_right(
+def test_a_blob_changed_at_the_centre_after_the_upload_is_read_back_by_the_listing_and_its_content_decides(
         central, azurite, tmp_path):
     # Someone at the centre rewrote a blob after the upload, keeping its size and setting its Content-MD5 (a copy that
     # kept it, a tool that set it): verify's listing said "all as recorded", exit 0, though the blob's etag was not the
-    # one the ledger recorded. It is named; the upload does not finish the version over it; a download decides.
+    # one the ledger recorded. Then every blob whose etag moved was called "rewritten", exit 1, also one whose metadata
+    # alone the centre set (a "reviewed" tag), night after night until a --download. The listing reads back those
+    # blobs alone: content decides.
     db = committed_site(tmp_path, 3)
     assert up(central, db).returncode == 0
     bad, touched = "000000/Waveforms/Telemetry/S0/S0.dat", "000001/Waveforms/Telemetry/S1/S1.dat"
     damage_keeping_content_md5(central, azurite, f"20261101020000/{bad}", lambda data: bytes([data[0] ^ 1]) + data[1:])
-    central.client.get_blob_client(f"20261101020000/{touched}").set_blob_metadata({"reviewed": "yes"})  # bytes as sent
+    touched_blob = central.client.get_blob_client(f"20261101020000/{touched}")
+    touched_blob.set_blob_metadata({"reviewed": "yes"})  # bytes as sent
+    new_etag = touched_blob.get_blob_properties().etag.strip('"')
     listing = cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env)
     assert listing.returncode == 1, listing.stdout + listing.stderr
-    assert sorted((p["srcfile"], p["verify_state"]) for p in json.loads(listing.stdout)["problems"]) == [
-        (bad, "rewritten"), (touched, "rewritten")]
-    said = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
-    assert "fix:   `chorus-batch verify --download`" in said.stdout, said.stdout
-    # The upload's listing check sees it too: the version is not recorded complete again over it
+    assert [(p["srcfile"], p["verify_state"]) for p in json.loads(listing.stdout)["problems"]] == [(bad, "content")]
+    # The metadata-only change is verified, its new etag recorded (the next listing does not read it again)
+    assert query(db, "SELECT u.verify_state, trim(u.etag, '\"') FROM uploads u JOIN source_files f USING (file_id) "
+                     "WHERE f.srcfile = ?", (touched,)) == [("ok", new_etag)]
+    # The upload's listing check sees it too, and the next upload sends the damaged blob again
     again = up(central, db, "--version", "20261101020000")
-    assert again.returncode == 1 and "rewritten: 2" in again.stdout and "verify --download" in again.stdout, again.stdout
-    # The download reads both back: the one with its bytes as sent counts as verified, the other is damaged
-    download = cli("verify", "--db", str(db), "--to", central.url, "--download", "--json", env=central.env)
-    assert download.returncode == 1, download.stdout + download.stderr
-    assert [(p["srcfile"], p["verify_state"]) for p in json.loads(download.stdout)["problems"]] == [(bad, "content")]
-    # ... the next upload sends it again, and the listing finds all as recorded (the touched blob too)
-    assert up(central, db).returncode == 0
+    assert again.returncode == 0, again.stdout + again.stderr
     final = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
     assert final.returncode == 0 and "all as recorded" in final.stdout, final.stdout + final.stderr
+    assert "rewritten" not in final.stdout
 
 
 def test_verify_download_names_blobs_the_centre_moved_to_the_archive_tier_and_reads_back_the_others(central,
@@ -1260,6 +1259,41 @@ def test_another_manifests_blobs_and_copy_with_the_same_labels_are_never_replace
     assert blobs(central) == before
     assert query(dbs["c"], "SELECT finished_at FROM submissions") == [(None,)]  # not complete: said again next time
     verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, "--download", env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_two_copies_of_one_manifest_each_with_its_own_commit_of_a_label_never_mix_at_the_centre(central, tmp_path):
+    # A manifest copied to another node (or restored from a backup) has the same manifest id. Each copy committed its own
+    # version under one label (a fixed --version): the second upload took the first's folder, claimed and finished by
+    # "this manifest", for its own, added its files to it and replaced its manifest copy: a submission of two sites'
+    # files. The folder's claim and copy carry which commit of the label they hold: the other copy is refused as another
+    # manifest is. A copy holding the same commit (copied after it) confirms what is there, as one manifest does.
+    label = "20261101020000"
+    write(tmp_path / "a", "OMOP/person.csv", b"person_id\n1\n")
+    a = tmp_path / "a.sqlite"
+    commit(tmp_path / "a", a, "20261101010000")
+    b = tmp_path / "b.sqlite"
+    shutil.copyfile(a, b)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    write(tmp_path / "a", "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    commit(tmp_path / "a", a, label)
+    same = tmp_path / "same.sqlite"
+    shutil.copyfile(a, same)  # (copied after the commit: the same version)
+    write(tmp_path / "b", "OMOP/death.csv", b"person_id\n1\n")
+    time.sleep(1.1)  # (b's commit starts at another second, as another node's would)
+    commit(tmp_path / "b", b, label)
+    first = up(central, a)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = blobs(central, label)
+    # (b sends 20261101010000 too, the commit both copies hold: found there, its copy put again)
+    second = up(central, b)
+    assert second.returncode == 5, second.stdout + second.stderr
+    assert "another commit of this version label by a copy of this manifest" in second.stdout, second.stdout
+    assert blobs(central, label) == before  # death.csv not added, a's manifest copy not replaced
+    again = up(central, same)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert set(blobs(central, label)) == set(before)
+    verified = cli("verify", "--db", str(a), "--to", central.url, "--all", env=central.env)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
 
 

@@ -8,6 +8,8 @@ transaction each, so that an upload killed at any moment loses at most the batch
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 import os
 import sqlite3
@@ -25,11 +27,13 @@ SUBMITTED = ("added", "replaced", "renamed")  # the changes a version sends; rem
 CONFIRMED = ("uploaded", "imported")  # the centre holds it: never sent again
 # What verify found wrong with a confirmed blob: the next upload sends the file again.
 DAMAGED = ("missing", "size", "md5", "content")
-# A blob written at the centre since the ledger recorded it (its etag changed), size and Content-MD5 as recorded
+# A blob changed at the centre since the ledger recorded it (its etag changed), size and Content-MD5 as recorded, its bytes
+# not read back (an earlier release's listing check; now the listing reads such blobs: bytes as sent verified, others
+# 'content')
 REWRITTEN = "rewritten"
-REWRITTEN_FIX = ("`chorus-batch verify --download` (same --db and --to) reads back the blobs written at the centre since "
-                 "they were uploaded: those whose bytes are right count as verified again, and the next `chorus-batch "
-                 "upload` sends the others again")
+REWRITTEN_FIX = ("`chorus-batch verify --download` (same --db and --to), signed in with read permission, reads back the "
+                 "blobs changed at the centre since they were uploaded: those whose bytes are right count as verified "
+                 "again, and the next `chorus-batch upload` sends the others again")
 # Not sent, and never will be from this tree: its bytes were replaced or removed before it was sent.
 FINAL_NOT_SENT = ("superseded",)
 
@@ -110,6 +114,18 @@ class UploadLedger:
             "LEFT JOIN uploads u ON u.central = ? AND u.version = c.version AND u.file_id = c.file_id "
             f"WHERE c.version = ? AND c.change IN ({_in(SUBMITTED)}){where} ORDER BY f.srcfile",
             tuple(params), schema=PLAN_SCHEMA)
+
+    def version_fingerprint(self, version: str) -> str | None:
+        """Which commit of `version` this is (its label, start, end, mode and site, set once when it was committed): the
+        same in every copy of the manifest made after it, another in a copy that committed its own version under
+        the label. Kept at the centre with the manifest's id (central.VERSION_OWNER)."""
+        row = self.manifest.query_frame(
+            "SELECT label, started_at, finished_at, mode, site FROM versions WHERE label = ?", (version,),
+            schema={"label": pl.String, "started_at": pl.String, "finished_at": pl.String, "mode": pl.String,
+                    "site": pl.String})
+        if row.height == 0:
+            return None
+        return hashlib.sha256("\x1f".join(str(v) for v in row.row(0)).encode()).hexdigest()[:32]
 
     def confirmed(self, version: str) -> pl.DataFrame:
         """The file versions the ledger says this container holds for `version`, with the manifest's size and MD5, and
@@ -293,11 +309,17 @@ class UploadLedger:
         blob; so is the etag of a blob whose bytes a download found right: while it is the same blob, they vouch for it."""
         now = iso(utc_now())
         rows = results.filter(~pl.col("vouched")) if "vouched" in results.columns else results
+        if "read_back" not in rows.columns:
+            rows = rows.with_columns(read_back=pl.lit(False))
+        # read_back: a blob a listing check read back (its etag had moved, size and Content-MD5 as recorded) and found
+        # right: its new etag is recorded, as a download's is, so that the next listing finds it as recorded
         self._write("UPDATE uploads SET verify_state = ?, verified_at = ?, verify_method = ?, "
-                    f"etag = CASE WHEN ? IN ({_in(DAMAGED)}) OR (? = 'ok' AND ? = 'download') THEN ? ELSE etag END "
+                    f"etag = CASE WHEN ? IN ({_in(DAMAGED)}) OR (? = 'ok' AND (? = 'download' OR ?)) THEN ? ELSE etag END "
                     "WHERE central = ? AND version = ? AND file_id = ?",
-                    [(state, now, method, state, *DAMAGED, state, method, etag, self.central, version, file_id)
-                     for file_id, state, etag in rows.select("file_id", "verify_state", "etag").iter_rows()])
+                    [(state, now, method, state, *DAMAGED, state, method, bool(read), etag, self.central, version,
+                      file_id)
+                     for file_id, state, etag, read in rows.select("file_id", "verify_state", "etag",
+                                                                   "read_back").iter_rows()])
         n_bad = results.filter(pl.col("verify_state") != "ok").height
         self.submission(version, verified_at=now, verify_method=method, n_bad=n_bad)
 

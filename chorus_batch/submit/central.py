@@ -23,7 +23,8 @@ Nothing already at the centre is replaced unless this manifest knows it as its o
 conditional (If-None-Match: *, or If-Match on the etag of a blob the ledger holds as damaged). A blob
 already there with the same size and MD5 is confirmed as it is ("confirmed_by found": how a resumed
 upload meets what an interrupted one sent); any other content is a Conflict, and stays. The manifest's
-copy carries its manifest_id in its metadata: only a copy of the same manifest is replaced. Before its
+copy carries its manifest_id in its metadata (and the version's fingerprint: a copy of the manifest elsewhere with its
+own commit of the label is another's): only a copy of the same manifest and version is replaced. Before its
 first file goes into a version folder, an upload claims it (<version>/_manifest/owner, an empty blob with
 its manifest_id, written only where there is none): a folder another manifest claimed or finished gets
 nothing added (folder_owner).
@@ -61,6 +62,10 @@ BLOCK_SIZE = 8 << 20
 MANIFEST_FOLDER = "_manifest"
 MANIFEST_NAME = "manifest.sqlite"
 COPY_OWNER = "chorus_manifest_id"  # metadata of the manifest's copy (and of the claim): which manifest wrote it
+# ... and which commit of the version (UploadLedger.version_fingerprint): two copies of one manifest (copied to another
+# node, restored from a backup) have one manifest_id; each that committed its own version under one label (a fixed
+# --version) mixed its files into the other's folder and replaced its manifest copy, as the same manifest's.
+VERSION_OWNER = "chorus_version_fingerprint"
 # <version>/_manifest/owner: an empty blob the first upload into a version folder writes (If-None-Match: *) before
 # its first file, carrying its manifest's id. Until the manifest's copy is there (the submission is finished), it is
 # what tells another manifest with the same label that the folder is an upload in progress, not a free place.
@@ -87,9 +92,17 @@ class FolderOwner:
     manifest_id: str | None
     by: str  # 'copy' | 'claim'
     blob: str  # the copy's or the claim's URL (no secrets)
+    fingerprint: str | None = None  # of the version it holds (VERSION_OWNER; None: written before it was kept)
+    twin: bool = False  # this manifest's id, another commit of the label (other_owner)
 
     def described(self) -> str:
         """What the folder is, for a message about a manifest that is not its owner."""
+        if self.twin:
+            return (f"holds another commit of this version label by a copy of this manifest ({'its manifest copy' if self.by == 'copy' else 'its marker'} "
+                    f"{self.blob} carries this manifest's id, and another version: a copy of the manifest, on another "
+                    "node or restored from a backup, committed its own version under this label and uploaded it); a "
+                    "label is one submission: upload it from the manifest that committed what is there, or commit "
+                    "this site's files under another --version label")
         if self.by == "copy" and self.manifest_id is None:  # (written over by another tool, or damaged)
             return (f"holds a manifest copy {self.blob} that is no manifest's (not a manifest, or one without its id), "
                     "not this manifest's")
@@ -110,6 +123,18 @@ class Conflict(Exception):
 
 class ReadFailed(Exception):
     """The site's file could not be opened or read (the OSError is its cause): nothing was committed."""
+
+
+def other_owner(owner: FolderOwner | None, manifest_id: str, fingerprint: str | None) -> FolderOwner | None:
+    """`owner` when the folder is not this manifest's submission of this very version: another manifest's, or
+    this manifest's id with another commit of the label (twin); None when it is this one's (or nobody's)."""
+    if owner is None:
+        return None
+    if owner.manifest_id != manifest_id:
+        return owner
+    if None not in (owner.fingerprint, fingerprint) and owner.fingerprint != fingerprint:
+        return FolderOwner(owner.manifest_id, owner.by, owner.blob, owner.fingerprint, twin=True)
+    return None
 
 
 def _read(f: BinaryIO, size: int) -> bytes:
@@ -475,9 +500,9 @@ class Central:
         reply = blob.commit_block_list(blocks, content_settings=settings, **condition)
         return Sent(sent, md5_hex, reply.get("etag"), "blocks")
 
-    def put_manifest(self, version: str, path: Path, manifest_id: str) -> str:
+    def put_manifest(self, version: str, path: Path, manifest_id: str, fingerprint: str | None = None) -> str:
         """The manifest's copy next to its version; returns its URL (no secrets). Only a copy of the same
-        manifest (manifest_id) is replaced; another's is a Conflict."""
+        manifest (manifest_id) and version (fingerprint: VERSION_OWNER) is replaced; another's is a Conflict."""
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.storage.blob import ContentSettings
 
@@ -496,14 +521,19 @@ class Central:
                     f"a blob of {props.size} bytes that is no manifest's copy (not a manifest, or one without its id: "
                     "written over by someone else, or damaged)")
             raise Conflict(f"{url} is {what}: it was not replaced")
+        twin = other_owner(FolderOwner(owner, "copy", url, (props.metadata or {}).get(VERSION_OWNER)) if props else None,
+                           manifest_id, fingerprint)
+        if twin is not None:
+            raise Conflict(f"{self.url}/{version}/ {twin.described()}: it was not replaced")
         if props is None:  # a folder another manifest is uploading into: its copy is that manifest's to write
-            claim = self._claim_owner(version)
-            if claim is not None and claim.manifest_id != manifest_id:
+            claim = other_owner(self._claim_owner(version), manifest_id, fingerprint)
+            if claim is not None:
                 raise Conflict(f"{self.url}/{version}/ {claim.described()}: this manifest's copy was not put there")
         try:
             with open(path, "rb") as f:
                 blob.upload_blob(f, overwrite=True, max_concurrency=2, validate_content=True,
-                                 metadata={COPY_OWNER: manifest_id}, **_condition(props.etag if props else None),
+                                 metadata={COPY_OWNER: manifest_id, **({VERSION_OWNER: fingerprint} if fingerprint else {})},
+                                 **_condition(props.etag if props else None),
                                  content_settings=ContentSettings(content_type="application/vnd.sqlite3",
                                                                   content_md5=bytearray(digest.digest())))
         except (ResourceExistsError, ResourceModifiedError):
@@ -566,7 +596,7 @@ class Central:
         except cloud_access.storage_errors() as exc:
             raise self.explain(exc, "read", f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
 
-    def _claim_owner(self, version: str, claim_as: str | None = None) -> FolderOwner | None:
+    def _claim_owner(self, version: str, claim_as: str | None = None, fingerprint: str | None = None) -> FolderOwner | None:
         """The claim of <version>/ (None: nobody's); claim_as: claim a folder nobody claimed for this manifest first
         (conditional: of two uploads starting at once, one claims it and the other reads whose it is)."""
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
@@ -578,14 +608,17 @@ class Central:
         if props is None and claim_as is not None:
             def claim() -> None:
                 try:
-                    blob.upload_blob(b"", metadata={COPY_OWNER: claim_as}, **_condition(None))
+                    blob.upload_blob(b"", metadata={COPY_OWNER: claim_as, **({VERSION_OWNER: fingerprint} if fingerprint
+                                                                               else {})}, **_condition(None))
                 except (ResourceExistsError, ResourceModifiedError):
                     pass  # claimed meanwhile (or by this very request, whose reply was lost): whose it is, below
             cloud_access.retrying(claim)
             props = cloud_access.retrying(lambda: _look(blob))
-        return None if props is None else FolderOwner((props.metadata or {}).get(COPY_OWNER), "claim", url)
+        metadata = (props.metadata or {}) if props is not None else {}
+        return None if props is None else FolderOwner(metadata.get(COPY_OWNER), "claim", url, metadata.get(VERSION_OWNER))
 
-    def folder_owner(self, version: str, doing: str = "read", *, claim_as: str | None = None) -> FolderOwner | None:
+    def folder_owner(self, version: str, doing: str = "read", *, claim_as: str | None = None,
+                     fingerprint: str | None = None) -> FolderOwner | None:
         """Whose submission <version>/ is: the manifest its copy names (finished), else the one its claim names (an
         upload started there); None when neither is there. claim_as (an upload, before its first file): a folder
         nobody holds is claimed for that manifest id first. `doing`: what a failure says was being done."""
@@ -593,8 +626,9 @@ class Central:
         try:
             props = cloud_access.retrying(lambda: _look(copy))
             if props is not None:
-                return FolderOwner(_copy_owner(copy, props), "copy", f"az://{self.container_name}/{copy.blob_name}")
-            return self._claim_owner(version, claim_as)
+                return FolderOwner(_copy_owner(copy, props), "copy", f"az://{self.container_name}/{copy.blob_name}",
+                                   (props.metadata or {}).get(VERSION_OWNER))
+            return self._claim_owner(version, claim_as, fingerprint)
         except cloud_access.storage_errors() as exc:
             # (a claim is a write: mark-uploaded "looks at" the folder and claims it, and a refusal said "not allowed
             # to list or read", to a sign-in that may)

@@ -41,7 +41,7 @@ from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
 from ..urls import local_path, shell_mask
 from ..whole_script import whole_script_lines
-from .central import Central, central_url, parse_central, why_not_sent
+from .central import Central, central_url, other_owner, parse_central, why_not_sent
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -439,8 +439,10 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                 # Whose folder it is, as upload asks before its first file (and claimed for this manifest if nobody's):
                 # a script sent into another manifest's submission or upload under way, and mark-uploaded recorded
                 # those blobs as this manifest's, whose copy then listed files of two sites.
-                owner = central.folder_owner(label, "look at", claim_as=mine)
-                if owner is not None and owner.manifest_id != mine:
+                fingerprint = UploadLedger(manifest, central.url).version_fingerprint(label)
+                owner = other_owner(central.folder_owner(label, "look at", claim_as=mine, fingerprint=fingerprint), mine,
+                                    fingerprint)
+                if owner is not None:
                     marked.foreign.append(label)
                     marked.rejected += [(f"{label}/{s}", f"{label}/ at the centre {owner.described()}: not recorded as "
                                          f"this manifest's (the script's blob is mixed into that submission); "

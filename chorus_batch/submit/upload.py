@@ -44,7 +44,7 @@ from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_versi
 from ..times import iso, utc_now
 from ..units import command_word, plural, shown_name
 from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
-                      check_apart, is_archived, parse_central, remedy, why_not_sent)
+                      check_apart, is_archived, other_owner, parse_central, remedy, why_not_sent)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -430,8 +430,9 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
                                    checked)
             # The look the upload takes before sending (a read): a dry run said "would send N" into a folder holding
             # another manifest's submission, where the upload adds nothing
-            owner = central.folder_owner(label, "look at")
-            if owner is not None and owner.manifest_id != str(manifest.state_identity()[0]):
+            owner = other_owner(central.folder_owner(label, "look at"), str(manifest.state_identity()[0]),
+                                ledger.version_fingerprint(label))
+            if owner is not None:
                 outcome.copy_refused = (
                     f"{label}/ at the centre {owner.described()}: nothing would be added there: the "
                     f"{plural(sendable.height, 'file')} not sent yet would be confirmed where a blob holds the same "
@@ -459,14 +460,16 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     # submission (the same label, reused): its blobs with this content are confirmed as they are, and nothing is added
     # to it. A folder nobody holds is claimed before the first file goes there: another manifest uploading the same
     # label meanwhile mixed its files into this one's unfinished submission.
-    mine = str(manifest.state_identity()[0])
+    # (by the manifest's id and the version's commit: two copies of one manifest, each with its own commit of the label)
+    mine, fingerprint = str(manifest.state_identity()[0]), ledger.version_fingerprint(label)
     try:
-        owner = central.folder_owner(label, "upload to", claim_as=mine) if sendable.height else None
+        owner = central.folder_owner(label, "upload to", claim_as=mine,
+                                     fingerprint=fingerprint) if sendable.height else None
     except BaseException as exc:  # (nothing of this version was sent: what cli.main says of the ledger)
         with contextlib.suppress(AttributeError):
             exc.n_confirmed = 0  # type: ignore[union-attr]
         raise
-    foreign = owner if owner is not None and owner.manifest_id != mine else None
+    foreign = other_owner(owner, mine, fingerprint)
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress, foreign=foreign)
     outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
     not_sent = _superseded_meanwhile(manifest, ledger, central, label, sendable, not_sent)
@@ -780,7 +783,8 @@ def copy_manifest(manifest: Manifest, central: Central, label: str) -> str:
             target.close()
             source.close()
         try:
-            return central.put_manifest(label, copy, str(manifest.state_identity()[0]))
+            return central.put_manifest(label, copy, str(manifest.state_identity()[0]),
+                                        UploadLedger(manifest, central.url).version_fingerprint(label))
         except cloud_access.storage_errors() as exc:
             raise central.explain(exc, "upload to", f"{central.url}/{label}/_manifest/") from None
 

@@ -2,9 +2,11 @@
 
 Without --download the container's listing is compared (one listing per version, not a request per
 blob): the blob is there, has the manifest's size, and its Content-MD5 is the manifest's MD5. That
-Content-MD5 was set by the uploader, so this proves the upload's bookkeeping, not the bytes; a blob whose etag is not
-the one the ledger recorded was written since by someone else, whose Content-MD5 vouches for nothing ('rewritten'). With
---download every blob is read back and hashed: the only check of the bytes the centre holds.
+Content-MD5 was set by the uploader, so this proves the upload's bookkeeping, not the bytes. A blob whose etag is not
+the one the ledger recorded was changed since by someone else: its metadata or properties set, or its bytes written
+again (with a Content-MD5 that then vouches for nothing); the listing cannot tell which, so those blobs alone are read
+back: bytes as sent are verified (a metadata change is no problem), others are 'content'. With --download every blob is read back and hashed: the only check of the bytes the centre
+holds.
 """
 
 from __future__ import annotations
@@ -92,10 +94,11 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
                    "only `chorus-batch verify --download` can check its bytes (bytes it finds right count as verified "
                    "until the blob is written again)"))
                .when(pl.col("verify_state") == REWRITTEN).then(pl.lit(
-                   "the central blob was written since the ledger recorded it (its etag is another): its size and "
-                   "Content-MD5 are as recorded, but that Content-MD5 was set by whoever wrote it last, not by this "
-                   "manifest's upload: only `chorus-batch verify --download` can check its bytes (bytes it finds right count as verified until the blob is "
-                   "written again)"))
+                   "the central blob was changed since the ledger recorded it (its etag is another: its metadata or "
+                   "properties were set, or its bytes written again): its size and Content-MD5 are as recorded, and "
+                   "its bytes could not be read back to tell which: `chorus-batch verify --download` with a sign-in "
+                   "that may read blobs checks them (bytes it finds right count as verified until the blob is "
+                   "changed again)"))
                .when(pl.col("verify_state") == "md5").then(
                    fmt("the central blob's Content-MD5 is {}, the manifest's MD5 {}",
                              pl.col("content_md5").fill_null("(none)"), "md5"))
@@ -118,6 +121,13 @@ def check_version(ledger: UploadLedger, central: Central, version: str, *, downl
     if download:  # (every blob is read back: what an earlier download found vouches for nothing now)
         results = _download_check(central, version, expected, results.with_columns(vouched=pl.lit(False)), workers,
                                   progress)
+    elif results.filter(pl.col("verify_state") == REWRITTEN).height:
+        # A blob whose etag moved, its size and Content-MD5 as recorded: its metadata or properties were set (a centre's
+        # "reviewed" tag), or its bytes written again; the listing cannot tell which. Only these are read back, and
+        # content decides: bytes as sent are verified (their new etag recorded, so that this read is not repeated), other
+        # bytes are damaged. Every metadata change at the centre was called "rewritten", exit 1, night after night.
+        # (A sign-in that may list but not read fails here as --download does: exit 3, nothing of the version recorded.)
+        results = _download_check(central, version, expected, results, workers, progress, which=(REWRITTEN,))
     if expected.height:  # (a version of which only files in conflict are recorded: none was verified, nor is it)
         ledger.record_verification(version, results, "download" if download else "listing")
     # Against the whole change set, not the confirmed files: a blob an interrupted upload sent unrecorded, or
@@ -140,10 +150,12 @@ def _waiting(version: str, plan: pl.DataFrame) -> pl.DataFrame:
 
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
-                    progress: Progress | None) -> pl.DataFrame:
-    """Read back every blob that passed the listing check (or has no Content-MD5 to check, or was written since the
-    ledger recorded it) and hash it: 'content' when its bytes differ."""
-    candidates = (results.filter(pl.col("verify_state").is_in(["ok", "no_md5", REWRITTEN]))
+                    progress: Progress | None, which: Sequence[str] = ("ok", "no_md5", REWRITTEN)) -> pl.DataFrame:
+    """Read back every blob in `which` (default: that passed the listing check, or has no Content-MD5 to check, or was
+    changed since the ledger recorded it) and hash it: 'content' when its bytes differ. `read_back`: found right."""
+    if "read_back" not in results.columns:
+        results = results.with_columns(read_back=pl.lit(False))
+    candidates = (results.filter(pl.col("verify_state").is_in(list(which)))
                   .join(expected.select("file_id", "md5", "size"), on="file_id")
                   .select("file_id", "srcfile", "verify_state", "message", "md5", "size"))
     done = [0, 0]
@@ -172,6 +184,7 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
         pl.col("read_state").is_not_null()).select("file_id", "read_state")
     return (results.join(bad, on="file_id", how="left")
             .with_columns(pl.coalesce("read_state", "verify_state").alias("verify_state"),
+                          (pl.col("read_back") | (pl.col("read_state") == "ok").fill_null(False)).alias("read_back"),
                           pl.when(pl.col("read_state") == "ok").then(pl.lit(None, pl.String))
                           .when(pl.col("read_state") == "content")
                           .then(pl.lit("its bytes, read back, do not have the manifest's MD5"))
