@@ -229,6 +229,51 @@ def test_a_printed_page_cuts_no_header_inside_a_word(two_versions, tmp_path):
     assert seen["scrollWidth"] <= seen["clientWidth"], seen
 
 
+_NARROW_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="report" src="%(src)s" style="width:375px;height:3000px;border:0"></iframe>
+<pre id="probe-result">pending</pre>
+<script>
+document.getElementById('report').addEventListener('load', () => {
+  const d = document.getElementById('report').contentDocument, width = d.documentElement.clientWidth;
+  const cut = [];  // words of the page (letters only: a path may break anywhere) set on more than one line
+  for (const el of d.querySelectorAll('th, td:not(.path), dt, dd, nav a, h2, h3, p')) {
+    for (const node of el.childNodes) {
+      if (node.nodeType !== 3) continue;
+      for (const m of node.data.matchAll(/[A-Za-z]{2,}/g)) {
+        const r = d.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+        if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) cut.push(m[0]);
+      }
+    }
+  }
+  const tables = [...d.querySelectorAll('table')];
+  document.getElementById('probe-result').textContent = JSON.stringify({cut: cut,
+    scrollWidth: d.documentElement.scrollWidth, clientWidth: width,
+    boxes: tables.map(t => Math.round(t.parentElement.getBoundingClientRect().right)),
+    scrolling: tables.filter(t => t.parentElement.scrollWidth > t.parentElement.clientWidth).length});
+});
+</script></body></html>
+"""
+
+
+def test_the_report_on_a_phone_scrolls_its_tables_not_the_page(two_versions, tmp_path):
+    """On a narrow screen (375 px, a phone) the tables' fixed layout squeezed every column to a letter or two
+    ("mod|ality", a version label one digit a line) and the side-by-side columns of the summary a word a line. The
+    page is one column there, each table at least 6em a column, as wide as its words, scrolling sideways in its box;
+    the page itself does not scroll sideways."""
+    db, _parquet = two_versions
+    out = write_report(db, tmp_path / "report.html").path
+    page = tmp_path / "probe-narrow.html"
+    page.write_text(_NARROW_PROBE % {"src": out.name}, encoding="utf-8")
+    dom = chromium("--allow-file-access-from-files", "--window-size=400,3200", "--virtual-time-budget=10000",
+                   "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["clientWidth"] == 375 and seen["scrollWidth"] <= seen["clientWidth"], seen
+    assert seen["cut"] == [], seen["cut"]
+    assert seen["boxes"] and max(seen["boxes"]) <= 375 and seen["scrolling"] > 0, seen
+
+
 def test_report_from_parquet_snapshots(two_versions, tmp_path):
     db, parquet = two_versions
     info = write_report(parquet, tmp_path / "report.html")
