@@ -1157,3 +1157,22 @@ def test_a_count_histograms_axis_has_whole_number_ticks(values):
     assert shown and all(float(t).is_integer() for t in shown), shown
     labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
     assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", text) for text in labels), labels
+
+
+def test_a_report_as_of_a_date_says_which_version_that_date_selected(two_versions, tmp_path):
+    """`report --version 2099-01-01` wrote the latest version's report as if it were that date's, without a word:
+    it says that no version came after the latest, which is reported; a time in another zone names the version
+    in force at that instant; a label says nothing more."""
+    db, _parquet = two_versions
+    versions = open_manifest(db).versions()
+    first, second = versions["label"].to_list()[-2:]
+    done = cli("report", "--db", str(db), "--version", "2099-01-01", "--out", str(tmp_path / "r.html"))
+    assert done.returncode in (0, 1), done.stderr
+    assert (f"as of 2099-01-01 (a time in the future): no version was committed after {second} (committed "
+            f"{versions['finished_at'][-1]}), so the latest version, {second}, is shown") in done.stdout, done.stdout
+    from datetime import datetime, timedelta, timezone
+    at = datetime.fromisoformat(versions["finished_at"][-2].replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=-5)))
+    info = write_report(db, tmp_path / "r.html", version=at.isoformat())
+    assert info.version == first and info.as_of == (f"as of {at.isoformat()}: version {first}, committed "
+                                                    f"{versions['finished_at'][-2]} (the version in force then)")
+    assert write_report(db, tmp_path / "r.html", version=second).as_of is None
