@@ -2207,6 +2207,8 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     # quoted with escapes as other messages show names: a line break in --out split this line in two
     where = "the report to standard output" if args.out == "-" else shown_name(str(Path(info.path).resolve()))
     print(f"wrote {where} (version {info.version}, {plural(info.images, 'plot')}, {info.elapsed_s:.1f} s)", file=said)
+    if info.as_of:  # (a date in the future reported the latest version without a word)
+        print(f"  {info.as_of}", file=said)
     for flag in info.flags:
         print(f"  needs a look: {flag}", file=said)
     return 0

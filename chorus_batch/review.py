@@ -509,6 +509,37 @@ class ManifestReader:
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
 
+    def as_of_note(self, version: str | datetime | None, label: str) -> str | None:
+        """What a time given as the version selected, in words: `label` (resolve's answer) was the version in force
+        then, committed when; a time after the latest version's commit (or in the future) is said to show the latest
+        one, which a review as of a future date showed without a word. None: `version` was a label (or None)."""
+        if version is None or isinstance(version, (bool, numbers.Integral)):
+            return None
+        labels = self.versions()["label"].to_list()
+        if isinstance(version, str) and (version in labels or version.strip() in labels):
+            return None
+        if isinstance(version, str):
+            moment, asked = parse_time(version), version.strip()
+        elif isinstance(version, datetime):
+            moment, asked = version, version.isoformat()
+        elif isinstance(version, date):
+            moment, asked = datetime(version.year, version.month, version.day, tzinfo=timezone.utc), version.isoformat()
+        else:
+            return None
+        if moment is None:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)  # as resolve reads it
+        committed = self.versions().filter(pl.col("label") == label)["finished_at"][0]
+        if label != labels[-1]:
+            return f"as of {asked}: version {label}, committed {committed} (the version in force then)"
+        try:
+            future = moment.astimezone(timezone.utc) > datetime.now(timezone.utc)
+        except OverflowError:
+            future = moment.year > 1
+        return (f"as of {asked}{' (a time in the future)' if future else ''}: no version was committed after "
+                f"{label} (committed {committed}), so the latest version, {label}, is shown")
+
     def _said_naive(self, version: datetime, at: datetime, committed: pl.DataFrame, timed: pl.DataFrame) -> None:
         """A `datetime` without a zone is read as UTC, as the manifest writes its commit times; but Python's
         `datetime.now()` and `pd.Timestamp.now()` give this computer's wall time without a zone: in a kernel not in

@@ -106,6 +106,11 @@ since = f"the later {base}" if later else base  # how the comparisons name the c
 print(f"compare to {base or '- (no earlier version: the comparisons below are skipped)'}"
       + (f" (LATER than {label}: the comparisons read from {base} back to {label})" if later else ""))
 print(f"versions   {len(labels)} in the manifest, {labels[0]} .. {labels[-1]}")
+# A time given as `version` or `compare_to` selects the version in force then: said, and a time after the latest
+# version's commit (a date in the future) plainly shows the latest one (a time before the first is refused above).
+for note in (m.as_of_note(version, label), base and m.as_of_note(compare_to, base)):
+    if note:
+        print(f"NOTE       {note}")
 
 # %% [markdown]
 # Helpers for the checklist and the plots.

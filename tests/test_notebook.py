@@ -603,3 +603,39 @@ def test_the_runs_that_committed_nothing_are_listed_and_a_failed_latest_run_is_a
     assert re.search(r"OK     latest run: started \S+: exit code [01], version \d+ committed", clean), clean[-2000:]
     parquet = check_run(execute(manifests["parquet"], tmp_path / "parquet.ipynb"), PLOTS)
     assert "SKIP   latest run: runs not recorded in a snapshot folder" in parquet
+
+
+def test_a_date_after_the_latest_version_says_the_latest_is_shown_and_one_before_the_first_says_there_was_none(
+        manifests, tmp_path):
+    """`version` given as a date after the latest version's commit (a date in the future) reviewed the latest
+    version without a word, as if it were the version of that date. The notebook says which version a time
+    selected, and that none came after the latest; a time in another zone selects the version in force at that
+    instant (read in UTC); a date before the first version says there was none, without a traceback."""
+    versions = open_manifest(manifests["two"]).versions()
+    first, second = versions["label"].to_list()
+    out = check_run(execute(manifests["two"], tmp_path / "future.ipynb", version="2099-01-01"), PLOTS + 2)
+    assert (f"NOTE       as of 2099-01-01 (a time in the future): no version was committed after {second} (committed "
+            f"{versions['finished_at'][1]}), so the latest version, {second}, is shown") in out, out
+    # the first version's commit, written in UTC+09:00: that version, said as the one in force then
+    from datetime import datetime, timedelta, timezone
+    at = datetime.fromisoformat(versions["finished_at"][0].replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=9)))
+    out = check_run(execute(manifests["two"], tmp_path / "zone.ipynb", version=at.isoformat()), PLOTS)
+    assert f"reviewing  {first}:" in out and f"as of {at.isoformat()}: version {first}, committed " in out, out
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(manifests["two"], tmp_path / "past.ipynb", version="2000-01-01")
+    assert failed.value.ename == "UsageError" and "no version was committed at or before 2000-01-01" in failed.value.evalue
+    errors = [o for o in outputs(nbformat.read(tmp_path / "past.ipynb", as_version=4)) if o["output_type"] == "error"]
+    shown = "\n".join(errors[0]["traceback"])
+    assert f"the first version is {first}" in shown and "Traceback" not in shown and "File " not in shown, shown
+
+
+def test_review_of_a_date_in_the_future_says_it_reviews_the_latest_version(manifests, tmp_path):
+    """`chorus-batch review --version 2099-01-01` passes the notebook the label it resolved: the command says on
+    stderr that no version came after the latest, which is reviewed."""
+    label = open_manifest(manifests["single"]).versions()["label"][-1]
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
+                           "--version", "2099-01-01", "--out", str(tmp_path / "r.ipynb")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (f"chorus-batch: as of 2099-01-01 (a time in the future): no version was committed after {label}"
+            f" (committed ") in done.stderr and f"so the latest version, {label}, is shown" in done.stderr, done.stderr

@@ -229,6 +229,51 @@ def test_a_printed_page_cuts_no_header_inside_a_word(two_versions, tmp_path):
     assert seen["scrollWidth"] <= seen["clientWidth"], seen
 
 
+_NARROW_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="report" src="%(src)s" style="width:375px;height:3000px;border:0"></iframe>
+<pre id="probe-result">pending</pre>
+<script>
+document.getElementById('report').addEventListener('load', () => {
+  const d = document.getElementById('report').contentDocument, width = d.documentElement.clientWidth;
+  const cut = [];  // words of the page (letters only: a path may break anywhere) set on more than one line
+  for (const el of d.querySelectorAll('th, td:not(.path), dt, dd, nav a, h2, h3, p')) {
+    for (const node of el.childNodes) {
+      if (node.nodeType !== 3) continue;
+      for (const m of node.data.matchAll(/[A-Za-z]{2,}/g)) {
+        const r = d.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+        if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) cut.push(m[0]);
+      }
+    }
+  }
+  const tables = [...d.querySelectorAll('table')];
+  document.getElementById('probe-result').textContent = JSON.stringify({cut: cut,
+    scrollWidth: d.documentElement.scrollWidth, clientWidth: width,
+    boxes: tables.map(t => Math.round(t.parentElement.getBoundingClientRect().right)),
+    scrolling: tables.filter(t => t.parentElement.scrollWidth > t.parentElement.clientWidth).length});
+});
+</script></body></html>
+"""
+
+
+def test_the_report_on_a_phone_scrolls_its_tables_not_the_page(two_versions, tmp_path):
+    """On a narrow screen (375 px, a phone) the tables' fixed layout squeezed every column to a letter or two
+    ("mod|ality", a version label one digit a line) and the side-by-side columns of the summary a word a line. The
+    page is one column there, each table at least 6em a column, as wide as its words, scrolling sideways in its box;
+    the page itself does not scroll sideways."""
+    db, _parquet = two_versions
+    out = write_report(db, tmp_path / "report.html").path
+    page = tmp_path / "probe-narrow.html"
+    page.write_text(_NARROW_PROBE % {"src": out.name}, encoding="utf-8")
+    dom = chromium("--allow-file-access-from-files", "--window-size=400,3200", "--virtual-time-budget=10000",
+                   "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["clientWidth"] == 375 and seen["scrollWidth"] <= seen["clientWidth"], seen
+    assert seen["cut"] == [], seen["cut"]
+    assert seen["boxes"] and max(seen["boxes"]) <= 375 and seen["scrolling"] > 0, seen
+
+
 def test_report_from_parquet_snapshots(two_versions, tmp_path):
     db, parquet = two_versions
     info = write_report(parquet, tmp_path / "report.html")
@@ -1112,3 +1157,22 @@ def test_a_count_histograms_axis_has_whole_number_ticks(values):
     assert shown and all(float(t).is_integer() for t in shown), shown
     labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
     assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", text) for text in labels), labels
+
+
+def test_a_report_as_of_a_date_says_which_version_that_date_selected(two_versions, tmp_path):
+    """`report --version 2099-01-01` wrote the latest version's report as if it were that date's, without a word:
+    it says that no version came after the latest, which is reported; a time in another zone names the version
+    in force at that instant; a label says nothing more."""
+    db, _parquet = two_versions
+    versions = open_manifest(db).versions()
+    first, second = versions["label"].to_list()[-2:]
+    done = cli("report", "--db", str(db), "--version", "2099-01-01", "--out", str(tmp_path / "r.html"))
+    assert done.returncode in (0, 1), done.stderr
+    assert (f"as of 2099-01-01 (a time in the future): no version was committed after {second} (committed "
+            f"{versions['finished_at'][-1]}), so the latest version, {second}, is shown") in done.stdout, done.stdout
+    from datetime import datetime, timedelta, timezone
+    at = datetime.fromisoformat(versions["finished_at"][-2].replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=-5)))
+    info = write_report(db, tmp_path / "r.html", version=at.isoformat())
+    assert info.version == first and info.as_of == (f"as of {at.isoformat()}: version {first}, committed "
+                                                    f"{versions['finished_at'][-2]} (the version in force then)")
+    assert write_report(db, tmp_path / "r.html", version=second).as_of is None

@@ -79,6 +79,7 @@ class ReportInfo:
     images: int  # embedded PNG plots
     flags: tuple[str, ...] = field(default=())  # the "needs a look" lines of the summary
     elapsed_s: float = 0.0
+    as_of: str | None = None  # a time given as the version: which version it selected (ManifestReader.as_of_note)
 
 
 def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, version: str | None = None,
@@ -101,7 +102,8 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
         else:  # rendered into the temporary file once it is made: an unwritable folder fails now, not after the work
             write_private(out, lambda tmp: tmp.write_bytes(report.render().encode("utf-8")))
     return ReportInfo(path=out, version=report.label, sections=SECTION_IDS, images=report.images,
-                      flags=tuple(report.flags), elapsed_s=round(time.perf_counter() - started, 3))
+                      flags=tuple(report.flags), elapsed_s=round(time.perf_counter() - started, 3),
+                      as_of=reader.as_of_note(version, report.label))
 
 
 # ----------------------------------------------------------------------------- text of values (also Jinja filters)

@@ -53,6 +53,11 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     reader = open_manifest(manifest)  # a missing manifest, no version yet or an unknown version: exit 2 now,
     label = reader.resolve(version, asked="--version")  # not a failed cell (exit 3) after the kernel started
     base = reader.compared_with(label, compare_to)  # (the notebook asks it too: run by hand, it is refused alike)
+    # A time as --version or --compare-to: the version it selected said (a date in the future reviewed the latest
+    # without a word); the notebook gets the labels, so it is said here, on stderr (stdout may be the notebook).
+    for note in (reader.as_of_note(version, label), base and reader.as_of_note(compare_to, base)):
+        if note:
+            print(f"chorus-batch: {note}", file=sys.stderr)
 
     # The kernel inherits the umask: whatever a cell writes (a CSV, a PNG) is owner-only too.
     previous = os.umask(0o077)
