@@ -633,7 +633,21 @@ def _renamed_persons(manifest: Manifest, given: pl.DataFrame, label: str) -> lis
     mine = records.join(given.select("record_id"), on="record_id", how="semi")
     others = records.join(given.select("record_id"), on="record_id", how="anti")
     pairs = (mine.join(others, on=["modality", "_person", "session_id", "category"], nulls_equal=True, suffix="_other")
-             .filter(pl.col("person_id") != pl.col("person_id_other")).sort("proc_id"))
+             .filter(pl.col("person_id") != pl.col("person_id_other")))
+    # Told where the ids differ from those of another time: this version's id replaced one given before it (the folder
+    # renamed since), or the other spelling's files are in a later version (renamed after this one). A folder renamed
+    # and then renamed back has its first ids again, as every version after it does: it was told at every later run,
+    # for good, though nothing is left to mend
+    first_later = manifest.query_frame("SELECT min(label) AS label FROM versions WHERE label > ?", (label,),
+                                       schema={"label": pl.String})["label"][0]
+    later = pl.Series("record_id", [], pl.Int64)
+    if first_later is not None and pairs.height:
+        others_ids = ",".join(str(int(i)) for i in pairs["record_id_other"].unique().to_list())
+        later = manifest.query_frame(
+            f"SELECT DISTINCT record_id FROM source_files WHERE record_id IN ({others_ids}) AND (version_invalid IS "
+            "NULL OR version_invalid > max(version_valid, ?))", (first_later,), schema={"record_id": pl.Int64})["record_id"]
+    pairs = pairs.filter((pl.col("proc_id_other") < pl.col("proc_id"))
+                         | pl.col("record_id_other").is_in(later.implode())).sort("proc_id")
     if pairs.height == 0:
         return []
     examples = "; ".join(f"{'/'.join(filter(None, (person, modality, category, session)))} is {proc} here, {other}/ had {old}"

@@ -1578,3 +1578,31 @@ def test_an_image_rows_image_registry_id_stays_when_files_are_added_before_it_or
     assert {f: after[f] for f in kept} == {f: before[f] for f in kept}
     ids = [int(r["image_registry_id"]) for r in rows]
     assert ids == sorted(set(ids)) and ids[-3:] == [int(r["file_id"]) for r in rows[-3:]]
+
+
+def test_a_person_folder_renamed_and_renamed_back_is_told_no_longer_once_its_first_ids_are_back(released, tmp_path):
+    """A person folder renamed 000101 -> 101 and back to 000101 has its first proc_ids again, those of every registry
+    and procedure row made before the rename: the rename warning was said at every later `registry`, exit 1, for good.
+    The registries of the version in between (and of the first, whose folder was renamed after it) are still told."""
+    site, db, out = released
+    p0 = sitegen.person_ids(1)[0]
+    short = str(int(p0))
+    before = {(r["group_id"], r["person_id"]): r["proc_id"]
+              for r in read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")}
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).unlink()  # (the site's own registries name the old paths)
+    (site / p0).rename(site / short)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    renamed = cli("registry", "--db", str(db), "--out", str(tmp_path / "renamed"), "--omop")
+    assert renamed.returncode == 1 and "person folder named otherwise" in renamed.stderr, renamed.stderr
+    (site / short).rename(site / p0)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    back = tmp_path / "back"
+    done = cli("registry", "--db", str(db), "--out", str(back), "--omop")
+    assert done.returncode == 0 and "named otherwise" not in done.stderr, done.stderr
+    assert {(r["group_id"], r["person_id"]): r["proc_id"]
+            for r in read_csv(back / "waveform_registry.csv") + read_csv(back / "image_registry.csv")} == before
+    labels = [v for (v,) in query(db, "SELECT label FROM versions ORDER BY label")]
+    for label in labels[:-1]:  # the one with the other spelling, and the first, renamed after it
+        told = cli("registry", "--db", str(db), "--out", str(tmp_path / label), "--version", label)
+        assert told.returncode == 1 and "person folder named otherwise" in told.stderr, (label, told.stderr)
