@@ -297,8 +297,9 @@ def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
 
 
 def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tuple[int, int]],
-              taken: pl.Series | None, *, write: bool = True) -> tuple[pl.DataFrame, int]:
-    """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction)."""
+              taken: pl.DataFrame | None, *, write: bool = True) -> tuple[pl.DataFrame, int]:
+    """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction);
+    `taken`: the ids of the site's procedure_occurrence.csv (id, linkage: of concept 4180938 or 4141651)."""
     known = manifest.query_frame("SELECT record_id, modality, proc_id FROM registry WHERE proc_id IS NOT NULL",
                                  schema={"record_id": pl.Int64, "modality": pl.String, "proc_id": pl.Int64})
     if taken is not None:
