@@ -41,7 +41,7 @@ from .sources import Source
 from .store import Manifest
 from .errors import first_run_command, pass_db
 from .units import plural
-from .validate.rules import KIND_DICOM, KIND_EDF, KIND_WFDB
+from .validate.rules import KIND_DICOM, KIND_EDF, KIND_WFDB, LINKAGE_CONCEPTS
 
 if TYPE_CHECKING:
     from .config import CloudSettings
@@ -297,21 +297,39 @@ def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
 
 
 def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tuple[int, int]],
-              taken: pl.Series | None, *, write: bool = True) -> tuple[pl.DataFrame, int]:
-    """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction)."""
+              taken: pl.DataFrame | None, *, write: bool = True) -> tuple[pl.DataFrame, int]:
+    """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction);
+    `taken`: the ids of the site's procedure_occurrence.csv (id, linkage: of concept 4180938 or 4141651)."""
     known = manifest.query_frame("SELECT record_id, modality, proc_id FROM registry WHERE proc_id IS NOT NULL",
                                  schema={"record_id": pl.Int64, "modality": pl.String, "proc_id": pl.Int64})
     if taken is not None:
         # The ids this manifest gave are the registries' own: a site that made PROCEDURE_OCCURRENCE rows of them
         # (as Multimodal-Linkage asks) has them in its table; only the others clash
-        taken = taken.filter(~taken.is_in(known["proc_id"].implode()))
+        taken = taken.filter(~pl.col("id").is_in(known["proc_id"].implode()))
         for modality, (first, last) in ranges.items():
-            clash = taken.filter(taken.is_between(first, last))
-            if clash.len():
+            clash = taken.filter(pl.col("id").is_between(first, last))
+            ehr, links = clash.filter(~pl.col("linkage"))["id"], clash.filter(pl.col("linkage"))["id"]
+            if ehr.len():
                 raise UsageError(
                     f"procedure_occurrence.csv already uses ids in the {modality.lower()} registry range "
-                    f"{first}-{last} (e.g. {clash[0]})", where="[registry] in chorus.toml",
+                    f"{first}-{last} (e.g. {ehr[0]}) for the site's own procedures (rows whose procedure_concept_id is "
+                    "neither 4180938 Imaging nor 4141651 Monitoring), which the linkage procedure's proc_ids must not "
+                    "overlap; nothing was written", where="[registry] in chorus.toml",
                     fix="set image_proc_ids / waveform_proc_ids to ranges the site's own procedure ids do not use")
+            # Linkage rows (4180938 / 4141651) of ids this manifest never gave: refused as "the site's own procedure
+            # ids", which sent a site to look for EHR procedures it did not have; new ids would repeat theirs
+            if links.len():
+                raise UsageError(
+                    f"procedure_occurrence.csv already holds {plural(links.len(), 'linkage row')} (procedure_concept_id "
+                    f"4180938 Imaging or 4141651 Monitoring) with ids in the {modality.lower()} registry range "
+                    f"{first}-{last} that this manifest never gave (e.g. {links[0]}): procedure rows made from another "
+                    "registry (the site's own, typed in or made by its scripts, or one `chorus-batch registry --omop` "
+                    "wrote with another manifest), whose ids the proc_ids given now would repeat; nothing was written",
+                    where="OMOP/procedure_occurrence.csv",
+                    fix="to keep those ids, keep shipping the registries they were made from; to ship this tool's "
+                        "registries instead, remove those rows from OMOP/procedure_occurrence.csv, run, write the "
+                        "registries with --omop and add the procedure_occurrence.csv it writes to the site's; or set "
+                        "image_proc_ids / waveform_proc_ids in [registry] of chorus.toml to ranges those ids are not in")
     fresh = records.join(known, on="record_id", how="anti").sort("record_id")
     allocated = []
     for modality, (first, last) in ranges.items():
@@ -513,10 +531,14 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
                         "procedures' visit_occurrence_id, come from the table as it is now. For the latest version, run "
                         "`chorus-batch run` (it records the change) and write the registries again; an earlier "
                         "version's table is no longer on the site")
-    taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id"], sources)
-    taken_ids = (taken.select(_norm(pl.col("procedure_occurrence_id")))["procedure_occurrence_id"]
-                 .cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None)
+    taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id", "procedure_concept_id"], sources)
+    taken_ids = (taken.select(id=_norm(pl.col("procedure_occurrence_id")).cast(pl.Int64, strict=False),
+                              linkage=_norm(pl.col("procedure_concept_id")).is_in(LINKAGE_CONCEPTS).fill_null(False))
+                 .drop_nulls("id") if taken is not None else None)
     proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)
+    if taken_ids is not None:
+        warnings += _procedures_without_rows(manifest, taken_ids, proc_ids.join(rows.select("record_id").unique(),
+                                                                                on="record_id"), label)
     warnings += _renamed_persons(manifest, proc_ids.join(rows.select("record_id").unique(), on="record_id"), label)
     first_ids = manifest.query_frame(
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
@@ -633,7 +655,21 @@ def _renamed_persons(manifest: Manifest, given: pl.DataFrame, label: str) -> lis
     mine = records.join(given.select("record_id"), on="record_id", how="semi")
     others = records.join(given.select("record_id"), on="record_id", how="anti")
     pairs = (mine.join(others, on=["modality", "_person", "session_id", "category"], nulls_equal=True, suffix="_other")
-             .filter(pl.col("person_id") != pl.col("person_id_other")).sort("proc_id"))
+             .filter(pl.col("person_id") != pl.col("person_id_other")))
+    # Told where the ids differ from those of another time: this version's id replaced one given before it (the folder
+    # renamed since), or the other spelling's files are in a later version (renamed after this one). A folder renamed
+    # and then renamed back has its first ids again, as every version after it does: it was told at every later run,
+    # for good, though nothing is left to mend
+    first_later = manifest.query_frame("SELECT min(label) AS label FROM versions WHERE label > ?", (label,),
+                                       schema={"label": pl.String})["label"][0]
+    later = pl.Series("record_id", [], pl.Int64)
+    if first_later is not None and pairs.height:
+        others_ids = ",".join(str(int(i)) for i in pairs["record_id_other"].unique().to_list())
+        later = manifest.query_frame(
+            f"SELECT DISTINCT record_id FROM source_files WHERE record_id IN ({others_ids}) AND (version_invalid IS "
+            "NULL OR version_invalid > max(version_valid, ?))", (first_later,), schema={"record_id": pl.Int64})["record_id"]
+    pairs = pairs.filter((pl.col("proc_id_other") < pl.col("proc_id"))
+                         | pl.col("record_id_other").is_in(later.implode())).sort("proc_id")
     if pairs.height == 0:
         return []
     examples = "; ".join(f"{'/'.join(filter(None, (person, modality, category, session)))} is {proc} here, {other}/ had {old}"
@@ -647,6 +683,33 @@ def _renamed_persons(manifest: Manifest, given: pl.DataFrame, label: str) -> lis
             "before the folder was renamed name other ids for these procedures. Name each person folder as before (or "
             "as the centre already has it), run, and write the registries again; else replace the earlier ids in the "
             "site's procedure_occurrence.csv by these"]
+
+
+def _procedures_without_rows(manifest: Manifest, taken: pl.DataFrame, given: pl.DataFrame, label: str) -> list[str]:
+    """What the registries of `label` say of linkage rows of the site's procedure_occurrence.csv (`taken`: id, linkage)
+    whose id is a proc_id the manifest gave a session or accession that has no row in them (`given`: record_id,
+    proc_id of the rows): its files removed, or left out (a folder named so that they have no row). The id stays that
+    procedure's, never given to another (Multimodal-Linkage: distinct per procedure), but the row was kept, exit 0,
+    without a word: a procedure linking no file delivered."""
+    ids = taken.filter(pl.col("linkage"))["id"]
+    latest = manifest.query_frame("SELECT max(label) AS label FROM versions", schema={"label": pl.String})["label"][0]
+    if ids.len() == 0 or label != latest:  # (an earlier version's lacks the rows of sessions added since: no slip)
+        return []
+    stale = manifest.query_frame(
+        "SELECT proc_id, person_id, modality, category, session_id FROM registry WHERE proc_id IS NOT NULL",
+        schema={"proc_id": pl.Int64, "person_id": pl.String, "modality": pl.String, "category": pl.String,
+                "session_id": pl.String}).filter(
+        pl.col("proc_id").is_in(ids.implode()) & ~pl.col("proc_id").is_in(given["proc_id"].implode())).sort("proc_id")
+    if stale.height == 0:
+        return []
+    shown = ", ".join(f"{proc} ({'/'.join(filter(None, (person, modality, category, session)))}/)"
+                      for proc, person, modality, category, session in stale.head(3).iter_rows())
+    return [f"OMOP/procedure_occurrence.csv holds {plural(stale.height, 'linkage row')} (procedure_concept_id 4180938 "
+            f"Imaging or 4141651 Monitoring) of {'a proc_id' if stale.height == 1 else 'proc_ids'} this manifest gave a "
+            f"session or accession that has no row in the registries of version {label} (e.g. {shown}): its files "
+            "were removed since, or have no row as said above, so the row is a procedure linking no file delivered. "
+            "A proc_id stays its procedure's and is never given to another: remove those rows from "
+            "procedure_occurrence.csv (or put the files back), run, and write the registries again"]
 
 
 def _refused_names(refused: pl.DataFrame, label: str) -> list[str]:

@@ -1579,3 +1579,100 @@ def test_an_image_rows_image_registry_id_stays_when_files_are_added_before_it_or
     assert {f: after[f] for f in kept} == {f: before[f] for f in kept}
     ids = [int(r["image_registry_id"]) for r in rows]
     assert ids == sorted(set(ids)) and ids[-3:] == [int(r["file_id"]) for r in rows[-3:]]
+
+
+def test_a_person_folder_renamed_and_renamed_back_is_told_no_longer_once_its_first_ids_are_back(released, tmp_path):
+    """A person folder renamed 000101 -> 101 and back to 000101 has its first proc_ids again, those of every registry
+    and procedure row made before the rename: the rename warning was said at every later `registry`, exit 1, for good.
+    The registries of the version in between (and of the first, whose folder was renamed after it) are still told."""
+    site, db, out = released
+    p0 = sitegen.person_ids(1)[0]
+    short = str(int(p0))
+    before = {(r["group_id"], r["person_id"]): r["proc_id"]
+              for r in read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")}
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).unlink()  # (the site's own registries name the old paths)
+    (site / p0).rename(site / short)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    renamed = cli("registry", "--db", str(db), "--out", str(tmp_path / "renamed"), "--omop")
+    assert renamed.returncode == 1 and "person folder named otherwise" in renamed.stderr, renamed.stderr
+    (site / short).rename(site / p0)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    back = tmp_path / "back"
+    done = cli("registry", "--db", str(db), "--out", str(back), "--omop")
+    assert done.returncode == 0 and "named otherwise" not in done.stderr, done.stderr
+    assert {(r["group_id"], r["person_id"]): r["proc_id"]
+            for r in read_csv(back / "waveform_registry.csv") + read_csv(back / "image_registry.csv")} == before
+    labels = [v for (v,) in query(db, "SELECT label FROM versions ORDER BY label")]
+    for label in labels[:-1]:  # the one with the other spelling, and the first, renamed after it
+        told = cli("registry", "--db", str(db), "--out", str(tmp_path / label), "--version", label)
+        assert told.returncode == 1 and "person folder named otherwise" in told.stderr, (label, told.stderr)
+
+
+def _merge_procedures(site: Path, out: Path) -> None:
+    """The site's OMOP/procedure_occurrence.csv with the rows `registry --omop` wrote in `out` added."""
+    table = site / "OMOP" / "procedure_occurrence.csv"
+    rows = read_csv(table)
+    fields = list(rows[0])
+    merged = rows + [{k: r.get(k, "") for k in fields} for r in read_csv(out / "procedure_occurrence.csv")]
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(merged)
+
+
+def test_linkage_rows_of_ids_the_manifest_never_gave_in_its_range_are_refused_as_linkage_rows(released, tmp_path):
+    """procedure_occurrence.csv holding linkage rows (concept 4180938 / 4141651) in the registry's range that this
+    manifest never gave (another manifest's `registry --omop`, a site's own registry with the SOP's example ranges) was
+    refused as "the site's own procedure ids": said as linkage rows now, with what to do (the site's EHR rows in the range:
+test_a_range_the_sites_procedures_use_is_refused)."""
+    site, db, out = released
+    ids = {r["proc_id"] for r in read_csv(out / "image_registry.csv")}
+    rows = [{**r, "procedure_occurrence_id": str(int(r["procedure_occurrence_id"]) + 500)}
+            for r in read_csv(out / "procedure_occurrence.csv") if r["procedure_occurrence_id"] in ids]
+    table = site / "OMOP" / "procedure_occurrence.csv"
+    fields = list(read_csv(table)[0])
+    with table.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields).writerows([{k: r.get(k, "") for k in fields} for r in rows])
+    # (a new manifest of the site: the ids of the rows are none of its own)
+    fresh = tmp_path / "fresh.sqlite"
+    assert cli("run", "-q", "--site", str(site), "--db", str(fresh)).returncode in (0, 1)
+    refused = cli("registry", "--db", str(fresh), "--out", str(tmp_path / "r"), "--omop")
+    assert refused.returncode == 2, refused.stderr
+    assert "linkage row" in refused.stderr and "4180938" in refused.stderr and "never gave" in refused.stderr
+    assert "remove those rows" in refused.stderr and "site's own procedure ids do not use" not in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert query(fresh, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
+
+
+def test_linkage_rows_of_a_session_whose_files_were_removed_are_told(released, tmp_path):
+    """A person's files removed after the site added the procedure rows `registry --omop` made: their proc_ids stay
+    theirs (never given to another session; the linkage procedure wants them distinct per procedure), but the site's
+    procedure_occurrence.csv kept rows of procedures linking no file delivered, exit 0, without a word. Told, naming
+    the ids; the registry after the rows are removed is clean again."""
+    import shutil
+
+    site, db, out = released
+    _merge_procedures(site, out)
+    p0 = sitegen.person_ids(1)[0]
+    gone = sorted({r["proc_id"] for r in read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+                   if r["person_id"] == p0})
+    shutil.rmtree(site / p0)
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).unlink()  # (the site's own registries name the removed files)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    told = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"), "--omop")
+    assert told.returncode == 1 and "linking no file delivered" in told.stderr and gone[0] in told.stderr, told.stderr
+    rows = read_csv(tmp_path / "again" / "waveform_registry.csv") + read_csv(tmp_path / "again" / "image_registry.csv")
+    assert rows and not {r["proc_id"] for r in rows} & set(gone)
+    # the rows removed: nothing to tell; the ids stay given (the next new session gets none of them)
+    table = site / "OMOP" / "procedure_occurrence.csv"
+    kept = [r for r in read_csv(table) if r["procedure_occurrence_id"] not in gone]
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(kept[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    clean = cli("registry", "--db", str(db), "--out", str(tmp_path / "third"), "--omop")
+    assert clean.returncode == 0, clean.stderr
+    assert {str(p) for (p,) in query(db, "SELECT proc_id FROM registry WHERE proc_id IS NOT NULL")} >= set(gone)
