@@ -968,6 +968,56 @@ def test_object_names_with_an_empty_dot_or_dotdot_part_are_not_tracked_and_are_s
 
 
 
+def test_an_object_named_like_the_root_itself_is_said_and_its_empty_markers_are_not(clean_env, azurite, moto_s3, tmp_path):
+    # s3://b/site and an object `site` (no '/') beside `site/...`: the listing of `site/` does not hold it, and it was
+    # silently untracked, bytes and all. Empty (a folder marker, as `site/` is) it is left out unsaid.
+    from conftest import current_rows, settings
+
+    from chorus_batch import run
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    client = moto_s3.client()
+    full, empty = moto_s3.new_bucket("root"), moto_s3.new_bucket("mark")
+    for bucket, body in ((full, b"data!"), (empty, b"")):
+        for key, data in (("site", body), ("site/", b""), ("site/OMOP/person.csv", b"abc"), ("site-b/x.csv", b"zz")):
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+    containers = azurite.new_container("root"), azurite.new_container("mark")
+    with azurite.service_client() as service:
+        for container, body in zip(containers, (b"data!", b"")):
+            box = service.get_container_client(container)
+            for name, data in (("site", body), ("site/OMOP/person.csv", b"abc"), ("site-b/x.csv", b"zz")):
+                box.upload_blob(name, data)
+    urls = [(f"s3://{full}/site", 5), (f"s3://{empty}/site", 0), (f"az://{containers[0]}/site", 5),
+            (f"az://{containers[1]}/site", 0)]
+    for n, (url, size) in enumerate(urls):
+        db = tmp_path / f"{n}.sqlite"
+        result = run(settings(url, db, validate_site=False, cloud=s3_cloud))
+        assert set(current_rows(db)) == {"OMOP/person.csv"}, url
+        said = {row["srcfile"]: row["message"] for row in result.errors.to_dicts()}
+        if size:
+            assert set(said) == {"../site"} and f"named like the root itself, {url} (no '/' after it), holds 5 bytes" \
+                in said["../site"], said
+        else:
+            assert not said, said
+
+
+def test_a_run_asks_once_whether_its_cloud_root_is_there(clean_env, moto_s3, tmp_path):
+    # The run checked its roots before its `runs` row and the scan checked them again: the same listing of one key
+    # sent twice at every start.
+    bucket = moto_s3.new_bucket("once")
+    moto_s3.client().put_object(Bucket=bucket, Key="export/OMOP/person.csv", Body=b"person_id\n1\n")
+    (tmp_path / "chorus.toml").write_text(f'[s3]\nendpoint_url = "{moto_s3.endpoint_url}"\n')
+    seen = moto_s3.log.stat().st_size
+    out = cli("run", "--site", f"s3://{bucket}/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate",
+              cwd=tmp_path, env=moto_s3.env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    requests = moto_s3.log.read_bytes()[seen:].decode(errors="replace")
+    assert requests.count(f"GET /{bucket}?list-type=2&max-keys=1&prefix=export/") == 1, requests
+
+
 def test_odd_names_an_earlier_release_tracked_are_removed_saying_why_and_not_counted_against_max_delete(
         clean_env, moto_s3, monkeypatch, tmp_path):
     # A manifest an earlier release wrote tracked 'a/./b' and 'a//b': the next run left them out and recorded them as

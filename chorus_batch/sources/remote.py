@@ -112,6 +112,7 @@ class FsspecSource:
         self.description = self.location = mask_url(url)  # (spelt as one root by open_source: urls.root_url)
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
         self._whole_root_gone: str | None = None  # whole_root_gone(): "" when the root is there
+        self._checked = False  # check() found the root there: a run's later check() asks the storage no more
         if storage_options is not None:
             import fsspec
 
@@ -136,7 +137,14 @@ class FsspecSource:
         return f"{self.root}/{srcfile}" if self.root else srcfile
 
     def check(self) -> None:
-        """The root can be listed: a SourceError that says what to do if not (retried while transient)."""
+        """The root can be listed: a SourceError that says what to do if not (retried while transient). Asked once per
+        source: a run checks its roots before its `runs` row and again as its scan starts (scan() may be called
+        alone), which sent the same one-object listing twice; a root gone since is found by list_files, which asks
+        again (_check_now) when its listing holds no file."""
+        if not self._checked:
+            self._check_now()
+
+    def _check_now(self) -> None:
         try:
             ok = cloud_access.retrying(lambda: cloud_access.root_exists(self.fs, self.root)) if self.root else True
         except cloud_access.storage_errors() as exc:
@@ -149,6 +157,8 @@ class FsspecSource:
                                               known_top_missing=ok == "no_container", what=self.what)
             if not (self.empty_ok and getattr(error, "kind", None) == "empty_prefix"):
                 raise error
+            return
+        self._checked = True
 
     def whole_root_gone(self) -> str | None:
         """Why the root is not there as a whole, for a check that must read its files (sources.local.root_gone): a
@@ -209,12 +219,47 @@ class FsspecSource:
                         f"root folder) holds {size} bytes")
                        + ": no file can have this name, so it is not tracked; move its bytes to a file name")
                       for name, size in markers if size)
+        if size := self._root_named_object():
+            name = self.root.rpartition("/")[2]
+            errors.append((f"../{name}", "special_file",
+                           f"an object named like the root itself, {self.description.rstrip('/')} (no '/' after it), "
+                           f"holds {size} bytes: it is beside the root's folder, not in it, so it is not tracked; move "
+                           f"its bytes to a file under {self.description.rstrip('/')}/ (or give the folder above as "
+                           "the root)"))
         found = _pathless_left_out(found, errors)
         found = _folder_names_left_out(found, errors)
         if not found[0]:
-            self.check()  # a root that vanished since check() is an error, never an empty site
+            self._check_now()  # a root that vanished since check() is an error, never an empty site
         for start in range(0, len(found[0]), BATCH_ROWS):
             yield listing_batch(*(column[start:start + BATCH_ROWS] for column in found))
+
+    def _root_named_object(self) -> int:
+        """The size of an object named exactly like the root prefix (`site` of s3://b/site, beside `site/...`), which
+        the listing of `site/` does not hold: it was silently left out. 0 when there is none, it is empty or it is an
+        Azure folder blob (a folder marker, as `site/` is), or the root is a whole container or bucket. A listing of
+        one object from the root's name: no key under that prefix sorts before the name itself."""
+        container, _, prefix = self.root.strip("/").partition("/")
+        if not prefix:
+            return 0
+
+        def first() -> int:
+            if self._azure_sign_in:
+                client = cloud_access.sync_blob_service_client(self._azure_sign_in).get_container_client(container)
+                for blob in next(client.list_blobs(name_starts_with=prefix, include=["metadata"],
+                                                   results_per_page=1).by_page(), ()):
+                    return int(blob.size or 0) if blob.name == prefix and not is_folder_blob(blob.metadata) else 0
+                return 0
+            if hasattr(self.fs, "call_s3"):
+                page = self.fs.call_s3("list_objects_v2", Bucket=container, Prefix=prefix, MaxKeys=1)
+                for item in page.get("Contents") or ():
+                    return int(item.get("Size") or 0) if item["Key"] == prefix else 0
+            return 0
+
+        try:
+            return cloud_access.retrying(first)
+        except cloud_access.storage_errors() as exc:
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="list",
+                                       endpoint=cloud_access.endpoint_of(self.fs), sas_permissions=self._sas) from None
 
     @property
     def _azure_sign_in(self):
