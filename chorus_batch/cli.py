@@ -1159,7 +1159,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             # reader that left) is recorded as the run's outcome (its exit code), not as a success
             # (refuse_empty_first: a first run whose roots list no file to record is refused, exit 5, as once a
             # version exists; validate --site's temporary manifest is not: an empty folder is "nothing to check")
-            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet), report=summary, refuse_empty_first=True)
+            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet), report=summary, refuse_empty_first=True,
+                         checked=_output_checked)  # (a dry run's closed stdout: said after its settings' errors)
             faults.pause("run-returned")  # (tests: a signal as the early listing is shut down, the version committed)
         if not result.reported:  # (a dry run; a manifest in Azure, whose summary names it once uploaded back)
             summary(result)
@@ -1248,12 +1249,14 @@ def _findings_command(args: argparse.Namespace, result) -> str:
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     settings = _run_settings(args, target)
-    _output_checked()  # (before the listing)
     with _early_listing(settings, "status"):
         from .pipeline import status
         from .progress import Progress
 
-        result = status(settings, argv=argv, progress=Progress(quiet=args.quiet), refuse_empty_first=True)
+        # (a closed stdout refused once the site and manifest were checked, before the listing: `status --site
+        # nosuchdir >&-` is the mistyped site's usage error, exit 2, not the closed output's 3)
+        result = status(settings, argv=argv, progress=Progress(quiet=args.quiet), refuse_empty_first=True,
+                        checked=_output_checked)
     from .report import findings_text, status_csv, status_dict, status_text
 
     with _kept_exit_code(int(result.exit_code)):
@@ -2857,7 +2860,7 @@ def _refuse_closed_output(args: argparse.Namespace) -> None:
                               fix="start the command with standard output open (`> FILE`; `> /dev/null` to discard "
                               "it)")
         refused.outcome = "nothing was done"
-        if args.command in _PRINTING_COMMANDS:
+        if args.command in _PRINTING_COMMANDS or args.command == "run":  # (`run --dry-run`: as `status`)
             # Said when the command first writes, or where it would start its work (_output_checked): a usage error
             # found by the command (`files --as-of nosuch >&-`, `validate --rule nosuch >&-`) is said as one, exit 2,
             # not as the closed stdout, exit 3. They only read before that (validate records nothing before it).

@@ -89,7 +89,8 @@ def open_roots(settings: RunSettings) -> list[Root]:
 
 
 def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None,
-        report: Callable[[RunResult], None] | None = None, refuse_empty_first: bool = False) -> RunResult:
+        report: Callable[[RunResult], None] | None = None, refuse_empty_first: bool = False,
+        checked: Callable[[], None] | None = None) -> RunResult:
     """Run the pipeline once and (unless dry_run) commit a new version if anything changed.
 
     `refuse_empty_first` (the command line's `run` and `status`): a first run (no version yet) that would record no
@@ -100,10 +101,14 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
 
     `report` (the command line's summary) is called with the result before the run's end is recorded in `runs`
     (RunResult.reported is then True): a summary that cannot be written (a full disk, a reader that left) is part of
-    how the run ended, and `runs` records that, not the 0 of a run whose output was lost."""
+    how the run ended, and `runs` records that, not the 0 of a run whose output was lost.
+
+    `checked` (the command line's `status` and `run --dry-run`) is called once a dry run's settings, roots and manifest
+    were checked, before its listing: what it raises (a closed standard output) then comes after a mistyped --site's
+    usage error (exit 2), not before it."""
     try:
         return _run_settings(settings, argv=argv, progress=progress, report=report,
-                             refuse_empty_first=refuse_empty_first)
+                             refuse_empty_first=refuse_empty_first, checked=checked)
     except KeyboardInterrupt as exc:  # (the command line says it from the same attributes)
         _note_what_stands(exc)
         raise
@@ -126,7 +131,8 @@ def _note_what_stands(exc: BaseException) -> None:
 
 
 def _run_settings(settings: RunSettings, *, argv: list[str] | None, progress: Progress | None,
-                  report: Callable[[RunResult], None] | None, refuse_empty_first: bool = False) -> RunResult:
+                  report: Callable[[RunResult], None] | None, refuse_empty_first: bool = False,
+                  checked: Callable[[], None] | None = None) -> RunResult:
     """run, its note on a Ctrl-C aside."""
     refuse_while_starting()  # (a worker importing a caller's unguarded script: before the manifest is locked)
     if not isinstance(settings, RunSettings):  # a library caller's dict or path: said, not an AttributeError
@@ -155,7 +161,7 @@ def _run_settings(settings: RunSettings, *, argv: list[str] | None, progress: Pr
         try:
             with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
                 result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress,  # (its summary
-                             refuse_empty_first=refuse_empty_first)
+                             refuse_empty_first=refuse_empty_first, checked=checked)
                 # names the manifest in Azure: printed by the caller once the result says so)
                 result.change_set  # noqa: B018  read from the working copy while it exists
         except (KeyboardInterrupt, Stopped) as exc:
@@ -178,8 +184,8 @@ def _run_settings(settings: RunSettings, *, argv: list[str] | None, progress: Pr
                             [(settings.merge, "--merge", "the shards' staging folder")])
         check_staging(settings.merge)
         with staging_lock(settings.merge, merge=True):  # no shard rewritten while it is read and committed
-            return _run_logged(settings, argv, progress, delete_list, report, refuse_empty_first)
-    return _run_logged(settings, argv, progress, delete_list, report, refuse_empty_first)
+            return _run_logged(settings, argv, progress, delete_list, report, refuse_empty_first, checked)
+    return _run_logged(settings, argv, progress, delete_list, report, refuse_empty_first, checked)
 
 
 def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
@@ -204,13 +210,13 @@ def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
 
 def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
                 delete_list: pl.DataFrame | None, report: Callable[[RunResult], None] | None = None,
-                refuse_empty_first: bool = False) -> RunResult:
+                refuse_empty_first: bool = False, checked: Callable[[], None] | None = None) -> RunResult:
     """run, from its roots on: under the manifest's lock, logged in `runs`."""
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     made = preflight(settings, manifest)
     try:
-        return _checked_run(settings, argv, progress, delete_list, roots, manifest, report, refuse_empty_first)
+        return _checked_run(settings, argv, progress, delete_list, roots, manifest, report, refuse_empty_first, checked)
     finally:
         # a --parquet folder this run made and wrote nothing into (nothing committed, a refusal) is not left behind:
         # a reader refuses an empty snapshot folder
@@ -219,7 +225,7 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
 
 def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, delete_list: pl.DataFrame | None,
                  roots: list, manifest: Manifest, report: Callable[[RunResult], None] | None = None,
-                 refuse_empty_first: bool = False) -> RunResult:
+                 refuse_empty_first: bool = False, checked: Callable[[], None] | None = None) -> RunResult:
     """_run_logged once every setting was checked."""
     for position, root in enumerate(roots):  # a mistyped --site is exit 2 before the manifest is created or a `runs` row written
         try:
@@ -245,6 +251,8 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
     if settings.dry_run:
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
+        if checked is not None:
+            checked()
         result = _run(settings, manifest, roots, progress, run_id=None, delete_list=delete_list)
         if refuse_empty_first and result.refused is None:
             result.refused = _first_run_refused(settings, roots, result)
@@ -500,12 +508,12 @@ def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:
 
 
 def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None,
-           refuse_empty_first: bool = False) -> RunResult:
+           refuse_empty_first: bool = False, checked: Callable[[], None] | None = None) -> RunResult:
     """`chorus-batch status`: what a run would commit, path by path (RunResult.change_set), and the findings
     validation would give (RunResult.findings, unless validation is off); nothing is written. `refuse_empty_first`:
     as run's (RunResult.refused)."""
     return run(settings.model_copy(update={"dry_run": True}), argv=argv, progress=progress,
-               refuse_empty_first=refuse_empty_first)
+               refuse_empty_first=refuse_empty_first, checked=checked)
 
 
 def site_location(site: str) -> str:
