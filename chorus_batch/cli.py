@@ -921,8 +921,11 @@ def _log_settings(args: argparse.Namespace, target: _Target, settings) -> None:
         return str(value).lower() if isinstance(value, bool) else str(value)
 
     words = [f"{key} {shown(getattr(settings, field))} ({source(dest, key)})" for field, dest, key in _OVERRIDDEN]
+    # (the globs of both: [run] exclude and --exclude add up; it was said without either, the one setting unsourced)
+    excluded = " and ".join(name for name, globs in (("[run] exclude", target.config.run.exclude),
+                                                      ("--exclude", getattr(args, "exclude", None))) if globs)
     log.debug(f"settings: config {path or 'none'}; site {settings.site}; manifest {settings.db}; " + "; ".join(words)
-              + (f"; exclude {', '.join(settings.exclude)}" if settings.exclude else ""))
+              + (f"; exclude {', '.join(settings.exclude)} ({excluded})" if settings.exclude else ""))
 
 
 # `run` flags that do not shape a listing: left out of the arguments a shard records and reruns are told with
