@@ -314,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
                      "DIR/version=<label>/{manifest,changes,registry,scan_errors,findings}.parquet")
     run.add_argument("--rehash", action="store_true", help="hash every file, not only new or changed ones")
     run.add_argument("--dry-run", action="store_true", help="report what would change (the summary, the first "
-                     f"{DRY_RUN_LIMIT} changed paths, what validation would find); write nothing. `status` lists every path")
+                     f"{DRY_RUN_LIMIT} changed paths, what validation would find); write nothing. `status` lists more, `status --all` every path")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--version", dest="version_label", metavar="LABEL", help="version label (default: UTC start, YYYYMMDDhhmmss)")
     run.add_argument("--verify-sample", type=_percent, metavar="PERCENT",
@@ -333,10 +333,11 @@ def _parser() -> argparse.ArgumentParser:
         description="The changes a `run` would commit now, path by path (added, removed, replaced, renamed), and the "
                     "findings validation would give, without writing anything: no version, no run row, no cache "
                     "file; a manifest that does not exist is not created, one in Azure is read, not locked. The same "
-                    "as `run --dry-run`, with every path. Exit code 1 when validation would find errors (or the scan "
-                    "recorded problems), 5 when the run would be refused (--max-delete).",
+                    f"as `run --dry-run` (which shows the first {DRY_RUN_LIMIT} paths), with the first {STATUS_LIMIT} "
+                    "paths in its table (--limit N, --all), every one in --csv and --json. Exit code 1 when validation "
+                    "would find errors (or the scan recorded problems), 5 when the run would be refused (--max-delete).",
         epilog="examples:\n"
-               "  chorus-batch status --site /data/site --db /data/manifest.sqlite      # the first 50 changes\n"
+               f"  chorus-batch status --site /data/site --db /data/manifest.sqlite      # the first {STATUS_LIMIT} changes\n"
                "  chorus-batch status --config chorus.toml --all\n"
                "  chorus-batch status --site /data/new_submission --csv > would_change.csv   # before the first run\n"
                "  chorus-batch status --json | jq '.changes[] | select(.change == \"removed\") | .srcfile'\n\n"
@@ -921,8 +922,11 @@ def _log_settings(args: argparse.Namespace, target: _Target, settings) -> None:
         return str(value).lower() if isinstance(value, bool) else str(value)
 
     words = [f"{key} {shown(getattr(settings, field))} ({source(dest, key)})" for field, dest, key in _OVERRIDDEN]
+    # (the globs of both: [run] exclude and --exclude add up; it was said without either, the one setting unsourced)
+    excluded = " and ".join(name for name, globs in (("[run] exclude", target.config.run.exclude),
+                                                      ("--exclude", getattr(args, "exclude", None))) if globs)
     log.debug(f"settings: config {path or 'none'}; site {settings.site}; manifest {settings.db}; " + "; ".join(words)
-              + (f"; exclude {', '.join(settings.exclude)}" if settings.exclude else ""))
+              + (f"; exclude {', '.join(settings.exclude)} ({excluded})" if settings.exclude else ""))
 
 
 # `run` flags that do not shape a listing: left out of the arguments a shard records and reruns are told with
@@ -1249,11 +1253,12 @@ def _findings_command(args: argparse.Namespace, result) -> str:
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     settings = _run_settings(args, target)
-    _output_checked()  # (before the listing)
     with _early_listing(settings, "status"):
         from .pipeline import status
         from .progress import Progress
 
+        # (a closed stdout is refused once the site and its roots were checked, before the listing (pipeline's
+        # work_starts): `status --site nosuchdir >&-` is the mistyped site's usage error, exit 2, not the closed output's 3)
         result = status(settings, argv=argv, progress=Progress(quiet=args.quiet), refuse_empty_first=True)
     from .report import findings_text, status_csv, status_dict, status_text
 

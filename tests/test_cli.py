@@ -2195,6 +2195,14 @@ def test_verbose_says_the_config_read_and_where_each_setting_came_from(tmp_path)
                  "mode full (default)", "follow_symlinks false (default)"):
         assert said in line, (said, line)
     assert "settings: " not in cli("status", cwd=tmp_path).stderr  # (only under -v)
+    # the exclusion globs too (they add up: [run] exclude and --exclude); they were the one setting said unsourced
+    with open(tmp_path / "chorus.toml", "a", encoding="utf-8") as f:
+        f.write('exclude = ["*.tmp"]\n')
+    for flags, said in (((), "exclude *.tmp ([run] exclude)"),
+                        (("--exclude", "scratch/*"), "exclude *.tmp, scratch/* ([run] exclude and --exclude)")):
+        out = cli("status", "-v", *flags, cwd=tmp_path)
+        line = next((line for line in out.stderr.splitlines() if "settings: " in line), "")
+        assert line.endswith(said), (said, line)
 
 
 def test_a_quoted_tilde_in_any_output_path_is_the_home_folder(tmp_path):

@@ -238,3 +238,24 @@ def test_validation_examples_do_what_their_comments_say_in_the_sites_own_folder(
     # given by its recorded root, the site is the manifest's: its stored version, no folder checked on its own
     same = cli("validate", "--site", str(site), cwd=here)
     assert same.returncode == 0 and f"of {db}" in same.stdout and "on its own" not in same.stderr, same.stderr
+
+
+def test_status_and_dry_run_say_how_many_paths_they_show():
+    # `status --help` said "The same as `run --dry-run`, with every path", while its table shows the first 50 (its own
+    # first example says so) and `run --dry-run` the first 20: what the README and both helps say is what they print
+    import argparse
+
+    from chorus_batch.cli import DRY_RUN_LIMIT, STATUS_LIMIT, _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    status, run = sub.choices["status"], sub.choices["run"]
+    assert next(a.default for a in status._actions if "--limit" in a.option_strings) == STATUS_LIMIT
+    assert "with every path" not in status.description
+    assert f"`run --dry-run` (which shows the first {DRY_RUN_LIMIT} paths)" in status.description
+    assert f"the first {STATUS_LIMIT} paths in its table" in status.description
+    assert f"# the first {STATUS_LIMIT} changes" in status.epilog
+    dry = next(a.help for a in run._actions if "--dry-run" in a.option_strings)
+    assert f"the first {DRY_RUN_LIMIT} changed paths" in dry and "lists every path" not in dry
+    text = README.read_text(encoding="utf-8")
+    assert f"`run --dry-run`, which shows the first {DRY_RUN_LIMIT} paths" in text
+    assert f"The table shows the first {STATUS_LIMIT} changes and findings" in text

@@ -598,13 +598,16 @@ def test_a_command_whose_product_is_standard_output_refuses_it_closed(site, db, 
                                     "nosuch"],
                                    ["run", "--dry-run", "--site", "{site}", "--delete-list", "nosuch.txt"],
                                    ["run", "--dry-run", "--site", "{site}/nosuch"],
-                                   ["import-journal", "nosuch.journal", "--dry-run"]])
+                                   ["import-journal", "nosuch.journal", "--dry-run"],
+                                   ["status", "--site", "nosuch"], ["run", "--dry-run", "--site", "nosuch"]])
 def test_a_usage_error_with_standard_output_closed_is_a_usage_error(site, db, words):
     """`files --as-of nosuch >&-`, `validate --rule nosuch >&-`: the closed standard output was refused before the
     command checked its arguments, exit 3, where a usage error is 2 (README's exit codes) and says what to fix. The
     usage error wins; a closed stdout with good arguments is still refused before any work (the test above). So in
     every command whose product is standard output: `report --out -`, `upload --script`, the dry runs said the closed
-    output, exit 3, of a command line that was wrong (`--delete-list` without `--mode append`, a missing --site)."""
+    output, exit 3, of a command line that was wrong (`--delete-list` without `--mode append`, a missing --site).
+    `status --site nosuch >&-` (and `run --dry-run`) refused it before the pipeline checked the site: now once the
+    site and its roots are checked, before the listing."""
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     assert run(site, db, "-q", "--no-validate").returncode == 0
     before = query(db, "SELECT count(*) FROM runs")
