@@ -546,6 +546,22 @@ _NEVER_BY_ITSELF = {
 _PER_JOB_LIMIT = re.compile(r"(Assoc|QOS)Max\w*PerJob\w*")
 
 
+# Job states in which Slurm itself ended a job, and what to submit differently. A shard stopped at its --time was said
+# "shard 1 of 2: timeout" with a command that reruns it outside Slurm: submitted again as it was, it ends the same way.
+_ENDED_BY_SLURM = {"TIMEOUT": ("Slurm stopped it at its time limit", "a longer --time"),
+                   "OUT_OF_MEMORY": ("Slurm stopped it over its memory",
+                                     "a larger --mem, or fewer --cpus-per-task (each task's --workers)")}
+
+
+def ended_by_slurm(state: str) -> str | None:
+    """Why Slurm ended a shard's task in `state` and what to submit instead, or None when Slurm did not end it itself."""
+    if state not in _ENDED_BY_SLURM:
+        return None
+    why, instead = _ENDED_BY_SLURM[state]
+    more = ", or more --shards (each hashes less)" if state == "TIMEOUT" else ""
+    return f"{why}: submit again with {instead}{more}"
+
+
 def never_starts(reason: str) -> str | None:
     """Why a job pending for `reason` (squeue's %r) will not start by itself, or None when it may."""
     if reason in _NEVER_BY_ITSELF:
@@ -852,7 +868,9 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
                 out(f"  shard {k} of {job.shards}: {shard_state.lower()} (task {job.array_job}_{k}, still in Slurm's "
                     f"queue: let it finish, or `scancel {job.array_job}_{k}`); log {job.shard_log(k)}")
                 continue
-            out(f"  shard {k} of {job.shards}: {shard_state.lower()}; log {job.shard_log(k)}")
+            out(f"  shard {k} of {job.shards}: {shard_state.lower()}"
+                + (f" ({ended})" if (ended := ended_by_slurm(shard_state)) else "")
+                + f"; log {job.shard_log(k)}")
             if job.rerun_shard:
                 out(f"    rerun it: {job.shard_command(k)}")
         if job.rerun_merge:

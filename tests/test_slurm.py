@@ -1046,6 +1046,37 @@ def test_a_cancelled_shard_is_refused_by_the_merge_and_rerun_alone(slurm, small_
     slurm.wait_idle()
 
 
+def test_a_shard_stopped_at_its_time_limit_is_said_with_the_time_to_give_and_rerun_alone(slurm, small_site, tmp_path):
+    """`run --slurm --time 1` whose shards outlast it (held at their hashing): Slurm stops them (TIMEOUT) and the
+    follower said "shard 1 of 2: timeout" with a command that reruns it, not that the same submission ends the same
+    way and what to give instead. Then the merge by hand refuses, naming a shard and its rerun; each rerun alone, the
+    merge commits what a single-node run does. Staging on a path with spaces. (Slurm's limits are whole minutes: ~1 min.)"""
+    first, _second = small_site
+    ref, ref_codes = _reference(tmp_path, first)
+    db, staging = tmp_path / "my manifest.sqlite", tmp_path / "staging with spaces"
+    env = {**slurm.env, "CHORUS_BATCH_TEST_PAUSE": "hashing"}
+    out = cli("run", "--slurm", "--site", str(first), "--db", str(db), "--shards", "2", "--cpus-per-task", "1",
+              "--time", "1", "--staging", str(staging), env=env, timeout=400)
+    assert out.returncode == 2, out.stdout + out.stderr
+    timed_out = re.findall(r"shard (\d) of 2: timeout \(Slurm stopped it at its time limit: submit again with a longer "
+                           r"--time, or more --shards \(each hashes less\)\); log ", out.stdout)
+    assert timed_out and "nothing was committed" in out.stdout, out.stdout + out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+    shards = [int(k) for k in timed_out]
+    for k in shards:
+        refused = cli("run", "--site", str(first), "--db", str(db), "--workers", "1", "--merge", str(staging))
+        assert refused.returncode == 2 and f"shard {k}/2 is incomplete" in refused.stderr, refused.stderr
+        assert f"--shard {k}/2 --staging {shlex.quote(str(staging))}" in refused.stderr, refused.stderr
+        rerun = cli("run", "--site", str(first), "--db", str(db), "--workers", "1", "--shard", f"{k}/2", "--staging",
+                    str(staging), "-q")
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    merged = cli("run", "--site", str(first), "--db", str(db), "--workers", "1", "--merge", str(staging), timeout=300)
+    assert merged.returncode == ref_codes[0], merged.stdout + merged.stderr
+    assert _manifest_view(db)["current"] == _manifest_view(ref)["current"]
+    slurm.wait_idle()
+
+
 def test_ctrl_c_after_the_merge_committed_says_the_version_stays(slurm, small_site, tmp_path):
     """Ctrl-C on `run --slurm` cancels the jobs; it said "nothing was committed" even when the merge had committed
     its version before scancel stopped it. Now it says the merge had started and its version stays (and it does)."""
