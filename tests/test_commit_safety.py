@@ -465,3 +465,20 @@ def test_ctrl_c_in_a_library_run_is_noted_with_what_stands_and_the_next_run_goes
     assert len(notes) == 1 and notes[0].startswith("chorus_batch.run was interrupted: "), out
     assert stands.format(label=labels[0]) in notes[0], out
     assert len(labels) == 1 and ("'added': 1" in out) == (point == "commit"), out
+
+
+def test_a_link_planted_as_the_lock_file_makes_nothing_where_os_open_cannot_refuse_links(db, tmp_path, monkeypatch):
+    """Windows' os.open has no O_NOFOLLOW: the lock file was opened (O_CREAT) through a link planted as <db>.lock, so
+    the file it points to was made, and the run was then refused as "locked by an unknown process". Simulated here by
+    taking O_NOFOLLOW away: Linux's os.open then follows the link as Windows' does."""
+    from chorus_batch.errors import ManifestError
+    from chorus_batch.store.lock import manifest_lock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    target = tmp_path / "made-through-the-link"
+    Path(f"{db}.lock").symlink_to(target)
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    with pytest.raises(ManifestError) as caught, manifest_lock(db, ["run"]):
+        pass
+    assert f"the manifest's lock file is a symbolic link (to {target})" in str(caught.value.what)
+    assert not target.exists()

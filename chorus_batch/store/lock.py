@@ -358,6 +358,11 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[d
             require_folder(db)  # (a lock beside a missing manifest would make its folder)
         # Opened here first: filelock takes a lock file it cannot create (ENOENT, as in /proc) for one held by another.
         # Never through a symbolic link planted there: it made the file it points to (as root under cron, anywhere).
+        # Where os.open has no O_NOFOLLOW (Windows: a symbolic link made with mklink, by an administrator or in
+        # developer mode), it followed the link and made its target before filelock, which opens no reparse point,
+        # turned the run away as "locked by an unknown process": looked at first there (said as on POSIX).
+        if not hasattr(os, "O_NOFOLLOW") and lock_path.is_symlink():
+            raise OSError(errno.ELOOP, "the lock file is a symbolic link", str(lock_path))
         os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY))
         lock.acquire()
     except Timeout:
