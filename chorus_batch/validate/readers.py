@@ -1149,6 +1149,7 @@ def _mapping_facts(f) -> dict[str, Any]:
 # A cell that is NULL written as text (see _registry_facts), in any letter case: matched as it is, not lower-cased (a
 # lower-cased copy of every cell of a 1M-row registry took a second)
 _NULL_CELLS = sorted({"".join(c) for c in itertools.product(*zip("null", "NULL"))} | {"\\n", "\\N"})
+_NULL_CELL = r"^(?i:null|\\n)$"  # ... as pyarrow's (RE2) pattern of a whole cell
 # Multimodal-Linkage: trg_file is the delivered file's "Name and path", and the release root may be "a dated release
 # directory" or any name: a path written from the machine's or the release's root is cut to the site's own, from the
 # person folder before the last Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/; the last: the release's
@@ -1841,7 +1842,11 @@ def _csv_batches(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         )
         for batch in reader:
             rows += batch.num_rows
-            yield [pc.utf8_trim(batch.column(n), _WHITESPACE) for n in names]
+            # a NULL written as text (SQL exports write NULL, MySQL's \\N) is an empty cell, as the registry reader
+            # reads it (_NULL_CELLS): person.csv's "NULL" was a person without a folder, a visit_end_datetime "NULL"
+            # hid the visit's end date (its first 10 characters read as the date)
+            yield [pc.replace_substring_regex(pc.utf8_trim(batch.column(n), _WHITESPACE), pattern=_NULL_CELL,
+                                              replacement="") for n in names]
         if gate.nul:
             # pyarrow reads a NUL byte as any other character: the zeros of a copy that did not finish, in rows that
             # parse, or one in a value ("1\0"), gave a person id holding a NUL, not found beside its folder's

@@ -284,7 +284,9 @@ KIND_EDF = "edf_header.v4"
 # pyarrow's "invalid UTF8 data", "Expected 8 columns, got 1")
 # omop_person.v6, omop_visits.v9, waveform_links.v6 (and omop_procedures.v7) name the row longer than pyarrow's block
 # (v5, v8, v5, v6: "a row or a quoted value is longer than 4 MiB", not said which)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "waveform_links.v6"
+# omop_person.v7, omop_visits.v10, waveform_links.v7 read a cell written NULL, null or \\N as empty, as registry_csv.v4
+# does (v6, v9, v6: person.csv's "NULL" was a person_id without a folder, a visit_end_datetime "NULL" hid the end date)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v7", "omop_visits.v10", "waveform_links.v7"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
