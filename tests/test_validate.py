@@ -993,6 +993,19 @@ def test_ids_written_as_decimals_are_told_so(clean):
     assert message.endswith(f"write {visit[:-2]})"), message
 
 
+def test_visit_ids_that_visit_occurrence_csv_writes_as_decimals_are_told_so(clean):
+    """visit_occurrence.csv written by pandas (an integer column with empty cells) holds visit 5000 as 5000.0: the
+    registry's right visit_id 5000 was told "not in visit_occurrence.csv: fix the rows", as person.csv's decimals
+    are not (registry.unknown_person names them)."""
+    visit = str(sitegen.visit_id(0, 0))
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(f"\n{visit},", f"\n{visit}.0,"))(clean)
+    messages = validate(clean).filter(pl.col("rule") == "registry.unknown_visit")["message"].to_list()
+    assert len(messages) == 2 and all(m.endswith(
+        f"(visit_occurrence.csv writes visit_occurrence_ids as decimals, such as {visit} as {visit}.0: OMOP's "
+        "visit_occurrence_id is an integer; write visit_occurrence.csv's visit_occurrence_ids as integers)")
+        for m in messages), messages
+
+
 def test_a_registry_visit_is_checked_against_the_capture_times_of_its_rows(clean):
     """Multimodal-Linkage: visit_id is the person's visit "that overlaps with the timestamp of the file capture". A row
     captured after its visit ended was not told; a visit given by its dates alone spans the whole day."""
