@@ -1870,9 +1870,21 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         import pyarrow as pa  # 5.2 GiB as a dict of tuples; pc.unique keeps the order of first appearance)
         import pyarrow.compute as pc
 
-        parts = [pc.unique(batch[0].filter(pc.cast(pc.binary_length(batch[0]), pa.bool_())))  # ("": false)
-                 for batch in _csv_batches(f, raw_names, columns, wanted)]
-        return {wanted[0]: pc.unique(pa.chunked_array(parts, pa.string())).to_pylist() if parts else []}
+        parts, within = [], []  # (within: the values a batch repeats, a few)
+        for batch in _csv_batches(f, raw_names, columns, wanted):
+            values = batch[0].filter(pc.cast(pc.binary_length(batch[0]), pa.bool_()))  # ("": false)
+            parts.append(pc.unique(values))
+            if len(parts[-1]) < len(values):
+                counted = pc.value_counts(values)
+                within.append(counted.field(0).filter(pc.greater(counted.field(1), 1)))
+        distinct = pc.unique(pa.chunked_array(parts, pa.string())) if parts else pa.array([], pa.string())
+        # a value on more than one row (person.csv's key: one row per person): within a batch, or in two of them
+        if within or sum(map(len, parts)) > len(distinct):
+            counted = pc.value_counts(pa.chunked_array([*parts, *within], pa.string()))
+            repeated = pc.unique(counted.field(0).filter(pc.greater(counted.field(1), 1)))
+        else:
+            repeated = pa.array([], pa.string())
+        return {wanted[0]: distinct.to_pylist(), "repeated": repeated.to_pylist()[:5], "n_repeated": len(repeated)}
     seen: dict[tuple[str, ...], None] = {}
     for batch in _csv_batches(f, raw_names, columns, wanted):
         values = [column.to_pylist() for column in batch]
@@ -1951,6 +1963,9 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
                 values = _csv_columns(f, raw, facts["columns"], read, required=len(wanted))
             for w in read:
                 facts[w] = None if values is None else values[w]
+            if kind == KIND_PERSON:  # (person_ids on more than one row: a few, and how many)
+                facts["repeated_person_id"] = (values or {}).get("repeated", [])
+                facts["n_repeated_person_id"] = (values or {}).get("n_repeated", 0)
         return facts
 
     return read
