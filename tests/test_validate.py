@@ -331,6 +331,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("unknown_visit", links([(9999, S0["single"])]), {("links.unknown_visit", LINKS), SUPERSEDED_LINKS}),
     ("no_omop_row", persons_csv([P0, P1]), {("person.no_omop_row", f"{P2}/"), *UNKNOWN_IN_REGISTRIES}),
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
+    # (person.csv's key on two rows, each batch of pyarrow's or one: a loader refuses the table)
+    ("repeated_person", persons_csv([P0, P1, P2, P1]), {("person.repeated_id", "OMOP/person.csv")}),
     ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
      {("waveforms.session_id", f"{TELEMETRY}/night1/"), unlisted(f"{TELEMETRY}/night1/night1.dat")}),
     # a session folder named by a start stamp that is no date (month 13), in v1.0's Waveforms/<session>/: its files'
@@ -1059,6 +1061,19 @@ def test_ids_written_as_decimals_are_told_so(clean):
     assert message.endswith(f"write {visit[:-2]})"), message
 
 
+def test_visit_ids_that_visit_occurrence_csv_writes_as_decimals_are_told_so(clean):
+    """visit_occurrence.csv written by pandas (an integer column with empty cells) holds visit 5000 as 5000.0: the
+    registry's right visit_id 5000 was told "not in visit_occurrence.csv: fix the rows", as person.csv's decimals
+    are not (registry.unknown_person names them)."""
+    visit = str(sitegen.visit_id(0, 0))
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(f"\n{visit},", f"\n{visit}.0,"))(clean)
+    messages = validate(clean).filter(pl.col("rule") == "registry.unknown_visit")["message"].to_list()
+    assert len(messages) == 2 and all(m.endswith(
+        f"(visit_occurrence.csv writes visit_occurrence_ids as decimals, such as {visit} as {visit}.0: OMOP's "
+        "visit_occurrence_id is an integer; write visit_occurrence.csv's visit_occurrence_ids as integers)")
+        for m in messages), messages
+
+
 def test_a_registry_visit_is_checked_against_the_capture_times_of_its_rows(clean):
     """Multimodal-Linkage: visit_id is the person's visit "that overlaps with the timestamp of the file capture". A row
     captured after its visit ended was not told; a visit given by its dates alone spans the whole day."""
@@ -1149,6 +1164,22 @@ def test_a_registry_cell_written_null_is_empty(clean, null):
     edit("OMOP/procedure_occurrence.csv", lambda t: re.sub(rf"^({proc},[^\n]*,)[^,\n]*$", r"\g<1>", t, flags=re.M))(clean)
     assert null in (clean / "image_registry.csv").read_text()
     assert found(clean) == set()
+
+
+@pytest.mark.parametrize("null", ["null", "NULL", "\\N"])
+def test_an_omop_cell_written_null_is_empty(clean, tmp_path, null):
+    """A table exported from SQL writes NULL (MySQL: \\N) where a value is missing, as the registries may: person.csv's
+    row of a NULL person_id was told as a person without a folder ("e.g. NULL"), and a visit_end_datetime NULL was
+    taken as the visit's end over its visit_end_date (read as the datetime's first 10 characters: no end at all)."""
+    from chorus_batch.validate.readers import parse_facts
+
+    edit("OMOP/person.csv", lambda t: t + f"{null},8507,1970,0,0\n")(clean)
+    assert found(clean) == set()
+    write(tmp_path, "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id,visit_end_date,visit_end_datetime\n"
+                                                 f"1,{null},2024-01-02,{null}\n{null},5,2024-01-03,\n")
+    with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
+        facts = parse_facts("omop_visits.v10", f)
+    assert (facts["visit_occurrence_id"], facts["person_id"], facts["visit_end"]) == ("1", "", "2024-01-02"), facts
 
 
 def test_a_stream_based_submission_that_says_where_its_times_fall_is_not_told(clean):
@@ -1332,7 +1363,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "omop_person.v8", "omop_visits.v10", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v17", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1411,15 +1442,15 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
     body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
     write(tmp_path, "OMOP/person.csv", body)
-    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v6"))
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v8"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
 @pytest.mark.parametrize(("kind", "name", "header"), [
-    ("omop_person.v6", "OMOP/person.csv", "person_id,note"),
-    ("omop_visits.v9", "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id"),
-    ("waveform_links.v6", "OMOP/waveform_visit_links.csv", "visit_occurrence_id,session_id"),
+    ("omop_person.v8", "OMOP/person.csv", "person_id,note"),
+    ("omop_visits.v10", "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id"),
+    ("waveform_links.v7", "OMOP/waveform_visit_links.csv", "visit_occurrence_id,session_id"),
     ("omop_procedures.v7", "OMOP/procedure_occurrence.csv", "procedure_occurrence_id,procedure_concept_id")])
 def test_a_csv_row_too_long_to_parse_is_named_by_its_row(tmp_path, kind, name, header):
     """A 10 MiB value in row 200,002 of a table was told "a row or a quoted value is longer than 4 MiB": which
@@ -1456,12 +1487,12 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     body = b"person_id,note\n000001,a\n000002,b\n" + b"\0" * (12 << 20)
     write(tmp_path, "OMOP/person.csv", body)
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v6", f)
+        facts = parse_facts("omop_person.v8", f)
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
-    ("omop_person.v6", "OMOP/person.csv", "person_id,note\n000001,a\n"),
+    ("omop_person.v8", "OMOP/person.csv", "person_id,note\n000001,a\n"),
     ("omop_procedures.v7", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv",
@@ -1585,7 +1616,7 @@ def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_
     assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1601,7 +1632,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v6", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1618,7 +1649,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v17", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
-    ("omop_person.v6", "OMOP/person.csv", "person_id (column 2)"),
+    ("omop_person.v8", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
     """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
@@ -1629,7 +1660,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
-            "omop_person.v6": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+            "omop_person.v8": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
     with open(tmp_path / name, "rb") as f:
         error = parse_facts(kind, f)["error"]
@@ -1638,7 +1669,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 @pytest.mark.parametrize("kind, name", [("registry_csv.v17", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
-                                        ("omop_person.v6", "OMOP/person.csv"), ("omop_visits.v9", "OMOP/visit_occurrence.csv"),
+                                        ("omop_person.v8", "OMOP/person.csv"), ("omop_visits.v10", "OMOP/visit_occurrence.csv"),
                                         ("omop_procedures.v7", "OMOP/procedure_occurrence.csv")])
 def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, kind, name):
     """A spreadsheet's Latin-1 export (µV as the byte 0xB5) was told as pyarrow's "CSV conversion error to string:
@@ -1648,8 +1679,8 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
 
     header = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
-              "omop_person.v6": "person_id,gender_concept_id",
-              "omop_visits.v9": "visit_occurrence_id,person_id",
+              "omop_person.v8": "person_id,gender_concept_id",
+              "omop_visits.v10": "visit_occurrence_id,person_id",
               "omop_procedures.v7": "procedure_occurrence_id,procedure_concept_id"}[kind]
     n = header.count(",") + 1
     good = ",".join(["1"] * n) + "\r\n"
@@ -1665,14 +1696,14 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
 
 @pytest.mark.parametrize("kind, name", [("registry_csv.v17", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
-                                        ("omop_visits.v9", "OMOP/visit_occurrence.csv")])
+                                        ("omop_visits.v10", "OMOP/visit_occurrence.csv")])
 def test_a_line_of_spaces_among_a_csvs_rows_is_told_as_a_blank_line(tmp_path, kind, name):
     """A line of spaces or tabs (pyarrow passes over an empty one) was told "Row #4: Expected 8 columns, got 1"."""
     from chorus_batch.validate.readers import OWN_REMEDY, parse_facts
 
     header = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
-              "omop_visits.v9": "visit_occurrence_id,person_id"}[kind]
+              "omop_visits.v10": "visit_occurrence_id,person_id"}[kind]
     good = ",".join(["1"] * (header.count(",") + 1)) + "\n"
     write(tmp_path, name, header + "\n" + good * 2 + " \t \n" + good)
     with open(tmp_path / name, "rb") as f:
@@ -1706,8 +1737,8 @@ def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
 
 
 @pytest.mark.parametrize("kind, name, header, empty", [
-    ("omop_person.v6", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v9", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("omop_person.v8", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
+    ("omop_visits.v10", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v7", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v17", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
@@ -1722,7 +1753,7 @@ def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadab
     with open(tmp_path / name, "rb") as f:
         facts = parse_facts(kind, f)
     assert "error" not in facts, facts
-    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v9 keeps a column as one text)
+    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v10 keeps a column as one text)
 
 
 def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
@@ -2688,6 +2719,25 @@ def test_a_content_under_many_person_folders_is_said_with_a_few_of_them_and_thei
                                  "000103, 000104, 000105 and 7 more): keep it under its own person only")
 
 
+def test_person_ids_on_more_than_one_row_are_kept_within_a_block_and_across_blocks(tmp_path, clean):
+    """person.csv's key given twice (a person's rows from two source systems) passed without a word: the reader kept
+    the distinct ids only. Repeats are found within one of pyarrow's 4 MiB blocks and across them."""
+    from chorus_batch.validate.readers import parse_facts
+
+    rows = [f"{k},8507,1960,0,0" for k in range(1, 600_001)]  # (~11 MiB: three blocks)
+    write(tmp_path, "OMOP/person.csv", "\n".join(["person_id,gender_concept_id,year_of_birth,race_concept_id,"
+                                                  "ethnicity_concept_id", *rows[:10], "5,0,0,0,0", *rows[10:],
+                                                  "7,0,0,0,0", "7,0,0,0,0", "599999,0,0,0,0", ",0,0,0,0", "1,0,0,0,0"]) + "\n")
+    with open(tmp_path / "OMOP/person.csv", "rb") as f:
+        facts = parse_facts("omop_person.v8", f)
+    assert len(facts["person_id"]) == 600_000
+    assert (sorted(facts["repeated_person_id"]), facts["n_repeated_person_id"]) == (["1", "5", "599999", "7"], 4), facts
+    persons_csv([P0, P1, P2, P1, P0])(clean)
+    assert validate(clean).filter(pl.col("rule") == "person.repeated_id")["message"].to_list() == [
+        f"2 person_ids are on more than one row (e.g. {P0}, {P1}): person_id is the person table's key in CDM 5.4, "
+        "one row per person; keep one row of each person (or give each person their own person_id)"]
+
+
 def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     """visit_occurrence.csv can hold millions of rows: kept as lists of Python strings, 6M rows (two columns) held
     1.8 GiB and took 28 s to read in a hashing worker; each column is now one text, its values joined by a line
@@ -2697,7 +2747,7 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     write(tmp_path, "OMOP/visit_occurrence.csv",
           'visit_occurrence_id,person_id\n1,000001\n 2 , 2 \n,3\n4,\n"5\n6",7\n')
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v9", f)
+        facts = parse_facts("omop_visits.v10", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
 

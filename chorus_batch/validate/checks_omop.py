@@ -185,6 +185,12 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         .filter(pl.col("_lacking").list.len() > 0), "srcfile",
         fmt("the header lacks {}, which CDM 5.4 requires of the {} table (the upload procedure asks for the tables as "
             "CDM 5.4 defines them): export the table with these columns", pl.col("_lacking").list.join(", "), pl.col("_table"))))
+    # person.csv's key given on more than one row (a loader's primary key refuses the table; a person's rows may differ)
+    repeated = site.person.filter(_PARSED & (pl.col("n_repeated_person_id").fill_null(0) > 0))
+    out.append(_found("person.repeated_id", repeated, "srcfile", fmt(
+        "{} person_id{|s} {is|are} on more than one row (e.g. {}): person_id is the person table's key in CDM 5.4, one "
+        "row per person; keep one row of each person (or give each person their own person_id)",
+        pl.col("n_repeated_person_id"), pl.col("repeated_person_id").list.join(", "), n=pl.col("n_repeated_person_id"))))
     for table, columns in OMOP_MIN_COLUMNS.items():
         lacking = pl.concat_list([pl.when(~pl.col("columns").list.contains(c)).then(pl.lit(c)) for c in columns]
                                  ).list.drop_nulls()  # in the procedure's order

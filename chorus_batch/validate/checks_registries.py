@@ -187,10 +187,23 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     if site.visit_ids is not None:
         visits = usable.select("srcfile", pl.col("visit_id").alias("_v")).explode("_v").filter(
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))
-        out.append(_found("registry.unknown_visit", visits.group_by("srcfile").agg(pl.col("_v").sort()), "srcfile",
+        # visit_occurrence.csv's ids written as decimals (5000.0): the registry's 5000 is that visit, written otherwise
+        # there (as person.csv's are told: registry.unknown_person); "fix the rows" sent the site to rows that are right
+        written = (site.visit_ids.to_frame("_written").filter(pl.col("_written").str.contains(r"^\s*[0-9]+\.0*\s*$"))
+                   .with_columns(_key=_integer(pl.col("_written"))).unique("_key") if visits.height
+                   else pl.DataFrame(schema={"_written": pl.String, "_key": pl.String}))
+        as_decimal = (visits.with_columns(_key=_integer(pl.col("_v"))).join(written, on="_key")
+                      .sort("_v").group_by("srcfile").agg(_d=pl.col("_v").first(), _w=pl.col("_written").first()))
+        visits = visits.group_by("srcfile").agg(pl.col("_v").sort()).join(as_decimal, on="srcfile", how="left")
+        out.append(_found("registry.unknown_visit", visits, "srcfile",
                           fmt("visit_id{|s} {} {is|are} not in visit_occurrence.csv: fix the rows or leave visit_id "
-                              "empty where no visit overlaps{}", pl.col("_v").list.head(5).list.join(", "),
-                              _decimals("_v"), n=pl.col("_v").list.len())))
+                              "empty where no visit overlaps{}{}", pl.col("_v").list.head(5).list.join(", "),
+                              _decimals("_v"),
+                              pl.when(pl.col("_d").is_not_null()).then(fmt(
+                                  " (visit_occurrence.csv writes visit_occurrence_ids as decimals, such as {} as {}: "
+                                  "OMOP's visit_occurrence_id is an integer; write visit_occurrence.csv's "
+                                  "visit_occurrence_ids as integers)", pl.col("_d"), pl.col("_w"))).otherwise(pl.lit("")),
+                              n=pl.col("_v").list.len())))
     out += _visit_times(site, usable)
     out += _visit_missing(site, usable)
     out += _overlap(site, usable)

@@ -289,7 +289,11 @@ KIND_EDF = "edf_header.v4"
 # pyarrow's "invalid UTF8 data", "Expected 8 columns, got 1")
 # omop_person.v6, omop_visits.v9, waveform_links.v6 (and omop_procedures.v7) name the row longer than pyarrow's block
 # (v5, v8, v5, v6: "a row or a quoted value is longer than 4 MiB", not said which)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v6", "omop_visits.v9", "waveform_links.v6"
+# omop_person.v7, omop_visits.v10, waveform_links.v7 read a cell written NULL, null or \\N as empty, as registry_csv.v4
+# does (v6, v9, v6: person.csv's "NULL" was a person_id without a folder, a visit_end_datetime "NULL" hid the end date)
+# omop_person.v8 also keeps the person_ids given on more than one row (a few, and how many: person.repeated_id; v7 kept
+# the distinct ids only, a person given twice passed without a word)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v8", "omop_visits.v10", "waveform_links.v7"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -509,6 +513,11 @@ RULES: tuple[Rule, ...] = (
          "the linkage registries.",
          sop=((UPLOAD, 'Local File Organization'), (LINKAGE, 'B: REGISTRY CONSTRUCTION')),
          remedy="Name the folder by the person's person_id."),
+    Rule("person.repeated_id", "error", "person_id on more than one row",
+         "OMOP/person.csv gives a person_id on more than one row: it is the PERSON table's key in CDM 5.4, one row per "
+         "person.",
+         sop=((UPLOAD, 'OMOP EHR Folder'),),
+         remedy="Keep one row per person: remove the repeated rows, or give each person their own person_id."),
     Rule("person.split_folders", "error", "one person in two folders",
          "Person folders name the same person_id in other spellings (0001/ and 000001/: ids are compared without "
          "leading zeros, as OMOP stores them): the person's files lie in more than one folder.",

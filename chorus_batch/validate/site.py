@@ -57,7 +57,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                          "implied_size": pl.Int64,
                          "signals": pl.List(pl.Struct({"label": pl.String, "units": pl.String, "fs": pl.Float64}))}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
-    KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
+    KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String), "repeated_person_id": pl.List(pl.String),
+                            "n_repeated_person_id": pl.Int64}),
     # (each column one text of its values: readers._csv_joined; split where read, not decoded as a list)
     KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.String, "person_id": pl.String,
                             "visit_start": pl.String, "visit_end": pl.String}),
