@@ -482,3 +482,73 @@ def test_a_link_planted_as_the_lock_file_makes_nothing_where_os_open_cannot_refu
         pass
     assert f"the manifest's lock file is a symbolic link (to {target})" in str(caught.value.what)
     assert not target.exists()
+
+
+# ----------------------------------------------------------------------------- a manifest restored from a backup
+
+
+def _run_leaving_its_wal(site: Path, db: Path) -> None:
+    """A real run whose commit stays in `<db>-wal` (the manifest file may not grow: `ulimit -f`), as a run killed
+    before SQLite wrote the WAL into the file leaves it: the version committed, in the -wal only."""
+    import resource
+
+    limit = db.stat().st_size
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "-q", "--no-validate", "--site", str(site),
+                           "--db", str(db)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)))
+    assert done.returncode == 0 and f"only in {db}-wal" in done.stderr, done.stderr
+    assert Path(f"{db}-wal").stat().st_size > 0
+
+
+def _nights(site: Path, db: Path, tmp_path: Path) -> Path:
+    """Night 1, then a backup of the manifest (cp, no run going), night 2 (one new file: its rows fit in pages the
+    manifest had, page 1 untouched by SQLite itself), and night 3 whose commit is still in the -wal."""
+    write(site, "000001/Waveforms/Telemetry/1/1.dat", b"one")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    backup = tmp_path / "backup" / db.name
+    backup.parent.mkdir()
+    backup.write_bytes(db.read_bytes())
+    write(site, "000002/Waveforms/Telemetry/2/2.dat", b"two")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    for i in range(3, 60):
+        write(site, f"{i:06d}/Waveforms/Telemetry/{i}/{i}.dat", f"signal {i}".encode())
+    _run_leaving_its_wal(site, db)
+    return backup
+
+
+@pytest.mark.skipif(os.name == "nt", reason="ulimit -f")
+def test_a_manifest_restored_from_a_backup_beside_a_later_runs_wal_is_refused(site, db, tmp_path):
+    """A site restores its manifest from last week's backup (cp over the file) while the -wal and -shm a later, stopped
+    run left stay beside it: SQLite applied that -wal to the restored file at the next open, without a word, and the
+    manifest became a mix of the two (here: the backup's one version and the -wal's three, over the backup's rows).
+    Now every command refuses it before SQLite opens it, exit 3, naming the files and what to do, nothing changed."""
+    backup = _nights(site, db, tmp_path)
+    db.write_bytes(backup.read_bytes())  # the restore: cp backup/manifest.sqlite manifest.sqlite
+    sides = [Path(f"{db}-wal"), Path(f"{db}-shm")]
+    before = {path: path.read_bytes() for path in (db, *sides)}
+    for args in (("versions",), ("run", "-q", "--no-validate", "--site", str(site))):
+        done = cli(*args, "--db", str(db))
+        assert done.returncode == ExitCode.FAILED, done.stderr
+        assert "not this manifest file's" in done.stderr and "restored" in done.stderr, done.stderr
+        assert f"mv {sides[0]} {sides[1]} aside/" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert {path: path.read_bytes() for path in (db, *sides)} == before
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for side in sides:
+        side.rename(aside / side.name)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]  # the backup's state, whole
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="ulimit -f")
+def test_a_wal_a_stopped_run_left_beside_its_own_manifest_is_still_applied(site, db, tmp_path):
+    """The crash-recovery case is not refused: the -wal a stopped run left beside the same manifest file holds its
+    committed version, which the next command reads (SQLite applies it), and the next run writes into the file."""
+    _nights(site, db, tmp_path)
+    done = cli("versions", "--db", str(db))
+    assert done.returncode == 0 and "not this manifest" not in done.stderr, done.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(3,)]
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]

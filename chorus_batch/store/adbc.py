@@ -21,6 +21,8 @@ KeyboardInterrupt once the call returns.
 
 from __future__ import annotations
 
+import contextlib
+
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -83,6 +85,7 @@ class Connection:
     def __init__(self, db: _lib.AdbcDatabase, conn: _lib.AdbcConnection):
         self._db, self._conn = db, conn
         self._cursors: list[Cursor] = []
+        self._written = 0  # SQLite's total_changes() as the last transaction ended
 
     def cursor(self) -> Cursor:
         cursor = Cursor(self._conn)
@@ -90,10 +93,18 @@ class Connection:
         return cursor
 
     def commit(self) -> None:
-        self._conn.commit()
+        from .manifest import touch_page_one  # (each transaction that wrote writes page 1 too: see there)
+
+        with Cursor(self._conn) as cursor:
+            if cursor.execute("SELECT total_changes()").fetchone() != (self._written,):
+                touch_page_one(cursor.execute)
+            self._conn.commit()
+            (self._written,) = cursor.execute("SELECT total_changes()").fetchone()
 
     def rollback(self) -> None:
         self._conn.rollback()
+        with contextlib.suppress(Exception), Cursor(self._conn) as cursor:  # (at worst: the next commit touches it)
+            (self._written,) = cursor.execute("SELECT total_changes()").fetchone()
 
     def close(self) -> None:
         """Close the cursors, then the connection (SQLite rolls back what was not committed)."""

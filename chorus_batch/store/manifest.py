@@ -19,6 +19,7 @@ import os
 import shlex
 import socket
 import sqlite3
+import struct
 import threading
 import urllib.parse
 import uuid
@@ -198,6 +199,16 @@ def one_library(path: Path, library: str) -> Iterator[None]:
         _release(key, library)
 
 
+def touch_page_one(execute: Callable[..., Any]) -> None:
+    """In a transaction that wrote, as it commits: write page 1 too (its `user_version` field counts the manifest's
+    commits), so that SQLite raises the file change counter it holds in every WAL it writes, and in the file as the
+    WAL is checkpointed. A commit that wrote no other field of page 1 (a row that fitted in a page the file had)
+    left it as it was, and a manifest restored from a backup could not be told from the state a killed run's -wal
+    beside it was written on (foreign_wal)."""
+    (count,) = execute("PRAGMA user_version").fetchone()
+    execute(f"PRAGMA user_version = {(int(count) + 1) % 2**31}")
+
+
 class _Sqlite3Connection(sqlite3.Connection):
     """A sqlite3 connection counted as open (one_library) until closed."""
 
@@ -216,6 +227,32 @@ class _Sqlite3Connection(sqlite3.Connection):
             super().close()
         finally:
             self._uncount()
+
+    # Each transaction that wrote also writes page 1 (touch_page_one), as it commits (`commit()`, or `with con:`).
+    def commit(self) -> None:
+        self._touch()
+        try:
+            super().commit()
+        finally:
+            self._written = self.total_changes
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._written = self.total_changes
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> Any:
+        if kind is None:
+            self._touch()
+        try:
+            return super().__exit__(kind, value, traceback)
+        finally:
+            self._written = self.total_changes
+
+    def _touch(self) -> None:
+        if self.in_transaction and self.total_changes != getattr(self, "_written", 0):
+            touch_page_one(self.execute)
 
     def __del__(self) -> None:  # (a connection dropped unclosed is closed by SQLite as it goes)
         self._uncount()
@@ -253,6 +290,89 @@ def _beside(work: Callable[[], None] | None, failed: list[BaseException]) -> Ite
     finally:
         thread.join()
 
+
+
+_WAL_MAGIC = (0x377F0682, 0x377F0683)  # (the low bit: the checksums' words are big-endian)
+
+
+def _wal_sum(data: bytes, big: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of `data` (a multiple of 8 bytes), from zero (sqlite.org/fileformat2.html#walformat)."""
+    words = struct.unpack(f"{'>' if big else '<'}{len(data) // 4}I", data)
+    s0 = s1 = 0
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _wal_page_one(wal: Path) -> tuple[bytes, int, list[int]] | None:
+    """The WAL's header, its page size, and the file change counter of each copy of page 1 in its committed frames
+    (those of its current generation, up to its last commit: what SQLite applies); None when SQLite would ignore it
+    (too short, not a WAL, a header whose checksum fails). Only frame headers are read, and page 1's first bytes."""
+    with open(wal, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(32)
+        if len(head) < 32:
+            return None
+        magic, _version, page_size, _sequence, salt1, salt2, sum1, sum2 = struct.unpack(">8I", head)
+        if magic not in _WAL_MAGIC or _wal_sum(head[:24], magic & 1 == 1) != (sum1, sum2):
+            return None
+        committed: list[int] = []
+        pending: list[int] = []
+        at = 32
+        while at + 24 + page_size <= size:
+            f.seek(at)
+            frame = f.read(28)
+            number, commit, frame_salt1, frame_salt2 = struct.unpack(">4I", frame[:16])
+            if number == 0 or (frame_salt1, frame_salt2) != (salt1, salt2):
+                break  # (an earlier generation's frames, which SQLite ignores)
+            if number == 1:
+                f.seek(at + 24 + 24)
+                pending.append(int.from_bytes(f.read(4), "big"))
+            if commit:
+                committed += pending
+                pending = []
+            at += 24 + page_size
+    return head, page_size, committed
+
+
+def foreign_wal(path: Path) -> str | None:
+    """How the -wal beside the manifest file at `path` shows that it is not that file's (its commits were made on
+    another state of the manifest: a manifest restored from a backup, or copied over, beside a killed run's -wal),
+    else None. SQLite would apply its pages to the file without a word, and the manifest would silently become a mix
+    of the two. A WAL of this file begins where the file stood when it began: every copy of page 1 in it carries the
+    file change counter of that state plus one or more, and a checkpoint writes one of them into the file; a file
+    whose counter is none of these (an older backup's is lower) never had this WAL. A WAL with no page 1 committed
+    (or one SQLite ignores) tells nothing, and is left to SQLite, as is a WAL a live run restarts meanwhile."""
+    wal = Path(f"{path}-wal")
+    try:
+        if not wal.is_file() or wal.stat().st_size <= 32:
+            return None
+        first = _wal_page_one(wal)
+        if first is None or not first[2]:
+            return None
+        with open(path, "rb") as f:
+            header = f.read(100)
+        again = _wal_page_one(wal)  # (read after the file: a run's checkpoint meanwhile wrote a page 1 listed here)
+    except OSError:
+        return None  # (unreadable: SQLite's own open says so)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None  # (not a database: the open says so)
+    if again is None or again[0] != first[0]:
+        return None  # a live run restarted its WAL meanwhile: its own
+    _head, page_size, counters = again
+    db_page_size = int.from_bytes(header[16:18], "big")
+    db_page_size = 65536 if db_page_size == 1 else db_page_size
+    counter = int.from_bytes(header[24:28], "big")
+    if page_size != db_page_size:
+        return f"its pages are {page_size} bytes, the manifest's {db_page_size}"
+    if counter < counters[0] - 1:
+        return (f"the manifest file is older than the state the -wal's commits were made on (its change counter is "
+                f"{counter}; the -wal's commits began at {counters[0] - 1})")
+    if counter != counters[0] - 1 and counter not in counters:
+        return (f"the manifest file is not the state the -wal's commits were made on, nor one they led to (its change "
+                f"counter is {counter}; the -wal's run from {counters[0] - 1} to {counters[-1]})")
+    return None
 
 
 def require_folder(path: Path) -> None:
@@ -430,6 +550,8 @@ class Manifest:
         -shm file, which SQLite cannot create there ("attempt to write a readonly database" on every read);
         read-only it reads an existing readable -shm (mode=ro), else the file as it is (immutable=1: no -shm,
         no locks), which is the whole manifest only while no -wal holds commits not yet checkpointed into it."""
+        if self._source is None and self.path.is_file() and (why := foreign_wal(self.path)) is not None:
+            self._refuse_foreign_wal(why)
         if self._source is not None:
             if self._source.endswith("immutable=1"):
                 self._check_no_wal()  # again at each open: a reader (a notebook) outlives runs committing meanwhile
@@ -474,6 +596,19 @@ class Manifest:
             self._source = source
             return source
         return plain
+
+    def _refuse_foreign_wal(self, why: str) -> None:
+        """Refused before SQLite opens the manifest (which would apply the -wal's pages to it): a -wal that is not this
+        file's (foreign_wal). Nothing is changed: the manifest, its -wal and -shm stay as they are."""
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        aside = [shlex.quote(str(side)) for side in (wal, shm) if side.exists()]
+        raise ManifestError(
+            f"the -wal file beside the manifest is not this manifest file's: {why}. SQLite would write its commits into "
+            f"this file and make it a mix of two states of the manifest (a manifest restored from a backup, or copied "
+            f"over, while a stopped run's -wal and -shm stayed beside it); nothing was changed", where=str(wal),
+            fix=f"if you restored {self.path.name} from a backup (or copied it there), move the files SQLite left beside "
+                f"the old one aside (mkdir aside && mv {' '.join(aside)} aside/) and run again: the manifest is then the "
+                f"backup's state; if not, put back the manifest file that -wal belongs to")
 
     def _check_no_hot_journal(self) -> None:
         """Refused to a user who cannot write the manifest or its folder while a -journal beside it holds an edit cut
