@@ -1500,3 +1500,40 @@ def test_tables_the_import_does_not_read_are_a_note_with_their_rows(schema, tmp_
     assert note["severity"] == "info" and f"does not read (a newer chorus-upload's, or the other schema's left " \
         f"beside it?): {unread}; what they hold is not imported" in note["message"], note
     assert query(tmp_path / "m.sqlite", "SELECT count(*) FROM versions") == [(2,)]
+
+
+def test_a_run_turned_away_by_an_import_is_recorded_in_the_manifest_it_made(tmp_path):
+    """A run started while an import held the manifest's lock was refused (exit 4) and noted itself beside the
+    manifest, for the holder to record as it lets go, as every command holding the lock does (Manifest.lock): the
+    import took the lock its own way, never recorded it, and <db>.runs-pending.jsonl stayed beside the new manifest."""
+    db, site = tmp_path / "m.sqlite", build_site(tmp_path)
+    resume = tmp_path / "go"
+    proc = paused("import-journal", str(JOURNALS["A"]), "--db", str(db), "--to", "az://central/", at="commit",
+                  resume=resume)
+    try:
+        refused = cli("run", "--site", str(site), "--db", str(db))
+        assert refused.returncode == 4 and "locked by another command" in refused.stderr, refused.stderr
+        assert "`chorus-batch import-journal`" in refused.stderr and f"pid {proc.pid} on host" in refused.stderr
+        assert "started 20" in refused.stderr
+    finally:
+        resume.touch()
+        proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert not Path(f"{db}.runs-pending.jsonl").exists()
+    runs = query(db, "SELECT mode, exit_code, message FROM runs ORDER BY run_id")
+    assert runs[0][0] == "import" and runs[1][1] == 4 and "locked by another command" in runs[1][2], runs
+
+
+def test_a_run_after_a_killed_import_removes_the_manifest_it_was_building(tmp_path):
+    """An import killed mid-way (SIGKILL: no clean-up) left its temporary manifest beside --db, the site's paths in
+    it; only a next import removed it, and a site that went on with `run` kept it for good. Whatever command takes
+    the lock next removes it: no import is building one while the lock is held."""
+    db, site = tmp_path / "m.sqlite", build_site(tmp_path)
+    proc = _start(JOURNALS["A"], db, "--to", "az://central/", pause="commit")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert list(tmp_path.glob(".m.sqlite.importing-*"))
+    out = cli("run", "--site", str(site), "--db", str(db), "-q")
+    assert out.returncode in (0, 1), out.stderr
+    assert not list(tmp_path.glob(".m.sqlite.importing-*"))
+    assert [row[0] for row in query(db, "SELECT count(*) FROM versions")] == [1]

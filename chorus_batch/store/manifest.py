@@ -459,6 +459,19 @@ def _say_missing_indexes(path: Path, lacking: list[str]) -> None:
                 f"{shlex.quote(str(path))}` (or the next run) creates them again")
 
 
+def importing_path(path: Path) -> Path:
+    """The temporary manifest `import-journal` builds beside the manifest at `path` (under its lock), then renames."""
+    return path.with_name(f".{path.name}.importing-{os.getpid()}")
+
+
+def remove_killed_imports(path: Path) -> None:
+    """The temporary manifests (and SQLite's files beside them) that imports into `path` killed mid-way left: they
+    hold the site's paths. Called under the manifest's run lock, which every import holds: none is being built."""
+    for leftover in path.parent.glob(f".{path.name}.importing-*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -1026,6 +1039,10 @@ class Manifest:
     def _locked(self, argv: list[str], kind: str) -> Iterator[dict | None]:
         with manifest_lock(self.path, argv, kind=kind) as left:
             self.left_by_killed = left if kind == "run" else None  # (begin_run records a run's that has no row)
+            if kind == "run" and left is not None and left.get("command") == "import-journal":
+                # (a killed import's temporary manifest, the site's paths in it: only a next import removed it, and a
+                # site that went on with `run` kept it for good)
+                remove_killed_imports(self.path)
             try:
                 yield left
             finally:

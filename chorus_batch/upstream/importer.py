@@ -33,8 +33,7 @@ from ..errors import ChorusError, ExitCode, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
-from ..store.lock import manifest_lock
-from ..store.manifest import give_back_freed_memory, refuse_unwritable_name
+from ..store.manifest import Manifest, give_back_freed_memory, importing_path, refuse_unwritable_name, remove_killed_imports
 from ..units import command_word, plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
@@ -144,14 +143,16 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
 
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
                           central=central_url, n_rows=n_rows, replaced=empty)
-    building = target.with_name(f".{target.name}.importing-{os.getpid()}")
+    manifest = Manifest(target)  # (its real path: the lock, and the temporary file, as every command names them)
+    building = importing_path(manifest.path)
     written = f"the manifest was written to {db}, with the journal's {plural(len(trees), 'version')}"  # (what a stop after it says)
-    # The manifest's own lock (as a run takes it): one import at a time, and no run creating it meanwhile. A dry
-    # run takes it too: it builds the same temporary file beside --db, which a real import removes as a killed
-    # import's leftover (it holds the site's paths).
+    # The manifest's own lock, taken as every command takes it (Manifest.lock: one file, the same checks; the runs it
+    # turned away recorded in the new manifest as it lets go): one import at a time, and no run creating it meanwhile.
+    # A dry run takes it too: it builds the same temporary file beside --db, which a real import (or the next run)
+    # removes as a killed import's leftover (it holds the site's paths).
     published = False
-    with manifest_lock(target, list(argv or [])):
-        _remove_stale(target)
+    with manifest.lock(list(argv or [])):
+        remove_killed_imports(manifest.path)
         if empty and not _without_history(target):  # (a run committed a version meanwhile)
             raise UsageError(f"{db} received a version while the journal was read; it was left as it is", where=db,
                              fix="pass --db with a new file name")
@@ -178,7 +179,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
             _remove(building)
             if not target.exists():  # nothing imported: no lock file of a manifest that is not there
                 with contextlib.suppress(OSError):
-                    Path(f"{target}.lock").unlink()
+                    Path(f"{manifest.path}.lock").unlink()
     if site is not None:
         try:
             result.status = _check_site(settings, argv, progress)
@@ -220,14 +221,6 @@ def _azure(url: str) -> bool:
     from ..sources.cloud import AZURE_PROTOCOLS, protocol_of
 
     return protocol_of(url) in AZURE_PROTOCOLS
-
-
-def _remove_stale(target: Path) -> None:
-    """Temporary manifests that killed imports into `target` left (they hold the site's paths, so they do not
-    stay behind). Called under the manifest's lock: no other import into `target` is running."""
-    for leftover in target.parent.glob(f".{target.name}.importing-*"):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
 
 
 _LABEL_FIX = ("the labels are chorus-upload's --version values and a version's central folder, so they are not renamed "
