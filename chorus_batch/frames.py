@@ -394,3 +394,17 @@ def visit_moment(exact: pl.Expr, day: pl.Expr, *, end: bool) -> pl.Expr:
         # files' visit_id was empty, exit 0, without a word
         exact_at = pl.when(exact_at == whole).then(None).otherwise(exact_at)
     return pl.coalesce(exact_at, whole + pl.duration(days=1) - pl.duration(seconds=1) if end else whole)
+
+
+def linkage_without_rows(procedures: pl.DataFrame | pl.LazyFrame,
+                         proc_ids: pl.Series | pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The linkage rows of a site's procedure_occurrence.csv whose procedure_occurrence_id is no registry row's proc_id.
+
+    `procedures`: id (Int64) and linkage (the row's procedure_concept_id is 4180938 Imaging or 4141651 Monitoring, the
+    concepts of the rows the Multimodal-Linkage procedure makes from the registries); `proc_ids`: the registries'
+    proc_ids (Int64; a frame's column proc_id). Such a row was made from a registry row since gone (its session
+    deleted, its person removed, after the rows were merged): a procedure linking no file delivered. `registry` warns
+    of those whose id it gave; `validate` tells them as registry.linkage_without_files. Returns the rows' ids (id)."""
+    given = proc_ids.to_frame("proc_id") if isinstance(proc_ids, pl.Series) else proc_ids
+    return (procedures.lazy().filter(pl.col("linkage")).select("id").unique()
+            .join(given.lazy().select(id=pl.col("proc_id")).drop_nulls().unique(), on="id", how="anti"))

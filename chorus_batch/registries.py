@@ -33,7 +33,7 @@ import polars as pl
 
 from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
-from .frames import STAMP, ZONE_DROPPED, fmt, has_zone, visit_moment
+from .frames import STAMP, ZONE_DROPPED, fmt, has_zone, linkage_without_rows, visit_moment
 from .fsutil import (complete_interrupted_sets, missing_folders, private_folder, remove_empty_folders,
                      write_private_together)
 from .progress import Progress, log
@@ -695,11 +695,12 @@ def _procedures_without_rows(manifest: Manifest, taken: pl.DataFrame, given: pl.
     latest = manifest.query_frame("SELECT max(label) AS label FROM versions", schema={"label": pl.String})["label"][0]
     if ids.len() == 0 or label != latest:  # (an earlier version's lacks the rows of sessions added since: no slip)
         return []
+    # (the set logic is validate's registry.linkage_without_files' too: frames.linkage_without_rows)
+    unlinked = linkage_without_rows(taken, given).collect()["id"]
     stale = manifest.query_frame(
         "SELECT proc_id, person_id, modality, category, session_id FROM registry WHERE proc_id IS NOT NULL",
         schema={"proc_id": pl.Int64, "person_id": pl.String, "modality": pl.String, "category": pl.String,
-                "session_id": pl.String}).filter(
-        pl.col("proc_id").is_in(ids.implode()) & ~pl.col("proc_id").is_in(given["proc_id"].implode())).sort("proc_id")
+                "session_id": pl.String}).filter(pl.col("proc_id").is_in(unlinked.implode())).sort("proc_id")
     if stale.height == 0:
         return []
     shown = ", ".join(f"{proc} ({'/'.join(filter(None, (person, modality, category, session)))}/)"

@@ -467,7 +467,9 @@ def write_registries(root: Path, ids: list[str]) -> None:
 
 def sync_procedures(root: Path) -> None:
     """The PROCEDURE_OCCURRENCE rows the site makes from its registries (Multimodal-Linkage: one per proc_id, concept
-    4180938 for images, 4141651 for waveforms), added to OMOP/procedure_occurrence.csv for the proc_ids it lacks."""
+    4180938 for images, 4141651 for waveforms), added to OMOP/procedure_occurrence.csv for the proc_ids it lacks; its
+    rows of those concepts whose id no registry gives (made of registries since rewritten) are removed, as a site
+    making the rows anew does (validate warns of them: registry.linkage_without_files)."""
     path = root / "OMOP/procedure_occurrence.csv"
     table = pl.read_csv(path, infer_schema=False)
     rows = [pl.read_csv(root / name, infer_schema=False).select(
@@ -480,6 +482,9 @@ def sync_procedures(root: Path) -> None:
         return
     new = pl.concat(rows).unique("procedure_occurrence_id", keep="first", maintain_order=True).join(
         table.select("procedure_occurrence_id"), on="procedure_occurrence_id", how="anti")
+    ids = pl.concat(rows)["procedure_occurrence_id"].implode()
+    table = table.filter(~pl.col("procedure_concept_id").str.strip_chars().is_in(["4180938", "4141651"])
+                         | pl.col("procedure_occurrence_id").is_in(ids))
     pl.concat([table, new.select(table.columns)]).write_csv(path)
 
 

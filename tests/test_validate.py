@@ -205,6 +205,8 @@ def both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
 
 
 OTHER_SESSION = "900099"
+# a registry row whose proc_id is changed (or removed) leaves the procedure row made of it linking no file
+LINKAGE_GONE = ("registry.linkage_without_files", "OMOP/procedure_occurrence.csv")
 SUPERSEDED_LINKS = ("layout.superseded", LINKS)
 # The clean site ships both registries (sitegen.write_registries): a waveform file added or removed shows there too.
 GONE_FROM_REGISTRY = ("registry.missing_file", "waveform_registry.csv")
@@ -568,7 +570,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 12:30:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
-     {("registry.unlisted_file", DCM)}),
+     {("registry.unlisted_file", DCM), LINKAGE_GONE}),
     ("registry_values", registry("Images", lambda rows: [[r[0], "P1", *r[2:5], "18/08/2022", *r[6:]] if i == 0 else r
                                                          for i, r in enumerate(rows)]),
      {("registry.values", "image_registry.csv")}),
@@ -576,7 +578,16 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # Multimodal-Linkage: each proc_id becomes a PROCEDURE_OCCURRENCE row; the Imaging SOP: every study has one
     ("registry_no_procedure", registry("Images", lambda rows: [[r[0], 2000999999, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
-     {("registry.no_procedure", "image_registry.csv")}),
+     {("registry.no_procedure", "image_registry.csv"), LINKAGE_GONE}),
+    # the converse: a session deleted after the site merged its procedure rows (its files and registry rows gone, its
+    # 4141651 row kept) passed, 0 findings: the row links no file delivered
+    ("linkage_without_files", both(remove(f"{TELEMETRY}/{S0['single']}"), drop_line("waveform_registry.csv", S0["single"])),
+     {LINKAGE_GONE}),
+    # and an image study's row, its person removed (folder, person.csv row and registry rows) after the merge
+    ("linkage_without_files_person", both(remove(P0), drop_line("OMOP/person.csv", f"{P0},"),
+                                          drop_line("image_registry.csv", f",{P0},"),
+                                          drop_line("waveform_registry.csv", f",{P0},")),
+     {LINKAGE_GONE}),
     # Multimodal-Linkage: 4141651 (Monitoring Procedure) for waveform files' procedures, 4180938 (Imaging) for images'
     ("registry_procedure_concept", edit("OMOP/procedure_occurrence.csv", lambda t: t.replace(",4141651,", ",4180938,")),
      {("registry.procedure_concept", "waveform_registry.csv")}),
@@ -590,7 +601,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("registry.procedure_visit", "image_registry.csv")}),
     ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
-     {("registry.proc_overlap", "image_registry.csv")}),
+     {("registry.proc_overlap", "image_registry.csv"), LINKAGE_GONE}),
     # the Imaging SOP's image_registry_id: the PRIMARY KEY (NOT NULL), a "sequential integer value"
     ("registry_id_key", registry("Images", lambda rows: [["x" if i == 0 else max(i, 2), *r] for i, r in enumerate(rows)],
                                  columns=REGISTRY_ID_COLUMNS),
@@ -600,10 +611,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("registry.image_registry_order", "image_registry.csv")}),
     # a proc_id becomes one PROCEDURE_OCCURRENCE row: of one person, in one registry
     ("registry_proc_persons", registry("Waveforms", lambda rows: [*rows[:-1], [rows[-1][0], rows[0][1], *rows[-1][2:]]]),
-     {("registry.proc_conflict", "waveform_registry.csv")}),
+     {("registry.proc_conflict", "waveform_registry.csv"), LINKAGE_GONE}),
     ("registry_proc_both", registry("Images", lambda rows: [[r[0], sitegen.WAVEFORM_PROC, *r[2:]] if i == 0 else r
                                                             for i, r in enumerate(rows)]),
-     {("registry.proc_conflict", "image_registry.csv"), ("registry.proc_conflict", "waveform_registry.csv")}),
+     {("registry.proc_conflict", "image_registry.csv"), ("registry.proc_conflict", "waveform_registry.csv"),
+      LINKAGE_GONE}),
     ("registry_no_trg", registry("Waveforms", lambda rows: [[*r[:7], ""] if r[7] == f"{SINGLE}.hea" else r for r in rows]),
      {("registry.missing_file", "waveform_registry.csv"), ("registry.unlisted_file", f"{SINGLE}.hea")}),
     # Multimodal-Linkage: a registry per modality "with a SINGLE ROW PER FILE", delivered with the extract
@@ -2441,6 +2453,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
     assert facts["ehr_runs"] == [[9000, 9001], [9003, 9003]]
     assert facts["runs"] == [[9000, 9001], [9003, 9003], [2000000001, 2000000001], [2001000000, 2001000000]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k
+    body = body.replace("2000000001,1,4180938\n", "")  # (an image procedure of no registry row: linkage_without_files)
     made = [line for line in (clean / "OMOP/procedure_occurrence.csv").read_text().splitlines(True)
             if ",4141651," in line or ",4180938," in line]  # the rows of the registries' other proc_ids
     body += "".join(",".join(line.split(",")[:3]) + "\n" for line in made)

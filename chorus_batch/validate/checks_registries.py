@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..classify import registry_listed
-from ..frames import STAMP, ZONE_DROPPED, fmt
+from ..frames import STAMP, ZONE_DROPPED, fmt, linkage_without_rows
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
 from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable, shared_files
 
@@ -208,6 +208,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += _visit_missing(site, usable)
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
+    out += _linkage_without_files(site, registries, usable)
     out += _other_concept(site, usable)
     out += _procedure_person(site, usable)
     out += _procedure_visit(site, usable)
@@ -446,6 +447,46 @@ def _no_procedure(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         "PROCEDURE_OCCURRENCE row (concept 4180938 Imaging or 4141651 Monitoring), which links its files to the "
         "person's other data; add the rows (`chorus-batch registry --omop` writes them) or fix the proc_ids",
         pl.col("_k"), pl.col("_id").list.head(3).list.join(", "), n=pl.col("_k")))]
+
+
+def _linkage_without_files(site: _Site, registries: pl.DataFrame, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """The converse of registry.no_procedure. Multimodal-Linkage, section C: the site makes its PROCEDURE_OCCURRENCE
+    rows of concept 4180938 (images) and 4141651 (waveforms) from the registries, procedure_occurrence_id the proc_id.
+    Such a row whose id is no registry row's proc_id (a session deleted, a person removed, after the rows were merged)
+    links no file delivered: it passed, 0 findings (`registry` warns of it: one set logic, frames.linkage_without_rows).
+    Told only where every registry shipped was read, each row with an integer proc_id (a registry unread, without its
+    columns, or with a proc_id empty or not an integer, registry.values', holds ids unknown); and of each concept only
+    where the site ships the registry of its modality (one not shipped, or not as CSV, is registry.absent's)."""
+    if usable.height != registries.height or (usable["no_proc"].fill_null(0) + usable["bad_proc"].fill_null(0)).sum():
+        return []
+    procedures = site.of_kind(KIND_PROCEDURES).filter(
+        pl.col("_ok") & pl.col("image_runs").is_not_null() & pl.col("waveform_runs").is_not_null())
+    shipped = set(usable["_of"].drop_nulls().to_list())
+    shown = {runs: concept for runs, concept, modality in (("image_runs", "4180938", "Images"),
+                                                           ("waveform_runs", "4141651", "Waveforms"))
+             if modality in shipped}
+    if procedures.height == 0 or not shown:
+        return []
+    # the linkage ids, kept by the reader as runs [first, last] of consecutive ids of each concept
+    runs = (procedures.lazy().select("srcfile", *shown)
+            .unpivot(index="srcfile", on=list(shown), variable_name="_concept", value_name="_run").explode("_run")
+            .drop_nulls("_run")
+            .select("srcfile", _concept=pl.col("_concept").replace_strict(shown, return_dtype=pl.String),
+                    id=pl.int_ranges(pl.col("_run").list.get(0), pl.col("_run").list.get(1) + 1))
+            .explode("id").with_columns(linkage=pl.lit(True)))
+    given = usable.lazy().select(proc_id=pl.col("proc_ids")).explode("proc_id")
+    unlinked = (runs.join(linkage_without_rows(runs, given), on="id", how="semi")
+                .sort("id").group_by("srcfile", maintain_order=True)
+                .agg(_told=fmt("{} ({})", pl.col("id").cast(pl.String), pl.col("_concept")), _k=pl.len()))
+    names = " or ".join(sorted(registries["_name"].unique().to_list()))
+    return [_found("registry.linkage_without_files", unlinked, "srcfile", fmt(
+        "{} row{|s} of procedure_occurrence.csv of a linkage concept (4180938 Imaging, 4141651 Monitoring) {has a "
+        "procedure_occurrence_id|have procedure_occurrence_ids} that no row of {} gives as proc_id (e.g. {}): the "
+        "linkage procedure makes these rows from the registries, so {it was|they were} made of registry rows since "
+        "gone (a session deleted, or a person removed, after the rows were merged) and {links|link} no file delivered; "
+        "remove {that row|those rows} (`chorus-batch registry --omop` writes the rows of the registries anew), or "
+        "deliver the files with their registry rows",
+        pl.col("_k"), pl.lit(names), pl.col("_told").list.head(3).list.join(", "), n=pl.col("_k")))]
 
 
 def _other_concept(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:

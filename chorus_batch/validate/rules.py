@@ -775,6 +775,17 @@ RULES: tuple[Rule, ...] = (
          "procedure makes each one a PROCEDURE_OCCURRENCE row; the Imaging SOP gives every imaging study one).",
          sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
          remedy='Add the PROCEDURE_OCCURRENCE rows made from the registries to procedure_occurrence.csv.'),
+    Rule("registry.linkage_without_files", "warning", "linkage procedure row without registry rows",
+         "A row of OMOP/procedure_occurrence.csv of concept 4180938 (Imaging Procedure) or 4141651 (Monitoring "
+         "Procedure), the rows the linkage procedure makes from the registries, has a procedure_occurrence_id that is "
+         "no proc_id of waveform_registry.csv or image_registry.csv: its session was deleted, or its person removed, "
+         "after the rows were made, so it links no file delivered. A warning: the procedure asks for these rows to be "
+         "made from the registries (\"should\"), and an EHR may code procedures of its own so. Checked where every "
+         "registry shipped can be read, each row with an integer proc_id, and of each concept where the registry of "
+         "its modality is shipped.",
+         sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
+         remedy="Remove those rows from procedure_occurrence.csv (or deliver their files with their registry rows); "
+                "`chorus-batch registry --omop` writes the rows of the registries anew."),
     Rule("registry.procedure_concept", "error", "registry proc_id under the other modality's concept",
          "A waveform registry's proc_id is a procedure_occurrence.csv row of concept 4180938 (Imaging Procedure), or "
          "an image registry's one of 4141651 (Monitoring Procedure): the linkage procedure gives waveform files "
