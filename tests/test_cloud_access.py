@@ -1190,7 +1190,7 @@ def test_a_root_naming_one_file_says_so(clean_env, azurite, az_site, moto_s3, tm
     upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "s3up", SITE_FILES), prefix="export")
     for url, cloud_settings in ((f"s3://{bucket}/export/OMOP/person.csv", s3_cloud),
                                 (f"az://{az_site}/OMOP/person.csv", None)):
-        with pytest.raises(SourceError) as caught:
+        with pytest.raises(ConfigError) as caught:  # a file, not a folder: bad usage, exit 2, as a local --site file
             open_source(url, cloud=cloud_settings).check()
         assert "is a single" in str(caught.value) and "not a folder" in str(caught.value), url
     with pytest.raises(SourceError) as caught:  # a prefix that is not there at all is still "not found"
