@@ -1004,6 +1004,45 @@ def test_an_object_named_like_the_root_itself_is_said_and_its_empty_markers_are_
             assert not said, said
 
 
+def test_a_root_that_is_a_single_object_with_nothing_under_it_is_named_and_a_usage_error(clean_env, azurite, moto_s3,
+                                                                                          tmp_path, capsys):
+    """`site` of s3://b/site uploaded as one file (a zip), nothing under `site/`: the run failed, exit 3, "a single
+    object, not a folder" with neither its size nor what to do. A root that is a file is bad usage, exit 2, as a local
+    --site that is a file is; the message names the object, its bytes, the folder holding it and what to do."""
+    from chorus_batch.cli import main
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    zipped = b"PK\x03\x04 a site, zipped"
+    bucket = moto_s3.new_bucket("lone")
+    moto_s3.client().put_object(Bucket=bucket, Key="site", Body=zipped)
+    container = azurite.new_container("lone")
+    with azurite.service_client() as service:
+        service.get_container_client(container).upload_blob("site", zipped)
+    (tmp_path / "site").write_bytes(zipped)
+    codes = {}
+    for url, above, kind in ((f"s3://{bucket}/site", f"s3://{bucket}", "object"),
+                             (f"az://{container}/site", f"az://{container}", "blob"), (str(tmp_path / "site"), "", "")):
+        capsys.readouterr()
+        codes[url] = main(["run", "--site", url, "--db", str(tmp_path / "m.sqlite"), "--no-validate"])
+        err = capsys.readouterr().err
+        assert not (tmp_path / "m.sqlite").exists()
+        if kind:
+            assert f"site root is a single {kind}, not a folder: {url} is a file of {len(zipped)} bytes, and nothing " \
+                   f"is under {url}/" in err, err
+            assert f"(the folder holding this {kind} is {above})" in err and f"put its files under {url}/" in err, err
+            assert "not found" not in err, err
+    assert set(codes.values()) == {2}, codes
+
+    # A [site.roots] root says its own words, and so does its check alone
+    with pytest.raises(ConfigError) as caught:
+        open_source(f"s3://{bucket}/site", cloud=CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url)),
+                    what="[site.roots] Waveforms").check()
+    assert caught.value.exit_code == 2 and "root of [site.roots] Waveforms is a single object" in str(caught.value)
+
+
 def test_a_run_asks_once_whether_its_cloud_root_is_there(clean_env, moto_s3, tmp_path):
     # The run checked its roots before its `runs` row and the scan checked them again: the same listing of one key
     # sent twice at every start.
@@ -1151,7 +1190,7 @@ def test_a_root_naming_one_file_says_so(clean_env, azurite, az_site, moto_s3, tm
     upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "s3up", SITE_FILES), prefix="export")
     for url, cloud_settings in ((f"s3://{bucket}/export/OMOP/person.csv", s3_cloud),
                                 (f"az://{az_site}/OMOP/person.csv", None)):
-        with pytest.raises(SourceError) as caught:
+        with pytest.raises(ConfigError) as caught:  # a file, not a folder: bad usage, exit 2, as a local --site file
             open_source(url, cloud=cloud_settings).check()
         assert "is a single" in str(caught.value) and "not a folder" in str(caught.value), url
     with pytest.raises(SourceError) as caught:  # a prefix that is not there at all is still "not found"
@@ -1184,7 +1223,7 @@ def test_an_empty_folder_made_by_a_folder_blob_is_there_as_an_empty_local_folder
         result = run_site(url, tmp_path / f"{len(outcomes)}.sqlite", validate_site=False)
         outcomes[url.split(":")[0] if "://" in url else "local"] = (result.label, result.exit_code)
     assert set(outcomes.values()) == {(None, 0)}, outcomes
-    with pytest.raises(SourceError) as caught:
+    with pytest.raises(ConfigError) as caught:
         open_source(f"az://{container}/export/file", cloud=None).check()
     assert "is a single blob" in str(caught.value)
 

@@ -1174,8 +1174,9 @@ def not_an_s3_service(state: str, *, where: str, how: str) -> SourceError:
 
 
 def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing: bool = False,
-                 what: str = "--site / [site] root") -> SourceError:
-    """The SourceError for a root that is not there: its container or bucket missing, or the prefix in it. `what`:
+                 what: str = "--site / [site] root") -> SourceError | ConfigError:
+    """The SourceError for a root that is not there: its container or bucket missing, or the prefix in it (a
+    ConfigError, exit 2, when the root names a single object: a file, not a folder). `what`:
     where the root was given (a [site.roots] one holds a modality's person folders, not OMOP/)."""
     site = what.startswith("--site")
     subject = "site root" if site else f"root of {what}"
@@ -1197,13 +1198,19 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
         error.kind = "missing"  # type: ignore[attr-defined]
         return error
     try:  # a root naming one object (a file) is there, just not a folder: say so, not "not found"
-        is_object = "/" in root.strip("/") and bool(fs.isfile(root))
+        info = fs.info(root) if "/" in root.strip("/") else {}
     except Exception:  # noqa: BLE001 - only refines the message; the root cannot be listed either way
-        is_object = False
-    if is_object:
-        error = SourceError(f"{subject} is a single {'object' if store == 'bucket' else 'blob'}, not a folder: "
-                            f"{where}", where=where,
-                            fix=f"point {what} at the container/prefix that holds {holds}, not at a file in it")
+        info = {}
+    if info.get("type") == "file":
+        # (`site` of s3://b/site uploaded as one file or a zip, nothing under `site/`.) A usage error, exit 2, as a
+        # local --site that is a file is (sources.local): the storage answered, the root given is not a folder.
+        kind, named = "object" if store == "bucket" else "blob", where.rstrip("/")
+        above = named.rpartition("/")[0]
+        error = ConfigError(
+            f"{subject} is a single {kind}, not a folder: {named} is a file of {int(info.get('size') or 0)} bytes, "
+            f"and nothing is under {named}/", where=where,
+            fix=f"give {what} the folder that holds {holds} (the folder holding this {kind} is {above}), or, if this "
+                f"{kind} is the site uploaded as one file (a zip), put its files under {named}/ (unpacked) and remove it")
         error.kind = "missing_root"  # type: ignore[attr-defined]
         return error
     fix = f"point {what} at the container/prefix that holds {holds}"
