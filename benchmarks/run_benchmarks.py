@@ -823,6 +823,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def remove_workdir(workdir: Path) -> float:
+    """Delete the run's folder (trees, manifests), saying so first and how long it took; returns the seconds.
+
+    Said because it can take a while after the summary: unlinking is bound by the disk, not the CPU (`rm -rf` is
+    no faster), and on a busy shared disk the smoke trees alone took 7-11 s, a million-file tree minutes."""
+    log(f"removing {workdir} (--keep skips this) ...")
+    t0 = time.perf_counter()
+    try:
+        shutil.rmtree(workdir, ignore_errors=True)
+    except KeyboardInterrupt:  # the results are written by now: say what is left, no traceback
+        log(f"run_benchmarks: interrupted while removing {workdir}: delete the rest with rm -rf {shlex.quote(str(workdir))}")
+        return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    left = " (some of it could not be removed)" if workdir.exists() else ""
+    log(f"removed {workdir} in {seconds:.1f} s{left}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -852,10 +870,39 @@ def main(argv: list[str] | None = None) -> int:
         for tree in args.trees:
             n, build_s, written_at = built[tree.name]
             results.append(measure_tree(tree, workdir / tree.name, n, build_s, written_at, workdir, args, gnu_time))
-        # Report before the clean-up: deleting a million files takes minutes.
+        # Report and write the JSON before the clean-up: deleting the trees takes minutes for a million files,
+        # and on a busy disk even the smoke trees' 0.2 GB took 7-11 s here (unlink waits on the journal).
         by_name = {r.name: r for r in results}
         targets = [t.check(by_name) for t in TARGETS]
         print(report(results, targets, args.scale, gnu_time), flush=True)
+        meta = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "duration_s": round(time.time() - started, 1),  # the clean-up excluded
+            "scale": args.scale,
+            "trees": [dataclasses.asdict(t) for t in args.trees],
+            "argv": sys.argv,
+            "python": sys.version,
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "git_revision": git_revision(),
+            "chorus_workers": args.chorus_workers,
+            "baselines": {"find": shlex.join(find_listing_cmd(Path("ROOT"))), "md5sum": shlex.join(md5sum_cmd(Path("ROOT")))},
+            "rss_main": "GNU time %M (chorus process only)" if gnu_time else "getrusage RUSAGE_CHILDREN (upper bound)",
+            "rss_tree": "sampled /proc sum over the process tree every 0.1 s",
+        }
+        if args.compare_src is not None:
+            meta["compare"] = {
+                "src": str(args.compare_src),
+                "src_git_revision": git_revision(args.compare_src),
+                "packages": compare_packages,
+                "old_env": f"PYTHONPATH={args.compare_env['PYTHONPATH']}",
+                "first_reps": COMPARE_FIRST_REPS,
+                "nochange_reps": COMPARE_NOCHANGE_REPS,
+                "order": "per tree: first runs old, new, new, old (later ones on a scratch manifest); "
+                         "no-change runs old, new, new, old, old, new (the current release's --no-validate runs between)",
+            }
+        write_json(args.out, results, targets, meta)
+        log(f"wrote {args.out}")
     except BenchmarkError as exc:
         log(f"run_benchmarks: error: {exc}")
         return 2
@@ -866,36 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             log(f"kept the trees and manifests in {workdir}")
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    meta = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "scale": args.scale,
-        "trees": [dataclasses.asdict(t) for t in args.trees],
-        "argv": sys.argv,
-        "python": sys.version,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "git_revision": git_revision(),
-        "chorus_workers": args.chorus_workers,
-        "baselines": {"find": shlex.join(find_listing_cmd(Path("ROOT"))), "md5sum": shlex.join(md5sum_cmd(Path("ROOT")))},
-        "rss_main": "GNU time %M (chorus process only)" if gnu_time else "getrusage RUSAGE_CHILDREN (upper bound)",
-        "rss_tree": "sampled /proc sum over the process tree every 0.1 s",
-    }
-    if args.compare_src is not None:
-        meta["compare"] = {
-            "src": str(args.compare_src),
-            "src_git_revision": git_revision(args.compare_src),
-            "packages": compare_packages,
-            "old_env": f"PYTHONPATH={args.compare_env['PYTHONPATH']}",
-            "first_reps": COMPARE_FIRST_REPS,
-            "nochange_reps": COMPARE_NOCHANGE_REPS,
-            "order": "per tree: first runs old, new, new, old (later ones on a scratch manifest); "
-                     "no-change runs old, new, new, old, old, new (the current release's --no-validate runs between)",
-        }
-    write_json(args.out, results, targets, meta)
-    log(f"wrote {args.out}")
+            remove_workdir(workdir)
     return 0
 
 
