@@ -212,19 +212,24 @@ document.getElementById('report').addEventListener('load', () => {
 """
 
 
+def _probed(db, tmp_path, probe: str, name: str, window: str) -> dict:
+    """The report of `db` opened in Chromium (a window of `window` px) inside the page `probe`, whose script writes
+    what it measured into its #probe-result as JSON."""
+    out = write_report(db, tmp_path / "report.html").path
+    page = tmp_path / name
+    page.write_text(probe % {"src": out.name}, encoding="utf-8")
+    dom = chromium("--allow-file-access-from-files", f"--window-size={window}", "--virtual-time-budget=10000",
+                   "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
 def test_a_printed_page_cuts_no_header_inside_a_word(two_versions, tmp_path):
     """Printed on A4 (about 718 CSS px wide), the tables' fixed layout cut their headers inside words ("person|s",
     "remov|ed", "outlier|s") and kept the screen's grey margin: the page's print rules let each column take its
     header's words, and a long path still breaks, so nothing is cut off at the side."""
-    db, _parquet = two_versions
-    out = write_report(db, tmp_path / "report.html").path
-    page = tmp_path / "probe-print.html"
-    page.write_text(_PRINT_PROBE % {"src": out.name}, encoding="utf-8")
-    dom = chromium("--allow-file-access-from-files", "--window-size=800,3200", "--virtual-time-budget=10000",
-                   "--dump-dom", page.as_uri()).stdout
-    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
-    assert found, dom[-2000:]
-    seen = json.loads(html.unescape(found.group(1)))
+    seen = _probed(two_versions[0], tmp_path, _PRINT_PROBE, "probe-print.html", "800,3200")
     assert seen["cut"] == [], seen["cut"]
     assert seen["scrollWidth"] <= seen["clientWidth"], seen
 
@@ -260,15 +265,7 @@ def test_the_report_on_a_phone_scrolls_its_tables_not_the_page(two_versions, tmp
     ("mod|ality", a version label one digit a line) and the side-by-side columns of the summary a word a line. The
     page is one column there, each table at least 6em a column, as wide as its words, scrolling sideways in its box;
     the page itself does not scroll sideways."""
-    db, _parquet = two_versions
-    out = write_report(db, tmp_path / "report.html").path
-    page = tmp_path / "probe-narrow.html"
-    page.write_text(_NARROW_PROBE % {"src": out.name}, encoding="utf-8")
-    dom = chromium("--allow-file-access-from-files", "--window-size=400,3200", "--virtual-time-budget=10000",
-                   "--dump-dom", page.as_uri()).stdout
-    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
-    assert found, dom[-2000:]
-    seen = json.loads(html.unescape(found.group(1)))
+    seen = _probed(two_versions[0], tmp_path, _NARROW_PROBE, "probe-narrow.html", "400,3200")
     assert seen["clientWidth"] == 375 and seen["scrollWidth"] <= seen["clientWidth"], seen
     assert seen["cut"] == [], seen["cut"]
     assert seen["boxes"] and max(seen["boxes"]) <= 375 and seen["scrolling"] > 0, seen
