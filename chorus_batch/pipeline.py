@@ -802,6 +802,15 @@ def _check_roots_stayed(roots: list[Root]) -> None:
                     "hashed so far are not read again")
 
 
+def commit_stage_words(dry_run: bool, label: str | None, refused: bool) -> str:
+    """The commit stage as -v names it (its timing line, and `time by stage`): only a stage that committed says so."""
+    if label is not None:
+        return stage_words("commit")
+    if dry_run:
+        return "working out what would be committed (a dry run: nothing written)"
+    return f"comparing with the previous version ({'refused: nothing committed' if refused else 'nothing to commit'})"
+
+
 def _peak_rss_mb() -> float:
     try:
         import resource
@@ -903,10 +912,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         # ever run as shards
         discard(manifest.path, "this merge recorded the site's hashes from its shards")
     # (the --json key stays "commit"; -v says what the stage did: `status` logged "commit took" of a dry run)
-    t = mark("commit", t, None if committed.label is not None else
-             "working out what would be committed (a dry run: nothing written)" if settings.dry_run
-             else "comparing with the previous version (refused: nothing committed)" if committed.refused is not None
-             else "comparing with the previous version (nothing to commit)")
+    t = mark("commit", t, commit_stage_words(settings.dry_run, committed.label, committed.refused is not None))
     label = committed.label
     # What the result needs of the scan; the rest of it (its files) is let go before validation, which reads
     # the version from the manifest (a 1M-file first run's peak RSS: 2.57 -> 2.33 GB).

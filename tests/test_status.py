@@ -435,3 +435,5 @@ def test_status_v_does_not_log_a_commit_of_a_dry_run_nor_a_run_with_nothing_to_c
     same = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "-v")
     assert same.returncode == 0, same.stderr
     assert "commit took" not in same.stderr and "(nothing to commit) took" in same.stderr, same.stderr
+    (line,) = [line for line in same.stdout.splitlines() if line.startswith("time by stage: ")]
+    assert "(nothing to commit) " in line and ", commit " not in line, line
