@@ -1219,7 +1219,11 @@ def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> Non
         if result.dry_run:  # (the same command with --json: a bare `status` lacks the run's --site, --config, --mode...)
             print("\n" + changes_text(result, limit=DRY_RUN_LIMIT, more="--json lists them all"))
         if args.verbose:
-            print("time by stage: " + ", ".join(f"{stage_words(k)} {v:.3f} s" for k, v in result.timings.items()))
+            from .pipeline import commit_stage_words
+
+            said = {"commit": commit_stage_words(result.dry_run, result.label, result.refused is not None)}
+            print("time by stage: " + ", ".join(f"{said.get(k) or stage_words(k)} {v:.3f} s"
+                                                for k, v in result.timings.items()))
         if demo:
             db = "" if args.db is None else f" --db {command_word(args.db)}"
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"

@@ -804,6 +804,15 @@ def _check_roots_stayed(roots: list[Root]) -> None:
                     "hashed so far are not read again")
 
 
+def commit_stage_words(dry_run: bool, label: str | None, refused: bool) -> str:
+    """The commit stage as -v names it (its timing line, and `time by stage`): only a stage that committed says so."""
+    if label is not None:
+        return stage_words("commit")
+    if dry_run:
+        return "working out what would be committed (a dry run: nothing written)"
+    return f"comparing with the previous version ({'refused: nothing committed' if refused else 'nothing to commit'})"
+
+
 def _peak_rss_mb() -> float:
     try:
         import resource
@@ -819,11 +828,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     started = utc_now()
     timings: dict[str, float] = {}
 
-    def mark(stage: str, since: float) -> float:
+    def mark(stage: str, since: float, words: str | None = None) -> float:
+        # `words`: what the stage did, where its name would say more (a dry run's "commit" commits nothing)
         raise_lost_stop()
         now = time.perf_counter()
         timings[stage] = round(now - since, 4)
-        log.debug(f"{stage_words(stage)} took {now - since:.3f} s (peak RSS {_peak_rss_mb():.0f} MB)")
+        log.debug(f"{words or stage_words(stage)} took {now - since:.3f} s (peak RSS {_peak_rss_mb():.0f} MB)")
         return now
 
     patterns = build_patterns(settings.patterns)
@@ -903,7 +913,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         # A killed plain run's checkpoint (person ids, MD5s) would outlive this commit, for good on a site only
         # ever run as shards
         discard(manifest.path, "this merge recorded the site's hashes from its shards")
-    t = mark("commit", t)
+    # (the --json key stays "commit"; -v says what the stage did: `status` logged "commit took" of a dry run)
+    t = mark("commit", t, commit_stage_words(settings.dry_run, committed.label, committed.refused is not None))
     label = committed.label
     # What the result needs of the scan; the rest of it (its files) is let go before validation, which reads
     # the version from the manifest (a 1M-file first run's peak RSS: 2.57 -> 2.33 GB).

@@ -417,3 +417,23 @@ def test_status_of_a_site_at_a_new_folder_finds_what_the_run_would_not_files_wri
     shutil.copyfile(db, copy)
     assert sorted(status(settings(first, db)).findings.select("rule", "srcfile").rows()) == \
         sorted(run(settings(first, copy)).findings.select("rule", "srcfile").rows())
+
+
+def test_status_v_does_not_log_a_commit_of_a_dry_run_nor_a_run_with_nothing_to_commit(tmp_path):
+    # `status -v` logged "commit took 0.012 s" of a dry run, and `run -v` the same of a night with no change
+    site = tmp_path / "site"
+    write(site, "000001/Waveforms/000001_20260101_000000_60.dat", b"x" * 100)
+    db = tmp_path / "m.sqlite"
+    first = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "-v")
+    assert first.returncode == 0 and "commit took" in first.stderr, first.stderr
+    write(site, "000002/Waveforms/000002_20260101_000000_60.dat", b"y" * 100)
+    dry = cli("status", "--site", str(site), "--db", str(db), "--no-validate", "-v")
+    assert dry.returncode in (0, 1), dry.stderr
+    assert "commit took" not in dry.stderr and "what would be committed (a dry run: nothing written) took" in dry.stderr
+    write(site, "000002/Waveforms/000002_20260101_000000_60.dat", b"y" * 100)
+    (site / "000002/Waveforms/000002_20260101_000000_60.dat").unlink()
+    same = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "-v")
+    assert same.returncode == 0, same.stderr
+    assert "commit took" not in same.stderr and "(nothing to commit) took" in same.stderr, same.stderr
+    (line,) = [line for line in same.stdout.splitlines() if line.startswith("time by stage: ")]
+    assert "(nothing to commit) " in line and ", commit " not in line, line
