@@ -333,6 +333,14 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
     # (person.csv's key on two rows, each batch of pyarrow's or one: a loader refuses the table)
     ("repeated_person", persons_csv([P0, P1, P2, P1]), {("person.repeated_id", "OMOP/person.csv")}),
+    # visit_occurrence.csv's rows (person 000103's second visit, 13:00 to 23:59:59 of 2024-01-03)
+    ("visit_date_format", edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        ",2024-01-03,2024-01-03 13:00:00,", ",01/03/2024,,", 1)), {("visit.date_format", "OMOP/visit_occurrence.csv")}),
+    ("visit_end_before_start", edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        "2024-01-03 13:00:00,2024-01-03,2024-01-03 23:59:59", "2024-01-03 13:00:00,2024-01-03,2024-01-03 12:59:00", 1)),
+     {("visit.end_before_start", "OMOP/visit_occurrence.csv")}),
+    ("visit_repeated_id", edit("OMOP/visit_occurrence.csv", lambda t: t + t.splitlines()[-1] + "\n"),
+     {("visit.repeated_id", "OMOP/visit_occurrence.csv")}),
     ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
      {("waveforms.session_id", f"{TELEMETRY}/night1/"), unlisted(f"{TELEMETRY}/night1/night1.dat")}),
     # a session folder named by a start stamp that is no date (month 13), in v1.0's Waveforms/<session>/: its files'
