@@ -679,9 +679,9 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     assert query(db, "SELECT value FROM meta WHERE key = 'classification'")[0][0].startswith(f"{CLASSIFY_LOGIC}:")
     # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv; visit_occurrence.csv; READINESS.md
     # and SUBMISSION.md; the WFDB headers, wfdb_header.v9), and today's rules applied.
-    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v7', 'registry_csv.v17', "
-                     "'omop_visits.v10', 'metadata_md.v5', 'wfdb_header.v9', 'dicom.v15') GROUP BY kind ORDER BY kind") == [
-        ("metadata_md.v5", 2), ("omop_procedures.v7", 1), ("omop_visits.v10", 1), ("registry_csv.v17", 1),
+    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v7', 'registry_csv.v18', "
+                     "'omop_visits.v11', 'metadata_md.v5', 'wfdb_header.v9', 'dicom.v15') GROUP BY kind ORDER BY kind") == [
+        ("metadata_md.v5", 2), ("omop_procedures.v7", 1), ("omop_visits.v11", 1), ("registry_csv.v18", 1),
         ("wfdb_header.v9", 7)]
     from chorus_batch.validate.rules import edition
 
@@ -845,7 +845,7 @@ def test_the_schema_10_facts_table_is_rebuilt_with_every_fact_and_none_is_read_a
     # checked again (a new stamp), from the facts kept: no header read
     assert query(db, "SELECT validated_at > '2000-01-01T00:00:00Z', headers_read FROM validations WHERE version = ?",
                  (latest,)) == [(1, 0)]
-    # every fact of a kind still read kept; a kind whose reader changed since the fixture (registry_csv.v17) is read
+    # every fact of a kind still read kept; a kind whose reader changed since the fixture (registry_csv.v18) is read
     # once, by the run, and the old kind's facts deleted (store.validation._forget_other_kinds)
     after = sorted(query(db, "SELECT * FROM file_facts"))
     fixture_kinds = {kind for kind, _, _ in kept["file_facts"]}

@@ -335,6 +335,14 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
     # (person.csv's key on two rows, each batch of pyarrow's or one: a loader refuses the table)
     ("repeated_person", persons_csv([P0, P1, P2, P1]), {("person.repeated_id", "OMOP/person.csv")}),
+    # visit_occurrence.csv's rows (person 000103's second visit, 13:00 to 23:59:59 of 2024-01-03)
+    ("visit_date_format", edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        ",2024-01-03,2024-01-03 13:00:00,", ",01/03/2024,,", 1)), {("visit.date_format", "OMOP/visit_occurrence.csv")}),
+    ("visit_end_before_start", edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        "2024-01-03 13:00:00,2024-01-03,2024-01-03 23:59:59", "2024-01-03 13:00:00,2024-01-03,2024-01-03 12:59:00", 1)),
+     {("visit.end_before_start", "OMOP/visit_occurrence.csv")}),
+    ("visit_repeated_id", edit("OMOP/visit_occurrence.csv", lambda t: t + t.splitlines()[-1] + "\n"),
+     {("visit.repeated_id", "OMOP/visit_occurrence.csv")}),
     ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
      {("waveforms.session_id", f"{TELEMETRY}/night1/"), unlisted(f"{TELEMETRY}/night1/night1.dat")}),
     # a session folder named by a start stamp that is no date (month 13), in v1.0's Waveforms/<session>/: its files'
@@ -1190,7 +1198,7 @@ def test_an_omop_cell_written_null_is_empty(clean, tmp_path, null):
     write(tmp_path, "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id,visit_end_date,visit_end_datetime\n"
                                                  f"1,{null},2024-01-02,{null}\n{null},5,2024-01-03,\n")
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v10", f)
+        facts = parse_facts("omop_visits.v11", f)
     assert (facts["visit_occurrence_id"], facts["person_id"], facts["visit_end"]) == ("1", "", "2024-01-02"), facts
 
 
@@ -1375,8 +1383,8 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "omop_person.v8", "omop_visits.v10", "metadata_md.v5",
-                                 "mapping_csv.v7", "registry_csv.v17", "omop_procedures.v7"}
+    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "metadata_md.v5",
+                                 "mapping_csv.v7", "registry_csv.v18", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1461,7 +1469,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
 @pytest.mark.parametrize(("kind", "name", "header"), [
     ("omop_person.v8", "OMOP/person.csv", "person_id,note"),
-    ("omop_visits.v10", "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id"),
+    ("omop_visits.v11", "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id"),
     ("waveform_links.v7", "OMOP/waveform_visit_links.csv", "visit_occurrence_id,session_id"),
     ("omop_procedures.v7", "OMOP/procedure_occurrence.csv", "procedure_occurrence_id,procedure_concept_id")])
 def test_a_csv_row_too_long_to_parse_is_named_by_its_row(tmp_path, kind, name, header):
@@ -1509,7 +1517,7 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v17", "image_registry.csv",
+    ("registry_csv.v18", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1607,7 +1615,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
 
 
 @pytest.mark.parametrize("kind, name, body, where", [
-    ("registry_csv.v17", "image_registry.csv",
+    ("registry_csv.v18", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
      "1,2,000777,g,5,2024-01-01 00:00:00,a.dcm,x.dcm\n\x002,2,000777,g,5,2024-01-01 00:00:00,b.dcm,y\x00.dcm\n",
      "row 3, counting the header row as 1, column file_id"),
@@ -1628,7 +1636,7 @@ def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_
     assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v18", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1644,7 +1652,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v17", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v18", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1659,7 +1667,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v17", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v18", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v8", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1668,7 +1676,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v18": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1679,9 +1687,9 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     assert f"column {column}" in error and "#" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("registry_csv.v17", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("registry_csv.v18", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
-                                        ("omop_person.v8", "OMOP/person.csv"), ("omop_visits.v10", "OMOP/visit_occurrence.csv"),
+                                        ("omop_person.v8", "OMOP/person.csv"), ("omop_visits.v11", "OMOP/visit_occurrence.csv"),
                                         ("omop_procedures.v7", "OMOP/procedure_occurrence.csv")])
 def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, kind, name):
     """A spreadsheet's Latin-1 export (µV as the byte 0xB5) was told as pyarrow's "CSV conversion error to string:
@@ -1689,10 +1697,10 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
     as CSV UTF-8."""
     from chorus_batch.validate.readers import parse_facts
 
-    header = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    header = {"registry_csv.v18": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
               "omop_person.v8": "person_id,gender_concept_id",
-              "omop_visits.v10": "visit_occurrence_id,person_id",
+              "omop_visits.v11": "visit_occurrence_id,person_id",
               "omop_procedures.v7": "procedure_occurrence_id,procedure_concept_id"}[kind]
     n = header.count(",") + 1
     good = ",".join(["1"] * n) + "\r\n"
@@ -1706,16 +1714,16 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
     assert error.endswith("save or export it again as CSV UTF-8") and "invalid UTF8" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("registry_csv.v17", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("registry_csv.v18", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
-                                        ("omop_visits.v10", "OMOP/visit_occurrence.csv")])
+                                        ("omop_visits.v11", "OMOP/visit_occurrence.csv")])
 def test_a_line_of_spaces_among_a_csvs_rows_is_told_as_a_blank_line(tmp_path, kind, name):
     """A line of spaces or tabs (pyarrow passes over an empty one) was told "Row #4: Expected 8 columns, got 1"."""
     from chorus_batch.validate.readers import OWN_REMEDY, parse_facts
 
-    header = {"registry_csv.v17": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    header = {"registry_csv.v18": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
-              "omop_visits.v10": "visit_occurrence_id,person_id"}[kind]
+              "omop_visits.v11": "visit_occurrence_id,person_id"}[kind]
     good = ",".join(["1"] * (header.count(",") + 1)) + "\n"
     write(tmp_path, name, header + "\n" + good * 2 + " \t \n" + good)
     with open(tmp_path / name, "rb") as f:
@@ -1737,7 +1745,7 @@ def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
             f"3,0001000000000000000,000777,g,5,2024-01-01 00:00:00,c.dcm,000777/Images/z.dcm\n")
     write(tmp_path, "image_registry.csv", body)
     with open(tmp_path / "image_registry.csv", "rb") as f:
-        facts = parse_facts("registry_csv.v17", f)
+        facts = parse_facts("registry_csv.v18", f)
     assert facts["proc_ids"] == [1000000000000000, int(big)], facts
     assert ["9223372036854775807", "000777"] in facts["proc_person_pairs"], facts
     assert facts["bad_proc"] == 1 and facts["bad_rows"] == ["3"], facts
@@ -1750,9 +1758,9 @@ def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
 
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v8", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v10", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("omop_visits.v11", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v7", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v17", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v18", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1765,7 +1773,7 @@ def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadab
     with open(tmp_path / name, "rb") as f:
         facts = parse_facts(kind, f)
     assert "error" not in facts, facts
-    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v10 keeps a column as one text)
+    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v11 keeps a column as one text)
 
 
 def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
@@ -2467,7 +2475,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v17", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v18", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v7", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
@@ -2702,6 +2710,7 @@ def test_a_visit_row_repeated_for_the_same_person_is_no_visit_of_two_persons(cle
     (row,) = [r for r in rows if r.split(",")[0] == str(sitegen.visit_id(0, 0))]
     table.write_text("\n".join([header, *rows, row]) + "\n")
     assert "registry.visit_person" not in {rule for rule, _ in found(clean)}
+    assert ("visit.repeated_id", "OMOP/visit_occurrence.csv") in found(clean)  # (the table's key repeated: told)
 
 
 def test_large_facts_decoded_by_python_give_the_findings_polars_decoding_gives(clean, monkeypatch):
@@ -2751,6 +2760,96 @@ def test_person_ids_on_more_than_one_row_are_kept_within_a_block_and_across_bloc
         "one row per person; keep one row of each person (or give each person their own person_id)"]
 
 
+def test_visit_dates_reversed_visits_and_repeated_visit_ids_are_kept_within_a_block_and_across_blocks(tmp_path):
+    """visit_occurrence.csv's start and end written as 01/01/2024 or 2024-13-01 left the visit out of the visit-time
+    rules without a word, a visit ending before it starts was told only through registry.visit_time, and a
+    visit_occurrence_id on two rows (same person) passed. omop_visits.v11 keeps of each a few (with their row) and how
+    many, across pyarrow's 4 MiB blocks."""
+    from chorus_batch.validate.readers import parse_facts
+
+    good = [f"{k},{k % 97},9201,2024-01-01,2024-01-01 08:00:00,2024-01-02,2024-01-02 12:00:00" for k in range(1, 150_001)]
+    rows = [*good[:3],
+            "900001,1,9201,01/01/2024,,2024-01-02,",  # row 5: a spreadsheet's date
+            "900002,1,9201,2024-01-01,,2024-13-01,",  # row 6: no 13th month
+            "900003,1,9201,2024-01-05,2024-01-05 10:00:00,2024-01-04,2024-01-04 12:00:00",  # row 7: ends a day early
+            "900004,1,9201,2024-01-05,2024-01-05T10:00,2024-01-05,2024-01-05 09:30:00",  # row 8: ends before its hour
+            "900005,1,9201,2024-01-05,2024-01-05 10:00:00,2024-01-05,2024-01-05 00:00:00",  # the whole end day: right
+            "2,2,9201,2024-01-01,,2024-01-01,",  # visit 2 again, same person
+            *good[3:], "900005,1,9201,2024-02-30,,2024-03-01,"]  # (its last row, blocks on: 900005 repeated too)
+    write(tmp_path, "OMOP/visit_occurrence.csv", "\n".join([
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
+        "visit_end_datetime", *rows]) + "\n")
+    assert (tmp_path / "OMOP/visit_occurrence.csv").stat().st_size > 2 * 4 * 2**20
+    with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
+        facts = parse_facts("omop_visits.v11", f)
+    assert facts["bad_dates"] == ["row 5 visit_start_date '01/01/2024'", "row 6 visit_end_date '2024-13-01'",
+                                  f"row {len(rows) + 1} visit_start_date '2024-02-30'"], facts["bad_dates"]
+    assert facts["n_bad_dates"] == 3
+    assert facts["reversed_visits"] == ["row 7 visit 900003: 2024-01-05 10:00:00 to 2024-01-04 12:00:00",
+                                        "row 8 visit 900004: 2024-01-05T10:00 to 2024-01-05 09:30:00"]
+    assert facts["n_reversed_visits"] == 2
+    assert (sorted(facts["repeated_visit_id"]), facts["n_repeated_visit_id"]) == (["2", "900005"], 2)
+
+
+def test_visit_dates_reversed_visits_and_repeated_visit_ids_are_told(clean):
+    """The rules on visit_occurrence.csv's rows: what, where (the row), what to do."""
+    visit = sitegen.visit_id(0, 0)
+    span = f"{visit},{P0},9201,2024-01-01,2024-01-01 00:00:00,2024-01-01,2024-01-01 12:00:00"
+    table = clean / "OMOP" / "visit_occurrence.csv"
+    header, *rows = table.read_text().splitlines()
+    (at,) = [k + 2 for k, row in enumerate(rows) if row.startswith(span + ",")]  # (its row, the header row 1)
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        span, f"{visit},{P0},9201,01/01/2024,,2024-01-01,2024-01-01 12:00:00"))(clean)
+    assert validate(clean).filter(pl.col("rule") == "visit.date_format")["message"].to_list() == [
+        f"1 visit start or end date is not written as an ISO date (e.g. row {at} visit_start_date '01/01/2024'): "
+        "CDM 5.4 stores them as DATE and DATETIME, which a loader reads as YYYY-MM-DD (HH:MM:SS), and the linkage "
+        "rules cannot read such a visit's span (it was left out of registry.visit_time and registry.visit_missing); "
+        "export the dates as YYYY-MM-DD and the datetimes as YYYY-MM-DD HH:MM:SS, with real calendar dates"]
+    table.write_text("\n".join([header, *rows]) + "\n")
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        span, f"{visit},{P0},9201,2024-01-02,2024-01-02 00:00:00,2024-01-01,2024-01-01 12:00:00"))(clean)
+    out = validate(clean)
+    assert out.filter(pl.col("rule") == "visit.end_before_start")["message"].to_list() == [
+        f"1 visit ends before it starts (e.g. row {at} visit {visit}: 2024-01-02 00:00:00 to 2024-01-01 12:00:00): no "
+        "capture time lies inside such a visit, so no registry row can be linked to it; fix the visit's start and end "
+        "(swapped, or shifted apart) in visit_occurrence.csv"]
+    assert out.filter(pl.col("rule") == "visit.end_before_start")["srcfile"].to_list() == ["OMOP/visit_occurrence.csv"]
+    assert "visit.date_format" not in set(out["rule"])
+    table.write_text("\n".join([header, *rows, rows[at - 2]]) + "\n")  # (the same visit twice, same person)
+    assert validate(clean).filter(pl.col("rule") == "visit.repeated_id")["message"].to_list() == [
+        f"1 visit_occurrence_id is on more than one row (e.g. {visit}): visit_occurrence_id is the visit table's key "
+        "in CDM 5.4, one row per visit, and the registries' visit_id names it; keep one row of each visit (or give "
+        "each visit its own visit_occurrence_id)"]
+
+
+def test_ids_written_in_scientific_notation_are_told_so(clean):
+    """An id written as 1.01e2 (a spreadsheet writes large numbers so) got no hint, unlike 101.0: the registry's
+    right visit_id was told 'not in visit_occurrence.csv: fix the rows', a registry's 5.0e3 'not an integer'."""
+    visit = sitegen.visit_id(0, 0)
+    written = f"{visit / 1000:g}e3"  # 5000 -> 5e3
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(f"\n{visit},", f"\n{written},"))(clean)
+    messages = validate(clean).filter(pl.col("rule") == "registry.unknown_visit")["message"].to_list()
+    assert messages and all(m.endswith(
+        f"(visit_occurrence.csv writes visit_occurrence_ids in scientific notation (as a spreadsheet writes a large "
+        f"number, keeping 15 digits: re-export from the database, not through a spreadsheet), such as {visit} as "
+        f"{written}: OMOP's visit_occurrence_id is an integer; write visit_occurrence.csv's visit_occurrence_ids as "
+        "integers)") for m in messages), messages
+    # the registry's own visit_id so written: told with its integer, not counted as "not an integer"
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(f"\n{written},", f"\n{visit},"))(clean)
+    registry("Waveforms", lambda rows: [[*r[:4], written if str(r[4]) == str(visit) else r[4], *r[5:]] for r in rows])(clean)
+    out = validate(clean)
+    assert "registry.values" not in set(out["rule"]), out.to_dicts()
+    message = out.filter(pl.col("rule") == "registry.unknown_visit")["message"].item()
+    assert message.endswith(f"({written} is an integer written in scientific notation (as a spreadsheet writes a large "
+                            "number, keeping 15 digits: re-export from the database, not through a spreadsheet): the "
+                            f"linkage procedure's ids are integers; write {visit})"), message
+    # person.csv's: the folder's person is there, written otherwise
+    edit("OMOP/person.csv", lambda t: t.replace(f"\n{P0},", f"\n{int(P0) / 100:g}e2,"))(clean)
+    message = validate(clean).filter((pl.col("rule") == "person.no_omop_row")
+                                     & (pl.col("srcfile") == f"{P0}/"))["message"].item()
+    assert "its id written in scientific notation" in message and message.endswith(f"({int(P0)})"), message
+
+
 def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     """visit_occurrence.csv can hold millions of rows: kept as lists of Python strings, 6M rows (two columns) held
     1.8 GiB and took 28 s to read in a hashing worker; each column is now one text, its values joined by a line
@@ -2760,7 +2859,7 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     write(tmp_path, "OMOP/visit_occurrence.csv",
           'visit_occurrence_id,person_id\n1,000001\n 2 , 2 \n,3\n4,\n"5\n6",7\n')
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v10", f)
+        facts = parse_facts("omop_visits.v11", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
 

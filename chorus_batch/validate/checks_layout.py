@@ -11,7 +11,8 @@ from ..frames import fmt, shown
 from ..classify import CURRENT, LOCAL_ONLY_FIX, LOCAL_ONLY_WHY, SUPERSEDED
 from ..partitions import top_folder
 from ..units import plural
-from .site import _Across, _counted_list, _first_of, _found, _join_list, _norm_id, _one, _Site
+from .rules import AS_NUMBER
+from .site import _Across, _as_integer, _counted_list, _first_of, _found, _join_list, _one, _Site, _written_as
 
 
 def _layout(site: _Site) -> list[pl.LazyFrame]:
@@ -131,8 +132,9 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         return ids  # no readable person.csv: omop.* says why
     # person_ids written as decimals (1.0: pandas writes an integer column with empty cells so) match no folder: said
     # where a folder's id is one of them, not "add the person", whose row is there
-    decimals = (site.person_ids.to_frame("_decimal").filter(pl.col("_decimal").str.contains(r"^[0-9]+\.0*$"))
-                .with_columns(_key=_norm_id(pl.col("_decimal").str.replace(r"\.0*$", ""))).unique("_key"))
+    # (or in scientific notation, 1.01e2, as a spreadsheet writes a large number)
+    decimals = (site.person_ids.to_frame("_decimal").filter(pl.col("_decimal").str.contains(AS_NUMBER))
+                .with_columns(_key=_as_integer(pl.col("_decimal"))).unique("_key"))
     missing = site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")).join(decimals, on="_key", how="left")
     return [*ids, _found(
         "person.no_omop_row", missing.filter(pl.col("_decimal").is_null()), pl.col("_top") + "/",
@@ -143,10 +145,12 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
                 " (its name holds digits other than 0-9, from another script: person_ids are written in 0-9)"))
             .otherwise(pl.lit("")), pl.lit(site.person_csv))),
         _found("person.no_omop_row", missing.filter(pl.col("_decimal").is_not_null()), pl.col("_top") + "/",
-               fmt("person folder {} matches no person_id of {} but {}, its id written as a decimal (as pandas "
-                   "writes an integer column that has empty cells): OMOP's person_id is an integer; write its "
-                   "person_ids as integers ({})", shown(pl.col("_top")), pl.lit(site.person_csv),
-                   shown(pl.col("_decimal")), pl.col("_key")))]
+               fmt("person folder {} matches no person_id of {} but {}, its id written {}: OMOP's person_id is an "
+                   "integer; write its person_ids as integers ({})", shown(pl.col("_top")), pl.lit(site.person_csv),
+                   shown(pl.col("_decimal")),
+                   pl.when(pl.col("_decimal").str.contains("[eE]")).then(_written_as(pl.col("_decimal"))).otherwise(
+                       pl.lit("as a decimal (as pandas writes an integer column that has empty cells)")),
+                   pl.col("_key")))]
 
 
 def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
@@ -158,7 +162,7 @@ def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     # the ids as person.csv writes them ("000002", not the "2" they are compared as); one written as a decimal (2.0)
     # whose folder is there is person.no_omop_row's, which names it as the cause
     written = (site.person.filter(pl.col("_ok") & (pl.col("delimiter") == ",")).select(pl.col("person_id").explode())
-               .drop_nulls().with_columns(_key=_norm_id(pl.col("person_id").str.replace(r"^\s*([0-9]+)\.0*\s*$", "${1}")))
+               .drop_nulls().with_columns(_key=_as_integer(pl.col("person_id")))
                .unique("_key", keep="first"))
     missing = written.filter(~pl.col("_key").is_in(folder_keys.implode())).sort("person_id")["person_id"]
     if missing.len():

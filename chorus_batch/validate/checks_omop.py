@@ -13,6 +13,7 @@ from .rules import (
     CSV_KINDS,
     FORBIDDEN_TABLES,
     KIND_LINKS,
+    KIND_VISITS,
     LINKS_TABLE,
     OMOP_KEYS,
     OMOP_MIN_COLUMNS,
@@ -191,6 +192,25 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         "{} person_id{|s} {is|are} on more than one row (e.g. {}): person_id is the person table's key in CDM 5.4, one "
         "row per person; keep one row of each person (or give each person their own person_id)",
         pl.col("n_repeated_person_id"), pl.col("repeated_person_id").list.join(", "), n=pl.col("n_repeated_person_id"))))
+    # visit_occurrence.csv's rows (omop_visits.v11: of each fault a few examples and how many)
+    visits = site.of_kind(KIND_VISITS).filter(_PARSED)
+    out.append(_found("visit.date_format", visits.filter(pl.col("n_bad_dates").fill_null(0) > 0), "srcfile", fmt(
+        "{} visit start or end date{|s} {is|are} not written as an ISO date (e.g. {}): CDM 5.4 stores them as DATE and "
+        "DATETIME, which a loader reads as YYYY-MM-DD (HH:MM:SS), and the linkage rules cannot read such a visit's span "
+        "(it was left out of registry.visit_time and registry.visit_missing); export the dates as YYYY-MM-DD and the "
+        "datetimes as YYYY-MM-DD HH:MM:SS, with real calendar dates",
+        pl.col("n_bad_dates"), pl.col("bad_dates").list.join("; "), n=pl.col("n_bad_dates"))))
+    out.append(_found("visit.end_before_start", visits.filter(pl.col("n_reversed_visits").fill_null(0) > 0), "srcfile",
+                      fmt("{} visit{|s} {ends|end} before {it starts|they start} (e.g. {}): no capture time lies inside "
+                          "such a visit, so no registry row can be linked to it; fix the visit's start and end (swapped, "
+                          "or shifted apart) in visit_occurrence.csv",
+                          pl.col("n_reversed_visits"), pl.col("reversed_visits").list.join("; "),
+                          n=pl.col("n_reversed_visits"))))
+    out.append(_found("visit.repeated_id", visits.filter(pl.col("n_repeated_visit_id").fill_null(0) > 0), "srcfile", fmt(
+        "{} visit_occurrence_id{|s} {is|are} on more than one row (e.g. {}): visit_occurrence_id is the visit table's "
+        "key in CDM 5.4, one row per visit, and the registries' visit_id names it; keep one row of each visit (or give "
+        "each visit its own visit_occurrence_id)",
+        pl.col("n_repeated_visit_id"), pl.col("repeated_visit_id").list.join(", "), n=pl.col("n_repeated_visit_id"))))
     for table, columns in OMOP_MIN_COLUMNS.items():
         lacking = pl.concat_list([pl.when(~pl.col("columns").list.contains(c)).then(pl.lit(c)) for c in columns]
                                  ).list.drop_nulls()  # in the procedure's order

@@ -8,8 +8,9 @@ import polars as pl
 
 from ..classify import registry_listed
 from ..frames import STAMP, ZONE_DROPPED, fmt, linkage_without_rows
-from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
-from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable, shared_files
+from .rules import AS_NUMBER, KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
+from .site import (_as_integer, _found, _norm_id, _one, _Site, _there_untaken, _unreadable, _written_as,
+                   shared_files)
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -137,9 +138,10 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         # nothing)
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode())
-            & pl.col("_p").str.strip_chars().str.strip_chars('"').str.contains(r"^[0-9]+(\.0*)?$"))
+            & (pl.col("_p").str.strip_chars().str.strip_chars('"').str.contains(r"^[0-9]+$")
+               | pl.col("_p").str.strip_chars().str.strip_chars('"').str.contains(AS_NUMBER)))
         # person.csv's ids written as decimals (101.0): the registry's 101 is the person, written otherwise there
-        decimal = (site.person_ids.to_frame("_written").filter(pl.col("_written").str.contains(r"^\s*[0-9]+\.0*\s*$"))
+        decimal = (site.person_ids.to_frame("_written").filter(pl.col("_written").str.contains(AS_NUMBER))
                    .with_columns(_key=_integer(pl.col("_written"))).unique("_key"))
         as_decimal = (people.with_columns(_key=_integer(pl.col("_p"))).join(decimal, on="_key")
                       .sort("_p").group_by("srcfile").agg(_d=pl.col("_p").first(), _w=pl.col("_written").first()))
@@ -148,9 +150,9 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("person_id{|s} {} {is|are} not in {}: fix the rows or add the {person|persons}{}{}",
                               pl.col("_p").list.head(5).list.join(", "), pl.lit(site.person_csv), _decimals("_p"),
                               pl.when(pl.col("_d").is_not_null()).then(fmt(
-                                  " (person.csv writes person_ids as decimals, such as {} as {}: OMOP's person_id "
-                                  "is an integer; write person.csv's person_ids as integers)", pl.col("_d"),
-                                  pl.col("_w"))).otherwise(pl.lit("")),
+                                  " (person.csv writes person_ids {}, such as {} as {}: OMOP's person_id "
+                                  "is an integer; write person.csv's person_ids as integers)", _plural_form(pl.col("_w")),
+                                  pl.col("_d"), pl.col("_w"))).otherwise(pl.lit("")),
                               n=pl.col("_p").list.len())))
     if site.visit_persons is not None:
         # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
@@ -189,7 +191,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))
         # visit_occurrence.csv's ids written as decimals (5000.0): the registry's 5000 is that visit, written otherwise
         # there (as person.csv's are told: registry.unknown_person); "fix the rows" sent the site to rows that are right
-        written = (site.visit_ids.to_frame("_written").filter(pl.col("_written").str.contains(r"^\s*[0-9]+\.0*\s*$"))
+        written = (site.visit_ids.to_frame("_written").filter(pl.col("_written").str.contains(AS_NUMBER))
                    .with_columns(_key=_integer(pl.col("_written"))).unique("_key") if visits.height
                    else pl.DataFrame(schema={"_written": pl.String, "_key": pl.String}))
         as_decimal = (visits.with_columns(_key=_integer(pl.col("_v"))).join(written, on="_key")
@@ -200,9 +202,10 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                               "empty where no visit overlaps{}{}", pl.col("_v").list.head(5).list.join(", "),
                               _decimals("_v"),
                               pl.when(pl.col("_d").is_not_null()).then(fmt(
-                                  " (visit_occurrence.csv writes visit_occurrence_ids as decimals, such as {} as {}: "
+                                  " (visit_occurrence.csv writes visit_occurrence_ids {}, such as {} as {}: "
                                   "OMOP's visit_occurrence_id is an integer; write visit_occurrence.csv's "
-                                  "visit_occurrence_ids as integers)", pl.col("_d"), pl.col("_w"))).otherwise(pl.lit("")),
+                                  "visit_occurrence_ids as integers)", _plural_form(pl.col("_w")), pl.col("_d"),
+                                  pl.col("_w"))).otherwise(pl.lit("")),
                               n=pl.col("_v").list.len())))
     out += _visit_times(site, usable)
     out += _visit_missing(site, usable)
@@ -372,12 +375,19 @@ def _rows(listed: str, total: pl.Expr) -> pl.Expr:
 def _decimals(ids: str) -> pl.Expr:
     """What to add where ids are integers written as decimals (1.0, as pandas writes an integer column that has empty
     cells): the linkage procedure's ids are integers (bigint), and 1.0 matches no id."""
-    decimal = pl.col(ids).list.eval(pl.element().filter(pl.element().str.contains(r"^[0-9]+\.0*$")))
+    decimal = pl.col(ids).list.eval(pl.element().filter(pl.element().str.contains(AS_NUMBER)))
+    first = decimal.list.first()
+    integer = _as_integer(first)
     return (pl.when(decimal.list.len() > 0)
-            .then(fmt(" ({} is an integer written as a decimal, as pandas writes an integer column with empty cells: "
-                      "the linkage procedure's ids are integers; write {})", decimal.list.first(),
-                      decimal.list.first().str.replace(r"\.0*$", "")))
+            .then(fmt(" ({} is an integer written {}: the linkage procedure's ids are integers; write {})", first,
+                      _written_as(first).str.replace(r"^as a decimal \((.*)\)$", "as a decimal, $1"),
+                      pl.when(integer == first).then(pl.lit("it with all its digits")).otherwise(integer)))
             .otherwise(pl.lit("")))
+
+
+def _plural_form(written: pl.Expr) -> pl.Expr:
+    """"as decimals" or "in scientific notation (...)", as `written` (an id of AS_NUMBER) is."""
+    return pl.when(written.str.contains(r"[eE]")).then(_written_as(written)).otherwise(pl.lit("as decimals"))
 
 
 def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -572,9 +582,7 @@ def _procedure_visit(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         n=pl.col("_n")))]
 
 
-def _integer(expr: pl.Expr) -> pl.Expr:
-    """An id as _norm_id compares it, an integer written as a decimal (101.0) taken as the integer it is."""
-    return _norm_id(expr.str.replace(r"^(\s*[0-9]+)\.0*(\s*)$", "${1}${2}"))
+_integer = _as_integer  # (101.0, 1.01e2: the integer it is)
 
 
 def _same_written_as_decimal(table: str, person: pl.Expr) -> pl.Expr:

@@ -45,6 +45,7 @@ from .dicom_walk import (
     plain_elements,
 )
 from .rules import (
+    AS_NUMBER,
     CSV_KINDS,
     ENHANCED_SOP_CLASSES,
     IDENTIFYING_DICOM_TAGS,
@@ -1331,12 +1332,13 @@ def _registry_facts(f) -> dict[str, Any]:
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
     # person_id too: the procedure's person (Multimodal-Linkage: "integer or bigint"; the Imaging SOP: NOT NULL)
     # and visit_id, a visit_occurrence_id (integer or bigint). An integer written as a decimal (1.0, as pandas writes
-    # an integer column with empty cells) is not counted here: the rules comparing ids tell it, with its fix
+    # an integer column with empty cells) or in scientific notation (1.01e2, as a spreadsheet writes a large number) is
+    # not counted here: the rules comparing ids tell it, with its fix
     proc = pl.col("proc_id").fill_null("")
     visit = pl.col("visit_id").fill_null("").str.strip_chars().str.strip_chars('"')
 
     def not_integer(cell: pl.Expr) -> pl.Expr:
-        return (cell != "") & ~cell.str.contains(BIGINT) & ~cell.str.contains(r"^[0-9]+\.0*$")
+        return (cell != "") & ~cell.str.contains(BIGINT) & ~cell.str.contains(AS_NUMBER)
 
     # group_id: the session or accession that links a row's files "together via session/accession" (Multimodal-Linkage;
     # the Imaging SOP's registry has it NOT NULL); its type is not asked (the one says string, the other integer)
@@ -1949,24 +1951,11 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
     the file."""
     if any(w not in columns for w in wanted):
         return None
-    if len(wanted) == 1:  # (person.csv: each batch's distinct ids kept as Arrow, not as Python strings: 30M ids held
-        import pyarrow as pa  # 5.2 GiB as a dict of tuples; pc.unique keeps the order of first appearance)
-        import pyarrow.compute as pc
-
-        parts, within = [], []  # (within: the values a batch repeats, a few)
+    if len(wanted) == 1:  # (person.csv: each batch's distinct ids kept as Arrow: _Repeats)
+        keys = _Repeats()
         for batch in _csv_batches(f, raw_names, columns, wanted):
-            values = batch[0].filter(pc.cast(pc.binary_length(batch[0]), pa.bool_()))  # ("": false)
-            parts.append(pc.unique(values))
-            if len(parts[-1]) < len(values):
-                counted = pc.value_counts(values)
-                within.append(counted.field(0).filter(pc.greater(counted.field(1), 1)))
-        distinct = pc.unique(pa.chunked_array(parts, pa.string())) if parts else pa.array([], pa.string())
-        # a value on more than one row (person.csv's key: one row per person): within a batch, or in two of them
-        if within or sum(map(len, parts)) > len(distinct):
-            counted = pc.value_counts(pa.chunked_array([*parts, *within], pa.string()))
-            repeated = pc.unique(counted.field(0).filter(pc.greater(counted.field(1), 1)))
-        else:
-            repeated = pa.array([], pa.string())
+            keys.add(batch[0])
+        distinct, repeated = keys.distinct(), keys.repeated()
         return {wanted[0]: distinct.to_pylist(), "repeated": repeated.to_pylist()[:5], "n_repeated": len(repeated)}
     seen: dict[tuple[str, ...], None] = {}
     for batch in _csv_batches(f, raw_names, columns, wanted):
@@ -1976,18 +1965,155 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
     return {w: [row[k] for row in rows] for k, w in enumerate(wanted)}
 
 
+class _Repeats:
+    """The values of a table's key column given on more than one row (person.csv's person_id, visit_occurrence.csv's
+    visit_occurrence_id: one row each), read batch by batch: each batch's distinct values are kept as Arrow (30M ids
+    held 5.2 GiB as Python strings; pc.unique keeps the order of first appearance), with the few a batch repeats."""
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.within: list[Any] = []  # (the values a batch repeats, a few)
+
+    def add(self, column) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        values = column.filter(pc.cast(pc.binary_length(column), pa.bool_()))  # ("": false; a null is dropped)
+        self.parts.append(pc.unique(values))
+        if len(self.parts[-1]) < len(values):
+            counted = pc.value_counts(values)
+            self.within.append(counted.field(0).filter(pc.greater(counted.field(1), 1)))
+
+    def distinct(self):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        return pc.unique(pa.chunked_array(self.parts, pa.string())) if self.parts else pa.array([], pa.string())
+
+    def repeated(self):
+        """The values on more than one row: within a batch, or in two of them (in order of first appearance)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.within or sum(map(len, self.parts)) > len(self.distinct()):
+            counted = pc.value_counts(pa.chunked_array([*self.parts, *self.within], pa.string()))
+            return pc.unique(counted.field(0).filter(pc.greater(counted.field(1), 1)))
+        return pa.array([], pa.string())
+
+
+# A visit's start or end as visit_occurrence.csv must write it to be read (site.visit_moment, registry.visit_time): an
+# ISO date, with a time (to the minute or second, a fraction, a time zone registry.visit_time tells of) or without
+_VISIT_WRITTEN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[ T](?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]*)?)?"
+                  r" ?(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?$")
+
+
+class _VisitAudit:
+    """visit_occurrence.csv's rows read batch by batch (omop_visits.v11): the start and end dates written otherwise than
+    as ISO dates (01/01/2024, 2024-13-01: such a visit was read as no span and left out of the visit-time rules without
+    a word), the visits ending before they start, and the visit_occurrence_ids on more than one row (the table's key);
+    of each, a few examples and how many (memory: the ids' distinct values per batch, _Repeats)."""
+
+    EXAMPLES = 5
+
+    def __init__(self) -> None:
+        self.rows = 0  # rows read so far (row 1 is the header row)
+        self.bad_dates: list[str] = []
+        self.n_bad_dates = 0
+        self.reversed: list[str] = []
+        self.n_reversed = 0
+        self.ids = _Repeats()
+
+    def _examples(self, mask, *columns) -> list[list]:
+        import pyarrow.compute as pc
+
+        at = pc.indices_nonzero(mask)[:self.EXAMPLES]
+        return [[self.rows + 2 + k, *values] for k, *values in
+                zip(at.to_pylist(), *(pc.take(c, at).to_pylist() for c in columns), strict=True)]
+
+    def add(self, ids, dates: dict[str, Any], start, end) -> None:
+        """One batch: its visit_occurrence_ids, its date columns present (by name), and each row's start and end as
+        _csv_joined gives them (the datetime, else the date)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.ids.add(ids)
+        for name, column in dates.items():
+            bad = pc.and_kleene(pc.cast(pc.binary_length(column), pa.bool_()), pc.invert(_iso_day(column)))
+            bad = pc.and_kleene(bad, pc.is_valid(bad))  # (a null cell: no value, no fault)
+            n = pc.sum(pc.cast(bad, pa.int64())).as_py() or 0
+            if n:
+                self.n_bad_dates += n
+                room = self.EXAMPLES - len(self.bad_dates)
+                self.bad_dates += [f"row {row} {name} '{value}'" for row, value in self._examples(bad, column)[:room]]
+        # (as site.visit_moment reads them: a date alone is the whole day, an end at the midnight of its own date too)
+        s_day, e_day = _day(start), _day(end)
+        s_at = pc.coalesce(_clock(start), s_day)
+        e_at = _clock(end)
+        whole = pc.or_kleene(pc.is_null(e_at), pc.equal(e_at, e_day))
+        early = pc.if_else(whole, pc.less(e_day, s_day), pc.less(e_at, s_at))
+        early = pc.and_kleene(early, pc.is_valid(early))  # (either unread: the date rule's)
+        n = pc.sum(pc.cast(early, pa.int64())).as_py() or 0
+        if n:
+            self.n_reversed += n
+            room = self.EXAMPLES - len(self.reversed)
+            self.reversed += [f"row {row} visit {visit or '(no id)'}: {s} to {e}"
+                              for row, visit, s, e in self._examples(early, ids, start, end)[:room]]
+        self.rows += len(ids)
+
+    def facts(self) -> dict[str, Any]:
+        repeated = self.ids.repeated()
+        return {"bad_dates": self.bad_dates, "n_bad_dates": self.n_bad_dates, "reversed_visits": self.reversed,
+                "n_reversed_visits": self.n_reversed, "repeated_visit_id": repeated.to_pylist()[:self.EXAMPLES],
+                "n_repeated_visit_id": len(repeated)}
+
+
+def _iso_day(column):
+    """Whether each value is written as _VISIT_WRITTEN, its date one of the calendar (2024-02-30 is not)."""
+    import pyarrow.compute as pc
+
+    day = pc.utf8_slice_codeunits(column, 0, 10)
+    parsed = pc.strptime(day, format="%Y-%m-%d", unit="s", error_is_null=True)  # (lenient: 02-30 reads as 03-01)
+    same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), day)
+    same = pc.and_kleene(same, pc.is_valid(same))  # (not read as a date: false)
+    return pc.and_kleene(pc.match_substring_regex(column, _VISIT_WRITTEN), same)
+
+
+def _day(column):
+    """The date of each value (a timestamp at its midnight), null where it is not an ISO date."""
+    import pyarrow.compute as pc  # noqa: I001
+
+    day = pc.utf8_slice_codeunits(column, 0, 10)
+    parsed = pc.strptime(day, format="%Y-%m-%d", unit="s", error_is_null=True)
+    import pyarrow as pa
+
+    return pc.if_else(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), day), parsed, pa.nulls(len(parsed), parsed.type))
+
+
+def _clock(column):
+    """The date and time of each value written with one (to the second or the minute), else null."""
+    import pyarrow.compute as pc
+
+    text = pc.replace_substring(column, pattern="T", replacement=" ")
+    return pc.coalesce(
+        pc.strptime(pc.utf8_slice_codeunits(text, 0, 19), format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True),
+        pc.strptime(pc.utf8_slice_codeunits(text, 0, 16), format="%Y-%m-%d %H:%M", unit="s", error_is_null=True))
+
+
 JOINED = "\n"  # what the values of a joined column (_csv_joined) are joined with
 
 
 def _csv_joined(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...],
-                either: dict[str, tuple[str, ...]] | None = None) -> dict[str, str] | None:
+                either: dict[str, tuple[str, ...]] | None = None,
+                audit: _VisitAudit | None = None) -> dict[str, str] | None:
     """The wanted columns of the rows whose first one is not empty, stripped, each as one text of its values
     joined by JOINED in row order (a value's own line break read as a space); None if one is absent. For a
     table of millions of rows (visit_occurrence.csv): a list of Python strings per value held 1.8 GiB and took
     28 s for 6M rows (two columns); joined batch by batch, a batch's values are Python strings only while it is joined.
     `either`: more texts, each of the same rows, named by its key: per row, the first of its columns (those present)
     whose value is not empty, cut to its first 10 characters where it is not the first column named (a date column
-    written with a time is that date); one whose columns are all absent is left out."""
+    written with a time is that date); one whose columns are all absent is left out. `audit`: given each batch's
+    first column, `either`'s columns present and the texts of VISIT_SPAN (all rows, before rows without an id are
+    left out)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -2010,6 +2136,11 @@ def _csv_joined(f, raw_names: list[str], columns: list[str], wanted: tuple[str, 
                 filled = pc.and_kleene(pc.is_valid(text), pc.cast(pc.binary_length(text), pa.bool_()))
                 value = pc.if_else(filled, text, value)
             made.append(value)
+        if audit is not None:
+            spans = dict(zip(outputs, made, strict=True))
+            empty = pc.utf8_slice_codeunits(batch[0], 0, 0)  # (no span columns: no start nor end, no reversed visit)
+            audit.add(batch[0], {c: by_name[c] for present in given.values() for _, c in present},
+                      spans.get("visit_start", empty), spans.get("visit_end", empty))
         for k, column in enumerate(made):
             values = column.filter(keep).to_pylist()  # (a batch's values as Python strings, let go once joined)
             if values:
@@ -2039,9 +2170,12 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
                 none = "" if kind == KIND_VISITS else []
                 values = {w: none for w in read} if all(w in facts["columns"] for w in read) else None
             elif kind == KIND_VISITS:  # millions of rows: each column as one text (site.py splits it)
-                values = _csv_joined(f, raw, facts["columns"], read, either=VISIT_SPAN)
+                audit = _VisitAudit()
+                values = _csv_joined(f, raw, facts["columns"], read, either=VISIT_SPAN, audit=audit)
                 for name in VISIT_SPAN:  # (each visit's start and end: registry.visit_time)
                     facts[name] = None if values is None else values.get(name)
+                # (visit.date_format, visit.end_before_start, visit.repeated_id)
+                facts.update(audit.facts())
             else:
                 values = _csv_columns(f, raw, facts["columns"], read, required=len(wanted))
             for w in read:

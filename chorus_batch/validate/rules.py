@@ -90,6 +90,10 @@ OMOP_REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 # The Data-Upload-Update SOP asks for all 13 clinical tables, each a full snapshot.
 REQUIRED_TABLES = tuple(OMOP_KEYS)
+# An integer id written as a number of another form: a decimal (101.0, as pandas writes an integer column with empty
+# cells) or in scientific notation (1.01e2, 1.23457E+16, as a spreadsheet writes a large number); OMOP's and the
+# linkage procedure's ids are integers, and a loader matches neither form to one
+AS_NUMBER = r"^\s*[0-9]+(?:\.0*|(?:\.[0-9]*)?[eE]\+?[0-9]+)\s*$"
 FORBIDDEN_TABLES = ("specimen",)
 # Waveform File Format v2.0's links table: superseded by the linkage registries, still read where present.
 LINKS_TABLE = "waveform_visit_links"
@@ -293,7 +297,11 @@ KIND_EDF = "edf_header.v4"
 # does (v6, v9, v6: person.csv's "NULL" was a person_id without a folder, a visit_end_datetime "NULL" hid the end date)
 # omop_person.v8 also keeps the person_ids given on more than one row (a few, and how many: person.repeated_id; v7 kept
 # the distinct ids only, a person given twice passed without a word)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v8", "omop_visits.v10", "waveform_links.v7"
+# omop_visits.v11 also keeps, of each a few and how many: the start and end dates not written as ISO dates (01/01/2024,
+# 2024-13-01), the visits ending before they start, the visit_occurrence_ids on more than one row (visit.date_format,
+# visit.end_before_start, visit.repeated_id; v10: such a visit left the visit-time rules without a word, a repeated
+# visit of one person passed)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "waveform_links.v7"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -335,7 +343,10 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v8
 # registries pasted into one file) by its line, not reading it as a row (v15: three wrong findings of values 'trg_file')
 # registry_csv.v17 reads a datetime written as the Imaging SOP's example registry writes it, 8/18/2022 22:41:11
 # (month/day/year; v16 told it as not a datetime, and the rows' visits went unchecked)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v17"
+# registry_csv.v18 counts no person_id or visit_id written in scientific notation (1.01e2, as a spreadsheet writes a
+# large number) among the values that are not integers: as a decimal's, registry.unknown_person/unknown_visit say it,
+# with its fix (v17: "not an integer", no word of the notation)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v7", "registry_csv.v18"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -518,6 +529,25 @@ RULES: tuple[Rule, ...] = (
          "person.",
          sop=((UPLOAD, 'OMOP EHR Folder'),),
          remedy="Keep one row per person: remove the repeated rows, or give each person their own person_id."),
+    Rule("visit.date_format", "error", "visit date not an ISO date",
+         "OMOP/visit_occurrence.csv writes a visit's start or end (visit_start_date, visit_start_datetime, "
+         "visit_end_date, visit_end_datetime) otherwise than as an ISO date, YYYY-MM-DD with or without a time "
+         "(01/01/2024 as a spreadsheet writes it), or as a date the calendar lacks (2024-13-01): CDM 5.4's DATE and "
+         "DATETIME columns, which a loader refuses so; the visit-time rules (registry.visit_time, "
+         "registry.visit_missing) cannot read that visit's span and leave it out.",
+         sop=((UPLOAD, 'OMOP EHR Folder'), (LINKAGE, 'B: REGISTRY CONSTRUCTION')),
+         remedy="Export the dates as YYYY-MM-DD and the datetimes as YYYY-MM-DD HH:MM:SS (not through a spreadsheet)."),
+    Rule("visit.end_before_start", "error", "visit ends before it starts",
+         "OMOP/visit_occurrence.csv gives a visit an end before its start (a date alone is the whole day, an end at "
+         "the midnight of its own date too): no capture time lies inside it, so the linkage procedure's visit that "
+         "overlaps a file's capture time can never be it.",
+         sop=((UPLOAD, 'OMOP EHR Folder'), (LINKAGE, 'B: REGISTRY CONSTRUCTION')),
+         remedy="Fix the visit's start and end (swapped, or shifted apart by the date shift) in visit_occurrence.csv."),
+    Rule("visit.repeated_id", "error", "visit_occurrence_id on more than one row",
+         "OMOP/visit_occurrence.csv gives a visit_occurrence_id on more than one row (of one person or of several): it "
+         "is the VISIT_OCCURRENCE table's key in CDM 5.4, one row per visit, and the registries' visit_id names it.",
+         sop=((UPLOAD, 'OMOP EHR Folder'), (LINKAGE, 'C: OMOP INTEGRATION')),
+         remedy="Keep one row per visit: remove the repeated rows, or give each visit its own visit_occurrence_id."),
     Rule("person.split_folders", "error", "one person in two folders",
          "Person folders name the same person_id in other spellings (0001/ and 000001/: ids are compared without "
          "leading zeros, as OMOP stores them): the person's files lie in more than one folder.",

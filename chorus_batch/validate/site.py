@@ -21,6 +21,7 @@ from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS, JOINED, OWN_REMEDY
 from .rules import (
+    AS_NUMBER,
     KIND_DICOM,
     KIND_EDF,
     KIND_LINKS,
@@ -61,7 +62,10 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                             "n_repeated_person_id": pl.Int64}),
     # (each column one text of its values: readers._csv_joined; split where read, not decoded as a list)
     KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.String, "person_id": pl.String,
-                            "visit_start": pl.String, "visit_end": pl.String}),
+                            "visit_start": pl.String, "visit_end": pl.String,
+                            "bad_dates": pl.List(pl.String), "n_bad_dates": pl.Int64,
+                            "reversed_visits": pl.List(pl.String), "n_reversed_visits": pl.Int64,
+                            "repeated_visit_id": pl.List(pl.String), "n_repeated_visit_id": pl.Int64}),
     KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
     KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
                               "unchecked": pl.List(pl.String), "chars": pl.Int64, "variables": pl.Int64,
@@ -171,6 +175,28 @@ def _norm_id(expr: pl.Expr) -> pl.Expr:
     """Ids compared as OMOP stores them: digits-only ids without their leading zeros."""
     s = expr.str.strip_chars().str.strip_chars('"')
     return pl.when(s.str.contains(r"^[0-9]+$")).then(s.str.replace(r"^0+([0-9])", "${1}")).otherwise(s)
+
+
+_SCIENTIFIC = r"[eE]"
+
+
+def _as_integer(expr: pl.Expr) -> pl.Expr:
+    """An id as _norm_id compares it, one written as AS_NUMBER taken as the integer it is (a scientific notation
+    whose value is no integer, or past 2^53, stays as written: its digits are lost)."""
+    text = expr.str.strip_chars()
+    value = text.cast(pl.Float64, strict=False)
+    scientific = text.str.contains(AS_NUMBER) & text.str.contains(_SCIENTIFIC)
+    whole = pl.when(scientific & (value == value.floor()) & (value < 2.0 ** 53)).then(
+        value.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(expr)
+    return _norm_id(whole.str.replace(r"^(\s*[0-9]+)\.0*(\s*)$", "${1}${2}"))
+
+
+def _written_as(written: pl.Expr) -> pl.Expr:
+    """How an id of AS_NUMBER is written, in words: "as a decimal (...)" or "in scientific notation (...)"."""
+    return (pl.when(written.str.contains(_SCIENTIFIC))
+            .then(pl.lit("in scientific notation (as a spreadsheet writes a large number, keeping 15 digits: re-export "
+                         "from the database, not through a spreadsheet)"))
+            .otherwise(pl.lit("as a decimal (as pandas writes an integer column with empty cells)")))
 
 
 _FINDING_COLUMNS = {"rule": pl.String, "srcfile": pl.String, "message": pl.String}
