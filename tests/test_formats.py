@@ -365,7 +365,8 @@ def test_a_record_named_in_other_characters_than_ascii_is_told_how_wfdb_reads_it
 ])
 def test_a_header_row_is_read_as_a_csv_record(data, columns, delimiter, person_id):
     facts = readers.parse_facts(KIND_PERSON, io.BytesIO(data))
-    assert facts == {"columns": columns, "delimiter": delimiter, "person_id": person_id}
+    assert facts == {"columns": columns, "delimiter": delimiter, "person_id": person_id, "repeated_person_id": [],
+                     "n_repeated_person_id": 0}
 
 
 def test_a_registry_header_with_a_line_end_in_a_quoted_name_is_read_with_its_rows():

@@ -1956,7 +1956,8 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         for batch in _csv_batches(f, raw_names, columns, wanted):
             keys.add(batch[0])
         distinct, repeated = keys.distinct(), keys.repeated()
-        return {wanted[0]: distinct.to_pylist(), "repeated": repeated.to_pylist()[:5], "n_repeated": len(repeated)}
+        return {wanted[0]: distinct.to_pylist(), "repeated": repeated.slice(0, 5).to_pylist(),
+                "n_repeated": len(repeated)}  # (a slice: 30M ids each given twice made 30M Python strings for 5)
     seen: dict[tuple[str, ...], None] = {}
     for batch in _csv_batches(f, raw_names, columns, wanted):
         values = [column.to_pylist() for column in batch]
@@ -2063,7 +2064,7 @@ class _VisitAudit:
     def facts(self) -> dict[str, Any]:
         repeated = self.ids.repeated()
         return {"bad_dates": self.bad_dates, "n_bad_dates": self.n_bad_dates, "reversed_visits": self.reversed,
-                "n_reversed_visits": self.n_reversed, "repeated_visit_id": repeated.to_pylist()[:self.EXAMPLES],
+                "n_reversed_visits": self.n_reversed, "repeated_visit_id": repeated.slice(0, self.EXAMPLES).to_pylist(),
                 "n_repeated_visit_id": len(repeated)}
 
 
