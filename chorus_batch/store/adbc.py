@@ -22,7 +22,6 @@ KeyboardInterrupt once the call returns.
 from __future__ import annotations
 
 import contextlib
-
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
