@@ -56,6 +56,27 @@ def test_a_local_run_loads_no_cloud_client_and_a_no_change_run_no_checks(tmp_pat
     assert loaded(again, CLOUD + CHECKS + NEVER) == []
 
 
+def test_a_run_that_finds_repeated_ids_and_nul_bytes_loads_no_pandas_either(tmp_path):
+    """pyarrow asks pandas whether it can take a Python value (pa.array([]), pc.greater(x, 1), pc.index(x, True)),
+    importing pandas into the run: the readers of person.csv's and visit_occurrence.csv's repeated ids and of a
+    registry's NUL bytes hand it none, on the paths a clean site takes and on those of these faults."""
+    site = tmp_path / "site"
+    shutil.copytree(demo_site(), site)
+    for table in ("person.csv", "visit_occurrence.csv"):
+        path = site / "OMOP" / table
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join([*lines, lines[-1], lines[1]]))  # (one id twice in a batch)
+    registry = site / "image_registry.csv"
+    registry.write_bytes(registry.read_bytes() + b"\x00\x00\x00\n")
+    db = tmp_path / "m.sqlite"
+
+    modules = modules_after_run(site, db)
+    assert loaded(modules, NEVER) == []
+    findings = subprocess.run([sys.executable, "-m", "chorus_batch", "validate", "--db", str(db)],
+                              capture_output=True, text=True).stdout
+    assert "person.repeated_id" in findings and "visit.repeated_id" in findings and "NUL" in findings, findings
+
+
 def test_the_read_only_commands_on_a_local_manifest_load_no_cloud_client(tmp_path):
     """versions, validate --db, changes, files and report asked whether --db is in Azure by loading the Azure client
     (store.remote: asyncio, ssl, 20-50 ms of each command's start-up) for a local file."""

@@ -1850,7 +1850,8 @@ def _nul_where(table: Any, columns: list[str]) -> str:
 
     first = None
     for k in range(table.num_columns):
-        at = pc.index(pc.fill_null(pc.match_substring(table.column(k), "\0"), False), True).as_py()
+        hits = pc.indices_nonzero(pc.match_substring(table.column(k), "\0"))  # (not pc.index(…, True): see _Repeats)
+        at = hits[0].as_py() if len(hits) else -1
         if at >= 0 and (first is None or at < first[0]):
             first = (at, k)
     if first is None:  # (in a line pyarrow passes over: an empty one)
@@ -1966,6 +1967,16 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
     return {w: [row[k] for row in rows] for k, w in enumerate(wanted)}
 
 
+def _more_than_one(counts):
+    """counts > 1, with no Python value handed to pyarrow: pa.array([]), pa.scalar, pc.greater(x, 1) and
+    pc.index(x, True) ask pandas whether it can take the value, importing pandas (0.3-0.5 s) into the run (the
+    fresh-clone run's test_startup caught pa.array([]) here); counts - 1 (is_valid cast: ones) is 0 only for 1."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.cast(pc.subtract(counts, pc.cast(pc.is_valid(counts), counts.type)), pa.bool_())
+
+
 class _Repeats:
     """The values of a table's key column given on more than one row (person.csv's person_id, visit_occurrence.csv's
     visit_occurrence_id: one row each), read batch by batch: each batch's distinct values are kept as Arrow (30M ids
@@ -1983,13 +1994,13 @@ class _Repeats:
         self.parts.append(pc.unique(values))
         if len(self.parts[-1]) < len(values):
             counted = pc.value_counts(values)
-            self.within.append(counted.field(0).filter(pc.greater(counted.field(1), 1)))
+            self.within.append(counted.field(0).filter(_more_than_one(counted.field(1))))
 
     def distinct(self):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        return pc.unique(pa.chunked_array(self.parts, pa.string())) if self.parts else pa.array([], pa.string())
+        return pc.unique(pa.chunked_array(self.parts, pa.string())) if self.parts else pa.chunked_array([], pa.string())
 
     def repeated(self):
         """The values on more than one row: within a batch, or in two of them (in order of first appearance)."""
@@ -1998,8 +2009,8 @@ class _Repeats:
 
         if self.within or sum(map(len, self.parts)) > len(self.distinct()):
             counted = pc.value_counts(pa.chunked_array([*self.parts, *self.within], pa.string()))
-            return pc.unique(counted.field(0).filter(pc.greater(counted.field(1), 1)))
-        return pa.array([], pa.string())
+            return pc.unique(counted.field(0).filter(_more_than_one(counted.field(1))))
+        return pa.chunked_array([], pa.string())
 
 
 # A visit's start or end as visit_occurrence.csv must write it to be read (site.visit_moment, registry.visit_time): an
