@@ -562,6 +562,24 @@ def ended_by_slurm(state: str) -> str | None:
     return f"{why}: submit again with {instead}{more}"
 
 
+# The merge ended by Slurm: submitted again, every shard is hashed again, though they are done and wait in the staging
+# folder. A merge stopped at its --time was said "merge job 8 exited with code 143" and no more (its shell writes 143
+# to merge.exit; the merge's own log says "terminated (SIGTERM)"), unlike a shard stopped so.
+_MERGE_ENDED_BY_SLURM = {"TIMEOUT": ("at its time limit", "a longer --time"),
+                         "OUT_OF_MEMORY": ("over its memory", "a larger --mem")}
+
+
+def merge_ended_by_slurm(job: "Submitted", state: str) -> str | None:
+    """Why Slurm ended the merge job in `state` and what to run instead, or None when Slurm did not end it itself."""
+    if state not in _MERGE_ENDED_BY_SLURM:
+        return None
+    why, instead = _MERGE_ENDED_BY_SLURM[state]
+    return (f"Slurm stopped the merge job {job.merge_job} {why} ({state}): the shards are done and stay in "
+            f"{job.staging}; merge them alone, in a job with {instead}"
+            + (f": {job.rerun_merge}" if job.rerun_merge else "")
+            + " (submitting again would hash every shard again)")
+
+
 def never_starts(reason: str) -> str | None:
     """Why a job pending for `reason` (squeue's %r) will not start by itself, or None when it may."""
     if reason in _NEVER_BY_ITSELF:
@@ -828,6 +846,10 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
             + (":" if (said := _merge_outcome(job.merge_log(), code)) else ""))
         for line in said:
             out("  " + line)
+        if code >= 128:  # (killed by a signal: Slurm's, at the job's --time or over its --mem, or another's)
+            ended = merge_ended_by_slurm(job, merge_state or scontrol_exit(job.merge_job)[0])
+            if ended:
+                out(ended)
         return code
     state, code = scontrol_exit(job.merge_job)
     state = state or merge_state
@@ -878,6 +900,8 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         return int(ExitCode.USAGE)
     out(f"the merge job {job.merge_job} ended {state.lower() or 'unseen'} without writing {job.staging / MERGE_EXIT}"
         f"; see its log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'}")
+    if ended := merge_ended_by_slurm(job, state):  # (a cgroup's OOM kill ends the job's shell with the merge)
+        out(ended)
     return code if code else int(ExitCode.FAILED)
 
 

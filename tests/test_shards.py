@@ -207,9 +207,16 @@ def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snaps
     assert "shard 2/4 is missing" in out.stderr and f"--shard 2/4 --staging {staging}" in out.stderr
     assert "nothing was committed" in out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
-    (staging / "shard-1-of-4" / "scan.json").unlink()  # a shard that died before completing
+    # A shard that died before completing: its task killed over its memory (Slurm's OUT_OF_MEMORY, a cgroup's OOM
+    # kill: SIGKILL, no word, its lock and half-written folder left) while it hashed: named with its rerun command,
+    # and that rerun alone (below) is not refused by the dead task's lock
+    killed = paused("run", "--site", str(site), "--db", str(db), "--shard", "1/4", "--staging", str(staging),
+                    at="hashing")
+    killed.kill()
+    killed.communicate(timeout=60)
     out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
-    assert out.returncode == 2 and "shard 1/4 is incomplete" in out.stderr
+    assert out.returncode == 2 and "shard 1/4 is incomplete (it failed or is still running): rerun it with: " \
+        in out.stderr and f"--shard 1/4 --staging {staging}" in out.stderr, out.stderr
     run_shards(site, db, staging, shards=(1, 2))  # each rerun alone
     assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     # Merged once (a requeued merge job): said so, not "stale, rerun them"; never committed twice.

@@ -606,6 +606,51 @@ def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monke
     assert "shard 1 of 2: timeout" in text and "--shard 1/2 " in text, text
 
 
+def test_a_merge_slurm_stopped_at_its_time_limit_or_memory_is_said_with_what_to_run(tmp_path, monkeypatch):
+    """A merge stopped at its --time (Slurm's SIGTERM: its shell writes 143 to merge.exit) was said "merge job 8 exited
+    with code 143 (log ...)" and no more, though a shard stopped so is told "a longer --time". It says Slurm stopped it,
+    that the shards are done, and the merge alone to run in a job with a longer --time (or a larger --mem, when a
+    cgroup's OOM kill took the job's shell with it and merge.exit was never written)."""
+    import chorus_batch.slurm as slurm_module
+
+    states = {"7_0": ("COMPLETED", "None"), "7_1": ("COMPLETED", "None"), "8": ("TIMEOUT", "TimeLimit")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "merge.exit").write_text("143\n")
+    lines: list[str] = []
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 143
+    assert lines[-1] == (f"Slurm stopped the merge job 8 at its time limit (TIMEOUT): the shards are done and stay in "
+                         f"{tmp_path}; merge them alone, in a job with a longer --time: py -m chorus_batch run --merge "
+                         "st (submitting again would hash every shard again)"), lines
+
+    states["8"] = ("OUT_OF_MEMORY", "OutOfMemory")
+    (tmp_path / "merge.exit").unlink()
+    lines.clear()
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 3
+    assert "the merge job 8 ended out_of_memory without writing" in lines[-2], lines
+    assert lines[-1].startswith("Slurm stopped the merge job 8 over its memory (OUT_OF_MEMORY): the shards are done"), lines
+    assert "in a job with a larger --mem: py -m chorus_batch run --merge st (" in lines[-1], lines
+
+    states["8"] = ("FAILED", "NonZeroExitCode")  # killed by another (a SIGKILL of its own): no such advice
+    (tmp_path / "merge.exit").write_text("137\n")
+    lines.clear()
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 137
+    assert not any("Slurm stopped" in line for line in lines), lines
+
+
+def test_a_shard_slurm_stopped_over_its_memory_is_said_with_the_memory_to_give(tmp_path, monkeypatch):
+    """A shard's task over its --mem (Slurm's OUT_OF_MEMORY; the test cluster enforces no memory, so its state as
+    squeue reports it): named, with what to submit instead and the command that reruns it alone."""
+    text = _followed(tmp_path, monkeypatch, {"7_0": ("COMPLETED", "None"), "7_1": ("OUT_OF_MEMORY", "OutOfMemory"),
+                                             "8": ("CANCELLED", "DependencyNeverSatisfied")})
+    assert "1 done, 1 failed of 2" in text and "did not run: 1 of 2 shards did not finish; nothing was committed" in text
+    assert ("  shard 1 of 2: out_of_memory (Slurm stopped it over its memory: submit again with a larger --mem, or fewer "
+            f"--cpus-per-task (each task's --workers)); log {tmp_path}/logs/chorus-shard-7_1.out\n"
+            "    rerun it: py -m chorus_batch run --shard 1/2 --staging st\n"
+            "  then merge: py -m chorus_batch run --merge st") in text, text
+
+
 def test_follow_does_not_tell_to_rerun_a_shard_whose_task_still_runs(tmp_path, monkeypatch):
     """Shard 0 failed, so the merge was cancelled, while shard 1's task still ran: the follower said "rerun it" of
     shard 1 too, a rerun its own running task's lock refuses (or that hashes the shard twice)."""
