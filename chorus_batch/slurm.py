@@ -569,11 +569,15 @@ _MERGE_ENDED_BY_SLURM = {"TIMEOUT": ("at its time limit", "a longer --time"),
                          "OUT_OF_MEMORY": ("over its memory", "a larger --mem")}
 
 
-def merge_ended_by_slurm(job: "Submitted", state: str) -> str | None:
-    """Why Slurm ended the merge job in `state` and what to run instead, or None when Slurm did not end it itself."""
+def merge_ended_by_slurm(job: "Submitted", state: str, committed: bool = False) -> str | None:
+    """Why Slurm ended the merge job in `state` and what to run instead, or None when Slurm did not end it itself.
+    `committed`: its log says its version had been committed before it was stopped (that version stays)."""
     if state not in _MERGE_ENDED_BY_SLURM:
         return None
     why, instead = _MERGE_ENDED_BY_SLURM[state]
+    if committed:  # (a merge run again would say "merged already": nothing to run now, only the next submission's)
+        return (f"Slurm stopped the merge job {job.merge_job} {why} ({state}) after it had committed its version, "
+                f"which stays; give the next submission {instead}")
     return (f"Slurm stopped the merge job {job.merge_job} {why} ({state}): the shards are done and stay in "
             f"{job.staging}; merge them alone, in a job with {instead}"
             + (f": {job.rerun_merge}" if job.rerun_merge else "")
@@ -713,6 +717,7 @@ def _read_exit(path: Path, wait_s: float) -> int | None:
 
 _MERGE_ERROR = re.compile(r"^chorus-batch(?: [a-z-]+)?: error: ")
 _MERGE_COMMITTED = re.compile(r"^(?:version \S+ committed to |no changes since version )")
+_MERGE_STOPPED = re.compile(r"^chorus-batch: (?:hung up|terminated|stopped by|quit|interrupted)\b.*; ")
 
 
 def _merge_outcome(log: Path, code: int) -> list[str]:
@@ -727,8 +732,8 @@ def _merge_outcome(log: Path, code: int) -> list[str]:
         return []
     if code >= 2:
         starts = [i for i, line in enumerate(lines) if _MERGE_ERROR.match(line)]
-        if not starts:
-            return []
+        if not starts:  # (stopped by a signal: "chorus-batch: terminated (SIGTERM); nothing was committed")
+            return [line for line in lines if _MERGE_STOPPED.match(line)][-1:] if code >= 128 else []
         said = [lines[starts[-1]]]
         for line in lines[starts[-1] + 1:]:
             if not line.startswith("  "):
@@ -847,7 +852,8 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         for line in said:
             out("  " + line)
         if code >= 128:  # (killed by a signal: Slurm's, at the job's --time or over its --mem, or another's)
-            ended = merge_ended_by_slurm(job, merge_state or scontrol_exit(job.merge_job)[0])
+            ended = merge_ended_by_slurm(job, merge_state or scontrol_exit(job.merge_job)[0],
+                                         committed=any("had been committed before; it stays" in line for line in said))
             if ended:
                 out(ended)
         return code

@@ -618,14 +618,26 @@ def test_a_merge_slurm_stopped_at_its_time_limit_or_memory_is_said_with_what_to_
     monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
     (tmp_path / "logs").mkdir()
     (tmp_path / "merge.exit").write_text("143\n")
+    log = tmp_path / "logs" / "chorus-merge-8.out"
+    log.write_text("chorus-batch: merging the shards in st\nchorus-batch: terminated (SIGTERM); nothing was committed\n")
     lines: list[str] = []
     assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 143
+    assert lines[-3:-1] == [f"merge job 8 exited with code 143 (log {log}):",
+                            "  chorus-batch: terminated (SIGTERM); nothing was committed"], lines
     assert lines[-1] == (f"Slurm stopped the merge job 8 at its time limit (TIMEOUT): the shards are done and stay in "
                          f"{tmp_path}; merge them alone, in a job with a longer --time: py -m chorus_batch run --merge "
                          "st (submitting again would hash every shard again)"), lines
 
+    # stopped after its commit: the version stays, nothing to merge again
+    log.write_text("chorus-batch: terminated (SIGTERM); version 20261207021736 had been committed before; it stays\n")
+    lines.clear()
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 143
+    assert lines[-1] == ("Slurm stopped the merge job 8 at its time limit (TIMEOUT) after it had committed its version, "
+                         "which stays; give the next submission a longer --time"), lines
+
     states["8"] = ("OUT_OF_MEMORY", "OutOfMemory")
     (tmp_path / "merge.exit").unlink()
+    log.unlink()
     lines.clear()
     assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 3
     assert "the merge job 8 ended out_of_memory without writing" in lines[-2], lines
@@ -1175,6 +1187,9 @@ def test_a_merge_stopped_by_slurm_still_writes_its_exit_code(slurm, small_site, 
     assert (staging / "merge.exit").read_text() == "143\n", _logs(job)
     assert f"merge job {job.merge_job} exited with code 143" in "\n".join(lines)
     assert "terminated (SIGTERM); nothing was committed" in job.merge_log().read_text()
+    # the follower repeats the merge's own word on it; scancel is no limit of Slurm's: no "longer --time" for it
+    assert lines[-1].startswith("  chorus-batch: terminated (SIGTERM); nothing was committed"), lines
+    assert not any("Slurm stopped" in line for line in lines), lines
     slurm.wait_idle()
 
 
