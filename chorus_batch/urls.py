@@ -52,8 +52,9 @@ _SCRUB = [
     (re.compile(r"(?i)(?:(?<![A-Za-z0-9])|(?<=%26)|(?<=%3F)|(?<=%3B))(sig(?:=|%3D|[\"']?\s*:\s*[\"']?))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), r"\1***"),
     # any other name ending as a secret's does (SECRET_NAME_ENDINGS) as a query parameter or form field, '=' plain or
     # %-escaped, or as a quoted JSON or dict key ('"xsig": "..."')
-    (re.compile(r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=%26)|(?<=%3F)|(?<=%3B))(" + _SECRET_NAME +
-                r"(?:=|%3D|[\"']\s*:\s*b?[\"']))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), r"\1***"),
+    # (a name, then its ending checked: the endings as a regex alternation, tried at each letter, made scrub 40% slower)
+    (re.compile(r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=%26)|(?<=%3F)|(?<=%3B))([A-Za-z0-9_.-]+"
+                r"(?:=|%3D|[\"']\s*:\s*b?[\"']))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), lambda found: _secret_field(found)),
     # connection-string fields, '=' and ';' plain or %-escaped (a connection string URL-encoded in a message)
     (re.compile(r"(?i)" + _NAME_START + r"((?:AccountKey|SharedAccessSignature)(?:=|%3D))(?!\*\*\*)"
                 r"(?:(?!%3B)[^;\s\"',<>])+"), r"\1***"),
@@ -89,6 +90,17 @@ _SECRET_VALUE_MIN = 16
 # variables a chorus.toml names for its secrets ([azure] connection_string_env, sas_token_env, account_key_env):
 # masked as those above once the config is read (secret_variable)
 _NAMED_SECRET_VARIABLES: set[str] = set()
+
+
+_QUOTED_KEY = re.compile(r"[\"']\s*:\s*b?[\"']$")
+
+
+def _secret_field(found: re.Match) -> str:
+    """`name=value` (or a quoted key's value) with the value masked if the name ends as a secret's does."""
+    head = found.group(1)
+    name = _QUOTED_KEY.sub("", head).removesuffix("=")
+    name = name[:-3] if name[-3:].upper() == "%3D" else name
+    return head + "***" if name.lower().endswith(SECRET_NAME_ENDINGS) else found.group(0)
 
 
 def secret_variable(name: str) -> None:
