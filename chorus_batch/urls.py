@@ -24,7 +24,15 @@ PROTOCOLS = ("file", *AZURE_PROTOCOLS, *S3_PROTOCOLS, "memory")
 # Query parameters and userinfo that carry secrets: never recorded, logged or printed. A URL's query is masked
 # whole (an Azure SAS, an S3 presigned X-Amz-Signature/-Credential/-Security-Token, whatever a store invents);
 # in other text only the SAS parameters that may follow a '?' or '&'.
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
+# A parameter or field is a secret by its name's ending, not by a list of names (a list let through the ones it did not
+# know: an SDK's 'AWSAccessKeyId=', 'AccessToken=', 'X-Goog-Credential=', a store's own 'xsig=' or 'copy_source_sig='
+# were quoted whole). Azure's SAS carries one secret, `sig` (its sv, se, sp, skoid, skt ... say what it allows and
+# until when); S3's presigned URL X-Amz-Signature, X-Amz-Security-Token and X-Amz-Credential (the access key id), and
+# in its older form Signature and AWSAccessKeyId; GCS's X-Goog-Signature and -Credential: each ends in one of these.
+SECRET_NAME_ENDINGS = ("sig", "signature", "token", "credential", "credentials", "secret", "password", "accesskeyid",
+                       "access_key_id", "accesskey", "access_key", "apikey", "api_key", "accountkey", "account_key")
+_SECRET_NAME = r"[A-Za-z0-9_.-]*(?:" + "|".join(SECRET_NAME_ENDINGS) + ")"
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv|" + _SECRET_NAME + ")=)[^&]*")
 # each item of a URL's query: a value after its '=' masked, an item without '=' masked whole (a SAS %-escaped as
 # one piece, 'sv%3D...%26sig%3D...', has no '=' and was shown in full)
 _URL_QUERY_ITEM = re.compile(r"([?&])([^=&#]*)(=[^&#]*)?")
@@ -42,6 +50,11 @@ _SCRUB = [
     # SAS query parameters (sig is the secret; the rest say what it allows and until when), wherever the name starts
     # (after '...', '(', '[', '\u0026' or a %-escape: "...sig=XYZ&foo" was left whole), '=' plain or %-escaped
     (re.compile(r"(?i)(?:(?<![A-Za-z0-9])|(?<=%26)|(?<=%3F)|(?<=%3B))(sig(?:=|%3D|[\"']?\s*:\s*[\"']?))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), r"\1***"),
+    # any other name ending as a secret's does (SECRET_NAME_ENDINGS) as a query parameter or form field, '=' plain or
+    # %-escaped, or as a quoted JSON or dict key ('"xsig": "..."')
+    # (a name, then its ending checked: the endings as a regex alternation, tried at each letter, made scrub 40% slower)
+    (re.compile(r"(?i)(?:(?<![A-Za-z0-9_.-])|(?<=%26)|(?<=%3F)|(?<=%3B))([A-Za-z0-9_.-]+"
+                r"(?:=|%3D|[\"']\s*:\s*b?[\"']))(?!\*\*\*)[^&\s\"';,)\]}<>]+"), lambda found: _secret_field(found)),
     # connection-string fields, '=' and ';' plain or %-escaped (a connection string URL-encoded in a message)
     (re.compile(r"(?i)" + _NAME_START + r"((?:AccountKey|SharedAccessSignature)(?:=|%3D))(?!\*\*\*)"
                 r"(?:(?!%3B)[^;\s\"',<>])+"), r"\1***"),
@@ -77,6 +90,17 @@ _SECRET_VALUE_MIN = 16
 # variables a chorus.toml names for its secrets ([azure] connection_string_env, sas_token_env, account_key_env):
 # masked as those above once the config is read (secret_variable)
 _NAMED_SECRET_VARIABLES: set[str] = set()
+
+
+_QUOTED_KEY = re.compile(r"[\"']\s*:\s*b?[\"']$")
+
+
+def _secret_field(found: re.Match) -> str:
+    """`name=value` (or a quoted key's value) with the value masked if the name ends as a secret's does."""
+    head = found.group(1)
+    name = _QUOTED_KEY.sub("", head).removesuffix("=")
+    name = name[:-3] if name[-3:].upper() == "%3D" else name
+    return head + "***" if name.lower().endswith(SECRET_NAME_ENDINGS) else found.group(0)
 
 
 def secret_variable(name: str) -> None:
@@ -141,6 +165,8 @@ def _names(*names: str) -> str:
 _ESCAPED_NOT_SEMICOLON = "%([0-24-9A-Fa-f][0-9A-Fa-f]|3[0-9ACDEFacdef])"
 SED_SCRUB = tuple(expression.replace('\\"', '"') for expression in (  # (in a bracket, '\\' is itself)
     rf"s#(^|[^A-Za-z0-9]|%26|%3[FfBb])({_any_case('sig')}(=|%3[Dd]|[\"']?[[:space:]]*:[[:space:]]*[\"']?))[^]&[:space:]\"';,)}}<>]+#\1\2***#g",
+    r"s#(^|[^A-Za-z0-9_.-]|%26|%3[FfBb])([A-Za-z0-9_.-]*" + _names(*SECRET_NAME_ENDINGS)
+    + r"(=|%3[Dd]|[\"'][[:space:]]*:[[:space:]]*b?[\"']))[^]&[:space:]\"';,)}<>]+#\1\2***#g",
     rf"s#{_names('AccountKey', 'SharedAccessSignature')}(=|%3[Dd])([^;[:space:]\"',<>%]|{_ESCAPED_NOT_SEMICOLON})+"
     r"#\1\2***#g",
     rf"s#{_names('Bearer', 'SharedKey', 'SharedKeyLite')}[[:space:]]+[A-Za-z0-9._~+/=:-]+#\1 ***#g",

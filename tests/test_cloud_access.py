@@ -99,6 +99,13 @@ SECRET_TEXTS = [
     f"az storage blob upload --account-key {KEY[:40]} --sas-token '{SAS}'",
     f"BlobServiceClient(account_url, credential={KEY[:40]})",
     f"headers={{'X-Amz-Security-Token': b'{SIG}', 'Authorization': b'AWS4-HMAC-SHA256 Signature={SIG}'}}",
+    # a secret known by its name's ending, not by a list of names (SECRET_NAME_ENDINGS): a request quoted without its
+    # scheme, with a signature-bearing parameter the list did not hold, an S3 presigned URL's older form, GCS's
+    f"GET /c/x?sv=2024-08-04&se=2030-01-01&xsig={SIG} 403",
+    f"GET /bucket/k?AWSAccessKeyId={KEY[:20]}&Expires=1700000000&Signature={SIG}",
+    f"/bucket/k?X-Goog-Credential={KEY[:20]}%2F20240101&X-Goog-Signature={SIG}",
+    f"the token was sv%3D2024%26copy_source_sig%3D{SIG}",
+    f'{{"AccessToken": "{SIG}", "api_key": "{KEY[:40]}"}}',
 ]
 
 
@@ -175,6 +182,9 @@ def test_the_shell_mask_of_an_upload_script_masks_what_scrub_masks(monkeypatch):
 
 def test_scrub_keeps_what_is_not_secret():
     text = "container site1 of account myacct: ContainerNotFound (se=2030-01-01T00:00:00Z)"
+    assert scrub(text) == text
+    # a SAS's other parameters, and names that only hold a secret's word, are no secrets
+    text = "sv=2024-08-04&se=2030-01-01&sp=rl&skoid=0000-1111 tokens=3 signatures=2 key=000123/a.dcm"
     assert scrub(text) == text
     assert "AccountName=myacct" in scrub(CONN)
 
