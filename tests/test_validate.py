@@ -543,6 +543,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),
+    # the header says the pixels hold identifying text (a name burnt in): emptying the header's identifiers leaves it
+    ("burned_in", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                                       accession=ACCESSION, BurnedInAnnotation="YES")),
+     {("dicom.burned_in", f"{SERIES1}/")}),
     ("registry_columns", registry("Waveforms", columns=["file_id", "proc_id", "person_id", "group_id", "visit",
                                                         "datetime", "src_file", "trg_file"]),
      {("registry.columns", "waveform_registry.csv")}),
@@ -1279,7 +1283,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1383,7 +1387,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v18", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1391,7 +1395,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v15"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v16"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 

@@ -56,7 +56,7 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
         *_current_paths(d), *_deidentified(d, _known_persons(site)), _study_metadata(d), _series_metadata(d),
-        _recommended(d), _repeated_instances(d), _repeated_uids(d), _unknown_syntaxes(d),
+        _recommended(d), _repeated_instances(d), _repeated_uids(d), _unknown_syntaxes(d), _burned_in(d),
     ]
     _uids_of_persons(d, across)
 
@@ -283,6 +283,20 @@ def _unknown_syntaxes(d: pl.DataFrame) -> pl.LazyFrame:
         "vendor's private one, or a damaged value): no standard viewer decodes {its|their} pixel data; export the series "
         "again in a standard transfer syntax (Explicit VR Little Endian, 1.2.840.10008.1.2.1)", pl.col("_n"),
         _join_list(pl.col("_syntaxes"), 3), n=pl.col("_n")))
+
+
+def _burned_in(d: pl.DataFrame) -> pl.LazyFrame:
+    """BurnedInAnnotation YES: the header says the pixels hold text that identifies the patient (a name, an ID burnt
+    into the image by the modality or a screen capture), which emptying the header's identifiers leaves in place. The
+    Imaging SOP leaves pixel de-identification to the site's approved solution ("under development" centrally), so a
+    warning, not an error. Once per series folder, with its count."""
+    burned = (d.lazy().filter(pl.col("_ok") & (pl.col("burned_in_annotation").str.strip_chars().str.to_uppercase() == "YES"))
+              .group_by("_dir").agg(_n=pl.len()))
+    return _found("dicom.burned_in", burned, pl.col("_dir") + "/", fmt(
+        "{} DICOM file{|s} of this series say{s|} BurnedInAnnotation YES: {its|their} pixels hold text that identifies "
+        "the patient (a name, an ID or a date burnt into the image), which de-identifying the header leaves in place; "
+        "remove or mask it (pixel de-identification) and set BurnedInAnnotation to NO, or leave the series out",
+        pl.col("_n"), n=pl.col("_n")))
 
 
 def _accession_folders(site: _Site, across: _Across) -> None:
