@@ -500,7 +500,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
         SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 1), SOPInstanceUID=sitegen.series_uid(P1, DAY1, 901))),
      # (an image of its own: the same SOPInstanceUID as P1's image of that day is one image twice, instance_repeated)
      {("dicom.accession_shared", f"{P0}/Images/CT/{ACCESSION}/"), ("dicom.accession_shared", f"{P1}/Images/CT/{ACCESSION}/"),
-      ("registry.unlisted_file", "image_registry.csv")}),  # (an image added without its row)
+      ("registry.unlisted_file", "image_registry.csv"),  # (an image added without its row)
+      # (and P1's series, its SeriesInstanceUID, now in two of P1's accessions: two procedures for one series)
+      ("dicom.series_split", f"{P1}/Images/CT/{ACCESSION}/{sitegen.series_uid(P1, DAY1, 1)}/"),
+      ("dicom.series_split", f"{P1}/Images/CT/{sitegen.accession_of(1)}/{sitegen.series_uid(P1, DAY1, 1)}/")}),
     # P0's image (its SOPInstanceUID) under P1, with P1's PatientID and ids: a copy filed under the wrong person, or
     # one patient under two person_ids; its bytes differ (file.duplicate is silent), and each person alone is well
     ("uid_shared", add(f"{P1}/Images/CT/{sitegen.accession_of(1)}/{sitegen.series_uid(P1, DAY1, 1)}/000.dcm", dicom_bytes(
@@ -547,6 +550,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("burned_in", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                        accession=ACCESSION, BurnedInAnnotation="YES")),
      {("dicom.burned_in", f"{SERIES1}/")}),
+    # one series (its SeriesInstanceUID) under two accessions of a person: two procedures in the registry, one study
+    ("series_split", add(f"{P0}/Images/CT/79999/{sitegen.series_uid(P0, DAY0, 1)}/005.dcm", dicom_bytes(
+        person_id=P0, series=1, instance=5, study_date=DAY0, study_time="081500", accession="79999")),
+     {("dicom.series_split", f"{SERIES1}/"), ("dicom.series_split", f"{P0}/Images/CT/79999/{sitegen.series_uid(P0, DAY0, 1)}/"),
+      ("registry.unlisted_file", "image_registry.csv")}),
     ("registry_columns", registry("Waveforms", columns=["file_id", "proc_id", "person_id", "group_id", "visit",
                                                         "datetime", "src_file", "trg_file"]),
      {("registry.columns", "waveform_registry.csv")}),

@@ -775,6 +775,12 @@ RULES: tuple[Rule, ...] = (
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...).",
          sop=((IMAGING, 'DICOM with metadata that needs deidentification'),),
          remedy='De-identify the file again with the CHoRUS CTP tool.'),
+    Rule("dicom.series_split", "warning", "one DICOM series in two accessions",
+         "The images of one SeriesInstanceUID of a person carry two or more AccessionNumbers: a DICOM series belongs to "
+         "one study, whose AccessionNumber is its image_occurrence_id, and each accession is a procedure of its own in "
+         "the registry (one study given two ids, or images filed under the wrong accession).",
+         sop=((IMAGING, 'Data Preparation'), (IMAGING, 'Folder and file structure and naming')),
+         remedy="Give the series' images one AccessionNumber and move them into its accession folder."),
     Rule("dicom.burned_in", "warning", "DICOM pixels hold identifying text",
          "DICOM headers of a series folder say BurnedInAnnotation YES: the image holds text that identifies the "
          "patient (a name, an ID or a date burnt into the pixels), which removing the header's identifiers leaves in "
