@@ -731,3 +731,13 @@ def test_a_dicomdir_under_a_dcm_name_is_told_as_no_image(monkeypatch):
     error = facts(data)["error"]
     assert error.startswith("a DICOMDIR (MediaStorageSOPClassUID 1.2.840.10008.1.3.10") and "leave it out of Images/" in error, error
     assert by_dcmread(data, monkeypatch)["error"] == error
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
+                                    DeflatedExplicitVRLittleEndian])
+def test_burned_in_annotation_is_kept_on_every_path(syntax):
+    # BurnedInAnnotation YES: the pixels hold text that identifies the patient (dicom.burned_in); dicom.v15 did not
+    # read it, and such an image passed as de-identified. The struct walk and dcmread keep it alike.
+    got = facts(dicom(syntax, BurnedInAnnotation="YES"))
+    assert got.get("burned_in_annotation") == "YES", got
+    assert "burned_in_annotation" not in facts(dicom(syntax))

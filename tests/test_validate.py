@@ -500,7 +500,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
         SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 1), SOPInstanceUID=sitegen.series_uid(P1, DAY1, 901))),
      # (an image of its own: the same SOPInstanceUID as P1's image of that day is one image twice, instance_repeated)
      {("dicom.accession_shared", f"{P0}/Images/CT/{ACCESSION}/"), ("dicom.accession_shared", f"{P1}/Images/CT/{ACCESSION}/"),
-      ("registry.unlisted_file", "image_registry.csv")}),  # (an image added without its row)
+      ("registry.unlisted_file", "image_registry.csv"),  # (an image added without its row)
+      # (and P1's series, its SeriesInstanceUID, now in two of P1's accessions: two procedures for one series)
+      ("dicom.series_split", f"{P1}/Images/CT/{ACCESSION}/{sitegen.series_uid(P1, DAY1, 1)}/"),
+      ("dicom.series_split", f"{P1}/Images/CT/{sitegen.accession_of(1)}/{sitegen.series_uid(P1, DAY1, 1)}/")}),
     # P0's image (its SOPInstanceUID) under P1, with P1's PatientID and ids: a copy filed under the wrong person, or
     # one patient under two person_ids; its bytes differ (file.duplicate is silent), and each person alone is well
     ("uid_shared", add(f"{P1}/Images/CT/{sitegen.accession_of(1)}/{sitegen.series_uid(P1, DAY1, 1)}/000.dcm", dicom_bytes(
@@ -543,6 +546,15 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),
+    # the header says the pixels hold identifying text (a name burnt in): emptying the header's identifiers leaves it
+    ("burned_in", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                                       accession=ACCESSION, BurnedInAnnotation="YES")),
+     {("dicom.burned_in", f"{SERIES1}/")}),
+    # one series (its SeriesInstanceUID) under two accessions of a person: two procedures in the registry, one study
+    ("series_split", add(f"{P0}/Images/CT/79999/{sitegen.series_uid(P0, DAY0, 1)}/005.dcm", dicom_bytes(
+        person_id=P0, series=1, instance=5, study_date=DAY0, study_time="081500", accession="79999")),
+     {("dicom.series_split", f"{SERIES1}/"), ("dicom.series_split", f"{P0}/Images/CT/79999/{sitegen.series_uid(P0, DAY0, 1)}/"),
+      ("registry.unlisted_file", "image_registry.csv")}),
     ("registry_columns", registry("Waveforms", columns=["file_id", "proc_id", "person_id", "group_id", "visit",
                                                         "datetime", "src_file", "trg_file"]),
      {("registry.columns", "waveform_registry.csv")}),
@@ -1279,7 +1291,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1383,7 +1395,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v15", "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v18", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1391,7 +1403,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v15"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v16"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 

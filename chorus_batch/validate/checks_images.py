@@ -56,7 +56,7 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
         *_current_paths(d), *_deidentified(d, _known_persons(site)), _study_metadata(d), _series_metadata(d),
-        _recommended(d), _repeated_instances(d), _repeated_uids(d), _unknown_syntaxes(d),
+        _recommended(d), _repeated_instances(d), _repeated_uids(d), _unknown_syntaxes(d), _burned_in(d), _split_series(d),
     ]
     _uids_of_persons(d, across)
 
@@ -283,6 +283,43 @@ def _unknown_syntaxes(d: pl.DataFrame) -> pl.LazyFrame:
         "vendor's private one, or a damaged value): no standard viewer decodes {its|their} pixel data; export the series "
         "again in a standard transfer syntax (Explicit VR Little Endian, 1.2.840.10008.1.2.1)", pl.col("_n"),
         _join_list(pl.col("_syntaxes"), 3), n=pl.col("_n")))
+
+
+def _split_series(d: pl.DataFrame) -> pl.LazyFrame:
+    """One SeriesInstanceUID whose images carry two AccessionNumbers (a person's): a DICOM series belongs to one study,
+    and the Imaging SOP makes the accession the study's image_occurrence_id and the study one procedure. Each accession
+    gets its own proc_id (as the SOP asks, one per study), so the series' images went to two procedures without a word
+    (one study given two ids when de-identifying, or images filed under the wrong accession). By the headers, as
+    integers (070000 is 70000): a folder that disagrees with its header is dicom.path_mismatch's. Told at each of the
+    series' folders."""
+    # (a series' files share one AccessionNumber nearly always: compared per series, not per file)
+    split = (
+        d.lazy().filter(pl.col("_ok") & pl.col("series_instance_uid").is_not_null() & _INTEGER_ACCESSION)
+        .filter((pl.col("_layout") != "current") | (_norm_id(pl.col("_session")) == _norm_id(pl.col("accession_number"))))
+        .group_by("_top", "series_instance_uid")
+        .agg(_accs=_norm_id(pl.col("accession_number")).unique().sort(), _dirs=pl.col("_dir").unique())
+        .filter(pl.col("_accs").list.len() > 1)
+        .explode("_dirs").rename({"_dirs": "_dir"})
+    )
+    return _found("dicom.series_split", split, pl.col("_dir") + "/", fmt(
+        "the images of this series' SeriesInstanceUID carry {} AccessionNumbers ({}) in this person's folders: a series "
+        "belongs to one study, and each accession is a procedure of its own (proc_id); give the series' images one "
+        "AccessionNumber (the study's image_occurrence_id) and move them into its accession folder",
+        pl.col("_accs").list.len(), _join_list(pl.col("_accs"), 3)))
+
+
+def _burned_in(d: pl.DataFrame) -> pl.LazyFrame:
+    """BurnedInAnnotation YES: the header says the pixels hold text that identifies the patient (a name, an ID burnt
+    into the image by the modality or a screen capture), which emptying the header's identifiers leaves in place. The
+    Imaging SOP leaves pixel de-identification to the site's approved solution ("under development" centrally), so a
+    warning, not an error. Once per series folder, with its count."""
+    burned = (d.lazy().filter(pl.col("_ok") & (pl.col("burned_in_annotation").str.strip_chars().str.to_uppercase() == "YES"))
+              .group_by("_dir").agg(_n=pl.len()))
+    return _found("dicom.burned_in", burned, pl.col("_dir") + "/", fmt(
+        "{} DICOM file{|s} of this series say{s|} BurnedInAnnotation YES: {its|their} pixels hold text that identifies "
+        "the patient (a name, an ID or a date burnt into the image), which de-identifying the header leaves in place; "
+        "remove or mask it (pixel de-identification) and set BurnedInAnnotation to NO, or leave the series out",
+        pl.col("_n"), n=pl.col("_n")))
 
 
 def _accession_folders(site: _Site, across: _Across) -> None:

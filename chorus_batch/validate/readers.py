@@ -99,6 +99,7 @@ _DICOM_TAGS: dict[str, int] = {
     "accession_number": 0x00080050,
     "series_instance_uid": 0x0020000E,
     "sop_instance_uid": 0x00080018,  # (one image's, the world over: dicom.instance_repeated)
+    "burned_in_annotation": 0x00280301,  # YES: the pixels hold text that identifies the patient (dicom.burned_in)
     **IDENTIFYING_DICOM_TAGS,
     **{key: tag for key, (_, tag) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR | SERIES_DICOM_TAGS).items()},
     **{key: tag for key, (_, tag, _) in SERIES_DICOM_TAGS_BY_MODALITY.items()},

@@ -266,7 +266,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # tells a DICOMDIR under a .dcm name as such (v14: "holds no image after its File Meta ... copy the file again")
 # wfdb_header.v9 tells a base time written without all of its hours, minutes and seconds ('10:00'), which the WFDB
 # header format writes HH:MM:SS and its readers read as minutes and seconds (v8: read as 00:10:00 without a word)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v9", "dicom.v15", "records.v5"
+# dicom.v16 also keeps BurnedInAnnotation (burned_in_annotation): an image whose header says its pixels hold text that
+# identifies the patient (a name, an ID burnt into the image) passed as de-identified (dicom.burned_in; v15: not read)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v9", "dicom.v16", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -773,6 +775,21 @@ RULES: tuple[Rule, ...] = (
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...).",
          sop=((IMAGING, 'DICOM with metadata that needs deidentification'),),
          remedy='De-identify the file again with the CHoRUS CTP tool.'),
+    Rule("dicom.series_split", "warning", "one DICOM series in two accessions",
+         "The images of one SeriesInstanceUID of a person carry two or more AccessionNumbers: a DICOM series belongs to "
+         "one study, whose AccessionNumber is its image_occurrence_id, and each accession is a procedure of its own in "
+         "the registry (one study given two ids, or images filed under the wrong accession).",
+         sop=((IMAGING, 'Data Preparation'), (IMAGING, 'Folder and file structure and naming')),
+         remedy="Give the series' images one AccessionNumber and move them into its accession folder."),
+    Rule("dicom.burned_in", "warning", "DICOM pixels hold identifying text",
+         "DICOM headers of a series folder say BurnedInAnnotation YES: the image holds text that identifies the "
+         "patient (a name, an ID or a date burnt into the pixels), which removing the header's identifiers leaves in "
+         "place. The Imaging SOP leaves pixel de-identification to the site's approved solution (its own is under "
+         "development), and the linkage procedure asks sites to remove PHI and verify its absence.",
+         sop=((IMAGING, 'DICOM with metadata already deidentified'), (IMAGING, 'DICOM Pixel de-identification'),
+              (LINKAGE, 'B: REGISTRY CONSTRUCTION')),
+         remedy="Remove or mask the burnt-in text (a pixel de-identification step), then set BurnedInAnnotation to NO; "
+                "or leave the series out."),
     # -- the linkage registries a site ships
     Rule("registry.absent", "error", "registry not shipped",
          "The site has waveform (or image) files but ships no waveform_registry.csv (or image_registry.csv) at its "
