@@ -556,6 +556,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         .otherwise(pl.lit("reused")),
         # as read, with the size and mtime of the read: an object written since its listing has another etag
         etag=pl.coalesce("hashed_etag", "etag"),
+        # read by an interrupted run: when (its scan start), not this scan's (verified_ns, "longest unverified")
+        read_ns=pl.when(~pl.col("needs_read") & pl.col("resumed_md5").is_not_null()).then(pl.col("resumed_read_ns")),
     )
     timings["hash"] = round(time.perf_counter() - t, 4)
     return ScanResult(

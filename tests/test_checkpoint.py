@@ -176,6 +176,22 @@ def test_a_file_changed_after_the_checkpoint_is_hashed_again(site, db):
     assert not folder_of(db).exists()
 
 
+def test_a_file_whose_md5_came_from_the_checkpoint_is_recorded_as_read_when_the_interrupted_run_read_it(site, db):
+    """verified_ns (status's "longest unverified", the re-verification order) of a resumed file is the killed run's
+    reading, not the resuming run's scan start: its bytes were not read again."""
+    make_site(site, 5)
+    before = time.time_ns()
+    interrupted_scan(site, db)
+    between = time.time_ns()
+    changed = site / "1000" / "Waveforms" / "Telemetry" / "9000" / "9000.dat"
+    changed.write_bytes(b"new content, another size")
+    os.utime(changed, (HOUR_AGO + 60, HOUR_AGO + 60))
+    assert run_site(site, db, validate_site=False).n_hashed == 1
+    read = dict(query(db, "SELECT srcfile, verified_ns FROM source_files WHERE time_invalid IS NULL"))
+    assert read.pop("1000/Waveforms/Telemetry/9000/9000.dat") > between  # read by the rerun
+    assert len(read) == 4 and all(before <= ns < between for ns in read.values()), read
+
+
 def test_a_file_modified_within_the_racy_window_of_the_checkpoint_is_hashed_again(site, db):
     make_site(site, 10)
     fresh = write(site, "OMOP/person.csv", b"person_id\n1\n")  # mtime now: racily clean for the checkpoint
