@@ -35,6 +35,11 @@ LISTING_SCHEMA = pa.schema(
         ("mtime_ns", pa.int64()),
         ("stored_md5", pa.large_string()),
         ("etag", pa.large_string()),
+        # what a replacement changes though it keeps size and mtime (`touch -r`): the inode (NULL where the file
+        # system gives none: 0, Windows' listing) and the change time (POSIX only: Windows' st_ctime is the creation
+        # time), from the stat the walk makes anyway; NULL for cloud objects (the etag serves). checkpoint.py keys on them.
+        ("ino", pa.uint64()),
+        ("ctime_ns", pa.int64()),
     ]
 )
 

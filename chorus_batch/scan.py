@@ -474,7 +474,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
                                      & (pl.col("mtime_ns") == pl.col("prev_mtime_ns"))
                                      & (pl.col("etag").is_null() | (pl.col("etag") == pl.col("prev_etag")))).height
             # (what only `due` compares: not held for the whole listing, 1M files: ~48 MB)
-            parts.append(part.drop("prev_file_id", "prev_mtime_ns", "prev_modality", "prev_etag"))
+            parts.append(part.drop("prev_file_id", "prev_mtime_ns", "prev_modality", "prev_etag", "ino", "ctime_ns",
+                                   strict=False))
 
         progress.stage(f"listing {', '.join(r.source.description for r in roots)}")
         others, errors = list_roots(roots, progress, coverage, each=plan_block,

@@ -192,6 +192,25 @@ def test_a_file_whose_md5_came_from_the_checkpoint_is_recorded_as_read_when_the_
     assert len(read) == 4 and all(before <= ns < between for ns in read.values()), read
 
 
+@pytest.mark.skipif(os.name == "nt", reason="the change time (POSIX)")
+def test_a_file_replaced_at_the_same_size_with_its_mtime_set_back_is_hashed_again(site, db):
+    """`touch -r old new` (or a copy keeping timestamps) after the kill: size and mtime as checkpointed, but not the
+    inode (renamed over) or the change time (rewritten in place); the checkpointed MD5 is not the file's."""
+    make_site(site, 6)
+    interrupted_scan(site, db)
+    renamed, rewritten = (site / "1000/Waveforms/Telemetry/9000/9000.dat", site / "1001/Waveforms/Telemetry/9001/9001.dat")
+    for path in (renamed, rewritten):
+        old = path.stat()
+        if path == renamed:
+            (path.parent / "new").write_bytes(os.urandom(old.st_size))
+            os.replace(path.parent / "new", path)
+        else:
+            path.write_bytes(os.urandom(old.st_size))
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert run_site(site, db, validate_site=False).n_hashed == 2
+    assert dict(query(db, "SELECT srcfile, md5 FROM source_files WHERE time_invalid IS NULL")) == tree_md5(site)
+
+
 def test_a_file_modified_within_the_racy_window_of_the_checkpoint_is_hashed_again(site, db):
     make_site(site, 10)
     fresh = write(site, "OMOP/person.csv", b"person_id\n1\n")  # mtime now: racily clean for the checkpoint
