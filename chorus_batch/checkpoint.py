@@ -44,7 +44,9 @@ from .progress import log
 from .errors import in_one_line
 from .units import shown_name
 
-FORMAT = 2  # 2: with the header facts parsed from the bytes hashed (a checkpoint of format 1 is removed unread)
+# 2: with the header facts parsed from the bytes hashed; 3: with when they were read (read_ns), and the inode and
+# change time the listing gave (ino, ctime_ns). A checkpoint of another format is removed unread.
+FORMAT = 3
 CHECKPOINT_S = 5.0  # seconds of hashing between flushes (CHORUS_BATCH_CHECKPOINT_S overrides it)
 FANOUT = 8  # this many segments of one tier are merged into one of the next
 # ... while together they are at most this large (lz4 on disk): a merge holds its segments in memory, and a
@@ -53,7 +55,12 @@ FANOUT = 8  # this many segments of one tier are merged into one of the next
 COMPACT_MAX_BYTES = 32 << 20
 
 SEGMENT_SCHEMA = {"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String,
-                  "md5": pl.Binary, "trust_before_ns": pl.Int64, "kind": pl.String, "facts": pl.String}
+                  "md5": pl.Binary, "trust_before_ns": pl.Int64, "kind": pl.String, "facts": pl.String,
+                  "read_ns": pl.Int64, "ino": pl.UInt64, "ctime_ns": pl.Int64}
+# A checkpointed MD5 is reused for a file listed with all of these as when it was hashed: a file replaced by one of
+# the same size with its mtime set back (`touch -r old new`, a copy keeping timestamps) has another inode or ctime
+_KEY = ["srcfile", "size", "mtime_ns", "etag", "ino", "ctime_ns"]
+_IDENT = {"etag": pl.String, "ino": pl.UInt64, "ctime_ns": pl.Int64}  # (of the listing, beside srcfile)
 _CHUNK_FACTS = {"_k": pl.UInt32, "kind": pl.String, "facts": pl.String}
 
 
@@ -142,11 +149,12 @@ class Checkpoint:
     # ------------------------------------------------------------------ reading
 
     def known(self) -> pl.DataFrame:
-        """The checkpointed hashes that may be trusted: srcfile, size, mtime_ns, etag, md5 (hex), and the header
-        facts parsed from the same bytes (kind, facts: NULL where none were), one row per (srcfile, size, mtime_ns,
-        etag); a key with two different MD5s is dropped (hashed again)."""
+        """The checkpointed hashes that may be trusted: srcfile, size, mtime_ns, etag, md5 (hex), the header
+        facts parsed from the same bytes (kind, facts: NULL where none were) and when the bytes were read (read_ns:
+        the reading run's scan start, the latest of two), one row per (srcfile, size, mtime_ns, etag); a key with
+        two different MD5s is dropped (hashed again)."""
         empty = pl.DataFrame(schema={"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String,
-                                     "md5": pl.String, "kind": pl.String, "facts": pl.String})
+                                     "ino": pl.UInt64, "ctime_ns": pl.Int64, "md5": pl.String, "kind": pl.String, "facts": pl.String, "read_ns": pl.Int64})
         parts = []
         for path in self._segments():
             try:
@@ -160,11 +168,12 @@ class Checkpoint:
             return empty
         rows = pl.concat(parts).filter(
             pl.col("etag").is_not_null() | (pl.col("mtime_ns") < pl.col("trust_before_ns")))  # not racily clean
-        return (rows.group_by("srcfile", "size", "mtime_ns", "etag")
+        return (rows.group_by(*_KEY)
                 .agg(pl.col("md5").first(), pl.col("kind").drop_nulls().first(), pl.col("facts").drop_nulls().first(),
-                     _n=pl.col("md5").n_unique())
+                     pl.col("read_ns").max(), _n=pl.col("md5").n_unique())
                 .filter(pl.col("_n") == 1)
-                .select("srcfile", "size", "mtime_ns", "etag", pl.col("md5").bin.encode("hex"), "kind", "facts"))
+                .select(*_KEY, pl.col("md5").bin.encode("hex"), "kind", "facts",
+                        "read_ns"))
 
     def _segments(self) -> list[Path]:
         try:
@@ -179,7 +188,7 @@ class Checkpoint:
         the blocks of rows given to its `extend` after them (hashing.HashProgress.on_rows)."""
         if not self.writable or self.broken:
             return None
-        return Writer(self, todo, trust_before_ns=scan_started_ns - int(racy_window_s * 1e9))
+        return Writer(self, todo, trust_before_ns=scan_started_ns - int(racy_window_s * 1e9), read_ns=scan_started_ns)
 
     def _prepare(self) -> None:
         if (self.folder / "meta.json").exists():
@@ -319,12 +328,14 @@ class Writer:
     interval_s() seconds, and at `close`. A failed write is logged once and checkpointing stops: the run
     itself never fails for its checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, todo: pl.DataFrame | None, *, trust_before_ns: int):
+    def __init__(self, checkpoint: Checkpoint, todo: pl.DataFrame | None, *, trust_before_ns: int,
+                 read_ns: int | None = None):
         self.checkpoint = checkpoint
         self.starts: list[int] = []  # the first offset of each block of rows
-        self.blocks: list[tuple[pl.Series, pl.Series]] = []  # (srcfile, etag) of each block
+        self.blocks: list[pl.DataFrame] = []  # srcfile, etag, ino, ctime_ns of each block
         self.rows = 0
         self.trust_before_ns = trust_before_ns
+        self.read_ns = read_ns  # the scan's start: when (at the earliest) the files it hashes are read
         if todo is not None:
             self.extend(todo)
         self.pending: list[tuple[int, object]] = []
@@ -335,25 +346,23 @@ class Writer:
         self.flushes = 0
 
     def extend(self, todo: pl.DataFrame) -> None:
-        """More rows (srcfile, and etag if known), at the offsets that follow the rows given before."""
-        etag = todo["etag"] if "etag" in todo.columns else pl.Series("etag", [None] * todo.height, pl.String)
+        """More rows (srcfile, and etag, ino, ctime_ns if known), at the offsets that follow the rows given before."""
         self.starts.append(self.rows)
-        self.blocks.append((todo["srcfile"], etag))
+        self.blocks.append(todo.select("srcfile", *[pl.col(c) if c in todo.columns else pl.lit(None, t).alias(c)
+                                                    for c, t in _IDENT.items()]))
         self.rows += todo.height
 
-    def _rows(self, start: int, n: int) -> tuple[pl.Series, pl.Series]:
-        """srcfile and etag of the rows [start, start + n)."""
+    def _rows(self, start: int, n: int) -> pl.DataFrame:
+        """srcfile, etag, ino and ctime_ns of the rows [start, start + n)."""
         parts = []
         i = bisect.bisect_right(self.starts, start) - 1
         while n > 0:
-            srcfile, etag = self.blocks[i]
+            block = self.blocks[i]
             at = start - self.starts[i]
-            take = min(n, srcfile.len() - at)
-            parts.append((srcfile.slice(at, take), etag.slice(at, take)))
+            take = min(n, block.height - at)
+            parts.append(block.slice(at, take))
             start, n, i = start + take, n - take, i + 1
-        if len(parts) == 1:
-            return parts[0]
-        return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
+        return parts[0] if len(parts) == 1 else pl.concat(parts)
 
     def __call__(self, start: int, chunk) -> None:
         """One hashed chunk (workers.HashedChunk) of the todo rows from `start`."""
@@ -407,14 +416,15 @@ class Writer:
     def _frame(self, start: int, chunk) -> pl.DataFrame:
         n = len(chunk.sizes)
         failed = {k for k, _kind, _message in chunk.errors}
-        srcfile, etag = self._rows(start, n)
+        listed = self._rows(start, n)
         packed = packed_frame(n, {"size": (pa.int64(), chunk.sizes), "mtime_ns": (pa.int64(), chunk.mtimes),
                                   "md5": (pa.binary(16), chunk.digests)})
         # The facts the worker parsed (a kind whose parser cannot run in a worker comes back as bytes: not kept
         # here, validation reads such a file if the run is killed)
         facts = pl.DataFrame(chunk.facts, schema=_CHUNK_FACTS, orient="row")
-        frame = pl.DataFrame({"srcfile": srcfile}).hstack(packed).with_columns(
-            etag=etag, trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64)).with_row_index("_k").join(
+        frame = listed.select("srcfile").hstack(packed).hstack(listed.drop("srcfile")).with_columns(
+            trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64),
+            read_ns=pl.lit(self.read_ns, pl.Int64)).with_row_index("_k").join(
             facts, on="_k", how="left", maintain_order="left").drop("_k").select(list(SEGMENT_SCHEMA))
         if failed:
             frame = frame.with_row_index("_k").filter(~pl.col("_k").is_in(list(failed))).drop("_k")
@@ -434,20 +444,23 @@ def reuse(planned: pl.DataFrame, checkpoint: Checkpoint | None) -> tuple[pl.Data
 def resume(planned: pl.DataFrame, known: pl.DataFrame | None) -> pl.DataFrame:
     """reuse with the checkpointed hashes `known` (Checkpoint.known, read once), over all of a listing or a block
     of it (hashing.due's frame: a file re-verified is never due, needs_md5 false)."""
+    planned = planned.with_columns(pl.lit(None, t).alias(c) for c, t in _IDENT.items() if c not in planned.columns)
     if known is None or known.height == 0:
-        return planned.with_columns(resumed_md5=pl.lit(None, pl.String))
+        return planned.with_columns(resumed_md5=pl.lit(None, pl.String), resumed_read_ns=pl.lit(None, pl.Int64))
     from .hashing import rows_for
 
     known = rows_for(known, planned["srcfile"])  # a block of the listing: its own paths' hashes only
     # Matched on the whole key (a NULL etag equals a NULL etag); keys are unique in `known`, paths in `planned`.
-    ckpt = known.select("srcfile", "size", "mtime_ns", "etag", pl.col("md5").alias("_ckpt_md5"))
-    joined = planned.join(ckpt, on=["srcfile", "size", "mtime_ns", "etag"], how="left", nulls_equal=True,
+    ckpt = known.select(*_KEY, pl.col("md5").alias("_ckpt_md5"),
+                        pl.col("read_ns").alias("_ckpt_read_ns"))
+    joined = planned.join(ckpt, on=_KEY, how="left", nulls_equal=True,
                           maintain_order="left")
     use = pl.col("needs_read") & pl.col("needs_md5") & pl.col("_ckpt_md5").is_not_null()
     return joined.with_columns(_use=use).with_columns(
         resumed_md5=pl.when(pl.col("_use")).then(pl.col("_ckpt_md5")),
+        resumed_read_ns=pl.when(pl.col("_use")).then(pl.col("_ckpt_read_ns")),  # when the interrupted run read it
         needs_read=pl.col("needs_read") & ~pl.col("_use"),
-    ).drop("_ckpt_md5", "_use")
+    ).drop("_ckpt_md5", "_ckpt_read_ns", "_use")
 
 
 def announce(n: int, checkpoint: Checkpoint | None) -> None:

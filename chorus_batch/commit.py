@@ -1023,8 +1023,10 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
         mtime_ns=pl.when(failed).then(pl.col("prev_mtime_ns")).otherwise(pl.col("mtime_ns")),
         etag=pl.when(failed).then(pl.col("prev_etag")).otherwise(pl.col("etag")),
     ).filter(pl.col("md5").is_not_null() | unverifiable).with_columns(
-        # when the bytes were last seen to have this MD5: now, if read now; else as recorded
-        verified_ns=pl.when(pl.col("read")).then(pl.lit(verified_ns, pl.Int64)).otherwise(pl.col("prev_verified_ns")))
+        # when the bytes were last seen to have this MD5: now, if read now (or when an interrupted run read them, for
+        # an MD5 taken from its checkpoint: read_ns); else as recorded
+        verified_ns=pl.when(pl.col("read")).then(pl.coalesce("read_ns", pl.lit(verified_ns, pl.Int64)))
+        .otherwise(pl.col("prev_verified_ns")))
     same = pl.col("md5") == pl.col("prev_md5")
     recorded_root = pl.col("root_id").replace_strict(root_ids, default=None, return_dtype=pl.Int64)
     # The object recorded without an MD5 (unverifiable: --cloud-md5 stored-only), still the same object (etag, size,

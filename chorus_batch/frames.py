@@ -35,6 +35,11 @@ LISTING_SCHEMA = pa.schema(
         ("mtime_ns", pa.int64()),
         ("stored_md5", pa.large_string()),
         ("etag", pa.large_string()),
+        # what a replacement changes though it keeps size and mtime (`touch -r`): the inode (NULL where the file
+        # system gives none: 0, Windows' listing) and the change time (POSIX only: Windows' st_ctime is the creation
+        # time), from the stat the walk makes anyway; NULL for cloud objects (the etag serves). checkpoint.py keys on them.
+        ("ino", pa.uint64()),
+        ("ctime_ns", pa.int64()),
     ]
 )
 
@@ -51,8 +56,11 @@ CLOUD_MD5_POLICIES = ("stored-or-download", "download", "stored-only")
 # What a scan saw of each listed file: its root, stat and MD5 (NULL where it could not be hashed).
 # `read`: the MD5 was computed from the bytes in this scan; `verify`: read only to re-verify an unchanged file.
 # `md5_source` (MD5_SOURCES): how `md5` was obtained; NULL where it could not be hashed.
+# `read_ns`: when a file `read` was read if not by this scan (an interrupted run's scan start: its MD5 came from the
+# checkpoint, checkpoint.py); NULL: this scan's start (the verified_ns the commit records).
 SCANNED_SCHEMA = {"root_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "md5": pl.String,
-                  "read": pl.Boolean, "verify": pl.Boolean, "md5_source": pl.String, "etag": pl.String}
+                  "read": pl.Boolean, "verify": pl.Boolean, "md5_source": pl.String, "etag": pl.String,
+                  "read_ns": pl.Int64}
 
 # A shard's paths reached through links to outside the site (walk.unique_linked): the merge keeps each outside file
 # once across the shards, as a single-node listing does.

@@ -245,8 +245,10 @@ def to_read(planned: pl.DataFrame) -> pl.DataFrame:
     verify = pl.col("verify") if "verify" in planned.columns else pl.lit(False)
     sampled = pl.col("sampled") if "sampled" in planned.columns else pl.lit(False)
     likely_new = (pl.col("prev_md5").is_null() | (pl.col("size") != pl.col("prev_size")).fill_null(True)) & ~verify
+    # (ino, ctime_ns: the listing's, for the checkpoint's key, where the listing gave them)
+    ident = [c for c in ("ino", "ctime_ns") if c in planned.columns]
     return planned.filter(pl.col("needs_read")).select(
-        "root_id", "srcfile", "size", "mtime_ns", verify.alias("verify"), "etag", parse=likely_new,
+        "root_id", "srcfile", "size", "mtime_ns", verify.alias("verify"), "etag", *ident, parse=likely_new,
         # the others but re-verified ones (a night's sample, nearly always unchanged: no parser imported for them)
         # are parsed only if their MD5 is not the recorded one (rewritten at the same size): a 5%-mutated run of
         # 1M 64-byte files read ~8,000 headers twice

@@ -474,7 +474,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
                                      & (pl.col("mtime_ns") == pl.col("prev_mtime_ns"))
                                      & (pl.col("etag").is_null() | (pl.col("etag") == pl.col("prev_etag")))).height
             # (what only `due` compares: not held for the whole listing, 1M files: ~48 MB)
-            parts.append(part.drop("prev_file_id", "prev_mtime_ns", "prev_modality", "prev_etag"))
+            parts.append(part.drop("prev_file_id", "prev_mtime_ns", "prev_modality", "prev_etag", "ino", "ctime_ns",
+                                   strict=False))
 
         progress.stage(f"listing {', '.join(r.source.description for r in roots)}")
         others, errors = list_roots(roots, progress, coverage, each=plan_block,
@@ -556,6 +557,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         .otherwise(pl.lit("reused")),
         # as read, with the size and mtime of the read: an object written since its listing has another etag
         etag=pl.coalesce("hashed_etag", "etag"),
+        # read by an interrupted run: when (its scan start), not this scan's (verified_ns, "longest unverified")
+        read_ns=pl.when(~pl.col("needs_read") & pl.col("resumed_md5").is_not_null()).then(pl.col("resumed_read_ns")),
     )
     timings["hash"] = round(time.perf_counter() - t, 4)
     return ScanResult(

@@ -122,7 +122,8 @@ def name_error(rel: str) -> str | None:
 class WalkResult:
     # Plain lists, not Arrow: worker processes then run nothing but the standard
     # library, which is what makes forking them safe. The parent builds the batches.
-    chunks: list[tuple[list[str], list[int], list[int]]] = field(default_factory=list)
+    # (paths, sizes, mtimes, inodes, change times: None where the file system gives none, LISTING_SCHEMA)
+    chunks: list[tuple[list[str], list[int], list[int], list, list]] = field(default_factory=list)
     errors: list[tuple[str, str, str]] = field(default_factory=list)
     subdirs: list[str] = field(default_factory=list)  # only with collect_dirs
     # With links followed: the files reached through a link to outside the site, as (path, size, mtime_ns, real
@@ -143,17 +144,20 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     paths: list[str] = []
     sizes: list[int] = []
     mtimes: list[int] = []
+    inos: list[int | None] = []
+    ctimes: list[int | None] = []
     # With links followed, each folder walked carries its real path: a link to a folder is judged by where it
     # leads (link_problem), the same in whichever worker walks it. (A set of the link targets seen, per worker,
     # walked a linked parent once more before it saw the loop, and the root again through a link to it.)
     real_root = os.path.realpath(long_path(root)) if follow_symlinks else root
 
     def flush() -> None:
-        nonlocal paths, sizes, mtimes, add_path, add_size, add_mtime
+        nonlocal paths, sizes, mtimes, inos, ctimes, add_path, add_size, add_mtime, add_ino, add_ctime
         if paths:
-            out.chunks.append((paths, sizes, mtimes))
-            paths, sizes, mtimes = [], [], []
+            out.chunks.append((paths, sizes, mtimes, inos, ctimes))
+            paths, sizes, mtimes, inos, ctimes = [], [], [], [], []
             add_path, add_size, add_mtime = paths.append, sizes.append, mtimes.append
+            add_ino, add_ctime = inos.append, ctimes.append
 
     # each folder to walk: (path, real path, the followed link it is reached through, "" if none)
     stack = [(rel, real, rel if follow_symlinks and not _within(real, real_root) else "")
@@ -171,6 +175,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
             stack.append((rel, real, link))
 
     add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
+    add_ino, add_ctime = inos.append, ctimes.append
     add_linked = out.linked.append
     add_folder = stack.append
     loops = mount_loops(root)
@@ -300,6 +305,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                 add_path(rel)
                 add_size(st.st_size)
                 add_mtime(mtime)
+                # (of the same stat: no call more. Windows' scandir gives no inode (0) and a creation time as ctime)
+                add_ino(st.st_ino or None)
+                add_ctime(None if windows else st.st_ctime_ns)
                 if len(paths) >= BATCH_ROWS:
                     flush()
     flush()

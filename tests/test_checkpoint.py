@@ -176,6 +176,41 @@ def test_a_file_changed_after_the_checkpoint_is_hashed_again(site, db):
     assert not folder_of(db).exists()
 
 
+def test_a_file_whose_md5_came_from_the_checkpoint_is_recorded_as_read_when_the_interrupted_run_read_it(site, db):
+    """verified_ns (status's "longest unverified", the re-verification order) of a resumed file is the killed run's
+    reading, not the resuming run's scan start: its bytes were not read again."""
+    make_site(site, 5)
+    before = time.time_ns()
+    interrupted_scan(site, db)
+    between = time.time_ns()
+    changed = site / "1000" / "Waveforms" / "Telemetry" / "9000" / "9000.dat"
+    changed.write_bytes(b"new content, another size")
+    os.utime(changed, (HOUR_AGO + 60, HOUR_AGO + 60))
+    assert run_site(site, db, validate_site=False).n_hashed == 1
+    read = dict(query(db, "SELECT srcfile, verified_ns FROM source_files WHERE time_invalid IS NULL"))
+    assert read.pop("1000/Waveforms/Telemetry/9000/9000.dat") > between  # read by the rerun
+    assert len(read) == 4 and all(before <= ns < between for ns in read.values()), read
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the change time (POSIX)")
+def test_a_file_replaced_at_the_same_size_with_its_mtime_set_back_is_hashed_again(site, db):
+    """`touch -r old new` (or a copy keeping timestamps) after the kill: size and mtime as checkpointed, but not the
+    inode (renamed over) or the change time (rewritten in place); the checkpointed MD5 is not the file's."""
+    make_site(site, 6)
+    interrupted_scan(site, db)
+    renamed, rewritten = (site / "1000/Waveforms/Telemetry/9000/9000.dat", site / "1001/Waveforms/Telemetry/9001/9001.dat")
+    for path in (renamed, rewritten):
+        old = path.stat()
+        if path == renamed:
+            (path.parent / "new").write_bytes(os.urandom(old.st_size))
+            os.replace(path.parent / "new", path)
+        else:
+            path.write_bytes(os.urandom(old.st_size))
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert run_site(site, db, validate_site=False).n_hashed == 2
+    assert dict(query(db, "SELECT srcfile, md5 FROM source_files WHERE time_invalid IS NULL")) == tree_md5(site)
+
+
 def test_a_file_modified_within_the_racy_window_of_the_checkpoint_is_hashed_again(site, db):
     make_site(site, 10)
     fresh = write(site, "OMOP/person.csv", b"person_id\n1\n")  # mtime now: racily clean for the checkpoint

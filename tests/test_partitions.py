@@ -32,7 +32,7 @@ trees = st.dictionaries(st.sampled_from(PATHS), st.tuples(st.sampled_from(CONTEN
 
 
 def scanned(tree: dict, based_on: str | None) -> ScanResult:
-    rows = [(0, path, len(content), STARTED - 10**10 + touch, hashlib.md5(content).hexdigest(), True, False, "computed", None)
+    rows = [(0, path, len(content), STARTED - 10**10 + touch, hashlib.md5(content).hexdigest(), True, False, "computed", None, None)
             for path, (content, touch) in sorted(tree.items())]
     files = pl.DataFrame(rows, schema=SCANNED_SCHEMA, orient="row")
     return ScanResult(files=files, errors=empty_errors(), roots=[("/site", None)], scan_started_ns=STARTED,

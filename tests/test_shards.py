@@ -571,7 +571,7 @@ def test_the_diff_of_the_changed_paths_alone_is_the_diff_of_the_whole_tree():
            ("unreadable", None, 5, 3, None, None), ("empty-b", "d41d", 0, 1, None, None), ("added", "m7", 1, 1, None, None)]
     previous = pl.DataFrame([(i + 1, p, size, mtime, md5, None, "Other", None, None, 1, None, etag)
                              for i, (p, md5, size, mtime, etag) in enumerate(before)], schema=STATE_SCHEMA, orient="row")
-    files = pl.DataFrame([(0, p, size, mtime, md5, md5 is not None, False, source or ("computed" if md5 else None), etag)
+    files = pl.DataFrame([(0, p, size, mtime, md5, md5 is not None, False, source or ("computed" if md5 else None), etag, None)
                           for p, md5, size, mtime, etag, source in now], schema=SCANNED_SCHEMA, orient="row")
     current, _ = current_tree(files, previous, [], {0: 1})
     whole, changed = compute_diff(previous, current), diff_changed(previous, current)

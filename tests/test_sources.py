@@ -177,7 +177,7 @@ def test_a_folder_replaced_by_a_file_while_the_tree_is_listed_is_said_gone_not_a
     shutil.rmtree(site / "000001")
     (site / "000001").write_bytes(b"now a file")
     walked = walk_local(str(site), sorted(top.subdirs), False)
-    assert [paths for paths, _, _ in walked.chunks] == [["000002/Metadata/b.txt"]]
+    assert [chunk[0] for chunk in walked.chunks] == [["000002/Metadata/b.txt"]]
     assert [error[:2] for error in walked.errors] == [("000001/", "vanished_dir")], walked.errors
     said = walked.errors[0][2]
     assert said.startswith("directory disappeared (deleted, moved, or replaced by a file) after its folder was listed, "
@@ -200,7 +200,7 @@ def test_a_folder_replaced_by_a_link_while_the_tree_is_listed_is_not_walked_thro
     shutil.rmtree(site / "000001")
     (site / "000001").symlink_to(tmp_path / "other_disk" / "000001")
     walked = walk_local(str(site), sorted(top.subdirs), False)
-    assert [paths for paths, _, _ in walked.chunks] == [["000002/Metadata/b.txt"]] and not walked.linked
+    assert [chunk[0] for chunk in walked.chunks] == [["000002/Metadata/b.txt"]] and not walked.linked
     assert walked.errors == [("000001", "symlink", "symbolic link not followed (a folder when the tree's listing "
                               "began, replaced by a link since; --follow-symlinks, or follow_symlinks = true in [run] "
                               "of chorus.toml, follows it)")], walked.errors

@@ -88,8 +88,8 @@ INPROCESS_BUDGET_S = 0.05
 
 
 def _batches(walked: WalkResult) -> Iterator[pa.RecordBatch]:
-    for paths, sizes, mtimes in walked.chunks:
-        yield listing_batch(paths, sizes, mtimes)
+    for paths, sizes, mtimes, inos, ctimes in walked.chunks:
+        yield listing_batch(paths, sizes, mtimes, inos=inos, ctimes=ctimes)
 
 
 WHOLE_BYTES = 1 << 20  # a file to parse that is no larger is read whole, in one go

@@ -364,6 +364,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: _Packed
             # hashed by upstream in this run (or these runs): when its bytes were last seen to have this MD5
             (pl.col("valid_us") >= tree.started_us).alias("read"), pl.lit(False).alias("verify"),
             pl.lit("imported").alias("md5_source"), pl.lit(None, pl.String).alias("etag"),
+            pl.lit(None, pl.Int64).alias("read_ns"),
         ).cast(SCANNED_SCHEMA), errors=empty_errors(), roots=roots,  # type: ignore[arg-type]
                              scan_started_ns=tree.started_us * 1000, based_on=previous_label)
         # The tree only in `scanned`, which commit empties once it is compared (keep_scan=False, as a run commits):
