@@ -812,8 +812,7 @@ def test_validate_and_upload_under_an_address_space_limit_are_refused_before_any
     assert "ulimit -v unlimited" in done.stderr and "`ulimit -u`" not in done.stderr and "Traceback" not in done.stderr
     assert (query(db, "SELECT count(*) FROM versions"), query(db, "SELECT count(*) FROM uploads"),
             current_rows(db)) == before
-    unlimited = subprocess.run([sys.executable, "-m", "chorus_batch", *args], capture_output=True, text=True,
-                               timeout=120, env=env, stdin=subprocess.DEVNULL)
+    unlimited = cli(*args, env=env)  # (no limit: the zygote's fork, stdin /dev/null as above)
     assert unlimited.returncode in (0, 1), unlimited.stderr
 
 
