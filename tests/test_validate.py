@@ -54,11 +54,13 @@ FLAT_DCM = f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 1)}"
 
 def validate(root: Path, workers: int = 2) -> pl.DataFrame:
     """The findings of the site at `root`; checked whole, and again split in parts (a large site is checked a
-    few person folders at a time): each top-level folder in a part of its own, the findings must be the same."""
+    few person folders at a time): the top-level folders in two parts, every other one, the findings must be the
+    same. (Two parts, not one per folder: each part is a full check, ~0.3 CPU-s here, and ~380 cases call this;
+    two already put person folders apart from each other and from the files every part holds.)"""
     current = scan_current(root)
     facts = extract_facts(LocalSource(root), facts_needed(current), workers=workers)
     whole = check(current, facts)
-    by_folder = current["srcfile"].str.extract(r"^([^/]*)/", 1).fill_null("").rank("dense")
+    by_folder = current["srcfile"].str.extract(r"^([^/]*)/", 1).fill_null("").rank("dense") % 2
     counted: list[int] = []
     assert_frame_equal(check(current, facts, parts=by_folder, done=counted.append), whole)
     assert sum(counted) == current.height  # the progress counter ends at the site's file count
