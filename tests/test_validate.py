@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 from pydicom.uid import generate_uid
 
 from chorus_batch.sources import FsspecSource, LocalSource
-from chorus_batch.validate.rules import KIND_RECORDS, RUN_RULES
+from chorus_batch.validate.rules import KIND_PERSON, KIND_RECORDS, RUN_RULES
 from chorus_batch.validate import (
     FACTS_SCHEMA,
     FINDINGS_SCHEMA,
@@ -2741,6 +2741,23 @@ def test_a_content_under_many_person_folders_is_said_with_a_few_of_them_and_thei
                                  "000103, 000104, 000105 and 7 more): keep it under its own person only")
 
 
+def test_person_ids_holding_a_line_break_are_kept_as_a_list_and_compared_as_before(tmp_path, clean):
+    """omop_person.v9 keeps the ids as one text joined by line breaks: an id holding one (quoted) must not become two
+    ids; it stays a list, decoded as the same ids; an empty table keeps no id (not one empty id)."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, "OMOP/person.csv", 'person_id,year_of_birth\n"a\nb",1\n7,1\n')
+    with open(tmp_path / "OMOP/person.csv", "rb") as f:
+        facts = parse_facts(KIND_PERSON, f)
+    assert (facts["person_id"], facts["person_id_list"]) == (None, ["a\nb", "7"])
+    write(tmp_path, "OMOP/empty/person.csv", "person_id,year_of_birth\n,1\n")
+    with open(tmp_path / "OMOP/empty/person.csv", "rb") as f:
+        assert parse_facts(KIND_PERSON, f)["person_id"] == ""
+    write(clean, "OMOP/person.csv", f'person_id,year_of_birth\n{P0},1\n{P1},1\n{P2},1\n"x\ny",1\n')
+    assert validate(clean).filter(pl.col("rule").str.starts_with("person."))["message"].to_list() == [
+        "1 person_id in OMOP/person.csv has no person folder (e.g. x\ny); expected for persons without waveforms or images"]
+
+
 def test_person_ids_on_more_than_one_row_are_kept_within_a_block_and_across_blocks(tmp_path, clean):
     """person.csv's key given twice (a person's rows from two source systems) passed without a word: the reader kept
     the distinct ids only. Repeats are found within one of pyarrow's 4 MiB blocks and across them."""
@@ -2751,8 +2768,9 @@ def test_person_ids_on_more_than_one_row_are_kept_within_a_block_and_across_bloc
                                                   "ethnicity_concept_id", *rows[:10], "5,0,0,0,0", *rows[10:],
                                                   "7,0,0,0,0", "7,0,0,0,0", "599999,0,0,0,0", ",0,0,0,0", "1,0,0,0,0"]) + "\n")
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v8", f)
-    assert len(facts["person_id"]) == 600_000
+        facts = parse_facts(KIND_PERSON, f)
+    ids = facts["person_id"].split("\n")  # (omop_person.v9: one text, made in Arrow, in order of first appearance)
+    assert (len(ids), ids[:3], ids[-1], facts["person_id_list"]) == (600_000, ["1", "2", "3"], "600000", None)
     assert (sorted(facts["repeated_person_id"]), facts["n_repeated_person_id"]) == (["1", "5", "599999", "7"], 4), facts
     persons_csv([P0, P1, P2, P1, P0])(clean)
     assert validate(clean).filter(pl.col("rule") == "person.repeated_id")["message"].to_list() == [
