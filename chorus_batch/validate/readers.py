@@ -2213,8 +2213,8 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
                 values = _csv_columns(f, raw, facts["columns"], read, required=len(wanted))
             for w in read:
                 facts[w] = None if values is None else values[w]
-            if kind == KIND_PERSON:  # (ids holding a line break: a list, _joined_text)
-                facts["person_id_list"] = None if values is None else values.get("person_id_list")
+            if kind == KIND_PERSON and (values or {}).get("person_id_list") is not None:
+                facts["person_id_list"] = values["person_id_list"]  # (ids holding a line break: _joined_text)
             if kind == KIND_PERSON:  # (person_ids on more than one row: a few, and how many)
                 facts["repeated_person_id"] = (values or {}).get("repeated", [])
                 facts["n_repeated_person_id"] = (values or {}).get("n_repeated", 0)
