@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 from pydicom.uid import generate_uid
 
 from chorus_batch.sources import FsspecSource, LocalSource
-from chorus_batch.validate.rules import KIND_RECORDS, RUN_RULES
+from chorus_batch.validate.rules import KIND_PERSON, KIND_RECORDS, RUN_RULES
 from chorus_batch.validate import (
     FACTS_SCHEMA,
     FINDINGS_SCHEMA,
@@ -1397,7 +1397,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "omop_person.v9", "omop_visits.v11", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v18", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1476,13 +1476,13 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
     body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
     write(tmp_path, "OMOP/person.csv", body)
-    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v8"))
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v9"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
 @pytest.mark.parametrize(("kind", "name", "header"), [
-    ("omop_person.v8", "OMOP/person.csv", "person_id,note"),
+    ("omop_person.v9", "OMOP/person.csv", "person_id,note"),
     ("omop_visits.v11", "OMOP/visit_occurrence.csv", "visit_occurrence_id,person_id"),
     ("waveform_links.v7", "OMOP/waveform_visit_links.csv", "visit_occurrence_id,session_id"),
     ("omop_procedures.v7", "OMOP/procedure_occurrence.csv", "procedure_occurrence_id,procedure_concept_id")])
@@ -1521,12 +1521,12 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     body = b"person_id,note\n000001,a\n000002,b\n" + b"\0" * (12 << 20)
     write(tmp_path, "OMOP/person.csv", body)
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v8", f)
+        facts = parse_facts("omop_person.v9", f)
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
-    ("omop_person.v8", "OMOP/person.csv", "person_id,note\n000001,a\n"),
+    ("omop_person.v9", "OMOP/person.csv", "person_id,note\n000001,a\n"),
     ("omop_procedures.v7", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv",
@@ -1650,7 +1650,7 @@ def test_nul_bytes_in_a_registry_or_mapping_row_that_parses_are_told_with_their_
     assert error.endswith("copy or export the file again") and "y.dcm" not in error and "250" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v18", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v9", "OMOP/person.csv"), ("registry_csv.v18", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1666,7 +1666,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v8", "OMOP/person.csv"), ("registry_csv.v18", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v9", "OMOP/person.csv"), ("registry_csv.v18", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1683,7 +1683,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v18", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
-    ("omop_person.v8", "OMOP/person.csv", "person_id (column 2)"),
+    ("omop_person.v9", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
     """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
@@ -1694,7 +1694,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
-            "omop_person.v8": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+            "omop_person.v9": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
     with open(tmp_path / name, "rb") as f:
         error = parse_facts(kind, f)["error"]
@@ -1703,7 +1703,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 @pytest.mark.parametrize("kind, name", [("registry_csv.v18", "image_registry.csv"),
                                         ("mapping_csv.v7", "Metadata/Telemetry_mapping.csv"),
-                                        ("omop_person.v8", "OMOP/person.csv"), ("omop_visits.v11", "OMOP/visit_occurrence.csv"),
+                                        ("omop_person.v9", "OMOP/person.csv"), ("omop_visits.v11", "OMOP/visit_occurrence.csv"),
                                         ("omop_procedures.v7", "OMOP/procedure_occurrence.csv")])
 def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, kind, name):
     """A spreadsheet's Latin-1 export (µV as the byte 0xB5) was told as pyarrow's "CSV conversion error to string:
@@ -1713,7 +1713,7 @@ def test_a_csv_saved_as_latin1_is_told_not_utf8_where_and_what_to_do(tmp_path, k
 
     header = {"registry_csv.v18": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
               "mapping_csv.v7": "signal_id,standardized_label,sampling_rate,units,timestamp_id",
-              "omop_person.v8": "person_id,gender_concept_id",
+              "omop_person.v9": "person_id,gender_concept_id",
               "omop_visits.v11": "visit_occurrence_id,person_id",
               "omop_procedures.v7": "procedure_occurrence_id,procedure_concept_id"}[kind]
     n = header.count(",") + 1
@@ -1771,7 +1771,7 @@ def test_a_proc_id_of_19_digits_is_an_integer_to_every_registry_check(tmp_path):
 
 
 @pytest.mark.parametrize("kind, name, header, empty", [
-    ("omop_person.v8", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
+    ("omop_person.v9", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v11", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v7", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v18", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
@@ -2755,6 +2755,23 @@ def test_a_content_under_many_person_folders_is_said_with_a_few_of_them_and_thei
                                  "000103, 000104, 000105 and 7 more): keep it under its own person only")
 
 
+def test_person_ids_holding_a_line_break_are_kept_as_a_list_and_compared_as_before(tmp_path, clean):
+    """omop_person.v9 keeps the ids as one text joined by line breaks: an id holding one (quoted) must not become two
+    ids; it stays a list, decoded as the same ids; an empty table keeps no id (not one empty id)."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, "OMOP/person.csv", 'person_id,year_of_birth\n"a\nb",1\n7,1\n')
+    with open(tmp_path / "OMOP/person.csv", "rb") as f:
+        facts = parse_facts(KIND_PERSON, f)
+    assert (facts["person_id"], facts["person_id_list"]) == (None, ["a\nb", "7"])
+    write(tmp_path, "OMOP/empty/person.csv", "person_id,year_of_birth\n,1\n")
+    with open(tmp_path / "OMOP/empty/person.csv", "rb") as f:
+        assert parse_facts(KIND_PERSON, f)["person_id"] == ""
+    write(clean, "OMOP/person.csv", f'person_id,year_of_birth\n{P0},1\n{P1},1\n{P2},1\n"x\ny",1\n')
+    assert validate(clean).filter(pl.col("rule").str.starts_with("person."))["message"].to_list() == [
+        "1 person_id in OMOP/person.csv has no person folder (e.g. x\ny); expected for persons without waveforms or images"]
+
+
 def test_person_ids_on_more_than_one_row_are_kept_within_a_block_and_across_blocks(tmp_path, clean):
     """person.csv's key given twice (a person's rows from two source systems) passed without a word: the reader kept
     the distinct ids only. Repeats are found within one of pyarrow's 4 MiB blocks and across them."""
@@ -2765,8 +2782,9 @@ def test_person_ids_on_more_than_one_row_are_kept_within_a_block_and_across_bloc
                                                   "ethnicity_concept_id", *rows[:10], "5,0,0,0,0", *rows[10:],
                                                   "7,0,0,0,0", "7,0,0,0,0", "599999,0,0,0,0", ",0,0,0,0", "1,0,0,0,0"]) + "\n")
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v8", f)
-    assert len(facts["person_id"]) == 600_000
+        facts = parse_facts(KIND_PERSON, f)
+    ids = facts["person_id"].split("\n")  # (omop_person.v9: one text, made in Arrow, in order of first appearance)
+    assert (len(ids), ids[:3], ids[-1], "person_id_list" in facts) == (600_000, ["1", "2", "3"], "600000", False)
     assert (sorted(facts["repeated_person_id"]), facts["n_repeated_person_id"]) == (["1", "5", "599999", "7"], 4), facts
     persons_csv([P0, P1, P2, P1, P0])(clean)
     assert validate(clean).filter(pl.col("rule") == "person.repeated_id")["message"].to_list() == [

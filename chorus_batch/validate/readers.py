@@ -1958,7 +1958,7 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         for batch in _csv_batches(f, raw_names, columns, wanted):
             keys.add(batch[0])
         distinct, repeated = keys.distinct(), keys.repeated()
-        return {wanted[0]: distinct.to_pylist(), "repeated": repeated.slice(0, 5).to_pylist(),
+        return {**_joined_text(wanted[0], distinct), "repeated": repeated.slice(0, 5).to_pylist(),
                 "n_repeated": len(repeated)}  # (a slice: 30M ids each given twice made 30M Python strings for 5)
     seen: dict[tuple[str, ...], None] = {}
     for batch in _csv_batches(f, raw_names, columns, wanted):
@@ -1966,6 +1966,27 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row[:required])))
     rows = list(seen)
     return {w: [row[k] for row in rows] for k, w in enumerate(wanted)}
+
+
+def _joined_text(name: str, values) -> dict[str, Any]:
+    """{name: the values (strings, none null) as one text joined by JOINED} made in Arrow (omop_person.v9: 5M ids as a
+    list of Python strings held +290 MiB in the hashing worker and again where site.py decoded them); where a value holds
+    JOINED (a quoted line break) they stay a list, as {name: None, name + "_list": [...]}."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(values) and pc.any(pc.match_substring(values, JOINED)).as_py():
+        return {name: None, f"{name}_list": values.to_pylist()}
+    # each value with JOINED after it (an option, no Python value handed to pyarrow), read off the data buffer
+    ended = pc.replace_substring_regex(values, pattern="$", replacement=JOINED)
+    if isinstance(ended, pa.ChunkedArray):
+        ended = ended.combine_chunks()
+    if not len(ended):
+        return {name: ""}
+    _, offsets, data = ended.buffers()
+    at = memoryview(offsets).cast("q" if pa.types.is_large_string(ended.type) else "i")
+    start, end = at[ended.offset], at[ended.offset + len(ended)]
+    return {name: data[start:end - 1].to_pybytes().decode("utf-8")}
 
 
 def _more_than_one(counts):
@@ -2180,7 +2201,7 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
             if facts["delimiter"] != ",":
                 values = None
             elif ended:  # only the header row, unterminated: no values (pyarrow would refuse the file)
-                none = "" if kind == KIND_VISITS else []
+                none = "" if kind in (KIND_VISITS, KIND_PERSON) else []
                 values = {w: none for w in read} if all(w in facts["columns"] for w in read) else None
             elif kind == KIND_VISITS:  # millions of rows: each column as one text (site.py splits it)
                 audit = _VisitAudit()
@@ -2193,6 +2214,8 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
                 values = _csv_columns(f, raw, facts["columns"], read, required=len(wanted))
             for w in read:
                 facts[w] = None if values is None else values[w]
+            if kind == KIND_PERSON and (values or {}).get("person_id_list") is not None:
+                facts["person_id_list"] = values["person_id_list"]  # (ids holding a line break: _joined_text)
             if kind == KIND_PERSON:  # (person_ids on more than one row: a few, and how many)
                 facts["repeated_person_id"] = (values or {}).get("repeated", [])
                 facts["n_repeated_person_id"] = (values or {}).get("n_repeated", 0)

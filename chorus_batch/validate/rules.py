@@ -303,7 +303,10 @@ KIND_EDF = "edf_header.v4"
 # 2024-13-01), the visits ending before they start, the visit_occurrence_ids on more than one row (visit.date_format,
 # visit.end_before_start, visit.repeated_id; v10: such a visit left the visit-time rules without a word, a repeated
 # visit of one person passed)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v8", "omop_visits.v11", "waveform_links.v7"
+# omop_person.v9 keeps the person_ids as one text joined by a line break (as omop_visits keeps its columns), made in
+# Arrow: v8's list of 5M ids held +290 MiB as Python strings in the hashing worker and again in the decoding
+# (ids holding a line break stay a list, person_id_list)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v9", "omop_visits.v11", "waveform_links.v7"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps

@@ -58,7 +58,9 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                          "implied_size": pl.Int64,
                          "signals": pl.List(pl.Struct({"label": pl.String, "units": pl.String, "fs": pl.Float64}))}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
-    KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String), "repeated_person_id": pl.List(pl.String),
+    # (person_id: one text of the ids, readers._joined_text; split where decoded, _with_facts)
+    KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.String, "person_id_list": pl.List(pl.String),
+                            "repeated_person_id": pl.List(pl.String),
                             "n_repeated_person_id": pl.Int64}),
     # (each column one text of its values: readers._csv_joined; split where read, not decoded as a list)
     KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.String, "person_id": pl.String,
@@ -143,6 +145,11 @@ def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataF
                                                                        (False, of_kind.filter(~large)))
              for part in frame.iter_slices(_DECODE_ROWS)]
     decoded = pl.concat(parts) if parts else decode(of_kind)
+    if kind == KIND_PERSON:  # the ids as a list, as rules read them (omop_person.v9 keeps them as one text)
+        decoded = decoded.with_columns(pl.col("_f").struct.with_fields(
+            person_id=pl.coalesce(pl.field("person_id_list"),
+                                  pl.when(pl.field("person_id") == "").then(pl.lit([], pl.List(pl.String)))
+                                  .otherwise(pl.field("person_id").str.split(JOINED)))))
     out = (
         rows.join(decoded.unnest("_f").with_columns(_known=pl.lit(True)), on="_h", how="left")
         .filter(pl.col("_md5").is_null() | (pl.col("_md5") == pl.col("md5")))
