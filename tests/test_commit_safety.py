@@ -531,6 +531,10 @@ def test_a_manifest_restored_from_a_backup_beside_a_later_runs_wal_is_refused(si
         assert done.returncode == ExitCode.FAILED, done.stderr
         assert "not this manifest file's" in done.stderr and "restored" in done.stderr, done.stderr
         assert f"mv {sides[0]} {sides[1]} aside/" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        # what stands, truly: the run said "the manifest holds what it held before (`chorus-batch versions` lists
+        # it)", of a manifest `versions` refuses the same way, whose state is the question
+        assert "nothing was committed and nothing was changed: SQLite did not open the manifest" in done.stderr
+        assert "lists it" not in done.stderr, done.stderr
         assert {path: path.read_bytes() for path in (db, *sides)} == before
     aside = tmp_path / "aside"
     aside.mkdir()

@@ -169,6 +169,11 @@ _OPEN_LOCK = threading.Lock()
 # How long a command waits on SQLite's lock of the manifest when it opens it, and when it upgrades it under the run
 # lock, before it says another program holds it (exit 4): a transaction of this tool is a short one
 OTHER_PROGRAM_WAIT_MS = 5_000
+# What stands after a refusal before SQLite opened the manifest (a foreign -wal, a hot -journal this user cannot undo,
+# a -wal an immutable read cannot see, a side file that is a link): a run said "the manifest holds what it held before
+# (`chorus-batch versions` lists it)", of a manifest `versions` refuses the same way, whose state is the question
+NOT_OPENED = ("nothing was committed and nothing was changed: SQLite did not open the manifest, and its file and the "
+              "files beside it are as they were")
 
 
 def _acquire(key: str, library: str) -> None:
@@ -472,6 +477,16 @@ def remove_killed_imports(path: Path) -> None:
             leftover.unlink()
 
 
+def _not_opened(error: ManifestError, committed: str | None) -> ManifestError:
+    """`error`, a refusal before SQLite opened the manifest, with what stands: NOT_OPENED, unless this process
+    committed version `committed` before (the command's own words then say it stays)."""
+    if committed is None:
+        error.outcome = NOT_OPENED  # type: ignore[attr-defined]
+    else:
+        error.committed = committed  # type: ignore[attr-defined]
+    return error
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -554,10 +569,10 @@ class Manifest:
         for side in ("-wal", "-shm", "-journal"):  # SQLite refuses them through a link, and said "readonly database"
             beside = Path(f"{self.path}{side}")
             if beside.is_symlink():
-                raise ManifestError(
+                raise _not_opened(committed=self.committed_label, error=ManifestError(
                     f"{beside} is a symbolic link (to {os.readlink(beside)}): SQLite opens no {side} file of a "
                     "database through one, so the manifest can be neither read nor written", where=str(beside),
-                    fix=f"remove the link (SQLite makes its {side} file itself, beside the manifest), then run again")
+                    fix=f"remove the link (SQLite makes its {side} file itself, beside the manifest), then run again"))
         """The path, or a read-only URI for a reader who cannot write beside the manifest (a reviewer with
         read access: a file mode 0400/0444, a read-only folder or share). A WAL database read-write needs its
         -shm file, which SQLite cannot create there ("attempt to write a readonly database" on every read);
@@ -615,13 +630,13 @@ class Manifest:
         file's (foreign_wal). Nothing is changed: the manifest, its -wal and -shm stay as they are."""
         wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
         aside = [shlex.quote(str(side)) for side in (wal, shm) if side.exists()]
-        raise ManifestError(
+        raise _not_opened(committed=self.committed_label, error=ManifestError(
             f"the -wal file beside the manifest is not this manifest file's: {why}. SQLite would write its commits into "
             f"this file and make it a mix of two states of the manifest (a manifest restored from a backup, or copied "
             f"over, while a stopped run's -wal and -shm stayed beside it); nothing was changed", where=str(wal),
             fix=f"if you restored {self.path.name} from a backup (or copied it there), move the files SQLite left beside "
                 f"the old one aside (mkdir aside && mv {' '.join(aside)} aside/) and run again: the manifest is then the "
-                f"backup's state; if not, put back the manifest file that -wal belongs to")
+                f"backup's state; if not, put back the manifest file that -wal belongs to"))
 
     def _check_no_hot_journal(self) -> None:
         """Refused to a user who cannot write the manifest or its folder while a -journal beside it holds an edit cut
@@ -637,7 +652,7 @@ class Manifest:
             # read as it is, `versions` and `report` said "the manifest is damaged ... restore it from a backup" of an
             # intact manifest, whose edit SQLite undoes at the next open by a user who may write beside it
             here, folder = shlex.quote(str(self.path)), shlex.quote(str(self.path.parent))
-            raise ManifestError(
+            raise _not_opened(committed=self.committed_label, error=ManifestError(
                 f"cannot read the manifest: its -journal file ({journal.name}) holds an edit that was cut short (a "
                 "program or sqlite3 session stopped while it changed the manifest), which SQLite undoes at the next "
                 "open by a user who can write the manifest and its folder; this user cannot, and the file read as it is "
@@ -646,7 +661,7 @@ class Manifest:
                 fix=f"have a user who can write it and {folder} run any command on it once "
                     f"(chorus-batch versions --db {here}), or copy the manifest with its "
                     f"-journal file to a folder you can write (cp {here} {shlex.quote(str(journal))} DIR/) and "
-                    + pass_db(f"DIR/{self.path.name}"))
+                    + pass_db(f"DIR/{self.path.name}")))
 
     def _check_no_wal(self) -> None:
         """An immutable read sees the file only: refused while a -wal holds commits not yet in it, or a -journal an
@@ -655,20 +670,20 @@ class Manifest:
         wal = Path(f"{self.path}-wal")
         if wal.exists() and wal.stat().st_size > 0 and _read_only_file_system(self.path.parent):
             # (a backup, a snapshot, a share mounted read-only: no run will ever move the -wal into the file there)
-            raise ManifestError(
+            raise _not_opened(committed=self.committed_label, error=ManifestError(
                 "cannot read the manifest: it lies on a read-only file system, where SQLite cannot make its -shm file, "
                 "and its -wal file holds commits not yet written into it", where=str(self.path),
                 fix=f"copy the manifest with its -wal file to a folder you can write (cp {shlex.quote(str(self.path))} "
                     f"{shlex.quote(str(wal))} DIR/) and {pass_db(f'DIR/{self.path.name}')}: SQLite reads the "
-                    "commits from the -wal beside it")
+                    "commits from the -wal beside it"))
         if wal.exists() and wal.stat().st_size > 0:
-            raise ManifestError(
+            raise _not_opened(committed=self.committed_label, error=ManifestError(
                 "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
                 "-wal file holds commits not yet written into it (a run is committing, or one was stopped)",
                 where=str(self.path),
                 fix="read it again once the run has ended (its last step moves the -wal into the manifest), or "
                     "ask its owner for a copy (`sqlite3 <manifest> '.backup copy.sqlite'`) and "
-                    + pass_db("copy.sqlite"))
+                    + pass_db("copy.sqlite")))
 
     def connect(self) -> sqlite3.Connection:
         try:
