@@ -310,10 +310,11 @@ def _wal_sum(data: bytes, big: bool) -> tuple[int, int]:
     return s0, s1
 
 
-def _wal_page_one(wal: Path) -> tuple[bytes, int, list[int]] | None:
-    """The WAL's header, its page size, and the file change counter of each copy of page 1 in its committed frames
-    (those of its current generation, up to its last commit: what SQLite applies); None when SQLite would ignore it
-    (too short, not a WAL, a header whose checksum fails). Only frame headers are read, and page 1's first bytes."""
+def _wal_page_one(wal: Path) -> tuple[bytes, int, list[tuple[int, int]]] | None:
+    """The WAL's header, its page size, and the (file change counter, user_version) of each copy of page 1 in its
+    committed frames (those of its current generation, up to its last commit: what SQLite applies); None when SQLite
+    would ignore it (too short, not a WAL, a header whose checksum fails). Only frame headers are read, and page 1's
+    first bytes."""
     with open(wal, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(32)
@@ -322,8 +323,8 @@ def _wal_page_one(wal: Path) -> tuple[bytes, int, list[int]] | None:
         magic, _version, page_size, _sequence, salt1, salt2, sum1, sum2 = struct.unpack(">8I", head)
         if magic not in _WAL_MAGIC or _wal_sum(head[:24], magic & 1 == 1) != (sum1, sum2):
             return None
-        committed: list[int] = []
-        pending: list[int] = []
+        committed: list[tuple[int, int]] = []
+        pending: list[tuple[int, int]] = []
         at = 32
         while at + 24 + page_size <= size:
             f.seek(at)
@@ -333,12 +334,46 @@ def _wal_page_one(wal: Path) -> tuple[bytes, int, list[int]] | None:
                 break  # (an earlier generation's frames, which SQLite ignores)
             if number == 1:
                 f.seek(at + 24 + 24)
-                pending.append(int.from_bytes(f.read(4), "big"))
+                fields = f.read(40)  # (the header's change counter at 24, its user_version at 60)
+                pending.append((int.from_bytes(fields[:4], "big"), int.from_bytes(fields[36:40], "big")))
             if commit:
                 committed += pending
                 pending = []
             at += 24 + page_size
     return head, page_size, committed
+
+
+def uncounted(path: Path) -> bool:
+    """Whether the manifest file at `path` holds no commit count (`user_version` 0 in its header, on disk: an older
+    release's manifest, or one whose counted commits are all still in its -wal)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    return len(header) == 100 and header.startswith(b"SQLite format 3\0") and header[60:64] == bytes(4)
+
+
+def _start_count(con: sqlite3.Connection) -> None:
+    """The first commit of this release on a manifest an older one wrote (uncounted), alone, and written into the
+    file at once: those releases' commits left page 1 as it was when their rows fitted in pages the file had, so a
+    backup taken nights earlier had the change counter the file still had, and a -wal this release then left (its
+    first commit, say the schema upgrade, cut off from the file by a full disk, a `ulimit -f`, a reader, a kill) was
+    read as the restored backup's own (foreign_wal). Moved on here, alone, the file's counter is past every earlier
+    backup's, as every later -wal's start is. Best effort: a checkpoint a reader holds back is done by the next
+    command that opens the manifest to write, which starts the count again if it did not reach the file."""
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        touch_page_one(con.execute)
+        con.commit()
+        con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.OperationalError as exc:
+        if con.in_transaction:
+            con.rollback()
+        low = str(exc).lower()
+        if "locked" in low or "busy" in low:
+            raise  # (another program's lock: said as such by the caller)
+        # (a file this user may not write, a full disk: the command's own writes meet it and say so)
 
 
 def foreign_wal(path: Path) -> str | None:
@@ -365,12 +400,20 @@ def foreign_wal(path: Path) -> str | None:
         return None  # (not a database: the open says so)
     if again is None or again[0] != first[0]:
         return None  # a live run restarted its WAL meanwhile: its own
-    _head, page_size, counters = again
+    _head, page_size, copies = again
+    counters = [counter for counter, _count in copies]
     db_page_size = int.from_bytes(header[16:18], "big")
     db_page_size = 65536 if db_page_size == 1 else db_page_size
     counter = int.from_bytes(header[24:28], "big")
     if page_size != db_page_size:
         return f"its pages are {page_size} bytes, the manifest's {db_page_size}"
+    # The commit count (touch_page_one): each commit of this release adds one, where SQLite's change counter stays as
+    # it was over the commits of one connection (an upgrade's commit after the one before it showed the same counter)
+    counts = [count for _counter, count in copies]
+    count = int.from_bytes(header[60:64], "big")
+    if counts[0] and count != (counts[0] - 1) % 2**31 and count not in counts:
+        return (f"the manifest file is not the state the -wal's commits were made on, nor one they led to (its commit "
+                f"count is {count}; the -wal's run from {(counts[0] - 1) % 2**31} to {counts[-1]})")
     if counter < counters[0] - 1:
         return (f"the manifest file is older than the state the -wal's commits were made on (its change counter is "
                 f"{counter}; the -wal's commits began at {counters[0] - 1})")
@@ -857,7 +900,8 @@ class Manifest:
                     # started by the same cron minute (its preflight reads the schema before it meets the lock) saw a
                     # `meta` table without its schema_version row: "edited or damaged", exit 3, instead of locked
                     con.execute("BEGIN IMMEDIATE")
-                versions = upgrade(con, str(self.path), self._held_or_failure)
+                versions = upgrade(con, str(self.path), self._held_or_failure,
+                                   lambda: _start_count(con) if uncounted(self.path) else None)
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc).lower() or "busy" in str(exc).lower():
                     raise self.held_by_another_program(exc) from None
