@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -531,6 +532,10 @@ def test_a_manifest_restored_from_a_backup_beside_a_later_runs_wal_is_refused(si
         assert done.returncode == ExitCode.FAILED, done.stderr
         assert "not this manifest file's" in done.stderr and "restored" in done.stderr, done.stderr
         assert f"mv {sides[0]} {sides[1]} aside/" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        # what stands, truly: the run said "the manifest holds what it held before (`chorus-batch versions` lists
+        # it)", of a manifest `versions` refuses the same way, whose state is the question
+        assert "nothing was committed and nothing was changed: SQLite did not open the manifest" in done.stderr
+        assert "lists it" not in done.stderr, done.stderr
         assert {path: path.read_bytes() for path in (db, *sides)} == before
     aside = tmp_path / "aside"
     aside.mkdir()
@@ -541,6 +546,31 @@ def test_a_manifest_restored_from_a_backup_beside_a_later_runs_wal_is_refused(si
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
 
+
+
+@pytest.mark.skipif(os.name == "nt", reason="ulimit -f")
+def test_a_previous_release_backup_restored_beside_this_releases_wal_is_refused(tmp_path):
+    """A manifest of the previous release (no commit count in user_version: its commits left page 1 as it was when
+    their rows fitted in pages the file had), backed up, one more night of that release, then this release's first
+    run, whose commits (the schema upgrade first) stayed in the -wal: its first copy of page 1 began at the change
+    counter the backup has too, and the backup restored beside it was read as that -wal's own file (a mix of the
+    two). This release's first open of such a manifest moves the file's counter on, alone, before anything else."""
+    import shutil
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "release-f9a987f"
+    db, site, backup = tmp_path / "manifest.sqlite", tmp_path / "site", tmp_path / "backup.sqlite"
+    shutil.copy(fixture / "manifest.sqlite", db)
+    shutil.copytree(fixture / "site", site)
+    shutil.copy(db, backup)
+    counter = db.read_bytes()[24:28]
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # the previous release's next night (page 1 untouched)
+        con.execute("UPDATE runs SET message = 'the night after the backup'")
+    assert db.read_bytes()[24:28] == counter and db.read_bytes() != backup.read_bytes()
+    write(site, "000009/Waveforms/Telemetry/9/9.dat", b"nine")
+    _run_leaving_its_wal(site, db)
+    db.write_bytes(backup.read_bytes())  # the restore
+    done = cli("versions", "--db", str(db))
+    assert done.returncode == ExitCode.FAILED and "not this manifest file's" in done.stderr, done.stderr
 
 @pytest.mark.skipif(os.name == "nt", reason="ulimit -f")
 def test_a_wal_a_stopped_run_left_beside_its_own_manifest_is_still_applied(site, db, tmp_path):

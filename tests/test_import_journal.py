@@ -561,12 +561,24 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
 def test_a_manifest_a_killed_first_run_left_without_a_version_is_imported_into(tmp_path):
     # (it was refused with "never writes over one; move the existing manifest away", though it held nothing)
     db, site = tmp_path / "m.sqlite", build_site(tmp_path)
-    proc = paused("run", "--site", str(site), "--db", str(db), "-q", at="commit")
+    proc = paused("run", "--site", str(site), "--db", str(db), "-q", at="commit", env={"CHORUS_BATCH_CHECKPOINT_S": "0"})
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert db.exists() and query(db, "SELECT count(*) FROM versions") == [(0,)]
+    # The killed run's hash checkpoint folder and the room it took for its outcome stayed beside the manifest the
+    # import put in its place (the site's paths, of a manifest that is gone); the outcome it noted there (a disk too
+    # full for `runs`) was read by no one, and its carried `runs` row said "killed" (137).
+    ((killed, pid),) = query(db, "SELECT run_id, pid FROM runs")
+    outcome, checkpoint = Path(f"{db}.run-outcome"), Path(f"{db}.checkpoint")
+    assert checkpoint.is_dir() and outcome.is_file()
+    outcome.write_text(json.dumps({"run": killed, "pid": pid, "finished_at": "2026-01-01T00:00:00Z", "exit_code": 3,
+                                   "version": None, "message": "the disk is full"}).ljust(4096))
     out = import_journal(JOURNALS["A"], db, "--to", "az://central/", "--json")
     assert out.returncode == 1, out.stderr  # (journal A's own warnings)
+    assert not checkpoint.exists() and not outcome.exists()
+    assert query(db, "SELECT exit_code, message LIKE 'the disk is full; recorded by the next run%' FROM runs "
+                     "WHERE run_id = ?", (killed,)) == [(3, 1)]
+    assert not list(tmp_path.glob(".m.sqlite.importing-*"))
     notes = [f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.replaced-empty-manifest"]
     assert notes and "held no version" in notes[0], out.stdout
     assert [label for (label,) in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]

@@ -169,6 +169,11 @@ _OPEN_LOCK = threading.Lock()
 # How long a command waits on SQLite's lock of the manifest when it opens it, and when it upgrades it under the run
 # lock, before it says another program holds it (exit 4): a transaction of this tool is a short one
 OTHER_PROGRAM_WAIT_MS = 5_000
+# What stands after a refusal before SQLite opened the manifest (a foreign -wal, a hot -journal this user cannot undo,
+# a -wal an immutable read cannot see, a side file that is a link): a run said "the manifest holds what it held before
+# (`chorus-batch versions` lists it)", of a manifest `versions` refuses the same way, whose state is the question
+NOT_OPENED = ("nothing was committed and nothing was changed: SQLite did not open the manifest, and its file and the "
+              "files beside it are as they were")
 
 
 def _acquire(key: str, library: str) -> None:
@@ -305,10 +310,11 @@ def _wal_sum(data: bytes, big: bool) -> tuple[int, int]:
     return s0, s1
 
 
-def _wal_page_one(wal: Path) -> tuple[bytes, int, list[int]] | None:
-    """The WAL's header, its page size, and the file change counter of each copy of page 1 in its committed frames
-    (those of its current generation, up to its last commit: what SQLite applies); None when SQLite would ignore it
-    (too short, not a WAL, a header whose checksum fails). Only frame headers are read, and page 1's first bytes."""
+def _wal_page_one(wal: Path) -> tuple[bytes, int, list[tuple[int, int]]] | None:
+    """The WAL's header, its page size, and the (file change counter, user_version) of each copy of page 1 in its
+    committed frames (those of its current generation, up to its last commit: what SQLite applies); None when SQLite
+    would ignore it (too short, not a WAL, a header whose checksum fails). Only frame headers are read, and page 1's
+    first bytes."""
     with open(wal, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(32)
@@ -317,8 +323,8 @@ def _wal_page_one(wal: Path) -> tuple[bytes, int, list[int]] | None:
         magic, _version, page_size, _sequence, salt1, salt2, sum1, sum2 = struct.unpack(">8I", head)
         if magic not in _WAL_MAGIC or _wal_sum(head[:24], magic & 1 == 1) != (sum1, sum2):
             return None
-        committed: list[int] = []
-        pending: list[int] = []
+        committed: list[tuple[int, int]] = []
+        pending: list[tuple[int, int]] = []
         at = 32
         while at + 24 + page_size <= size:
             f.seek(at)
@@ -328,12 +334,46 @@ def _wal_page_one(wal: Path) -> tuple[bytes, int, list[int]] | None:
                 break  # (an earlier generation's frames, which SQLite ignores)
             if number == 1:
                 f.seek(at + 24 + 24)
-                pending.append(int.from_bytes(f.read(4), "big"))
+                fields = f.read(40)  # (the header's change counter at 24, its user_version at 60)
+                pending.append((int.from_bytes(fields[:4], "big"), int.from_bytes(fields[36:40], "big")))
             if commit:
                 committed += pending
                 pending = []
             at += 24 + page_size
     return head, page_size, committed
+
+
+def uncounted(path: Path) -> bool:
+    """Whether the manifest file at `path` holds no commit count (`user_version` 0 in its header, on disk: an older
+    release's manifest, or one whose counted commits are all still in its -wal)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    return len(header) == 100 and header.startswith(b"SQLite format 3\0") and header[60:64] == bytes(4)
+
+
+def _start_count(con: sqlite3.Connection) -> None:
+    """The first commit of this release on a manifest an older one wrote (uncounted), alone, and written into the
+    file at once: those releases' commits left page 1 as it was when their rows fitted in pages the file had, so a
+    backup taken nights earlier had the change counter the file still had, and a -wal this release then left (its
+    first commit, say the schema upgrade, cut off from the file by a full disk, a `ulimit -f`, a reader, a kill) was
+    read as the restored backup's own (foreign_wal). Moved on here, alone, the file's counter is past every earlier
+    backup's, as every later -wal's start is. Best effort: a checkpoint a reader holds back is done by the next
+    command that opens the manifest to write, which starts the count again if it did not reach the file."""
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        touch_page_one(con.execute)
+        con.commit()
+        con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.OperationalError as exc:
+        if con.in_transaction:
+            con.rollback()
+        low = str(exc).lower()
+        if "locked" in low or "busy" in low:
+            raise  # (another program's lock: said as such by the caller)
+        # (a file this user may not write, a full disk: the command's own writes meet it and say so)
 
 
 def foreign_wal(path: Path) -> str | None:
@@ -360,12 +400,20 @@ def foreign_wal(path: Path) -> str | None:
         return None  # (not a database: the open says so)
     if again is None or again[0] != first[0]:
         return None  # a live run restarted its WAL meanwhile: its own
-    _head, page_size, counters = again
+    _head, page_size, copies = again
+    counters = [counter for counter, _count in copies]
     db_page_size = int.from_bytes(header[16:18], "big")
     db_page_size = 65536 if db_page_size == 1 else db_page_size
     counter = int.from_bytes(header[24:28], "big")
     if page_size != db_page_size:
         return f"its pages are {page_size} bytes, the manifest's {db_page_size}"
+    # The commit count (touch_page_one): each commit of this release adds one, where SQLite's change counter stays as
+    # it was over the commits of one connection (an upgrade's commit after the one before it showed the same counter)
+    counts = [count for _counter, count in copies]
+    count = int.from_bytes(header[60:64], "big")
+    if counts[0] and count != (counts[0] - 1) % 2**31 and count not in counts:
+        return (f"the manifest file is not the state the -wal's commits were made on, nor one they led to (its commit "
+                f"count is {count}; the -wal's run from {(counts[0] - 1) % 2**31} to {counts[-1]})")
     if counter < counters[0] - 1:
         return (f"the manifest file is older than the state the -wal's commits were made on (its change counter is "
                 f"{counter}; the -wal's commits began at {counters[0] - 1})")
@@ -472,6 +520,16 @@ def remove_killed_imports(path: Path) -> None:
             leftover.unlink()
 
 
+def _not_opened(error: ManifestError, committed: str | None) -> ManifestError:
+    """`error`, a refusal before SQLite opened the manifest, with what stands: NOT_OPENED, unless this process
+    committed version `committed` before (the command's own words then say it stays)."""
+    if committed is None:
+        error.outcome = NOT_OPENED  # type: ignore[attr-defined]
+    else:
+        error.committed = committed  # type: ignore[attr-defined]
+    return error
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -554,10 +612,10 @@ class Manifest:
         for side in ("-wal", "-shm", "-journal"):  # SQLite refuses them through a link, and said "readonly database"
             beside = Path(f"{self.path}{side}")
             if beside.is_symlink():
-                raise ManifestError(
+                raise _not_opened(committed=self.committed_label, error=ManifestError(
                     f"{beside} is a symbolic link (to {os.readlink(beside)}): SQLite opens no {side} file of a "
                     "database through one, so the manifest can be neither read nor written", where=str(beside),
-                    fix=f"remove the link (SQLite makes its {side} file itself, beside the manifest), then run again")
+                    fix=f"remove the link (SQLite makes its {side} file itself, beside the manifest), then run again"))
         """The path, or a read-only URI for a reader who cannot write beside the manifest (a reviewer with
         read access: a file mode 0400/0444, a read-only folder or share). A WAL database read-write needs its
         -shm file, which SQLite cannot create there ("attempt to write a readonly database" on every read);
@@ -615,13 +673,13 @@ class Manifest:
         file's (foreign_wal). Nothing is changed: the manifest, its -wal and -shm stay as they are."""
         wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
         aside = [shlex.quote(str(side)) for side in (wal, shm) if side.exists()]
-        raise ManifestError(
+        raise _not_opened(committed=self.committed_label, error=ManifestError(
             f"the -wal file beside the manifest is not this manifest file's: {why}. SQLite would write its commits into "
             f"this file and make it a mix of two states of the manifest (a manifest restored from a backup, or copied "
             f"over, while a stopped run's -wal and -shm stayed beside it); nothing was changed", where=str(wal),
             fix=f"if you restored {self.path.name} from a backup (or copied it there), move the files SQLite left beside "
                 f"the old one aside (mkdir aside && mv {' '.join(aside)} aside/) and run again: the manifest is then the "
-                f"backup's state; if not, put back the manifest file that -wal belongs to")
+                f"backup's state; if not, put back the manifest file that -wal belongs to"))
 
     def _check_no_hot_journal(self) -> None:
         """Refused to a user who cannot write the manifest or its folder while a -journal beside it holds an edit cut
@@ -637,7 +695,7 @@ class Manifest:
             # read as it is, `versions` and `report` said "the manifest is damaged ... restore it from a backup" of an
             # intact manifest, whose edit SQLite undoes at the next open by a user who may write beside it
             here, folder = shlex.quote(str(self.path)), shlex.quote(str(self.path.parent))
-            raise ManifestError(
+            raise _not_opened(committed=self.committed_label, error=ManifestError(
                 f"cannot read the manifest: its -journal file ({journal.name}) holds an edit that was cut short (a "
                 "program or sqlite3 session stopped while it changed the manifest), which SQLite undoes at the next "
                 "open by a user who can write the manifest and its folder; this user cannot, and the file read as it is "
@@ -646,7 +704,7 @@ class Manifest:
                 fix=f"have a user who can write it and {folder} run any command on it once "
                     f"(chorus-batch versions --db {here}), or copy the manifest with its "
                     f"-journal file to a folder you can write (cp {here} {shlex.quote(str(journal))} DIR/) and "
-                    + pass_db(f"DIR/{self.path.name}"))
+                    + pass_db(f"DIR/{self.path.name}")))
 
     def _check_no_wal(self) -> None:
         """An immutable read sees the file only: refused while a -wal holds commits not yet in it, or a -journal an
@@ -655,20 +713,20 @@ class Manifest:
         wal = Path(f"{self.path}-wal")
         if wal.exists() and wal.stat().st_size > 0 and _read_only_file_system(self.path.parent):
             # (a backup, a snapshot, a share mounted read-only: no run will ever move the -wal into the file there)
-            raise ManifestError(
+            raise _not_opened(committed=self.committed_label, error=ManifestError(
                 "cannot read the manifest: it lies on a read-only file system, where SQLite cannot make its -shm file, "
                 "and its -wal file holds commits not yet written into it", where=str(self.path),
                 fix=f"copy the manifest with its -wal file to a folder you can write (cp {shlex.quote(str(self.path))} "
                     f"{shlex.quote(str(wal))} DIR/) and {pass_db(f'DIR/{self.path.name}')}: SQLite reads the "
-                    "commits from the -wal beside it")
+                    "commits from the -wal beside it"))
         if wal.exists() and wal.stat().st_size > 0:
-            raise ManifestError(
+            raise _not_opened(committed=self.committed_label, error=ManifestError(
                 "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
                 "-wal file holds commits not yet written into it (a run is committing, or one was stopped)",
                 where=str(self.path),
                 fix="read it again once the run has ended (its last step moves the -wal into the manifest), or "
                     "ask its owner for a copy (`sqlite3 <manifest> '.backup copy.sqlite'`) and "
-                    + pass_db("copy.sqlite"))
+                    + pass_db("copy.sqlite")))
 
     def connect(self) -> sqlite3.Connection:
         try:
@@ -842,7 +900,8 @@ class Manifest:
                     # started by the same cron minute (its preflight reads the schema before it meets the lock) saw a
                     # `meta` table without its schema_version row: "edited or damaged", exit 3, instead of locked
                     con.execute("BEGIN IMMEDIATE")
-                versions = upgrade(con, str(self.path), self._held_or_failure)
+                versions = upgrade(con, str(self.path), self._held_or_failure,
+                                   lambda: _start_count(con) if uncounted(self.path) else None)
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc).lower() or "busy" in str(exc).lower():
                     raise self.held_by_another_program(exc) from None

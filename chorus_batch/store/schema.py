@@ -394,11 +394,13 @@ def _say_slow_steps(con: sqlite3.Connection, before: int, where: str) -> None:
 
 
 def upgrade(con: sqlite3.Connection, where: str,
-            storage_failure: Callable[[BaseException], ManifestError | ManifestLocked] | None = None) -> tuple[int | None, int]:
+            storage_failure: Callable[[BaseException], ManifestError | ManifestLocked] | None = None,
+            before_writing: Callable[[], None] | None = None) -> tuple[int | None, int]:
     """Create the schema, or migrate it; returns (version before, version now). A manifest a later release marked
     as not to be written by this one is refused (check_release). storage_failure: what an SQLite error of the
     storage (a full disk or temporary folder, a file that cannot be written) means, as the manifest's own commands
-    say it (Manifest.failure)."""
+    say it (Manifest.failure). before_writing: called on an existing manifest once it is checked, before anything
+    is written to it (Manifest's first counted commit: _start_count)."""
     before = schema_version(con, where)
     if before is None:
         with con:
@@ -408,6 +410,8 @@ def upgrade(con: sqlite3.Connection, where: str,
         raise too_new(before, where, con)
     if before == SCHEMA_VERSION:
         check_release(con, where)
+        if before_writing is not None:
+            before_writing()
         restore_indexes(con, where)
         return before, before
     target, index = before, None
@@ -426,6 +430,8 @@ def upgrade(con: sqlite3.Connection, where: str,
         if hasattr(said, "outcome"):
             refused.outcome = said.outcome  # type: ignore[attr-defined]
         raise refused
+    if before_writing is not None:
+        before_writing()
     _say_slow_steps(con, before, where)
     try:
         with con:  # one transaction: an upgrade that fails (or is killed) leaves the manifest exactly as it was

@@ -31,7 +31,7 @@ import polars as pl
 
 from ..errors import ChorusError, ExitCode, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors, fmt
-from ..fsutil import missing_folder
+from ..fsutil import missing_folder, write_private
 from ..sources.remote import mask_url
 from ..store.manifest import Manifest, give_back_freed_memory, importing_path, refuse_unwritable_name, remove_killed_imports
 from ..units import command_word, plural
@@ -166,6 +166,8 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                 return result
             _publish(building, target, replace_empty=empty)
             published = True
+            if empty:
+                _remove_replaced_sides(manifest.path)
             _keep_wal(target)
         except BaseException as exc:
             if published:  # the manifest has its name: whatever stopped the import after that, it is there
@@ -349,6 +351,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: _Packed
     manifest.set_meta({"mtime_unit_ns": str(MTIME_UNIT_NS), "imported_from": f"chorus-upload journal v{journal.schema}"})
     if result.replaced:  # (before the import's own run: begin_run says the killed one as a run after it says it)
         _carry_runs(Path(result.db), path)
+        _carry_noted_outcome(Manifest(result.db).run_outcome, manifest.run_outcome)
     run_id = manifest.begin_run(redact(argv), "import", roots[0][0])
     patterns = build_patterns(settings.patterns)
     by_modality = {modality: i for i, (_, modality) in enumerate(roots) if modality is not None}
@@ -555,6 +558,29 @@ def _carry_runs(replaced: Path, building: Path) -> None:
                 if columns:
                     con.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM replaced.{table}")
         con.execute("DETACH DATABASE replaced")
+
+
+def _carry_noted_outcome(replaced: Path, building: Path) -> None:
+    """The outcome the replaced manifest's killed run noted beside it (<db>.run-outcome: its disk was too full to
+    record it in `runs`) copied beside the manifest being built, whose begin_run records it in the carried `runs` row
+    (as the next run on the replaced file would have): it was read by no one, and the run said as killed (137)."""
+    with contextlib.suppress(OSError):
+        noted = replaced.read_bytes()
+        if noted.strip():
+            write_private(building, noted)
+
+
+def _remove_replaced_sides(target: Path) -> None:
+    """Once the import has taken the place of a manifest without history: the files that manifest's killed run kept
+    beside it, which belong to it and not to the import (its hash checkpoint folder, the room it took for its
+    outcome, a state cache); they stayed, holding the site's paths, until the next run found them of another
+    manifest. Its outcome, if noted, is in the import's `runs` (_carry_noted_outcome)."""
+    from ..checkpoint import folder_of, remove
+
+    remove(folder_of(target))
+    for suffix in (".run-outcome", ".state.parquet"):
+        with contextlib.suppress(OSError):
+            Path(f"{target}{suffix}").unlink()
 
 
 def _publish(building: Path, target: Path, *, replace_empty: bool = False) -> None:
