@@ -306,30 +306,41 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
         # The ids this manifest gave are the registries' own: a site that made PROCEDURE_OCCURRENCE rows of them
         # (as Multimodal-Linkage asks) has them in its table; only the others clash
         taken = taken.filter(~pl.col("id").is_in(known["proc_id"].implode()))
+        others = []
         for modality, (first, last) in ranges.items():
             clash = taken.filter(pl.col("id").is_between(first, last))
             ehr, links = clash.filter(~pl.col("linkage"))["id"], clash.filter(pl.col("linkage"))["id"]
             if ehr.len():
                 raise UsageError(
-                    f"procedure_occurrence.csv already uses ids in the {modality.lower()} registry range "
+                    f"procedure_occurrence.csv already uses ids in the {modality.lower()[:-1]} registry range "
                     f"{first}-{last} (e.g. {ehr[0]}) for the site's own procedures (rows whose procedure_concept_id is "
                     "neither 4180938 Imaging nor 4141651 Monitoring), which the linkage procedure's proc_ids must not "
                     "overlap; nothing was written", where="[registry] in chorus.toml",
                     fix="set image_proc_ids / waveform_proc_ids to ranges the site's own procedure ids do not use")
-            # Linkage rows (4180938 / 4141651) of ids this manifest never gave: refused as "the site's own procedure
-            # ids", which sent a site to look for EHR procedures it did not have; new ids would repeat theirs
             if links.len():
-                raise UsageError(
-                    f"procedure_occurrence.csv already holds {plural(links.len(), 'linkage row')} (procedure_concept_id "
-                    f"4180938 Imaging or 4141651 Monitoring) with ids in the {modality.lower()} registry range "
-                    f"{first}-{last} that this manifest never gave (e.g. {links[0]}): procedure rows made from another "
-                    "registry (the site's own, typed in or made by its scripts, or one `chorus-batch registry --omop` "
-                    "wrote with another manifest), whose ids the proc_ids given now would repeat; nothing was written",
-                    where="OMOP/procedure_occurrence.csv",
-                    fix="to keep those ids, keep shipping the registries they were made from; to ship this tool's "
-                        "registries instead, remove those rows from OMOP/procedure_occurrence.csv, run, write the "
-                        "registries with --omop and add the procedure_occurrence.csv it writes to the site's; or set "
-                        "image_proc_ids / waveform_proc_ids in [registry] of chorus.toml to ranges those ids are not in")
+                others.append((modality, first, last, links))
+        # Linkage rows (4180938 / 4141651) of ids this manifest never gave: refused as "the site's own procedure
+        # ids", which sent a site to look for EHR procedures it did not have; new ids would repeat theirs. Told for
+        # every range at once (the waveform range's rows were told only once the image range's were removed), with
+        # the manifest that gave them first among the ways out (a new manifest of a site: "remove those rows, run"
+        # did not say the old manifest keeps those ids, nor which run)
+        if others:
+            n = sum(links.len() for *_, links in others)
+            where = "; ".join(f"{plural(links.len(), 'row')} in the {modality.lower()[:-1]} range {first}-{last}, "
+                              f"e.g. {links[0]}" for modality, first, last, links in others)
+            raise UsageError(
+                f"procedure_occurrence.csv already holds {plural(n, 'linkage row')} (procedure_concept_id 4180938 "
+                f"Imaging or 4141651 Monitoring) with ids in the registry ranges that this manifest never gave "
+                f"({where}): procedure rows made from another registry (one `chorus-batch registry --omop` wrote with "
+                "another manifest, or the site's own, typed in or made by its scripts), whose ids the proc_ids given "
+                "now would repeat; nothing was written",
+                where="OMOP/procedure_occurrence.csv",
+                fix="if another manifest of this site gave those ids, write the registries with it (`chorus-batch "
+                    "registry --db <that manifest>`): it keeps them; if the site's own registries made the rows, "
+                    "keep shipping those registries instead of this tool's; to ship this tool's instead, remove those "
+                    "rows from OMOP/procedure_occurrence.csv, record the change (`chorus-batch run`), then write the "
+                    "registries with `chorus-batch registry --omop` and add the rows of the procedure_occurrence.csv "
+                    "it writes to the site's")
     fresh = records.join(known, on="record_id", how="anti").sort("record_id")
     allocated = []
     for modality, (first, last) in ranges.items():
@@ -697,20 +708,36 @@ def _procedures_without_rows(manifest: Manifest, taken: pl.DataFrame, given: pl.
         return []
     # (the set logic is validate's registry.linkage_without_files' too: frames.linkage_without_rows)
     unlinked = linkage_without_rows(taken, given).collect()["id"]
-    stale = manifest.query_frame(
-        "SELECT proc_id, person_id, modality, category, session_id FROM registry WHERE proc_id IS NOT NULL",
-        schema={"proc_id": pl.Int64, "person_id": pl.String, "modality": pl.String, "category": pl.String,
-                "session_id": pl.String}).filter(pl.col("proc_id").is_in(unlinked.implode())).sort("proc_id")
+    records = manifest.query_frame(
+        "SELECT record_id, proc_id, person_id, modality, category, session_id FROM registry WHERE proc_id IS NOT NULL",
+        schema={"record_id": pl.Int64, "proc_id": pl.Int64, "person_id": pl.String, "modality": pl.String,
+                "category": pl.String, "session_id": pl.String})
+    stale = records.filter(pl.col("proc_id").is_in(unlinked.implode())).sort("proc_id")
     if stale.height == 0:
         return []
-    shown = ", ".join(f"{proc} ({'/'.join(filter(None, (person, modality, category, session)))}/)"
-                      for proc, person, modality, category, session in stale.head(3).iter_rows())
+    # A person folder renamed to another person_id (000102 -> 000103): its sessions are that person's now, with new
+    # proc_ids; "its files were removed since, or have no row as said above" said neither, nor anything above
+    now = records.join(given.select("record_id"), on="record_id", how="semi")
+    moved = (stale.join(now, on=["modality", "category", "session_id"], nulls_equal=True, how="left", suffix="_now")
+             .filter(pl.col("person_id_now").is_null() | (pl.col("person_id_now") != pl.col("person_id")))
+             .unique("proc_id", keep="first", maintain_order=True))
+    n_moved = moved["person_id_now"].drop_nulls().len()
+    shown = ", ".join(f"{proc} ({'/'.join(filter(None, (person, modality, category, session)))}/"
+                      + (f", now under {there}/ as {again}" if there is not None else "") + ")"
+                      for proc, person, modality, category, session, there, again in moved.head(3).select(
+                          "proc_id", "person_id", "modality", "category", "session_id", "person_id_now",
+                          "proc_id_now").iter_rows())
+    why = ("its files were removed since, or left out of the registries (see the warnings above, if any)"
+           if n_moved == 0 else
+           f"{'it is' if stale.height == 1 else ('all are' if n_moved == stale.height else f'{n_moved} are')} now "
+           "under another person folder (a person folder renamed: the files are that person's procedures now, under "
+           "new proc_ids)" + ("" if n_moved == stale.height else ", the others' files removed or left out"))
     return [f"OMOP/procedure_occurrence.csv holds {plural(stale.height, 'linkage row')} (procedure_concept_id 4180938 "
             f"Imaging or 4141651 Monitoring) of {'a proc_id' if stale.height == 1 else 'proc_ids'} this manifest gave a "
-            f"session or accession that has no row in the registries of version {label} (e.g. {shown}): its files "
-            "were removed since, or have no row as said above, so the row is a procedure linking no file delivered. "
-            "A proc_id stays its procedure's and is never given to another: remove those rows from "
-            "procedure_occurrence.csv (or put the files back), run, and write the registries again"]
+            f"session or accession that has no row in the registries of version {label} (e.g. {shown}): {why}, so "
+            "the row is a procedure linking no file delivered. A proc_id stays its procedure's and is never given to "
+            "another: remove those rows from procedure_occurrence.csv (or put the files back as they were), record "
+            "the change (`chorus-batch run`), and write the registries again with --omop"]
 
 
 def _refused_names(refused: pl.DataFrame, label: str) -> list[str]:

@@ -303,7 +303,7 @@ def test_ids_the_omop_tables_write_as_decimals_are_read_as_integers(tmp_path):
         f.write("2001999999.0,1,4000,2020-01-01,32817,\n")
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     again = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"))
-    assert again.returncode == 2 and "already uses ids in the waveforms registry range" in again.stderr, again.stderr
+    assert again.returncode == 2 and "already uses ids in the waveform registry range" in again.stderr, again.stderr
 
 
 def test_an_older_versions_registry_says_the_visit_table_is_no_longer_that_versions(tmp_path):
@@ -1631,7 +1631,8 @@ def test_linkage_rows_of_ids_the_manifest_never_gave_in_its_range_are_refused_as
     refused as "the site's own procedure ids": said as linkage rows now, with what to do (the site's EHR rows in the range:
 test_a_range_the_sites_procedures_use_is_refused)."""
     site, db, out = released
-    ids = {r["proc_id"] for r in read_csv(out / "image_registry.csv")}
+    # (rows of both ranges: the waveform range's were told only once the image range's were removed)
+    ids = {r["proc_id"] for name in ("image_registry.csv", "waveform_registry.csv") for r in read_csv(out / name)}
     rows = [{**r, "procedure_occurrence_id": str(int(r["procedure_occurrence_id"]) + 500)}
             for r in read_csv(out / "procedure_occurrence.csv") if r["procedure_occurrence_id"] in ids]
     table = site / "OMOP" / "procedure_occurrence.csv"
@@ -1645,8 +1646,29 @@ test_a_range_the_sites_procedures_use_is_refused)."""
     assert refused.returncode == 2, refused.stderr
     assert "linkage row" in refused.stderr and "4180938" in refused.stderr and "never gave" in refused.stderr
     assert "remove those rows" in refused.stderr and "site's own procedure ids do not use" not in refused.stderr
+    # both ranges at once, and the manifest that gave the ids first among the ways out, with the run to record
+    assert "in the image range" in refused.stderr and "in the waveform range" in refused.stderr, refused.stderr
+    assert "registry --db <that manifest>" in refused.stderr and "`chorus-batch run`" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert query(fresh, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
+
+
+def test_linkage_rows_of_a_person_folder_renamed_to_another_person_say_where_the_files_are(released, tmp_path):
+    """A person folder renamed to another person_id after the site merged the procedure rows: its sessions are the
+    new person's, under new proc_ids, and the old rows link no file. The warning said "its files were removed since,
+    or have no row as said above" (nothing was said above, nothing removed); it names the folder they are under now
+    and their new ids."""
+    site, db, out = released
+    _merge_procedures(site, out)
+    p0 = sitegen.person_ids(1)[0]
+    (site / p0).rename(site / "000999")
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).unlink()
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    told = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"), "--omop")
+    assert told.returncode == 1 and "linking no file delivered" in told.stderr, told.stderr
+    assert "all are now under another person folder" in told.stderr and "now under 000999/ as" in told.stderr
+    assert "as said above" not in told.stderr and "`chorus-batch run`" in told.stderr
 
 
 def test_linkage_rows_of_a_session_whose_files_were_removed_are_told(released, tmp_path):
@@ -1667,6 +1689,7 @@ def test_linkage_rows_of_a_session_whose_files_were_removed_are_told(released, t
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     told = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"), "--omop")
     assert told.returncode == 1 and "linking no file delivered" in told.stderr and gone[0] in told.stderr, told.stderr
+    assert "files were removed since" in told.stderr and "now under" not in told.stderr
     rows = read_csv(tmp_path / "again" / "waveform_registry.csv") + read_csv(tmp_path / "again" / "image_registry.csv")
     assert rows and not {r["proc_id"] for r in rows} & set(gone)
     # the rows removed: nothing to tell; the ids stay given (the next new session gets none of them)

@@ -610,6 +610,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                                           drop_line("image_registry.csv", f",{P0},"),
                                           drop_line("waveform_registry.csv", f",{P0},")),
      {LINKAGE_GONE}),
+    # a site without waveforms and without a waveform registry, its 4141651 rows kept: they name no registry record
+    # (0 findings: the rule looked only at concepts of registries shipped)
+    ("linkage_without_registry", remove("waveform_registry.csv", *(f"{p}/Waveforms" for p in (P0, P1, P2))),
+     {LINKAGE_GONE}),
+    # nor any registry, nor waveform or image files (the persons' folders gone, their EHR kept): both concepts' rows
+    ("linkage_without_registries", remove("waveform_registry.csv", "image_registry.csv", P0, P1, P2),
+     {LINKAGE_GONE, ("person.no_folder", "OMOP/person.csv")}),
     # Multimodal-Linkage: 4141651 (Monitoring Procedure) for waveform files' procedures, 4180938 (Imaging) for images'
     ("registry_procedure_concept", edit("OMOP/procedure_occurrence.csv", lambda t: t.replace(",4141651,", ",4180938,")),
      {("registry.procedure_concept", "waveform_registry.csv")}),
@@ -911,6 +918,9 @@ def test_a_registry_proc_id_under_the_other_modalitys_concept_is_told(clean):
 def test_a_registry_is_asked_for_only_where_the_site_has_files_of_its_modality(clean):
     """No images (or no waveforms): no image (waveform) registry is needed; the other one still is."""
     remove(*(f"{p}/Images" for p in (P0, P1, P2)), "image_registry.csv")(clean)
+    # (its imaging procedure rows kept name no registry record: registry.linkage_without_files, case
+    # linkage_without_registry; a site without images has none)
+    sitegen.sync_procedures(clean)
     assert found(clean) == set()
     remove("waveform_registry.csv")(clean)
     assert found(clean) == {("registry.absent", "waveform_registry.csv")}

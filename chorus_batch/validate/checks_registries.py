@@ -40,7 +40,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     registries = _of_kind(site)
     out = _absent(site, registries)
     if registries.height == 0:
-        return out
+        return out + _linkage_without_files(site, registries, registries)
     # Multimodal-Linkage: "two tabular REGISTRIES", one of each modality: a second one (a browser's "(1)" download, a
     # copy in Metadata/) lists files again or leaves them out, and nothing said which of them is the site's
     several = registries.filter(pl.col("_of").is_not_null()).with_columns(
@@ -465,18 +465,27 @@ def _linkage_without_files(site: _Site, registries: pl.DataFrame, usable: pl.Dat
     Such a row whose id is no registry row's proc_id (a session deleted, a person removed, after the rows were merged)
     links no file delivered: it passed, 0 findings (`registry` warns of it: one set logic, frames.linkage_without_rows).
     Told only where every registry shipped was read, each row with an integer proc_id (a registry unread, without its
-    columns, or with a proc_id empty or not an integer, registry.values', holds ids unknown); and of each concept only
-    where the site ships the registry of its modality (one not shipped, or not as CSV, is registry.absent's)."""
-    if usable.height != registries.height or (usable["no_proc"].fill_null(0) + usable["bad_proc"].fill_null(0)).sum():
+    columns, or with a proc_id empty or not an integer, registry.values', holds ids unknown). Of a concept whose
+    modality's registry the site does not ship: told too where the site has no files of that modality (a site with
+    no registry at all, its linkage rows kept: 0 findings), the rows naming no registry record; where it has such
+    files, registry.absent tells the registry to ship."""
+    if registries.height and (usable.height != registries.height
+                              or (usable["no_proc"].fill_null(0) + usable["bad_proc"].fill_null(0)).sum()):
         return []
-    procedures = site.of_kind(KIND_PROCEDURES).filter(
+    procedures = site.of_kind(KIND_PROCEDURES)
+    if procedures.height == 0 or not {"image_runs", "waveform_runs"} <= set(procedures.columns):
+        return []
+    procedures = procedures.filter(
         pl.col("_ok") & pl.col("image_runs").is_not_null() & pl.col("waveform_runs").is_not_null())
-    shipped = set(usable["_of"].drop_nulls().to_list())
+    shipped = set(usable["_of"].drop_nulls().to_list()) if usable.height else set()
+    has = site.files.lazy().select(Waveforms=pl.col("_waveforms").any(), Images=pl.col("_images").any()).collect()
     shown = {runs: concept for runs, concept, modality in (("image_runs", "4180938", "Images"),
                                                            ("waveform_runs", "4141651", "Waveforms"))
-             if modality in shipped}
+             if modality in shipped or not has[modality].item()}
     if procedures.height == 0 or not shown:
         return []
+    unshipped = {concept: (modality, REGISTRY_FILES[modality])
+                 for concept, modality in (("4180938", "Images"), ("4141651", "Waveforms")) if modality not in shipped}
     # the linkage ids, kept by the reader as runs [first, last] of consecutive ids of each concept
     runs = (procedures.lazy().select("srcfile", *shown)
             .unpivot(index="srcfile", on=list(shown), variable_name="_concept", value_name="_run").explode("_run")
@@ -484,12 +493,13 @@ def _linkage_without_files(site: _Site, registries: pl.DataFrame, usable: pl.Dat
             .select("srcfile", _concept=pl.col("_concept").replace_strict(shown, return_dtype=pl.String),
                     id=pl.int_ranges(pl.col("_run").list.get(0), pl.col("_run").list.get(1) + 1))
             .explode("id").with_columns(linkage=pl.lit(True)))
-    given = usable.lazy().select(proc_id=pl.col("proc_ids")).explode("proc_id")
-    unlinked = (runs.join(linkage_without_rows(runs, given), on="id", how="semi")
-                .sort("id").group_by("srcfile", maintain_order=True)
-                .agg(_told=fmt("{} ({})", pl.col("id").cast(pl.String), pl.col("_concept")), _k=pl.len()))
-    names = " or ".join(sorted(registries["_name"].unique().to_list()))
-    return [_found("registry.linkage_without_files", unlinked, "srcfile", fmt(
+    given = (usable.lazy().select(proc_id=pl.col("proc_ids")).explode("proc_id") if usable.height
+             else pl.LazyFrame(schema={"proc_id": pl.Int64}))
+    unlinked = runs.join(linkage_without_rows(runs, given), on="id", how="semi").sort("id")
+    of_shipped = (unlinked.filter(~pl.col("_concept").is_in(list(unshipped))).group_by("srcfile", maintain_order=True)
+                  .agg(_told=fmt("{} ({})", pl.col("id").cast(pl.String), pl.col("_concept")), _k=pl.len()))
+    names = " or ".join(sorted(registries["_name"].unique().to_list())) if registries.height else ""
+    out = [_found("registry.linkage_without_files", of_shipped, "srcfile", fmt(
         "{} row{|s} of procedure_occurrence.csv of a linkage concept (4180938 Imaging, 4141651 Monitoring) {has a "
         "procedure_occurrence_id|have procedure_occurrence_ids} that no row of {} gives as proc_id (e.g. {}): the "
         "linkage procedure makes these rows from the registries, so {it was|they were} made of registry rows since "
@@ -497,6 +507,19 @@ def _linkage_without_files(site: _Site, registries: pl.DataFrame, usable: pl.Dat
         "remove {that row|those rows} (`chorus-batch registry --omop` writes the rows of the registries anew), or "
         "deliver the files with their registry rows",
         pl.col("_k"), pl.lit(names), pl.col("_told").list.head(3).list.join(", "), n=pl.col("_k")))]
+    for concept, (modality, name) in unshipped.items():
+        kind = modality.lower()[:-1]
+        rows = (unlinked.filter(pl.col("_concept") == concept).group_by("srcfile", maintain_order=True)
+                .agg(_ids=pl.col("id").cast(pl.String), _k=pl.len()))
+        out.append(_found("registry.linkage_without_files", rows, "srcfile", fmt(
+            f"{{}} row{{|s}} of procedure_occurrence.csv {{is a procedure|are procedures}} of concept {concept} "
+            f"({'Imaging' if concept == '4180938' else 'Monitoring'} Procedure, e.g. {{}}), the rows the linkage "
+            f"procedure makes from the {kind} registry, but the site ships no {name} (nor one in Metadata/) "
+            f"and no {kind} files: {{that row names|those rows name}} no registry record and {{links|link}} no file "
+            f"delivered; remove {{it|them}} (unless {{it is|they are}} the EHR's own procedures coded so), or deliver the {kind} files with the {name} {{it was|they were}} made "
+            f"from (one row per file, its proc_id the procedure_occurrence_id)",
+            pl.col("_k"), pl.col("_ids").list.head(3).list.join(", "), n=pl.col("_k"))))
+    return out
 
 
 def _other_concept(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:

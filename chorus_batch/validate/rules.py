@@ -832,7 +832,8 @@ RULES: tuple[Rule, ...] = (
          "after the rows were made, so it links no file delivered. A warning: the procedure asks for these rows to be "
          "made from the registries (\"should\"), and an EHR may code procedures of its own so. Checked where every "
          "registry shipped can be read, each row with an integer proc_id, and of each concept where the registry of "
-         "its modality is shipped.",
+         "its modality is shipped, or where the site ships neither that registry nor files of that modality (rows of "
+         "a registry never shipped; with files, registry.absent asks for the registry).",
          sop=((LINKAGE, 'C: OMOP INTEGRATION'),),
          remedy="Remove those rows from procedure_occurrence.csv (or deliver their files with their registry rows); "
                 "`chorus-batch registry --omop` writes the rows of the registries anew."),
