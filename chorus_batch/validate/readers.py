@@ -283,6 +283,14 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
                 })
         else:
             n_seg = _count(rec["n_seg"], "number of segments")
+            if n_seg == 0:
+                # (the WFDB header format: "the number of segments must be greater than zero"; wfdb reads the header
+                # and fails on its record, "list index out of range": read as a record of no segments, untold)
+                shown = lines[0].strip() if len(lines[0].strip()) <= 80 else lines[0].strip()[:77] + "..."
+                raise BadContent(f"the record line gives 0 segments ('{rec['record_name']}/0'): a multi-segment header "
+                                 f"lists at least one segment (the WFDB header format; wfdb cannot read the record): "
+                                 f"write the number of segments and a line for each, or, for a single-segment record, "
+                                 f"no '/' and its signal lines: '{shown}'")
             if len(lines) - 1 != n_seg:
                 raise BadContent(f"the record line declares {plural(n_seg, 'segment')} but {plural(len(lines) - 1, 'segment line')} follow")
             facts["segments"] = [{"name": seg["seg_name"], "length": _count(seg["seg_len"], "segment length")}

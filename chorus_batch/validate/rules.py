@@ -266,7 +266,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # tells a DICOMDIR under a .dcm name as such (v14: "holds no image after its File Meta ... copy the file again")
 # wfdb_header.v9 tells a base time written without all of its hours, minutes and seconds ('10:00'), which the WFDB
 # header format writes HH:MM:SS and its readers read as minutes and seconds (v8: read as 00:10:00 without a word)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v9", "dicom.v15", "records.v5"
+# wfdb_header.v10 tells a record line of 0 segments ('r/0'), which the WFDB header format forbids ("must be greater
+# than zero") and wfdb fails to read (v9: read as a multi-segment record of no segments, untold)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v10", "dicom.v15", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
