@@ -398,6 +398,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("byte_offset_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 16+24 ".join(t.rsplit(".dat 16 ", 1))),
      {("wfdb.format", f"{SINGLE}.hea")}),
     ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),
+    # the signal file in another case (a Windows site's X.DAT for the header's X.dat): wfdb does not find it off Windows;
+    # told at the header as in another case (it was "not in its folder", and again as a .dat no header names)
+    ("missing_dat_other_case", rename(f"{SINGLE}.dat", f"{SINGLE}.DAT"),
+     {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),  # (the registry tells its case too)
     ("dat_size_212", truncate(f"{MULTI}_0001.dat", 1), {("wfdb.dat_size", f"{MULTI}_0001.dat")}),
     ("dat_size_16", add(f"{SINGLE}.dat", bytes(999)), {("wfdb.dat_size", f"{SINGLE}.dat")}),
     ("unreferenced_dat", add(f"{SINGLE}_old.dat", bytes(10)),

@@ -104,9 +104,24 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                                                     ).collect()
     # (the few not present, then each once: de-duplicating all 50k signal files first cost 10 ms at 100k files)
     missing = site.with_untaken(data.join(present, on="_path", how="anti").unique(["_header", "_path"]))
+    # a file of that name in another case ("X.DAT" for the header's "X.dat", as a Windows site's tools write it): found
+    # on Windows, whose names ignore case, not by wfdb on the Linux systems the data are converted on; told as the
+    # missing file's name, "not in its folder", while the site sees it there (and again as a file no header names)
+    # (the few missing against the present files' lower-case names; none missing, the usual site: no names lowered)
+    missing = missing.with_columns(_lower=pl.col("_path").str.to_lowercase())
+    other_case = (present.select("_path", _lower=pl.col("_path").str.to_lowercase())
+                  .filter(pl.col("_lower").is_in(missing["_lower"].implode()))
+                  .group_by("_lower").agg(pl.col("_path").sort().first().alias("_other_case"))
+                  if missing.height else pl.DataFrame(schema={"_lower": pl.String, "_other_case": pl.String}))
+    missing = missing.join(other_case, on="_lower", how="left").drop("_lower")
     out.append(_found(
         "wfdb.missing_dat", missing, "_header",
-        pl.when(pl.col("_why").is_null() & pl.col("file_name_written").is_not_null()).then(
+        pl.when(pl.col("_why").is_null() & pl.col("_other_case").is_not_null()).then(
+            fmt("signal file {} named in this header is not in its folder, but {} is: WFDB file names are "
+                "case-sensitive, and wfdb finds it only where names ignore case (Windows), not on the systems CHoRUS "
+                "converts on; rename the file {} (or write its name so in the header)", pl.col("file_name"),
+                pl.col("_other_case").str.split("/").list.last(), pl.col("file_name")))
+        .when(pl.col("_why").is_null() & pl.col("file_name_written").is_not_null()).then(
             # (named with other characters than ASCII: the file the header names as written may well be there)
             fmt("signal file {} named in this header is read by wfdb as {} (a WFDB header is ASCII text: other "
                 "characters are dropped), which is not in its folder: rename the signal file, in its folder and in the "
@@ -150,7 +165,10 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "wfdb.unreferenced_dat", dats.join(data.select(pl.col("_path").alias("srcfile")), on="srcfile", how="anti")
         # (one a header names with other characters than ASCII is told at the header, wfdb.missing_dat)
         .join(data.filter(pl.col("file_name_written").is_not_null())
-              .select(srcfile=pl.col("_dir") + "/" + pl.col("file_name_written")), on="srcfile", how="anti"),
+              .select(srcfile=pl.col("_dir") + "/" + pl.col("file_name_written")), on="srcfile", how="anti")
+        # (nor one a header names in another case, "X.dat" for "X.DAT": told at the header, wfdb.missing_dat)
+        .join(missing.filter(pl.col("_other_case").is_not_null()).select(srcfile=pl.col("_other_case")),
+              on="srcfile", how="anti"),
         "srcfile",
         pl.lit("no WFDB header in this folder names this signal file: add it to its record's header or remove it")))
     # Multi-segment records.

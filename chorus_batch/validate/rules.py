@@ -591,7 +591,8 @@ RULES: tuple[Rule, ...] = (
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
-         "A signal file named in a WFDB header is not in the header's folder.",
+         "A signal file named in a WFDB header is not in the header's folder (one named in another case, X.DAT for the "
+         "header's X.dat, is told so: WFDB names are case-sensitive, found by wfdb only where names ignore case).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure')),
          remedy="Copy the signal file into the header's folder."),
     Rule("wfdb.dat_size", "error", "WFDB signal file has the wrong size",
