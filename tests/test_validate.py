@@ -871,6 +871,15 @@ def test_each_rule_fires_exactly_where_expected(clean, mutate, expected):
     assert out["message"].str.len_chars().min() > 20  # a sentence: what is wrong, what to do
 
 
+def test_a_gap_in_a_fixed_layout_is_told_by_the_format_and_whose_reading_fails(clean):
+    # the WFDB header format allows '~' (null segments) in a variable layout only; wfdb cannot read the record, the
+    # WFDB C library reads the gap: the finding said "wfdb reads gaps only in a variable layout", as if only a reader's
+    next(mutate for name, mutate, _ in CASES if name == "segment_gap_fixed")(clean)
+    message = validate(clean).filter(pl.col("rule") == "wfdb.missing_segment")["message"].item()
+    assert "the WFDB header format allows null segments only in a variable layout" in message, message
+    assert "wfdb (the CHoRUS converter's library) cannot read this record, though the WFDB C library's tools read" in message
+
+
 @pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in FLAT_CASES], ids=[c[0] for c in FLAT_CASES])
 def test_each_rule_on_an_earlier_layout_fires_exactly_where_expected(flat, mutate, expected):
     mutate(flat)

@@ -210,10 +210,15 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             "the first segment, of length 0, is '~': a variable layout's first segment is its layout segment, a header "
             "(of length 0) listing the record's signals, which wfdb reads before the others (it looks for '~.hea' and "
             "cannot read the record); add the layout segment's header and name it here"))
+        # (the WFDB header format: "Variable-layout records may contain null segments" ('~'), a fixed layout's each
+        # "an ordinary record containing one or more samples"; the WFDB C library reads the gap all the same, wfdb,
+        # whose reading the procedure asks the data to suit, does not: an error, said whose reading fails)
         .otherwise(fmt(
-            "{} of the segments {is|are} '~' (a gap of samples) but the record has no layout segment: wfdb reads gaps "
-            "only in a variable layout (a first segment of length 0, a header listing the record's signals) and cannot "
-            "read this record; add a layout segment first in the list (or write the record again with wfdb)",
+            "{} of the segments {is|are} '~' (a null segment: a gap of samples) but the record has no layout segment: "
+            "the WFDB header format allows null segments only in a variable layout (a first segment of length 0, a "
+            "header listing the record's signals), and wfdb (the CHoRUS converter's library) cannot read this record, "
+            "though the WFDB C library's tools read the gap; add a layout segment first in the list (or write the "
+            "record again with wfdb)",
             pl.col("_gaps")))))
     seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len"),
                                   pl.col("n_sig").alias("_seg_n_sig")), on="_path")

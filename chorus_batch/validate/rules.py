@@ -607,7 +607,8 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
          "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder, or lacks the layout "
          "segment (a header first in its list, of length 0, listing the record's signals) that wfdb needs: its first "
-         "segment is '~' of length 0, or it lists '~' gaps without one (wfdb reads gaps only in a variable layout).",
+         "segment is '~' of length 0, or it lists '~' gaps without one (the WFDB header format allows null segments only "
+         "in a variable layout; wfdb cannot read such a record, though the WFDB C library reads the gap).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy="Copy the segment's header and signal files into the folder."),
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
