@@ -57,6 +57,11 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                               "files in ASCII (the procedure names them after the integer session id)",
                               pl.col("record_name_written"), pl.col("record_name"), pl.col("_stem")))),
     ]
+    out.append(_found(
+        "wfdb.line_ends", ok.filter(pl.col("bare_cr").fill_null(False)), "srcfile",
+        pl.lit("the header's lines end in a carriage return alone (as old Mac OS tools write text), not a line feed: "
+               "wfdb reads it, but the WFDB header format separates lines with line feeds, and the WFDB C library's "
+               "tools read this header as one line; save it with line-feed (or CR+LF) line ends")))
     # The Waveform File Format procedure asks for the exact sampling rate (a sample's time is its number / fs); wfdb,
     # the converter's library, refuses fs <= 0 when it writes (Record.check_field). The grammar reads no sign: 0 is all
     out.append(_found(

@@ -174,11 +174,19 @@ def _control_reason(text: str, at: int) -> str:
         f" ({name})" if name else "")
 
 
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
 def _wfdb_facts(f) -> dict[str, Any]:
     # as wfdb reads a header (ASCII, other bytes dropped): wfdb.wrsamp writes a comment such as "# Hôpital" in
     # UTF-8, and a header the converter reads is no error; binary data still holds control characters
     data = _read_up_to(f, MAX_TEXT_BYTES + 1)
     facts = parse_wfdb_header(_text(data, "ascii", errors="ignore"))
+    # lines ended by a carriage return alone (old Mac OS): wfdb reads them (Python's universal newlines), the WFDB
+    # header format separates lines by line feeds ("a carriage return may precede each"), as the WFDB C library reads
+    # them: its tools take such a header for one line (wfdb.line_ends)
+    if b"\r" in data and _BARE_CR.search(data):
+        facts["bare_cr"] = True
     if not data.isascii():
         # units written with other characters ("µV", which wfdb reads "V"): kept as written too, for a finding
         # that quotes what the file holds (units_written)

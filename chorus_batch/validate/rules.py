@@ -266,9 +266,11 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # tells a DICOMDIR under a .dcm name as such (v14: "holds no image after its File Meta ... copy the file again")
 # wfdb_header.v9 tells a base time written without all of its hours, minutes and seconds ('10:00'), which the WFDB
 # header format writes HH:MM:SS and its readers read as minutes and seconds (v8: read as 00:10:00 without a word)
+# wfdb_header.v11 keeps bare_cr, a header whose lines end in a carriage return alone (old Mac OS: wfdb.line_ends; v10:
+# read as wfdb reads it, untold, though the WFDB header format and the WFDB C library end lines with a line feed)
 # wfdb_header.v10 tells a record line of 0 segments ('r/0'), which the WFDB header format forbids ("must be greater
 # than zero") and wfdb fails to read (v9: read as a multi-segment record of no segments, untold)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v10", "dicom.v15", "records.v5"
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v11", "dicom.v15", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -580,6 +582,13 @@ RULES: tuple[Rule, ...] = (
          "completeness.",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Export the recording again from its source, finished and whole.'),
+    Rule("wfdb.line_ends", "warning", "WFDB header lines end in a carriage return alone",
+         "A WFDB header's lines end in a carriage return alone (as old Mac OS tools write text), not a line feed: the "
+         "WFDB header format separates lines with line feeds (a carriage return may precede each). wfdb, the CHoRUS "
+         "converter's library, reads it; the WFDB C library's tools (PhysioNet's) read the header as one line and "
+         "cannot read the record.",
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format')),
+         remedy="Save the header with line feeds (Unix) or carriage return + line feed (Windows) line ends."),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
          "A WFDB header's record name differs from its file name without .hea.",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3.2. Explanation of Header Content')),
