@@ -106,6 +106,17 @@ def test_a_signal_line_of_0_samples_per_frame_is_told_as_wfdb_cannot_read_it():
     assert facts["signals"][0]["samps_per_frame"] == 2, facts
 
 
+def test_a_multi_segment_header_of_0_segments_is_a_bad_header():
+    # the WFDB header format: "the number of segments must be greater than zero"; wfdb reads the header and fails on
+    # the record ("list index out of range"); it was read as a record of no segments, without a word
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec/0 2 125 0\n"))
+    assert facts["error"].startswith("the record line gives 0 segments ('rec/0'): a multi-segment header lists at "
+                                     "least one segment"), facts
+    assert facts["error"].endswith(": 'rec/0 2 125 0'"), facts
+    assert readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec/1 2 125 10\nrec_0001 10\n"))["segments"] == [
+        {"name": "rec_0001", "length": 10}]
+
+
 @pytest.mark.parametrize("line, told", [
     # wfdb's expression read 1 Hz and no number of samples ('e3 1000' left unread), without a word; the WFDB library
     # reads 1e3 as 1000 Hz

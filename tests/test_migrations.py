@@ -620,7 +620,7 @@ def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_
     from chorus_batch.validate.rules import edition
 
     # (the files whose kinds are newer than the manifest's facts are read: its 15 CSV files, each CSV kind's header row
-    # now read as a CSV record (omop_csv.v2 and the others); the 7 WFDB headers, wfdb_header.v9; READINESS.md and
+    # now read as a CSV record (omop_csv.v2 and the others); the 7 WFDB headers, wfdb_header.v11; READINESS.md and
     # SUBMISSION.md, metadata_md.v5)
     assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 15 + 7 + 2)]
     # Checked by today's rules now: the next look shows what is stored, and says nothing of other rules.
@@ -680,11 +680,11 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
 
     assert query(db, "SELECT value FROM meta WHERE key = 'classification'")[0][0].startswith(f"{CLASSIFY_LOGIC}:")
     # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv; visit_occurrence.csv; READINESS.md
-    # and SUBMISSION.md; the WFDB headers, wfdb_header.v9), and today's rules applied.
+    # and SUBMISSION.md; the WFDB headers, wfdb_header.v11), and today's rules applied.
     assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v7', 'registry_csv.v18', "
-                     "'omop_visits.v11', 'metadata_md.v5', 'wfdb_header.v9', 'dicom.v16') GROUP BY kind ORDER BY kind") == [
+                     "'omop_visits.v11', 'metadata_md.v5', 'wfdb_header.v11', 'dicom.v16') GROUP BY kind ORDER BY kind") == [
         ("metadata_md.v5", 2), ("omop_procedures.v7", 1), ("omop_visits.v11", 1), ("registry_csv.v18", 1),
-        ("wfdb_header.v9", 7)]
+        ("wfdb_header.v11", 7)]
     from chorus_batch.validate.rules import edition
 
     # (its 18 CSV files too: every CSV kind is newer, its header row read as a CSV record)

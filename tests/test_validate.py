@@ -389,6 +389,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.mapping_rate", EDF), unlisted(EDF)}),
     ("edf_mapping_units", add(EDF, sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=[
         ("II", "mV", 256), ("V", "uV", 256)])), {("wfdb.mapping_units", EDF), unlisted(EDF)}),
+    # lines ended by a carriage return alone (old Mac OS): read by wfdb, one line to the WFDB C library (and the format)
+    # (and CR+LF, a Windows editor's, which the format allows: not told)
+    ("line_ends", both(edit_bytes(f"{SINGLE}.hea", lambda b: b.replace(b"\n", b"\r")),
+                       edit_bytes(f"{MULTI}_0001.hea", lambda b: b.replace(b"\n", b"\r\n"))),
+     {("wfdb.line_ends", f"{SINGLE}.hea")}),
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
     ("format", edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 999 ")), {("wfdb.format", f"{SINGLE}.hea")}),
@@ -400,6 +405,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("byte_offset_mixed", edit(f"{SINGLE}.hea", lambda t: ".dat 16+24 ".join(t.rsplit(".dat 16 ", 1))),
      {("wfdb.format", f"{SINGLE}.hea")}),
     ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),
+    # the signal file in another case (a Windows site's X.DAT for the header's X.dat): wfdb does not find it off Windows;
+    # told at the header as in another case (it was "not in its folder", and again as a .dat no header names)
+    ("missing_dat_other_case", rename(f"{SINGLE}.dat", f"{SINGLE}.DAT"),
+     {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),  # (the registry tells its case too)
     ("dat_size_212", truncate(f"{MULTI}_0001.dat", 1), {("wfdb.dat_size", f"{MULTI}_0001.dat")}),
     ("dat_size_16", add(f"{SINGLE}.dat", bytes(999)), {("wfdb.dat_size", f"{SINGLE}.dat")}),
     ("unreferenced_dat", add(f"{SINGLE}_old.dat", bytes(10)),
@@ -888,6 +897,15 @@ def test_each_rule_fires_exactly_where_expected(clean, mutate, expected):
     assert out["message"].str.len_chars().min() > 20  # a sentence: what is wrong, what to do
 
 
+def test_a_gap_in_a_fixed_layout_is_told_by_the_format_and_whose_reading_fails(clean):
+    # the WFDB header format allows '~' (null segments) in a variable layout only; wfdb cannot read the record, the
+    # WFDB C library reads the gap: the finding said "wfdb reads gaps only in a variable layout", as if only a reader's
+    next(mutate for name, mutate, _ in CASES if name == "segment_gap_fixed")(clean)
+    message = validate(clean).filter(pl.col("rule") == "wfdb.missing_segment")["message"].item()
+    assert "the WFDB header format allows null segments only in a variable layout" in message, message
+    assert "wfdb (the CHoRUS converter's library) cannot read this record, though the WFDB C library's tools read" in message
+
+
 @pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in FLAT_CASES], ids=[c[0] for c in FLAT_CASES])
 def test_each_rule_on_an_earlier_layout_fires_exactly_where_expected(flat, mutate, expected):
     mutate(flat)
@@ -1303,7 +1321,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v11", "dicom.v16", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1319,7 +1337,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v9"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v11"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -1407,7 +1425,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v9", "dicom.v16", "omop_csv.v2", "omop_person.v9", "omop_visits.v11", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v11", "dicom.v16", "omop_csv.v2", "omop_person.v9", "omop_visits.v11", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v18", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1593,7 +1611,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 @pytest.mark.parametrize("kind, text, expected", [
     (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v9", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    ("wfdb_header.v11", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts

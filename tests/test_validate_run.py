@@ -381,7 +381,7 @@ def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch
     monkeypatch.setattr(readers, "_CHUNK_JOBS", 3)
     in_workers = validate_module.extract_facts(source, needed, workers=2)
     assert in_workers.sort("kind", "md5").equals(in_process.sort("kind", "md5"))
-    assert set(in_workers["kind"]) >= {"wfdb_header.v9", "dicom.v16", "metadata_md.v5", "mapping_csv.v7", "omop_person.v9"}
+    assert set(in_workers["kind"]) >= {"wfdb_header.v11", "dicom.v16", "metadata_md.v5", "mapping_csv.v7", "omop_person.v9"}
 
 
 def test_validate_a_folder_that_was_never_run_leaves_nothing_behind(clean, tmp_path):
@@ -455,7 +455,7 @@ def test_known_facts_are_found_alike_by_lookups_and_by_reading_all_keys(clean, d
     run_site(clean, db)
     cache = Manifest(db).validation
     wanted = pl.concat([facts_needed(cache.current_files()).select("kind", "md5"),
-                        pl.DataFrame({"kind": ["wfdb_header.v9"], "md5": ["0" * 32]})])  # a content never seen
+                        pl.DataFrame({"kind": ["wfdb_header.v11"], "md5": ["0" * 32]})])  # a content never seen
     monkeypatch.setattr(store_validation, "_LOOKUP_RATIO", 10**9)
     looked_up = cache.known_keys(wanted)
     monkeypatch.setattr(store_validation, "_LOOKUP_RATIO", 0)

@@ -57,6 +57,11 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                               "files in ASCII (the procedure names them after the integer session id)",
                               pl.col("record_name_written"), pl.col("record_name"), pl.col("_stem")))),
     ]
+    out.append(_found(
+        "wfdb.line_ends", ok.filter(pl.col("bare_cr").fill_null(False)), "srcfile",
+        pl.lit("the header's lines end in a carriage return alone (as old Mac OS tools write text), not a line feed: "
+               "wfdb reads it, but the WFDB header format separates lines with line feeds, and the WFDB C library's "
+               "tools read this header as one line; save it with line-feed (or CR+LF) line ends")))
     # The Waveform File Format procedure asks for the exact sampling rate (a sample's time is its number / fs); wfdb,
     # the converter's library, refuses fs <= 0 when it writes (Record.check_field). The grammar reads no sign: 0 is all
     out.append(_found(
@@ -104,9 +109,24 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                                                     ).collect()
     # (the few not present, then each once: de-duplicating all 50k signal files first cost 10 ms at 100k files)
     missing = site.with_untaken(data.join(present, on="_path", how="anti").unique(["_header", "_path"]))
+    # a file of that name in another case ("X.DAT" for the header's "X.dat", as a Windows site's tools write it): found
+    # on Windows, whose names ignore case, not by wfdb on the Linux systems the data are converted on; told as the
+    # missing file's name, "not in its folder", while the site sees it there (and again as a file no header names)
+    # (the few missing against the present files' lower-case names; none missing, the usual site: no names lowered)
+    missing = missing.with_columns(_lower=pl.col("_path").str.to_lowercase())
+    other_case = (present.select("_path", _lower=pl.col("_path").str.to_lowercase())
+                  .filter(pl.col("_lower").is_in(missing["_lower"].implode()))
+                  .group_by("_lower").agg(pl.col("_path").sort().first().alias("_other_case"))
+                  if missing.height else pl.DataFrame(schema={"_lower": pl.String, "_other_case": pl.String}))
+    missing = missing.join(other_case, on="_lower", how="left").drop("_lower")
     out.append(_found(
         "wfdb.missing_dat", missing, "_header",
-        pl.when(pl.col("_why").is_null() & pl.col("file_name_written").is_not_null()).then(
+        pl.when(pl.col("_why").is_null() & pl.col("_other_case").is_not_null()).then(
+            fmt("signal file {} named in this header is not in its folder, but {} is: WFDB file names are "
+                "case-sensitive, and wfdb finds it only where names ignore case (Windows), not on the systems CHoRUS "
+                "converts on; rename the file {} (or write its name so in the header)", pl.col("file_name"),
+                pl.col("_other_case").str.split("/").list.last(), pl.col("file_name")))
+        .when(pl.col("_why").is_null() & pl.col("file_name_written").is_not_null()).then(
             # (named with other characters than ASCII: the file the header names as written may well be there)
             fmt("signal file {} named in this header is read by wfdb as {} (a WFDB header is ASCII text: other "
                 "characters are dropped), which is not in its folder: rename the signal file, in its folder and in the "
@@ -150,7 +170,10 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "wfdb.unreferenced_dat", dats.join(data.select(pl.col("_path").alias("srcfile")), on="srcfile", how="anti")
         # (one a header names with other characters than ASCII is told at the header, wfdb.missing_dat)
         .join(data.filter(pl.col("file_name_written").is_not_null())
-              .select(srcfile=pl.col("_dir") + "/" + pl.col("file_name_written")), on="srcfile", how="anti"),
+              .select(srcfile=pl.col("_dir") + "/" + pl.col("file_name_written")), on="srcfile", how="anti")
+        # (nor one a header names in another case, "X.dat" for "X.DAT": told at the header, wfdb.missing_dat)
+        .join(missing.filter(pl.col("_other_case").is_not_null()).select(srcfile=pl.col("_other_case")),
+              on="srcfile", how="anti"),
         "srcfile",
         pl.lit("no WFDB header in this folder names this signal file: add it to its record's header or remove it")))
     # Multi-segment records.
@@ -192,10 +215,15 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             "the first segment, of length 0, is '~': a variable layout's first segment is its layout segment, a header "
             "(of length 0) listing the record's signals, which wfdb reads before the others (it looks for '~.hea' and "
             "cannot read the record); add the layout segment's header and name it here"))
+        # (the WFDB header format: "Variable-layout records may contain null segments" ('~'), a fixed layout's each
+        # "an ordinary record containing one or more samples"; the WFDB C library reads the gap all the same, wfdb,
+        # whose reading the procedure asks the data to suit, does not: an error, said whose reading fails)
         .otherwise(fmt(
-            "{} of the segments {is|are} '~' (a gap of samples) but the record has no layout segment: wfdb reads gaps "
-            "only in a variable layout (a first segment of length 0, a header listing the record's signals) and cannot "
-            "read this record; add a layout segment first in the list (or write the record again with wfdb)",
+            "{} of the segments {is|are} '~' (a null segment: a gap of samples) but the record has no layout segment: "
+            "the WFDB header format allows null segments only in a variable layout (a first segment of length 0, a "
+            "header listing the record's signals), and wfdb (the CHoRUS converter's library) cannot read this record, "
+            "though the WFDB C library's tools read the gap; add a layout segment first in the list (or write the "
+            "record again with wfdb)",
             pl.col("_gaps")))))
     seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len"),
                                   pl.col("n_sig").alias("_seg_n_sig")), on="_path")

@@ -175,11 +175,19 @@ def _control_reason(text: str, at: int) -> str:
         f" ({name})" if name else "")
 
 
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
 def _wfdb_facts(f) -> dict[str, Any]:
     # as wfdb reads a header (ASCII, other bytes dropped): wfdb.wrsamp writes a comment such as "# Hôpital" in
     # UTF-8, and a header the converter reads is no error; binary data still holds control characters
     data = _read_up_to(f, MAX_TEXT_BYTES + 1)
     facts = parse_wfdb_header(_text(data, "ascii", errors="ignore"))
+    # lines ended by a carriage return alone (old Mac OS): wfdb reads them (Python's universal newlines), the WFDB
+    # header format separates lines by line feeds ("a carriage return may precede each"), as the WFDB C library reads
+    # them: its tools take such a header for one line (wfdb.line_ends)
+    if b"\r" in data and _BARE_CR.search(data):
+        facts["bare_cr"] = True
     if not data.isascii():
         # units written with other characters ("µV", which wfdb reads "V"): kept as written too, for a finding
         # that quotes what the file holds (units_written)
@@ -284,6 +292,14 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
                 })
         else:
             n_seg = _count(rec["n_seg"], "number of segments")
+            if n_seg == 0:
+                # (the WFDB header format: "the number of segments must be greater than zero"; wfdb reads the header
+                # and fails on its record, "list index out of range": read as a record of no segments, untold)
+                shown = lines[0].strip() if len(lines[0].strip()) <= 80 else lines[0].strip()[:77] + "..."
+                raise BadContent(f"the record line gives 0 segments ('{rec['record_name']}/0'): a multi-segment header "
+                                 f"lists at least one segment (the WFDB header format; wfdb cannot read the record): "
+                                 f"write the number of segments and a line for each, or, for a single-segment record, "
+                                 f"no '/' and its signal lines: '{shown}'")
             if len(lines) - 1 != n_seg:
                 raise BadContent(f"the record line declares {plural(n_seg, 'segment')} but {plural(len(lines) - 1, 'segment line')} follow")
             facts["segments"] = [{"name": seg["seg_name"], "length": _count(seg["seg_len"], "segment length")}

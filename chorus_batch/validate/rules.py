@@ -268,7 +268,11 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # header format writes HH:MM:SS and its readers read as minutes and seconds (v8: read as 00:10:00 without a word)
 # dicom.v16 also keeps BurnedInAnnotation (burned_in_annotation): an image whose header says its pixels hold text that
 # identifies the patient (a name, an ID burnt into the image) passed as de-identified (dicom.burned_in; v15: not read)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v9", "dicom.v16", "records.v5"
+# wfdb_header.v11 keeps bare_cr, a header whose lines end in a carriage return alone (old Mac OS: wfdb.line_ends; v10:
+# read as wfdb reads it, untold, though the WFDB header format and the WFDB C library end lines with a line feed)
+# wfdb_header.v10 tells a record line of 0 segments ('r/0'), which the WFDB header format forbids ("must be greater
+# than zero") and wfdb fails to read (v9: read as a multi-segment record of no segments, untold)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v11", "dicom.v16", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
@@ -583,6 +587,13 @@ RULES: tuple[Rule, ...] = (
          "completeness.",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Export the recording again from its source, finished and whole.'),
+    Rule("wfdb.line_ends", "warning", "WFDB header lines end in a carriage return alone",
+         "A WFDB header's lines end in a carriage return alone (as old Mac OS tools write text), not a line feed: the "
+         "WFDB header format separates lines with line feeds (a carriage return may precede each). wfdb, the CHoRUS "
+         "converter's library, reads it; the WFDB C library's tools (PhysioNet's) read the header as one line and "
+         "cannot read the record.",
+         sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3. Header File (.hea) Format')),
+         remedy="Save the header with line feeds (Unix) or carriage return + line feed (Windows) line ends."),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
          "A WFDB header's record name differs from its file name without .hea.",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '3.2. Explanation of Header Content')),
@@ -594,7 +605,8 @@ RULES: tuple[Rule, ...] = (
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'),),
          remedy='Write the record again in a format the finding lists (wfdb writes 16 and 212).'),
     Rule("wfdb.missing_dat", "error", "WFDB signal file missing",
-         "A signal file named in a WFDB header is not in the header's folder.",
+         "A signal file named in a WFDB header is not in the header's folder (one named in another case, X.DAT for the "
+         "header's X.dat, is told so: WFDB names are case-sensitive, found by wfdb only where names ignore case).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '2.2. Explanation of File Structure')),
          remedy="Copy the signal file into the header's folder."),
     Rule("wfdb.dat_size", "error", "WFDB signal file has the wrong size",
@@ -609,7 +621,8 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.missing_segment", "error", "WFDB segment header missing",
          "A multi-segment WFDB header names a segment whose <segment>.hea is not in its folder, or lacks the layout "
          "segment (a header first in its list, of length 0, listing the record's signals) that wfdb needs: its first "
-         "segment is '~' of length 0, or it lists '~' gaps without one (wfdb reads gaps only in a variable layout).",
+         "segment is '~' of length 0, or it lists '~' gaps without one (the WFDB header format allows null segments only "
+         "in a variable layout; wfdb cannot read such a record, though the WFDB C library reads the gap).",
          sop=((WAVEFORM_FORMAT, '3. Preparing Waveforms'), (WAVEFORM_FORMAT_V1, '5.1. Segment Definition')),
          remedy="Copy the segment's header and signal files into the folder."),
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",

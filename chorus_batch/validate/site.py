@@ -49,6 +49,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                                       "sig_name": pl.String, "units": pl.String, "units_written": pl.String,
                                       "file_name_written": pl.String})),
         "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64, "name_written": pl.String})),
+        "bare_cr": pl.Boolean,  # lines ended by a carriage return alone (wfdb_header since v11: wfdb.line_ends)
     }),
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}, "lacking": pl.List(pl.String),
                            "unknown_transfer_syntax": pl.String}),
