@@ -998,13 +998,30 @@ def test_the_progress_of_an_upload_that_finds_blobs_at_the_centre_reaches_its_to
     db = committed_site(tmp_path, 4)
     put_first_file(central, db, tmp_path / "site")
     out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
-    assert out.returncode == 0 and "1 found at the centre already" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "1 already at the centre" in out.stdout, out.stdout + out.stderr
     done = [line for line in out.stderr.splitlines() if "upload 20261101020000:" in line and "done in" in line]
     assert done, out.stderr
-    files, size = done[-1].split("upload 20261101020000: ", 1)[1].split(", ")[:2]
+    rest = done[-1].split("upload 20261101020000: ", 1)[1]  # ("4/4 files (3 sent, ...), 1.2 MiB/1.2 MiB, ...")
+    files, size = rest.split(" (", 1)[0], rest.split("), ", 1)[1].split(", ")[0]
     assert files == "4/4 files", done[-1]
     sent, total = size.split("/")
     assert sent == total, done[-1]
+
+
+def test_the_progress_and_the_summary_of_an_upload_count_the_same_files_in_the_same_words(central, tmp_path):
+    # The progress counted files found at the centre and files not sent among its "4/4 files", and the summary then
+    # said "sent 2 files": the two now say sent / already at the centre / skipped alike.
+    db = committed_site(tmp_path, 4)
+    put_first_file(central, db, tmp_path / "site")
+    gone = sorted(submitted(db, "20261101020000"))[-1]
+    (tmp_path / "site" / gone).unlink()  # (missing: skipped)
+    out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode == 1, out.stdout + out.stderr
+    done = [line for line in out.stderr.splitlines() if "upload 20261101020000:" in line and "done in" in line]
+    assert done and "4/4 files (2 sent, 1 already at the centre, 1 skipped)" in done[-1], out.stderr
+    assert "sent 2 files" in out.stdout and "; 1 already at the centre" in out.stdout, out.stdout
+    assert "; 1 skipped (listed below)" in out.stdout and "skipped, not sent: 1 file" in out.stdout, out.stdout
+    assert "2 files (" in out.stdout and ") sent, 1 already at the centre, 1 skipped in " in out.stdout, out.stdout
 
 
 def test_the_progress_of_a_large_file_counts_its_blocks_while_it_is_sent(central, tmp_path):
@@ -1017,8 +1034,8 @@ def test_the_progress_of_a_large_file_counts_its_blocks_while_it_is_sent(central
     out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line.split("upload 20261101020000: ", 1)[1] for line in out.stderr.splitlines()
-             if "upload 20261101020000: 0/1 file, " in line]
-    sent = [line.split(", ")[1].split("/")[0] for line in lines]
+             if "upload 20261101020000: 0/1 file (0 sent, 0 already at the centre, 0 skipped), " in line]
+    sent = [line.split("), ", 1)[1].split(", ")[0].split("/")[0] for line in lines]
     assert any(size.endswith("MiB") and size != "0 B" for size in sent), out.stderr  # blocks counted mid-file
 
 
@@ -2012,7 +2029,7 @@ def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(cent
     assert out.returncode == 0, out.stdout + out.stderr
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
     [(found,)] = query(db, "SELECT count(*) FROM uploads WHERE confirmed_by = 'found'")
-    assert found and f"; {found} found at the centre already with the manifest's MD5" in out.stdout, out.stdout
+    assert found and f"; {found} already at the centre with the manifest's MD5" in out.stdout, out.stdout
     left = 40 - len(recorded) - found
     said = f"{left} file{'' if left == 1 else 's'} ("
     assert f": sent {said}" in out.stdout and f"\n{said}" in out.stdout, out.stdout
