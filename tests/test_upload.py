@@ -1314,6 +1314,31 @@ def test_two_copies_of_one_manifest_each_with_its_own_commit_of_a_label_never_mi
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
 
 
+def test_verify_says_when_the_folder_holds_another_copys_commit_of_the_label(central, tmp_path):
+    # verify took the version folder for this manifest's by the manifest id alone: a copy of the manifest that
+    # committed its own version under the label (and put its manifest copy there once this one's claim and copy were
+    # removed at the centre) was called this manifest's, its copy "as recorded". By the commit's fingerprint too.
+    label = "20261101020000"
+    write(tmp_path / "a", "OMOP/person.csv", b"person_id\n1\n")
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    commit(tmp_path / "a", a, "20261101010000")
+    shutil.copyfile(a, b)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    write(tmp_path / "a", "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    commit(tmp_path / "a", a, label)
+    write(tmp_path / "b", "OMOP/death.csv", b"person_id\n1\n")
+    time.sleep(1.1)  # (b's commit starts at another second, as another node's would)
+    commit(tmp_path / "b", b, label)
+    assert up(central, a).returncode == 0
+    for name in ("owner", "manifest.sqlite"):  # (a's submission taken down at the centre, its files left)
+        central.client.delete_blob(f"{label}/_manifest/{name}")
+    assert up(central, b).returncode == 1  # (a's visit_occurrence.csv is no file of b's: not complete)
+    verified = cli("verify", "--db", str(a), "--to", central.url, "--version", label, env=central.env)
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "another commit of this version label by a copy of this manifest" in verified.stdout, verified.stdout
+    assert query(a, "SELECT finished_at FROM submissions WHERE version = ?", (label,)) == [(None,)]
+
+
 def committed_with_names(tmp_path, names: list[str], label: str):
     """A site of OMOP/person.csv and files of these (odd) names, committed as version `label`; its manifest."""
     site = tmp_path / "site"
