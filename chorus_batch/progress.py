@@ -37,9 +37,10 @@ class Progress:
             log.info(message)
 
     @contextmanager
-    def counter(self, label: str, unit: str, poll: Callable[[], tuple[int, int]], total: tuple[int, int] | None = None) -> Iterator[None]:
+    def counter(self, label: str, unit: str, poll: Callable[[], tuple[int, int]], total: tuple[int, int] | None = None,
+                detail: Callable[[], str] | None = None) -> Iterator[None]:
         """Report `poll()` = (items, bytes) until the block ends. `unit` is the singular ("file"); the lines
-        say "1 file", "0 files", "3/5 files"."""
+        say "1 file", "0 files", "3/5 files"; `detail()`: what the items are, said after them ("3 sent, 1 skipped")."""
         if self.quiet:
             yield
             return
@@ -61,16 +62,18 @@ class Progress:
                 if bar is not None:
                     bar.update(items - shown)
                     shown = items
-                    if size:
-                        bar.set_postfix_str(human_bytes(size), refresh=False)
+                    said = ", ".join(part for part in (detail() if detail else "", human_bytes(size) if size else "") if part)
+                    if said:
+                        bar.set_postfix_str(said, refresh=False)
                 elif time.monotonic() - last_log >= self.interval_s:
                     last_log = time.monotonic()
-                    log.info(progress_line(label, unit, items, size, total, last_log - started))
+                    log.info(progress_line(label, unit, items, size, total, last_log - started,
+                                           detail=detail() if detail else ""))
                     logged += 1
             if bar is None and (logged or self.interval_s == 0):  # under a scheduler: say that the stage ended
                 items, size = poll()
                 log.info(progress_line(label, unit, items, size, total, time.monotonic() - started, done=True,
-                                       stopped=failed.is_set()))
+                                       stopped=failed.is_set(), detail=detail() if detail else ""))
 
         thread = threading.Thread(target=report, name="chorus-progress", daemon=True)
         thread.start()
@@ -103,14 +106,14 @@ def log_interval_s() -> float:
 
 
 def progress_line(label: str, unit: str, items: int, size: int, total: tuple[int, int] | None, elapsed_s: float,
-                  *, done: bool = False, stopped: bool = False) -> str:
+                  *, done: bool = False, stopped: bool = False, detail: str = "") -> str:
     """One log line of a stage: "hashing: 12,000/20,000 files, 1.1 GiB/4.0 GiB, 310.2 MiB/s, ETA 00:09".
     The rate is of bytes where the stage reads them, else of items; the ETA (tqdm's interval format, as
     the terminal's bar shows it) from the bytes left where the total bytes are known, else the items left."""
     from tqdm import tqdm
 
     word = plural(total[0] if total else items, unit).partition(" ")[2]
-    counted = f"{items:,}/{total[0]:,} {word}" if total else f"{items:,} {word}"
+    counted = (f"{items:,}/{total[0]:,} {word}" if total else f"{items:,} {word}") + (f" ({detail})" if detail else "")
     # The total is the listed sizes: files written since (grown) or read again (changed while read) pass it, and
     # "1.2 GiB/1.0 GiB" with an ETA of 00:00 read as a broken meter. Said as more than listed, the ETA from the files.
     beyond = bool(total and total[1] and size > total[1])

@@ -998,13 +998,30 @@ def test_the_progress_of_an_upload_that_finds_blobs_at_the_centre_reaches_its_to
     db = committed_site(tmp_path, 4)
     put_first_file(central, db, tmp_path / "site")
     out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
-    assert out.returncode == 0 and "1 found at the centre already" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "1 already at the centre" in out.stdout, out.stdout + out.stderr
     done = [line for line in out.stderr.splitlines() if "upload 20261101020000:" in line and "done in" in line]
     assert done, out.stderr
-    files, size = done[-1].split("upload 20261101020000: ", 1)[1].split(", ")[:2]
+    rest = done[-1].split("upload 20261101020000: ", 1)[1]  # ("4/4 files (3 sent, ...), 1.2 MiB/1.2 MiB, ...")
+    files, size = rest.split(" (", 1)[0], rest.split("), ", 1)[1].split(", ")[0]
     assert files == "4/4 files", done[-1]
     sent, total = size.split("/")
     assert sent == total, done[-1]
+
+
+def test_the_progress_and_the_summary_of_an_upload_count_the_same_files_in_the_same_words(central, tmp_path):
+    # The progress counted files found at the centre and files not sent among its "4/4 files", and the summary then
+    # said "sent 2 files": the two now say sent / already at the centre / skipped alike.
+    db = committed_site(tmp_path, 4)
+    put_first_file(central, db, tmp_path / "site")
+    gone = sorted(submitted(db, "20261101020000"))[-1]
+    (tmp_path / "site" / gone).unlink()  # (missing: skipped)
+    out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode == 1, out.stdout + out.stderr
+    done = [line for line in out.stderr.splitlines() if "upload 20261101020000:" in line and "done in" in line]
+    assert done and "4/4 files (2 sent, 1 already at the centre, 1 skipped)" in done[-1], out.stderr
+    assert "sent 2 files" in out.stdout and "; 1 already at the centre" in out.stdout, out.stdout
+    assert "; 1 skipped (listed below)" in out.stdout and "skipped, not sent: 1 file" in out.stdout, out.stdout
+    assert "2 files (" in out.stdout and ") sent, 1 already at the centre, 1 skipped in " in out.stdout, out.stdout
 
 
 def test_the_progress_of_a_large_file_counts_its_blocks_while_it_is_sent(central, tmp_path):
@@ -1017,8 +1034,8 @@ def test_the_progress_of_a_large_file_counts_its_blocks_while_it_is_sent(central
     out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line.split("upload 20261101020000: ", 1)[1] for line in out.stderr.splitlines()
-             if "upload 20261101020000: 0/1 file, " in line]
-    sent = [line.split(", ")[1].split("/")[0] for line in lines]
+             if "upload 20261101020000: 0/1 file (0 sent, 0 already at the centre, 0 skipped), " in line]
+    sent = [line.split("), ", 1)[1].split(", ")[0].split("/")[0] for line in lines]
     assert any(size.endswith("MiB") and size != "0 B" for size in sent), out.stderr  # blocks counted mid-file
 
 
@@ -1295,6 +1312,31 @@ def test_two_copies_of_one_manifest_each_with_its_own_commit_of_a_label_never_mi
     assert set(blobs(central, label)) == set(before)
     verified = cli("verify", "--db", str(a), "--to", central.url, "--all", env=central.env)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_verify_says_when_the_folder_holds_another_copys_commit_of_the_label(central, tmp_path):
+    # verify took the version folder for this manifest's by the manifest id alone: a copy of the manifest that
+    # committed its own version under the label (and put its manifest copy there once this one's claim and copy were
+    # removed at the centre) was called this manifest's, its copy "as recorded". By the commit's fingerprint too.
+    label = "20261101020000"
+    write(tmp_path / "a", "OMOP/person.csv", b"person_id\n1\n")
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    commit(tmp_path / "a", a, "20261101010000")
+    shutil.copyfile(a, b)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    write(tmp_path / "a", "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    commit(tmp_path / "a", a, label)
+    write(tmp_path / "b", "OMOP/death.csv", b"person_id\n1\n")
+    time.sleep(1.1)  # (b's commit starts at another second, as another node's would)
+    commit(tmp_path / "b", b, label)
+    assert up(central, a).returncode == 0
+    for name in ("owner", "manifest.sqlite"):  # (a's submission taken down at the centre, its files left)
+        central.client.delete_blob(f"{label}/_manifest/{name}")
+    assert up(central, b).returncode == 1  # (a's visit_occurrence.csv is no file of b's: not complete)
+    verified = cli("verify", "--db", str(a), "--to", central.url, "--version", label, env=central.env)
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "another commit of this version label by a copy of this manifest" in verified.stdout, verified.stdout
+    assert query(a, "SELECT finished_at FROM submissions WHERE version = ?", (label,)) == [(None,)]
 
 
 def committed_with_names(tmp_path, names: list[str], label: str):
@@ -2012,7 +2054,7 @@ def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(cent
     assert out.returncode == 0, out.stdout + out.stderr
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
     [(found,)] = query(db, "SELECT count(*) FROM uploads WHERE confirmed_by = 'found'")
-    assert found and f"; {found} found at the centre already with the manifest's MD5" in out.stdout, out.stdout
+    assert found and f"; {found} already at the centre with the manifest's MD5" in out.stdout, out.stdout
     left = 40 - len(recorded) - found
     said = f"{left} file{'' if left == 1 else 's'} ("
     assert f": sent {said}" in out.stdout and f"\n{said}" in out.stdout, out.stdout

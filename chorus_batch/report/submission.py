@@ -43,7 +43,9 @@ def upload_text(result: UploadResult) -> str:
         head = (f"version {v.version} -> {result.central}/{v.version}/: {verb} {plural(v.n_sent - v.n_found, 'file')} "
                 f"({human_bytes(v.bytes_sent)})")
         if v.n_found:  # (an interrupted upload had sent them, unrecorded)
-            head += f"; {v.n_found} found at the centre already with the manifest's MD5 (confirmed, not sent again)"
+            head += f"; {v.n_found} already at the centre with the manifest's MD5 (confirmed, not sent again)"
+        if v.n_not_sent:  # (the words of the progress lines: sent / already at the centre / skipped)
+            head += f"; {v.n_not_sent} skipped (listed below)"
         if v.n_before:
             head += f"; {v.n_before} sent before"
         lines.append(head + (f"; {v.n_files} of --modalities in its change set of {v.n_files + v.n_other}" if v.n_other
@@ -55,7 +57,7 @@ def upload_text(result: UploadResult) -> str:
                          f"report --version {v.version} --out report.html` lists them): "
                          f"{'would be sent' if result.dry_run else 'sent'} as it is")
         if v.n_not_sent:
-            lines.append(f"  not sent: {plural(v.n_not_sent, 'file')}")
+            lines.append(f"  skipped, not sent: {plural(v.n_not_sent, 'file')}")
             lines.extend(_problem_lines(v.not_sent, "state"))
         if v.verify_problems is not None:
             if v.verify_problems.height:
@@ -110,7 +112,10 @@ def upload_text(result: UploadResult) -> str:
         n = sum(v.n_sent - v.n_found for v in result.versions)
         size = sum(v.bytes_sent for v in result.versions)
         rate = f", {human_bytes(size / result.elapsed_s)}/s" if result.elapsed_s > 0 and size else ""
-        lines.append(f"{plural(n, 'file')} ({human_bytes(size)}) sent in {result.elapsed_s:.1f} s{rate}; "
+        found = sum(v.n_found for v in result.versions)
+        skipped = sum(v.n_not_sent for v in result.versions)
+        others = (f", {found} already at the centre" if found else "") + (f", {skipped} skipped" if skipped else "")
+        lines.append(f"{plural(n, 'file')} ({human_bytes(size)}) sent{others} in {result.elapsed_s:.1f} s{rate}; "
                      "recorded in the manifest's uploads ledger")
     return "\n".join(lines)
 

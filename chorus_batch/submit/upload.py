@@ -582,7 +582,6 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         except _Fatal as fatal:
             raise fatal.error from None
         with lock:
-            settled[0] += 1
             settled[1] += int(row["size"] or 0)
             central.forget_staged(label, row["srcfile"])  # (its blocks were counted while it was sent)
         entry = {"version": label, "file_id": row["file_id"], "destination": central.destination(label, row["srcfile"]),
@@ -595,6 +594,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
                 entry.update(verify_state="ok", verify_method="download", verified_at=entry["uploaded_at"])
             with lock:
                 counts[0] += 1
+                settled[0] += 1
                 if result.confirmed_by == "found":  # (its bytes were not sent: the blob was there)
                     counts[2] += 1
                 else:
@@ -602,7 +602,9 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         else:
             state, message = result
             entry.update(state=state, last_error=message, uploaded_at=None)
-            not_sent.append((row["srcfile"], state, message))
+            with lock:
+                not_sent.append((row["srcfile"], state, message))
+                settled[0] += 1
         pending.append(entry)
 
     rows = iter(files.iter_rows(named=True))
@@ -618,8 +620,14 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         with lock:
             return settled[0], min(total[1], settled[1] + central.staged_bytes())
 
+    def detail() -> str:
+        # What the files counted are, in the summary's words: the progress counted files found at the centre and files
+        # not sent among its "35/35 files", the summary then said "sent 30 files" (the two disagreed on a resumed upload)
+        with lock:
+            return settled_words(counts[0] - counts[2], counts[2], settled[0] - counts[0])
+
     try:
-        with progress.counter(f"upload {label}", "file", poll, total=total):
+        with progress.counter(f"upload {label}", "file", poll, total=total, detail=detail):
             while True:
                 while len(in_flight) < depth:
                     row = next(rows, None)
@@ -659,6 +667,11 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     return (counts[0], counts[1], counts[2]), frame
 
 
+
+
+def settled_words(sent: int, found: int, skipped: int) -> str:
+    """The files an upload settled, as its progress lines and its summary both say them."""
+    return f"{sent:,} sent, {found:,} already at the centre, {skipped:,} skipped"
 
 
 class _Fatal(Exception):

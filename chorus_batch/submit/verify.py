@@ -25,7 +25,7 @@ from ..frames import fmt
 from ..units import plural
 from ..sources import cloud as cloud_access
 from ..store.uploads import CONFIRMED, REWRITTEN, UploadLedger, require_version
-from .central import ARCHIVED, ARCHIVED_FIX, MANIFEST_FOLDER, MANIFEST_NAME, Central
+from .central import ARCHIVED, ARCHIVED_FIX, MANIFEST_FOLDER, MANIFEST_NAME, Central, FolderOwner, other_owner
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -196,22 +196,28 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
             .drop("read_state"))
 
 
-def _look_at_copy(central: Central, label: str, manifest, *, download: bool = False) -> tuple[bool, bool, str | None]:
-    """(there, this manifest's, why its bytes are not the copy upload put there) of the manifest's copy next to a
-    finished version: read before any result of the version is recorded, so that a sign-in that may list but not
-    read (a list-only SAS) fails verify with nothing recorded, not with the files called verified and the copy not."""
-    there, owner = central.manifest_copy_owner(label)
-    mine = there and owner == manifest.state_identity()[0]
+def _look_at_copy(central: Central, ledger: UploadLedger, label: str, manifest, *,
+                  download: bool = False) -> tuple[bool, FolderOwner | None, str | None]:
+    """(there, whose it is when not this manifest's commit of the version, why its bytes are not the copy upload put
+    there) of the manifest's copy next to a finished version: read before any result of the version is recorded, so
+    that a sign-in that may list but not read (a list-only SAS) fails verify with nothing recorded, not with the files
+    called verified and the copy not. By the manifest's id and the version's commit (its fingerprint): a copy of this
+    manifest that committed its own version under the label, its copy put there, was taken for this one's."""
+    owner = central.folder_owner(label)
+    there = owner is not None and owner.by == "copy"
+    foreign = other_owner(owner, str(manifest.state_identity()[0]), ledger.version_fingerprint(label)) if there else None
     # (--download: "the only check of the bytes the centre holds" read every file but the copy the reviewers open)
-    return there, mine, central.copy_damage(label) if mine and download else None
+    return there, foreign, central.copy_damage(label) if there and foreign is None and download else None
 
 
-def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str | None], n_bad: int) -> pl.DataFrame:
+def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, FolderOwner | None, str | None],
+                n_bad: int) -> pl.DataFrame:
     """The manifest's copy that upload put next to a finished version (`looked`: _look_at_copy), still there and still
     this manifest's (the reviewers at the centre read it), and with --download its bytes read back: a problem row
     (PROBLEMS_SCHEMA) when not, and the version is no longer finished, so the next upload puts the copy there again (or
     says whose copy is there instead)."""
-    there, mine, damage = looked
+    there, foreign, damage = looked
+    mine = there and foreign is None
     if mine and damage is None:
         return pl.DataFrame(schema=PROBLEMS_SCHEMA)
     if mine and damage == ARCHIVED:  # not read back: not found damaged either (the version stays finished)
@@ -224,6 +230,10 @@ def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str 
     ledger.submission(label, finished_at=None, n_bad=n_bad + 1)
     if damage is not None:
         state, message = "content", f"the manifest's copy upload put here: {damage}: the next upload puts it there again"
+    elif foreign is not None and foreign.twin:
+        state = "other"
+        message = (f"the manifest's copy upload put here was replaced: the folder {foreign.described()}; this "
+                   "manifest's files are checked as recorded, the copy the centre reads is not this commit's")
     else:
         state = "missing" if not there else "other"
         message = (("the manifest's copy upload put here is gone" if not there else
@@ -296,7 +306,7 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 if done:
                     pause("verify-next-version")  # (tests: the container deleted between two versions)
                 try:
-                    looked = _look_at_copy(central, label, manifest, download=download) if label in copied else None
+                    looked = _look_at_copy(central, ledger, label, manifest, download=download) if label in copied else None
                     checked, found, foreign, left = check_version(ledger, central, label, download=download,
                                                                   workers=workers, progress=progress)
                 except ChorusError as exc:
