@@ -16,8 +16,10 @@ _SHARED_TOP = ("omop", "metadata")  # with root files: always bucket 0 (and so s
 
 
 def top_bucket(top: str) -> int:
-    """The bucket of the files under the top-level folder `top`."""
-    return 0 if top.lower() in _SHARED_TOP else zlib.crc32(top.encode("utf-8")) % BUCKETS
+    """The bucket of the files under the top-level folder `top`. A name the OS gave that is not UTF-8 (a Latin-1
+    `M\xfcller` from a Windows share) is hashed by its bytes, as the OS names it: a UnicodeEncodeError here was an
+    internal error in slurm-script and `run --slurm`; a UTF-8 name hashes as it always did."""
+    return 0 if top.lower() in _SHARED_TOP else zlib.crc32(top.encode("utf-8", "surrogateescape")) % BUCKETS
 
 
 @dataclass(frozen=True)

@@ -1824,3 +1824,16 @@ def test_a_submission_into_a_staging_folder_with_another_manifests_unmerged_shar
                 env=env, timeout=60)
     assert after.returncode == 2 and "sbatch" in called.read_text(), after.stdout + after.stderr
     assert not (staging / "shard-0-of-2" / "scan.json").exists()  # (merged: its record cleared as before)
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="a file system that takes any bytes as a name")
+def test_a_person_folder_not_named_in_utf8_is_no_internal_error_in_slurm_script(tmp_path, capsys):
+    """A person folder copied from a Windows share with its Latin-1 name (`M\\xfcller`, a cron line's LANG=C) was an
+    internal UnicodeEncodeError, exit 3, in slurm-script and `run --slurm` (the check of how many shards list
+    nothing hashed each top-level name as UTF-8); the shards' own walk reports it as non_utf8_name."""
+    from chorus_batch.cli import main
+
+    os.makedirs(os.fsencode(tmp_path / "site") + b"/M\xfcller/Waveforms")
+    code = main(["slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), "--shards", "200"])
+    out = capsys.readouterr()
+    assert code == 0 and "internal error" not in out.err and "#SBATCH" in out.out, out.err
