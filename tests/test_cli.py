@@ -1001,7 +1001,7 @@ def test_a_url_given_to_a_local_path_option_is_refused_not_made_here(tmp_path, c
     assert list(work.iterdir()) == []
 
 
-@pytest.mark.parametrize("where", ["--db", "config", "--parquet", "JOURNAL"])
+@pytest.mark.parametrize("where", ["--db", "config", "--parquet", "JOURNAL", "--site"])
 def test_a_path_too_long_for_the_file_system_is_a_usage_error(tmp_path, where):
     """A --db (or [manifest] db, --parquet, import-journal's JOURNAL) whose name part is past the file system's limit
     (a variable pasted in twice) was "internal error: OSError: [Errno 36] File name too long", exit 3, in `versions`
@@ -1013,7 +1013,9 @@ def test_a_path_too_long_for_the_file_system_is_a_usage_error(tmp_path, where):
     (work / "c.toml").write_text(f"[manifest]\ndb = '{long}.sqlite'\n" if where == "config" else "")
     command = {"--db": ["versions", "--db", f"{long}.sqlite"], "config": ["versions"],
                "--parquet": ["run", "--site", str(tmp_path / "site"), "--db", "m.sqlite", "--parquet", long],
-               "JOURNAL": ["import-journal", long, "--db", "m.sqlite"]}[where]
+               "JOURNAL": ["import-journal", long, "--db", "m.sqlite"],
+               # (it said "not a readable directory" with the whole path and "point --site at the folder that holds OMOP/")
+               "--site": ["run", "--site", str(tmp_path / long), "--db", "m.sqlite"]}[where]
     out = cli(*command, "--config", str(work / "c.toml"), "--json", cwd=work) if where != "JOURNAL" else \
         cli(*command, "--json", cwd=work)
     assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr

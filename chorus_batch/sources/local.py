@@ -222,6 +222,9 @@ class LocalSource:
                 fix="rename that folder to a UTF-8 name (convmv -f latin1 -t utf8 converts Latin-1 names), or give "
                     f"{self.what} through a symbolic link whose own path is UTF-8")
         if not os.path.isdir(self.root):
+            from ..urls import refuse_too_long
+
+            refuse_too_long(self.root, self.what)  # (as --db and --out: not the whole 4k path and "point it at OMOP/")
             raise ConfigError(
                 f"{'site root' if self.what.startswith('--site') else 'root'} is not a readable directory: {shown_name(self.root)} "
                 f"{_why_no_folder(self.root)}", where=self.what,
