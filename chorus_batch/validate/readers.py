@@ -40,6 +40,7 @@ from .dicom_walk import (
     PIXEL_TAGS,
     TRANSFER_SYNTAX,
     UNDEFINED_LENGTH,
+    _LONG_VRS,
     encapsulated_whole,
     pixel_data_at,
     plain_elements,
@@ -640,14 +641,14 @@ class _Inflated(io.RawIOBase):
         syntax UID) of a Part 10 file whose first bytes are `head`; None where it has none, or one not read whole."""
         if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
             return None
-        pos, elements, syntax, end = 132, [], None, len(head)
+        pos, elements, syntax, end, long_vrs = 132, [], None, len(head), _LONG_VRS
         # (by struct, not slices and int.from_bytes: this asks every DICOM file, a sixth of a plain header's parse)
         while pos + 8 <= end:  # the meta group (explicit VR)
             group, element, vr, length = _GROUP_ELEMENT_VR_LENGTH.unpack_from(head, pos)
             if group != 0x0002:
                 break
             value = pos + 8
-            if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR", b"OD", b"OF", b"OL", b"OV", b"SV", b"UV"):
+            if vr in long_vrs:  # (a set: the tuple of the 13 was compared in turn for each short VR, nearly all)
                 if pos + 12 > end:
                     return None
                 length, value = _LENGTH.unpack_from(head, pos + 8)[0], pos + 12
