@@ -259,3 +259,31 @@ def test_status_and_dry_run_say_how_many_paths_they_show():
     text = README.read_text(encoding="utf-8")
     assert f"`run --dry-run`, which shows the first {DRY_RUN_LIMIT} paths" in text
     assert f"The table shows the first {STATUS_LIMIT} changes and findings" in text
+
+
+def test_cron_example_finds_the_installed_command(tmp_path):
+    # "A cron line": pasted into a crontab as printed (/srv/chorus filled in), run as cron runs it (/bin/sh, cron's own
+    # PATH=/usr/bin:/bin unless the crontab sets one). Without a PATH line naming the venv's bin folder, where the
+    # README's `pip install` puts chorus-batch, every night ended "exit 127" (chorus-batch: not found), no run made.
+    import os
+    import subprocess
+
+    block = re.search(r"^  ```\n(  MAILTO=.*?)^  ```", README.read_text(encoding="utf-8"), re.M | re.S).group(1)
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}  # cron's defaults
+    line = None
+    for raw in block.replace("/srv/chorus", str(tmp_path)).splitlines():
+        raw = raw.strip()
+        if m := re.fullmatch(r"([A-Z_]+)=(.*)", raw):
+            env[m.group(1)] = m.group(2)
+        elif raw:
+            line = re.sub(r"^(\S+\s+){5}", "", raw).replace("\\%", "%")  # the command, as cron hands it to sh
+    (tmp_path / "log").mkdir()
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    stub = bin_dir / "chorus-batch"
+    for code, mailed in ((0, ""), (1, ""), (4, "chorus-batch run failed, exit 4")):
+        stub.write_text(f"#!/bin/sh\nexit {code}\n")
+        os.chmod(stub, 0o755)
+        out = subprocess.run(["/bin/sh", "-c", line], env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert out.stdout.startswith(mailed) and bool(out.stdout) == bool(mailed), (code, out.stdout, out.stderr)
+        assert (tmp_path / "log" / "run.log").read_text().rstrip().endswith(f"== exit {code}")
