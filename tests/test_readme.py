@@ -287,3 +287,8 @@ def test_cron_example_finds_the_installed_command(tmp_path):
         out = subprocess.run(["/bin/sh", "-c", line], env=env, capture_output=True, text=True, cwd=tmp_path)
         assert out.stdout.startswith(mailed) and bool(out.stdout) == bool(mailed), (code, out.stdout, out.stderr)
         assert (tmp_path / "log" / "run.log").read_text().rstrip().endswith(f"== exit {code}")
+    # The folder gone (a deploy replaced it): the shell says so, which cron mails; it was "Illegal number" and
+    # "exit " with rc never set
+    gone = subprocess.run(["/bin/sh", "-c", line.replace(f"cd {tmp_path}", f"cd {tmp_path}/gone")], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert gone.returncode != 0 and "gone" in gone.stderr and "Illegal" not in gone.stderr, gone
