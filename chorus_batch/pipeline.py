@@ -795,6 +795,8 @@ def _check_roots_stayed(roots: list[Root]) -> None:
     for root in roots:
         check = getattr(root.source, "gone_since_listing", None)
         why = check() if check is not None else None
+        if why is not None and callable(changed := getattr(root.source, "changed_during_run", None)):
+            raise changed(why)  # a cloud prefix: its objects deleted, or one object named like it, since it was listed
         if why is not None:
             where = root.source.what if hasattr(root.source, "what") else "--site / [site] root"
             raise SourceError(

@@ -1053,6 +1053,59 @@ def test_a_root_that_is_a_single_object_with_nothing_under_it_is_named_and_a_usa
     assert caught.value.exit_code == 2 and "root of [site.roots] Waveforms is a single object" in str(caught.value)
 
 
+@pytest.mark.parametrize("when", ["before the listing", "between listing and hashing"])
+def test_a_root_that_turns_into_a_single_object_during_a_run_fails_it_as_changed_not_as_a_usage_error(
+        clean_env, moto_s3, tmp_path, monkeypatch, when):
+    """The prefix's objects deleted and one object named exactly like the prefix written while the run went on (its
+    root checked, its `runs` row written): before the listing it was "site root is a single object", exit 2, a usage
+    error of a --site that had been right; between listing and hashing each file was `vanished` and a version committed
+    (exit 1) of a site that was gone. A root changed during the run: exit 3, recorded in `runs`, nothing committed."""
+    from conftest import current_rows, query
+
+    from chorus_batch.errors import ExitCode
+
+    bucket, db, run_at = _s3_site(clean_env, moto_s3, tmp_path, "turn")
+    url = f"s3://{bucket}/export"
+    assert run_at(url).label
+    before = current_rows(db)
+    client = moto_s3.client()
+
+    def swap() -> None:
+        for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=item["Key"])
+        client.put_object(Bucket=bucket, Key="export", Body=b"PK\x03\x04")
+
+    if when == "before the listing":
+        listing = FsspecSource.list_files
+
+        def list_files(self, errors):
+            swap()
+            return listing(self, errors)
+        monkeypatch.setattr(FsspecSource, "list_files", list_files)
+    else:
+        hashing, swapped = FsspecSource.hash_file, []
+
+        def hash_file(self, *args, **kwargs):
+            if not swapped:
+                swapped.append(swap())
+            return hashing(self, *args, **kwargs)
+        monkeypatch.setattr(FsspecSource, "hash_file", hash_file)
+    from chorus_batch import run
+    from conftest import settings
+
+    with pytest.raises(SourceError) as caught:
+        run(settings(url, db, validate_site=False, rehash=when != "before the listing",
+                     cloud=CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))))
+    said = str(caught.value)
+    assert caught.value.exit_code == ExitCode.FAILED, said
+    assert f"the site root {url} is now a single object, not a folder: {url} is a file of 4 bytes" in said, said
+    assert "changed while this run listed and hashed it" in said and "previous version stays" in said, said
+    assert current_rows(db) == before
+    assert query(db, "SELECT COUNT(*) FROM versions") == [(1,)]
+    (recorded,) = query(db, "SELECT exit_code, message FROM runs ORDER BY rowid DESC LIMIT 1")
+    assert recorded[0] == ExitCode.FAILED and "changed while this run" in recorded[1], recorded
+
+
 def test_a_run_asks_once_whether_its_cloud_root_is_there(clean_env, moto_s3, tmp_path):
     # The run checked its roots before its `runs` row and the scan checked them again: the same listing of one key
     # sent twice at every start.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 
-from ..errors import ChorusError
+from ..errors import ChorusError, ConfigError, SourceError
 from ..times import clamp_ns
 from ..walk import BATCH_ROWS
 from . import cloud as cloud_access
@@ -113,6 +113,7 @@ class FsspecSource:
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
         self._whole_root_gone: str | None = None  # whole_root_gone(): "" when the root is there
         self._checked = False  # check() found the root there: a run's later check() asks the storage no more
+        self._vanished = False  # a listed object was not there when read (gone_since_listing asks only then)
         if storage_options is not None:
             import fsspec
 
@@ -159,6 +160,39 @@ class FsspecSource:
                 raise error
             return
         self._checked = True
+
+    def changed_during_run(self, why: str) -> SourceError:
+        """The failure of a run whose root stopped being the prefix it listed (`why`: what it is now): exit 3, nothing
+        committed, as a local root renamed or removed while a run lists and hashes it (pipeline._check_roots_stayed)."""
+        subject = "site root" if self.what.startswith("--site") else f"root of {self.what}"
+        error = SourceError(
+            f"the {subject} {self.description} {why}: it changed while this run listed and hashed it (its objects "
+            "deleted or moved away meanwhile)", where=self.description,
+            fix="nothing was committed and the previous version stays as it was: put the site's files back under "
+                f"{self.description.rstrip('/')}/ (or give --site the place they are in now), then run again when "
+                "nothing is deleting or moving them")
+        error.kind = "changed_during_run"  # type: ignore[attr-defined]
+        return error
+
+    def gone_since_listing(self) -> str | None:
+        """Why the root is no longer there as the prefix this run listed (None: it is, or nothing listed was found
+        gone): every object under it deleted, or replaced by one object named like the root, while the run went on.
+        Asked (one listing of one key) only when a listed object was not there when read: each file was recorded
+        `vanished` and a version committed, its files all removed or still as before, from a root that was gone."""
+        if not self._vanished or "/" not in self.root.strip("/"):
+            return None
+        try:
+            state = cloud_access.root_exists(self.fs, self.root)
+        except cloud_access.storage_errors():
+            return None  # (each read said why)
+        if state is True:
+            return None
+        if state == "no_container":
+            return None  # (a container or bucket deleted fails the reads themselves, with its own words)
+        error = cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how, what=self.what)
+        if getattr(error, "kind", None) == "missing_root":
+            return "is now " + error.what.partition(" is ")[2]
+        return "has no object under it any more"
 
     def whole_root_gone(self) -> str | None:
         """Why the root is not there as a whole, for a check that must read its files (sources.local.root_gone): a
@@ -229,7 +263,15 @@ class FsspecSource:
         found = _pathless_left_out(found, errors)
         found = _folder_names_left_out(found, errors)
         if not found[0]:
-            self._check_now()  # a root that vanished since check() is an error, never an empty site
+            was_there = self._checked
+            try:
+                self._check_now()  # a root that vanished since check() is an error, never an empty site
+            except ConfigError as exc:
+                if not (was_there and getattr(exc, "kind", None) == "missing_root"):
+                    raise
+                # It was a folder when this run began (its check passed, its `runs` row written) and is a single object
+                # now: the site changed while the run went on, not a --site to correct (it was exit 2, a usage error)
+                raise self.changed_during_run("is now " + exc.what.partition(" is ")[2]) from None
         for start in range(0, len(found[0]), BATCH_ROWS):
             yield listing_batch(*(column[start:start + BATCH_ROWS] for column in found))
 
@@ -280,6 +322,12 @@ class FsspecSource:
         paths, sizes, mtimes, md5s, etags = columns
         markers: list[tuple[str, int]] = []
         for path, info in found.items():
+            if prefix and path == self.root:
+                # find() of a prefix that is now one object (`site`, its `site/...` deleted since check()) gives that
+                # object: it was listed as a file named `bucket/site`, and a run with every other file gone refused
+                # as a mass removal (exit 5), or committed it with --max-delete all. Not under the root: the empty
+                # listing's check says what the root is now (_root_named_object says so of one beside `site/...`).
+                continue
             rel = path[len(prefix):] if prefix and path.startswith(prefix) else path.lstrip("/")
             # A key ending in '/' (the S3 console's "Create folder", s3fs's makedirs) is a folder marker:
             # no file a site could hold has that name, so it is skipped as Azure's listing does.
@@ -355,6 +403,13 @@ class FsspecSource:
     # tabs and newlines from a name (a blob the listing found would then be "gone"). (Such names are never
     # sent centrally, see submit/central.py check_names, so open() through adlfs is not affected.)
     def stat(self, srcfile: str) -> FileStat:
+        try:
+            return self._stat(srcfile)
+        except FileNotFoundError:
+            self._vanished = True
+            raise
+
+    def _stat(self, srcfile: str) -> FileStat:
         if self._azure_sign_in is not None:
             try:
                 props = self._blob(srcfile).get_blob_properties()
@@ -395,6 +450,13 @@ class FsspecSource:
         return io.BufferedReader(ranges, DOWNLOAD_BLOCK)  # type: ignore[return-value]
 
     def hash_file(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
+        try:
+            return self._hash_file(srcfile, buffer, parse)
+        except FileNotFoundError:
+            self._vanished = True
+            raise
+
+    def _hash_file(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
         try:  # a dropped connection or a busy service: the whole file again, with backoff
             return cloud_access.retrying(lambda: self._hash(srcfile, buffer, parse))
         except FileChangedWhileHashing:
