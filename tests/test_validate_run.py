@@ -1103,3 +1103,33 @@ def test_validate_path_reads_a_path_as_files_path_does(clean, db):
     reader = open_manifest(db)
     assert reader.findings(path=f"./{person}").height == reader.findings(path=str(clean / person)).height == 1
     assert reader.findings(path=f"/{person}").height == 0
+
+
+def test_a_person_folder_renamed_after_the_registries_is_told_once_as_the_cause(db, tmp_path):
+    """A person folder renamed (000101 -> 000601) after the site's registries were written gave a
+    registry.missing_file, registry.unlisted_file and dicom.patient_id for its files, and nothing said the folder had
+    been renamed, which the manifest knew (its change set: renamed). One registry.renamed_folder on the folder names
+    both names and what to do; the per-file findings point to it. A fresh manifest knows no earlier name: as before."""
+    clean = tmp_path / "one"
+    build_clean_site(clean, persons=1)  # (one person: cheap)
+    assert run_site(clean, db).findings.height == 0
+    old = person_ids(1)[0]
+    new = f"{int(old) + 500:06d}"
+    (clean / old).rename(clean / new)
+    findings = run_site(clean, db).findings
+    told = findings.filter(pl.col("rule") == "registry.renamed_folder")
+    assert told.select("srcfile", "severity").rows() == [(f"{new}/", "error")]
+    message = told["message"][0]
+    assert f"person folder {old}/ was renamed {new}/" in message and "waveform_registry.csv" in message
+    assert "`chorus-batch registry`" in message and f"rename the folder back to {old}/" in message
+    pointed = findings.filter(pl.col("rule").is_in(["registry.unlisted_file", "registry.missing_file",
+                                                    "dicom.patient_id"]))
+    assert pointed.height > 3 and pointed["message"].str.contains("see registry.renamed_folder", literal=True).all()
+    # a fresh manifest's one version records no rename (its files all added): nothing is known of an earlier name,
+    # and validate says no more than before (the rule is fed by these alone)
+    from chorus_batch.store import Manifest
+    from chorus_batch.validate.run import renamed_folders
+
+    first, second = (label for (label,) in query(db, "SELECT label FROM versions ORDER BY label"))
+    assert renamed_folders(Manifest(db), first).height == 0
+    assert renamed_folders(Manifest(db), second).rows() == [(old, new, second)]

@@ -25,21 +25,23 @@ from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_fol
                             _split_persons, _superseded, _unportable_names)
 from .checks_metadata import _metadata
 from .checks_omop import _links, _omop, _unknown_sessions
-from .checks_registries import _counted, _not_on_site, _registries
+from .checks_registries import _counted, _not_on_site, _registries, point_to_renames, renamed_folders
 from .checks_waveforms import _edf, _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
 from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
-          done: Callable[[int], None] | None = None, untaken: dict[str, str] | None = None) -> pl.DataFrame:
+          done: Callable[[int], None] | None = None, untaken: dict[str, str] | None = None,
+          renamed: pl.DataFrame | None = None) -> pl.DataFrame:
     """All rules over the current files and their facts; FINDINGS_SCHEMA sorted by srcfile, rule.
 
     `facts`: the facts of the files (FACTS_SCHEMA), or a function giving those of the (kind, md5) rows it is
     asked for. `parts`: the part each file is checked in, by row (None: all in one); the findings are the
     same however the files are split, as long as a person folder lies in one part. `done(n)`: n more files
     checked, after each part (for a progress counter). `untaken`: the paths the run saw but took no file of
-    (site.untaken of its recorded problems), which no rule calls missing."""
+    (site.untaken of its recorded problems), which no rule calls missing. `renamed`: the top folders the manifest
+    recorded as renamed up to this version (checks_registries.RENAMED_SCHEMA; None: not known, a fresh manifest)."""
     across, decoded_shared = _Across(), {}  # type: ignore[var-annotated]
     found, site = [], None
     for i, (rows, new) in enumerate(_parts(current, parts)):
@@ -49,11 +51,14 @@ def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Ser
         if done is not None:
             done(new)
     found.append(_across(site, current, across))  # type: ignore[arg-type]
+    said, told = renamed_folders(site, current, renamed)  # type: ignore[arg-type]
+    found += [f.cast(_FINDING_COLUMNS).collect() for f in said]  # type: ignore[arg-type]
     # Sorted, then a row equal to the one before it dropped: the same as unique() then sort, in a third of the
     # memory (486k findings of 300k files holding one content, each a message of 176 characters: 251 MiB more
     # than the parts themselves with unique() first, 67 MiB so; a 1M-file site of one content peaked at 1.24 GB).
     out = pl.concat(found, rechunk=False).sort("srcfile", "rule", "message")
     found.clear()
+    out = point_to_renames(out, told)
     repeated = pl.all_horizontal(pl.col(c).eq_missing(pl.col(c).shift(1)) for c in _FINDING_COLUMNS)
     return (
         out.filter(~repeated)

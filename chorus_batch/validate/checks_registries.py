@@ -719,3 +719,68 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
             _there_untaken(fmt("trg_file {}{}", pl.col("_path"), pl.when(pl.col("_k") > 1).then(
                 fmt(" (and {} more)", pl.col("_k") - 1)).otherwise(pl.lit(""))))),
     ]
+
+
+RENAMED_SCHEMA = {"old": pl.String, "new": pl.String, "version": pl.String}
+# The per-file findings a person folder renamed after the registries were written gives its files and the registries
+# (each then points to the one registry.renamed_folder finding of the folder)
+_OF_A_RENAME = ("registry.missing_file", "registry.unlisted_file", "dicom.patient_id")
+
+
+def renamed_folders(site: _Site, current: pl.DataFrame, renamed: pl.DataFrame | None) -> tuple[list[pl.LazyFrame], pl.DataFrame]:
+    """The person folders renamed (`renamed`: old and new top folder, the version that recorded it: the manifest's
+    change sets; None or empty where unknown, as on a fresh manifest) that the site's registries still name (a row's
+    person_id or trg_file): one registry.renamed_folder finding per folder, on it as now named, and which findings
+    to point to it (old, new, version, _regs: the registries naming the old folder). Multimodal-Linkage: a row's
+    person_id "should also match the name of that files parent directory"; after the rename, the registries'
+    rows of its files named no file (registry.missing_file), its files had no row (registry.unlisted_file), its DICOM
+    PatientID was another folder's (dicom.patient_id), and nothing said the folder had been renamed."""
+    none = pl.DataFrame(schema={**RENAMED_SCHEMA, "_regs": pl.List(pl.String)})
+    if renamed is None or renamed.height == 0 or site is None:
+        return [], none
+    usable = _usable(_of_kind(site))
+    if usable.height == 0:
+        return [], none
+    tops = current.select(pl.col("srcfile").str.extract(r"^([^/]+)/", 1)).to_series().drop_nulls().unique()
+    moved = renamed.filter(pl.col("new").is_in(tops.implode()) & ~pl.col("old").is_in(tops.implode())).sort("version")
+    moved = moved.unique("old", keep="last", maintain_order=True)  # (a folder renamed twice: the last)
+    if moved.height == 0:
+        return [], none
+    named = pl.concat([
+        usable.select("srcfile", _key="person_id").explode("_key"),
+        usable.select("srcfile", _key="trg_file").explode("_key").with_columns(
+            pl.col("_key").str.extract(r"^([^/]+)/", 1)),
+    ]).drop_nulls().with_columns(_key=_norm_id(pl.col("_key"))).unique()
+    told = (moved.with_columns(_key=_norm_id(pl.col("old"))).join(named, on="_key")
+            .group_by("old", "new", "version", maintain_order=True).agg(_regs=pl.col("srcfile").unique().sort()))
+    if told.height == 0:
+        return [], none
+    finding = _found("registry.renamed_folder", told, pl.col("new") + "/", fmt(
+        "person folder {}/ was renamed {}/ (version {} of the manifest recorded it) after the registries were written: "
+        "{} still {names|name} {}/ (a row's person_id or trg_file), so {its|their} rows of these files name no file of the "
+        "site and the files have no row (registry.missing_file, registry.unlisted_file; dicom.patient_id where "
+        "a DICOM PatientID is {}): the linkage procedure's person_id is the person folder's name. If {} is the person's "
+        "person_id in OMOP/person.csv, write the registries again (`chorus-batch registry`, or fix those rows' "
+        "person_id and trg_file) and the headers' PatientID; else rename the folder back to {}/",
+        pl.col("old"), pl.col("new"), pl.col("version"), pl.col("_regs").list.join(", "), pl.col("old"),
+        pl.col("old"), pl.col("new"), pl.col("old"), n=pl.col("_regs").list.len()))
+    return [finding], told.select(*RENAMED_SCHEMA, "_regs")
+
+
+def point_to_renames(findings: pl.DataFrame, told: pl.DataFrame) -> pl.DataFrame:
+    """The per-file findings a rename gave (_OF_A_RENAME: of a file under the renamed folder, or of a registry naming
+    the old one), each with the cause named: the one registry.renamed_folder finding comes first, these point to it."""
+    if told.height == 0 or findings.height == 0:
+        return findings
+    under = told.select(_top="new", _hint=fmt(" ({}/ was {}/: see registry.renamed_folder)", pl.col("new"),
+                                               pl.col("old")))
+    registries = told.explode("_regs").group_by("_regs", maintain_order=True).agg(
+        _hint2=fmt(" (person folder {}/ was renamed {}/: see registry.renamed_folder)", pl.col("old"),
+                   pl.col("new")).str.join(""))
+    pointed = (findings.with_columns(_top=pl.col("srcfile").str.extract(r"^([^/]+)/", 1))
+               .join(under, on="_top", how="left", maintain_order="left")
+               .join(registries, left_on="srcfile", right_on="_regs", how="left", maintain_order="left"))
+    hint = pl.coalesce("_hint", "_hint2")
+    return pointed.with_columns(message=pl.when(pl.col("rule").is_in(_OF_A_RENAME) & hint.is_not_null())
+                                .then(pl.col("message") + hint).otherwise(pl.col("message"))
+                                ).drop("_top", "_hint", "_hint2")

@@ -905,6 +905,15 @@ RULES: tuple[Rule, ...] = (
          "A registry row's person_id differs from the person folder its trg_file lies in.",
          sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (LINKAGE, 'C: OMOP INTEGRATION')),
          remedy="Fix the row's person_id, or move the file into its person's folder."),
+    Rule("registry.renamed_folder", "error", "person folder renamed after the registries were written",
+         "A person folder the manifest recorded as renamed (its files renamed into another top folder, as a run's change "
+         "set classifies them) is still named by the registries the site ships (a row's person_id or trg_file): their "
+         "rows of its files name no file, and its files have no row; told once, on the folder as now named, and the "
+         "registry.missing_file, registry.unlisted_file and dicom.patient_id findings the rename gave point to it. "
+         "Nothing is said where the manifest knows no earlier name (validate of a folder, a fresh manifest).",
+         sop=((LINKAGE, 'B: REGISTRY CONSTRUCTION'), (LINKAGE, 'C: OMOP INTEGRATION')),
+         remedy="If the new name is the person's person_id, write the registries again (`chorus-batch registry`) or "
+                "fix their person_id and trg_file; else rename the folder back."),
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",
          "A registry row's visit_id is not in visit_occurrence.csv.",
          sop=((LINKAGE, 'C: OMOP INTEGRATION'),),

@@ -134,14 +134,16 @@ class _Count:
 
 def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int | None, Source], *,
                 errors: pl.DataFrame, what: str, where: str, workers: int = 1,
-                progress: Progress | None = None, excludes: list[tuple[str, str]] | None = None) -> Checked:
+                progress: Progress | None = None, excludes: list[tuple[str, str]] | None = None,
+                renamed: pl.DataFrame | None = None) -> Checked:
     """The findings of `current` (VALIDATION_SCHEMA rows: a version's current files) and of its run's
     recorded problems `errors`. Headers are read only for contents `known` has no facts of, each from
     `sources[root_id]` (`sources[None]`: files whose root is not recorded or not reachable). A large site is
     checked in parts of about PART_FILES files, each with its own facts. Nothing is written: the caller keeps
     what it wants (a version's findings and the facts read, or nothing for a dry run). `what` names the
     files in messages ("version X"). `excludes`: the run's exclusion globs ((source, glob), exclude.Excludes.patterns),
-    which a finding of a file or folder missing names where one of them left it out."""
+    which a finding of a file or folder missing names where one of them left it out. `renamed`: the top folders
+    the manifest recorded as renamed (renamed_folders; None where not known)."""
     from ..partitions import part_of
     from .checks import check  # here: a run whose findings are cached checks nothing (validate/__init__.py)
     from .site import _there_untaken, untaken, why_untaken
@@ -171,7 +173,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     parts = part_of(current["srcfile"], count) if count > 1 else None
     checked, seen = _Count(), untaken(errors)
     with progress.counter("checking", "file", lambda: (checked.n, 0), total=(current.height, 0)):
-        in_parts = check(current, facts_of, parts=parts, done=checked.add, untaken=seen)
+        in_parts = check(current, facts_of, parts=parts, done=checked.add, untaken=seen, renamed=renamed)
     findings = pl.concat([in_parts, run_findings(errors)]).sort("srcfile", "rule", "message")
     if seen:  # a file the scan could not take (or in a folder it could not list) may be there: "add it" is not true
         whys = [why_untaken(seen, path) if rule in _MISSING_RULES else None
@@ -312,12 +314,25 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
     known = KnownFacts.cached(manifest)
     checked = check_files(cache.current_files(), known, sources, errors=manifest.version_errors(label),
                           what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress,
-                          excludes=excludes)
+                          excludes=excludes, renamed=renamed_folders(manifest, label))
     # Facts of files that could not be read (vanished, no permission) are not cached: the next check reads them.
     # Nor is such a version marked as checked: the next run checks it again, reading just those files.
     lasting = checked.new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
     cache.save(label, lasting, checked.findings, complete=lasting.height == checked.new_facts.height)
     return checked.findings
+
+
+def renamed_folders(manifest: Manifest, label: str) -> pl.DataFrame:
+    """The top folders (person folders) whose files the manifest's change sets up to `label` record as renamed into
+    another top folder (old, new, the last version that did so): registry.renamed_folder. A fresh manifest's one
+    version has no renames: nothing is known of what the folders were named before."""
+    from .checks_registries import RENAMED_SCHEMA
+
+    return manifest.query_frame(
+        "SELECT old, new, max(version) AS version FROM (SELECT version, substr(old_srcfile, 1, instr(old_srcfile, '/') - 1) "
+        "AS old, substr(srcfile, 1, instr(srcfile, '/') - 1) AS new FROM changes WHERE change = 'renamed' AND version <= ? "
+        "AND instr(old_srcfile, '/') > 1 AND instr(srcfile, '/') > 1) WHERE old <> new GROUP BY old, new",
+        (label,), schema=RENAMED_SCHEMA)
 
 
 def validate_pending(manifest: Manifest, pending, roots: list, *, errors: pl.DataFrame, workers: int = 1,
