@@ -1080,6 +1080,10 @@ def test_upload_of_a_named_version_that_is_complete_checks_it_and_leaves_its_man
     assert version["manifest_copy"] is None and version["manifest_copy_kept"] == f"{central.url}{copy}"
     assert blobs(central)[copy] == before
     assert "left as it is" in up(central, db, "--version", "20261101020000").stdout
+    # Its dry run says so too (it said nothing of the copy the upload then leaves as it is).
+    dry = up(central, db, "--version", "20261101020000", "--dry-run")
+    assert dry.returncode == 0 and f"manifest copy: {central.url}{copy}, put there when the version was completed, " \
+        "would be left as it is" in dry.stdout, dry.stdout + dry.stderr
     # A copy gone is put there again by the same command.
     central.client.delete_blob(copy)
     back = up(central, db, "--version", "20261101020000")

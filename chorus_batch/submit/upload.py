@@ -454,7 +454,9 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             if foreign is not None:  # what copy_manifest then refuses (put_manifest: Conflict, exit 5)
                 outcome.copy_refused = (f"{central.url}/{label}/ {foreign.described()}: the manifest's copy would not "
                                         f"be put there (exit 5); {CONFLICT_FIX}")
-            elif not (finished and there):
+            elif finished and there:  # (the dry run said nothing of it, where the upload says "left as it is")
+                outcome.copy_kept = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
+            else:
                 outcome.copy_would_be = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
         return outcome
     ledger.start(label)
