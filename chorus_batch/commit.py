@@ -46,8 +46,10 @@ from .workers import VANISHED_KEPT
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
-_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
+# (the one limit: the pattern, and every message that names the limit, take it from LABEL_MAX; a hand label's is
+# HAND_LABEL_MAX, below, from it too)
 LABEL_MAX = 64
+_LABEL_RE = re.compile(rf"^[A-Za-z0-9](?:[A-Za-z0-9._-]{{0,{LABEL_MAX - 2}}}[A-Za-z0-9_-])?$")
 # A device name Windows reserves, in any case and with any extension (as file.unportable_name reads a site's names:
 # validate/checks_layout): a version's folder at the centre named so cannot be made on a reviewer's Windows disk.
 _DEVICE_LABEL = re.compile(r"(?i)^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)")

@@ -487,3 +487,19 @@ def test_a_first_commit_writes_with_a_page_cache_sized_for_it(snapshot_site, db,
     assert cache, said
     assert int(cache[0].split("=")[1].strip().lstrip("-")) >= 32 << 10  # KiB: at least 32 MiB
     assert said.index(cache[0]) < next(i for i, sql in enumerate(said) if sql.startswith("INSERT INTO versions"))
+
+
+def test_the_label_pattern_and_the_messages_take_the_label_limit_from_label_max():
+    # The pattern spelled the limit as {0,62} and the importer's message as "at most 64", apart from LABEL_MAX (and
+    # the --version message's 49 is HAND_LABEL_MAX, LABEL_MAX less the "-<UTC start>" the next label adds).
+    from chorus_batch.commit import _LABEL_RE, HAND_LABEL_MAX, LABEL_MAX, next_label
+    from chorus_batch.upstream.importer import _check_labels
+    from chorus_batch.upstream.journal import VersionTree
+
+    assert _LABEL_RE.fullmatch("v" * LABEL_MAX) and not _LABEL_RE.fullmatch("v" * (LABEL_MAX + 1))
+    with pytest.raises(UsageError) as refused:
+        _check_labels([VersionTree("v" * (LABEL_MAX + 1), 0, 0, None, {})], "journal.db")
+    assert f"at most {LABEL_MAX})" in str(refused.value)
+    with pytest.raises(UsageError) as refused:
+        next_label(None, None, "v" * (LABEL_MAX + 1))
+    assert f"use up to {HAND_LABEL_MAX} letters" in str(refused.value.fix)

@@ -1080,10 +1080,32 @@ def test_upload_of_a_named_version_that_is_complete_checks_it_and_leaves_its_man
     assert version["manifest_copy"] is None and version["manifest_copy_kept"] == f"{central.url}{copy}"
     assert blobs(central)[copy] == before
     assert "left as it is" in up(central, db, "--version", "20261101020000").stdout
+    # Its dry run says so too (it said nothing of the copy the upload then leaves as it is).
+    dry = up(central, db, "--version", "20261101020000", "--dry-run")
+    assert dry.returncode == 0 and f"manifest copy: {central.url}{copy}, put there when the version was completed, " \
+        "would be left as it is" in dry.stdout, dry.stdout + dry.stderr
     # A copy gone is put there again by the same command.
     central.client.delete_blob(copy)
     back = up(central, db, "--version", "20261101020000")
     assert back.returncode == 0 and f"manifest copy: {central.url}{copy}\n" in back.stdout, back.stdout + back.stderr
+
+
+def test_upload_and_its_dry_run_keep_a_complete_versions_copy_only_when_it_is_this_commits(central, tmp_path):
+    # verify took the copy for this manifest's by its id and this commit's fingerprint; `upload --version` of a
+    # complete version (and its dry run) by the id alone: a copy put there by a copy of this manifest that committed
+    # its own version under the label was "left as it is" (exit 0), while verify said it was not this commit's.
+    db = committed_site(tmp_path, 1)
+    assert up(central, db).returncode == 0
+    copy = central.client.get_blob_client("20261101020000/_manifest/manifest.sqlite")
+    metadata = copy.get_blob_properties().metadata
+    copy.set_blob_metadata({**metadata, "chorus_version_fingerprint": "another commit"})  # (the twin's copy)
+    before = blobs(central)
+    for extra in (("--dry-run",), ()):
+        out = up(central, db, "--version", "20261101020000", *extra)
+        assert out.returncode == 5, out.stdout + out.stderr
+        assert "another commit of this version label by a copy of this manifest" in out.stdout, out.stdout
+        assert "left as it is" not in out.stdout and "would be put at" not in out.stdout, out.stdout
+    assert blobs(central) == before
 
 
 def test_storage_stopped_mid_upload_fails_clearly_and_resumes_after_restart(monkeypatch, tmp_path):

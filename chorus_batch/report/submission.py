@@ -98,7 +98,8 @@ def upload_text(result: UploadResult) -> str:
         if v.copy_would_be:
             lines.append(f"  manifest copy: would be put at {v.copy_would_be}")
         if v.copy_kept:
-            lines.append(f"  manifest copy: {v.copy_kept}, put there when the version was completed, left as it is")
+            lines.append(f"  manifest copy: {v.copy_kept}, put there when the version was completed, "
+                         f"{'would be ' if result.dry_run else ''}left as it is")
         if v.copy_refused:
             lines.append(f"  {'would add nothing' if result.dry_run else 'manifest copy refused'}: {v.copy_refused}")
     if result.earlier_waiting:

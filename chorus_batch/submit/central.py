@@ -542,15 +542,24 @@ class Central:
 
     # ------------------------------------------------------------------ reading
 
-    def manifest_copy_owner(self, version: str, doing: str = "read") -> tuple[bool, str | None]:
-        """(there, manifest_id of the manifest whose copy it is) of <version>/_manifest/manifest.sqlite; `doing`:
-        what a failure says was being done (an upload's look before sending needs what the upload needs)."""
+    def copy_holder(self, version: str, manifest_id: str, fingerprint: str | None,
+                    doing: str = "read") -> tuple[bool, FolderOwner | None]:
+        """(there, whose it is when it is not this manifest's commit of the version) of
+        <version>/_manifest/manifest.sqlite: by the manifest's id and the version's commit (its fingerprint,
+        VERSION_OWNER), as put_manifest decides what it may replace. The one check of verify (the copy "as recorded"),
+        of upload (a finished version's copy kept) and of its dry run (the copy it would put there): by the id alone,
+        a copy of this manifest that committed its own version under the label and put its copy there was taken for
+        this one's. `doing`: what a failure says was being done (an upload's look needs what the upload needs)."""
         blob = self.container.get_blob_client(self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
         try:
             props = cloud_access.retrying(lambda: _look(blob))
-            return (False, None) if props is None else (True, _copy_owner(blob, props))
+            if props is None:
+                return False, None
+            owner = FolderOwner(_copy_owner(blob, props), "copy", f"az://{self.container_name}/{blob.blob_name}",
+                                (props.metadata or {}).get(VERSION_OWNER))
         except cloud_access.storage_errors() as exc:
             raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
+        return True, other_owner(owner, manifest_id, fingerprint)
 
     def copy_damage(self, version: str) -> str | None:
         """<version>/_manifest/manifest.sqlite read back (verify --download): why its bytes are not the copy upload put

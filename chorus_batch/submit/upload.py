@@ -448,8 +448,15 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
         would_complete = (outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
                           and outcome.n_other_waiting == 0)
         if would_complete:
-            mine = str(manifest.state_identity()[0])
-            if not (finished and central.manifest_copy_owner(label, "look at") == (True, mine)):
+            # (the upload's one check of the copy: by the manifest's id and the version's commit)
+            there, foreign = central.copy_holder(label, str(manifest.state_identity()[0]),
+                                                 ledger.version_fingerprint(label), "look at")
+            if foreign is not None:  # what copy_manifest then refuses (put_manifest: Conflict, exit 5)
+                outcome.copy_refused = (f"{central.url}/{label}/ {foreign.described()}: the manifest's copy would not "
+                                        f"be put there (exit 5); {CONFLICT_FIX}")
+            elif finished and there:  # (the dry run said nothing of it, where the upload says "left as it is")
+                outcome.copy_kept = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
+            else:
                 outcome.copy_would_be = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
         return outcome
     ledger.start(label)
@@ -530,7 +537,12 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
         if problems.height == 0:
             # The copy the centre read as this submission's stays: `upload --version` of a complete version put the
             # manifest as it is now (later versions, another ledger) over it, with nothing sent.
-            if finished and central.manifest_copy_owner(label, "look at") == (True, str(manifest.state_identity()[0])):
+            # (by the manifest's id and the version's commit: a copy of this manifest that committed its own
+            # version under the label, its copy there, was "this manifest's copy, left as it is", exit 0; now
+            # copy_manifest refuses it, as it refuses any copy not this commit's: exit 5)
+            there, foreign = central.copy_holder(label, str(manifest.state_identity()[0]),
+                                                 ledger.version_fingerprint(label), "look at") if finished else (False, None)
+            if there and foreign is None:
                 outcome.copy_kept = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
                 if unlisted.height:  # (it said "not complete" of them, and left the version recorded as complete:
                     ledger.unfinished(label)  # the next upload said "nothing to upload", the blobs unmentioned)

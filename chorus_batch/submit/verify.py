@@ -25,7 +25,7 @@ from ..frames import fmt
 from ..units import plural
 from ..sources import cloud as cloud_access
 from ..store.uploads import CONFIRMED, REWRITTEN, UploadLedger, require_version
-from .central import ARCHIVED, ARCHIVED_FIX, MANIFEST_FOLDER, MANIFEST_NAME, Central, FolderOwner, other_owner
+from .central import ARCHIVED, ARCHIVED_FIX, MANIFEST_FOLDER, MANIFEST_NAME, Central, FolderOwner
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -203,9 +203,7 @@ def _look_at_copy(central: Central, ledger: UploadLedger, label: str, manifest, 
     that a sign-in that may list but not read (a list-only SAS) fails verify with nothing recorded, not with the files
     called verified and the copy not. By the manifest's id and the version's commit (its fingerprint): a copy of this
     manifest that committed its own version under the label, its copy put there, was taken for this one's."""
-    owner = central.folder_owner(label)
-    there = owner is not None and owner.by == "copy"
-    foreign = other_owner(owner, str(manifest.state_identity()[0]), ledger.version_fingerprint(label)) if there else None
+    there, foreign = central.copy_holder(label, str(manifest.state_identity()[0]), ledger.version_fingerprint(label))
     # (--download: "the only check of the bytes the centre holds" read every file but the copy the reviewers open)
     return there, foreign, central.copy_damage(label) if there and foreign is None and download else None
 

@@ -230,12 +230,13 @@ _LABEL_FIX = ("the labels are chorus-upload's --version values and a version's c
 
 
 def _check_labels(trees: list[VersionTree], where: str) -> None:
-    from ..commit import _LABEL_RE
+    from ..commit import _LABEL_RE, LABEL_MAX
 
     for before, tree in zip([None, *trees], trees):
         if not _LABEL_RE.fullmatch(tree.label):
             raise UsageError(f"upstream version label {tree.label!r} is not a label chorus-batch can keep (letters, "
-                             "digits, '.', '_', '-', starting with a letter or digit and not ending in '.'; at most 64)", where=where,
+                             "digits, '.', '_', '-', starting with a letter or digit and not ending in '.'; at most "
+                             f"{LABEL_MAX})", where=where,
                              fix=_LABEL_FIX)
         if before is not None and tree.label <= before.label:
             raise UsageError(
