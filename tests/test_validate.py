@@ -692,6 +692,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("name_clash", both(add(f"{P1}/Metadata/Notes.txt", b"one"), add(f"{P1}/Metadata/notes.txt", b"two")),
      {("file.name_clash", f"{P1}/Metadata/Notes.txt"), ("file.name_clash", f"{P1}/Metadata/notes.txt"),
       ("layout.person_subfolder", f"{P1}/Metadata/")}),
+    # folders twinned in Unicode form (NFC é, NFD e + accent) or case, their files named apart: no file path clashed,
+    # yet a macOS or Windows copy merges them; one finding per spelling of the topmost twin (not Sub/ below it).
+    # A file's NFC/NFD twin is told as its case twin is.
+    ("name_clash_unicode", both(*(add(f"{P1}/Metadata/{n}", n.encode()) for n in (
+        "Caf\u00e9/Sub/a.txt", "Cafe\u0301/Sub/b.txt", "Notes/a.txt", "notes/b.txt", "na\u00efve.txt", "nai\u0308ve.txt"))),
+     {("file.name_clash", f"{P1}/Metadata/{n}") for n in ("Caf\u00e9/", "Cafe\u0301/", "Notes/", "notes/", "na\u00efve.txt",
+                                                         "nai\u0308ve.txt")} | {("layout.person_subfolder", f"{P1}/Metadata/")}),
     # names a Windows disk cannot hold: one finding at the first such part (a folder's for all its files)
     ("windows_reserved", both(*(add(f"{P1}/Metadata/{n}") for n in ("CON/notes.txt", "CON/more.txt", "nul.txt",
                                                                      "Com1.hea", "lpt9", "console.txt", "nul_x.txt"))),

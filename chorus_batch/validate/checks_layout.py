@@ -231,44 +231,69 @@ def _duplicates(current: pl.DataFrame, across: _Across) -> list[pl.LazyFrame]:
                        "only", pl.col("md5"), pl.col("_n"), _counted_list(pl.col("_persons"), pl.col("_n"))))]
 
 
+def _twinned_in() -> pl.Expr:
+    """How srcfile differs from its twins in _all (keyed alike): letter case, or which Unicode form it is in."""
+    return (pl.when(pl.col("_all").list.eval(pl.element().str.to_lowercase()).list.n_unique() == 1)
+            .then(pl.lit("letter case"))
+            .when(pl.col("srcfile") == pl.col("srcfile").str.normalize("NFC"))
+            .then(pl.lit("Unicode form (this one is composed, NFC: é as one character)"))
+            .otherwise(pl.lit("Unicode form (this one is decomposed, NFD, as macOS writes names: é as e + accent)")))
+
+
 def _name_clashes(current: pl.DataFrame) -> list[pl.LazyFrame]:
     """Paths a case-insensitive or Unicode-normalising file system (Windows, macOS: where the centre or a
     reviewer copies the files) cannot hold apart: two files whose paths differ only in letter case or Unicode
-    form (a name written on macOS is NFD, é as e + accent), or a file whose path is also a folder of other
-    files (a container can hold both; a disk cannot). Each is kept, tracked and uploaded as it is, but a copy
+    form (a name written on macOS is NFD, é as e + accent), two folders named so (one finding per spelling of
+    the topmost, at the folder's path with '/'), or a file whose path is also a folder of other files (a
+    container can hold both; a disk cannot). Each is kept, tracked and uploaded as it is, but a copy
     on such a disk keeps one of them, and validation reads both as the same table (person.csv, Person.csv)."""
     # The key once for all rules below, NFC only where a path holds non-ASCII (an ASCII string is its own NFC):
     # normalising every path and keying lazily in three places took most of this rule's 0.5-0.7 s at 100k files.
     paths = current.select("srcfile")
     plain = pl.col("srcfile").str.len_bytes() == pl.col("srcfile").str.len_chars()
-    keyed = pl.concat([
-        paths.filter(plain).with_columns(_key=pl.col("srcfile").str.to_lowercase()),
-        paths.filter(~plain).with_columns(_key=pl.col("srcfile").str.normalize("NFC").str.to_lowercase()),
-    ])
+
+    def key(frame: pl.DataFrame) -> pl.DataFrame:
+        return pl.concat([
+            frame.filter(plain).with_columns(_key=pl.col("srcfile").str.to_lowercase()),
+            frame.filter(~plain).with_columns(_key=pl.col("srcfile").str.normalize("NFC").str.to_lowercase()),
+        ])
+
+    keyed = key(paths)
     candidates = keyed.filter(pl.col("_key").is_duplicated())  # most paths have no twin: grouped are the few left
     twins = candidates.lazy().join(candidates.lazy().group_by("_key").agg(pl.col("srcfile").sort().alias("_all")),
                                    on="_key").with_columns(
         _others=pl.col("_all").list.set_difference(pl.concat_list(pl.col("srcfile"))).list.sort())
-    # Every folder key: the distinct parents, then their parents, and so on (each level fewer than the last).
-    level = keyed.get_column("_key").filter(keyed.get_column("_key").str.contains("/", literal=True))
-    folders = []
+    # Every folder as written: the distinct parents, then their parents, and so on (each level fewer than the
+    # last), keyed as the files are (they are far fewer).
+    level = paths.get_column("srcfile").filter(paths.get_column("srcfile").str.contains("/", literal=True))
+    written = []
     while level.len():
         level = level.str.replace(r"/[^/]*$", "").unique()
-        folders.append(level)
+        written.append(level)
         level = level.filter(level.str.contains("/", literal=True))
-    folder_keys = pl.concat(folders) if folders else pl.Series("_key", [], pl.String)
-    shadowed = keyed.lazy().filter(pl.col("_key").is_in(folder_keys.implode()))
+    folders = key(pl.concat(written).unique().to_frame() if written else paths.clear())  # at several levels
+    shadowed = keyed.lazy().filter(pl.col("_key").is_in(folders.get_column("_key").implode()))
+    # Folders twinned in case or Unicode form (000101/Waveforms/Café/ written once in NFC, once in NFD): their files
+    # may all be named apart, so no file path clashes, yet a disk merges the two folders. One finding per spelling of
+    # the topmost such folder (the folders below a twin are twins too, or not clashing at all).
+    clashing = folders.filter(pl.col("_key").is_duplicated())
+    folder_twins = (clashing.lazy()
+                    .filter(~pl.col("_key").str.replace(r"/[^/]*$", "").is_in(clashing.get_column("_key").implode())
+                            | ~pl.col("_key").str.contains("/", literal=True))
+                    .join(clashing.lazy().group_by("_key").agg(pl.col("srcfile").sort().alias("_all")), on="_key")
+                    .with_columns(_others=pl.col("_all").list.set_difference(pl.concat_list(pl.col("srcfile")))
+                                  .list.sort().list.eval(pl.element() + "/")))
     return [
         # The same letters on screen in Unicode twins: the message says which form this path is written in.
         _found("file.name_clash", twins, "srcfile",
                fmt("its path differs from {} only in {}: a copy on a disk that ignores case or Unicode form (Windows, macOS) keeps one "
                    "of them, and validation reads them as one; rename or remove all but one", _join_list(pl.col("_others")),
-                   pl.when(pl.col("_all").list.eval(pl.element().str.to_lowercase()).list.n_unique() == 1)
-                   .then(pl.lit("letter case"))
-                   .when(pl.col("srcfile") == pl.col("srcfile").str.normalize("NFC"))
-                   .then(pl.lit("Unicode form (this one is composed, NFC: é as one character)"))
-                   .otherwise(pl.lit("Unicode form (this one is decomposed, NFD, as macOS writes names: é as e + "
-                                     "accent)")))),
+                   _twinned_in())),
+        _found("file.name_clash", folder_twins, pl.col("srcfile") + "/",
+               fmt("this folder's name differs from {} only in {}: the storage keeps both folders, but a copy on a "
+                   "disk that ignores case or Unicode form (Windows, macOS) merges them (a file of the same name in "
+                   "each keeps one); move the files into one folder, spelled as the procedures spell it, and remove "
+                   "the other", _join_list(pl.col("_others")), _twinned_in())),
         _found("file.name_clash", shadowed, "srcfile",
                pl.lit("its path is also a folder of other files (the storage holds both, a disk cannot; letter case "
                       "and Unicode form aside): a copy of the site keeps the file or the folder, not both; rename "

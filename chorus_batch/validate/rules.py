@@ -977,8 +977,10 @@ RULES: tuple[Rule, ...] = (
          remedy='Check which person the file belongs to; remove the other copy.'),
     Rule("file.name_clash", "error", "names a Windows or macOS disk cannot hold apart",
          "Two paths differ only in letter case or Unicode form (person.csv and Person.csv; é as one character or as "
-         "e + accent), or a file's path is also a folder of other files (possible in a container): a copy of the "
-         "site on Windows or macOS keeps one of them, and validation reads such twins as one table.",
+         "e + accent), two folders named so (Café/ in NFC beside Café/ in NFD, their files named apart: one finding "
+         "per spelling of the topmost folder), or a file's path is also a folder of other files (possible in a "
+         "container): a copy of the site on Windows or macOS keeps one of them (merges the folders), and validation "
+         "reads such twins as one table.",
          sop=((OWN, "the tool's own: the disks a site is copied to"),),
          remedy='Rename one of the two.'),
     # Windows cannot hold them at all (nor any disk, a name over 255 bytes): an error, as file.name_clash
