@@ -494,6 +494,17 @@ def test_a_time_given_to_a_reading_command_says_the_version_it_selected(history,
     assert capsys.readouterr().err.startswith("chorus-batch: error: --as-of: no version 'nope'")
 
 
+def test_a_table_one_row_short_of_its_limit_says_one_more_row(history, capsys, monkeypatch):
+    """The tables' limit line (files, changes, status, run --dry-run: one head_text) said "... and 1 more rows"."""
+    from chorus_batch import cli as cli_module
+
+    total = open_manifest(history["db"]).versions()["n_files"][-1]
+    monkeypatch.setattr(cli_module, "FILE_TABLE_ROWS", total - 1)
+    assert cli_module.main(["files", "--db", str(history["db"])]) == 0
+    out = capsys.readouterr().out
+    assert f"... and 1 more row ({total} in all); --csv or --json lists them all" in out, out
+
+
 def test_validated_tells_a_clean_version_from_an_unchecked_one(history, tmp_path):
     """An empty `findings` is either; `validated` says which (a snapshot folder does not record it: None)."""
     assert open_manifest(history["db"]).validated("v1") is True  # run validates
