@@ -1506,7 +1506,7 @@ def _stored_validation(args: argparse.Namespace, target: _Target):
     from .review import open_manifest, other_rules_advice, unvalidated_advice
 
     reader = open_manifest(target.db)
-    label = reader.resolve(args.version_label, asked="--version")
+    label = _version_asked(reader, args.version_label, "--version")
     latest = reader.latest()
     if label == latest:
         return None
@@ -1674,6 +1674,18 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _version_asked(reader, value, option: str) -> str:
+    """The label `value` (a label, an ISO time, None: the latest) selects, as every reading command resolves its
+    --version / --as-of / --from / --to: a time is said on stderr with the version it selected, as `report` and
+    `review` say it (`files --as-of 2099-01-01 --json` listed the latest version's files without a word, and
+    --json and --csv name no version at all); an unknown one is refused naming the option."""
+    label = reader.resolve(value, asked=option)
+    note = reader.as_of_note(value, label)
+    if note:
+        print(f"chorus-batch: {note}", file=sys.stderr)
+    return label
+
+
 def _db(args: argparse.Namespace, target: _Target | None = None) -> str:
     """The manifest file a read-only command reads: --db, or a fresh local copy of a manifest in Azure."""
     target = target or _resolve(args)
@@ -1788,10 +1800,10 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     db = _db(args)
     reader = open_manifest(db) if Path(db).is_dir() or args.version_label is not None else None  # one, if any
     if reader is not None and Path(db).is_dir():  # a --parquet snapshot folder, as files, diff, history and report read it
-        label = reader.resolve(args.version_label)
+        label = _version_asked(reader, args.version_label, "--version")
         frame = reader.changes(label)
     else:  # a label or an ISO time, as files, diff and report take it
-        version = args.version_label if reader is None else reader.resolve(args.version_label)
+        version = args.version_label if reader is None else _version_asked(reader, args.version_label, "--version")
         label, frame = Manifest(db).changes(version)
     if args.path is not None:
         reader = reader or open_manifest(db)
@@ -1987,6 +1999,7 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     from .review import NoSuchPerson, open_manifest
 
     reader = open_manifest(_db(args))
+    args.as_of = _version_asked(reader, args.as_of, "--as-of")  # (then a label: the reads below say nothing more)
     table = not (args.md5sum or args.json or args.csv)
     # Of the version's rows, the table reads its first 200 (and counts the rest), --md5sum two columns: read whole,
     # `files` of 1M files peaked at ~890 MiB whatever it printed; --json and --csv read it a slice at a time. --path:
@@ -2130,6 +2143,8 @@ def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
     from .review import open_manifest
 
     reader = open_manifest(_db(args))
+    args.from_version = _version_asked(reader, args.from_version, "--from")
+    args.to_version = _version_asked(reader, args.to_version, "--to")
     frame = reader.diff(args.from_version, args.to_version)
     if args.md5sum:
         return _print_md5sum(frame)

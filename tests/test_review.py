@@ -468,6 +468,43 @@ def test_a_version_argument_that_names_no_version_is_said_by_its_name(reader, hi
     assert not (tmp_path / "r.ipynb").exists()
 
 
+def test_a_time_given_to_a_reading_command_says_the_version_it_selected(history, capsys):
+    """`files --as-of 2099-01-01 --json` listed the latest version's files without a word (--json and --csv name no
+    version), `changes --version TIME`, `diff --from TIME` alike, while `report` and `review` said which version a
+    time selected: every reading command says it on stderr now, and names its option when the version is unknown."""
+    from chorus_batch import cli as cli_module
+
+    db, (first, second, last) = str(history["db"]), history["labels"]
+    versions = open_manifest(history["db"]).versions()
+    between = versions["finished_at"][1]  # the second version's own commit time: that version, in force then
+    assert cli_module.main(["files", "--db", db, "--as-of", "2099-01-01", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == versions["n_files"][-1]
+    assert (f"chorus-batch: as of 2099-01-01 (a time in the future): no version was committed after {last}"
+            f" (committed {versions['finished_at'][-1]}), so the latest version, {last}, is shown") in err, err
+    assert cli_module.main(["changes", "--db", db, "--version", between, "--csv"]) == 0
+    out, err = capsys.readouterr()
+    assert f"as of {between}: version {second}, committed {between} (the version in force then)" in err, err
+    assert cli_module.main(["diff", "--db", db, "--from", between]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{second} -> {last}:") and f"as of {between}: version {second}" in err, err
+    assert cli_module.main(["files", "--db", db, "--as-of", first, "--csv"]) == 0  # a label: nothing to say
+    assert capsys.readouterr().err == ""
+    assert cli_module.main(["files", "--db", db, "--as-of", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("chorus-batch: error: --as-of: no version 'nope'")
+
+
+def test_a_table_one_row_short_of_its_limit_says_one_more_row(history, capsys, monkeypatch):
+    """The tables' limit line (files, changes, status, run --dry-run: one head_text) said "... and 1 more rows"."""
+    from chorus_batch import cli as cli_module
+
+    total = open_manifest(history["db"]).versions()["n_files"][-1]
+    monkeypatch.setattr(cli_module, "FILE_TABLE_ROWS", total - 1)
+    assert cli_module.main(["files", "--db", str(history["db"])]) == 0
+    out = capsys.readouterr().out
+    assert f"... and 1 more row ({total} in all); --csv or --json lists them all" in out, out
+
+
 def test_validated_tells_a_clean_version_from_an_unchecked_one(history, tmp_path):
     """An empty `findings` is either; `validated` says which (a snapshot folder does not record it: None)."""
     assert open_manifest(history["db"]).validated("v1") is True  # run validates

@@ -311,7 +311,8 @@ def head_text(frame: pl.DataFrame, limit: int | None, more: str, *, total: int |
     total = frame.height if total is None else total
     if limit is None or total <= limit:
         return [frame_text(frame)]
-    return [frame_text(frame.head(limit)), f"... and {total - limit} more rows ({total} in all); {more}"]
+    # (plural: "... and 1 more rows" was said)
+    return [frame_text(frame.head(limit)), f"... and {plural(total - limit, 'more row')} ({total} in all); {more}"]
 
 
 def changes_text(result: RunResult, *, limit: int | None, more: str) -> str:
