@@ -1173,3 +1173,46 @@ def test_a_report_as_of_a_date_says_which_version_that_date_selected(two_version
     assert info.version == first and info.as_of == (f"as of {at.isoformat()}: version {first}, committed "
                                                     f"{versions['finished_at'][-2]} (the version in force then)")
     assert write_report(db, tmp_path / "r.html", version=second).as_of is None
+
+
+def test_the_findings_section_counts_findings_in_the_manifest_without_reading_them(tmp_path, monkeypatch):
+    """`report` of a site with 500,000 findings in each of two versions read both versions' findings into frames to
+    count them and compare them (631 MB peak RSS; 312 MB counted in SQLite). The page reads counts, each rule's first
+    findings and the comparison with the previous version from the manifest (findings_overview): the same as the
+    frames give (ManifestReader's polars version, which a snapshot folder uses), ties and a site-level finding (no
+    path) included, and no version's findings are read whole."""
+    from chorus_batch.report.html import _Report
+    from chorus_batch.review import ManifestReader, SQLiteReader
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    first = run_site(site, db).label
+    write(site, "OMOP/visit.csv", b"visit_id\n1\n")
+    second = run_site(site, db).label
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        for label, files in ((first, range(0, 6)), (second, range(3, 9))):
+            con.executemany("INSERT INTO findings VALUES (?, ?, ?, ?, ?)",
+                            [(label, sev, rule, f"P{i % 4}/f{i}.dat", f"m{i % 2}") for i in files
+                             for sev, rule in (("error", "r.a"), ("warning", "r.b"), ("info", "r.a"))]
+                            + [(label, "error", "r.a", None, "site-level"), (label, "warning", "r.b", "P0/f3.dat", "m0")])
+    reader = open_manifest(db)
+    assert isinstance(reader, SQLiteReader)
+    got = reader.findings_overview(second, first, examples=3)
+    want = ManifestReader.findings_overview(reader, second, first, examples=3)
+    key = ["severity", "rule"]
+    assert got.groups.sort(key).rows() == want.groups.sort(key).rows()
+    assert (got.total, got.validated, got.other_rules, got.since) == (want.total, want.validated, want.other_rules, want.since)
+    assert got.since["fixed"]["total"] and got.since["new"]["total"] and got.since["still_open"]["total"]
+
+    def whole(*_a, **_k):
+        raise AssertionError("a version's findings read whole")
+
+    monkeypatch.setattr(SQLiteReader, "validation", whole)
+    monkeypatch.setattr(SQLiteReader, "_findings", whole)
+    with _Report(reader, second) as report:  # the section's values (the page, drawn, takes seconds of plots)
+        section = report.findings()
+    assert section["since"].startswith(f"Since version {first}: fixed"), section
+    ours = [row for row in section["rows"] if row[1] in ("r.a", "r.b")]
+    assert [(sev, rule, n) for sev, rule, n, _ex in ours] == [("error", "r.a", 7), ("warning", "r.b", 7),
+                                                              ("info", "r.a", 6)], ours
+    assert ours[0][3].shown[0] == (None, "site-level")  # no path sorts first, as `findings` lists them

@@ -39,12 +39,12 @@ from .. import __version__
 from ..frames import SEVERITY_ORDER
 from ..fsutil import check_not_manifest, check_target, write_private, write_stdout
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, RUN_OK_CODES,
-                      RUNS_SHOWN, ManifestReader, open_manifest, other_rules_advice, severity_counts, size_flags,
+                      RUNS_SHOWN, ManifestReader, open_manifest, other_rules_advice, size_flags,
                       unvalidated_advice)
 from ..times import iso, utc_now
 from ..units import counted, error_kind, home_relative, human_bytes, number, shown_name, shown_text
 from . import plots
-from .summary import findings_compared, findings_since_text
+from .summary import findings_since_text
 
 # Stable element ids of the sections, in page order, and their titles.
 SECTION_IDS = (
@@ -523,13 +523,16 @@ class _Report:
 
     # 8
     def findings(self) -> dict | None:
-        # findings and whether (and by which rules) the version was checked, read at once: one state of the manifest
-        findings, validated, rules = self.reader.validation(self.label)
+        # findings counted (by severity and rule, with each group's first few) and whether (and by which rules) the
+        # version and the previous one were checked, read at once: one state of the manifest, and never the findings
+        # themselves (500k findings in each of two versions were ~0.6 GB of frames)
+        seen = self.reader.findings_overview(self.label, self.previous, examples=EXAMPLES)
+        validated, rules = seen.validated, seen.other_rules
         # an earlier release's findings were shown as this release's
         old_rules = rules and self.flag(other_rules_advice(self.label, rules, self.reader.latest(), self.db,
                                                            remote=self.remote))
-        since = self.findings_since(findings, validated)
-        if findings.height == 0:
+        since = self.findings_since(seen.since)
+        if seen.total == 0:
             if validated:
                 return {"old_rules": old_rules, "since": since} if old_rules or since else None
             if validated is None:  # a snapshot folder does not record which versions were checked
@@ -537,9 +540,7 @@ class _Report:
             # no findings because nothing was checked (`run --no-validate`): not a clean version
             return {"unchecked": self.flag(unvalidated_advice(self.label, self.reader.latest(), self.db,
                                                               remote=self.remote))}
-        grouped = (findings.with_columns(severity=pl.col("severity").fill_null("unknown"), rule=pl.col("rule").fill_null(""))
-                   .group_by("severity", "rule").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES),
-                                                     msg=pl.col("message").head(EXAMPLES))
+        grouped = (seen.groups
                    .with_columns(_rank=pl.col("severity").str.to_lowercase()
                                  .replace_strict(SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
                    .sort(["_rank", "n", "rule"], descending=[False, True, False]))
@@ -550,23 +551,19 @@ class _Report:
             "old_rules": old_rules,
             "since": since,
             # said as `validate` says them ("2 errors, 1 warning, 3 notes"), not "2 error"
-            "by_severity": severity_counts(findings),  # (review.severity_counts: the notebook says them so too)
+            "by_severity": seen.severity_counts(),  # (review.severity_counts: the notebook says them so too)
             "rows": [(r["severity"], r["rule"], r["n"], Examples(list(zip(r["ex"], r["msg"])), r["n"]))
                      for r in grouped.iter_rows(named=True)],
             "command": self.py(f"m.findings({json.dumps(self.label)})", "findings.csv"),
         }
 
-    def findings_since(self, findings: pl.DataFrame, validated: bool | None) -> str | None:
+    def findings_since(self, since: dict | None) -> str | None:
         """What this version fixed, brought and kept of the previous version's findings, as the run's summary says it
         ('since version X: fixed 3 (...); new 0; still open 2 (...)'): the page said only this version's findings, so a
         reviewer could not tell 5 errors fixed and 5 new from nothing done. None where either version was not
         checked (a snapshot folder does not say: None too), or there is no previous version."""
-        if self.previous is None or validated is not True:
+        if since is None:
             return None
-        before, checked, _rules = self.reader.validation(self.previous)
-        if checked is not True:
-            return None
-        since = findings_compared(before, findings, self.previous)
         if not (since["fixed"]["total"] or since["new"]["total"] or since["still_open"]["total"]):
             return None  # nothing found in either: "No findings" says it
         return findings_since_text(since, grouped=True).capitalize() + "."
