@@ -57,14 +57,13 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, V
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .config_file import read_toml_text, resolve_path, setting_line
+from .config_file import MODALITIES, read_toml_text, resolve_path, setting_line  # noqa: F401  (config.MODALITIES as ever)
 from .errors import ChorusError, ConfigError, SettingError
 from .processes import default_workers
 from .urls import holds_userinfo, mask_url, secret_variable
 
 # Where a person finds every setting with an example (a config error's fix points there).
 CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
-MODALITIES = ("OMOP", "Metadata", "Waveforms", "Images")
 
 
 class _Strict(BaseModel):

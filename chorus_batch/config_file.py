@@ -12,6 +12,10 @@ from typing import Any
 
 from .errors import ConfigError
 
+# The modalities a site's settings name (chorus.toml's [patterns], upload --modalities), "Other" aside; here, not in
+# config.py, so that the review API (and the review notebook's kernel) has them without pydantic's models (0.3 s CPU).
+MODALITIES = ("OMOP", "Metadata", "Waveforms", "Images")
+
 CONFIG_NAME = "chorus.toml"
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from .config import MODALITIES
+from .config_file import MODALITIES  # (not .config: its pydantic models cost the kernel 0.3 s CPU)
 from .diff import compute_diff, private_duckdb
 from .errors import UsageError, first_run_command, named, pass_db
 from .frames import columns_of, schema_of
