@@ -59,7 +59,7 @@ def site_files(rows: int, offset: int = 0) -> pl.DataFrame:
         mtime_ns=1_700_000_000_000_000_000 + pl.col("i"),
         md5=md5_of(pl.col("i")),
         read=pl.lit(False), verify=pl.lit(False), md5_source=pl.lit("reused"), etag=pl.lit(None, pl.String),
-        i=pl.col("i"),
+        read_ns=pl.lit(None, pl.Int64), i=pl.col("i"),
     )
 
 

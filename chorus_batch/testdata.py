@@ -27,7 +27,7 @@ I an instance number, P_D_T a start stamp <person>_<YYYYMMDD>_<HHMMSS>):
   "flat"  the initial SOP's flat names, as this module wrote before layouts:
           P/Waveforms/P_D_T_3600.dat, P/Waveforms/P_D_T/P_D_T_1800_0001.dat + P_D_T'_1800_0002.dat,
           P/Waveforms/P_D_T/P_D_T.hea|.dat[|n.csv] (WFDB, II at 125 Hz), P/Waveforms/RECORDS (the person's
-          WFDB records), P/waveforms/P_D_T_60.csv,
+          WFDB records), P/Waveforms/P_D_T_60.csv,
           P/Images/STxxxx/SExx/P_D_T_<CT|MR>_<series>_<instance>.dcm and OMOP/waveform_visit_links.csv
           (visit_occurrence_id,session)
 
@@ -421,7 +421,9 @@ def _person(spec: Spec, i: int, second: bool) -> tuple[dict[str, tuple], _Summar
                 files[f"{folder}/{_stamp(pid, at + timedelta(seconds=1800))}_1800_0002.dat"] = (
                     "raw", f"{tag}:2{version}")
             elif kind == "csv":
-                files[f"{pid}/waveforms/{session}_60.csv"] = ("csv", tag + version)
+                # (in Waveforms/ as the rest: a waveforms/ beside it is two folders a Windows or macOS copy merges,
+                # file.name_clash; it was lower case here)
+                files[f"{pid}/Waveforms/{session}_60.csv"] = ("csv", tag + version)
             else:  # wfdb, wfdb+n: renamed records are annotated instead (a record's name is inside its header)
                 folder = f"{pid}/Waveforms/{session}"
                 signal = tag + (version if version != ":renamed" else "")

@@ -212,7 +212,9 @@ KINDS = {  # a regular expression per kind of file each layout writes ({P}: the 
         "WFDB signal": r"{P}/Waveforms/({P}_\d{8}_\d{6})/\1\.dat",
         "WFDB numerics": r"{P}/Waveforms/({P}_\d{8}_\d{6})/\1n\.csv",
         "RECORDS": r"{P}/Waveforms/RECORDS",
-        "lower-case folder": r"{P}/waveforms/{P}_\d{8}_\d{6}_60\.csv",
+        # (was in a lower-case waveforms/ beside Waveforms/: two folders a Windows or macOS copy merges, file.name_clash;
+        # a lower-case modality folder's reading is test_classify's)
+        "60-second CSV": r"{P}/Waveforms/{P}_\d{8}_\d{6}_60\.csv",
         "DICOM study/series": r"{P}/Images/ST\d{4}/SE\d{2}/{P}_\d{8}_\d{6}_CT_\d+_\d+\.dcm",
         "links": r"OMOP/waveform_visit_links\.csv",
     },

@@ -52,23 +52,25 @@ FLAT_SERIES1 = f"{P0}/Images/study_{DAY0}/series_1"
 FLAT_DCM = f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 1)}"
 
 
-def validate(root: Path, workers: int = 2) -> pl.DataFrame:
-    """The findings of the site at `root`; checked whole, and again split in parts (a large site is checked a
-    few person folders at a time): the top-level folders in two parts, every other one, the findings must be the
-    same. (Two parts, not one per folder: each part is a full check, ~0.3 CPU-s here, and ~380 cases call this;
-    two already put person folders apart from each other and from the files every part holds.)"""
+def validate(root: Path, workers: int = 2, *, in_parts: bool = False) -> pl.DataFrame:
+    """The findings of the site at `root`. `in_parts`: checked again split in parts (a large site is checked a few
+    person folders at a time), the top-level folders in two parts, every other one: the findings must be the same.
+    test_each_rule_fires_exactly_where_expected asks it of every rule's case; the other tests here check a finding's
+    words, and test_property_parts the split on generated sites. (Each part is a full check, ~0.3 CPU-s; ~380 tests
+    call this, and the suite is at its 30-minute limit.)"""
     current = scan_current(root)
     facts = extract_facts(LocalSource(root), facts_needed(current), workers=workers)
     whole = check(current, facts)
-    by_folder = current["srcfile"].str.extract(r"^([^/]*)/", 1).fill_null("").rank("dense") % 2
-    counted: list[int] = []
-    assert_frame_equal(check(current, facts, parts=by_folder, done=counted.append), whole)
-    assert sum(counted) == current.height  # the progress counter ends at the site's file count
+    if in_parts:
+        by_folder = current["srcfile"].str.extract(r"^([^/]*)/", 1).fill_null("").rank("dense") % 2
+        counted: list[int] = []
+        assert_frame_equal(check(current, facts, parts=by_folder, done=counted.append), whole)
+        assert sum(counted) == current.height  # the progress counter ends at the site's file count
     return whole
 
 
 def found(root: Path) -> set[tuple[str, str]]:
-    return {(rule, srcfile) for rule, srcfile in validate(root).select("rule", "srcfile").rows()}
+    return {(rule, srcfile) for rule, srcfile in validate(root, in_parts=True).select("rule", "srcfile").rows()}
 
 
 @pytest.fixture(scope="module")
@@ -899,7 +901,7 @@ def test_clean_site_has_no_findings(clean):
 @pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_each_rule_fires_exactly_where_expected(clean, mutate, expected):
     mutate(clean)
-    out = validate(clean)
+    out = validate(clean, in_parts=True)
     assert {(r, s) for r, s in out.select("rule", "srcfile").rows()} == expected, out.to_dicts()
     assert out["message"].str.len_chars().min() > 20  # a sentence: what is wrong, what to do
 
