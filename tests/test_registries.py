@@ -71,13 +71,39 @@ def expected_visit(site: Path, person: str, when: datetime | None) -> str:
     return max(hits)[1] if hits else ""
 
 
-@pytest.fixture
-def released(tmp_path: Path):
-    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+@pytest.fixture(scope="module")
+def released_once(tmp_path_factory) -> Path:
+    """The clean site, its run and its registries (--omop), made once for the module: `released` copies them."""
+    base = tmp_path_factory.mktemp("released")
+    site, db, out = base / "site", base / "m.sqlite", base / "release"
     sitegen.build_clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
     assert done.returncode == 0, done.stderr
+    return base
+
+
+@pytest.fixture
+def released(released_once: Path, tmp_path: Path):
+    """A test's own copy of `released_once` in its tmp_path, as if run and registered there: the root the manifest
+    records and the registries' src_file name the copy (the files keep their mtimes, which the manifest records)."""
+    import shutil
+    import sqlite3
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    shutil.copytree(released_once / "site", site)
+    shutil.copytree(released_once / "release", out)
+    for manifest in released_once.glob("m.sqlite*"):
+        shutil.copy2(manifest, tmp_path / manifest.name)
+    old, new = f"{released_once}/", f"{tmp_path}/"
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE roots SET location = replace(location, ?, ?)", (old, new))
+        con.execute("UPDATE versions SET site = replace(site, ?, ?)", (old, new))
+        con.execute("UPDATE runs SET argv = replace(argv, ?, ?), site = replace(site, ?, ?)", (old, new, old, new))
+    con.close()
+    for registry in out.iterdir():
+        registry.write_bytes(registry.read_bytes().replace(old.encode(), new.encode()))
     return site, db, out
 
 
@@ -794,8 +820,11 @@ def test_a_signal_while_the_registries_are_put_in_place_waits_for_all_of_them(re
     site, db, out = released
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _second_version(site, db)
-    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # after the first
+    resume = out.parent / "resume"
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+60",  # after the first
+                  resume=resume)
     os.kill(proc.pid, signal.SIGTERM)
+    resume.touch()  # (the signal is pending in the process before it goes on)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     after = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -832,10 +861,13 @@ def test_a_registry_failing_between_its_renames_puts_the_earlier_set_back(releas
     site, db, out = released
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _second_version(site, db)
-    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # one renamed
+    resume = out.parent / "resume"
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+60",  # one renamed
+                  resume=resume)
     (out / "image_registry.csv").unlink()
     (out / "image_registry.csv").mkdir()  # the next rename fails
     (out / "image_registry.csv" / "x").write_text("x")
+    resume.touch()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert "image_registry.csv is a folder" in err and "waveform_registry.csv had been put in place and was put back" in err, err
@@ -849,9 +881,12 @@ def test_two_signals_held_while_the_registries_are_put_in_place_are_said_as_the_
     the last one held, where a run stopping on a SIGHUP says that one whatever comes after it."""
     site, db, out = released
     _second_version(site, db)
-    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # after the first
+    resume = out.parent / "resume"
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+60",  # after the first
+                  resume=resume)
     os.kill(proc.pid, signal.SIGHUP)
     os.kill(proc.pid, signal.SIGTERM)
+    resume.touch()  # (both signals are pending in the process before it goes on)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 129 and "hung up (SIGHUP)" in err and "SIGTERM" not in err, err
     assert "every registry file had been written to --out before the signal came" in err, err
