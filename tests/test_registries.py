@@ -71,13 +71,62 @@ def expected_visit(site: Path, person: str, when: datetime | None) -> str:
     return max(hits)[1] if hits else ""
 
 
-@pytest.fixture
-def released(tmp_path: Path):
-    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+_CLEAN_SITES: dict[int, Path] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clean_site_templates(tmp_path_factory):
+    """Where clean_site keeps the sites it built for this module."""
+    _CLEAN_SITES.clear()
+    _CLEAN_SITES[0] = tmp_path_factory.mktemp("clean-sites")
+    yield
+    _CLEAN_SITES.clear()
+
+
+def clean_site(root: Path, persons: int = 3) -> None:
+    """sitegen.build_clean_site(root, persons), which writes the same bytes each time: built once per module and
+    copied (the copies' files written now, as a build would)."""
+    import shutil
+
+    if persons not in _CLEAN_SITES:
+        _CLEAN_SITES[persons] = _CLEAN_SITES[0] / str(persons)
+        sitegen.build_clean_site(_CLEAN_SITES[persons], persons=persons)
+    shutil.copytree(_CLEAN_SITES[persons], root, copy_function=shutil.copy, dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def released_once(tmp_path_factory) -> Path:
+    """The clean site, its run and its registries (--omop), made once for the module: `released` copies them."""
+    base = tmp_path_factory.mktemp("released")
+    site, db, out = base / "site", base / "m.sqlite", base / "release"
+    clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
     assert done.returncode == 0, done.stderr
+    return base
+
+
+@pytest.fixture
+def released(released_once: Path, tmp_path: Path):
+    """A test's own copy of `released_once` in its tmp_path, as if run and registered there: the root the manifest
+    records and the registries' src_file name the copy (the files keep their mtimes, which the manifest records)."""
+    import shutil
+    import sqlite3
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    shutil.copytree(released_once / "site", site)
+    shutil.copytree(released_once / "release", out)
+    for manifest in released_once.glob("m.sqlite*"):
+        shutil.copy2(manifest, tmp_path / manifest.name)
+    old, new = f"{released_once}/", f"{tmp_path}/"
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE roots SET location = replace(location, ?, ?)", (old, new))
+        con.execute("UPDATE versions SET site = replace(site, ?, ?)", (old, new))
+        con.execute("UPDATE runs SET argv = replace(argv, ?, ?), site = replace(site, ?, ?)", (old, new, old, new))
+    con.close()
+    for registry in out.iterdir():
+        registry.write_bytes(registry.read_bytes().replace(old.encode(), new.encode()))
     return site, db, out
 
 
@@ -147,7 +196,7 @@ def test_a_procedures_visit_is_that_of_its_earliest_capture(tmp_path):
     """An accession whose series fall in two visits got the visit of its first file by path (a later series, its
     folder's UID sorting first), not that of its earliest capture, as the procedure's date and time are."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
     rows = read_csv(out / "image_registry.csv")
@@ -198,7 +247,7 @@ def test_a_header_written_since_its_version_is_not_read_as_that_versions(tmp_pat
     cached under the recorded MD5 for good, so the registry of that version said so ever after. Now such a file's
     header is not read: its datetime comes from the path (none here: empty), the command says so and exits 1."""
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
     dicoms = sorted(site.rglob("*.dcm"))
     first = next(p for p in dicoms if expected_time(site, p.relative_to(site).as_posix()) is not None)
@@ -233,7 +282,7 @@ def test_visits_whose_dates_are_written_otherwise_are_read_or_told(tmp_path, for
     datetimes gave every file an empty visit_id, exit 0, without a word; so did dates in another form (01/01/2020,
     20200101). The first are that day; the others are told (exit 1), naming a visit and its dates as written."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     visits = site / "OMOP" / "visit_occurrence.csv"
     day = {"midnight": lambda d: f"{d} 00:00:00", "us": lambda d: f"{d[5:7]}/{d[8:10]}/{d[:4]}",
            "compact": lambda d: d.replace("-", "")}[form]
@@ -264,7 +313,7 @@ def test_visit_datetimes_written_to_the_minute_are_read_as_that_minute(tmp_path)
     12:00, the smaller id of two whole days) and one captured between the visits took one too, exit 0, without a
     word. The Multimodal-Linkage procedure asks for the visit that overlaps the capture time: read to the minute."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     visits = site / "OMOP" / "visit_occurrence.csv"
     with_seconds = visits.read_text()
     to_minute = "\n".join(",".join(cell[:16] if len(cell) == 19 and cell[10] == " " else cell for cell in line.split(","))
@@ -286,7 +335,7 @@ def test_ids_the_omop_tables_write_as_decimals_are_read_as_integers(tmp_path):
     1): no visit matched a person (every visit_id empty, exit 0, without a word), and a procedure_occurrence_id
     2001000003.0 in the waveform range was not seen, so the registry gave that id to a session of files."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     visits = site / "OMOP" / "visit_occurrence.csv"
     rows = read_csv(visits)
     with visits.open("w", newline="") as f:
@@ -311,7 +360,7 @@ def test_an_older_versions_registry_says_the_visit_table_is_no_longer_that_versi
     a visit removed since left that version's rows without it. The table is still read as it is (the version's content
     is no longer on the site), but the command says so and exits 1; a table only touched since is read as recorded."""
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     visits = site / "OMOP" / "visit_occurrence.csv"
     text = visits.read_text()
@@ -372,7 +421,7 @@ def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
     import pydicom
 
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     p0 = sitegen.person_ids(1)[0]
     accession = sorted((site / p0 / "Images").glob("*/*"))[0]
     dicoms = sorted(accession.rglob("*.dcm"))
@@ -403,7 +452,7 @@ def test_a_date_without_its_time_gives_way_to_a_full_date_and_time_and_a_date_al
     import pydicom
 
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     p0 = sitegen.person_ids(1)[0]
     dicoms = sorted(sorted((site / p0 / "Images").glob("*/*"))[0].rglob("*.dcm"))
     assert len(dicoms) >= 2
@@ -444,7 +493,7 @@ def test_waveform_sessions_without_a_capture_time_are_told(tmp_path):
     import re
 
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     p0, p1 = sitegen.person_ids(2)
     session = sorted((site / p0 / "Waveforms" / "Telemetry").iterdir())[0]
     for header in session.glob("*.hea"):
@@ -468,7 +517,7 @@ def test_an_older_versions_registry_is_written_after_a_later_version_removed_its
     earlier version stopped for good (exit 2, 'if the site moved since the run that recorded it, pass --site'): the
     tables are not on the site. It is now written, without visits, and a warning says why (exit 1)."""
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     (site / "OMOP" / "visit_occurrence.csv").unlink()
     (site / "OMOP" / "procedure_occurrence.csv").unlink()
@@ -484,7 +533,7 @@ def test_an_older_versions_registry_is_written_after_a_later_version_removed_its
 
 def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     rows = read_csv(site / "OMOP" / "procedure_occurrence.csv")
     rows[0]["procedure_occurrence_id"] = "2000000005"
     with (site / "OMOP" / "procedure_occurrence.csv").open("w", newline="") as f:
@@ -688,7 +737,7 @@ def test_a_visit_table_it_cannot_read_is_told_without_its_rows(tmp_path, damage)
     row: "Expected 8 columns, got 3: 9,000888,SECRET" (a person id and a clinical value on the console, in cron
     mail). It now names the row by number, and the zeros of an unfinished copy as such."""
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     visits = site / "OMOP" / "visit_occurrence.csv"
     visits.write_bytes(visits.read_bytes() + damage)
     cli("run", "-q", "--site", str(site), "--db", str(db))
@@ -704,7 +753,7 @@ def test_a_site_moved_since_the_run_is_said_with_how_to_point_at_it(tmp_path):
     FileNotFoundError, said as "internal error" (exit 3, "report it"). It is a usage error naming the file and
     --site; with --site it works."""
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     moved = site.rename(tmp_path / "moved")
     out = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"))
@@ -721,7 +770,7 @@ def test_a_root_gone_with_headers_never_read_stops_once_as_validate_does(tmp_pat
     capture times and exited 1. It stops once before reading (validate's refuse_unreachable), exit 2, nothing
     written, naming the root and --site; with --site the capture times are read."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     for table in ("visit_occurrence", "procedure_occurrence"):  # (else reading the OMOP tables stops it first)
         (site / "OMOP" / f"{table}.csv").unlink()
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
@@ -794,8 +843,11 @@ def test_a_signal_while_the_registries_are_put_in_place_waits_for_all_of_them(re
     site, db, out = released
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _second_version(site, db)
-    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # after the first
+    resume = out.parent / "resume"
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+60",  # after the first
+                  resume=resume)
     os.kill(proc.pid, signal.SIGTERM)
+    resume.touch()  # (the signal is pending in the process before it goes on)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     after = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -832,10 +884,13 @@ def test_a_registry_failing_between_its_renames_puts_the_earlier_set_back(releas
     site, db, out = released
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _second_version(site, db)
-    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # one renamed
+    resume = out.parent / "resume"
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+60",  # one renamed
+                  resume=resume)
     (out / "image_registry.csv").unlink()
     (out / "image_registry.csv").mkdir()  # the next rename fails
     (out / "image_registry.csv" / "x").write_text("x")
+    resume.touch()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert "image_registry.csv is a folder" in err and "waveform_registry.csv had been put in place and was put back" in err, err
@@ -849,9 +904,12 @@ def test_two_signals_held_while_the_registries_are_put_in_place_are_said_as_the_
     the last one held, where a run stopping on a SIGHUP says that one whatever comes after it."""
     site, db, out = released
     _second_version(site, db)
-    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # after the first
+    resume = out.parent / "resume"
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+60",  # after the first
+                  resume=resume)
     os.kill(proc.pid, signal.SIGHUP)
     os.kill(proc.pid, signal.SIGTERM)
+    resume.touch()  # (both signals are pending in the process before it goes on)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 129 and "hung up (SIGHUP)" in err and "SIGTERM" not in err, err
     assert "every registry file had been written to --out before the signal came" in err, err
@@ -861,7 +919,7 @@ def test_a_compressed_waveform_file_has_no_registry_row_and_is_told(tmp_path):
     """validate counted a compressed copy (file.compressed: decompress it) as no file to list, while the registry
     command gave it a row naming a .gz to deliver. One definition of the files a registry lists serves both."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     session = next(p for p in site.glob("*/Waveforms/Telemetry/*") if p.is_dir())
     gz = session / f"{session.name}n.csv.gz"
     gz.write_bytes(b"\x1f\x8b\x08\x00")
@@ -880,7 +938,7 @@ def test_the_registry_reads_the_version_file_list_once(tmp_path, monkeypatch):
     from chorus_batch.review import SQLiteReader
 
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
     reads = []
     real = SQLiteReader._files_at
@@ -895,7 +953,7 @@ def test_an_edf_sessions_rows_are_dated_by_its_header(tmp_path):
     their procedure no procedure_date, though the header holds the start. Now they are the header's start, and the
     visit is the one it falls in."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     p1 = sitegen.person_ids(2)[1]
     start = sitegen.visit_hours(1)[0][0] + timedelta(minutes=30)  # in the person's first visit
     write(site, f"{p1}/Waveforms/EEG/900777/900777.edf", sitegen.edf_bytes(start))
@@ -915,7 +973,7 @@ def test_a_person_folder_without_a_person_row_is_told_and_a_person_table_it_cann
     (registry.unknown_person). Now registry names the folder (exit 1); an id written without its leading zeros in
     person.csv is the same person; a person.csv it cannot read is said, and the registries are still written."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     p0, p1, p2 = sitegen.person_ids(3)
     table = site / "OMOP" / "person.csv"
     lines = table.read_text().splitlines()
@@ -941,7 +999,7 @@ def test_a_person_folder_whose_person_id_is_written_as_a_decimal_is_told(tmp_pat
     (registry.unknown_person). Now registry warns, naming the folder and the id as written (exit 1); an id also
     written as an integer is not told."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     p0, p1, _p2 = sitegen.person_ids(3)
     table = site / "OMOP" / "person.csv"
     lines = table.read_text().splitlines()
@@ -961,7 +1019,7 @@ def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_pat
     """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
     names, which the comma-delimited read then did not have ("internal error: ArrowKeyError", exit 3)."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     path = site / "OMOP" / f"{table}.csv"
     path.write_text(path.read_text().replace(",", ";"))
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
@@ -978,7 +1036,7 @@ def test_an_omop_table_naming_its_key_twice_is_told_not_an_internal_error(tmp_pa
     cannot be read: person.csv as a warning (the registries are written), the others refused as other unreadable
     tables are."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     path = site / "OMOP" / f"{table}.csv"
     header, rest = path.read_text().split("\n", 1)
     names = header.split(",")
@@ -1166,7 +1224,7 @@ def test_a_version_without_a_visit_table_is_told_not_given_empty_visit_ids_silen
     read as the procedure's NULL ("no visit for that patient overlaps"), when no visit was looked at. Warned (exit 1);
     the rows are written as before."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "out"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     (site / "OMOP" / "visit_occurrence.csv").unlink()
     cli("run", "-q", "--site", str(site), "--db", str(db))
     done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
@@ -1183,7 +1241,7 @@ def test_visits_whose_end_datetime_is_the_midnight_of_their_end_date_take_that_w
     its discharge day; their files' visit_id was empty, exit 0, without a word. Such an end is the whole end day (the
     procedure: the visit "that overlaps with the timestamp of the file capture"); an end at another time is kept."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     (p0, p1, p2) = sitegen.person_ids(3)
     visits = site / "OMOP" / "visit_occurrence.csv"
     visits.write_text(
@@ -1241,7 +1299,7 @@ def _registry_of_visits(tmp_path, visits):
     """`registry` of a one-person site whose visit_occurrence.csv holds these rows (a format string of {p}, the person
     id, after the header): the command's outcome and the rows it wrote."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=1)
+    clean_site(site, persons=1)
     (p0,) = sitegen.person_ids(1)
     (site / "OMOP" / "visit_occurrence.csv").write_text(
         "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
@@ -1291,7 +1349,7 @@ def test_values_filled_in_by_hand_that_a_new_registry_leaves_empty_are_told(tmp_
     without a word. Now registry names the rows and the values (a spreadsheet's BOM and CRLF read too, and the
     semicolons it saves in much of Europe: read as comma-delimited, such a file was replaced without a word)."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=1)
+    clean_site(site, persons=1)
     (site / "OMOP" / "visit_occurrence.csv").write_text(
         "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_start_datetime,visit_end_date,"
         "visit_end_datetime,visit_type_concept_id\n")
@@ -1317,7 +1375,7 @@ def test_rows_and_columns_a_site_added_by_hand_are_told_when_the_registry_is_wri
     otherwise) and a column it added (notes) were gone after `registry` wrote the folder again, exit 0, without a
     word. Now registry names them, with the count and what to do (exit 1); a registry as this tool wrote it is not."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=1)
+    clean_site(site, persons=1)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     first = cli("registry", "--db", str(db), "--out", str(out))
     path = out / "waveform_registry.csv"
@@ -1345,7 +1403,7 @@ def test_a_row_typed_in_with_the_file_id_of_an_earlier_versions_file_is_told_not
     when `registry` wrote the folder again. Now it is named (exit 1); the manifest's own row of the removed file,
     written before (at the site's old root too), is not."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=1)
+    clean_site(site, persons=1)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
     path = out / "waveform_registry.csv"
@@ -1370,7 +1428,7 @@ def test_registry_of_a_site_given_with_site_names_the_files_where_they_are_now(t
     """`registry --site NEW` after the site moved read the headers at NEW but wrote src_file at the root the manifest
     recorded, a folder that holds nothing any more, exit 0. src_file is where the file is: under NEW."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=1)
+    clean_site(site, persons=1)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     moved = site.rename(tmp_path / "moved")
     done = cli("registry", "--db", str(db), "--out", str(out), "--site", str(moved))
@@ -1404,7 +1462,7 @@ def test_a_registry_in_out_saved_as_utf16_is_refused_not_replaced_with_its_rows_
     one, exit 1, and the registry written as UTF-8. An empty line (or a spreadsheet's ",,,,") between its rows is no
     row typed in: not told as one."""
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=1)
+    clean_site(site, persons=1)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     first = cli("registry", "--db", str(db), "--out", str(out))
     path = out / "waveform_registry.csv"
@@ -1465,7 +1523,7 @@ def test_a_registry_after_a_run_opens_no_header_and_each_earlier_registry_once(t
     from test_one_read import _opens
 
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     headers = {p.relative_to(tmp_path).as_posix() for p in site.rglob("*")
                if p.suffix.lower() in (".hea", ".dcm", ".edf", ".bdf")}
@@ -1485,7 +1543,7 @@ def test_a_first_registry_reads_the_header_facts_once(tmp_path, monkeypatch):
     from chorus_batch.store.validation import ValidationCache
 
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     reads = []
     real = ValidationCache.known_facts
@@ -1503,7 +1561,7 @@ def test_folders_named_so_a_spreadsheet_runs_them_as_formulas_have_no_rows_and_a
     import shutil
 
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site)
+    clean_site(site)
     p0, p1, p2 = sitegen.person_ids(3)
     for name, person in (("=1+2", p0), ("+cmd", p1), ("-rf", p2), ("@x", p0)):
         shutil.copytree(site / person, site / name)
@@ -1540,7 +1598,7 @@ def test_a_second_sites_registry_into_the_same_out_folder_is_refused_not_written
     made = {}
     for name, persons in (("a", 1), ("b", 2)):  # (b gave every proc_id a did)
         site, db = tmp_path / name, tmp_path / f"{name}.sqlite"
-        sitegen.build_clean_site(site, persons=persons)
+        clean_site(site, persons=persons)
         if name == "b":  # (another site's persons)
             for person in sitegen.person_ids(persons):
                 (site / person).rename(site / person.replace("01", "02", 1))
@@ -1565,7 +1623,7 @@ def test_an_image_rows_image_registry_id_stays_when_files_are_added_before_it_or
     import shutil
 
     site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
-    sitegen.build_clean_site(site, persons=2)
+    clean_site(site, persons=2)
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
     assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
     before = {r["file_id"]: r["image_registry_id"] for r in read_csv(out / "image_registry.csv")}
