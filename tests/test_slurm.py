@@ -364,7 +364,8 @@ def test_run_slurm_where_sbatch_reaches_no_cluster_says_so(tmp_path):
     proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "2",
                env={"SLURM_CONF": str(conf)}, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "sbatch reaches no Slurm cluster from this machine: sbatch: error:" in proc.stderr, proc.stderr
+    # said by the script's first Slurm command, squeue (its 10 s of retries), not after sbatch's 10 s more
+    assert "squeue reaches no Slurm cluster from this machine: squeue: error:" in proc.stderr, proc.stderr
     assert "run on a login node of the cluster" in proc.stderr and "--partition" not in proc.stderr
     assert "nothing was submitted and nothing was committed" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.sqlite").exists()
