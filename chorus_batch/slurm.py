@@ -66,6 +66,8 @@ REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
 NO_CLUSTER = ("could not establish a configuration source", "unable to process configuration file",
               "unable to establish control machine address", "unable to contact slurm controller")
 REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
+# What the script says when its first Slurm command (squeue) finds no address for the controller slurm.conf names
+REFUSED_NO_CLUSTER = "chorus-batch: no Slurm cluster"
 # What the script says when another submission for the manifest (or a merge or shard in the staging folder) is under
 # way: submit() makes it exit 4, as the lock it names
 REFUSED_BUSY = "chorus-batch: not submitted"
@@ -197,7 +199,8 @@ def _guard_lines(db: str) -> str:
     `<db>.slurm.lock` (the lock `run --slurm` holds; not when that `run --slurm` runs it, LOCKED_ENV) while it submits,
     and refuses (exit 4) when another holds it, or when jobs of another submission for the manifest (their --comment,
     JOB_COMMENT) are still queued or running: naming them, with their scancel. squeue failing (the controller down)
-    is left to sbatch, which then fails too. It ends before any other step: nothing was submitted or changed."""
+    is left to sbatch, which then fails too; squeue finding no address for the controller (REFUSED_NO_CLUSTER) is said at once.
+    It ends before any other step: nothing was submitted or changed."""
     lock = shlex.quote(_one_name(db) + ".slurm.lock")
     want = shlex.quote(JOB_COMMENT + _one_name(db))
     return f"""# One submission per manifest at a time: `run --slurm` holds its lock while it submits and follows; this script
@@ -229,6 +232,18 @@ fi
 unset {LOCKED_ENV}  # (run --slurm's word to this script alone: not passed on to the jobs sbatch starts)
 others=""
 ids=""
+# A squeue that finds no address for the controller its slurm.conf names: sbatch, reading the same, failed the same
+# after as long again (Slurm's clients retry resolving it for 10 s), and was then said; said now. Any other failure (no
+# slurm.conf, said at once; a controller down or slow) is left to sbatch, as before.
+listed=$(unset "${{!SQUEUE_@}}"; timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%F|%k' 2>&1) || {{
+    case "$(printf '%s' "$listed" | tr 'A-Z' 'a-z')" in
+        *"unable to establish control machine address"*)
+            printf '%s\n' "$listed" >&2
+            echo "{REFUSED_NO_CLUSTER}: squeue (above) reaches no Slurm cluster from this machine, nor would sbatch; nothing was submitted" >&2
+            exit 2 ;;
+    esac
+    listed=""
+}}
 # (one squeue: each job, and the job of its array, %F, that scancel takes; the comment last, as it may hold a '|'; without
 # the user's SQUEUE_* variables, which filter its answer whatever its options say: SQUEUE_PARTITION hid the jobs)
 while IFS='|' read -r job_id job_name job_state job_base job_comment; do
@@ -237,7 +252,7 @@ while IFS='|' read -r job_id job_name job_state job_base job_comment; do
         ids="$ids$job_base
 "
     fi
-done < <(unset "${{!SQUEUE_@}}"; timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%F|%k' 2>/dev/null || true)
+done <<< "$listed"
 if [ -n "$others" ]; then
     ids=$(printf '%s' "$ids" | sort -u | tr '\\n' ' ')
     echo "{REFUSED_BUSY}: jobs of another submission for the manifest $db are still queued or running: $others; a second submission would hash the whole site again and its merge would be refused; nothing was submitted; let them finish (squeue -u $(id -un)), or cancel them with \\`scancel ${{ids% }}\\`, then submit again" >&2
@@ -1015,7 +1030,8 @@ def submit(script_text: str, *, locked: str | None = None) -> Submitted:
 
 def _submitted(proc: subprocess.CompletedProcess) -> Submitted:
     """The jobs the script's run submitted, or the error its output says."""
-    if proc.returncode != 0 and (REFUSED_ARRAY in proc.stderr or REFUSED_MERGE in proc.stderr):
+    if proc.returncode != 0 and (REFUSED_ARRAY in proc.stderr or REFUSED_MERGE in proc.stderr
+                                 or REFUSED_NO_CLUSTER in proc.stderr):
         raise _refused(proc.stderr)
     if proc.returncode == 4 and REFUSED_BUSY in proc.stderr:  # another submission under way: said as a lock is
         from .errors import ManifestLocked
@@ -1055,13 +1071,14 @@ def _refused(stderr: str) -> UsageError:
     partition or account it does not know) or the merge job: sbatch's own message, and what to do."""
     said = [line.strip() for line in stderr.splitlines() if line.strip()]
     sbatch = "; ".join(line for line in said if not line.startswith("chorus-batch:")) or "(sbatch printed nothing)"
-    ours = next(line for line in said if line.startswith((REFUSED_ARRAY, REFUSED_MERGE)))
-    array = ours.startswith(REFUSED_ARRAY)
+    ours = next(line for line in said if line.startswith((REFUSED_ARRAY, REFUSED_MERGE, REFUSED_NO_CLUSTER)))
+    array = ours.startswith((REFUSED_ARRAY, REFUSED_NO_CLUSTER))
     tasks = re.search(r"\((\d+) tasks", ours)
     low = sbatch.lower()
     if array and any(said in low for said in NO_CLUSTER):  # sbatch found no cluster: nothing about the jobs to change
-        return UsageError(f"sbatch reaches no Slurm cluster from this machine: {sbatch}; nothing was submitted and "
-                          "nothing was committed", where=f"sbatch on {os.uname().nodename}",
+        tool = "squeue" if ours.startswith(REFUSED_NO_CLUSTER) else "sbatch"  # (squeue: the script's first command)
+        return UsageError(f"{tool} reaches no Slurm cluster from this machine: {sbatch}; nothing was submitted and "
+                          "nothing was committed", where=f"{tool} on {os.uname().nodename}",
                           fix="run on a login node of the cluster (where `sinfo` answers), or have the cluster's "
                               "administrators set up its slurm.conf here (SLURM_CONF names another)")
     if array and ("array" in low or "maxarraysize" in low or "maxsubmit" in low or "job limit" in low):

@@ -364,7 +364,8 @@ def test_run_slurm_where_sbatch_reaches_no_cluster_says_so(tmp_path):
     proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "2",
                env={"SLURM_CONF": str(conf)}, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "sbatch reaches no Slurm cluster from this machine: sbatch: error:" in proc.stderr, proc.stderr
+    # said by the script's first Slurm command, squeue (its 10 s of retries), not after sbatch's 10 s more
+    assert "squeue reaches no Slurm cluster from this machine: squeue: error:" in proc.stderr, proc.stderr
     assert "run on a login node of the cluster" in proc.stderr and "--partition" not in proc.stderr
     assert "nothing was submitted and nothing was committed" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.sqlite").exists()
@@ -1107,13 +1108,42 @@ def test_a_shard_stopped_at_its_time_limit_is_said_with_the_time_to_give_and_rer
     """`run --slurm --time 1` whose shards outlast it (held at their hashing): Slurm stops them (TIMEOUT) and the
     follower said "shard 1 of 2: timeout" with a command that reruns it, not that the same submission ends the same
     way and what to give instead. Then the merge by hand refuses, naming a shard and its rerun; each rerun alone, the
-    merge commits what a single-node run does. Staging on a path with spaces. (Slurm's limits are whole minutes: ~1 min.)"""
+    merge commits what a single-node run does. Staging on a path with spaces. (Slurm's limits are whole minutes, and
+    its controller checks them every 30 s: the running shards, submitted with their 1-minute limit, have it cut to 0
+    with `scontrol update`, as an administrator may, once one waits at its hashing (the other may have no files), and
+    Slurm stops them at its next check, not a minute later.)"""
+    from chorus_batch.slurm import SHARD_JOB
+
     first, _second = small_site
     ref, ref_codes = _reference(tmp_path, first)
     db, staging = tmp_path / "my manifest.sqlite", tmp_path / "staging with spaces"
-    env = {**slurm.env, "CHORUS_BATCH_TEST_PAUSE": "hashing"}
-    out = cli("run", "--slurm", "--site", str(first), "--db", str(db), "--shards", "2", "--cpus-per-task", "1",
-              "--time", "1", "--staging", str(staging), env=env, timeout=400)
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--slurm", "--site", str(first), "--db",
+                             str(db), "--shards", "2", "--cpus-per-task", "1", "--time", "1", "--staging", str(staging)],
+                            env={**os.environ, **slurm.env, "CHORUS_BATCH_TEST_PAUSE": "hashing"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until each task waits at its hashing or has finished (a shard may have no files)
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+            logs = {int(log.stem.rpartition("_")[2]): log for log in (staging / "logs").glob(f"{SHARD_JOB}-*_*.out")}
+            if not logs:
+                continue
+            array_job = next(iter(logs.values())).stem.removeprefix(f"{SHARD_JOB}-").partition("_")[0]
+            states = {row["id"]: row["state"] for row in slurm.squeue(array_job)}
+            held = sorted(k for k, log in logs.items() if "test pause at hashing" in log.read_text(errors="replace"))
+            if held and all(k in held or states.get(f"{array_job}_{k}") == "COMPLETED" for k in (0, 1)):
+                break
+        for k in held:
+            task = f"{array_job}_{k}"
+            shown = slurm.run(["scontrol", "show", "job", task], check=True).stdout
+            assert re.search(r"TimeLimit=00:01:00\s", shown), shown  # --time 1
+            slurm.run(["scontrol", "update", f"JobId={task}", "TimeLimit=0"], check=True)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert out.returncode == 2, out.stdout + out.stderr
     timed_out = re.findall(r"shard (\d) of 2: timeout \(Slurm stopped it at its time limit: submit again with a longer "
                            r"--time, or more --shards \(each hashes less\)\); log ", out.stdout)
@@ -1121,6 +1151,7 @@ def test_a_shard_stopped_at_its_time_limit_is_said_with_the_time_to_give_and_rer
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
 
     shards = [int(k) for k in timed_out]
+    assert shards == held, out.stdout
     for k in shards:
         refused = cli("run", "--site", str(first), "--db", str(db), "--workers", "1", "--merge", str(staging))
         assert refused.returncode == 2 and f"shard {k}/2 is incomplete" in refused.stderr, refused.stderr
