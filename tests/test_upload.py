@@ -3243,9 +3243,11 @@ def test_an_upload_script_piped_into_bash_sends_nothing_as_it_cannot_check_it_is
     assert "not read from its own file" not in ran.stderr and calls.exists(), ran.stderr
 
 
-def pasted(script: str, env: dict, cwd: Path, after: str) -> str:
+def pasted(script: str, env: dict, cwd: Path, after: str, script_said: str, after_said: str) -> str:
     """`script` pasted into an interactive bash on a pseudo-terminal, then the line `after` typed: what the terminal
-    showed (empty once the shell is gone)."""
+    showed (empty once the shell is gone). Each step waits until the terminal shows what it waits for (the prompt;
+    `script_said`, then the prompt; `after_said`; the shell gone), at most as long as the fixed waits it had (1, 8, 2
+    and 1 s: 12 s of each run)."""
     import pty
     import select
 
@@ -3255,22 +3257,22 @@ def pasted(script: str, env: dict, cwd: Path, after: str) -> str:
         os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], {**env, "PS1": "$ "})
     shown = b""
 
-    def read_for(seconds: float) -> None:
+    def read_for(seconds: float, until=lambda text: False) -> None:
         nonlocal shown
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if select.select([fd], [], [], 0.1)[0]:
+        while time.monotonic() < end and not until(shown.decode(errors="replace")):
+            if select.select([fd], [], [], 0.05)[0]:
                 try:
                     shown += os.read(fd, 65536)
                 except OSError:  # the shell is gone
                     return
     try:
-        read_for(1)
+        read_for(1, lambda text: text.endswith("$ "))
         os.write(fd, script.encode())
-        read_for(8)
+        read_for(8, lambda text: script_said in text and text.rstrip(" ").endswith("$"))
         with contextlib.suppress(OSError):
             os.write(fd, after.encode() + b"\r")
-        read_for(2)
+        read_for(2, lambda text: after_said in text and text.rstrip(" ").endswith("$"))
         with contextlib.suppress(OSError):
             os.write(fd, b"exit\r")
         read_for(1)
@@ -3298,7 +3300,8 @@ def test_an_upload_script_pasted_into_a_terminal_sends_and_leaves_the_shell_as_i
     shell_env = {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "TERM": "dumb",
                  "CHORUS_UPLOAD_LOG": str(log), "AZURE_STORAGE_CONNECTION_STRING": env["AZURE_STORAGE_CONNECTION_STRING"]}
     shown = pasted("umask 022\n" + whole.stdout, shell_env, tmp_path,
-                   'echo "still here: flags=$- umask=$(umask) left=[${script_file+f}${script_name+n}${last_line+l}]"')
+                   'echo "still here: flags=$- umask=$(umask) left=[${script_file+f}${script_name+n}${last_line+l}]"',
+                   f"logged in {log}", "umask=0")  # (what the commands print, not their text the terminal echoes)
     assert "upload script: every file was sent and logged in" in shown, shown[-2000:]
     assert "still here: flags=" in shown and "umask=0022" in shown, shown[-2000:]
     assert "left=[]" in shown, shown[-2000:]  # (the whole-script check's variables are not left in the user's shell)
