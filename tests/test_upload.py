@@ -2640,8 +2640,8 @@ def test_mark_uploaded_reads_names_ending_in_a_space_or_holding_a_line_separator
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
     site, db, label = tmp_path / "site", tmp_path / "m.sqlite", "20261101020000"
-    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/trail.csv ": b"a space at its end",
-             "OMOP/ls\u2028x.csv": b"a line separator inside"}
+    # (no plain name beside them: each AzCopy call takes 2 s, AzCopy's progress interval)
+    names = {"OMOP/trail.csv ": b"a space at its end", "OMOP/ls\u2028x.csv": b"a line separator inside"}
     for name, data in names.items():
         write(site, name, data)
     commit(site, db, label)
@@ -2661,12 +2661,12 @@ def test_mark_uploaded_reads_names_ending_in_a_space_or_holding_a_line_separator
     assert set(blobs(central)) == {f"{label}/{name}" for name in names}
     mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
     marked = cli(*mark, env=central.env)
-    assert marked.returncode == 0 and "recorded 3 uploads" in marked.stdout, marked.stdout + marked.stderr
+    assert marked.returncode == 0 and "recorded 2 uploads" in marked.stdout, marked.stdout + marked.stderr
     assert "not understood" not in marked.stdout and "not recorded" not in marked.stdout, marked.stdout
-    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(3,)]
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(2,)]
     log.write_bytes(log.read_bytes().replace(b"\n", b"\r\n"))  # the same log, through Windows
     again = cli(*mark, env=central.env)
-    assert again.returncode == 0 and "3 more logged blobs were recorded before" in again.stdout, again.stdout
+    assert again.returncode == 0 and "2 more logged blobs were recorded before" in again.stdout, again.stdout
     done = up(central, db)
     assert done.returncode == 0 and "sent 0 files" in done.stdout, done.stdout + done.stderr
 
