@@ -2678,7 +2678,8 @@ def test_an_azcopy_script_says_why_a_file_failed_and_where_a_sas_is_seen(central
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
-    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/100%.csv": b"percent", "OMOP/a%41.csv": b"an escape"}
+    # (no plain name beside them: each AzCopy call takes 2 s, AzCopy's progress interval, and this test runs two)
+    names = {"OMOP/100%.csv": b"percent", "OMOP/a%41.csv": b"an escape"}
     for name, data in names.items():
         write(site, name, data)
     commit(site, db, "20261101020000")
@@ -2706,12 +2707,12 @@ def test_an_azcopy_script_says_why_a_file_failed_and_where_a_sas_is_seen(central
     assert signature not in refused.stdout + refused.stderr
     assert "warning: AzCopy takes a SAS token only in its URL" in refused.stderr and "azcopy login" in refused.stderr
     failed = [line for line in refused.stderr.splitlines() if line.startswith("failed: ")]
-    assert len(failed) == 2 and all("403" in line and "AzCopy log: " in line for line in failed), refused.stderr
+    assert len(failed) == 1 and all("403" in line and "AzCopy log: " in line for line in failed), refused.stderr
     assert blobs(central) == {} and not log.exists()
 
     sent, _ = run(ContainerSasPermissions(read=True, add=True, create=True, write=True, list=True))
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/a%41.csv"}
+    assert set(blobs(central)) == {"20261101020000/OMOP/a%41.csv"}
     assert central.client.download_blob("20261101020000/OMOP/a%41.csv").readall() == b"an escape"
 
 
