@@ -65,6 +65,7 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
     started = time.monotonic()
     assert subprocess.run(command(second, db, snap), capture_output=True).returncode in (0, 1)
     duration = time.monotonic() - started
+    print("DURATION", duration, flush=True)
 
     outcomes = {"previous": 0, "new": 0}
 
@@ -74,6 +75,7 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
         for leftover in tmp_path.glob("m.sqlite*"):  # the hash checkpoint (m.sqlite.checkpoint/) too
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         shutil.copy(base, db)
+        _t0 = time.monotonic()
         env = {**os.environ, **({"CHORUS_BATCH_TEST_PAUSE": pause} if pause else {})}
         proc = subprocess.Popen(command(second, db, snap), stdout=subprocess.DEVNULL, env=env,
                                 stderr=subprocess.PIPE if pause else subprocess.DEVNULL, text=True)
@@ -100,12 +102,16 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
         finally:
             con.close()
         assert twins == [], f"point {point}: {twins[:3]}"
+        _t1 = time.monotonic()
         if latest == v1:
             outcomes["previous"] += 1
         else:
             outcomes["new"] += 1
             assert current_rows(db) == expected, f"point {point}: the new version {latest} is incomplete"
         recovered = subprocess.run(command(second, db, snap), capture_output=True, text=True)
+        _t2 = time.monotonic()
+        import glob as _g
+        print(f"KILL {point} after={after_s:.2f} latest={latest} ck={_g.glob(str(db)+'.checkpoint*')} kill={_t1-_t0:.2f} rec={_t2-_t1:.2f}", flush=True)
         assert recovered.returncode in (0, 1), f"point {point}: {recovered.stderr}"
         assert current_rows(db) == expected, f"point {point}"
         for version in Manifest(db).versions().iter_rows(named=True):  # every version's, not only the latest
