@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
 import polars as pl
 import pyarrow as pa
@@ -287,10 +288,16 @@ def test_sql_errors_are_adbc_errors_and_manifest_turns_them_into_manifest_errors
         cur.execute("INSERT INTO t VALUES (?)", ("x", "too many"))
 
 
-def test_a_manifest_locked_by_another_process_is_a_manifest_error_that_says_busy(tmp_path):
+def test_a_manifest_locked_by_another_process_is_a_manifest_error_that_says_busy(tmp_path, monkeypatch):
     path = tmp_path / "m.sqlite"
     manifest = Manifest(path)
     manifest.ensure_schema()
+    # A connection waits for a lock as long as the manifest's sqlite3 connections do (30 s) ...
+    with manifest.adbc() as con, con.cursor() as cur:
+        cur.execute("PRAGMA busy_timeout")
+        assert cur.fetchall() == [(30_000,)] == [(adbc.BUSY_TIMEOUT_MS,)]
+    # ... which this test need not wait out: the lock is never let go, so a shorter wait ends as the 30 s one does.
+    monkeypatch.setattr(adbc, "BUSY_TIMEOUT_MS", 600)
     # Another process: the driver's own SQLite and Python's share POSIX locks within one process.
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sqlite3, sys; con = sqlite3.connect(sys.argv[1]); con.execute('BEGIN EXCLUSIVE'); "
@@ -298,8 +305,10 @@ def test_a_manifest_locked_by_another_process_is_a_manifest_error_that_says_busy
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
         with pytest.raises(ManifestError, match="busy"), manifest.adbc() as con, con.cursor() as cur:
             cur.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+        assert time.monotonic() - started >= 0.5  # it waited for the lock first, not failed at once
     finally:
         holder.communicate("")
 

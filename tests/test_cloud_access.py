@@ -1648,11 +1648,17 @@ def test_a_sas_that_expires_in_the_middle_of_a_run_fails_it_cleanly(clean_env, a
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
                              "--no-validate"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "AZURE_STORAGE_SAS_TOKEN": short, "CHORUS_BATCH_RETRY_DEADLINE_S": "3",
-                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+12"})  # listed in time, read after the expiry
+                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+30",  # listed in time, read after the expiry
+                                 "CHORUS_BATCH_TEST_RESUME": str(tmp_path / "expired")})
     assert proc.stderr is not None
+    said = []
     while "test pause at hashing" not in (line := proc.stderr.readline()):
-        assert line, "the run ended before it reached the hashing: " + proc.stderr.read()
+        said.append(line)
+        assert line, "the run ended before it reached the hashing: " + "".join(said)
     assert time.monotonic() < expires - 1, "the run listed too late to be read with an expired SAS"
+    # Let it go on once the SAS has expired (se= is whole seconds, rounded down), not after a fixed pause.
+    time.sleep(max(0.0, expires + 1 - time.monotonic()))
+    (tmp_path / "expired").touch()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, out + err
     assert "Traceback" not in err and "internal error" not in err and short.split("sig=")[1][:10] not in out + err

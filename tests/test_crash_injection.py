@@ -1,6 +1,7 @@
-"""Crash injection: SIGKILL `run` at 24 points spread over its life (start-up, listing, hashing in
-worker processes, diff, the commit, validation, Parquet snapshots), and at four fault points (while
-the libraries load, hashing, inside the commit's transaction, validating), and check after each kill that
+"""Crash injection: SIGKILL `run` at 12 points spread over its life (start-up, listing, hashing in
+worker processes, diff, the commit, validation, Parquet snapshots), and at six fault points (while
+the libraries load, hashing, the diff's end, inside the commit's transaction, validating, writing a
+snapshot), and check after each kill that
 
   - PRAGMA integrity_check is ok,
   - the latest version is the previous one, or the complete new one,
@@ -20,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +36,10 @@ from conftest import current_rows, tree_md5
 from test_unattended import alive, children_of
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
-# 50 timed kills took 174 s of a 1486 s CI run (stop 29); 24 still land one every ~4% of the run, and the
-# four fault points below pin kills on each side of the commit whatever the machine's load.
-POINTS = 24
+# 50 timed kills took 174 s of a 1486 s CI run (stop 29), 24 took 66 s; 12 still land one every ~8% of the run
+# (start-up, listing, hashing, the commit, validation, snapshots: kills past ~80% of it leave the new version), and
+# the fault points below pin kills on each side of the commit, and in the snapshot, whatever the machine's load.
+POINTS = 12
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +54,12 @@ def command(site: Path, db: Path, snap: Path) -> list[str]:
             "--parquet", str(snap), "--max-delete", "all"]
 
 
-def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
+def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path, monkeypatch, capsys):
+    from chorus_batch.cli import main
+
+    # The run after each kill is in this process (what it finds is the point, not its own process start), its
+    # scratch in the runs' temporary folder as theirs is (tempfile keeps the folder it first found).
+    monkeypatch.setattr(tempfile, "tempdir", None)
     make_testdata(tmp_path / "td", Spec(persons=20, files_per_person=40, size=2048, seed=11))
     first, second = tmp_path / "td" / "first", tmp_path / "td" / "second"
     base, snap = tmp_path / "v1.sqlite", tmp_path / "snap"
@@ -105,8 +113,9 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
         else:
             outcomes["new"] += 1
             assert current_rows(db) == expected, f"point {point}: the new version {latest} is incomplete"
-        recovered = subprocess.run(command(second, db, snap), capture_output=True, text=True)
-        assert recovered.returncode in (0, 1), f"point {point}: {recovered.stderr}"
+        capsys.readouterr()
+        recovered = main(command(second, db, snap)[3:])
+        assert recovered in (0, 1), f"point {point}: {capsys.readouterr().err}"
         assert current_rows(db) == expected, f"point {point}"
         for version in Manifest(db).versions().iter_rows(named=True):  # every version's, not only the latest
             assert has_snapshot(version["label"], str(snap), version), \
@@ -115,12 +124,12 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
     for point in range(POINTS):
         kill(str(point), after_s=duration * (0.1 + 0.95 * point / POINTS))
     # At fault points too, so that kills land before and after the commit however the machine's load varies
-    # the timed ones: while the libraries load (the early listing's workers walking), hashing, the commit's
-    # transaction, and validation (after the commit).
+    # the timed ones: while the libraries load (the early listing's workers walking), hashing, at the end of the
+    # diff (its DuckDB spill folder still there), the commit's transaction, and validation (after the commit).
     before = outcomes["previous"]
-    for pause in ("early-listing", "hashing", "commit"):
+    for pause in ("early-listing", "hashing", "scratch-folder-end", "commit"):
         kill(pause, pause=pause)
-    assert outcomes["previous"] == before + 3  # each of these kills left the previous version
+    assert outcomes["previous"] == before + 4  # each of these kills left the previous version
     new = outcomes["new"]
     kill("validate", pause="validate")
     assert outcomes["new"] == new + 1  # killed after its commit: the new version stays, complete
@@ -139,4 +148,5 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
     assert subprocess.run(command(second, db, snap), capture_output=True).returncode in (0, 1)
     still = [p for p in tmp_path.rglob("*") if p.name.startswith("chorus-duckdb-") or p.name.endswith(".tmp")]
     print(f"scratch files the killed runs left: {len(left)}")
+    assert any(p.name.startswith("chorus-duckdb-") for p in left)  # (the kill at the diff's end left its folder)
     assert still == [], f"left by killed runs: {len(left)}, still there: {still[:5]}"

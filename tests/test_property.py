@@ -536,9 +536,10 @@ def check_change_rows(frame, old: dict[str, tuple], new: dict[str, tuple], where
             assert row["old_md5"] == old[row["old_srcfile"]][1], (where, row)
 
 
-def check_nights(db: Path, states: dict[str, dict[str, tuple]]) -> None:
-    """Every version so far, through open_manifest: its files, its counts and change set, the diff of any two, each
-    path's history (rows one after the other in versions and times, each begun and ended as the change sets say)."""
+def check_nights(db: Path, states: dict[str, dict[str, tuple]], *, diffs_of_latest_only: bool = False) -> None:
+    """Every version so far, through open_manifest: its files, its counts and change set, the diff of any two (with
+    `diffs_of_latest_only`, of the latest with each: a caller checking after each night checks every pair at its end),
+    each path's history (rows one after the other in versions and times, each begun and ended as the change sets say)."""
     labels = sorted(states)
     reader = open_manifest(db)
     try:
@@ -563,6 +564,8 @@ def check_nights(db: Path, states: dict[str, dict[str, tuple]]) -> None:
             assert row["n_errors"] == reader.scan_errors(label).height, label
         for a in labels:
             for b in labels:
+                if diffs_of_latest_only and labels[-1] not in (a, b):
+                    continue
                 check_change_rows(reader.diff(a, b), states[a], states[b], f"diff {a} {b}")
         kinds = {label: {c[1]: c for c in expected_changes(states[before] if before else empty, states[label])}
                  for before, label in zip([None, *labels], labels)}

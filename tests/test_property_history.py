@@ -107,7 +107,11 @@ class SiteNights(RuleBasedStateMachine):
         self.clock = time.time()
 
     def teardown(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+        try:  # (after each night the diffs of the latest version with each; here those of any two, as they are now)
+            if self.states and self.db.exists():
+                check_nights(self.db, self.states)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     # --- the night's one change, then its run ---------------------------------------------------------------------
 
@@ -264,7 +268,7 @@ class SiteNights(RuleBasedStateMachine):
             assert (row[2] is None) == (row[4] is None), row
             assert row[2] is None or (row[1] < row[2] and row[3] <= row[4]), row
         if self.states:
-            check_nights(self.db, self.states)  # as-of reads, change sets, diffs, histories
+            check_nights(self.db, self.states, diffs_of_latest_only=True)  # as-of reads, change sets, diffs, histories
 
     def registry(self) -> None:
         """`registry` on the latest version: the proc_ids given before are the same sessions' still."""
