@@ -132,6 +132,35 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: f
     )
 
 
+def main_here(*args: str) -> subprocess.CompletedProcess:
+    """The command line's main() run in this process, its streams captured: for a command a test only needs the
+    outcome of (setup, a read to check), where the process itself (its exit, signals, imports, environment) is not
+    the point. Cheaper than cli()'s fork (~0.1-0.3 s each). The signal handlers and log handler main() installs are
+    put back."""
+    import io
+    import logging
+    import signal
+
+    from chorus_batch.cli import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    logger = logging.getLogger("chorus_batch")
+    log_state = (logger.handlers[:], logger.level, logger.propagate)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as stop:  # (argparse's usage errors)
+                code = stop.code if isinstance(stop.code, int) else 2
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        logger.handlers[:], logger.propagate = log_state[0], log_state[2]
+        logger.setLevel(log_state[1])
+    return subprocess.CompletedProcess(["chorus-batch", *args], int(code), out.getvalue(), err.getvalue())
+
+
 def paused(*args: str, at: str, cwd: Path | None = None, env: dict | None = None,
            resume: Path | None = None) -> subprocess.Popen:
     """The real command line started in the background, returned once it waits at its fault-injection point `at`

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, fill, paused, query, tree_md5, write
+from conftest import ROOT, cli, main_here, fill, paused, query, tree_md5, write
 
 
 def _invocations(text: str) -> list[list[str]]:
@@ -103,7 +103,7 @@ def test_an_on_off_flag_given_a_value_says_the_flag_that_means_it(tmp_path):
         "; write --default-excludes or --no-default-excludes")
     assert _said(["run", "--site", "s", "--dry-run=no"]).endswith("--dry-run is a flag and takes no value; leave "
                                                                    "--dry-run out")
-    out = cli("versions", "--db", str(tmp_path / "m.sqlite"), "--json=1")
+    out = main_here("versions", "--db", str(tmp_path / "m.sqlite"), "--json=1")
     assert out.returncode == 2 and "--json is a flag and takes no value; write --json" in out.stderr, out.stderr
     assert json.loads(out.stdout)["exit_code"] == 2, out.stdout
 
@@ -314,7 +314,7 @@ def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
 
 
 def test_help_documents_the_exit_codes():
-    out = cli("run", "--help").stdout
+    out = main_here("run", "--help").stdout
     for code in ("0 ", "1 ", "2 ", "3 ", "4 "):
         assert f"\n  {code}" in out
 
@@ -383,7 +383,7 @@ def test_json_says_nanosecond_times_exactly_to_a_reader_of_doubles(site, db):
     Integers past 2**53 are decimal strings; every other number stays exact as a double."""
     write(site, "OMOP/a.csv", b"a")
     os.utime(site / "OMOP/a.csv", ns=(1796475491578598167, 1796475491578598167))
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     for argv in (["files", "--json"], ["history", "OMOP/a.csv", "--json"]):
         [row] = json.loads(cli(*argv, "--db", str(db)).stdout, parse_int=float)  # (as a reader of doubles takes it)
         assert row["mtime_ns"] == "1796475491578598167" and int(row["verified_ns"]) > 2**53, row
@@ -413,23 +413,23 @@ def test_a_name_in_another_unicode_form_is_said_and_starts_no_new_manifest(site,
     not mounted?". Both now name the twin on disk; nothing is written."""
     write(site, "OMOP/a.csv", b"a")
     composed, decomposed = tmp_path / "m_caf\u00e9.sqlite", str(tmp_path / "m_cafe\u0301.sqlite")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(composed), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(composed), "-q").returncode == 0
     before = sorted(p.name for p in tmp_path.iterdir())
-    out = cli("run", "--no-validate", "--site", str(site), "--db", decomposed)
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", decomposed)
     assert out.returncode == 2 and "but there is m_caf\u00e9.sqlite, a name that differs from it only in Unicode form" \
         in out.stderr and "no new manifest was started" in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     (tmp_path / "caf\u00e9").mkdir()
-    out = cli("status", "--site", str(tmp_path / "cafe\u0301"), "--db", str(db))
+    out = main_here("status", "--site", str(tmp_path / "cafe\u0301"), "--db", str(db))
     assert out.returncode == 2 and "cafe\\u0301' does not exist, but caf\u00e9 is there beside it" in out.stderr, out.stderr
 
 
 def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_path):
-    out = cli("changes", "--db", str(tmp_path / "none.sqlite"))
+    out = main_here("changes", "--db", str(tmp_path / "none.sqlite"))
     assert out.returncode == 2 and "no manifest at" in out.stderr and "fix:" in out.stderr
     write(site, "OMOP/a.csv")
-    cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
-    out = cli("changes", "--db", str(db), "--version", "19990101000000")
+    main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
+    out = main_here("changes", "--db", str(db), "--version", "19990101000000")
     assert out.returncode == 2 and "no version '19990101000000'" in out.stderr
 
 
@@ -523,7 +523,7 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
     (tmp_path / "site").mkdir()
     config = tmp_path / "c.toml"
     config.write_text(toml)
-    out = cli("run", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
+    out = main_here("run", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
     assert f"where: {config}" in out.stderr, out.stderr  # the file, then the setting
@@ -550,7 +550,7 @@ def test_a_config_error_names_the_line_of_its_setting(tmp_path, body, line, wher
     CRLF) or as UTF-16."""
     config = tmp_path / "c.toml"
     config.write_bytes((_HEAD + body).replace("\n", newline).encode(encoding))
-    out = cli("run", "--config", str(config), "--db", str(tmp_path / "m.sqlite"))
+    out = main_here("run", "--config", str(config), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2, out.stderr
     assert f"  where: {config}, line {line}: {where}\n" in out.stderr, out.stderr
     assert (_HEAD + body).splitlines()[line - 1].lstrip("[").startswith(where.split()[-1].strip("[]")), body
@@ -628,7 +628,7 @@ def test_a_config_that_cannot_be_read_says_why_and_what_mends_it(tmp_path):
 ])
 def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     (tmp_path / "c.toml").write_text(toml)
-    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    out = main_here("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
     message = message.format(toml=tmp_path / "c.toml")
     assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
 
@@ -649,7 +649,7 @@ def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
 ])
 def test_a_value_whose_quote_is_not_closed_is_said_with_its_line(tmp_path, toml, message, fix):
     (tmp_path / "c.toml").write_text(toml)
-    out = cli("versions", "--config", str(tmp_path / "c.toml"))
+    out = main_here("versions", "--config", str(tmp_path / "c.toml"))
     line = re.search(r"on line (\d)", message).group(1)
     assert out.returncode == 2 and message in out.stderr and f"where: {tmp_path / 'c.toml'}, line {line}" in out.stderr
     assert f"fix:   {fix}" in out.stderr or fix in out.stderr, out.stderr
@@ -672,7 +672,7 @@ def test_a_value_whose_quote_is_not_closed_is_said_with_its_line(tmp_path, toml,
 ])
 def test_a_list_not_closed_or_a_file_ending_within_a_setting_is_said_with_its_line(tmp_path, toml, line, message, fix):
     (tmp_path / "c.toml").write_text(toml)
-    out = cli("versions", "--config", str(tmp_path / "c.toml"))
+    out = main_here("versions", "--config", str(tmp_path / "c.toml"))
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert f"where: {tmp_path / 'c.toml'}, line {line}\n" in out.stderr and fix in out.stderr, out.stderr
     assert "fix the TOML syntax" not in out.stderr and "Traceback" not in out.stderr, out.stderr
@@ -818,7 +818,7 @@ def test_an_environment_variable_no_shell_filled_in_is_refused_in_a_path_option(
     or a disk that is not mounted?". Exit 2 naming the variable, nothing made; a folder of that very name is taken."""
     write(tmp_path / "site", "OMOP/a.csv")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    assert main_here("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
     work = tmp_path / "work"
     work.mkdir()
     command = {"--out": ["report", "--db", str(db)], "--config": ["versions", "--db", str(db)],
@@ -889,7 +889,7 @@ def test_a_windows_manifest_path_on_linux_is_refused_not_made_in_the_working_fol
     assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
     # a file really named so (made by an earlier release's run) is the manifest it names
     (work / value).parent.mkdir(parents=True, exist_ok=True)
-    assert cli("run", "-q", "--no-validate", "--db", str(work / value), "--site", str(tmp_path / "site")).returncode == 0
+    assert main_here("run", "-q", "--no-validate", "--db", str(work / value), "--site", str(tmp_path / "site")).returncode == 0
     out = cli("versions", "--config", str(work / "c.toml"), *given, cwd=work)
     assert out.returncode == 0, out.stderr
 
@@ -901,7 +901,7 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     that name in the working folder (as --db's was: only --db and [manifest] were checked); now exit 2 naming it."""
     write(tmp_path / "site", "OMOP/a.csv")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    assert main_here("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
     work = tmp_path / "work"
     work.mkdir()
     command = {"--parquet": ["run", "--site", str(tmp_path / "site")], "--out": ["report"],
@@ -926,7 +926,7 @@ def test_a_dash_given_to_a_path_option_says_standard_input_or_output_is_not_take
     output still."""
     write(tmp_path / "site", "OMOP/a.csv")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    assert main_here("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
     work = tmp_path / "work"
     work.mkdir()
     (work / "c.toml").write_text("[manifest]\ndb = '-'\n")
@@ -953,7 +953,7 @@ def test_a_relative_path_with_windows_separators_is_refused_not_made_beside_its_
     work = tmp_path / "work"
     (work / "manifests").mkdir(parents=True)
     db = work / "manifests" / "site.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    assert main_here("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
     value = "manifests\\r.html" if where == "--out" else "manifests\\site.sqlite"
     (work / "c.toml").write_text(f"[manifest]\ndb = '{value}'\n" if where == "config" else "")
     command = (["report", "--db", str(db), "--out", value] if where == "--out" else
@@ -983,7 +983,7 @@ def test_a_url_given_to_a_local_path_option_is_refused_not_made_here(tmp_path, c
     (only file: URLs without '//' and Windows paths were checked). Exit 2 naming the URL (masked), nothing made."""
     write(tmp_path / "site", "OMOP/a.csv")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    assert main_here("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
     work = tmp_path / "work"
     work.mkdir()
     extra = [] if command[0] in ("testdata", "import-config") else ["--db", str(db)]
@@ -1045,7 +1045,7 @@ def test_a_file_url_without_slashes_given_as_a_path_is_refused_not_made_here(tmp
     assert f"give the path itself: {meant}" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
     if where == "--db" and "/" not in value:  # a file really named so (an earlier release's) is the manifest it names
-        assert cli("run", "-q", "--no-validate", "--db", str(work / value), "--site", str(tmp_path / "site")).returncode == 0
+        assert main_here("run", "-q", "--no-validate", "--db", str(work / value), "--site", str(tmp_path / "site")).returncode == 0
         assert cli("versions", "--db", value, cwd=work).returncode == 0
 
 
@@ -1053,7 +1053,7 @@ def test_a_folder_really_named_with_a_dollar_is_taken_as_written(tmp_path):
     write(tmp_path / "a$DIR" / "site", "OMOP/a.csv")
     (tmp_path / "c.toml").write_text('[site]\nroot = "a$DIR/site"\n[manifest]\ndb = "a$DIR/m$1.sqlite"\n'
                                      '[run]\nvalidate = false\n')
-    out = cli("run", "-q", "--config", str(tmp_path / "c.toml"))
+    out = main_here("run", "-q", "--config", str(tmp_path / "c.toml"))
     assert out.returncode == 0, out.stderr
     assert query(tmp_path / "a$DIR" / "m$1.sqlite", "SELECT n_files FROM versions") == [(1,)]
 
@@ -1091,7 +1091,7 @@ def test_a_writable_config_is_not_warned_of_on_windows(tmp_path):
 def test_a_config_not_in_utf8_names_the_line(tmp_path):
     """It said "'utf-8' codec can't decode byte 0xf4 in position 16": a byte count, and "check the permissions"."""
     (tmp_path / "c.toml").write_bytes(b'[site]\nname = "h\xf4pital"\n')
-    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    out = main_here("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2, out.stderr
     assert "is not UTF-8: byte 0xf4 on line 2" in out.stderr and "save the file as UTF-8" in out.stderr, out.stderr
 
@@ -1101,7 +1101,7 @@ def test_a_config_with_lines_ended_by_cr_alone_says_so(tmp_path):
     "Expected newline or end of document after a statement (at line 1, column 7)", of a line an editor shows as right;
     "fix the TOML syntax at the position given"."""
     (tmp_path / "c.toml").write_bytes(b'[site]\rname = "a"\r')
-    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    out = main_here("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2, out.stderr
     assert "its lines end in a carriage return alone (CR, without LF)" in out.stderr, out.stderr
     assert "fix:   save it with LF (or CRLF) line ends" in out.stderr and not (tmp_path / "m.sqlite").exists()
@@ -1112,7 +1112,7 @@ def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
     write(tmp_path / "site", "OMOP/a.csv")
     (tmp_path / "c.toml").write_bytes(b'\xef\xbb\xbf[site]\nname = "site-bom"\n[run]\nvalidate = false\n')
     db = tmp_path / "m.sqlite"
-    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
+    out = main_here("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
     assert out.returncode == 0, out.stderr
     assert query(db, "SELECT site FROM versions") == [("site-bom",)]
 
@@ -1126,7 +1126,7 @@ def test_a_config_saved_as_utf16_with_a_byte_order_mark_is_read(tmp_path, encodi
     data = text.encode("utf-16") if encoding == "utf-16" else b"\xfe\xff" + text.encode("utf-16-be")
     (tmp_path / "c.toml").write_bytes(data)
     db = tmp_path / "m.sqlite"
-    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
+    out = main_here("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
     assert out.returncode == 0, out.stderr
     assert query(db, "SELECT site FROM versions") == [("site-sixteen",)]
 
@@ -1139,7 +1139,7 @@ def test_a_config_saved_as_utf16_with_a_byte_order_mark_is_read(tmp_path, encodi
 def test_a_config_in_utf16_it_cannot_read_says_so(tmp_path, data, said):
     """Without a byte-order mark it was "Invalid statement (at line 1, column 1)" (big-endian) or "byte 0x00"."""
     (tmp_path / "c.toml").write_bytes(data)
-    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    out = main_here("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert said in out.stderr and "save the file as UTF-8" in out.stderr and "Latin-1" not in out.stderr, out.stderr
     assert not (tmp_path / "m.sqlite").exists()
@@ -1151,13 +1151,13 @@ def test_a_site_that_is_a_file_or_lies_under_one_is_said_as_such(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     for given, why in ((tmp_path / "notes.txt", "is a file, not a folder"),
                        (tmp_path / "notes.txt" / "site", f"lies under {tmp_path / 'notes.txt'}, which is a file")):
-        out = cli("run", "--site", str(given), "--db", str(tmp_path / "m.sqlite"))
+        out = main_here("run", "--site", str(given), "--db", str(tmp_path / "m.sqlite"))
         assert out.returncode == 2 and f"site root is not a readable directory: {given} {why}" in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_missing_site_is_a_usage_error(tmp_path):
-    out = cli("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
+    out = main_here("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2 and "not a readable directory" in out.stderr
     assert f"{tmp_path / 'nowhere'} does not exist (a typo, or a disk that is not mounted?)" in out.stderr, out.stderr
     # exit 2 is "nothing was done": no manifest (nor its lock) is created for a mistyped site
@@ -1171,7 +1171,7 @@ def test_a_site_whose_name_ends_in_white_space_names_the_folder_that_is_there(tm
     write(tmp_path / "site", "OMOP/person.csv")
     (tmp_path / "c.toml").write_text(f'[site]\nroot = "site{end.encode("unicode_escape").decode()}"\n')
     for args in (["--site", str(tmp_path / "site") + end], ["--config", str(tmp_path / "c.toml")]):
-        out = cli("status", *args, "--db", str(tmp_path / "m.sqlite"))
+        out = main_here("status", *args, "--db", str(tmp_path / "m.sqlite"))
         assert out.returncode == 2, out.stderr
         assert f"does not exist, but {tmp_path / 'site'} does: the name ends with white space ({said}" in out.stderr
         assert "give the path without it" in out.stderr and "a typo" not in out.stderr, out.stderr
@@ -1263,7 +1263,7 @@ def test_on_off_flags_override_chorus_toml_in_both_senses(tmp_path):
                                      'follow_symlinks = true\ndefault_excludes = false\n')
 
     def status(*flags: str) -> dict:
-        out = cli("status", "--json", "--config", str(tmp_path / "c.toml"), *flags)
+        out = main_here("status", "--json", "--config", str(tmp_path / "c.toml"), *flags)
         assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr
         return json.loads(out.stdout)
 
@@ -1274,7 +1274,7 @@ def test_on_off_flags_override_chorus_toml_in_both_senses(tmp_path):
     assert {c["srcfile"] for c in flags["changes"]} == {"OMOP/a.csv"}, flags["changes"]
     assert flags["excluded"]["default"] == 1 and flags["errors"]["by_kind"] == {"symlink": 1}, flags
     assert flags["findings"] is not None and flags["findings"]["total"] >= 0, flags
-    out = cli("run", "--slurm", "--no-follow-symlinks", "--config", str(tmp_path / "c.toml"))
+    out = main_here("run", "--slurm", "--no-follow-symlinks", "--config", str(tmp_path / "c.toml"))
     assert out.returncode == 2 and "run --slurm does not pass on --no-follow-symlinks" in out.stderr, out.stderr
 
 
@@ -1336,10 +1336,10 @@ def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_holds_only_th
     # committed (the run would remove 2 of the previous version's 3 files (66.7%))": the count was said twice
     for name in ("OMOP/a.csv", "OMOP/b.csv", "OMOP/c.csv"):
         write(site, name, name.encode())
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     (site / "OMOP" / "a.csv").unlink()
     (site / "OMOP" / "b.csv").unlink()
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--json")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--json")
     # stdout: no summary of a run that did not happen, only the error as one JSON object (as main says every error)
     assert out.returncode == 5 and json.loads(out.stdout)["exit_code"] == 5, (out.returncode, out.stdout)
     assert json.loads(out.stdout)["error"].count("2 of the previous version's 3 files") == 1
@@ -1357,7 +1357,7 @@ def test_a_value_given_empty_is_a_usage_error_naming_it(site, tmp_path, args):
     # ./chorus.toml, and --staging "", registry --out "" and testdata "" wrote into the current folder; all exit 0
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "--site", str(site), "--db", str(db), "--no-validate", "-q").returncode == 0
+    assert main_here("run", "--site", str(site), "--db", str(db), "--no-validate", "-q").returncode == 0
     here = tmp_path / "here"
     here.mkdir()
     command, *rest = args
@@ -1375,8 +1375,8 @@ def test_a_parquet_snapshot_folder_as_db_of_a_command_that_needs_the_manifest_sa
     # it said "pass --db with a file path, e.g. SNAPSHOTS/chorus_manifest.sqlite": a manifest inside the snapshots
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
-    assert cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate", "-q").returncode == 0
-    assert cli("versions", "--db", str(snaps)).returncode == 0  # read-only commands read it
+    assert main_here("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate", "-q").returncode == 0
+    assert main_here("versions", "--db", str(snaps)).returncode == 0  # read-only commands read it
     for args in (("upgrade",), ("validate",), ("status", "--site", str(site)), ("run", "--site", str(site))):
         out = cli(*args, "--db", str(snaps))
         assert out.returncode == 2 and "--parquet snapshot folder" in out.stderr, (args, out.stderr)
@@ -1389,13 +1389,13 @@ def test_a_file_of_a_parquet_snapshot_folder_as_db_names_the_folder(site, tmp_pa
     # new manifest": a reviewer sent to move a snapshot away, and no word of the folder that reads
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
-    assert cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate", "-q").returncode == 0
+    assert main_here("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate", "-q").returncode == 0
     for part in (snaps / "versions.parquet", next(snaps.glob("version=*/manifest.parquet"))):
-        out = cli("files", "--db", str(part))
+        out = main_here("files", "--db", str(part))
         assert out.returncode == 3 and f"a file of the Parquet snapshot folder {snaps}" in out.stderr, out.stderr
         assert "start a new manifest" not in out.stderr
     (tmp_path / "other.bin").write_bytes(b"x" * 200)  # any other file: the manifest file is asked for
-    assert "give the manifest file `chorus-batch run` writes" in cli("files", "--db", str(tmp_path / "other.bin")).stderr
+    assert "give the manifest file `chorus-batch run` writes" in main_here("files", "--db", str(tmp_path / "other.bin")).stderr
 
 
 def test_another_file_given_to_a_reading_command_is_not_said_to_start_a_new_manifest(site, tmp_path):
@@ -1423,7 +1423,7 @@ def test_another_file_given_to_a_reading_command_is_not_said_to_start_a_new_mani
             assert "start one" not in out.stderr and "start a new manifest" not in out.stderr, out.stderr
         with pytest.raises(ManifestError, match="starts no new manifest"):
             open_manifest(db)
-        assert "to start" in cli("run", "--site", str(site), "--db", str(db), "-q").stderr  # run: as before
+        assert "to start" in main_here("run", "--site", str(site), "--db", str(db), "-q").stderr  # run: as before
         assert db.read_bytes() == before
 
 
@@ -1446,18 +1446,18 @@ def test_a_number_out_of_range_is_said_with_the_value_given(tmp_path, command, o
 def test_a_count_too_large_is_a_usage_error_not_an_internal_one(site, tmp_path):
     # status --limit 10**20 was "internal error: OverflowError: int too big to convert"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
-    out = cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--limit", str(10**20), "--no-validate")
+    out = main_here("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--limit", str(10**20), "--no-validate")
     assert out.returncode == 2 and "argument --limit: must be at most 2,147,483,647" in out.stderr, out.stderr
     assert "internal error" not in out.stderr
-    assert cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--limit", str(2**31 - 1),
+    assert main_here("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--limit", str(2**31 - 1),
                "--no-validate").returncode == 0
 
 
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
     write(site, "OMOP/a.csv", b"b")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1")
     assert out.returncode == 2 and "does not sort after" in out.stderr
     assert query(db, "SELECT label FROM versions") == [("v2",)]
 
@@ -1468,7 +1468,7 @@ def test_a_name_given_in_bytes_that_are_not_utf8_is_a_usage_error(site, db):
     handed over by Python with surrogates) were 'internal error: UnicodeEncodeError' (SQLite and polars take UTF-8
     only); now exit 2 naming the argument with its odd byte escaped."""
     write(site, "OMOP/a.csv", b"a")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     for args, name in ((["history", "OMOP/\udce9.csv"], "PATH OMOP/\\xe9.csv"),
                        (["files", "--path", "OMOP/\udce9"], "--path OMOP/\\xe9"),
                        (["files", "--person", "\udce9"], "--person \\xe9"),
@@ -1485,30 +1485,30 @@ def test_a_version_label_differing_from_another_only_in_case_is_refused(site, db
     macOS, their files mixed. Refused before the listing; another label is taken."""
     write(site, "OMOP/a.csv", b"a")
     snaps = tmp_path / "snaps"
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "V1", "--parquet",
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "V1", "--parquet",
                str(snaps), "-q").returncode == 0
     write(site, "OMOP/a.csv", b"b")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1", "--parquet", str(snaps))
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1", "--parquet", str(snaps))
     assert out.returncode == 2 and "differs from the label of version 'V1' only in letter case" in out.stderr, out.stderr
     assert "listing" not in out.stderr
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
     assert query(db, "SELECT label FROM versions ORDER BY label") == [("V1",), ("v2",)]
 
 
 def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_it_names(site, db):
     """The upload procedure names each submission's folder at the centre YYYYMMDDhhmmss; a hand label does not."""
     write(site, "OMOP/a.csv", b"a")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q")
     assert out.returncode == 0, out.stderr
     assert "version label 'v2' is not a UTC timestamp (YYYYMMDDhhmmss)" in out.stderr
     assert "upload` will name this version's folder 'v2/'" in out.stderr
     other = db.with_name("other.sqlite")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(other), "--version", "30000101000000", "-q")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(other), "--version", "30000101000000", "-q")
     assert out.returncode == 0 and "not a UTC timestamp" not in out.stderr, out.stderr
     # A time ahead of the clock (a mistyped year) labelled every version after it one second after it, not by its UTC
     # start, unsaid; 14 digits that are no time (month 13) were taken as a timestamp
     assert "is a UTC time in the future (3000-01-01 00:00:00 UTC)" in out.stderr, out.stderr
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db.with_name("third.sqlite")), "--version",
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db.with_name("third.sqlite")), "--version",
               "20261301000000", "-q")
     assert out.returncode == 0 and "version label '20261301000000' is not a UTC timestamp" in out.stderr, out.stderr
 
@@ -1517,13 +1517,13 @@ def test_a_version_label_of_a_run_that_commits_nothing_is_said_unused(site, db):
     """A hand label was warned of as "this version's folder" (the versions after it 'v2-<UTC start>') before the
     listing, and a run with nothing to commit then made no version: said so, and the next version is not 'v2-…'."""
     write(site, "OMOP/a.csv", b"a")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q")
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q")
     assert out.returncode == 0, out.stderr
     assert "if this run commits a version, `upload` will name" in out.stderr, out.stderr
     assert "version label 'v2' (--version) was not used: this run made no version" in out.stderr, out.stderr
     write(site, "OMOP/b.csv", b"b")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
     assert out.returncode == 0 and "was not used" not in out.stderr, out.stderr
     assert all(label.isdigit() for (label,) in query(db, "SELECT label FROM versions"))
 
@@ -1542,7 +1542,7 @@ def test_a_db_path_ending_in_a_separator_is_refused_not_made_a_file(site, tmp_pa
 def test_runs_are_logged_without_secrets(site, db, tmp_path):
     write(site, "OMOP/a.csv")
     (tmp_path / "s?sv=1&sig=abc").mkdir()  # (a folder of that very name is taken: see the next test)
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(tmp_path / "s?sv=1&sig=abc"),
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(tmp_path / "s?sv=1&sig=abc"),
               "-q")
     assert out.returncode == 0, out.stderr
     (argv,) = query(db, "SELECT argv FROM runs")[0]
@@ -1564,7 +1564,7 @@ def test_a_secret_pasted_as_a_path_is_refused_unshown_and_nothing_is_named_by_it
     secret = aws if secret == "AWSKEY" else secret
     env = {"AWS_SECRET_ACCESS_KEY": aws}
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     before = set(tmp_path.rglob("*"))
     for args in (["run", "--no-validate", "--site", str(site), "--db", secret],
                  ["versions", "--db", "/data/" + secret],
@@ -1590,7 +1590,7 @@ def test_a_secret_a_message_quotes_is_masked_on_stderr_in_json_in_the_log_and_in
     in --json's error object, in the `runs` row of a run that failed after its commit, in a log line."""
     secret = "SECRETSIG"
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     sas = f"az://c/x?sv=2024&sig={secret}"
     for args in (["run", "--db", str(db), sas], ["--site", sas, "versions"], ["run", "--config", sas, "--json"],
                  ["changes", "--db", str(db), "--version", sas, "--json"], ["run", "--mode", sas],
@@ -1660,29 +1660,29 @@ def test_a_secret_given_as_an_exclusion_glob_or_a_path_is_never_quoted_back(site
     out = cli("status", "--site", str(site), "--db", str(db), cwd=tmp_path)
     assert out.returncode == 2 and secret not in out.stdout + out.stderr, out.stderr
     (tmp_path / "chorus.toml").unlink()
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     for command in ("files", "changes"):
-        out = cli(command, "--db", str(db), "--path", f"https://a.blob.core.windows.net/c?sv=2024&sig={secret}")
+        out = main_here(command, "--db", str(db), "--path", f"https://a.blob.core.windows.net/c?sv=2024&sig={secret}")
         assert out.returncode == 0 and "no " in out.stderr, out.stderr
         assert secret not in out.stdout + out.stderr and "sig=***" in out.stderr, out.stderr
-    out = cli("files", "--db", str(db), "--person", f"x?sv=2024&sig={secret}")
+    out = main_here("files", "--db", str(db), "--person", f"x?sv=2024&sig={secret}")
     assert out.returncode == 0 and "no files for person" in out.stderr and secret not in out.stderr, out.stderr
 
 
 def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     write(site, "OMOP/a.csv")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc")
     assert out.returncode == 2 and "invalid version label" in out.stderr and "listing" not in out.stderr
     assert not db.exists()
     # a label ending in a line break (a pasted value, $(cat label)): a pattern's `$` matches before it, and the label
     # was the version's name with the line break in it, at the centre too
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1\n")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1\n")
     assert out.returncode == 2 and "invalid version label" in out.stderr, out.stderr
     assert not db.exists()
     # a label too long for the pattern was told to "use up to 64" characters, and one of 50 to 64 then "at most 49"
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v" * 70)
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v" * 70)
     assert out.returncode == 2 and "use up to 49 letters" in out.stderr and "64 letters" not in out.stderr, out.stderr
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v" * 60)
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v" * 60)
     assert out.returncode == 2 and "use at most 49 characters" in out.stderr, out.stderr
     assert not db.exists()
 
@@ -1697,7 +1697,7 @@ def test_a_bare_account_key_or_a_secret_of_the_environment_given_in_the_wrong_pl
     aws = "wJalrXUtnFEMIDUMMYbPxRfiCYEXAMPLEKEYaw12"
     env = {"AWS_SECRET_ACCESS_KEY": aws}
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     for secret in (key, aws):
         for args in (["run", "--no-validate", "--site", str(site), "--db", str(db), "--version", secret],
                      ["validate", "--db", str(db), "--rule", secret], ["upload", "--db", str(db), "--to", secret],
@@ -1739,7 +1739,7 @@ def test_a_version_label_windows_reserves_as_a_device_name_is_refused(site, db):
 
     write(site, "OMOP/a.csv")
     for label in ("CON", "nul", "com1", "AUX.v2", "lpt9.2026"):
-        out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", label)
+        out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", label)
         assert out.returncode == 2 and "device name" in out.stderr and "Windows" in out.stderr, (label, out.stderr)
         assert not db.exists()
     for label in ("CONTROL", "console.v1", "com10", "nulls", "v-aux", "2026-con"):  # (names Windows keeps)
@@ -1752,17 +1752,17 @@ def test_a_hand_label_too_long_to_be_followed_is_refused_before_any_work(site, d
     latest label is already that long is told, before the listing, to give the next run a label."""
     write(site, "OMOP/a.csv")
     long = "v" + "x" * 49
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long)
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long)
     assert out.returncode == 2 and "has 50 characters" in out.stderr and "at most 49" in out.stderr, out.stderr
     assert "listing" not in out.stderr and not db.exists()
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long[:49]).returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long[:49]).returncode == 0
     import sqlite3
 
     with sqlite3.connect(db) as con:  # as an older release let it be given
         con.execute("UPDATE versions SET label = ?", (long,))
     con.close()
     write(site, "OMOP/b.csv")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db))
     assert out.returncode == 2 and f"the latest version's label '{long}' has 50 characters" in out.stderr, out.stderr
     assert "listing" not in out.stderr and "--version" in out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
@@ -1770,7 +1770,7 @@ def test_a_hand_label_too_long_to_be_followed_is_refused_before_any_work(site, d
 
 def test_findings_exit_1_and_json_summary(site, db):
     write(site, "stray.txt")
-    out = cli("run", "--site", str(site), "--db", str(db), "--json", "-q")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--json", "-q")
     assert out.returncode == 1
     summary = json.loads(out.stdout)
     assert summary["errors"]["by_kind"] == {"unparseable": 1}
@@ -1779,14 +1779,14 @@ def test_findings_exit_1_and_json_summary(site, db):
 
 def test_batch_log_lines_when_not_a_terminal(site, db):
     write(site, "OMOP/a.csv")
-    out = cli("run", "--site", str(site), "--db", str(db))
+    out = main_here("run", "--site", str(site), "--db", str(db))
     assert "chorus-batch: listing" in out.stderr
     assert "committing version" in out.stderr
 
 
 def test_testdata_is_deterministic_for_a_seed(tmp_path):
     for name in ("a", "b"):
-        out = cli("testdata", str(tmp_path / name), "--persons", "4", "--files-per-person", "10", "--seed", "9")
+        out = main_here("testdata", str(tmp_path / name), "--persons", "4", "--files-per-person", "10", "--seed", "9")
         assert out.returncode == 0, out.stderr
     assert tree_md5(tmp_path / "a") == tree_md5(tmp_path / "b")
     assert tree_md5(tmp_path / "a" / "first") != tree_md5(tmp_path / "a" / "second")
@@ -1802,7 +1802,7 @@ def test_a_failing_command_with_json_prints_its_error_as_json_on_stdout(site, tm
     d = json.loads(out.stdout)
     assert out.returncode == d["exit_code"] != 0, (out.returncode, out.stdout, out.stderr)
     assert d["error"] and d["error"] in out.stderr and "fix" in d, d
-    assert cli("files", "--db", str(tmp_path / "nothing-here.sqlite")).stdout == ""  # without --json: stderr only
+    assert main_here("files", "--db", str(tmp_path / "nothing-here.sqlite")).stdout == ""  # without --json: stderr only
 
 
 @pytest.mark.parametrize("argv", [("versions", "--json", "--bogus"), ("files", "--json", "--as-of"),
@@ -1825,7 +1825,7 @@ def test_a_file_that_is_not_a_manifest_is_refused_untouched(site, tmp_path):
     write(site, "OMOP/a.csv")
     bogus = tmp_path / "notes.sqlite"
     bogus.write_text("these are my notes, not a database\n")
-    out = cli("run", "--site", str(site), "--db", str(bogus))
+    out = main_here("run", "--site", str(site), "--db", str(bogus))
     assert out.returncode == 3
     assert "not a readable SQLite database" in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
     assert bogus.read_text() == "these are my notes, not a database\n"
@@ -1836,7 +1836,7 @@ def test_a_damaged_manifest_is_said_to_be_damaged_and_not_to_be_started_anew(sit
     "move this one aside to start a new manifest": its versions and uploads ledger lost for advice. It says the
     manifest is damaged, and to restore it from a backup or the copy `upload` left at the centre."""
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     cut = db.read_bytes()[:3000]
     db.write_bytes(cut)
     for command in (("versions",), ("run", "--site", str(site))):
@@ -1854,12 +1854,12 @@ def test_the_salvage_a_damaged_manifest_is_told_works_with_the_sqlite3_shell(sit
     """The advice for a damaged database was `sqlite3 DB .recover`, which writes no table with the sqlite3 3.40 of
     Debian bookworm ("SQL logic error"): the command the message gives, run as given, copies out what is readable."""
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     (label,), = query(db, "SELECT label FROM versions")
     with open(db, "r+b") as f:  # pages overwritten mid-file, as a bad disk leaves them
         f.seek(4096 * 2)
         f.write(b"\xff" * 8192)
-    out = cli("versions", "--db", str(db))
+    out = main_here("versions", "--db", str(db))
     assert out.returncode == 3 and "is damaged" in out.stderr, out.stderr
     command = out.stderr.split("copy out what is still readable (rows on damaged pages are lost): ")[1].splitlines()[0]
     salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
@@ -1871,12 +1871,12 @@ def test_a_manifest_from_a_newer_version_is_refused(site, db):
     import sqlite3
 
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     con = sqlite3.connect(db)
     with con:
         con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
-    out = cli("run", "--site", str(site), "--db", str(db))
+    out = main_here("run", "--site", str(site), "--db", str(db))
     assert out.returncode == 3 and "schema version 99" in out.stderr and "upgrade" in out.stderr
 
 
@@ -1932,8 +1932,8 @@ def test_unlock_of_a_path_that_names_no_manifest_is_a_usage_error(site, db, tmp_
         assert "Nothing to unlock" not in out.stdout, wrong
     assert not (tmp_path / "az:").exists()
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
-    local = cli("unlock", "--db", str(db), "--yes")
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    local = main_here("unlock", "--db", str(db), "--yes")
     assert local.returncode == 0 and "released by the OS" in local.stdout, local.stderr
     assert "held now" not in local.stdout, local.stdout
 
@@ -1955,7 +1955,7 @@ def test_unlock_of_a_local_manifest_a_run_holds_names_that_run(site, db, tmp_pat
 
 def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp_path):
     write(site, "OMOP/a.csv")
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     folder, missing = tmp_path / "folder", tmp_path / "none.sqlite"
     folder.mkdir()
     commands = [("versions",), ("changes",), ("upgrade",), ("validate",), ("registry", "--out", str(tmp_path / "r")),
@@ -2054,7 +2054,7 @@ def test_run_starts_a_new_manifest_in_an_empty_db_file(tmp_path):
     db.touch()
     out = cli("run", "--site", str(site), "--db", str(db), "-q", "--no-validate", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert cli("versions", "--db", str(db)).returncode == 0
+    assert main_here("versions", "--db", str(db)).returncode == 0
 
 
 def _readme_exit_codes() -> set[int]:
@@ -2339,25 +2339,25 @@ def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_
     .../m.sqlite " showed no difference) and recorded every file as added again."""
     write(site, "OMOP/a.csv", b"a")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     for name in ("m.sqlite ", "m.sqlite\r", " m.sqlite"):
-        out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / name), "-q")
+        out = main_here("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / name), "-q")
         assert out.returncode == 2, (name, out.stderr)
         assert f"--db {str(tmp_path / name)!r}: the manifest's file name" in out.stderr, out.stderr
         assert f"({db} is there)" in out.stderr and f"write the name without it: {str(db)!r}" in out.stderr
-    said = cli("versions", "--db", f"{db}\r")
+    said = main_here("versions", "--db", f"{db}\r")
     assert said.returncode == 2 and "Windows line ends" in said.stderr and "dos2unix" in said.stderr, said.stderr
     (tmp_path / "c.toml").write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "m.sqlite "\n')
-    out = cli("status", "--config", str(tmp_path / "c.toml"), "-q")
+    out = main_here("status", "--config", str(tmp_path / "c.toml"), "-q")
     assert out.returncode == 2 and "[manifest] db" in out.stderr and "ends with white space" in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.toml", "site", "m.sqlite", "m.sqlite.lock",
                                                                  "m.sqlite.state.parquet"]), list(tmp_path.iterdir())
     # a manifest that is there under such a name is the one meant
     shutil.copy(db, tmp_path / "odd ")
-    assert cli("versions", "--db", str(tmp_path / "odd ")).returncode == 0
+    assert main_here("versions", "--db", str(tmp_path / "odd ")).returncode == 0
     # a snapshot folder alike: `--parquet "$SNAPS"` made a second folder 'snapshots\r' beside the site's
     (tmp_path / "snapshots").mkdir()
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", f"{tmp_path / 'snapshots'}\r")
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", f"{tmp_path / 'snapshots'}\r")
     assert out.returncode == 2, out.stderr
     assert ("the snapshot folder's name ends with white space (a carriage return, as a file saved with Windows line "
             f"ends leaves), and nothing of that name is there ({tmp_path / 'snapshots'} is there)") in out.stderr, \
@@ -2365,16 +2365,16 @@ def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_
     assert not (tmp_path / "snapshots\r").exists() and query(db, "SELECT count(*) FROM versions") == [(1,)]
     # and a shards' staging folder: the shards wrote under 'staging\r', where the merge of 'staging' found none
     (tmp_path / "staging").mkdir()
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--shard", "0/2",
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--shard", "0/2",
               "--staging", f"{tmp_path / 'staging'}\r")
     assert out.returncode == 2 and "the staging folder's name ends with white space" in out.stderr, out.stderr
     assert not (tmp_path / "staging\r").exists()
     # every path argument of the machine's: a report written as 'r.html\r', a config "not found" while it is there
-    out = cli("report", "--db", str(db), "--out", f"{tmp_path / 'r.html'}\r")
+    out = main_here("report", "--db", str(db), "--out", f"{tmp_path / 'r.html'}\r")
     assert out.returncode == 2 and "--out" in out.stderr and "dos2unix" in out.stderr, out.stderr
     assert not (tmp_path / "r.html\r").exists()
     (tmp_path / "c.toml").write_text(f'[site]\nroot = "{site}"\n')
-    out = cli("status", "--config", f"{tmp_path / 'c.toml'}\r", "-q")
+    out = main_here("status", "--config", f"{tmp_path / 'c.toml'}\r", "-q")
     assert out.returncode == 2 and f"({tmp_path / 'c.toml'} is there)" in out.stderr, out.stderr
 
 
@@ -2383,19 +2383,19 @@ def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not
     invalid continuation byte" (a byte count, of no use in an editor), a folder "[Errno 21] Is a directory"."""
     write(site, "OMOP/a.csv", b"a")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     latin1 = tmp_path / "deleted.txt"
     latin1.write_bytes(b"# removed today\nOMOP/caf\xe9.csv\n")
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
               str(latin1))
     assert out.returncode == 2, out.stderr
     assert (f"the delete list {latin1} is not UTF-8: byte 0xe9 on line 2" in out.stderr
             and f"where: {latin1}, line 2" in out.stderr and "codec" not in out.stderr), out.stderr
     cut = tmp_path / "cut.txt"
     cut.write_bytes("OMOP/a.csv\n".encode("utf-16")[:-1])
-    out = cli("status", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list", str(cut))
+    out = main_here("status", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list", str(cut))
     assert out.returncode == 2 and "is UTF-16 text cut short" in out.stderr, out.stderr
-    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
+    out = main_here("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
               str(tmp_path))
     assert out.returncode == 2 and f"the delete list {tmp_path} is a folder, not a file" in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
@@ -2413,7 +2413,7 @@ def test_registry_ranges_that_share_ids_are_refused_as_the_file_is_read_naming_b
     assert cli("run", "--demo", "--db", str(db), "--no-validate", "-q", cwd=tmp_path).returncode == 0
     (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
                                      "waveform_proc_ids = [3000000000, 3000000100]\n")
-    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    out = main_here("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
     assert out.returncode == 2, out.stderr
     assert "image_proc_ids = [3000000000, 3000000100] (line 2) and waveform_proc_ids = [3000000000, 3000000100] " \
            "(line 3) share the ids 3000000000-3000000100" in out.stderr, out.stderr
@@ -2422,13 +2422,13 @@ def test_registry_ranges_that_share_ids_are_refused_as_the_file_is_read_naming_b
     assert query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
     # one range written, overlapping the other's default
     (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [2000000000, 2001000005]\n")
-    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    out = main_here("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
     assert out.returncode == 2 and "(line 2) and waveform_proc_ids = [2001000000, 2999999999] (the default: not " \
         "written in the file) share the ids 2001000000-2001000005" in out.stderr, out.stderr
-    assert cli("status", "--db", str(db), "--config", str(tmp_path / "c.toml")).returncode == 2  # (every command)
+    assert main_here("status", "--db", str(db), "--config", str(tmp_path / "c.toml")).returncode == 2  # (every command)
     (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
                                      "waveform_proc_ids = [3000000101, 3000000200]\n")
-    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    out = main_here("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     ids = {}
     for name in ("image_registry.csv", "waveform_registry.csv"):
@@ -2443,11 +2443,11 @@ def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_match
     with an empty folder name, taken and matching nothing."""
     write(site, "OMOP/a.csv", b"a")
     write(site, "Metadata/READINESS.md", b"r")  # (a first run whose globs leave out every file is refused, exit 5)
-    out = cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude", "OMOP\\\\*.csv")
+    out = main_here("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude", "OMOP\\\\*.csv")
     assert out.returncode == 2, out.stderr
     assert "it holds a backslash: folders are separated by '/' on every system (write OMOP/*.csv)" in out.stderr, \
         out.stderr
-    out = cli("status", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude",
+    out = main_here("status", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude",
               "OMOP/*.csv", "--json")  # (what was said to write: it takes the file)
     assert out.returncode == 0 and json.loads(out.stdout)["excluded"]["total"] == 1, out.stdout[-500:]
 
@@ -2484,10 +2484,10 @@ def test_a_site_root_named_with_a_line_break_keeps_the_error_on_its_first_line(t
     site = tmp_path / "r\nx"
     write(site, "OMOP/a.csv", b"a")
     db = tmp_path / "m.sqlite"
-    assert cli("run", "--no-validate", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    assert main_here("run", "--no-validate", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     (site / "OMOP" / "a.csv").unlink()
     (site / "OMOP").rmdir()
-    out = cli("run", "--no-validate", "-q", "--site", str(site), "--db", str(db))
+    out = main_here("run", "--no-validate", "-q", "--site", str(site), "--db", str(db))
     assert out.returncode == 5, out.stderr
     first, *rest = out.stderr.splitlines()
     assert first.startswith("chorus-batch: error: refused: root ") and "r\\nx lists no files at all" in first, out.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, paused, query
+from conftest import cli, main_here, paused, query
 from services import set_content_md5
 from test_upload import blobs, central_for
 
@@ -51,13 +51,15 @@ def build_site(tmp_path: Path, state: str = "v2") -> Path:
 
 
 def files_as_of(db: Path, label: str) -> dict[str, tuple[int, str]]:
-    out = cli("files", "--db", str(db), "--as-of", label, "--json")
+    out = main_here("files", "--db", str(db), "--as-of", label, "--json")
     assert out.returncode == 0, out.stderr
     return {row["srcfile"]: (row["size"], row["md5"]) for row in json.loads(out.stdout)}
 
 
 def import_journal(journal: Path, db: Path, *extra: str, env: dict | None = None):
-    return cli("import-journal", str(journal), "--db", str(db), *extra, env=env)
+    if env:  # (an environment of its own: its own process)
+        return cli("import-journal", str(journal), "--db", str(db), *extra, env=env)
+    return main_here("import-journal", str(journal), "--db", str(db), *extra)
 
 
 def edited_journal(tmp_path: Path, schema: str, sql: str) -> Path:
@@ -153,7 +155,7 @@ def test_the_run_after_an_import_hashes_nothing_and_adds_no_version(tmp_path):
     touched = site / "OMOP" / "visit_occurrence.csv"
     ns = touched.stat().st_mtime_ns
     os.utime(touched, ns=(ns + 789, ns + 789))
-    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     summary = json.loads(out.stdout)
     assert summary["version"] is None and summary["counts"]["unchanged"] == 41
@@ -173,7 +175,7 @@ def test_journal_b_the_next_run_adds_only_the_metadata_the_old_release_did_not_t
     assert import_journal(JOURNALS["B"], db, "--site", str(site), "--to", "az://central/").returncode == 1
 
     def run() -> dict:
-        out = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate", "--verify-sample", "0")
+        out = main_here("run", "--site", str(site), "--db", str(db), "--json", "--no-validate", "--verify-sample", "0")
         assert out.returncode in (0, 1), out.stderr
         return json.loads(out.stdout)
 
@@ -214,7 +216,7 @@ def test_site_check_says_when_the_next_run_would_be_refused(kept, tmp_path):
     db = tmp_path / "m.sqlite"
     out = import_journal(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/")
     assert out.returncode == 1, out.stderr
-    status = cli("status", "--db", str(db), "--site", str(site))
+    status = main_here("status", "--db", str(db), "--site", str(site))
     assert status.returncode == 5
     refusal = status.stderr.split("chorus-batch: error: ", 1)[1].strip()
     assert "refused" in refusal and "--max-delete" in refusal
@@ -271,7 +273,7 @@ def test_upload_after_the_import_sends_only_what_upstream_had_not_and_verify_che
     for name in in_blocks:
         set_content_md5(azurite.service_client(), central.container, name, None)
 
-    versions = cli("versions", "--db", str(db), "--json")
+    versions = main_here("versions", "--db", str(db), "--json")
     assert "imported from chorus-upload and not verified" in versions.stdout
 
     up = cli("upload", "--db", str(db), "--to", central.url, "--workers", "2", "--json", env=central.env)
@@ -303,7 +305,7 @@ def test_upload_after_the_import_sends_only_what_upstream_had_not_and_verify_che
     download = cli("verify", "--db", str(db), "--to", central.url, "--all", "--download", "--json", env=central.env)
     assert download.returncode == 0, download.stdout + download.stderr
     assert query(db, "SELECT DISTINCT verify_state FROM uploads WHERE state != 'superseded'") == [("ok",)]
-    assert "not verified" not in cli("versions", "--db", str(db), "--json").stdout
+    assert "not verified" not in main_here("versions", "--db", str(db), "--json").stdout
 
 
 # chorus-upload's `file upload` sends the current rows, then marks with its clock time also the rows replaced or removed
@@ -394,7 +396,7 @@ def test_impossible_rows_are_imported_as_findings_that_name_them(tmp_path):
         ("0123456789abcdef0123456789abcdef",)]
     # the findings stay when the first version is validated (they are the import's, not the check's)
     site = build_site(tmp_path, "v1")
-    assert cli("validate", "--db", str(db), "--site", str(site)).returncode == 1
+    assert main_here("validate", "--db", str(db), "--site", str(site)).returncode == 1
     checked = query(db, "SELECT rule, srcfile FROM findings WHERE version = ?", (V1,))
     assert ("import.impossible-interval", "OMOP/procedure_occurrence.csv") in checked
     # the journal's later drug_exposure row has an MD5 the file on disk does not have: its read is not
@@ -441,7 +443,7 @@ def test_a_file_that_is_not_a_journal_is_refused_clearly(content, words, tmp_pat
         con.close()
     elif content == "manifest":
         site = build_site(tmp_path)
-        assert cli("run", "--site", str(site), "--db", str(bad), "--no-validate").returncode in (0, 1)
+        assert main_here("run", "--site", str(site), "--db", str(bad), "--no-validate").returncode in (0, 1)
     else:
         bad.write_bytes(content)
     db = tmp_path / "m.sqlite"
@@ -518,7 +520,7 @@ def test_a_windows_sites_journal_with_backslash_paths_is_its_site_and_keeps_its_
     assert {(p, v, m) for p, v, m in query(
         db, "SELECT f.srcfile, u.version, u.md5 FROM uploads u JOIN source_files f USING (file_id)")} == journal_marks(
         JOURNALS[schema])
-    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     counts = json.loads(out.stdout)["counts"]
     assert counts["renamed"] == 0 and counts["unchanged"] == len(tree("v2", schema=schema)), counts
@@ -1021,7 +1023,7 @@ def test_md5s_a_cloud_site_recorded_as_base64_or_its_hex_are_the_same_md5s(tmp_p
     assert files_as_of(db, V1) == tree("v1", schema="A") and files_as_of(db, V2) == tree("v2", schema="A")
     assert {(p, v, m) for p, v, m in query(db, "SELECT substr(destination, length('az://central/') + 16), version, "
                                                "md5 FROM uploads")} == journal_marks(JOURNALS["A"])
-    run = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
+    run = main_here("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
     summary = json.loads(run.stdout)
     assert summary["version"] is None and summary["counts"]["unchanged"] == 41, run.stderr
 
@@ -1098,7 +1100,7 @@ def test_credentials_in_the_journal_are_named_masked_and_never_kept(tmp_path):
     assert len(secrets) == 2 and all("rotate it" in f["message"] and "sig=***" in f["message"] for f in secrets)
     assert query(db, "SELECT location FROM roots") == [("az://site/data",)]
     assert query(db, "SELECT DISTINCT central FROM uploads") == [("az://central",)]
-    report = cli("report", "--db", str(db), "--out", str(tmp_path / "r.html"))
+    report = main_here("report", "--db", str(db), "--out", str(tmp_path / "r.html"))
     assert report.returncode == 0 and "ALLSECRETSIG" not in (tmp_path / "r.html").read_text()
 
 
@@ -1431,7 +1433,7 @@ def test_an_import_stopped_while_it_checks_the_site_says_the_manifest_was_writte
     assert "no manifest was written" not in err, err
     assert f"the manifest was written to {db}, with the journal's {n} version{'s' if n != 1 else ''}" in err, err
     assert "only the check of the site against it was cut short" in err and "chorus-batch status --site" in err, err
-    assert cli("versions", "--db", str(db)).returncode == 0
+    assert main_here("versions", "--db", str(db)).returncode == 0
 
 
 # A journal or --db named in bytes that are not UTF-8 (a Latin-1 folder, as sites that began on old systems keep):
@@ -1523,7 +1525,7 @@ def test_a_run_turned_away_by_an_import_is_recorded_in_the_manifest_it_made(tmp_
     proc = paused("import-journal", str(JOURNALS["A"]), "--db", str(db), "--to", "az://central/", at="commit",
                   resume=resume)
     try:
-        refused = cli("run", "--site", str(site), "--db", str(db))
+        refused = main_here("run", "--site", str(site), "--db", str(db))
         assert refused.returncode == 4 and "locked by another command" in refused.stderr, refused.stderr
         assert "`chorus-batch import-journal`" in refused.stderr and f"pid {proc.pid} on host" in refused.stderr
         assert "started 20" in refused.stderr
@@ -1545,7 +1547,7 @@ def test_a_run_after_a_killed_import_removes_the_manifest_it_was_building(tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert list(tmp_path.glob(".m.sqlite.importing-*"))
-    out = cli("run", "--site", str(site), "--db", str(db), "-q")
+    out = main_here("run", "--site", str(site), "--db", str(db), "-q")
     assert out.returncode in (0, 1), out.stderr
     assert not list(tmp_path.glob(".m.sqlite.importing-*"))
     assert [row[0] for row in query(db, "SELECT count(*) FROM versions")] == [1]

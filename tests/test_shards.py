@@ -21,7 +21,7 @@ from chorus_batch.diff import compute_diff, duckdb_session
 from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA
 from chorus_batch.shards import program_words
 from chorus_batch.testdata import Spec, make_testdata
-from conftest import cli, fill, paused, query
+from conftest import cli, main_here, fill, paused, query
 
 N = 4
 
@@ -35,8 +35,8 @@ def snapshots(tmp_path_factory) -> Path:
 
 def run_shards(site: Path, db: Path, staging: Path, shards: range = range(N), env: dict | None = None) -> None:
     for k in shards:
-        out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
-                  env=env)
+        args = ("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging))
+        out = cli(*args, env=env) if env else main_here(*args)
         assert out.returncode == 0, out.stderr
         assert "nothing committed" in out.stdout
 
@@ -114,7 +114,7 @@ def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_pat
         if site.exists():
             shutil.rmtree(site)
         shutil.copytree(snapshots / snapshot, site)
-        assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+        assert main_here("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
         staging = tmp_path / f"staging-{i}"
         run_shards(site, merged, staging)
         out = cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging), env=env)
@@ -147,7 +147,7 @@ def test_the_merge_duckdb_works_within_its_memory_limit_and_a_private_spill_fold
 
 def test_a_shard_writes_nothing_beside_the_manifest(snapshots, tmp_path):
     db = tmp_path / "m.sqlite"
-    assert cli("run", "--site", str(snapshots / "first"), "--db", str(db), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(snapshots / "first"), "--db", str(db), "--no-validate").returncode in (0, 1)
     before = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
     run_shards(snapshots / "second", db, tmp_path / "staging", shards=range(1))
     after = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
@@ -160,13 +160,13 @@ def test_shards_without_facts_merge_and_validation_reads_the_headers_itself(snap
     """Shards run with --no-validate (or by the release before facts.parquet) parse nothing: the merge's
     validation reads the headers it lacks, and finds what a single-node run finds."""
     site, single, merged, staging = snapshots / "first", tmp_path / "s.sqlite", tmp_path / "m.sqlite", tmp_path / "stg"
-    assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
     for k in range(N):
-        out = cli("run", "--site", str(site), "--db", str(merged), "--shard", f"{k}/{N}", "--staging", str(staging),
+        out = main_here("run", "--site", str(site), "--db", str(merged), "--shard", f"{k}/{N}", "--staging", str(staging),
                   "--no-validate")
         assert out.returncode == 0, out.stderr
         assert not (staging / f"shard-{k}-of-{N}" / "facts.parquet").exists()
-    assert cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging)).returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(merged), "--merge", str(staging)).returncode in (0, 1)
     assert manifest_view(merged) == manifest_view(single)
     assert query(merged, "SELECT headers_read > 0 FROM validations") == [(1,)]
 
@@ -189,12 +189,12 @@ def test_a_first_merge_reads_each_shards_facts_and_errors_once(snapshots, tmp_pa
     # a damaged facts.parquet (cut short): refused before a new manifest is made
     other = tmp_path / "other.sqlite"
     for k in range(N):
-        assert cli("run", "--site", str(site), "--db", str(other), "--shard", f"{k}/{N}", "--staging",
+        assert main_here("run", "--site", str(site), "--db", str(other), "--shard", f"{k}/{N}", "--staging",
                    str(tmp_path / "stg2")).returncode == 0
     folder = tmp_path / "stg2" / "shard-2-of-4"
     facts = folder / "facts.parquet"
     facts.write_bytes(facts.read_bytes()[:-20])
-    out = cli("run", "--site", str(site), "--db", str(other), "--merge", str(tmp_path / "stg2"))
+    out = main_here("run", "--site", str(site), "--db", str(other), "--merge", str(tmp_path / "stg2"))
     assert out.returncode == 2 and "shard 2/4 is damaged" in out.stderr, out.stderr
     assert not other.exists() and not Path(f"{other}.lock").exists()
 
@@ -202,7 +202,7 @@ def test_a_first_merge_reads_each_shards_facts_and_errors_once(snapshots, tmp_pa
 def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snapshots, tmp_path):
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging, shards=(0, 1, 3))
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2
     assert "shard 2/4 is missing" in out.stderr and f"--shard 2/4 --staging {staging}" in out.stderr
     assert "nothing was committed" in out.stderr
@@ -214,13 +214,13 @@ def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snaps
                     at="hashing")
     killed.kill()
     killed.communicate(timeout=60)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2 and "shard 1/4 is incomplete (it failed or is still running): rerun it with: " \
         in out.stderr and f"--shard 1/4 --staging {staging}" in out.stderr, out.stderr
     run_shards(site, db, staging, shards=(1, 2))  # each rerun alone
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     # Merged once (a requeued merge job): said so, not "stale, rerun them"; never committed twice.
-    again = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    again = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     (label,) = query(db, "SELECT label FROM versions")[0]
     assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
     assert "is stale" not in again.stderr and "nothing was committed" in again.stderr
@@ -241,11 +241,11 @@ def test_a_merge_killed_after_its_commit_is_said_merged_already_when_requeued(sn
     (label,) = query(db, "SELECT label FROM versions")[0]
     if signum == signal.SIGTERM:
         assert f"version {label} had been committed before; it stays" in err, err
-    again = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    again = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
     assert "is stale" not in again.stderr and "nothing was committed" in again.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
-    assert cli("files", "--db", str(db)).returncode == 0
+    assert main_here("files", "--db", str(db)).returncode == 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
@@ -262,7 +262,7 @@ def test_a_requeued_merge_finishes_the_check_its_killed_merge_cut_short(snapshot
     merge.communicate(timeout=60)
     (label,) = query(db, "SELECT label FROM versions")[0]
     assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (label,)) == [(0,)]
-    again = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--parquet", str(snap))
+    again = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--parquet", str(snap))
     assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
     assert f"the check of version {label} against the procedures, which the merge that committed it did not " \
            "finish, was done now" in again.stderr, again.stderr
@@ -270,7 +270,7 @@ def test_a_requeued_merge_finishes_the_check_its_killed_merge_cut_short(snapshot
     assert (snap / f"version={label}" / "manifest.parquet").is_file()
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     # Once checked, a merge run again says no more than "merged already"
-    third = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--parquet", str(snap))
+    third = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--parquet", str(snap))
     assert third.returncode == 2 and "was done now" not in third.stderr and "checking the site" not in third.stderr
 
 
@@ -303,11 +303,11 @@ def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_p
     """Another run committed after the shards listed: they are stale (rerun them), not "merged already"."""
     site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
     shutil.copytree(snapshots / "first", site)
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     run_shards(site, db, staging)
     (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     # (the run listed the site after the shards: they are older than its version, to be run again, not merged)
     assert out.returncode == 2 and "older than the manifest's latest version" in out.stderr, out.stderr
     assert f"--shard 0/4 --staging {staging}" in out.stderr and "merged already" not in out.stderr, out.stderr
@@ -316,13 +316,13 @@ def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_p
     run_shards(site, db, staging)
     last = query(db, "SELECT label FROM versions ORDER BY label DESC")[0][0]
     (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n3\n")
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     import sqlite3
 
     with sqlite3.connect(db) as con:  # (that run's listing began before the shards': a long single-node run)
         con.execute("UPDATE runs SET scan_started_ns = 1 WHERE version = (SELECT max(label) FROM versions)")
     assert query(db, "SELECT label FROM versions ORDER BY label DESC")[0][0] != last
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2 and "shard 0/4 is stale" in out.stderr and "merged already" not in out.stderr, out.stderr
 
 
@@ -336,9 +336,9 @@ def test_shards_of_a_second_submission_at_once_are_said_older_than_the_version_t
     first, second = tmp_path / "st-first", tmp_path / "st-second"
     run_shards(site, db, first)
     run_shards(site, db, second)  # (the other submission's array, listed a moment later)
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(second), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(second), "--no-validate").returncode in (0, 1)
     (label,) = query(db, "SELECT label FROM versions")[0]
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(first))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(first))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"are older than the manifest's latest version {label}" in out.stderr, out.stderr
     assert "another run (another submission of the Slurm script, or a run)" in out.stderr
@@ -390,7 +390,7 @@ def test_a_shard_this_release_cannot_read_is_named_with_its_rerun_not_an_interna
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
     edit(staging / f"shard-0-of-{N}")
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stderr
     assert "internal error" not in out.stderr and f"shard 0/{N} is damaged" in out.stderr, out.stderr
     assert said in out.stderr and f"--shard 0/{N} --staging {staging}" in out.stderr, out.stderr
@@ -402,11 +402,11 @@ def test_shards_merged_already_do_not_call_their_version_the_latest_once_another
     site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
     shutil.copytree(snapshots / "first", site)
     run_shards(site, db, staging)
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--merge", str(staging)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--merge", str(staging)).returncode in (0, 1)
     (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     first, latest = (label for (label,) in query(db, "SELECT label FROM versions ORDER BY label"))
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stderr
     assert f"merged already: they are version {first} (the latest is now {latest})" in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
@@ -444,7 +444,7 @@ def test_a_merge_of_a_folder_without_shards_leaves_no_manifest_behind(snapshots,
     staging.mkdir()
     for name in inside:
         (staging / name).mkdir() if name.startswith("shard") else (staging / name).write_text("x")
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stderr
     assert "no shard results in" in out.stderr and "(no shard-K-of-N folders)" in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["staging"]
@@ -459,12 +459,12 @@ def test_a_merge_of_the_folder_of_every_submissions_staging_folder_names_them(sn
     run_shards(site, db, parent / "20261201T010000Z", shards=range(1))
     run_shards(site, db, parent / "20261202T010000Z")
     (parent / "notes").mkdir()
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(parent))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(parent))
     assert out.returncode == 2, out.stderr
     assert "holds the staging folders of 2 submissions (20261201T010000Z, 20261202T010000Z)" in out.stderr, out.stderr
     assert f"--merge {parent / '20261202T010000Z'}" in out.stderr and "run the shards first" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sqlite.staging"]
-    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(parent / "20261202T010000Z"))
+    merged = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(parent / "20261202T010000Z"))
     assert merged.returncode in (0, 1), merged.stderr
 
 
@@ -475,7 +475,7 @@ def test_merge_with_shard_or_staging_says_they_do_not_go_together(snapshots, tmp
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging, shards=range(1))
     extra = tuple(str(tmp_path / "other") if word == "X" else word for word in extra)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *extra)
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *extra)
     assert out.returncode == 2, out.stderr
     assert f"--merge does not go with {given}" in out.stderr and f"to merge, drop {given}" in out.stderr, out.stderr
     assert "needs --staging" not in out.stderr and "without a shard" not in out.stderr
@@ -488,15 +488,15 @@ def test_shards_of_another_site_or_manifest_are_said_so_not_stale_to_be_rerun_as
     same site's shards written for another manifest: that manifest named, and the rerun for this one."""
     site, other_site = snapshots / "first", snapshots / "second"
     staging, theirs, ours = tmp_path / "staging", tmp_path / "theirs.sqlite", tmp_path / "ours.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
     run_shards(other_site, theirs, staging)
-    out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
     assert out.returncode == 2 and "is stale" not in out.stderr, out.stderr
     assert f"the shards scanned {other_site}, not this run's site {site}" in out.stderr, out.stderr
     assert f"--site {other_site} --db {theirs} --merge {staging}" in out.stderr, out.stderr
     shutil.rmtree(staging)
     run_shards(site, theirs, staging)
-    out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
     assert out.returncode == 2 and "is stale" not in out.stderr, out.stderr
     assert f"shard 0/{N} was written for another manifest, {theirs} (its --db), not this merge's {ours}" in out.stderr
     assert f"--site {site} --db {ours} --shard 0/{N} --staging {staging}" in out.stderr, out.stderr
@@ -504,7 +504,7 @@ def test_shards_of_another_site_or_manifest_are_said_so_not_stale_to_be_rerun_as
     # Shards of a new manifest (theirs: none yet) merged into another new one: based on the same (no) version, they
     # were committed into it without a word, and again into theirs by their own merge
     new = tmp_path / "new.sqlite"
-    out = cli("run", "--site", str(site), "--db", str(new), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(new), "--merge", str(staging))
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"shard 0/{N} was written for another manifest, {theirs} (its --db), not this merge's {new}" in out.stderr
     assert f"--site {site} --db {theirs} --merge {staging}" in out.stderr, out.stderr
@@ -519,13 +519,13 @@ def test_shards_merged_into_their_own_manifest_given_to_another_merge_are_said_m
     site, staging = snapshots / "first", tmp_path / "staging"
     theirs, ours = tmp_path / "theirs.sqlite", tmp_path / "ours.sqlite"
     run_shards(site, theirs, staging)
-    assert cli("run", "--site", str(site), "--db", str(theirs), "--merge", str(staging), "--no-validate"
+    assert main_here("run", "--site", str(site), "--db", str(theirs), "--merge", str(staging), "--no-validate"
                ).returncode in (0, 1)
     (label,) = query(theirs, "SELECT label FROM versions")[0]
     for exists in (False, True):  # a new manifest, then one with a version of its own
         if exists:
-            assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
-        out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging), "--no-validate")
+            assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
+        out = main_here("run", "--site", str(site), "--db", str(ours), "--merge", str(staging), "--no-validate")
         assert out.returncode == 2, out.stdout + out.stderr
         assert (f"written for another manifest, {theirs} (their --db), not this merge's {ours}, and were merged into "
                 f"that one already: they are its version {label}; nothing was committed into this one") in out.stderr
@@ -540,7 +540,7 @@ def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_pa
               str(tmp_path / "st"), "--json", env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "st" / "shard-2-of-4" / "scan.json").exists()
-    bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", "4/4",
+    bad = main_here("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", "4/4",
               "--staging", str(tmp_path / "st"))
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
     # A task id without a count, or one that is no number, is said as such (the first said "--staging without a
@@ -585,10 +585,10 @@ def test_a_staging_path_that_cannot_hold_a_shard_is_refused_before_the_listing(s
     site, db, afile = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "afile"
     afile.write_text("not a folder")
     for staging in (afile, afile / "below"):
-        out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
+        out = main_here("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
         assert out.returncode == 2 and "cannot write" in out.stderr and "internal error" not in out.stderr, out.stderr
         assert "listing" not in out.stderr, out.stderr  # said before any work
-    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(afile))
+    merged = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(afile))
     assert merged.returncode == 2 and "it is a file, not a folder" in merged.stderr, merged.stderr
     assert not db.exists()
 
@@ -599,7 +599,7 @@ def test_a_full_staging_disk_is_said_to_be_full(snapshots, tmp_path, small_disk)
     staging = small_disk / "staging"
     staging.mkdir()
     filler = fill(small_disk)
-    out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", f"0/{N}",
+    out = main_here("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", f"0/{N}",
               "--staging", str(staging))
     assert out.returncode == 3, out.stderr  # a failure of the machine's, as a full manifest disk (was 2: bad usage)
     assert "No space left on device" in out.stderr and "internal error" not in out.stderr, out.stderr
@@ -611,7 +611,7 @@ def test_shards_of_another_site_are_refused_naming_both_sites(snapshots, tmp_pat
     """The refusal named the roots as Python tuples ("[('/data/site', None)]")."""
     db, staging = tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(snapshots / "first", db, staging)
-    out = cli("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stderr
     assert (f"the shards scanned {snapshots / 'first'}, not this run's site {snapshots / 'second'}" in out.stderr
             and "None" not in out.stderr), out.stderr
@@ -626,7 +626,7 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
     site, db, staging = snapshots, tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
     merge = merge_paused_at_its_commit(site, db, staging)
-    shard = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
+    shard = main_here("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
     let_go(staging)
     out, err = merge.communicate(timeout=120)
     assert shard.returncode == 4, shard.stderr
@@ -638,7 +638,7 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
 
     shard = shard_paused_at_hashing(site, db, staging, "--rehash")  # (files to hash)
     try:
-        merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+        merged = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     finally:
         let_go(staging)
         shard.communicate(timeout=120)
@@ -696,8 +696,8 @@ def test_one_shard_run_twice_at_once_is_refused_and_the_first_writes_it_whole(sn
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     first = shard_paused_at_hashing(site, db, staging)
     try:
-        second = cli("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
-        other = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
+        second = main_here("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
+        other = main_here("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
     finally:
         let_go(staging)
         out, err = first.communicate(timeout=120)
@@ -730,10 +730,10 @@ def test_a_shard_on_an_empty_manifest_file_starts_it_as_a_run_does(snapshots, tm
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     db.touch()
     run_shards(site, db, staging)
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     (tmp_path / "a-file").write_text("x")
-    out = cli("run", "--site", str(site), "--db", str(tmp_path / "a-file" / "m.sqlite"), "--shard", "0/4",
+    out = main_here("run", "--site", str(site), "--db", str(tmp_path / "a-file" / "m.sqlite"), "--shard", "0/4",
               "--staging", str(tmp_path / "other"))
     assert out.returncode == 2 and "a-file is a file, not a folder" in out.stderr, out.stderr
     assert not (tmp_path / "other" / "shard-0-of-4").exists()
@@ -747,15 +747,15 @@ def test_shards_of_another_split_left_in_the_staging_folder_are_left_out_and_sai
     run_shards(site, db, staging)  # a split into 4, left there
     (staging / "shard-3-of-4" / "scan.json").unlink()  # (one of them even incomplete: not a reason to refuse)
     for k in (0, 1):
-        assert cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging", str(staging)
+        assert main_here("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging", str(staging)
                    ).returncode == 0
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     assert "also holds 4 shard folders of a split into 4" in out.stderr and "left out" in out.stderr
     assert f"rm -r {staging}/shard-*-of-4" in out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     single = tmp_path / "single.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(single)).returncode in (0, 1)
     assert manifest_view(db) == manifest_view(single)
 
 
@@ -765,17 +765,17 @@ def test_a_shard_listed_with_other_exclusion_globs_is_refused_naming_it_and_its_
     it with the merge's own exclusions."""
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging, shards=(1, 2, 3))
-    out = cli("run", "--site", str(site), "--db", str(db), "--shard", "0/4", "--staging", str(staging),
+    out = main_here("run", "--site", str(site), "--db", str(db), "--shard", "0/4", "--staging", str(staging),
               "--exclude", "*.csv")
     assert out.returncode == 0, out.stderr
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--exclude", "*.tmp")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--exclude", "*.tmp")
     assert out.returncode == 2, out.stderr
     assert "shard 0/4 was listed with other exclusion globs ('*.csv') than this merge's ('*.tmp')" in out.stderr
     assert f"--exclude '*.tmp' --shard 0/4 --staging {staging}" in out.stderr
     assert "shard 1/4" in out.stderr and "nothing was committed" in out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
     run_shards(site, db, staging, shards=(0, 1, 2, 3))
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
@@ -790,21 +790,21 @@ def test_a_shard_listed_with_other_symlink_following_is_refused_naming_it_and_it
     for person in sorted(p for p in site.iterdir() if p.name.isdigit()):
         (person / "extra").symlink_to(tmp_path / "elsewhere")
     run_shards(site, db, staging, shards=(1, 2, 3))
-    out = cli("run", "--site", str(site), "--db", str(db), "--shard", "0/4", "--staging", str(staging),
+    out = main_here("run", "--site", str(site), "--db", str(db), "--shard", "0/4", "--staging", str(staging),
               "--follow-symlinks")
     assert out.returncode == 0, out.stderr
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode == 2, out.stderr
     assert "shard 0/4 was listed following symbolic links (--follow-symlinks), this merge without" in out.stderr
     assert f"--shard 0/4 --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
     for k in (1, 2, 3):
-        assert cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/4", "--staging", str(staging),
+        assert main_here("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/4", "--staging", str(staging),
                    "--follow-symlinks").returncode == 0
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode == 2 and "merge with the settings the shards ran with" in out.stderr, out.stderr
     assert "--follow-symlinks --merge" in out.stderr
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate",
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate",
                "--follow-symlinks").returncode in (0, 1)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
@@ -875,8 +875,8 @@ def test_a_shard_out_of_range_is_refused_before_anything_is_listed_saying_where_
     assert "where: SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT" in out.stderr
     assert not staging.exists() and not db.exists()
     assert cli(*common, "--shard", "4096/4096").returncode == 2  # K < N
-    assert cli("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "--shard", "4095/4096").returncode == 0
-    out = cli("slurm-script", "--site", str(site), "--db", str(db), "--shards", "4097")
+    assert main_here("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "--shard", "4095/4096").returncode == 0
+    out = main_here("slurm-script", "--site", str(site), "--db", str(db), "--shards", "4097")
     assert out.returncode == 2 and "at most 4096 shards" in out.stderr and out.stdout == ""
 
 
@@ -896,10 +896,10 @@ def test_flags_the_other_side_acts_on_are_refused_not_dropped(snapshots, tmp_pat
     config = tmp_path / "chorus.toml"
     config.write_text(f'[manifest]\nparquet = "{tmp_path / "pq"}"\n[run]\nmax_delete = 10\n')
     run_shards(site, db, staging)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--rehash")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--rehash")
     assert out.returncode == 2 and "--rehash would do nothing in a merge" in out.stderr, out.stderr
     assert "run the shards again with --rehash" in out.stderr and not db.exists()
-    out = cli("run", "--config", str(config), "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--config", str(config), "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode in (0, 1), out.stderr  # (the config's parquet and max_delete: the merge's)
     assert (tmp_path / "pq").is_dir()
 
@@ -946,14 +946,14 @@ def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_ru
     site, _bedside, db, staging, there, config = config_site(snapshots, tmp_path)
     for k in range(2):
         assert cli("run", "--shard", f"{k}/2", "--staging", str(staging), cwd=there).returncode == 0
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))  # the merge without the config
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))  # the merge without the config
     assert out.returncode == 2 and f"the shards scanned {site}, {_bedside} ([site.roots] Waveforms), not this " \
                                    f"run's site {site}; nothing was committed" in out.stderr, out.stderr
     told = out.stderr.split("merge with the settings the shards ran with: ", 1)[1].split("; or rerun", 1)[0]
     assert shlex.split(told) == [*program_words(), "run", "--config", str(config), "--merge", str(staging)]
     # one shard rerun without the config: named, with its rerun as this merge is run
-    assert cli("run", "--site", str(site), "--db", str(db), "--shard", "1/2", "--staging", str(staging)).returncode == 0
-    out = cli("run", "--config", str(config), "--merge", str(staging))
+    assert main_here("run", "--site", str(site), "--db", str(db), "--shard", "1/2", "--staging", str(staging)).returncode == 0
+    out = main_here("run", "--config", str(config), "--merge", str(staging))
     assert out.returncode == 2 and f"shard 1/2 listed other roots ({site}) than this merge's site" in out.stderr, \
         out.stderr
     assert "shard 0/2" not in out.stderr and "nothing was committed" in out.stderr
@@ -962,7 +962,7 @@ def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_ru
                                   str(staging)]
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
     assert cli(*shlex.split(rerun)[len(program_words()) + 1:]).returncode == 0
-    out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--config", str(config), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
 
 
@@ -1021,7 +1021,7 @@ def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
     first = merge_paused_at_its_commit(site, db, staging)
-    second = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    second = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     let_go(staging)
     out, err = first.communicate(timeout=120)
     assert second.returncode == 4, second.stderr
@@ -1041,20 +1041,20 @@ def test_a_shard_that_ran_where_the_site_is_not_mounted_is_refused_not_merged_as
 
     site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
     shutil.copytree(snapshots / "first", site)
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     run_shards(site, db, staging, shards=(0, 2, 3))
     unmounted = subprocess.run(  # shard 1 in a mount namespace of its own, with an empty file system over the site
         ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(site), sys.executable, "-m",
          "chorus_batch", "run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging)],
         capture_output=True, text=True)
     assert unmounted.returncode == 0 and f"shard 1/{N}: 0 files" in unmounted.stdout, unmounted.stderr
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"shard 1/{N} found {site} empty on " in out.stderr and "the site not mounted there?" in out.stderr
     assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     run_shards(site, db, staging, shards=(1,))  # rerun where it is mounted: merged, nothing removed
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1) and "no changes since version" in out.stdout, out.stdout + out.stderr
 
 
@@ -1066,14 +1066,14 @@ def test_a_damaged_shard_is_named_with_its_rerun_beside_the_others(snapshots, tm
     run_shards(site, db, staging)
     (staging / f"shard-1-of-{N}" / "scan.json").write_text('{"roots": [')
     (staging / f"shard-2-of-{N}" / "files.parquet").unlink()
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stderr
     for k in (1, 2):
         assert f"shard {k}/{N} is damaged (not a complete scan result: " in out.stderr
         assert f"--shard {k}/{N} --staging {staging}" in out.stderr
     assert "nothing was committed" in out.stderr
     run_shards(site, db, staging, shards=(1, 2))
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
@@ -1101,9 +1101,9 @@ def test_a_site_spelled_through_a_symlink_is_the_same_site_to_the_merge(snapshot
     link = tmp_path / "link"
     link.symlink_to(site, target_is_directory=True)
     run_shards(site, db, staging)
-    other = cli("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
+    other = main_here("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
     assert other.returncode == 2 and "the shards scanned" in other.stderr, other.stderr
-    out = cli("run", "--site", str(link), "--db", str(db), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--site", str(link), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode == 0, out.stderr
     assert query(db, "SELECT count(*) FROM source_files") == [(sum(p.is_file() for p in site.rglob("*")),)]
 
@@ -1114,7 +1114,7 @@ def test_a_merge_refused_into_a_manifest_not_made_yet_leaves_none_behind(snapsho
     site, db, staging = snapshots / "first", tmp_path / "new" / "m.sqlite", tmp_path / "staging"
     db.parent.mkdir()
     run_shards(site, db, staging, shards=range(N - 1))
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stderr
     assert f"shard {N - 1}/{N} is missing" in out.stderr and "nothing was committed" in out.stderr, out.stderr
     assert list(db.parent.iterdir()) == []
@@ -1131,13 +1131,13 @@ def test_one_outside_file_linked_from_two_shards_is_recorded_once_as_by_a_single
     for person in ("000001", "000004"):  # shards 1 and 0 of 4
         (site / person / "notes.txt").symlink_to(outside / "shared.txt")
     single, sharded, staging = tmp_path / "single.sqlite", tmp_path / "sharded.sqlite", tmp_path / "staging"
-    out = cli("run", "--site", str(site), "--db", str(single), "--follow-symlinks", "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(single), "--follow-symlinks", "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     for k in range(N):
-        out = cli("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--shard", f"{k}/{N}",
+        out = main_here("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--shard", f"{k}/{N}",
                   "--staging", str(staging))
         assert out.returncode == 0, out.stderr
-    out = cli("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--merge", str(staging),
+    out = main_here("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--merge", str(staging),
               "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     for db in (single, sharded):
@@ -1154,7 +1154,7 @@ def test_a_merge_of_shards_on_a_read_only_file_system_says_so_and_what_to_do(sna
     run_shards(site, db, staging, shards=range(1))
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
-        out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+        out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     assert out.returncode == 2, out.stderr
@@ -1174,9 +1174,9 @@ def test_the_shards_of_a_run_re_verify_within_one_verify_max_bytes_between_them(
     for path in site.rglob("*"):
         os.utime(path, (an_hour_ago, an_hour_ago))
     single, merged = tmp_path / "single.sqlite", tmp_path / "merged.sqlite"
-    assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
     run_shards(site, merged, tmp_path / "staging-0")
-    assert cli("run", "--site", str(site), "--db", str(merged), "--merge", str(tmp_path / "staging-0")).returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(merged), "--merge", str(tmp_path / "staging-0")).returncode in (0, 1)
     site_bytes = query(merged, "SELECT sum(size) FROM source_files WHERE time_invalid IS NULL")[0][0]
     budget = site_bytes // 3
     verify = ["--verify-sample", "100", "--verify-max-bytes", str(budget)]
@@ -1185,15 +1185,15 @@ def test_the_shards_of_a_run_re_verify_within_one_verify_max_bytes_between_them(
         before = dict((path, when) for path, _size, when in query(merged, read))
         staging = tmp_path / f"staging-{night}"
         for k in range(N):
-            out = cli("run", "--site", str(site), "--db", str(merged), "--shard", f"{k}/{N}", "--staging", str(staging),
+            out = main_here("run", "--site", str(site), "--db", str(merged), "--shard", f"{k}/{N}", "--staging", str(staging),
                       *verify)
             assert out.returncode == 0, out.stderr
-        out = cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging), "--json")
+        out = main_here("run", "--site", str(site), "--db", str(merged), "--merge", str(staging), "--json")
         assert out.returncode in (0, 1), out.stderr
         said = json.loads(out.stdout)["verification"]
         reread = [size for path, size, when in query(merged, read) if when != before[path]]
         assert 0 < sum(reread) <= budget and said["bytes_reverified"] == sum(reread), (night, said, budget)
-        alone = json.loads(cli("run", "--site", str(site), "--db", str(single), "--json", *verify).stdout)
+        alone = json.loads(main_here("run", "--site", str(site), "--db", str(single), "--json", *verify).stdout)
         assert said["files_reverified"] == alone["verification"]["files_reverified"], night
 
 
@@ -1207,12 +1207,12 @@ def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged
     globs = [["--exclude", "*.csv", "--exclude", "*.hea", "--exclude", "/scratch"],
              ["--exclude", "*.hea", "--exclude", "./scratch", "--exclude", "*.csv"]]
     for k in range(N):
-        out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
+        out = main_here("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
                   *globs[k % 2])
         assert out.returncode == 0, out.stderr
-    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *globs[1])
+    merged = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *globs[1])
     assert merged.returncode in (0, 1) and "committed" in merged.stdout, merged.stderr
-    alone = cli("run", "--site", str(site), "--db", str(single), *globs[1])
+    alone = main_here("run", "--site", str(site), "--db", str(single), *globs[1])
     assert merged.returncode == alone.returncode, merged.stderr + alone.stderr
     assert manifest_view(db) == manifest_view(single)
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '%.csv' OR srcfile LIKE '%.hea'") == [(0,)]
@@ -1226,19 +1226,19 @@ def test_a_staging_folder_shared_by_two_manifests_merges_this_manifests_own_spli
     site, db, other, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "other.sqlite", tmp_path / "st"
     run_shards(site, db, staging)  # this manifest's split into N
     for k in (0, 1):  # then another manifest's split into 2, in the same folder
-        assert cli("run", "--site", str(site), "--db", str(other), "--shard", f"{k}/2", "--staging", str(staging)
+        assert main_here("run", "--site", str(site), "--db", str(other), "--shard", f"{k}/2", "--staging", str(staging)
                    ).returncode == 0
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     assert "rerun it for this one" not in out.stderr and f"rm -r {staging}/shard-*-of-{N}" not in out.stderr
     assert "split into 2 (shard-*-of-2, listed " in out.stderr and f"written for another manifest, {other}" in out.stderr
     assert f"rm -r {staging}/shard-*-of-2" not in out.stderr  # (the other manifest's shards, still to be merged)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     single = tmp_path / "single.sqlite"
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(single)).returncode in (0, 1)
     assert manifest_view(db) == manifest_view(single)
     # and the other manifest's merge takes its own split, the newest, as before
-    theirs = cli("run", "--site", str(site), "--db", str(other), "--merge", str(staging), "--no-validate")
+    theirs = main_here("run", "--site", str(site), "--db", str(other), "--merge", str(staging), "--no-validate")
     assert theirs.returncode in (0, 1), theirs.stderr
     assert manifest_view(other) == manifest_view(single)
 
@@ -1250,18 +1250,18 @@ def test_a_copied_staging_folder_merges_the_split_listed_last_not_the_one_copied
     two, missing). The shards' recorded listing start decides."""
     site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
     shutil.copytree(snapshots / "first", site)
-    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert main_here("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     run_shards(site, db, staging)  # a split into 4, left there
     (site / "000001" / "added.csv").write_text("added after the split into 4\n")
     for k in (0, 1):
-        assert cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging", str(staging)
+        assert main_here("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging", str(staging)
                    ).returncode == 0
     copy = tmp_path / "copy"
     copy.mkdir()
     for n in (2, N):  # the newer split first, the older last (as a copy may go)
         for folder in sorted(staging.glob(f"shard-*-of-{n}")):
             subprocess.run(["cp", "-r", str(folder), str(copy)], check=True)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(copy), "--no-validate")
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(copy), "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     assert f"also holds {N} shard folders of a split into {N}" in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile = '000001/added.csv' AND time_invalid IS NULL"
@@ -1278,13 +1278,13 @@ def test_shards_that_listed_the_site_hours_apart_are_said(snapshots, tmp_path):
     said = json.loads(record.read_text())
     said["scan_started_ns"] -= int(2.5 * 3600e9)  # as if shard 2 had listed the site 2.5 hours before the others
     record.write_text(json.dumps(said))
-    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    merged = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert merged.returncode in (0, 1), merged.stderr
     assert "the shards listed the site 2.5 hours apart (shard 2 at " in merged.stderr, merged.stderr
     assert "recorded as removed, or at both paths, until the next run" in merged.stderr
     again = tmp_path / "again"
     run_shards(site, tmp_path / "m2.sqlite", again)
-    alone = cli("run", "--site", str(site), "--db", str(tmp_path / "m2.sqlite"), "--merge", str(again))
+    alone = main_here("run", "--site", str(site), "--db", str(tmp_path / "m2.sqlite"), "--merge", str(again))
     assert alone.returncode in (0, 1) and "hours apart" not in alone.stderr, alone.stderr
 
 
@@ -1298,14 +1298,14 @@ def test_a_shard_whose_files_parquet_is_damaged_inside_is_named_with_its_rerun(s
         monkeypatch.setenv("CHORUS_BATCH_PARTITION_ROWS", str(partition_rows))
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     staging = tmp_path / "staging2"
     run_shards(snapshots / "second", db, staging)
     files = staging / f"shard-1-of-{N}" / "files.parquet"
     with open(files, "r+b") as f:  # past the magic "PAR1", inside the first column's pages; the footer stays
         f.seek(min(300, files.stat().st_size // 4))
         f.write(b"X" * 30)
-    out = cli("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stderr
     assert "internal error" not in out.stderr
     assert f"shard 1/{N} is damaged (its files.parquet cannot be read: " in out.stderr, out.stderr
@@ -1327,13 +1327,13 @@ def test_a_shard_whose_files_sit_in_the_wrong_bucket_is_named_not_committed_as_r
     moved = 0 if edit == "bucket-of-another-shard" else (first + 1 if first + 1 <= 2047 else first - 1)
     frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(moved).otherwise(pl.col("bucket"))
                        .cast(pl.Int32).alias("bucket")).write_parquet(files)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"shard 1/{N} is damaged (its files.parquet holds files under " in out.stderr, out.stderr
     assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
     run_shards(site, db, staging, shards=(1,))
-    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
 
 
 def test_a_shard_that_lists_a_path_twice_is_named_not_said_as_another_program_writing_the_manifest(snapshots, tmp_path):
@@ -1346,7 +1346,7 @@ def test_a_shard_that_lists_a_path_twice_is_named_not_said_as_another_program_wr
     frame = pl.read_parquet(files)
     frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.col("srcfile").get(1))
                        .otherwise(pl.col("srcfile")).alias("srcfile")).write_parquet(files)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"shard 1/{N} is damaged (its files.parquet lists {frame['srcfile'][1]} more than once)" in out.stderr, \
         out.stderr
@@ -1366,7 +1366,7 @@ def test_a_shard_row_no_listing_gives_is_named_not_committed(snapshots, tmp_path
     assert frame.height  # (shard 0 holds OMOP/ and Metadata/ at least)
     frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(value)).otherwise(pl.col(column))
                        .cast(frame.schema[column]).alias(column)).write_parquet(files)
-    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"shard 0/{N} is damaged (its files.parquet holds a row no listing gives: {frame['srcfile'][0]!r}" \
         in out.stderr, out.stderr
@@ -1403,7 +1403,7 @@ def test_a_merge_of_a_folder_inside_the_site_is_refused(tmp_path):
     (site / "shard-0-of-2" / "Images" / "a.dcm").write_bytes(b"x")
     db = tmp_path / "m.sqlite"
     for merge in (site, site / "shard-0-of-2"):
-        proc = cli("run", "--site", str(site), "--db", str(db), "--merge", str(merge))
+        proc = main_here("run", "--site", str(site), "--db", str(db), "--merge", str(merge))
         assert proc.returncode == 2, proc.stderr
         assert "the shards' staging folder would lie inside the site's root" in proc.stderr, proc.stderr
         assert f"--merge: {merge}" in proc.stderr and "rerun it" not in proc.stderr
@@ -1453,7 +1453,7 @@ def test_a_shard_reads_only_its_folders_rows_and_the_sites_one_sample(tmp_path):
             (folder / f"f{j}.dat").write_bytes(f"{name} {j}".encode())
     (site / "README.txt").write_text("root file")
     (site / "p1.txt").write_text("root file sorting among the folders")
-    assert cli("run", "--site", str(site), "--db", str(db), "--no-validate").returncode in (0, 1)
+    assert main_here("run", "--site", str(site), "--db", str(db), "--no-validate").returncode in (0, 1)
     manifest = Manifest(db)
     assert manifest._cache_fresh(manifest._cache_identity())  # (the run cached its rows)
     whole = manifest.previous_state(write_cache=False)
@@ -1482,26 +1482,26 @@ def test_a_second_manifests_shards_are_not_written_over_the_firsts_unmerged_ones
     staging, first, second = tmp_path / "st", tmp_path / "first.sqlite", tmp_path / "second.sqlite"
     run_shards(site, first, staging)
     for other in (other_site, site):  # another site's manifest; the same site's other manifest
-        out = cli("run", "--site", str(other), "--db", str(second), "--shard", f"1/{N}", "--staging", str(staging))
+        out = main_here("run", "--site", str(other), "--db", str(second), "--shard", f"1/{N}", "--staging", str(staging))
         assert out.returncode == 2, out.stdout + out.stderr
         assert (f"shard 1 of {N} was not written: {staging}/shard-1-of-{N} holds that shard of another manifest, "
                 f"{first}, written ") in out.stderr, out.stderr
         assert f"--site {site} --db {first} --merge {staging}" in out.stderr, out.stderr
         assert f"rm -r {staging}/shard-*-of-{N}" in out.stderr and "a --staging folder of their own" in out.stderr
-    merged = cli("run", "--site", str(site), "--db", str(first), "--merge", str(staging), "--no-validate")
+    merged = main_here("run", "--site", str(site), "--db", str(first), "--merge", str(staging), "--no-validate")
     assert merged.returncode in (0, 1), merged.stderr
     assert query(first, "SELECT count(*) FROM versions") == [(1,)]
     run_shards(site, first, staging)  # merged again with no changes: taken all the same
-    assert cli("run", "-q", "--site", str(site), "--db", str(first), "--merge", str(staging), "--no-validate"
+    assert main_here("run", "-q", "--site", str(site), "--db", str(first), "--merge", str(staging), "--no-validate"
                ).returncode in (0, 1)
     run_shards(other_site, second, staging)  # merged: written over
-    out = cli("run", "--site", str(other_site), "--db", str(second), "--merge", str(staging), "--no-validate")
+    out = main_here("run", "--site", str(other_site), "--db", str(second), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1), out.stderr
     # the merge of a manifest whose shard another one's holds says the rerun is refused until that one merged them
     (staging / f"shard-0-of-{N}" / "scan.json").unlink()
-    cli("run", "--site", str(site), "--db", str(first), "--shard", f"0/{N}", "--staging", str(staging))
+    main_here("run", "--site", str(site), "--db", str(first), "--shard", f"0/{N}", "--staging", str(staging))
     for merge_site in (other_site, site):  # (another site's shard; the same site's, of another manifest)
-        out = cli("run", "--site", str(merge_site), "--db", str(second), "--merge", str(staging), "--no-validate")
+        out = main_here("run", "--site", str(merge_site), "--db", str(second), "--merge", str(staging), "--no-validate")
         assert out.returncode == 2 and "(once that one has merged them, or they are removed" in out.stderr, out.stderr
 
 
@@ -1513,9 +1513,9 @@ def test_shards_of_two_config_files_naming_two_manifests_are_told_apart(snapshot
     for name, site in (("one", "first"), ("two", "second")):
         (tmp_path / f"{name}.toml").write_text(f'[site]\nroot = "{snapshots / site}"\n[manifest]\ndb = "{name}.sqlite"\n')
     shard = ("--shard", "0/1", "--staging", str(staging))
-    assert cli("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0
-    out = cli("run", "-q", "--config", str(tmp_path / "two.toml"), *shard)
+    assert main_here("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0
+    out = main_here("run", "-q", "--config", str(tmp_path / "two.toml"), *shard)
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"holds that shard of another manifest, {tmp_path / 'one.sqlite'}, written " in out.stderr, out.stderr
     assert f"--config {tmp_path / 'one.toml'} --merge {staging}" in out.stderr, out.stderr
-    assert cli("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0
+    assert main_here("run", "-q", "--config", str(tmp_path / "one.toml"), *shard).returncode == 0

@@ -37,7 +37,7 @@ from chorus_batch.testdata import (
 )
 from chorus_batch.validate import REQUIRED_TABLES, check, extract_facts, facts_needed
 
-from conftest import ROOT, cli, run_site, tree_md5
+from conftest import ROOT, main_here, run_site, tree_md5
 from sitegen import scan_current
 
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
@@ -261,7 +261,7 @@ def test_unknown_layout_is_refused():
 
 @pytest.mark.parametrize("layout", ["v2.0", "v1.0"])
 def test_cli_writes_the_layout(layout, tmp_path):
-    out = cli("testdata", str(tmp_path / "cli"), "--persons", "3", "--files-per-person", "10", "--seed", "4",
+    out = main_here("testdata", str(tmp_path / "cli"), "--persons", "3", "--files-per-person", "10", "--seed", "4",
               "--layout", layout, "--workers", "1")
     assert out.returncode == 0, out.stderr
     make_testdata(tmp_path / "lib", Spec(persons=3, files_per_person=10, seed=4, layout=layout))
@@ -595,11 +595,11 @@ def test_demo_site_is_the_demo_spec_in_todays_layout(tmp_path):
 
 def test_size_takes_a_byte_count_as_the_settings_do(tmp_path):
     # `--size 64KiB` was "invalid int value": the and the README's trees are given in such units
-    out = cli("testdata", str(tmp_path / "t"), "--persons", "1", "--files-per-person", "3", "--size", "2KiB")
+    out = main_here("testdata", str(tmp_path / "t"), "--persons", "1", "--files-per-person", "3", "--size", "2KiB")
     assert out.returncode == 0, out.stderr
     dat = next((tmp_path / "t" / "first").rglob("*.dat"))
     assert dat.stat().st_size == 2048
-    bad = cli("testdata", str(tmp_path / "u"), "--size", "two")
+    bad = main_here("testdata", str(tmp_path / "u"), "--size", "two")
     assert bad.returncode == 2 and "'two' is not a byte count" in bad.stderr
 
 
@@ -615,7 +615,7 @@ def test_size_takes_a_byte_count_as_the_settings_do(tmp_path):
      "--persons 10000 x --files-per-person 10000 is 100,000,000 files, more than 10,000,000"),
 ])
 def test_a_testdata_size_out_of_range_names_the_option(tmp_path, args, said):
-    out = cli("testdata", str(tmp_path / "t"), *args)
+    out = main_here("testdata", str(tmp_path / "t"), *args)
     assert out.returncode == 2 and said in out.stderr, out.stderr
     assert "invalid" not in out.stderr and "--size 1024" not in out.stderr, out.stderr
     assert not (tmp_path / "t").exists()

@@ -19,7 +19,7 @@ import chorus_batch.validate as validate_module
 from chorus_batch.review import open_manifest
 from chorus_batch.store.schema import SCHEMA_VERSION
 from chorus_batch.validate import readers
-from conftest import cli, paused, query, run_site
+from conftest import cli, main_here, paused, query, run_site
 from sitegen import build_clean_site, edf_bytes, person_ids, sessions_of, write
 
 
@@ -97,7 +97,7 @@ def test_no_validate_skips_the_checks_and_validate_does_them_later(clean, db):
     result = run_site(clean, db, validate_site=False)
     assert result.findings is None
     assert query(db, "SELECT count(*) FROM validations") == [(0,)]
-    out = cli("validate", "--site", str(clean), "--db", str(db), "--json")
+    out = main_here("validate", "--site", str(clean), "--db", str(db), "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["version"] == result.label and report["by_severity"]["error"] == 0
@@ -132,11 +132,11 @@ def test_facts_of_kinds_no_longer_read_are_deleted_with_their_bytes_once(clean, 
 def test_validate_cli_exit_code_and_cache(clean, db):
     (clean / "OMOP" / "person.csv").unlink()
     run_site(clean, db, validate_site=False)
-    first = cli("validate", "--site", str(clean), "--db", str(db))
+    first = main_here("validate", "--site", str(clean), "--db", str(db))
     assert first.returncode == 1, first.stderr
     assert "omop.missing_table" in first.stdout
     # Checked already: the stored findings, even without the site.
-    again = cli("validate", "--db", str(db), "--json")
+    again = main_here("validate", "--db", str(db), "--json")
     assert again.returncode == 1
     assert any(f["rule"] == "omop.missing_table" for f in json.loads(again.stdout)["findings"])
 
@@ -148,7 +148,7 @@ def test_unreadable_files_are_reported_not_cached_and_read_again_later(clean, db
     header = clean / person / "Waveforms" / "Telemetry" / session / f"{session}.hea"
     content = header.read_bytes()
     header.unlink()  # gone between the run and the check
-    out = cli("validate", "--site", str(clean), "--db", str(db), "--json")
+    out = main_here("validate", "--site", str(clean), "--db", str(db), "--json")
     found = json.loads(out.stdout)["findings"]
     assert any(f["srcfile"].endswith(f"{session}.hea") and "cannot read" in f["message"] for f in found), found
     assert query(db, "SELECT count(*) FROM validations") == [(0,)]  # not marked as checked
@@ -254,7 +254,7 @@ def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean
     recorded = query(db, "SELECT md5 FROM source_files WHERE srcfile LIKE ? AND time_invalid IS NULL",
                      (f"%/{session}.hea",))[0][0]
     header.write_bytes(b"OTHER 3 999 77\n")
-    out = cli("validate", "--db", str(db), "--json")
+    out = main_here("validate", "--db", str(db), "--json")
     assert out.returncode == 1, out.stderr
     found = [(f["rule"], f["message"]) for f in json.loads(out.stdout)["findings"] if f["srcfile"].endswith(header.name)]
     assert [rule for rule, _ in found] == ["file.unread"], found
@@ -278,7 +278,7 @@ def test_a_header_touched_after_the_run_is_read_as_recorded(clean, db):
     os.utime(header, ns=(1_000_000_000, 1_000_000_000))
     recorded = query(db, "SELECT md5 FROM source_files WHERE srcfile LIKE ? AND time_invalid IS NULL",
                      (f"%/{session}.hea",))[0][0]
-    out = cli("validate", "--db", str(db), "--json")
+    out = main_here("validate", "--db", str(db), "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     assert query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (recorded,)) == [(1,)]
 
@@ -336,13 +336,13 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
 
 def test_findings_are_in_the_summary_and_the_parquet_snapshot(clean, db, tmp_path):
     write(clean, "stray.txt", "left behind\n")
-    out = cli("run", "--site", str(clean), "--db", str(db), "--json", "--parquet", str(tmp_path / "snap"))
+    out = main_here("run", "--site", str(clean), "--db", str(db), "--json", "--parquet", str(tmp_path / "snap"))
     summary = json.loads(out.stdout)
     assert summary["findings"]["by_severity"]["warning"] >= 1
     assert "warning:layout.root_file" in summary["findings"]["by_rule"]
     snap = open_manifest(tmp_path / "snap")
     assert "layout.root_file" in set(snap.findings()["rule"])
-    text = cli("run", "--site", str(clean), "--db", str(db))
+    text = main_here("run", "--site", str(clean), "--db", str(db))
     assert "validation: 0 errors" in text.stdout
 
 
@@ -604,7 +604,7 @@ def test_validate_help_names_what_today_s_procedures_ask_for():
 def test_a_signal_at_the_end_of_validate_says_truly_whether_its_findings_were_recorded(clean, db, point):
     """SQLite commits in C: a SIGTERM that came while validate's one transaction was committed is raised after it.
     The message said "no findings of this check were recorded" of findings the manifest then held."""
-    assert cli("run", "--site", str(clean), "--db", str(db), "--no-validate").returncode == 0
+    assert main_here("run", "--site", str(clean), "--db", str(db), "--no-validate").returncode == 0
     assert query(db, "SELECT count(*) FROM validations") == [(0,)]
     proc = paused("validate", "--db", str(db), at=point)
     os.kill(proc.pid, signal.SIGTERM)
@@ -616,7 +616,7 @@ def test_a_signal_at_the_end_of_validate_says_truly_whether_its_findings_were_re
         assert "had been recorded before the signal came; they stay" in err and "no findings" not in err, err
     else:
         assert "no findings of this check were recorded" in err, err
-    shown = cli("validate", "--db", str(db))
+    shown = main_here("validate", "--db", str(db))
     assert shown.returncode == 0 and "validation: 0 errors" in shown.stdout, shown.stderr
 
 
@@ -627,7 +627,7 @@ def test_an_empty_omop_folder_is_not_said_to_be_missing(clean):
 
     shutil.rmtree(clean / "OMOP")
     (clean / "OMOP").mkdir()
-    out = cli("validate", "--site", str(clean), "--json")
+    out = main_here("validate", "--site", str(clean), "--json")
     found = {f["rule"]: f["message"] for f in json.loads(out.stdout)["findings"]}
     assert out.returncode == 1 and found["layout.no_omop"].startswith(
         "the site has no file in an OMOP/ folder (none, or an empty one): add OMOP/"), found
@@ -738,14 +738,14 @@ def test_the_examples_of_a_summary_show_each_rule_before_a_second_of_any(clean, 
     for i in range(12):
         write(clean, f"{person}/Waveforms/Telemetry/{sessions_of(person, 0)['single']}/archive{i:02}.zip", b"PK\x03\x04")
     (clean / "Metadata" / "READINESS.md").unlink()
-    run = cli("run", "--site", str(clean), "--db", str(db))
+    run = main_here("run", "--site", str(clean), "--db", str(db))
     assert run.returncode == 1, run.stderr
-    for out in (run.stdout, cli("validate", "--db", str(db)).stdout):
+    for out in (run.stdout, main_here("validate", "--db", str(db)).stdout):
         listed = [line.strip() for line in out.splitlines() if line.startswith("    error: ")]
         assert any("Metadata/READINESS.md:" in line for line in listed), out
         assert any("archive00.zip:" in line for line in listed)
         assert listed == sorted(listed)  # still in path order
-    summary = json.loads(cli("validate", "--db", str(db), "--json").stdout)
+    summary = json.loads(main_here("validate", "--db", str(db), "--json").stdout)
     examples = summary["examples"]
     assert summary["by_rule"]["error:file.compressed"] == 12
     rules = [e["rule"] for e in examples]
@@ -768,7 +768,7 @@ def test_validate_shows_the_findings_of_a_rule_a_severity_or_a_path_and_says_it_
     run_site(clean, db)
 
     def shown(*args: str) -> tuple[int, dict]:
-        done = cli("validate", "--db", str(db), "--json", *args)
+        done = main_here("validate", "--db", str(db), "--json", *args)
         assert "Traceback" not in done.stderr
         return done.returncode, json.loads(done.stdout)
 
@@ -791,15 +791,15 @@ def test_validate_shows_the_findings_of_a_rule_a_severity_or_a_path_and_says_it_
     code, omop = shown("--path", "OMOP/death.csv")
     assert code == 1 and [f["rule"] for f in omop["findings"]] == ["omop.missing_table"]
 
-    text = cli("validate", "--db", str(db), "--rule", "omop.missing_table")
+    text = main_here("validate", "--db", str(db), "--rule", "omop.missing_table")
     assert text.returncode == 1
     assert f"--rule omop.missing_table: 1 of {whole['total']} findings shown" in text.stdout
 
     # a rule misspelt is refused before anything is read, with the id it may mean
-    wrong = cli("validate", "--db", str(db), "--rule", "omop.mising_table")
+    wrong = main_here("validate", "--db", str(db), "--rule", "omop.mising_table")
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "no validation rule is omop.mising_table; did you mean omop.missing_table?" in wrong.stderr
-    family = cli("validate", "--db", str(db), "--rule", "dicm.")
+    family = main_here("validate", "--db", str(db), "--rule", "dicm.")
     assert family.returncode == 2 and "did you mean dicom.?" in family.stderr
 
 
@@ -819,7 +819,7 @@ def test_the_review_api_keeps_the_findings_validate_keeps_by_rule_severity_and_p
     readers_ = (open_manifest(db), open_manifest(snaps))
 
     def by_cli(*args: str) -> list[tuple]:
-        done = cli("validate", "--db", str(db), "--json", *args)
+        done = main_here("validate", "--db", str(db), "--json", *args)
         assert "Traceback" not in done.stderr
         return sorted((f["rule"], f["severity"], f["srcfile"]) for f in json.loads(done.stdout)["findings"])
 
@@ -844,7 +844,7 @@ def test_the_review_api_keeps_the_findings_validate_keeps_by_rule_severity_and_p
     with pytest.raises(UsageError, match="no severity is 'errors'") as said:
         readers_[1].findings(severity="errors")
     assert said.value.where == "severity="
-    wrong = cli("validate", "--db", str(db), "--rule", "omop.mising_table")
+    wrong = main_here("validate", "--db", str(db), "--rule", "omop.mising_table")
     assert wrong.returncode == 2 and "--rule" in wrong.stderr and "did you mean omop.missing_table?" in wrong.stderr
 
 
@@ -858,27 +858,27 @@ def test_validate_version_shows_an_earlier_versions_stored_findings_and_says_the
     second = run_site(clean, db)
     assert not any(second.findings["rule"] == "omop.missing_table")
 
-    done = cli("validate", "--db", str(db), "--version", first.label, "--json")
+    done = main_here("validate", "--db", str(db), "--version", first.label, "--json")
     assert done.returncode == 1, done.stderr
     shown = json.loads(done.stdout)
     assert shown["version"] == first.label and "omop.missing_table" in {f["rule"] for f in shown["findings"]}
     assert "not checked again" in shown["stored"] and second.label in shown["stored"]
     assert query(db, "SELECT count(*) FROM validations")[0][0] == 2, "nothing checked nor stored"
-    text = cli("validate", "--db", str(db), "--version", first.label, "--rule", "omop.")
+    text = main_here("validate", "--db", str(db), "--version", first.label, "--rule", "omop.")
     assert text.returncode == 1 and f"the findings stored when version {first.label} was checked" in text.stdout
-    latest = cli("validate", "--db", str(db), "--version", second.label, "--json")
+    latest = main_here("validate", "--db", str(db), "--version", second.label, "--json")
     assert latest.returncode == json.loads(latest.stdout)["exit_code"] and "stored" not in json.loads(latest.stdout)
 
-    forced = cli("validate", "--db", str(db), "--version", first.label, "--force")
+    forced = main_here("validate", "--db", str(db), "--version", first.label, "--force")
     assert forced.returncode == 2 and "--force checks the latest version again" in forced.stderr
     (clean / "stray.txt").write_text("x\n")
     third = run_site(clean, db, validate_site=False)
     (clean / "stray.txt").unlink()
     run_site(clean, db)
-    never = cli("validate", "--db", str(db), "--version", third.label)
+    never = main_here("validate", "--db", str(db), "--version", third.label)
     assert never.returncode == 2 and "Traceback" not in never.stderr
     assert f"Version {third.label} was not validated" in never.stderr
-    folder = cli("validate", "--site", str(clean), "--version", first.label)
+    folder = main_here("validate", "--site", str(clean), "--version", first.label)
     assert folder.returncode == 2 and "no manifest" in folder.stderr
 
 
@@ -905,7 +905,7 @@ def test_the_run_summary_says_what_was_fixed_what_is_new_and_what_is_still_open_
     text = summary_text(second)
     assert f"  since version {first.label}: fixed 1 (1 error, 0 warnings, 0 notes); new " in text
     assert text.index("since version") < text.index("warning:layout.person_file"), "under the counts"
-    done = cli("run", "--site", str(clean), "--db", str(db), "--json")
+    done = main_here("run", "--site", str(clean), "--db", str(db), "--json")
     assert json.loads(done.stdout)["findings_since"] is None, "no new version: the same findings, nothing to compare"
     (clean / "Unexpected" / "a.txt").unlink()
     (clean / "Unexpected").rmdir()
@@ -928,7 +928,7 @@ def test_a_manifest_whose_runs_all_failed_is_said_so_not_as_if_no_run_was_tried(
         manifest.finish_run(manifest.begin_run(["run"], "full", str(tmp_path / "site")), exit_code=code, version=None,
                             message=message)
     for command in ("validate", "changes"):
-        out = cli(command, "--db", str(db))
+        out = main_here(command, "--db", str(db))
         assert out.returncode == 2, out.stderr
         assert "no versions yet: 2 runs were recorded, none committed a version" in out.stderr, out.stderr
         assert "stopped by SIGTERM; no version committed (stopped by signal 15)" in out.stderr, out.stderr
@@ -938,14 +938,14 @@ def test_a_manifest_whose_runs_all_failed_is_said_so_not_as_if_no_run_was_tried(
     empty.mkdir()
     db2 = tmp_path / "e.sqlite"
     # a first run refused as its root lists no file: said with its refusal, and what to do about it
-    assert cli("run", "-q", "--site", str(empty), "--db", str(db2), "--no-validate").returncode == 5
-    out = cli("validate", "--db", str(db2))
+    assert main_here("run", "-q", "--site", str(empty), "--db", str(db2), "--no-validate").returncode == 5
+    out = main_here("validate", "--db", str(db2))
     assert out.returncode == 2 and f"refused: root {empty} lists no files at all" in out.stderr, out.stderr
     assert "holds OMOP/ and the person folders" in " ".join(out.stderr.split()), out.stderr
     # one let through (--max-delete all: a site whose files are to come) ended with nothing to commit
     db3 = tmp_path / "a.sqlite"
-    assert cli("run", "-q", "--site", str(empty), "--db", str(db3), "--no-validate", "--max-delete", "all").returncode == 0
-    out = cli("validate", "--db", str(db3))
+    assert main_here("run", "-q", "--site", str(empty), "--db", str(db3), "--no-validate", "--max-delete", "all").returncode == 0
+    out = main_here("validate", "--db", str(db3))
     assert out.returncode == 2 and f"listed no files in {empty}" in out.stderr, out.stderr
     assert "holds OMOP/ and the person folders" in out.stderr
 
@@ -959,7 +959,7 @@ def test_validate_fail_on_judges_every_finding_whatever_the_filters_show(clean, 
     run_site(clean, db)
 
     def code(*args: str) -> int:
-        done = cli("validate", "--db", str(db), "--json", *args)
+        done = main_here("validate", "--db", str(db), "--json", *args)
         assert "Traceback" not in done.stderr, done.stderr
         return done.returncode
 
@@ -967,7 +967,7 @@ def test_validate_fail_on_judges_every_finding_whatever_the_filters_show(clean, 
     assert code("--path", person, "--fail-on", "error") == 1  # the error in OMOP/ counts, though not shown
     assert code("--rule", "layout.person_file", "--fail-on", "warning") == 1
     assert code("--fail-on", "never") == 0
-    text = cli("validate", "--db", str(db), "--path", person, "--fail-on", "error")  # why 1, when the list shows none
+    text = main_here("validate", "--db", str(db), "--path", person, "--fail-on", "error")  # why 1, when the list shows none
     assert text.returncode == 1 and "validation: 0 errors, 1 warning" in text.stdout, text.stdout
     assert "--fail-on error: exit 1, the version has 1 error (of all its findings, not only those shown)" in text.stdout
     (clean / person / "stray.txt").unlink()
@@ -980,20 +980,20 @@ def test_validate_fail_on_judges_every_finding_whatever_the_filters_show(clean, 
 
 def test_validate_explain_prints_a_rules_text_from_the_registry():
     rule = next(r for r in validate_module.RULES if r.id == "dicom.patient_id")
-    done = cli("validate", "--explain", rule.id, "--db", "/nonexistent/m.sqlite")  # reads no manifest
+    done = main_here("validate", "--explain", rule.id, "--db", "/nonexistent/m.sqlite")  # reads no manifest
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{rule.id} ({rule.severity}): {rule.title}\n")
     assert " ".join(done.stdout.split("\n", 1)[1].split()) == " ".join(
         [rule.description, f"Procedure: {rule.procedure()}.", f"What to do: {rule.remedy}"])
     assert "Imaging-Data: DICOM with metadata that needs deidentification" in done.stdout
-    own = cli("validate", "--explain", "file.unread").stdout  # a check of the tool's own says so
+    own = main_here("validate", "--explain", "file.unread").stdout  # a check of the tool's own says so
     assert "Procedure: none (the tool's own" in own
-    kept = cli("validate", "--explain", "dicom.study_metadata").stdout  # its text says what to do: said once
+    kept = main_here("validate", "--explain", "dicom.study_metadata").stdout  # its text says what to do: said once
     assert "keep them when de-identifying" in kept and "What to do" not in kept
-    family = cli("validate", "--explain", "registry.", "--json")
+    family = main_here("validate", "--explain", "registry.", "--json")
     assert [r["rule"] for r in json.loads(family.stdout)] == [r.id for r in validate_module.RULES
                                                                if r.id.startswith("registry.")]
-    wrong = cli("validate", "--explain", "dicom.patiant_id")
+    wrong = main_here("validate", "--explain", "dicom.patiant_id")
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "did you mean dicom.patient_id?" in wrong.stderr
 
@@ -1093,7 +1093,7 @@ def test_validate_path_reads_a_path_as_files_path_does(clean, db):
     run_site(clean, db)
 
     def shown(path: str) -> int:
-        done = cli("validate", "--db", str(db), "--json", "--path", path)
+        done = main_here("validate", "--db", str(db), "--json", "--path", path)
         assert "Traceback" not in done.stderr, done.stderr
         return len(json.loads(done.stdout)["findings"])
 
