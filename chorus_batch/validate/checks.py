@@ -28,7 +28,7 @@ from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _counted, _not_on_site, _registries, point_to_renames, renamed_folders
 from .checks_waveforms import _edf, _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
-from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
+from .site import _FINDING_COLUMNS, NOTHING, FactsOf, _Across, _Site, shared_files
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
@@ -52,7 +52,7 @@ def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Ser
             done(new)
     found.append(_across(site, current, across))  # type: ignore[arg-type]
     said, told = renamed_folders(site, current, renamed)  # type: ignore[arg-type]
-    found += [f.cast(_FINDING_COLUMNS).collect() for f in said]  # type: ignore[arg-type]
+    found += [f.cast(_FINDING_COLUMNS).collect() for f in said if f is not NOTHING]  # type: ignore[arg-type]
     # Sorted, then a row equal to the one before it dropped: the same as unique() then sort, in a third of the
     # memory (486k findings of 300k files holding one content, each a message of 176 characters: 251 MiB more
     # than the parts themselves with unique() first, 67 MiB so; a 1M-file site of one content peaked at 1.24 GB).
@@ -104,7 +104,7 @@ def _in_part(site: _Site, across: _Across, *, first: bool = True) -> pl.DataFram
         *_files(site),
         site.unread(),  # last: after every rule has decoded the kinds it reads
     ]
-    return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).unique().collect()  # type: ignore[arg-type]
+    return _collected(found, unique=True)
 
 
 def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame:
@@ -127,5 +127,14 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
         *_not_on_site(site, current),
         *_counted(site, current),
     ]
-    return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).collect()  # type: ignore[arg-type]
+    return _collected(found)
+
+
+def _collected(found: list[pl.LazyFrame], *, unique: bool = False) -> pl.DataFrame:
+    """The rows of the rules' finding frames, as one frame; those known to hold none (NOTHING) left out."""
+    kept = [f.cast(_FINDING_COLUMNS) for f in found if f is not NOTHING]
+    if not kept:
+        return NOTHING.collect()
+    out = pl.concat(kept)
+    return (out.unique() if unique else out).collect()
 

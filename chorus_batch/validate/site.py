@@ -210,7 +210,15 @@ def _written_as(written: pl.Expr) -> pl.Expr:
 _FINDING_COLUMNS = {"rule": pl.String, "srcfile": pl.String, "message": pl.String}
 
 
+# The finding frame of a rule whose rows are known to be none (an eager frame of no row): check() leaves it out of the
+# plans it collects. Most rules find nothing on most sites; each such frame in a plan cost ~0.6 ms of CPU to collect,
+# 98 of the 141 rule frames of a clean site of 59 files (a third of a check's fixed cost, which every part pays).
+NOTHING = pl.LazyFrame(schema=_FINDING_COLUMNS)
+
+
 def _found(rule: str, frame: pl.DataFrame | pl.LazyFrame, srcfile: pl.Expr | str, message: pl.Expr) -> pl.LazyFrame:
+    if isinstance(frame, pl.DataFrame) and frame.height == 0:
+        return NOTHING
     srcfile_expr = pl.col(srcfile) if isinstance(srcfile, str) else srcfile
     return frame.lazy().select(pl.lit(rule).alias("rule"), srcfile_expr.alias("srcfile"), message.alias("message"))
 
@@ -477,7 +485,8 @@ class _Site:
                       "nothing of this read was kept: {}", pl.col("_unread"))
         found = [_found("file.unread", frame.filter(pl.col("_unread").is_not_null()), "srcfile", message)
                  for frame in [*self._of_kind.values(), *self._shared.values()]]
-        return pl.concat(found) if found else pl.LazyFrame(schema=_FINDING_COLUMNS)
+        found = [f for f in found if f is not NOTHING]
+        return pl.concat(found) if found else NOTHING
 
     def of_kind(self, kind: str) -> pl.DataFrame:
         """The files of `kind` with their decoded facts."""
