@@ -86,7 +86,8 @@ def _parts(current: pl.DataFrame, parts: pl.Series | None) -> Iterator[tuple[pl.
 def _in_part(site: _Site, across: _Across, *, first: bool = True) -> pl.DataFrame:
     """The findings of one part's files; what the rules across folders need of it goes to `across`. The rules that
     read only the files every part holds (OMOP/'s tables: _omop) run in the `first` part alone: each other part found
-    the same again, dropped as repeated (0.03 s of CPU a part, small100k; a 1M-file site has 16 parts)."""
+    the same again, dropped as repeated (0.03 s of CPU a part, small100k; a 1M-file site has 16 parts); so do the
+    rules on the registries' own rows (checks_registries._own)."""
     wfdb = site.of_kind(KIND_WFDB)
     found = [
         *_layout(site),
@@ -100,7 +101,7 @@ def _in_part(site: _Site, across: _Across, *, first: bool = True) -> pl.DataFram
         *_mapped(site, wfdb),
         *_records(site, wfdb, across),
         *_dicom(site, across),
-        *_registries(site),
+        *_registries(site, first=first),
         *_files(site),
         site.unread(),  # last: after every rule has decoded the kinds it reads
     ]
