@@ -28,7 +28,7 @@ from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _counted, _not_on_site, _registries, point_to_renames, renamed_folders
 from .checks_waveforms import _edf, _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
-from .site import _FINDING_COLUMNS, NOTHING, FactsOf, _Across, _Site, shared_files
+from .site import _FINDING_COLUMNS, NOTHING, FactsOf, _Across, _Site, collected, shared_files
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
@@ -105,7 +105,7 @@ def _in_part(site: _Site, across: _Across, *, first: bool = True) -> pl.DataFram
         *_files(site),
         site.unread(),  # last: after every rule has decoded the kinds it reads
     ]
-    return _collected(found, unique=True)
+    return _collected(found, site.files.height, unique=True)
 
 
 def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame:
@@ -128,14 +128,14 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
         *_not_on_site(site, current),
         *_counted(site, current),
     ]
-    return _collected(found)
+    return _collected(found, current.height)
 
 
-def _collected(found: list[pl.LazyFrame], *, unique: bool = False) -> pl.DataFrame:
+def _collected(found: list[pl.LazyFrame], rows: int, *, unique: bool = False) -> pl.DataFrame:
     """The rows of the rules' finding frames, as one frame; those known to hold none (NOTHING) left out."""
     kept = [f.cast(_FINDING_COLUMNS) for f in found if f is not NOTHING]
     if not kept:
         return NOTHING.collect()
     out = pl.concat(kept)
-    return (out.unique() if unique else out).collect()
+    return collected(out.unique() if unique else out, rows)
 
