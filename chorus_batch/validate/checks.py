@@ -15,6 +15,7 @@ but no part holds, layouts of earlier editions) gather a row per folder or sessi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import polars as pl
@@ -28,7 +29,7 @@ from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _counted, _not_on_site, _registries, point_to_renames, renamed_folders
 from .checks_waveforms import _edf, _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
-from .site import _FINDING_COLUMNS, NOTHING, FactsOf, _Across, _Site, collected, shared_files
+from .site import _FINDING_COLUMNS, _IN_MEMORY_ROWS, NOTHING, FactsOf, _Across, _Site, collected, shared_files
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
@@ -42,6 +43,14 @@ def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Ser
     checked, after each part (for a progress counter). `untaken`: the paths the run saw but took no file of
     (site.untaken of its recorded problems), which no rule calls missing. `renamed`: the top folders the manifest
     recorded as renamed up to this version (checks_registries.RENAMED_SCHEMA; None: not known, a fresh manifest)."""
+    # a small site's plans by polars' in-memory engine (site._IN_MEMORY_ROWS): the many small collects of every rule
+    with pl.Config(engine_affinity="in-memory") if current.height < _IN_MEMORY_ROWS else contextlib.nullcontext():
+        return _check(current, facts, parts, done, untaken, renamed)
+
+
+def _check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, parts: pl.Series | None,
+           done: Callable[[int], None] | None, untaken: dict[str, str] | None,
+           renamed: pl.DataFrame | None) -> pl.DataFrame:
     across, decoded_shared = _Across(), {}  # type: ignore[var-annotated]
     found, site = [], None
     for i, (rows, new) in enumerate(_parts(current, parts)):
