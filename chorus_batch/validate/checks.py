@@ -15,6 +15,7 @@ but no part holds, layouts of earlier editions) gather a row per folder or sessi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import polars as pl
@@ -28,7 +29,7 @@ from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _counted, _not_on_site, _registries, point_to_renames, renamed_folders
 from .checks_waveforms import _edf, _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
-from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
+from .site import _FINDING_COLUMNS, _IN_MEMORY_ROWS, NOTHING, FactsOf, _Across, _Site, collected, shared_files
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
@@ -42,6 +43,14 @@ def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Ser
     checked, after each part (for a progress counter). `untaken`: the paths the run saw but took no file of
     (site.untaken of its recorded problems), which no rule calls missing. `renamed`: the top folders the manifest
     recorded as renamed up to this version (checks_registries.RENAMED_SCHEMA; None: not known, a fresh manifest)."""
+    # a small site's plans by polars' in-memory engine (site._IN_MEMORY_ROWS): the many small collects of every rule
+    with pl.Config(engine_affinity="in-memory") if current.height < _IN_MEMORY_ROWS else contextlib.nullcontext():
+        return _check(current, facts, parts, done, untaken, renamed)
+
+
+def _check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, parts: pl.Series | None,
+           done: Callable[[int], None] | None, untaken: dict[str, str] | None,
+           renamed: pl.DataFrame | None) -> pl.DataFrame:
     across, decoded_shared = _Across(), {}  # type: ignore[var-annotated]
     found, site = [], None
     for i, (rows, new) in enumerate(_parts(current, parts)):
@@ -52,7 +61,7 @@ def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Ser
             done(new)
     found.append(_across(site, current, across))  # type: ignore[arg-type]
     said, told = renamed_folders(site, current, renamed)  # type: ignore[arg-type]
-    found += [f.cast(_FINDING_COLUMNS).collect() for f in said]  # type: ignore[arg-type]
+    found += [f.cast(_FINDING_COLUMNS).collect() for f in said if f is not NOTHING]  # type: ignore[arg-type]
     # Sorted, then a row equal to the one before it dropped: the same as unique() then sort, in a third of the
     # memory (486k findings of 300k files holding one content, each a message of 176 characters: 251 MiB more
     # than the parts themselves with unique() first, 67 MiB so; a 1M-file site of one content peaked at 1.24 GB).
@@ -86,7 +95,8 @@ def _parts(current: pl.DataFrame, parts: pl.Series | None) -> Iterator[tuple[pl.
 def _in_part(site: _Site, across: _Across, *, first: bool = True) -> pl.DataFrame:
     """The findings of one part's files; what the rules across folders need of it goes to `across`. The rules that
     read only the files every part holds (OMOP/'s tables: _omop) run in the `first` part alone: each other part found
-    the same again, dropped as repeated (0.03 s of CPU a part, small100k; a 1M-file site has 16 parts)."""
+    the same again, dropped as repeated (0.03 s of CPU a part, small100k; a 1M-file site has 16 parts); so do the
+    rules on the registries' own rows (checks_registries._own)."""
     wfdb = site.of_kind(KIND_WFDB)
     found = [
         *_layout(site),
@@ -100,11 +110,11 @@ def _in_part(site: _Site, across: _Across, *, first: bool = True) -> pl.DataFram
         *_mapped(site, wfdb),
         *_records(site, wfdb, across),
         *_dicom(site, across),
-        *_registries(site),
+        *_registries(site, first=first),
         *_files(site),
         site.unread(),  # last: after every rule has decoded the kinds it reads
     ]
-    return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).unique().collect()  # type: ignore[arg-type]
+    return _collected(found, site.files.height, unique=True)
 
 
 def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame:
@@ -127,5 +137,14 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
         *_not_on_site(site, current),
         *_counted(site, current),
     ]
-    return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).collect()  # type: ignore[arg-type]
+    return _collected(found, current.height)
+
+
+def _collected(found: list[pl.LazyFrame], rows: int, *, unique: bool = False) -> pl.DataFrame:
+    """The rows of the rules' finding frames, as one frame; those known to hold none (NOTHING) left out."""
+    kept = [f.cast(_FINDING_COLUMNS) for f in found if f is not NOTHING]
+    if not kept:
+        return NOTHING.collect()
+    out = pl.concat(kept)
+    return collected(out.unique() if unique else out, rows)
 

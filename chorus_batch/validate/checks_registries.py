@@ -34,13 +34,28 @@ def _listed(usable: pl.DataFrame) -> pl.DataFrame:
     return usable.select("srcfile", "_of", pl.col("trg_file").alias("_path")).explode("_path")
 
 
-def _registries(site: _Site) -> list[pl.LazyFrame]:
+def _registries(site: _Site, *, first: bool = True) -> list[pl.LazyFrame]:
     """The registries' own rows, and the files of this part they leave out (_not_on_site: the rows naming
-    files that no part holds)."""
+    files that no part holds). The rules of the registries' own rows (_own) read only the files every part holds (the
+    registries, OMOP/'s tables): they run in the `first` part alone, as _omop (each other part found the same again,
+    dropped as repeated: ~45 of a part's ~600 small polars operations)."""
     registries = _of_kind(site)
     out = _absent(site, registries)
     if registries.height == 0:
         return out + _linkage_without_files(site, registries, registries)
+    usable = _usable(registries)
+    if first:
+        out += _own(site, registries, usable)
+    if usable.height == 0:
+        return out
+    out += _linkage_without_files(site, registries, usable)
+    out += _unlisted(site, usable)
+    return out
+
+
+def _own(site: _Site, registries: pl.DataFrame, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """The findings on the registries' own rows, against OMOP/'s tables: of the files every part holds alone."""
+    out: list[pl.LazyFrame] = []
     # Multimodal-Linkage: "two tabular REGISTRIES", one of each modality: a second one (a browser's "(1)" download, a
     # copy in Metadata/) lists files again or leaves them out, and nothing said which of them is the site's
     several = registries.filter(pl.col("_of").is_not_null()).with_columns(
@@ -64,7 +79,6 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         _found("registry.unreadable", registries.filter(pl.col("error").is_not_null()), "srcfile",
                _unreadable("registry", "write it as UTF-8 comma-delimited text with a header row, a row per file")),
     ]
-    usable = _usable(registries)
     if usable.height == 0:
         return out
     out.append(_found(
@@ -211,11 +225,16 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += _visit_missing(site, usable)
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
-    out += _linkage_without_files(site, registries, usable)
     out += _other_concept(site, usable)
     out += _procedure_person(site, usable)
     out += _procedure_visit(site, usable)
     out += _conflicts(usable)
+    return out
+
+
+def _unlisted(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """registry.unlisted_file: the files of this part of a modality whose registry lists them not."""
+    out: list[pl.LazyFrame] = []
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
         mine = usable.filter(pl.col("_of") == modality)
