@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -189,13 +190,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def paused_at_hashing(site: Path, db: Path, pause: str = "hashing") -> tuple[subprocess.Popen, set[int]]:
-    """A run hashing in worker processes, paused in the parent while they work (`hashing+S`: for S seconds)."""
+def paused_at_hashing(site: Path, db: Path, pause: str = "hashing",
+                      resume: Path | None = None) -> tuple[subprocess.Popen, set[int]]:
+    """A run hashing in worker processes, paused in the parent while they work (`hashing+S`: for S seconds, or until
+    the test creates `resume`)."""
     for i in range(2100):  # enough files for worker processes
         write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    more = {"CHORUS_BATCH_TEST_RESUME": str(resume)} if resume else {}
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
                              "--site", str(site), "--db", str(db)],
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": pause},
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": pause, **more},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -361,20 +365,23 @@ def test_a_stop_signal_whose_exception_a_finaliser_dropped_still_stops_the_run(s
     assert current_rows(db) == before
 
 
-def test_a_hangup_the_caller_ignores_does_not_stop_the_run(site, db):
+def test_a_hangup_the_caller_ignores_does_not_stop_the_run(site, db, tmp_path):
     """`nohup chorus-batch run ... &` and log out: the run installed its own SIGHUP handler over nohup's ignore and
     stopped at logout (exit 129, nothing committed)."""
     for i in range(2100):  # enough files for worker processes, which the shell hangs up too
         write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
     proc = subprocess.Popen(["nohup", sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
                              "--site", str(site), "--db", str(db)],
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+2"}, start_new_session=True,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+60",
+                                 "CHORUS_BATCH_TEST_RESUME": str(tmp_path / "resume")}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     while "test pause at hashing" not in (line := proc.stderr.readline()):
         assert line or proc.poll() is None
     assert children_of(proc.pid), "hashing runs in worker processes"
     os.killpg(proc.pid, signal.SIGHUP)  # the shell's hang-up at logout, to the job's whole process group
+    # (pending before the parent wakes from its pause's next short sleep: it is handled before the run goes on)
+    (tmp_path / "resume").touch()
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert query(db, "SELECT n_files FROM versions") == [(2100,)]
@@ -499,15 +506,20 @@ def test_workers_die_with_a_killed_parent(site, db):
     # a worker's own CPU-time limit (each process has its own `ulimit -t`): it was told to look for the OOM killer
     (signal.SIGXCPU, "its CPU-time limit (`ulimit -t`"),
 ])
-def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db, signum, fix):
+def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db, tmp_path, signum, fix):
     """The OOM killer SIGKILLs one worker: exit 3 saying so (not "internal error: BrokenProcessPool"), the
     `runs` row finished, nothing committed, no process left, and the next run commits."""
     many(site, 5)
     assert run(site, db, "-q").returncode == 0
     before = current_rows(db)
-    proc, workers = paused_at_hashing(site, db, "hashing+3")
+    resume = tmp_path / "resume"
+    proc, workers = paused_at_hashing(site, db, "hashing+60", resume)
     workers = {p for p in workers if alive(p)}
     os.kill(min(workers), signum)  # while the parent waits: its next chunk finds the pool broken
+    deadline = time.monotonic() + 10  # the parent goes on once the worker is dead (not after a fixed 3 s)
+    while alive(min(workers)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    resume.touch()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FAILED, err
     assert f"worker process of this run ended abruptly (killed by {signum.name})" in err and "internal error" not in err
@@ -520,18 +532,20 @@ def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db,
 
 
 @pytest.mark.parametrize("replaced", [False, True])
-def test_a_site_root_renamed_while_the_run_hashes_commits_nothing(site, db, replaced):
+def test_a_site_root_renamed_while_the_run_hashes_commits_nothing(site, db, tmp_path, replaced):
     """The site folder renamed (or unmounted: another folder at its path) while the run hashed it: every file not yet
     read was recorded `vanished`, a version committed with them (exit 1), renamed files' old paths as removed.
     Now exit 3, nothing committed, saying the root went; the rerun once it is back reuses what was hashed."""
     many(site, 5)
     assert run(site, db, "-q").returncode == 0
     before = current_rows(db)
-    proc, _ = paused_at_hashing(site, db, "hashing+3")
+    resume = tmp_path / "resume"
+    proc, _ = paused_at_hashing(site, db, "hashing+60", resume)
     moved = site.with_name("site.moved")
     site.rename(moved)
     if replaced:
         site.mkdir()  # (the mount point, empty, once the file system is gone)
+    resume.touch()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FAILED, err
     assert "renamed, removed or unmounted while this run listed and hashed it" in err and "Traceback" not in err
@@ -1024,7 +1038,9 @@ def test_a_manifest_removed_while_the_run_goes_on_is_said_and_not_made_again(tmp
     db = out / "m.sqlite"
     assert run(site, db, "-q").returncode == 0
     write(site, "OMOP/person.csv", b"person_id\n1\n")
-    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": f"{point}+2", "CHORUS_BATCH_CHECKPOINT_S": "0"}
+    resume = tmp_path / "resume"
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": f"{point}+60", "CHORUS_BATCH_TEST_RESUME": str(resume),
+           "CHORUS_BATCH_CHECKPOINT_S": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
                              "--rehash", "--workers", "1"] + ([] if point == "validate" else ["--no-validate"]),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -1038,6 +1054,7 @@ def test_a_manifest_removed_while_the_run_goes_on_is_said_and_not_made_again(tmp
     else:
         for path in out.glob("m.sqlite*"):
             subprocess.run(["rm", "-rf", str(path)], check=True)
+    resume.touch()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FAILED, err
     assert f"the manifest {db} was removed or moved while this run went on" in err, err
@@ -1872,11 +1889,11 @@ def test_the_progress_line_moves_while_one_huge_sparse_file_is_read(site, db, wo
     """A huge sparse file (`truncate -s 200G`) is read whole: its MD5 is of its bytes, holes read as zeros. The
     progress line stood at 0 B until it was done (bytes were counted per chunk of files); it moves within the file,
     never past the total, and the MD5 recorded is right."""
-    gib = 1 << 30
+    total = 256 << 20  # (1 GiB took 5 s a case to hash; 256 MiB, a line every 0.05 s, still shows it move)
     with open(site / "big.dat", "wb") as f:
-        f.truncate(gib)  # sparse: no blocks on disk
+        f.truncate(total)  # sparse: no blocks on disk
     write(site, "OMOP/person.csv", b"person_id\n1\n")
-    out = run(site, db, "--workers", workers, env={"CHORUS_BATCH_PROGRESS_S": "0.2"}, timeout=300)
+    out = run(site, db, "--workers", workers, env={"CHORUS_BATCH_PROGRESS_S": "0.05"}, timeout=300)
     assert out.returncode == 1, out.stderr  # (big.dat at the root: an unparseable path)
     seen = []
     for line in out.stderr.splitlines():
@@ -1886,14 +1903,11 @@ def test_the_progress_line_moves_while_one_huge_sparse_file_is_read(site, db, wo
                 seen.append(float(size.removesuffix(" MiB")))
             elif size.endswith("GiB"):
                 seen.append(1024 * float(size.removesuffix(" GiB")))
-    moving = [mib for mib in seen if 0 < mib < 1024]
+    moving = [mib for mib in seen if 0 < mib < 256]
     assert len(set(moving)) >= 2, out.stderr  # bytes seen before the file was done, at least two different counts
-    assert seen == sorted(seen) and max(seen) <= 1024 + 1, seen
-    zeros = hashlib.md5(usedforsecurity=False)
-    block = bytes(64 << 20)
-    for _ in range(gib // len(block)):
-        zeros.update(block)
-    assert query(db, "SELECT md5, size FROM source_files WHERE srcfile = 'big.dat'") == [(zeros.hexdigest(), gib)]
+    assert seen == sorted(seen) and max(seen) <= 256 + 1, seen
+    zeros = "1f5039e50bd66b290c56684d8550c6c2"  # hashlib.md5(bytes(256 << 20)): 256 MiB of zeros
+    assert query(db, "SELECT md5, size FROM source_files WHERE srcfile = 'big.dat'") == [(zeros, total)]
 
 
 def test_a_signal_whose_bookkeeping_fails_is_still_said_as_the_signal(site, small_disk):
@@ -2060,15 +2074,18 @@ def test_a_site_given_through_a_symlink_is_the_same_root_and_its_files_are_not_h
 
 def _swapped_while_hashing(site, db, swap) -> tuple[int, str]:
     """A run (no validation, one worker) paused at its hashing, `swap()` done then; its exit code and stderr."""
+    resume = site.with_name("resume")
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "1", "--json",
                              "-q", "--site", str(site), "--db", str(db)],
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+60",
+                                 "CHORUS_BATCH_TEST_RESUME": str(resume)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         while "test pause at hashing" not in (line := proc.stderr.readline()):
             assert line or proc.poll() is None, "the run never reached its hashing"
         swap()
+        resume.touch()  # (goes on at once, not after a fixed 3 s)
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -2092,12 +2109,26 @@ def test_a_file_replaced_by_a_fifo_after_the_listing_is_said_not_waited_on_for_e
     assert query(db, "SELECT srcfile, kind, message FROM scan_errors") == [
         ("OMOP/b.csv", "unreadable", "cannot read: no longer a regular file (replaced by a FIFO, socket, device or "
                                      "folder since it was listed)")]
-    # what reads a recorded file again (validation, upload) opens it the same way
-    opened = subprocess.run([sys.executable, "-c", "import sys; from chorus_batch.sources.local import LocalSource\n"
-                             "try:\n    LocalSource(sys.argv[1]).open('OMOP/b.csv')\n"
-                             "except OSError as exc:\n    print(exc.strerror)", str(site)],
-                            capture_output=True, text=True, timeout=60)
-    assert opened.stdout.startswith("no longer a regular file"), opened
+    # what reads a recorded file again (validation, upload) opens it the same way (in a thread of this process, not
+    # a Python of its own: an open that blocks fails the test after 60 s, and a writer then lets the thread go)
+    from chorus_batch.sources.local import LocalSource
+
+    said: list = []
+
+    def reopen() -> None:
+        try:
+            said.append(LocalSource(str(site)).open("OMOP/b.csv"))
+        except OSError as exc:
+            said.append(exc.strerror)
+
+    opener = threading.Thread(target=reopen, daemon=True)
+    opener.start()
+    opener.join(60)
+    if opener.is_alive():
+        with open(fifo, "wb"):
+            pass
+        raise AssertionError("opening the FIFO waited for a writer")
+    assert isinstance(said[0], str) and said[0].startswith("no longer a regular file"), said
 
 
 def test_a_file_replaced_by_a_link_after_the_listing_is_not_read_through_it(site, db, tmp_path):
@@ -2220,7 +2251,7 @@ def test_a_read_only_lock_file_of_this_user_says_to_make_it_writable(db):
     assert "ordinary file system" not in said.fix
 
 
-def test_a_run_stopped_by_a_full_disk_is_recorded_with_its_own_exit_code_not_as_killed(site, small_disk):
+def test_a_run_stopped_by_a_full_disk_is_recorded_with_its_own_exit_code_not_as_killed(site, small_disk, tmp_path):
     """The disk filled while the run hashed (its own checkpoint, another job's files): the commit failed, and so did
     the update of its `runs` row; left unfinished, the next run recorded it as killed (137, "SIGKILL, a job time
     limit..."). The room for its outcome is taken when the run begins: the next run records it as it ended (3, the
@@ -2230,8 +2261,10 @@ def test_a_run_stopped_by_a_full_disk_is_recorded_with_its_own_exit_code_not_as_
     assert run(site, db, "-q").returncode == 0
     (first,) = query(db, "SELECT label FROM versions")[0]
     many(site, 400)
-    proc = paused("run", "--no-validate", "--site", str(site), "--db", str(db), "-q", at="hashing+2")
+    resume = tmp_path / "resume"
+    proc = paused("run", "--no-validate", "--site", str(site), "--db", str(db), "-q", at="hashing+60", resume=resume)
     filler = fill(small_disk)
+    resume.touch()
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.FAILED, err
     assert "the disk is full" in err and f"nothing was committed; version {first} stays the latest" in err, err
