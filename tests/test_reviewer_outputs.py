@@ -10,11 +10,13 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
 import polars as pl
 import pytest
+import zygote
 from conftest import cli, run_site
 
 from chorus_batch.review import open_manifest
@@ -409,12 +411,19 @@ def test_an_output_to_a_full_disk_is_said_as_such(manifest, command):
     that it could not be written, where, and what to do, exit 3."""
     first = open_manifest(manifest).versions()["label"][0]
     args = [first if word == "FIRST" else word for word in command] + ["--db", str(manifest)]
-    with open("/dev/full", "w") as full:
-        out = subprocess.run([sys.executable, "-m", "chorus_batch", *args], stdout=full, stderr=subprocess.PIPE,
-                             text=True, timeout=120)
-    assert out.returncode == 3, out.stderr
-    assert "could not write the output to standard output (No space left on device)" in out.stderr, out.stderr
-    assert "internal error" not in out.stderr and "fix:" in out.stderr
+    with open("/dev/full", "w") as full, open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as said:
+        # a fork of the pre-imported zygote writing to /dev/full (a fresh python where the zygote cannot run it)
+        started = zygote.start(args, os.getcwd(), dict(os.environ), [stdin.fileno(), full.fileno(), said.fileno()])
+        if started is not None:
+            code = started.wait(120)
+        else:
+            code = subprocess.run([sys.executable, "-m", "chorus_batch", *args], stdout=full, stderr=said,
+                                  timeout=120).returncode
+        said.seek(0)
+        stderr = said.read().decode()
+    assert code == 3, stderr
+    assert "could not write the output to standard output (No space left on device)" in stderr, stderr
+    assert "internal error" not in stderr and "fix:" in stderr
 
 
 @pytest.mark.parametrize("command", [["report", "--out", "OUT/r.html"], ["registry", "--out", "OUT/reg"]])

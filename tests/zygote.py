@@ -211,6 +211,53 @@ class _Zygote:
             return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(status), _read(out), _read(err))
 
 
+class Started:
+    """A command a fork of the zygote runs with the caller's own standard streams (pipes, /dev/full): its pid, and
+    its exit code once it ends (as Popen.wait gives it)."""
+
+    def __init__(self, conn: socket.socket, pid: int, argv: list[str]) -> None:
+        self.conn, self.pid, self.argv, self.returncode = conn, pid, argv, None
+
+    def wait(self, timeout: float) -> int:
+        if self.returncode is None:
+            self.conn.settimeout(timeout)
+            try:
+                reply = self.conn.recv(MAX_REQUEST)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(self.argv, timeout) from None
+            self.conn.close()
+            if not reply:
+                raise RuntimeError(f"the tests' command-line zygote lost the command {self.argv}")
+            self.returncode = os.waitstatus_to_exitcode(json.loads(reply)["status"])
+        return self.returncode
+
+
+def start(argv: list[str], cwd: str, env: dict[str, str], streams: list[int]) -> Started | None:
+    """The command started by a fork of this pytest process's zygote with `streams` (stdin, stdout, stderr file
+    descriptors, the caller's: it closes its own copies when it likes), or None where it must be a plain subprocess.
+    Not for pipes: the command's text streams are the zygote's, which took a stream for seekable or not as it started
+    (a pipe where pytest's stderr was a file fails in reconfigure with ESPIPE)."""
+    global _zygote
+    started_with = _zygote.environment if _zygote else import_time_environment(dict(os.environ))
+    if os.name != "posix" or import_time_environment(env) != started_with:
+        return None
+    with _starting:
+        if _zygote is None or _zygote.process.poll() is not None:
+            _zygote = _Zygote()
+        zygote = _zygote
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.connect(zygote.path)
+    except OSError:
+        conn.close()
+        return None
+    socket.send_fds(conn, [json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode()], streams)
+    conn.settimeout(60)
+    return Started(conn, json.loads(conn.recv(MAX_REQUEST))["pid"], [sys.executable, "-m", "chorus_batch", *argv])
+
+
 def _read(file) -> str:
     """As subprocess.run(text=True) reads a stream: the locale's encoding, universal newlines."""
     file.seek(0)
