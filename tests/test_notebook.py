@@ -20,7 +20,7 @@ import nbformat
 import papermill
 import polars as pl
 import pytest
-from conftest import ROOT, run_site, write
+from conftest import ROOT, cli, run_site, write
 
 from chorus_batch.errors import UsageError
 from chorus_batch.review import open_manifest
@@ -62,6 +62,41 @@ def execute(manifest: Path, out: Path, **parameters) -> nbformat.NotebookNode:
     return nbformat.read(out, as_version=4)
 
 
+@pytest.fixture(scope="module")
+def reviewed(manifests, tmp_path_factory):
+    """The notebook executed on a fixture manifest with its defaults, once a module, for the tests that read that
+    one execution (each a real papermill run). The two-version one is given `large_change_share` as papermill's
+    `-p large_change_share 5%` passes it, text: the share 0.05, the default (test_a_large_change_share_...)."""
+    folder, done = tmp_path_factory.mktemp("reviewed"), {}
+
+    def review(which: str) -> nbformat.NotebookNode:
+        if which not in done:
+            parameters = {"large_change_share": "5%"} if which == "two" else {}
+            done[which] = execute(manifests[which], folder / f"{which}.ipynb", **parameters)
+        return done[which]
+    return review
+
+
+@pytest.fixture(scope="module")
+def single_reviewed(manifests, tmp_path_factory) -> dict:
+    """One execution read by three tests: the single-version manifest copied to m1.sqlite, named relative from
+    another folder (`papermill -p manifest ../m1.sqlite`), its version as `papermill -p version 20261127034021`
+    passes it (a number), in a kernel whose home folder is this interpreter's environment (as a reviewer's
+    ~/.venv is in theirs), its runtime folders elsewhere."""
+    tmp = tmp_path_factory.mktemp("single")
+    shutil.copy(manifests["single"], tmp / "m1.sqlite")
+    (tmp / "other").mkdir()
+    label = open_manifest(manifests["single"]).latest()
+    home = Path(sys.prefix)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("HOME", str(home))
+        for name in ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR"):
+            monkeypatch.setenv(name, str(tmp / name.lower()))  # nothing of the kernel's written into that home
+        nb = execute(Path("../m1.sqlite"), tmp / "other" / "out.ipynb", version=int(label))
+        named = home_relative(str(tmp.resolve() / "m1.sqlite"))  # (as the kernel names it: under its home)
+    return {"nb": nb, "tmp": tmp, "label": label, "home": home, "named": named}
+
+
 def outputs(nb: nbformat.NotebookNode) -> list[dict]:
     return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
 
@@ -96,10 +131,10 @@ def findings_line(manifest: Path) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("which", ["two", "parquet"])
-def test_two_versions(manifests, tmp_path, which):
+def test_two_versions(manifests, reviewed, which):
     """The SQLite manifest and its Parquet snapshots give the same review."""
     plots, findings = findings_line(manifests[which])
-    out = check_run(execute(manifests[which], tmp_path / "review.ipynb"), PLOTS + 2 + plots)
+    out = check_run(reviewed(which), PLOTS + 2 + plots)
     for line in ("CHECK  persons: none disappeared: 1 disappeared since", "CHECK  no empty files: 1 empty",
                  "CHECK  no duplicate contents: 1 duplicated", "CHECK  no unparseable paths: 1 current",
                  "CHECK  no scan errors: 1 recorded", "CHECK  removed + replaced <= 5%",
@@ -123,10 +158,11 @@ def test_two_versions(manifests, tmp_path, which):
     assert "history of " in out
 
 
-def test_single_version(manifests, tmp_path):
-    label = open_manifest(manifests["single"]).latest()
+def test_single_version(single_reviewed, monkeypatch):
+    monkeypatch.setenv("HOME", str(single_reviewed["home"]))  # the kernel's (check_run: its prefix as it names it)
+    label = single_reviewed["label"]
     # as `papermill -p version 20261127034021` passes it: a number
-    out = check_run(execute(manifests["single"], tmp_path / "single.ipynb", version=int(label)), PLOTS)
+    out = check_run(single_reviewed["nb"], PLOTS)
     assert f"reviewing  {label}:" in out
     assert "is the first version: nothing to compare with" in out
     assert "SKIP   persons: none disappeared" in out
@@ -136,7 +172,7 @@ def test_single_version(manifests, tmp_path):
     assert "CHECK  validation findings: not validated" in out and "all checks passed" not in out
     # said with the command that checks it, which pastes in any folder ("`chorus-batch validate`" before: with no
     # --db it reads ./chorus_manifest.sqlite)
-    assert f"({shlex.join(['chorus-batch', 'validate', '--db', str(manifests['single'])])} checks it)" in out
+    assert f"({shlex.join(['chorus-batch', 'validate', '--db', single_reviewed['named']])} checks it)" in out
 
 
 def test_the_sessions_by_month_count_the_starts_the_sessions_table_gives(manifests, tmp_path):
@@ -256,7 +292,7 @@ def test_review_writes_the_executed_notebook_owner_only(manifests, tmp_path, uma
     out = tmp_path / "review.ipynb"
     done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]), "--out", str(out)],
                           capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(umask))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # no kernel warning ("running over TCP ...")
     assert f"wrote {out}" in done.stdout
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     nb = nbformat.read(out, as_version=4)
@@ -267,19 +303,28 @@ def test_review_writes_the_executed_notebook_owner_only(manifests, tmp_path, uma
     assert {k: nb.metadata["papermill"]["parameters"][k] for k in ("version", "compare_to")} == \
         {"version": labels[-1], "compare_to": labels[-2]}
     assert [p.name for p in tmp_path.iterdir()] == ["review.ipynb"]  # no temporary file left
-    bad = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(tmp_path / "none.sqlite"),
-                          "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)
+    bad = cli("review", "--db", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "x.ipynb"))
     assert bad.returncode == 2 and "no manifest at" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
-def test_review_out_dash_writes_the_notebook_to_standard_output(manifests, tmp_path):
+@pytest.fixture(scope="module")
+def review_of_the_future_to_stdout(manifests, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`chorus-batch review --version 2099-01-01 --out -` on the single-version manifest, in an empty folder, with
+    standard output and error in cp1252 (PYTHONIOENCODING): one review read by the two tests after this."""
+    cwd = tmp_path_factory.mktemp("stdout")
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
+                           "--version", "2099-01-01", "--out", "-"], capture_output=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    return done, cwd
+
+
+def test_review_out_dash_writes_the_notebook_to_standard_output(review_of_the_future_to_stdout):
     """`review --out -` wrote a file named "-" in the current folder (and said "wrote .../-"); as `report --out -`,
     the executed notebook goes to standard output and the line that says so to standard error. In UTF-8, as nbformat
     reads a notebook, whatever the stream's encoding: a Windows redirect writes the ANSI code page (cp1252, made here
     with PYTHONIOENCODING), in which the notebook's dashes were bytes no notebook reader takes, and its \u26a0 the
     text "\\u26a0"."""
-    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]), "--out", "-"],
-                          capture_output=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    done, tmp_path = review_of_the_future_to_stdout  # (run in the empty folder tmp_path)
     assert done.returncode == 0, done.stderr.decode()
     assert b"wrote the executed notebook to standard output" in done.stderr and not (tmp_path / "-").exists()
     text = done.stdout.decode("utf-8")  # (strict: a cp1252 byte fails here)
@@ -294,8 +339,7 @@ def test_review_compared_with_the_version_it_reviews_is_refused(manifests, tmp_p
     It is refused before the kernel starts, exit 2, saying so; nothing is written."""
     labels = open_manifest(manifests["two"]).versions()["label"].to_list()
     for args in (["--compare-to", labels[-1]], ["--version", labels[0], "--compare-to", labels[0]]):
-        done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]), *args,
-                               "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)
+        done = cli("review", "--db", str(manifests["two"]), *args, "--out", str(tmp_path / "x.ipynb"))
         assert done.returncode == 2 and "is the version reviewed" in done.stderr and "fix:" in done.stderr, done.stderr
         assert list(tmp_path.iterdir()) == []
 
@@ -356,9 +400,7 @@ def test_review_stopped_while_its_kernel_runs_says_one_line_and_no_traceback(man
     assert proc.returncode == 143, err
     assert err == "chorus-batch: terminated (SIGTERM); no notebook was written (review only reads)\n", err
     assert list(tmp_path.iterdir()) == []
-    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stderr == "", done.stderr  # no kernel warning either
+    # (no kernel warning in a review that completes either: test_review_writes_the_executed_notebook_owner_only)
 
 
 def test_review_killed_while_its_kernel_runs_leaves_the_kernels_key_only_where_the_next_review_removes_it(
@@ -415,7 +457,8 @@ def test_a_kernel_that_cannot_start_is_said_with_what_it_said(manifests, tmp_pat
     assert not (tmp_path / "r.ipynb").exists() and "Traceback" not in done.stderr
 
 
-def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_before_the_review(manifests, tmp_path):
+def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_before_the_review(manifests, reviewed,
+                                                                                               tmp_path):
     """`papermill -p large_change_share 5%` passes text: the notebook failed two sections later in a format string
     (ValueError: Unknown format code '%'); `-p large_change_share 5` (meant as 5%) read as 500% and flagged nothing.
     Text "5%" is now the share 0.05; a number outside 0..1 is refused in the first cell, saying what to give."""
@@ -425,7 +468,9 @@ def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_befo
     for wrong in (5, "lots", None, True, float("nan"), "-1%"):
         with pytest.raises(UsageError, match="is a share of the files from 0 to 1"):
             share_argument(wrong, "large_change_share")
-    out = check_run(execute(manifests["two"], tmp_path / "pct.ipynb", large_change_share="5%"), PLOTS + 2)
+    nb = reviewed("two")  # (executed with large_change_share="5%")
+    assert nb.metadata["papermill"]["parameters"]["large_change_share"] == "5%"
+    out = check_run(nb, PLOTS + 2)
     assert "CHECK  removed + replaced <= 5%" in out
     with pytest.raises(papermill.PapermillExecutionError) as failed:
         execute(manifests["two"], tmp_path / "five.ipynb", large_change_share=5)
@@ -460,15 +505,13 @@ def test_a_snapshot_folder_of_a_version_not_validated_is_not_said_to_be_clean(tm
     assert "SKIP   waveform sessions: plausible starts and durations: none of the" in out, out
 
 
-def test_the_kernels_environment_under_the_home_folder_is_not_named_by_it(manifests, tmp_path, monkeypatch):
+def test_the_kernels_environment_under_the_home_folder_is_not_named_by_it(single_reviewed, monkeypatch):
     """The first cell printed the kernel's `sys.prefix` in full ("prefix /home/alice/miniconda3/envs/chorus"): the
     executed notebook a reviewer attaches to a review named their home folder. It is written '~' (the environment
     is still told apart: ~/.venv, ~/miniconda3/envs/chorus)."""
-    home = Path(sys.prefix)  # this interpreter's environment taken as the home folder: a reviewer's ~/.venv is in theirs
-    monkeypatch.setenv("HOME", str(home))
-    for name in ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))  # nothing of the kernel's written into that home
-    out = check_run(execute(manifests["single"], tmp_path / "out.ipynb"), PLOTS)
+    home = single_reviewed["home"]  # this interpreter's environment as the home folder: a reviewer's ~/.venv is in theirs
+    monkeypatch.setenv("HOME", str(home))  # (as the kernel had it)
+    out = check_run(single_reviewed["nb"], PLOTS)
     assert "prefix ~\n" in out and str(home) not in out, out[:300]
     assert home_relative(f"{home}/envs/x") == "~/envs/x" and home_relative(f"{home}x/y") == f"{home}x/y"  # a sibling: not home
 
@@ -503,8 +546,7 @@ def test_a_manifest_under_the_home_folder_is_not_named_by_the_review_it_shares(m
                ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR")}
     env = {**os.environ, **runtime, "HOME": str(home)}  # (the kernel writes nothing of its own into that home)
     out = tmp_path / "review.ipynb"
-    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(db), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    done = cli("review", "--db", str(db), "--out", str(out), env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     nb = nbformat.read(out, as_version=4)
     said = check_run(nb, PLOTS)
@@ -513,8 +555,7 @@ def test_a_manifest_under_the_home_folder_is_not_named_by_the_review_it_shares(m
     # the version is not validated: the notebook suggests the command that checks it, which reads the same manifest
     command = re.search(r"chorus-batch validate --db \S+", said).group(0)
     assert command == "chorus-batch validate --db '~/m.sqlite'", said
-    versions = subprocess.run([sys.executable, "-m", "chorus_batch", "versions", *shlex.split(command)[2:4]],
-                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    versions = cli("versions", *shlex.split(command)[2:4], env=env, cwd=tmp_path)
     assert versions.returncode == 0 and versions.stdout.count("\n") == 3, versions.stderr
 
 
@@ -541,14 +582,13 @@ def test_the_notebooks_counts_are_grouped_as_the_reports(tmp_path):
     assert "OK     waveform sessions: plausible starts and durations: no waveform sessions in this version\n" in out, out
 
 
-def test_a_relative_manifest_is_named_tidied(manifests, tmp_path):
+def test_a_relative_manifest_is_named_tidied(single_reviewed, monkeypatch):
     """`papermill -p manifest ../m1.sqlite` run from another folder printed "manifest   /x/other/../m1.sqlite" and
     suggested commands with that path: the reader's path is absolute and tidied (its folders resolved)."""
-    shutil.copy(manifests["single"], tmp_path / "m1.sqlite")
-    (tmp_path / "other").mkdir()
-    out = tmp_path / "other" / "out.ipynb"
-    said = check_run(execute(Path("../m1.sqlite"), out), PLOTS)
-    assert f"manifest   {home_relative(str(tmp_path.resolve() / 'm1.sqlite'))}\n" in said, said[:400]
+    monkeypatch.setenv("HOME", str(single_reviewed["home"]))  # the kernel's (check_run: its prefix as it names it)
+    tmp_path = single_reviewed["tmp"]  # (executed from tmp_path/other with manifest "../m1.sqlite")
+    said = check_run(single_reviewed["nb"], PLOTS)
+    assert f"manifest   {single_reviewed['named']}\n" in said, said[:400]
     assert "/../" not in said and "/other/.." not in said
     assert open_manifest(f"{tmp_path}/other/../m1.sqlite").path == tmp_path.resolve() / "m1.sqlite"
 
@@ -574,14 +614,13 @@ def test_review_out_ending_with_a_separator_suggests_the_file_meant(manifests, t
     path without the separator, or, where that is a folder, a notebook file in it."""
     if folder:
         (tmp_path / "r.ipynb").mkdir()
-    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
-                           "--out", "r.ipynb/"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = cli("review", "--db", str(manifests["single"]), "--out", "r.ipynb/", cwd=tmp_path)
     assert done.returncode == 2 and "ends with a separator: it names no file" in done.stderr, done.stderr
     assert "report.html" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert ("e.g. r.ipynb/review.ipynb" if folder else "without the trailing separator: r.ipynb") in done.stderr
 
 
-def test_the_runs_that_committed_nothing_are_listed_and_a_failed_latest_run_is_a_check(manifests, tmp_path):
+def test_the_runs_that_committed_nothing_are_listed_and_a_failed_latest_run_is_a_check(reviewed, tmp_path):
     """A cron job refused every night since the version (an emptied root): the notebook showed versions only, a quiet
     site. It lists the failed runs with what to do, and the checklist says CHECK; a clean manifest says OK."""
     from chorus_batch.errors import MassRemovalRefused
@@ -599,9 +638,9 @@ def test_the_runs_that_committed_nothing_are_listed_and_a_failed_latest_run_is_a
     assert re.search(r"CHECK  latest run: started \S+: exit code 5, refused: it would remove too many files", out), out
     assert "--max-delete all" in out and "lists no files" in out
 
-    clean = check_run(execute(manifests["two"], tmp_path / "clean.ipynb"), PLOTS)
+    clean = check_run(reviewed("two"), PLOTS)
     assert re.search(r"OK     latest run: started \S+: exit code [01], version \d+ committed", clean), clean[-2000:]
-    parquet = check_run(execute(manifests["parquet"], tmp_path / "parquet.ipynb"), PLOTS)
+    parquet = check_run(reviewed("parquet"), PLOTS)
     assert "SKIP   latest run: runs not recorded in a snapshot folder" in parquet
 
 
@@ -632,13 +671,12 @@ def test_a_date_after_the_latest_version_says_the_latest_is_shown_and_one_before
     assert f"the first version is {first}" in shown and "Traceback" not in shown and "File " not in shown, shown
 
 
-def test_review_of_a_date_in_the_future_says_it_reviews_the_latest_version(manifests, tmp_path):
+def test_review_of_a_date_in_the_future_says_it_reviews_the_latest_version(manifests, review_of_the_future_to_stdout):
     """`chorus-batch review --version 2099-01-01` passes the notebook the label it resolved: the command says on
     stderr that no version came after the latest, which is reviewed."""
     label = open_manifest(manifests["single"]).versions()["label"][-1]
-    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
-                           "--version", "2099-01-01", "--out", str(tmp_path / "r.ipynb")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done, _ = review_of_the_future_to_stdout  # (`--out -`: the notebook on stdout, what the command says on stderr)
+    stderr = done.stderr.decode("cp1252")
+    assert done.returncode == 0, stderr
     assert (f"chorus-batch: as of 2099-01-01 (a time in the future): no version was committed after {label}"
-            f" (committed ") in done.stderr and f"so the latest version, {label}, is shown" in done.stderr, done.stderr
+            f" (committed ") in stderr and f"so the latest version, {label}, is shown" in stderr, stderr

@@ -10,12 +10,14 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import run_site
+import zygote
+from conftest import cli, run_site
 
 from chorus_batch.review import open_manifest
 from chorus_batch.testdata import Spec, make_testdata
@@ -53,10 +55,10 @@ def test_a_reader_that_leaves_mid_output_ends_the_command_quietly(manifest, comm
     layer over an unbuffered stdout dropped what a short write left, so the closed pipe was never seen."""
     first = open_manifest(manifest).versions()["label"][0]
     args = [first if word == "FIRST" else word for word in command] + ["--db", str(manifest)]
-    full = subprocess.run([sys.executable, "-m", "chorus_batch", *args], capture_output=True)
+    full = cli(*args)
     assert full.returncode == 0, full.stderr
-    if len(full.stdout) < 128 * 1024:  # more than a pipe holds (64 KiB) and a read takes
-        pytest.fail(f"{command}: only {len(full.stdout)} bytes: the reader would leave after the command ended")
+    if len(full.stdout.encode()) < 128 * 1024:  # more than a pipe holds (64 KiB) and a read takes
+        pytest.fail(f"{command}: only {len(full.stdout.encode())} bytes: the reader would leave after the command ended")
     code, err = first_line_then_leave(args, unbuffered)
     # the page is report's product: cut, it ends as `cat` ends (141), not as written; a listing with its own code
     assert code == (141 if command[0] == "report" else 0), err
@@ -76,8 +78,7 @@ def test_a_column_empty_in_the_first_131072_rows_is_read(tmp_path):
         con.execute("UPDATE source_files SET parse_error = 'no pattern: late' WHERE file_id = (SELECT file_id FROM "
                     "source_files WHERE time_invalid IS NULL ORDER BY srcfile DESC LIMIT 1)")
     con.close()
-    out = subprocess.run([sys.executable, "-m", "chorus_batch", "files", "--db", str(db), "--csv"],
-                         capture_output=True, text=True, timeout=300)
+    out = cli("files", "--db", str(db), "--csv", timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("no pattern: late") == 1 and len(out.stdout.splitlines()) > 140_000
 
@@ -410,12 +411,19 @@ def test_an_output_to_a_full_disk_is_said_as_such(manifest, command):
     that it could not be written, where, and what to do, exit 3."""
     first = open_manifest(manifest).versions()["label"][0]
     args = [first if word == "FIRST" else word for word in command] + ["--db", str(manifest)]
-    with open("/dev/full", "w") as full:
-        out = subprocess.run([sys.executable, "-m", "chorus_batch", *args], stdout=full, stderr=subprocess.PIPE,
-                             text=True, timeout=120)
-    assert out.returncode == 3, out.stderr
-    assert "could not write the output to standard output (No space left on device)" in out.stderr, out.stderr
-    assert "internal error" not in out.stderr and "fix:" in out.stderr
+    with open("/dev/full", "w") as full, open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as said:
+        # a fork of the pre-imported zygote writing to /dev/full (a fresh python where the zygote cannot run it)
+        started = zygote.start(args, os.getcwd(), dict(os.environ), [stdin.fileno(), full.fileno(), said.fileno()])
+        if started is not None:
+            code = started.wait(120)
+        else:
+            code = subprocess.run([sys.executable, "-m", "chorus_batch", *args], stdout=full, stderr=said,
+                                  timeout=120).returncode
+        said.seek(0)
+        stderr = said.read().decode()
+    assert code == 3, stderr
+    assert "could not write the output to standard output (No space left on device)" in stderr, stderr
+    assert "internal error" not in stderr and "fix:" in stderr
 
 
 @pytest.mark.parametrize("command", [["report", "--out", "OUT/r.html"], ["registry", "--out", "OUT/reg"]])
@@ -428,8 +436,7 @@ def test_an_output_file_on_a_full_disk_is_a_failure_not_bad_usage(manifest, smal
     filler = fill(small_disk)
     try:
         args = [word.replace("OUT", str(small_disk)) for word in command]
-        out = subprocess.run([sys.executable, "-m", "chorus_batch", *args, "--db", str(manifest)],
-                             capture_output=True, text=True, timeout=300)
+        out = cli(*args, "--db", str(manifest), timeout=300)
     finally:
         filler.unlink()
     assert out.returncode == 3, out.stderr
@@ -479,8 +486,8 @@ def test_a_reader_that_leaves_keeps_the_exit_code_of_findings(tmp_path, command)
                         "(SELECT max(file_id) FROM source_files)")
         con.close()
     args = [*command, "--db", str(db)]
-    full = subprocess.run([sys.executable, "-m", "chorus_batch", *args], capture_output=True)
+    full = cli(*args)
     assert full.returncode == 1, full.stderr
-    assert len(full.stdout) > 128 * 1024, len(full.stdout)  # more than a pipe holds: the reader leaves mid-output
+    assert len(full.stdout.encode()) > 128 * 1024, len(full.stdout)  # more than a pipe holds: the reader leaves mid-output
     code, err = first_line_then_leave(args, unbuffered=False)
     assert code == 1, err

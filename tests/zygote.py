@@ -99,6 +99,27 @@ def _supervise(conn: socket.socket) -> None:
     os._exit(code)
 
 
+def drop_permission_override() -> None:
+    """This process's root overrides of file permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) dropped from its
+    bounding, effective, permitted and inheritable sets: what util-linux `setpriv --inh-caps=-dac_override,
+    -dac_read_search --bounding-set=-dac_override,-dac_read_search` drops before it starts a command as root."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    caps = (1, 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH (linux/capability.h)
+    for cap in caps:
+        if libc.prctl(24, cap, 0, 0, 0):  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two words of (effective, permitted, inheritable): caps 0-31 in the first
+    if libc.capget(header, data):
+        raise OSError(ctypes.get_errno(), "capget failed")
+    for i in range(3):
+        data[i] &= ~sum(1 << cap for cap in caps) & 0xFFFFFFFF
+    if libc.capset(header, data):
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
 def _command(request: dict, fds: list[int]) -> None:
     """In the command's own process: its streams, folder, environment and arguments, then the real entry."""
     for target, fd in enumerate(fds):
@@ -109,6 +130,8 @@ def _command(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if request.get("drop_override"):
+            drop_permission_override()
         sys.argv = [str(Path(importlib.import_module("chorus_batch").__file__).with_name("__main__.py")),
                     *request["argv"]]
         sys.orig_argv = [sys.executable, "-m", "chorus_batch", *request["argv"]]
@@ -154,7 +177,8 @@ class _Zygote:
         self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess | None:
+    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float,
+            drop_override: bool = False) -> subprocess.CompletedProcess | None:
         command = [sys.executable, "-m", "chorus_batch", *argv]  # (as subprocess.run would name it)
         out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         stdin = os.open(os.devnull, os.O_RDONLY)
@@ -165,7 +189,8 @@ class _Zygote:
                     conn.connect(self.path)
                 except OSError:  # (the zygote ended meanwhile: the caller runs a plain subprocess)
                     return None
-                socket.send_fds(conn, [json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode()],
+                socket.send_fds(conn, [json.dumps({"argv": argv, "cwd": cwd, "env": env,
+                                                        "drop_override": drop_override}).encode()],
                                 [stdin, out.fileno(), err.fileno()])
             finally:
                 os.close(stdin)
@@ -186,6 +211,53 @@ class _Zygote:
             return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(status), _read(out), _read(err))
 
 
+class Started:
+    """A command a fork of the zygote runs with the caller's own standard streams (pipes, /dev/full): its pid, and
+    its exit code once it ends (as Popen.wait gives it)."""
+
+    def __init__(self, conn: socket.socket, pid: int, argv: list[str]) -> None:
+        self.conn, self.pid, self.argv, self.returncode = conn, pid, argv, None
+
+    def wait(self, timeout: float) -> int:
+        if self.returncode is None:
+            self.conn.settimeout(timeout)
+            try:
+                reply = self.conn.recv(MAX_REQUEST)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(self.argv, timeout) from None
+            self.conn.close()
+            if not reply:
+                raise RuntimeError(f"the tests' command-line zygote lost the command {self.argv}")
+            self.returncode = os.waitstatus_to_exitcode(json.loads(reply)["status"])
+        return self.returncode
+
+
+def start(argv: list[str], cwd: str, env: dict[str, str], streams: list[int]) -> Started | None:
+    """The command started by a fork of this pytest process's zygote with `streams` (stdin, stdout, stderr file
+    descriptors, the caller's: it closes its own copies when it likes), or None where it must be a plain subprocess.
+    Not for pipes: the command's text streams are the zygote's, which took a stream for seekable or not as it started
+    (a pipe where pytest's stderr was a file fails in reconfigure with ESPIPE)."""
+    global _zygote
+    started_with = _zygote.environment if _zygote else import_time_environment(dict(os.environ))
+    if os.name != "posix" or import_time_environment(env) != started_with:
+        return None
+    with _starting:
+        if _zygote is None or _zygote.process.poll() is not None:
+            _zygote = _Zygote()
+        zygote = _zygote
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.connect(zygote.path)
+    except OSError:
+        conn.close()
+        return None
+    socket.send_fds(conn, [json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode()], streams)
+    conn.settimeout(60)
+    return Started(conn, json.loads(conn.recv(MAX_REQUEST))["pid"], [sys.executable, "-m", "chorus_batch", *argv])
+
+
 def _read(file) -> str:
     """As subprocess.run(text=True) reads a stream: the locale's encoding, universal newlines."""
     file.seek(0)
@@ -196,8 +268,10 @@ _zygote: _Zygote | None = None
 _starting = threading.Lock()
 
 
-def run(argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess | None:
-    """The command run by a fork of this pytest process's zygote, or None where it must be a plain subprocess."""
+def run(argv: list[str], cwd: str, env: dict[str, str], timeout: float,
+        drop_override: bool = False) -> subprocess.CompletedProcess | None:
+    """The command run by a fork of this pytest process's zygote, or None where it must be a plain subprocess.
+    `drop_override`: without root's overrides of file permissions (drop_permission_override)."""
     global _zygote
     started_with = _zygote.environment if _zygote else import_time_environment(dict(os.environ))
     if os.name != "posix" or import_time_environment(env) != started_with:
@@ -206,4 +280,4 @@ def run(argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> subpr
         if _zygote is None or _zygote.process.poll() is not None:
             _zygote = _Zygote()
         zygote = _zygote
-    return zygote.run(argv, cwd, env, timeout)
+    return zygote.run(argv, cwd, env, timeout, drop_override)
