@@ -32,13 +32,13 @@ settings.load_profile("chorus")
 # The test files as pytest-xdist's --dist loadfile hands them to its two workers: the longest first, so that the two
 # end together. In the alphabetical order test_unattended.py, test_upload.py and test_validate.py (a third of the
 # suite's time between them) came last, and one worker ran the last of them alone. The seconds each file's tests
-# took, summed (pytest --durations=0 on a loaded machine, stop 52: 7,548 s in all; files not named here follow, in
+# took, summed (pytest --durations=0 on an idle machine, 2026-12-07: 2,707 s in all; files not named here follow, in
 # their own order).
 _FILE_SECONDS = {
-    "test_upload.py": 1414, "test_unattended.py": 1155, "test_validate.py": 912, "test_import_journal.py": 804,
-    "test_cli.py": 456, "test_review.py": 417, "test_shards.py": 387, "test_cloud_access.py": 286,
-    "test_slurm.py": 194, "test_testdata.py": 178, "test_source_contract.py": 153, "test_registries.py": 142,
-    "test_validate_run.py": 109, "test_unanswered.py": 103, "test_notebook.py": 80,
+    "test_upload.py": 393, "test_validate.py": 226, "test_slurm.py": 215, "test_unattended.py": 189,
+    "test_notebook.py": 149, "test_cli.py": 117, "test_registries.py": 98, "test_shards.py": 94, "test_report.py": 87,
+    "test_cloud_access.py": 85, "test_import_journal.py": 82, "test_remote_manifest.py": 75, "test_unanswered.py": 72,
+    "test_review.py": 64, "test_validate_run.py": 63, "test_reviewer_outputs.py": 57,
 }
 
 
