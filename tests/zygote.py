@@ -239,14 +239,9 @@ def start(argv: list[str], cwd: str, env: dict[str, str], streams: list[int]) ->
     descriptors, the caller's: it closes its own copies when it likes), or None where it must be a plain subprocess.
     Not for pipes: the command's text streams are the zygote's, which took a stream for seekable or not as it started
     (a pipe where pytest's stderr was a file fails in reconfigure with ESPIPE)."""
-    global _zygote
-    started_with = _zygote.environment if _zygote else import_time_environment(dict(os.environ))
-    if os.name != "posix" or import_time_environment(env) != started_with:
+    zygote = _running(env)
+    if zygote is None:
         return None
-    with _starting:
-        if _zygote is None or _zygote.process.poll() is not None:
-            _zygote = _Zygote()
-        zygote = _zygote
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         conn.connect(zygote.path)
@@ -268,10 +263,9 @@ _zygote: _Zygote | None = None
 _starting = threading.Lock()
 
 
-def run(argv: list[str], cwd: str, env: dict[str, str], timeout: float,
-        drop_override: bool = False) -> subprocess.CompletedProcess | None:
-    """The command run by a fork of this pytest process's zygote, or None where it must be a plain subprocess.
-    `drop_override`: without root's overrides of file permissions (drop_permission_override)."""
+def _running(env: dict[str, str]) -> _Zygote | None:
+    """This pytest process's zygote, started if need be; None where a command with `env` must be a plain subprocess
+    (not POSIX, or an environment that changes what is imported)."""
     global _zygote
     started_with = _zygote.environment if _zygote else import_time_environment(dict(os.environ))
     if os.name != "posix" or import_time_environment(env) != started_with:
@@ -279,5 +273,14 @@ def run(argv: list[str], cwd: str, env: dict[str, str], timeout: float,
     with _starting:
         if _zygote is None or _zygote.process.poll() is not None:
             _zygote = _Zygote()
-        zygote = _zygote
+        return _zygote
+
+
+def run(argv: list[str], cwd: str, env: dict[str, str], timeout: float,
+        drop_override: bool = False) -> subprocess.CompletedProcess | None:
+    """The command run by a fork of this pytest process's zygote, or None where it must be a plain subprocess.
+    `drop_override`: without root's overrides of file permissions (drop_permission_override)."""
+    zygote = _running(env)
+    if zygote is None:
+        return None
     return zygote.run(argv, cwd, env, timeout, drop_override)
