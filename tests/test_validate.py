@@ -959,6 +959,16 @@ def test_a_registry_is_asked_for_only_where_the_site_has_files_of_its_modality(c
     assert found(clean) == set()
 
 
+def test_a_site_checked_in_parts_asks_for_a_missing_registry_as_the_whole_check_does(clean):
+    """Waveform linkage rows kept, no waveform registry shipped, and one part of the site (a large site is checked a
+    few person folders at a time) without waveform files: that part said its waveform procedure rows link no file
+    delivered (registry.linkage_without_files, as of a site without waveforms), where the whole check, which sees the
+    other persons' waveforms, asks for the registry (registry.absent). found() checks in parts too: the same."""
+    remove(f"{P1}/Waveforms", "waveform_registry.csv")(clean)
+    rules = found(clean)
+    assert ("registry.absent", "waveform_registry.csv") in rules and LINKAGE_GONE not in rules, rules
+
+
 def test_submission_md_needs_no_gaps_section_where_the_data_were_left_as_recorded(clean):
     """Waveform File Format v2.1 asks for the gaps in SUBMISSION.md only "If you have already manipulated your
     waveform data to handle gaps and overlaps (this is not recommended)": a site that did not has nothing to say."""

@@ -29,7 +29,8 @@ from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _counted, _not_on_site, _registries, point_to_renames, renamed_folders
 from .checks_waveforms import _edf, _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
-from .site import _FINDING_COLUMNS, _IN_MEMORY_ROWS, NOTHING, FactsOf, _Across, _Site, collected, shared_files
+from .site import (_FINDING_COLUMNS, _IN_MEMORY_ROWS, NOTHING, FactsOf, _Across, _Site, collected,
+                   modalities_held, shared_files)
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
@@ -53,9 +54,10 @@ def _check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, parts: pl.Serie
            renamed: pl.DataFrame | None) -> pl.DataFrame:
     across, decoded_shared = _Across(), {}  # type: ignore[var-annotated]
     found, site = [], None
+    held = modalities_held(current) if parts is not None else None  # (what the rules ask of the whole site)
     for i, (rows, new) in enumerate(_parts(current, parts)):
         site = None  # one part's frames at a time
-        site = _Site(rows, facts, decoded_shared, untaken)
+        site = _Site(rows, facts, decoded_shared, untaken, held=held)
         found.append(_in_part(site, across, first=i == 0))
         if done is not None:
             done(new)

@@ -497,10 +497,10 @@ def _linkage_without_files(site: _Site, registries: pl.DataFrame, usable: pl.Dat
     procedures = procedures.filter(
         pl.col("_ok") & pl.col("image_runs").is_not_null() & pl.col("waveform_runs").is_not_null())
     shipped = set(usable["_of"].drop_nulls().to_list()) if usable.height else set()
-    has = site.files.lazy().select(Waveforms=pl.col("_waveforms").any(), Images=pl.col("_images").any()).collect()
+    has = site.holds()
     shown = {runs: concept for runs, concept, modality in (("image_runs", "4180938", "Images"),
                                                            ("waveform_runs", "4141651", "Waveforms"))
-             if modality in shipped or not has[modality].item()}
+             if modality in shipped or not has[modality]}
     if procedures.height == 0 or not shown:
         return []
     unshipped = {concept: (modality, REGISTRY_FILES[modality])
@@ -663,7 +663,7 @@ def _absent(site: _Site, registries: pl.DataFrame) -> list[pl.LazyFrame]:
     Multimodal-Linkage SOP"; the Imaging SOP: the image_registry CSV is "to be part of the upload process". A site
     with no images needs no image registry (nor one without waveforms a waveform registry)."""
     shipped = set(registries["_of"].drop_nulls().to_list())
-    has = site.files.lazy().select(Waveforms=pl.col("_waveforms").any(), Images=pl.col("_images").any()).collect()
+    has = site.holds()
 
     unread: list[pl.DataFrame] = []  # the files at the root and in Metadata/ that no rule reads, found once a part
 
@@ -687,7 +687,7 @@ def _absent(site: _Site, registries: pl.DataFrame) -> list[pl.LazyFrame]:
                  f"person_id, group_id, visit_id, datetime, src_file, trg_file); `chorus-batch registry` writes it "
                  f"from the manifest, ship it at the site root")
             for modality, name in REGISTRY_FILES.items()
-            if modality not in shipped and has[modality].item()]
+            if modality not in shipped and has[modality]]
 
 
 def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -227,6 +227,17 @@ _FINDING_COLUMNS = {"rule": pl.String, "srcfile": pl.String, "message": pl.Strin
 NOTHING = pl.LazyFrame(schema=_FINDING_COLUMNS)
 
 
+def modalities_held(current: pl.DataFrame) -> dict[str, bool]:
+    """_Site.holds of the whole site, from the paths alone: a file in <top>/Waveforms/ (Images/), the top folder not
+    OMOP/ or Metadata/, is a `_waveforms` (`_images`) file, as its own folder is then a person's (_has_data)."""
+    second = pl.col("srcfile").str.extract(r"^[^/]+/([^/]+)/", 1).str.to_lowercase()
+    top = pl.col("srcfile").str.extract(r"^([^/]+)/", 1).str.to_lowercase()
+    person = ~top.is_in(["omop", "metadata"])
+    row = current.lazy().select(Waveforms=((second == "waveforms") & person).any(),
+                                Images=((second == "images") & person).any()).collect()
+    return {name: bool(row[name].item()) for name in row.columns}
+
+
 def _found(rule: str, frame: pl.DataFrame | pl.LazyFrame, srcfile: pl.Expr | str, message: pl.Expr) -> pl.LazyFrame:
     if isinstance(frame, pl.DataFrame) and frame.height == 0:
         return NOTHING
@@ -339,7 +350,10 @@ class _Site:
     `shared`: the decoded SHARED_KINDS of another part (the same files in every part), filled as they are decoded."""
 
     def __init__(self, current: pl.DataFrame, facts_of: FactsOf | pl.DataFrame,
-                 shared: dict[str, pl.DataFrame] | None = None, untaken: dict[str, str] | None = None):
+                 shared: dict[str, pl.DataFrame] | None = None, untaken: dict[str, str] | None = None,
+                 held: dict[str, bool] | None = None):
+        # whether the whole site holds Waveforms/ and Images/ files (modalities_held), where this is one part of it
+        self._held = held
         # paths the run saw but took no file of (site.untaken), which rules do not call missing
         self.untaken = untaken or {}
         # (the kind as check_files classified every file (kinds.with_kind), where it did)
@@ -498,6 +512,16 @@ class _Site:
                  for frame in [*self._of_kind.values(), *self._shared.values()]]
         found = [f for f in found if f is not NOTHING]
         return pl.concat(found) if found else NOTHING
+
+    def holds(self) -> dict[str, bool]:
+        """Whether the site holds files in a person's Waveforms/ and Images/ ({"Waveforms": …, "Images": …}): the
+        whole site's where check() gave it (a site checked in parts), else these files'. A part's own answer made a
+        site checked in parts say its waveform linkage rows link no file (no waveform registry shipped, and no
+        waveform file in that part) where the whole check said to ship the registry."""
+        if self._held is None:
+            row = self.files.lazy().select(Waveforms=pl.col("_waveforms").any(), Images=pl.col("_images").any()).collect()
+            self._held = {name: bool(row[name].item()) for name in row.columns}
+        return self._held
 
     def of_kind(self, kind: str) -> pl.DataFrame:
         """The files of `kind` with their decoded facts."""
