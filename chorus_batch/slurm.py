@@ -63,8 +63,10 @@ END_LINE = "# end of the chorus-batch Slurm script"  # its last line: a script w
 REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
 # What sbatch says when this machine has no cluster to submit to: no slurm.conf (nor a DNS SRV record naming the
 # controller), a configuration it cannot read, a controller it cannot resolve or reach.
+# (a controller slurm.conf names that no address is found for: the script's first squeue says it, REFUSED_NO_CLUSTER)
+UNRESOLVED_CONTROLLER = "unable to establish control machine address"
 NO_CLUSTER = ("could not establish a configuration source", "unable to process configuration file",
-              "unable to establish control machine address", "unable to contact slurm controller")
+              UNRESOLVED_CONTROLLER, "unable to contact slurm controller")
 REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
 # What the script says when its first Slurm command (squeue) finds no address for the controller slurm.conf names
 REFUSED_NO_CLUSTER = "chorus-batch: no Slurm cluster"
@@ -237,7 +239,7 @@ ids=""
 # slurm.conf, said at once; a controller down or slow) is left to sbatch, as before.
 listed=$(unset "${{!SQUEUE_@}}"; timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%F|%k' 2>&1) || {{
     case "$(printf '%s' "$listed" | tr 'A-Z' 'a-z')" in
-        *"unable to establish control machine address"*)
+        *"{UNRESOLVED_CONTROLLER}"*)
             printf '%s\n' "$listed" >&2
             echo "{REFUSED_NO_CLUSTER}: squeue (above) reaches no Slurm cluster from this machine, nor would sbatch; nothing was submitted" >&2
             exit 2 ;;

@@ -151,7 +151,7 @@ def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataF
         return part.lazy().select(pl.col("md5").alias("_md5"), pl.col("md5").hash().alias("_h"), values)
 
     large = pl.col("facts").str.len_bytes() > _LARGE_FACTS_BYTES
-    if (of_kind["facts"].str.len_bytes() > _LARGE_FACTS_BYTES).any():
+    if of_kind.select(large.any()).item():
         parts = [(decode_large if big else decode)(part) for big, frame in ((True, of_kind.filter(large)),
                                                                            (False, of_kind.filter(~large)))
                  for part in frame.iter_slices(_DECODE_ROWS)]
@@ -519,8 +519,7 @@ class _Site:
         site checked in parts say its waveform linkage rows link no file (no waveform registry shipped, and no
         waveform file in that part) where the whole check said to ship the registry."""
         if self._held is None:
-            row = self.files.lazy().select(Waveforms=pl.col("_waveforms").any(), Images=pl.col("_images").any()).collect()
-            self._held = {name: bool(row[name].item()) for name in row.columns}
+            self._held = modalities_held(self.files)
         return self._held
 
     def of_kind(self, kind: str) -> pl.DataFrame:
