@@ -68,6 +68,133 @@ class Script:
 
 END_LINE = "# end of the chorus-batch upload script"  # the script's last line: a script without it was cut short
 
+_CHECK = [  # the start of send: the file as its version recorded it (or it is not sent)
+    '  if [ -n "$OTHER" ]; then echo "not sent (its folder $OTHER is another manifest\'s): $2" >&2; failed=1; return; fi',
+    # The file's size and modification time before md5sum, compared after the send: a file written between the
+    # check and the send went up with the manifest's MD5 as its Content-MD5 (the Azure CLI sets the one it is given;
+    # the service checks it against the bytes only for a single put, not a large file's blocks) and was logged, so
+    # mark-uploaded confirmed other bytes. (stat of stdin: the path on no command line, as for md5sum.)
+    "  local seen",
+    "  seen=$(stat -c '%s %y' - < \"$2\" 2> /dev/null)",
+    '  if [ "$(md5sum < "$2" | cut -c1-32)" != "$3" ]; then',
+    '    echo "not sent (changed since its version was recorded, or unreadable): $2" >&2; failed=1; return',
+    "  fi",
+]
+
+
+def _logged(indent: str, name: str, local: str, seen: str) -> list[str]:
+    """Log the blob `name` as uploaded when the file `local` still has the size and modification time `seen`
+    (bash expressions); else say it changed while it was sent."""
+    return [f"{indent}if [ -n \"{seen}\" ] && [ \"$(stat -c '%s %y' - < \"{local}\" 2> /dev/null)\" = \"{seen}\" ]; then",
+            f"{indent}  printf 'uploaded\\t%s\\n' \"{name}\" >> \"$LOG\"",
+            f"{indent}else",
+            f'{indent}  echo "sent, but changed while it was checked and sent (its size or modification time): {local}; not logged as" \\',
+            f'{indent}    "uploaded, so mark-uploaded does not record it (the next chorus-batch run records the change; an" \\',
+            f'{indent}    "upload does not); its blob {name} may not" \\',
+            f'{indent}    "hold the bytes of the manifest\'s MD5 (chorus-batch deletes nothing at the centre): have it removed" >&2; failed=1',
+            f"{indent}fi"]
+
+
+def _bash_send() -> list[str]:
+    """send for the Azure CLI: one `az storage blob upload` a file."""
+    return [
+        "send() {  # blob-name local-file md5-hex md5-base64 url-quoted-name [etag of a damaged blob to replace]",
+        *_CHECK,
+        "  local how err",
+        "  signin",
+        "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
+        '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match="$6"); fi',
+        # The blob's name and the local file go on no command line (ps shows every process's to every user of the
+        # machine, and both name the person): the Azure CLI reads a value given as `@FILE` from that file (its own
+        # feature), here the owner-only $NAME and $LOCAL. (Not /dev/stdin: Git Bash hands a native az.exe no such
+        # path.)
+        "  printf '%s' \"$1\" > \"$NAME\"; printf '%s' \"$2\" > \"$LOCAL\"",
+        '  if err=$(az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
+        # --opt=VALUE: the Azure CLI (argparse) takes a VALUE starting with '-' (a blob under a prefix
+        # "-x/") for an option of its own and fails the file ("expected one argument").
+        '      --container-name="$CONTAINER" --name=@"$NAME" --file=@"$LOCAL" --content-md5="$4" 2>&1 > /dev/null) \\',
+        '      || sent "$@"; then',
+        *_logged("    ", "$1", "$2", "$seen"),
+        "  else",
+        '    printf \'%s\\n\' "$err" | mask >&2; echo "failed: $2" >&2; failed=1',  # (what the Azure CLI said, then the file)
+        "  fi",
+        "}",
+    ]
+
+
+# Files an AzCopy call sends at most. Each call costs AzCopy's start-up and its 2 s progress interval whatever it sends:
+# one a file took 5.5 hours of 10,000 files. (A cap keeps the queue, its list file and its job's listing small.)
+AZCOPY_BATCH = 10_000
+
+
+def _azcopy_batches() -> list[str]:
+    """send, batch and flush for AzCopy: the files of a source folder (a root) and a version folder at the centre go up
+    in one `azcopy copy ROOT DEST --list-of-files LIST --as-subdir=false`, each one's blob DEST/<its path in ROOT>
+    (its version's blob name). What was sent is read from AzCopy's own record of the job, file by file (`azcopy jobs
+    show JOB --with-status=All`): its exit status says nothing of a listed file it did not find (it is skipped with an
+    INFO line, exit 0), and one failed file fails the call of all the others."""
+    return [
+        f"BATCH_MAX={AZCOPY_BATCH}",
+        "B_ROOT='' B_DEST=''  # the batch's source folder and its url-quoted version folder at the centre",
+        "B_NAME=() B_LOCAL=() B_SEEN=()  # its files: blob name, local path, size and modification time when checked",
+        "batch() {  # source-folder url-quoted-destination-folder: where the files sent next are read from and go",
+        "  flush",
+        '  B_ROOT=$1 B_DEST=$2',
+        "}",
+        "send() {  # blob-name local-file md5-hex md5-base64 url-quoted-name: checked now, sent by flush",
+        *_CHECK,
+        '  B_NAME+=("$1"); B_LOCAL+=("$2"); B_SEEN+=("$seen")',
+        '  if [ "${#B_NAME[@]}" -ge "$BATCH_MAX" ]; then flush; fi',
+        "}",
+        "flush() {  # send the batch in one AzCopy call; log each file AzCopy's job record shows as sent",
+        "  local n=${#B_NAME[@]}",
+        '  if [ "$n" = 0 ]; then return 0; fi',
+        "  local i out job azlog first='' why line src status",
+        "  local -A ok=() listed=()",
+        # (paths in the source folder, one a line; AzCopy reads them as they are: no '*' wildcard, no URL escapes)
+        '  printf \'%s\\n\' "${B_LOCAL[@]#"${B_ROOT%/}/"}" > "$LIST"',
+        # --from-to: AzCopy guesses the kind of a destination from its host, and gives up (every file failed) at an
+        # endpoint it does not know: Azurite, Azure Stack, a custom domain. --as-subdir=false: the files go under
+        # DEST as their paths in ROOT, not under DEST/<ROOT's name>/.
+        '  out=$(azcopy copy "$B_ROOT" "$ACCOUNT_URL/$CONTAINER/$B_DEST${CHORUS_SAS:+?$CHORUS_SAS}" --from-to LocalBlob \\',
+        '      --put-md5 --overwrite false --list-of-files "$LIST" --as-subdir=false --output-type text \\',
+        "      --log-level ERROR 2>&1)",
+        "  job=$(printf '%s\\n' \"$out\" | sed -n 's/^Job \\([0-9A-Za-z-]*\\) has started$/\\1/p' | head -n 1)",
+        "  azlog=$(printf '%s\\n' \"$out\" | sed -n 's/^Log file is located at: //p' | head -n 1)",
+        # Each transfer of the job: 'transfer--> source: PATH destination: URL status STATUS' (the URL is escaped: no
+        # space in it). Sent: Success; or the blob was there already (--overwrite false), as a file's own call left it
+        # (a run stopped before it logged): mark-uploaded records it only if it holds the manifest's size and MD5.
+        '  if [ -n "$job" ]; then',
+        "    while IFS= read -r line; do",
+        "      case $line in 'transfer--> source: '*) ;; *) continue ;; esac",
+        "      status=${line##* status }; src=${line#'transfer--> source: '}; src=${src% destination: *}",
+        '      listed["$src"]=$status',
+        '      case $status in Success | SkippedEntityAlreadyExists) ok["$src"]=1 ;; esac',
+        '    done < <(azcopy jobs show "$job" --with-status=All --output-type text 2> /dev/null)',
+        "  fi",
+        # AzCopy says why only in its log: the file's error line (AzCopy writes the SAS there as sig=-REDACTED-), or
+        # the log's first, or what it printed last; and where the log is.
+        '  if [ -n "$azlog" ]; then first=$(grep -m 1 \' ERR: \' "$azlog" 2>/dev/null | sed \'s/^.* ERR: \\[[^]]*\\] //\'); fi',
+        "  if [ -z \"$first\" ]; then first=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -n 1); fi",
+        '  local nfailed=0',
+        '  for ((i = 0; i < n; i++)); do',
+        '    if [ -n "${ok["${B_LOCAL[i]}"]+x}" ]; then',
+        *_logged("      ", "${B_NAME[i]}", "${B_LOCAL[i]}", "${B_SEEN[i]}"),
+        "      continue",
+        "    fi",
+        "    why=''",
+        '    if [ -n "$job" ] && [ -z "${listed["${B_LOCAL[i]}"]+x}" ]; then',
+        '      why="AzCopy\'s job $job did not send it (it lists no transfer of it: gone, or not a regular file, when AzCopy looked)"',
+        '    elif [ -n "$azlog" ] && [ "$nfailed" -lt 20 ]; then  # (the first files\' own error lines: each a pass of the log)',
+        "      why=$(grep -F -m 1 -- \"UPLOADFAILED: ${B_LOCAL[i]} : \" \"$azlog\" 2>/dev/null | sed 's/^.* ERR: \\[[^]]*\\] //')",
+        "    fi",
+        "    why=$(printf '%s' \"${why:-$first}\" | mask); nfailed=$((nfailed + 1))",
+        '    echo "failed: ${B_LOCAL[i]}: ${why:-AzCopy said nothing}${azlog:+ (AzCopy log: $azlog)}" >&2; failed=1',
+        "  done",
+        "  B_NAME=() B_LOCAL=() B_SEEN=()",
+        "}",
+    ]
+
 
 def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
     roots = {}
@@ -180,7 +307,8 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         # machine reads in ps)
         'NAME=$(mktemp) || exit 1',
         'LOCAL=$(mktemp) || exit 1',
-        "trap 'rm -f \"$EMPTY\" \"$NAME\" \"$LOCAL\"' EXIT",
+        "LIST=$(mktemp) || exit 1  # (AzCopy's --list-of-files: the files of one call, by their path in its folder)",
+        "trap 'rm -f \"$EMPTY\" \"$NAME\" \"$LOCAL\" \"$LIST\"' EXIT",
         "OTHER=''  # the version folder being sent to is another manifest's: nothing is added to it",
         # (what the Azure CLI and AzCopy say of a refused file quotes the request: its SAS, a key, printed as it was)
         *shell_mask(("AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
@@ -231,73 +359,10 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             '      --name=@"$NAME" --query properties.contentSettings.contentMd5 -o tsv 2> /dev/null)" = "$4" ]',
             "}",
         ]
-    lines += [
-        "send() {  # blob-name local-file md5-hex md5-base64 url-quoted-name [etag of a damaged blob to replace]",
-        '  if [ -n "$OTHER" ]; then echo "not sent (its folder $OTHER is another manifest\'s): $2" >&2; failed=1; return; fi',
-        # The file's size and modification time before md5sum, compared after the send: a file written between the
-        # check and the send went up with the manifest's MD5 as its Content-MD5 (the Azure CLI sets the one it is given;
-        # the service checks it against the bytes only for a single put, not a large file's blocks) and was logged, so
-        # mark-uploaded confirmed other bytes. (stat of stdin: the path on no command line, as for md5sum.)
-        "  local seen",
-        "  seen=$(stat -c '%s %y' - < \"$2\" 2> /dev/null)",
-        '  if [ "$(md5sum < "$2" | cut -c1-32)" != "$3" ]; then',
-        '    echo "not sent (changed since its version was recorded, or unreadable): $2" >&2; failed=1; return',
-        "  fi",
-    ]
-    if kind == "bash":
-        lines += [
-            "  local how err",
-            "  signin",
-            "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
-            '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match="$6"); fi',
-            # The blob's name and the local file go on no command line (ps shows every process's to every user of the
-            # machine, and both name the person): the Azure CLI reads a value given as `@FILE` from that file (its own
-            # feature), here the owner-only $NAME and $LOCAL. (Not /dev/stdin: Git Bash hands a native az.exe no such
-            # path.)
-            "  printf '%s' \"$1\" > \"$NAME\"; printf '%s' \"$2\" > \"$LOCAL\"",
-            '  if err=$(az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
-            # --opt=VALUE: the Azure CLI (argparse) takes a VALUE starting with '-' (a blob under a prefix
-            # "-x/") for an option of its own and fails the file ("expected one argument").
-            '      --container-name="$CONTAINER" --name=@"$NAME" --file=@"$LOCAL" --content-md5="$4" 2>&1 > /dev/null) \\',
-            '      || sent "$@"; then',
-        ]
+    if kind == "azcopy":
+        lines += _azcopy_batches()
     else:
-        lines += [
-            # --from-to: AzCopy guesses the kind of a destination from its host, and gives up (every file
-            # failed) at an endpoint it does not know: Azurite, Azure Stack, a custom domain.
-            "  local out",
-            '  if out=$(azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --from-to LocalBlob \\',
-            "      --put-md5 --overwrite false \\",
-            "      --log-level ERROR 2>&1); then",
-        ]
-    lines += [
-        "    if [ -n \"$seen\" ] && [ \"$(stat -c '%s %y' - < \"$2\" 2> /dev/null)\" = \"$seen\" ]; then",
-        "      printf 'uploaded\\t%s\\n' \"$1\" >> \"$LOG\"",
-        "    else",
-        '      echo "sent, but changed while it was checked and sent (its size or modification time): $2; not logged as" \\',
-        '        "uploaded, so mark-uploaded does not record it (the next chorus-batch run records the change; an" \\',
-        '        "upload does not); its blob $1 may not" \\',
-        '        "hold the bytes of the manifest\'s MD5 (chorus-batch deletes nothing at the centre): have it removed" >&2; failed=1',
-        "    fi",
-        "  else",
-    ]
-    if kind == "bash":  # (what the Azure CLI said, then the file)
-        lines.append('    printf \'%s\\n\' "$err" | mask >&2; echo "failed: $2" >&2; failed=1')
-    else:
-        # AzCopy says why only in its log (its output went nowhere: "failed: FILE" alone left no reason, for every
-        # file): the log's first error (AzCopy writes the SAS there as sig=-REDACTED-), and where the log is.
-        lines += [
-            "    local azlog why=''",
-            "    azlog=$(printf '%s\\n' \"$out\" | sed -n 's/^Log file is located at: //p' | head -n 1)",
-            "    if [ -n \"$azlog\" ]; then why=$(grep -m 1 ' ERR: ' \"$azlog\" 2>/dev/null | sed 's/^.* ERR: \\[[^]]*\\] //'); fi",
-            "    if [ -z \"$why\" ]; then why=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -n 1); fi",
-            "    why=$(printf '%s' \"$why\" | mask)",
-            '    echo "failed: $2: ${why:-AzCopy said nothing}${azlog:+ (AzCopy log: $azlog)}" >&2; failed=1',
-        ]
-    lines += [
-        "  fi",
-        "}",
-    ]
+        lines += _bash_send()
     if kind == "azcopy":
         # AzCopy takes a SAS only in its URL (no variable, no file: Azure/azure-storage-azcopy#2138): on a shared node
         # other users read it from the process list while each file is sent. Said before the first one.
@@ -312,7 +377,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     wildcards: list[str] = []
     bad_escapes: list[str] = []
     manifest_id = manifest.state_identity()[0]
-    folder = None
+    folder = batch = None
     for label, srcfile, md5, root_id, etag in todo.select("version", "srcfile", "md5", "root_id",
                                                           "replace_etag").iter_rows():
         if label != folder and manifest_id:  # before the version's first file, as `upload` claims it
@@ -329,14 +394,20 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         if kind == "azcopy" and _BAD_ESCAPE.search(local):
             bad_escapes.append(f"{label}/{srcfile}")
             continue
+        if kind == "azcopy" and (root_id, label) != batch:  # one AzCopy call per source folder and version folder
+            batch = (root_id, label)
+            where = "/".join(p for p in (prefix, label) if p)
+            lines.append(f"batch {shlex.quote(roots[root_id])} {shlex.quote(quote(where))}")
         b64 = base64.b64encode(bytes.fromhex(md5)).decode()
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
     # Pasted into an interactive shell, its `exit` closed the user's terminal (an ssh session, with it) and what the
     # script had said of files not sent went with it; set -u and umask 077 stayed in that shell. There, it ends without
     # an exit and gives the shell back as it was.
+    if kind == "azcopy":
+        lines.append("flush  # the last batch")
     lines += ["case $- in",
-              '  *i*) rm -f "$EMPTY" "$NAME" "$LOCAL"; trap - EXIT; set +u; umask "$UMASK_BEFORE"',
+              '  *i*) rm -f "$EMPTY" "$NAME" "$LOCAL" "$LIST"; trap - EXIT; set +u; umask "$UMASK_BEFORE"',
               '    if [ "$failed" != 0 ]; then echo "upload script: some files were not sent (said above); the others are'
               ' logged in $LOG" >&2; else echo "upload script: every file was sent and logged in $LOG" >&2; fi ;;',
               '  *) exit "$failed" ;;',
