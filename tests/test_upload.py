@@ -3088,6 +3088,63 @@ def test_a_script_does_not_log_a_file_written_between_its_md5_check_and_its_send
     assert not log.exists() or "uploaded\t" not in log.read_text(), log.read_text()
 
 
+def test_an_azcopy_script_sends_a_versions_files_in_one_azcopy_call_and_logs_only_those_its_job_sent(central, azurite,
+                                                                                                    tmp_path):
+    """The AzCopy script ran one `azcopy copy` a file, each at least 2 s (AzCopy's start-up and progress interval):
+    10,000 files took 5.5 hours. It now sends a version's files of a source folder in one call (--list-of-files), and
+    logs a file only when AzCopy's own record of the job shows it sent: AzCopy skips a listed file it cannot find with
+    an INFO line and exits 0, so its exit status alone logged a file never sent. Run for real with AzCopy; `azcopy` on
+    PATH counts its calls and runs the real one. A file gone between its check and the send is not logged, nor
+    recorded by mark-uploaded; the same script run again sends it and logs the others again (their blobs there)."""
+    db, n = committed_site(tmp_path, 30), 30
+    site, label = tmp_path / "site", "20261101020000"
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\nsend ") == n and out.stdout.count("\nbatch ") == 1, out.stdout
+    script, log, calls = tmp_path / "upload.sh", tmp_path / "upload.log", tmp_path / "calls"
+    script.write_text(out.stdout)
+    tools = azcopy_tools(tmp_path)
+    (tools / "azcopy").rename(tools / "azcopy-real")
+    (tools / "azcopy").write_text(f'#!/bin/bash\necho "$1" >> {shlex.quote(str(calls))}\n'
+                                  f'exec {shlex.quote(str(tools / "azcopy-real"))} "$@"\n')
+    gone = site / "000007/Waveforms/Telemetry/S7/S7.dat"
+    # (md5sum reads the file on its standard input: this one is moved away once checked, before AzCopy sends it)
+    (tools / "md5sum").write_text(f'#!/bin/bash\nsrc=$(readlink /proc/$$/fd/0)\n{shlex.quote(shutil.which("md5sum"))} "$@"\n'
+                                  f'if [ "$src" = {shlex.quote(str(gone))} ]; then mv "$src" "$src.away"; fi\n')
+    for tool in ("azcopy", "md5sum"):
+        (tools / tool).chmod(0o700)
+    env = {**os.environ, **central.env, "CHORUS_SAS": sas_for(azurite, central.container, read=True, add=True,
+                                                              create=True, write=True, list=True),
+           "CHORUS_UPLOAD_LOG": str(log), "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    # the version folder's claim, then one call for all 30 files (and AzCopy's record of that job, read back)
+    assert calls.read_text().split() == ["copy", "copy", "jobs"], calls.read_text()
+    (failed,) = [line for line in ran.stderr.splitlines() if line.startswith("failed: ")]
+    assert failed.startswith(f"failed: {gone}: AzCopy's job ") and "did not send it" in failed, ran.stderr
+    gone_blob = f"{label}/{gone.relative_to(site)}"
+    logged = [line.split("\t", 1)[1] for line in log.read_text().splitlines()]
+    assert len(logged) == n - 1 and gone_blob not in logged and set(logged) == set(blobs(central)) - {
+        f"{label}/_manifest/owner"}, logged
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    marked = cli(*mark, env=central.env)
+    assert marked.returncode == 0 and f"recorded {n - 1} uploads" in marked.stdout, marked.stdout + marked.stderr
+    assert f"1 of its {n} files is not recorded as at the centre yet" in marked.stdout, marked.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(n - 1,)]
+    (gone.parent / (gone.name + ".away")).rename(gone)
+    (tools / "md5sum").unlink()
+    calls.unlink()
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert calls.read_text().split() == ["copy", "copy", "jobs"], calls.read_text()
+    assert central.client.download_blob(gone_blob).readall() == gone.read_bytes()
+    remarked = cli(*mark, env=central.env)
+    assert remarked.returncode == 0 and "recorded 1 upload confirmed" in remarked.stdout, remarked.stdout
+    assert f"{n - 1} more logged blobs were recorded before" in remarked.stdout, remarked.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(n,)]
+
+
 @pytest.mark.parametrize("prefix", ["site\\a", "site\x01a"])
 def test_a_central_prefix_azure_would_not_keep_as_it_is_is_refused(tmp_path, prefix):
     # az://c/site\a/: Azure turns the backslash into '/', so every blob went to site/a/<version>/… while the ledger
