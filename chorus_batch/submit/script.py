@@ -2,7 +2,9 @@
 AzCopy, for sites whose security review allows only those tools.
 
 The script sends what `upload` would send (each version's added, replaced and renamed files not yet
-confirmed), one command per file. Before each, it checks the file's MD5 against the manifest's with
+confirmed): the bash script one `az storage blob upload` per file, the AzCopy script one `azcopy copy` per batch of a
+version's files read from one root (at most AZCOPY_BATCH; each AzCopy call costs its start-up and its 2 s progress
+interval). Before each file is sent, the script checks its MD5 against the manifest's with
 md5sum (a file changed since its version was recorded is skipped and named); `az storage blob upload`
 gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service), its blob
 name and the local path from owner-only files (--name=@FILE, --file=@FILE), so that no person path is on its
@@ -11,8 +13,10 @@ command line (ps shows those to every user; AzCopy takes both only as arguments)
 already there (--overwrite false: mark-uploaded then records it only if it holds the manifest's size and
 MD5). A file whose local path holds '*' is left out of an AzCopy script (AzCopy reads it as a wildcard,
 with no escape) and named. The account is the endpoint the sign-in names ([azure] account_url, or the connection string's
-BlobEndpoint / EndpointSuffix), never a secret. After each command that
-succeeds, the script appends `uploaded<TAB><blob name>` to its log. The script holds no secret: both
+BlobEndpoint / EndpointSuffix), never a secret. For each file a command sent, the script appends
+`uploaded<TAB><blob name>` to its log: the Azure CLI's exit status says so of its one file; AzCopy's job record
+(`azcopy jobs show JOB --with-status=All`) says it of each file of a batch (its exit status does not: one failed file
+fails the call, and a listed file it cannot find is skipped with exit 0). The script holds no secret: both
 tools sign in from the environment (`az login` / AZURE_STORAGE_* variables, `azcopy login` /
 AZCOPY_* variables, or a SAS token in CHORUS_SAS that the script appends to AzCopy's URLs).
 
@@ -149,7 +153,7 @@ def _azcopy_batches() -> list[str]:
         "flush() {  # send the batch in one AzCopy call; log each file AzCopy's job record shows as sent",
         "  local n=${#B_NAME[@]}",
         '  if [ "$n" = 0 ]; then return 0; fi',
-        "  local i out job azlog first='' why line src status",
+        "  local i out job azlog first='' why line src status key",
         "  local -A ok=() listed=()",
         # (paths in the source folder, one a line; AzCopy reads them as they are: no '*' wildcard, no URL escapes)
         '  printf \'%s\\n\' "${B_LOCAL[@]#"${B_ROOT%/}/"}" > "$LIST"',
@@ -168,6 +172,9 @@ def _azcopy_batches() -> list[str]:
         "    while IFS= read -r line; do",
         "      case $line in 'transfer--> source: '*) ;; *) continue ;; esac",
         "      status=${line##* status }; src=${line#'transfer--> source: '}; src=${src% destination: *}",
+        # (by the path with '/' for '\\' on both sides: AzCopy on Windows may write C:\\site\\... of C:/site/...; no
+        # blob name holds a '\\', check_names refuses it)
+        "      src=${src//\\\\//}",
         '      listed["$src"]=$status',
         '      case $status in Success | SkippedEntityAlreadyExists) ok["$src"]=1 ;; esac',
         '    done < <(azcopy jobs show "$job" --with-status=All --output-type text 2> /dev/null)',
@@ -178,12 +185,13 @@ def _azcopy_batches() -> list[str]:
         "  if [ -z \"$first\" ]; then first=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -n 1); fi",
         '  local nfailed=0',
         '  for ((i = 0; i < n; i++)); do',
-        '    if [ -n "${ok["${B_LOCAL[i]}"]+x}" ]; then',
+        '    key=${B_LOCAL[i]//\\\\//}',
+        '    if [ -n "${ok["$key"]+x}" ]; then',
         *_logged("      ", "${B_NAME[i]}", "${B_LOCAL[i]}", "${B_SEEN[i]}"),
         "      continue",
         "    fi",
         "    why=''",
-        '    if [ -n "$job" ] && [ -z "${listed["${B_LOCAL[i]}"]+x}" ]; then',
+        '    if [ -n "$job" ] && [ -z "${listed["$key"]+x}" ]; then',
         '      why="AzCopy\'s job $job did not send it (it lists no transfer of it: gone, or not a regular file, when AzCopy looked)"',
         '    elif [ -n "$azlog" ] && [ "$nfailed" -lt 20 ]; then  # (the first files\' own error lines: each a pass of the log)',
         "      why=$(grep -F -m 1 -- \"UPLOADFAILED: ${B_LOCAL[i]} : \" \"$azlog\" 2>/dev/null | sed 's/^.* ERR: \\[[^]]*\\] //')",
