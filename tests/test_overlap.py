@@ -201,3 +201,17 @@ def test_a_path_two_roots_share_is_said_with_both_roots_and_which_one_is_tracked
     message = result.errors.filter(pl.col("kind") == "duplicate_path")["message"].to_list()
     assert message == [f"the same site-relative path exists under two roots: the file under {site} (the site root) is "
                        f"tracked, the one under {images} ([site.roots] Images) is not; remove one of the two copies"]
+
+
+@pytest.mark.parametrize("n_folders, workers", [(1000, 2), (37, 2), (5, 4), (16, 2), (0, 2)])
+def test_the_walks_tasks_are_runs_of_neighbouring_folders_in_order(n_folders, workers):
+    """Each walk task is a run of neighbouring person folders, the tasks in path order: the listing comes back in
+    about path order, so each block of it is compared with the previous version's rows of its range of paths
+    only (hashing.rows_for). Every k-th folder for each task made each block span the whole site."""
+    from chorus_batch.walk import walk_groups
+
+    folders = [f"P{k:05d}" for k in range(n_folders)]
+    groups = walk_groups(folders, workers)
+    assert [folder for group in groups for folder in group] == folders  # each once, in order
+    assert len(groups) == min(n_folders, workers * 8) and all(groups)
+    assert max(map(len, groups), default=0) - min(map(len, groups), default=0) <= 1  # shared out evenly
