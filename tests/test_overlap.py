@@ -215,3 +215,27 @@ def test_the_walks_tasks_are_runs_of_neighbouring_folders_in_order(n_folders, wo
     assert [folder for group in groups for folder in group] == folders  # each once, in order
     assert len(groups) == min(n_folders, workers * 8) and all(groups)
     assert max(map(len, groups), default=0) - min(map(len, groups), default=0) <= 1  # shared out evenly
+
+
+@pytest.mark.parametrize("n_files", [0, 6])
+def test_a_one_root_scan_plans_no_empty_block(tmp_path, monkeypatch, n_files):
+    """With one root, every row is planned as the listing gives it: no empty block is planned after it (the other
+    roots' rows: none; a last block left empty at a block's boundary), each such planning being a fixed cost of
+    polars' steps for nothing. An empty site is still planned once, and the results are those of one block."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for i in range(n_files):
+        write(site, f"{100000 + i}/f.dat", b"x%d" % i)
+    planned: list[int] = []
+    due = hashing.due
+
+    def counted(listing, *args, **kwargs):
+        planned.append(listing.height)
+        return due(listing, *args, **kwargs)
+
+    expected = reference(monkeypatch, [Root(LocalSource(site))], empty_state(), based_on=None, workers=1)
+    monkeypatch.setattr(hashing, "due", counted)
+    monkeypatch.setattr(scan_module, "BLOCK_ROWS", 3)  # 6 files: two blocks of 3, the second at the listing's end
+    result = scan([Root(LocalSource(site))], empty_state(), based_on=None, workers=1)
+    same(result, expected)
+    assert sum(planned) == n_files and (planned == [0] if n_files == 0 else 0 not in planned), planned
