@@ -344,8 +344,11 @@ def list_roots(roots: list[Root], progress: Progress, coverage: Coverage | None 
     seen = [0]
     first_paths: list[pl.DataFrame] = []  # with `each` and other roots: the first root's paths, for the duplicates
 
+    handed = [False]
+
     def hand(batches: list[pa.RecordBatch]) -> None:
         assert each is not None
+        handed[0] = True
         block = _frame(batches, 0)
         each(block)
         if len(roots) > 1:
@@ -367,7 +370,8 @@ def list_roots(roots: list[Root], progress: Progress, coverage: Coverage | None 
                     hand(batches)
                     batches, rows = [], 0
             if streamed:
-                hand(batches)
+                if batches or not handed[0]:  # the last block (an empty one only if it is the only one)
+                    hand(batches)
             else:
                 frames.append(_frame(batches, root_id))
     # (a message names a link's target or another path outside the site as the OS gave it: one that is not UTF-8
@@ -480,7 +484,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         progress.stage(f"listing {', '.join(r.source.description for r in roots)}")
         others, errors = list_roots(roots, progress, coverage, each=plan_block,
                                     block_rows=max(BLOCK_ROWS, (prev.height + (known.height if known is not None else 0)) // 8))
-        plan_block(others)  # the other roots' rows, now that the whole listing decided the paths they share
+        if others.height or not parts:  # the other roots' rows, now that the whole listing decided the paths they
+            plan_block(others)  # share (none, with one root: not planned, an empty block's steps cost 7-10 ms)
         linked = None if coverage.whole else _shard_linked(roots, coverage)
         errors = _exclude.drop_excluded_errors(errors, excludes)  # an excluded file's problem is not the site's
         excluded = _merged_counts(excluded_parts, excludes)

@@ -502,9 +502,18 @@ def folders_to_walk(subdirs: list[str], tops: Callable[[str], bool] | None = Non
 
 def walk_groups(folders: list[str], workers: int) -> list[list[str]]:
     """The folders shared out as tasks for `workers` processes: a few per process, so that one large
-    person folder does not leave the others idle at the end."""
+    person folder does not leave the others idle at the end. Each task is a run of neighbouring folders
+    (`folders` come sorted), and the tasks are in that order: the workers take them in turn, so the listing
+    comes back in about path order, and each block of it covers a narrow range of paths; the scan compares a
+    block with the previous version's rows in that range only (hashing.rows_for). Every k-th folder for each
+    task made every block span the whole site: each block was compared with all of the previous version
+    (100k files, no change: `due` 0.042 -> 0.022 s of CPU)."""
     n_tasks = min(len(folders), workers * 8)
-    return [folders[k::n_tasks] for k in range(n_tasks)]
+    if n_tasks == 0:
+        return []
+    size, extra = divmod(len(folders), n_tasks)
+    bounds = [k * size + min(k, extra) for k in range(n_tasks + 1)]  # the first `extra` tasks one folder more
+    return [folders[bounds[k]:bounds[k + 1]] for k in range(n_tasks)]
 
 
 def walk_results(executor, futures: list[Future]) -> Iterator[WalkResult]:

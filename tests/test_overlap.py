@@ -201,3 +201,41 @@ def test_a_path_two_roots_share_is_said_with_both_roots_and_which_one_is_tracked
     message = result.errors.filter(pl.col("kind") == "duplicate_path")["message"].to_list()
     assert message == [f"the same site-relative path exists under two roots: the file under {site} (the site root) is "
                        f"tracked, the one under {images} ([site.roots] Images) is not; remove one of the two copies"]
+
+
+@pytest.mark.parametrize("n_folders, workers", [(1000, 2), (37, 2), (5, 4), (16, 2), (0, 2)])
+def test_the_walks_tasks_are_runs_of_neighbouring_folders_in_order(n_folders, workers):
+    """Each walk task is a run of neighbouring person folders, the tasks in path order: the listing comes back in
+    about path order, so each block of it is compared with the previous version's rows of its range of paths
+    only (hashing.rows_for). Every k-th folder for each task made each block span the whole site."""
+    from chorus_batch.walk import walk_groups
+
+    folders = [f"P{k:05d}" for k in range(n_folders)]
+    groups = walk_groups(folders, workers)
+    assert [folder for group in groups for folder in group] == folders  # each once, in order
+    assert len(groups) == min(n_folders, workers * 8) and all(groups)
+    assert max(map(len, groups), default=0) - min(map(len, groups), default=0) <= 1  # shared out evenly
+
+
+@pytest.mark.parametrize("n_files", [0, 6])
+def test_a_one_root_scan_plans_no_empty_block(tmp_path, monkeypatch, n_files):
+    """With one root, every row is planned as the listing gives it: no empty block is planned after it (the other
+    roots' rows: none; a last block left empty at a block's boundary), each such planning being a fixed cost of
+    polars' steps for nothing. An empty site is still planned once, and the results are those of one block."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for i in range(n_files):
+        write(site, f"{100000 + i}/f.dat", b"x%d" % i)
+    planned: list[int] = []
+    due = hashing.due
+
+    def counted(listing, *args, **kwargs):
+        planned.append(listing.height)
+        return due(listing, *args, **kwargs)
+
+    expected = reference(monkeypatch, [Root(LocalSource(site))], empty_state(), based_on=None, workers=1)
+    monkeypatch.setattr(hashing, "due", counted)
+    monkeypatch.setattr(scan_module, "BLOCK_ROWS", 3)  # 6 files: two blocks of 3, the second at the listing's end
+    result = scan([Root(LocalSource(site))], empty_state(), based_on=None, workers=1)
+    same(result, expected)
+    assert sum(planned) == n_files and (planned == [0] if n_files == 0 else 0 not in planned), planned
