@@ -581,6 +581,20 @@ def test_a_file_cut_inside_an_elements_4_byte_length_is_told_as_cut(where, monke
                                          "again"}, (at, got, again)
 
 
+def test_a_file_cut_at_any_byte_of_its_data_set_is_decided_by_the_walk_or_left_to_pydicom(monkeypatch):
+    """The struct walk learns that an element's header runs past the bytes given from struct.error (not a bounds test
+    per element): a cut at any byte of the data set, inside an element's 8- or 12-byte header as inside a value, is
+    never an exception out of the walk; given as a head, it is undecided (the header may go on); given whole, the
+    facts are dcmread's."""
+    data = dicom(private_bytes=50)
+    start = readers._Inflated.meta_group(data)[0]  # (the data set's first element, after the meta group)
+    for at in range(start, data.index(b"\xe0\x7f\x10\x00") + 12):
+        cut = data[:at]
+        assert dicom_walk.plain_elements(cut, readers._DICOM_TAG_SET, complete=False) is None, at
+        walked(cut)  # (None, or the elements: never an exception)
+        assert facts(cut) == by_dcmread(cut, monkeypatch), at
+
+
 def test_a_file_holding_nothing_of_an_image_after_its_meta_group_is_told_so():
     """A copy cut at an element's end early in its data set (after ImageType, before SOPClassUID) read well and gave
     no facts: validation told a header lacking PatientID, Modality, the series, the study attributes (five findings,

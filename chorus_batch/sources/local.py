@@ -344,7 +344,12 @@ class LocalSource:
                     total = len(data)
                     more = total == READ_SIZE
                 elif before.st_size <= WHOLE_BYTES:  # a small file (most headers): parsed from memory, at C speed
-                    data = _read_upto(fd, before.st_size + 1)
+                    # (one read: all its bytes came, and the end of the file is not asked for again with a second
+                    # read; a file grown since gives one byte more, or moves its size: the checks below, as a short
+                    # read of an unparsed file)
+                    data = os.read(fd, before.st_size + 1)
+                    if len(data) != before.st_size:
+                        data += _read_upto(fd, before.st_size + 1 - len(data)) if data else b""
                     digest, total, more = hashlib.md5(data, usedforsecurity=False), len(data), False
                     facts = parse(io.BytesIO(data))
                 else:  # the parser reads through the hashing reader; the rest is hashed below
