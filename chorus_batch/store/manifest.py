@@ -46,8 +46,9 @@ from ..units import command_word, shown_name
 from ..urls import root_url, scrub, storable
 from .lock import killed_upgrade, manifest_lock, upgrade_under_way, user_name
 from .runs import KILLED_EXIT, run_advice, run_message, run_outcome
-from .schema import (LEFT_AS_IT_WAS, NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
-                     SOURCE_FILES_INDEXES, _refused, check_release, missing_indexes, schema_version, too_new, upgrade)
+from .schema import (INDEXES, LEFT_AS_IT_WAS, NOT_A_MANIFEST_FIX, NOT_SQLITE_FIX, READ_ONLY_WRONG_FILE_FIX, SCHEMA_VERSION,
+                     SOURCE_FILES_INDEXES, _refused, check_release, index_name, missing_indexes, schema_version, too_new,
+                     upgrade)
 
 
 def _place(location: str) -> str:
@@ -1833,17 +1834,18 @@ class Manifest:
                         "WHERE file_id IN (SELECT file_id FROM temp._old)",
                         (now, label),
                     )
-                bulk = n_rows == 0 and new_rows.height > 10_000
-                if bulk:  # first load: build indexes once, after the rows are in
-                    for ddl in SOURCE_FILES_INDEXES:
-                        cur.execute("DROP INDEX IF EXISTS " + ddl.split(" ON ")[0].split()[-1])
+                # A first load: the indexes of source_files (and of changes, when it is empty too) are built once,
+                # after every row of this transaction is in, not row by row (each insert walks each index: 100k rows,
+                # changes' ingest 0.09 -> 0.05 s CPU for a 0.017 s build). Nothing read in between uses them (the
+                # records rechecked and the rows touched are none on a first load, or found by rowid); a unique
+                # index its rows break fails its build, and the transaction with it, as the insert would have.
+                late = _first_load_indexes(cur) if n_rows == 0 and new_rows.height > 10_000 else ()
+                for ddl in late:
+                    cur.execute("DROP INDEX IF EXISTS " + index_name(ddl))
                 if new_rows.height:
                     validity = {"time_valid": now, "time_invalid": None, "version_valid": label, "version_invalid": None}
                     cur.adbc_ingest("source_files", _arrow_stream(new_rows.select(NEW_ROW_COLUMNS), validity, on_rows=on_rows),
                                     mode="append")
-                if bulk:
-                    for ddl in SOURCE_FILES_INDEXES:
-                        cur.execute(ddl)
 
                 # Records created just now are active already; recheck the ones that existed.
                 self._recheck_records(cur, pl.concat([
@@ -1865,6 +1867,8 @@ class Manifest:
                         errors.select(pl.lit(label).alias("version"), "srcfile", "kind", "message").to_arrow(),
                         mode="append",
                     )
+                for ddl in late:
+                    cur.execute(ddl)
                 if touched.height:
                     self._update_touched(cur, touched, root_ids)
                 c = version.counts
@@ -1913,10 +1917,14 @@ class Manifest:
         ).sort("record_key").with_columns(
             date=pl.col("_start").str.slice(0, 10), time=pl.col("_start").str.slice(11, 8),
         ).drop("_start")
-        cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="replace", temporary=True)
-        known = read_frame(cur, "SELECT r.record_key, r.record_id, r.date AS _date, r.time AS _time FROM temp._keys k "
-                                "JOIN registry r ON r.record_key = k.record_key")
         schema = {"record_key": pl.String, "record_id": pl.Int64, "_date": pl.String, "_time": pl.String}
+        cur.execute("SELECT EXISTS (SELECT 1 FROM registry)")
+        if cur.fetchone()[0]:
+            cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="replace", temporary=True)
+            known = read_frame(cur, "SELECT r.record_key, r.record_id, r.date AS _date, r.time AS _time FROM temp._keys k "
+                                    "JOIN registry r ON r.record_key = k.record_key")
+        else:  # (a first load: no record is known, none is looked up)
+            known = pl.DataFrame(schema=schema)
         known = known.cast(schema) if known.height else pl.DataFrame(schema=schema)
         # A record's start is its earliest file's, also of files a later version adds (a recording's earlier part,
         # delivered late): the start moves earlier, never later (a record is all it ever held).
@@ -2090,6 +2098,17 @@ def read_frame(cur, sql: str, params: tuple = ()) -> pl.DataFrame:
             raise
     cur.execute(f"SELECT count(*) FROM ({sql})", params or None)
     return fetch(max(int(cur.fetchone()[0]), 1))
+
+
+def _first_load_indexes(cur) -> tuple[str, ...]:
+    """The indexes a first load builds after its rows are in: source_files', and changes' when no version wrote any
+    (the manifest's own DDL, the same indexes: the schema is not changed)."""
+    cur.execute("SELECT EXISTS (SELECT 1 FROM changes)")
+    (changed,) = cur.fetchone()
+    return (*SOURCE_FILES_INDEXES, *(() if changed else (_CHANGES_INDEX,)))
+
+
+_CHANGES_INDEX = next(ddl for ddl in INDEXES if index_name(ddl) == "changes_version")
 
 
 def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None = None, rows: int = 100_000, *,
