@@ -429,9 +429,10 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         outcome.label, outcome._changes_in, outcome.errors_in = label, manifest.path, "scan_errors"
     else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
         if touched.height or reclassified is not None:
-            generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
-                                                         classification=classification)
-            manifest.save_state(new_state(parts, invalidated, reclassified, touched, root_ids, None), generation)
+            manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified, classification=classification,
+                                  on_commit=lambda written: manifest.save_state(  # while SQLite commits
+                                      new_state(parts, invalidated, reclassified, touched, written.root_ids, None),
+                                      written.generation))
         if errors.height and errors.equals(manifest.version_errors(previous_label)):
             outcome.errors_in = "previous"
         elif run_id is not None:
@@ -675,7 +676,8 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
                             pl.col("verified_ns").alias("_verified"), pl.col("etag").alias("_etag"),
                             pl.col("md5").alias("_md5"), _hit=pl.lit(True))
     touched_row = pl.col("_hit").fill_null(False)
-    return rows.join(update, on="file_id", how="left").with_columns(
+    # (in the rows' order: a cache's rows stay in bucket order, and its write need not sort them again)
+    return rows.join(update, on="file_id", how="left", maintain_order="left").with_columns(
         mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id"),
         verified_ns=pl.coalesce("_verified", "verified_ns"),
         etag=pl.when(touched_row).then(pl.col("_etag")).otherwise(pl.col("etag")),

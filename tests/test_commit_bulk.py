@@ -1,9 +1,11 @@
-"""A first version's bulk load (Manifest.commit_version into a manifest with no file yet): its indexes built once,
-after its rows are in, and the manifest it leaves the same as one written row by row."""
+"""What a commit writes, and how: a first version's bulk load (Manifest.commit_version into a manifest with no file
+yet), its indexes built once after its rows are in, the manifest it leaves the same as one written row by row; a
+no-change run's refresh of rows (refresh_rows), its state cache written while SQLite commits."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import polars as pl
 
@@ -20,7 +22,7 @@ def _rows(n: int, start: int = 0) -> pl.DataFrame:
     columns = [c for c in NEW_ROW_COLUMNS if c not in ("file_id", "record_id")]
     i = pl.int_range(start, start + n, dtype=pl.Int64, eager=True)
     frame = pl.DataFrame({"i": i}).select(
-        person_id=pl.format("P{}", pl.col("i") // 10), srcfile=pl.format("Waveforms/P{}/S1/f{}.dat", pl.col("i") // 10, pl.col("i")),
+        person_id=pl.format("P{}", pl.col("i") // 10), srcfile=pl.format("P{}/Waveforms/S1/f{}.dat", pl.col("i") // 10, pl.col("i")),
         modality=pl.lit("Waveforms"), size=pl.col("i"), mtime_ns=pl.col("i"),
         md5=pl.format("{}", pl.col("i")).str.pad_start(32, "0"), session_id=pl.lit("S1"), start_date=pl.lit("2024-01-02"),
         start_time=pl.lit("03:04:05"), duration_s=pl.lit(None, pl.Float64), segment=pl.lit(None, pl.String),
@@ -95,3 +97,55 @@ def test_a_load_after_the_first_keeps_the_indexes_and_finds_its_records(db, monk
         assert con.execute("SELECT count(*) FROM registry").fetchone() == (N // 10,)
         assert con.execute("SELECT count(*) FROM source_files s JOIN registry r USING (record_id) "
                            "WHERE r.person_id = 'P0'").fetchone() == (30,)
+
+
+def _touched(file_ids: list[int], verified_ns: int) -> pl.DataFrame:
+    return pl.DataFrame({"file_id": file_ids}, schema={"file_id": pl.Int64}).with_columns(
+        mtime_ns=pl.col("file_id"), root_id=pl.lit(0, pl.Int64), verified_ns=pl.lit(verified_ns, pl.Int64),
+        etag=pl.lit(None, pl.String), md5=pl.lit(None, pl.String), md5_source=pl.lit(None, pl.String))
+
+
+def test_refresh_rows_runs_its_on_commit_beside_the_commit_and_raises_its_error_after(db):
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    _commit(manifest, "v1", _rows(30))
+    seen = []
+
+    def on_commit(written):
+        seen.append((threading.current_thread() is not threading.main_thread(), written.generation, written.root_ids))
+
+    generation, root_ids = manifest.refresh_rows(_touched([1, 2], 77), [("/site", None)], on_commit=on_commit)
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'state_generation'").fetchone() == (generation,)
+        assert con.execute("SELECT count(*) FROM source_files WHERE verified_ns = 77").fetchone() == (2,)
+    assert seen == [(True, generation, root_ids)]
+
+    def broken(written):
+        raise RuntimeError("cache writer broke")
+
+    try:
+        manifest.refresh_rows(_touched([3], 78), [("/site", None)], on_commit=broken)
+    except RuntimeError as exc:
+        assert "cache writer broke" in str(exc)
+    else:
+        raise AssertionError("the error of on_commit was not raised")
+    with sqlite3.connect(db) as con:  # (committed all the same: the cache is only a cache)
+        assert con.execute("SELECT count(*) FROM source_files WHERE verified_ns = 78").fetchone() == (1,)
+
+
+def test_a_state_cache_written_from_rows_in_bucket_order_is_the_one_written_from_rows_out_of_it(db, tmp_path):
+    from chorus_batch.frames import STATE_SCHEMA
+    from chorus_batch.partitions import BUCKET, with_bucket
+
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    _commit(manifest, "v1", _rows(3000))
+    state = with_bucket(manifest.query_frame(f"SELECT {', '.join(STATE_SCHEMA)} FROM source_files").cast(STATE_SCHEMA))
+    in_order = state.sample(fraction=1.0, shuffle=True, seed=1).sort(BUCKET, maintain_order=True)
+    assert in_order[BUCKET].n_unique() > 100
+    for rows in (in_order, in_order.reverse()):
+        manifest.save_state(rows, "1-x")
+        read = pl.read_parquet(manifest.cache_path)
+        assert read[BUCKET].is_sorted() and read.sort("file_id").equals(in_order.sort("file_id"))
+        if rows is in_order:  # (taken as it is: the rows' own order within a bucket kept)
+            assert read.equals(in_order)
