@@ -429,9 +429,10 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         outcome.label, outcome._changes_in, outcome.errors_in = label, manifest.path, "scan_errors"
     else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
         if touched.height or reclassified is not None:
-            generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
-                                                         classification=classification)
-            manifest.save_state(new_state(parts, invalidated, reclassified, touched, root_ids, None), generation)
+            manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified, classification=classification,
+                                  on_commit=lambda written: manifest.save_state(  # while SQLite commits
+                                      new_state(parts, invalidated, reclassified, touched, written.root_ids, None),
+                                      written.generation))
         if errors.height and errors.equals(manifest.version_errors(previous_label)):
             outcome.errors_in = "previous"
         elif run_id is not None:
@@ -562,8 +563,10 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
     # What is kept of each partition is compacted, or it would keep the whole partition in memory.
     held = compact if parts.count > 1 else (lambda frame: frame)
     reverified = files.filter(pl.col("verify") & pl.col("read"))
+    # The files re-verified beside their recorded MD5, once for both uses (each a join with the whole partition)
+    verified = _beside_recorded_md5(files.filter(pl.col("verify")).select("srcfile", "md5", "md5_source", "read"), previous)
     # (found changed: an MD5 read that is not the one recorded, as md5_sources counts it `computed`, not reused)
-    changed = _beside_recorded_md5(reverified.select("srcfile", "md5"), previous).filter(FOUND_CHANGED).height
+    changed = verified.filter(pl.col("read") & FOUND_CHANGED).height
     when = kept.select("file_id", "verified_ns").join(
         touched.select("file_id", _v="verified_ns"), on="file_id", how="left").select(
         pl.coalesce("_v", "verified_ns").alias("verified_ns"))["verified_ns"]
@@ -577,7 +580,7 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
         unchanged=[current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality")],
         parse_errors=[held(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error"))],
         silent_changes=[held(silent_changes(files, previous))], unverifiable=[held(unverifiable_files(files))],
-        md5_sources=md5_sources(files, previous), reverified=[reverified.height, int(reverified["size"].sum() or 0), changed],
+        md5_sources=md5_sources(files, previous, verified=verified), reverified=[reverified.height, int(reverified["size"].sum() or 0), changed],
         verified=_verified_tally(when, verified_ns),
     )
 
@@ -675,7 +678,8 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
                             pl.col("verified_ns").alias("_verified"), pl.col("etag").alias("_etag"),
                             pl.col("md5").alias("_md5"), _hit=pl.lit(True))
     touched_row = pl.col("_hit").fill_null(False)
-    return rows.join(update, on="file_id", how="left").with_columns(
+    # (in the rows' order: a cache's rows stay in bucket order, and its write need not sort them again)
+    return rows.join(update, on="file_id", how="left", maintain_order="left").with_columns(
         mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id"),
         verified_ns=pl.coalesce("_verified", "verified_ns"),
         etag=pl.when(touched_row).then(pl.col("_etag")).otherwise(pl.col("etag")),
@@ -1078,17 +1082,21 @@ FOUND_CHANGED = pl.col("md5").is_not_null() & ~pl.col("md5").eq_missing(pl.col("
 
 def _beside_recorded_md5(rows: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     """`rows` (srcfile, md5, ...) with `_md5`, the MD5 the previous version recorded of each path (FOUND_CHANGED)."""
-    return rows.join(previous.select("srcfile", _md5="md5"), on="srcfile", how="left")
+    recorded = previous.select("srcfile", _md5="md5")
+    if rows.height < previous.height // 8:  # (a night's few: the previous rows of their paths first, 4 -> 2 ms of 100k)
+        recorded = recorded.join(rows.select("srcfile"), on="srcfile", how="semi")
+    return rows.join(recorded, on="srcfile", how="left")
 
 
-def md5_sources(files: pl.DataFrame, previous: pl.DataFrame) -> dict[str, int]:
+def md5_sources(files: pl.DataFrame, previous: pl.DataFrame, *, verified: pl.DataFrame | None = None) -> dict[str, int]:
     """How this run obtained the MD5 of each listed file (frames.MD5_SOURCES; a re-verified file counts as
     reused when its bytes still have the MD5 recorded: confirmed, not new). One whose bytes were found changed
     (silent_changes; or, in the cloud, written between the listing and the read) is recorded as replaced with the MD5
     it read: `computed`, not reused (the summary counted it "unchanged (reused)" beside its own "replaced")."""
     counts = dict.fromkeys(MD5_SOURCES, 0)
     # (the re-verified ones: a few a night; all with --rehash)
-    verified = _beside_recorded_md5(files.filter(pl.col("verify")).select("srcfile", "md5", "md5_source"), previous)
+    if verified is None:  # (`verified`: these, when the caller has them)
+        verified = _beside_recorded_md5(files.filter(pl.col("verify")).select("srcfile", "md5", "md5_source"), previous)
     confirmed = pl.when(FOUND_CHANGED).then(pl.col("md5_source")).otherwise(pl.lit("reused"))
     listed = pl.concat([files.filter(~pl.col("verify").fill_null(False)).select(s=pl.col("md5_source")),
                         verified.select(s=confirmed)])
