@@ -112,7 +112,7 @@ def cap_library_threads(environ: dict[str, str] | None = None) -> None:
 
 def one_blas_thread(environ: dict[str, str] | None = None) -> None:
     """OPENBLAS_NUM_THREADS=1 unless set (an empty one is unset): numpy loads with pyarrow in every run, and its OpenBLAS
-    starts a thread per CPU and their buffers as it loads (20 ms of CPU on 2 cores, 63 threads on a 64-core node),
+    starts a thread per CPU and their buffers as it loads (10 ms of CPU on 2 cores; 63 threads on a 64-core node),
     for linear algebra no command does (the report's plots count and bin). Worker processes inherit it."""
     environ = os.environ if environ is None else environ  # type: ignore[assignment]
     if not (environ.get("OPENBLAS_NUM_THREADS") or "").strip():
