@@ -110,6 +110,15 @@ def cap_library_threads(environ: dict[str, str] | None = None) -> None:
         environ["POLARS_MAX_THREADS"] = str(cpus)
 
 
+def one_blas_thread(environ: dict[str, str] | None = None) -> None:
+    """OPENBLAS_NUM_THREADS=1 unless set (an empty one is unset): numpy loads with pyarrow in every run, and its OpenBLAS
+    starts a thread per CPU and their buffers as it loads (10 ms of CPU on 2 cores; 63 threads on a 64-core node),
+    for linear algebra no command does (the report's plots count and bin). Worker processes inherit it."""
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    if not (environ.get("OPENBLAS_NUM_THREADS") or "").strip():
+        environ["OPENBLAS_NUM_THREADS"] = "1"
+
+
 def default_workers() -> int:
     """Hashing threads / listing and header-reading processes: the CPUs this process may use (usable_cpus),
     at most 16 (past that a shared file system, not the CPU, is the limit)."""
@@ -381,6 +390,8 @@ def pool_executor(workers: int, setup: tuple | None = None) -> ProcessPoolExecut
     workers = _windows_workers(workers)
     ensure_open_files(workers)
     context = _pool_context()
+    if context.get_start_method() == "fork":
+        import ctypes  # noqa: F401  (loaded once here, for every forked worker's prctl: each loaded it again, 3 ms)
     return _Pool(workers, mp_context=context, initializer=_worker_init,
                  initargs=(context.get_start_method() == "fork", setup))
 

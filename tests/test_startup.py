@@ -138,6 +138,40 @@ def test_the_command_line_sets_the_allocator_before_polars_loads_and_keeps_a_use
     assert json.loads(_python(script, _RJEM_MALLOC_CONF="dirty_decay_ms:9000")) == ["dirty_decay_ms:9000", False]
 
 
+def test_the_command_line_loads_numpy_with_one_blas_thread_and_pydantic_without_plugins_unless_set():
+    """numpy, which pyarrow loads in every run, started an OpenBLAS thread per CPU (and their buffers) as it loaded,
+    for linear algebra no command does; pydantic read every installed distribution's entry points for plugins as the
+    settings' models were built (issue 15: no fixed costs). A setting of the user's is kept."""
+    script = ("import json, os, sys\nimport chorus_batch.cli as cli\n"
+              "cli.main = lambda: print(json.dumps([os.environ.get(name) for name in "
+              "('OPENBLAS_NUM_THREADS', 'PYDANTIC_DISABLE_PLUGINS')] + ['numpy' in sys.modules])) or 0\n"
+              "cli.entry()")
+    def said(**env: str) -> list:
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("PYTHONPATH", "OPENBLAS_NUM_THREADS", "PYDANTIC_DISABLE_PLUGINS")}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**clean, **env},
+                             check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert said() == ["1", "__all__", False]
+    assert said(OPENBLAS_NUM_THREADS="") == ["1", "__all__", False]  # (empty: unset, as README says of every variable)
+    assert said(OPENBLAS_NUM_THREADS="4", PYDANTIC_DISABLE_PLUGINS="logfire") == ["4", "logfire", False]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux")
+def test_forked_workers_find_ctypes_loaded():
+    """Each forked worker loaded ctypes again for its prctl (PR_SET_PDEATHSIG); the pool loads it once before the
+    workers are forked, and they inherit it."""
+    script = ("import os, sys\nfrom chorus_batch.processes import pool\n"
+              "loads = []  # the processes that loaded ctypes (a finder asked first: the workers inherit it)\n"
+              "class Seen:\n    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'ctypes':\n            loads.append(os.getpid())\n"
+              "sys.meta_path.insert(0, Seen())\n"
+              "def loaded_in_worker():\n    return os.getpid() in loads\n"
+              "with pool(2) as executor:\n    print(sorted({executor.submit(loaded_in_worker).result() for _ in range(4)}))")
+    assert _python(script) == "[False]"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="polars uses jemalloc (and /proc gives the RSS) on Linux")
 def test_with_the_command_lines_setting_polars_gives_a_freed_frames_memory_back_soon():
     """The setting works with the polars installed: a freed 600 MB frame leaves the process within 0.3 s of further
