@@ -15,7 +15,14 @@ GNU time (wall seconds, peak RSS):
 All merges run with --no-validate (there are no files to read headers from). The targets of
 issue 12: the changed merge < 30 s and < 2 GiB peak RSS at 10M rows; the no-change merge adds no rows.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/merge_benchmark.py [--rows 10000000] [--shards 4]
+    PYTHONPATH=. .venv/bin/python benchmarks/merge_benchmark.py [--rows 10000000] [--shards 4] [--profile DIR]
+
+On a machine shared with other work the wall says little (a 10M-row changed merge: 156-203 s of wall for 48 s
+of CPU at a load average of 12-27 on 2 cores), so each step's CPU seconds (GNU time's user + sys, the merge's
+threads included) and the load average around it are reported too. A merge is one process (its threads: polars',
+DuckDB's, the state cache's writer), so GNU time's peak RSS is that of all its processes. With --profile DIR,
+each merge runs under cProfile timed by time.process_time (every thread's CPU) and leaves DIR/<step>.prof
+(python -m pstats DIR/changed.prof; sort cumulative): the figures are then a profiled run's.
 """
 
 from __future__ import annotations
@@ -93,18 +100,27 @@ def write_shards(files: pl.DataFrame, staging: Path, shards: int, root: str, bas
 
 
 def timed(cmd: list[str], **kwargs) -> dict:
-    """Wall seconds and peak RSS (GNU time's %M, the largest process) of a subprocess."""
+    """Wall seconds, CPU seconds (user + sys, every thread) and peak RSS (GNU time's %M) of a subprocess, with the
+    1-minute load average before and after it."""
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", *cmd], capture_output=True, text=True, **kwargs)
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr}")
-    rss_kib = int(proc.stderr.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 3), "rss_mib": round(rss_kib / 1024), "stdout": proc.stdout, "stderr": proc.stderr}
+    user, system, rss_kib = proc.stderr.strip().splitlines()[-1].split()
+    return {"wall_s": round(wall, 3), "cpu_s": round(float(user) + float(system), 2), "rss_mib": round(int(rss_kib) / 1024),
+            "load": [round(load, 1), round(os.getloadavg()[0], 1)], "stdout": proc.stdout, "stderr": proc.stderr}
 
 
-def merge(site: Path, db: Path, staging: Path, cwd: Path) -> dict:
-    result = timed([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db), "--merge",
+# `chorus-batch run ...` under cProfile timed by time.process_time: argv[1] the profile's path, the rest run's arguments
+PROFILED = ("import cProfile, sys, time; from chorus_batch.cli import main; p = cProfile.Profile(time.process_time); "
+            "code = p.runcall(main, sys.argv[2:]); p.dump_stats(sys.argv[1]); raise SystemExit(code)")
+
+
+def merge(site: Path, db: Path, staging: Path, cwd: Path, profile: Path | None = None) -> dict:
+    command = ["-m", "chorus_batch"] if profile is None else ["-c", PROFILED, str(profile)]
+    result = timed([sys.executable, *command, "run", "--site", str(site), "--db", str(db), "--merge",
                     str(staging), "--no-validate", "--json", "-q", "-v"], cwd=cwd, env=os.environ)
     stdout, stderr = result.pop("stdout"), result.pop("stderr")
     if not stdout.strip():
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--profile", type=Path, help="profile each merge (process_time) into this folder")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="chorus-merge-bench-", dir=args.workdir))
     try:
@@ -146,20 +163,26 @@ def main(argv: list[str] | None = None) -> int:
         baseline.pop("stdout"), baseline.pop("stderr")
         print(f"baseline DuckDB copy: {baseline}", flush=True)
 
-        runs = {"first": merge(site, db, work / "first", work)}
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+
+        def profiled(step: str) -> Path | None:
+            return None if args.profile is None else args.profile.absolute() / f"{step}.prof"
+
+        runs = {"first": merge(site, db, work / "first", work, profiled("first"))}
         print(f"first merge: {runs['first']}", flush=True)
         rows_before, versions_before, label = manifest_rows(db)
 
         second = changed(first)
         del first
         write_shards(second, work / "changed", args.shards, root, label)
-        runs["changed"] = merge(site, db, work / "changed", work)
+        runs["changed"] = merge(site, db, work / "changed", work, profiled("changed"))
         print(f"changed merge: {runs['changed']}", flush=True)
         rows_changed, versions_changed, label = manifest_rows(db)
 
         write_shards(second, work / "nochange", args.shards, root, label)
         del second
-        runs["nochange"] = merge(site, db, work / "nochange", work)
+        runs["nochange"] = merge(site, db, work / "nochange", work, profiled("nochange"))
         print(f"no-change merge: {runs['nochange']}", flush=True)
         rows_after, versions_after, _ = manifest_rows(db)
 
