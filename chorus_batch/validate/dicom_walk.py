@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from struct import Struct
+from struct import error as struct_error
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -245,47 +246,53 @@ def _plain_elements(head: bytes, wanted: frozenset[int], complete: bool,
         # length, no sequence), a group neither the pixel data's, the meta group's nor the items' (FFFE)
         element_of, short_vrs, kept_tag = _SWAPPED_VR_SHORT.unpack_from, _SHORT_VR_NUMBERS, _kept_swapped(kept).get
         long_vrs, long_length, pixel_tags = _LONG_VR_NUMBERS, _LONG_LENGTH.unpack_from, _PIXEL_SWAPPED
-        while pos < end:
-            if pos + 8 > end:
-                raise _Odd
-            swapped, vr, length = element_of(head, pos)
-            if vr in short_vrs:
-                value = pos + 8
-                if (group := swapped & 0xFFFF) >= 0x7FE0 or group <= 2:
-                    if swapped in pixel_tags:
-                        if pixels_at is not None:
-                            pixels_at.append((value, length))
-                        return _checked(found)
-                    if group == 0xFFFE or group == 0x0002:
+        # (an element's header running past `head`: unpack_from raises struct.error, told as _Odd below; one test an
+        # element fewer)
+        try:
+            while pos < end:
+                swapped, vr, length = element_of(head, pos)
+                if vr in short_vrs:
+                    value = pos + 8
+                    # (its group is 3..0x7FDF, as nearly every element's: one test; else the pixel data's, the meta
+                    # group's or the items')
+                    if (swapped - 3) & 0xFFFF >= 0x7FDD:
+                        group = swapped & 0xFFFF
+                        if swapped in pixel_tags:
+                            if pixels_at is not None:
+                                pixels_at.append((value, length))
+                            return _checked(found)
+                        if group == 0xFFFE or group == 0x0002:
+                            raise _Odd
+                    # (a value past the end is told once the loop ends: its position is then past the end)
+                    if (tag := kept_tag(swapped)) is not None:
+                        found[tag] = head[value: value + length]
+                    pos = value + length
+                    continue
+                if vr not in long_vrs:
+                    raise _Odd
+                length, value = long_length(head, pos + 8)[0], pos + 12
+                if swapped in pixel_tags:
+                    if pixels_at is not None:
+                        pixels_at.append((value, length))
+                    return _checked(found)
+                if (group := swapped & 0xFFFF) == 0xFFFE or group == 0x0002:
+                    raise _Odd
+                tag = kept_tag(swapped)
+                if length == _UNDEFINED:
+                    if vr != _SQ_NUMBER or _swapped(swapped) in wanted:
                         raise _Odd
-                # (a value past the end is told once the loop ends: its position is then past the end)
-                if (tag := kept_tag(swapped)) is not None:
+                    pos = _skip_sequence(head, value, False)
+                    continue
+                if value + length > end:
+                    raise _Odd
+                if tag is not None:
+                    if vr == _SQ_NUMBER:
+                        raise _Odd
                     found[tag] = head[value: value + length]
+                # else skipped, as pydicom's generator skips an unwanted element of defined length (a sequence too)
                 pos = value + length
-                continue
-            if vr not in long_vrs or pos + 12 > end:
-                raise _Odd
-            length, value = long_length(head, pos + 8)[0], pos + 12
-            if swapped in pixel_tags:
-                if pixels_at is not None:
-                    pixels_at.append((value, length))
-                return _checked(found)
-            if (group := swapped & 0xFFFF) == 0xFFFE or group == 0x0002:
-                raise _Odd
-            tag = kept_tag(swapped)
-            if length == _UNDEFINED:
-                if vr != _SQ_NUMBER or _swapped(swapped) in wanted:
-                    raise _Odd
-                pos = _skip_sequence(head, value, False)
-                continue
-            if value + length > end:
-                raise _Odd
-            if tag is not None:
-                if vr == _SQ_NUMBER:
-                    raise _Odd
-                found[tag] = head[value: value + length]
-            # else skipped, as pydicom's generator skips an unwanted element of defined length (a sequence too)
-            pos = value + length
+        except struct_error:
+            raise _Odd from None
         if pos > end:
             raise _Odd
     else:
