@@ -297,10 +297,12 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                              & (pl.col("_name") == pl.col("session_id") + ".hea")).select("_dir").unique().collect()
     # A session folder (Telemetry|EEG/<session_id>/) of WFDB headers none of which is <session_id>.hea: segments
     # without the multi-segment header that joins them, or records named otherwise; the session has no record
-    headed = f.filter(pl.col("_waveforms") & pl.col("category").is_not_null() & pl.col("session_id").is_not_null()
-                      & _IN_SESSION_FOLDER & (pl.col("_ext_l") == "hea")).group_by("_dir", "session_id").agg(pl.col("_name").sort())
+    # (the headers of such folders grouped, not every session's first: nearly all sessions have their record)
+    headed = (f.filter(pl.col("_waveforms") & pl.col("category").is_not_null() & pl.col("session_id").is_not_null()
+                       & _IN_SESSION_FOLDER & (pl.col("_ext_l") == "hea"))
+              .join(wfdb_sessions.lazy(), on="_dir", how="anti").group_by("_dir", "session_id").agg(pl.col("_name").sort()))
     out.append(_found(
-        "wfdb.session_record", headed.join(wfdb_sessions.lazy(), on="_dir", how="anti"), pl.col("_dir") + "/",
+        "wfdb.session_record", headed, pl.col("_dir") + "/",
         fmt("WFDB headers {} but no {}.hea: the procedure names a session's record <session_id>.<ext>; add the "
             "record's header (for segments, the multi-segment header listing them) or rename the record",
             _join_list(pl.col("_name")), pl.col("session_id"))))
