@@ -3193,3 +3193,19 @@ def test_a_table_2_datetime_is_checked_against_its_visit(clean):
                                          *r[6:]] for k, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
     assert message.startswith("2 rows with a datetime that is not yyyy-MM-dd HH:mm:ss"), message
+
+
+def test_ids_are_compared_without_leading_zeros_as_the_regex_wrote_them():
+    """site._norm_id strips the leading zeros of an id of digits without a regex: the same text as the regex replace it
+    stands for (one zero kept of zeros alone; quotes and spaces around it dropped; any other id as written), and the
+    name of the column it was given."""
+    from chorus_batch.validate.site import _norm_id
+
+    ids = ["0", "00", "000", "0012", "12", "", "  007 ", '"0042"', '""', " \"0\" ", "abc", "00a", "a00", "0a0", None,
+           "\u0661\u0662", "\u0660\u06601", "00\u0661", "0x1", "0 0", "+01", "-01", "0\n", "00\n1", "0.0", "9" * 30,
+           "0" * 30, "0" * 29 + "5"]
+    frame = pl.DataFrame({"id": ids}, schema={"id": pl.String})
+    s = pl.col("id").str.strip_chars().str.strip_chars('"')
+    regex = pl.when(s.str.contains(r"^[0-9]+$")).then(s.str.replace(r"^0+([0-9])", "${1}")).otherwise(s)
+    assert_frame_equal(frame.select(_norm_id(pl.col("id"))), frame.select(regex))
+    assert frame.select(_norm_id(pl.col("id")))["id"].to_list()[:8] == ["0", "0", "0", "12", "12", "", "7", "42"]

@@ -193,7 +193,11 @@ def _joined(column: str, first: str = "visit_occurrence_id") -> pl.Expr:
 def _norm_id(expr: pl.Expr) -> pl.Expr:
     """Ids compared as OMOP stores them: digits-only ids without their leading zeros."""
     s = expr.str.strip_chars().str.strip_chars('"')
-    return pl.when(s.str.contains(r"^[0-9]+$")).then(s.str.replace(r"^0+([0-9])", "${1}")).otherwise(s)
+    # (the leading zeros stripped, one kept of an id of zeros alone: what replace(r"^0+([0-9])", "${1}") made of the
+    # digits, without a regex: 5 columns of a part's 16,690 DICOM headers, 19 -> 14.5 ms of CPU. `bare` is the first
+    # `then`: the result keeps the name of `expr`)
+    bare = s.str.strip_chars_start("0")
+    return pl.when(s.str.contains(r"^[0-9]+$")).then(pl.when(bare != "").then(bare).otherwise(pl.lit("0"))).otherwise(s)
 
 
 _SCIENTIFIC = r"[eE]"
