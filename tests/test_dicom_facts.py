@@ -427,6 +427,9 @@ SEQUENCED = [with_sequences(), with_sequences(JPEGBaseline8Bit, nested=False, Pa
 # (the Pixel Data's VR 'OW' made b"\x00W", no VR: the walk read it as implicit VR, as pydicom's generator does, and
 # told the file cut inside its pixel data; the read after dcmread took a 2-byte length of 0 and read it whole)
 @example(base=PLAIN[0], edits=[("flip", PLAIN[0].index(b"\xe0\x7f\x10\x00OW") + 4, b"\x00")])
+# (PixelRepresentation's 'US' lost "S\x02": VR b"U\x00", which pydicom's reader takes for a VR it does not know, of
+# length 0; the generator's path told PixelRepresentation lacking, dcmread's "cannot parse the file (NotImplementedError")
+@example(base=PLAIN[0], edits=[("delete", 3175, b"\x00\x00")])
 def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
     data = damaged(base, edits)
     got = facts(data)
@@ -435,6 +438,23 @@ def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
     fast = walked(data)
     if fast is not None:  # what it decides, it decides as pydicom's generator does
         assert {tag: value or None for tag, value in fast.items()} == by_generator(data)
+
+
+@pytest.mark.parametrize("value", [b"", b"\x01\x00"])
+def test_an_element_of_no_valid_vr_is_told_as_damage_by_either_path(value, monkeypatch):
+    """A damaged explicit VR (PixelRepresentation's 'US' made b"U\\x00": two bytes lost) is one pydicom's reader takes
+    for a VR it does not know; dcmread refused it, where of no value, as "cannot parse the file (NotImplementedError:
+    Unknown Value Representation ...)", a reader's words, while the generator's path told PixelRepresentation lacking
+    (and, of a value, both read its bytes as the attribute). Both tell the damaged element, and what to do."""
+    base = PLAIN[0]
+    at = base.index(b"\x28\x00\x03\x01US\x02\x00")
+    data = base[:at] + b"\x28\x00\x03\x01U\x00" + len(value).to_bytes(2, "little") + value + base[at + 10:]
+    assert walked(data) is None  # (the struct walk leaves it to pydicom's generator)
+    expected = {"error": "element (0028,0103) PixelRepresentation has no valid value representation (VR 'U\\x00', "
+                         "not one of DICOM's): the file is damaged (bytes lost or changed, as an interrupted or faulty "
+                         "copy leaves them): copy or export the file again"}
+    assert facts(data) == expected
+    assert by_dcmread(data, monkeypatch) == expected
 
 
 @settings(max_examples=60, deadline=None)

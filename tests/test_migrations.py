@@ -682,7 +682,7 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv; visit_occurrence.csv; READINESS.md
     # and SUBMISSION.md; the WFDB headers, wfdb_header.v11), and today's rules applied.
     assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v7', 'registry_csv.v18', "
-                     "'omop_visits.v11', 'metadata_md.v5', 'wfdb_header.v11', 'dicom.v16') GROUP BY kind ORDER BY kind") == [
+                     "'omop_visits.v11', 'metadata_md.v5', 'wfdb_header.v11', 'dicom.v17') GROUP BY kind ORDER BY kind") == [
         ("metadata_md.v5", 2), ("omop_procedures.v7", 1), ("omop_visits.v11", 1), ("registry_csv.v18", 1),
         ("wfdb_header.v11", 7)]
     from chorus_batch.validate.rules import edition

@@ -1341,7 +1341,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v11", "dicom.v16", "omop_csv.v2", "metadata_md.v5"}
+    assert set(errors) == {"wfdb_header.v11", "dicom.v17", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1445,7 +1445,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v11", "dicom.v16", "omop_csv.v2", "omop_person.v9", "omop_visits.v11", "metadata_md.v5",
+    assert set(todo["kind"]) == {"wfdb_header.v11", "dicom.v17", "omop_csv.v2", "omop_person.v9", "omop_visits.v11", "metadata_md.v5",
                                  "mapping_csv.v7", "registry_csv.v18", "omop_procedures.v7"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1453,7 +1453,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v16"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v17"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 

@@ -381,7 +381,7 @@ def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch
     monkeypatch.setattr(readers, "_CHUNK_JOBS", 3)
     in_workers = validate_module.extract_facts(source, needed, workers=2)
     assert in_workers.sort("kind", "md5").equals(in_process.sort("kind", "md5"))
-    assert set(in_workers["kind"]) >= {"wfdb_header.v11", "dicom.v16", "metadata_md.v5", "mapping_csv.v7", "omop_person.v9"}
+    assert set(in_workers["kind"]) >= {"wfdb_header.v11", "dicom.v17", "metadata_md.v5", "mapping_csv.v7", "omop_person.v9"}
 
 
 def test_validate_a_folder_that_was_never_run_leaves_nothing_behind(clean, tmp_path):

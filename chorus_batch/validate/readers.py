@@ -577,6 +577,9 @@ def _dicom_facts(f) -> dict[str, Any]:
         stopped = f.tell()
         if stopped > f.seek(0, io.SEEK_END):
             raise _header_cut()
+        # (raw, as the generator's path checks them: get_item converts an element of no value, and pydicom's
+        # conversion of one of a VR it does not know raised NotImplementedError)
+        _valid_vrs(ds.get_item(tag, keep_deferred=True) for tag in _DICOM_TAG_LIST)
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAG_LIST}
         stopped_at = _pixels_where_stopped(ds, f, stopped)
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
@@ -789,6 +792,10 @@ def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
         # the elements' walk does): a damaged 'OW' (b"\x00W") read here as a 2-byte length of 0, so the file read
         # whole by dcmread and cut inside its pixel data by the walk
         return stopped + 8, int.from_bytes(header[4:8], order)
+    if (vr := header[4:6].decode("latin-1")) not in _known_vrs():
+        # a VR pydicom does not know (a damaged 'OW', b"O@"), read by its generator with a 2-byte length: the file is
+        # damaged, as _walk_plain tells it (v16: the walk told what followed that length as out of order, dcmread not)
+        raise _no_valid_vr(tag, vr)
     return stopped + 8, int.from_bytes(header[6:8], order)
 
 
@@ -892,6 +899,30 @@ def _dicom_elements_plain(head: bytes, *, complete: bool,
     return _walk_plain(head, complete=complete, pixels_at=pixels_at)
 
 
+def _valid_vrs(elements: Iterator[Any]) -> None:
+    """BadContent naming the first of these raw elements (None: absent) whose VR pydicom does not know (None: implicit).
+
+    pydicom's reader takes a VR that is two bytes from 'AA' to 'ZZ' (a damaged 'US', b"U\\x00") for one it does not
+    know, with a 2-byte length; only its conversion of the value refuses it. dcmread's Dataset converts an element
+    of no value (length 0) when it is asked for, so such a file was told as "cannot parse the file (NotImplementedError:
+    Unknown Value Representation ...)", while the generator's path gave its facts, the element told as lacking; and
+    one of a value gave its raw bytes as the attribute's text. Either way the file is damaged: told so on both (the
+Pixel Data element's too, where each path stops: _walk_plain, _pixels_where_stopped)."""
+    known = _known_vrs()
+    for element in elements:
+        if element is not None and (vr := element.VR) is not None and vr not in known:
+            raise _no_valid_vr(int(element.tag), vr)
+
+
+def _no_valid_vr(tag: int, vr: str) -> BadContent:
+    from pydicom.datadict import keyword_for_tag
+
+    name = f" {keyword}" if (keyword := keyword_for_tag(tag)) else ""
+    return BadContent(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}){name} has no valid value representation (VR "
+                      f"{vr!r}, not one of DICOM's): the file is damaged (bytes lost or changed, as an interrupted or "
+                      f"faulty copy leaves them): copy or export the file again")
+
+
 _PYDICOM_IMPORT = threading.Lock()
 _pydicom_imported = False
 
@@ -961,9 +992,12 @@ def _walk_plain(head: bytes, *, complete: bool, pixels_at: list[tuple[int, int]]
         if implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):  # dcmread would switch (and warn)
             return None
         ends = [start]  # where the last element's value ends (the generator asks stop_when after each header)
+        pixel_vr: list[tuple[int, str]] = []  # the Pixel Data's VR, where it is none that pydicom knows
 
         def stop_when(tag: int, vr: Any, length: int) -> bool:
             if tag in PIXEL_TAGS:
+                if vr is not None and vr not in _known_vrs():  # (told below, after the elements before it)
+                    pixel_vr.append((tag, vr))
                 # (where the pixel data's value starts: the struct walk, which leaves this file to the generator, may
                 # not reach them, and a file cut inside them read as whole)
                 if pixels_at is not None:
@@ -988,6 +1022,10 @@ def _walk_plain(head: bytes, *, complete: bool, pixels_at: list[tuple[int, int]]
     if not all(isinstance(element, RawDataElement) and isinstance(element.value, bytes | None)
                for element in elements.values()):
         return None
+    # (as dcmread's path tells them: the struct walk decides no element of a VR that pydicom does not know)
+    _valid_vrs(elements.values())
+    if pixel_vr:
+        raise _no_valid_vr(*pixel_vr[0])
     return elements
 
 

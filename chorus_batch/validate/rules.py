@@ -272,7 +272,11 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # read as wfdb reads it, untold, though the WFDB header format and the WFDB C library end lines with a line feed)
 # wfdb_header.v10 tells a record line of 0 segments ('r/0'), which the WFDB header format forbids ("must be greater
 # than zero") and wfdb fails to read (v9: read as a multi-segment record of no segments, untold)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v11", "dicom.v16", "records.v5"
+# dicom.v17 tells an element it reads whose explicit VR is none of DICOM's (a damaged 'US', b"U\x00", which pydicom takes
+# for a VR it does not know) as a damaged file, naming the element (v16: of no value, "cannot parse the file
+# (NotImplementedError: Unknown Value Representation ...)" by dcmread and told lacking by the elements' walk; of a value,
+# its bytes read as the attribute)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v11", "dicom.v17", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
 # mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
