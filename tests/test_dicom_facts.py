@@ -430,6 +430,9 @@ SEQUENCED = [with_sequences(), with_sequences(JPEGBaseline8Bit, nested=False, Pa
 # (PixelRepresentation's 'US' lost "S\x02": VR b"U\x00", which pydicom's reader takes for a VR it does not know, of
 # length 0; the generator's path told PixelRepresentation lacking, dcmread's "cannot parse the file (NotImplementedError")
 @example(base=PLAIN[0], edits=[("delete", 3175, b"\x00\x00")])
+# (a tag's bytes overwritten: an unwanted element (F05A,5741) of VR 'SI', which both paths skip; 6 bytes inserted in the
+# pixel data, so that (0707,0707) follows them: the generator's path told it out of order, dcmread's did not look)
+@example(base=SEQUENCED[0], edits=[("insert", 927, b"\x83\x1e\x12\x16G\x89"), ("flip", 8661, b"E\xd3WZ\xf0AWS")])
 def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
     data = damaged(base, edits)
     got = facts(data)
@@ -734,11 +737,31 @@ OTHER_BASES = [
 @given(base=st.sampled_from(OTHER_BASES), edits=st.lists(st.tuples(
     st.sampled_from(["flip", "cut", "insert", "delete"]), st.integers(0, 10_000), st.binary(min_size=1, max_size=8)),
     min_size=1, max_size=4))
+# (a sequence item's header past the file's end: pydicom raised "OSError: No tag to read at file position 388", which
+# parse_facts lets through as the file's reading failing, not its content)
+@example(base=OTHER_BASES[0], edits=[("flip", 8226, b"\xecS\x02"), ("delete", 4384, b"u\xb4b8")])
 def test_damaged_files_of_other_encodings_give_what_dcmread_gives(base, edits, monkeypatch):
     data = damaged(base, edits)
     got = facts(data)
     assert got == by_dcmread(data, monkeypatch)
     assert not got.get("error", "").startswith("cannot parse the file"), got  # (a reader's bug, not the file's)
+
+
+def test_an_element_after_the_pixel_data_is_told_by_either_path(monkeypatch):
+    # A file the struct walk leaves to pydicom's generator (an element of a VR that pydicom does not know, and which
+    # the facts do not ask for): the generator's path told an element after the pixel data, dcmread's path did not
+    data = damaged(SEQUENCED[0], [("insert", 927, b"\x83\x1e\x12\x16G\x89"), ("flip", 8661, b"E\xd3WZ\xf0AWS")])
+    assert walked(data) is None
+    got = facts(data)
+    assert got["error"].startswith("its elements are out of order: (0707,0707) follows the pixel data"), got
+    assert by_dcmread(data, monkeypatch) == got
+
+
+def test_a_sequence_item_past_the_files_end_is_told_as_a_cut_header():
+    """pydicom reads a sequence item's header past the file's end (damaged or cut: an item length running past it) as
+    "OSError: No tag to read at file position ...", which was let through as the file's reading failing."""
+    data = damaged(OTHER_BASES[0], [("flip", 8226, b"\xecS\x02"), ("delete", 4384, b"u\xb4b8")])
+    assert facts(data) == {"error": "the file ends inside its DICOM header (an interrupted copy?): copy the file again"}
 
 
 def _dicomdir() -> bytes:

@@ -545,7 +545,7 @@ def _dicom_facts(f) -> dict[str, Any]:
             break
         head += _read_up_to(f, wanted)
         wanted *= 2
-    stopped_at = None
+    stopped_at = stopped_little = None
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         _import_pydicom()
         import pydicom
@@ -566,6 +566,13 @@ def _dicom_facts(f) -> dict[str, Any]:
             raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
         except struct.error:  # (its reading of an element's 4-byte length met the file's end: cut inside it)
             raise _header_cut() from None
+        except OSError as exc:
+            # pydicom's reading of a sequence item's header that met the file's end (its struct.error, re-raised as
+            # "OSError: No tag to read at file position ..."): the file is cut inside its header, as above. An OSError
+            # was told as the file's reading failing (parse_facts lets it through), not as its content
+            if isinstance(exc.__context__, struct.error) and str(exc).startswith("No tag to read at file position"):
+                raise _header_cut() from None
+            raise
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError, NotImplementedError,
                 BytesLengthException) as exc:  # (NotImplementedError: a VR it does not know; BytesLength...: a
             # value whose length its VR cannot have, as a damaged File Meta group gives: not a parser's bug)
@@ -582,6 +589,10 @@ def _dicom_facts(f) -> dict[str, Any]:
         _valid_vrs(ds.get_item(tag, keep_deferred=True) for tag in _DICOM_TAG_LIST)
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAG_LIST}
         stopped_at = _pixels_where_stopped(ds, f, stopped)
+        # (a little-endian data set: what follows its pixel data is read as the elements' walks read it, below; a file
+        # the struct walk leaves to pydicom's generator (an unwanted element of a VR it does not know, skipped by
+        # both) was told out of order by the generator's path, and not by this one)
+        stopped_little = stopped_at if ds.original_encoding[1] is True else None
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)
     # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
@@ -596,8 +607,8 @@ def _dicom_facts(f) -> dict[str, Any]:
                          f"interrupted copy?), or it is no image (a DICOMDIR?); copy the file again, or export the "
                          f"image again")
     _pixels_whole(head, f, pixels)
-    if little is not None and little[1] != UNDEFINED_LENGTH:
-        _nothing_after_pixels(head, f, sum(little))
+    if (after := little or stopped_little) is not None and after[1] != UNDEFINED_LENGTH:
+        _nothing_after_pixels(head, f, sum(after))
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
     facts, get, blank = {}, elements.get, _BLANK  # (a loop of locals: a fifth faster than the comprehension was)

@@ -275,7 +275,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v17 tells an element it reads whose explicit VR is none of DICOM's (a damaged 'US', b"U\x00", which pydicom takes
 # for a VR it does not know) as a damaged file, naming the element (v16: of no value, "cannot parse the file
 # (NotImplementedError: Unknown Value Representation ...)" by dcmread and told lacking by the elements' walk; of a value,
-# its bytes read as the attribute)
+# its bytes read as the attribute); tells an element of a group before the pixel data's following them on dcmread's path
+# too (v16: only where a little-endian walk found the pixel data); and tells a sequence item's header past the file's
+# end as a header cut (v16: pydicom's "OSError: No tag to read at file position ..." let through as a failed read)
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v11", "dicom.v17", "records.v5"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 # edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
