@@ -2091,7 +2091,7 @@ CHANGES_SLICE_ROWS = 100_000  # change-set rows given their file_id and written 
 
 
 def _changes_stream(change_set: pl.DataFrame, new_rows: pl.DataFrame, label: str,
-                    rows: int = CHANGES_SLICE_ROWS) -> pa.RecordBatchReader:
+                    rows: int | None = None) -> pa.RecordBatchReader:
     """The `changes` rows of `change_set` (its order), each path's file_id that of its row in `new_rows` (sorted by
     srcfile: looked up by binary search), slice by slice while ADBC writes. A join of the whole change set with the
     new rows' ids held a copy of both beside them (2M-row first load: +280 MiB, the commit's peak)."""
@@ -2109,7 +2109,7 @@ def _changes_stream(change_set: pl.DataFrame, new_rows: pl.DataFrame, label: str
     schema = part(change_set.head(0)).to_arrow().schema
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for piece in change_set.iter_slices(rows):
+        for piece in change_set.iter_slices(rows or CHANGES_SLICE_ROWS):
             table = part(piece).to_arrow()
             if not table.schema.equals(schema):
                 table = table.cast(schema)
