@@ -66,9 +66,20 @@ from .urls import holds_userinfo, mask_url, secret_variable
 CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
 
 
+def _defaults(model: type[BaseModel]):
+    """The default of a [section] (or of CloudSettings) not written: the model's defaults, as model() makes them
+    (no value to validate), without building the model's own validator: the one of the model that holds it
+    validates what is written (see _Strict's defer_build)."""
+    return lambda: model.model_construct()
+
+
 class _Strict(BaseModel):
     # strict: `workers = "8"` is an error, not an 8 (TOML has types; a string where a number belongs is a typo)
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # defer_build: a model's validator is built when it is first used, not when this module is imported. A
+    # [section]'s is never needed apart from ConfigFile's, which holds them all (a section left out of the file is
+    # its defaults, made by _defaults: nothing to validate), so `run` builds two validators, not twelve
+    # (ConfigFile's and RunSettings'); a command that makes no RunSettings never builds it.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
     _section = ""
 
     @model_validator(mode="before")
@@ -139,7 +150,9 @@ class SiteSection(_Strict):
     _section = "site"
     root: str | None = None
     name: str | None = None
-    roots: dict[str, str] = Field(default_factory=dict)
+    # (a {} or [] default, not default_factory=dict: pydantic copies it for each model as a factory makes it, and
+    # reads no builtin's signature, which cost each command ~2 ms of CPU to compile tokenize's patterns)
+    roots: dict[str, str] = {}
 
     @field_validator("name")
     @classmethod
@@ -189,7 +202,7 @@ class RunSection(_Strict):
     verify_sample: float = Field(default=1.0, ge=0, le=100)  # % of the site's files re-read each run (0: off)
     verify_max_bytes: str | int = "10GiB"  # ... but at most this much a run
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
-    exclude: list[str] = Field(default_factory=list)  # globs (exclude.py); checked by pipeline.preflight
+    exclude: list[str] = []  # globs (exclude.py); checked by pipeline.preflight
     default_excludes: bool = True  # also exclude the OS-junk list (exclude.DEFAULT_EXCLUDES)
 
     @field_validator("verify_max_bytes")
@@ -407,20 +420,20 @@ class S3Section(_CloudSection):
 class CloudSettings(BaseModel):
     """How cloud roots are signed in to: [azure] and [s3] of chorus.toml (defaults: the environment alone)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    azure: AzureSection = Field(default_factory=AzureSection)
-    s3: S3Section = Field(default_factory=S3Section)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    azure: AzureSection = Field(default_factory=_defaults(AzureSection))
+    s3: S3Section = Field(default_factory=_defaults(S3Section))
 
 
 class ConfigFile(_Strict):
-    site: SiteSection = Field(default_factory=SiteSection)
-    manifest: ManifestSection = Field(default_factory=ManifestSection)
-    run: RunSection = Field(default_factory=RunSection)
-    registry: RegistrySection = Field(default_factory=RegistrySection)
-    central: CentralSection = Field(default_factory=CentralSection)
-    patterns: dict[str, list[str]] = Field(default_factory=dict)
-    azure: AzureSection = Field(default_factory=AzureSection)
-    s3: S3Section = Field(default_factory=S3Section)
+    site: SiteSection = Field(default_factory=_defaults(SiteSection))
+    manifest: ManifestSection = Field(default_factory=_defaults(ManifestSection))
+    run: RunSection = Field(default_factory=_defaults(RunSection))
+    registry: RegistrySection = Field(default_factory=_defaults(RegistrySection))
+    central: CentralSection = Field(default_factory=_defaults(CentralSection))
+    patterns: dict[str, list[str]] = {}
+    azure: AzureSection = Field(default_factory=_defaults(AzureSection))
+    s3: S3Section = Field(default_factory=_defaults(S3Section))
     # the file it was read from, as named, and its text: where_written names a setting's line (load_config sets it)
     _source: tuple[str, str] | None = PrivateAttr(default=None)
 
@@ -477,7 +490,7 @@ class ConfigFile(_Strict):
 
     @property
     def cloud(self) -> CloudSettings:
-        return CloudSettings(azure=self.azure, s3=self.s3)
+        return CloudSettings.model_construct(azure=self.azure, s3=self.s3)
 
     @field_validator("patterns")
     @classmethod
@@ -493,11 +506,11 @@ class RunSettings(BaseModel):
 
     # A setting this class does not take is refused, not ignored: `validate=False` (chorus.toml's name for
     # validate_site, now taken too) or `version="nightly"` (version_label) ran as if never given.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     site: str
     site_name: str | None = None
-    roots: dict[str, str] = Field(default_factory=dict)
+    roots: dict[str, str] = {}
     db: str
     mode: Literal["full", "append"] = "full"
     delete_list: str | None = None
@@ -507,7 +520,7 @@ class RunSettings(BaseModel):
     dry_run: bool = False
     follow_symlinks: bool = False
     racy_window_s: float = Field(default=2.0, ge=0, le=3600)  # as [run] racy_window_s is checked
-    patterns: dict[str, list[str]] = Field(default_factory=dict)
+    patterns: dict[str, list[str]] = {}
     version_label: str | None = None
     # run `validate` on the new (or unvalidated) version; also given as `validate`, its name in chorus.toml
     validate_site: bool = Field(default=True, validation_alias=AliasChoices("validate_site", "validate"))
@@ -516,8 +529,8 @@ class RunSettings(BaseModel):
     verify_max_bytes: str | int = "10GiB"  # ... at most this many bytes a run (see parse_bytes)
     # where a cloud file's MD5 comes from (frames.CLOUD_MD5_POLICIES): the storage's, else a download
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
-    cloud: CloudSettings = Field(default_factory=CloudSettings)  # [azure], [s3]: how cloud roots are signed in to
-    exclude: list[str] = Field(default_factory=list)  # [run] exclude and --exclude: globs left out of the scan
+    cloud: CloudSettings = Field(default_factory=_defaults(CloudSettings))  # [azure], [s3]: how cloud roots are signed in to
+    exclude: list[str] = []  # [run] exclude and --exclude: globs left out of the scan
     default_excludes: bool = True  # also leave out the OS-junk list (exclude.DEFAULT_EXCLUDES)
     # Slurm scale-out (shards.py): scan shard "K/N" into `staging` (no manifest write), or commit the shards in `merge`
     shard: str | None = None

@@ -109,6 +109,35 @@ def test_help_loads_no_data_library():
     assert loaded(modules, ("polars", "pyarrow", "numpy", "duckdb", "pydantic") + CLOUD + CHECKS + NEVER) == []
 
 
+def test_a_command_builds_the_settings_validators_it_uses_only(tmp_path):
+    """pydantic builds a model's validator as its class is made unless it is deferred: importing chorus_batch.config
+    built twelve (each [section], their two bases, CloudSettings, ConfigFile, RunSettings), whichever command ran.
+    A run builds ConfigFile's (which validates every [section] written) and RunSettings'; `versions` only
+    ConfigFile's; the sections a file leaves out are their defaults, with no validator of their own."""
+    site = tmp_path / "site"
+    shutil.copytree(demo_site(), site)
+    config = tmp_path / "chorus.toml"
+    config.write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n[run]\nworkers = 2\n'
+                      '[azure]\naccount_name = "acct"\n')
+
+    def built(*argv: str) -> list[str]:
+        script = ("import contextlib, io, json, sys\nfrom pydantic import BaseModel\nfrom chorus_batch.cli import main\n"
+                  "import chorus_batch.config as config\n"
+                  "with contextlib.redirect_stdout(io.StringIO()):\n"
+                  f"    code = main([*{list(argv)!r}, '--config', {str(config)!r}, '-q'])\n"
+                  "print(json.dumps([code, sorted(name for name, model in vars(config).items() if isinstance(model, type)"
+                  " and issubclass(model, BaseModel) and model.__pydantic_complete__)]))")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True,
+                             cwd=tmp_path)
+        code, models = json.loads(out.stdout.strip().splitlines()[-1])
+        assert code == 0, out.stderr
+        return models
+
+    assert built("run") == ["ConfigFile", "RunSettings"]
+    assert built("versions") == ["ConfigFile"]
+
+
 # ----------------------------------------------------------------------------- memory given back (issue 15)
 
 def _python(script: str, *args: str, **env: str) -> str:
