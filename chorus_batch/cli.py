@@ -3127,13 +3127,10 @@ def entry() -> None:
         if sys.stderr is not None:
             sys.stderr = _Messages(sys.stderr)  # type: ignore[assignment]
         return_freed_memory()
-        from .processes import cap_library_threads, one_blas_thread
+        from .processes import cap_library_threads, library_defaults
 
         cap_library_threads()
-        one_blas_thread()
-        # pydantic looks for plugins (every installed distribution's entry points: 7 ms of CPU with 150 installed)
-        # as it builds the settings' models; the command line's models have none to serve
-        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        library_defaults()
         code = main()
     except KeyboardInterrupt:
         interrupted_at_start()

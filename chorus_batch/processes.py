@@ -110,13 +110,18 @@ def cap_library_threads(environ: dict[str, str] | None = None) -> None:
         environ["POLARS_MAX_THREADS"] = str(cpus)
 
 
-def one_blas_thread(environ: dict[str, str] | None = None) -> None:
-    """OPENBLAS_NUM_THREADS=1 unless set (an empty one is unset): numpy loads with pyarrow in every run, and its OpenBLAS
-    starts a thread per CPU and their buffers as it loads (10 ms of CPU on 2 cores; 63 threads on a 64-core node),
-    for linear algebra no command does (the report's plots count and bin). Worker processes inherit it."""
+def library_defaults(environ: dict[str, str] | None = None) -> None:
+    """Settings of libraries a command loads, each unless the user set it (an empty one is unset, as README says of
+    every variable it names); worker processes inherit them:
+    - OPENBLAS_NUM_THREADS=1: numpy loads with pyarrow in every run, and its OpenBLAS starts a thread per CPU and their
+      buffers as it loads (10 ms of CPU on 2 cores; 63 threads on a 64-core node), for linear algebra no command does
+      (the report's plots count and bin);
+    - PYDANTIC_DISABLE_PLUGINS=__all__: pydantic looks for plugins (every installed distribution's entry points: 7 ms
+      of CPU with 150 installed) as it builds the settings' models, which have none to serve."""
     environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    if not (environ.get("OPENBLAS_NUM_THREADS") or "").strip():
-        environ["OPENBLAS_NUM_THREADS"] = "1"
+    for name, value in (("OPENBLAS_NUM_THREADS", "1"), ("PYDANTIC_DISABLE_PLUGINS", "__all__")):
+        if not (environ.get(name) or "").strip():
+            environ[name] = value
 
 
 def default_workers() -> int:
